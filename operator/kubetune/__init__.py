@@ -1,0 +1,3 @@
+"""kubetune: declarative LLM fine-tuning on Kubernetes."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,258 @@
+"""Cross-field rules of a FineTuneJob spec, each written twice side by side: as a Python check
+(precise paths and the offending values in the message) and as a CEL expression that the CRD
+carries, so the API server rejects the same manifests even when the operator is down.
+
+tests/api/test_rules_cel.py evaluates every CEL expression against the same manifests as the
+Python checks, so the two halves cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from kubetune.api.constants import (
+    FORMAT_FIELDS,
+    MERGEABLE_TECHNIQUES,
+    OBJECTIVE_FORMATS,
+    OBJECTIVE_SECTIONS,
+    TECHNIQUE_SECTIONS,
+    UNSUPPORTED_COMBINATIONS,
+    DatasetFormat,
+    Objective,
+)
+from kubetune.api.v1alpha1 import Rlhf, Spec
+
+# (path relative to spec, message)
+Finding = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Rule:
+    field_path: str  # where the CRD reports a CEL failure, relative to spec (e.g. ".lora")
+    cel: str  # evaluated with self = spec; true = valid
+    message: str  # the API server's message when the CEL rule fails
+    check: Callable[[Spec], Iterator[Finding]]
+
+
+def _quote(values) -> str:
+    return ", ".join(str(v) for v in values)
+
+
+def _cel_list(values) -> str:
+    return "[" + ", ".join(f"'{v}'" for v in values) + "]"
+
+
+def _section_rule(section: str, allowed, kind: str) -> Rule:
+    allowed = tuple(allowed)
+    attr = {"featureExtraction": "feature_extraction", "promptTuning": "prompt_tuning", "prefixTuning": "prefix_tuning"}.get(
+        section, section
+    )
+    names = " or ".join(str(v) for v in allowed)
+
+    def check(spec: Spec) -> Iterator[Finding]:
+        value = getattr(spec, kind)
+        if getattr(spec, attr) is not None and value not in allowed:
+            yield section, f"only allowed when spec.{kind} is {names} (spec.{kind} is {value})"
+
+    return Rule(
+        field_path=f".{section}",
+        cel=f"!has(self.{section}) || self.{kind} in {_cel_list(allowed)}",
+        message=f"spec.{section} is only allowed when spec.{kind} is {names}",
+        check=check,
+    )
+
+
+def _formats_rule(objective: Objective) -> Rule:
+    formats = OBJECTIVE_FORMATS[objective]
+
+    def check(spec: Spec) -> Iterator[Finding]:
+        if spec.objective != objective:
+            return
+        for i, ds in enumerate(spec.datasets):
+            if ds.format not in formats:
+                yield (
+                    f"datasets[{i}].format",
+                    f"objective {objective} needs format {' or '.join(map(str, formats))} (got {ds.format})",
+                )
+
+    return Rule(
+        field_path=".datasets",
+        cel=f"self.objective != '{objective}' || self.datasets.all(d, d.format in {_cel_list(formats)})",
+        message=f"objective {objective} needs datasets of format {' or '.join(map(str, formats))}",
+        check=check,
+    )
+
+
+def _check_columns(spec: Spec) -> Iterator[Finding]:
+    for i, ds in enumerate(spec.datasets):
+        fields = FORMAT_FIELDS[ds.format]
+        for key in ds.columns:
+            if key not in fields:
+                yield f"datasets[{i}].columns.{key}", f"not a field of format {ds.format} (fields: {_quote(fields)})"
+
+
+def _cel_columns() -> str:
+    clauses = [
+        f"(d.format == '{fmt}' && d.columns.all(k, k in {_cel_list(fields)}))" for fmt, fields in FORMAT_FIELDS.items()
+    ]
+    return "self.datasets.all(d, !has(d.columns) || " + " || ".join(clauses) + ")"
+
+
+def _check_unique_names(spec: Spec) -> Iterator[Finding]:
+    seen: dict[str, int] = {}
+    for i, ds in enumerate(spec.datasets):
+        if ds.name in seen:
+            yield (
+                f"datasets[{i}].name",
+                f"duplicate dataset name {ds.name!r} (also datasets[{seen[ds.name]}]); "
+                "with two or more datasets give each a unique name",
+            )
+        seen.setdefault(ds.name, i)
+
+
+def _check_eval_source(spec: Spec) -> Iterator[Finding]:
+    for i, ds in enumerate(spec.datasets):
+        if ds.eval_uri is not None and ds.eval_fraction is not None:
+            yield f"datasets[{i}].evalFraction", "set either evalUri or evalFraction, not both"
+
+
+def _has_eval_data(spec: Spec) -> bool:
+    return any(ds.eval_uri is not None or ds.eval_fraction is not None for ds in spec.datasets)
+
+
+def _check_early_stopping(spec: Spec) -> Iterator[Finding]:
+    if spec.evaluation.early_stopping is not None and not _has_eval_data(spec):
+        yield "evaluation.earlyStopping", "needs evaluation data: set evalUri or evalFraction on a dataset"
+
+
+def _check_rlhf_prompts(spec: Spec) -> Iterator[Finding]:
+    if spec.objective == Objective.RLHF and not any(ds.format == DatasetFormat.PROMPT for ds in spec.datasets):
+        yield "datasets", "objective rlhf needs at least one dataset of format prompt for the RL stage"
+
+
+def _check_rlhf_reward(spec: Spec) -> Iterator[Finding]:
+    if spec.objective != Objective.RLHF:
+        return
+    has_model = spec.rlhf is not None and bool(spec.rlhf.reward_model.uri)
+    has_preferences = any(ds.format == DatasetFormat.PREFERENCE for ds in spec.datasets)
+    if not has_model and not has_preferences:
+        yield (
+            "rlhf.rewardModel.uri",
+            "objective rlhf needs a reward model: set spec.rlhf.rewardModel.uri or add a dataset of format preference to train one",
+        )
+
+
+_DEFAULT_GENERATIONS = Rlhf.model_fields["num_generations"].default
+
+
+def _check_rlhf_batch(spec: Spec) -> Iterator[Finding]:
+    if spec.objective != Objective.RLHF:
+        return
+    generations = spec.rlhf.num_generations if spec.rlhf else _DEFAULT_GENERATIONS
+    hp = spec.hyperparameters
+    per_step = hp.batch_size * hp.gradient_accumulation_steps
+    if per_step % generations:
+        yield (
+            "rlhf.numGenerations",
+            f"batchSize x gradientAccumulationSteps ({per_step}) must be a multiple of numGenerations ({generations})",
+        )
+
+
+def _check_merge(spec: Spec) -> Iterator[Finding]:
+    if spec.output.merge_adapter and spec.technique not in MERGEABLE_TECHNIQUES:
+        yield "output.mergeAdapter", f"only lora and qlora adapters can be merged (spec.technique is {spec.technique})"
+
+
+def _check_combination(spec: Spec) -> Iterator[Finding]:
+    reason = UNSUPPORTED_COMBINATIONS.get((spec.technique, spec.objective))
+    if reason:
+        yield "technique", f"technique {spec.technique} cannot be used with objective {spec.objective}: {reason}"
+
+
+def _cel_combinations() -> str:
+    pairs = [f"(self.technique == '{t}' && self.objective == '{o}')" for t, o in UNSUPPORTED_COMBINATIONS]
+    return "!(" + " || ".join(pairs) + ")"
+
+
+def _check_labels(spec: Spec) -> Iterator[Finding]:
+    fe, cls = spec.feature_extraction, spec.classification
+    if fe and cls and fe.num_labels and cls.labels and fe.num_labels != len(cls.labels):
+        yield (
+            "featureExtraction.numLabels",
+            f"is {fe.num_labels} but spec.classification.labels names {len(cls.labels)} classes",
+        )
+    if cls and cls.labels and len(set(cls.labels)) != len(cls.labels):
+        yield "classification.labels", "labels must be unique"
+
+
+RULES: list[Rule] = [
+    *[_section_rule(section, techniques, "technique") for section, techniques in TECHNIQUE_SECTIONS.items()],
+    *[_section_rule(section, (objective,), "objective") for section, objective in OBJECTIVE_SECTIONS.items()],
+    *[_formats_rule(objective) for objective in Objective],
+    Rule(".datasets", _cel_columns(), "a datasets[].columns key is not a field of that dataset's format", _check_columns),
+    Rule(
+        ".datasets",
+        "self.datasets.all(d, self.datasets.exists_one(e, e.name == d.name))",
+        "dataset names must be unique",
+        _check_unique_names,
+    ),
+    Rule(
+        ".datasets",
+        "self.datasets.all(d, !(has(d.evalUri) && has(d.evalFraction)))",
+        "set either evalUri or evalFraction on a dataset, not both",
+        _check_eval_source,
+    ),
+    Rule(
+        ".evaluation.earlyStopping",
+        "!has(self.evaluation.earlyStopping) || self.datasets.exists(d, has(d.evalUri) || has(d.evalFraction))",
+        "early stopping needs evaluation data: set evalUri or evalFraction on a dataset",
+        _check_early_stopping,
+    ),
+    Rule(
+        ".datasets",
+        "self.objective != 'rlhf' || self.datasets.exists(d, d.format == 'prompt')",
+        "objective rlhf needs at least one dataset of format prompt",
+        _check_rlhf_prompts,
+    ),
+    Rule(
+        ".rlhf",
+        "self.objective != 'rlhf' || (has(self.rlhf) && has(self.rlhf.rewardModel) && has(self.rlhf.rewardModel.uri) "
+        "&& self.rlhf.rewardModel.uri != '') || self.datasets.exists(d, d.format == 'preference')",
+        "objective rlhf needs spec.rlhf.rewardModel.uri or a dataset of format preference",
+        _check_rlhf_reward,
+    ),
+    Rule(
+        ".hyperparameters",
+        "self.objective != 'rlhf' || (self.hyperparameters.batchSize * self.hyperparameters.gradientAccumulationSteps) "
+        f"% (has(self.rlhf) ? self.rlhf.numGenerations : {_DEFAULT_GENERATIONS}) == 0",
+        "batchSize x gradientAccumulationSteps must be a multiple of spec.rlhf.numGenerations",
+        _check_rlhf_batch,
+    ),
+    Rule(
+        ".output.mergeAdapter",
+        f"!self.output.mergeAdapter || self.technique in {_cel_list(MERGEABLE_TECHNIQUES)}",
+        "only lora and qlora adapters can be merged",
+        _check_merge,
+    ),
+    Rule(".technique", _cel_combinations(), "this technique cannot be used with this objective", _check_combination),
+    Rule(
+        ".classification",
+        "!has(self.classification) || !has(self.classification.labels) || "
+        "(self.classification.labels.all(l, self.classification.labels.exists_one(m, m == l)) && "
+        "(!has(self.featureExtraction) || !has(self.featureExtraction.numLabels) || "
+        "self.featureExtraction.numLabels == size(self.classification.labels)))",
+        "classification labels must be unique and agree with spec.featureExtraction.numLabels",
+        _check_labels,
+    ),
+]
+
+
+def cross_field_findings(spec: Spec) -> list[Finding]:
+    """All cross-field problems of a spec that passed per-field validation."""
+    findings: list[Finding] = []
+    for rule in RULES:
+        for finding in rule.check(spec):
+            if finding not in findings:
+                findings.append(finding)
+    return findings

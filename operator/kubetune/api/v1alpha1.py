@@ -1,0 +1,566 @@
+"""The FineTuneJob API (kubetune.dev/v1alpha1), defined once.
+
+These pydantic models are the single source of truth: `kubetune validate`, the operator and the
+trainer parse manifests with them, and `kubetune crd` generates the CRD's openAPIV3Schema from them
+(field descriptions, enums, bounds, defaults) plus the CEL rules in `rules.py`.
+
+Field names are camelCase on the wire (the contract) and snake_case in Python.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictStr, WithJsonSchema
+from pydantic.alias_generators import to_camel
+
+from kubetune.api import uris
+from kubetune.api.constants import (
+    API_VERSION,
+    KIND,
+    AdapterActivation,
+    ConditionStatus,
+    DatasetFormat,
+    LRScheduler,
+    Objective,
+    Optimizer,
+    Phase,
+    Precision,
+    PreferenceAlgorithm,
+    QuantizationType,
+    RLAlgorithm,
+    Technique,
+)
+
+# Strict scalars: YAML already gives typed values, and the API server rejects "16" for an
+# integer, so the Python side must not quietly coerce either.
+Int = Annotated[int, Field(strict=True)]
+Float = Annotated[float, Field(strict=True)]
+Bool = StrictBool
+Str = StrictStr
+
+# Kubernetes resource.Quantity, e.g. "8", "500m", "64Gi", "1.5e3".
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+_QUANTITY = re.compile(QUANTITY_PATTERN)
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# Child object names are "<name>-<suffix>" and pods add more: keep room under 63 characters.
+MAX_NAME_LENGTH = 50
+TASK_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$"
+
+
+def _check_quantity(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"must be a Kubernetes quantity such as \"8\", \"500m\" or \"64Gi\" (got {value!r})")
+    text = str(value)
+    if not _QUANTITY.match(text):
+        raise ValueError(f"must be a Kubernetes quantity such as \"8\", \"500m\" or \"64Gi\" (got {value!r})")
+    number = re.match(r"^[+-]?[0-9.]+", text)
+    try:
+        positive = number is not None and Decimal(number.group(0)) > 0 and not text.startswith("-")
+    except InvalidOperation:
+        positive = False
+    if not positive:
+        raise ValueError(f"must be a positive quantity (got {value!r})")
+    return text
+
+
+def _check_pattern(pattern: str, what: str):
+    compiled = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if value and not compiled.match(value):
+            raise ValueError(f"must be {what} (got {value!r})")
+        return value
+
+    return check
+
+
+Quantity = Annotated[
+    Any,
+    AfterValidator(_check_quantity),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "pattern": QUANTITY_PATTERN,
+            "x-kubernetes-int-or-string": True,
+        }
+    ),
+]
+SecretName = Annotated[
+    Str,
+    Field(max_length=253, json_schema_extra={"pattern": DNS_SUBDOMAIN_PATTERN}),
+    AfterValidator(_check_pattern(DNS_SUBDOMAIN_PATTERN, "a Secret name (lowercase letters, digits, '-' and '.')")),
+]
+ModelUri = Annotated[
+    Str,
+    Field(json_schema_extra={"pattern": uris.MODEL_URI_PATTERN}),
+    AfterValidator(uris.check_model_uri),
+]
+DatasetUri = Annotated[
+    Str,
+    Field(json_schema_extra={"pattern": uris.DATASET_URI_PATTERN}),
+    AfterValidator(uris.check_dataset_uri),
+]
+OutputUri = Annotated[
+    Str,
+    Field(json_schema_extra={"pattern": uris.OUTPUT_URI_PATTERN}),
+    AfterValidator(uris.check_output_uri),
+]
+HttpUrl = Annotated[
+    Str,
+    Field(json_schema_extra={"pattern": r"^https?://[^\s/]+(/\S*)?$"}),
+    AfterValidator(_check_pattern(r"^https?://[^\s/]+(/\S*)?$", "an http:// or https:// URL")),
+]
+
+
+class ApiModel(BaseModel):
+    """Base: camelCase on the wire, unknown fields are errors, defaults validated."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_default=True,
+        use_enum_values=False,
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The manifest form: camelCase keys, enum values as strings, unset optionals left out."""
+        return self.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+
+# --------------------------------------------------------------------------- model & data
+
+
+class ModelSource(ApiModel):
+    uri: ModelUri = Field(
+        description="Base model: hf://org/name[@revision], s3://bucket/prefix/ (a Hugging Face model folder) "
+        "or file:///absolute/path."
+    )
+    credentials_secret: SecretName | None = Field(
+        default=None,
+        description="Secret in the job's namespace with HF_TOKEN (for hf://) or AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY[, AWS_SESSION_TOKEN] (for s3://). Its values are passed to the trainer "
+        "only; the operator never reads them.",
+    )
+    endpoint: HttpUrl | None = Field(
+        default=None, description="S3-compatible endpoint for an s3:// model; defaults to spec.output.endpoint."
+    )
+    trust_remote_code: Bool = Field(
+        default=False,
+        description="Run Python code shipped with the model repository. Off by default: enable only for "
+        "repositories you trust.",
+    )
+    allow_pickle: Bool = Field(
+        default=False,
+        description="Allow loading pickled (.bin/.pt) weights, which can execute code. By default only "
+        "safetensors weights are loaded.",
+    )
+
+
+class Dataset(ApiModel):
+    name: Annotated[
+        Str,
+        Field(max_length=40, json_schema_extra={"pattern": TASK_NAME_PATTERN}),
+        AfterValidator(_check_pattern(TASK_NAME_PATTERN, "lowercase letters, digits, '-' and '_'")),
+    ] = Field(
+        default="default",
+        description="Task name, unique within the job; per-task evaluation metrics are named after it "
+        "(eval_<name>_loss). Required to tell tasks apart when there are two or more datasets.",
+    )
+    uri: DatasetUri = Field(
+        description="Training data: a .jsonl, .json, .csv or .parquet file, a prefix (ending in /) of such "
+        "files, or hf://datasets/org/name[@revision]."
+    )
+    format: DatasetFormat = Field(
+        description="Row shape: text | prompt-completion | messages | preference | classification | prompt. "
+        "Must fit spec.objective."
+    )
+    columns: dict[Str, Str] = Field(
+        default_factory=dict,
+        description="Map from a format field (e.g. messages, prompt, chosen, text, label) to the source "
+        "column that holds it, when the names differ.",
+    )
+    weight: Float = Field(default=1.0, gt=0, description="Sampling weight of this dataset in a multi-task mixture.")
+    eval_uri: DatasetUri | None = Field(default=None, description="Held-out evaluation data for this task.")
+    eval_fraction: Float | None = Field(
+        default=None,
+        gt=0,
+        le=0.5,
+        description="Fraction of the training rows held out for evaluation (instead of evalUri).",
+    )
+    split: Str = Field(default="train", min_length=1, description="Split to read from an hf://datasets URI.")
+    subset: Str | None = Field(default=None, description="Configuration (subset) of an hf://datasets repository.")
+    credentials_secret: SecretName | None = Field(
+        default=None,
+        description="Secret with HF_TOKEN or AWS_* keys for this dataset; default: spec.output.credentialsSecret for "
+        "s3:// data, spec.model.credentialsSecret for hf:// data.",
+    )
+    endpoint: HttpUrl | None = Field(
+        default=None, description="S3-compatible endpoint for s3:// data; defaults to spec.output.endpoint."
+    )
+
+
+# --------------------------------------------------------------------------- training
+
+
+class Hyperparameters(ApiModel):
+    epochs: Float = Field(default=3.0, gt=0, description="Passes over the training data (used when maxSteps is 0).")
+    max_steps: Int = Field(default=0, ge=0, description="Optimizer steps to run; 0 = run by epochs.")
+    learning_rate: Float = Field(default=2.0e-4, gt=0, le=1, description="Peak learning rate.")
+    batch_size: Int = Field(default=8, ge=1, le=4096, description="Examples per device per micro-batch.")
+    gradient_accumulation_steps: Int = Field(
+        default=1, ge=1, le=1024, description="Micro-batches accumulated per optimizer step."
+    )
+    max_seq_length: Int = Field(default=2048, ge=16, le=1048576, description="Tokens per example (longer ones are truncated).")
+    warmup_ratio: Float = Field(default=0.03, ge=0, lt=1, description="Fraction of steps spent warming up the learning rate.")
+    weight_decay: Float = Field(default=0.0, ge=0, le=1, description="AdamW weight decay.")
+    lr_scheduler: LRScheduler = Field(default=LRScheduler.COSINE, description="Learning-rate schedule after warm-up.")
+    precision: Precision = Field(
+        default=Precision.BF16,
+        description="Compute precision: bf16 | fp16 | fp32. On a machine without bf16 support the trainer falls back to fp32.",
+    )
+    gradient_checkpointing: Bool = Field(
+        default=False, description="Recompute activations in the backward pass to save memory (slower)."
+    )
+    packing: Bool = Field(
+        default=True,
+        description="Pack several short examples into one sequence without cross-example attention "
+        "(causal-lm and instruction objectives).",
+    )
+    seed: Int = Field(default=42, ge=0, description="Random seed for initialisation, shuffling and sampling.")
+    optimizer: Optimizer = Field(
+        default=Optimizer.ADAMW,
+        description="adamw | adamw8bit | pagedAdamw8bit | sgd | adafactor. 8-bit and paged optimizers need a GPU.",
+    )
+    max_grad_norm: Float = Field(default=1.0, ge=0, description="Gradient clipping norm; 0 disables clipping.")
+
+
+class Lora(ApiModel):
+    rank: Int = Field(default=16, ge=1, le=1024, description="Rank r of the low-rank update matrices.")
+    alpha: Float = Field(default=32.0, gt=0, description="Scaling numerator: the update is scaled by alpha/rank.")
+    dropout: Float = Field(default=0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: Annotated[
+        Str,
+        Field(min_length=1, json_schema_extra={"pattern": r"^(all-linear|[A-Za-z0-9_.]+(,[A-Za-z0-9_.]+)*)$"}),
+        AfterValidator(
+            _check_pattern(
+                r"^(all-linear|[A-Za-z0-9_.]+(,[A-Za-z0-9_.]+)*)$",
+                "all-linear or a comma-separated list of module names such as q_proj,v_proj",
+            )
+        ),
+    ] = Field(
+        default="all-linear",
+        description="Modules that get LoRA: all-linear, or comma-separated module names (q_proj,k_proj,v_proj,o_proj).",
+    )
+    use_dora: Bool = Field(default=False, description="Weight-decomposed LoRA (DoRA): slower, often closer to full fine-tuning.")
+    use_rslora: Bool = Field(default=False, description="Rank-stabilised scaling alpha/sqrt(rank) instead of alpha/rank.")
+
+
+class Quantization(ApiModel):
+    bits: Annotated[Int, Field(json_schema_extra={"enum": [4, 8]})] = Field(
+        default=4, description="Bits of the frozen base weights: 4 or 8."
+    )
+    type: QuantizationType = Field(default=QuantizationType.NF4, description="4-bit data type: nf4 | fp4 (ignored for 8 bits).")
+    double_quant: Bool = Field(default=True, description="Also quantize the quantization constants (4-bit only).")
+
+
+class FeatureExtraction(ApiModel):
+    trainable_layers: Int = Field(
+        default=0, ge=0, description="How many of the last transformer layers train besides the head; 0 = head only."
+    )
+    num_labels: Int | None = Field(
+        default=None, ge=2, le=100000, description="Classes of the classification head; default: inferred from the training labels."
+    )
+
+
+class Adapter(ApiModel):
+    bottleneck_size: Int = Field(default=64, ge=1, le=65536, description="Width of each bottleneck module.")
+    activation: AdapterActivation = Field(default=AdapterActivation.GELU, description="Non-linearity inside the bottleneck.")
+
+
+class PromptTuning(ApiModel):
+    virtual_tokens: Int = Field(default=20, ge=1, le=4096, description="Number of trainable soft-prompt tokens.")
+    init_text: Str = Field(
+        default="", description="Text whose token embeddings initialise the soft prompt; empty = random initialisation."
+    )
+
+
+class PrefixTuning(ApiModel):
+    virtual_tokens: Int = Field(default=20, ge=1, le=4096, description="Number of trainable key/value prefix positions per layer.")
+    projection: Bool = Field(default=False, description="Reparameterise the prefix through an MLP (as in the paper).")
+
+
+class Classification(ApiModel):
+    labels: list[Str] | None = Field(
+        default=None,
+        min_length=2,
+        description="Class names in index order; default: the sorted distinct labels of the training data.",
+    )
+
+
+class Preference(ApiModel):
+    algorithm: PreferenceAlgorithm = Field(
+        default=PreferenceAlgorithm.DPO, description="dpo (sigmoid loss) | ipo | hinge | robust."
+    )
+    beta: Float = Field(default=0.1, gt=0, le=10, description="Strength of the pull towards the reference model.")
+    label_smoothing: Float = Field(
+        default=0.0, ge=0, lt=0.5, description="Assumed fraction of flipped preference labels (robust DPO)."
+    )
+
+
+class RewardModel(ApiModel):
+    uri: ModelUri | None = Field(
+        default=None,
+        description="A trained reward model (sequence classification, 1 label). Empty: train one from the "
+        "preference datasets first.",
+    )
+    credentials_secret: SecretName | None = Field(default=None, description="Secret to read the reward model with.")
+
+
+class Rlhf(ApiModel):
+    algorithm: RLAlgorithm = Field(default=RLAlgorithm.GRPO, description="Online RL algorithm: grpo | rloo.")
+    reward_model: RewardModel = Field(default_factory=RewardModel, description="Where the reward comes from.")
+    num_generations: Int = Field(default=4, ge=2, le=256, description="Completions sampled per prompt.")
+    max_completion_length: Int = Field(default=256, ge=1, le=65536, description="Tokens per sampled completion.")
+    beta: Float = Field(default=0.0, ge=0, description="KL penalty towards the starting policy; 0 disables it.")
+    temperature: Float = Field(default=1.0, gt=0, le=10, description="Sampling temperature for completions.")
+
+
+class EarlyStopping(ApiModel):
+    metric: Annotated[
+        Str,
+        Field(json_schema_extra={"pattern": r"^eval_[A-Za-z0-9_]+$"}),
+        AfterValidator(_check_pattern(r"^eval_[A-Za-z0-9_]+$", "an evaluation metric such as eval_loss")),
+    ] = Field(default="eval_loss", description="Evaluation metric to watch, e.g. eval_loss or eval_<task>_loss.")
+    patience: Int = Field(default=3, ge=1, description="Evaluations without improvement before training stops.")
+    min_delta: Float = Field(default=0.0, ge=0, description="Smallest change that counts as an improvement.")
+
+
+class Evaluation(ApiModel):
+    every_steps: Int = Field(default=0, ge=0, description="Evaluate every N optimizer steps; 0 = at the end of each epoch.")
+    early_stopping: EarlyStopping | None = Field(
+        default=None, description="Stop when the metric stops improving (needs evaluation data)."
+    )
+
+
+class Output(ApiModel):
+    uri: OutputUri | None = Field(
+        default=None,
+        description="Where checkpoints, metrics and the final model go: s3://bucket/prefix/ or file:///path/. "
+        "Default: the operator's configured output URI.",
+    )
+    credentials_secret: SecretName | None = Field(
+        default=None, description="Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY[, AWS_SESSION_TOKEN]."
+    )
+    endpoint: HttpUrl | None = Field(default=None, description="S3-compatible endpoint, e.g. http://minio.storage:9000.")
+    region: Str | None = Field(default=None, description="S3 region (default from the environment, else us-east-1).")
+    checkpoint_every_steps: Int = Field(default=200, ge=1, description="Save a checkpoint every N optimizer steps.")
+    keep_checkpoints: Int = Field(default=3, ge=1, le=1000, description="How many of the newest complete checkpoints to keep.")
+    merge_adapter: Bool = Field(
+        default=False, description="lora/qlora: also write the adapter merged into full weights (final/merged/)."
+    )
+
+
+# --------------------------------------------------------------------------- scheduling
+
+
+class Toleration(ApiModel):
+    # Kubernetes core/v1 field names are already camelCase.
+    key: Str | None = Field(default=None, description="Taint key to tolerate; empty with operator Exists = all taints.")
+    operator: Annotated[Str, Field(json_schema_extra={"enum": ["Exists", "Equal"]})] = Field(
+        default="Equal", description="Exists | Equal."
+    )
+    value: Str | None = Field(default=None, description="Taint value (operator Equal).")
+    effect: Annotated[Str, Field(json_schema_extra={"enum": ["NoSchedule", "PreferNoSchedule", "NoExecute"]})] | None = (
+        Field(default=None, description="NoSchedule | PreferNoSchedule | NoExecute; empty = all effects.")
+    )
+    toleration_seconds: Int | None = Field(default=None, description="How long a NoExecute taint is tolerated.")
+
+
+class Resources(ApiModel):
+    gpus: Int = Field(default=1, ge=0, le=64, description="GPUs per node (one training process each); 0 = CPU only.")
+    gpu_resource_name: Annotated[
+        Str,
+        Field(json_schema_extra={"pattern": r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"}),
+        AfterValidator(
+            _check_pattern(
+                r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$",
+                "an extended resource name such as nvidia.com/gpu",
+            )
+        ),
+    ] = Field(default="nvidia.com/gpu", description="Extended resource that schedules GPUs, e.g. nvidia.com/gpu or amd.com/gpu.")
+    cpu: Quantity | None = Field(default=None, description="CPU request and limit per node, e.g. \"8\" or \"7500m\".")
+    memory: Quantity | None = Field(default=None, description="Memory request and limit per node, e.g. 64Gi.")
+    shared_memory: Quantity | None = Field(
+        default=None, description="Size of /dev/shm for data-loader workers, e.g. 8Gi; default: half of memory, else 1Gi."
+    )
+    node_selector: dict[Str, Str] = Field(default_factory=dict, description="Node labels the training pods must match.")
+    tolerations: list[Toleration] = Field(default_factory=list, description="Taints the training pods tolerate.")
+
+
+class Spec(ApiModel):
+    technique: Technique = Field(
+        description="How the weights adapt: full | lora | qlora | feature-extraction | adapter | prompt-tuning | prefix-tuning."
+    )
+    objective: Objective = Field(
+        default=Objective.CAUSAL_LM,
+        description="What the model learns from: causal-lm | instruction | classification | preference | rlhf.",
+    )
+    model: ModelSource = Field(description="The base model to fine-tune.")
+    datasets: list[Dataset] = Field(
+        min_length=1,
+        max_length=16,
+        description="Training data: one entry is a single task; two or more are mixed by weight (multi-task).",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters, description="Optimisation settings.")
+    lora: Lora | None = Field(default=None, description="LoRA settings (technique lora or qlora).")
+    quantization: Quantization | None = Field(default=None, description="Base-model quantization (technique qlora).")
+    feature_extraction: FeatureExtraction | None = Field(
+        default=None, description="Head and last-layers settings (technique feature-extraction)."
+    )
+    adapter: Adapter | None = Field(default=None, description="Bottleneck adapter settings (technique adapter).")
+    prompt_tuning: PromptTuning | None = Field(default=None, description="Soft-prompt settings (technique prompt-tuning).")
+    prefix_tuning: PrefixTuning | None = Field(default=None, description="Prefix settings (technique prefix-tuning).")
+    classification: Classification | None = Field(default=None, description="Label settings (objective classification).")
+    preference: Preference | None = Field(default=None, description="Preference optimisation settings (objective preference).")
+    rlhf: Rlhf | None = Field(default=None, description="Reward model and online RL settings (objective rlhf).")
+    evaluation: Evaluation = Field(default_factory=Evaluation, description="When to evaluate and when to stop early.")
+    output: Output = Field(default_factory=Output, description="Where results go, and checkpointing.")
+    resources: Resources = Field(default_factory=Resources, description="What each training node gets.")
+    nodes: Int = Field(default=1, ge=1, le=1024, description="Training nodes; more than 1 = multi-node data parallelism (torchrun).")
+    image: Str = Field(default="", description="Trainer image override; empty = the operator's default trainer image.")
+    queue_name: Annotated[
+        Str, AfterValidator(_check_pattern(DNS_SUBDOMAIN_PATTERN, "a Kueue LocalQueue name"))
+    ] = Field(
+        default="",
+        description="Kueue LocalQueue: the child Job carries kueue.x-k8s.io/queue-name and starts suspended until admitted.",
+    )
+    priority_class_name: Annotated[
+        Str, AfterValidator(_check_pattern(DNS_SUBDOMAIN_PATTERN, "a PriorityClass name"))
+    ] = Field(default="", description="PriorityClass of the training pods.")
+    suspend: Bool = Field(default=False, description="Suspend (true) or resume (false) the job; editable at any time.")
+    backoff_limit: Int = Field(
+        default=3, ge=0, le=100, description="Retries after infrastructure failures; user errors fail at once."
+    )
+    active_deadline_seconds: Int = Field(default=0, ge=0, description="Fail the job after this many seconds running; 0 = none.")
+    ttl_seconds_after_finished: Int = Field(
+        default=0, ge=0, description="Delete the child objects this long after the job finishes (S3 output is kept); 0 = keep."
+    )
+
+    def resolved(self) -> Spec:
+        """A copy with the technique's and objective's own sections filled with their defaults."""
+        fill: dict[str, Any] = {}
+        defaults = {
+            Technique.LORA: {"lora": Lora},
+            Technique.QLORA: {"lora": Lora, "quantization": Quantization},
+            Technique.FEATURE_EXTRACTION: {"feature_extraction": FeatureExtraction},
+            Technique.ADAPTER: {"adapter": Adapter},
+            Technique.PROMPT_TUNING: {"prompt_tuning": PromptTuning},
+            Technique.PREFIX_TUNING: {"prefix_tuning": PrefixTuning},
+        }.get(self.technique, {})
+        defaults |= {
+            Objective.CLASSIFICATION: {"classification": Classification},
+            Objective.PREFERENCE: {"preference": Preference},
+            Objective.RLHF: {"rlhf": Rlhf},
+        }.get(self.objective, {})
+        for attr, model in defaults.items():
+            if getattr(self, attr) is None:
+                fill[attr] = model()
+        return self.model_copy(update=fill)
+
+
+# --------------------------------------------------------------------------- status
+
+
+class Condition(ApiModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Str = Field(description="Validated | Queued | Running | Succeeded | Failed | Suspended | Ready.")
+    status: ConditionStatus = Field(description="True | False | Unknown.")
+    reason: Str = Field(default="", description="Machine-readable reason in CamelCase.")
+    message: Str = Field(default="", description="Human-readable details.")
+    last_transition_time: Str | None = Field(
+        default=None, description="When the status last changed.", json_schema_extra={"format": "date-time"}
+    )
+    observed_generation: Int | None = Field(default=None, description="The .metadata.generation this condition was set from.")
+
+
+class Progress(ApiModel):
+    model_config = ConfigDict(extra="ignore")
+    step: Int = Field(default=0, description="Optimizer steps done.")
+    total_steps: Int = Field(default=0, description="Optimizer steps planned.")
+    epoch: Float = Field(default=0.0, description="Epochs done (fractional).")
+    percent: Int = Field(default=0, description="step / totalSteps in percent.")
+    eta_seconds: Int | None = Field(default=None, description="Estimated seconds to completion.")
+    stage: Str | None = Field(default=None, description="rlhf: reward-model or policy.")
+
+
+class CheckpointRef(ApiModel):
+    model_config = ConfigDict(extra="ignore")
+    step: Int = Field(description="Optimizer step of the checkpoint.")
+    uri: Str = Field(description="Where the checkpoint lies.")
+    time: Str | None = Field(default=None, description="When it completed.", json_schema_extra={"format": "date-time"})
+    eval_loss: Float | None = Field(default=None, description="Evaluation loss at this step, if evaluated.")
+
+
+class OutputRefs(ApiModel):
+    model_config = ConfigDict(extra="ignore")
+    model_uri: Str | None = Field(default=None, description="The final model in Hugging Face format.")
+    metrics_uri: Str | None = Field(default=None, description="metrics.jsonl, one JSON object per logged step.")
+    tensorboard_uri: Str | None = Field(default=None, description="TensorBoard event files.")
+    checkpoints_uri: Str | None = Field(default=None, description="Folder of the checkpoints.")
+
+
+class Status(ApiModel):
+    model_config = ConfigDict(extra="ignore")
+    phase: Phase | None = Field(default=None, description="Pending | Queued | Running | Succeeded | Failed | Suspended.")
+    observed_generation: Int | None = Field(default=None, description="The .metadata.generation the status reflects.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Latest observations (metav1.Condition).",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    start_time: Str | None = Field(default=None, description="When training first started.", json_schema_extra={"format": "date-time"})
+    completion_time: Str | None = Field(default=None, description="When the job finished.", json_schema_extra={"format": "date-time"})
+    attempts: Int | None = Field(default=None, description="Training attempts so far (retries + 1).")
+    job_name: Str | None = Field(default=None, description="The child batch/v1 Job.")
+    progress: Progress | None = Field(default=None, description="Live training progress reported by the trainer.")
+    metrics: dict[Str, float] | None = Field(
+        default=None,
+        description="Latest metrics: loss, evalLoss, learningRate, gradNorm, tokensPerSecond, reward, eval_<task>_loss.",
+    )
+    checkpoints: list[CheckpointRef] | None = Field(default=None, description="The newest complete checkpoints.")
+    output: OutputRefs | None = Field(default=None, description="Where the results are.")
+    message: Str | None = Field(default=None, description="The reason of the last failure, in words a user can act on.")
+
+
+# --------------------------------------------------------------------------- the resource
+
+
+class ObjectMeta(ApiModel):
+    # The API server adds uid, resourceVersion, managedFields...: accept and ignore them.
+    model_config = ConfigDict(extra="allow")
+    name: Annotated[
+        Str,
+        Field(max_length=MAX_NAME_LENGTH),
+        AfterValidator(_check_pattern(DNS_LABEL_PATTERN, "a DNS label: lowercase letters, digits and '-', starting and ending with a letter or digit")),
+    ] = Field(description="Name of the job; its child objects are named after it.")
+    namespace: Annotated[Str, AfterValidator(_check_pattern(DNS_LABEL_PATTERN, "a namespace name"))] | None = None
+    labels: dict[Str, Str] | None = None
+    annotations: dict[Str, Str] | None = None
+
+
+class FineTuneJob(ApiModel):
+    api_version: Annotated[Str, Field(json_schema_extra={"enum": [API_VERSION]})] = Field(
+        alias="apiVersion", description=f"Always {API_VERSION}."
+    )
+    kind: Annotated[Str, Field(json_schema_extra={"enum": [KIND]})] = Field(description=f"Always {KIND}.")
+    metadata: ObjectMeta
+    spec: Spec = Field(description="What to fine-tune, on what, how, and where the results go.")
+    status: Status | None = Field(default=None, description="Written by the operator and the trainer.")

@@ -1,0 +1,83 @@
+"""The `kubetune` command: validate, crd, run, operator.
+
+Heavy imports (torch for `run`, kopf for `operator`) happen only inside their subcommands, so
+`kubetune validate` stays fast and works with the base install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from kubetune.manifests import validate_files
+
+    problems = validate_files(args.files)
+    for line in problems:
+        print(line)
+    if not problems and not args.quiet:
+        print(f"{len(args.files)} file(s) valid")
+    return 1 if problems else 0
+
+
+def _cmd_crd(args: argparse.Namespace) -> int:
+    from kubetune.api.crd import crd_yaml
+
+    sys.stdout.write(crd_yaml())
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from kubetune_trainer.entrypoint import run_cli
+
+    return run_cli(args)
+
+
+def _cmd_operator(args: argparse.Namespace) -> int:
+    from kubetune.controller.main import run_operator
+
+    return run_operator(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kubetune", description="Declarative LLM fine-tuning on Kubernetes.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check FineTuneJob manifests (multi-document YAML)")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing when all are valid")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("crd", help="print the FineTuneJob CustomResourceDefinition")
+    p.set_defaults(func=_cmd_crd)
+
+    p = sub.add_parser("run", help="run a FineTuneJob on this machine (the same entrypoint a training pod runs)")
+    p.add_argument("file", metavar="FILE", help="FineTuneJob manifest (or a bare spec)")
+    p.add_argument("--output", metavar="URI", help="override spec.output.uri (s3://... or file:///...)")
+    p.add_argument("--name", help="which document of a multi-document FILE to run (default: the only one)")
+    p.add_argument(
+        "--termination-log",
+        metavar="PATH",
+        default=None,
+        help="where to write the one-line failure reason (default: $KUBETUNE_TERMINATION_LOG, else /dev/termination-log in a pod)",
+    )
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("operator", help="run the operator (kopf) against the current cluster")
+    p.add_argument("--namespace", "-n", action="append", default=[], help="watch this namespace (repeatable); default: all")
+    p.add_argument("--standalone", action="store_true", help="no peering with other operator replicas")
+    p.add_argument("--peering", default=None, help="kopf peering name (for several replicas)")
+    p.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint URL")
+    p.add_argument("--metrics-port", type=int, default=9090, help="Prometheus metrics port (0 = off)")
+    p.set_defaults(func=_cmd_operator)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
