@@ -179,8 +179,8 @@ def _check_labels(spec: Spec) -> Iterator[Finding]:
     fe, cls = spec.feature_extraction, spec.classification
     if fe and cls and fe.num_labels and cls.labels and fe.num_labels != len(cls.labels):
         yield (
-            "featureExtraction.numLabels",
-            f"is {fe.num_labels} but spec.classification.labels names {len(cls.labels)} classes",
+            "classification.labels",
+            f"names {len(cls.labels)} classes but spec.featureExtraction.numLabels is {fe.num_labels}",
         )
     if cls and cls.labels and len(set(cls.labels)) != len(cls.labels):
         yield "classification.labels", "labels must be unique"
@@ -223,7 +223,7 @@ RULES: list[Rule] = [
         _check_rlhf_reward,
     ),
     Rule(
-        ".hyperparameters",
+        ".rlhf",
         "self.objective != 'rlhf' || (self.hyperparameters.batchSize * self.hyperparameters.gradientAccumulationSteps) "
         f"% (has(self.rlhf) ? self.rlhf.numGenerations : {_DEFAULT_GENERATIONS}) == 0",
         "batchSize x gradientAccumulationSteps must be a multiple of spec.rlhf.numGenerations",

@@ -23,7 +23,11 @@ _FILE = re.compile(r"^file://(?P<path>/.*)$")
 # Regexes for the CRD (Go RE2 syntax, a subset of Python's): they accept what the parsers below
 # accept at the scheme level; the parsers give the precise message.
 MODEL_URI_PATTERN = r"^(hf://[A-Za-z0-9][^@\s]*(@\S+)?|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/\S*)?|file:///\S*)$"
-DATASET_URI_PATTERN = MODEL_URI_PATTERN
+# Data: hf://datasets/..., or an s3/file path that ends in a folder ("/" or a last name without a
+# dot) or in a supported data file.
+_S3_BUCKET = r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"
+_DATA_PATH = r"/(\S*/)?([^/.\s]*|[^/\s]*\.(?i:jsonl|json|csv|parquet))"
+DATASET_URI_PATTERN = rf"^(hf://datasets/[A-Za-z0-9][^@\s]*(@\S+)?|{_S3_BUCKET}({_DATA_PATH})?|file://{_DATA_PATH})$"
 OUTPUT_URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/\S*)?|file:///\S*)$"
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictStr, WithJsonSchema
 from pydantic.alias_generators import to_camel
@@ -43,7 +43,7 @@ Str = StrictStr
 
 # Kubernetes resource.Quantity, e.g. "8", "500m", "64Gi", "1.5e3".
 QUANTITY_PATTERN = (
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+    r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
 _QUANTITY = re.compile(QUANTITY_PATTERN)
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -54,14 +54,17 @@ TASK_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$"
 
 
 def _check_quantity(value: Any) -> str:
+    example = 'a Kubernetes quantity such as "8", "500m" or "64Gi"'
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise ValueError(f"must be a Kubernetes quantity such as \"8\", \"500m\" or \"64Gi\" (got {value!r})")
+        raise ValueError(f"must be {example} (got {value!r})")
     text = str(value)
+    if text.startswith("-"):
+        raise ValueError(f"must be a positive quantity (got {value!r})")
     if not _QUANTITY.match(text):
-        raise ValueError(f"must be a Kubernetes quantity such as \"8\", \"500m\" or \"64Gi\" (got {value!r})")
-    number = re.match(r"^[+-]?[0-9.]+", text)
+        raise ValueError(f"must be {example} (got {value!r})")
+    number = re.match(r"^[0-9.]+", text)
     try:
-        positive = number is not None and Decimal(number.group(0)) > 0 and not text.startswith("-")
+        positive = number is not None and Decimal(number.group(0)) > 0
     except InvalidOperation:
         positive = False
     if not positive:
@@ -263,7 +266,7 @@ class Lora(ApiModel):
 
 
 class Quantization(ApiModel):
-    bits: Annotated[Int, Field(json_schema_extra={"enum": [4, 8]})] = Field(
+    bits: Literal[4, 8] = Field(
         default=4, description="Bits of the frozen base weights: 4 or 8."
     )
     type: QuantizationType = Field(default=QuantizationType.NF4, description="4-bit data type: nf4 | fp4 (ignored for 8 bits).")
@@ -373,12 +376,12 @@ class Output(ApiModel):
 class Toleration(ApiModel):
     # Kubernetes core/v1 field names are already camelCase.
     key: Str | None = Field(default=None, description="Taint key to tolerate; empty with operator Exists = all taints.")
-    operator: Annotated[Str, Field(json_schema_extra={"enum": ["Exists", "Equal"]})] = Field(
+    operator: Literal["Exists", "Equal"] = Field(
         default="Equal", description="Exists | Equal."
     )
     value: Str | None = Field(default=None, description="Taint value (operator Equal).")
-    effect: Annotated[Str, Field(json_schema_extra={"enum": ["NoSchedule", "PreferNoSchedule", "NoExecute"]})] | None = (
-        Field(default=None, description="NoSchedule | PreferNoSchedule | NoExecute; empty = all effects.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="NoSchedule | PreferNoSchedule | NoExecute; empty = all effects."
     )
     toleration_seconds: Int | None = Field(default=None, description="How long a NoExecute taint is tolerated.")
 

@@ -1,0 +1,95 @@
+"""`kubetune validate` and `kubetune crd` as a user runs them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from kubetune.api.crd import crd_yaml
+from kubetune.cli import main
+from tests.api.manifests import base
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _write(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_checked_in_crd_is_the_generated_one():
+    checked_in = (REPO / "crds" / "finetunejobs.kubetune.dev.yaml").read_text()
+    assert checked_in == crd_yaml(), "run: kubetune crd > crds/finetunejobs.kubetune.dev.yaml"
+
+
+def test_kubetune_crd_command_prints_the_crd():
+    out = subprocess.run([sys.executable, "-m", "kubetune.cli", "crd"], capture_output=True, text=True, check=True)
+    assert out.stdout == crd_yaml()
+    assert yaml.safe_load(out.stdout)["spec"]["names"]["shortNames"] == ["ftj"]
+
+
+def test_validate_examples_exit_zero():
+    files = sorted(str(p) for p in (REPO / "examples").glob("*.yaml"))
+    out = subprocess.run(
+        [sys.executable, "-m", "kubetune.cli", "validate", *files], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"{len(files)} file(s) valid" in out.stdout
+
+
+def test_validate_reports_every_problem_with_paths(tmp_path, capsys):
+    doc = base()
+    doc["spec"]["lora"]["rank"] = 0
+    doc["spec"]["technique"] = "lora2"
+    path = _write(tmp_path, "bad.yaml", yaml.safe_dump(doc))
+    assert main(["validate", path]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert f"{path}: job-a: spec.lora.rank: must be >= 1 (got 0)" in lines
+    assert any(line.startswith(f"{path}: job-a: spec.technique: must be one of") and "'lora2'" in line for line in lines)
+    assert len(lines) == 2
+
+
+def test_validate_multi_document_names_each_document(tmp_path, capsys):
+    good = base()
+    bad = base()
+    bad["metadata"]["name"] = "second"
+    bad["spec"]["hyperparameters"] = {"learningrate": 0.1}
+    path = _write(tmp_path, "multi.yaml", yaml.safe_dump_all([good, bad]))
+    assert main(["validate", path]) == 1
+    out = capsys.readouterr().out
+    assert f"{path}: second: spec.hyperparameters.learningrate: unknown field (did you mean 'learningRate'?)" in out
+    assert "job-a" not in out
+
+
+def test_validate_files_that_are_not_manifests(tmp_path, capsys):
+    not_yaml = _write(tmp_path, "broken.yaml", "spec: [unclosed\n")
+    deployment = _write(tmp_path, "deploy.yaml", "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n")
+    scalar = _write(tmp_path, "scalar.yaml", "just a string\n")
+    empty = _write(tmp_path, "empty.yaml", "# nothing\n")
+    dup = _write(tmp_path, "dup.yaml", yaml.safe_dump(base()) + "kind: FineTuneJob\n")
+    missing = str(tmp_path / "nope.yaml")
+    binary = tmp_path / "weights.yaml"
+    binary.write_bytes(b"\xff\xfe\x00binary")
+    rc = main(["validate", not_yaml, deployment, scalar, empty, dup, missing, str(binary)])
+    out = capsys.readouterr().out.splitlines()
+    assert rc == 1
+    assert any(line.startswith(f"{not_yaml}: not valid YAML: line 2") for line in out), out
+    assert f"{deployment}: web: not a FineTuneJob (expected apiVersion: kubetune.dev/v1alpha1, kind: FineTuneJob; got apiVersion: apps/v1, kind: Deployment)" in out
+    assert any(line.startswith(f"{scalar}: document 1: not a Kubernetes object") for line in out)
+    assert f"{empty}: contains no YAML documents" in out
+    assert any(line.startswith(f"{dup}: not valid YAML:") and "duplicate key 'kind'" in line for line in out)
+    assert f"{missing}: no such file" in out
+    assert any(line.startswith(f"{binary}: not UTF-8 text") for line in out)
+    assert len(out) == 7
+
+
+def test_validate_never_prints_a_traceback(tmp_path):
+    path = _write(tmp_path, "odd.yaml", "apiVersion: kubetune.dev/v1alpha1\nkind: FineTuneJob\nmetadata: 7\nspec: [1, 2]\n")
+    out = subprocess.run([sys.executable, "-m", "kubetune.cli", "validate", path], capture_output=True, text=True)
+    assert out.returncode == 1
+    assert "Traceback" not in out.stdout + out.stderr
+    assert "metadata: must be a mapping" in out.stdout and "spec: must be a mapping" in out.stdout
