@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: setup test test-fast demo crd validate-examples clean
+.PHONY: setup test test-fast demo generate validate-examples images clean
 
 setup: $(VENV)/.installed
 
@@ -27,11 +27,19 @@ test-fast: setup
 demo: setup
 	$(PY) -m kubetune_trainer.demo --out demo-output
 
-crd: setup
-	$(VENV)/bin/kubetune crd > crds/finetunejobs.kubetune.dev.yaml
+# Regenerate the CRD (crds/ and the chart's copy) and the chart's RBAC rules from the code.
+generate: setup
+	$(VENV)/bin/kubetune generate
 
 validate-examples: setup
 	$(VENV)/bin/kubetune validate examples/*.yaml
+
+# Container images, tagged with the chart's appVersion (needs a Docker engine).
+VERSION := $(shell awk '/^appVersion:/ {gsub(/"/, "", $$2); print $$2}' charts/kubetune/Chart.yaml)
+REGISTRY ?= ghcr.io/kubetune
+images:
+	docker build -f operator/Dockerfile -t $(REGISTRY)/operator:$(VERSION) .
+	docker build -f trainer/Dockerfile -t $(REGISTRY)/trainer:$(VERSION) .
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

@@ -28,6 +28,22 @@ def _cmd_crd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from kubetune import generate
+
+    root = Path(args.root)
+    if args.check:
+        stale = generate.stale(root)
+        for path in stale:
+            print(f"{path}: stale; run `kubetune generate`")
+        return 1 if stale else 0
+    for path in generate.write(root):
+        print(f"wrote {path}")
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from kubetune_trainer.entrypoint import run_cli
 
@@ -51,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("crd", help="print the FineTuneJob CustomResourceDefinition")
     p.set_defaults(func=_cmd_crd)
+
+    p = sub.add_parser("generate", help="regenerate the checked-in CRD and chart RBAC files (developers)")
+    p.add_argument("--root", default=".", help="repository root")
+    p.add_argument("--check", action="store_true", help="only report stale files (exit 1 if any)")
+    p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("run", help="run a FineTuneJob on this machine (the same entrypoint a training pod runs)")
     p.add_argument("file", metavar="FILE", help="FineTuneJob manifest (or a bare spec)")

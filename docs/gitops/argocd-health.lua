@@ -1,0 +1,58 @@
+-- Argo CD health check for kubetune.dev/FineTuneJob.
+-- Install: add under resource.customizations.health.kubetune.dev_FineTuneJob in argocd-cm
+-- (see docs/gitops.md). Maps the operator's status onto Argo CD's health states.
+local hs = {}
+
+local function condition(conditions, type)
+  if conditions == nil then return nil end
+  for _, c in ipairs(conditions) do
+    if c.type == type then return c end
+  end
+  return nil
+end
+
+if obj.status == nil or obj.status.phase == nil then
+  hs.status = "Progressing"
+  hs.message = "Waiting for the kubetune operator"
+  return hs
+end
+
+local status = obj.status
+local generation = obj.metadata and obj.metadata.generation
+if generation ~= nil and status.observedGeneration ~= nil and status.observedGeneration < generation then
+  hs.status = "Progressing"
+  hs.message = "The operator has not yet seen the latest spec"
+  return hs
+end
+
+local phase = status.phase
+local ready = condition(status.conditions, "Ready")
+
+if phase == "Succeeded" then
+  hs.status = "Healthy"
+  hs.message = "Training complete"
+  if status.output ~= nil and status.output.modelUri ~= nil then
+    hs.message = "Training complete: " .. status.output.modelUri
+  end
+elseif phase == "Failed" then
+  hs.status = "Degraded"
+  hs.message = status.message or (ready and ready.message) or "Training failed"
+  if ready ~= nil and ready.reason ~= nil then
+    hs.message = ready.reason .. ": " .. hs.message
+  end
+elseif phase == "Suspended" then
+  hs.status = "Suspended"
+  hs.message = "Suspended (spec.suspend: true)"
+elseif phase == "Running" and status.progress ~= nil and status.progress.totalSteps ~= nil
+    and status.progress.totalSteps > 0 then
+  hs.status = "Progressing"
+  hs.message = string.format("Training: step %d/%d (%d%%)", status.progress.step or 0,
+    status.progress.totalSteps, status.progress.percent or 0)
+else
+  hs.status = "Progressing"
+  hs.message = phase
+  if ready ~= nil and ready.message ~= nil and ready.message ~= "" then
+    hs.message = phase .. ": " .. ready.message
+  end
+end
+return hs
