@@ -133,6 +133,13 @@ class Optimizer(StrEnum):
     ADAFACTOR = "adafactor"
 
 
+class AttentionImplementation(StrEnum):
+    AUTO = "auto"
+    SDPA = "sdpa"
+    FLEX = "flex"
+    EAGER = "eager"
+
+
 class QuantizationType(StrEnum):
     NF4 = "nf4"
     FP4 = "fp4"

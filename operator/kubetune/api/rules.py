@@ -8,6 +8,7 @@ Python checks, so the two halves cannot drift apart.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -151,12 +152,26 @@ def _check_rlhf_batch(spec: Spec) -> Iterator[Finding]:
         return
     generations = spec.rlhf.num_generations if spec.rlhf else _DEFAULT_GENERATIONS
     hp = spec.hyperparameters
-    per_step = hp.batch_size * hp.gradient_accumulation_steps
+    # TRL samples numGenerations completions per prompt within one global generation batch.
+    processes = max(spec.resources.gpus, 1) * spec.nodes
+    per_step = hp.batch_size * hp.gradient_accumulation_steps * processes
     if per_step % generations:
         yield (
             "rlhf.numGenerations",
-            f"batchSize x gradientAccumulationSteps ({per_step}) must be a multiple of numGenerations ({generations})",
+            f"batchSize x gradientAccumulationSteps x processes (gpus x nodes) = {per_step} "
+            f"must be a multiple of numGenerations ({generations})",
         )
+
+
+_LM_HEAD = "(^|,)lm_head(,|$)"
+
+
+def _check_lm_head(spec: Spec) -> Iterator[Finding]:
+    # TRL's DPO/GRPO/RLOO read log-probabilities through lm_head.weight directly: a LoRA-wrapped
+    # lm_head breaks them.
+    if spec.objective in (Objective.PREFERENCE, Objective.RLHF) and spec.lora is not None:
+        if re.search(_LM_HEAD, spec.lora.target_modules):
+            yield "lora.targetModules", f"lm_head cannot carry LoRA with objective {spec.objective}; leave it out"
 
 
 def _check_merge(spec: Spec) -> Iterator[Finding]:
@@ -224,10 +239,18 @@ RULES: list[Rule] = [
     ),
     Rule(
         ".rlhf",
-        "self.objective != 'rlhf' || (self.hyperparameters.batchSize * self.hyperparameters.gradientAccumulationSteps) "
+        "self.objective != 'rlhf' || (self.hyperparameters.batchSize * self.hyperparameters.gradientAccumulationSteps "
+        "* (self.resources.gpus > 1 ? self.resources.gpus : 1) * self.nodes) "
         f"% (has(self.rlhf) ? self.rlhf.numGenerations : {_DEFAULT_GENERATIONS}) == 0",
-        "batchSize x gradientAccumulationSteps must be a multiple of spec.rlhf.numGenerations",
+        "batchSize x gradientAccumulationSteps x gpus x nodes must be a multiple of spec.rlhf.numGenerations",
         _check_rlhf_batch,
+    ),
+    Rule(
+        ".lora.targetModules",
+        "!(self.objective in ['preference', 'rlhf'] && has(self.lora) && "
+        f"self.lora.targetModules.matches('{_LM_HEAD}'))",
+        "lm_head cannot carry LoRA with objective preference or rlhf",
+        _check_lm_head,
     ),
     Rule(
         ".output.mergeAdapter",

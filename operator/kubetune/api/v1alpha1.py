@@ -19,6 +19,7 @@ from pydantic.alias_generators import to_camel
 from kubetune.api import uris
 from kubetune.api.constants import (
     API_VERSION,
+    AttentionImplementation,
     KIND,
     AdapterActivation,
     ConditionStatus,
@@ -242,6 +243,19 @@ class Hyperparameters(ApiModel):
         description="adamw | adamw8bit | pagedAdamw8bit | sgd | adafactor. 8-bit and paged optimizers need a GPU.",
     )
     max_grad_norm: Float = Field(default=1.0, ge=0, description="Gradient clipping norm; 0 disables clipping.")
+    liger_kernel: Bool = Field(
+        default=True,
+        description="Use Liger fused kernels (fused linear cross-entropy, RMSNorm, RoPE, SwiGLU) for supported "
+        "architectures when training on a GPU with liger-kernel installed; ignored otherwise.",
+    )
+    torch_compile: Bool = Field(
+        default=False, description="Compile the model with torch.compile (faster steps after a warm-up; GPU)."
+    )
+    attention: AttentionImplementation = Field(
+        default=AttentionImplementation.AUTO,
+        description="Attention kernel: auto (the fastest available that keeps packed examples apart) | sdpa | "
+        "flex | eager.",
+    )
 
 
 class Lora(ApiModel):
