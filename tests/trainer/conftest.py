@@ -1,0 +1,115 @@
+"""Fixtures shared by the trainer tests: one tiny Llama model + tokenizer per test session.
+
+Built offline by `kubetune_trainer.tiny` (no hub). Fixture names are stable: other trainer tests
+depend on `tiny_llama_dir` and `tiny_tokenizer_dir`. Treat the folders as read-only; copy them
+before writing into them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    """A Hugging Face model folder (config, safetensors weights, tokenizer with a chat template)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from kubetune_trainer.tiny import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tiny_llama_dir) -> Path:
+    """The tokenizer of `tiny_llama_dir` (the same folder: AutoTokenizer loads it from there)."""
+    return tiny_llama_dir
+
+
+# --------------------------------------------------------------------------- S3 (moto over HTTP)
+# Added by the plumbing/entrypoint tests; append new fixtures below, keep these names stable.
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real HTTP S3 endpoint (moto's threaded server) for the whole session; its URL.
+
+    Sets AWS_ENDPOINT_URL and test credentials in os.environ so in-process runs and subprocesses
+    (which inherit the environment) reach it; KUBETUNE_S3_MAX_ATTEMPTS keeps failure tests quick."""
+    import os
+
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "KUBETUNE_S3_MAX_ATTEMPTS")}
+    os.environ.update(
+        AWS_ENDPOINT_URL=url,
+        AWS_ACCESS_KEY_ID="testing-key",
+        AWS_SECRET_ACCESS_KEY="testing-secret",
+        AWS_DEFAULT_REGION="us-east-1",
+        KUBETUNE_S3_MAX_ATTEMPTS="2",
+    )
+    yield url
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint, request):
+    """A fresh bucket (named after the test) on the session's S3 endpoint; its name."""
+    import re
+    import uuid
+
+    import boto3
+
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + "-" + uuid.uuid4().hex[:6]
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def write_job(tmp_path):
+    """Write a FineTuneJob manifest; returns its path. Keyword arguments are spec sections (merged
+    over small defaults: full fine-tuning, a few steps, fp32, file:// everything)."""
+    import yaml
+
+    def write(model_dir, datasets, *, name="job", filename="job.yaml", **spec_sections):
+        spec = {
+            "technique": "full",
+            "objective": "causal-lm",
+            "model": {"uri": f"file://{model_dir}"},
+            "datasets": datasets,
+            "hyperparameters": {
+                "maxSteps": 8,
+                "batchSize": 4,
+                "learningRate": 3.0e-3,
+                "maxSeqLength": 64,
+                "precision": "fp32",
+                "warmupRatio": 0.0,
+                "lrScheduler": "constant",
+                "packing": True,
+                "seed": 7,
+            },
+            "output": {"checkpointEverySteps": 4, "keepCheckpoints": 2},
+        }
+        for key, value in spec_sections.items():
+            if isinstance(value, dict) and isinstance(spec.get(key), dict):
+                spec[key] = {**spec[key], **value}
+            else:
+                spec[key] = value
+        doc = {"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name}, "spec": spec}
+        path = tmp_path / filename
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return path
+
+    return write

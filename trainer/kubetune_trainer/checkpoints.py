@@ -1,0 +1,288 @@
+"""Checkpoints in the output store: uploaded in the background, marked complete last, pruned,
+found again on resume; and SIGTERM handling (save now, upload, exit 143 within the grace period).
+
+Layout: <root>/checkpoints/step-<N>/<the Trainer's checkpoint-N files> + `_COMPLETE` (JSON: step,
+time, files with sizes) written after every other file. A step folder without the marker is an
+upload that was cut off: it is never loaded, and is deleted once a newer checkpoint completes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from transformers import TrainerCallback
+
+from kubetune.api.constants import ExitCode
+
+from kubetune_trainer.errors import InfraError, TrainerError
+from kubetune_trainer.reporting import CheckpointReport
+
+if TYPE_CHECKING:
+    from kubetune_trainer.context import OutputLayout
+    from kubetune_trainer.reporting import Reporter
+    from kubetune_trainer.storage import Storage
+
+log = logging.getLogger("kubetune.checkpoints")
+
+MARKER = "_COMPLETE"
+_STEP_DIR = re.compile(r"/checkpoints/step-(\d+)/(.+)$")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class RemoteCheckpoint:
+    step: int
+    uri: str
+    complete: bool
+    marker: dict | None = None
+
+
+def scan(storage: Storage, layout: OutputLayout) -> dict[int, RemoteCheckpoint]:
+    """Every step folder under checkpoints/, complete or not."""
+    found: dict[int, RemoteCheckpoint] = {}
+    for uri in storage.list(layout.checkpoints_uri):
+        m = _STEP_DIR.search(uri)
+        if not m:
+            continue
+        step = int(m.group(1))
+        entry = found.setdefault(step, RemoteCheckpoint(step, layout.checkpoint_uri(step), False))
+        if m.group(2) == MARKER:
+            entry.complete = True
+    return found
+
+
+def complete_checkpoints(storage: Storage, layout: OutputLayout) -> list[RemoteCheckpoint]:
+    """Complete checkpoints, oldest first, with their markers read."""
+    out = []
+    for step, entry in sorted(scan(storage, layout).items()):
+        if entry.complete:
+            try:
+                entry.marker = json.loads(storage.read_text(entry.uri + MARKER))
+            except (FileNotFoundError, json.JSONDecodeError):
+                continue  # deleted meanwhile, or not our marker: not usable
+            out.append(entry)
+    return out
+
+
+def find_latest_complete(storage: Storage, layout: OutputLayout) -> RemoteCheckpoint | None:
+    """The newest checkpoint whose marker exists; step folders without one are ignored."""
+    complete = complete_checkpoints(storage, layout)
+    return complete[-1] if complete else None
+
+
+def download_checkpoint(storage: Storage, checkpoint: RemoteCheckpoint, local_dir: Path) -> Path:
+    """A local copy of a complete checkpoint, checked against the file list in its marker."""
+    done = local_dir / ".kubetune-complete"
+    if done.exists():
+        return local_dir
+    if local_dir.exists():
+        shutil.rmtree(local_dir)
+    storage.download_prefix(checkpoint.uri, local_dir)
+    (local_dir / MARKER).unlink(missing_ok=True)
+    for name, size in (checkpoint.marker or {}).get("files", {}).items():
+        path = local_dir / name
+        if not path.is_file() or path.stat().st_size != size:
+            raise InfraError(f"checkpoint {checkpoint.uri}: {name} is missing or has the wrong size; the store changed under us")
+    done.touch()
+    return local_dir
+
+
+class CheckpointManager:
+    """Uploads checkpoints on one background thread (in order), then marks, prunes and reports."""
+
+    def __init__(self, storage: Storage, layout: OutputLayout, keep: int, reporter: Reporter, *, delete_local: bool = True):
+        self.storage = storage
+        self.layout = layout
+        self.keep = keep
+        self.reporter = reporter
+        self.delete_local = delete_local
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-upload")
+        self._futures: list[Future] = []
+        self.last_complete_step: int | None = None
+
+    def submit(self, local_dir: Path, step: int, eval_loss: float | None = None) -> Future:
+        future = self._pool.submit(self._upload, Path(local_dir), step, eval_loss)
+        self._futures.append(future)
+        return future
+
+    def _upload(self, local_dir: Path, step: int, eval_loss: float | None) -> None:
+        started = time.monotonic()
+        uri = self.layout.checkpoint_uri(step)
+        files = {p.relative_to(local_dir).as_posix(): p.stat().st_size for p in sorted(local_dir.rglob("*")) if p.is_file()}
+        self.storage.delete_prefix(uri)  # leftovers of a cut-off upload of the same step
+        self.storage.upload_dir(local_dir, uri)
+        marker = {"step": step, "time": _now(), "files": files}
+        if eval_loss is not None:
+            marker["evalLoss"] = eval_loss
+        self.storage.write_text(uri + MARKER, json.dumps(marker, indent=1))  # last: now it is complete
+        self.last_complete_step = step
+        log.info("checkpoint step-%d uploaded in %.1fs", step, time.monotonic() - started)
+        self.prune_and_report()
+        if self.delete_local:
+            shutil.rmtree(local_dir, ignore_errors=True)
+
+    def prune_and_report(self) -> None:
+        complete = complete_checkpoints(self.storage, self.layout)
+        for old in complete[: max(0, len(complete) - self.keep)]:
+            # Marker first: a half-deleted folder must never look complete.
+            self.storage.delete_prefix(old.uri + MARKER)
+            self.storage.delete_prefix(old.uri)
+        kept = complete[-self.keep :]
+        newest = kept[-1].step if kept else None
+        if newest is not None:
+            for step, entry in scan(self.storage, self.layout).items():
+                if not entry.complete and step < newest:
+                    self.storage.delete_prefix(entry.uri)
+        self.reporter.checkpoints(
+            [
+                CheckpointReport(c.step, c.uri, (c.marker or {}).get("time", _now()), (c.marker or {}).get("evalLoss"))
+                for c in kept
+            ]
+        )
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until every upload so far is done; re-raise the first failure."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for future in list(self._futures):
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            exc = future.exception(timeout=remaining)
+            if exc is not None:
+                if isinstance(exc, TrainerError):
+                    raise exc
+                raise InfraError(f"checkpoint upload failed: {type(exc).__name__}: {exc}") from exc
+        self._futures = [f for f in self._futures if not f.done()]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=False)
+
+
+# --------------------------------------------------------------------------- preemption
+
+
+class Preempted(BaseException):
+    """SIGTERM: the pod is being stopped (node drain, Kueue preemption, suspend). BaseException so
+    that no `except Exception` in a library swallows it."""
+
+
+class Preemption:
+    """SIGTERM -> ask the Trainer to save and stop at the next step end, then exit 143.
+
+    Outside training (downloads, data loading) there is nothing to save: exit at once. A watchdog
+    makes sure the process is gone within the grace period even if a step hangs.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.training = False
+        self.deadline: float | None = None
+        self.on_timeout = None  # called by the watchdog just before os._exit (writes the termination log)
+
+    @property
+    def grace_seconds(self) -> float:
+        return float(os.environ.get("KUBETUNE_GRACE_SECONDS", "25"))
+
+    def remaining(self) -> float | None:
+        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            return
+        self.requested = True
+        self.deadline = time.monotonic() + self.grace_seconds
+        timer = threading.Timer(max(0.5, self.grace_seconds - 1.0), self._watchdog)
+        timer.daemon = True
+        timer.start()
+        log.warning("SIGTERM: saving a checkpoint and stopping (grace %.0fs)", self.grace_seconds)
+        if not self.training:
+            raise Preempted("stopped (SIGTERM) before training started; nothing to save")
+
+    def _watchdog(self) -> None:
+        if self.on_timeout is not None:
+            try:
+                self.on_timeout()
+            except Exception:  # noqa: BLE001 - we are exiting anyway
+                pass
+        os._exit(ExitCode.PREEMPTED)
+
+
+PREEMPTION = Preemption()
+
+
+def _any_rank(flag: bool) -> bool:
+    """True when any rank has the flag (all ranks must stop at the same step)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+class CheckpointCallback(TrainerCallback):
+    """Hands each saved checkpoint-N to the manager (rank 0) and turns SIGTERM into save-and-stop."""
+
+    def __init__(self, manager: CheckpointManager | None, *, is_main: bool, preemption: Preemption = PREEMPTION):
+        self.manager = manager
+        self.is_main = is_main
+        self.preemption = preemption
+        # Debug/test knob: slow every step down (seconds) so a test can kill a run between checkpoints.
+        self._step_sleep = float(os.environ.get("KUBETUNE_DEBUG_STEP_SLEEP", "0") or 0)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.preemption.training = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.preemption.training = False
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._step_sleep:
+            time.sleep(self._step_sleep)
+        if _any_rank(self.preemption.requested):
+            self.preemption.requested = True
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        _barrier()  # every rank has written its part (rng state) of checkpoint-N
+        if not self.is_main or self.manager is None:
+            return
+        step = state.global_step
+        local = Path(args.output_dir) / f"checkpoint-{step}"
+        if not local.is_dir():
+            log.warning("expected %s after a save; nothing uploaded", local)
+            return
+        eval_loss = next(
+            (e.get("eval_loss") for e in reversed(state.log_history) if e.get("step") == step and "eval_loss" in e), None
+        )
+        self.manager.submit(local, step, eval_loss)

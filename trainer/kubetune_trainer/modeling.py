@@ -1,0 +1,335 @@
+"""Load the base model for training with the spec's technique applied, and save the final result.
+
+`load_for_training` reads a local Hugging Face model folder (the sources layer has already fetched
+it), refuses pickled weights unless spec.model.allowPickle, picks the dtype from
+spec.hyperparameters.precision and hands the model to the technique module, which leaves exactly the
+intended parameters trainable. `save_final` writes the result in Hugging Face format.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubetune_trainer.errors import InfraError, UserError
+
+log = logging.getLogger(__name__)
+
+CAUSAL_LM = "causal-lm"
+SEQUENCE_CLASSIFICATION = "sequence-classification"
+TASKS = (CAUSAL_LM, SEQUENCE_CLASSIFICATION)
+
+# Technique value (spec.technique) -> module under kubetune_trainer.techniques.
+TECHNIQUE_MODULES = {
+    "full": "full",
+    "lora": "lora",
+    "qlora": "qlora",
+    "feature-extraction": "feature_extraction",
+    "adapter": "adapter",
+    "prompt-tuning": "prompt_tuning",
+    "prefix-tuning": "prefix_tuning",
+}
+PEFT_TECHNIQUES = ("lora", "qlora", "prompt-tuning", "prefix-tuning")
+MERGEABLE = ("lora", "qlora")
+
+SAFE_WEIGHTS = ("*.safetensors",)
+PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    task: str
+
+
+def technique_module(technique: str):
+    """The self-contained module that implements `technique` (a spec.technique value)."""
+    value = getattr(technique, "value", technique)
+    if value not in TECHNIQUE_MODULES:
+        raise UserError(f"spec.technique: unknown technique {value!r}; expected one of {', '.join(TECHNIQUE_MODULES)}")
+    return importlib.import_module(f"kubetune_trainer.techniques.{TECHNIQUE_MODULES[value]}")
+
+
+def _technique(spec) -> str:
+    return getattr(spec.technique, "value", spec.technique)
+
+
+def training_dtype(spec):
+    """Weights dtype for spec.hyperparameters.precision on this machine, and why.
+
+    bf16 needs a GPU with bf16 support; CPUs train in fp32 (half-precision matmuls on CPU are slow or
+    missing, and mixed precision there is not what a user asking for bf16 expects to measure).
+    fp16 mixed precision keeps fp32 master weights (the gradient scaler refuses fp16 gradients), so
+    the weights load in fp32 and only the forward pass runs in fp16.
+    """
+    import torch
+
+    precision = getattr(spec.hyperparameters.precision, "value", spec.hyperparameters.precision)
+    if not torch.cuda.is_available():
+        if precision != "fp32":
+            return torch.float32, f"precision {precision} requested but no GPU is visible: training in fp32 on CPU"
+        return torch.float32, "precision fp32"
+    if precision == "bf16":
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16, "precision bf16"
+        return torch.float32, "precision bf16 requested but this GPU does not support bf16: training in fp32"
+    if precision == "fp16":
+        return torch.float32, "precision fp16: fp32 master weights, fp16 autocast in the forward pass"
+    return torch.float32, "precision fp32"
+
+
+def compute_dtype(spec):
+    """The dtype matmuls run in (QLoRA's bnb compute dtype, the dtype of a merged model)."""
+    import torch
+
+    precision = getattr(spec.hyperparameters.precision, "value", spec.hyperparameters.precision)
+    if not torch.cuda.is_available():
+        return torch.float32
+    if precision == "bf16" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    return torch.float32
+
+
+def check_weight_files(model_dir: Path, allow_pickle: bool) -> bool:
+    """True when the folder has safetensors weights. Pickled-only weights are refused unless allowed:
+    unpickling runs arbitrary code from the model repository."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise InfraError(f"model folder {model_dir} is missing (the model download did not complete)")
+    if not (model_dir / "config.json").is_file():
+        raise UserError("spec.model.uri: the model folder has no config.json: is it a Hugging Face model folder?")
+    # Top level only: transformers loads weights from there (subfolders such as original/ hold other formats).
+    safe = [p for pattern in SAFE_WEIGHTS for p in model_dir.glob(pattern)]
+    pickled = [p for pattern in PICKLED_WEIGHTS for p in model_dir.glob(pattern)]
+    if safe:
+        return True
+    if pickled and not allow_pickle:
+        names = ", ".join(sorted(p.name for p in pickled)[:3])
+        raise UserError(
+            f"spec.model.uri: the model has only pickled weights ({names}), which can run code when loaded; "
+            "convert them to safetensors, or set spec.model.allowPickle: true if you trust this repository"
+        )
+    if not pickled:
+        raise UserError("spec.model.uri: the model folder has no weights (*.safetensors, or *.bin with allowPickle)")
+    return False
+
+
+def load_tokenizer(model_dir: Path, spec):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=spec.model.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"spec.model.uri: cannot load a tokenizer from the model folder: {exc}") from exc
+    if tokenizer.pad_token is None:
+        # Batches need a pad token; the eos token is the usual stand-in (its positions are masked out).
+        fallback = tokenizer.eos_token or tokenizer.unk_token
+        if fallback is None:
+            raise UserError("spec.model.uri: the tokenizer has no pad, eos or unk token to pad batches with")
+        tokenizer.pad_token = fallback
+        log.info("tokenizer has no pad token: using %r", fallback)
+    return tokenizer
+
+
+def load_for_training(spec, model_dir, task: str, *, num_labels: int | None = None, label_names=None) -> LoadedModel:
+    """Load `model_dir` for `task` ("causal-lm" or "sequence-classification"; num_labels=1 is a reward
+    model) with spec.technique applied: only the technique's parameters require grad."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    spec = spec.resolved()
+    model_dir = Path(model_dir)
+    technique = _technique(spec)
+    module = technique_module(technique)
+    use_safetensors = check_weight_files(model_dir, spec.model.allow_pickle)
+    tokenizer = load_tokenizer(model_dir, spec)
+
+    dtype, why = training_dtype(spec)
+    log.info("loading %s for %s with %s: %s", model_dir.name, task, technique, why)
+    kwargs: dict[str, Any] = dict(
+        trust_remote_code=spec.model.trust_remote_code,
+        use_safetensors=use_safetensors,
+        dtype=dtype,
+    )
+    if task == SEQUENCE_CLASSIFICATION:
+        if label_names:
+            label_names = [str(name) for name in label_names]
+            num_labels = num_labels or len(label_names)
+            kwargs["id2label"] = dict(enumerate(label_names))
+            kwargs["label2id"] = {name: i for i, name in enumerate(label_names)}
+        if not num_labels:
+            raise ValueError("sequence-classification needs num_labels or label_names")
+        kwargs["num_labels"] = num_labels
+        # The head reads the last non-pad token: the config must know the pad id.
+        kwargs["pad_token_id"] = tokenizer.pad_token_id
+    if hasattr(module, "load_kwargs"):
+        kwargs |= module.load_kwargs(spec)
+
+    auto = AutoModelForCausalLM if task == CAUSAL_LM else AutoModelForSequenceClassification
+    try:
+        model = auto.from_pretrained(str(model_dir), **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"spec.model.uri: cannot load the model as {task}: {exc}") from exc
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    # Remember where the base came from: save_final reloads it to merge an adapter. A plain attribute,
+    # not a config key, so it never lands in a saved config.json.
+    model.kubetune_base_dir = str(model_dir)
+
+    if technique == "prompt-tuning" and task == SEQUENCE_CLASSIFICATION:
+        # PEFT feeds soft prompts as inputs_embeds, so the head cannot find the last non-pad token from
+        # input_ids and reads the last position: left padding makes that the last real token.
+        tokenizer.padding_side = "left"
+
+    model = module.apply(model, spec, task)
+
+    precision = getattr(spec.hyperparameters.precision, "value", spec.hyperparameters.precision)
+    if precision == "fp16" or dtype != compute_dtype(spec):
+        _upcast_trainable(model)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    log.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100.0 * trainable / max(total, 1))
+    if trainable == 0:
+        raise UserError(f"spec.technique {technique}: no parameter is trainable with these settings")
+    return LoadedModel(model=model, tokenizer=tokenizer, task=task)
+
+
+def _upcast_trainable(model) -> None:
+    """Mixed precision keeps trainable weights in fp32 (optimizer state and grad scaler need it)."""
+    import torch
+
+    for param in model.parameters():
+        if param.requires_grad and param.dtype in (torch.float16, torch.bfloat16):
+            param.data = param.data.float()
+
+
+def _is_peft(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - peft is a trainer dependency
+        return False
+    return isinstance(model, PeftModel)
+
+
+def _base_dir(model) -> str | None:
+    base = model.get_base_model() if _is_peft(model) else model
+    return getattr(base, "kubetune_base_dir", None)
+
+
+def _hub_reference(spec) -> tuple[str, str | None] | None:
+    """hf://org/name[@rev] -> ("org/name", rev): what a saved adapter should name as its base."""
+    uri = spec.model.uri
+    if not uri.startswith("hf://"):
+        return None
+    repo, _, revision = uri[len("hf://") :].partition("@")
+    return repo.strip("/"), (revision or None)
+
+
+def save_final(model, tokenizer, spec, out_dir, *, base_model_dir=None) -> Path:
+    """Write the trained model to `out_dir` in Hugging Face format (rank 0 only: the caller's job).
+
+    PEFT techniques: adapter_config.json + adapter_model.safetensors (AutoPeftModelFor*).
+    full / feature-extraction: full weights (AutoModelFor*). adapter: the bottleneck weights and
+    their config (techniques.adapter.load_adapter). spec.output.mergeAdapter (lora/qlora): also the
+    merged full weights in out_dir/merged/, from the base reloaded in the compute precision.
+    """
+    spec = spec.resolved()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    technique = _technique(spec)
+    module = technique_module(technique)
+    base_dir = base_model_dir or _base_dir(model)
+
+    if hasattr(module, "save"):
+        module.save(model, out)
+    else:
+        model.save_pretrained(str(out), safe_serialization=True)
+    if technique in PEFT_TECHNIQUES and _task_of(model) == SEQUENCE_CLASSIFICATION:
+        _write_labels(model, out)
+    tokenizer.save_pretrained(str(out))
+
+    if spec.output.merge_adapter and technique in MERGEABLE:
+        if base_dir is None:
+            raise ValueError("save_final needs base_model_dir to merge the adapter")
+        merge_into_base(out, base_dir, spec, task=_task_of(model), out_dir=out / "merged")
+        tokenizer.save_pretrained(str(out / "merged"))
+    if technique in PEFT_TECHNIQUES:
+        _point_adapter_at_hub(out, spec)
+    return out
+
+
+def _task_of(model) -> str:
+    base = model.get_base_model() if _is_peft(model) else model
+    return SEQUENCE_CLASSIFICATION if "SequenceClassification" in type(base).__name__ else CAUSAL_LM
+
+
+def _write_labels(model, out: Path) -> None:
+    """A PEFT adapter does not carry the head's config: keep the labels next to it, so a reload (or the
+    merge) builds a head of the right size: AutoPeftModelForSequenceClassification.from_pretrained(
+    out, num_labels=..., id2label=...) with the values in kubetune_labels.json."""
+    config = model.get_base_model().config
+    labels = {
+        "num_labels": config.num_labels,
+        "id2label": {str(k): v for k, v in config.id2label.items()},
+        "label2id": dict(config.label2id),
+        "pad_token_id": config.pad_token_id,
+    }
+    (out / "kubetune_labels.json").write_text(json.dumps(labels, indent=2) + "\n")
+
+
+def _point_adapter_at_hub(out: Path, spec) -> None:
+    """A saved adapter names its base by the path it was loaded from, a temporary folder in the pod;
+    for hf:// models name the hub repository instead so AutoPeftModel* works anywhere."""
+    reference = _hub_reference(spec)
+    config_file = out / "adapter_config.json"
+    if reference is None or not config_file.is_file():
+        return
+    config = json.loads(config_file.read_text())
+    config["base_model_name_or_path"], revision = reference
+    if revision:
+        config["revision"] = revision
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def merge_into_base(adapter_dir, base_dir, spec, *, task: str, out_dir) -> Path:
+    """Reload the base unquantized in the compute precision, apply the saved LoRA adapter, merge and
+    save full weights. (A 4-bit base cannot take merged weights without losing the update.)"""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    auto = AutoModelForCausalLM if task == CAUSAL_LM else AutoModelForSequenceClassification
+    base = auto.from_pretrained(
+        str(base_dir),
+        dtype=compute_dtype(spec),
+        trust_remote_code=spec.model.trust_remote_code,
+        use_safetensors=check_weight_files(Path(base_dir), spec.model.allow_pickle),
+        **head_kwargs(adapter_dir, task),
+    )
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(str(out_dir), safe_serialization=True)
+    log.info("merged adapter written to %s", out_dir)
+    return Path(out_dir)
+
+
+def head_kwargs(adapter_dir, task: str = SEQUENCE_CLASSIFICATION) -> dict[str, Any]:
+    """from_pretrained kwargs that rebuild a classification head of the saved size and labels."""
+    labels_file = Path(adapter_dir) / "kubetune_labels.json"
+    if task != SEQUENCE_CLASSIFICATION or not labels_file.is_file():
+        return {}
+    labels = json.loads(labels_file.read_text())
+    return {
+        "num_labels": labels["num_labels"],
+        "id2label": {int(k): v for k, v in labels["id2label"].items()},
+        "label2id": labels["label2id"],
+        "pad_token_id": labels.get("pad_token_id"),
+    }

@@ -1,0 +1,154 @@
+"""objective: instruction — instruction tuning with the loss on the answers only.
+
+- `messages` rows: rendered with the model's chat template; only assistant tokens are targets. The
+  mask comes from the template's `{% generation %}` markers (transformers' return_assistant_tokens_mask,
+  what TRL's assistant_only_loss uses) when it has them; otherwise from rendering the conversation
+  turn by turn (the tokens an assistant turn adds after the generation prompt), which works for any
+  template that renders a conversation's prefix as a prefix.
+- `prompt-completion` rows: only completion tokens are targets. Plain strings are joined as
+  prompt + completion + EOS; conversational ones (lists of messages) go through the chat template.
+
+Packing and training as in causal_lm (transformers' Trainer on tokenized rows, block-diagonal
+attention across packed examples). Several tasks of either format mix by weight after tokenization.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from kubetune.api.constants import DatasetFormat
+
+from kubetune_trainer.context import RunContext, TaskData, TrainResult
+from kubetune_trainer.data import eval_dataset, mixed_train
+from kubetune_trainer.errors import UserError
+from kubetune_trainer.packing import IGNORE, PaddingCollator, install_block_diagonal_attention, pack_examples, supports_packing
+
+log = logging.getLogger(__name__)
+
+FORMATS = (DatasetFormat.MESSAGES, DatasetFormat.PROMPT_COMPLETION)
+
+
+def _chat_ids(tokenizer, messages, *, add_generation_prompt: bool = False) -> list[int]:
+    out = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=True)
+    return list(out["input_ids"])
+
+
+def has_generation_markers(tokenizer) -> bool:
+    template = tokenizer.chat_template or ""
+    return "{% generation %}" in template or "{%- generation %}" in template
+
+
+def assistant_mask_from_markers(tokenizer, messages) -> tuple[list[int], list[int]]:
+    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    return list(out["input_ids"]), list(out["assistant_masks"])
+
+
+def assistant_mask_by_turns(tokenizer, messages) -> tuple[list[int], list[int]]:
+    """Mask the tokens of the text each assistant turn adds after the generation prompt.
+
+    Works on characters, then maps to tokens by offsets: a template's generation prompt often ends in
+    whitespace that merges with the answer's first token, so token-level prefixes do not line up."""
+    render = tokenizer.apply_chat_template
+    text = render(messages, tokenize=False)
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = render(messages[:i], tokenize=False, add_generation_prompt=True) if i else ""
+        upto = render(messages[: i + 1], tokenize=False)
+        if not text.startswith(upto) or not upto.startswith(before):
+            raise UserError(
+                "spec.model: the chat template does not render a conversation's beginning as a prefix of the whole, "
+                "so the assistant tokens cannot be found; use a template with {% generation %} markers"
+            )
+        spans.append((len(before), len(upto)))
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(encoded["input_ids"])
+    mask = [int(any(end > lo and start < hi for lo, hi in spans)) for start, end in encoded["offset_mapping"]]
+    return ids, mask
+
+
+def encode_messages(tokenizer, messages) -> tuple[list[int], list[int]]:
+    if has_generation_markers(tokenizer):
+        return assistant_mask_from_markers(tokenizer, messages)
+    return assistant_mask_by_turns(tokenizer, messages)
+
+
+def encode_prompt_completion(tokenizer, prompt, completion) -> tuple[list[int], list[int]]:
+    if isinstance(prompt, list) or isinstance(completion, list):
+        prompt_msgs = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        completion_msgs = completion if isinstance(completion, list) else [{"role": "assistant", "content": completion}]
+        prompt_ids = _chat_ids(tokenizer, prompt_msgs, add_generation_prompt=True)
+        ids = _chat_ids(tokenizer, prompt_msgs + completion_msgs)
+        if ids[: len(prompt_ids)] != prompt_ids:
+            raise UserError("spec.model: the chat template renders the prompt differently inside the whole conversation")
+    else:
+        prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        ids = prompt_ids + tokenizer(completion, add_special_tokens=False)["input_ids"]
+        if tokenizer.eos_token_id is not None:
+            ids = ids + [tokenizer.eos_token_id]
+    return ids, [0] * len(prompt_ids) + [1] * (len(ids) - len(prompt_ids))
+
+
+def tokenize(dataset, fmt: DatasetFormat, tokenizer, max_length: int, what: str):
+    def encode(row):
+        if fmt == DatasetFormat.MESSAGES:
+            ids, mask = encode_messages(tokenizer, row["messages"])
+        else:
+            ids, mask = encode_prompt_completion(tokenizer, row["prompt"], row["completion"])
+        ids, mask = ids[:max_length], mask[:max_length]
+        return {"input_ids": ids, "labels": [t if m else IGNORE for t, m in zip(ids, mask)]}
+
+    out = dataset.map(encode, remove_columns=dataset.column_names, desc=f"tokenizing {what}")
+    # Rows whose answer was cut off entirely teach nothing (and give a NaN loss in a batch of their own).
+    out = out.filter(lambda row: any(label != IGNORE for label in row["labels"][1:]), desc=f"dropping rows of {what} without answer tokens")
+    if len(out) == 0:
+        raise UserError(f"{what}: no row has answer tokens within maxSeqLength")
+    return out
+
+
+def prepare(tasks: list[TaskData], tokenizer, max_length: int, packing: bool, seed: int):
+    tokenized = []
+    for task in tasks:
+        train = tokenize(task.train, task.format, tokenizer, max_length, f"dataset {task.name}")
+        evaluation = (
+            tokenize(task.eval, task.format, tokenizer, max_length, f"eval data of {task.name}") if task.eval is not None else None
+        )
+        if packing:
+            kwargs = dict(batched=True, batch_size=1000, fn_kwargs={"max_length": max_length})
+            train = train.map(pack_examples, remove_columns=train.column_names, desc=f"packing {task.name}", **kwargs)
+            if evaluation is not None:
+                evaluation = evaluation.map(pack_examples, remove_columns=evaluation.column_names, **kwargs)
+        tokenized.append(TaskData(task.name, task.format, task.weight, train, evaluation))
+    return mixed_train(tokenized, seed), eval_dataset(tokenized)
+
+
+def run(ctx: RunContext) -> TrainResult:
+    from transformers import Trainer
+
+    from kubetune_trainer.modeling import load_for_training
+
+    spec, hp = ctx.spec, ctx.spec.hyperparameters
+    loaded = load_for_training(spec, ctx.model_dir, "causal-lm")
+    model, tokenizer = loaded.model, loaded.tokenizer
+    tasks = [t for t in ctx.tasks if t.format in FORMATS]
+    if any(t.format == DatasetFormat.MESSAGES for t in tasks) and not tokenizer.chat_template:
+        raise UserError("spec.datasets: messages data needs a model whose tokenizer has a chat template")
+    packing = hp.packing and supports_packing(spec.technique.value)
+    if hp.packing and not packing:
+        log.info("packing is off for %s (its virtual tokens need a 2D attention mask)", spec.technique.value)
+    train, evaluation = prepare(tasks, tokenizer, hp.max_seq_length, packing, hp.seed)
+    if packing:
+        install_block_diagonal_attention(model)
+
+    trainer = Trainer(
+        model=model,
+        args=ctx.training_args(has_eval=evaluation is not None),
+        train_dataset=train,
+        eval_dataset=evaluation,
+        data_collator=PaddingCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        callbacks=list(ctx.callbacks),
+    )
+    output = trainer.train(resume_from_checkpoint=str(ctx.resume_from) if ctx.resume_from else None)
+    return TrainResult(model=trainer.model, tokenizer=tokenizer, metrics=dict(output.metrics))

@@ -1,0 +1,67 @@
+"""hf:// sources: a model snapshot from the Hugging Face Hub (or a mirror set by HF_ENDPOINT).
+
+Only safetensors weights, configs and tokenizer files are fetched unless model.allowPickle is set;
+Python files only with trustRemoteCode. Token: the role's HF_TOKEN (credentialsSecret), else HF_TOKEN.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kubetune.api.credentials import lookup
+from kubetune.api.uris import ParsedUri
+
+from kubetune_trainer.errors import InfraError, UserError
+
+SAFE_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "tokenizer*", "*.jinja"]
+PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth"]
+
+
+def translate_hub_error(err: Exception, what: str) -> Exception:
+    """huggingface_hub exceptions -> UserError (wrong name, revision, token) / InfraError (hub unreachable)."""
+    from huggingface_hub import errors
+
+    if isinstance(err, errors.GatedRepoError):
+        return UserError(f"{what}: the repository is gated; accept its terms and set a token (credentialsSecret with HF_TOKEN)")
+    if isinstance(err, errors.RepositoryNotFoundError):
+        return UserError(f"{what}: no such repository, or it is private and the token cannot read it")
+    if isinstance(err, errors.RevisionNotFoundError):
+        return UserError(f"{what}: no such revision")
+    if isinstance(err, errors.RemoteEntryNotFoundError if hasattr(errors, "RemoteEntryNotFoundError") else errors.EntryNotFoundError):
+        return UserError(f"{what}: a file is missing from the repository")
+    if isinstance(err, errors.LocalEntryNotFoundError):
+        return InfraError(f"{what}: the Hugging Face Hub cannot be reached and nothing is cached")
+    if isinstance(err, errors.HfHubHTTPError):
+        status = getattr(getattr(err, "response", None), "status_code", None)
+        if status in (401, 403):
+            return UserError(f"{what}: the Hub refused the token (HTTP {status}); check credentialsSecret HF_TOKEN")
+        if status == 404:
+            return UserError(f"{what}: not found on the Hub")
+        return InfraError(f"{what}: the Hugging Face Hub failed (HTTP {status})")
+    if isinstance(err, (ConnectionError, TimeoutError, OSError)):
+        return InfraError(f"{what}: the Hugging Face Hub cannot be reached ({type(err).__name__})")
+    if isinstance(err, ValueError):  # e.g. HFValidationError: a malformed repo id
+        return UserError(f"{what}: {err}")
+    return err
+
+
+def fetch_model_snapshot(
+    parsed: ParsedUri, dest: Path, *, role: str, allow_pickle: bool, trust_remote_code: bool, what: str = "model.uri"
+) -> Path:
+    from huggingface_hub import snapshot_download
+
+    patterns = SAFE_PATTERNS + (PICKLE_PATTERNS if allow_pickle else []) + (["*.py"] if trust_remote_code else [])
+    label = f"{what}: hf://{parsed.location}" + (f"@{parsed.revision}" if parsed.revision else "")
+    try:
+        snapshot_download(
+            repo_id=parsed.location,
+            revision=parsed.revision,
+            token=lookup(role, "HF_TOKEN"),
+            local_dir=str(dest),
+            allow_patterns=patterns,
+        )
+    except Exception as err:  # noqa: BLE001 - translated
+        raise translate_hub_error(err, label) from None
+    if not (dest / "config.json").is_file():
+        raise UserError(f"{label}: the repository holds no config.json (not a transformers model?)")
+    return dest

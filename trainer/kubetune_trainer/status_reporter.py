@@ -1,0 +1,180 @@
+"""The in-cluster Reporter: progress, metrics, checkpoints and output into the FineTuneJob's status.
+
+Merge patches of status.progress / metrics / checkpoints / output only (the operator owns phase,
+conditions and the rest), through the official client with the pod's own identity: a per-job
+ServiceAccount whose Role allows get/patch on finetunejobs/status of this one FineTuneJob.
+
+Rate-limited (at most one patch per KUBETUNE_REPORT_INTERVAL_SECONDS, default 10), sent from a
+background thread, and never raising into training: a failed patch is logged and retried with the
+next one; the last report is flushed on close().
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from typing import Any
+
+from kubetune.api.constants import GROUP, PLURAL, VERSION
+from kubetune_trainer.reporting import CheckpointReport, OutputReport, ProgressReport
+
+log = logging.getLogger("kubetune.trainer.status")
+
+DEFAULT_INTERVAL_SECONDS = 10.0
+
+
+def _merge(into: dict, patch: dict) -> None:
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def _finite(values: dict[str, float]) -> dict[str, float]:
+    # JSON has no NaN/Infinity: the API server would reject the whole patch.
+    out = {}
+    for key, value in values.items():
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(number):
+            out[key] = number
+    return out
+
+
+class StatusReporter:
+    def __init__(
+        self,
+        name: str | None = None,
+        namespace: str | None = None,
+        *,
+        interval_seconds: float | None = None,
+        api_client: Any = None,
+    ):
+        self.name = name or os.environ.get("KUBETUNE_FTJ_NAME", "")
+        self.namespace = namespace or os.environ.get("KUBETUNE_FTJ_NAMESPACE", "")
+        if interval_seconds is None:
+            raw = os.environ.get("KUBETUNE_REPORT_INTERVAL_SECONDS", "")
+            try:
+                interval_seconds = float(raw) if raw else DEFAULT_INTERVAL_SECONDS
+            except ValueError:
+                interval_seconds = DEFAULT_INTERVAL_SECONDS
+        self.interval = max(0.0, interval_seconds)
+        self._api_client = api_client
+        self._api: Any = None
+        self._pending: dict[str, Any] = {}
+        self._cond = threading.Condition()
+        self._closing = False
+        self._last_sent = -math.inf
+        self._disabled = not (self.name and self.namespace)
+        self.patches_sent = 0
+        self.errors = 0
+        self._thread = threading.Thread(target=self._run, name="kubetune-status-reporter", daemon=True)
+        if self._disabled:
+            log.warning("status reporting is off: KUBETUNE_FTJ_NAME / KUBETUNE_FTJ_NAMESPACE are not set")
+        else:
+            self._thread.start()
+
+    # ---------------------------------------------------------------------------- Reporter protocol
+
+    def progress(self, report: ProgressReport) -> None:
+        progress: dict[str, Any] = {
+            "step": int(report.step),
+            "totalSteps": int(report.total_steps),
+            "epoch": float(report.epoch) if math.isfinite(report.epoch) else 0.0,
+            "percent": int(report.percent),
+        }
+        if report.eta_seconds is not None:
+            progress["etaSeconds"] = int(report.eta_seconds)
+        if report.stage:
+            progress["stage"] = report.stage
+        patch: dict[str, Any] = {"progress": progress}
+        metrics = _finite(report.metrics or {})
+        if metrics:
+            patch["metrics"] = metrics
+        self._offer(patch)
+
+    def checkpoints(self, complete: list[CheckpointReport]) -> None:
+        items = []
+        for ckpt in complete:
+            item: dict[str, Any] = {"step": int(ckpt.step), "uri": ckpt.uri, "time": ckpt.time}
+            if ckpt.eval_loss is not None and math.isfinite(ckpt.eval_loss):
+                item["evalLoss"] = float(ckpt.eval_loss)
+            items.append(item)
+        self._offer({"checkpoints": items})
+
+    def output(self, report: OutputReport) -> None:
+        self._offer({"output": {
+            "modelUri": report.model_uri,
+            "metricsUri": report.metrics_uri,
+            "tensorboardUri": report.tensorboard_uri,
+            "checkpointsUri": report.checkpoints_uri,
+        }})
+
+    def close(self, timeout: float = 10.0) -> None:
+        if self._disabled:
+            return
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    # ---------------------------------------------------------------------------- internals
+
+    def _offer(self, patch: dict) -> None:
+        if self._disabled:
+            return
+        try:
+            with self._cond:
+                _merge(self._pending, patch)
+                self._cond.notify_all()
+        except Exception as err:  # never into training
+            log.warning("status report dropped: %s", err)
+
+    def _client(self) -> Any:
+        if self._api is None:
+            from kubernetes import client, config
+
+            if self._api_client is None:
+                config.load_incluster_config()
+                self._api_client = client.ApiClient()
+            self._api = client.CustomObjectsApi(self._api_client)
+        return self._api
+
+    def _send(self, status: dict) -> None:
+        self._client().patch_namespaced_custom_object_status(
+            GROUP, VERSION, self.namespace, PLURAL, self.name, {"status": status}, _request_timeout=30
+        )
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    wait = self._last_sent + self.interval - time.monotonic()
+                    if self._pending and (wait <= 0 or self._closing):
+                        break
+                    if self._closing and not self._pending:
+                        return
+                    self._cond.wait(timeout=wait if self._pending and wait > 0 else None)
+                status, self._pending = self._pending, {}
+                closing = self._closing
+            self._last_sent = time.monotonic()
+            try:
+                self._send(status)
+                self.patches_sent += 1
+            except Exception as err:
+                self.errors += 1
+                log.warning("status patch for %s/%s failed (%s); will retry with the next report",
+                            self.namespace, self.name, type(err).__name__)
+                with self._cond:
+                    # Keep what failed unless something newer replaced it.
+                    merged = status
+                    _merge(merged, self._pending)
+                    self._pending = merged
+                if closing:
+                    return  # one last try was made; do not hold the pod's exit

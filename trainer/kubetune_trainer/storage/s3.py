@@ -1,0 +1,184 @@
+"""s3:// storage through boto3, for AWS S3 and S3-compatible stores (MinIO, Ceph, R2...).
+
+Transient trouble (500/503, throttling, dropped connections) is retried by botocore's "standard"
+retry mode with a bounded number of attempts (KUBETUNE_S3_MAX_ATTEMPTS, default 5); what is left
+after that is an InfraError, so the Job's backoffLimit gets another go. Mistakes a retry cannot fix
+(no such bucket, access denied, bad keys) are UserErrors naming the URI, never the credentials.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kubetune.api.credentials import endpoint_for, lookup
+from kubetune.api.uris import join_uri, parse_uri
+
+from kubetune_trainer.errors import InfraError, UserError
+
+if TYPE_CHECKING:
+    from kubetune.api.v1alpha1 import Spec
+
+_USER_CODES = {
+    "NoSuchBucket": "the bucket does not exist",
+    "AccessDenied": "access denied (check the credentialsSecret and the bucket policy)",
+    "InvalidAccessKeyId": "the access key is not valid (check the credentialsSecret)",
+    "SignatureDoesNotMatch": "the secret key does not match the access key (check the credentialsSecret)",
+    "InvalidBucketName": "the bucket name is not valid",
+    "AllAccessDisabled": "access to the bucket is disabled",
+    "403": "access denied (check the credentialsSecret and the bucket policy)",
+}
+
+
+def _split(uri: str) -> tuple[str, str]:
+    parsed = parse_uri(uri)
+    return parsed.location, parsed.path
+
+
+def _translate(err: Exception, uri: str, endpoint: str | None) -> Exception:
+    """botocore/boto3 exception -> UserError / InfraError / FileNotFoundError."""
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
+
+    where = f" at {endpoint}" if endpoint else ""
+    if isinstance(err, (NoCredentialsError, PartialCredentialsError)):
+        return UserError(f"{uri}: no S3 credentials found (set credentialsSecret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")
+    if isinstance(err, ClientError):
+        code = str(err.response.get("Error", {}).get("Code", ""))
+        status = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        if code in ("NoSuchKey", "404", "NotFound"):
+            return FileNotFoundError(uri)
+        if code in _USER_CODES:
+            return UserError(f"{uri}: {_USER_CODES[code]}")
+        if 400 <= status < 500 and status not in (408, 429):
+            return UserError(f"{uri}: S3 refused the request ({code or status})")
+        return InfraError(f"{uri}: S3{where} failed after retries ({code or status})")
+    if isinstance(err, S3UploadFailedError):
+        text = str(err)
+        for code, meaning in _USER_CODES.items():
+            if f"({code})" in text:
+                return UserError(f"{uri}: {meaning}")
+        return InfraError(f"{uri}: upload to S3{where} failed after retries")
+    if isinstance(err, BotoCoreError):
+        return InfraError(f"{uri}: cannot reach S3{where} ({type(err).__name__})")
+    return err
+
+
+class S3Storage:
+    def __init__(self, client, endpoint: str | None):
+        self._client = client
+        self._endpoint = endpoint
+
+    @classmethod
+    def for_role(cls, role: str, spec: Spec | None) -> S3Storage:
+        import boto3
+        from botocore.config import Config
+
+        endpoint = (endpoint_for(spec, role) if spec is not None else None) or os.environ.get("AWS_ENDPOINT_URL") or None
+        region = (spec.output.region if spec is not None else None) or os.environ.get("AWS_REGION") or os.environ.get(
+            "AWS_DEFAULT_REGION", "us-east-1"
+        )
+        attempts = int(os.environ.get("KUBETUNE_S3_MAX_ATTEMPTS", "5"))
+        config = Config(
+            retries={"mode": "standard", "max_attempts": attempts},
+            connect_timeout=10,
+            read_timeout=120,
+            # Custom endpoints (MinIO & co.) rarely have wildcard DNS for virtual-host buckets.
+            s3={"addressing_style": "path" if endpoint else "auto"},
+        )
+        session = boto3.session.Session(
+            aws_access_key_id=lookup(role, "AWS_ACCESS_KEY_ID"),
+            aws_secret_access_key=lookup(role, "AWS_SECRET_ACCESS_KEY"),
+            aws_session_token=lookup(role, "AWS_SESSION_TOKEN"),
+            region_name=region,
+        )
+        return cls(session.client("s3", endpoint_url=endpoint, config=config), endpoint)
+
+    def _fail(self, err: Exception, uri: str):
+        raise _translate(err, uri, self._endpoint) from None
+
+    def list(self, prefix: str) -> list[str]:
+        bucket, key = _split(prefix)
+        out = []
+        try:
+            for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
+                out.extend(f"s3://{bucket}/{obj['Key']}" for obj in page.get("Contents", []))
+        except Exception as err:  # noqa: BLE001 - translated below
+            self._fail(err, prefix)
+        # A prefix "a/b" must not match "a/bc/...": keep exact matches and children only.
+        if key and not key.endswith("/"):
+            out = [u for u in out if u == f"s3://{bucket}/{key}" or u.startswith(f"s3://{bucket}/{key}/")]
+        return sorted(out)
+
+    def exists(self, uri: str) -> bool:
+        bucket, key = _split(uri)
+        try:
+            self._client.head_object(Bucket=bucket, Key=key)
+            return True
+        except Exception as err:  # noqa: BLE001
+            translated = _translate(err, uri, self._endpoint)
+            if isinstance(translated, FileNotFoundError):
+                return False
+            raise translated from None
+
+    def download_file(self, uri: str, local_path: str | Path) -> Path:
+        bucket, key = _split(uri)
+        dst = Path(local_path)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._client.download_file(bucket, key, str(dst))
+        except Exception as err:  # noqa: BLE001
+            self._fail(err, uri)
+        return dst
+
+    def download_prefix(self, prefix: str, local_dir: str | Path) -> list[Path]:
+        _, key = _split(prefix)
+        base = key if key.endswith("/") or not key else key + "/"
+        out = []
+        for uri in self.list(prefix):
+            rel = _split(uri)[1][len(base) :] if base else _split(uri)[1]
+            if not rel or rel.endswith("/"):  # "folder" placeholder objects
+                continue
+            out.append(self.download_file(uri, Path(local_dir) / rel))
+        return out
+
+    def upload_file(self, local_path: str | Path, uri: str) -> None:
+        bucket, key = _split(uri)
+        try:
+            self._client.upload_file(str(local_path), bucket, key)
+        except Exception as err:  # noqa: BLE001
+            self._fail(err, uri)
+
+    def upload_dir(self, local_dir: str | Path, prefix: str) -> list[str]:
+        base = Path(local_dir)
+        uris = []
+        for path in sorted(p for p in base.rglob("*") if p.is_file()):
+            uri = join_uri(prefix, path.relative_to(base).as_posix())
+            self.upload_file(path, uri)
+            uris.append(uri)
+        return uris
+
+    def write_text(self, uri: str, text: str) -> None:
+        bucket, key = _split(uri)
+        try:
+            self._client.put_object(Bucket=bucket, Key=key, Body=text.encode("utf-8"))
+        except Exception as err:  # noqa: BLE001
+            self._fail(err, uri)
+
+    def read_text(self, uri: str) -> str:
+        bucket, key = _split(uri)
+        try:
+            return self._client.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8")
+        except Exception as err:  # noqa: BLE001
+            self._fail(err, uri)
+
+    def delete_prefix(self, prefix: str) -> None:
+        bucket, _ = _split(prefix)
+        keys = [_split(u)[1] for u in self.list(prefix)]
+        try:
+            for i in range(0, len(keys), 1000):
+                chunk = keys[i : i + 1000]
+                self._client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True})
+        except Exception as err:  # noqa: BLE001
+            self._fail(err, prefix)

@@ -1,0 +1,42 @@
+"""lora: low-rank update matrices beside the frozen weights (PEFT LoraConfig from spec.lora).
+
+For sequence classification PEFT's SEQ_CLS task also trains the new head (`score`/`classifier`,
+modules_to_save), which starts random and must learn.
+"""
+
+from __future__ import annotations
+
+
+def target_modules(spec) -> str | list[str]:
+    """"all-linear" (PEFT's shorthand: every linear layer except the output head) or a list of names."""
+    value = spec.lora.target_modules.strip()
+    if value == "all-linear":
+        return value
+    return [name.strip() for name in value.split(",") if name.strip()]
+
+
+def lora_config(spec, task: str):
+    from peft import LoraConfig, TaskType
+
+    return LoraConfig(
+        r=spec.lora.rank,
+        lora_alpha=spec.lora.alpha,
+        lora_dropout=spec.lora.dropout,
+        target_modules=target_modules(spec),
+        use_dora=spec.lora.use_dora,
+        use_rslora=spec.lora.use_rslora,
+        bias="none",
+        task_type=TaskType.CAUSAL_LM if task == "causal-lm" else TaskType.SEQ_CLS,
+    )
+
+
+def apply(model, spec, task: str):
+    from peft import get_peft_model
+
+    from kubetune_trainer.errors import UserError
+
+    try:
+        return get_peft_model(model, lora_config(spec, task))
+    except ValueError as exc:
+        # e.g. a targetModules name the model does not have
+        raise UserError(f"spec.lora.targetModules: {exc}") from exc

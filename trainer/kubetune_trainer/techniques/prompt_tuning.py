@@ -1,0 +1,31 @@
+"""prompt-tuning: trainable soft-prompt embeddings prepended to the input; the model is unchanged
+(PEFT PromptTuningConfig from spec.promptTuning). initText initialises the prompt from the token
+embeddings of that text (tokenized with the model's own tokenizer)."""
+
+from __future__ import annotations
+
+
+def prompt_tuning_config(spec, task: str, tokenizer_dir: str | None):
+    from peft import PromptTuningConfig, PromptTuningInit, TaskType
+
+    settings = spec.prompt_tuning
+    kwargs = {}
+    if settings.init_text:
+        kwargs = dict(
+            prompt_tuning_init=PromptTuningInit.TEXT,
+            prompt_tuning_init_text=settings.init_text,
+            tokenizer_name_or_path=tokenizer_dir,
+        )
+    return PromptTuningConfig(
+        task_type=TaskType.CAUSAL_LM if task == "causal-lm" else TaskType.SEQ_CLS,
+        num_virtual_tokens=settings.virtual_tokens,
+        **kwargs,
+    )
+
+
+def apply(model, spec, task: str):
+    from peft import get_peft_model
+
+    # The model was loaded from a local folder that also holds its tokenizer.
+    tokenizer_dir = getattr(model, "kubetune_base_dir", None) or model.name_or_path
+    return get_peft_model(model, prompt_tuning_config(spec, task, tokenizer_dir))

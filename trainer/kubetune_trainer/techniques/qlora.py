@@ -1,0 +1,93 @@
+"""qlora: LoRA on a frozen base quantized to 4 or 8 bits by bitsandbytes (spec.quantization).
+
+CPU caveat (bitsandbytes 0.50): on CPUs with AVX512-BF16, a no-grad forward in eval mode (an
+evaluation pass) repacks each Linear4bit's weights into an inference layout, after which backward
+passes silently drop the input gradient (40-60% error in the LoRA gradients). We switch that repacking
+off on every Linear4bit; the test in tests/trainer/techniques compares gradients before and after
+an evaluation pass.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def quantization_config(spec):
+    from transformers import BitsAndBytesConfig
+
+    from kubetune_trainer.modeling import compute_dtype
+
+    quant = spec.resolved().quantization
+    # Heads stay unquantized: lm_head is the output layer, score/classifier are new and train.
+    keep = ["lm_head", "score", "classifier"]
+    if quant.bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=keep)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=getattr(quant.type, "value", quant.type),
+        bnb_4bit_use_double_quant=quant.double_quant,
+        bnb_4bit_compute_dtype=compute_dtype(spec),
+        llm_int8_skip_modules=keep,
+    )
+
+
+def load_kwargs(spec) -> dict:
+    import torch
+
+    # Quantized weights are created on the device they will train on: each process's own GPU.
+    if torch.cuda.is_available():
+        device_map = {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    else:
+        device_map = {"": "cpu"}
+    return {"quantization_config": quantization_config(spec), "device_map": device_map}
+
+
+def disable_cpu_weight_repacking(model) -> int:
+    """Turn off bitsandbytes' CPU inference repacking (drops input gradients afterwards); undo it where
+    it already happened. Returns how many layers were touched."""
+    import bitsandbytes as bnb
+
+    count = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+            quant_state = getattr(module.weight, "quant_state", None)
+            if quant_state is not None and getattr(quant_state, "packing_format_for_cpu", False):
+                from bitsandbytes.nn.modules import _convert_weight_packed_for_cpu_inverse
+
+                module.weight.data, module.weight.quant_state = _convert_weight_packed_for_cpu_inverse(
+                    module.weight.data, quant_state
+                )
+            count += 1
+    return count
+
+
+def apply(model, spec, task: str):
+    from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
+
+    from kubetune_trainer.errors import UserError
+
+    disable_cpu_weight_repacking(model)
+    # Casts norms/embeddings to fp32 and freezes the base; gradient checkpointing only if asked for
+    # (PEFT's default turns it on).
+    model = prepare_model_for_kbit_training(
+        model,
+        use_gradient_checkpointing=spec.hyperparameters.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+    )
+    value = spec.lora.target_modules.strip()
+    targets = value if value == "all-linear" else [n.strip() for n in value.split(",") if n.strip()]
+    config = LoraConfig(
+        r=spec.lora.rank,
+        lora_alpha=spec.lora.alpha,
+        lora_dropout=spec.lora.dropout,
+        target_modules=targets,
+        use_dora=spec.lora.use_dora,
+        use_rslora=spec.lora.use_rslora,
+        bias="none",
+        task_type=TaskType.CAUSAL_LM if task == "causal-lm" else TaskType.SEQ_CLS,
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:
+        raise UserError(f"spec.lora.targetModules: {exc}") from exc
