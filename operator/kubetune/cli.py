@@ -90,7 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--standalone", action="store_true", help="no peering with other operator replicas")
     p.add_argument("--peering", default=None, help="kopf peering name (for several replicas)")
     p.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint URL")
-    p.add_argument("--metrics-port", type=int, default=9090, help="Prometheus metrics port (0 = off)")
+    p.add_argument("--metrics-port", type=int, default=None, help="Prometheus metrics port (0 = off; default 9090)")
+    p.add_argument("--trainer-image", default=None, help="default trainer image (env KUBETUNE_TRAINER_IMAGE)")
+    p.add_argument("--default-output-uri", default=None, help="output root when spec.output.uri is empty")
+    p.add_argument("--max-running-per-namespace", type=int, default=None,
+                   help="cap on running FineTuneJobs per namespace, for clusters without Kueue (0 = none)")
+    p.add_argument("--resync-seconds", type=float, default=None, help="reconcile every unfinished job this often")
     p.set_defaults(func=_cmd_operator)
     return parser
 

@@ -113,3 +113,29 @@ def write_job(tmp_path):
         return path
 
     return write
+
+
+# --------------------------------------------------------------------------- training results table
+# Added by the technique x objective matrix (test_matrix.py): each test appends a dict with technique,
+# objective, measure, before, after, logged, changed, seconds; the table prints at the end of the session.
+
+_TRAINING_RESULTS = pytest.StashKey[list]()
+
+
+@pytest.fixture(scope="session")
+def training_results(request) -> list[dict]:
+    return request.config.stash.setdefault(_TRAINING_RESULTS, [])
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    results = config.stash.get(_TRAINING_RESULTS, [])
+    if not results:
+        return
+    write = terminalreporter.write_line
+    terminalreporter.section("technique x objective: measured before -> after training")
+    write(f"{'technique':<19}{'objective':<15}{'measure':<13}{'before':>9}{'after':>10}  {'trainer log (first -> last)':<28}{'changed':>8}{'s':>6}")
+    for r in sorted(results, key=lambda r: (r["objective"], r["technique"])):
+        write(
+            f"{r['technique']:<19}{r['objective']:<15}{r['measure']:<13}{r['before']:>9.4f}{r['after']:>10.4f}  "
+            f"{r['logged']:<28}{r['changed']:>8}{r['seconds']:>6.1f}"
+        )

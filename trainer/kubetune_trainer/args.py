@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from kubetune.api.constants import LRScheduler, Optimizer, Precision
 
 from kubetune_trainer.errors import UserError
+from kubetune_trainer.speed import compile_args, fused_adamw
 
 if TYPE_CHECKING:
     from kubetune_trainer.context import RunContext
@@ -89,7 +90,7 @@ def training_args(ctx: RunContext, cls: type | None = None, *, formats=None, has
         warmup_steps=hp.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps (transformers 5)
         weight_decay=hp.weight_decay,
         lr_scheduler_type=SCHEDULERS[LRScheduler(hp.lr_scheduler)],
-        optim=OPTIMIZERS[Optimizer(hp.optimizer)],
+        optim=fused_adamw(OPTIMIZERS[Optimizer(hp.optimizer)]),
         max_grad_norm=hp.max_grad_norm,
         seed=hp.seed,
         data_seed=hp.seed,
@@ -107,6 +108,7 @@ def training_args(ctx: RunContext, cls: type | None = None, *, formats=None, has
         remove_unused_columns=False,  # our collators need every column they prepared
         **precision_flags(Precision(hp.precision)),
     )
+    kwargs |= compile_args(spec)
     if hp.gradient_checkpointing:
         # Reentrant checkpointing breaks with frozen embeddings (PEFT); the non-reentrant one does not.
         kwargs["gradient_checkpointing_kwargs"] = {"use_reentrant": False}

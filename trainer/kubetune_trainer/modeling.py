@@ -138,9 +138,17 @@ def load_tokenizer(model_dir: Path, spec):
     return tokenizer
 
 
-def load_for_training(spec, model_dir, task: str, *, num_labels: int | None = None, label_names=None) -> LoadedModel:
+def load_for_training(
+    spec, model_dir, task: str, *, num_labels: int | None = None, label_names=None, packed: bool = False
+) -> LoadedModel:
     """Load `model_dir` for `task` ("causal-lm" or "sequence-classification"; num_labels=1 is a reward
-    model) with spec.technique applied: only the technique's parameters require grad."""
+    model) with spec.technique applied: only the technique's parameters require grad.
+
+    `packed`: the caller packs examples into rows (kubetune_trainer.packing), which decides the
+    attention kernel for spec.hyperparameters.attention auto. Liger kernels (spec.hyperparameters.
+    ligerKernel) are applied here, before the technique wraps the model (kubetune_trainer.speed)."""
+    from kubetune_trainer import speed
+
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     if task not in TASKS:
@@ -172,6 +180,10 @@ def load_for_training(spec, model_dir, task: str, *, num_labels: int | None = No
         kwargs["pad_token_id"] = tokenizer.pad_token_id
     if hasattr(module, "load_kwargs"):
         kwargs |= module.load_kwargs(spec)
+    attention, why_attention = speed.attention_implementation(spec, packed=packed)
+    log.info(why_attention)
+    if attention is not None:
+        kwargs["attn_implementation"] = attention
 
     auto = AutoModelForCausalLM if task == CAUSAL_LM else AutoModelForSequenceClassification
     try:
@@ -191,6 +203,7 @@ def load_for_training(spec, model_dir, task: str, *, num_labels: int | None = No
         # input_ids and reads the last position: left padding makes that the last real token.
         tokenizer.padding_side = "left"
 
+    speed.apply_liger(model, spec, task)
     model = module.apply(model, spec, task)
 
     precision = getattr(spec.hyperparameters.precision, "value", spec.hyperparameters.precision)

@@ -1,13 +1,18 @@
 """Packing for the causal-lm and instruction objectives: several tokenized examples per row, with
 NO attention across examples.
 
-transformers 5.24 does not derive a block-diagonal mask from restarting position_ids (facts.md: a
-packed document's logits differed by 0.4-0.5 from the document alone), and TRL's padding-free path
-relies on flash-attention varlen kernels for the isolation. So: rows carry position_ids that restart
-at every example plus a plain 2D padding mask (so the Trainer counts non-padding tokens exactly),
-and a forward pre-hook on the decoder turns them into a 4D block-diagonal causal mask, which the
-sdpa and eager attention paths honour exactly. The first token of each packed example gets label
--100: predicting it from the previous example would be a target the example alone never has.
+Rows carry position_ids that restart at every example plus a plain 2D padding mask (so the Trainer
+counts non-padding tokens exactly). A forward pre-hook on the decoder replaces that 2D mask with one
+that keeps examples apart, in the form the model's attention kernel wants:
+- sdpa: a (batch, 1, L, L) boolean block-diagonal causal mask (sdpa's masked kernels honour it exactly);
+- eager: the same as an additive float mask (0 / dtype min), which eager attention adds to its scores;
+- flex_attention: a flex `BlockMask` from a same-example-and-causal rule; the kernel skips whole blocks
+  that cross examples, so packed attention costs what the examples alone cost, and no L x L mask is kept.
+transformers passes 4D masks and BlockMasks through unchanged. (It can also derive such a mask from
+restarting position_ids, but only with no attention_mask and use_cache=False: its models turn the
+cache on from the config, so a plain forward lets packed examples attend to each other, facts.md.)
+The first token of each packed example gets label -100: predicting it from the previous example
+would be a target the example alone never has.
 """
 
 from __future__ import annotations
@@ -73,22 +78,66 @@ class PaddingCollator:
         return {k: torch.tensor(v, dtype=torch.long) for k, v in out.items()}
 
 
+def example_ids(position_ids):
+    """(batch, L) index of the packed example each token belongs to (examples start where position_ids is 0)."""
+    return (position_ids == 0).cumsum(dim=-1)
+
+
 def block_diagonal_mask(position_ids):
     """(batch, 1, L, L) boolean mask: token i attends to j iff j <= i and both are in one segment
     (segments start where position_ids is 0)."""
     import torch
 
-    segment = (position_ids == 0).cumsum(dim=-1)
+    segment = example_ids(position_ids)
     same = segment[:, :, None] == segment[:, None, :]
     length = position_ids.shape[-1]
     causal = torch.ones(length, length, dtype=torch.bool, device=position_ids.device).tril()
     return (same & causal)[:, None]
 
 
+def additive_mask(bool_mask, dtype):
+    """The boolean mask as eager attention wants it: 0 where attending, the dtype's minimum elsewhere."""
+    import torch
+
+    return torch.zeros(bool_mask.shape, dtype=dtype, device=bool_mask.device).masked_fill_(~bool_mask, torch.finfo(dtype).min)
+
+
+def flex_block_mask(position_ids):
+    """A flex-attention BlockMask with the block-diagonal causal rule of `block_diagonal_mask`."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    segment = example_ids(position_ids)
+    batch, length = position_ids.shape
+
+    def same_example_causal(b, h, q, kv):
+        return (kv <= q) & (segment[b, q] == segment[b, kv])
+
+    # _compile=False: built eagerly each step (cheap next to the forward); a compiled builder would
+    # recompile for every new row length.
+    return create_block_mask(same_example_causal, batch, None, length, length, device=position_ids.device, _compile=False)
+
+
+def packed_attention_mask(position_ids, implementation: str | None, dtype):
+    """The mask that keeps packed examples apart, for attention kernel `implementation`."""
+    if implementation == "flex_attention":
+        return flex_block_mask(position_ids)
+    mask = block_diagonal_mask(position_ids)
+    if implementation == "eager":
+        return additive_mask(mask, dtype)
+    return mask
+
+
+def _attention_kernel(module) -> str | None:
+    config = getattr(module, "config", None)
+    return getattr(config, "_attn_implementation", None)
+
+
 def _to_block_diagonal(module, args, kwargs):
     mask, positions = kwargs.get("attention_mask"), kwargs.get("position_ids")
     if mask is not None and positions is not None and mask.dim() == 2:
-        kwargs["attention_mask"] = block_diagonal_mask(positions)
+        embeddings = module.get_input_embeddings() if hasattr(module, "get_input_embeddings") else None
+        dtype = embeddings.weight.dtype if embeddings is not None else None
+        kwargs["attention_mask"] = packed_attention_mask(positions, _attention_kernel(module), dtype)
     return args, kwargs
 
 
@@ -99,8 +148,12 @@ def decoder_of(model):
 
 
 def install_block_diagonal_attention(model):
-    """Make packed rows attend within their own example only (see the module docstring)."""
+    """Make packed rows attend within their own example only (see the module docstring), for whichever
+    attention kernel the model was loaded with. Returns the hook handle (`.remove()` undoes it)."""
     return decoder_of(model).register_forward_pre_hook(_to_block_diagonal, with_kwargs=True)
+
+
+install_packed_attention = install_block_diagonal_attention
 
 
 def supports_packing(technique: str) -> bool:

@@ -168,6 +168,9 @@ class ConditionType(StrEnum):
     FAILED = "Failed"
     SUSPENDED = "Suspended"
     READY = "Ready"
+    # kstatus (Flux, kubectl wait, cli-utils): present only while True.
+    RECONCILING = "Reconciling"
+    STALLED = "Stalled"
 
 
 class ConditionStatus(StrEnum):
@@ -198,6 +201,7 @@ class Reason(StrEnum):
     JOB_MISSING = "JobMissing"
     NAMESPACE_LIMIT = "NamespaceLimitReached"
     SPEC_CHANGE_IGNORED = "SpecChangeIgnored"
+    TTL_EXPIRED = "TTLExpired"
 
 
 class ExitCode:

@@ -60,14 +60,17 @@ def prepare(tasks: list[TaskData], tokenizer, max_length: int, packing: bool, se
 
 
 def run(ctx: RunContext) -> TrainResult:
-    from transformers import Trainer
+    from transformers import Trainer, set_seed
 
     from kubetune_trainer.modeling import load_for_training
 
     spec, hp = ctx.spec, ctx.spec.hyperparameters
-    loaded = load_for_training(spec, ctx.model_dir, "causal-lm")
-    model, tokenizer = loaded.model, loaded.tokenizer
     packing = hp.packing and supports_packing(spec.technique.value)
+    # New adapters, prompts and prefixes are initialised here, before the Trainer seeds: seed first so a
+    # run (and its retry) starts from the same weights.
+    set_seed(spec.hyperparameters.seed)
+    loaded = load_for_training(spec, ctx.model_dir, "causal-lm", packed=packing)
+    model, tokenizer = loaded.model, loaded.tokenizer
     if hp.packing and not packing:
         log.info("packing is off for %s (its virtual tokens need a 2D attention mask)", spec.technique.value)
     tasks = [t for t in ctx.tasks if t.format in FORMATS]

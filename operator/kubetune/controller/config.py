@@ -1,0 +1,98 @@
+"""Operator settings, from the environment with command-line overrides.
+
+Environment variables (all optional):
+  KUBETUNE_TRAINER_IMAGE            default trainer image when spec.image is empty
+  KUBETUNE_DEFAULT_OUTPUT_URI       output root when spec.output.uri is empty
+  KUBETUNE_NAMESPACES               comma-separated namespaces to watch; empty = all
+  KUBETUNE_MAX_RUNNING_PER_NAMESPACE  cap on running (unsuspended) Jobs per namespace; 0 = none
+  KUBETUNE_REPORT_INTERVAL_SECONDS  how often the trainer patches progress into status
+  KUBETUNE_GRACE_SECONDS            time the trainer gets after SIGTERM to save a checkpoint
+  KUBETUNE_RESYNC_SECONDS           how often every unfinished FineTuneJob is reconciled anyway
+  KUBETUNE_METRICS_PORT             Prometheus port; 0 = off
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+DEFAULT_TRAINER_IMAGE = "ghcr.io/kubetune/trainer:latest"
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    trainer_image: str = DEFAULT_TRAINER_IMAGE
+    default_output_uri: str = ""
+    namespaces: tuple[str, ...] = ()  # empty = all namespaces
+    max_running_per_namespace: int = 0  # 0 = no cap
+    report_interval_seconds: int = 10
+    grace_seconds: int = 120
+    resync_seconds: float = 60.0
+    metrics_port: int = 9090
+    max_workers: int = 20
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def termination_grace_seconds(self) -> int:
+        # The kubelet's SIGKILL must come after the trainer's own grace period has run out.
+        return self.grace_seconds + 30
+
+
+def _int(env: Mapping[str, str], key: str, default: int) -> int:
+    raw = env.get(key, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{key} must be an integer (got {raw!r})") from None
+    if value < 0:
+        raise ValueError(f"{key} must be >= 0 (got {value})")
+    return value
+
+
+def from_env(env: Mapping[str, str] | None = None) -> OperatorConfig:
+    env = os.environ if env is None else env
+    namespaces = tuple(ns.strip() for ns in env.get("KUBETUNE_NAMESPACES", "").split(",") if ns.strip())
+    return OperatorConfig(
+        trainer_image=env.get("KUBETUNE_TRAINER_IMAGE", "").strip() or DEFAULT_TRAINER_IMAGE,
+        default_output_uri=env.get("KUBETUNE_DEFAULT_OUTPUT_URI", "").strip(),
+        namespaces=namespaces,
+        max_running_per_namespace=_int(env, "KUBETUNE_MAX_RUNNING_PER_NAMESPACE", 0),
+        report_interval_seconds=_int(env, "KUBETUNE_REPORT_INTERVAL_SECONDS", 10),
+        grace_seconds=_int(env, "KUBETUNE_GRACE_SECONDS", 120),
+        resync_seconds=float(_int(env, "KUBETUNE_RESYNC_SECONDS", 60)),
+        metrics_port=_int(env, "KUBETUNE_METRICS_PORT", 9090),
+    )
+
+
+def from_args(args: Any, env: Mapping[str, str] | None = None) -> OperatorConfig:
+    """Environment first, then whatever the command line set explicitly."""
+    config = from_env(env)
+    overrides: dict[str, Any] = {}
+    if getattr(args, "namespace", None):
+        overrides["namespaces"] = tuple(args.namespace)
+    for attr in ("trainer_image", "default_output_uri", "max_running_per_namespace", "report_interval_seconds",
+                 "grace_seconds", "resync_seconds", "metrics_port"):
+        value = getattr(args, attr, None)
+        if value is not None:
+            overrides[attr] = value
+    return replace(config, **overrides)
+
+
+# The running operator's settings; handlers read it (set by main.run_operator or by a test).
+_current: OperatorConfig | None = None
+
+
+def current() -> OperatorConfig:
+    global _current
+    if _current is None:
+        _current = from_env()
+    return _current
+
+
+def set_current(config: OperatorConfig) -> None:
+    global _current
+    _current = config

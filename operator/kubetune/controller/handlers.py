@@ -1,0 +1,132 @@
+"""kopf handlers: thin. Every one of them asks the Reconciler to bring one FineTuneJob in line.
+
+Run with `kubetune operator`, or `kopf run -m kubetune.controller.handlers --all-namespaces`
+(settings then come from the environment, see config.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+import kubernetes
+
+from kubetune.api.constants import GROUP, PLURAL, VERSION
+from kubetune.controller import builders, config
+from kubetune.controller.kube import Kube
+from kubetune.controller.metrics import Metrics
+from kubetune.controller.reconciler import Reconciler
+
+FTJ = dict(group=GROUP, version=VERSION, plural=PLURAL)
+CHILD_LABELS = {builders.LABEL_MANAGED_BY: builders.MANAGED_BY}
+PREFIX = "kubetune.dev"
+
+
+class Runtime:
+    """What the handlers share while the operator runs (set up at startup, torn down at cleanup)."""
+
+    client_configuration: kubernetes.client.Configuration | None = None  # tests set one; else in-cluster/kubeconfig
+    reconciler: Reconciler | None = None
+    metrics_server: Any = None
+
+
+runtime = Runtime()
+
+
+def _client_configuration() -> kubernetes.client.Configuration:
+    if runtime.client_configuration is not None:
+        return runtime.client_configuration
+    configuration = kubernetes.client.Configuration()
+    try:
+        kubernetes.config.load_incluster_config(client_configuration=configuration)
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config(client_configuration=configuration)
+    return configuration
+
+
+def reconciler() -> Reconciler:
+    if runtime.reconciler is None:
+        raise kopf.TemporaryError("the operator is still starting", delay=1)
+    return runtime.reconciler
+
+
+@kopf.on.startup()
+def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    cfg = config.current()
+    # kopf's bookkeeping goes to annotations: the CRD's structural schema prunes unknown status fields.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=PREFIX)
+    settings.persistence.finalizer = f"{PREFIX}/finalizer"
+    settings.posting.level = logging.WARNING  # our own Events tell the story; kopf posts only problems
+    settings.execution.max_workers = cfg.max_workers
+    if cfg.namespaces:
+        # Namespaced mode: no cluster-wide watching of namespaces/CRDs (the chart grants none).
+        settings.scanning.disabled = True
+    settings.watching.server_timeout = 300
+    settings.networking.request_timeout = 60
+    client_configuration = _client_configuration()
+    client_configuration.connection_pool_maxsize = cfg.max_workers + 4
+    metrics = Metrics()
+    runtime.reconciler = Reconciler(Kube(kubernetes.client.ApiClient(client_configuration)), cfg, metrics)
+    runtime.reconciler.start()
+    if cfg.metrics_port:
+        runtime.metrics_server = metrics.serve(cfg.metrics_port)
+
+
+@kopf.on.cleanup()
+def cleanup(**_: Any) -> None:
+    if runtime.reconciler is not None:
+        runtime.reconciler.stop()
+        runtime.reconciler = None
+    if runtime.metrics_server is not None:
+        runtime.metrics_server.shutdown()
+        runtime.metrics_server = None
+
+
+@kopf.on.login()
+def login(logger: Any, **kwargs: Any) -> kopf.ConnectionInfo | None:
+    if runtime.client_configuration is None:
+        return kopf.login_via_client(logger=logger, **kwargs)
+    cfg = runtime.client_configuration
+    token = (cfg.api_key or {}).get("authorization", "").removeprefix("Bearer ").strip() or None
+    return kopf.ConnectionInfo(server=cfg.host, token=token, scheme="Bearer" if token else None,
+                               insecure=not cfg.verify_ssl, ca_path=cfg.ssl_ca_cert)
+
+
+@kopf.on.create(**FTJ)
+@kopf.on.resume(**FTJ)
+@kopf.on.update(**FTJ, field="spec")
+def reconcile_finetunejob(name: str, namespace: str, **_: Any) -> None:
+    try:
+        reconciler().reconcile(namespace, name)
+    except kopf.TemporaryError:
+        raise
+    except Exception as err:  # retried with kopf's backoff; the operator never crashes on one job
+        raise kopf.TemporaryError(f"reconcile failed: {err}", delay=5) from err
+
+
+def _reconcile_parent(labels: dict, namespace: str, logger: Any) -> None:
+    parent = (labels or {}).get(builders.LABEL_FTJ)
+    if not parent or runtime.reconciler is None:
+        return
+    try:
+        runtime.reconciler.reconcile(namespace, parent)
+    except Exception as err:  # event handlers are not retried: the resync loop catches up
+        runtime.reconciler.schedule(namespace, parent, 0)
+        logger.warning(f"reconcile of {namespace}/{parent} after a child change failed: {err}")
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=CHILD_LABELS)
+def job_changed(labels: dict, namespace: str, logger: Any, **_: Any) -> None:
+    _reconcile_parent(labels, namespace, logger)
+
+
+@kopf.on.event("", "v1", "pods", labels=CHILD_LABELS)
+def pod_changed(labels: dict, namespace: str, logger: Any, **_: Any) -> None:
+    _reconcile_parent(labels, namespace, logger)
+
+
+@kopf.on.probe(id="finetunejobs")
+def phases(**_: Any) -> dict[str, int]:
+    return runtime.reconciler.metrics.phase_counts() if runtime.reconciler else {}

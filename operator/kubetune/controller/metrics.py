@@ -1,0 +1,49 @@
+"""Prometheus metrics of the operator: FineTuneJobs by phase, reconcile latency, reconcile errors."""
+
+from __future__ import annotations
+
+import threading
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from kubetune.api.constants import Phase
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        self.jobs = Gauge("kubetune_finetunejobs", "FineTuneJobs known to the operator, by phase", ["phase"],
+                          registry=self.registry)
+        self.reconcile_seconds = Histogram(
+            "kubetune_reconcile_duration_seconds", "Time to reconcile one FineTuneJob",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=self.registry)
+        self.reconcile_errors = Counter("kubetune_reconcile_errors_total", "Reconciles that failed and will be retried",
+                                        ["reason"], registry=self.registry)
+        self._phases: dict[tuple[str, str], str] = {}
+        self._lock = threading.Lock()
+        for phase in Phase:
+            self.jobs.labels(phase=str(phase)).set(0)
+
+    def set_phase(self, namespace: str, name: str, phase: str | None) -> None:
+        with self._lock:
+            if phase is None:
+                self._phases.pop((namespace, name), None)
+            else:
+                self._phases[(namespace, name)] = str(phase)
+            counts = {str(p): 0 for p in Phase}
+            for value in self._phases.values():
+                counts[value] = counts.get(value, 0) + 1
+        for phase_name, count in counts.items():
+            self.jobs.labels(phase=phase_name).set(count)
+
+    def phase_counts(self) -> dict[str, int]:
+        with self._lock:
+            counts: dict[str, int] = {}
+            for value in self._phases.values():
+                counts[value] = counts.get(value, 0) + 1
+            return counts
+
+    def serve(self, port: int, addr: str = "0.0.0.0"):
+        """Serve /metrics on a port in a daemon thread; returns the HTTP server (call .shutdown())."""
+        server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+        return server

@@ -1,0 +1,54 @@
+"""Every API permission the operator uses, in one place.
+
+The Helm chart's ClusterRole and the permission test (which records every call the operator makes
+against the API-server emulator) are derived from this list; add a row here before calling a new API.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kubetune.api.constants import GROUP, PLURAL
+
+
+@dataclass(frozen=True)
+class Permission:
+    api_group: str  # "" = core
+    resource: str  # "jobs", "finetunejobs/status", ...
+    verbs: tuple[str, ...]
+
+
+OPERATOR_PERMISSIONS: tuple[Permission, ...] = (
+    # The FineTuneJobs themselves: kopf watches them and stores its progress in annotations.
+    Permission(GROUP, PLURAL, ("get", "list", "watch", "patch")),
+    Permission(GROUP, f"{PLURAL}/status", ("get", "patch", "update")),
+    # Children.
+    Permission("batch", "jobs", ("get", "list", "watch", "create", "patch", "delete")),
+    Permission("", "configmaps", ("get", "create", "delete")),
+    Permission("", "services", ("get", "create", "delete")),
+    Permission("", "serviceaccounts", ("get", "create", "delete")),
+    Permission("rbac.authorization.k8s.io", "roles", ("get", "create", "delete")),
+    Permission("rbac.authorization.k8s.io", "rolebindings", ("get", "create", "delete")),
+    # Observing the training pods (exit codes, termination messages, node loss).
+    Permission("", "pods", ("get", "list", "watch")),
+    # `kubectl describe ftj` tells the story.
+    Permission("", "events", ("create", "patch")),
+    Permission("events.k8s.io", "events", ("create", "patch")),
+    # kopf lists namespaces to watch "all namespaces" and checks its own CRD.
+    Permission("", "namespaces", ("get", "list", "watch")),
+    Permission("apiextensions.k8s.io", "customresourcedefinitions", ("get", "list", "watch")),
+)
+
+# The per-job Role the trainer's status reporter runs with: its own FineTuneJob's status, nothing else.
+REPORTER_VERBS = ("get", "patch")
+
+
+def is_granted(verb: str, api_group: str, resource: str, permissions=OPERATOR_PERMISSIONS) -> bool:
+    return any(p.api_group == api_group and p.resource == resource and verb in p.verbs for p in permissions)
+
+
+def cluster_role_rules(permissions=OPERATOR_PERMISSIONS) -> list[dict]:
+    """The rules of the operator's ClusterRole, merged by (apiGroup, verbs) like a hand-written one."""
+    return [
+        {"apiGroups": [p.api_group], "resources": [p.resource], "verbs": list(p.verbs)} for p in permissions
+    ]

@@ -1,0 +1,330 @@
+"""The reconcile loop: read a FineTuneJob and its children, create or fix what is missing, write status.
+
+Level-based and idempotent: every call starts from what the API server says now, so a restart, a
+repeated event or a concurrent call never creates a second Job (deterministic names; AlreadyExists
+-> adopt when owned by this FineTuneJob). kopf handlers (handlers.py) call `reconcile`; so does a
+resync thread (every unfinished job, every `resync_seconds`, and at TTL deadlines).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import os
+import threading
+import time
+from collections import defaultdict
+
+from kubetune.api.constants import API_VERSION, KIND, Phase, Reason
+from kubetune.api.validation import SpecError
+from kubetune.controller import builders, status
+from kubetune.controller.config import OperatorConfig
+from kubetune.controller.kube import Kube, is_status
+from kubetune.controller.metrics import Metrics
+
+log = logging.getLogger("kubetune.operator")
+
+# Not (yet) in kubetune.api.constants.Reason: the Event when ttlSecondsAfterFinished removes the children.
+
+
+class NotOwnedError(RuntimeError):
+    """A child name is taken by an object this FineTuneJob does not own."""
+
+
+def _owned_by(obj: dict, uid: str) -> bool:
+    return any(ref.get("uid") == uid for ref in obj.get("metadata", {}).get("ownerReferences") or [])
+
+
+def _job_finished(job: dict) -> bool:
+    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+               for c in job.get("status", {}).get("conditions") or [])
+
+
+class Reconciler:
+    def __init__(self, kube: Kube, config: OperatorConfig, metrics: Metrics | None = None):
+        self.kube = kube
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self._locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+        self._namespace_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._guard = threading.Lock()
+        self._wakeups: list[tuple[float, str, str]] = []
+        self._wake = threading.Condition()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.instance = os.environ.get("HOSTNAME", "kubetune-operator")
+
+    # ------------------------------------------------------------------------------------- entry
+
+    def reconcile(self, namespace: str, name: str) -> str | None:
+        """Bring one FineTuneJob's children and status in line; returns its phase (None = gone)."""
+        with self._guard:
+            lock = self._locks[(namespace, name)]
+        started = time.monotonic()
+        with lock:
+            try:
+                phase = self._reconcile(namespace, name)
+            except Exception as err:
+                self.metrics.reconcile_errors.labels(reason=type(err).__name__).inc()
+                raise
+            finally:
+                self.metrics.reconcile_seconds.observe(time.monotonic() - started)
+        self.metrics.set_phase(namespace, name, phase)
+        return phase
+
+    def _reconcile(self, namespace: str, name: str) -> str | None:
+        ftj = self.kube.get(KIND, namespace, name)
+        if ftj is None or ftj["metadata"].get("deletionTimestamp"):
+            return None  # the garbage collector removes the children (ownerReferences)
+        old = ftj.get("status") or {}
+        now = status.now_rfc3339()
+        try:
+            spec = builders.resolve_spec(ftj.get("spec"), self.config)
+        except SpecError as err:
+            outcome = status.compute_invalid(ftj, [str(p) for p in err.problems], now)
+            self._write_status(ftj, outcome)
+            return outcome.phase
+        if old.get("phase") in status.FINISHED_PHASES:
+            self._expire(ftj, spec)
+            return old["phase"]
+        job = self.kube.get("Job", namespace, builders.job_name(name))
+        if job is not None and not _owned_by(job, ftj["metadata"]["uid"]):
+            raise NotOwnedError(f"Job {namespace}/{name} exists and is not owned by this FineTuneJob")
+        if job is None:
+            job = self._create_children(ftj, spec, old)
+        else:
+            job = self._propagate(ftj, spec, job)
+        pods = [p for p in self.kube.list("Pod", namespace, builders.selector(name))
+                if _owned_by(p, job["metadata"]["uid"])]
+        observed = status.observe(job, pods, nodes=spec.nodes, spec_suspend=spec.suspend, queue_name=spec.queue_name,
+                                  backoff_limit=spec.backoff_limit,
+                                  active_deadline_seconds=spec.active_deadline_seconds)
+        outcome = status.compute(ftj, observed, job["metadata"]["name"], now)
+        self._write_status(ftj, outcome)
+        if outcome.phase in status.FINISHED_PHASES:
+            self._after_finish(ftj, spec, outcome.status)
+        return outcome.phase
+
+    # ------------------------------------------------------------------------------------- children
+
+    def _create_or_adopt(self, obj: dict, uid: str) -> dict:
+        try:
+            created = self.kube.create(obj)
+            created["_created"] = True  # local marker, never sent back
+            return created
+        except Exception as err:
+            if not is_status(err, 409):
+                raise
+        existing = self.kube.get(obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
+        if existing is None:  # deleted in between: the next reconcile creates it
+            raise RuntimeError(f"{obj['kind']} {obj['metadata']['name']} vanished while being adopted")
+        if not _owned_by(existing, uid):
+            raise NotOwnedError(f"{obj['kind']} {obj['metadata']['name']} exists and is not owned by this FineTuneJob")
+        return existing
+
+    def _create_children(self, ftj: dict, spec, old_status: dict) -> dict:
+        meta = ftj["metadata"]
+        uid = meta["uid"]
+        previous = 0
+        if old_status.get("jobName"):
+            # We made a Job before and it is gone: someone deleted it. Run again; the trainer resumes.
+            previous = old_status.get("attempts") or 0
+            self.event(ftj, "Warning", Reason.JOB_MISSING,
+                       f"Job {meta['name']} was deleted while the FineTuneJob was unfinished; recreating it "
+                       "(training resumes from the newest checkpoint)")
+        for obj in builders.build_support_objects(ftj, spec):
+            self._create_or_adopt(obj, uid)
+        with self._namespace_lock(meta["namespace"]):
+            held = (not spec.suspend and not spec.queue_name and self.config.max_running_per_namespace > 0
+                    and self._running_in_namespace(meta["namespace"], exclude=meta["name"])
+                    >= self.config.max_running_per_namespace)
+            job = builders.build_job(ftj, spec, self.config, suspend=builders.initial_suspend(spec) or held,
+                                     held_by_namespace_limit=held, previous_attempts=previous)
+            created = self._create_or_adopt(job, uid)
+        if created.pop("_created", False):
+            verb = "recreated" if previous else "created"
+            self.event(ftj, "Normal", Reason.JOB_CREATED, f"{verb} Job {created['metadata']['name']}")
+        return created
+
+    def _namespace_lock(self, namespace: str) -> threading.Lock:
+        with self._guard:
+            return self._namespace_locks[namespace]
+
+    def _running_in_namespace(self, namespace: str, exclude: str) -> int:
+        jobs = self.kube.list("Job", namespace, f"{builders.LABEL_MANAGED_BY}={builders.MANAGED_BY}")
+        return sum(1 for j in jobs if j["metadata"]["name"] != exclude
+                   and not (j.get("spec") or {}).get("suspend") and not _job_finished(j))
+
+    def _propagate(self, ftj: dict, spec, job: dict) -> dict:
+        """Apply the mutable spec fields (suspend, backoffLimit, activeDeadlineSeconds) to the Job."""
+        if _job_finished(job):
+            return job
+        patch_spec = builders.job_spec_updates(spec, job)
+        annotations: dict = {}
+        current = bool((job.get("spec") or {}).get("suspend"))
+        held = (job["metadata"].get("annotations") or {}).get(builders.ANNOTATION_HELD) == "true"
+        namespace = ftj["metadata"]["namespace"]
+        with self._namespace_lock(namespace):
+            if spec.suspend:
+                desired = True
+                if held:
+                    annotations[builders.ANNOTATION_HELD] = None
+            elif spec.queue_name:
+                desired = current  # Kueue decides when the Job runs
+            elif current and self.config.max_running_per_namespace > 0:
+                running = self._running_in_namespace(namespace, exclude=job["metadata"]["name"])
+                over = running >= self.config.max_running_per_namespace
+                desired = over
+                if over and not held:
+                    annotations[builders.ANNOTATION_HELD] = "true"
+                elif not over and held:
+                    annotations[builders.ANNOTATION_HELD] = None
+            else:
+                desired = False
+                if held:
+                    annotations[builders.ANNOTATION_HELD] = None
+            if desired != current:
+                patch_spec["suspend"] = desired
+            if not patch_spec and not annotations:
+                return job
+            patch: dict = {}
+            if patch_spec:
+                patch["spec"] = patch_spec
+            if annotations:
+                patch["metadata"] = {"annotations": annotations}
+            return self.kube.patch("Job", namespace, job["metadata"]["name"], patch)
+
+    # ------------------------------------------------------------------------------------- status & events
+
+    def _write_status(self, ftj: dict, outcome: status.Outcome) -> None:
+        patch = status.status_patch(ftj.get("status") or {}, outcome.status)
+        if patch:
+            meta = ftj["metadata"]
+            self.kube.patch(KIND, meta["namespace"], meta["name"], {"status": patch}, subresource="status")
+        for event in outcome.events:
+            self.event(ftj, event.type, event.reason, event.message)
+
+    def event(self, ftj: dict, kind: str, reason: str, message: str) -> None:
+        meta = ftj["metadata"]
+        now = status.now_rfc3339()
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"],
+                               "namespace": meta["namespace"], "uid": meta["uid"]},
+            "type": kind,
+            "reason": str(reason),
+            "message": message[:1024],
+            "source": {"component": "kubetune-operator"},
+            "reportingComponent": "kubetune.dev/operator",
+            "reportingInstance": self.instance,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            self.kube.create(body)
+        except Exception as err:  # an Event is worth a log line, never a failed reconcile
+            log.warning("could not post Event %s for %s/%s: %s", reason, meta["namespace"], meta["name"], err)
+
+    # ------------------------------------------------------------------------------------- finished jobs
+
+    def _after_finish(self, ftj: dict, spec, new_status: dict) -> None:
+        namespace = ftj["metadata"]["namespace"]
+        if self.config.max_running_per_namespace > 0:
+            self.release_held(namespace)
+        deadline = status.ttl_deadline(new_status, spec.ttl_seconds_after_finished)
+        if deadline is not None:
+            self.schedule(namespace, ftj["metadata"]["name"], deadline.timestamp())
+
+    def _expire(self, ftj: dict, spec) -> None:
+        """ttlSecondsAfterFinished: remove the children (never the FineTuneJob, never the output)."""
+        deadline = status.ttl_deadline(ftj.get("status") or {}, spec.ttl_seconds_after_finished)
+        if deadline is None:
+            return
+        meta = ftj["metadata"]
+        if deadline.timestamp() > time.time():
+            self.schedule(meta["namespace"], meta["name"], deadline.timestamp())
+            return
+        name = meta["name"]
+        removed = False
+        for kind, child in (("Job", builders.job_name(name)), ("ConfigMap", builders.configmap_name(name)),
+                            ("Service", builders.service_name(name)), ("RoleBinding", builders.reporter_name(name)),
+                            ("Role", builders.reporter_name(name)), ("ServiceAccount", builders.reporter_name(name))):
+            existing = self.kube.get(kind, meta["namespace"], child)
+            if existing is not None and _owned_by(existing, meta["uid"]):
+                removed = self.kube.delete(kind, meta["namespace"], child) or removed
+        if removed:
+            self.event(ftj, "Normal", Reason.TTL_EXPIRED,
+                       f"removed the Job and its objects {spec.ttl_seconds_after_finished} s after the job finished "
+                       "(the output in storage is kept)")
+
+    def release_held(self, namespace: str) -> None:
+        """Reconcile the jobs held by the namespace cap, so the next ones start as running ones finish."""
+        jobs = self.kube.list("Job", namespace, f"{builders.LABEL_MANAGED_BY}={builders.MANAGED_BY}")
+        for job in jobs:
+            if (job["metadata"].get("annotations") or {}).get(builders.ANNOTATION_HELD) == "true":
+                parent = (job["metadata"].get("labels") or {}).get(builders.LABEL_FTJ)
+                if parent:
+                    self.schedule(namespace, parent, time.time())
+
+    # ------------------------------------------------------------------------------------- resync thread
+
+    def schedule(self, namespace: str, name: str, at: float) -> None:
+        with self._wake:
+            heapq.heappush(self._wakeups, (at, namespace, name))
+            self._wake.notify()
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="kubetune-resync", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._wake:
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _loop(self) -> None:
+        next_resync = time.time() + self.config.resync_seconds
+        while not self._stop.is_set():
+            with self._wake:
+                now = time.time()
+                due = []
+                while self._wakeups and self._wakeups[0][0] <= now:
+                    due.append(heapq.heappop(self._wakeups))
+                if not due and now < next_resync:
+                    until = min([next_resync] + [w[0] for w in self._wakeups[:1]])
+                    self._wake.wait(max(0.05, until - now))
+                    continue
+            for _, namespace, name in {(0, ns, n) for _, ns, n in due}:
+                self._safely(namespace, name)
+            if time.time() >= next_resync:
+                next_resync = time.time() + self.config.resync_seconds
+                self.resync()
+
+    def resync(self) -> None:
+        """Reconcile every FineTuneJob that is unfinished or waits for its TTL: status never drifts."""
+        namespaces = self.config.namespaces or (None,)
+        for namespace in namespaces:
+            try:
+                items = self.kube.list(KIND, namespace)
+            except Exception as err:
+                log.warning("resync: cannot list FineTuneJobs: %s", err)
+                continue
+            for ftj in items:
+                phase = (ftj.get("status") or {}).get("phase")
+                ttl = (ftj.get("spec") or {}).get("ttlSecondsAfterFinished") or 0
+                if phase not in status.FINISHED_PHASES or ttl > 0:
+                    self._safely(ftj["metadata"]["namespace"], ftj["metadata"]["name"])
+
+    def _safely(self, namespace: str, name: str) -> None:
+        if self._stop.is_set():
+            return
+        try:
+            self.reconcile(namespace, name)
+        except Exception as err:
+            log.warning("reconcile of %s/%s failed (will retry): %s", namespace, name, err)

@@ -1,0 +1,351 @@
+"""Pure functions: (FineTuneJob, its Job, its pods) -> the status the operator writes, and the Events
+that tell the story of each transition.
+
+The operator owns phase, conditions, attempts, startTime, completionTime, observedGeneration, jobName
+and message; the trainer's reporter owns progress, metrics, checkpoints and output. Both write merge
+patches of their own keys, so neither overwrites the other.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubetune.api.constants import ConditionStatus as S
+from kubetune.api.constants import ConditionType as C
+from kubetune.api.constants import ExitCode, Phase, Reason
+from kubetune.controller.builders import ANNOTATION_HELD, ANNOTATION_PREVIOUS_ATTEMPTS, TRAINER_CONTAINER
+
+# kstatus (sigs.k8s.io/cli-utils/pkg/kstatus) "abnormal-true" conditions: present (True) while the
+# object is progressing / stuck, removed otherwise. Flux and Argo read them with observedGeneration.
+
+FINISHED_PHASES = (Phase.SUCCEEDED, Phase.FAILED)
+OPERATOR_STATUS_KEYS = (
+    "phase", "observedGeneration", "conditions", "startTime", "completionTime", "attempts", "jobName", "message",
+)
+
+
+def now_rfc3339() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the reconcile found the job to be doing."""
+
+    phase: Phase
+    reason: Reason
+    message: str = ""
+    attempts: int = 0
+    completion_time: str | None = None
+
+
+@dataclass
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Outcome:
+    status: dict[str, Any]  # the operator's keys only
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def phase(self) -> str:
+        return self.status["phase"]
+
+
+# ----------------------------------------------------------------------------------------- pods
+
+
+def trainer_termination(pod: dict) -> dict | None:
+    """The trainer container's `state.terminated` (exitCode, message, reason, finishedAt), if any."""
+    for status in pod.get("status", {}).get("containerStatuses", []) or []:
+        if status.get("name") == TRAINER_CONTAINER:
+            return (status.get("state") or {}).get("terminated") or (status.get("lastState") or {}).get("terminated")
+    return None
+
+
+def _condition_true(obj: dict, kind: str) -> dict | None:
+    for cond in obj.get("status", {}).get("conditions", []) or []:
+        if cond.get("type") == kind and cond.get("status") == "True":
+            return cond
+    return None
+
+
+def failed_pods(pods: list[dict]) -> list[dict]:
+    """Failed pods, oldest first."""
+    failed = [p for p in pods if p.get("status", {}).get("phase") == "Failed"]
+    def order(pod: dict) -> tuple:
+        # Timestamps have 1 s resolution; the resourceVersion (an etcd revision in practice) breaks ties.
+        rv = pod["metadata"].get("resourceVersion") or "0"
+        return ((trainer_termination(pod) or {}).get("finishedAt") or "", pod["metadata"].get("creationTimestamp") or "",
+                int(rv) if rv.isdigit() else 0)
+
+    return sorted(failed, key=order)
+
+
+def failure_text(pod: dict) -> str:
+    term = trainer_termination(pod) or {}
+    message = (term.get("message") or "").strip()
+    if message:
+        return message
+    if _condition_true(pod, "DisruptionTarget"):
+        cond = _condition_true(pod, "DisruptionTarget") or {}
+        return f"the pod was disrupted ({cond.get('reason') or 'preempted'})"
+    exit_code = term.get("exitCode")
+    reason = term.get("reason") or pod.get("status", {}).get("reason") or "Error"
+    return f"the trainer exited with code {exit_code} ({reason})" if exit_code is not None else f"the pod failed ({reason})"
+
+
+def _user_error_pod(pods: list[dict]) -> dict | None:
+    for pod in reversed(failed_pods(pods)):
+        if (trainer_termination(pod) or {}).get("exitCode") == ExitCode.USER_ERROR:
+            return pod
+    return None
+
+
+# ----------------------------------------------------------------------------------------- phase
+
+
+def count_attempts(job: dict, nodes: int, pods: list[dict] = ()) -> int:
+    """Attempts of this Job (pods started / nodes, rounded up) plus those of earlier Jobs.
+
+    The Job's counters and the pods seen are both used: either can lag behind the other."""
+    annotations = job.get("metadata", {}).get("annotations") or {}
+    previous = int(annotations.get(ANNOTATION_PREVIOUS_ATTEMPTS, "0") or 0)
+    counters = job.get("status", {}) or {}
+    counted = (counters.get("failed") or 0) + (counters.get("succeeded") or 0) + (counters.get("active") or 0)
+    return previous + math.ceil(max(counted, len(pods)) / max(nodes, 1))
+
+
+def observe(job: dict | None, pods: list[dict], *, nodes: int, spec_suspend: bool, queue_name: str,
+            backoff_limit: int, active_deadline_seconds: int) -> Observed:
+    """The phase a FineTuneJob is in, read from its Job and pods (pods of the current Job only)."""
+    if job is None:
+        return Observed(Phase.PENDING, Reason.JOB_CREATED, "creating the training Job")
+    attempts = count_attempts(job, nodes, pods)
+    job_status = job.get("status", {}) or {}
+    completion = job_status.get("completionTime")
+    if _condition_true(job, "Complete") or _condition_true(job, "SuccessCriteriaMet"):
+        return Observed(Phase.SUCCEEDED, Reason.TRAINING_COMPLETE, "", attempts, completion)
+    failed = _condition_true(job, "Failed") or _condition_true(job, "FailureTarget")
+    if failed:
+        finished_at = completion or failed.get("lastTransitionTime")
+        job_reason = failed.get("reason")
+        user_pod = _user_error_pod(pods)
+        if job_reason == "PodFailurePolicy" or user_pod is not None:
+            text = failure_text(user_pod) if user_pod else (failed.get("message") or "the trainer reported a user error")
+            return Observed(Phase.FAILED, Reason.USER_ERROR, text, attempts, finished_at)
+        if job_reason == "DeadlineExceeded":
+            text = f"the job ran longer than spec.activeDeadlineSeconds ({active_deadline_seconds} s)"
+            return Observed(Phase.FAILED, Reason.DEADLINE_EXCEEDED, text, attempts, finished_at)
+        last = failed_pods(pods)
+        detail = f"; last failure: {failure_text(last[-1])}" if last else ""
+        text = f"failed {attempts} time(s), more than spec.backoffLimit ({backoff_limit}) retries{detail}"
+        return Observed(Phase.FAILED, Reason.BACKOFF_LIMIT_EXCEEDED, text, attempts, finished_at)
+    if (job.get("spec", {}) or {}).get("suspend"):
+        if spec_suspend:
+            return Observed(Phase.SUSPENDED, Reason.SUSPENDED_BY_USER, "suspended: spec.suspend is true", attempts)
+        annotations = job.get("metadata", {}).get("annotations") or {}
+        if annotations.get(ANNOTATION_HELD) == "true":
+            return Observed(Phase.QUEUED, Reason.NAMESPACE_LIMIT,
+                            "waiting: this namespace runs as many FineTuneJobs as the operator allows", attempts)
+        if queue_name:
+            return Observed(Phase.QUEUED, Reason.WAITING_FOR_ADMISSION,
+                            f"waiting for Kueue LocalQueue {queue_name!r} to admit the Job", attempts)
+        return Observed(Phase.SUSPENDED, Reason.SUSPENDED_BY_USER, "the training Job is suspended", attempts)
+    live = [p for p in pods if p.get("status", {}).get("phase") in ("Pending", "Running")
+            and not p["metadata"].get("deletionTimestamp")]
+    if any(p.get("status", {}).get("phase") == "Running" for p in live):
+        return Observed(Phase.RUNNING, Reason.PODS_RUNNING, "", attempts)
+    if not live and any(p.get("status", {}).get("phase") == "Succeeded" for p in pods):
+        # The trainer exited 0; the Job controller has not marked the Job Complete yet.
+        return Observed(Phase.RUNNING, Reason.PODS_RUNNING, "", attempts)
+    previous = failed_pods(pods)
+    if previous:
+        last = previous[-1]
+        if _condition_true(last, "DisruptionTarget"):
+            return Observed(Phase.PENDING, Reason.PREEMPTED,
+                            f"a training pod was preempted ({failure_text(last)}); the next attempt resumes from the "
+                            "newest checkpoint", attempts)
+        return Observed(Phase.PENDING, Reason.RETRYING,
+                        f"attempt failed: {failure_text(last)}; retrying from the newest checkpoint", attempts)
+    return Observed(Phase.PENDING, Reason.PODS_PENDING, "waiting for the training pods to start", attempts)
+
+
+# ----------------------------------------------------------------------------------------- conditions
+
+
+def _condition(kind: str, status: S | str, reason: str, message: str, generation: int | None) -> dict:
+    cond = {"type": str(kind), "status": str(status), "reason": str(reason), "message": message}
+    if generation is not None:
+        cond["observedGeneration"] = generation
+    return cond
+
+
+def merge_conditions(old: list[dict], new: list[dict], now: str) -> list[dict]:
+    """metav1.Condition semantics: lastTransitionTime changes only when status changes."""
+    previous = {c.get("type"): c for c in old or []}
+    merged = []
+    for cond in new:
+        before = previous.get(cond["type"])
+        if before is not None and before.get("status") == cond["status"] and before.get("lastTransitionTime"):
+            cond = cond | {"lastTransitionTime": before["lastTransitionTime"]}
+        else:
+            cond = cond | {"lastTransitionTime": now}
+        merged.append(cond)
+    return merged
+
+
+def desired_conditions(observed: Observed, old_conditions: list[dict], generation: int | None,
+                       valid_message: str = "") -> list[dict]:
+    phase, reason, message = observed.phase, observed.reason, observed.message
+    g = generation
+    conds = [_condition(C.VALIDATED, S.TRUE, Reason.SPEC_VALID, valid_message or "the spec is valid", g)]
+    if phase == Phase.QUEUED:
+        conds.append(_condition(C.QUEUED, S.TRUE, reason, message, g))
+    else:
+        conds.append(_condition(C.QUEUED, S.FALSE, Reason.ADMITTED, "", g))
+    if phase == Phase.RUNNING:
+        conds.append(_condition(C.RUNNING, S.TRUE, Reason.PODS_RUNNING, "the training pods are running", g))
+    else:
+        conds.append(_condition(C.RUNNING, S.FALSE, reason, message, g))
+    had_suspended = any(c.get("type") == C.SUSPENDED for c in old_conditions or [])
+    if phase == Phase.SUSPENDED:
+        conds.append(_condition(C.SUSPENDED, S.TRUE, reason, message, g))
+    elif had_suspended:
+        conds.append(_condition(C.SUSPENDED, S.FALSE, Reason.RESUMED, "", g))
+    if phase == Phase.SUCCEEDED:
+        conds.append(_condition(C.SUCCEEDED, S.TRUE, Reason.TRAINING_COMPLETE, "training finished", g))
+        conds.append(_condition(C.READY, S.TRUE, Reason.TRAINING_COMPLETE, "training finished", g))
+    elif phase == Phase.FAILED:
+        conds.append(_condition(C.FAILED, S.TRUE, reason, message, g))
+        conds.append(_condition(C.READY, S.FALSE, reason, message, g))
+        conds.append(_condition(C.STALLED, S.TRUE, reason, message, g))
+    elif phase == Phase.SUSPENDED:
+        conds.append(_condition(C.READY, S.FALSE, reason, message, g))
+    else:
+        conds.append(_condition(C.READY, S.FALSE, Reason.IN_PROGRESS, message, g))
+        conds.append(_condition(C.RECONCILING, S.TRUE, reason, message, g))
+    return conds
+
+
+def invalid_conditions(message: str, generation: int | None) -> list[dict]:
+    g = generation
+    return [
+        _condition(C.VALIDATED, S.FALSE, Reason.SPEC_INVALID, message, g),
+        _condition(C.FAILED, S.TRUE, Reason.SPEC_INVALID, message, g),
+        _condition(C.READY, S.FALSE, Reason.SPEC_INVALID, message, g),
+        _condition(C.STALLED, S.TRUE, Reason.SPEC_INVALID, message, g),
+    ]
+
+
+# ----------------------------------------------------------------------------------------- status
+
+
+_EVENT_TEXT = {
+    Reason.JOB_CREATED: "created the training Job",
+    Reason.PODS_PENDING: "waiting for the training pods to start",
+    Reason.PODS_RUNNING: "training is running",
+    Reason.TRAINING_COMPLETE: "training finished",
+    Reason.RESUMED: "resumed",
+}
+_WARNING_REASONS = {Reason.USER_ERROR, Reason.BACKOFF_LIMIT_EXCEEDED, Reason.DEADLINE_EXCEEDED, Reason.RETRYING,
+                    Reason.PREEMPTED, Reason.SPEC_INVALID, Reason.JOB_MISSING}
+
+
+def _event(reason: str, message: str) -> Event:
+    kind = "Warning" if reason in _WARNING_REASONS else "Normal"
+    return Event(kind, str(reason), message or _EVENT_TEXT.get(reason, str(reason)))
+
+
+def _phase_reason(old_status: dict) -> tuple[str | None, str | None]:
+    """The (phase, reason) recorded last time: the Running condition carries the reason in every phase."""
+    running = next((c for c in old_status.get("conditions") or [] if c.get("type") == C.RUNNING), {})
+    return old_status.get("phase"), running.get("reason")
+
+
+def compute(ftj: dict, observed: Observed, job_name: str | None, now: str) -> Outcome:
+    """The operator's part of status for a valid FineTuneJob, and the Events for what changed."""
+    old = ftj.get("status") or {}
+    generation = ftj.get("metadata", {}).get("generation")
+    conditions = merge_conditions(old.get("conditions") or [], desired_conditions(observed, old.get("conditions") or [],
+                                                                                 generation), now)
+    status: dict[str, Any] = {
+        "phase": str(observed.phase),
+        "observedGeneration": generation,
+        "conditions": conditions,
+        "attempts": max(observed.attempts, old.get("attempts") or 0),
+        "jobName": job_name,
+        "startTime": old.get("startTime"),
+        "completionTime": old.get("completionTime"),
+        "message": old.get("message") or "",
+    }
+    if observed.phase == Phase.RUNNING and not status["startTime"]:
+        status["startTime"] = now
+    if observed.phase in FINISHED_PHASES and not status["completionTime"]:
+        status["completionTime"] = observed.completion_time or now
+        status["startTime"] = status["startTime"] or status["completionTime"]
+    if observed.phase == Phase.FAILED or observed.reason in (Reason.RETRYING, Reason.PREEMPTED):
+        status["message"] = observed.message
+    elif observed.phase == Phase.SUCCEEDED:
+        status["message"] = ""
+    events = []
+    old_validated = next((c for c in old.get("conditions") or [] if c.get("type") == C.VALIDATED), None)
+    if not old_validated or old_validated.get("status") != S.TRUE:
+        events.append(_event(Reason.SPEC_VALID, "the spec is valid"))
+    if _phase_reason(old) != (status["phase"], str(observed.reason)):
+        text = observed.message
+        if observed.reason == Reason.PODS_RUNNING:
+            text = f"training is running (attempt {status['attempts']})"
+        events.append(_event(observed.reason, text))
+    return Outcome(status, events)
+
+
+def compute_invalid(ftj: dict, problems: list[str], now: str) -> Outcome:
+    old = ftj.get("status") or {}
+    generation = ftj.get("metadata", {}).get("generation")
+    message = "invalid spec: " + "; ".join(problems)
+    status = {
+        "phase": str(Phase.FAILED),
+        "observedGeneration": generation,
+        "conditions": merge_conditions(old.get("conditions") or [], invalid_conditions(message, generation), now),
+        "attempts": old.get("attempts") or 0,
+        "jobName": None,
+        "startTime": old.get("startTime"),
+        "completionTime": old.get("completionTime") or now,
+        "message": message,
+    }
+    events = [] if old.get("message") == message and old.get("phase") == Phase.FAILED else [
+        _event(Reason.SPEC_INVALID, message)
+    ]
+    return Outcome(status, events)
+
+
+def status_patch(old_status: dict, new_status: dict) -> dict:
+    """A merge patch of the operator's keys that differ; {} when nothing changed (no write)."""
+    patch = {}
+    for key in OPERATOR_STATUS_KEYS:
+        new, old = new_status.get(key), (old_status or {}).get(key)
+        if new != old and not (new in (None, "") and old in (None, "")):
+            patch[key] = new
+    return patch
+
+
+def ttl_deadline(status: dict, ttl_seconds: int) -> dt.datetime | None:
+    """When the children of a finished job are removed; None = never (ttl 0 or not finished)."""
+    if ttl_seconds <= 0 or status.get("phase") not in FINISHED_PHASES:
+        return None
+    finished = parse_time(status.get("completionTime"))
+    return finished + dt.timedelta(seconds=ttl_seconds) if finished else None

@@ -1,0 +1,332 @@
+"""The real operator (kopf, in-process) against the API emulator; the test plays the Job controller,
+the kubelet and Kueue (harness.ClusterSim) and the user (the official client)."""
+
+from __future__ import annotations
+
+import time
+
+import kubernetes
+import pytest
+
+from emulator import Fault
+from harness import wait_for
+from kubetune.api.constants import GROUP, PLURAL, VERSION
+from kubetune.controller.permissions import OPERATOR_PERMISSIONS, is_granted
+from kubetune_trainer.reporting import CheckpointReport, OutputReport, ProgressReport
+from kubetune_trainer.status_reporter import StatusReporter
+
+SPEC = {
+    "technique": "lora",
+    "objective": "instruction",
+    "model": {"uri": "hf://Qwen/Qwen2.5-0.5B-Instruct"},
+    "datasets": [{"uri": "s3://data/support/train.jsonl", "format": "messages"}],
+    "resources": {"gpus": 1},
+}
+
+
+def manifest(name: str, namespace: str, **spec) -> dict:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "FineTuneJob",
+            "metadata": {"name": name, "namespace": namespace}, "spec": SPEC | spec}
+
+
+class User:
+    """kubectl, in short."""
+
+    def __init__(self, admin: kubernetes.client.ApiClient, namespace: str):
+        self.crd = kubernetes.client.CustomObjectsApi(admin)
+        self.core = kubernetes.client.CoreV1Api(admin)
+        self.batch = kubernetes.client.BatchV1Api(admin)
+        self.ns = namespace
+
+    def apply(self, name: str, **spec) -> dict:
+        return self.crd.create_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, manifest(name, self.ns, **spec))
+
+    def get(self, name: str) -> dict:
+        return self.crd.get_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name)
+
+    def status(self, name: str) -> dict:
+        return self.get(name).get("status") or {}
+
+    def edit(self, name: str, **spec) -> dict:
+        return self.crd.patch_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name, {"spec": spec})
+
+    def wait_phase(self, name: str, phase: str, timeout: float = 20) -> dict:
+        return wait_for(lambda: self.status(name) if self.status(name).get("phase") == phase else None, timeout,
+                        f"{name} in phase {phase} (now {self.status(name).get('phase')})")
+
+    def events(self, name: str) -> list[tuple[str, str]]:
+        items = self.core.list_namespaced_event(self.ns).items
+        return [(e.type, e.reason) for e in sorted(items, key=lambda e: int(e.metadata.resource_version))
+                if e.involved_object.name == name]
+
+    def condition(self, name: str, kind: str) -> dict:
+        return next(c for c in self.status(name).get("conditions", []) if c["type"] == kind)
+
+
+@pytest.fixture
+def user(admin, namespace, operator):
+    return User(admin, namespace)
+
+
+def test_valid_job_gets_its_children_and_runs_to_success_with_progress_from_the_reporter(user, sim, emulator):
+    user.apply("bot")
+    ns = user.ns
+    job = wait_for(lambda: sim.kube.get("Job", ns, "bot"), what="the Job")
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/kubetune-trainer:test"
+    env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    uid = user.get("bot")["metadata"]["uid"]
+    assert env["KUBETUNE_OUTPUT_URI"] == f"s3://kubetune-out/runs/{ns}/bot/{uid}/"
+    for kind, name in (("ConfigMap", "bot-spec"), ("ServiceAccount", "bot-reporter"), ("Role", "bot-reporter"),
+                       ("RoleBinding", "bot-reporter")):
+        child = sim.kube.get(kind, ns, name)
+        assert child is not None and child["metadata"]["ownerReferences"][0]["uid"] == uid
+    assert sim.kube.get("Service", ns, "bot-workers") is None  # single node: no rendezvous Service
+    status = user.wait_phase("bot", "Pending")
+    assert status["jobName"] == "bot" and status["observedGeneration"] == 1
+
+    sim.start(ns, "bot")
+    status = user.wait_phase("bot", "Running")
+    assert status["attempts"] == 1 and status["startTime"]
+    assert user.condition("bot", "Running")["status"] == "True"
+
+    # The trainer's reporter, with the pod's identity (the per-job ServiceAccount and Role).
+    reporter_client = kubernetes.client.ApiClient(emulator.client_configuration(f"sa:{ns}:bot-reporter"))
+    reporter = StatusReporter("bot", ns, interval_seconds=30, api_client=reporter_client)
+    for step in range(1, 51):
+        reporter.progress(ProgressReport(step=step, total_steps=100, epoch=step / 50, eta_seconds=100 - step,
+                                         metrics={"loss": 2.0 - step / 100, "learningRate": 1e-4, "bad": float("nan")}))
+    reporter.checkpoints([CheckpointReport(step=50, uri=f"s3://kubetune-out/runs/{ns}/bot/{uid}/checkpoints/step-50/",
+                                           time="2026-01-01T00:00:00Z", eval_loss=1.5)])
+    reporter.output(OutputReport(model_uri="s3://o/final/", metrics_uri="s3://o/metrics.jsonl",
+                                 tensorboard_uri="s3://o/tensorboard/", checkpoints_uri="s3://o/checkpoints/"))
+    reporter.close()
+    patches = [c for c in emulator.calls(f"sa:{ns}:bot-reporter") if c.verb == "patch"]
+    assert 1 <= len(patches) <= 2, "rate limit: the first report, then one flush on close"
+    assert reporter.errors == 0
+    status = user.status("bot")
+    assert status["progress"] == {"step": 50, "totalSteps": 100, "epoch": 1.0, "percent": 50, "etaSeconds": 50}
+    assert status["metrics"] == {"loss": 1.5, "learningRate": 1e-4}
+    assert status["checkpoints"][0]["step"] == 50 and status["checkpoints"][0]["evalLoss"] == 1.5
+    assert status["output"]["modelUri"] == "s3://o/final/"
+    assert status["phase"] == "Running"  # the reporter never touches the operator's keys
+
+    # Its identity can patch only its own FineTuneJob's status.
+    foreign = kubernetes.client.CustomObjectsApi(reporter_client)
+    user.apply("other")
+    with pytest.raises(kubernetes.client.ApiException) as denied:
+        foreign.patch_namespaced_custom_object_status(GROUP, VERSION, ns, PLURAL, "other", {"status": {"progress": {}}})
+    assert denied.value.status == 403
+    with pytest.raises(kubernetes.client.ApiException) as denied:
+        foreign.patch_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "bot", {"spec": {"suspend": True}})
+    assert denied.value.status == 403
+
+    sim.succeed(ns, "bot")
+    status = user.wait_phase("bot", "Succeeded")
+    assert status["completionTime"] and status["progress"]["step"] == 50  # both writers' keys survive
+    assert user.condition("bot", "Ready")["status"] == "True"
+    assert not any(c["type"] in ("Reconciling", "Stalled") for c in status["conditions"])
+    wait_for(lambda: ("Normal", "TrainingComplete") in user.events("bot"), what="the TrainingComplete Event")
+    assert user.events("bot") == [("Normal", "JobCreated"), ("Normal", "SpecValid"), ("Normal", "PodsPending"),
+                                  ("Normal", "PodsRunning"), ("Normal", "TrainingComplete")]
+
+
+def test_user_error_fails_at_once_with_the_termination_message(user, sim):
+    user.apply("bad-data", backoffLimit=3)
+    wait_for(lambda: sim.kube.get("Job", user.ns, "bad-data"), what="the Job")
+    sim.start(user.ns, "bad-data")
+    user.wait_phase("bad-data", "Running")
+    message = "spec.datasets[0].columns.messages: column 'conversation' not found in s3://data/support/train.jsonl"
+    sim.fail(user.ns, "bad-data", 10, message)
+    status = user.wait_phase("bad-data", "Failed")
+    assert status["message"] == message
+    assert status["attempts"] == 1
+    failed = user.condition("bad-data", "Failed")
+    assert failed["reason"] == "UserError" and failed["message"] == message
+    assert user.condition("bad-data", "Stalled")["status"] == "True"
+    assert len(sim.pods(user.ns, sim.job(user.ns, "bad-data"))) == 1  # no retry
+    assert ("Warning", "UserError") in user.events("bad-data")
+
+
+def test_infrastructure_failure_is_retried_and_counted(user, sim):
+    user.apply("flaky", backoffLimit=1)
+    wait_for(lambda: sim.kube.get("Job", user.ns, "flaky"), what="the Job")
+    sim.start(user.ns, "flaky")
+    user.wait_phase("flaky", "Running")
+    sim.fail(user.ns, "flaky", 20, "S3 upload timed out")  # the Job controller starts a new pod
+    status = wait_for(lambda: (st := user.status("flaky")).get("attempts") == 2 and st["phase"] == "Running" and st,
+                      what="attempt 2 running")
+    assert ("Warning", "Retrying") in user.events("flaky") or status["message"].startswith("attempt failed")
+    sim.fail(user.ns, "flaky", 20, "S3 upload timed out again")  # over backoffLimit
+    status = user.wait_phase("flaky", "Failed")
+    assert user.condition("flaky", "Failed")["reason"] == "BackoffLimitExceeded"
+    assert "S3 upload timed out again" in status["message"]
+
+
+def test_suspend_and_resume(user, sim):
+    user.apply("pausable")
+    wait_for(lambda: sim.kube.get("Job", user.ns, "pausable"), what="the Job")
+    sim.start(user.ns, "pausable")
+    user.wait_phase("pausable", "Running")
+    user.edit("pausable", suspend=True)
+    wait_for(lambda: sim.job(user.ns, "pausable")["spec"]["suspend"], what="Job.spec.suspend")
+    sim.sync_suspend(user.ns, "pausable")
+    user.wait_phase("pausable", "Suspended")
+    assert user.condition("pausable", "Suspended")["reason"] == "SuspendedByUser"
+    user.edit("pausable", suspend=False)
+    wait_for(lambda: not sim.job(user.ns, "pausable")["spec"]["suspend"], what="the Job resumed")
+    sim.start(user.ns, "pausable")
+    user.wait_phase("pausable", "Running")
+    assert user.condition("pausable", "Suspended")["status"] == "False"
+
+
+def test_mutable_fields_propagate_and_reapplying_is_a_no_op(user, sim, emulator):
+    user.apply("tuned", backoffLimit=3)
+    user.wait_phase("tuned", "Pending")
+    user.edit("tuned", backoffLimit=5, activeDeadlineSeconds=600)
+    wait_for(lambda: sim.job(user.ns, "tuned")["spec"].get("activeDeadlineSeconds") == 600, what="deadline")
+    assert sim.job(user.ns, "tuned")["spec"]["backoffLimit"] == 5
+    time.sleep(0.5)
+    before = user.get("tuned")["metadata"]["resourceVersion"], sim.job(user.ns, "tuned")["metadata"]["resourceVersion"]
+    user.edit("tuned", backoffLimit=5, activeDeadlineSeconds=600)  # same manifest again
+    time.sleep(1.5)  # one resync period
+    after = user.get("tuned")["metadata"]["resourceVersion"], sim.job(user.ns, "tuned")["metadata"]["resourceVersion"]
+    assert before == after
+
+
+def test_kueue_queued_until_admitted(user, sim):
+    user.apply("queued", queueName="team-a-queue")
+    status = user.wait_phase("queued", "Queued")
+    job = sim.job(user.ns, "queued")
+    assert job["spec"]["suspend"] is True and job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a-queue"
+    assert user.condition("queued", "Queued")["reason"] == "WaitingForAdmission"
+    time.sleep(1.2)  # a resync must not unsuspend what Kueue owns
+    assert sim.job(user.ns, "queued")["spec"]["suspend"] is True
+    sim.kueue_admit(user.ns, "queued")
+    sim.start(user.ns, "queued")
+    user.wait_phase("queued", "Running")
+    assert user.condition("queued", "Queued")["reason"] == "Admitted"
+
+
+def test_deadline_exceeded(user, sim):
+    user.apply("slow", activeDeadlineSeconds=60)
+    wait_for(lambda: sim.kube.get("Job", user.ns, "slow"), what="the Job")
+    sim.start(user.ns, "slow")
+    user.wait_phase("slow", "Running")
+    sim.exceed_deadline(user.ns, "slow")
+    user.wait_phase("slow", "Failed")
+    assert user.condition("slow", "Failed")["reason"] == "DeadlineExceeded"
+
+
+def test_invalid_spec_fails_validation_with_an_event_and_no_job(user, sim):
+    user.apply("broken", technique="qlora", hyperparameters={"learningRate": 5.0},
+               datasets=[{"uri": "s3://data/x.jsonl", "format": "preference"}])
+    status = user.wait_phase("broken", "Failed")
+    validated = user.condition("broken", "Validated")
+    assert validated["status"] == "False" and validated["reason"] == "SpecInvalid"
+    assert "spec.hyperparameters.learningRate" in validated["message"]
+    assert status["message"].startswith("invalid spec")
+    assert ("Warning", "SpecInvalid") in user.events("broken")
+    time.sleep(1.2)  # no retry loop: one Event, no Job, after a resync too
+    assert sim.kube.get("Job", user.ns, "broken") is None
+    assert user.events("broken").count(("Warning", "SpecInvalid")) == 1
+
+
+def test_job_deleted_by_hand_is_recreated_and_deleting_the_finetunejob_removes_children(user, sim):
+    user.apply("resilient", nodes=2)
+    wait_for(lambda: sim.kube.get("Job", user.ns, "resilient"), what="the Job")
+    assert sim.kube.get("Service", user.ns, "resilient-workers") is not None
+    sim.start(user.ns, "resilient")
+    user.wait_phase("resilient", "Running")
+    first_uid = sim.job(user.ns, "resilient")["metadata"]["uid"]
+    sim.kube.delete("Job", user.ns, "resilient")  # pods go with it (garbage collection)
+    new_job = wait_for(lambda: (j := sim.kube.get("Job", user.ns, "resilient")) and j["metadata"]["uid"] != first_uid
+                       and j, what="a recreated Job")
+    assert ("Warning", "JobMissing") in user.events("resilient")
+    sim.start(user.ns, "resilient")
+    status = wait_for(lambda: (st := user.status("resilient")).get("attempts") == 2 and st["phase"] == "Running"
+                      and st, what="attempt 2 running")
+    assert new_job["metadata"]["annotations"]["kubetune.dev/previous-attempts"] == "1"
+
+    user.crd.delete_namespaced_custom_object(GROUP, VERSION, user.ns, PLURAL, "resilient")
+    for kind, name in (("Job", "resilient"), ("ConfigMap", "resilient-spec"), ("Service", "resilient-workers"),
+                       ("ServiceAccount", "resilient-reporter"), ("Role", "resilient-reporter"),
+                       ("RoleBinding", "resilient-reporter")):
+        wait_for(lambda: sim.kube.get(kind, user.ns, name) is None, what=f"{kind} {name} deleted")
+    wait_for(lambda: not sim.kube.list("Pod", user.ns), what="pods deleted")
+
+
+def test_ttl_removes_children_but_keeps_the_finetunejob(user, sim):
+    user.apply("shortlived", ttlSecondsAfterFinished=1)
+    wait_for(lambda: sim.kube.get("Job", user.ns, "shortlived"), what="the Job")
+    sim.start(user.ns, "shortlived")
+    sim.succeed(user.ns, "shortlived")
+    user.wait_phase("shortlived", "Succeeded")
+    wait_for(lambda: sim.kube.get("Job", user.ns, "shortlived") is None, timeout=10, what="TTL")
+    wait_for(lambda: sim.kube.get("ConfigMap", user.ns, "shortlived-spec") is None, what="TTL ConfigMap")
+    time.sleep(1.2)
+    assert user.status("shortlived")["phase"] == "Succeeded"  # not recreated, status kept
+    assert sim.kube.get("Job", user.ns, "shortlived") is None
+
+
+def test_per_namespace_cap(user, sim, operator):
+    operator.reconfigure(max_running_per_namespace=2)
+    try:
+        for i in range(3):
+            user.apply(f"capped-{i}")
+        wait_for(lambda: len(sim.kube.list("Job", user.ns)) == 3, what="3 Jobs")
+        held = wait_for(lambda: [j for j in sim.kube.list("Job", user.ns) if j["spec"]["suspend"]], what="a held Job")
+        assert len(held) == 1
+        name = held[0]["metadata"]["name"]
+        status = user.wait_phase(name, "Queued")
+        assert user.condition(name, "Queued")["reason"] == "NamespaceLimitReached"
+        running = [j["metadata"]["name"] for j in sim.kube.list("Job", user.ns) if not j["spec"]["suspend"]]
+        sim.start(user.ns, running[0])
+        sim.succeed(user.ns, running[0])
+        wait_for(lambda: not sim.job(user.ns, name)["spec"]["suspend"], what="the held Job released")
+        sim.start(user.ns, name)
+        user.wait_phase(name, "Running")
+        assert status["phase"] == "Queued"
+    finally:
+        operator.reconfigure(max_running_per_namespace=0)
+
+
+def test_operator_restart_mid_reconcile_never_creates_a_second_job(user, sim, emulator, operator):
+    operator.stop()
+    try:
+        user.apply("restarted")
+        ns = user.ns
+        # Every status write fails: the operator creates the Job but cannot record it.
+        emulator.inject(Fault(lambda c: c.user == "operator" and c.resource == "finetunejobs/status"
+                              and c.name == "restarted", 500, times=None))
+        operator.start()
+        wait_for(lambda: sim.kube.get("Job", ns, "restarted"), what="the Job")
+        time.sleep(0.5)
+        operator.stop()  # mid-reconcile: the status was never written
+        assert not user.status("restarted").get("jobName")
+        emulator.call(lambda: emulator.server.faults.clear())
+    finally:
+        operator.start()
+    user.wait_phase("restarted", "Pending")
+    creates = [c for c in emulator.calls("operator") if c.verb == "create" and c.resource == "jobs"
+               and c.namespace == ns]
+    assert len(emulator.objects("batch", "jobs", ns)) == 1
+    assert len(creates) >= 1  # later attempts met AlreadyExists and adopted the Job
+
+
+def test_many_jobs_reconcile_concurrently(user, sim):
+    started = time.monotonic()
+    for i in range(200):
+        user.apply(f"bulk-{i}")
+    wait_for(lambda: len(sim.kube.list("Job", user.ns)) == 200, timeout=90, what="200 Jobs")
+    pending = lambda: [f for f in user.crd.list_namespaced_custom_object(GROUP, VERSION, user.ns, PLURAL)["items"]
+                       if (f.get("status") or {}).get("phase") == "Pending"]
+    wait_for(lambda: len(pending()) == 200, timeout=60, what="200 FineTuneJobs Pending")
+    print(f"200 FineTuneJobs reconciled in {time.monotonic() - started:.1f} s")
+
+
+def test_every_call_the_operator_made_is_granted_by_permissions_py(emulator, operator):
+    calls = {(c.verb, c.api_group, c.resource) for c in emulator.calls("operator")}
+    assert len(calls) > 10
+    missing = sorted(call for call in calls if not is_granted(*call))
+    assert not missing, f"permissions.py lacks: {missing}"
+    assert all(p.verbs for p in OPERATOR_PERMISSIONS)
