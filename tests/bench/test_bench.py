@@ -1,0 +1,102 @@
+"""The bench scripts run in their CPU/tiny form and print their tables with sane numbers.
+
+These check that the scripts work (CI), not how fast anything is: no timing gates. The optimised
+training paths' correctness is tested in tests/trainer/test_speed.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def table_rows(text: str, header_start: str) -> tuple[list[str], list[list[str]]]:
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    header = [c.strip() for c in lines[start].strip("|").split("|")]
+    body = [[c.strip() for c in line.strip("|").split("|")] for line in lines[start + 2 :]]
+    return header, body
+
+
+def test_trainer_throughput_tiny(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("the tiny form is the CPU form; on a GPU run bench/gpu_run.sh")
+    bench = load("trainer_throughput")
+    out = tmp_path / "rows.json"
+    assert bench.main(["--tiny", "--in-process", "--steps", "3", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    header, body = table_rows(printed, "| row |")
+    assert header == bench.COLUMNS
+    names = [cells[0] for cells in body]
+    assert names == [f"{t}/{p}" for t in ("full", "lora", "qlora", "8b-qlora") for p in ("baseline", "kubetune")]
+    result = json.loads(out.read_text())
+    vocab = bench.SHAPES["tiny"]["vocab_size"]
+    for row in result["rows"]:
+        assert not row["error"], row
+        assert row["tokens_per_s"] > 0
+        # random weights: the loss sits near ln(vocab) on both paths
+        assert abs(row["loss"] - math.log(vocab)) < 0.5, row
+        if row["path"] == "kubetune":
+            assert row["notes"].startswith("packed, sdpa, no liger"), row["notes"]  # CPU: Liger is a no-op
+    assert set(result["ratios"]) == {"full/kubetune", "lora/kubetune", "qlora/kubetune", "8b-qlora/kubetune"}
+    assert all(speed > 0 for speed, _ in result["ratios"].values())
+    assert "ratios (kubetune / baseline)" in printed
+
+
+def test_flops_per_token_matches_the_llama_1b_count():
+    bench = load("trainer_throughput")
+    # Llama-3.2-1B: 1.236e9 parameters with the tied embedding counted once; matmul parameters are the
+    # same number (the lm_head matmul uses the embedding), so 6N ~ 7.4e9 FLOPs per token + attention.
+    docs = [[1] * 1023]  # one document of 1024 tokens
+    flops = bench.flops_per_token("1b", docs)
+    attention = 6 * 16 * 2048 * 1024
+    assert flops - attention == pytest.approx(6 * 1.236e9, rel=0.01)
+
+
+def test_checkpoint_overhead_tiny(tmp_path, capsys):
+    bench = load("checkpoint_overhead")
+    out = tmp_path / "ckpt.json"
+    assert bench.main(["--steps", "20", "--every", "10", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    header, body = table_rows(printed, "| variant |")
+    assert header[:5] == ["variant", "steps", "checkpointEverySteps", "checkpoints uploaded", "wall s"]
+    result = json.loads(out.read_text())
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert rows["without"]["checkpoints"] == []
+    assert rows["with"]["checkpoints"] == [10, 20]  # uploaded to S3 with their completion markers
+    assert all(r["wall_s"] > 0 for r in rows.values())
+    assert bench.default_interval() == 200
+
+
+def test_operator_scale_small(tmp_path, capsys):
+    bench = load("operator_scale")
+    out = tmp_path / "op.json"
+    assert bench.main(["--jobs", "30", "--namespaces", "3", "--timeout", "60", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    header, body = table_rows(printed, "| metric |")
+    assert header == ["metric", "value"]
+    assert {cells[0] for cells in body} >= {"every child Job exists (s)", "create -> Job p99 (s)", "operator peak RSS (MiB)",
+                                             "operator API calls per job"}
+    result = json.loads(out.read_text())
+    assert result["missing"] == 0 and result["jobs"] == 30
+    assert 0 <= result["latency_p50_s"] <= result["latency_p99_s"] <= result["latency_max_s"] <= result["all_jobs_exist_s"] + 0.05
+    assert result["operator_peak_rss_mib"] > 10
+    assert result["api_calls_per_job"] >= 2  # at least: create the Job, write status
+    assert result["job_creates"] == 30  # one Job per FineTuneJob, no duplicate creates
