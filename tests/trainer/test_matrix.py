@@ -4,11 +4,14 @@ Each pair writes a FineTuneJob (file:// model, data and output), runs it in-proc
 `kubetune_trainer.entrypoint.main` and then checks, against the model the recipe starts from (the
 technique applied to the base, seeded like the recipe seeds it):
 
-(a) the objective's measure improves, computed directly on the models (no Trainer):
-    causal-lm: token cross-entropy on the training texts; instruction: cross-entropy on the answer
-    tokens; classification: cross-entropy of the labels; preference: log p(chosen) - log p(rejected);
-    rlhf: mean reward of completions sampled from the policy, scored by the reward model the run
-    published in final/reward-model/;
+(a) the objective's measure improves, computed directly on the models (no Trainer), on the rows it
+    trained on (each dataset is one full batch, so every step sees the same rows):
+    causal-lm: token cross-entropy of the texts; instruction: cross-entropy of the answer tokens;
+    classification: cross-entropy of the labels; preference: log p(chosen) - log p(rejected);
+    rlhf: the policy's expected reward for its (one-token) completions of the training prompts,
+    computed exactly over the vocabulary with the reward model the run published in
+    final/reward-model/ (which must sit beside the policy in final/, with its completion marker);
+    where the trainer's first logged loss is the same quantity, it must equal the "before" value;
 (b) only the intended parameters changed (frozen ones bit-identical) and the saved weights hold only
     the technique's parameters;
 (c) final/ reloads with the technique's loader (AutoModelFor*, PeftModel, the bottleneck loader) and
@@ -67,8 +70,16 @@ LEARNING_RATE = {
     "prompt-tuning": 5e-2,
     "prefix-tuning": 5e-2,
 }
+# Pairs whose run is steadier with another rate: the adapter's new classification head diverges at
+# 3e-2; GRPO on the full model moves the reward little at 3e-3 in a few dozen steps.
+LEARNING_RATE_FOR_PAIR = {("adapter", "classification"): 1e-2, ("full", "rlhf"): 1e-2}
 STEPS = 12
-RLHF_STEPS = 20
+RLHF_STEPS = 40  # per stage: reward model, then policy
+# GRPO's gradient is noisy: 16 completions of one prompt per step give LoRA/adapters a steady signal.
+RLHF_BATCH = 16
+# One sampled token per completion: the policy's expected reward can then be computed exactly (no
+# sampling noise), so a small but real rise is measurable for every technique.
+COMPLETION_TOKENS = 1
 
 # Parameter names (in the model the recipe trains and in the reloaded one) that may change, per technique.
 INTENDED = {
@@ -173,7 +184,7 @@ def matrix_data(tmp_path_factory) -> dict[str, dict]:
         "rlhf": {"datasets": [
             {"name": "prefs", "uri": write_jsonl(root / "rm.jsonl", reward_preference_rows(64, seed=1)), "format": "preference"},
             {"name": "prompts", "uri": write_jsonl(root / "prompts.jsonl", [{"prompt": p} for p in prompts]), "format": "prompt"},
-        ], "rows": rl_prompts(16, seed=9)},
+        ], "rows": prompts},
     }
 
 
@@ -244,22 +255,24 @@ def logprob_gap(model, tokenizer, rows) -> float:
     return sum(gaps) / len(gaps)
 
 
-def mean_reward(policy, tokenizer, reward_model, reward_tokenizer, prompts, samples=4, max_new_tokens=4) -> float:
-    """Mean reward of completions sampled from `policy` (fixed seed), scored as GRPO/RLOO score them."""
+def expected_reward(policy, tokenizer, reward_model, reward_tokenizer, prompts) -> tuple[float, float]:
+    """Mean over `prompts` of the policy's expected reward for its one-token completion, exactly:
+    sum over the vocabulary of p(token | prompt) x reward(prompt + token), scored as GRPO/RLOO score
+    completions (decoded alone without special tokens, appended to the prompt, no special tokens added).
+    Also the spread of the reward over the vocabulary (mean over prompts of its standard deviation)."""
     policy.eval()
-    torch.manual_seed(1234)
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     enc = tokenizer(prompts, return_tensors="pt", padding=True)
     tokenizer.padding_side = side
     with torch.no_grad():
-        out = policy.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
-                              num_return_sequences=samples, pad_token_id=tokenizer.pad_token_id)
-    completions = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    texts = [prompts[i // samples] + c for i, c in enumerate(completions)]
-    scored = reward_tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    with torch.no_grad():
-        return reward_model(**scored).logits[:, 0].float().mean().item()
+        probs = torch.softmax(policy(**enc).logits[:, -1].float(), -1)  # temperature 1.0, as in the spec
+        vocab = probs.shape[-1]
+        completions = tokenizer.batch_decode([[t] for t in range(vocab)], skip_special_tokens=True)
+        texts = [prompt + completion for prompt in prompts for completion in completions]
+        scored = reward_tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        rewards = reward_model(**scored).logits[:, 0].float().view(len(prompts), vocab)
+    return (probs * rewards).sum(-1).mean().item(), rewards.std(-1).mean().item()
 
 
 MEASURES = {
@@ -267,7 +280,7 @@ MEASURES = {
     "instruction": ("answer loss", answer_loss),
     "classification": ("label loss", label_loss),
     "preference": ("logp gap", logprob_gap),
-    "rlhf": ("mean reward", None),  # needs the published reward model: measured after the run
+    "rlhf": ("exp. reward", None),  # needs the published reward model: measured after the run
 }
 HIGHER_IS_BETTER = {"preference", "rlhf"}
 
@@ -334,7 +347,10 @@ def saved_weight_names(technique: str, final: Path) -> list[str]:
 
 def check_parameters(technique: str, task: str, before: dict, after_model, final: Path) -> int:
     """(b): the changed parameters are the technique's (and the head's); returns how many changed."""
-    after = dict(after_model.named_parameters())
+    # PEFT keeps the new head's random initial weights as `original_module` beside the trained copy; it
+    # is not saved (a reload draws it afresh) and not used while the adapter is active.
+    before = {n: p for n, p in before.items() if ".original_module." not in n}
+    after = {n: p for n, p in after_model.named_parameters() if ".original_module." not in n}
     assert after.keys() == before.keys(), sorted(after.keys() ^ before.keys())[:6]
     intended = re.compile(INTENDED[technique] + ("|" + HEAD if task == "sequence-classification" else ""))
     changed = {n for n, p in after.items() if p.shape != before[n].shape or not torch.equal(p.detach(), before[n])}
@@ -374,7 +390,7 @@ def job_sections(technique: str, objective: str) -> dict:
     sections = {
         "technique": technique,
         "objective": objective,
-        "hyperparameters": {"maxSteps": RLHF_STEPS if rlhf else STEPS, "batchSize": 8, "learningRate": LEARNING_RATE[technique],
+        "hyperparameters": {"maxSteps": RLHF_STEPS if rlhf else STEPS, "batchSize": RLHF_BATCH if rlhf else 8, "learningRate": LEARNING_RATE_FOR_PAIR.get((technique, objective), LEARNING_RATE[technique]),
                             "maxSeqLength": 48, "seed": 3},
         "output": {"checkpointEverySteps": 1000, "keepCheckpoints": 1},
         **SECTIONS[technique],
@@ -382,7 +398,7 @@ def job_sections(technique: str, objective: str) -> dict:
     if objective == "preference":
         sections["preference"] = {"algorithm": "dpo", "beta": 0.1}
     if rlhf:
-        sections["rlhf"] = {"algorithm": "grpo", "numGenerations": 4, "maxCompletionLength": 4, "beta": 0.0, "temperature": 1.0}
+        sections["rlhf"] = {"algorithm": "grpo", "numGenerations": RLHF_BATCH, "maxCompletionLength": COMPLETION_TOKENS, "beta": 0.0, "temperature": 1.0}
     return sections
 
 
@@ -416,17 +432,36 @@ def test_pair_trains_through_the_entrypoint(technique, objective, tiny_llama_dir
         ctx = SimpleNamespace(spec=spec, model_dir=tiny_llama_dir, reward_model_dir=None)
         scorer = rlhf.load_reward_model(ctx, final / "reward-model")
         scorer[0].eval()
-        before = mean_reward(start.model, start.tokenizer, *scorer, data["rows"])
-        after = mean_reward(after_model, after_tokenizer, *scorer, data["rows"])
+        before, spread = expected_reward(start.model, start.tokenizer, *scorer, data["rows"])
+        after, _ = expected_reward(after_model, after_tokenizer, *scorer, data["rows"])
     else:
         after = measure(after_model, after_tokenizer, data["rows"])
     changed = check_parameters(technique, task, before_params, after_model, final)
 
-    key = "reward" if objective == "rlhf" else "loss"
-    series = logged(out / "metrics.jsonl", key)
+    # What the run itself logged: the first and last training loss (full batches: every step sees the
+    # same rows), or for rlhf the mean sampled reward of the first and last five policy steps.
+    if objective == "rlhf":
+        series = logged(out / "metrics.jsonl", "reward")
+        trainer_log = f"reward {sum(series[:5]) / 5:.3f} -> {sum(series[-5:]) / 5:.3f}"
+    else:
+        series = logged(out / "metrics.jsonl", "loss")
+        trainer_log = f"loss {series[0]:.3f} -> {series[-1]:.3f}"
+    if objective in ("causal-lm", "instruction", "classification") and (technique, objective) != ("prompt-tuning", "causal-lm"):
+        # The recipe started from the model measured as "before" (seeded initialisation), and the
+        # measure is the trainer's own loss. (prompt-tuning x causal-lm logs ~10% more: PEFT makes each
+        # row's first token a target after the soft prompt, but transformers counts the tokens to
+        # average over from the labels as given, where the first token is never a target.)
+        assert series[0] == pytest.approx(before, rel=1e-3), f"first logged loss {series[0]:.4f}, measured {before:.4f}"
     training_results.append({
         "technique": technique, "objective": objective, "measure": name, "before": before, "after": after,
-        "logged": f"{key} {series[0]:.3f} -> {series[-1]:.3f}" if series else "", "changed": changed, "seconds": seconds,
+        "logged": trainer_log, "changed": changed, "seconds": seconds,
     })
-    improved = after > before if objective in HIGHER_IS_BETTER else after < before
-    assert improved, f"{technique} x {objective}: {name} {before:.4f} -> {after:.4f}"
+    # Required gains, about a third of the smallest measured (prompt-tuning x causal-lm: 2% of the loss;
+    # prompt-tuning x preference: +0.77; lora x rlhf: 3% of the reward's spread over the vocabulary).
+    message = f"{technique} x {objective}: {name} {before:.4f} -> {after:.4f}"
+    if objective == "rlhf":
+        assert after - before > 0.01 * spread, message + f" (reward spread {spread:.3f})"
+    elif objective == "preference":
+        assert after > before + 0.25, message
+    else:
+        assert after < 0.99 * before, message

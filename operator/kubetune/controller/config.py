@@ -18,7 +18,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-DEFAULT_TRAINER_IMAGE = "ghcr.io/kubetune/trainer:latest"
+from kubetune import __version__
+
+# The trainer image of this release (the chart passes the same tag: its appVersion).
+DEFAULT_TRAINER_IMAGE = f"ghcr.io/kubetune/trainer:{__version__}"
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,7 @@ def run(ctx: RunContext) -> TrainResult:
 
     from kubetune_trainer.data import eval_dataset, mixed_train, select
     from kubetune_trainer.modeling import load_for_training
+    from kubetune_trainer.techniques.qlora import restore_dtypes, trainable_dtypes
 
     spec = ctx.spec
     if not select(ctx.tasks, FORMATS):
@@ -114,6 +115,7 @@ def run(ctx: RunContext) -> TrainResult:
     train = mixed_train(ctx.tasks, spec.hyperparameters.seed, FORMATS)
     evaluation = eval_dataset(ctx.tasks, FORMATS)
     has_eval = evaluation is not None
+    dtypes = trainable_dtypes(model)
     trainer = DPOTrainer(
         model=model,
         ref_model=ref_model,
@@ -123,6 +125,7 @@ def run(ctx: RunContext) -> TrainResult:
         processing_class=tokenizer,
         callbacks=list(ctx.callbacks),  # metrics, checkpoints, early stopping (entrypoint)
     )
+    restore_dtypes(trainer.model, dtypes)  # TRL casts a quantized model's trainable weights to bf16
     output = trainer.train(resume_from_checkpoint=str(ctx.resume_from) if ctx.resume_from else None)
     metrics = dict(output.metrics)
     if has_eval:
