@@ -240,8 +240,12 @@ def _base_dir(model) -> str | None:
 
 
 def _hub_reference(spec) -> tuple[str, str | None] | None:
-    """hf://org/name[@rev] -> ("org/name", rev): what a saved adapter should name as its base."""
+    """What a saved adapter should name as its base: hf://org/name[@rev] -> ("org/name", rev); an s3://
+    model keeps its URI (download it and pass the folder to PeftModel.from_pretrained). file:// models
+    are loaded in place, so their path is already right."""
     uri = spec.model.uri
+    if uri.startswith("s3://"):
+        return uri, None
     if not uri.startswith("hf://"):
         return None
     repo, _, revision = uri[len("hf://") :].partition("@")
@@ -302,7 +306,7 @@ def _write_labels(model, out: Path) -> None:
 
 def _point_adapter_at_hub(out: Path, spec) -> None:
     """A saved adapter names its base by the path it was loaded from, a temporary folder in the pod;
-    for hf:// models name the hub repository instead so AutoPeftModel* works anywhere."""
+    name the hub repository (hf://: AutoPeftModel* works anywhere) or the s3:// URI instead."""
     reference = _hub_reference(spec)
     config_file = out / "adapter_config.json"
     if reference is None or not config_file.is_file():

@@ -334,3 +334,13 @@ def test_saved_adapter_names_the_hub_model_as_its_base(tiny_llama_dir, tmp_path)
     assert config["base_model_name_or_path"] == "org/tiny-model"
     assert config["revision"] == "v1"
     assert not (tmp_path / "merged").exists()
+
+
+def test_saved_adapter_names_the_s3_model_as_its_base(tiny_llama_dir, tmp_path):
+    """An s3:// base was fetched to a temporary folder: the adapter names the URI it came from."""
+    spec = make_spec("lora", model={"uri": "s3://models/tiny-model/"}, output={})
+    loaded = load_for_training(spec, tiny_llama_dir, "causal-lm")
+    save_final(loaded.model, loaded.tokenizer, spec, tmp_path)
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "s3://models/tiny-model/"
+    assert str(tiny_llama_dir) not in (tmp_path / "adapter_config.json").read_text()
