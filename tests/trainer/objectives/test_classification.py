@@ -6,7 +6,6 @@ The synthetic task is learnable by a frozen random model: the label is decided b
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
@@ -14,30 +13,11 @@ import pytest
 from transformers import TrainerCallback
 
 from kubetune.api.v1alpha1 import Spec
-from kubetune_trainer.context import OutputLayout, RunContext
+from kubetune_trainer.context import RunContext
+from tests.trainer.objectives.recipes import WORDS, recipe_context, write_jsonl
 from kubetune_trainer.errors import UserError
 
 pytestmark = pytest.mark.slow
-
-WORDS = "the cat dog fox owl red blue green park river is near and".split()
-
-
-class ListReporter:
-    def __init__(self):
-        self.reports = []
-
-    def progress(self, report):
-        self.reports.append(report)
-
-    def checkpoints(self, complete):
-        pass
-
-    def output(self, report):
-        pass
-
-    def close(self):
-        pass
-
 
 def sentiment_rows(n: int, seed: int, words=("great", "terrible"), labels=("positive", "negative")) -> list[dict]:
     rng = random.Random(seed)
@@ -49,47 +29,12 @@ def sentiment_rows(n: int, seed: int, words=("great", "terrible"), labels=("posi
     return rows
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> str:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path.as_uri()
-
-
 def make_ctx(
     tmp_path: Path, model_dir: Path, spec_extra: dict, datasets: list[dict], callbacks=(), max_steps: int = 30
 ) -> RunContext:
-    from kubetune_trainer.data import load_tasks
-
-    raw = {
-        "technique": "lora",
-        "objective": "classification",
-        "model": {"uri": model_dir.as_uri()},
-        "datasets": datasets,
-        "hyperparameters": {
-            "maxSteps": max_steps,
-            "batchSize": 8,
-            "learningRate": 1e-2,
-            "warmupRatio": 0.0,
-            "lrScheduler": "constant",
-            "maxSeqLength": 32,
-            "precision": "fp32",
-            "seed": 0,
-        },
-        "output": {"uri": (tmp_path / "out").as_uri() + "/", "checkpointEverySteps": 1000},
-    }
-    raw.update(spec_extra)
-    spec = Spec.model_validate(raw).resolved()
-    work = tmp_path / "work"
-    work.mkdir(exist_ok=True)
-    return RunContext(
-        spec=spec,
-        name="test",
-        work_dir=work,
-        layout=OutputLayout(spec.output.uri),
-        model_dir=model_dir,
-        tasks=load_tasks(spec, work),
-        resume_from=None,
-        callbacks=list(callbacks),
-        reporter=ListReporter(),
+    return recipe_context(
+        tmp_path, model_dir, objective="classification", datasets=datasets, steps=max_steps, lr=1e-2,
+        spec_extra=spec_extra, callbacks=callbacks,
     )
 
 

@@ -6,34 +6,17 @@ raises log p(chosen | prompt) - log p(rejected | prompt), measured directly on t
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 import pytest
 from transformers import TrainerCallback
 
-from kubetune.api.v1alpha1 import Spec
-from kubetune_trainer.context import OutputLayout, RunContext
+from tests.trainer.objectives.recipes import WORDS, recipe_context, write_jsonl
 
 pytestmark = pytest.mark.slow
 
-WORDS = "the cat dog fox owl red blue green park river is near and".split()
 CHOSEN, REJECTED = " yes , good", " no , bad"
-
-
-class ListReporter:
-    def progress(self, report):
-        pass
-
-    def checkpoints(self, complete):
-        pass
-
-    def output(self, report):
-        pass
-
-    def close(self):
-        pass
 
 
 def preference_rows(n: int, seed: int) -> list[dict]:
@@ -44,45 +27,10 @@ def preference_rows(n: int, seed: int) -> list[dict]:
     ]
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> str:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path.as_uri()
-
-
 def make_ctx(tmp_path: Path, model_dir: Path, spec_extra: dict, datasets: list[dict], callbacks=(), lr=5e-3, steps=24):
-    from kubetune_trainer.data import load_tasks
-
-    raw = {
-        "technique": "lora",
-        "objective": "preference",
-        "model": {"uri": model_dir.as_uri()},
-        "datasets": datasets,
-        "hyperparameters": {
-            "maxSteps": steps,
-            "batchSize": 8,
-            "learningRate": lr,
-            "warmupRatio": 0.0,
-            "lrScheduler": "constant",
-            "maxSeqLength": 32,
-            "precision": "fp32",
-            "seed": 0,
-        },
-        "output": {"uri": (tmp_path / "out").as_uri() + "/", "checkpointEverySteps": 1000},
-    }
-    raw.update(spec_extra)
-    spec = Spec.model_validate(raw).resolved()
-    work = tmp_path / "work"
-    work.mkdir(exist_ok=True)
-    return RunContext(
-        spec=spec,
-        name="test",
-        work_dir=work,
-        layout=OutputLayout(spec.output.uri),
-        model_dir=model_dir,
-        tasks=load_tasks(spec, work),
-        resume_from=None,
-        callbacks=list(callbacks),
-        reporter=ListReporter(),
+    return recipe_context(
+        tmp_path, model_dir, objective="preference", datasets=datasets, steps=steps, lr=lr,
+        spec_extra=spec_extra, callbacks=callbacks,
     )
 
 

@@ -8,35 +8,19 @@ policy (measured directly, not from the trainer's logs) must rise.
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 import pytest
 from transformers import TrainerCallback
 
-from kubetune.api.v1alpha1 import Spec
-from kubetune_trainer.context import OutputLayout, RunContext
+from kubetune_trainer.context import RunContext
+from tests.trainer.objectives.recipes import WORDS, recipe_context, write_jsonl
 
 pytestmark = pytest.mark.slow
 
-WORDS = "the cat dog fox owl red blue green park river is near and".split()
 GOOD = "yes good great positive".split()
 BAD = "no bad terrible negative".split()
-
-
-class ListReporter:
-    def progress(self, report):
-        pass
-
-    def checkpoints(self, complete):
-        pass
-
-    def output(self, report):
-        pass
-
-    def close(self):
-        pass
 
 
 def prompt_text(rng) -> str:
@@ -56,11 +40,6 @@ def preference_rows(n: int, seed: int) -> list[dict]:
 def prompt_rows(n: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
     return [{"prompt": prompt_text(rng)} for _ in range(n)]
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> str:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path.as_uri()
 
 
 class StageRecorder(TrainerCallback):
@@ -110,37 +89,21 @@ def mean_reward(policy, tokenizer, reward_model, reward_tokenizer, prompts, samp
 
 def make_ctx(tmp_path: Path, model_dir: Path, *, technique="full", algorithm="grpo", steps=40, lr=5e-3,
              reward_model_dir=None, callbacks=(), out_name="out", with_preferences=True) -> RunContext:
-    from kubetune_trainer.data import load_tasks
-
     datasets = [{"name": "prompts", "uri": write_jsonl(tmp_path / "prompts.jsonl", prompt_rows(64, seed=3)), "format": "prompt"}]
     if with_preferences:
         datasets.insert(0, {
             "name": "prefs", "uri": write_jsonl(tmp_path / "prefs.jsonl", preference_rows(128, seed=1)),
             "format": "preference", "evalUri": write_jsonl(tmp_path / "prefs-eval.jsonl", preference_rows(32, seed=2)),
         })
-    raw = {
-        "technique": technique,
-        "objective": "rlhf",
-        "model": {"uri": model_dir.as_uri()},
-        "datasets": datasets,
-        "hyperparameters": {
-            "maxSteps": steps, "batchSize": 8, "learningRate": lr, "warmupRatio": 0.0, "lrScheduler": "constant",
-            "maxSeqLength": 32, "precision": "fp32", "seed": 0,
-        },
-        "rlhf": {"algorithm": algorithm, "numGenerations": 4, "maxCompletionLength": 4, "beta": 0.0, "temperature": 1.0},
-        "output": {"uri": (tmp_path / out_name).as_uri() + "/", "checkpointEverySteps": 1000},
-    }
-    if technique == "lora":
-        raw["lora"] = {"rank": 8, "alpha": 16, "dropout": 0.0}
+    rlhf = {"algorithm": algorithm, "numGenerations": 4, "maxCompletionLength": 4, "beta": 0.0, "temperature": 1.0}
     if reward_model_dir is not None:
-        raw["rlhf"]["rewardModel"] = {"uri": Path(reward_model_dir).as_uri()}
-    spec = Spec.model_validate(raw).resolved()
-    work = tmp_path / f"work-{out_name}"
-    work.mkdir(exist_ok=True)
-    return RunContext(
-        spec=spec, name="test", work_dir=work, layout=OutputLayout(spec.output.uri), model_dir=model_dir,
-        tasks=load_tasks(spec, work), resume_from=None, callbacks=list(callbacks), reporter=ListReporter(),
-        reward_model_dir=Path(reward_model_dir) if reward_model_dir is not None else None,
+        rlhf["rewardModel"] = {"uri": Path(reward_model_dir).as_uri()}
+    extra = {"rlhf": rlhf}
+    if technique == "lora":
+        extra["lora"] = {"rank": 8, "alpha": 16, "dropout": 0.0}
+    return recipe_context(
+        tmp_path, model_dir, objective="rlhf", technique=technique, datasets=datasets, steps=steps, lr=lr,
+        spec_extra=extra, callbacks=callbacks, out_name=out_name, reward_model_dir=reward_model_dir,
     )
 
 
