@@ -213,14 +213,3 @@ def test_lora_policy_with_grpo(grpo_run, tmp_path, tiny_llama_dir):
     assert recorder.stages == ["policy"] and "reward" in result.metrics
     lora_b = [p for n, p in result.model.named_parameters() if "lora_B" in n]
     assert lora_b and all(float(p.abs().sum()) > 0 for p in lora_b)  # B starts at 0: the adapter trained
-
-
-def test_lora_on_the_output_head_is_a_user_error(tmp_path, tiny_llama_dir):
-    from kubetune_trainer.errors import UserError
-    from kubetune_trainer.objectives import rlhf
-
-    ctx = make_ctx(tmp_path, tiny_llama_dir, technique="lora", steps=1, reward_model_dir=tmp_path, with_preferences=False)
-    lora = ctx.spec.lora.model_copy(update={"target_modules": "q_proj,lm_head"})
-    ctx.spec = ctx.spec.model_copy(update={"lora": lora})
-    with pytest.raises(UserError, match="spec.lora.targetModules"):
-        rlhf.run(ctx)

@@ -73,19 +73,6 @@ def dpo_config(ctx: RunContext, has_eval: bool):
     )
 
 
-def check_lora_targets(spec, objective: str) -> None:
-    """TRL computes log-probs from lm_head.weight directly: a LoRA adapter on it would never train,
-    and DPOTrainer/GRPOTrainer/RLOOTrainer refuse it. Say so in the spec's terms."""
-    lora = spec.lora
-    if spec.technique in ("lora", "qlora") and lora is not None:
-        names = {name.strip() for name in lora.target_modules.split(",")}
-        if "lm_head" in names:
-            raise UserError(
-                f"spec.lora.targetModules: lm_head cannot take a LoRA adapter with the {objective} objective "
-                "(its log-probabilities are computed from lm_head.weight directly); remove it"
-            )
-
-
 def drop_reference_adapter(model) -> None:
     """DPOTrainer's "ref" adapter is a frozen copy of the starting adapter: not part of the result."""
     if is_peft(model) and "ref" in model.peft_config:
@@ -104,7 +91,6 @@ def run(ctx: RunContext) -> TrainResult:
     spec = ctx.spec
     if not select(ctx.tasks, FORMATS):
         raise UserError("spec.datasets: the preference objective needs at least one dataset of format preference")
-    check_lora_targets(spec, "preference")
     # New heads and adapters are initialised here, before the Trainer seeds: seed first so a run
     # (and its retry) starts from the same weights.
     set_seed(spec.hyperparameters.seed)

@@ -211,19 +211,6 @@ def _frozen(model):
 # --------------------------------------------------------------------------- stage 2: policy
 
 
-def check_lora_targets(spec, objective: str) -> None:
-    """TRL computes log-probs from lm_head.weight directly: a LoRA adapter on it would never train,
-    and DPOTrainer/GRPOTrainer/RLOOTrainer refuse it. Say so in the spec's terms."""
-    lora = spec.lora
-    if spec.technique in ("lora", "qlora") and lora is not None:
-        names = {name.strip() for name in lora.target_modules.split(",")}
-        if "lm_head" in names:
-            raise UserError(
-                f"spec.lora.targetModules: lm_head cannot take a LoRA adapter with the {objective} objective "
-                "(its log-probabilities are computed from lm_head.weight directly); remove it"
-            )
-
-
 def rl_trainer_classes(algorithm: RLAlgorithm):
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
@@ -292,7 +279,6 @@ def train_policy(ctx: RunContext, reward_model, reward_tokenizer):
 
 
 def run(ctx: RunContext) -> TrainResult:
-    check_lora_targets(ctx.spec, "rlhf")  # before the reward stage: fail in seconds, not after it
     metrics: dict[str, float] = {}
     if ctx.reward_model_dir is not None:
         log.info("reward model given (spec.rlhf.rewardModel.uri): skipping the reward-model stage")
