@@ -132,26 +132,43 @@ class _Checker:
 # --------------------------------------------------------------------------- readers
 
 
+def _not_utf8(label: str, lineno: int, err: UnicodeDecodeError) -> UserError:
+    # Bytes, not characters: the column is where the first byte that is not UTF-8 sits in its line.
+    byte = err.object[err.start : err.start + 1].hex()
+    hint = " (UTF-16?)" if err.object[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in err.object[:200] else ""
+    return UserError(f"{label}: line {lineno}, column {err.start + 1}: not UTF-8 text (byte 0x{byte}){hint}; "
+                     "save the file as UTF-8")
+
+
 def _jsonl_rows(path: Path, label: str, checker: _Checker) -> Iterator[dict]:
-    with path.open("r", encoding="utf-8", errors="strict") as fh:
-        try:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise UserError(f"{label}: line {lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
-                yield checker.row(record, f"{label}: line {lineno}")
-        except UnicodeDecodeError as err:
-            raise UserError(f"{label}: not UTF-8 text (byte {err.start})") from None
+    with path.open("rb") as fh:  # bytes: a decoding error then names its line and column
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise _not_utf8(label, lineno, err) from None
+            if lineno == 1:
+                line = line.removeprefix("\ufeff")  # a UTF-8 byte order mark is harmless
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                what = err.msg.removesuffix(" at")  # "Invalid control character at"
+                raise UserError(f"{label}: line {lineno}: not valid JSON ({what} at column {err.colno})") from None
+            yield checker.row(record, f"{label}: line {lineno}")
 
 
 def _json_rows(path: Path, label: str, checker: _Checker) -> Iterator[dict]:
+    data = path.read_bytes()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as err:
-        raise UserError(f"{label}: not UTF-8 text (byte {err.start})") from None
+        lineno = data.count(b"\n", 0, err.start) + 1
+        line_start = data.rfind(b"\n", 0, err.start) + 1
+        line_err = UnicodeDecodeError("utf-8", data[line_start : err.end + 1], err.start - line_start,
+                                      err.end - line_start, err.reason)
+        raise _not_utf8(label, lineno, line_err) from None
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as err:

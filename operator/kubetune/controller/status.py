@@ -181,6 +181,12 @@ def observe(job: dict | None, pods: list[dict], *, nodes: int, spec_suspend: boo
                             "newest checkpoint", attempts)
         return Observed(Phase.PENDING, Reason.RETRYING,
                         f"attempt failed: {failure_text(last)}; retrying from the newest checkpoint", attempts)
+    if job_status.get("failed"):
+        # The failed pod is gone (deleted by hand, lost with its node, garbage-collected): the Job's
+        # counter is all that is left of it, and the reason must not vanish with it.
+        return Observed(Phase.PENDING, Reason.RETRYING,
+                        f"attempt failed: a training pod was deleted or lost before it finished "
+                        f"({job_status['failed']} failed so far); retrying from the newest checkpoint", attempts)
     return Observed(Phase.PENDING, Reason.PODS_PENDING, "waiting for the training pods to start", attempts)
 
 

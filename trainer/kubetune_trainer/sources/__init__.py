@@ -35,9 +35,9 @@ def fetch_model(
     if parsed.scheme == "file":
         from kubetune_trainer.sources.file import model_folder
 
-        return model_folder(parsed.location, uri)
+        return check_remote_code(model_folder(parsed.location, uri), uri, trust_remote_code)
     if (dest / COMPLETE_MARKER).exists():  # another local rank (or an earlier attempt) fetched it
-        return dest
+        return check_remote_code(dest, uri, trust_remote_code)
     if parsed.scheme == "s3":
         from kubetune_trainer.sources.s3 import fetch_model_prefix
 
@@ -47,7 +47,32 @@ def fetch_model(
 
         fetch_model_snapshot(parsed, dest, role=role, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     (dest / COMPLETE_MARKER).touch()
-    return dest
+    return check_remote_code(dest, uri, trust_remote_code)
+
+
+def check_remote_code(model_dir: Path, uri: str, trust_remote_code: bool) -> Path:
+    """A model whose architecture transformers does not know loads only by running the repository's
+    own Python code (config.json `auto_map`): refuse that, naming the field, unless it is trusted.
+    Models transformers knows load with its own classes and any `auto_map` is ignored."""
+    import json
+
+    if trust_remote_code:
+        return model_dir
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return model_dir  # the loader reports a missing or broken config with its own message
+    from transformers import CONFIG_MAPPING
+
+    model_type = config.get("model_type")
+    if config.get("auto_map") and model_type not in CONFIG_MAPPING:
+        classes = ", ".join(sorted(str(v) for v in config["auto_map"].values())[:3])
+        raise UserError(
+            f"spec.model.trustRemoteCode: {uri} (model_type {model_type!r}) needs its own Python code to load "
+            f"({classes}); kubetune does not run code from a model repository unless spec.model.trustRemoteCode "
+            "is true, and only when you trust its authors"
+        )
+    return model_dir
 
 
 def fetch_data_files(uri: str, dest: Path, *, role: str, spec: Spec | None, what: str) -> list[Path]:

@@ -38,7 +38,7 @@ def _split(uri: str) -> tuple[str, str]:
 
 def _translate(err: Exception, uri: str, endpoint: str | None) -> Exception:
     """botocore/boto3 exception -> UserError / InfraError / FileNotFoundError."""
-    from boto3.exceptions import S3UploadFailedError
+    from boto3.exceptions import RetriesExceededError, S3UploadFailedError
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
 
     where = f" at {endpoint}" if endpoint else ""
@@ -60,6 +60,8 @@ def _translate(err: Exception, uri: str, endpoint: str | None) -> Exception:
             if f"({code})" in text:
                 return UserError(f"{uri}: {meaning}")
         return InfraError(f"{uri}: upload to S3{where} failed after retries")
+    if isinstance(err, RetriesExceededError):  # s3transfer's download gave up (dropped/cut-off responses)
+        return InfraError(f"{uri}: download from S3{where} failed after retries")
     if isinstance(err, BotoCoreError):
         return InfraError(f"{uri}: cannot reach S3{where} ({type(err).__name__})")
     return err
@@ -167,11 +169,19 @@ class S3Storage:
             self._fail(err, uri)
 
     def read_text(self, uri: str) -> str:
+        from botocore.exceptions import ResponseStreamingError
+
         bucket, key = _split(uri)
-        try:
-            return self._client.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8")
-        except Exception as err:  # noqa: BLE001
-            self._fail(err, uri)
+        attempts = int(os.environ.get("KUBETUNE_S3_MAX_ATTEMPTS", "5"))
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._client.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8")
+            except ResponseStreamingError as err:
+                # botocore retries a request until its headers arrive; a body cut off after that is ours to retry.
+                if attempt == attempts:
+                    self._fail(err, uri)
+            except Exception as err:  # noqa: BLE001
+                self._fail(err, uri)
 
     def delete_prefix(self, prefix: str) -> None:
         bucket, _ = _split(prefix)

@@ -1,0 +1,161 @@
+"""Fault suite fixtures: one moto S3 server, one tiny model, one API emulator per session, and the
+`ledger` every test writes its measured counts into (faults injected, runs survived, steps lost,
+duplicates, leaks); the table prints at the end of the session.
+
+Nothing here changes os.environ for the whole session (other suites run in the same process):
+subprocesses get an explicit env, in-process runs use monkeypatch.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "controller"))  # emulator.py, harness.py
+
+# One seed for every random choice of the suite (kill steps, proxy faults, API faults): set
+# KUBETUNE_FAULT_SEED to replay a failure; the summary prints the seed used.
+SEED = int(os.environ.get("KUBETUNE_FAULT_SEED", "20261126"))
+S3_KEY_ID = "kubetune-fault-key"
+S3_SECRET = "kubetune-fault-secret-value"
+
+
+@dataclass
+class Row:
+    scenario: str
+    faults: int = 0
+    runs: int = 0
+    survived: int = 0
+    steps_lost: int = 0  # the worst single interruption
+    duplicates: int = 0
+    leaks: int = 0
+    note: str = ""
+
+
+class Ledger:
+    def __init__(self) -> None:
+        self.rows: list[Row] = []
+
+    def record(self, scenario: str, **counts) -> Row:
+        row = Row(scenario, **counts)
+        self.rows.append(row)
+        return row
+
+
+_LEDGER = pytest.StashKey[Ledger]()
+
+
+@pytest.fixture(scope="session")
+def ledger(request) -> Ledger:
+    return request.config.stash.setdefault(_LEDGER, Ledger())
+
+
+@pytest.fixture
+def rng(request) -> random.Random:
+    return random.Random(f"{SEED}-{request.node.name}")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    ledger = config.stash.get(_LEDGER, None)
+    if ledger is None or not ledger.rows:
+        return
+    write = terminalreporter.write_line
+    terminalreporter.section(f"fault suite (seed {SEED}; replay with KUBETUNE_FAULT_SEED={SEED})")
+    write(f"{'scenario':<46}{'faults':>7}{'runs':>6}{'survived':>9}{'lost':>6}{'dups':>6}{'leaks':>6}  note")
+    totals = Row("total")
+    for r in ledger.rows:
+        write(f"{r.scenario:<46}{r.faults:>7}{r.runs:>6}{r.survived:>9}{r.steps_lost:>6}{r.duplicates:>6}{r.leaks:>6}  {r.note}")
+        totals.faults += r.faults
+        totals.runs += r.runs
+        totals.survived += r.survived
+        totals.steps_lost = max(totals.steps_lost, r.steps_lost)
+        totals.duplicates += r.duplicates
+        totals.leaks += r.leaks
+    write(f"{'total (lost: worst)':<46}{totals.faults:>7}{totals.runs:>6}{totals.survived:>9}{totals.steps_lost:>6}"
+          f"{totals.duplicates:>6}{totals.leaks:>6}")
+
+
+# --------------------------------------------------------------------------- S3
+
+
+@pytest.fixture(scope="session")
+def moto_url():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def s3_client(endpoint: str):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=S3_KEY_ID, aws_secret_access_key=S3_SECRET,
+                        region_name="us-east-1")
+
+
+@pytest.fixture
+def bucket(moto_url, request) -> str:
+    import re
+    import uuid
+
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + "-" + uuid.uuid4().hex[:6]
+    s3_client(moto_url).create_bucket(Bucket=name)
+    return name
+
+
+def s3_env(endpoint: str, **extra) -> dict[str, str]:
+    """The environment of a trainer process talking to `endpoint` (with the suite's credentials)."""
+    env = dict(os.environ)
+    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "HF_TOKEN"):
+        env.pop(key, None)
+    env.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID=S3_KEY_ID, AWS_SECRET_ACCESS_KEY=S3_SECRET,
+               AWS_DEFAULT_REGION="us-east-1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
+               KUBETUNE_S3_MAX_ATTEMPTS="5", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    env.update(extra)
+    return env
+
+
+# --------------------------------------------------------------------------- model and data
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    import torch
+
+    torch.set_num_threads(1)
+    from kubetune_trainer.tiny import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("fault-model"))
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    import json
+
+    from kubetune_trainer.tiny import sample_corpus
+
+    path = tmp_path_factory.mktemp("fault-data") / "train.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in sample_corpus(96, seed=11)))
+    return path
+
+
+# --------------------------------------------------------------------------- API emulator
+
+
+@pytest.fixture(scope="session")
+def api():
+    from harness import start_emulator
+
+    emu = start_emulator()
+    yield emu
+    emu.stop()
