@@ -7,6 +7,8 @@ Run with `kubetune operator`, or `kopf run -m kubetune.controller.handlers --all
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from typing import Any
 
 import kopf
@@ -29,6 +31,10 @@ class Runtime:
     client_configuration: kubernetes.client.Configuration | None = None  # tests set one; else in-cluster/kubeconfig
     reconciler: Reconciler | None = None
     metrics_server: Any = None
+    # Set by `kubetune operator` (its own process), never in-process: once kopf starts stopping, the
+    # process must end within this many seconds even if kopf's shutdown hangs (seen after a 410 Gone on
+    # a list request), so that Kubernetes restarts it instead of keeping a pod that watches nothing.
+    exit_after_stop_seconds: float | None = None
 
 
 runtime = Runtime()
@@ -76,12 +82,24 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 @kopf.on.cleanup()
 def cleanup(**_: Any) -> None:
+    if runtime.exit_after_stop_seconds is not None:
+        watchdog = threading.Timer(runtime.exit_after_stop_seconds, _exit_stalled_operator)
+        watchdog.daemon = True
+        watchdog.start()
     if runtime.reconciler is not None:
         runtime.reconciler.stop()
         runtime.reconciler = None
     if runtime.metrics_server is not None:
         runtime.metrics_server.shutdown()
         runtime.metrics_server = None
+
+
+def _exit_stalled_operator() -> None:
+    logging.getLogger("kubetune.operator").error(
+        "the operator is stopping but kopf has not finished after %ss; exiting", runtime.exit_after_stop_seconds
+    )
+    logging.shutdown()
+    os._exit(1)
 
 
 @kopf.on.login()
