@@ -244,3 +244,21 @@ def test_cli_operator_options_reach_the_config():
     cfg = from_args(args, env={})
     assert cfg.namespaces == ("team-a",) and cfg.max_running_per_namespace == 3
     assert cfg.default_output_uri == "s3://b/p/" and cfg.metrics_port == 9090
+
+
+def test_a_failure_seen_only_after_the_retry_started_is_still_told():
+    """Attempt 1 failed and attempt 2 was running before the operator looked again: the status message and
+    a Retrying Event still say why attempt 1 failed."""
+    running_pod = {"metadata": {"name": "bot-y", "creationTimestamp": "2026-01-01T00:01:00Z"}, "status": {"phase": "Running"}}
+    seen = _observe(_job(failed=1, active=1), [_failed_pod(20, "S3 timed out"), running_pod])
+    assert (seen.phase, seen.attempts) == (Phase.RUNNING, 2) and "S3 timed out" in seen.last_failure
+    ftj = dict(FTJ)
+    first = status.compute(ftj, status.Observed(Phase.RUNNING, Reason.PODS_RUNNING, "", 1), "bot", "2026-01-01T00:00:00Z")
+    ftj["status"] = first.status
+    later = status.compute(ftj, seen, "bot", "2026-01-01T00:02:00Z")
+    assert later.status["attempts"] == 2
+    assert later.status["message"].startswith("attempt 1 failed:") and "S3 timed out" in later.status["message"]
+    assert ("Warning", "Retrying") in [(e.type, e.reason) for e in later.events]
+    ftj["status"] = later.status
+    steady = status.compute(ftj, seen, "bot", "2026-01-01T00:03:00Z")
+    assert steady.events == []  # told once

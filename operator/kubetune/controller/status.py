@@ -46,6 +46,7 @@ class Observed:
     message: str = ""
     attempts: int = 0
     completion_time: str | None = None
+    last_failure: str = ""  # the newest failed pod's reason, even when a new attempt already runs
 
 
 @dataclass
@@ -167,8 +168,10 @@ def observe(job: dict | None, pods: list[dict], *, nodes: int, spec_suspend: boo
         return Observed(Phase.SUSPENDED, Reason.SUSPENDED_BY_USER, "the training Job is suspended", attempts)
     live = [p for p in pods if p.get("status", {}).get("phase") in ("Pending", "Running")
             and not p["metadata"].get("deletionTimestamp")]
+    failures = failed_pods(pods)
+    last_failure = failure_text(failures[-1]) if failures else ""
     if any(p.get("status", {}).get("phase") == "Running" for p in live):
-        return Observed(Phase.RUNNING, Reason.PODS_RUNNING, "", attempts)
+        return Observed(Phase.RUNNING, Reason.PODS_RUNNING, "", attempts, last_failure=last_failure)
     if not live and any(p.get("status", {}).get("phase") == "Succeeded" for p in pods):
         # The trainer exited 0; the Job controller has not marked the Job Complete yet.
         return Observed(Phase.RUNNING, Reason.PODS_RUNNING, "", attempts)
@@ -308,6 +311,13 @@ def compute(ftj: dict, observed: Observed, job_name: str | None, now: str) -> Ou
     elif observed.phase == Phase.SUCCEEDED:
         status["message"] = ""
     events = []
+    old_attempts = old.get("attempts") or 0
+    if (0 < old_attempts < status["attempts"] and observed.phase not in FINISHED_PHASES
+            and observed.reason not in (Reason.RETRYING, Reason.PREEMPTED)):
+        # An attempt failed and the next one started between two looks: the story still needs the failure.
+        failure = observed.last_failure or "a training pod was lost"
+        status["message"] = f"attempt {old_attempts} failed: {failure}; retrying from the newest checkpoint"
+        events.append(_event(Reason.RETRYING, status["message"]))
     old_validated = next((c for c in old.get("conditions") or [] if c.get("type") == C.VALIDATED), None)
     if not old_validated or old_validated.get("status") != S.TRUE:
         events.append(_event(Reason.SPEC_VALID, "the spec is valid"))
