@@ -165,3 +165,57 @@ def test_immutable_fields_are_rejected_on_update_and_suspend_is_editable():
         assert crdcheck.api_server_errors(edited, old=old) == [], field
 
     assert crdcheck.api_server_errors(copy.deepcopy(old), old=old) == []  # re-apply: no-op
+
+
+def test_every_crd_field_has_a_description_for_kubectl_explain():
+    missing = []
+
+    def walk(node: dict, path: str) -> None:
+        for name, prop in node.get("properties", {}).items():
+            if not prop.get("description", "").strip():
+                missing.append(f"{path}.{name}")
+            walk(prop, f"{path}.{name}")
+        if "items" in node:
+            walk(node["items"], f"{path}[]")
+        if isinstance(node.get("additionalProperties"), dict):
+            walk(node["additionalProperties"], f"{path}{{}}")
+
+    root = crdcheck.schema()
+    assert root.get("description")
+    walk(root, "")
+    assert missing == []
+
+
+def test_crd_schema_is_structural():
+    """The API server's structural-schema rules (apiextensions/v1): a type on every node (int-or-string is the
+    one exception), no properties beside additionalProperties, junctors only in the int-or-string form,
+    defaults and list-map keys consistent."""
+    problems = []
+
+    def walk(node: dict, path: str) -> None:
+        if node.get("x-kubernetes-int-or-string"):
+            if node.get("anyOf") != [{"type": "integer"}, {"type": "string"}] or "type" in node:
+                problems.append(f"{path}: int-or-string must be anyOf integer|string without a type")
+        elif "type" not in node:
+            problems.append(f"{path}: no type")
+        for junctor in ("allOf", "oneOf", "not"):
+            if junctor in node:
+                problems.append(f"{path}: {junctor} is not allowed here")
+        if "anyOf" in node and not node.get("x-kubernetes-int-or-string"):
+            problems.append(f"{path}: anyOf outside int-or-string")
+        if "properties" in node and "additionalProperties" in node:
+            problems.append(f"{path}: properties and additionalProperties together")
+        if node.get("x-kubernetes-list-type") == "map":
+            item = node["items"]
+            for key in node["x-kubernetes-list-map-keys"]:
+                if key not in item.get("required", []) and "default" not in item["properties"][key]:
+                    problems.append(f"{path}: list-map key {key} is neither required nor defaulted")
+        for name, prop in node.get("properties", {}).items():
+            walk(prop, f"{path}.{name}")
+        if "items" in node:
+            walk(node["items"], f"{path}[]")
+        if isinstance(node.get("additionalProperties"), dict):
+            walk(node["additionalProperties"], f"{path}{{}}")
+
+    walk(crdcheck.schema(), "")
+    assert problems == []
