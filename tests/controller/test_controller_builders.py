@@ -262,3 +262,16 @@ def test_a_failure_seen_only_after_the_retry_started_is_still_told():
     ftj["status"] = later.status
     steady = status.compute(ftj, seen, "bot", "2026-01-01T00:03:00Z")
     assert steady.events == []  # told once
+
+
+def test_a_failure_already_told_is_not_told_again_when_the_retry_runs():
+    ftj = dict(FTJ)
+    first = status.compute(ftj, status.Observed(Phase.RUNNING, Reason.PODS_RUNNING, "", 1), "bot", "2026-01-01T00:00:00Z")
+    ftj["status"] = first.status
+    retrying = status.compute(ftj, status.Observed(Phase.PENDING, Reason.RETRYING, "attempt failed: oom", 1), "bot",
+                              "2026-01-01T00:01:00Z")
+    assert [e.reason for e in retrying.events] == ["Retrying"]
+    ftj["status"] = retrying.status
+    running = status.compute(ftj, status.Observed(Phase.RUNNING, Reason.PODS_RUNNING, "", 2, last_failure="oom"), "bot",
+                             "2026-01-01T00:02:00Z")
+    assert [e.reason for e in running.events] == ["PodsRunning"]

@@ -87,15 +87,19 @@ class Reconciler:
         if old.get("phase") in status.FINISHED_PHASES:
             self._expire(ftj, spec)
             return old["phase"]
-        job = self.kube.get("Job", namespace, builders.job_name(name))
+        # A FineTuneJob the operator never wrote a status for has no Job yet, almost always: go straight to
+        # creating (an existing one, after a restart mid-reconcile, is adopted on AlreadyExists).
+        job = self.kube.get("Job", namespace, builders.job_name(name)) if old.get("jobName") else None
         if job is not None and not _owned_by(job, ftj["metadata"]["uid"]):
             raise NotOwnedError(f"Job {namespace}/{name} exists and is not owned by this FineTuneJob")
         if job is None:
             job = self._create_children(ftj, spec, old)
         else:
             job = self._propagate(ftj, spec, job)
-        pods = [p for p in self.kube.list("Pod", namespace, builders.selector(name))
-                if _owned_by(p, job["metadata"]["uid"])]
+        # A Job created this moment has no pods yet.
+        pods = [] if job.pop("_created", False) else [
+            p for p in self.kube.list("Pod", namespace, builders.selector(name)) if _owned_by(p, job["metadata"]["uid"])
+        ]
         observed = status.observe(job, pods, nodes=spec.nodes, spec_suspend=spec.suspend, queue_name=spec.queue_name,
                                   backoff_limit=spec.backoff_limit,
                                   active_deadline_seconds=spec.active_deadline_seconds)
@@ -141,7 +145,7 @@ class Reconciler:
             job = builders.build_job(ftj, spec, self.config, suspend=builders.initial_suspend(spec) or held,
                                      held_by_namespace_limit=held, previous_attempts=previous)
             created = self._create_or_adopt(job, uid)
-        if created.pop("_created", False):
+        if created.get("_created"):
             verb = "recreated" if previous else "created"
             self.event(ftj, "Normal", Reason.JOB_CREATED, f"{verb} Job {created['metadata']['name']}")
         return created

@@ -312,8 +312,9 @@ def compute(ftj: dict, observed: Observed, job_name: str | None, now: str) -> Ou
         status["message"] = ""
     events = []
     old_attempts = old.get("attempts") or 0
+    told = {Reason.RETRYING, Reason.PREEMPTED}
     if (0 < old_attempts < status["attempts"] and observed.phase not in FINISHED_PHASES
-            and observed.reason not in (Reason.RETRYING, Reason.PREEMPTED)):
+            and observed.reason not in told and _phase_reason(old)[1] not in told):
         # An attempt failed and the next one started between two looks: the story still needs the failure.
         failure = observed.last_failure or "a training pod was lost"
         status["message"] = f"attempt {old_attempts} failed: {failure}; retrying from the newest checkpoint"
