@@ -275,3 +275,37 @@ def test_a_failure_already_told_is_not_told_again_when_the_retry_runs():
     running = status.compute(ftj, status.Observed(Phase.RUNNING, Reason.PODS_RUNNING, "", 2, last_failure="oom"), "bot",
                              "2026-01-01T00:02:00Z")
     assert [e.reason for e in running.events] == ["PodsRunning"]
+
+
+# ----------------------------------------------------------------------------------------- event filters
+
+
+def _ftj(generation=1, status=None, deleting=False):
+    meta = {"name": "a", "namespace": "n", "generation": generation}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    return {"metadata": meta, "spec": {}, **({"status": status} if status is not None else {})}
+
+
+@pytest.mark.parametrize("event_type, body, expected", [
+    ("ADDED", _ftj(), True),                                                        # new: no phase yet
+    (None, _ftj(status={"phase": "Succeeded", "observedGeneration": 1}), True),      # startup / re-list
+    ("MODIFIED", _ftj(2, {"phase": "Running", "observedGeneration": 1}), True),      # spec edited
+    ("MODIFIED", _ftj(1, {"phase": "Running", "observedGeneration": 1, "progress": {"step": 3}}), False),  # reporter
+    ("MODIFIED", _ftj(1, {"progress": {"step": 3}}), True),                          # reporter first, no phase yet
+    ("DELETED", _ftj(), False),
+    ("MODIFIED", _ftj(deleting=True), False),
+])
+def test_finetunejob_events_that_need_a_reconcile(event_type, body, expected):
+    from kubetune.controller.handlers import needs_reconcile
+
+    assert needs_reconcile(type=event_type, body=body) is expected
+
+
+def test_a_job_event_just_after_its_creation_is_skipped_and_any_status_is_not():
+    from kubetune.controller.handlers import job_tells_something
+
+    assert job_tells_something(type="ADDED", status={}) is False
+    assert job_tells_something(type="ADDED", status={"active": 1}) is True  # adopted after a restart
+    assert job_tells_something(type="MODIFIED", status={}) is True  # e.g. Kueue unsuspended it
+    assert job_tells_something(type=None, status={}) is True  # startup listing

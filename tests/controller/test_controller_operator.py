@@ -128,6 +128,11 @@ def test_valid_job_gets_its_children_and_runs_to_success_with_progress_from_the_
     wait_for(lambda: ("Normal", "TrainingComplete") in user.events("bot"), what="the TrainingComplete Event")
     assert user.events("bot") == [("Normal", "JobCreated"), ("Normal", "SpecValid"), ("Normal", "PodsPending"),
                                   ("Normal", "PodsRunning"), ("Normal", "TrainingComplete")]
+    # GitOps: the operator writes status only; no bookkeeping annotations or finalizers on the user's object.
+    meta = user.get("bot")["metadata"]
+    assert not [k for k in meta.get("annotations") or {} if "kubetune.dev" in k or "kopf" in k], meta["annotations"]
+    assert not meta.get("finalizers")
+    assert not [c for c in emulator.calls("operator") if c.verb == "patch" and c.resource == "finetunejobs"]
 
 
 def test_user_error_fails_at_once_with_the_termination_message(user, sim):
@@ -332,3 +337,17 @@ def test_every_call_the_operator_made_is_granted_by_permissions_py(emulator, ope
     missing = sorted(call for call in calls if not is_granted(*call))
     assert not missing, f"permissions.py lacks: {missing}"
     assert all(p.verbs for p in OPERATOR_PERMISSIONS)
+
+
+def test_a_stale_watched_copy_never_replays_what_the_operator_already_did(user, sim, emulator):
+    from kubetune.controller.handlers import runtime
+
+    created = user.apply("stale")  # as the first watch event carried it: no status
+    user.wait_phase("stale", "Pending")
+    wait_for(lambda: ("Normal", "PodsPending") in user.events("stale"), what="the first Events")
+    before = user.events("stale"), user.status("stale")
+    creates = len([c for c in emulator.calls("operator") if c.verb == "create" and c.name == "stale"])
+    # A watch event delivered late (or a re-list racing our write) hands over that old copy again.
+    assert runtime.reconciler.reconcile(user.ns, "stale", body=created) == "Pending"
+    assert (user.events("stale"), user.status("stale")) == before
+    assert len([c for c in emulator.calls("operator") if c.verb == "create" and c.name == "stale"]) == creates

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 import kopf
@@ -18,7 +19,7 @@ from kubetune.api.constants import GROUP, PLURAL, VERSION
 from kubetune.controller import builders, config
 from kubetune.controller.kube import Kube
 from kubetune.controller.metrics import Metrics
-from kubetune.controller.reconciler import Reconciler
+from kubetune.controller.reconciler import RETRY_SECONDS, Reconciler
 
 FTJ = dict(group=GROUP, version=VERSION, plural=PLURAL)
 CHILD_LABELS = {builders.LABEL_MANAGED_BY: builders.MANAGED_BY}
@@ -60,7 +61,9 @@ def reconciler() -> Reconciler:
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     cfg = config.current()
-    # kopf's bookkeeping goes to annotations: the CRD's structural schema prunes unknown status fields.
+    # Only event handlers below: kopf keeps no bookkeeping on FineTuneJobs (no annotations for a GitOps
+    # tool to see drift in, no finalizer, one write per job saved). Should a handler kind that persists
+    # state be added, its storage goes to annotations: the CRD's structural schema prunes unknown status.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=PREFIX)
     settings.persistence.finalizer = f"{PREFIX}/finalizer"
@@ -112,16 +115,30 @@ def login(logger: Any, **kwargs: Any) -> kopf.ConnectionInfo | None:
                                insecure=not cfg.verify_ssl, ca_path=cfg.ssl_ca_cert)
 
 
-@kopf.on.create(**FTJ)
-@kopf.on.resume(**FTJ)
-@kopf.on.update(**FTJ, field="spec")
-def reconcile_finetunejob(name: str, namespace: str, **_: Any) -> None:
+def needs_reconcile(type: str | None, body: kopf.Body, **_: Any) -> bool:
+    """Which FineTuneJob watch events call for a reconcile (level-based: the reconciler reads the rest).
+
+    The initial listing (type None: startup or a re-list) and anything the operator has not answered
+    yet: a new object (no phase) or a spec change (generation ahead of status.observedGeneration).
+    Status-only changes (the operator's own writes, the trainer's progress reports) do not. A kopf
+    `when=` filter: it runs on the event loop, so a skipped event costs no worker thread.
+    """
+    metadata = body.get("metadata") or {}
+    if type == "DELETED" or metadata.get("deletionTimestamp"):
+        return False
+    if type is None:
+        return True
+    status = body.get("status") or {}
+    return not status.get("phase") or metadata.get("generation") != status.get("observedGeneration")
+
+
+@kopf.on.event(**FTJ, when=needs_reconcile)
+def finetunejob_changed(body: kopf.Body, name: str, namespace: str, logger: Any, **_: Any) -> None:
     try:
-        reconciler().reconcile(namespace, name)
-    except kopf.TemporaryError:
-        raise
-    except Exception as err:  # retried with kopf's backoff; the operator never crashes on one job
-        raise kopf.TemporaryError(f"reconcile failed: {err}", delay=5) from err
+        reconciler().reconcile(namespace, name, body=dict(body))
+    except Exception as err:  # event handlers are not retried by kopf: the resync thread retries soon
+        reconciler().schedule(namespace, name, time.time() + RETRY_SECONDS)
+        logger.warning(f"reconcile failed (retrying in {RETRY_SECONDS} s): {err}")
 
 
 def _reconcile_parent(labels: dict, namespace: str, logger: Any) -> None:
@@ -130,12 +147,17 @@ def _reconcile_parent(labels: dict, namespace: str, logger: Any) -> None:
         return
     try:
         runtime.reconciler.reconcile(namespace, parent)
-    except Exception as err:  # event handlers are not retried: the resync loop catches up
-        runtime.reconciler.schedule(namespace, parent, 0)
+    except Exception as err:  # event handlers are not retried by kopf: the resync thread retries soon
+        runtime.reconciler.schedule(namespace, parent, time.time() + RETRY_SECONDS)
         logger.warning(f"reconcile of {namespace}/{parent} after a child change failed: {err}")
 
 
-@kopf.on.event("batch", "v1", "jobs", labels=CHILD_LABELS)
+def job_tells_something(type: str | None, status: dict, **_: Any) -> bool:
+    """A Job just created by the reconcile that already wrote what it tells: skipped (on the event loop)."""
+    return not (type == "ADDED" and not status)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=CHILD_LABELS, when=job_tells_something)
 def job_changed(labels: dict, namespace: str, logger: Any, **_: Any) -> None:
     _reconcile_parent(labels, namespace, logger)
 

@@ -19,8 +19,8 @@ class Permission:
 
 
 OPERATOR_PERMISSIONS: tuple[Permission, ...] = (
-    # The FineTuneJobs themselves: kopf watches them and stores its progress in annotations.
-    Permission(GROUP, PLURAL, ("get", "list", "watch", "patch")),
+    # The FineTuneJobs themselves: read and watched, never written (only their status is).
+    Permission(GROUP, PLURAL, ("get", "list", "watch")),
     Permission(GROUP, f"{PLURAL}/status", ("get", "patch", "update")),
     # Children.
     Permission("batch", "jobs", ("get", "list", "watch", "create", "patch", "delete")),

@@ -23,6 +23,7 @@ from kubetune.controller.kube import Kube, is_status
 from kubetune.controller.metrics import Metrics
 
 log = logging.getLogger("kubetune.operator")
+RETRY_SECONDS = 5  # after a failed reconcile (kopf does not retry event handlers)
 
 # Not (yet) in kubetune.api.constants.Reason: the Event when ttlSecondsAfterFinished removes the children.
 
@@ -48,6 +49,7 @@ class Reconciler:
         self._locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
         self._namespace_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._guard = threading.Lock()
+        self._written: set[tuple[str, str]] = set()  # FineTuneJobs whose status this process wrote
         self._wakeups: list[tuple[float, str, str]] = []
         self._wake = threading.Condition()
         self._stop = threading.Event()
@@ -56,14 +58,21 @@ class Reconciler:
 
     # ------------------------------------------------------------------------------------- entry
 
-    def reconcile(self, namespace: str, name: str) -> str | None:
-        """Bring one FineTuneJob's children and status in line; returns its phase (None = gone)."""
+    def reconcile(self, namespace: str, name: str, body: dict | None = None) -> str | None:
+        """Bring one FineTuneJob's children and status in line; returns its phase (None = gone).
+
+        `body`: the FineTuneJob as the caller just got it from a watch. It saves a GET, but only for an
+        object this operator has not written a status for yet: after a write of ours, a watched copy can
+        be older than what we wrote, so it is read again.
+        """
         with self._guard:
             lock = self._locks[(namespace, name)]
         started = time.monotonic()
         with lock:
+            if body is not None and (namespace, name) in self._written:
+                body = None
             try:
-                phase = self._reconcile(namespace, name)
+                phase = self._reconcile(namespace, name, body)
             except Exception as err:
                 self.metrics.reconcile_errors.labels(reason=type(err).__name__).inc()
                 raise
@@ -72,9 +81,10 @@ class Reconciler:
         self.metrics.set_phase(namespace, name, phase)
         return phase
 
-    def _reconcile(self, namespace: str, name: str) -> str | None:
-        ftj = self.kube.get(KIND, namespace, name)
+    def _reconcile(self, namespace: str, name: str, body: dict | None) -> str | None:
+        ftj = body if body is not None else self.kube.get(KIND, namespace, name)
         if ftj is None or ftj["metadata"].get("deletionTimestamp"):
+            self._written.discard((namespace, name))
             return None  # the garbage collector removes the children (ownerReferences)
         old = ftj.get("status") or {}
         now = status.now_rfc3339()
@@ -202,9 +212,10 @@ class Reconciler:
 
     def _write_status(self, ftj: dict, outcome: status.Outcome) -> None:
         patch = status.status_patch(ftj.get("status") or {}, outcome.status)
+        meta = ftj["metadata"]
         if patch:
-            meta = ftj["metadata"]
             self.kube.patch(KIND, meta["namespace"], meta["name"], {"status": patch}, subresource="status")
+        self._written.add((meta["namespace"], meta["name"]))
         for event in outcome.events:
             self.event(ftj, event.type, event.reason, event.message)
 
@@ -331,4 +342,5 @@ class Reconciler:
         try:
             self.reconcile(namespace, name)
         except Exception as err:
-            log.warning("reconcile of %s/%s failed (will retry): %s", namespace, name, err)
+            log.warning("reconcile of %s/%s failed (retrying in %s s): %s", namespace, name, RETRY_SECONDS, err)
+            self.schedule(namespace, name, time.time() + RETRY_SECONDS)
