@@ -1,5 +1,6 @@
 """Checkpoint overhead: the same training run with checkpoints uploaded to S3 (moto over HTTP) at
 spec.output.checkpointEverySteps, and with saving switched off; wall time of each, side by side.
+moto runs in its own process, as a real store would.
 
     python bench/checkpoint_overhead.py                         # 600 steps, the spec's default interval (200)
     python bench/checkpoint_overhead.py --steps 40 --every 20   # quick
@@ -33,27 +34,49 @@ def default_interval() -> int:
     return Output.model_fields["checkpoint_every_steps"].default
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @contextlib.contextmanager
 def s3_server():
-    """moto's S3 over HTTP on a free port, with test credentials in the environment."""
-    from moto.server import ThreadedMotoServer
+    """moto's S3 over HTTP in its own process (a real store is not in the trainer's process either: an
+    in-process server would take the GIL from the training loop), with test credentials in the env."""
+    import subprocess
+    import urllib.request
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(endpoint + "/moto-api/", timeout=1).close()
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                raise RuntimeError("moto's server did not start") from None
+            time.sleep(0.2)
     keys = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
     saved = {k: os.environ.get(k) for k in keys}
-    os.environ.update(AWS_ENDPOINT_URL=f"http://{host}:{port}", AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
+    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
                       AWS_DEFAULT_REGION="us-east-1")
     try:
-        yield os.environ["AWS_ENDPOINT_URL"]
+        yield endpoint
     finally:
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        server.stop()
+        server.terminate()
+        server.wait(10)
 
 
 def write_job(path: Path, model_dir: Path, data_file: Path, steps: int, every: int, max_len: int) -> Path:

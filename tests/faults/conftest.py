@@ -20,11 +20,8 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "controller"))  # emulator.py, harness.py
 
-# One seed for every random choice of the suite (kill steps, proxy faults, API faults): set
-# KUBETUNE_FAULT_SEED to replay a failure; the summary prints the seed used.
-SEED = int(os.environ.get("KUBETUNE_FAULT_SEED", "20261126"))
-S3_KEY_ID = "kubetune-fault-key"
-S3_SECRET = "kubetune-fault-secret-value"
+from faultlib import S3_KEY_ID, S3_SECRET, SEED, s3_client, s3_env  # noqa: E402,F401
+
 
 
 @dataclass
@@ -96,13 +93,6 @@ def moto_url():
     server.stop()
 
 
-def s3_client(endpoint: str):
-    import boto3
-
-    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=S3_KEY_ID, aws_secret_access_key=S3_SECRET,
-                        region_name="us-east-1")
-
-
 @pytest.fixture
 def bucket(moto_url, request) -> str:
     import re
@@ -111,18 +101,6 @@ def bucket(moto_url, request) -> str:
     name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + "-" + uuid.uuid4().hex[:6]
     s3_client(moto_url).create_bucket(Bucket=name)
     return name
-
-
-def s3_env(endpoint: str, **extra) -> dict[str, str]:
-    """The environment of a trainer process talking to `endpoint` (with the suite's credentials)."""
-    env = dict(os.environ)
-    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "HF_TOKEN"):
-        env.pop(key, None)
-    env.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID=S3_KEY_ID, AWS_SECRET_ACCESS_KEY=S3_SECRET,
-               AWS_DEFAULT_REGION="us-east-1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
-               KUBETUNE_S3_MAX_ATTEMPTS="5", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    env.update(extra)
-    return env
 
 
 # --------------------------------------------------------------------------- model and data

@@ -18,7 +18,7 @@ import kubernetes
 import pytest
 import yaml
 
-from conftest import s3_client
+from faultlib import s3_client
 from emulator import ADMIN_TOKEN
 from harness import wait_for
 from kubetune.api.constants import GROUP, PLURAL, VERSION

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import SEED, s3_client, s3_env
+from faultlib import SEED, s3_client, s3_env
 from kubetune.api.constants import ExitCode
 from s3proxy import FaultPlan, Rule, S3FaultProxy
 from trainerlib import (

@@ -386,10 +386,12 @@ def run_job(file: str | Path, *, output: str | None = None, name: str | None = N
                     reporter.close()
                 step = manager.last_complete_step if manager is not None else None
                 raise Preempted(f"checkpoint step-{step} saved; the next attempt resumes from it" if step else "stopped")
+            if is_main:
+                # While the last checkpoint still uploads on its thread: its files are on disk already.
+                _save_and_upload(result, spec, storage, layout, work_dir)
             if manager is not None:
                 manager.wait()
             if is_main:
-                _save_and_upload(result, spec, storage, layout, work_dir)
                 metrics_cb.sync()
                 reporter.output(
                     OutputReport(
