@@ -309,3 +309,18 @@ def test_a_job_event_just_after_its_creation_is_skipped_and_any_status_is_not():
     assert job_tells_something(type="ADDED", status={"active": 1}) is True  # adopted after a restart
     assert job_tells_something(type="MODIFIED", status={}) is True  # e.g. Kueue unsuspended it
     assert job_tells_something(type=None, status={}) is True  # startup listing
+
+
+def _pod(phase):
+    return {"metadata": {"name": f"bot-{phase.lower()}"}, "status": {"phase": phase}}
+
+
+@pytest.mark.parametrize("counters, pods, attempts", [
+    ({"failed": 1}, [_pod("Running")], 2),                    # replacement running; the Job has not counted it
+    ({"active": 1}, [_failed_pod(20, "S3")], 1),               # the pod failed; the Job has not counted it
+    ({"failed": 1, "active": 1}, [_failed_pod(20, "S3"), _pod("Running")], 2),
+    ({"active": 1}, [], 1),                                    # the pod is not listed yet
+    ({"failed": 2, "active": 1}, [_pod("Pending")], 3),       # two failed pods already removed
+])
+def test_attempts_count_the_job_and_its_pods_whichever_lags(counters, pods, attempts):
+    assert status.count_attempts(_job(**counters), nodes=1, pods=pods) == attempts

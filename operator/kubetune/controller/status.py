@@ -122,12 +122,18 @@ def _user_error_pod(pods: list[dict]) -> dict | None:
 def count_attempts(job: dict, nodes: int, pods: list[dict] = ()) -> int:
     """Attempts of this Job (pods started / nodes, rounded up) plus those of earlier Jobs.
 
-    The Job's counters and the pods seen are both used: either can lag behind the other."""
+    The Job's counters and the pods seen are both used: either can lag behind the other. The pods are
+    listed after the Job is read, so a pod already running while the Job still says active 0, failed 1
+    is a replacement (attempt 2), and active 1 beside a listed failed pod is that same pod.
+    """
     annotations = job.get("metadata", {}).get("annotations") or {}
     previous = int(annotations.get(ANNOTATION_PREVIOUS_ATTEMPTS, "0") or 0)
     counters = job.get("status", {}) or {}
-    counted = (counters.get("failed") or 0) + (counters.get("succeeded") or 0) + (counters.get("active") or 0)
-    return previous + math.ceil(max(counted, len(pods)) / max(nodes, 1))
+    finished = (counters.get("failed") or 0) + (counters.get("succeeded") or 0)
+    live = sum(1 for p in pods if p.get("status", {}).get("phase") in ("Pending", "Running")
+               and not p["metadata"].get("deletionTimestamp"))
+    counted = max(finished + (counters.get("active") or 0), len(pods), finished + live)
+    return previous + math.ceil(counted / max(nodes, 1))
 
 
 def observe(job: dict | None, pods: list[dict], *, nodes: int, spec_suspend: bool, queue_name: str,
