@@ -200,7 +200,7 @@ def test_conditions_keep_transition_time_and_kstatus_conditions():
     conds = {c["type"]: c for c in running.status["conditions"]}
     assert conds["Ready"]["status"] == "False" and conds["Ready"]["reason"] == "InProgress"
     assert conds["Reconciling"]["status"] == "True" and "Stalled" not in conds
-    assert [e.reason for e in running.events] == ["SpecValid", "PodsRunning"]
+    assert [e.reason for e in running.events] == ["PodsRunning"]  # JobCreated already said it was valid
     ftj["status"] = running.status
     again = status.compute(ftj, status.Observed(Phase.RUNNING, Reason.PODS_RUNNING, "", 1), "bot", "2026-01-01T00:05:00Z")
     assert again.events == [] and status.status_patch(running.status, again.status) == {}
@@ -324,3 +324,13 @@ def _pod(phase):
 ])
 def test_attempts_count_the_job_and_its_pods_whichever_lags(counters, pods, attempts):
     assert status.count_attempts(_job(**counters), nodes=1, pods=pods) == attempts
+
+
+def test_fixing_an_invalid_spec_is_told_once():
+    ftj = dict(FTJ)
+    ftj["status"] = status.compute_invalid(ftj, ["spec.lora.rank: must be >= 1 (got 0)"], "2026-01-01T00:00:00Z").status
+    fixed = status.compute(ftj, status.Observed(Phase.PENDING, Reason.PODS_PENDING, "", 0), "bot", "2026-01-01T00:01:00Z")
+    assert [e.reason for e in fixed.events] == ["SpecValid", "PodsPending"]
+    ftj["status"] = fixed.status
+    again = status.compute(ftj, status.Observed(Phase.PENDING, Reason.PODS_PENDING, "", 0), "bot", "2026-01-01T00:02:00Z")
+    assert again.events == []

@@ -250,7 +250,8 @@ def test_trainer_pod_evicted_or_deleted_mid_run_gets_a_new_attempt_with_a_reason
         sim.start(ns, "deleted")
         st = wait_for(lambda: (s := status("deleted")).get("phase") == "Running" and s.get("attempts") == 2 and s,
                       30, "deleted: attempt 2 running")
-        reasons = [r for t, r, m in events("deleted") if t == "Warning"]
+        # Events follow the status write that they tell of.
+        reasons = wait_for(lambda: [r for t, r, m in events("deleted") if t == "Warning"], 30, "a Warning Event")
         assert reasons == ["Retrying"], f"a lost pod leaves one Warning Event with its reason: {events('deleted')}"
         notes.append(f"deleted: attempts {st['attempts']}, events {reasons}")
         assert mismatches(api, ns) == []

@@ -326,7 +326,8 @@ def compute(ftj: dict, observed: Observed, job_name: str | None, now: str) -> Ou
         status["message"] = f"attempt {old_attempts} failed: {failure}; retrying from the newest checkpoint"
         events.append(_event(Reason.RETRYING, status["message"]))
     old_validated = next((c for c in old.get("conditions") or [] if c.get("type") == C.VALIDATED), None)
-    if not old_validated or old_validated.get("status") != S.TRUE:
+    if old_validated and old_validated.get("status") != S.TRUE:
+        # Only news after an invalid spec was fixed; a new job's JobCreated already says it was valid.
         events.append(_event(Reason.SPEC_VALID, "the spec is valid"))
     if _phase_reason(old) != (status["phase"], str(observed.reason)):
         text = observed.message
