@@ -334,3 +334,16 @@ def test_fixing_an_invalid_spec_is_told_once():
     ftj["status"] = fixed.status
     again = status.compute(ftj, status.Observed(Phase.PENDING, Reason.PODS_PENDING, "", 0), "bot", "2026-01-01T00:02:00Z")
     assert again.events == []
+
+
+def test_the_pass_that_creates_the_job_tells_it_in_one_event():
+    pending = status.compute(dict(FTJ), status.Observed(Phase.PENDING, Reason.PODS_PENDING, "waiting", 0), "bot",
+                             "2026-01-01T00:00:00Z")
+    told = status.announce_job(pending, "bot", recreated=False)
+    assert [(e.reason, e.message) for e in told.events] == [
+        ("JobCreated", "created Job bot; waiting for the training pods to start")]
+    queued = status.compute(dict(FTJ), status.Observed(Phase.QUEUED, Reason.WAITING_FOR_ADMISSION, "waiting for Kueue", 0),
+                            "bot", "2026-01-01T00:00:00Z")
+    told = status.announce_job(queued, "bot", recreated=True)
+    assert [(e.reason, e.message) for e in told.events] == [("JobCreated", "recreated Job bot"),
+                                                            ("WaitingForAdmission", "waiting for Kueue")]

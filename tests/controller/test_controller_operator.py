@@ -126,8 +126,7 @@ def test_valid_job_gets_its_children_and_runs_to_success_with_progress_from_the_
     assert user.condition("bot", "Ready")["status"] == "True"
     assert not any(c["type"] in ("Reconciling", "Stalled") for c in status["conditions"])
     wait_for(lambda: ("Normal", "TrainingComplete") in user.events("bot"), what="the TrainingComplete Event")
-    assert user.events("bot") == [("Normal", "JobCreated"), ("Normal", "PodsPending"),
-                                  ("Normal", "PodsRunning"), ("Normal", "TrainingComplete")]
+    assert user.events("bot") == [("Normal", "JobCreated"), ("Normal", "PodsRunning"), ("Normal", "TrainingComplete")]
     # GitOps: the operator writes status only; no bookkeeping annotations or finalizers on the user's object.
     meta = user.get("bot")["metadata"]
     assert not [k for k in meta.get("annotations") or {} if "kubetune.dev" in k or "kopf" in k], meta["annotations"]
@@ -345,7 +344,7 @@ def test_a_stale_watched_copy_never_replays_what_the_operator_already_did(user, 
 
     created = user.apply("stale")  # as the first watch event carried it: no status
     user.wait_phase("stale", "Pending")
-    wait_for(lambda: ("Normal", "PodsPending") in user.events("stale"), what="the first Events")
+    wait_for(lambda: ("Normal", "JobCreated") in user.events("stale"), what="the first Event")
     before = user.events("stale"), user.status("stale")
     creates = len([c for c in emulator.calls("operator") if c.verb == "create" and c.name == "stale"])
     # A watch event delivered late (or a re-list racing our write) hands over that old copy again.

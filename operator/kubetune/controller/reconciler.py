@@ -106,14 +106,17 @@ class Reconciler:
             job = self._create_children(ftj, spec, old)
         else:
             job = self._propagate(ftj, spec, job)
+        created = job.pop("_created", False)
         # A Job created this moment has no pods yet.
-        pods = [] if job.pop("_created", False) else [
+        pods = [] if created else [
             p for p in self.kube.list("Pod", namespace, builders.selector(name)) if _owned_by(p, job["metadata"]["uid"])
         ]
         observed = status.observe(job, pods, nodes=spec.nodes, spec_suspend=spec.suspend, queue_name=spec.queue_name,
                                   backoff_limit=spec.backoff_limit,
                                   active_deadline_seconds=spec.active_deadline_seconds)
         outcome = status.compute(ftj, observed, job["metadata"]["name"], now)
+        if created:
+            outcome = status.announce_job(outcome, job["metadata"]["name"], recreated=bool(old.get("jobName")))
         self._write_status(ftj, outcome)
         if outcome.phase in status.FINISHED_PHASES:
             self._after_finish(ftj, spec, outcome.status)
@@ -154,11 +157,7 @@ class Reconciler:
                     >= self.config.max_running_per_namespace)
             job = builders.build_job(ftj, spec, self.config, suspend=builders.initial_suspend(spec) or held,
                                      held_by_namespace_limit=held, previous_attempts=previous)
-            created = self._create_or_adopt(job, uid)
-        if created.get("_created"):
-            verb = "recreated" if previous else "created"
-            self.event(ftj, "Normal", Reason.JOB_CREATED, f"{verb} Job {created['metadata']['name']}")
-        return created
+            return self._create_or_adopt(job, uid)  # JobCreated goes out with the status write
 
     def _namespace_lock(self, namespace: str) -> threading.Lock:
         with self._guard:

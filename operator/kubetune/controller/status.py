@@ -337,6 +337,16 @@ def compute(ftj: dict, observed: Observed, job_name: str | None, now: str) -> Ou
     return Outcome(status, events)
 
 
+def announce_job(outcome: Outcome, job_name: str, recreated: bool) -> Outcome:
+    """The Events of the pass that created the Job: JobCreated first. A PodsPending beside it says
+    nothing new, so it becomes part of JobCreated's message (one Event, one API call, less per job)."""
+    text = f"{'recreated' if recreated else 'created'} Job {job_name}"
+    rest = [e for e in outcome.events if e.reason != Reason.PODS_PENDING]
+    if len(rest) < len(outcome.events):
+        text += "; waiting for the training pods to start"
+    return Outcome(outcome.status, [_event(Reason.JOB_CREATED, text)] + rest)
+
+
 def compute_invalid(ftj: dict, problems: list[str], now: str) -> Outcome:
     old = ftj.get("status") or {}
     generation = ftj.get("metadata", {}).get("generation")
