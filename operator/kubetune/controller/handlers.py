@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from typing import Any
 
 import kopf
@@ -19,7 +18,7 @@ from kubetune.api.constants import GROUP, PLURAL, VERSION
 from kubetune.controller import builders, config
 from kubetune.controller.kube import Kube
 from kubetune.controller.metrics import Metrics
-from kubetune.controller.reconciler import RETRY_SECONDS, Reconciler
+from kubetune.controller.reconciler import Reconciler
 
 FTJ = dict(group=GROUP, version=VERSION, plural=PLURAL)
 CHILD_LABELS = {builders.LABEL_MANAGED_BY: builders.MANAGED_BY}
@@ -136,9 +135,9 @@ def needs_reconcile(type: str | None, body: kopf.Body, **_: Any) -> bool:
 def finetunejob_changed(body: kopf.Body, name: str, namespace: str, logger: Any, **_: Any) -> None:
     try:
         reconciler().reconcile(namespace, name, body=dict(body))
-    except Exception as err:  # event handlers are not retried by kopf: the resync thread retries soon
-        reconciler().schedule(namespace, name, time.time() + RETRY_SECONDS)
-        logger.warning(f"reconcile failed (retrying in {RETRY_SECONDS} s): {err}")
+    except Exception as err:  # kopf does not retry event handlers: the resync thread does, backing off
+        delay = reconciler().retry_later(namespace, name)
+        logger.warning(f"reconcile failed (retrying in {delay:.0f} s): {err}")
 
 
 def _reconcile_parent(labels: dict, namespace: str, logger: Any) -> None:
@@ -147,8 +146,8 @@ def _reconcile_parent(labels: dict, namespace: str, logger: Any) -> None:
         return
     try:
         runtime.reconciler.reconcile(namespace, parent)
-    except Exception as err:  # event handlers are not retried by kopf: the resync thread retries soon
-        runtime.reconciler.schedule(namespace, parent, time.time() + RETRY_SECONDS)
+    except Exception as err:  # kopf does not retry event handlers: the resync thread does, backing off
+        runtime.reconciler.retry_later(namespace, parent)
         logger.warning(f"reconcile of {namespace}/{parent} after a child change failed: {err}")
 
 

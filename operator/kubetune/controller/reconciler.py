@@ -23,7 +23,9 @@ from kubetune.controller.kube import Kube, is_status
 from kubetune.controller.metrics import Metrics
 
 log = logging.getLogger("kubetune.operator")
-RETRY_SECONDS = 5  # after a failed reconcile (kopf does not retry event handlers)
+# After a failed reconcile (kopf does not retry event handlers): 5 s, doubling per failure in a row, at most 5 min.
+RETRY_SECONDS = 5
+RETRY_MAX_SECONDS = 300
 
 # Not (yet) in kubetune.api.constants.Reason: the Event when ttlSecondsAfterFinished removes the children.
 
@@ -50,6 +52,7 @@ class Reconciler:
         self._namespace_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._guard = threading.Lock()
         self._written: set[tuple[str, str]] = set()  # FineTuneJobs whose status this process wrote
+        self._failures: dict[tuple[str, str], int] = {}  # failed passes in a row, for the retry backoff
         self._wakeups: list[tuple[float, str, str]] = []
         self._wake = threading.Condition()
         self._stop = threading.Event()
@@ -75,11 +78,23 @@ class Reconciler:
                 phase = self._reconcile(namespace, name, body)
             except Exception as err:
                 self.metrics.reconcile_errors.labels(reason=type(err).__name__).inc()
+                with self._guard:
+                    self._failures[(namespace, name)] = self._failures.get((namespace, name), 0) + 1
                 raise
             finally:
                 self.metrics.reconcile_seconds.observe(time.monotonic() - started)
+        with self._guard:
+            self._failures.pop((namespace, name), None)
         self.metrics.set_phase(namespace, name, phase)
         return phase
+
+    def retry_later(self, namespace: str, name: str) -> float:
+        """Schedule another pass after a failed one, backing off; returns the delay in seconds."""
+        with self._guard:
+            failures = self._failures.get((namespace, name), 1)
+        delay = min(RETRY_SECONDS * 2 ** (failures - 1), RETRY_MAX_SECONDS)
+        self.schedule(namespace, name, time.time() + delay)
+        return delay
 
     def _reconcile(self, namespace: str, name: str, body: dict | None) -> str | None:
         ftj = body if body is not None else self.kube.get(KIND, namespace, name)
@@ -341,5 +356,5 @@ class Reconciler:
         try:
             self.reconcile(namespace, name)
         except Exception as err:
-            log.warning("reconcile of %s/%s failed (retrying in %s s): %s", namespace, name, RETRY_SECONDS, err)
-            self.schedule(namespace, name, time.time() + RETRY_SECONDS)
+            delay = self.retry_later(namespace, name)
+            log.warning("reconcile of %s/%s failed (retrying in %.0f s): %s", namespace, name, delay, err)
