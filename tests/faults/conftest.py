@@ -8,7 +8,6 @@ subprocesses get an explicit env, in-process runs use monkeypatch.
 
 from __future__ import annotations
 
-import os
 import random
 import sys
 from dataclasses import dataclass

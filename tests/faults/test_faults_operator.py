@@ -246,7 +246,7 @@ def test_trainer_pod_evicted_or_deleted_mid_run_gets_a_new_attempt_with_a_reason
             sim.kube.delete("Pod", ns, pod["metadata"]["name"])
         sim._job_status(job, {"active": 0, "ready": 0, "failed": 1})
         st = wait_for(lambda: (s := status("deleted")).get("phase") == "Pending" and s, 30, "deleted -> Pending")
-        deleted_message = st.get("message", "")
+        assert "lost" in st.get("message", ""), st  # the reason survives the pod object
         sim.start(ns, "deleted")
         st = wait_for(lambda: (s := status("deleted")).get("phase") == "Running" and s.get("attempts") == 2 and s,
                       30, "deleted: attempt 2 running")

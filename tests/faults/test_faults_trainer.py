@@ -76,7 +76,7 @@ def test_sigkill_at_random_steps_resumes_from_the_newest_complete_checkpoint(job
     for attempt in range(3):
         target = rng.randint(newest + 2, STEPS - 1)
         run = start(job, output, tmp_path, env, f"attempt-{attempt}")
-        reached = run.wait_for_step(target)
+        run.wait_for_step(target)
         run.kill(signal.SIGKILL)
         kills += 1
         resumed.append(run.resumed_from() or 0)

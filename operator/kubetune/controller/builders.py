@@ -108,7 +108,6 @@ def output_root(spec: Spec, namespace: str, name: str, uid: str) -> str:
     return join_uri(spec.output.uri, namespace, name, uid) + "/"
 
 
-
 def manifest_yaml(ftj: dict, spec: Spec) -> str:
     doc = {
         "apiVersion": API_VERSION,

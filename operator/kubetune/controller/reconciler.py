@@ -15,7 +15,7 @@ import threading
 import time
 from collections import defaultdict
 
-from kubetune.api.constants import API_VERSION, KIND, Phase, Reason
+from kubetune.api.constants import API_VERSION, KIND, Reason
 from kubetune.api.validation import SpecError
 from kubetune.controller import builders, status
 from kubetune.controller.config import OperatorConfig
@@ -26,8 +26,6 @@ log = logging.getLogger("kubetune.operator")
 # After a failed reconcile (kopf does not retry event handlers): 5 s, doubling per failure in a row, at most 5 min.
 RETRY_SECONDS = 5
 RETRY_MAX_SECONDS = 300
-
-# Not (yet) in kubetune.api.constants.Reason: the Event when ttlSecondsAfterFinished removes the children.
 
 
 class NotOwnedError(RuntimeError):
