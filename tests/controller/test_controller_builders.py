@@ -326,15 +326,6 @@ def test_attempts_count_the_job_and_its_pods_whichever_lags(counters, pods, atte
     assert status.count_attempts(_job(**counters), nodes=1, pods=pods) == attempts
 
 
-def test_fixing_an_invalid_spec_is_told_once():
-    ftj = dict(FTJ)
-    ftj["status"] = status.compute_invalid(ftj, ["spec.lora.rank: must be >= 1 (got 0)"], "2026-01-01T00:00:00Z").status
-    fixed = status.compute(ftj, status.Observed(Phase.PENDING, Reason.PODS_PENDING, "", 0), "bot", "2026-01-01T00:01:00Z")
-    assert [e.reason for e in fixed.events] == ["SpecValid", "PodsPending"]
-    ftj["status"] = fixed.status
-    again = status.compute(ftj, status.Observed(Phase.PENDING, Reason.PODS_PENDING, "", 0), "bot", "2026-01-01T00:02:00Z")
-    assert again.events == []
-
 
 def test_the_pass_that_creates_the_job_tells_it_in_one_event():
     pending = status.compute(dict(FTJ), status.Observed(Phase.PENDING, Reason.PODS_PENDING, "waiting", 0), "bot",

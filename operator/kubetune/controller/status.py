@@ -325,10 +325,7 @@ def compute(ftj: dict, observed: Observed, job_name: str | None, now: str) -> Ou
         failure = observed.last_failure or "a training pod was lost"
         status["message"] = f"attempt {old_attempts} failed: {failure}; retrying from the newest checkpoint"
         events.append(_event(Reason.RETRYING, status["message"]))
-    old_validated = next((c for c in old.get("conditions") or [] if c.get("type") == C.VALIDATED), None)
-    if old_validated and old_validated.get("status") != S.TRUE:
-        # Only news after an invalid spec was fixed; a new job's JobCreated already says it was valid.
-        events.append(_event(Reason.SPEC_VALID, "the spec is valid"))
+    # No SpecValid Event: JobCreated says as much, and an invalid spec is final (Failed, immutable).
     if _phase_reason(old) != (status["phase"], str(observed.reason)):
         text = observed.message
         if observed.reason == Reason.PODS_RUNNING:
