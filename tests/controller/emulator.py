@@ -48,6 +48,7 @@ class Call:
     resource: str  # "jobs" or "finetunejobs/status"
     namespace: str | None
     name: str | None
+    label_selector: str | None = None  # of a list or watch
 
 
 @dataclasses.dataclass
@@ -348,7 +349,7 @@ class ApiServer(kmock.KubernetesScaffold):
         user = self._user(raw)
         verb = self._verb(raw.method, target, params)
         resource = f"{target.plural}/{target.subresource}" if target.subresource else target.plural
-        call = Call(user, verb, target.group, resource, target.namespace, target.name)
+        call = Call(user, verb, target.group, resource, target.namespace, target.name, params.get("labelSelector"))
         self.calls.append(call)
         self._authorize(user, call)
         for fault in list(self.faults):

@@ -351,3 +351,14 @@ def test_a_stale_watched_copy_never_replays_what_the_operator_already_did(user, 
     assert runtime.reconciler.reconcile(user.ns, "stale", body=created) == "Pending"
     assert (user.events("stale"), user.status("stale")) == before
     assert len([c for c in emulator.calls("operator") if c.verb == "create" and c.name == "stale"]) == creates
+
+
+def test_jobs_and_pods_are_watched_with_a_server_side_selector(emulator, operator):
+    """In a shared cluster the operator must not receive every pod and Job to drop them itself."""
+    def streams():
+        return [c for c in emulator.calls("operator")
+                if c.verb in ("list", "watch") and c.resource in ("jobs", "pods") and c.namespace is None]
+
+    wait_for(lambda: {c.resource for c in streams()} == {"jobs", "pods"}, what="kopf's cluster-wide Job and pod watches")
+    streams = streams()
+    assert all(c.label_selector == "app.kubernetes.io/managed-by=kubetune" for c in streams), streams

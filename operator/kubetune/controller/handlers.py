@@ -22,6 +22,7 @@ from kubetune.controller.reconciler import Reconciler
 
 FTJ = dict(group=GROUP, version=VERSION, plural=PLURAL)
 CHILD_LABELS = {builders.LABEL_MANAGED_BY: builders.MANAGED_BY}
+CHILD_SELECTOR = f"{builders.LABEL_MANAGED_BY}={builders.MANAGED_BY}"
 PREFIX = "kubetune.dev"
 
 
@@ -67,6 +68,10 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=PREFIX)
     settings.persistence.finalizer = f"{PREFIX}/finalizer"
     settings.posting.level = logging.WARNING  # our own Events tell the story; kopf posts only problems
+    # Jobs and pods are watched cluster-wide: let the API server send only ours, not every pod of a
+    # shared cluster for kopf to drop (the handlers' labels= filters alone work on the client side).
+    for group, version, plural in (("batch", "v1", "jobs"), ("", "v1", "pods")):
+        settings.watching.label_selectors[group, version, plural] = CHILD_SELECTOR
     settings.execution.max_workers = cfg.max_workers
     if cfg.namespaces:
         # Namespaced mode: no cluster-wide watching of namespaces/CRDs (the chart grants none).
