@@ -267,6 +267,11 @@ class CheckpointCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if self._step_sleep:
             time.sleep(self._step_sleep)
+        if self.is_main and self.manager is not None:
+            # A checkpoint's upload overlaps one training step, no more: the step after a save does not
+            # end before that checkpoint is complete, so an interruption (even a SIGKILL) never loses
+            # more than checkpointEverySteps steps. (Other ranks wait at their next collective.)
+            self.manager.wait()
         if _any_rank(self.preemption.requested):
             self.preemption.requested = True
             control.should_save = True
