@@ -338,3 +338,15 @@ def test_the_pass_that_creates_the_job_tells_it_in_one_event():
     told = status.announce_job(queued, "bot", recreated=True)
     assert [(e.reason, e.message) for e in told.events] == [("JobCreated", "recreated Job bot"),
                                                             ("WaitingForAdmission", "waiting for Kueue")]
+
+
+def test_the_operator_holds_every_permission_it_grants_a_reporter():
+    """RBAC escalation check: the API server refuses a Role granting what its creator does not hold."""
+    from kubetune.controller.permissions import is_granted
+
+    role = builders.build_role(FTJ)
+    for rule in role["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                for verb in rule["verbs"]:
+                    assert is_granted(verb, group, resource), f"the operator cannot grant {verb} {resource}"

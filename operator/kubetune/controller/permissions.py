@@ -21,7 +21,9 @@ class Permission:
 OPERATOR_PERMISSIONS: tuple[Permission, ...] = (
     # The FineTuneJobs themselves: read and watched, never written (only their status is).
     Permission(GROUP, PLURAL, ("get", "list", "watch")),
-    Permission(GROUP, f"{PLURAL}/status", ("get", "patch", "update")),
+    # patch: the operator's keys; get: only so that it may grant get+patch to a job's reporter (the API
+    # server refuses a Role that grants more than its creator holds).
+    Permission(GROUP, f"{PLURAL}/status", ("get", "patch")),
     # Children.
     Permission("batch", "jobs", ("get", "list", "watch", "create", "patch", "delete")),
     Permission("", "configmaps", ("get", "create", "delete")),
@@ -30,13 +32,12 @@ OPERATOR_PERMISSIONS: tuple[Permission, ...] = (
     Permission("rbac.authorization.k8s.io", "roles", ("get", "create", "delete")),
     Permission("rbac.authorization.k8s.io", "rolebindings", ("get", "create", "delete")),
     # Observing the training pods (exit codes, termination messages, node loss).
-    Permission("", "pods", ("get", "list", "watch")),
-    # `kubectl describe ftj` tells the story.
-    Permission("", "events", ("create", "patch")),
-    Permission("events.k8s.io", "events", ("create", "patch")),
-    # kopf lists namespaces to watch "all namespaces" and checks its own CRD.
-    Permission("", "namespaces", ("get", "list", "watch")),
-    Permission("apiextensions.k8s.io", "customresourcedefinitions", ("get", "list", "watch")),
+    Permission("", "pods", ("list", "watch")),
+    # `kubectl describe ftj` tells the story (ours and kopf's warnings: core v1 Events, created only).
+    Permission("", "events", ("create",)),
+    # kopf observes namespaces (for namespace patterns) and CRDs while it runs.
+    Permission("", "namespaces", ("list", "watch")),
+    Permission("apiextensions.k8s.io", "customresourcedefinitions", ("list", "watch")),
 )
 
 # The per-job Role the trainer's status reporter runs with: its own FineTuneJob's status, nothing else.
