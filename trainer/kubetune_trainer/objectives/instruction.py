@@ -153,5 +153,9 @@ def run(ctx: RunContext) -> TrainResult:
         processing_class=tokenizer,
         callbacks=list(ctx.callbacks),
     )
+    if spec.technique.value == "prompt-tuning":
+        from kubetune_trainer.techniques.prompt_tuning import count_every_label
+
+        count_every_label(trainer)
     output = trainer.train(resume_from_checkpoint=str(ctx.resume_from) if ctx.resume_from else None)
     return TrainResult(model=trainer.model, tokenizer=tokenizer, metrics=dict(output.metrics))
