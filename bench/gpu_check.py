@@ -27,7 +27,7 @@ def main() -> int:
         print("gpu_check: no GPU; the CPU check is tests/trainer/test_speed.py")
         return 0
     from kubetune_trainer.modeling import load_for_training
-    from kubetune_trainer.packing import PaddingCollator, install_packed_attention, pack_examples
+    from kubetune_trainer.packing import PaddingCollator, install_block_diagonal_attention, pack_examples
 
     plan = Plan.make(False, None, None)
     plan.min_len, plan.max_len = 64, 512
@@ -49,7 +49,7 @@ def main() -> int:
                           ("attention flex, no liger", {"attention": "flex", "ligerKernel": False})):
             spec = kubetune_spec("full", model_dir, Path(tmp) / "unused.jsonl", 2, 1, 1024, 0, hp)
             model = load_for_training(spec, model_dir, "causal-lm", packed=True).model.cuda().train()
-            install_packed_attention(model)
+            install_block_diagonal_attention(model)
             with torch.no_grad():
                 loss = float(model(**batch).loss)
             rel = abs(loss - reference) / reference

@@ -25,7 +25,7 @@ from kubetune_trainer.packing import (
     PaddingCollator,
     block_diagonal_mask,
     flex_block_mask,
-    install_packed_attention,
+    install_block_diagonal_attention,
     pack_examples,
 )
 
@@ -98,7 +98,7 @@ def test_packed_loss_equals_plain_loss(tiny_llama_dir, documents, attention, req
     spec = make_spec(attention=attention)
     model = load_for_training(spec, tiny_llama_dir, "causal-lm", packed=True).model.eval()
     assert model.config._attn_implementation == speed.ATTENTION_KERNELS[attention]
-    install_packed_attention(model)
+    install_block_diagonal_attention(model)
     batch = packed_batch(docs, tok.pad_token_id, max_length=24)
     with torch.no_grad():
         loss = model(**batch).loss
@@ -203,7 +203,7 @@ def test_torch_compile_through_the_trainer_gives_the_eager_loss(tiny_llama_dir, 
     losses = {}
     for name, extra in {"eager": {}, "compiled": {**compile_kwargs, "torch_compile_backend": "aot_eager"}}.items():
         model = load_for_training(spec, tiny_llama_dir, "causal-lm", packed=True).model
-        install_packed_attention(model)
+        install_block_diagonal_attention(model)
         args = TrainingArguments(
             output_dir=str(tmp_path / name), max_steps=2, per_device_train_batch_size=len(packed), learning_rate=1e-3,
             lr_scheduler_type="constant", logging_steps=1, report_to="none", save_strategy="no", seed=0,

@@ -78,6 +78,12 @@ class PaddingCollator:
         return {k: torch.tensor(v, dtype=torch.long) for k, v in out.items()}
 
 
+def pack_dataset(dataset, max_length: int, desc: str):
+    """A tokenized datasets.Dataset (input_ids, labels) packed into rows of up to max_length tokens."""
+    return dataset.map(pack_examples, batched=True, batch_size=1000, fn_kwargs={"max_length": max_length},
+                       remove_columns=dataset.column_names, desc=desc)
+
+
 def example_ids(position_ids):
     """(batch, L) index of the packed example each token belongs to (examples start where position_ids is 0)."""
     return (position_ids == 0).cumsum(dim=-1)
@@ -152,8 +158,6 @@ def install_block_diagonal_attention(model):
     attention kernel the model was loaded with. Returns the hook handle (`.remove()` undoes it)."""
     return decoder_of(model).register_forward_pre_hook(_to_block_diagonal, with_kwargs=True)
 
-
-install_packed_attention = install_block_diagonal_attention
 
 
 def supports_packing(technique: str) -> bool:

@@ -17,7 +17,7 @@ from kubetune.api.constants import DatasetFormat
 from kubetune_trainer.context import RunContext, TaskData, TrainResult
 from kubetune_trainer.data import eval_dataset, mixed_train
 from kubetune_trainer.errors import UserError
-from kubetune_trainer.packing import PaddingCollator, install_block_diagonal_attention, pack_examples, supports_packing
+from kubetune_trainer.packing import PaddingCollator, install_block_diagonal_attention, pack_dataset, supports_packing
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +50,9 @@ def prepare(tasks: list[TaskData], tokenizer, max_length: int, packing: bool, se
         train = tokenize(task.train, tokenizer, max_length, f"dataset {task.name}")
         evaluation = tokenize(task.eval, tokenizer, max_length, f"eval data of {task.name}") if task.eval is not None else None
         if packing:
-            train = train.map(pack_examples, batched=True, batch_size=1000, fn_kwargs={"max_length": max_length},
-                              remove_columns=train.column_names, desc=f"packing {task.name}")
+            train = pack_dataset(train, max_length, f"packing {task.name}")
             if evaluation is not None:
-                evaluation = evaluation.map(pack_examples, batched=True, batch_size=1000, fn_kwargs={"max_length": max_length},
-                                            remove_columns=evaluation.column_names, desc=f"packing eval {task.name}")
+                evaluation = pack_dataset(evaluation, max_length, f"packing eval {task.name}")
         tokenized.append(TaskData(task.name, task.format, task.weight, train, evaluation))
     return mixed_train(tokenized, seed), eval_dataset(tokenized)
 

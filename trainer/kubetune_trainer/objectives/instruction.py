@@ -21,7 +21,7 @@ from kubetune.api.constants import DatasetFormat
 from kubetune_trainer.context import RunContext, TaskData, TrainResult
 from kubetune_trainer.data import eval_dataset, mixed_train
 from kubetune_trainer.errors import UserError
-from kubetune_trainer.packing import IGNORE, PaddingCollator, install_block_diagonal_attention, pack_examples, supports_packing
+from kubetune_trainer.packing import IGNORE, PaddingCollator, install_block_diagonal_attention, pack_dataset, supports_packing
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +115,9 @@ def prepare(tasks: list[TaskData], tokenizer, max_length: int, packing: bool, se
             tokenize(task.eval, task.format, tokenizer, max_length, f"eval data of {task.name}") if task.eval is not None else None
         )
         if packing:
-            kwargs = dict(batched=True, batch_size=1000, fn_kwargs={"max_length": max_length})
-            train = train.map(pack_examples, remove_columns=train.column_names, desc=f"packing {task.name}", **kwargs)
+            train = pack_dataset(train, max_length, f"packing {task.name}")
             if evaluation is not None:
-                evaluation = evaluation.map(pack_examples, remove_columns=evaluation.column_names, **kwargs)
+                evaluation = pack_dataset(evaluation, max_length, f"packing eval {task.name}")
         tokenized.append(TaskData(task.name, task.format, task.weight, train, evaluation))
     return mixed_train(tokenized, seed), eval_dataset(tokenized)
 
