@@ -4,11 +4,12 @@
     python bench/operator_scale.py                 # 1,000 FineTuneJobs in 10 namespaces
     python bench/operator_scale.py --jobs 50       # quick
 
-Measured: time from the first create until every child Job exists; per FineTuneJob the latency from
-its create call returning to its Job appearing in the API (p50, p99, max; the emulator's store is
-polled every 10 ms); the operator process's peak RSS (VmHWM); API calls the operator made per
-FineTuneJob (the emulator records every call with its user). The emulator is
-tests/controller/emulator.py (kmock plus the API-server semantics kopf needs).
+Measured: time from the first FineTuneJob stored until every child Job is stored; per FineTuneJob the
+latency from it being stored to its Job being stored (p50, p99, max), both taken from the emulator's
+own clock (it stamps every change, so nothing polls); the operator process's peak RSS (VmHWM) and CPU
+time; API calls the operator made per FineTuneJob (the emulator records every call with its user).
+The users creating the FineTuneJobs (16 threads of the official client) run in a process of their own.
+The emulator is tests/controller/emulator.py (kmock plus the API-server semantics kopf needs).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +51,68 @@ def vm_hwm_mib(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+JOBS = ("batch", "jobs")
+
+
+def stored_at(server) -> tuple[dict[tuple[str, str], float], dict[tuple[str, str], float]]:
+    """When each FineTuneJob and each child Job (by its FineTuneJob) was stored: the emulator's history."""
+    from kubetune.api.constants import GROUP, PLURAL
+    from kubetune.controller import builders
+
+    if server.oldest_rv:
+        raise RuntimeError("the emulator trimmed its history; raise max_history")
+    ftjs, jobs = {}, {}
+    for change in server.history:
+        if change.kind != "ADDED":
+            continue
+        meta = change.obj["metadata"]
+        if change.key == (GROUP, PLURAL):
+            ftjs[(meta["namespace"], meta["name"])] = change.at
+        elif change.key == JOBS:
+            jobs[(meta["namespace"], meta["labels"][builders.LABEL_FTJ])] = change.at
+    return ftjs, jobs
+
+
+def create_all(url: str, targets: list[tuple[str, str]], clients: int) -> tuple[float, float]:
+    """The users: `clients` threads creating the FineTuneJobs with the official client; returns seconds
+    of wall time and of CPU time.
+
+    Runs in a process of its own (`--create-in URL`), as users' kubectl or Argo CD would, so that its
+    CPU and its threads do not slow the emulator down.
+    """
+    import kubernetes
+    from emulator import ADMIN_TOKEN
+
+    from kubetune.api.constants import GROUP, PLURAL, VERSION
+
+    configuration = kubernetes.client.Configuration()
+    configuration.host = url
+    configuration.api_key = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+    configuration.connection_pool_maxsize = clients + 4
+    crd = kubernetes.client.CustomObjectsApi(kubernetes.client.ApiClient(configuration))
+
+    def create(target: tuple[str, str]) -> None:
+        ns, name = target
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "FineTuneJob",
+                "metadata": {"name": name, "namespace": ns}, "spec": SPEC}
+        crd.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body)
+
+    start, cpu = time.perf_counter(), time.process_time()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(create, targets))
+    return time.perf_counter() - start, time.process_time() - cpu
+
+
+def job_targets(jobs: int, namespaces: int) -> list[tuple[str, str]]:
+    return [(f"bench-{i % namespaces}", f"ftj-{i:05d}") for i in range(jobs)]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat, clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_operator(emulator, work: Path) -> subprocess.Popen:
@@ -87,66 +149,45 @@ def run(jobs: int, namespaces: int, clients: int, timeout: float) -> dict:
     from emulator import ADMIN_TOKEN
     from harness import start_emulator
 
-    from kubetune.api.constants import GROUP, PLURAL, VERSION
-
     emulator = start_emulator()
+    emulator.call(lambda: setattr(emulator.server, "max_history", 20 * jobs + 20000))
     proc = None
     try:
         with tempfile.TemporaryDirectory(prefix="kt-op-bench-") as tmp:
-            admin = kubernetes.client.ApiClient(emulator.client_configuration(ADMIN_TOKEN))
-            admin.configuration.connection_pool_maxsize = clients + 4
-            core, crd = kubernetes.client.CoreV1Api(admin), kubernetes.client.CustomObjectsApi(admin)
-            names = [f"bench-{i}" for i in range(namespaces)]
-            for ns in names:
+            core = kubernetes.client.CoreV1Api(kubernetes.client.ApiClient(emulator.client_configuration(ADMIN_TOKEN)))
+            targets = job_targets(jobs, namespaces)
+            for ns in sorted({ns for ns, _ in targets}):
                 core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
             proc = start_operator(emulator, Path(tmp))
             wait_ready(emulator, proc, 60)
             calls_before = len(emulator.calls("operator"))
+            operator_cpu_before, emulator_cpu_before = cpu_seconds(proc.pid), cpu_seconds(os.getpid())
 
-            targets = [(names[i % namespaces], f"ftj-{i:05d}") for i in range(jobs)]
-            created: dict[tuple[str, str], float] = {}
-            seen: dict[tuple[str, str], float] = {}
-            done = threading.Event()
-
-            def poll() -> None:
-                def job_keys():
-                    return list(emulator.server.store.get(("batch", "jobs"), {}).keys())
-
-                while not done.is_set():
-                    now = time.perf_counter()
-                    for key in emulator.call(job_keys):
-                        seen.setdefault(key, now)
-                    if len(seen) >= jobs:
-                        return
-                    time.sleep(0.01)
-
-            def create(target: tuple[str, str]) -> None:
-                ns, name = target
-                body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "FineTuneJob",
-                        "metadata": {"name": name, "namespace": ns}, "spec": SPEC}
-                crd.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body)
-                created[target] = time.perf_counter()
-
-            poller = threading.Thread(target=poll, daemon=True)
-            poller.start()
-            start = time.perf_counter()
-            with ThreadPoolExecutor(clients) as pool:
-                list(pool.map(create, targets))
-            created_all = time.perf_counter() - start
-            poller.join(timeout)
-            done.set()
+            users = subprocess.run(
+                [sys.executable, __file__, "--create-in", emulator.url, "--jobs", str(jobs),
+                 "--namespaces", str(namespaces), "--clients", str(clients)],
+                capture_output=True, text=True, check=True, timeout=timeout)
+            users_result = json.loads(users.stdout.strip().splitlines()[-1])
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and emulator.call(lambda: len(emulator.server.store.get(JOBS, {}))) < jobs:
+                time.sleep(0.05)
+            created, seen = emulator.call(lambda: stored_at(emulator.server))
             missing = [t for t in targets if t not in seen]
+            start = min(created.values())
             total = max(seen.values()) - start if seen else float("nan")
-            latencies = [max(0.0, seen[t] - created[t]) for t in targets if t in seen]
+            latencies = [seen[t] - created[t] for t in targets if t in seen]
             operator_calls = emulator.calls("operator")[calls_before:]
             by_verb = Counter(f"{c.verb} {c.resource}" for c in operator_calls)
             rss = vm_hwm_mib(proc.pid)
+            operator_cpu = cpu_seconds(proc.pid) - operator_cpu_before
+            emulator_cpu = cpu_seconds(os.getpid()) - emulator_cpu_before
             return {
                 "jobs": jobs, "namespaces": namespaces, "client_threads": clients,
-                "created_all_s": created_all, "all_jobs_exist_s": total if not missing else float("nan"),
+                "created_all_s": users_result["seconds"], "all_jobs_exist_s": total if not missing else float("nan"),
                 "missing": len(missing), "latency_p50_s": percentile(latencies, 50),
                 "latency_p99_s": percentile(latencies, 99), "latency_max_s": max(latencies, default=float("nan")),
-                "operator_peak_rss_mib": rss, "api_calls_per_job": len(operator_calls) / jobs,
+                "operator_peak_rss_mib": rss, "operator_cpu_s": operator_cpu, "emulator_cpu_s": emulator_cpu,
+                "users_cpu_s": users_result["cpu_seconds"], "api_calls_per_job": len(operator_calls) / jobs,
                 "job_creates": by_verb.get("create jobs", 0),
                 "calls_by_verb": dict(by_verb.most_common(8)),
             }
@@ -169,6 +210,9 @@ def table(result: dict) -> str:
         ("create -> Job p99 (s)", f"{result['latency_p99_s']:.3f}"),
         ("create -> Job max (s)", f"{result['latency_max_s']:.3f}"),
         ("operator peak RSS (MiB)", f"{result['operator_peak_rss_mib']:.0f}"),
+        ("operator CPU (s)", f"{result['operator_cpu_s']:.2f}"),
+        ("API emulator CPU (s)", f"{result['emulator_cpu_s']:.2f}"),
+        ("users' CPU, creating the FineTuneJobs (s)", f"{result['users_cpu_s']:.2f}"),
         ("operator API calls per job", f"{result['api_calls_per_job']:.1f}"),
     ]
     lines = ["| metric | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
@@ -183,7 +227,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=16, help="threads creating FineTuneJobs")
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for every Job")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--create-in", metavar="URL", help=argparse.SUPPRESS)  # the users' process
     args = parser.parse_args(argv)
+    if args.create_in:
+        seconds, cpu_seconds = create_all(args.create_in, job_targets(args.jobs, args.namespaces), args.clients)
+        print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds}))
+        return 0
     result = run(args.jobs, args.namespaces, args.clients, args.timeout)
     print(f"\nkubetune operator (default settings, own process) against the API emulator, "
           f"{args.jobs} FineTuneJobs created by {args.clients} client threads\n")

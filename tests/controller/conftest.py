@@ -25,7 +25,6 @@ SETTINGS = OperatorConfig(
     grace_seconds=90,
     resync_seconds=1.0,
     metrics_port=0,
-    max_workers=16,
 )
 _counter = itertools.count()
 

@@ -27,6 +27,7 @@ import datetime as dt
 import json
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -49,6 +50,7 @@ class Call:
     namespace: str | None
     name: str | None
     label_selector: str | None = None  # of a list or watch
+    at: float = dataclasses.field(default_factory=time.perf_counter, compare=False)  # when it arrived
 
 
 @dataclasses.dataclass
@@ -65,6 +67,22 @@ class ApiError(Exception):
     def __init__(self, status: int, reason: str, message: str, details: dict | None = None):
         super().__init__(message)
         self.status, self.reason, self.message, self.details = status, reason, message, details or {}
+
+
+class Change:
+    """One entry of the watch history. Stored objects are never changed in place (every write stores a new
+    dict), so the entry holds the object itself and serialises it once, for the first watcher that wants it."""
+
+    __slots__ = ("rv", "key", "kind", "obj", "at", "_line")
+
+    def __init__(self, rv: int, key: tuple[str, str], kind: str, obj: dict):
+        self.rv, self.key, self.kind, self.obj, self._line = rv, key, kind, obj, None
+        self.at = time.perf_counter()  # when the change was stored
+
+    def line(self) -> bytes:
+        if self._line is None:
+            self._line = json.dumps({"type": self.kind, "object": self.obj}).encode() + b"\n"
+        return self._line
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,10 +124,11 @@ def now_rfc3339() -> str:
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386."""
+    """RFC 7386. A new document: what the patch leaves alone is shared with `target`, not copied (stored
+    objects are never changed in place, and the patch is freshly parsed from the request)."""
     if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
         if value is None:
             result.pop(key, None)
@@ -268,7 +287,9 @@ class ApiServer(kmock.KubernetesScaffold):
     faults: list[Fault] = attrs.field(factory=list, init=False)
     tokens: dict[str, str] = attrs.field(factory=dict, init=False)  # token -> user
     superusers: set[str] = attrs.field(factory=set, init=False)
-    history: list[tuple[int, tuple[str, str], str, dict]] = attrs.field(factory=list, init=False)
+    history: list[Change] = attrs.field(factory=list, init=False)
+    max_history: int = attrs.field(default=MAX_HISTORY, init=False)
+    uids: set[str] = attrs.field(factory=set, init=False)  # of every stored object (the garbage collector's view)
     oldest_rv: int = attrs.field(default=0, init=False)
     rv: int = attrs.field(default=1, init=False)
     watch_epoch: int = attrs.field(default=0, init=False)
@@ -401,10 +422,14 @@ class ApiServer(kmock.KubernetesScaffold):
                 "metadata": {"resourceVersion": str(self.rv)}, "items": items}
 
     async def _record(self, key, kind: str, obj: dict) -> None:
-        self.history.append((self.rv, key, kind, copy.deepcopy(obj)))
-        if len(self.history) > MAX_HISTORY:
+        self.history.append(Change(self.rv, key, kind, obj))
+        if kind == "ADDED":
+            self.uids.add(obj["metadata"]["uid"])
+        elif kind == "DELETED":
+            self.uids.discard(obj["metadata"]["uid"])
+        if len(self.history) > self.max_history:
             cut = len(self.history) // 2
-            self.oldest_rv = self.history[cut][0]
+            self.oldest_rv = self.history[cut].rv
             del self.history[:cut]
         async with self.changed:
             self.changed.notify_all()
@@ -416,7 +441,7 @@ class ApiServer(kmock.KubernetesScaffold):
     async def _create(self, key, target: Target, info, data: Any) -> dict:
         if not isinstance(data, dict):
             raise ApiError(400, "BadRequest", "the body must be an object")
-        obj = copy.deepcopy(data)
+        obj = data  # freshly parsed from the request: ours to keep
         meta = obj.setdefault("metadata", {})
         if info.namespaced:
             if meta.get("namespace") and target.namespace and meta["namespace"] != target.namespace:
@@ -449,14 +474,11 @@ class ApiServer(kmock.KubernetesScaffold):
         self._objects(key)[ident] = obj
         await self._record(key, "ADDED", obj)
         owners = {ref.get("uid") for ref in meta.get("ownerReferences") or []}
-        if owners and not self._any_uid_exists(owners):
+        if owners and not owners & self.uids:
             # The garbage collector deletes dependents whose owners are all gone (a late create).
             asyncio.get_running_loop().call_later(
                 0.05, lambda: asyncio.ensure_future(self._delete_quietly(key, ident[0], ident[1])))
         return obj
-
-    def _any_uid_exists(self, uids: set) -> bool:
-        return any(o["metadata"].get("uid") in uids for objects in self.store.values() for o in objects.values())
 
     async def _delete_quietly(self, key, namespace, name) -> None:
         try:
@@ -473,8 +495,9 @@ class ApiServer(kmock.KubernetesScaffold):
     async def _store_changed(self, key, info, target: Target, old: dict, new: dict) -> dict:
         """Apply the subresource rules, bump generation/resourceVersion, notify watchers."""
         has_status = "status" in info.subresources
+        new["metadata"] = dict(new.get("metadata") or {})  # written below; may still be old's (a patch)
         if target.subresource == "status":
-            merged = copy.deepcopy(old)
+            merged = {**old, "metadata": dict(old["metadata"])}
             if new.get("status") is None:
                 merged.pop("status", None)
             else:
@@ -514,7 +537,7 @@ class ApiServer(kmock.KubernetesScaffold):
         if not isinstance(data, dict):
             raise ApiError(400, "BadRequest", "the body must be an object")
         self._check_precondition(old, data.get("metadata"))
-        new = copy.deepcopy(data)
+        new = data  # freshly parsed from the request
         new.setdefault("metadata", {})
         return await self._store_changed(key, info, target, old, new)
 
@@ -600,11 +623,11 @@ class ApiServer(kmock.KubernetesScaffold):
                                          "metadata": {}})
                     return response
             while epoch == self.watch_epoch:
-                start = bisect.bisect_right(self.history, cursor, key=lambda h: h[0])
-                for rv, hkey, kind, obj in self.history[start:]:
-                    cursor = rv
-                    if hkey == key and wanted(obj):
-                        await send(kind, obj)
+                start = bisect.bisect_right(self.history, cursor, key=lambda h: h.rv)
+                for change in self.history[start:]:
+                    cursor = change.rv
+                    if change.key == key and wanted(change.obj):
+                        await response.write(change.line())
                 remaining = deadline - asyncio.get_running_loop().time()
                 if remaining <= 0:
                     break

@@ -21,6 +21,26 @@ from kubetune.controller.kube import Kube
 from kubetune.controller.status import now_rfc3339
 
 
+class BlockingKube:
+    """The operator's own `Kube`, called from test code: it runs on an event loop in a thread of its own."""
+
+    def __init__(self, configuration: kubernetes.client.Configuration):
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, name="blocking-kube", daemon=True).start()
+        self._kube = self._run(self._open(configuration))
+
+    @staticmethod
+    async def _open(configuration: kubernetes.client.Configuration) -> Kube:
+        return Kube(configuration)
+
+    def _run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(60)
+
+    def __getattr__(self, verb: str) -> Callable[..., Any]:
+        call = getattr(self._kube, verb)
+        return lambda *args, **kwargs: self._run(call(*args, **kwargs))
+
+
 def start_emulator() -> Emulator:
     emulator = Emulator().start()
     emulator.register_crd(crd())
@@ -68,6 +88,11 @@ class OperatorThread:
     def reconciler(self):
         return handlers.runtime.reconciler
 
+    def reconcile(self, namespace: str, name: str, body: dict | None = None) -> str | None:
+        """One reconcile pass, on the operator's loop (where the reconciler lives)."""
+        return asyncio.run_coroutine_threadsafe(self.reconciler.reconcile(namespace, name, body=body),
+                                                self.reconciler.loop).result(30)
+
     def reconfigure(self, **changes: Any) -> None:
         """Change settings of the running operator (e.g. the namespace cap) for one test."""
         self.reconciler.config = replace(self.reconciler.config, **changes)
@@ -93,7 +118,7 @@ class ClusterSim:
     """The Job controller, the kubelet and Kueue, reduced to what the operator observes."""
 
     def __init__(self, emulator: Emulator):
-        self.kube = Kube(kubernetes.client.ApiClient(emulator.client_configuration(ADMIN_TOKEN)))
+        self.kube = BlockingKube(emulator.client_configuration(ADMIN_TOKEN))
 
     def job(self, namespace: str, name: str) -> dict:
         job = self.kube.get("Job", namespace, name)

@@ -233,6 +233,10 @@ def test_metrics_count_jobs_by_phase_and_serve_them():
     assert 'kubetune_finetunejobs{phase="Running"} 1.0' in text
     assert 'kubetune_finetunejobs{phase="Failed"} 1.0' in text
     assert "kubetune_reconcile_duration_seconds_count 1.0" in text
+    metrics.set_phase("a", "y", "Failed")  # the same phase again counts once
+    metrics.set_phase("a", "x", None)  # deleted
+    assert metrics.phase_counts() == {"Failed": 1}
+    assert metrics.jobs.labels(phase="Running")._value.get() == 0
 
 
 def test_cli_operator_options_reach_the_config():

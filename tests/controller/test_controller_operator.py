@@ -339,16 +339,14 @@ def test_every_call_the_operator_made_is_granted_by_permissions_py(emulator, ope
     assert all(p.verbs for p in OPERATOR_PERMISSIONS)
 
 
-def test_a_stale_watched_copy_never_replays_what_the_operator_already_did(user, sim, emulator):
-    from kubetune.controller.handlers import runtime
-
+def test_a_stale_watched_copy_never_replays_what_the_operator_already_did(user, sim, emulator, operator):
     created = user.apply("stale")  # as the first watch event carried it: no status
     user.wait_phase("stale", "Pending")
     wait_for(lambda: ("Normal", "JobCreated") in user.events("stale"), what="the first Event")
     before = user.events("stale"), user.status("stale")
     creates = len([c for c in emulator.calls("operator") if c.verb == "create" and c.name == "stale"])
     # A watch event delivered late (or a re-list racing our write) hands over that old copy again.
-    assert runtime.reconciler.reconcile(user.ns, "stale", body=created) == "Pending"
+    assert operator.reconcile(user.ns, "stale", body=created) == "Pending"
     assert (user.events("stale"), user.status("stale")) == before
     assert len([c for c in emulator.calls("operator") if c.verb == "create" and c.name == "stale"]) == creates
 

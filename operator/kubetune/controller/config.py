@@ -9,6 +9,7 @@ Environment variables (all optional):
   KUBETUNE_GRACE_SECONDS            time the trainer gets after SIGTERM to save a checkpoint
   KUBETUNE_RESYNC_SECONDS           how often every unfinished FineTuneJob is reconciled anyway
   KUBETUNE_METRICS_PORT             Prometheus port; 0 = off
+  KUBETUNE_CONCURRENT_RECONCILES    FineTuneJobs reconciled at once (default 32)
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class OperatorConfig:
     grace_seconds: int = 120
     resync_seconds: float = 60.0
     metrics_port: int = 9090
-    max_workers: int = 20
+    concurrent_reconciles: int = 32  # FineTuneJobs reconciled at once (each holds an API connection)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -68,6 +69,7 @@ def from_env(env: Mapping[str, str] | None = None) -> OperatorConfig:
         grace_seconds=_int(env, "KUBETUNE_GRACE_SECONDS", 120),
         resync_seconds=float(_int(env, "KUBETUNE_RESYNC_SECONDS", 60)),
         metrics_port=_int(env, "KUBETUNE_METRICS_PORT", 9090),
+        concurrent_reconciles=max(1, _int(env, "KUBETUNE_CONCURRENT_RECONCILES", 32)),
     )
 
 

@@ -1,5 +1,7 @@
 """kopf handlers: thin. Every one of them asks the Reconciler to bring one FineTuneJob in line.
 
+All of them are coroutines on kopf's event loop, as is the Reconciler: no thread pool.
+
 Run with `kubetune operator`, or `kopf run -m kubetune.controller.handlers --all-namespaces`
 (settings then come from the environment, see config.py).
 """
@@ -58,44 +60,75 @@ def reconciler() -> Reconciler:
     return runtime.reconciler
 
 
+class NoDiffBaseStorage(kopf.DiffBaseStorage):
+    """Event handlers compare nothing: spare kopf a deep copy of every watched object."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> Any:
+        return {}
+
+    def fetch(self, *, body: kopf.Body) -> None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: Any) -> None:
+        pass
+
+
+class NoProgressStorage(kopf.ProgressStorage):
+    """Event handlers keep no progress: spare kopf another deep copy of every watched object."""
+
+    def fetch(self, *, key: Any, body: kopf.Body) -> None:
+        return None
+
+    def store(self, *, key: Any, record: Any, body: kopf.Body, patch: kopf.Patch) -> None:
+        pass
+
+    def purge(self, *, key: Any, body: kopf.Body, patch: kopf.Patch) -> None:
+        pass
+
+    def touch(self, *, body: kopf.Body, patch: kopf.Patch, value: str | None) -> None:
+        pass
+
+    def clear(self, *, essence: Any) -> Any:
+        return essence
+
+
 @kopf.on.startup()
-def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     cfg = config.current()
     # Only event handlers below: kopf keeps no bookkeeping on FineTuneJobs (no annotations for a GitOps
-    # tool to see drift in, no finalizer, one write per job saved). Should a handler kind that persists
-    # state be added, its storage goes to annotations: the CRD's structural schema prunes unknown status.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=PREFIX)
+    # tool to see drift in, no finalizer, one write per job saved), so it needs neither a diff base nor
+    # progress records. A change handler (on.create/update/resume) would need both back: a test fails
+    # if one is registered (tests/controller/test_controller_handlers.py).
+    settings.persistence.progress_storage = NoProgressStorage()
+    settings.persistence.diffbase_storage = NoDiffBaseStorage()
     settings.persistence.finalizer = f"{PREFIX}/finalizer"
     settings.posting.level = logging.WARNING  # our own Events tell the story; kopf posts only problems
     # Jobs and pods are watched cluster-wide: let the API server send only ours, not every pod of a
     # shared cluster for kopf to drop (the handlers' labels= filters alone work on the client side).
     for group, version, plural in (("batch", "v1", "jobs"), ("", "v1", "pods")):
         settings.watching.label_selectors[group, version, plural] = CHILD_SELECTOR
-    settings.execution.max_workers = cfg.max_workers
     if cfg.namespaces:
         # Namespaced mode: no cluster-wide watching of namespaces/CRDs (the chart grants none).
         settings.scanning.disabled = True
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
-    client_configuration = _client_configuration()
-    client_configuration.connection_pool_maxsize = cfg.max_workers + 4
     metrics = Metrics()
-    runtime.reconciler = Reconciler(Kube(kubernetes.client.ApiClient(client_configuration)), cfg, metrics)
+    kube = Kube(_client_configuration(), connections=cfg.concurrent_reconciles)
+    runtime.reconciler = Reconciler(kube, cfg, metrics)
     runtime.reconciler.start()
     if cfg.metrics_port:
         runtime.metrics_server = metrics.serve(cfg.metrics_port)
 
 
 @kopf.on.cleanup()
-def cleanup(**_: Any) -> None:
+async def cleanup(**_: Any) -> None:
     if runtime.exit_after_stop_seconds is not None:
         watchdog = threading.Timer(runtime.exit_after_stop_seconds, _exit_stalled_operator)
         watchdog.daemon = True
         watchdog.start()
     if runtime.reconciler is not None:
-        runtime.reconciler.stop()
-        runtime.reconciler = None
+        reconciler, runtime.reconciler = runtime.reconciler, None
+        await reconciler.stop()
     if runtime.metrics_server is not None:
         runtime.metrics_server.shutdown()
         runtime.metrics_server = None
@@ -125,7 +158,7 @@ def needs_reconcile(type: str | None, body: kopf.Body, **_: Any) -> bool:
     The initial listing (type None: startup or a re-list) and anything the operator has not answered
     yet: a new object (no phase) or a spec change (generation ahead of status.observedGeneration).
     Status-only changes (the operator's own writes, the trainer's progress reports) do not. A kopf
-    `when=` filter: it runs on the event loop, so a skipped event costs no worker thread.
+    `when=` filter: kopf evaluates it before it calls the handler.
     """
     metadata = body.get("metadata") or {}
     if type == "DELETED" or metadata.get("deletionTimestamp"):
@@ -137,21 +170,21 @@ def needs_reconcile(type: str | None, body: kopf.Body, **_: Any) -> bool:
 
 
 @kopf.on.event(**FTJ, when=needs_reconcile)
-def finetunejob_changed(body: kopf.Body, name: str, namespace: str, logger: Any, **_: Any) -> None:
+async def finetunejob_changed(body: kopf.Body, name: str, namespace: str, logger: Any, **_: Any) -> None:
     try:
-        reconciler().reconcile(namespace, name, body=dict(body))
-    except Exception as err:  # kopf does not retry event handlers: the resync thread does, backing off
+        await reconciler().reconcile(namespace, name, body=dict(body))
+    except Exception as err:  # kopf does not retry event handlers: the resync task does, backing off
         delay = reconciler().retry_later(namespace, name)
         logger.warning(f"reconcile failed (retrying in {delay:.0f} s): {err}")
 
 
-def _reconcile_parent(labels: dict, namespace: str, logger: Any) -> None:
+async def _reconcile_parent(labels: dict, namespace: str, logger: Any) -> None:
     parent = (labels or {}).get(builders.LABEL_FTJ)
     if not parent or runtime.reconciler is None:
         return
     try:
-        runtime.reconciler.reconcile(namespace, parent)
-    except Exception as err:  # kopf does not retry event handlers: the resync thread does, backing off
+        await runtime.reconciler.reconcile(namespace, parent)
+    except Exception as err:  # kopf does not retry event handlers: the resync task does, backing off
         runtime.reconciler.retry_later(namespace, parent)
         logger.warning(f"reconcile of {namespace}/{parent} after a child change failed: {err}")
 
@@ -162,13 +195,13 @@ def job_tells_something(type: str | None, status: dict, **_: Any) -> bool:
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=CHILD_LABELS, when=job_tells_something)
-def job_changed(labels: dict, namespace: str, logger: Any, **_: Any) -> None:
-    _reconcile_parent(labels, namespace, logger)
+async def job_changed(labels: dict, namespace: str, logger: Any, **_: Any) -> None:
+    await _reconcile_parent(labels, namespace, logger)
 
 
 @kopf.on.event("", "v1", "pods", labels=CHILD_LABELS)
-def pod_changed(labels: dict, namespace: str, logger: Any, **_: Any) -> None:
-    _reconcile_parent(labels, namespace, logger)
+async def pod_changed(labels: dict, namespace: str, logger: Any, **_: Any) -> None:
+    await _reconcile_parent(labels, namespace, logger)
 
 
 @kopf.on.probe(id="finetunejobs")

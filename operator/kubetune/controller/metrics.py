@@ -20,28 +20,29 @@ class Metrics:
         self.reconcile_errors = Counter("kubetune_reconcile_errors_total", "Reconciles that failed and will be retried",
                                         ["reason"], registry=self.registry)
         self._phases: dict[tuple[str, str], str] = {}
+        self._counts: dict[str, int] = {str(phase): 0 for phase in Phase}
         self._lock = threading.Lock()
         for phase in Phase:
             self.jobs.labels(phase=str(phase)).set(0)
 
     def set_phase(self, namespace: str, name: str, phase: str | None) -> None:
+        """Record one job's phase; the gauge moves by one for the old and the new phase (O(1) per call)."""
         with self._lock:
-            if phase is None:
-                self._phases.pop((namespace, name), None)
-            else:
+            old = self._phases.pop((namespace, name), None)
+            if phase is not None:
                 self._phases[(namespace, name)] = str(phase)
-            counts = {str(p): 0 for p in Phase}
-            for value in self._phases.values():
-                counts[value] = counts.get(value, 0) + 1
-        for phase_name, count in counts.items():
-            self.jobs.labels(phase=phase_name).set(count)
+            if old == (str(phase) if phase is not None else None):
+                return
+            if old is not None:
+                self._counts[old] -= 1
+                self.jobs.labels(phase=old).set(self._counts[old])
+            if phase is not None:
+                self._counts[str(phase)] = self._counts.get(str(phase), 0) + 1
+                self.jobs.labels(phase=str(phase)).set(self._counts[str(phase)])
 
     def phase_counts(self) -> dict[str, int]:
         with self._lock:
-            counts: dict[str, int] = {}
-            for value in self._phases.values():
-                counts[value] = counts.get(value, 0) + 1
-            return counts
+            return {phase: count for phase, count in self._counts.items() if count}
 
     def serve(self, port: int, addr: str = "0.0.0.0"):
         """Serve /metrics on a port in a daemon thread; returns the HTTP server (call .shutdown())."""

@@ -2,16 +2,17 @@
 
 Level-based and idempotent: every call starts from what the API server says now, so a restart, a
 repeated event or a concurrent call never creates a second Job (deterministic names; AlreadyExists
--> adopt when owned by this FineTuneJob). kopf handlers (handlers.py) call `reconcile`; so does a
-resync thread (every unfinished job, every `resync_seconds`, and at TTL deadlines).
+-> adopt when owned by this FineTuneJob). kopf handlers (handlers.py) await `reconcile`; so does a
+resync task (every unfinished job, every `resync_seconds`, and at TTL deadlines). Everything runs on
+kopf's event loop: one thread, no locks against other threads.
 """
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import logging
 import os
-import threading
 import time
 from collections import defaultdict
 
@@ -46,56 +47,53 @@ class Reconciler:
         self.kube = kube
         self.config = config
         self.metrics = metrics or Metrics()
-        self._locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
-        self._namespace_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
-        self._guard = threading.Lock()
+        self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._namespace_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # FineTuneJobs worked on at once: a burst of creates is served in arrival order, each one's Job
+        # appearing soon, rather than all of them advancing one API call at a time.
+        self._slots = asyncio.Semaphore(config.concurrent_reconciles)
         self._written: set[tuple[str, str]] = set()  # FineTuneJobs whose status this process wrote
         self._failures: dict[tuple[str, str], int] = {}  # failed passes in a row, for the retry backoff
         self._wakeups: list[tuple[float, str, str]] = []
-        self._wake = threading.Condition()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.instance = os.environ.get("HOSTNAME", "kubetune-operator")
 
     # ------------------------------------------------------------------------------------- entry
 
-    def reconcile(self, namespace: str, name: str, body: dict | None = None) -> str | None:
+    async def reconcile(self, namespace: str, name: str, body: dict | None = None) -> str | None:
         """Bring one FineTuneJob's children and status in line; returns its phase (None = gone).
 
         `body`: the FineTuneJob as the caller just got it from a watch. It saves a GET, but only for an
         object this operator has not written a status for yet: after a write of ours, a watched copy can
         be older than what we wrote, so it is read again.
         """
-        with self._guard:
-            lock = self._locks[(namespace, name)]
-        started = time.monotonic()
-        with lock:
+        async with self._locks[(namespace, name)], self._slots:
+            started = time.monotonic()
             if body is not None and (namespace, name) in self._written:
                 body = None
             try:
-                phase = self._reconcile(namespace, name, body)
+                phase = await self._reconcile(namespace, name, body)
             except Exception as err:
                 self.metrics.reconcile_errors.labels(reason=type(err).__name__).inc()
-                with self._guard:
-                    self._failures[(namespace, name)] = self._failures.get((namespace, name), 0) + 1
+                self._failures[(namespace, name)] = self._failures.get((namespace, name), 0) + 1
                 raise
             finally:
                 self.metrics.reconcile_seconds.observe(time.monotonic() - started)
-        with self._guard:
-            self._failures.pop((namespace, name), None)
+        self._failures.pop((namespace, name), None)
         self.metrics.set_phase(namespace, name, phase)
         return phase
 
     def retry_later(self, namespace: str, name: str) -> float:
         """Schedule another pass after a failed one, backing off; returns the delay in seconds."""
-        with self._guard:
-            failures = self._failures.get((namespace, name), 1)
+        failures = self._failures.get((namespace, name), 1)
         delay = min(RETRY_SECONDS * 2 ** (failures - 1), RETRY_MAX_SECONDS)
         self.schedule(namespace, name, time.time() + delay)
         return delay
 
-    def _reconcile(self, namespace: str, name: str, body: dict | None) -> str | None:
-        ftj = body if body is not None else self.kube.get(KIND, namespace, name)
+    async def _reconcile(self, namespace: str, name: str, body: dict | None) -> str | None:
+        ftj = body if body is not None else await self.kube.get(KIND, namespace, name)
         if ftj is None or ftj["metadata"].get("deletionTimestamp"):
             self._written.discard((namespace, name))
             return None  # the garbage collector removes the children (ownerReferences)
@@ -105,24 +103,25 @@ class Reconciler:
             spec = builders.resolve_spec(ftj.get("spec"), self.config)
         except SpecError as err:
             outcome = status.compute_invalid(ftj, [str(p) for p in err.problems], now)
-            self._write_status(ftj, outcome)
+            await self._write_status(ftj, outcome)
             return outcome.phase
         if old.get("phase") in status.FINISHED_PHASES:
-            self._expire(ftj, spec)
+            await self._expire(ftj, spec)
             return old["phase"]
         # A FineTuneJob the operator never wrote a status for has no Job yet, almost always: go straight to
         # creating (an existing one, after a restart mid-reconcile, is adopted on AlreadyExists).
-        job = self.kube.get("Job", namespace, builders.job_name(name)) if old.get("jobName") else None
+        job = await self.kube.get("Job", namespace, builders.job_name(name)) if old.get("jobName") else None
         if job is not None and not _owned_by(job, ftj["metadata"]["uid"]):
             raise NotOwnedError(f"Job {namespace}/{name} exists and is not owned by this FineTuneJob")
         if job is None:
-            job = self._create_children(ftj, spec, old)
+            job = await self._create_children(ftj, spec, old)
         else:
-            job = self._propagate(ftj, spec, job)
+            job = await self._propagate(ftj, spec, job)
         created = job.pop("_created", False)
         # A Job created this moment has no pods yet.
         pods = [] if created else [
-            p for p in self.kube.list("Pod", namespace, builders.selector(name)) if _owned_by(p, job["metadata"]["uid"])
+            p for p in await self.kube.list("Pod", namespace, builders.selector(name))
+            if _owned_by(p, job["metadata"]["uid"])
         ]
         observed = status.observe(job, pods, nodes=spec.nodes, spec_suspend=spec.suspend, queue_name=spec.queue_name,
                                   backoff_limit=spec.backoff_limit,
@@ -130,58 +129,54 @@ class Reconciler:
         outcome = status.compute(ftj, observed, job["metadata"]["name"], now)
         if created:
             outcome = status.announce_job(outcome, job["metadata"]["name"], recreated=bool(old.get("jobName")))
-        self._write_status(ftj, outcome)
+        await self._write_status(ftj, outcome)
         if outcome.phase in status.FINISHED_PHASES:
-            self._after_finish(ftj, spec, outcome.status)
+            await self._after_finish(ftj, spec, outcome.status)
         return outcome.phase
 
     # ------------------------------------------------------------------------------------- children
 
-    def _create_or_adopt(self, obj: dict, uid: str) -> dict:
+    async def _create_or_adopt(self, obj: dict, uid: str) -> dict:
         try:
-            created = self.kube.create(obj)
+            created = await self.kube.create(obj)
             created["_created"] = True  # local marker, never sent back
             return created
         except Exception as err:
             if not is_status(err, 409):
                 raise
-        existing = self.kube.get(obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
+        existing = await self.kube.get(obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
         if existing is None:  # deleted in between: the next reconcile creates it
             raise RuntimeError(f"{obj['kind']} {obj['metadata']['name']} vanished while being adopted")
         if not _owned_by(existing, uid):
             raise NotOwnedError(f"{obj['kind']} {obj['metadata']['name']} exists and is not owned by this FineTuneJob")
         return existing
 
-    def _create_children(self, ftj: dict, spec, old_status: dict) -> dict:
+    async def _create_children(self, ftj: dict, spec, old_status: dict) -> dict:
         meta = ftj["metadata"]
         uid = meta["uid"]
         previous = 0
         if old_status.get("jobName"):
             # We made a Job before and it is gone: someone deleted it. Run again; the trainer resumes.
             previous = old_status.get("attempts") or 0
-            self.event(ftj, "Warning", Reason.JOB_MISSING,
+            await self.event(ftj, "Warning", Reason.JOB_MISSING,
                        f"Job {meta['name']} was deleted while the FineTuneJob was unfinished; recreating it "
                        "(training resumes from the newest checkpoint)")
         for obj in builders.build_support_objects(ftj, spec):
-            self._create_or_adopt(obj, uid)
-        with self._namespace_lock(meta["namespace"]):
+            await self._create_or_adopt(obj, uid)
+        async with self._namespace_locks[meta["namespace"]]:
             held = (not spec.suspend and not spec.queue_name and self.config.max_running_per_namespace > 0
-                    and self._running_in_namespace(meta["namespace"], exclude=meta["name"])
+                    and await self._running_in_namespace(meta["namespace"], exclude=meta["name"])
                     >= self.config.max_running_per_namespace)
             job = builders.build_job(ftj, spec, self.config, suspend=builders.initial_suspend(spec) or held,
                                      held_by_namespace_limit=held, previous_attempts=previous)
-            return self._create_or_adopt(job, uid)  # JobCreated goes out with the status write
+            return await self._create_or_adopt(job, uid)  # JobCreated goes out with the status write
 
-    def _namespace_lock(self, namespace: str) -> threading.Lock:
-        with self._guard:
-            return self._namespace_locks[namespace]
-
-    def _running_in_namespace(self, namespace: str, exclude: str) -> int:
-        jobs = self.kube.list("Job", namespace, f"{builders.LABEL_MANAGED_BY}={builders.MANAGED_BY}")
+    async def _running_in_namespace(self, namespace: str, exclude: str) -> int:
+        jobs = await self.kube.list("Job", namespace, f"{builders.LABEL_MANAGED_BY}={builders.MANAGED_BY}")
         return sum(1 for j in jobs if j["metadata"]["name"] != exclude
                    and not (j.get("spec") or {}).get("suspend") and not _job_finished(j))
 
-    def _propagate(self, ftj: dict, spec, job: dict) -> dict:
+    async def _propagate(self, ftj: dict, spec, job: dict) -> dict:
         """Apply the mutable spec fields (suspend, backoffLimit, activeDeadlineSeconds) to the Job."""
         if _job_finished(job):
             return job
@@ -190,7 +185,7 @@ class Reconciler:
         current = bool((job.get("spec") or {}).get("suspend"))
         held = (job["metadata"].get("annotations") or {}).get(builders.ANNOTATION_HELD) == "true"
         namespace = ftj["metadata"]["namespace"]
-        with self._namespace_lock(namespace):
+        async with self._namespace_locks[namespace]:
             if spec.suspend:
                 desired = True
                 if held:
@@ -198,7 +193,7 @@ class Reconciler:
             elif spec.queue_name:
                 desired = current  # Kueue decides when the Job runs
             elif current and self.config.max_running_per_namespace > 0:
-                running = self._running_in_namespace(namespace, exclude=job["metadata"]["name"])
+                running = await self._running_in_namespace(namespace, exclude=job["metadata"]["name"])
                 over = running >= self.config.max_running_per_namespace
                 desired = over
                 if over and not held:
@@ -218,20 +213,20 @@ class Reconciler:
                 patch["spec"] = patch_spec
             if annotations:
                 patch["metadata"] = {"annotations": annotations}
-            return self.kube.patch("Job", namespace, job["metadata"]["name"], patch)
+            return await self.kube.patch("Job", namespace, job["metadata"]["name"], patch)
 
     # ------------------------------------------------------------------------------------- status & events
 
-    def _write_status(self, ftj: dict, outcome: status.Outcome) -> None:
+    async def _write_status(self, ftj: dict, outcome: status.Outcome) -> None:
         patch = status.status_patch(ftj.get("status") or {}, outcome.status)
         meta = ftj["metadata"]
         if patch:
-            self.kube.patch(KIND, meta["namespace"], meta["name"], {"status": patch}, subresource="status")
+            await self.kube.patch(KIND, meta["namespace"], meta["name"], {"status": patch}, subresource="status")
         self._written.add((meta["namespace"], meta["name"]))
         for event in outcome.events:
-            self.event(ftj, event.type, event.reason, event.message)
+            await self.event(ftj, event.type, event.reason, event.message)
 
-    def event(self, ftj: dict, kind: str, reason: str, message: str) -> None:
+    async def event(self, ftj: dict, kind: str, reason: str, message: str) -> None:
         meta = ftj["metadata"]
         now = status.now_rfc3339()
         body = {
@@ -251,21 +246,21 @@ class Reconciler:
             "count": 1,
         }
         try:
-            self.kube.create(body)
+            await self.kube.create(body)
         except Exception as err:  # an Event is worth a log line, never a failed reconcile
             log.warning("could not post Event %s for %s/%s: %s", reason, meta["namespace"], meta["name"], err)
 
     # ------------------------------------------------------------------------------------- finished jobs
 
-    def _after_finish(self, ftj: dict, spec, new_status: dict) -> None:
+    async def _after_finish(self, ftj: dict, spec, new_status: dict) -> None:
         namespace = ftj["metadata"]["namespace"]
         if self.config.max_running_per_namespace > 0:
-            self.release_held(namespace)
+            await self.release_held(namespace)
         deadline = status.ttl_deadline(new_status, spec.ttl_seconds_after_finished)
         if deadline is not None:
             self.schedule(namespace, ftj["metadata"]["name"], deadline.timestamp())
 
-    def _expire(self, ftj: dict, spec) -> None:
+    async def _expire(self, ftj: dict, spec) -> None:
         """ttlSecondsAfterFinished: remove the children (never the FineTuneJob, never the output)."""
         deadline = status.ttl_deadline(ftj.get("status") or {}, spec.ttl_seconds_after_finished)
         if deadline is None:
@@ -279,80 +274,80 @@ class Reconciler:
         for kind, child in (("Job", builders.job_name(name)), ("ConfigMap", builders.configmap_name(name)),
                             ("Service", builders.service_name(name)), ("RoleBinding", builders.reporter_name(name)),
                             ("Role", builders.reporter_name(name)), ("ServiceAccount", builders.reporter_name(name))):
-            existing = self.kube.get(kind, meta["namespace"], child)
+            existing = await self.kube.get(kind, meta["namespace"], child)
             if existing is not None and _owned_by(existing, meta["uid"]):
-                removed = self.kube.delete(kind, meta["namespace"], child) or removed
+                removed = await self.kube.delete(kind, meta["namespace"], child) or removed
         if removed:
-            self.event(ftj, "Normal", Reason.TTL_EXPIRED,
+            await self.event(ftj, "Normal", Reason.TTL_EXPIRED,
                        f"removed the Job and its objects {spec.ttl_seconds_after_finished} s after the job finished "
                        "(the output in storage is kept)")
 
-    def release_held(self, namespace: str) -> None:
+    async def release_held(self, namespace: str) -> None:
         """Reconcile the jobs held by the namespace cap, so the next ones start as running ones finish."""
-        jobs = self.kube.list("Job", namespace, f"{builders.LABEL_MANAGED_BY}={builders.MANAGED_BY}")
+        jobs = await self.kube.list("Job", namespace, f"{builders.LABEL_MANAGED_BY}={builders.MANAGED_BY}")
         for job in jobs:
             if (job["metadata"].get("annotations") or {}).get(builders.ANNOTATION_HELD) == "true":
                 parent = (job["metadata"].get("labels") or {}).get(builders.LABEL_FTJ)
                 if parent:
                     self.schedule(namespace, parent, time.time())
 
-    # ------------------------------------------------------------------------------------- resync thread
+    # ------------------------------------------------------------------------------------- resync task
 
     def schedule(self, namespace: str, name: str, at: float) -> None:
-        with self._wake:
-            heapq.heappush(self._wakeups, (at, namespace, name))
-            self._wake.notify()
+        heapq.heappush(self._wakeups, (at, namespace, name))
+        self._wake.set()
 
     def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="kubetune-resync", daemon=True)
-        self._thread.start()
+        """Start the resync task on the running loop (kopf's)."""
+        self.loop = asyncio.get_running_loop()
+        self._task = self.loop.create_task(self._resync_forever(), name="kubetune-resync")
 
-    def stop(self) -> None:
-        self._stop.set()
-        with self._wake:
-            self._wake.notify()
-        if self._thread is not None:
-            self._thread.join(10)
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await self.kube.close()
 
-    def _loop(self) -> None:
+    async def _resync_forever(self) -> None:
         next_resync = time.time() + self.config.resync_seconds
-        while not self._stop.is_set():
-            with self._wake:
-                now = time.time()
-                due = []
-                while self._wakeups and self._wakeups[0][0] <= now:
-                    due.append(heapq.heappop(self._wakeups))
-                if not due and now < next_resync:
-                    until = min([next_resync] + [w[0] for w in self._wakeups[:1]])
-                    self._wake.wait(max(0.05, until - now))
-                    continue
-            for _, namespace, name in {(0, ns, n) for _, ns, n in due}:
-                self._safely(namespace, name)
+        while True:
+            now = time.time()
+            due = set()
+            while self._wakeups and self._wakeups[0][0] <= now:
+                _, namespace, name = heapq.heappop(self._wakeups)
+                due.add((namespace, name))
+            if due:
+                await asyncio.gather(*(self._safely(namespace, name) for namespace, name in due))
             if time.time() >= next_resync:
                 next_resync = time.time() + self.config.resync_seconds
-                self.resync()
+                await self.resync()
+            if not due:
+                until = min([next_resync] + [w[0] for w in self._wakeups[:1]])
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=max(0.05, until - time.time()))
+                except TimeoutError:
+                    pass
 
-    def resync(self) -> None:
+    async def resync(self) -> None:
         """Reconcile every FineTuneJob that is unfinished or waits for its TTL: status never drifts."""
         namespaces = self.config.namespaces or (None,)
         for namespace in namespaces:
             try:
-                items = self.kube.list(KIND, namespace)
+                items = await self.kube.list(KIND, namespace)
             except Exception as err:
                 log.warning("resync: cannot list FineTuneJobs: %s", err)
                 continue
-            for ftj in items:
-                phase = (ftj.get("status") or {}).get("phase")
-                ttl = (ftj.get("spec") or {}).get("ttlSecondsAfterFinished") or 0
-                if phase not in status.FINISHED_PHASES or ttl > 0:
-                    self._safely(ftj["metadata"]["namespace"], ftj["metadata"]["name"])
+            await asyncio.gather(*(
+                self._safely(ftj["metadata"]["namespace"], ftj["metadata"]["name"]) for ftj in items
+                if (ftj.get("status") or {}).get("phase") not in status.FINISHED_PHASES
+                or ((ftj.get("spec") or {}).get("ttlSecondsAfterFinished") or 0) > 0
+            ))
 
-    def _safely(self, namespace: str, name: str) -> None:
-        if self._stop.is_set():
-            return
+    async def _safely(self, namespace: str, name: str) -> None:
         try:
-            self.reconcile(namespace, name)
+            await self.reconcile(namespace, name)
         except Exception as err:
             delay = self.retry_later(namespace, name)
             log.warning("reconcile of %s/%s failed (retrying in %.0f s): %s", namespace, name, delay, err)
