@@ -258,6 +258,34 @@ def test_torchrun_two_processes_write_one_set_of_checkpoints(tiny_llama_dir, tex
     assert proc.stdout.count("final model:") == 1  # one reporter
 
 
+def test_two_nodes_each_rank_rng_state_reaches_the_checkpoint(tiny_llama_dir, text_file, write_job, tmp_path):
+    """Two torchrun launchers as two nodes (one process each, each its own work dir as on its own disk):
+    node 1's RNG state is in every checkpoint, so a resume continues every rank's random stream."""
+    job = _causal_job(write_job, tiny_llama_dir, text_file, hyperparameters={"maxSteps": 8, "batchSize": 2})
+    out = tmp_path / "out"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),
+             "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port),
+             "-m", "kubetune_trainer", str(job), "--output", f"file://{out}/"],
+            env=_subprocess_env() | {"KUBETUNE_WORK_DIR": str(tmp_path / f"node-{node}")},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for node in (0, 1)
+    ]
+    logs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    for step in ("step-4", "step-8"):
+        folder = out / "checkpoints" / step
+        files = {p.name for p in folder.iterdir()}
+        assert {"_COMPLETE", "model.safetensors", "rng_state_0.pth", "rng_state_1.pth"} <= files, files
+        # Written by node 1 itself, before rank 0 marked the checkpoint complete.
+        assert (folder / "rng_state_1.pth").stat().st_mtime <= (folder / "_COMPLETE").stat().st_mtime
+
+
 # --------------------------------------------------------------------------- failures -> exit codes
 
 

@@ -120,11 +120,14 @@ class CheckpointManager:
         self._futures.append(future)
         return future
 
+    def clear(self, step: int) -> None:
+        """Remove the leftovers of a cut-off upload of the same step (before any node uploads into it)."""
+        self.storage.delete_prefix(self.layout.checkpoint_uri(step))
+
     def _upload(self, local_dir: Path, step: int, eval_loss: float | None) -> None:
         started = time.monotonic()
         uri = self.layout.checkpoint_uri(step)
         files = {p.relative_to(local_dir).as_posix(): p.stat().st_size for p in sorted(local_dir.rglob("*")) if p.is_file()}
-        self.storage.delete_prefix(uri)  # leftovers of a cut-off upload of the same step
         self.storage.upload_dir(local_dir, uri)
         marker = {"step": step, "time": _now(), "files": files}
         if eval_loss is not None:
@@ -248,12 +251,31 @@ def _barrier() -> None:
         dist.barrier()
 
 
+class NodeRngStates:
+    """On each node but the first: its ranks' RNG states, which the Trainer writes into the node's own
+    checkpoint-N folder, go into the same step folder in the store. Without them a multi-node resume
+    goes on with fresh random streams on those ranks (the Trainer only warns)."""
+
+    PATTERN = "rng_state_*.pth"
+
+    def __init__(self, storage: Storage, layout: OutputLayout):
+        self.storage = storage
+        self.layout = layout
+
+    def upload(self, local_dir: Path, step: int) -> None:
+        uri = self.layout.checkpoint_uri(step)
+        for path in sorted(local_dir.glob(self.PATTERN)):
+            self.storage.upload_file(path, uri + path.name)
+
+
 class CheckpointCallback(TrainerCallback):
     """Hands each saved checkpoint-N to the manager (rank 0) and turns SIGTERM into save-and-stop."""
 
-    def __init__(self, manager: CheckpointManager | None, *, is_main: bool, preemption: Preemption = PREEMPTION):
+    def __init__(self, manager: CheckpointManager | None, *, is_main: bool, node_files: NodeRngStates | None = None,
+                 preemption: Preemption = PREEMPTION):
         self.manager = manager
         self.is_main = is_main
+        self.node_files = node_files  # set on the first rank of every node but the first
         self.preemption = preemption
         # Debug/test knob: slow every step down (seconds) so a test can kill a run between checkpoints.
         self._step_sleep = float(os.environ.get("KUBETUNE_DEBUG_STEP_SLEEP", "0") or 0)
@@ -279,11 +301,16 @@ class CheckpointCallback(TrainerCallback):
         return control
 
     def on_save(self, args, state, control, **kwargs):
-        _barrier()  # every rank has written its part (rng state) of checkpoint-N
-        if not self.is_main or self.manager is None:
-            return
         step = state.global_step
         local = Path(args.output_dir) / f"checkpoint-{step}"
+        if self.is_main and self.manager is not None:
+            self.manager.clear(step)
+        _barrier()  # every rank has written its part (rng state) of checkpoint-N; the step folder is empty
+        if self.node_files is not None and local.is_dir():
+            self.node_files.upload(local, step)
+        _barrier()  # the other nodes' parts are in the store: rank 0 may upload its part and the marker
+        if not self.is_main or self.manager is None:
+            return
         if not local.is_dir():
             log.warning("expected %s after a save; nothing uploaded", local)
             return

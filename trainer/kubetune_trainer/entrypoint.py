@@ -285,6 +285,7 @@ def run_job(file: str | Path, *, output: str | None = None, name: str | None = N
         PREEMPTION,
         CheckpointCallback,
         CheckpointManager,
+        NodeRngStates,
         Preempted,
         download_checkpoint,
         find_latest_complete,
@@ -300,7 +301,7 @@ def run_job(file: str | Path, *, output: str | None = None, name: str | None = N
     spec = job.spec.resolved()
     root = output_root(spec, output)
     layout = OutputLayout(root)
-    rank, world_size, _local_rank = _world()
+    rank, world_size, local_rank = _world()
     is_main = rank == 0
     _init_distributed(world_size)
 
@@ -369,7 +370,9 @@ def run_job(file: str | Path, *, output: str | None = None, name: str | None = N
         if manager is not None and latest is not None:
             manager.prune_and_report()
         metrics_cb = MetricsCallback(metrics_dir, storage, layout, reporter, is_main=is_main)
-        callbacks: list[Any] = [metrics_cb, CheckpointCallback(manager, is_main=is_main)]
+        # The first rank of every other node (its own disk) adds its ranks' RNG states to each checkpoint.
+        node_files = NodeRngStates(storage, layout) if local_rank == 0 and rank != 0 else None
+        callbacks: list[Any] = [metrics_cb, CheckpointCallback(manager, is_main=is_main, node_files=node_files)]
         if spec.evaluation.early_stopping is not None:
             stopping = spec.evaluation.early_stopping
             callbacks.append(EarlyStopping(early_stopping_patience=stopping.patience, early_stopping_threshold=stopping.min_delta))
