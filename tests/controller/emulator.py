@@ -293,7 +293,10 @@ class ApiServer(kmock.KubernetesScaffold):
     oldest_rv: int = attrs.field(default=0, init=False)
     rv: int = attrs.field(default=1, init=False)
     watch_epoch: int = attrs.field(default=0, init=False)
-    changed: asyncio.Condition | None = attrs.field(default=None, init=False)
+    # Set (and replaced by a fresh one) on every change: a watcher holds the one current before it reads the
+    # history, so no change between its read and its wait goes unnoticed.
+    changed: asyncio.Event | None = attrs.field(default=None, init=False)
+    _infos: dict[tuple[str, str, str], kmock.ResourceInfo] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -321,9 +324,13 @@ class ApiServer(kmock.KubernetesScaffold):
         return aiohttp.web.json_response(body, status=code)
 
     def _info(self, target: Target) -> kmock.ResourceInfo:
-        for resource in self.resources:
+        key = (target.group, target.version, target.plural)
+        if key in self._infos:
+            return self._infos[key]
+        for resource in self.resources:  # resources are only ever added (CRDs): a hit can be kept
             if resource.group == target.group and resource.plural == target.plural and resource.version == target.version:
-                return self.resources[resource]
+                self._infos[key] = self.resources[resource]
+                return self._infos[key]
         raise ApiError(404, "NotFound", f"the server could not find the requested resource ({target.plural})")
 
     def _user(self, raw_request: aiohttp.web.BaseRequest) -> str:
@@ -365,7 +372,7 @@ class ApiServer(kmock.KubernetesScaffold):
 
     async def _serve(self, raw: aiohttp.web.BaseRequest, target: Target) -> aiohttp.web.StreamResponse:
         if self.changed is None:
-            self.changed = asyncio.Condition()
+            self.changed = asyncio.Event()
         params = dict(raw.query)
         user = self._user(raw)
         verb = self._verb(raw.method, target, params)
@@ -431,8 +438,12 @@ class ApiServer(kmock.KubernetesScaffold):
             cut = len(self.history) // 2
             self.oldest_rv = self.history[cut].rv
             del self.history[:cut]
-        async with self.changed:
-            self.changed.notify_all()
+        self.notify()
+
+    def notify(self) -> None:
+        """Wake every watcher (on the server's loop)."""
+        changed, self.changed = self.changed, asyncio.Event()
+        changed.set()
 
     def _next_rv(self) -> str:
         self.rv += 1
@@ -623,6 +634,7 @@ class ApiServer(kmock.KubernetesScaffold):
                                          "metadata": {}})
                     return response
             while epoch == self.watch_epoch:
+                changed = self.changed
                 start = bisect.bisect_right(self.history, cursor, key=lambda h: h.rv)
                 for change in self.history[start:]:
                     cursor = change.rv
@@ -631,11 +643,10 @@ class ApiServer(kmock.KubernetesScaffold):
                 remaining = deadline - asyncio.get_running_loop().time()
                 if remaining <= 0:
                     break
-                async with self.changed:
-                    try:
-                        await asyncio.wait_for(self.changed.wait(), timeout=min(remaining, 1.0))
-                    except asyncio.TimeoutError:
-                        pass
+                try:
+                    await asyncio.wait_for(changed.wait(), timeout=min(remaining, 1.0))
+                except asyncio.TimeoutError:
+                    pass
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         try:
@@ -662,7 +673,7 @@ class Emulator:
 
     async def _main(self) -> None:
         self._stop = asyncio.Event()
-        self.server.changed = asyncio.Condition()
+        self.server.changed = asyncio.Event()
         async with kmock.Server(self.server, host="127.0.0.1") as srv:
             self.url = str(srv.url).rstrip("/")
             self._started.set()
@@ -715,8 +726,7 @@ class Emulator:
         """End every open watch stream (clients must re-list or resume from their resourceVersion)."""
         async def cut():
             self.server.watch_epoch += 1
-            async with self.server.changed:
-                self.server.changed.notify_all()
+            self.server.notify()
         asyncio.run_coroutine_threadsafe(cut(), self._loop).result(10)
 
     def forget_history(self) -> None:

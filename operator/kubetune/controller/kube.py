@@ -79,6 +79,7 @@ class Kube:
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=connections, ssl=_ssl_context(configuration)),
+            cookie_jar=aiohttp.DummyCookieJar(),  # the API server sets none; spares a jar lookup per call
         )
         self._auth: dict[str, str] = {}
         self._auth_read = float("-inf")
