@@ -56,23 +56,26 @@ def vm_hwm_mib(pid: int) -> float:
 JOBS = ("batch", "jobs")
 
 
-def stored_at(server) -> tuple[dict[tuple[str, str], float], dict[tuple[str, str], float]]:
-    """When each FineTuneJob and each child Job (by its FineTuneJob) was stored: the emulator's history."""
+def stored_at(server) -> tuple[dict, dict, dict]:
+    """From the emulator's history, per FineTuneJob: when it was stored, when its Job was, and when its
+    first status (phase and Job name) was."""
     from kubetune.api.constants import GROUP, PLURAL
     from kubetune.controller import builders
 
     if server.oldest_rv:
         raise RuntimeError("the emulator trimmed its history; raise max_history")
-    ftjs, jobs = {}, {}
+    ftjs, jobs, statuses = {}, {}, {}
     for change in server.history:
-        if change.kind != "ADDED":
-            continue
         meta = change.obj["metadata"]
+        key = (meta.get("namespace"), meta["name"])
         if change.key == (GROUP, PLURAL):
-            ftjs[(meta["namespace"], meta["name"])] = change.at
-        elif change.key == JOBS:
+            if change.kind == "ADDED":
+                ftjs[key] = change.at
+            elif (change.obj.get("status") or {}).get("jobName"):
+                statuses.setdefault(key, change.at)
+        elif change.key == JOBS and change.kind == "ADDED":
             jobs[(meta["namespace"], meta["labels"][builders.LABEL_FTJ])] = change.at
-    return ftjs, jobs
+    return ftjs, jobs, statuses
 
 
 def create_all(url: str, targets: list[tuple[str, str]], clients: int) -> tuple[float, float]:
@@ -171,11 +174,15 @@ def run(jobs: int, namespaces: int, clients: int, timeout: float) -> dict:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and emulator.call(lambda: len(emulator.server.store.get(JOBS, {}))) < jobs:
                 time.sleep(0.05)
-            created, seen = emulator.call(lambda: stored_at(emulator.server))
+            deadline = time.monotonic() + 60  # the status writes follow the Jobs
+            while time.monotonic() < deadline and len(emulator.call(lambda: stored_at(emulator.server))[2]) < jobs:
+                time.sleep(0.1)
+            created, seen, reported = emulator.call(lambda: stored_at(emulator.server))
             missing = [t for t in targets if t not in seen]
             start = min(created.values())
             total = max(seen.values()) - start if seen else float("nan")
             latencies = [seen[t] - created[t] for t in targets if t in seen]
+            status_latencies = [reported[t] - created[t] for t in targets if t in reported]
             operator_calls = emulator.calls("operator")[calls_before:]
             by_verb = Counter(f"{c.verb} {c.resource}" for c in operator_calls)
             rss = vm_hwm_mib(proc.pid)
@@ -186,6 +193,8 @@ def run(jobs: int, namespaces: int, clients: int, timeout: float) -> dict:
                 "created_all_s": users_result["seconds"], "all_jobs_exist_s": total if not missing else float("nan"),
                 "missing": len(missing), "latency_p50_s": percentile(latencies, 50),
                 "latency_p99_s": percentile(latencies, 99), "latency_max_s": max(latencies, default=float("nan")),
+                "status_p50_s": percentile(status_latencies, 50), "status_p99_s": percentile(status_latencies, 99),
+                "all_statuses_s": max(reported.values()) - start if len(reported) == jobs else float("nan"),
                 "operator_peak_rss_mib": rss, "operator_cpu_s": operator_cpu, "emulator_cpu_s": emulator_cpu,
                 "users_cpu_s": users_result["cpu_seconds"], "api_calls_per_job": len(operator_calls) / jobs,
                 "job_creates": by_verb.get("create jobs", 0),
@@ -209,6 +218,9 @@ def table(result: dict) -> str:
         ("create -> Job p50 (s)", f"{result['latency_p50_s']:.3f}"),
         ("create -> Job p99 (s)", f"{result['latency_p99_s']:.3f}"),
         ("create -> Job max (s)", f"{result['latency_max_s']:.3f}"),
+        ("create -> first status (Pending, Job name) p50 (s)", f"{result['status_p50_s']:.3f}"),
+        ("create -> first status p99 (s)", f"{result['status_p99_s']:.3f}"),
+        ("every FineTuneJob has its first status (s)", f"{result['all_statuses_s']:.2f}"),
         ("operator peak RSS (MiB)", f"{result['operator_peak_rss_mib']:.0f}"),
         ("operator CPU (s)", f"{result['operator_cpu_s']:.2f}"),
         ("API emulator CPU (s)", f"{result['emulator_cpu_s']:.2f}"),

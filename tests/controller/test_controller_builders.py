@@ -110,7 +110,7 @@ def test_multi_node_job_is_indexed_with_torchrun_rendezvous_and_a_headless_servi
     assert service["metadata"]["name"] == "bot-workers" and service["spec"]["clusterIP"] == "None"
     assert service["spec"]["publishNotReadyAddresses"] is True
     kinds = [o["kind"] for o in builders.build_support_objects(FTJ, spec)]
-    assert kinds == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service"]
+    assert kinds == ["ServiceAccount", "ConfigMap", "Service", "Role", "RoleBinding"]
 
 
 def test_configmap_holds_the_resolved_spec_and_no_secret_values():

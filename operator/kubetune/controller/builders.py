@@ -402,12 +402,24 @@ def build_job(
     }
 
 
-def build_support_objects(ftj: dict, spec: Spec) -> list[dict]:
-    """Everything but the Job, in creation order (the Job needs them all to start)."""
-    objects = [build_service_account(ftj), build_role(ftj), build_role_binding(ftj), build_configmap(ftj, spec)]
+def build_prerequisites(ftj: dict, spec: Spec) -> list[dict]:
+    """What the Job's pods need before they are created: their ServiceAccount (admission refuses a pod
+    whose account is missing), the spec ConfigMap they mount and, for several nodes, the workers' Service."""
+    objects = [build_service_account(ftj), build_configmap(ftj, spec)]
     if spec.nodes > 1:
         objects.append(build_service(ftj))
     return objects
+
+
+def build_reporter_grant(ftj: dict) -> list[dict]:
+    """The reporter's Role and RoleBinding: only the running trainer needs them (it reports after its model
+    is loaded, and retries a refused report), so they may follow the Job."""
+    return [build_role(ftj), build_role_binding(ftj)]
+
+
+def build_support_objects(ftj: dict, spec: Spec) -> list[dict]:
+    """Everything but the Job, in creation order."""
+    return build_prerequisites(ftj, spec) + build_reporter_grant(ftj)
 
 
 def initial_suspend(spec: Spec) -> bool:

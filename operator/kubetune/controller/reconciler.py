@@ -22,6 +22,7 @@ from kubetune.controller import builders, status
 from kubetune.controller.config import OperatorConfig
 from kubetune.controller.kube import Kube, is_status
 from kubetune.controller.metrics import Metrics
+from kubetune.controller.slots import Slot, Slots
 
 log = logging.getLogger("kubetune.operator")
 # After a failed reconcile (kopf does not retry event handlers): 5 s, doubling per failure in a row, at most 5 min.
@@ -50,8 +51,8 @@ class Reconciler:
         self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         self._namespace_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         # FineTuneJobs worked on at once: a burst of creates is served in arrival order, each one's Job
-        # appearing soon, rather than all of them advancing one API call at a time.
-        self._slots = asyncio.Semaphore(config.concurrent_reconciles)
+        # appearing soon, rather than all of them advancing one API call at a time (see slots.py).
+        self._slots = Slots(config.concurrent_reconciles)
         self._written: set[tuple[str, str]] = set()  # FineTuneJobs whose status this process wrote
         self._failures: dict[tuple[str, str], int] = {}  # failed passes in a row, for the retry backoff
         self._wakeups: list[tuple[float, str, str]] = []
@@ -69,12 +70,12 @@ class Reconciler:
         object this operator has not written a status for yet: after a write of ours, a watched copy can
         be older than what we wrote, so it is read again.
         """
-        async with self._locks[(namespace, name)], self._slots:
+        async with self._locks[(namespace, name)], self._slots.hold() as slot:
             started = time.monotonic()
             if body is not None and (namespace, name) in self._written:
                 body = None
             try:
-                phase = await self._reconcile(namespace, name, body)
+                phase = await self._reconcile(namespace, name, body, slot)
             except Exception as err:
                 self.metrics.reconcile_errors.labels(reason=type(err).__name__).inc()
                 self._failures[(namespace, name)] = self._failures.get((namespace, name), 0) + 1
@@ -92,7 +93,7 @@ class Reconciler:
         self.schedule(namespace, name, time.time() + delay)
         return delay
 
-    async def _reconcile(self, namespace: str, name: str, body: dict | None) -> str | None:
+    async def _reconcile(self, namespace: str, name: str, body: dict | None, slot: Slot) -> str | None:
         ftj = body if body is not None else await self.kube.get(KIND, namespace, name)
         if ftj is None or ftj["metadata"].get("deletionTimestamp"):
             self._written.discard((namespace, name))
@@ -114,7 +115,7 @@ class Reconciler:
         if job is not None and not _owned_by(job, ftj["metadata"]["uid"]):
             raise NotOwnedError(f"Job {namespace}/{name} exists and is not owned by this FineTuneJob")
         if job is None:
-            job = await self._create_children(ftj, spec, old)
+            job = await self._create_children(ftj, spec, old, slot)
         else:
             job = await self._propagate(ftj, spec, job)
         created = job.pop("_created", False)
@@ -151,7 +152,7 @@ class Reconciler:
             raise NotOwnedError(f"{obj['kind']} {obj['metadata']['name']} exists and is not owned by this FineTuneJob")
         return existing
 
-    async def _create_children(self, ftj: dict, spec, old_status: dict) -> dict:
+    async def _create_children(self, ftj: dict, spec, old_status: dict, slot: Slot) -> dict:
         meta = ftj["metadata"]
         uid = meta["uid"]
         previous = 0
@@ -161,7 +162,7 @@ class Reconciler:
             await self.event(ftj, "Warning", Reason.JOB_MISSING,
                        f"Job {meta['name']} was deleted while the FineTuneJob was unfinished; recreating it "
                        "(training resumes from the newest checkpoint)")
-        for obj in builders.build_support_objects(ftj, spec):
+        for obj in builders.build_prerequisites(ftj, spec):
             await self._create_or_adopt(obj, uid)
         async with self._namespace_locks[meta["namespace"]]:
             held = (not spec.suspend and not spec.queue_name and self.config.max_running_per_namespace > 0
@@ -169,7 +170,13 @@ class Reconciler:
                     >= self.config.max_running_per_namespace)
             job = builders.build_job(ftj, spec, self.config, suspend=builders.initial_suspend(spec) or held,
                                      held_by_namespace_limit=held, previous_attempts=previous)
-            return await self._create_or_adopt(job, uid)  # JobCreated goes out with the status write
+            job = await self._create_or_adopt(job, uid)
+        # The Job exists, so its pods can start. The rest (the reporter's grant, then the status write and
+        # JobCreated) waits while other new FineTuneJobs wait for their Jobs.
+        await slot.defer()
+        for obj in builders.build_reporter_grant(ftj):
+            await self._create_or_adopt(obj, uid)
+        return job
 
     async def _running_in_namespace(self, namespace: str, exclude: str) -> int:
         jobs = await self.kube.list("Job", namespace, f"{builders.LABEL_MANAGED_BY}={builders.MANAGED_BY}")
