@@ -69,3 +69,18 @@ def test_tls_settings_come_from_the_client_configuration():
     configuration.verify_ssl = False  # kubeconfig: insecure-skip-tls-verify
     context = _ssl_context(configuration)
     assert context.verify_mode == ssl.CERT_NONE and not context.check_hostname
+
+
+def test_the_proxy_applies_unless_no_proxy_exempts_the_api_server():
+    async def proxies(**settings):
+        configuration = kubernetes.client.Configuration()
+        configuration.host = "https://10.0.0.1:443"
+        for key, value in settings.items():
+            setattr(configuration, key, value)
+        kube = Kube(configuration)
+        await kube.close()
+        return kube.proxy
+
+    assert asyncio.run(proxies()) is None
+    assert asyncio.run(proxies(proxy="http://proxy.corp:3128")) == "http://proxy.corp:3128"
+    assert asyncio.run(proxies(proxy="http://proxy.corp:3128", no_proxy="10.0.0.1,.cluster.local")) is None

@@ -11,15 +11,21 @@ from kubetune.controller.reconciler import RETRY_MAX_SECONDS, RETRY_SECONDS, Rec
 
 
 class FlakyKube:
-    """Answers every GET of the FineTuneJob with a failure while `failing`, else with 'not found'."""
+    """Answers every GET of the FineTuneJob with a failure while `failing`, else with 'not found'; lists
+    one unfinished FineTuneJob."""
 
     def __init__(self):
         self.failing = True
+        self.gets = 0
 
     async def get(self, kind, namespace, name):
+        self.gets += 1
         if self.failing:
             raise ConnectionError("the API server went away")
         return None  # deleted: nothing to do
+
+    async def list(self, kind, namespace, label_selector=None):
+        return [{"metadata": {"namespace": "team", "name": "bot"}, "status": {"phase": "Running"}}]
 
 
 def test_failed_passes_are_retried_with_a_doubling_delay_reset_by_a_success():
@@ -35,8 +41,14 @@ def test_failed_passes_are_retried_with_a_doubling_delay_reset_by_a_success():
         assert max(delays) == RETRY_MAX_SECONDS and delays[-1] == RETRY_MAX_SECONDS
         assert len(reconciler._wakeups) == 9  # each failure scheduled its retry
 
+        gets = kube.gets
+        await reconciler.resync()  # in backoff: the periodic resync leaves it to its scheduled retry
+        assert kube.gets == gets
+
         kube.failing = False
         assert await reconciler.reconcile("team", "bot") is None
+        await reconciler.resync()  # healthy again: visited like every unfinished job
+        assert kube.gets == gets + 2
         kube.failing = True
         with pytest.raises(ConnectionError):
             await reconciler.reconcile("team", "bot")

@@ -17,7 +17,9 @@ import ssl
 import time
 from typing import Any
 
+import aiohttp
 from kubernetes.client import ApiException, Configuration
+from kubernetes.client.rest import should_bypass_proxies
 
 from kubetune.api.constants import GROUP, PLURAL, VERSION
 
@@ -72,8 +74,6 @@ class Kube:
     """get/list/create/patch/delete by kind, namespace and name (create it inside the loop that uses it)."""
 
     def __init__(self, configuration: Configuration, connections: int = 32, timeout: float = 30.0):
-        import aiohttp  # kopf's dependency: imported here so that tools using `Kube` need not load it
-
         self.configuration = configuration
         self.host = configuration.host.rstrip("/")
         self.timeout = aiohttp.ClientTimeout(total=timeout)
@@ -83,6 +83,11 @@ class Kube:
         )
         self._auth: dict[str, str] = {}
         self._auth_read = float("-inf")
+        # kubeconfig `tls-server-name`: the name the server's certificate is checked against.
+        self._tls = {"server_hostname": configuration.tls_server_name} if configuration.tls_server_name else {}
+        # The proxy, unless no_proxy exempts the API server (the official client's rule).
+        bypass = should_bypass_proxies(configuration.host, configuration.no_proxy or "")
+        self.proxy = configuration.proxy if configuration.proxy and not bypass else None
 
     async def close(self) -> None:
         await self.session.close()
@@ -104,7 +109,8 @@ class Kube:
             if data is not None:
                 headers["Content-Type"] = content_type
             async with self.session.request(method, self.host + path, params=query, data=data, headers=headers,
-                                            timeout=self.timeout, proxy=self.configuration.proxy) as response:
+                                            timeout=self.timeout, proxy=self.proxy,
+                                            **self._tls) as response:
                 payload = await response.read()
                 if response.status == 401 and attempt == 1:
                     continue  # the token may have been rotated: read it again, once

@@ -319,26 +319,41 @@ class Reconciler:
     async def _resync_forever(self) -> None:
         next_resync = time.time() + self.config.resync_seconds
         while True:
-            now = time.time()
-            due = set()
-            while self._wakeups and self._wakeups[0][0] <= now:
-                _, namespace, name = heapq.heappop(self._wakeups)
-                due.add((namespace, name))
-            if due:
-                await asyncio.gather(*(self._safely(namespace, name) for namespace, name in due))
-            if time.time() >= next_resync:
-                next_resync = time.time() + self.config.resync_seconds
-                await self.resync()
-            if not due:
-                until = min([next_resync] + [w[0] for w in self._wakeups[:1]])
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=max(0.05, until - time.time()))
-                except TimeoutError:
-                    pass
+            try:
+                next_resync = await self._resync_once(next_resync)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug here must not end the resync for the operator's lifetime
+                log.exception("resync pass failed; trying again in %s s", RETRY_SECONDS)
+                await asyncio.sleep(RETRY_SECONDS)
+
+    async def _resync_once(self, next_resync: float) -> float:
+        """Reconcile what is due (retries, TTLs, held jobs), the full resync when its time has come, then
+        sleep until the next of them; returns when the next full resync is due."""
+        now = time.time()
+        due = set()
+        while self._wakeups and self._wakeups[0][0] <= now:
+            _, namespace, name = heapq.heappop(self._wakeups)
+            due.add((namespace, name))
+        if due:
+            await asyncio.gather(*(self._safely(namespace, name) for namespace, name in due))
+        if time.time() >= next_resync:
+            next_resync = time.time() + self.config.resync_seconds
+            await self.resync()
+        if not due:
+            until = min([next_resync] + [w[0] for w in self._wakeups[:1]])
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=max(0.05, until - time.time()))
+            except TimeoutError:
+                pass
+        return next_resync
 
     async def resync(self) -> None:
-        """Reconcile every FineTuneJob that is unfinished or waits for its TTL: status never drifts."""
+        """Reconcile every FineTuneJob that is unfinished or waits for its TTL: status never drifts.
+
+        Except those whose last pass failed: their retry is scheduled (backing off up to 5 min), and a
+        resync every minute would undo the backoff."""
         namespaces = self.config.namespaces or (None,)
         for namespace in namespaces:
             try:
@@ -348,8 +363,9 @@ class Reconciler:
                 continue
             await asyncio.gather(*(
                 self._safely(ftj["metadata"]["namespace"], ftj["metadata"]["name"]) for ftj in items
-                if (ftj.get("status") or {}).get("phase") not in status.FINISHED_PHASES
-                or ((ftj.get("spec") or {}).get("ttlSecondsAfterFinished") or 0) > 0
+                if ((ftj.get("status") or {}).get("phase") not in status.FINISHED_PHASES
+                    or ((ftj.get("spec") or {}).get("ttlSecondsAfterFinished") or 0) > 0)
+                and (ftj["metadata"]["namespace"], ftj["metadata"]["name"]) not in self._failures
             ))
 
     async def _safely(self, namespace: str, name: str) -> None:
