@@ -97,6 +97,8 @@ def test_operator_scale_small(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert result["missing"] == 0 and result["jobs"] == 30
     assert 0 <= result["latency_p50_s"] <= result["latency_p99_s"] <= result["latency_max_s"] <= result["all_jobs_exist_s"] + 0.05
-    assert result["operator_peak_rss_mib"] > 10
+    assert 0 <= result["status_p50_s"] <= result["status_p99_s"] <= result["all_statuses_s"] + 0.05
+    assert result["latency_p50_s"] <= result["status_p50_s"]  # a FineTuneJob's status names its Job: after it
+    assert result["operator_peak_rss_mib"] > 10 and result["operator_cpu_s"] > 0 and result["users_cpu_s"] > 0
     assert result["api_calls_per_job"] >= 2  # at least: create the Job, write status
     assert result["job_creates"] == 30  # one Job per FineTuneJob, no duplicate creates
