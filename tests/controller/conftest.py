@@ -51,7 +51,9 @@ def admin(emulator):
 
 @pytest.fixture(scope="session")
 def sim(emulator):
-    return ClusterSim(emulator)
+    cluster = ClusterSim(emulator)
+    yield cluster
+    cluster.close()
 
 
 @pytest.fixture

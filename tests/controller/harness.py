@@ -40,6 +40,10 @@ class BlockingKube:
         call = getattr(self._kube, verb)
         return lambda *args, **kwargs: self._run(call(*args, **kwargs))
 
+    def close(self) -> None:
+        self._run(self._kube.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
 
 def start_emulator() -> Emulator:
     emulator = Emulator().start()
@@ -119,6 +123,9 @@ class ClusterSim:
 
     def __init__(self, emulator: Emulator):
         self.kube = BlockingKube(emulator.client_configuration(ADMIN_TOKEN))
+
+    def close(self) -> None:
+        self.kube.close()
 
     def job(self, namespace: str, name: str) -> dict:
         job = self.kube.get("Job", namespace, name)

@@ -80,6 +80,7 @@ def main() -> None:
         for event in sorted(events, key=lambda e: int(e.metadata.resource_version)):
             print(f"#   {event.type:<8} {event.reason:<18} {event.message}")
     finally:
+        sim.close()
         operator.stop()
         emulator.stop()
 

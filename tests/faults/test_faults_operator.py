@@ -27,7 +27,9 @@ def crd_api(api):
 
 @pytest.fixture
 def sim(api):
-    return ClusterSim(api)
+    cluster = ClusterSim(api)
+    yield cluster
+    cluster.close()
 
 
 def _namespace(api, name: str) -> str:

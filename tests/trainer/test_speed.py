@@ -216,3 +216,40 @@ def test_torch_compile_through_the_trainer_gives_the_eager_loss(tiny_llama_dir, 
             assert "_orig_mod" in dict(trainer.model_wrapped.named_children()) or hasattr(trainer.model_wrapped, "_orig_mod")
     assert len(losses["eager"]) == 2
     assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-4, abs=1e-5)
+
+
+def test_gradient_checkpointing_reaches_the_trainer_and_changes_no_loss(tiny_llama_dir, tmp_path):
+    """gradientCheckpointing trades compute for memory: the Trainer turns it on (transformers 5's
+    `activation_checkpointing`, non-reentrant so frozen embeddings work), and the losses stay the same."""
+    from transformers import TrainerCallback
+
+    from kubetune_trainer.args import training_args
+    from kubetune_trainer.objectives import causal_lm
+    from tests.trainer.objectives.recipes import HYPERPARAMETERS, recipe_context, write_jsonl
+
+    class Seen(TrainerCallback):
+        def __init__(self):
+            self.losses, self.checkpointing = [], None
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            self.checkpointing = model.is_activation_checkpointing
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if "loss" in logs:
+                self.losses.append(logs["loss"])
+
+    data = write_jsonl(tmp_path / "train.jsonl", [{"text": t} for t in TEXTS * 4])
+    seen = {}
+    for flag in (False, True):
+        seen[flag] = Seen()
+        hyperparameters = HYPERPARAMETERS | {"maxSteps": 3, "learningRate": 1e-3, "gradientCheckpointing": flag}
+        ctx = recipe_context(tmp_path, tiny_llama_dir, objective="causal-lm", technique="full", steps=3, lr=1e-3,
+                             datasets=[{"uri": data, "format": "text"}], callbacks=[seen[flag]],
+                             spec_extra={"hyperparameters": hyperparameters}, out_name=f"gc-{flag}")
+        args = training_args(ctx)
+        assert args.activation_checkpointing is flag
+        assert args.activation_checkpointing_kwargs == ({"use_reentrant": False} if flag else None)
+        causal_lm.run(ctx)
+    assert seen[True].checkpointing is True and seen[False].checkpointing is False
+    assert len(seen[True].losses) == 3
+    assert seen[True].losses == pytest.approx(seen[False].losses, rel=1e-5)

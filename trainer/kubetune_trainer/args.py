@@ -94,7 +94,7 @@ def training_args(ctx: RunContext, cls: type | None = None, *, formats=None, has
         max_grad_norm=hp.max_grad_norm,
         seed=hp.seed,
         data_seed=hp.seed,
-        gradient_checkpointing=hp.gradient_checkpointing,
+        activation_checkpointing=hp.gradient_checkpointing,  # transformers 5's name for gradient checkpointing
         logging_strategy="steps",
         logging_steps=1 if (hp.max_steps and hp.max_steps <= 200) else 10,
         logging_first_step=True,
@@ -111,7 +111,7 @@ def training_args(ctx: RunContext, cls: type | None = None, *, formats=None, has
     kwargs |= compile_args(spec)
     if hp.gradient_checkpointing:
         # Reentrant checkpointing breaks with frozen embeddings (PEFT); the non-reentrant one does not.
-        kwargs["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
+        kwargs["activation_checkpointing_kwargs"] = {"use_reentrant": False}
     if ctx.world_size > 1:
         import torch
 
