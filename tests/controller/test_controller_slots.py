@@ -91,3 +91,24 @@ def test_cancelled_waiters_give_their_slot_back():
         assert slots._free == 1 and not slots._urgent and not slots._deferred
 
     asyncio.run(scenario())
+
+
+def test_a_background_pass_waits_behind_urgent_work():
+    async def scenario():
+        slots, order = Slots(1), []
+        gate = asyncio.Event()
+
+        async def work(name, urgent):
+            async with slots.hold(urgent):
+                order.append(name)
+                await gate.wait()
+
+        first = asyncio.create_task(work("first", True))
+        await asyncio.sleep(0)
+        queued = [asyncio.create_task(work("resync", False)), asyncio.create_task(work("event", True))]
+        await asyncio.sleep(0)
+        gate.set()
+        await asyncio.gather(first, *queued)
+        return order
+
+    assert asyncio.run(scenario()) == ["first", "event", "resync"]

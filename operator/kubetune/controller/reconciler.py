@@ -63,14 +63,15 @@ class Reconciler:
 
     # ------------------------------------------------------------------------------------- entry
 
-    async def reconcile(self, namespace: str, name: str, body: dict | None = None) -> str | None:
+    async def reconcile(self, namespace: str, name: str, body: dict | None = None, urgent: bool = True) -> str | None:
         """Bring one FineTuneJob's children and status in line; returns its phase (None = gone).
 
         `body`: the FineTuneJob as the caller just got it from a watch. It saves a GET, but only for an
         object this operator has not written a status for yet: after a write of ours, a watched copy can
-        be older than what we wrote, so it is read again.
+        be older than what we wrote, so it is read again. `urgent=False`: a background pass, served after
+        what watch events ask for (slots.py).
         """
-        async with self._locks[(namespace, name)], self._slots.hold() as slot:
+        async with self._locks[(namespace, name)], self._slots.hold(urgent) as slot:
             started = time.monotonic()
             if body is not None and (namespace, name) in self._written:
                 body = None
@@ -370,7 +371,7 @@ class Reconciler:
 
     async def _safely(self, namespace: str, name: str) -> None:
         try:
-            await self.reconcile(namespace, name)
+            await self.reconcile(namespace, name, urgent=False)
         except Exception as err:
             delay = self.retry_later(namespace, name)
             log.warning("reconcile of %s/%s failed (retrying in %.0f s): %s", namespace, name, delay, err)

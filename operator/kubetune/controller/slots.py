@@ -4,8 +4,9 @@ A burst of new FineTuneJobs (a pipeline submitting a thousand at once) should ge
 first: a Job is what lets pods, Kueue and the GPUs start. What follows its creation (the reporter's Role
 and RoleBinding, which only the running trainer needs, the status write and the Event) can wait a
 moment. So a reconcile holds a slot, urgent by default; once a new job's Job exists it `defer()`s: it
-gives the slot to the next urgent reconcile and queues behind every urgent one. A deferred reconcile
-never waits longer than `max_wait` seconds, even under a stream of new jobs that never ends.
+gives the slot to the next urgent reconcile and queues behind every urgent one. Background passes (the
+periodic resync, scheduled retries) queue there from the start. A deferred reconcile never waits
+longer than `max_wait` seconds, even under a stream of new jobs that never ends.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ class Slots:
         self.max_wait = max_wait
 
     @contextlib.asynccontextmanager
-    async def hold(self) -> AsyncIterator[Slot]:
-        """One slot (urgent) for the body of the `async with`."""
+    async def hold(self, urgent: bool = True) -> AsyncIterator[Slot]:
+        """One slot for the body of the `async with`; a background pass (the periodic resync) asks for
+        a non-urgent one, so that it never holds up what watch events ask for."""
         slot = Slot(self)
-        await self._acquire(urgent=True)
+        await self._acquire(urgent=urgent)
         slot.held = True
         try:
             yield slot
@@ -37,7 +39,8 @@ class Slots:
                 self._release()
 
     def urgent_waiting(self) -> bool:
-        return any(not waiter.done() for waiter in self._urgent)
+        # O(1): a waiter cancelled a moment ago may still be queued; deferring for it costs one hand-over.
+        return bool(self._urgent)
 
     async def _acquire(self, urgent: bool) -> None:
         if self._free and not self._urgent and (urgent or not self._deferred):
