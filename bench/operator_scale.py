@@ -172,7 +172,10 @@ def run(jobs: int, namespaces: int, clients: int, timeout: float) -> dict:
                 capture_output=True, text=True, check=True, timeout=timeout)
             users_result = json.loads(users.stdout.strip().splitlines()[-1])
             deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and emulator.call(lambda: len(emulator.server.store.get(JOBS, {}))) < jobs:
+            def jobs_stored() -> int:
+                return emulator.call(lambda: len(emulator.server.store.get(JOBS, {})))
+
+            while time.monotonic() < deadline and jobs_stored() < jobs:
                 time.sleep(0.05)
             deadline = time.monotonic() + 60  # the status writes follow the Jobs
             while time.monotonic() < deadline and len(emulator.call(lambda: stored_at(emulator.server))[2]) < jobs:

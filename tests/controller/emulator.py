@@ -50,7 +50,6 @@ class Call:
     namespace: str | None
     name: str | None
     label_selector: str | None = None  # of a list or watch
-    at: float = dataclasses.field(default_factory=time.perf_counter, compare=False)  # when it arrived
 
 
 @dataclasses.dataclass

@@ -161,8 +161,8 @@ class Reconciler:
             # We made a Job before and it is gone: someone deleted it. Run again; the trainer resumes.
             previous = old_status.get("attempts") or 0
             await self.event(ftj, "Warning", Reason.JOB_MISSING,
-                       f"Job {meta['name']} was deleted while the FineTuneJob was unfinished; recreating it "
-                       "(training resumes from the newest checkpoint)")
+                             f"Job {meta['name']} was deleted while the FineTuneJob was unfinished; recreating it "
+                             "(training resumes from the newest checkpoint)")
         for obj in builders.build_prerequisites(ftj, spec):
             await self._create_or_adopt(obj, uid)
         async with self._namespace_locks[meta["namespace"]]:
@@ -287,8 +287,8 @@ class Reconciler:
                 removed = await self.kube.delete(kind, meta["namespace"], child) or removed
         if removed:
             await self.event(ftj, "Normal", Reason.TTL_EXPIRED,
-                       f"removed the Job and its objects {spec.ttl_seconds_after_finished} s after the job finished "
-                       "(the output in storage is kept)")
+                             f"removed the Job and its objects {spec.ttl_seconds_after_finished} s after the job "
+                             "finished (the output in storage is kept)")
 
     async def release_held(self, namespace: str) -> None:
         """Reconcile the jobs held by the namespace cap, so the next ones start as running ones finish."""
