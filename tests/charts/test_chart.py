@@ -21,7 +21,8 @@ KUBE_VERSION = "1.33.0"
 
 VALUE_SETS = {
     "defaults": {},
-    "namespaced-ha": {"watchNamespaces": ["team-a", "team-b"], "replicaCount": 2, "maxRunningPerNamespace": 4},
+    "namespaced-ha": {"watchNamespaces": ["team-a", "team-b"], "replicaCount": 2, "maxRunningPerNamespace": 4,
+                      "concurrentReconciles": 64},
     "cluster-ha-monitoring": {
         "replicaCount": 3,
         "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
@@ -154,6 +155,18 @@ def test_operator_arguments_match_the_mode():
 
     parsed = build_parser().parse_args(ha)
     assert parsed.namespace == ["team-a", "team-b"] and parsed.peering == "kubetune"
+
+
+def test_operator_settings_reach_its_environment():
+    from kubetune.controller.config import from_env
+
+    def config(values):
+        (deploy,) = by_kind(render(values), "Deployment")
+        return from_env({e["name"]: e["value"] for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]})
+
+    assert config({}).concurrent_reconciles == 32 and config({}).max_running_per_namespace == 0
+    tuned = config(VALUE_SETS["namespaced-ha"])
+    assert tuned.concurrent_reconciles == 64 and tuned.max_running_per_namespace == 4
 
 
 def test_metrics_service_and_service_monitor():
