@@ -61,8 +61,13 @@ def labels(name: str) -> dict[str, str]:
     return {LABEL_MANAGED_BY: MANAGED_BY, LABEL_FTJ: name}
 
 
+# Every child of every FineTuneJob (the operator's Job and pod watches, its per-namespace Job counts).
+MANAGED_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+
+
 def selector(name: str) -> str:
-    return f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_FTJ}={name}"
+    """The children of one FineTuneJob."""
+    return f"{MANAGED_SELECTOR},{LABEL_FTJ}={name}"
 
 
 def owner_reference(ftj: dict) -> dict:

@@ -24,7 +24,6 @@ from kubetune.controller.reconciler import Reconciler
 
 FTJ = dict(group=GROUP, version=VERSION, plural=PLURAL)
 CHILD_LABELS = {builders.LABEL_MANAGED_BY: builders.MANAGED_BY}
-CHILD_SELECTOR = f"{builders.LABEL_MANAGED_BY}={builders.MANAGED_BY}"
 PREFIX = "kubetune.dev"
 
 
@@ -106,7 +105,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Jobs and pods are watched cluster-wide: let the API server send only ours, not every pod of a
     # shared cluster for kopf to drop (the handlers' labels= filters alone work on the client side).
     for group, version, plural in (("batch", "v1", "jobs"), ("", "v1", "pods")):
-        settings.watching.label_selectors[group, version, plural] = CHILD_SELECTOR
+        settings.watching.label_selectors[group, version, plural] = builders.MANAGED_SELECTOR
     if cfg.namespaces:
         # Namespaced mode: no cluster-wide watching of namespaces/CRDs (the chart grants none).
         settings.scanning.disabled = True

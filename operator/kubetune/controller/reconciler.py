@@ -180,7 +180,7 @@ class Reconciler:
         return job
 
     async def _running_in_namespace(self, namespace: str, exclude: str) -> int:
-        jobs = await self.kube.list("Job", namespace, f"{builders.LABEL_MANAGED_BY}={builders.MANAGED_BY}")
+        jobs = await self.kube.list("Job", namespace, builders.MANAGED_SELECTOR)
         return sum(1 for j in jobs if j["metadata"]["name"] != exclude
                    and not (j.get("spec") or {}).get("suspend") and not _job_finished(j))
 
@@ -292,7 +292,7 @@ class Reconciler:
 
     async def release_held(self, namespace: str) -> None:
         """Reconcile the jobs held by the namespace cap, so the next ones start as running ones finish."""
-        jobs = await self.kube.list("Job", namespace, f"{builders.LABEL_MANAGED_BY}={builders.MANAGED_BY}")
+        jobs = await self.kube.list("Job", namespace, builders.MANAGED_SELECTOR)
         for job in jobs:
             if (job["metadata"].get("annotations") or {}).get(builders.ANNOTATION_HELD) == "true":
                 parent = (job["metadata"].get("labels") or {}).get(builders.LABEL_FTJ)
