@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -93,3 +94,11 @@ def test_validate_never_prints_a_traceback(tmp_path):
     assert out.returncode == 1
     assert "Traceback" not in out.stdout + out.stderr
     assert "metadata: must be a mapping" in out.stdout and "spec: must be a mapping" in out.stdout
+
+
+def test_operator_refuses_a_bad_setting_in_one_line():
+    env = dict(os.environ, KUBETUNE_CONCURRENT_RECONCILES="0")
+    out = subprocess.run([sys.executable, "-m", "kubetune.cli", "operator", "--standalone"], capture_output=True,
+                         text=True, env=env, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.strip() == "kubetune operator: KUBETUNE_CONCURRENT_RECONCILES must be >= 1 (got 0)"

@@ -151,6 +151,8 @@ def test_config_from_env():
     assert cfg.namespaces == ("a", "b") and cfg.max_running_per_namespace == 2 and cfg.trainer_image == "x:1"
     with pytest.raises(ValueError, match="KUBETUNE_GRACE_SECONDS"):
         from_env({"KUBETUNE_GRACE_SECONDS": "soon"})
+    with pytest.raises(ValueError, match=r"KUBETUNE_CONCURRENT_RECONCILES must be >= 1 \(got 0\)"):
+        from_env({"KUBETUNE_CONCURRENT_RECONCILES": "0"})  # no slot at all would reconcile nothing
 
 
 # ------------------------------------------------------------------------------------------ status

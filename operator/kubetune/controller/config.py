@@ -44,7 +44,7 @@ class OperatorConfig:
         return self.grace_seconds + 30
 
 
-def _int(env: Mapping[str, str], key: str, default: int) -> int:
+def _int(env: Mapping[str, str], key: str, default: int, minimum: int = 0) -> int:
     raw = env.get(key, "").strip()
     if not raw:
         return default
@@ -52,8 +52,8 @@ def _int(env: Mapping[str, str], key: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         raise ValueError(f"{key} must be an integer (got {raw!r})") from None
-    if value < 0:
-        raise ValueError(f"{key} must be >= 0 (got {value})")
+    if value < minimum:
+        raise ValueError(f"{key} must be >= {minimum} (got {value})")
     return value
 
 
@@ -69,7 +69,7 @@ def from_env(env: Mapping[str, str] | None = None) -> OperatorConfig:
         grace_seconds=_int(env, "KUBETUNE_GRACE_SECONDS", 120),
         resync_seconds=float(_int(env, "KUBETUNE_RESYNC_SECONDS", 60)),
         metrics_port=_int(env, "KUBETUNE_METRICS_PORT", 9090),
-        concurrent_reconciles=max(1, _int(env, "KUBETUNE_CONCURRENT_RECONCILES", 32)),
+        concurrent_reconciles=_int(env, "KUBETUNE_CONCURRENT_RECONCILES", 32, minimum=1),
     )
 
 

@@ -39,7 +39,11 @@ def event_loop() -> Iterator[asyncio.AbstractEventLoop]:
 def run_operator(args: argparse.Namespace) -> int:
     import kopf
 
-    settings = config.from_args(args)
+    try:
+        settings = config.from_args(args)
+    except ValueError as err:  # a bad KUBETUNE_* setting: one line that names it, no traceback
+        print(f"kubetune operator: {err}", file=sys.stderr)
+        return 2
     config.set_current(settings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # kopf says "Handler ... succeeded" at INFO for every watch event it hands over (thousands a minute on
