@@ -132,12 +132,15 @@ def test_images_follow_app_version_unless_overridden():
     (deploy,) = by_kind(render({}), "Deployment")
     container = deploy["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == f"ghcr.io/kubetune/operator:{kubetune.__version__}"
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["KUBETUNE_TRAINER_IMAGE"] == f"ghcr.io/kubetune/trainer:{kubetune.__version__}"
+    # kopf's identity comes from the pod name: its own default needs a passwd entry for the uid.
+    pod_name = next(e for e in container["env"] if e["name"] == "POD_NAME")
+    assert pod_name["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
 
     (deploy,) = by_kind(render(VALUE_SETS["cluster-ha-monitoring"]), "Deployment")
     container = deploy["spec"]["template"]["spec"]["containers"][0]
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
     assert container["image"].endswith(":dev") and env["KUBETUNE_TRAINER_IMAGE"].endswith(":custom")
     assert env["KUBETUNE_DEFAULT_OUTPUT_URI"] == "s3://ml/kubetune/"
 
@@ -162,7 +165,7 @@ def test_operator_settings_reach_its_environment():
 
     def config(values):
         (deploy,) = by_kind(render(values), "Deployment")
-        return from_env({e["name"]: e["value"] for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]})
+        return from_env({e["name"]: e["value"] for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"] if "value" in e})
 
     assert config({}).concurrent_reconciles == 32 and config({}).max_running_per_namespace == 0
     tuned = config(VALUE_SETS["namespaced-ha"])

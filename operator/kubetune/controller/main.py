@@ -8,6 +8,7 @@ import contextlib
 import gc
 import logging
 import os
+import socket
 import sys
 from collections.abc import Iterator
 
@@ -34,6 +35,19 @@ def event_loop() -> Iterator[asyncio.AbstractEventLoop]:
         factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
         yield runner.get_loop()
+
+
+def operator_identity() -> str:
+    """Who this operator is to its peers: the pod's name, else host and process id.
+
+    kopf's own default asks `getpass.getuser()`, which raises for a uid without a passwd entry: the image
+    runs as 65532, which a Debian slim base does not list, so every start crash-looped. The chart passes
+    the pod name (downward API), which also tells the replicas of a Deployment apart.
+    """
+    pod = os.environ.get("POD_NAME") or os.environ.get("POD_ID")
+    if pod:
+        return pod
+    return f"{socket.gethostname()}/{os.getpid()}"
 
 
 def run_operator(args: argparse.Namespace) -> int:
@@ -63,6 +77,7 @@ def run_operator(args: argparse.Namespace) -> int:
         with event_loop() as loop:
             kopf.run(
                 loop=loop,
+                identity=operator_identity(),  # type: ignore[arg-type] - kopf.Identity is a NewType of str
                 clusterwide=not settings.namespaces,
                 namespaces=list(settings.namespaces),
                 standalone=getattr(args, "peering", None) is None or getattr(args, "standalone", False),
