@@ -24,6 +24,10 @@ OPERATOR_PERMISSIONS: tuple[Permission, ...] = (
     # patch: the operator's keys; get: only so that it may grant get+patch to a job's reporter (the API
     # server refuses a Role that grants more than its creator holds).
     Permission(GROUP, f"{PLURAL}/status", ("get", "patch")),
+    # Never called: the OwnerReferencesPermissionEnforcement admission plugin (on by default in OpenShift)
+    # lets a create set ownerReferences[].blockOwnerDeletion=true only for a user who may update the
+    # owner's finalizers, and every child carries such a reference to its FineTuneJob.
+    Permission(GROUP, f"{PLURAL}/finalizers", ("update",)),
     # Children.
     Permission("batch", "jobs", ("get", "list", "watch", "create", "patch", "delete")),
     Permission("", "configmaps", ("get", "create", "delete")),
