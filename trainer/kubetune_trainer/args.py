@@ -10,10 +10,11 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from kubetune.api.constants import LRScheduler, Optimizer, Precision
+from kubetune.api.constants import LRScheduler, Optimizer
 
+from kubetune_trainer import precision
 from kubetune_trainer.errors import UserError
-from kubetune_trainer.speed import compile_args, fused_adamw
+from kubetune_trainer.speed import compile_args, fused_adamw, on_gpu
 
 if TYPE_CHECKING:
     from kubetune_trainer.context import RunContext
@@ -37,19 +38,6 @@ OPTIMIZERS = {
 }
 
 _LOSS_METRIC = re.compile(r"^eval(_.+)?_loss$")
-
-
-def precision_flags(precision: Precision) -> dict[str, bool]:
-    """bf16/fp16 flags for this machine: CPU trains in fp32; bf16 falls back to fp32 where unsupported."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return {"bf16": False, "fp16": False}
-    if precision == Precision.BF16:
-        return {"bf16": bool(torch.cuda.is_bf16_supported()), "fp16": False}
-    if precision == Precision.FP16:
-        return {"bf16": False, "fp16": True}
-    return {"bf16": False, "fp16": False}
 
 
 def eval_metric_names(ctx: RunContext, formats=None) -> list[str]:
@@ -106,7 +94,8 @@ def training_args(ctx: RunContext, cls: type | None = None, *, formats=None, has
         include_num_input_tokens_seen="non_padding",
         dataloader_pin_memory=False,
         remove_unused_columns=False,  # our collators need every column they prepared
-        **precision_flags(Precision(hp.precision)),
+        **precision.plan(spec).trainer_flags,
+        use_cpu=not on_gpu(),  # also lets autocast run on a CPU when a test forces bf16 there
     )
     kwargs |= compile_args(spec)
     if hp.gradient_checkpointing:

@@ -59,42 +59,11 @@ def _technique(spec) -> str:
     return getattr(spec.technique, "value", spec.technique)
 
 
-def training_dtype(spec):
-    """Weights dtype for spec.hyperparameters.precision on this machine, and why.
-
-    bf16 needs a GPU with bf16 support; CPUs train in fp32 (half-precision matmuls on CPU are slow or
-    missing, and mixed precision there is not what a user asking for bf16 expects to measure).
-    fp16 mixed precision keeps fp32 master weights (the gradient scaler refuses fp16 gradients), so
-    the weights load in fp32 and only the forward pass runs in fp16.
-    """
-    import torch
-
-    precision = getattr(spec.hyperparameters.precision, "value", spec.hyperparameters.precision)
-    if not torch.cuda.is_available():
-        if precision != "fp32":
-            return torch.float32, f"precision {precision} requested but no GPU is visible: training in fp32 on CPU"
-        return torch.float32, "precision fp32"
-    if precision == "bf16":
-        if torch.cuda.is_bf16_supported():
-            return torch.bfloat16, "precision bf16"
-        return torch.float32, "precision bf16 requested but this GPU does not support bf16: training in fp32"
-    if precision == "fp16":
-        return torch.float32, "precision fp16: fp32 master weights, fp16 autocast in the forward pass"
-    return torch.float32, "precision fp32"
-
-
 def compute_dtype(spec):
-    """The dtype matmuls run in (QLoRA's bnb compute dtype, the dtype of a merged model)."""
-    import torch
+    """The dtype matmuls run in for this spec on this machine (kubetune_trainer.precision decides)."""
+    from kubetune_trainer import precision
 
-    precision = getattr(spec.hyperparameters.precision, "value", spec.hyperparameters.precision)
-    if not torch.cuda.is_available():
-        return torch.float32
-    if precision == "bf16" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    return torch.float32
+    return precision.plan(spec).compute_dtype
 
 
 def check_weight_files(model_dir: Path, allow_pickle: bool) -> bool:
@@ -160,8 +129,12 @@ def load_for_training(
     use_safetensors = check_weight_files(model_dir, spec.model.allow_pickle)
     tokenizer = load_tokenizer(model_dir, spec)
 
-    dtype, why = training_dtype(spec)
-    log.info("loading %s for %s with %s: %s", model_dir.name, task, technique, why)
+    from kubetune_trainer import precision
+
+    dtypes = precision.plan(spec)
+    trains_base_weights = getattr(module, "TRAINS_BASE_WEIGHTS", False)
+    dtype = dtypes.load_dtype(trains_base_weights)
+    log.info("loading %s for %s with %s: %s", model_dir.name, task, technique, dtypes.why)
     kwargs: dict[str, Any] = dict(
         trust_remote_code=spec.model.trust_remote_code,
         use_safetensors=use_safetensors,
@@ -206,24 +179,13 @@ def load_for_training(
     speed.apply_liger(model, spec, task)
     model = module.apply(model, spec, task)
 
-    precision = getattr(spec.hyperparameters.precision, "value", spec.hyperparameters.precision)
-    if precision == "fp16" or dtype != compute_dtype(spec):
-        _upcast_trainable(model)
+    precision.place_weights(model, dtypes, trains_base_weights=trains_base_weights)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     log.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100.0 * trainable / max(total, 1))
     if trainable == 0:
         raise UserError(f"spec.technique {technique}: no parameter is trainable with these settings")
     return LoadedModel(model=model, tokenizer=tokenizer, task=task)
-
-
-def _upcast_trainable(model) -> None:
-    """Mixed precision keeps trainable weights in fp32 (optimizer state and grad scaler need it)."""
-    import torch
-
-    for param in model.parameters():
-        if param.requires_grad and param.dtype in (torch.float16, torch.bfloat16):
-            param.data = param.data.float()
 
 
 def _is_peft(model) -> bool:

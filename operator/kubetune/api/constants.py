@@ -110,8 +110,11 @@ class RLAlgorithm(StrEnum):
 
 
 class Precision(StrEnum):
-    BF16 = "bf16"
-    FP16 = "fp16"
+    """What each keeps in which dtype is decided in one place, kubetune_trainer.precision."""
+
+    BF16 = "bf16"  # mixed: fp32 master weights and optimizer state, bf16 compute
+    BF16_PURE = "bf16-pure"  # everything in bf16, AdamW with Kahan-compensated updates
+    FP16 = "fp16"  # mixed: fp32 master weights, fp16 compute with loss scaling
     FP32 = "fp32"
 
 

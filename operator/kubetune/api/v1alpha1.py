@@ -227,7 +227,11 @@ class Hyperparameters(ApiModel):
     lr_scheduler: LRScheduler = Field(default=LRScheduler.COSINE, description="Learning-rate schedule after warm-up.")
     precision: Precision = Field(
         default=Precision.BF16,
-        description="Compute precision: bf16 | fp16 | fp32. On a machine without bf16 support the trainer falls back to fp32.",
+        description="bf16 | bf16-pure | fp16 | fp32. bf16 and fp16 are mixed precision: trained weights and AdamW "
+        "state stay in fp32 (16 bytes per trained parameter), matmuls run in half precision. bf16-pure keeps "
+        "everything in bf16 (10 bytes per trained parameter) and uses AdamW with Kahan-compensated updates so "
+        "small updates are not rounded away (optimizer adamw only). Without a GPU (or without bf16 support) the "
+        "trainer runs in fp32.",
     )
     gradient_checkpointing: Bool = Field(
         default=False, description="Recompute activations in the backward pass to save memory (slower)."

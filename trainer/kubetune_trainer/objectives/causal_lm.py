@@ -61,6 +61,7 @@ def run(ctx: RunContext) -> TrainResult:
     from transformers import Trainer, set_seed
 
     from kubetune_trainer.modeling import load_for_training
+    from kubetune_trainer.trainer_setup import prepare_trainer
 
     spec, hp = ctx.spec, ctx.spec.hyperparameters
     packing = hp.packing and supports_packing(spec.technique.value)
@@ -86,9 +87,6 @@ def run(ctx: RunContext) -> TrainResult:
         processing_class=tokenizer,
         callbacks=list(ctx.callbacks),
     )
-    if spec.technique.value == "prompt-tuning":
-        from kubetune_trainer.techniques.prompt_tuning import count_every_label
-
-        count_every_label(trainer)
+    prepare_trainer(trainer, spec)
     output = trainer.train(resume_from_checkpoint=str(ctx.resume_from) if ctx.resume_from else None)
     return TrainResult(model=trainer.model, tokenizer=tokenizer, metrics=dict(output.metrics))

@@ -139,6 +139,7 @@ def run(ctx: RunContext) -> TrainResult:
 
     from kubetune_trainer.data import eval_dataset, mixed_train, select
     from kubetune_trainer.modeling import load_for_training
+    from kubetune_trainer.trainer_setup import prepare_trainer
 
     spec = ctx.spec
     tasks = select(ctx.tasks, FORMATS)
@@ -177,6 +178,7 @@ def run(ctx: RunContext) -> TrainResult:
         compute_metrics=accuracy,
         callbacks=list(ctx.callbacks),  # metrics, checkpoints, early stopping (entrypoint)
     )
+    prepare_trainer(trainer, spec)
     output = trainer.train(resume_from_checkpoint=str(ctx.resume_from) if ctx.resume_from else None)
     metrics = dict(output.metrics)
     if has_eval:

@@ -5,8 +5,10 @@
   what TRL's assistant_only_loss uses) when it has them; otherwise from rendering the conversation
   turn by turn (the tokens an assistant turn adds after the generation prompt), which works for any
   template that renders a conversation's prefix as a prefix.
-- `prompt-completion` rows: only completion tokens are targets. Plain strings are joined as
-  prompt + completion + EOS; conversational ones (lists of messages) go through the chat template.
+- `prompt-completion` rows: only completion tokens are targets. Plain strings are joined as text,
+  prompt + completion, tokenized once and ended with EOS, the way TRL's SFTTrainer does (the completion
+  starts where the joined tokens stop agreeing with the prompt's); conversational ones (lists of
+  messages) go through the chat template.
 
 Packing and training as in causal_lm (transformers' Trainer on tokenized rows, block-diagonal
 attention across packed examples). Several tasks of either format mix by weight after tokenization.
@@ -83,11 +85,26 @@ def encode_prompt_completion(tokenizer, prompt, completion) -> tuple[list[int], 
         if ids[: len(prompt_ids)] != prompt_ids:
             raise UserError("spec.model: the chat template renders the prompt differently inside the whole conversation")
     else:
+        # As TRL's SFTTrainer does: tokenize the joined text, and the completion starts where it stops
+        # agreeing with the prompt tokenized alone. Tokenizing the two apart and concatenating ids would
+        # train "? the" where the data says "?the", and put a stray "▁" token before every completion
+        # with a legacy SentencePiece tokenizer.
         prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-        ids = prompt_ids + tokenizer(completion, add_special_tokens=False)["input_ids"]
-        if tokenizer.eos_token_id is not None:
-            ids = ids + [tokenizer.eos_token_id]
+        ids = tokenizer(prompt + completion, add_special_tokens=True)["input_ids"]
+        eos = tokenizer.eos_token_id
+        if eos is not None and (not ids or ids[-1] != eos):
+            ids = ids + [eos]
+        prompt_ids = prompt_ids[: common_prefix_length(prompt_ids, ids)]
     return ids, [0] * len(prompt_ids) + [1] * (len(ids) - len(prompt_ids))
+
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def tokenize(dataset, fmt: DatasetFormat, tokenizer, max_length: int, what: str):
@@ -126,6 +143,7 @@ def run(ctx: RunContext) -> TrainResult:
     from transformers import Trainer, set_seed
 
     from kubetune_trainer.modeling import load_for_training
+    from kubetune_trainer.trainer_setup import prepare_trainer
 
     spec, hp = ctx.spec, ctx.spec.hyperparameters
     packing = hp.packing and supports_packing(spec.technique.value)
@@ -152,9 +170,6 @@ def run(ctx: RunContext) -> TrainResult:
         processing_class=tokenizer,
         callbacks=list(ctx.callbacks),
     )
-    if spec.technique.value == "prompt-tuning":
-        from kubetune_trainer.techniques.prompt_tuning import count_every_label
-
-        count_every_label(trainer)
+    prepare_trainer(trainer, spec)
     output = trainer.train(resume_from_checkpoint=str(ctx.resume_from) if ctx.resume_from else None)
     return TrainResult(model=trainer.model, tokenizer=tokenizer, metrics=dict(output.metrics))

@@ -88,7 +88,7 @@ def train_reward_model(ctx: RunContext):
 
     from kubetune_trainer.data import eval_dataset, mixed_train, select
     from kubetune_trainer.modeling import load_for_training
-    from kubetune_trainer.techniques.qlora import restore_dtypes, trainable_dtypes
+    from kubetune_trainer.trainer_setup import prepare_trainer, trainable_dtypes
 
     spec = ctx.spec
     if not select(ctx.tasks, PREFERENCE_FORMATS):
@@ -126,7 +126,7 @@ def train_reward_model(ctx: RunContext):
         processing_class=loaded.tokenizer,
         callbacks=_callbacks_without_checkpoints(ctx),
     )
-    restore_dtypes(trainer.model, dtypes)  # TRL casts a quantized model's trainable weights to bf16
+    prepare_trainer(trainer, spec, dtypes)  # undoes TRL's bf16 cast of a quantized model's trainable weights
     output = trainer.train()
     metrics = {f"reward_model/{k}": v for k, v in output.metrics.items()}
     if evaluation is not None:
@@ -233,7 +233,7 @@ def train_policy(ctx: RunContext, reward_model, reward_tokenizer):
 
     from kubetune_trainer.data import eval_dataset, mixed_train, select
     from kubetune_trainer.modeling import load_for_training
-    from kubetune_trainer.techniques.qlora import restore_dtypes, trainable_dtypes
+    from kubetune_trainer.trainer_setup import prepare_trainer, trainable_dtypes
 
     spec, rl = ctx.spec, ctx.spec.rlhf
     if not select(ctx.tasks, PROMPT_FORMATS):
@@ -267,7 +267,7 @@ def train_policy(ctx: RunContext, reward_model, reward_tokenizer):
         reward_processing_classes=reward_tokenizer,
         callbacks=list(ctx.callbacks),
     )
-    restore_dtypes(trainer.model, dtypes)  # TRL casts a quantized model's trainable weights to bf16
+    prepare_trainer(trainer, spec, dtypes)  # undoes TRL's bf16 cast of a quantized model's trainable weights
     output = trainer.train(resume_from_checkpoint=str(ctx.resume_from) if ctx.resume_from else None)
     metrics = dict(output.metrics)
     rewards = [entry["reward"] for entry in trainer.state.log_history if "reward" in entry]

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from torch import nn
 
+# Base weights train: under mixed precision they load in fp32 as master weights (kubetune_trainer.precision).
+TRAINS_BASE_WEIGHTS = True
+
 HEAD_NAMES = ("score", "classifier")
 FINAL_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "norm_f")
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# Base weights train: under mixed precision they load in fp32 as master weights (kubetune_trainer.precision).
+TRAINS_BASE_WEIGHTS = True
+
 
 def apply(model, spec, task: str):
     for param in model.parameters():

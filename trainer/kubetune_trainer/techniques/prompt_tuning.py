@@ -31,7 +31,7 @@ def apply(model, spec, task: str):
     return get_peft_model(model, prompt_tuning_config(spec, task, tokenizer_dir))
 
 
-def count_every_label(trainer) -> None:
+def prepare_trainer(trainer) -> None:
     """Make the Trainer average a causal-LM loss over the tokens PEFT actually predicts.
 
     transformers counts the targets of a causal-LM batch over `labels[..., 1:]` (a row's first token

@@ -92,22 +92,3 @@ def apply(model, spec, task: str):
     except ValueError as exc:
         raise UserError(f"spec.lora.targetModules: {exc}") from exc
 
-
-def trainable_dtypes(model) -> dict:
-    """name -> dtype of each trainable parameter (to undo TRL's cast with `restore_dtypes`)."""
-    return {name: param.dtype for name, param in model.named_parameters() if param.requires_grad}
-
-
-def restore_dtypes(model, dtypes: dict) -> int:
-    """Cast the parameters named in `dtypes` back; returns how many changed.
-
-    TRL's DPO/Reward/GRPO/RLOO trainers cast every trainable parameter of a quantized model to bf16
-    whatever the precision (trl 1.16, after the QLoRA paper). A classification or reward head then
-    gets fp32 hidden states where precision is fp32 (a dtype error), and the adapters train without
-    fp32 master weights. The optimizer is created in train(): call this between the two."""
-    count = 0
-    for name, param in model.named_parameters():
-        if name in dtypes and param.dtype != dtypes[name]:
-            param.data = param.data.to(dtypes[name])
-            count += 1
-    return count

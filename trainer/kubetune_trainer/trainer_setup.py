@@ -1,0 +1,40 @@
+"""What every recipe does to its Trainer (transformers' or TRL's) once it exists, before `train()` creates
+the optimizer: undo TRL's dtype cast, run the technique's own fix-up, and pick the optimizer the precision
+needs."""
+
+from __future__ import annotations
+
+from kubetune_trainer import precision
+
+
+def trainable_dtypes(model) -> dict:
+    """name -> dtype of each trainable parameter, taken before a TRL trainer is made (see `restore_dtypes`)."""
+    return {name: param.dtype for name, param in model.named_parameters() if param.requires_grad}
+
+
+def restore_dtypes(model, dtypes: dict) -> int:
+    """Cast the parameters named in `dtypes` back; returns how many changed.
+
+    A TRL workaround: TRL's DPO/Reward/GRPO/RLOO trainers (trl 1.16) cast every trainable parameter of a
+    quantized model to bf16 whatever the precision (after the QLoRA paper). A classification or reward head
+    then gets fp32 hidden states where precision is fp32 (a dtype error), and the adapters train without
+    fp32 master weights."""
+    count = 0
+    for name, param in model.named_parameters():
+        if name in dtypes and param.dtype != dtypes[name]:
+            param.data = param.data.to(dtypes[name])
+            count += 1
+    return count
+
+
+def prepare_trainer(trainer, spec, dtypes: dict | None = None):
+    """Ready `trainer` for `spec`; `dtypes` from `trainable_dtypes` when the trainer is one of TRL's."""
+    from kubetune_trainer.modeling import technique_module
+
+    if dtypes:
+        restore_dtypes(trainer.model, dtypes)
+    module = technique_module(spec.technique)
+    if hasattr(module, "prepare_trainer"):
+        module.prepare_trainer(trainer)
+    precision.configure_optimizer(trainer, precision.plan(spec))
+    return trainer
