@@ -1,6 +1,8 @@
 -- Argo CD health check for kubetune.dev/FineTuneJob.
 -- Install: add under resource.customizations.health.kubetune.dev_FineTuneJob in argocd-cm
 -- (see docs/gitops.md). Maps the operator's status onto Argo CD's health states.
+-- Argo CD runs a custom check with only Lua's base, package and table libraries and os.time/os.date
+-- (unless useOpenLibs is set): no string or math library, so text is built with `..` alone.
 local hs = {}
 
 local function condition(conditions, type)
@@ -42,12 +44,22 @@ elseif phase == "Failed" then
   end
 elseif phase == "Suspended" then
   hs.status = "Suspended"
-  hs.message = "Suspended (spec.suspend: true)"
+  -- Only the user's own spec.suspend is named as the cause; anything else holding the Job (Kueue, the
+  -- namespace cap) is told by the operator's Suspended condition.
+  local suspended = condition(status.conditions, "Suspended")
+  if obj.spec ~= nil and obj.spec.suspend == true then
+    hs.message = "Suspended (spec.suspend: true)"
+  elseif suspended ~= nil and suspended.message ~= nil and suspended.message ~= "" then
+    hs.message = "Suspended: " .. suspended.message
+  else
+    hs.message = "Suspended"
+  end
 elseif phase == "Running" and status.progress ~= nil and status.progress.totalSteps ~= nil
     and status.progress.totalSteps > 0 then
+  local progress = status.progress
   hs.status = "Progressing"
-  hs.message = string.format("Training: step %d/%d (%d%%)", status.progress.step or 0,
-    status.progress.totalSteps, status.progress.percent or 0)
+  hs.message = "Training: step " .. (progress.step or 0) .. "/" .. progress.totalSteps
+    .. " (" .. (progress.percent or 0) .. "%)"
 else
   hs.status = "Progressing"
   hs.message = phase

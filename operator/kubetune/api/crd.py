@@ -122,6 +122,10 @@ def openapi_schema() -> dict[str, Any]:
     spec = _spec_schema(defs["Spec"], defs)
     status = _structural({"$ref": "#/$defs/Status"}, defs)
     status["description"] = props["status"]["description"]
+    # Applied when the object is read back from etcd (a create never stores a status), so a job the
+    # operator has not answered yet reads observedGeneration 0 < generation: kstatus, Flux and Argo CD see
+    # it in progress instead of taking a status-less object for a finished one.
+    status["default"] = {"observedGeneration": 0}
     spec["description"] = props["spec"]["description"]
     return {
         "type": "object",

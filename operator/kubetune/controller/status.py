@@ -249,7 +249,10 @@ def desired_conditions(observed: Observed, old_conditions: list[dict], generatio
         conds.append(_condition(C.READY, S.FALSE, reason, message, g))
         conds.append(_condition(C.STALLED, S.TRUE, reason, message, g))
     elif phase == Phase.SUSPENDED:
-        conds.append(_condition(C.READY, S.FALSE, reason, message, g))
+        # Neither Ready nor Reconciling: a suspended job is where its spec asks it to be, so kstatus (Flux
+        # `wait: true`) reads it Current rather than InProgress forever (it takes Ready=False for work still
+        # under way), while `kubectl wait --for=condition=Ready` still waits for the training to finish.
+        pass
     else:
         conds.append(_condition(C.READY, S.FALSE, Reason.IN_PROGRESS, message, g))
         conds.append(_condition(C.RECONCILING, S.TRUE, reason, message, g))
