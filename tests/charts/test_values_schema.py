@@ -115,16 +115,16 @@ def test_the_schemas_bounds_are_the_operators():
     """The smallest numbers the schema lets through start the operator; one less is refused by both."""
     def operator_env(values: dict) -> dict:
         (deploy,) = by_kind(render(values), "Deployment")
-        return {e["name"]: e["value"] for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"] if "value" in e}
+        container = deploy["spec"]["template"]["spec"]["containers"][0]
+        return {e["name"]: e["value"] for e in container["env"] if "value" in e}
 
-    for key in ("concurrentReconciles", "maxRunningPerNamespace"):
+    for key, variable in (("concurrentReconciles", "KUBETUNE_CONCURRENT_RECONCILES"),
+                          ("maxRunningPerNamespace", "KUBETUNE_MAX_RUNNING_PER_NAMESPACE")):
         minimum = SCHEMA["properties"][key]["minimum"]
         from_env(operator_env({key: minimum}))
         assert lint_errors({key: minimum - 1})
-    with pytest.raises(ValueError, match="KUBETUNE_CONCURRENT_RECONCILES"):
-        env = operator_env({}) | {"KUBETUNE_CONCURRENT_RECONCILES": str(SCHEMA["properties"]["concurrentReconciles"]
-                                                                          ["minimum"] - 1)}
-        from_env(env)
+        with pytest.raises(ValueError, match=variable):
+            from_env(operator_env({}) | {variable: str(minimum - 1)})
 
 
 @pytest.mark.parametrize("quantity, valid", [("100m", True), ("192Mi", True), ("1", True), ("0.5", True),
