@@ -9,7 +9,7 @@
 # bitsandbytes; Liger rows need liger-kernel. Put wheels for the GPU machine's Python in
 # $WHEELS (default build/wheels/, git-ignored: carry it), e.g. here:
 #   pip download --only-binary=:all: --python-version 3.X -d build/wheels datasets bitsandbytes==0.50.2 \
-#       liger-kernel==0.8.5 pydantic pyyaml
+#       liger-kernel==0.8.5 trl==1.16.0 torch-optimi pydantic pyyaml
 # They go to build/gpu-site/ (git-ignored, kept between calls on a warm machine). pyarrow (55 MB) and
 # bitsandbytes (43 MB) together exceed one 64 MiB carry: carry them in two calls, the first with
 # --install-only. What stays missing is reported, and the rows that need it fail alone, named.
@@ -28,11 +28,11 @@ PY=${PYTHON:-python3}
 
 need() {  # module -> pip name
   case "$1" in
-    yaml) echo pyyaml ;; liger_kernel) echo liger-kernel ;; *) echo "$1" ;;
+    yaml) echo pyyaml ;; liger_kernel) echo liger-kernel ;; optimi) echo torch-optimi ;; *) echo "$1" ;;
   esac
 }
 missing=()
-for module in pydantic yaml pyarrow pandas datasets bitsandbytes liger_kernel; do
+for module in pydantic yaml pyarrow pandas datasets bitsandbytes liger_kernel trl optimi; do
   $PY -c "import $module" >/dev/null 2>&1 || missing+=("$(need "$module")")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -58,6 +58,9 @@ EOF
 # 1. Correctness on the GPU: the optimised path's loss on one packed batch vs the plain model on the
 #    same documents one per row (bf16; Liger + flex as the defaults pick them).
 timeout 120 $PY bench/gpu_check.py 2>&1 | grep -v Warning | tail -8
+
+# 1b. Parity of the fast path: each objective trained by `kubetune run` with Liger + flex vs plain sdpa (bf16).
+timeout 240 $PY bench/gpu_parity.py --json "$OUT/parity.json" 2>&1 | grep '^gpu_parity' | tail -8
 
 # 2. Throughput: every row in its own process with a timeout; partial tables still print.
 timeout 500 $PY bench/trainer_throughput.py --isolate --row-timeout "$ROW_TIMEOUT" \
