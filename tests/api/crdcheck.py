@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 from pathlib import Path
 from typing import Any
 
@@ -94,11 +95,36 @@ def cel_errors(node_schema: dict[str, Any], value: Any, old: Any = None, path: s
     return errors
 
 
+def list_set_and_map_errors(node_schema: dict[str, Any], value: Any, path: str = "") -> list[str]:
+    """Duplicates in x-kubernetes-list-type set and map lists, as the API server reports them (port of
+    kubernetes staging/src/k8s.io/apiextensions-apiserver/pkg/apiserver/schema/listtype/validation.go)."""
+    errors = []
+    if isinstance(value, list):
+        list_type = node_schema.get("x-kubernetes-list-type")
+        if list_type in ("set", "map"):
+            keys = node_schema.get("x-kubernetes-list-map-keys", [])
+            seen = set()
+            for i, item in enumerate(value):
+                key = json.dumps({k: item[k] for k in keys if k in item} if list_type == "map" else item, sort_keys=True)
+                if key in seen:
+                    errors.append(f"{path}[{i}]: Duplicate value: {key}")
+                seen.add(key)
+        for i, item in enumerate(value):
+            errors += list_set_and_map_errors(node_schema.get("items", {}), item, f"{path}[{i}]")
+    elif isinstance(value, dict):
+        for name, item in value.items():
+            child = node_schema.get("properties", {}).get(name, node_schema.get("additionalProperties"))
+            if isinstance(child, dict):
+                errors += list_set_and_map_errors(child, item, f"{path}.{name}" if path else name)
+    return errors
+
+
 def api_server_errors(manifest: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
     """Everything the API server would refuse about this manifest (create, or update from `old`)."""
     obj = apply_defaults(schema(), copy.deepcopy(manifest))
     problems = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in _validator().iter_errors(obj)]
+    duplicates = list_set_and_map_errors(schema(), obj)  # not a blocking error: CEL still runs
     if problems:  # CEL runs only on schema-valid objects
-        return problems
+        return problems + duplicates
     old_obj = apply_defaults(schema(), copy.deepcopy(old)) if old is not None else None
-    return [f"{path.lstrip('.')}: {message}" for path, message in cel_errors(schema(), obj, old_obj)]
+    return duplicates + [f"{path.lstrip('.')}: {message}" for path, message in cel_errors(schema(), obj, old_obj)]

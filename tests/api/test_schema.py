@@ -172,7 +172,8 @@ def test_every_crd_field_has_a_description_for_kubectl_explain():
 
     def walk(node: dict, path: str) -> None:
         for name, prop in node.get("properties", {}).items():
-            if not prop.get("description", "").strip():
+            # metadata may carry no description (see test_crd_metadata_specifies_only_name_and_generate_name)
+            if not prop.get("description", "").strip() and f"{path}.{name}" != ".metadata":
                 missing.append(f"{path}.{name}")
             walk(prop, f"{path}.{name}")
         if "items" in node:
@@ -219,3 +220,18 @@ def test_crd_schema_is_structural():
 
     walk(crdcheck.schema(), "")
     assert problems == []
+
+
+def test_crd_metadata_specifies_only_name_and_generate_name():
+    """The API server's rule for metadata at a resource root (validateStructuralMetadataInvariants in kubernetes
+    staging/src/k8s.io/apiextensions-apiserver/pkg/apiserver/schema/validation.go): drop the name and
+    generateName properties, type and default; anything left, a description included, is Forbidden:
+    "must not specify anything other than name and generateName, but metadata is implicitly specified"."""
+    metadata = dict(crdcheck.schema()["properties"]["metadata"])
+    assert metadata.get("type") == "object"
+    properties = metadata.pop("properties", {})
+    assert set(properties) <= {"name", "generateName"}
+    assert all(p.get("type") == "string" for p in properties.values())
+    metadata.pop("type")
+    metadata.pop("default", None)
+    assert metadata == {}

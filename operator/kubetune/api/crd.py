@@ -25,9 +25,9 @@ IMMUTABLE_MESSAGE = "is immutable once the FineTuneJob exists; create a new Fine
 # Sections that are always present (so CEL rules can read their defaulted fields).
 DEFAULTED_SECTIONS = ("hyperparameters", "evaluation", "output", "resources")
 
-# Bounds that keep the API server's CEL cost estimates small.
-DEFAULT_MAX_STRING = 4096
-MAX_MAP_ENTRIES = 64
+# The longest name the API server accepts for any object (a DNS subdomain). Declaring it bounds what the
+# CEL rule on metadata.name may cost; the rule itself keeps names to MAX_NAME_LENGTH.
+MAX_OBJECT_NAME_LENGTH = 253
 
 PRINTER_COLUMNS = [
     {"name": "Technique", "type": "string", "jsonPath": ".spec.technique"},
@@ -68,21 +68,39 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
         if bound in node and not isinstance(node[bound], bool):
             node[inclusive] = node.pop(bound)
             node[bound] = True
-    if node.get("type") == "string" and "enum" not in node and "maxLength" not in node:
-        node["maxLength"] = DEFAULT_MAX_STRING
+    if node.get("type") == "string" and "enum" in node and "maxLength" not in node:
+        node["maxLength"] = max(len(str(v)) for v in node["enum"])  # what newer API servers assume anyway
     if "properties" in node:
         node["type"] = "object"
         node["properties"] = {k: _structural(v, defs) for k, v in node["properties"].items()}
         node.pop("additionalProperties", None)  # unknown fields are pruned (and kubectl rejects them)
     elif node.get("type") == "object" and "additionalProperties" in node:
         node["additionalProperties"] = _structural(node["additionalProperties"], defs)
-        node.setdefault("maxProperties", MAX_MAP_ENTRIES)
+        node.pop("propertyNames", None)  # not in Kubernetes' schema dialect; the pydantic model checks keys
     if "items" in node:
         node["items"] = _structural(node["items"], defs)
     return _ordered(node)
 
 
 _KEY_ORDER = ("type", "description", "default", "enum", "minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum")
+
+
+def _unbounded(node: dict[str, Any], path: str) -> list[str]:
+    """Strings, lists and maps without a bound: the API server would assume each fills a 3 MiB request."""
+    found = []
+    kind = node.get("type")
+    if kind == "string" and "maxLength" not in node:
+        found.append(f"{path}: a string needs max_length")
+    if kind == "array" and "maxItems" not in node:
+        found.append(f"{path}: a list needs max_length")
+    if kind == "object" and isinstance(node.get("additionalProperties"), dict) and "maxProperties" not in node:
+        found.append(f"{path}: a map needs max_length")
+    for name, prop in node.get("properties", {}).items():
+        found += _unbounded(prop, f"{path}.{name}")
+    for key in ("items", "additionalProperties"):
+        if isinstance(node.get(key), dict):
+            found += _unbounded(node[key], f"{path}[]" if key == "items" else f"{path}{{}}")
+    return found
 
 
 def _ordered(node: dict[str, Any]) -> dict[str, Any]:
@@ -127,6 +145,10 @@ def openapi_schema() -> dict[str, Any]:
     # it in progress instead of taking a status-less object for a finished one.
     status["default"] = {"observedGeneration": 0}
     spec["description"] = props["spec"]["description"]
+    unbounded = _unbounded(spec, "spec") + _unbounded(status, "status")
+    if unbounded:
+        raise ValueError("unbounded fields in the API model: " + "; ".join(unbounded))
+    name = {"type": "string", "maxLength": MAX_OBJECT_NAME_LENGTH}
     return {
         "type": "object",
         "description": "A declarative LLM fine-tuning run: base model, datasets, technique and objective, "
@@ -135,7 +157,15 @@ def openapi_schema() -> dict[str, Any]:
         "properties": {
             "apiVersion": {"type": "string", "description": "kubetune.dev/v1alpha1."},
             "kind": {"type": "string", "description": "FineTuneJob."},
-            "metadata": {"type": "object", "description": "Standard object metadata."},
+            # The API server allows nothing on metadata but its type and the name and generateName
+            # properties (not even a description); kubectl explain documents ObjectMeta itself.
+            "metadata": {
+                "type": "object",
+                "properties": {
+                    "name": dict(name, description="Name of the job; its child objects are named after it."),
+                    "generateName": dict(name, description="Prefix of a name the API server completes."),
+                },
+            },
             "spec": spec,
             "status": status,
         },

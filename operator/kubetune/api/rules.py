@@ -197,8 +197,6 @@ def _check_labels(spec: Spec) -> Iterator[Finding]:
             "classification.labels",
             f"names {len(cls.labels)} classes but spec.featureExtraction.numLabels is {fe.num_labels}",
         )
-    if cls and cls.labels and len(set(cls.labels)) != len(cls.labels):
-        yield "classification.labels", "labels must be unique"
 
 
 RULES: list[Rule] = [
@@ -259,13 +257,12 @@ RULES: list[Rule] = [
         _check_merge,
     ),
     Rule(".technique", _cel_combinations(), "this technique cannot be used with this objective", _check_combination),
+    # (label uniqueness is the CRD's x-kubernetes-list-type: set, which the API server checks in linear time)
     Rule(
         ".classification",
-        "!has(self.classification) || !has(self.classification.labels) || "
-        "(self.classification.labels.all(l, self.classification.labels.exists_one(m, m == l)) && "
-        "(!has(self.featureExtraction) || !has(self.featureExtraction.numLabels) || "
-        "self.featureExtraction.numLabels == size(self.classification.labels)))",
-        "classification labels must be unique and agree with spec.featureExtraction.numLabels",
+        "!has(self.classification) || !has(self.classification.labels) || !has(self.featureExtraction) || "
+        "!has(self.featureExtraction.numLabels) || self.featureExtraction.numLabels == size(self.classification.labels)",
+        "classification labels must agree with spec.featureExtraction.numLabels",
         _check_labels,
     ),
 ]

@@ -10,6 +10,7 @@ Field names are camelCase on the wire (the contract) and snake_case in Python.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
 
@@ -40,7 +41,17 @@ from kubetune.api.constants import (
 Int = Annotated[int, Field(strict=True)]
 Float = Annotated[float, Field(strict=True)]
 Bool = StrictBool
-Str = StrictStr
+# Every string, list and map of the API has a bound, here and (generated from here) in the CRD: the API
+# server prices each CEL rule by the largest value the fields it reads could hold, and refuses the CRD when
+# a rule could cost too much. Unbounded, a string is assumed to fill the 3 MiB request.
+MAX_STRING_LENGTH = 4096
+Str = Annotated[StrictStr, Field(max_length=MAX_STRING_LENGTH)]
+# Keys and values per map (node selector, dataset columns, metrics); far more than any job needs.
+MAX_MAP_ENTRIES = 64
+# A classification head's classes (featureExtraction.numLabels and classification.labels).
+MAX_CLASSES = 100000
+# checkpoints kept in S3 (output.keepCheckpoints) and listed in status.checkpoints.
+MAX_KEEP_CHECKPOINTS = 1000
 
 # Kubernetes resource.Quantity, e.g. "8", "500m", "64Gi", "1.5e3".
 QUANTITY_PATTERN = (
@@ -187,6 +198,7 @@ class Dataset(ApiModel):
     )
     columns: dict[Str, Str] = Field(
         default_factory=dict,
+        max_length=MAX_MAP_ENTRIES,
         description="Map from a format field (e.g. messages, prompt, chosen, text, label) to the source "
         "column that holds it, when the names differ.",
     )
@@ -296,7 +308,7 @@ class FeatureExtraction(ApiModel):
         default=0, ge=0, description="How many of the last transformer layers train besides the head; 0 = head only."
     )
     num_labels: Int | None = Field(
-        default=None, ge=2, le=100000, description="Classes of the classification head; default: inferred from the training labels."
+        default=None, ge=2, le=MAX_CLASSES, description="Classes of the classification head; default: inferred from the training labels."
     )
 
 
@@ -317,11 +329,21 @@ class PrefixTuning(ApiModel):
     projection: Bool = Field(default=False, description="Reparameterise the prefix through an MLP (as in the paper).")
 
 
+def _check_unique(values: list[str] | None) -> list[str] | None:
+    duplicates = sorted(v for v, n in Counter(values or ()).items() if n > 1)
+    if duplicates:
+        raise ValueError(f"labels must be unique (repeated: {', '.join(map(repr, duplicates))})")
+    return values
+
+
 class Classification(ApiModel):
-    labels: list[Str] | None = Field(
+    labels: Annotated[list[Str] | None, AfterValidator(_check_unique)] = Field(
         default=None,
         min_length=2,
-        description="Class names in index order; default: the sorted distinct labels of the training data.",
+        max_length=MAX_CLASSES,
+        description="Class names in index order, each once; default: the sorted distinct labels of the training data.",
+        # the API server refuses duplicates itself (a CEL uniqueness rule would cost n^2)
+        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
 
 
@@ -382,7 +404,9 @@ class Output(ApiModel):
     endpoint: HttpUrl | None = Field(default=None, description="S3-compatible endpoint, e.g. http://minio.storage:9000.")
     region: Str | None = Field(default=None, description="S3 region (default from the environment, else us-east-1).")
     checkpoint_every_steps: Int = Field(default=200, ge=1, description="Save a checkpoint every N optimizer steps.")
-    keep_checkpoints: Int = Field(default=3, ge=1, le=1000, description="How many of the newest complete checkpoints to keep.")
+    keep_checkpoints: Int = Field(
+        default=3, ge=1, le=MAX_KEEP_CHECKPOINTS, description="How many of the newest complete checkpoints to keep."
+    )
     merge_adapter: Bool = Field(
         default=False, description="lora/qlora: also write the adapter merged into full weights (final/merged/)."
     )
@@ -421,8 +445,12 @@ class Resources(ApiModel):
     shared_memory: Quantity | None = Field(
         default=None, description="Size of /dev/shm for data-loader workers, e.g. 8Gi; default: half of memory, else 1Gi."
     )
-    node_selector: dict[Str, Str] = Field(default_factory=dict, description="Node labels the training pods must match.")
-    tolerations: list[Toleration] = Field(default_factory=list, description="Taints the training pods tolerate.")
+    node_selector: dict[Str, Str] = Field(
+        default_factory=dict, max_length=MAX_MAP_ENTRIES, description="Node labels the training pods must match."
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, max_length=64, description="Taints the training pods tolerate."
+    )
 
 
 class Spec(ApiModel):
@@ -544,6 +572,7 @@ class Status(ApiModel):
     observed_generation: Int | None = Field(default=None, description="The .metadata.generation the status reflects.")
     conditions: list[Condition] = Field(
         default_factory=list,
+        max_length=32,
         description="Latest observations (metav1.Condition).",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
@@ -554,9 +583,12 @@ class Status(ApiModel):
     progress: Progress | None = Field(default=None, description="Live training progress reported by the trainer.")
     metrics: dict[Str, float] | None = Field(
         default=None,
+        max_length=MAX_MAP_ENTRIES,
         description="Latest metrics: loss, evalLoss, learningRate, gradNorm, tokensPerSecond, reward, eval_<task>_loss.",
     )
-    checkpoints: list[CheckpointRef] | None = Field(default=None, description="The newest complete checkpoints.")
+    checkpoints: list[CheckpointRef] | None = Field(
+        default=None, max_length=MAX_KEEP_CHECKPOINTS, description="The newest complete checkpoints."
+    )
     output: OutputRefs | None = Field(default=None, description="Where the results are.")
     message: Str | None = Field(default=None, description="The reason of the last failure, in words a user can act on.")
 
@@ -573,8 +605,10 @@ class ObjectMeta(ApiModel):
         AfterValidator(_check_pattern(DNS_LABEL_PATTERN, "a DNS label: lowercase letters, digits and '-', starting and ending with a letter or digit")),
     ] = Field(description="Name of the job; its child objects are named after it.")
     namespace: Annotated[Str, AfterValidator(_check_pattern(DNS_LABEL_PATTERN, "a namespace name"))] | None = None
-    labels: dict[Str, Str] | None = None
-    annotations: dict[Str, Str] | None = None
+    # Not part of the CRD schema (the API server checks metadata itself); annotations such as
+    # kubectl's last-applied-configuration are far longer than MAX_STRING_LENGTH.
+    labels: dict[StrictStr, StrictStr] | None = None
+    annotations: dict[StrictStr, StrictStr] | None = None
 
 
 class FineTuneJob(ApiModel):

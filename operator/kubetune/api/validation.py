@@ -117,10 +117,10 @@ def _message(error: dict, root: type[BaseModel]) -> str:
         op, key = bounds[kind]
         return f"must be {op} {ctx.get(key)} (got {_fmt(given)})"
     if kind in ("too_short", "too_long"):
-        unit = "characters" if isinstance(given, str) else "items"
+        unit = "characters" if isinstance(given, str) else "entries" if isinstance(given, dict) else "items"
         if kind == "too_short":
             return f"needs at least {ctx.get('min_length')} {unit} (got {len(given) if given is not None else 0})"
-        return f"allows at most {ctx.get('max_length')} {unit} (got {ctx.get('actual_length', len(given))})"
+        return f"allows at most {ctx.get('max_length')} {unit} (got {ctx.get('actual_length') or len(given)})"
     if kind == "string_too_short":
         return f"must not be empty" if ctx.get("min_length") == 1 else f"needs at least {ctx.get('min_length')} characters"
     if kind == "string_too_long":
