@@ -488,7 +488,8 @@ class Checker:
         if fn == "_+_":
             if "dyn" in kinds:
                 raise UnsupportedCel("+ on a dyn value (int-or-string) is not ported")
-            overload({"string": "add_string", "bytes": "add_bytes", "list": "add_list"}.get(kinds[0], f"add_{kinds[0]}"))
+            sized = {"string": "add_string", "bytes": "add_bytes", "list": "add_list"}
+            overload(sized.get(kinds[0], f"add_{kinds[0]}"))
             return args[0]
         if fn in _ARITHMETIC:
             overload(f"{_ARITHMETIC[fn]}_{kinds[0]}")
@@ -863,7 +864,8 @@ def _walk(schema: dict, path: str, is_root: bool, cardinality: int | None, out: 
             out.append(RuleCost(f"{where}.rule", rule["rule"], max_cost, times, _multiply_guarded(max_cost, times)))
             if rule.get("messageExpression"):
                 message_cost = estimate_cost(rule["messageExpression"], decl, expect="string").max
-                out.append(RuleCost(f"{where}.messageExpression", rule["messageExpression"], message_cost, 1, message_cost))
+                expression = rule["messageExpression"]
+                out.append(RuleCost(f"{where}.messageExpression", expression, message_cost, 1, message_cost))
     children = _max_elements(schema)
     child_cardinality = None if cardinality is None or children is None else _multiply_guarded(cardinality, children)
     for name, prop in (schema.get("properties") or {}).items():
@@ -910,9 +912,11 @@ def crd_cost_errors(crd: dict) -> list[str]:
         total = 0
         for rule in costs:
             if rule.cost > STATIC_ESTIMATED_COST_LIMIT:
-                name = "estimated messageExpression cost" if rule.path.endswith("messageExpression") else "estimated rule cost"
-                errors.append(f"{rule.path}: Forbidden: {cost_error_message(name, rule.cost, STATIC_ESTIMATED_COST_LIMIT)}")
+                kind = "messageExpression" if rule.path.endswith("messageExpression") else "rule"
+                message = cost_error_message(f"estimated {kind} cost", rule.cost, STATIC_ESTIMATED_COST_LIMIT)
+                errors.append(f"{rule.path}: Forbidden: {message}")
             total = min(total + rule.cost, MAX_UINT64)
         if total > STATIC_ESTIMATED_CRD_COST_LIMIT:
-            errors.append(f"^: Forbidden: {cost_error_message('total CRD cost', total, STATIC_ESTIMATED_CRD_COST_LIMIT)}")
+            message = cost_error_message("total CRD cost", total, STATIC_ESTIMATED_CRD_COST_LIMIT)
+            errors.append(f"^: Forbidden: {message}")
     return errors

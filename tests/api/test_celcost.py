@@ -65,7 +65,8 @@ def array_of_arrays(bound):
 
 
 def array_of_number_maps(bound):
-    return _bounded({"type": "array", "items": {"type": "object", "additionalProperties": {"type": "number"}}}, "maxItems", bound)
+    number_map = {"type": "object", "additionalProperties": {"type": "number"}}
+    return _bounded({"type": "array", "items": number_map}, "maxItems", bound)
 
 
 def map_of_strings_sized(bound):  # genNestedSpecWithRule: the bound caps both the map and its strings
@@ -82,12 +83,16 @@ def nested_all_bounded(bound):  # genAllMaxNestedSpecWithRootRule
 
 
 def nested_one_bounded(bound):  # genOneMaxNestedSpecWithRootRule
-    return {"type": "array", "items": _bounded({"type": "object", "additionalProperties": OBJECT}, "maxProperties", bound)}
+    object_map = {"type": "object", "additionalProperties": OBJECT}
+    return {"type": "array", "items": _bounded(object_map, "maxProperties", bound)}
 
 
 def map_of_custom(item: dict):
     return lambda bound: _bounded({"type": "object", "additionalProperties": item}, "maxProperties", bound)
 
+
+NUMBER_MAP = {"type": "object", "additionalProperties": {"type": "number"}}
+NUMBER_ARRAY = {"type": "array", "items": {"type": "number"}}
 
 # (name, schema generator, rule, cost without bounds, bound, cost with the bound); 0 = upstream checks nothing
 UPSTREAM = [
@@ -129,8 +134,8 @@ UPSTREAM = [
     ("date-time array with all", array_of("date-time"), "self.all(x, true)", 428963, 25, 77),
     ("map of int-or-strings with all", map_of("int-or-string"), "self.all(x, true)", 1348169, 15, 47),
     ("map of objects with all", map_of_custom(OBJECT), "self.all(x, true)", 428963, 20, 62),
-    ("map of number maps with all", map_of_custom({"type": "object", "additionalProperties": {"type": "number"}}), "self.all(x, true)", 1179647, 10, 32),
-    ("map of number arrays with all", map_of_custom({"type": "array", "items": {"type": "number"}}), "self.all(x, true)", 1179647, 25, 77),
+    ("map of number maps with all", map_of_custom(NUMBER_MAP), "self.all(x, true)", 1179647, 10, 32),
+    ("map of number arrays with all", map_of_custom(NUMBER_ARRAY), "self.all(x, true)", 1179647, 25, 77),
     ("map of durations with all", map_of("duration"), "self.all(x, true)", 1048577, 5, 17),
     ("map of dates with all", map_of("date"), "self.all(x, true)", 524288, 10, 32),
     ("map of date-times with all", map_of("date-time"), "self.all(x, true)", 349526, 25, 77),
@@ -145,7 +150,9 @@ def _cost(schema: dict, rule: str) -> int:
     return celcost.estimate_cost(rule, celcost.schema_decl_type(schema)).max
 
 
-@pytest.mark.parametrize("name,generator,rule,unbounded_cost,bound,bounded_cost", UPSTREAM, ids=[c[0] for c in UPSTREAM])
+@pytest.mark.parametrize(
+    "name,generator,rule,unbounded_cost,bound,bounded_cost", UPSTREAM, ids=[c[0] for c in UPSTREAM]
+)
 def test_port_gives_the_api_servers_estimates(name, generator, rule, unbounded_cost, bound, bounded_cost):
     if unbounded_cost:
         assert _cost(generator(None), rule) == unbounded_cost
@@ -206,7 +213,9 @@ def test_every_rule_of_the_crd_fits_the_api_servers_limits():
 def test_the_crd_as_it_was_before_the_bounds_is_refused():
     """The CRD of 4c2e054 carried a quadratic uniqueness rule over classification.labels without maxItems."""
     try:
-        old = subprocess.run(["git", "show", f"4c2e054:{CRD_PATH}"], cwd=REPO, capture_output=True, text=True, check=True)
+        old = subprocess.run(
+            ["git", "show", f"4c2e054:{CRD_PATH}"], cwd=REPO, capture_output=True, text=True, check=True
+        )
     except (OSError, subprocess.CalledProcessError) as err:
         pytest.skip(f"commit 4c2e054 is not in this checkout (shallow clone?): {err}")
     errors = celcost.crd_cost_errors(yaml.safe_load(old.stdout))

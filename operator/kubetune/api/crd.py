@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from kubetune.api.constants import GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
-from kubetune.api.rules import RULES
+from kubetune.api.rules import JOB_RULES, RULES
 from kubetune.api.v1alpha1 import DNS_LABEL_PATTERN, MAX_NAME_LENGTH, FineTuneJob
 
 # Spec fields a user may change after creation; everything else is immutable (a changed model,
@@ -174,7 +174,8 @@ def openapi_schema() -> dict[str, Any]:
                 "rule": f"self.metadata.name.size() <= {MAX_NAME_LENGTH} && self.metadata.name.matches('{DNS_LABEL_PATTERN}')",
                 "message": f"metadata.name must be a DNS label of at most {MAX_NAME_LENGTH} characters "
                 "(child Jobs, Services and pods are named after it)",
-            }
+            },
+            *[{"rule": r.cel, "message": r.message, "fieldPath": r.field_path} for r in JOB_RULES],
         ],
     }
 

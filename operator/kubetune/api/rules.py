@@ -2,7 +2,7 @@
 (precise paths and the offending values in the message) and as a CEL expression that the CRD
 carries, so the API server rejects the same manifests even when the operator is down.
 
-tests/api/test_rules_cel.py evaluates every CEL expression against the same manifests as the
+tests/api/test_schema.py evaluates every CEL expression against the same manifests as the
 Python checks, so the two halves cannot drift apart.
 """
 
@@ -22,6 +22,7 @@ from kubetune.api.constants import (
     DatasetFormat,
     Objective,
 )
+from kubetune.api import k8s_validation as k8s
 from kubetune.api.v1alpha1 import Rlhf, Spec
 
 # (path relative to spec, message)
@@ -266,6 +267,43 @@ RULES: list[Rule] = [
         _check_labels,
     ),
 ]
+
+
+@dataclass(frozen=True)
+class JobRule:
+    """A rule between the object's metadata and its spec; its CEL sits at the CRD's root (self = the object)."""
+
+    field_path: str  # relative to the object, e.g. ".metadata.name"
+    cel: str
+    message: str
+    check: Callable[[str, Spec], Iterator[Finding]]  # (metadata.name, spec); paths relative to the object
+
+
+def _check_service_name(name: str, spec: Spec) -> Iterator[Finding]:
+    # A multi-node job's headless Service is <name>-workers, and Service names are DNS-1035 labels.
+    problems = k8s.is_dns1035_label(name) if spec.nodes > 1 else []
+    if problems:
+        yield (
+            "metadata.name",
+            f"must start with a letter when spec.nodes > 1 (got {name!r}): the headless Service that connects the "
+            f"nodes is named after the job, and a Service name {'; '.join(problems)}",
+        )
+
+
+JOB_RULES: list[JobRule] = [
+    JobRule(
+        ".metadata.name",
+        f"self.spec.nodes <= 1 || self.metadata.name.matches('{k8s.DNS1035_LABEL_PATTERN}')",
+        "metadata.name must start with a letter when spec.nodes > 1 (the headless Service between the nodes is "
+        "named after it, and Service names are DNS-1035 labels)",
+        _check_service_name,
+    ),
+]
+
+
+def job_findings(name: str, spec: Spec) -> list[Finding]:
+    """Problems between a job's name and its spec; paths relative to the object."""
+    return [finding for rule in JOB_RULES for finding in rule.check(name, spec)]
 
 
 def cross_field_findings(spec: Spec) -> list[Finding]:

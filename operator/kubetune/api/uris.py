@@ -54,22 +54,22 @@ def parse_uri(uri: str) -> ParsedUri:
     if not isinstance(uri, str) or not uri:
         raise UriError("must be a non-empty URI")
     if uri.startswith("hf://"):
-        m = _HF_DATASET.match(uri)
+        m = _HF_DATASET.fullmatch(uri)
         if m:
             return ParsedUri("hf", m["repo"], revision=m["rev"], is_dataset_repo=True)
-        m = _HF_MODEL.match(uri)
+        m = _HF_MODEL.fullmatch(uri)
         if not m:
             raise UriError(f"not a valid Hugging Face URI (expected hf://org/name[@revision]; got {uri!r})")
         return ParsedUri("hf", m["repo"], revision=m["rev"])
     if uri.startswith("s3://"):
-        m = _S3.match(uri)
+        m = _S3.fullmatch(uri)
         if not m:
             raise UriError(
                 f"not a valid S3 URI (expected s3://bucket/prefix with a 3-63 character lowercase bucket name; got {uri!r})"
             )
         return ParsedUri("s3", m["bucket"], path=m["key"] or "")
     if uri.startswith("file://"):
-        m = _FILE.match(uri)
+        m = _FILE.fullmatch(uri)
         if not m:
             raise UriError(f"not a valid file URI (expected file:///absolute/path; got {uri!r})")
         return ParsedUri("file", m["path"])

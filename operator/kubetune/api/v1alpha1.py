@@ -11,12 +11,22 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Callable, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictStr, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+)
 from pydantic.alias_generators import to_camel
 
+from kubetune.api import k8s_validation as k8s
 from kubetune.api import uris
 from kubetune.api.constants import (
     API_VERSION,
@@ -54,41 +64,36 @@ MAX_CLASSES = 100000
 MAX_KEEP_CHECKPOINTS = 1000
 
 # Kubernetes resource.Quantity, e.g. "8", "500m", "64Gi", "1.5e3".
-QUANTITY_PATTERN = (
-    r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
-)
-_QUANTITY = re.compile(QUANTITY_PATTERN)
-DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+QUANTITY_PATTERN = k8s.QUANTITY_PATTERN
+DNS_LABEL_PATTERN = k8s.DNS1123_LABEL_PATTERN
+DNS_SUBDOMAIN_PATTERN = k8s.DNS1123_SUBDOMAIN_PATTERN
 # Child object names are "<name>-<suffix>" and pods add more: keep room under 63 characters.
 MAX_NAME_LENGTH = 50
 TASK_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$"
 
 
 def _check_quantity(value: Any) -> str:
-    example = 'a Kubernetes quantity such as "8", "500m" or "64Gi"'
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise ValueError(f"must be {example} (got {value!r})")
-    text = str(value)
-    if text.startswith("-"):
-        raise ValueError(f"must be a positive quantity (got {value!r})")
-    if not _QUANTITY.match(text):
-        raise ValueError(f"must be {example} (got {value!r})")
-    number = re.match(r"^[0-9.]+", text)
-    try:
-        positive = number is not None and Decimal(number.group(0)) > 0
-    except InvalidOperation:
-        positive = False
-    if not positive:
-        raise ValueError(f"must be a positive quantity (got {value!r})")
-    return text
+    k8s.parse_positive_quantity(value)
+    return str(value)
+
+
+def _k8s_check(what: str, *checks: Callable[[str], list[str]]):
+    """An AfterValidator refusing what Kubernetes' own validation refuses (an empty value passes)."""
+
+    def check(value: str | None) -> str | None:
+        problems = [p for c in checks for p in c(value)] if value else []
+        if problems:
+            raise ValueError(f"must be {what} (got {value!r}): {'; '.join(dict.fromkeys(problems))}")
+        return value
+
+    return check
 
 
 def _check_pattern(pattern: str, what: str):
     compiled = re.compile(pattern)
 
     def check(value: str) -> str:
-        if value and not compiled.match(value):
+        if value and not compiled.fullmatch(value):
             raise ValueError(f"must be {what} (got {value!r})")
         return value
 
@@ -415,38 +420,126 @@ class Output(ApiModel):
 # --------------------------------------------------------------------------- scheduling
 
 
+# An optional label key ([DNS subdomain/]name): node selector keys, taint keys.
+LabelKey = Annotated[
+    Str,
+    Field(max_length=k8s.QUALIFIED_NAME_MAX_LENGTH, json_schema_extra={
+        "pattern": f"^({k8s.QUALIFIED_NAME_PATTERN[1:-1]})?$",
+        "x-kubernetes-validations": [{
+            "rule": f"self == '' || self.matches('{k8s.QUALIFIED_NAME_LENGTHS}')",
+            "message": "a label key's prefix has at most 253 characters and its name at most 63",
+        }],
+    }),
+    AfterValidator(_k8s_check("a label key ([DNS subdomain/]name)", k8s.is_qualified_name)),
+]  # fmt: skip
+LabelValue = Annotated[
+    Str,
+    Field(max_length=k8s.LABEL_VALUE_MAX_LENGTH, json_schema_extra={"pattern": k8s.LABEL_VALUE_PATTERN}),
+    AfterValidator(_k8s_check("a label value", k8s.is_label_value)),
+]
+
+
+def _check_label_keys(labels: dict[str, str]) -> dict[str, str]:
+    for key in labels:
+        problems = k8s.is_qualified_name(key)
+        if problems:
+            raise ValueError(f"key {key!r} must be a label key ([DNS subdomain/]name): {'; '.join(problems)}")
+    return labels
+
+
 class Toleration(ApiModel):
+    """Kubernetes' toleration rules (core validation ValidateTolerations), in the CRD as CEL too."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.operator == 'Exists' || (has(self.key) && self.key != '')",
+                    "message": 'operator must be Exists when key is empty, which means "match all values and all keys"',
+                    "fieldPath": ".operator",
+                },
+                {
+                    "rule": "self.operator != 'Exists' || !has(self.value) || self.value == ''",
+                    "message": "value must be empty when operator is Exists",
+                    "fieldPath": ".value",
+                },
+                {
+                    "rule": "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+                    "message": "tolerationSeconds needs effect NoExecute (only NoExecute taints evict)",
+                    "fieldPath": ".tolerationSeconds",
+                },
+            ]
+        }
+    )
     # Kubernetes core/v1 field names are already camelCase.
-    key: Str | None = Field(default=None, description="Taint key to tolerate; empty with operator Exists = all taints.")
+    key: LabelKey | None = Field(
+        default=None, description="Taint key to tolerate; empty with operator Exists = all taints."
+    )
     operator: Literal["Exists", "Equal"] = Field(
         default="Equal", description="Exists | Equal."
     )
-    value: Str | None = Field(default=None, description="Taint value (operator Equal).")
+    value: LabelValue | None = Field(default=None, description="Taint value (operator Equal; empty with Exists).")
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="NoSchedule | PreferNoSchedule | NoExecute; empty = all effects."
     )
-    toleration_seconds: Int | None = Field(default=None, description="How long a NoExecute taint is tolerated.")
+    toleration_seconds: Int | None = Field(
+        default=None, description="How long a NoExecute taint is tolerated (effect NoExecute only)."
+    )
+
+    @field_validator("operator", "value", "toleration_seconds")
+    @classmethod
+    def _kubernetes_rules(cls, value: Any, info: ValidationInfo) -> Any:
+        data = info.data
+        if info.field_name == "operator" and "key" not in data:
+            return value  # the key itself is wrong; that is the problem to report
+        fields = {"operator": "operator", "value": "value", "toleration_seconds": "tolerationSeconds"}
+        problems = k8s.toleration_errors(
+            key=data.get("key") or "",
+            operator=value if info.field_name == "operator" else data.get("operator", "Equal"),
+            value=(value if info.field_name == "value" else data.get("value")) or "",
+            effect=data.get("effect") or "",
+            has_seconds=info.field_name == "toleration_seconds" and value is not None,
+        ).get(fields[info.field_name])
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
 
 
 class Resources(ApiModel):
     gpus: Int = Field(default=1, ge=0, le=64, description="GPUs per node (one training process each); 0 = CPU only.")
     gpu_resource_name: Annotated[
         Str,
-        Field(json_schema_extra={"pattern": r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"}),
-        AfterValidator(
-            _check_pattern(
-                r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$",
-                "an extended resource name such as nvidia.com/gpu",
-            )
+        Field(
+            min_length=1,
+            max_length=k8s.EXTENDED_RESOURCE_NAME_MAX_LENGTH,
+            json_schema_extra={
+                "pattern": k8s.EXTENDED_RESOURCE_NAME_PATTERN,
+                "x-kubernetes-validations": [{
+                    "rule": k8s.EXTENDED_RESOURCE_NAME_CEL,
+                    "message": "must be an extended resource name such as nvidia.com/gpu: a domain outside "
+                    "kubernetes.io/ (at most 244 characters, not starting with requests.), '/', a name of at most 63",
+                }],
+            },
         ),
+        AfterValidator(_k8s_check("an extended resource name such as nvidia.com/gpu", k8s.is_extended_resource_name)),
     ] = Field(default="nvidia.com/gpu", description="Extended resource that schedules GPUs, e.g. nvidia.com/gpu or amd.com/gpu.")
     cpu: Quantity | None = Field(default=None, description="CPU request and limit per node, e.g. \"8\" or \"7500m\".")
     memory: Quantity | None = Field(default=None, description="Memory request and limit per node, e.g. 64Gi.")
     shared_memory: Quantity | None = Field(
         default=None, description="Size of /dev/shm for data-loader workers, e.g. 8Gi; default: half of memory, else 1Gi."
     )
-    node_selector: dict[Str, Str] = Field(
-        default_factory=dict, max_length=MAX_MAP_ENTRIES, description="Node labels the training pods must match."
+    node_selector: Annotated[dict[Str, LabelValue], AfterValidator(_check_label_keys)] = Field(
+        default_factory=dict,
+        max_length=MAX_MAP_ENTRIES,
+        description="Node labels the training pods must match.",
+        json_schema_extra={
+            "x-kubernetes-validations": [{
+                "rule": f"self.all(k, k.matches('{k8s.QUALIFIED_NAME_PATTERN}') && "
+                f"k.matches('{k8s.QUALIFIED_NAME_LENGTHS}'))",
+                "message": "nodeSelector keys must be label keys: an optional DNS subdomain prefix (at most 253 "
+                "characters) and '/', then a name of at most 63 alphanumeric characters, '-', '_' or '.'",
+            }]
+        },
     )
     tolerations: list[Toleration] = Field(
         default_factory=list, max_length=64, description="Taints the training pods tolerate."
@@ -485,14 +578,24 @@ class Spec(ApiModel):
     resources: Resources = Field(default_factory=Resources, description="What each training node gets.")
     nodes: Int = Field(default=1, ge=1, le=1024, description="Training nodes; more than 1 = multi-node data parallelism (torchrun).")
     image: Str = Field(default="", description="Trainer image override; empty = the operator's default trainer image.")
+    # the LocalQueue's name (a DNS subdomain), also the value of the Job's kueue.x-k8s.io/queue-name label
     queue_name: Annotated[
-        Str, AfterValidator(_check_pattern(DNS_SUBDOMAIN_PATTERN, "a Kueue LocalQueue name"))
+        Str,
+        Field(
+            max_length=k8s.LABEL_VALUE_MAX_LENGTH, json_schema_extra={"pattern": f"^({k8s.DNS1123_SUBDOMAIN_FMT})?$"}
+        ),
+        AfterValidator(_k8s_check("a Kueue LocalQueue name", k8s.is_dns1123_subdomain, k8s.is_label_value)),
     ] = Field(
         default="",
         description="Kueue LocalQueue: the child Job carries kueue.x-k8s.io/queue-name and starts suspended until admitted.",
     )
     priority_class_name: Annotated[
-        Str, AfterValidator(_check_pattern(DNS_SUBDOMAIN_PATTERN, "a PriorityClass name"))
+        Str,
+        Field(
+            max_length=k8s.DNS1123_SUBDOMAIN_MAX_LENGTH,
+            json_schema_extra={"pattern": f"^({k8s.DNS1123_SUBDOMAIN_FMT})?$"},
+        ),
+        AfterValidator(_k8s_check("a PriorityClass name", k8s.is_dns1123_subdomain)),
     ] = Field(default="", description="PriorityClass of the training pods.")
     suspend: Bool = Field(default=False, description="Suspend (true) or resume (false) the job; editable at any time.")
     backoff_limit: Int = Field(

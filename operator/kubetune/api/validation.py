@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from kubetune.api.constants import API_VERSION, KIND
-from kubetune.api.rules import cross_field_findings
+from kubetune.api.rules import cross_field_findings, job_findings
 from kubetune.api.v1alpha1 import FineTuneJob, Spec
 
 
@@ -158,6 +158,7 @@ def check_manifest(doc: Any) -> tuple[FineTuneJob | None, list[Problem]]:
     except ValidationError as err:
         return None, problems_from_validation_error(err, FineTuneJob)
     problems = [Problem(f"spec.{path}", msg) for path, msg in cross_field_findings(job.spec)]
+    problems += [Problem(path, msg) for path, msg in job_findings(job.metadata.name, job.spec)]
     return (None, problems) if problems else (job, [])
 
 
@@ -170,13 +171,16 @@ def parse_manifest(doc: Any) -> FineTuneJob:
     return job
 
 
-def parse_spec(spec: Any) -> Spec:
-    """Validate a bare spec (as the operator and trainer see it), raising SpecError."""
+def parse_spec(spec: Any, name: str | None = None) -> Spec:
+    """Validate a bare spec (as the operator and trainer see it), raising SpecError; with the job's
+    name, also the rules between name and spec."""
     try:
         parsed = Spec.model_validate(spec)
     except ValidationError as err:
         raise SpecError(problems_from_validation_error(err, Spec, prefix=("spec",))) from None
     problems = [Problem(f"spec.{path}", msg) for path, msg in cross_field_findings(parsed)]
+    if name is not None:
+        problems += [Problem(path, msg) for path, msg in job_findings(name, parsed)]
     if problems:
         raise SpecError(problems)
     return parsed

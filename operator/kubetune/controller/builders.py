@@ -97,9 +97,10 @@ def _meta(ftj: dict, name: str, extra_labels: dict[str, str] | None = None, anno
 # ----------------------------------------------------------------------------------------- spec
 
 
-def resolve_spec(raw_spec: Any, config: OperatorConfig) -> Spec:
-    """Validate a FineTuneJob's spec and fill what the operator defaults (output.uri)."""
-    spec = parse_spec(raw_spec).resolved()
+def resolve_spec(raw_spec: Any, config: OperatorConfig, name: str | None = None) -> Spec:
+    """Validate a FineTuneJob's spec (with its name, the rules between the two) and fill what the operator
+    defaults (output.uri)."""
+    spec = parse_spec(raw_spec, name=name).resolved()
     if not spec.output.uri:
         if not config.default_output_uri:
             raise SpecError([Problem("spec.output.uri", "required: this operator has no default output URI configured")])

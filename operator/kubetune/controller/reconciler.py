@@ -102,7 +102,7 @@ class Reconciler:
         old = ftj.get("status") or {}
         now = status.now_rfc3339()
         try:
-            spec = builders.resolve_spec(ftj.get("spec"), self.config)
+            spec = builders.resolve_spec(ftj.get("spec"), self.config, name)
         except SpecError as err:
             outcome = status.compute_invalid(ftj, [str(p) for p in err.problems], now)
             await self._write_status(ftj, outcome)
