@@ -106,13 +106,8 @@ def bucket(moto_url, request) -> str:
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    import torch
-
-    torch.set_num_threads(1)
-    from kubetune_trainer.tiny import build_tiny_llama
-
-    return build_tiny_llama(tmp_path_factory.mktemp("fault-model"))
+def tiny_model(tiny_llama_dir) -> Path:
+    return tiny_llama_dir  # tests/conftest.py builds it once per session
 
 
 @pytest.fixture(scope="session")

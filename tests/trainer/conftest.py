@@ -1,26 +1,11 @@
-"""Fixtures shared by the trainer tests: one tiny Llama model + tokenizer per test session.
-
-Built offline by `kubetune_trainer.tiny` (no hub). Fixture names are stable: other trainer tests
-depend on `tiny_llama_dir` and `tiny_tokenizer_dir`. Treat the folders as read-only; copy them
-before writing into them.
-"""
+"""Fixtures shared by the trainer tests (the tiny Llama itself, `tiny_llama_dir`, is built once per session in
+tests/conftest.py for every suite that trains)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-
-
-@pytest.fixture(scope="session")
-def tiny_llama_dir(tmp_path_factory) -> Path:
-    """A Hugging Face model folder (config, safetensors weights, tokenizer with a chat template)."""
-    import torch
-
-    torch.set_num_threads(1)
-    from kubetune_trainer.tiny import build_tiny_llama
-
-    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="session")

@@ -36,18 +36,21 @@ import torch
 
 from kubetune.api.constants import UNSUPPORTED_COMBINATIONS, Objective, Technique
 from kubetune.manifests import load_job
+from kubetune_trainer.techniques import module_for
 
 pytestmark = pytest.mark.slow
 
-TECHNIQUES = ["full", "lora", "qlora", "feature-extraction", "adapter", "prompt-tuning", "prefix-tuning"]
-OBJECTIVES = ["causal-lm", "instruction", "classification", "preference", "rlhf"]
+# Every value of the enums: a new technique or objective is in the matrix at once (and fails until the
+# per-technique tables below know it).
+TECHNIQUES = [t.value for t in Technique]
+OBJECTIVES = [o.value for o in Objective]
 PAIRS = [
     (technique, objective)
     for objective in OBJECTIVES
     for technique in TECHNIQUES
     if (Technique(technique), Objective(objective)) not in UNSUPPORTED_COMBINATIONS
 ]
-PEFT = ("lora", "qlora", "prompt-tuning", "prefix-tuning")
+PEFT = tuple(t for t in TECHNIQUES if module_for(t).PEFT)
 
 SECTIONS = {
     "full": {},

@@ -1,5 +1,5 @@
 """Packed rows must not attend across examples: each example's loss inside a packed row equals its
-loss alone (facts.md: transformers does not isolate them from position_ids by itself)."""
+loss alone (transformers 5.24 does not isolate them from restarting position_ids by itself)."""
 
 from __future__ import annotations
 

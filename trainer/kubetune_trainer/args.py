@@ -1,7 +1,7 @@
 """spec.hyperparameters (+ evaluation, output) -> transformers.TrainingArguments or a TRL config.
 
 Every value the spec fixes is set explicitly, also where the library default happens to agree:
-TRL configs default to bf16=True and gradient checkpointing on (facts.md), which must not leak
+TRL's configs default to bf16=True and gradient checkpointing on (trl 1.16), which must not leak
 into a run whose spec says otherwise.
 """
 
@@ -132,12 +132,3 @@ def training_args(ctx: RunContext, cls: type | None = None, *, formats=None, has
     kwargs.update(overrides)
     return cls(**kwargs)
 
-
-def early_stopping_callbacks(ctx: RunContext, has_eval: bool) -> list:
-    """[EarlyStoppingCallback] when spec.evaluation.earlyStopping is set and there is eval data."""
-    stopping = ctx.spec.evaluation.early_stopping
-    if stopping is None or not has_eval:
-        return []
-    from transformers import EarlyStoppingCallback
-
-    return [EarlyStoppingCallback(early_stopping_patience=stopping.patience, early_stopping_threshold=stopping.min_delta)]

@@ -1,5 +1,5 @@
 """Checkpoints in the output store: uploaded in the background, marked complete last, pruned,
-found again on resume; and SIGTERM handling (save now, upload, exit 143 within the grace period).
+found again on resume. A SIGTERM (kubetune_trainer.preemption) makes the callback save and stop.
 
 Layout: <root>/checkpoints/step-<N>/<the Trainer's checkpoint-N files> + `_COMPLETE` (JSON: step,
 time, files with sizes) written after every other file. A step folder without the marker is an
@@ -13,8 +13,6 @@ import logging
 import os
 import re
 import shutil
-import signal
-import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,19 +22,18 @@ from typing import TYPE_CHECKING
 
 from transformers import TrainerCallback
 
-from kubetune.api.constants import ExitCode
-
 from kubetune_trainer.errors import InfraError, TrainerError
+from kubetune_trainer.layout import COMPLETE_MARKER as MARKER
+from kubetune_trainer.preemption import PREEMPTION, Preemption
 from kubetune_trainer.reporting import CheckpointReport
 
 if TYPE_CHECKING:
-    from kubetune_trainer.context import OutputLayout
+    from kubetune_trainer.layout import OutputLayout
     from kubetune_trainer.reporting import Reporter
     from kubetune_trainer.storage import Storage
 
 log = logging.getLogger("kubetune.checkpoints")
 
-MARKER = "_COMPLETE"
 _STEP_DIR = re.compile(r"/checkpoints/step-(\d+)/(.+)$")
 
 
@@ -87,7 +84,7 @@ def find_latest_complete(storage: Storage, layout: OutputLayout) -> RemoteCheckp
 
 def download_checkpoint(storage: Storage, checkpoint: RemoteCheckpoint, local_dir: Path) -> Path:
     """A local copy of a complete checkpoint, checked against the file list in its marker."""
-    done = local_dir / ".kubetune-complete"
+    done = local_dir / MARKER
     if done.exists():
         return local_dir
     if local_dir.exists():
@@ -172,62 +169,6 @@ class CheckpointManager:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=False)
-
-
-# --------------------------------------------------------------------------- preemption
-
-
-class Preempted(BaseException):
-    """SIGTERM: the pod is being stopped (node drain, Kueue preemption, suspend). BaseException so
-    that no `except Exception` in a library swallows it."""
-
-
-class Preemption:
-    """SIGTERM -> ask the Trainer to save and stop at the next step end, then exit 143.
-
-    Outside training (downloads, data loading) there is nothing to save: exit at once. A watchdog
-    makes sure the process is gone within the grace period even if a step hangs.
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.training = False
-        self.deadline: float | None = None
-        self.on_timeout = None  # called by the watchdog just before os._exit (writes the termination log)
-
-    @property
-    def grace_seconds(self) -> float:
-        return float(os.environ.get("KUBETUNE_GRACE_SECONDS", "25"))
-
-    def remaining(self) -> float | None:
-        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
-
-    def install(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            return
-        self.requested = True
-        self.deadline = time.monotonic() + self.grace_seconds
-        timer = threading.Timer(max(0.5, self.grace_seconds - 1.0), self._watchdog)
-        timer.daemon = True
-        timer.start()
-        log.warning("SIGTERM: saving a checkpoint and stopping (grace %.0fs)", self.grace_seconds)
-        if not self.training:
-            raise Preempted("stopped (SIGTERM) before training started; nothing to save")
-
-    def _watchdog(self) -> None:
-        if self.on_timeout is not None:
-            try:
-                self.on_timeout()
-            except Exception:  # noqa: BLE001 - we are exiting anyway
-                pass
-        os._exit(ExitCode.PREEMPTED)
-
-
-PREEMPTION = Preemption()
 
 
 def _any_rank(flag: bool) -> bool:

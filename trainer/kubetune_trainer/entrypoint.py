@@ -1,6 +1,9 @@
 """The trainer entrypoint: `kubetune run FILE` and `python -m kubetune_trainer FILE` (what the pod and
-torchrun run). One function, `run_job`, does the work; `run_cli` maps its failures to exit codes and a
-one-line reason in the termination log:
+torchrun run). `run_job` does the work in five named steps, each a function a test can call:
+
+  open_output -> fetch_inputs -> build_context -> train -> publish
+
+`run_cli` maps failures to exit codes and a one-line reason in the termination log:
 
   0 done | 10 user error (spec, data, URI: retrying cannot help) | 20 infrastructure (retry) |
   30 internal error (a bug; traceback on stderr) | 143 preempted (checkpoint saved; the next attempt resumes)
@@ -23,8 +26,9 @@ import shutil
 import sys
 import tempfile
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -34,7 +38,12 @@ from kubetune.api.uris import UriError, check_output_uri
 from kubetune.api.validation import SpecError
 from kubetune.manifests import ManifestFileError, load_job
 
+from kubetune_trainer.context import RunContext
 from kubetune_trainer.errors import InfraError, UserError
+from kubetune_trainer.layout import OutputLayout
+
+if TYPE_CHECKING:
+    from kubetune_trainer.storage import Storage
 
 log = logging.getLogger("kubetune")
 
@@ -70,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_cli(args: argparse.Namespace) -> int:
     """Run the job named by `args` (file, output, name, termination_log); returns the exit code."""
-    from kubetune_trainer.checkpoints import PREEMPTION, Preempted
+    from kubetune_trainer.preemption import PREEMPTION, Preempted
 
     _setup_logging()
     termination_log = termination_log_path(getattr(args, "termination_log", None))
@@ -167,21 +176,34 @@ def _setup_logging() -> None:
 # --------------------------------------------------------------------------- distributed
 
 
-def _world() -> tuple[int, int, int]:
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
+@dataclass(frozen=True)
+class World:
+    """This process's place in a torchrun launch (a plain run is rank 0 of 1)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> World:
+        return cls(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0")))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
 
 
-def _local_main_first(world_size: int):
+def _local_main_first(world: World):
     """Local rank 0 first (it downloads), then the other ranks of the node (they find the copy)."""
-    if world_size <= 1:
+    if world.size <= 1:
         return contextlib.nullcontext()
     from accelerate import PartialState
 
     return PartialState().local_main_process_first()
 
 
-def _init_distributed(world_size: int) -> None:
-    if world_size <= 1:
+def _init_distributed(world: World) -> None:
+    if world.size <= 1:
         return
     import torch
     from accelerate import PartialState
@@ -190,7 +212,18 @@ def _init_distributed(world_size: int) -> None:
     PartialState(backend="nccl" if torch.cuda.is_available() else "gloo")
 
 
-# --------------------------------------------------------------------------- the run
+def _finish_distributed(wait_for_others: bool) -> None:
+    # After a failure, no barrier: the other ranks may never reach it (torchrun stops them).
+    with contextlib.suppress(Exception):
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            if wait_for_others:
+                dist.barrier()
+            dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------- step 1: the output
 
 
 def resolved_manifest(job, spec) -> dict[str, Any]:
@@ -241,13 +274,76 @@ def check_same_run(storage, layout, manifest: dict) -> bool:
     return True
 
 
-def _work_dir(root: str, world_size: int) -> Path:
-    if os.environ.get("KUBETUNE_WORK_DIR"):
-        return Path(os.environ["KUBETUNE_WORK_DIR"])
-    # Ranks of one torchrun share the parent process: same folder, so rank 0 uploads every rank's files.
-    group = os.getppid() if world_size > 1 else os.getpid()
-    digest = hashlib.sha1(root.encode()).hexdigest()[:10]
-    return Path(tempfile.gettempdir()) / f"kubetune-{digest}-{group}"
+def output_root(spec, output: str | None) -> str:
+    root = output or os.environ.get("KUBETUNE_OUTPUT_URI") or spec.output.uri
+    if not root:
+        raise UserError("spec.output.uri: not set; give an output with --output URI (s3://... or file:///...)")
+    try:
+        check_output_uri(root)
+    except UriError as err:
+        raise UserError(f"output: {err}") from None
+    return root if root.endswith("/") else root + "/"
+
+
+@dataclass
+class RunOutput:
+    layout: OutputLayout
+    storage: Storage
+    resuming: bool  # the root already holds this run: its checkpoints and metrics continue
+
+
+def open_output(job, spec, output: str | None, world: World = World()) -> RunOutput:
+    """The output root and its storage; a root holding another spec's run is refused, a new run writes its
+    resolved spec there first."""
+    from kubetune_trainer.storage import get_storage
+
+    layout = OutputLayout(output_root(spec, output))
+    storage = get_storage(layout.root, credentials_role=ROLE_OUTPUT, spec=spec)
+    manifest = resolved_manifest(job, spec)
+    resuming = check_same_run(storage, layout, manifest)
+    if world.is_main and not resuming:
+        storage.write_text(layout.spec_uri, yaml.safe_dump(manifest, sort_keys=False))
+    return RunOutput(layout, storage, resuming)
+
+
+# --------------------------------------------------------------------------- step 2: the inputs
+
+
+@dataclass
+class Inputs:
+    tasks: list  # TaskData per spec.datasets entry
+    model_dir: Path
+    reward_model_dir: Path | None
+    latest: Any  # the newest complete checkpoint (checkpoints.RemoteCheckpoint) or None
+    resume_from: Path | None  # its local copy
+
+
+def fetch_inputs(spec, out: RunOutput, work_dir: Path, world: World = World()) -> Inputs:
+    """Data first (bad data fails in seconds, before a model download), the model(s), and a local copy of the
+    newest complete checkpoint. Local rank 0 of each node fetches; the node's other ranks find its copy."""
+    from kubetune_trainer.checkpoints import download_checkpoint, find_latest_complete
+    from kubetune_trainer.data import load_tasks
+    from kubetune_trainer.sources import fetch_model
+
+    def model(uri: str, folder: str, role: str) -> Path:
+        return fetch_model(uri, work_dir / folder, role=role, spec=spec, allow_pickle=spec.model.allow_pickle,
+                           trust_remote_code=spec.model.trust_remote_code)
+
+    with _local_main_first(world):
+        tasks = load_tasks(spec, work_dir / "data")
+        model_dir = model(spec.model.uri, "model", ROLE_MODEL)
+        reward_model_dir = None
+        if spec.rlhf is not None and spec.rlhf.reward_model.uri:
+            reward_model_dir = model(spec.rlhf.reward_model.uri, "reward-model", ROLE_REWARD_MODEL)
+        latest = find_latest_complete(out.storage, out.layout)
+        resume_from = None
+        if latest is not None:
+            log.info("resuming from checkpoint step-%d (%s)", latest.step, latest.uri)
+            resume_from = download_checkpoint(out.storage, latest, work_dir / "resume" / f"step-{latest.step}")
+    return Inputs(tasks, Path(model_dir), reward_model_dir, latest, resume_from)
+
+
+# --------------------------------------------------------------------------- step 3: the run context
 
 
 def make_reporter(is_main: bool):
@@ -268,171 +364,126 @@ def make_reporter(is_main: bool):
     return MultiReporter(*reporters)
 
 
-def output_root(spec, output: str | None) -> str:
-    root = output or os.environ.get("KUBETUNE_OUTPUT_URI") or spec.output.uri
-    if not root:
-        raise UserError("spec.output.uri: not set; give an output with --output URI (s3://... or file:///...)")
+@dataclass
+class Session:
+    """The plumbing of one attempt that outlives the recipe: what `publish` finishes and closes."""
+
+    reporter: Any
+    metrics: Any  # metrics.MetricsCallback
+    checkpoints: Any  # checkpoints.CheckpointManager on rank 0, else None
+
+    def close(self) -> None:
+        self.metrics.close()
+        if self.checkpoints is not None:
+            self.checkpoints.close()
+
+
+def restore_metrics(out: RunOutput, inputs: Inputs, metrics_dir: Path) -> None:
+    """metrics.jsonl and TensorBoard as the attempt being resumed left them up to its checkpoint; a new run
+    starts both afresh."""
+    from kubetune_trainer.metrics import truncate_metrics
+
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    if inputs.latest is None:
+        out.storage.delete_prefix(out.layout.metrics_uri)
+        out.storage.delete_prefix(out.layout.tensorboard_uri)
+        return
     try:
-        check_output_uri(root)
-    except UriError as err:
-        raise UserError(f"output: {err}") from None
-    return root if root.endswith("/") else root + "/"
+        text = out.storage.read_text(out.layout.metrics_uri)
+        (metrics_dir / "metrics.jsonl").write_text(truncate_metrics(text, inputs.latest.step))
+    except FileNotFoundError:
+        pass
+    out.storage.download_prefix(out.layout.tensorboard_uri, metrics_dir / "tensorboard")
 
 
-def run_job(file: str | Path, *, output: str | None = None, name: str | None = None) -> str:
-    """Train the FineTuneJob in `file`; returns the final model's URI."""
-    from kubetune_trainer.checkpoints import (
-        PREEMPTION,
-        CheckpointCallback,
-        CheckpointManager,
-        NodeRngStates,
-        Preempted,
-        download_checkpoint,
-        find_latest_complete,
-    )
-    from kubetune_trainer.context import OutputLayout, RunContext
-    from kubetune_trainer.data import load_tasks
-    from kubetune_trainer.metrics import EarlyStopping, MetricsCallback, truncate_metrics
-    from kubetune_trainer.reporting import OutputReport
-    from kubetune_trainer.sources import fetch_model
-    from kubetune_trainer.storage import get_storage
+def build_context(
+    spec, name: str, out: RunOutput, inputs: Inputs, work_dir: Path, world: World = World(), *, reporter=None, callbacks=()
+) -> tuple[RunContext, Session]:
+    """The RunContext a recipe trains with, and the Session around it: the reporter (console and, in a pod,
+    the status), metrics continued from the attempt resumed, the checkpoint manager, and the callbacks
+    (metrics, checkpoints, early stopping, then `callbacks`)."""
+    from kubetune_trainer.checkpoints import CheckpointCallback, CheckpointManager, NodeRngStates
+    from kubetune_trainer.metrics import EarlyStopping, MetricsCallback
 
-    job = load_job(file, name)
-    spec = job.spec.resolved()
-    root = output_root(spec, output)
-    layout = OutputLayout(root)
-    rank, world_size, local_rank = _world()
-    is_main = rank == 0
-    _init_distributed(world_size)
-
-    storage = get_storage(root, credentials_role=ROLE_OUTPUT, spec=spec)
-    manifest = resolved_manifest(job, spec)
-    resuming = check_same_run(storage, layout, manifest)
-    if is_main and not resuming:
-        storage.write_text(layout.spec_uri, yaml.safe_dump(manifest, sort_keys=False))
-
-    work_dir = _work_dir(root, world_size)
-    created_work_dir = not work_dir.exists()
-    work_dir.mkdir(parents=True, exist_ok=True)
-    succeeded = False
-    try:
-        with _local_main_first(world_size):
-            # Data first: bad data fails in seconds, before a model download.
-            tasks = load_tasks(spec, work_dir / "data")
-            model_dir = fetch_model(
-                spec.model.uri,
-                work_dir / "model",
-                role=ROLE_MODEL,
-                spec=spec,
-                allow_pickle=spec.model.allow_pickle,
-                trust_remote_code=spec.model.trust_remote_code,
-            )
-            reward_model_dir = None
-            if spec.rlhf is not None and spec.rlhf.reward_model.uri:
-                reward_model_dir = fetch_model(
-                    spec.rlhf.reward_model.uri,
-                    work_dir / "reward-model",
-                    role=ROLE_REWARD_MODEL,
-                    spec=spec,
-                    allow_pickle=spec.model.allow_pickle,
-                    trust_remote_code=spec.model.trust_remote_code,
-                )
-            latest = find_latest_complete(storage, layout)
-            resume_from = None
-            if latest is not None:
-                log.info("resuming from checkpoint step-%d (%s)", latest.step, latest.uri)
-                resume_from = download_checkpoint(storage, latest, work_dir / "resume" / f"step-{latest.step}")
-
-        reporter = make_reporter(is_main)
-        metrics_dir = work_dir / "metrics"
-        if is_main:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
-            metrics_dir.mkdir(parents=True)
-            if latest is not None:
-                # Continue the metrics of the attempt we resume, minus what it logged after the checkpoint.
-                try:
-                    text = storage.read_text(layout.metrics_uri)
-                    (metrics_dir / "metrics.jsonl").write_text(truncate_metrics(text, latest.step))
-                except FileNotFoundError:
-                    pass
-                storage.download_prefix(layout.tensorboard_uri, metrics_dir / "tensorboard")
-            else:
-                storage.delete_prefix(layout.metrics_uri)
-                storage.delete_prefix(layout.tensorboard_uri)
-
-        manager = (
-            CheckpointManager(
-                storage, layout, spec.output.keep_checkpoints, reporter, delete_local=spec.evaluation.early_stopping is None
-            )
-            if is_main
-            else None
-        )
-        if manager is not None and latest is not None:
+    reporter = reporter if reporter is not None else make_reporter(world.is_main)
+    metrics_dir = work_dir / "metrics"
+    manager = None
+    if world.is_main:
+        restore_metrics(out, inputs, metrics_dir)
+        stopping = spec.evaluation.early_stopping is not None
+        manager = CheckpointManager(out.storage, out.layout, spec.output.keep_checkpoints, reporter, delete_local=not stopping)
+        if inputs.latest is not None:
             manager.prune_and_report()
-        metrics_cb = MetricsCallback(metrics_dir, storage, layout, reporter, is_main=is_main)
-        # The first rank of every other node (its own disk) adds its ranks' RNG states to each checkpoint.
-        node_files = NodeRngStates(storage, layout) if local_rank == 0 and rank != 0 else None
-        callbacks: list[Any] = [metrics_cb, CheckpointCallback(manager, is_main=is_main, node_files=node_files)]
-        if spec.evaluation.early_stopping is not None:
-            stopping = spec.evaluation.early_stopping
-            callbacks.append(EarlyStopping(early_stopping_patience=stopping.patience, early_stopping_threshold=stopping.min_delta))
+    metrics_cb = MetricsCallback(metrics_dir, out.storage, out.layout, reporter, is_main=world.is_main)
+    # The first rank of every other node (its own disk) adds its ranks' RNG states to each checkpoint.
+    node_files = NodeRngStates(out.storage, out.layout) if world.local_rank == 0 and not world.is_main else None
+    all_callbacks: list[Any] = [metrics_cb, CheckpointCallback(manager, is_main=world.is_main, node_files=node_files)]
+    if spec.evaluation.early_stopping is not None:
+        stopping = spec.evaluation.early_stopping
+        all_callbacks.append(EarlyStopping(early_stopping_patience=stopping.patience, early_stopping_threshold=stopping.min_delta))
+    all_callbacks.extend(callbacks)
+    ctx = RunContext(
+        spec=spec,
+        name=name,
+        work_dir=work_dir,
+        layout=out.layout,
+        model_dir=inputs.model_dir,
+        tasks=inputs.tasks,
+        resume_from=inputs.resume_from,
+        callbacks=all_callbacks,
+        reporter=reporter,
+        world_size=world.size,
+        rank=world.rank,
+        reward_model_dir=inputs.reward_model_dir,
+    )
+    return ctx, Session(reporter, metrics_cb, manager)
 
-        ctx = RunContext(
-            spec=spec,
-            name=job.metadata.name,
-            work_dir=work_dir,
-            layout=layout,
-            model_dir=Path(model_dir),
-            tasks=tasks,
-            resume_from=resume_from,
-            callbacks=callbacks,
-            reporter=reporter,
-            world_size=world_size,
-            rank=rank,
-            reward_model_dir=reward_model_dir,
+
+# --------------------------------------------------------------------------- steps 4 and 5: train, publish
+
+
+def train(ctx: RunContext):
+    """The objective's recipe (objectives/<objective>.py) trains and returns a TrainResult."""
+    objective = importlib.import_module(f"kubetune_trainer.objectives.{ctx.spec.objective.value.replace('-', '_')}")
+    return objective.run(ctx)
+
+
+def publish(result, ctx: RunContext, session: Session, out: RunOutput) -> str:
+    """After training: on SIGTERM, finish the checkpoint and stop (exit 143); else save and upload the final
+    model (while the last checkpoint still uploads), wait for the checkpoints, sync the metrics and report
+    where everything is. Returns the final model's URI."""
+    from kubetune_trainer.preemption import PREEMPTION, Preempted
+    from kubetune_trainer.reporting import OutputReport
+
+    manager = session.checkpoints
+    if PREEMPTION.requested:
+        if manager is not None:
+            manager.wait(timeout=PREEMPTION.remaining())
+            session.metrics.sync()
+            session.reporter.close()
+        step = manager.last_complete_step if manager is not None else None
+        raise Preempted(f"checkpoint step-{step} saved; the next attempt resumes from it" if step else "stopped")
+    if ctx.is_main:
+        save_and_upload(result, ctx.spec, out, ctx.work_dir)
+    if manager is not None:
+        manager.wait()
+    if ctx.is_main:
+        session.metrics.sync()
+        layout = out.layout
+        session.reporter.output(
+            OutputReport(
+                model_uri=layout.final_uri,
+                metrics_uri=layout.metrics_uri,
+                tensorboard_uri=layout.tensorboard_uri,
+                checkpoints_uri=layout.checkpoints_uri,
+            )
         )
-        objective = importlib.import_module(f"kubetune_trainer.objectives.{spec.objective.value.replace('-', '_')}")
-        try:
-            result = objective.run(ctx)
-            if PREEMPTION.requested:
-                if manager is not None:
-                    manager.wait(timeout=PREEMPTION.remaining())
-                    metrics_cb.sync()
-                    reporter.close()
-                step = manager.last_complete_step if manager is not None else None
-                raise Preempted(f"checkpoint step-{step} saved; the next attempt resumes from it" if step else "stopped")
-            if is_main:
-                # While the last checkpoint still uploads on its thread: its files are on disk already.
-                _save_and_upload(result, spec, storage, layout, work_dir)
-            if manager is not None:
-                manager.wait()
-            if is_main:
-                metrics_cb.sync()
-                reporter.output(
-                    OutputReport(
-                        model_uri=layout.final_uri,
-                        metrics_uri=layout.metrics_uri,
-                        tensorboard_uri=layout.tensorboard_uri,
-                        checkpoints_uri=layout.checkpoints_uri,
-                    )
-                )
-                reporter.close()
-        finally:
-            metrics_cb.close()
-            if manager is not None:
-                manager.close()
-        succeeded = True
-        return layout.final_uri
-    finally:
-        if world_size > 1:
-            _finish_distributed(wait_for_others=succeeded)
-        if created_work_dir and not os.environ.get("KUBETUNE_KEEP_WORK_DIR") and (world_size == 1 or _world()[2] == 0):
-            shutil.rmtree(work_dir, ignore_errors=True)
+        session.reporter.close()
+    return out.layout.final_uri
 
 
-def _save_and_upload(result, spec, storage, layout, work_dir: Path) -> None:
-    from kubetune.api.uris import join_uri
-
+def save_and_upload(result, spec, out: RunOutput, work_dir: Path) -> None:
     from kubetune_trainer.modeling import save_final
 
     final_dir = work_dir / "final"
@@ -440,22 +491,45 @@ def _save_and_upload(result, spec, storage, layout, work_dir: Path) -> None:
     save_final(result.model, result.tokenizer, spec, final_dir)
     # Overwrite in place, never delete first: final/reward-model/ (rlhf) lives there too, and one output
     # root belongs to one spec, so a retry writes the same file names.
-    storage.upload_dir(final_dir, layout.final_uri)
-    for key, (model, tokenizer) in (result.extra_models or {}).items():
-        extra_dir = work_dir / "extra" / key
-        model.save_pretrained(str(extra_dir), safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(extra_dir))
-        storage.upload_dir(extra_dir, join_uri(layout.root, key) + "/")
-    log.info("final model uploaded to %s", layout.final_uri)
+    out.storage.upload_dir(final_dir, out.layout.final_uri)
+    log.info("final model uploaded to %s", out.layout.final_uri)
 
 
-def _finish_distributed(wait_for_others: bool) -> None:
-    # After a failure, no barrier: the other ranks may never reach it (torchrun stops them).
-    with contextlib.suppress(Exception):
-        import torch.distributed as dist
+# --------------------------------------------------------------------------- the run
 
-        if dist.is_initialized():
-            if wait_for_others:
-                dist.barrier()
-            dist.destroy_process_group()
+
+def _work_dir(root: str, world: World) -> Path:
+    if os.environ.get("KUBETUNE_WORK_DIR"):
+        return Path(os.environ["KUBETUNE_WORK_DIR"])
+    # Ranks of one torchrun share the parent process: same folder, so rank 0 uploads every rank's files.
+    group = os.getppid() if world.size > 1 else os.getpid()
+    digest = hashlib.sha1(root.encode()).hexdigest()[:10]
+    return Path(tempfile.gettempdir()) / f"kubetune-{digest}-{group}"
+
+
+def run_job(file: str | Path, *, output: str | None = None, name: str | None = None) -> str:
+    """Train the FineTuneJob in `file`; returns the final model's URI."""
+    job = load_job(file, name)
+    spec = job.spec.resolved()
+    world = World.from_env()
+    _init_distributed(world)
+    out = open_output(job, spec, output, world)
+    work_dir = _work_dir(out.layout.root, world)
+    created_work_dir = not work_dir.exists()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    succeeded = False
+    try:
+        inputs = fetch_inputs(spec, out, work_dir, world)
+        ctx, session = build_context(spec, job.metadata.name, out, inputs, work_dir, world)
+        try:
+            result = train(ctx)
+            final_uri = publish(result, ctx, session, out)
+        finally:
+            session.close()
+        succeeded = True
+        return final_uri
+    finally:
+        if world.size > 1:
+            _finish_distributed(wait_for_others=succeeded)
+        if created_work_dir and not os.environ.get("KUBETUNE_KEEP_WORK_DIR") and (world.size == 1 or world.local_rank == 0):
+            shutil.rmtree(work_dir, ignore_errors=True)

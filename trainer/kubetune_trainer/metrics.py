@@ -19,7 +19,7 @@ from transformers import EarlyStoppingCallback, TrainerCallback
 from kubetune_trainer.reporting import ProgressReport
 
 if TYPE_CHECKING:
-    from kubetune_trainer.context import OutputLayout
+    from kubetune_trainer.layout import OutputLayout
     from kubetune_trainer.reporting import Reporter
     from kubetune_trainer.storage import Storage
 
@@ -46,6 +46,14 @@ def contract_metrics(record: dict) -> dict[str, float]:
         elif key.startswith("eval_") and key.endswith("_loss"):
             out[key] = float(value)
     return out
+
+
+def set_stage(callbacks, stage: str | None) -> None:
+    """rlhf: name the stage now training ("reward-model", "policy") to every callback that follows stages (a
+    `stage` attribute): the metrics and progress name it."""
+    for callback in callbacks:
+        if hasattr(callback, "stage"):
+            callback.stage = stage
 
 
 def truncate_metrics(text: str, last_step: int) -> str:

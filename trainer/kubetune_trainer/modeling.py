@@ -8,14 +8,17 @@ intended parameters trainable. `save_final` writes the result in Hugging Face fo
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kubetune.api.constants import MERGEABLE_TECHNIQUES
+
+from kubetune_trainer import techniques
 from kubetune_trainer.errors import InfraError, UserError
+from kubetune_trainer.sources import PICKLE_PATTERNS
 
 log = logging.getLogger(__name__)
 
@@ -23,21 +26,7 @@ CAUSAL_LM = "causal-lm"
 SEQUENCE_CLASSIFICATION = "sequence-classification"
 TASKS = (CAUSAL_LM, SEQUENCE_CLASSIFICATION)
 
-# Technique value (spec.technique) -> module under kubetune_trainer.techniques.
-TECHNIQUE_MODULES = {
-    "full": "full",
-    "lora": "lora",
-    "qlora": "qlora",
-    "feature-extraction": "feature_extraction",
-    "adapter": "adapter",
-    "prompt-tuning": "prompt_tuning",
-    "prefix-tuning": "prefix_tuning",
-}
-PEFT_TECHNIQUES = ("lora", "qlora", "prompt-tuning", "prefix-tuning")
-MERGEABLE = ("lora", "qlora")
-
 SAFE_WEIGHTS = ("*.safetensors",)
-PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
 
 
 @dataclass
@@ -45,18 +34,6 @@ class LoadedModel:
     model: Any
     tokenizer: Any
     task: str
-
-
-def technique_module(technique: str):
-    """The self-contained module that implements `technique` (a spec.technique value)."""
-    value = getattr(technique, "value", technique)
-    if value not in TECHNIQUE_MODULES:
-        raise UserError(f"spec.technique: unknown technique {value!r}; expected one of {', '.join(TECHNIQUE_MODULES)}")
-    return importlib.import_module(f"kubetune_trainer.techniques.{TECHNIQUE_MODULES[value]}")
-
-
-def _technique(spec) -> str:
-    return getattr(spec.technique, "value", spec.technique)
 
 
 def compute_dtype(spec):
@@ -76,7 +53,7 @@ def check_weight_files(model_dir: Path, allow_pickle: bool) -> bool:
         raise UserError("spec.model.uri: the model folder has no config.json: is it a Hugging Face model folder?")
     # Top level only: transformers loads weights from there (subfolders such as original/ hold other formats).
     safe = [p for pattern in SAFE_WEIGHTS for p in model_dir.glob(pattern)]
-    pickled = [p for pattern in PICKLED_WEIGHTS for p in model_dir.glob(pattern)]
+    pickled = [p for pattern in PICKLE_PATTERNS for p in model_dir.glob(pattern)]
     if safe:
         return True
     if pickled and not allow_pickle:
@@ -124,8 +101,8 @@ def load_for_training(
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     spec = spec.resolved()
     model_dir = Path(model_dir)
-    technique = _technique(spec)
-    module = technique_module(technique)
+    technique = spec.technique.value
+    module = techniques.module_for(technique)
     use_safetensors = check_weight_files(model_dir, spec.model.allow_pickle)
     tokenizer = load_tokenizer(model_dir, spec)
 
@@ -171,10 +148,8 @@ def load_for_training(
     # not a config key, so it never lands in a saved config.json.
     model.kubetune_base_dir = str(model_dir)
 
-    if technique == "prompt-tuning" and task == SEQUENCE_CLASSIFICATION:
-        # PEFT feeds soft prompts as inputs_embeds, so the head cannot find the last non-pad token from
-        # input_ids and reads the last position: left padding makes that the last real token.
-        tokenizer.padding_side = "left"
+    if hasattr(module, "padding_side") and module.padding_side(task):
+        tokenizer.padding_side = module.padding_side(task)
 
     speed.apply_liger(model, spec, task)
     model = module.apply(model, spec, task)
@@ -202,16 +177,17 @@ def _base_dir(model) -> str | None:
 
 
 def _hub_reference(spec) -> tuple[str, str | None] | None:
-    """What a saved adapter should name as its base: hf://org/name[@rev] -> ("org/name", rev); an s3://
-    model keeps its URI (download it and pass the folder to PeftModel.from_pretrained). file:// models
-    are loaded in place, so their path is already right."""
-    uri = spec.model.uri
-    if uri.startswith("s3://"):
-        return uri, None
-    if not uri.startswith("hf://"):
-        return None
-    repo, _, revision = uri[len("hf://") :].partition("@")
-    return repo.strip("/"), (revision or None)
+    """What a saved adapter should name as its base, by the model URI's scheme: a hub repository and revision
+    (AutoPeftModel* works anywhere), an object-store URI (download it and pass the folder to
+    PeftModel.from_pretrained), or None for a model used in place (its path is already right)."""
+    from kubetune_trainer.schemes import scheme_of
+
+    parsed, scheme = scheme_of(spec.model.uri, "spec.model.uri")
+    if scheme.adapter_base == "repo":
+        return parsed.location, parsed.revision
+    if scheme.adapter_base == "uri":
+        return spec.model.uri, None
+    return None
 
 
 def save_final(model, tokenizer, spec, out_dir, *, base_model_dir=None) -> Path:
@@ -225,24 +201,24 @@ def save_final(model, tokenizer, spec, out_dir, *, base_model_dir=None) -> Path:
     spec = spec.resolved()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    technique = _technique(spec)
-    module = technique_module(technique)
+    technique = spec.technique.value
+    module = techniques.module_for(technique)
     base_dir = base_model_dir or _base_dir(model)
 
     if hasattr(module, "save"):
         module.save(model, out)
     else:
         model.save_pretrained(str(out), safe_serialization=True)
-    if technique in PEFT_TECHNIQUES and _task_of(model) == SEQUENCE_CLASSIFICATION:
+    if module.PEFT and _task_of(model) == SEQUENCE_CLASSIFICATION:
         _write_labels(model, out)
     tokenizer.save_pretrained(str(out))
 
-    if spec.output.merge_adapter and technique in MERGEABLE:
+    if spec.output.merge_adapter and spec.technique in MERGEABLE_TECHNIQUES:
         if base_dir is None:
             raise ValueError("save_final needs base_model_dir to merge the adapter")
         merge_into_base(out, base_dir, spec, task=_task_of(model), out_dir=out / "merged")
         tokenizer.save_pretrained(str(out / "merged"))
-    if technique in PEFT_TECHNIQUES:
+    if module.PEFT:
         _point_adapter_at_hub(out, spec)
     return out
 

@@ -29,11 +29,11 @@ def restore_dtypes(model, dtypes: dict) -> int:
 
 def prepare_trainer(trainer, spec, dtypes: dict | None = None):
     """Ready `trainer` for `spec`; `dtypes` from `trainable_dtypes` when the trainer is one of TRL's."""
-    from kubetune_trainer.modeling import technique_module
+    from kubetune_trainer.techniques import module_for
 
     if dtypes:
         restore_dtypes(trainer.model, dtypes)
-    module = technique_module(spec.technique)
+    module = module_for(spec.technique)
     if hasattr(module, "prepare_trainer"):
         module.prepare_trainer(trainer)
     precision.configure_optimizer(trainer, precision.plan(spec))

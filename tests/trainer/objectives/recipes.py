@@ -1,13 +1,14 @@
-"""What the objective tests share: a RunContext for a recipe's run(ctx), built the way the entrypoint
-builds one (spec validated and resolved, datasets loaded and checked by data.load_tasks)."""
+"""What the objective tests share: a RunContext for a recipe's run(ctx), built by the entrypoint's own steps
+(open_output, fetch_inputs, build_context)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from kubetune.api.v1alpha1 import Spec
-from kubetune_trainer.context import OutputLayout, RunContext
+from kubetune.api.constants import API_VERSION, KIND
+from kubetune.api.v1alpha1 import FineTuneJob
+from kubetune_trainer.context import RunContext
 
 WORDS = "the cat dog fox owl red blue green park river is near and".split()
 
@@ -58,9 +59,10 @@ def recipe_context(
     spec_extra: dict | None = None,
     callbacks=(),
     out_name: str = "out",
-    reward_model_dir: Path | None = None,
 ) -> RunContext:
-    from kubetune_trainer.data import load_tasks
+    """The RunContext the entrypoint's own steps build for this spec (output under tmp_path/out_name, inputs
+    fetched, metrics and checkpoint callbacks in place), with a ListReporter and `callbacks` added."""
+    from kubetune_trainer.entrypoint import build_context, fetch_inputs, open_output
 
     raw = {
         "technique": technique,
@@ -71,18 +73,11 @@ def recipe_context(
         "output": {"uri": (tmp_path / out_name).as_uri() + "/", "checkpointEverySteps": 1000},
     }
     raw.update(spec_extra or {})
-    spec = Spec.model_validate(raw).resolved()
+    job = FineTuneJob.model_validate({"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "test"}, "spec": raw})
+    spec = job.spec.resolved()
+    out = open_output(job, spec, None)
     work = tmp_path / f"work-{out_name}"
     work.mkdir(exist_ok=True)
-    return RunContext(
-        spec=spec,
-        name="test",
-        work_dir=work,
-        layout=OutputLayout(spec.output.uri),
-        model_dir=model_dir,
-        tasks=load_tasks(spec, work),
-        resume_from=None,
-        callbacks=list(callbacks),
-        reporter=ListReporter(),
-        reward_model_dir=Path(reward_model_dir) if reward_model_dir is not None else None,
-    )
+    inputs = fetch_inputs(spec, out, work)
+    ctx, _session = build_context(spec, "test", out, inputs, work, reporter=ListReporter(), callbacks=callbacks)
+    return ctx

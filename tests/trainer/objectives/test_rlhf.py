@@ -103,7 +103,7 @@ def make_ctx(tmp_path: Path, model_dir: Path, *, technique="full", algorithm="gr
         extra["lora"] = {"rank": 8, "alpha": 16, "dropout": 0.0}
     return recipe_context(
         tmp_path, model_dir, objective="rlhf", technique=technique, datasets=datasets, steps=steps, lr=lr,
-        spec_extra=extra, callbacks=callbacks, out_name=out_name, reward_model_dir=reward_model_dir,
+        spec_extra=extra, callbacks=callbacks, out_name=out_name,
     )
 
 

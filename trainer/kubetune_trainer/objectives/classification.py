@@ -137,6 +137,7 @@ def run(ctx: RunContext) -> TrainResult:
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
     from transformers import set_seed
 
+    from kubetune_trainer.args import training_args
     from kubetune_trainer.data import eval_dataset, mixed_train, select
     from kubetune_trainer.modeling import load_for_training
     from kubetune_trainer.trainer_setup import prepare_trainer
@@ -167,7 +168,7 @@ def run(ctx: RunContext) -> TrainResult:
     has_eval = evaluation is not None
 
     # The columns were prepared here; the collator only pads input_ids/attention_mask/labels.
-    args = ctx.training_args(TrainingArguments, formats=FORMATS, has_eval=has_eval, remove_unused_columns=True)
+    args = training_args(ctx, TrainingArguments, formats=FORMATS, has_eval=has_eval, remove_unused_columns=True)
     trainer = Trainer(
         model=model,
         args=args,

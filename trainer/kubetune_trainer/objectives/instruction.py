@@ -10,8 +10,9 @@
   starts where the joined tokens stop agreeing with the prompt's); conversational ones (lists of
   messages) go through the chat template.
 
-Packing and training as in causal_lm (transformers' Trainer on tokenized rows, block-diagonal
-attention across packed examples). Several tasks of either format mix by weight after tokenization.
+Packing and training are causal_lm's (`train_language_model`: transformers' Trainer on tokenized rows,
+block-diagonal attention across packed examples); only the targets differ. Several tasks of either format
+mix by weight after tokenization.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import logging
 from kubetune.api.constants import DatasetFormat
 
 from kubetune_trainer.context import RunContext, TaskData, TrainResult
-from kubetune_trainer.data import eval_dataset, mixed_train
 from kubetune_trainer.errors import UserError
-from kubetune_trainer.packing import IGNORE, PaddingCollator, install_block_diagonal_attention, pack_dataset, supports_packing
+from kubetune_trainer.objectives import causal_lm
+from kubetune_trainer.packing import IGNORE
 
 log = logging.getLogger(__name__)
 
@@ -125,51 +126,13 @@ def tokenize(dataset, fmt: DatasetFormat, tokenizer, max_length: int, what: str)
 
 
 def prepare(tasks: list[TaskData], tokenizer, max_length: int, packing: bool, seed: int):
-    tokenized = []
-    for task in tasks:
-        train = tokenize(task.train, task.format, tokenizer, max_length, f"dataset {task.name}")
-        evaluation = (
-            tokenize(task.eval, task.format, tokenizer, max_length, f"eval data of {task.name}") if task.eval is not None else None
-        )
-        if packing:
-            train = pack_dataset(train, max_length, f"packing {task.name}")
-            if evaluation is not None:
-                evaluation = pack_dataset(evaluation, max_length, f"packing eval {task.name}")
-        tokenized.append(TaskData(task.name, task.format, task.weight, train, evaluation))
-    return mixed_train(tokenized, seed), eval_dataset(tokenized)
+    return causal_lm.prepare(tasks, tokenizer, max_length, packing, seed, tokenize)
+
+
+def check_chat_template(tasks: list[TaskData], tokenizer) -> None:
+    if any(t.format == DatasetFormat.MESSAGES for t in tasks) and not tokenizer.chat_template:
+        raise UserError("spec.datasets: messages data needs a model whose tokenizer has a chat template")
 
 
 def run(ctx: RunContext) -> TrainResult:
-    from transformers import Trainer, set_seed
-
-    from kubetune_trainer.modeling import load_for_training
-    from kubetune_trainer.trainer_setup import prepare_trainer
-
-    spec, hp = ctx.spec, ctx.spec.hyperparameters
-    packing = hp.packing and supports_packing(spec.technique.value)
-    # New adapters, prompts and prefixes are initialised here, before the Trainer seeds: seed first so a
-    # run (and its retry) starts from the same weights.
-    set_seed(spec.hyperparameters.seed)
-    loaded = load_for_training(spec, ctx.model_dir, "causal-lm", packed=packing)
-    model, tokenizer = loaded.model, loaded.tokenizer
-    tasks = [t for t in ctx.tasks if t.format in FORMATS]
-    if any(t.format == DatasetFormat.MESSAGES for t in tasks) and not tokenizer.chat_template:
-        raise UserError("spec.datasets: messages data needs a model whose tokenizer has a chat template")
-    if hp.packing and not packing:
-        log.info("packing is off for %s (its virtual tokens need a 2D attention mask)", spec.technique.value)
-    train, evaluation = prepare(tasks, tokenizer, hp.max_seq_length, packing, hp.seed)
-    if packing:
-        install_block_diagonal_attention(model)
-
-    trainer = Trainer(
-        model=model,
-        args=ctx.training_args(has_eval=evaluation is not None),
-        train_dataset=train,
-        eval_dataset=evaluation,
-        data_collator=PaddingCollator(tokenizer.pad_token_id),
-        processing_class=tokenizer,
-        callbacks=list(ctx.callbacks),
-    )
-    prepare_trainer(trainer, spec)
-    output = trainer.train(resume_from_checkpoint=str(ctx.resume_from) if ctx.resume_from else None)
-    return TrainResult(model=trainer.model, tokenizer=tokenizer, metrics=dict(output.metrics))
+    return causal_lm.train_language_model(ctx, FORMATS, tokenize, check=check_chat_template)

@@ -27,15 +27,18 @@ from pathlib import Path
 from kubetune.api.constants import DatasetFormat, RLAlgorithm
 from kubetune.api.uris import join_uri
 
+from kubetune_trainer.args import training_args
 from kubetune_trainer.context import RunContext, TrainResult
 from kubetune_trainer.errors import UserError
+from kubetune_trainer.layout import COMPLETE_MARKER
+from kubetune_trainer.metrics import set_stage
+from kubetune_trainer.preemption import PREEMPTION
 
 log = logging.getLogger(__name__)
 
 REWARD_STAGE, POLICY_STAGE = "reward-model", "policy"
 PREFERENCE_FORMATS = (DatasetFormat.PREFERENCE,)
 PROMPT_FORMATS = (DatasetFormat.PROMPT,)
-COMPLETE_MARKER = "_KUBETUNE_COMPLETE"
 
 
 def reward_model_uri(ctx: RunContext) -> str:
@@ -107,7 +110,8 @@ def train_reward_model(ctx: RunContext):
         evaluation = {name: as_scored(rows, loaded.tokenizer, max_length) for name, rows in evaluation.items()}
     elif evaluation is not None:
         evaluation = as_scored(evaluation, loaded.tokenizer, max_length)
-    args = ctx.training_args(
+    args = training_args(
+        ctx,
         RewardConfig,
         formats=PREFERENCE_FORMATS,
         has_eval=evaluation is not None,
@@ -116,7 +120,7 @@ def train_reward_model(ctx: RunContext):
         load_best_model_at_end=False,
         max_length=max_length,
     )
-    ctx.set_stage(REWARD_STAGE)
+    set_stage(ctx.callbacks, REWARD_STAGE)
     dtypes = trainable_dtypes(loaded.model)
     trainer = RewardTrainer(
         model=loaded.model,
@@ -246,7 +250,8 @@ def train_policy(ctx: RunContext, reward_model, reward_tokenizer):
     loaded = load_for_training(spec, ctx.model_dir, "causal-lm")
     train = mixed_train(ctx.tasks, spec.hyperparameters.seed, PROMPT_FORMATS)
     evaluation = eval_dataset(ctx.tasks, PROMPT_FORMATS)
-    args = ctx.training_args(
+    args = training_args(
+        ctx,
         config_cls,
         formats=PROMPT_FORMATS,
         has_eval=evaluation is not None,
@@ -255,7 +260,7 @@ def train_policy(ctx: RunContext, reward_model, reward_tokenizer):
         beta=rl.beta,
         temperature=rl.temperature,
     )
-    ctx.set_stage(POLICY_STAGE)
+    set_stage(ctx.callbacks, POLICY_STAGE)
     dtypes = trainable_dtypes(loaded.model)
     trainer = trainer_cls(
         model=loaded.model,
@@ -287,7 +292,7 @@ def run(ctx: RunContext) -> TrainResult:
         reward_model, reward_tokenizer = load_reward_model(ctx, done)
     else:
         reward_model, reward_tokenizer, metrics = train_reward_model(ctx)
-        if ctx.preempted:  # SIGTERM during the stage: the entrypoint reports it, the retry trains again
+        if PREEMPTION.requested:  # SIGTERM during the stage: the entrypoint reports it, the retry trains again
             return TrainResult(model=reward_model, tokenizer=reward_tokenizer, metrics=metrics)
         publish_reward_model(ctx, reward_model, reward_tokenizer)
     reward_model = _frozen(reward_model)

@@ -1,4 +1,5 @@
-"""Fetch a model folder or data files named by a URI into a local folder, by scheme.
+"""Fetch a model folder or data files named by a URI into a local folder, by scheme (kubetune_trainer.schemes
+says which source module serves which scheme: file.py, objectstore.py, huggingface.py).
 
 `fetch_model` returns a local Hugging Face model folder; `fetch_data_files` returns local data files
 (one file, or every data file under a prefix). hf://datasets URIs are read by `data.py` through
@@ -10,43 +11,35 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kubetune.api.uris import UriError, parse_uri
-
 from kubetune_trainer.errors import UserError
+from kubetune_trainer.layout import COMPLETE_MARKER
+from kubetune_trainer.schemes import scheme_of, source_module
 
 if TYPE_CHECKING:
     from kubetune.api.v1alpha1 import Spec
 
-COMPLETE_MARKER = ".kubetune-complete"
+# Weights stored with pickle, which runs code when loaded: only fetched and loaded with spec.model.allowPickle.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+PICKLE_PATTERNS = tuple(f"*{suffix}" for suffix in PICKLE_SUFFIXES)
 
 
-def _parse(uri: str, what: str):
-    try:
-        return parse_uri(uri)
-    except UriError as err:
-        raise UserError(f"{what}: {err}") from None
+def is_pickled(name: str) -> bool:
+    return name.lower().endswith(PICKLE_SUFFIXES)
 
 
 def fetch_model(
     uri: str, dest: Path, *, role: str, spec: Spec | None, allow_pickle: bool = False, trust_remote_code: bool = False
 ) -> Path:
-    """A local model folder for `uri` (file:// is used in place, s3:// and hf:// are downloaded)."""
-    parsed = _parse(uri, "model.uri")
-    if parsed.scheme == "file":
-        from kubetune_trainer.sources.file import model_folder
-
-        return check_remote_code(model_folder(parsed.location, uri), uri, trust_remote_code)
-    if (dest / COMPLETE_MARKER).exists():  # another local rank (or an earlier attempt) fetched it
-        return check_remote_code(dest, uri, trust_remote_code)
-    if parsed.scheme == "s3":
-        from kubetune_trainer.sources.s3 import fetch_model_prefix
-
-        fetch_model_prefix(uri, dest, role=role, spec=spec, allow_pickle=allow_pickle)
-    else:
-        from kubetune_trainer.sources.huggingface import fetch_model_snapshot
-
-        fetch_model_snapshot(parsed, dest, role=role, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-    (dest / COMPLETE_MARKER).touch()
+    """A local model folder for `uri`: used in place (file://) or downloaded into `dest` once, its completion
+    marker written last so another local rank, or a later attempt on the same disk, finds it whole."""
+    parsed, scheme = scheme_of(uri, "model.uri")
+    source = source_module(scheme)
+    kwargs = dict(role=role, spec=spec, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    if scheme.in_place:
+        return check_remote_code(source.fetch_model(parsed, uri, dest, **kwargs), uri, trust_remote_code)
+    if not (dest / COMPLETE_MARKER).exists():
+        source.fetch_model(parsed, uri, dest, **kwargs)
+        (dest / COMPLETE_MARKER).touch()
     return check_remote_code(dest, uri, trust_remote_code)
 
 
@@ -76,14 +69,8 @@ def check_remote_code(model_dir: Path, uri: str, trust_remote_code: bool) -> Pat
 
 
 def fetch_data_files(uri: str, dest: Path, *, role: str, spec: Spec | None, what: str) -> list[Path]:
-    """Local copies of a data file or of every data file under a prefix (s3:// or file://)."""
-    parsed = _parse(uri, what)
-    if parsed.scheme == "file":
-        from kubetune_trainer.sources.file import data_files
-
-        return data_files(parsed.location, uri, what)
-    if parsed.scheme == "s3":
-        from kubetune_trainer.sources.s3 import fetch_data
-
-        return fetch_data(uri, dest, role=role, spec=spec, what=what)
-    raise UserError(f"{what}: {uri} is not a file or a prefix of files (hf:// datasets are read with datasets.load_dataset)")
+    """Local copies of a data file or of every data file under a prefix (in place for file://)."""
+    parsed, scheme = scheme_of(uri, what)
+    if scheme.data_by_library:
+        raise UserError(f"{what}: {uri} is not a file or a prefix of files (hf:// datasets are read with datasets.load_dataset)")
+    return source_module(scheme).fetch_data(parsed, uri, dest, role=role, spec=spec, what=what)

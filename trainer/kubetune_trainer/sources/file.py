@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from kubetune.api.uris import DATA_FILE_SUFFIXES
+from kubetune.api.uris import DATA_FILE_SUFFIXES, ParsedUri
 
 from kubetune_trainer.errors import UserError
 
@@ -25,6 +25,15 @@ def _open_each(paths: list[Path]) -> None:
     for path in paths:
         with path.open("rb"):
             pass
+
+
+def fetch_model(parsed: ParsedUri, uri: str, dest: Path, **_options) -> Path:
+    """The folder itself (nothing is copied)."""
+    return model_folder(parsed.location, uri)
+
+
+def fetch_data(parsed: ParsedUri, uri: str, dest: Path, *, what: str, **_options) -> list[Path]:
+    return data_files(parsed.location, uri, what)
 
 
 def model_folder(location: str, uri: str) -> Path:

@@ -14,7 +14,6 @@ from kubetune.api.uris import ParsedUri
 from kubetune_trainer.errors import InfraError, UserError
 
 SAFE_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "tokenizer*", "*.jinja"]
-PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth"]
 
 
 def translate_hub_error(err: Exception, what: str) -> Exception:
@@ -45,12 +44,18 @@ def translate_hub_error(err: Exception, what: str) -> Exception:
     return err
 
 
+def fetch_model(parsed: ParsedUri, uri: str, dest: Path, *, role: str, allow_pickle: bool, trust_remote_code: bool, **_options) -> Path:
+    return fetch_model_snapshot(parsed, dest, role=role, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+
+
 def fetch_model_snapshot(
     parsed: ParsedUri, dest: Path, *, role: str, allow_pickle: bool, trust_remote_code: bool, what: str = "model.uri"
 ) -> Path:
     from huggingface_hub import snapshot_download
 
-    patterns = SAFE_PATTERNS + (PICKLE_PATTERNS if allow_pickle else []) + (["*.py"] if trust_remote_code else [])
+    from kubetune_trainer.sources import PICKLE_PATTERNS
+
+    patterns = SAFE_PATTERNS + (list(PICKLE_PATTERNS) if allow_pickle else []) + (["*.py"] if trust_remote_code else [])
     label = f"{what}: hf://{parsed.location}" + (f"@{parsed.revision}" if parsed.revision else "")
     try:
         snapshot_download(

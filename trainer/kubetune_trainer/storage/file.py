@@ -9,6 +9,7 @@ from pathlib import Path
 from kubetune.api.uris import parse_uri
 
 from kubetune_trainer.errors import InfraError, UserError
+from kubetune_trainer.storage import Storage
 
 
 def _path(uri: str) -> Path:
@@ -19,7 +20,11 @@ def _uri(path: Path) -> str:
     return f"file://{path}"
 
 
-class FileStorage:
+class FileStorage(Storage):
+    @classmethod
+    def for_role(cls, role: str, spec=None) -> FileStorage:
+        return cls()  # a path needs no credentials
+
     def list(self, prefix: str) -> list[str]:
         root = _path(prefix)
         if root.is_file():
@@ -39,14 +44,6 @@ class FileStorage:
         shutil.copyfile(src, dst)
         return dst
 
-    def download_prefix(self, prefix: str, local_dir: str | Path) -> list[Path]:
-        root, out = _path(prefix), Path(local_dir)
-        copied = []
-        for uri in self.list(prefix):
-            rel = _path(uri).relative_to(root)
-            copied.append(self.download_file(uri, out / rel))
-        return copied
-
     def upload_file(self, local_path: str | Path, uri: str) -> None:
         dst = _path(uri)
         try:
@@ -59,15 +56,6 @@ class FileStorage:
             raise UserError(f"{uri}: permission denied writing the output") from None
         except OSError as err:
             raise InfraError(f"{uri}: cannot write ({err.strerror})") from None
-
-    def upload_dir(self, local_dir: str | Path, prefix: str) -> list[str]:
-        base = Path(local_dir)
-        uris = []
-        for path in sorted(p for p in base.rglob("*") if p.is_file()):
-            uri = _uri(_path(prefix) / path.relative_to(base))
-            self.upload_file(path, uri)
-            uris.append(uri)
-        return uris
 
     def write_text(self, uri: str, text: str) -> None:
         dst = _path(uri)

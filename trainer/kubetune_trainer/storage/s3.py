@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kubetune.api.credentials import endpoint_for, lookup
-from kubetune.api.uris import join_uri, parse_uri
+from kubetune.api.uris import parse_uri
 
 from kubetune_trainer.errors import InfraError, UserError
+from kubetune_trainer.storage import Storage
 
 if TYPE_CHECKING:
     from kubetune.api.v1alpha1 import Spec
@@ -67,7 +68,7 @@ def _translate(err: Exception, uri: str, endpoint: str | None) -> Exception:
     return err
 
 
-class S3Storage:
+class S3Storage(Storage):
     def __init__(self, client, endpoint: str | None):
         self._client = client
         self._endpoint = endpoint
@@ -134,32 +135,12 @@ class S3Storage:
             self._fail(err, uri)
         return dst
 
-    def download_prefix(self, prefix: str, local_dir: str | Path) -> list[Path]:
-        _, key = _split(prefix)
-        base = key if key.endswith("/") or not key else key + "/"
-        out = []
-        for uri in self.list(prefix):
-            rel = _split(uri)[1][len(base) :] if base else _split(uri)[1]
-            if not rel or rel.endswith("/"):  # "folder" placeholder objects
-                continue
-            out.append(self.download_file(uri, Path(local_dir) / rel))
-        return out
-
     def upload_file(self, local_path: str | Path, uri: str) -> None:
         bucket, key = _split(uri)
         try:
             self._client.upload_file(str(local_path), bucket, key)
         except Exception as err:  # noqa: BLE001
             self._fail(err, uri)
-
-    def upload_dir(self, local_dir: str | Path, prefix: str) -> list[str]:
-        base = Path(local_dir)
-        uris = []
-        for path in sorted(p for p in base.rglob("*") if p.is_file()):
-            uri = join_uri(prefix, path.relative_to(base).as_posix())
-            self.upload_file(path, uri)
-            uris.append(uri)
-        return uris
 
     def write_text(self, uri: str, text: str) -> None:
         bucket, key = _split(uri)

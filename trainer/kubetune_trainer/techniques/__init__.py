@@ -1,7 +1,37 @@
-"""One self-contained module per spec.technique value.
+"""One self-contained module per spec.technique value, named after it (`prompt-tuning` -> prompt_tuning.py).
 
-Each exposes `apply(model, spec, task) -> model` (only the technique's parameters require grad
-afterwards) and, where loading differs, `load_kwargs(spec) -> dict` for `from_pretrained`;
-`save(model, out_dir)` where the result is not saved with `model.save_pretrained`.
-`kubetune_trainer.modeling` picks the module from spec.technique.
+A technique module declares its facts:
+  PEFT                 saved as a PEFT adapter (AutoPeftModelFor* reloads it; the adapter names its base)
+  SUPPORTS_PACKING     packed rows work (a 4D block-diagonal mask reaches the attention layers)
+  TRAINS_BASE_WEIGHTS  some of the base model's own weights train (mixed precision loads them in fp32)
+and its hooks:
+  apply(model, spec, task) -> model     required: afterwards only the technique's parameters require grad
+  load_kwargs(spec) -> dict             extra `from_pretrained` arguments (quantization, device map)
+  padding_side(task) -> str | None      a tokenizer padding side the technique needs
+  prepare_trainer(trainer)              a fix-up once the Trainer exists (kubetune_trainer.trainer_setup)
+  save(model, out_dir)                  when the result is not saved with `model.save_pretrained`
+What the API needs to validate a spec (the technique's own spec section, whether mergeAdapter applies, which
+objectives it cannot run) is in kubetune.api, which the operator shares without the training libraries.
 """
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+FACTS = ("PEFT", "SUPPORTS_PACKING", "TRAINS_BASE_WEIGHTS")
+
+
+def module_for(technique) -> ModuleType:
+    """The module implementing `technique` (a Technique or its value)."""
+    from kubetune.api.constants import Technique
+
+    value = Technique(getattr(technique, "value", technique)).value
+    return importlib.import_module(f"kubetune_trainer.techniques.{value.replace('-', '_')}")
+
+
+def peft_task_type(task: str):
+    """PEFT's task type for a model task ("causal-lm" or "sequence-classification")."""
+    from peft import TaskType
+
+    return TaskType.CAUSAL_LM if task == "causal-lm" else TaskType.SEQ_CLS

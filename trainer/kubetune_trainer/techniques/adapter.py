@@ -19,12 +19,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kubetune_trainer.anatomy import classification_head, decoder_layers
+
+PEFT = False  # saved as bottleneck weights + config, reloaded with load_adapter_model
+SUPPORTS_PACKING = True
+TRAINS_BASE_WEIGHTS = False
+
 WEIGHTS_NAME = "bottleneck_adapter.safetensors"
 CONFIG_NAME = "bottleneck_adapter_config.json"
 ADAPTERS_ATTR = "kubetune_adapters"
 ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")
 MLP_NAMES = ("mlp", "feed_forward", "ffn")
-HEAD_NAMES = ("score", "classifier")
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 
 
@@ -55,13 +60,6 @@ class _ApplyBottleneck:
         return self.bottleneck(output)
 
 
-def _decoder_layers(model) -> nn.ModuleList:
-    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
-    if not lists:
-        raise ValueError(f"{type(model).__name__}: no transformer layers found")
-    return max(lists, key=len)
-
-
 def _child(layer: nn.Module, names: tuple[str, ...]) -> nn.Module:
     for name in names:
         module = getattr(layer, name, None)
@@ -70,18 +68,10 @@ def _child(layer: nn.Module, names: tuple[str, ...]) -> nn.Module:
     raise ValueError(f"{type(layer).__name__} has none of the sub-modules {names}")
 
 
-def _head(model) -> nn.Module | None:
-    for name in HEAD_NAMES:
-        module = getattr(model, name, None)
-        if isinstance(module, nn.Module):
-            return module
-    return None
-
-
 def add_adapters(model, bottleneck_size: int, activation: str) -> nn.Module:
     """Insert the bottlenecks (in the dtype and device of each layer) and hook them in."""
     hidden = model.config.hidden_size
-    for layer in _decoder_layers(model):
+    for layer in decoder_layers(model):
         if hasattr(layer, ADAPTERS_ATTR):
             raise ValueError("the model already has bottleneck adapters")
         reference = next(layer.parameters())
@@ -109,7 +99,7 @@ def apply(model, spec, task: str):
         raise UserError(f"spec.technique adapter: unsupported model architecture: {exc}") from exc
     # New modules default to requires_grad=True; the head of a classifier is new and must learn too.
     if task == "sequence-classification":
-        head = _head(model)
+        head = classification_head(model)
         if head is not None:
             head.requires_grad_(True)
     model.kubetune_adapter_config = {
@@ -122,7 +112,7 @@ def apply(model, spec, task: str):
 
 def _saved_state(model) -> dict[str, torch.Tensor]:
     """The adapter weights plus the trainable head: everything that differs from the base."""
-    head = _head(model)
+    head = classification_head(model)
     head_names = set()
     if head is not None and any(p.requires_grad for p in head.parameters()):
         prefix = next(name for name, module in model.named_modules() if module is head)

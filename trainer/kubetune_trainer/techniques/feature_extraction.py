@@ -4,44 +4,12 @@ trains, the final norm that feeds the head."""
 
 from __future__ import annotations
 
-from torch import nn
+from kubetune_trainer.anatomy import decoder_layers, final_norm, head
 
+PEFT = False  # saved as a whole model
+SUPPORTS_PACKING = True
 # Base weights train: under mixed precision they load in fp32 as master weights (kubetune_trainer.precision).
 TRAINS_BASE_WEIGHTS = True
-
-HEAD_NAMES = ("score", "classifier")
-FINAL_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "norm_f")
-
-
-def head(model, task: str) -> nn.Module:
-    if task == "sequence-classification":
-        for name in HEAD_NAMES:
-            module = getattr(model, name, None)
-            if isinstance(module, nn.Module):
-                return module
-        raise ValueError(f"{type(model).__name__} has no classification head named {HEAD_NAMES}")
-    module = model.get_output_embeddings()
-    if module is None:
-        raise ValueError(f"{type(model).__name__} has no output embeddings (lm_head)")
-    return module
-
-
-def decoder_layers(model) -> nn.ModuleList:
-    """The stack of transformer blocks: the longest ModuleList in the model (model.layers for Llama,
-    transformer.h for GPT-2, encoder.layer for BERT)."""
-    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
-    if not lists:
-        raise ValueError(f"{type(model).__name__}: no transformer layers found")
-    return max(lists, key=len)
-
-
-def final_norm(model) -> nn.Module | None:
-    base = getattr(model, model.base_model_prefix, model)
-    for name in FINAL_NORM_NAMES:
-        module = getattr(base, name, None)
-        if isinstance(module, nn.Module):
-            return module
-    return None
 
 
 def apply(model, spec, task: str):

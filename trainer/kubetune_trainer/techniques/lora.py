@@ -6,6 +6,12 @@ modules_to_save), which starts random and must learn.
 
 from __future__ import annotations
 
+from kubetune_trainer.techniques import peft_task_type
+
+PEFT = True
+SUPPORTS_PACKING = True
+TRAINS_BASE_WEIGHTS = False
+
 
 def target_modules(spec) -> str | list[str]:
     """"all-linear" (PEFT's shorthand: every linear layer except the output head) or a list of names."""
@@ -16,7 +22,7 @@ def target_modules(spec) -> str | list[str]:
 
 
 def lora_config(spec, task: str):
-    from peft import LoraConfig, TaskType
+    from peft import LoraConfig
 
     return LoraConfig(
         r=spec.lora.rank,
@@ -26,7 +32,7 @@ def lora_config(spec, task: str):
         use_dora=spec.lora.use_dora,
         use_rslora=spec.lora.use_rslora,
         bias="none",
-        task_type=TaskType.CAUSAL_LM if task == "causal-lm" else TaskType.SEQ_CLS,
+        task_type=peft_task_type(task),
     )
 
 

@@ -15,13 +15,20 @@ from __future__ import annotations
 import inspect
 import types
 
+from kubetune_trainer.techniques import peft_task_type
+
+PEFT = True
+# PEFT extends a 2D attention mask with the prefix positions: no 4D block-diagonal mask for packed rows.
+SUPPORTS_PACKING = False
+TRAINS_BASE_WEIGHTS = False
+
 
 def prefix_tuning_config(spec, task: str, hidden_size: int):
-    from peft import PrefixTuningConfig, TaskType
+    from peft import PrefixTuningConfig
 
     settings = spec.prefix_tuning
     return PrefixTuningConfig(
-        task_type=TaskType.CAUSAL_LM if task == "causal-lm" else TaskType.SEQ_CLS,
+        task_type=peft_task_type(task),
         num_virtual_tokens=settings.virtual_tokens,
         prefix_projection=settings.projection,
         encoder_hidden_size=hidden_size,

@@ -4,9 +4,22 @@ embeddings of that text (tokenized with the model's own tokenizer)."""
 
 from __future__ import annotations
 
+from kubetune_trainer.techniques import peft_task_type
+
+PEFT = True
+# PEFT extends a 2D attention mask with the virtual tokens: no 4D block-diagonal mask for packed rows.
+SUPPORTS_PACKING = False
+TRAINS_BASE_WEIGHTS = False
+
+
+def padding_side(task: str) -> str | None:
+    """PEFT feeds soft prompts as inputs_embeds, so a classification head cannot find the last non-pad token
+    from input_ids and reads the last position: left padding makes that the last real token."""
+    return "left" if task == "sequence-classification" else None
+
 
 def prompt_tuning_config(spec, task: str, tokenizer_dir: str | None):
-    from peft import PromptTuningConfig, PromptTuningInit, TaskType
+    from peft import PromptTuningConfig, PromptTuningInit
 
     settings = spec.prompt_tuning
     kwargs = {}
@@ -17,7 +30,7 @@ def prompt_tuning_config(spec, task: str, tokenizer_dir: str | None):
             tokenizer_name_or_path=tokenizer_dir,
         )
     return PromptTuningConfig(
-        task_type=TaskType.CAUSAL_LM if task == "causal-lm" else TaskType.SEQ_CLS,
+        task_type=peft_task_type(task),
         num_virtual_tokens=settings.virtual_tokens,
         **kwargs,
     )

@@ -11,6 +11,12 @@ from __future__ import annotations
 
 import os
 
+from kubetune_trainer.techniques import lora
+
+PEFT = True
+SUPPORTS_PACKING = True
+TRAINS_BASE_WEIGHTS = False
+
 
 def quantization_config(spec):
     from transformers import BitsAndBytesConfig
@@ -63,9 +69,7 @@ def disable_cpu_weight_repacking(model) -> int:
 
 
 def apply(model, spec, task: str):
-    from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
-
-    from kubetune_trainer.errors import UserError
+    from peft import prepare_model_for_kbit_training
 
     disable_cpu_weight_repacking(model)
     # Casts norms/embeddings to fp32 and freezes the base; gradient checkpointing only if asked for
@@ -75,20 +79,4 @@ def apply(model, spec, task: str):
         use_gradient_checkpointing=spec.hyperparameters.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False},
     )
-    value = spec.lora.target_modules.strip()
-    targets = value if value == "all-linear" else [n.strip() for n in value.split(",") if n.strip()]
-    config = LoraConfig(
-        r=spec.lora.rank,
-        lora_alpha=spec.lora.alpha,
-        lora_dropout=spec.lora.dropout,
-        target_modules=targets,
-        use_dora=spec.lora.use_dora,
-        use_rslora=spec.lora.use_rslora,
-        bias="none",
-        task_type=TaskType.CAUSAL_LM if task == "causal-lm" else TaskType.SEQ_CLS,
-    )
-    try:
-        return get_peft_model(model, config)
-    except ValueError as exc:
-        raise UserError(f"spec.lora.targetModules: {exc}") from exc
-
+    return lora.apply(model, spec, task)

@@ -1,27 +1,29 @@
-"""s3:// sources: a model folder (a whole prefix) or data files."""
+"""Object-store sources (s3://, and any store with a Storage in kubetune_trainer.storage): a model folder is
+a whole prefix, data is one file or every data file under a prefix."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kubetune.api.uris import DATA_FILE_SUFFIXES, parse_uri
+from kubetune.api.uris import DATA_FILE_SUFFIXES, ParsedUri, parse_uri
 
 from kubetune_trainer.errors import UserError
+from kubetune_trainer.sources import is_pickled
 from kubetune_trainer.storage import get_storage
 
 if TYPE_CHECKING:
     from kubetune.api.v1alpha1 import Spec
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
-
-def fetch_model_prefix(uri: str, dest: Path, *, role: str, spec: Spec | None, allow_pickle: bool) -> Path:
+def fetch_model(
+    parsed: ParsedUri, uri: str, dest: Path, *, role: str, spec: Spec | None, allow_pickle: bool, trust_remote_code: bool
+) -> Path:
     storage = get_storage(uri, credentials_role=role, spec=spec)
     prefix = uri if uri.endswith("/") else uri + "/"
     uris = storage.list(prefix)
     if not allow_pickle:
-        uris = [u for u in uris if not u.lower().endswith(PICKLE_SUFFIXES)]
+        uris = [u for u in uris if not is_pickled(u)]
     if not any(u.endswith("/config.json") for u in uris):
         raise UserError(f"model.uri: {uri} holds no config.json (expected a Hugging Face model folder)")
     base_len = len(parse_uri(prefix).path)
@@ -32,9 +34,8 @@ def fetch_model_prefix(uri: str, dest: Path, *, role: str, spec: Spec | None, al
     return dest
 
 
-def fetch_data(uri: str, dest: Path, *, role: str, spec: Spec | None, what: str) -> list[Path]:
+def fetch_data(parsed: ParsedUri, uri: str, dest: Path, *, role: str, spec: Spec | None, what: str) -> list[Path]:
     storage = get_storage(uri, credentials_role=role, spec=spec)
-    parsed = parse_uri(uri)
     if not parsed.is_prefix:
         try:
             return [storage.download_file(uri, dest / Path(parsed.path).name)]
