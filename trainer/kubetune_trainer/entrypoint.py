@@ -301,6 +301,12 @@ def open_output(job, spec, output: str | None, world: World = World()) -> RunOut
     storage = get_storage(layout.root, credentials_role=ROLE_OUTPUT, spec=spec)
     manifest = resolved_manifest(job, spec)
     resuming = check_same_run(storage, layout, manifest)
+    if not resuming and storage.list(layout.checkpoints_uri):
+        # Checkpoints without the spec that made them: nothing proves they are this run's.
+        raise UserError(
+            f"output {layout.root} holds checkpoints but no {layout.spec_uri.rsplit('/', 1)[1]}, so they cannot be "
+            "shown to be this run's; never resuming them: choose another output or delete that one"
+        )
     if world.is_main and not resuming:
         storage.write_text(layout.spec_uri, yaml.safe_dump(manifest, sort_keys=False))
     return RunOutput(layout, storage, resuming)
