@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: setup test test-fast demo generate validate-examples images clean
+.PHONY: setup test test-fast test-images demo generate validate-examples images clean
 
 setup: $(VENV)/.installed
 
@@ -34,12 +34,25 @@ generate: setup
 validate-examples: setup
 	$(VENV)/bin/kubetune validate examples/*.yaml
 
-# Container images, tagged with the chart's appVersion (needs a Docker engine).
+# Container images, tagged with the chart's appVersion (needs a Docker engine). The bases are build
+# arguments, left to the Dockerfiles' defaults unless set, e.g. for older NVIDIA drivers:
+#   make images TRAINER_BASE=pytorch/pytorch:2.6.0-cuda12.4-cudnn9-runtime TRAINER_TAG_SUFFIX=-cu124
 VERSION := $(shell awk '/^appVersion:/ {gsub(/"/, "", $$2); print $$2}' charts/kubetune/Chart.yaml)
 REGISTRY ?= ghcr.io/kubetune
+OPERATOR_BASE ?=
+TRAINER_BASE ?=
+TRAINER_TAG_SUFFIX ?=
 images:
-	docker build -f operator/Dockerfile -t $(REGISTRY)/operator:$(VERSION) .
-	docker build -f trainer/Dockerfile -t $(REGISTRY)/trainer:$(VERSION) .
+	docker build -f operator/Dockerfile $(if $(OPERATOR_BASE),--build-arg PYTHON_IMAGE=$(OPERATOR_BASE)) \
+		-t $(REGISTRY)/operator:$(VERSION) .
+	docker build -f trainer/Dockerfile $(if $(TRAINER_BASE),--build-arg BASE_IMAGE=$(TRAINER_BASE)) \
+		-t $(REGISTRY)/trainer:$(VERSION)$(TRAINER_TAG_SUFFIX) .
+
+# Both images built on a local Docker engine (Debian's docker.io installed and dockerd started when
+# missing; stand-in bases, as CI reaches no registry) and run: the operator's CLI, the chart's operator
+# against the test API server, and the pod it builds run in the trainer image (tests/images/).
+test-images: setup
+	KUBETUNE_IMAGE_TESTS=1 $(PY) -m pytest tests/images
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache
