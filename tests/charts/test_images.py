@@ -98,3 +98,29 @@ def test_images_run_as_non_root_with_the_expected_entrypoints():
     assert re.search(rf"^USER {builders.RUN_AS_USER}:{builders.RUN_AS_USER}$", TRAINER, re.M)
     assert 'ENTRYPOINT ["python", "-m", "kubetune_trainer"]' in TRAINER
     assert ".venv" in (REPO / ".dockerignore").read_text()
+
+
+def test_quickstart_builds_and_installs_the_images_as_the_makefile_and_the_chart_name_them():
+    """docs/quickstart.md's image step: the build arguments it names are the Dockerfiles' base arguments, the
+    Makefile passes them under those names, and the chart values it sets are the chart's image repositories
+    (what `make test-images` gives the chart)."""
+    import yaml
+
+    quickstart = (REPO / "docs" / "quickstart.md").read_text()
+    makefile = (REPO / "Makefile").read_text()
+    for dockerfile, arg, make_variable in ((OPERATOR, "PYTHON_IMAGE", "OPERATOR_BASE"),
+                                           (TRAINER, "BASE_IMAGE", "TRAINER_BASE")):
+        assert re.search(rf"^ARG {arg}=", dockerfile, re.M) and re.search(rf"^FROM \$\{{{arg}\}}", dockerfile, re.M)
+        assert f"--build-arg {arg}=$({make_variable})" in makefile
+        assert f"`{arg}`" in quickstart
+    default_base = re.search(r"^ARG BASE_IMAGE=(\S+)$", TRAINER, re.M).group(1)
+    assert f"`{default_base}` (default)" in quickstart
+    for base in re.findall(r"TRAINER_BASE=(\S+)", quickstart):
+        assert f"`{base}`" in quickstart, f"{base} is built in the quickstart but not in its table of bases"
+    values = yaml.safe_load((REPO / "charts" / "kubetune" / "values.yaml").read_text())
+    for key in re.findall(r"--set ((?:trainer\.)?image\.repository)=", quickstart):
+        node = values
+        for part in key.split("."):
+            node = node[part]
+        assert isinstance(node, str)
+    assert "--set image.repository=" in quickstart and "--set trainer.image.repository=" in quickstart
