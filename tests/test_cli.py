@@ -102,3 +102,35 @@ def test_operator_refuses_a_bad_setting_in_one_line():
                          text=True, env=env, timeout=60)
     assert out.returncode == 2
     assert out.stderr.strip() == "kubetune operator: KUBETUNE_CONCURRENT_RECONCILES must be >= 1 (got 0)"
+
+
+def test_validate_reads_yaml_as_kubectl_does(tmp_path, capsys):
+    """`1e-4` is a number to kubectl (go-yaml), a string to PyYAML; merge keys work in kubectl."""
+    merged = "spec:\n  hyperparameters:\n    <<: &tuned {learningRate: 1e-4, warmupRatio: 5e-2}\n    batchSize: 16\n"
+    text = yaml.safe_dump(base()).replace("spec:\n", merged, 1)
+    path = _write(tmp_path, "kubectl.yaml", text)
+    assert main(["validate", path]) == 0, capsys.readouterr().out
+
+
+def test_validate_and_run_refuse_what_kubectl_cannot_send_in_one_line(tmp_path):
+    text = yaml.safe_dump(base()).replace("spec:\n", "spec:\n  hyperparameters: {learningRate: .inf}\n", 1)
+    path = _write(tmp_path, "inf.yaml", text)
+    for command in ("validate", "run"):
+        out = subprocess.run([sys.executable, "-m", "kubetune.cli", command, path], capture_output=True, text=True,
+                             env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=120)  # fmt: skip
+        output = (out.stdout + out.stderr).strip()
+        assert out.returncode != 0 and "Traceback" not in output, output
+        assert len(output.splitlines()) == 1 and "spec.hyperparameters.learningRate: .inf is not a number" in output
+
+
+def test_validate_deep_or_odd_yaml_is_one_line_never_a_traceback(tmp_path):
+    deep = _write(tmp_path, "deep.yaml", "spec: " + "[" * 5000 + "]" * 5000 + "\n")
+    keyed = _write(tmp_path, "keyed.yaml", "apiVersion: kubetune.dev/v1alpha1\n? [a, b]\n: x\n")
+    command = [sys.executable, "-m", "kubetune.cli", "validate", deep, keyed]
+    out = subprocess.run(command, capture_output=True, text=True)
+    assert out.returncode == 1 and "Traceback" not in out.stdout + out.stderr
+    assert out.stdout.splitlines() == [
+        f"{deep}: not valid YAML: line 1: nested more than 100 levels deep (a FineTuneJob needs fewer than ten)",
+        f"{keyed}: not valid YAML: line 2: a list cannot be a mapping key (in the document); keys are strings, "
+        "numbers or true/false",
+    ]
