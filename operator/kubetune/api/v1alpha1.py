@@ -282,7 +282,14 @@ class Hyperparameters(ApiModel):
 class Lora(ApiModel):
     rank: Int = Field(default=16, ge=1, le=1024, description="Rank r of the low-rank update matrices.")
     alpha: Float = Field(default=32.0, gt=0, description="Scaling numerator: the update is scaled by alpha/rank.")
-    dropout: Float = Field(default=0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    dropout: Float = Field(
+        default=0.05,
+        ge=0,
+        lt=1,
+        description="Dropout on the LoRA input. Not applied with objective preference, nor in the reward-model stage "
+        "of rlhf: their TRL trainers turn every dropout off so the policy's and the reference's log-probabilities "
+        "(or the reward of chosen and rejected) are computed alike.",
+    )
     target_modules: Annotated[
         Str,
         Field(min_length=1, json_schema_extra={"pattern": r"^(all-linear|[A-Za-z0-9_.]+(,[A-Za-z0-9_.]+)*)$"}),
