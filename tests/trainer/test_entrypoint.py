@@ -68,6 +68,31 @@ def _causal_job(write_job, model_dir, text_file, **extra):
     )
 
 
+def _tensorboard(bucket: str, prefix: str, local: Path) -> dict[str, list[tuple[int, float]]]:
+    """The scalars of the TensorBoard event files under s3://bucket/prefix, read by TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for key in _keys(bucket, prefix):
+        target = local / key[len(prefix):]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(_read(bucket, key))
+    events = EventAccumulator(str(local), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def _assert_tensorboard_matches_metrics(bucket: str, prefix: str, local: Path) -> list[dict]:
+    """Point by point: train/loss and eval/loss in TensorBoard are metrics.jsonl's loss and eval_loss."""
+    records = _metrics(_read(bucket, f"{prefix}metrics.jsonl").decode())
+    scalars = _tensorboard(bucket, f"{prefix}tensorboard/", local)
+    for key, tag in (("loss", "train/loss"), ("eval_loss", "eval/loss")):
+        expected = [(r["step"], r[key]) for r in records if key in r]
+        got = scalars[tag]
+        assert [step for step, _ in got] == [step for step, _ in expected], (tag, got, expected)
+        assert all(abs(a - b) <= 1e-6 * max(1.0, abs(b)) for (_, a), (_, b) in zip(got, expected)), tag
+    return records
+
+
 def _subprocess_env(**extra):
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", **extra)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH", "")]))
@@ -208,6 +233,10 @@ def test_killed_run_resumes_to_the_same_weights_skipping_a_half_written_checkpoi
     assert not any(k.startswith("run/checkpoints/step-10/") for k in keys)  # pruned once step-12 completed
     steps = [r["step"] for r in _metrics(_read(s3_bucket, "run/metrics.jsonl").decode()) if "loss" in r]
     assert steps == sorted(steps) and len(steps) == len(set(steps)) == STEPS  # no duplicate steps after the resume
+    # TensorBoard holds the same points: the resumed step's own events (and its eval at step 6 when the kill came
+    # after it) are kept, what the killed attempt logged after its checkpoint is gone.
+    records = _assert_tensorboard_matches_metrics(s3_bucket, "run/", tmp_path / "tb")
+    assert [r["step"] for r in records if "eval_loss" in r] == [6, 12]
 
 
 def test_sigterm_saves_a_usable_checkpoint_and_exits_143(causal_run, s3_bucket, tmp_path):
@@ -370,3 +399,39 @@ def test_output_of_a_different_spec_is_refused(tiny_llama_dir, write_job, tmp_pa
     job = write_job(tiny_llama_dir, [{"uri": f"file://{data}", "format": "text"}])
     rc, reason = _run_failing(job, tmp_path, f"file://{out}/")
     assert rc == ExitCode.USER_ERROR and "different spec" in reason and "hyperparameters.learningRate" in reason
+
+
+def test_running_a_finished_job_again_changes_no_metric(causal_run, tmp_path):
+    """A pod restarted after training ended (or `kubetune run` again) resumes at the last step, trains nothing,
+    and leaves metrics.jsonl, TensorBoard and the final model as they were (no fake summary record)."""
+    bucket, job = causal_run
+    metrics_before = _read(bucket, "run/metrics.jsonl")
+    final_before = _read(bucket, "run/final/model.safetensors")
+    tensorboard_before = _tensorboard(bucket, "run/tensorboard/", tmp_path / "before")
+
+    assert main([str(job), "--output", f"s3://{bucket}/run/"]) == 0
+
+    after = _read(bucket, "run/metrics.jsonl")
+    assert after.decode().splitlines() == metrics_before.decode().splitlines(), (after.decode()[-600:], metrics_before.decode()[-600:])
+    assert _same_weights(_weights(_read(bucket, "run/final/model.safetensors")), _weights(final_before), atol=0.0)
+    assert _tensorboard(bucket, "run/tensorboard/", tmp_path / "after") == tensorboard_before
+    _assert_tensorboard_matches_metrics(bucket, "run/", tmp_path / "check")
+
+
+def test_a_run_cut_off_after_its_last_checkpoint_trains_no_step_more(causal_run, s3_bucket, tmp_path):
+    """Killed while uploading the final model: the next attempt resumes the checkpoint of the last step and gives
+    its model without training one step more (transformers 5.24 alone would train step 13 of 12)."""
+    ref_bucket, job = causal_run
+    output = f"s3://{s3_bucket}/run/"
+    assert main([str(job), "--output", output]) == 0
+    metrics_before = _read(s3_bucket, "run/metrics.jsonl")
+    _s3().delete_object(Bucket=s3_bucket, Key="run/final/_COMPLETE")
+    _s3().delete_object(Bucket=s3_bucket, Key="run/final/model.safetensors")
+
+    assert main([str(job), "--output", output]) == 0
+
+    assert _read(s3_bucket, "run/metrics.jsonl").decode().splitlines() == metrics_before.decode().splitlines()
+    assert not any("/step-13/" in k for k in _keys(s3_bucket, "run/checkpoints/"))
+    reference = _weights(_read(ref_bucket, "run/final/model.safetensors"))
+    assert _same_weights(_weights(_read(s3_bucket, "run/final/model.safetensors")), reference, atol=1e-5)
+    assert "run/final/_COMPLETE" in _keys(s3_bucket, "run/final/")

@@ -48,6 +48,11 @@ class RemoteCheckpoint:
     complete: bool
     marker: dict | None = None
 
+    @property
+    def stage(self) -> str | None:
+        """The rlhf stage that saved it (None for one-stage objectives)."""
+        return (self.marker or {}).get("stage")
+
 
 def scan(storage: Storage, layout: OutputLayout) -> dict[int, RemoteCheckpoint]:
     """Every step folder under checkpoints/, complete or not."""
@@ -112,8 +117,8 @@ class CheckpointManager:
         self._futures: list[Future] = []
         self.last_complete_step: int | None = None
 
-    def submit(self, local_dir: Path, step: int, eval_loss: float | None = None) -> Future:
-        future = self._pool.submit(self._upload, Path(local_dir), step, eval_loss)
+    def submit(self, local_dir: Path, step: int, eval_loss: float | None = None, stage: str | None = None) -> Future:
+        future = self._pool.submit(self._upload, Path(local_dir), step, eval_loss, stage)
         self._futures.append(future)
         return future
 
@@ -121,7 +126,7 @@ class CheckpointManager:
         """Remove the leftovers of a cut-off upload of the same step (before any node uploads into it)."""
         self.storage.delete_prefix(self.layout.checkpoint_uri(step))
 
-    def _upload(self, local_dir: Path, step: int, eval_loss: float | None) -> None:
+    def _upload(self, local_dir: Path, step: int, eval_loss: float | None, stage: str | None = None) -> None:
         started = time.monotonic()
         uri = self.layout.checkpoint_uri(step)
         files = {p.relative_to(local_dir).as_posix(): p.stat().st_size for p in sorted(local_dir.rglob("*")) if p.is_file()}
@@ -129,6 +134,8 @@ class CheckpointManager:
         marker = {"step": step, "time": _now(), "files": files}
         if eval_loss is not None:
             marker["evalLoss"] = eval_loss
+        if stage is not None:
+            marker["stage"] = stage
         self.storage.write_text(uri + MARKER, json.dumps(marker, indent=1))  # last: now it is complete
         self.last_complete_step = step
         log.info("checkpoint step-%d uploaded in %.1fs", step, time.monotonic() - started)
@@ -218,6 +225,7 @@ class CheckpointCallback(TrainerCallback):
         self.is_main = is_main
         self.node_files = node_files  # set on the first rank of every node but the first
         self.preemption = preemption
+        self.stage: str | None = None  # rlhf: the stage training (metrics.set_stage), recorded in each marker
         # Debug/test knob: slow every step down (seconds) so a test can kill a run between checkpoints.
         self._step_sleep = float(os.environ.get("KUBETUNE_DEBUG_STEP_SLEEP", "0") or 0)
 
@@ -258,4 +266,4 @@ class CheckpointCallback(TrainerCallback):
         eval_loss = next(
             (e.get("eval_loss") for e in reversed(state.log_history) if e.get("step") == step and "eval_loss" in e), None
         )
-        self.manager.submit(local, step, eval_loss)
+        self.manager.submit(local, step, eval_loss, self.stage)

@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import hashlib
 import importlib
+import json
 import logging
 import os
 import re
@@ -385,22 +386,23 @@ class Session:
 
 
 def restore_metrics(out: RunOutput, inputs: Inputs, metrics_dir: Path) -> None:
-    """metrics.jsonl and TensorBoard as the attempt being resumed left them up to its checkpoint; a new run
-    starts both afresh."""
-    from kubetune_trainer.metrics import truncate_metrics
+    """metrics.jsonl as the attempt being resumed left it up to its checkpoint, and TensorBoard rebuilt from it
+    (in the store too); a new run starts both afresh."""
+    from kubetune_trainer.metrics import truncate_metrics, write_tensorboard
 
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
+    out.storage.delete_prefix(out.layout.tensorboard_uri)
     if inputs.latest is None:
         out.storage.delete_prefix(out.layout.metrics_uri)
-        out.storage.delete_prefix(out.layout.tensorboard_uri)
         return
     try:
-        text = out.storage.read_text(out.layout.metrics_uri)
-        (metrics_dir / "metrics.jsonl").write_text(truncate_metrics(text, inputs.latest.step))
+        text = truncate_metrics(out.storage.read_text(out.layout.metrics_uri), inputs.latest.step, inputs.latest.stage)
     except FileNotFoundError:
-        pass
-    out.storage.download_prefix(out.layout.tensorboard_uri, metrics_dir / "tensorboard")
+        return
+    (metrics_dir / "metrics.jsonl").write_text(text)
+    write_tensorboard([json.loads(line) for line in text.splitlines()], metrics_dir / "tensorboard")
+    out.storage.upload_dir(metrics_dir / "tensorboard", out.layout.tensorboard_uri)
 
 
 def build_context(
@@ -498,7 +500,29 @@ def save_and_upload(result, spec, out: RunOutput, work_dir: Path) -> None:
     # Overwrite in place, never delete first: final/reward-model/ (rlhf) lives there too, and one output
     # root belongs to one spec, so a retry writes the same file names.
     out.storage.upload_dir(final_dir, out.layout.final_uri)
+    files = {p.relative_to(final_dir).as_posix(): p.stat().st_size for p in sorted(final_dir.rglob("*")) if p.is_file()}
+    out.storage.write_text(out.layout.final_marker_uri, json.dumps({"files": files}, indent=1))  # last: complete
     log.info("final model uploaded to %s", out.layout.final_uri)
+
+
+def finished(out: RunOutput) -> bool:
+    """The root already holds this run's complete final model: there is nothing left to train."""
+    return out.resuming and out.storage.exists(out.layout.final_marker_uri)
+
+
+def report_finished(out: RunOutput, world: World) -> str:
+    """A run started again after it finished (its pod restarted, `kubetune run` again): report where the results
+    are, change nothing."""
+    from kubetune_trainer.reporting import OutputReport
+
+    log.info("this run already finished: its final model is %s", out.layout.final_uri)
+    if world.is_main:
+        reporter = make_reporter(True)
+        layout = out.layout
+        reporter.output(OutputReport(model_uri=layout.final_uri, metrics_uri=layout.metrics_uri,
+                                     tensorboard_uri=layout.tensorboard_uri, checkpoints_uri=layout.checkpoints_uri))
+        reporter.close()
+    return out.layout.final_uri
 
 
 # --------------------------------------------------------------------------- the run
@@ -520,6 +544,8 @@ def run_job(file: str | Path, *, output: str | None = None, name: str | None = N
     world = World.from_env()
     _init_distributed(world)
     out = open_output(job, spec, output, world)
+    if finished(out):
+        return report_finished(out, world)
     work_dir = _work_dir(out.layout.root, world)
     created_work_dir = not work_dir.exists()
     work_dir.mkdir(parents=True, exist_ok=True)

@@ -39,3 +39,8 @@ class OutputLayout:
     @property
     def final_uri(self) -> str:
         return join_uri(self.root, "final") + "/"
+
+    @property
+    def final_marker_uri(self) -> str:
+        """Written after every file of final/: the run is finished."""
+        return join_uri(self.root, "final", COMPLETE_MARKER)

@@ -56,16 +56,50 @@ def set_stage(callbacks, stage: str | None) -> None:
             callback.stage = stage
 
 
-def truncate_metrics(text: str, last_step: int) -> str:
-    """metrics.jsonl lines up to `last_step` (a resumed run re-logs the steps after its checkpoint)."""
+def truncate_metrics(text: str, last_step: int, stage: str | None = None) -> str:
+    """metrics.jsonl lines up to `last_step` of the checkpointed `stage` (a resumed run re-logs the steps after
+    its checkpoint); records of the other stages (rlhf's finished reward-model stage) are kept whole."""
     kept = []
     for line in text.splitlines():
         try:
-            if json.loads(line).get("step", 0) <= last_step:
-                kept.append(line)
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if record.get("stage") != stage or record.get("step", 0) <= last_step:
+            kept.append(line)
     return "".join(line + "\n" for line in kept)
+
+
+def tensorboard_scalars(record: dict) -> list[tuple[str, float]]:
+    """(tag, value) for each number of a metrics.jsonl record, named as transformers' TensorBoard callback names
+    them (train/loss, train/learning_rate, eval/loss, eval/<task>_loss), under the rlhf stage's name if any."""
+    prefix = f"{record['stage']}/" if record.get("stage") else ""
+    scalars = []
+    for key, value in record.items():
+        if key in ("step", "stage") or isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            continue
+        if key.startswith("eval_"):
+            tag = "eval/" + key[len("eval_") :]
+        elif key.startswith("test_"):
+            tag = "test/" + key[len("test_") :]
+        else:
+            tag = "train/" + key
+        scalars.append((prefix + tag, float(value)))
+    return scalars
+
+
+def write_tensorboard(records: list[dict], folder: Path) -> None:
+    """TensorBoard event files holding exactly `records` (a resume rebuilds them from metrics.jsonl, so no event
+    a killed attempt logged after its checkpoint survives, and none before it is lost)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(folder))
+    try:
+        for record in records:
+            for tag, value in tensorboard_scalars(record):
+                writer.add_scalar(tag, value, record.get("step", 0))
+    finally:
+        writer.close()
 
 
 class MetricsCallback(TrainerCallback):
@@ -88,6 +122,7 @@ class MetricsCallback(TrainerCallback):
         self.stage: str | None = None  # rlhf: "reward-model" / "policy"
         self.latest: dict[str, float] = {}
         self._writer = None
+        self._start_step = 0
         self._last_sync = 0.0
         self._start: tuple[float, int] | None = None
         self._tokens: tuple[float, int] | None = None
@@ -108,14 +143,19 @@ class MetricsCallback(TrainerCallback):
         self.local_dir.mkdir(parents=True, exist_ok=True)
         if self._writer is not None:
             self._writer.close()
-        # purge_step drops events a killed attempt logged after the checkpoint we resume from.
-        self._writer = SummaryWriter(str(self.tensorboard_dir), purge_step=state.global_step or None)
+        # A new event file beside what the attempt resumed from left (rebuilt from metrics.jsonl by the entrypoint).
+        self._writer = SummaryWriter(str(self.tensorboard_dir))
+        self._start_step = state.global_step
         now = time.monotonic()
         self._start = (now, state.global_step)
         self._tokens = (now, state.num_input_tokens_seen)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not self.is_main or not logs:
+            return
+        if self._start_step and state.global_step <= self._start_step:
+            # Resumed at this step: what happened up to it is already logged. A finished run started again
+            # trains no step and the Trainer only logs a summary of nothing (train_loss 0.0): not a record.
             return
         now = time.monotonic()
         record: dict = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
@@ -132,10 +172,8 @@ class MetricsCallback(TrainerCallback):
         with self.metrics_path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
         if self._writer is not None:
-            for key, value in record.items():
-                if key not in ("step", "stage") and isinstance(value, (int, float)) and math.isfinite(value):
-                    prefix = f"{self.stage}/" if self.stage else ""
-                    self._writer.add_scalar(prefix + key, value, state.global_step)
+            for tag, value in tensorboard_scalars(record):
+                self._writer.add_scalar(tag, value, state.global_step)
         self.latest.update(contract_metrics(record))
         self.reporter.progress(
             ProgressReport(

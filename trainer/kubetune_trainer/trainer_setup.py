@@ -1,10 +1,39 @@
 """What every recipe does to its Trainer (transformers' or TRL's) once it exists, before `train()` creates
 the optimizer: undo TRL's dtype cast, run the technique's own fix-up, and pick the optimizer the precision
-needs."""
+needs; and how it trains (`run_training`)."""
 
 from __future__ import annotations
 
+from transformers import TrainerCallback
+from transformers.trainer_utils import TrainOutput
+
 from kubetune_trainer import precision
+
+
+class _AlreadyDone(Exception):
+    pass
+
+
+class StopWhenDone(TrainerCallback):
+    """A checkpoint saved at the last step resumes into one step too many: transformers 5.24's loop starts an
+    epoch and trains before it checks the step count (a rerun of a finished job logged step 13 of 12). Stop
+    before that step, with the checkpoint's weights loaded."""
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.max_steps > 0 and state.global_step >= state.max_steps:
+            raise _AlreadyDone
+
+
+def run_training(trainer, resume_from=None) -> TrainOutput:
+    """`trainer.train()`, resuming from the local checkpoint `resume_from`; a checkpoint of the last step gives
+    its model without training (and without logging) anything."""
+    from kubetune_trainer.preemption import PREEMPTION
+
+    try:
+        return trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except _AlreadyDone:
+        PREEMPTION.training = False
+        return TrainOutput(trainer.state.global_step, 0.0, {})
 
 
 def trainable_dtypes(model) -> dict:
@@ -37,4 +66,5 @@ def prepare_trainer(trainer, spec, dtypes: dict | None = None):
     if hasattr(module, "prepare_trainer"):
         module.prepare_trainer(trainer)
     precision.configure_optimizer(trainer, precision.plan(spec))
+    trainer.add_callback(StopWhenDone)
     return trainer

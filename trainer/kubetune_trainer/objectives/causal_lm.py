@@ -70,7 +70,7 @@ def train_language_model(ctx: RunContext, formats, tokenize_rows, check=None) ->
     from kubetune_trainer.args import training_args
     from kubetune_trainer.modeling import load_for_training
     from kubetune_trainer.techniques import module_for
-    from kubetune_trainer.trainer_setup import prepare_trainer
+    from kubetune_trainer.trainer_setup import prepare_trainer, run_training
 
     spec, hp = ctx.spec, ctx.spec.hyperparameters
     packing = hp.packing and module_for(spec.technique).SUPPORTS_PACKING
@@ -98,7 +98,7 @@ def train_language_model(ctx: RunContext, formats, tokenize_rows, check=None) ->
         callbacks=list(ctx.callbacks),
     )
     prepare_trainer(trainer, spec)
-    output = trainer.train(resume_from_checkpoint=str(ctx.resume_from) if ctx.resume_from else None)
+    output = run_training(trainer, ctx.resume_from)
     return TrainResult(model=trainer.model, tokenizer=tokenizer, metrics=dict(output.metrics))
 
 

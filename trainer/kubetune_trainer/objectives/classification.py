@@ -140,7 +140,7 @@ def run(ctx: RunContext) -> TrainResult:
     from kubetune_trainer.args import training_args
     from kubetune_trainer.data import eval_dataset, mixed_train, select
     from kubetune_trainer.modeling import load_for_training
-    from kubetune_trainer.trainer_setup import prepare_trainer
+    from kubetune_trainer.trainer_setup import prepare_trainer, run_training
 
     spec = ctx.spec
     tasks = select(ctx.tasks, FORMATS)
@@ -180,7 +180,7 @@ def run(ctx: RunContext) -> TrainResult:
         callbacks=list(ctx.callbacks),  # metrics, checkpoints, early stopping (entrypoint)
     )
     prepare_trainer(trainer, spec)
-    output = trainer.train(resume_from_checkpoint=str(ctx.resume_from) if ctx.resume_from else None)
+    output = run_training(trainer, ctx.resume_from)
     metrics = dict(output.metrics)
     if has_eval:
         metrics |= trainer.evaluate()

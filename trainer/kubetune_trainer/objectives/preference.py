@@ -86,7 +86,7 @@ def run(ctx: RunContext) -> TrainResult:
 
     from kubetune_trainer.data import eval_dataset, mixed_train, select
     from kubetune_trainer.modeling import load_for_training
-    from kubetune_trainer.trainer_setup import prepare_trainer, trainable_dtypes
+    from kubetune_trainer.trainer_setup import prepare_trainer, run_training, trainable_dtypes
 
     spec = ctx.spec
     if not select(ctx.tasks, FORMATS):
@@ -112,7 +112,7 @@ def run(ctx: RunContext) -> TrainResult:
         callbacks=list(ctx.callbacks),  # metrics, checkpoints, early stopping (entrypoint)
     )
     prepare_trainer(trainer, spec, dtypes)  # undoes TRL's bf16 cast of a quantized model's trainable weights
-    output = trainer.train(resume_from_checkpoint=str(ctx.resume_from) if ctx.resume_from else None)
+    output = run_training(trainer, ctx.resume_from)
     metrics = dict(output.metrics)
     if has_eval:
         metrics |= trainer.evaluate()

@@ -91,7 +91,7 @@ def train_reward_model(ctx: RunContext):
 
     from kubetune_trainer.data import eval_dataset, mixed_train, select
     from kubetune_trainer.modeling import load_for_training
-    from kubetune_trainer.trainer_setup import prepare_trainer, trainable_dtypes
+    from kubetune_trainer.trainer_setup import prepare_trainer, run_training, trainable_dtypes
 
     spec = ctx.spec
     if not select(ctx.tasks, PREFERENCE_FORMATS):
@@ -131,7 +131,7 @@ def train_reward_model(ctx: RunContext):
         callbacks=_callbacks_without_checkpoints(ctx),
     )
     prepare_trainer(trainer, spec, dtypes)  # undoes TRL's bf16 cast of a quantized model's trainable weights
-    output = trainer.train()
+    output = run_training(trainer)
     metrics = {f"reward_model/{k}": v for k, v in output.metrics.items()}
     if evaluation is not None:
         metrics |= {f"reward_model/{k}": v for k, v in trainer.evaluate().items()}
@@ -237,7 +237,7 @@ def train_policy(ctx: RunContext, reward_model, reward_tokenizer):
 
     from kubetune_trainer.data import eval_dataset, mixed_train, select
     from kubetune_trainer.modeling import load_for_training
-    from kubetune_trainer.trainer_setup import prepare_trainer, trainable_dtypes
+    from kubetune_trainer.trainer_setup import prepare_trainer, run_training, trainable_dtypes
 
     spec, rl = ctx.spec, ctx.spec.rlhf
     if not select(ctx.tasks, PROMPT_FORMATS):
@@ -273,7 +273,7 @@ def train_policy(ctx: RunContext, reward_model, reward_tokenizer):
         callbacks=list(ctx.callbacks),
     )
     prepare_trainer(trainer, spec, dtypes)  # undoes TRL's bf16 cast of a quantized model's trainable weights
-    output = trainer.train(resume_from_checkpoint=str(ctx.resume_from) if ctx.resume_from else None)
+    output = run_training(trainer, ctx.resume_from)
     metrics = dict(output.metrics)
     rewards = [entry["reward"] for entry in trainer.state.log_history if "reward" in entry]
     if rewards:
