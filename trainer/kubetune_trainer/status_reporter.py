@@ -1,7 +1,8 @@
 """The in-cluster Reporter: progress, metrics, checkpoints and output into the FineTuneJob's status.
 
 Merge patches of status.progress / metrics / checkpoints / output only (the operator owns phase,
-conditions and the rest), through the official client with the pod's own identity: a per-job
+conditions and the rest), built with the API's status models (kubetune.api.v1alpha1: Status, Progress,
+CheckpointRef, OutputRefs), through the official client with the pod's own identity: a per-job
 ServiceAccount whose Role allows get/patch on finetunejobs/status of this one FineTuneJob.
 
 Rate-limited (at most one patch per KUBETUNE_REPORT_INTERVAL_SECONDS, default 10), sent from a
@@ -16,9 +17,11 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from kubetune.api.constants import GROUP, PLURAL, VERSION
+from kubetune.api.v1alpha1 import CheckpointRef, OutputRefs, Progress, Status
 from kubetune_trainer.reporting import CheckpointReport, OutputReport, ProgressReport
 
 log = logging.getLogger("kubetune.trainer.status")
@@ -32,6 +35,12 @@ def _merge(into: dict, patch: dict) -> None:
             _merge(into[key], value)
         else:
             into[key] = value
+
+
+def status_patch(status: Status) -> dict[str, Any]:
+    """The keys a report sets, in wire form: camelCase, and nothing it left unset (a merge patch must not
+    carry the defaults of keys that are someone else's, such as the operator's conditions)."""
+    return status.model_dump(by_alias=True, mode="json", exclude_unset=True, exclude_none=True)
 
 
 def _finite(values: dict[str, float]) -> dict[str, float]:
@@ -83,38 +92,33 @@ class StatusReporter:
     # ---------------------------------------------------------------------------- Reporter protocol
 
     def progress(self, report: ProgressReport) -> None:
-        progress: dict[str, Any] = {
-            "step": int(report.step),
-            "totalSteps": int(report.total_steps),
-            "epoch": float(report.epoch) if math.isfinite(report.epoch) else 0.0,
-            "percent": int(report.percent),
-        }
-        if report.eta_seconds is not None:
-            progress["etaSeconds"] = int(report.eta_seconds)
-        if report.stage:
-            progress["stage"] = report.stage
-        patch: dict[str, Any] = {"progress": progress}
-        metrics = _finite(report.metrics or {})
-        if metrics:
-            patch["metrics"] = metrics
-        self._offer(patch)
+        self._offer(lambda: Status(
+            progress=Progress(
+                step=int(report.step),
+                total_steps=int(report.total_steps),
+                epoch=float(report.epoch) if math.isfinite(report.epoch) else 0.0,
+                percent=int(report.percent),
+                eta_seconds=None if report.eta_seconds is None else int(report.eta_seconds),
+                stage=report.stage or None,
+            ),
+            metrics=_finite(report.metrics or {}) or None,
+        ))
 
     def checkpoints(self, complete: list[CheckpointReport]) -> None:
-        items = []
-        for ckpt in complete:
-            item: dict[str, Any] = {"step": int(ckpt.step), "uri": ckpt.uri, "time": ckpt.time}
-            if ckpt.eval_loss is not None and math.isfinite(ckpt.eval_loss):
-                item["evalLoss"] = float(ckpt.eval_loss)
-            items.append(item)
-        self._offer({"checkpoints": items})
+        self._offer(lambda: Status(checkpoints=[
+            CheckpointRef(step=int(ckpt.step), uri=ckpt.uri, time=ckpt.time,
+                          eval_loss=float(ckpt.eval_loss) if ckpt.eval_loss is not None
+                          and math.isfinite(ckpt.eval_loss) else None)
+            for ckpt in complete
+        ]))
 
     def output(self, report: OutputReport) -> None:
-        self._offer({"output": {
-            "modelUri": report.model_uri,
-            "metricsUri": report.metrics_uri,
-            "tensorboardUri": report.tensorboard_uri,
-            "checkpointsUri": report.checkpoints_uri,
-        }})
+        self._offer(lambda: Status(output=OutputRefs(
+            model_uri=report.model_uri,
+            metrics_uri=report.metrics_uri,
+            tensorboard_uri=report.tensorboard_uri,
+            checkpoints_uri=report.checkpoints_uri,
+        )))
 
     def close(self, timeout: float = 10.0) -> None:
         if self._disabled:
@@ -126,14 +130,15 @@ class StatusReporter:
 
     # ---------------------------------------------------------------------------- internals
 
-    def _offer(self, patch: dict) -> None:
+    def _offer(self, report: Callable[[], Status]) -> None:
         if self._disabled:
             return
         try:
+            patch = status_patch(report())
             with self._cond:
                 _merge(self._pending, patch)
                 self._cond.notify_all()
-        except Exception as err:  # never into training
+        except Exception as err:  # never into training (a value the API's bounds refuse, for one)
             log.warning("status report dropped: %s", err)
 
     def _client(self) -> Any:

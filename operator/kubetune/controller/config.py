@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kubetune import __version__
@@ -36,7 +36,6 @@ class OperatorConfig:
     resync_seconds: float = 60.0
     metrics_port: int = 9090
     concurrent_reconciles: int = 32  # FineTuneJobs reconciled at once (each holds an API connection)
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def termination_grace_seconds(self) -> int:

@@ -1,6 +1,8 @@
-"""kopf handlers: thin. Every one of them asks the Reconciler to bring one FineTuneJob in line.
+"""kopf handlers: thin. Each watch event that calls for it queues a pass over one FineTuneJob
+(reconciler.py) and returns; the start-up and clean-up handlers start and stop the reconciler.
 
-All of them are coroutines on kopf's event loop, as is the Reconciler: no thread pool.
+Only event handlers: kopf keeps no state of its own on FineTuneJobs (docs/operator.md, "Design"). All
+of them are coroutines on kopf's event loop, as is the Reconciler: no thread pool.
 
 Run with `kubetune operator`, or `kopf run -m kubetune.controller.handlers --all-namespaces`
 (settings then come from the environment, see config.py).
@@ -60,7 +62,7 @@ def reconciler() -> Reconciler:
 
 
 class NoDiffBaseStorage(kopf.DiffBaseStorage):
-    """Event handlers compare nothing: spare kopf a deep copy of every watched object."""
+    """Event handlers compare nothing: spare kopf a deep copy of every watched object (docs/operator.md)."""
 
     def build(self, *, body: kopf.Body, extra_fields: Any = None) -> Any:
         return {}
@@ -94,10 +96,8 @@ class NoProgressStorage(kopf.ProgressStorage):
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     cfg = config.current()
-    # Only event handlers below: kopf keeps no bookkeeping on FineTuneJobs (no annotations for a GitOps
-    # tool to see drift in, no finalizer, one write per job saved), so it needs neither a diff base nor
-    # progress records. A change handler (on.create/update/resume) would need both back: a test fails
-    # if one is registered (tests/controller/test_controller_handlers.py).
+    # Only event handlers below, so kopf needs neither a diff base nor progress records (a change handler
+    # would need both back: tests/controller/test_handlers.py fails if one is registered).
     settings.persistence.progress_storage = NoProgressStorage()
     settings.persistence.diffbase_storage = NoDiffBaseStorage()
     settings.persistence.finalizer = f"{PREFIX}/finalizer"
@@ -168,24 +168,16 @@ def needs_reconcile(type: str | None, body: kopf.Body, **_: Any) -> bool:
     return not status.get("phase") or metadata.get("generation") != status.get("observedGeneration")
 
 
+# Coroutines, though they never wait: kopf runs a plain function in a thread pool.
 @kopf.on.event(**FTJ, when=needs_reconcile)
-async def finetunejob_changed(body: kopf.Body, name: str, namespace: str, logger: Any, **_: Any) -> None:
-    try:
-        await reconciler().reconcile(namespace, name, body=dict(body))
-    except Exception as err:  # kopf does not retry event handlers: the resync task does, backing off
-        delay = reconciler().retry_later(namespace, name)
-        logger.warning(f"reconcile failed (retrying in {delay:.0f} s): {err}")
+async def finetunejob_changed(body: kopf.Body, name: str, namespace: str, **_: Any) -> None:
+    reconciler().enqueue(namespace, name, body=dict(body))
 
 
-async def _reconcile_parent(labels: dict, namespace: str, logger: Any) -> None:
+def _reconcile_parent(labels: dict, namespace: str) -> None:
     parent = (labels or {}).get(builders.LABEL_FTJ)
-    if not parent or runtime.reconciler is None:
-        return
-    try:
-        await runtime.reconciler.reconcile(namespace, parent)
-    except Exception as err:  # kopf does not retry event handlers: the resync task does, backing off
-        runtime.reconciler.retry_later(namespace, parent)
-        logger.warning(f"reconcile of {namespace}/{parent} after a child change failed: {err}")
+    if parent and runtime.reconciler is not None:
+        runtime.reconciler.enqueue(namespace, parent)
 
 
 def job_tells_something(type: str | None, status: dict, **_: Any) -> bool:
@@ -194,13 +186,13 @@ def job_tells_something(type: str | None, status: dict, **_: Any) -> bool:
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=CHILD_LABELS, when=job_tells_something)
-async def job_changed(labels: dict, namespace: str, logger: Any, **_: Any) -> None:
-    await _reconcile_parent(labels, namespace, logger)
+async def job_changed(labels: dict, namespace: str, **_: Any) -> None:
+    _reconcile_parent(labels, namespace)
 
 
 @kopf.on.event("", "v1", "pods", labels=CHILD_LABELS)
-async def pod_changed(labels: dict, namespace: str, logger: Any, **_: Any) -> None:
-    await _reconcile_parent(labels, namespace, logger)
+async def pod_changed(labels: dict, namespace: str, **_: Any) -> None:
+    _reconcile_parent(labels, namespace)
 
 
 @kopf.on.probe(id="finetunejobs")

@@ -22,11 +22,8 @@ STOP_GRACE_SECONDS = 10.0
 
 @contextlib.contextmanager
 def event_loop() -> Iterator[asyncio.AbstractEventLoop]:
-    """uvloop when installed (the `kopf[uvloop]` extra, in the operator image), as `kopf run` does.
-
-    The operator spends most of its time in the event loop and aiohttp; uvloop took about 7 % off its
-    CPU at 1,000 jobs (bench/operator_scale.py).
-    """
+    """uvloop when installed (the `kopf[uvloop]` extra, in the operator image), as `kopf run` does: the
+    operator spends most of its time in the event loop (docs/operator.md, "Design")."""
     try:
         import uvloop
     except ImportError:
@@ -66,9 +63,8 @@ def run_operator(args: argparse.Namespace) -> int:
     from kubetune.controller import handlers  # registers the handlers
 
     handlers.runtime.exit_after_stop_seconds = STOP_GRACE_SECONDS
-    # Everything loaded so far lives as long as the process: keep the collector from scanning it again
-    # and again, and let it run less often (the operator makes short-lived dicts by the hundred thousand
-    # in a burst; collections were a tenth of its CPU at 1,000 jobs, bench/operator_scale.py).
+    # Everything loaded so far lives as long as the process: keep the collector from scanning it again and
+    # again, and let it run less often (a burst makes short-lived dicts by the hundred thousand; docs/operator.md).
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
 

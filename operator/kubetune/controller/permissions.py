@@ -51,9 +51,3 @@ REPORTER_VERBS = ("get", "patch")
 def is_granted(verb: str, api_group: str, resource: str, permissions=OPERATOR_PERMISSIONS) -> bool:
     return any(p.api_group == api_group and p.resource == resource and verb in p.verbs for p in permissions)
 
-
-def cluster_role_rules(permissions=OPERATOR_PERMISSIONS) -> list[dict]:
-    """The rules of the operator's ClusterRole, merged by (apiGroup, verbs) like a hand-written one."""
-    return [
-        {"apiGroups": [p.api_group], "resources": [p.resource], "verbs": list(p.verbs)} for p in permissions
-    ]

@@ -1,20 +1,21 @@
-"""The reconcile loop: read a FineTuneJob and its children, create or fix what is missing, write status.
+"""The reconcile pass: read a FineTuneJob and its children, create or fix what is missing, write status.
 
-Level-based and idempotent: every call starts from what the API server says now, so a restart, a
-repeated event or a concurrent call never creates a second Job (deterministic names; AlreadyExists
--> adopt when owned by this FineTuneJob). kopf handlers (handlers.py) await `reconcile`; so does a
-resync task (every unfinished job, every `resync_seconds`, and at TTL deadlines). Everything runs on
-kopf's event loop: one thread, no locks against other threads.
+Level-based and idempotent: every pass starts from what the API server says now, so a restart, a
+repeated event or a retry never creates a second Job (deterministic names; AlreadyExists -> adopt when
+owned by this FineTuneJob). Which job gets a pass when, and how many at once, is the work queue's
+(queue.py): kopf's event handlers (handlers.py) add keys to it, and so do the periodic resync, the
+retries of failed passes and the TTL wake-ups. Everything runs on kopf's event loop: one thread, no
+locks against other threads.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
+import contextlib
 import logging
 import os
 import time
-from collections import defaultdict
+from collections.abc import AsyncIterator
 
 from kubetune.api.constants import API_VERSION, KIND, Reason
 from kubetune.api.validation import SpecError
@@ -22,12 +23,14 @@ from kubetune.controller import builders, status
 from kubetune.controller.config import OperatorConfig
 from kubetune.controller.kube import Kube, is_status
 from kubetune.controller.metrics import Metrics
-from kubetune.controller.slots import Slot, Slots
+from kubetune.controller.queue import ItemExponentialBackoff, WorkQueue
 
 log = logging.getLogger("kubetune.operator")
-# After a failed reconcile (kopf does not retry event handlers): 5 s, doubling per failure in a row, at most 5 min.
+# After a failed pass: 5 s, doubling per failure in a row, at most 5 min.
 RETRY_SECONDS = 5
 RETRY_MAX_SECONDS = 300
+
+Key = tuple[str, str]  # (namespace, name) of a FineTuneJob
 
 
 class NotOwnedError(RuntimeError):
@@ -48,53 +51,71 @@ class Reconciler:
         self.kube = kube
         self.config = config
         self.metrics = metrics or Metrics()
-        self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._namespace_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        # FineTuneJobs worked on at once: a burst of creates is served in arrival order, each one's Job
-        # appearing soon, rather than all of them advancing one API call at a time (see slots.py).
-        self._slots = Slots(config.concurrent_reconciles)
-        self._written: set[tuple[str, str]] = set()  # FineTuneJobs whose status this process wrote
-        self._failures: dict[tuple[str, str], int] = {}  # failed passes in a row, for the retry backoff
-        self._wakeups: list[tuple[float, str, str]] = []
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self.queue = WorkQueue(config.concurrent_reconciles, ItemExponentialBackoff(RETRY_SECONDS, RETRY_MAX_SECONDS))
+        # Per key, only while the key waits for its next pass (so nothing here outlives a deleted job):
+        self._bodies: dict[Key, dict] = {}  # the FineTuneJob as its newest watch event carried it
+        self._callers: dict[Key, list[asyncio.Future]] = {}  # reconcile() callers waiting for that pass
+        self._written: set[Key] = set()  # FineTuneJobs whose status this process wrote (dropped when one goes)
+        # One lock per namespace while passes count its running Jobs against the cap (and how many passes want it).
+        self._namespace_locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._passes: set[asyncio.Task] = set()
+        self._tasks: list[asyncio.Task] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self.instance = os.environ.get("HOSTNAME", "kubetune-operator")
 
     # ------------------------------------------------------------------------------------- entry
 
-    async def reconcile(self, namespace: str, name: str, body: dict | None = None, urgent: bool = True) -> str | None:
-        """Bring one FineTuneJob's children and status in line; returns its phase (None = gone).
+    def enqueue(self, namespace: str, name: str, body: dict | None = None, urgent: bool = True) -> None:
+        """Ask for a pass over one FineTuneJob (a watch event: urgent; the resync, a wake-up: not).
 
-        `body`: the FineTuneJob as the caller just got it from a watch. It saves a GET, but only for an
-        object this operator has not written a status for yet: after a write of ours, a watched copy can
-        be older than what we wrote, so it is read again. `urgent=False`: a background pass, served after
-        what watch events ask for (slots.py).
+        `body`: the FineTuneJob as a watch event just carried it. It saves a GET, but only for an object
+        this operator has not written a status for yet: after a write of ours, a watched copy can be older
+        than what we wrote, so it is read again.
         """
-        async with self._locks[(namespace, name)], self._slots.hold(urgent) as slot:
-            started = time.monotonic()
-            if body is not None and (namespace, name) in self._written:
-                body = None
-            try:
-                phase = await self._reconcile(namespace, name, body, slot)
-            except Exception as err:
-                self.metrics.reconcile_errors.labels(reason=type(err).__name__).inc()
-                self._failures[(namespace, name)] = self._failures.get((namespace, name), 0) + 1
-                raise
-            finally:
-                self.metrics.reconcile_seconds.observe(time.monotonic() - started)
-        self._failures.pop((namespace, name), None)
-        self.metrics.set_phase(namespace, name, phase)
-        return phase
+        key = (namespace, name)
+        if body is not None:
+            self._bodies[key] = body
+        self.queue.add(key, urgent=urgent)
 
-    def retry_later(self, namespace: str, name: str) -> float:
-        """Schedule another pass after a failed one, backing off; returns the delay in seconds."""
-        failures = self._failures.get((namespace, name), 1)
-        delay = min(RETRY_SECONDS * 2 ** (failures - 1), RETRY_MAX_SECONDS)
-        self.schedule(namespace, name, time.time() + delay)
-        return delay
+    async def reconcile(self, namespace: str, name: str, body: dict | None = None) -> str | None:
+        """Queue a pass over one FineTuneJob and wait for it; returns its phase (None = gone), or raises
+        what the pass raised (the queue retries it as well). Needs the workers running (`start`)."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._callers.setdefault((namespace, name), []).append(waiter)
+        self.enqueue(namespace, name, body)
+        return await waiter
 
-    async def _reconcile(self, namespace: str, name: str, body: dict | None, slot: Slot) -> str | None:
+    async def _process(self, key: Key) -> None:
+        """One pass, on a slot the queue handed out with the key."""
+        namespace, name = key
+        callers = self._callers.pop(key, ())  # those who asked after this point wait for the next pass
+        body = self._bodies.pop(key, None)
+        if body is not None and key in self._written:
+            body = None
+        started = time.monotonic()
+        try:
+            phase = await self._reconcile(namespace, name, body)
+        except Exception as err:
+            self.metrics.reconcile_errors.labels(reason=type(err).__name__).inc()
+            delay = self.queue.add_rate_limited(key)
+            log.warning("reconcile of %s/%s failed (retrying in %.0f s): %s", namespace, name, delay, err)
+            for caller in callers:
+                if not caller.done():
+                    caller.set_exception(err)
+        else:
+            self.queue.forget(key)
+            self.metrics.set_phase(namespace, name, phase)
+            for caller in callers:
+                if not caller.done():
+                    caller.set_result(phase)
+        finally:
+            self.metrics.reconcile_seconds.observe(time.monotonic() - started)
+            self.queue.done(key)
+            for caller in callers:
+                if not caller.done():  # the pass was cancelled (the operator stops)
+                    caller.cancel()
+
+    async def _reconcile(self, namespace: str, name: str, body: dict | None) -> str | None:
         ftj = body if body is not None else await self.kube.get(KIND, namespace, name)
         if ftj is None or ftj["metadata"].get("deletionTimestamp"):
             self._written.discard((namespace, name))
@@ -116,7 +137,7 @@ class Reconciler:
         if job is not None and not _owned_by(job, ftj["metadata"]["uid"]):
             raise NotOwnedError(f"Job {namespace}/{name} exists and is not owned by this FineTuneJob")
         if job is None:
-            job = await self._create_children(ftj, spec, old, slot)
+            job = await self._create_children(ftj, spec, old)
         else:
             job = await self._propagate(ftj, spec, job)
         created = job.pop("_created", False)
@@ -153,7 +174,7 @@ class Reconciler:
             raise NotOwnedError(f"{obj['kind']} {obj['metadata']['name']} exists and is not owned by this FineTuneJob")
         return existing
 
-    async def _create_children(self, ftj: dict, spec, old_status: dict, slot: Slot) -> dict:
+    async def _create_children(self, ftj: dict, spec, old_status: dict) -> dict:
         meta = ftj["metadata"]
         uid = meta["uid"]
         previous = 0
@@ -165,7 +186,7 @@ class Reconciler:
                              "(training resumes from the newest checkpoint)")
         for obj in builders.build_prerequisites(ftj, spec):
             await self._create_or_adopt(obj, uid)
-        async with self._namespace_locks[meta["namespace"]]:
+        async with self._namespace_lock(meta["namespace"]):
             held = (not spec.suspend and not spec.queue_name and self.config.max_running_per_namespace > 0
                     and await self._running_in_namespace(meta["namespace"], exclude=meta["name"])
                     >= self.config.max_running_per_namespace)
@@ -174,10 +195,25 @@ class Reconciler:
             job = await self._create_or_adopt(job, uid)
         # The Job exists, so its pods can start. The rest (the reporter's grant, then the status write and
         # JobCreated) waits while other new FineTuneJobs wait for their Jobs.
-        await slot.defer()
+        await self.queue.defer()
         for obj in builders.build_reporter_grant(ftj):
             await self._create_or_adopt(obj, uid)
         return job
+
+    @contextlib.asynccontextmanager
+    async def _namespace_lock(self, namespace: str) -> AsyncIterator[None]:
+        """Counting a namespace's running Jobs and then creating or unsuspending one is one step."""
+        lock, users = self._namespace_locks.get(namespace) or (asyncio.Lock(), 0)
+        self._namespace_locks[namespace] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._namespace_locks[namespace]
+            if users == 1:
+                del self._namespace_locks[namespace]
+            else:
+                self._namespace_locks[namespace] = (lock, users - 1)
 
     async def _running_in_namespace(self, namespace: str, exclude: str) -> int:
         jobs = await self.kube.list("Job", namespace, builders.MANAGED_SELECTOR)
@@ -193,7 +229,7 @@ class Reconciler:
         current = bool((job.get("spec") or {}).get("suspend"))
         held = (job["metadata"].get("annotations") or {}).get(builders.ANNOTATION_HELD) == "true"
         namespace = ftj["metadata"]["namespace"]
-        async with self._namespace_locks[namespace]:
+        async with self._namespace_lock(namespace):
             if spec.suspend:
                 desired = True
                 if held:
@@ -266,7 +302,7 @@ class Reconciler:
             await self.release_held(namespace)
         deadline = status.ttl_deadline(new_status, spec.ttl_seconds_after_finished)
         if deadline is not None:
-            self.schedule(namespace, ftj["metadata"]["name"], deadline.timestamp())
+            self.queue.add_after((namespace, ftj["metadata"]["name"]), deadline.timestamp() - time.time())
 
     async def _expire(self, ftj: dict, spec) -> None:
         """ttlSecondsAfterFinished: remove the children (never the FineTuneJob, never the output)."""
@@ -275,7 +311,7 @@ class Reconciler:
             return
         meta = ftj["metadata"]
         if deadline.timestamp() > time.time():
-            self.schedule(meta["namespace"], meta["name"], deadline.timestamp())
+            self.queue.add_after((meta["namespace"], meta["name"]), deadline.timestamp() - time.time())
             return
         name = meta["name"]
         removed = False
@@ -291,70 +327,52 @@ class Reconciler:
                              "finished (the output in storage is kept)")
 
     async def release_held(self, namespace: str) -> None:
-        """Reconcile the jobs held by the namespace cap, so the next ones start as running ones finish."""
+        """Queue the jobs held by the namespace cap, so the next ones start as running ones finish."""
         jobs = await self.kube.list("Job", namespace, builders.MANAGED_SELECTOR)
         for job in jobs:
             if (job["metadata"].get("annotations") or {}).get(builders.ANNOTATION_HELD) == "true":
                 parent = (job["metadata"].get("labels") or {}).get(builders.LABEL_FTJ)
                 if parent:
-                    self.schedule(namespace, parent, time.time())
+                    self.enqueue(namespace, parent, urgent=False)
 
-    # ------------------------------------------------------------------------------------- resync task
-
-    def schedule(self, namespace: str, name: str, at: float) -> None:
-        heapq.heappush(self._wakeups, (at, namespace, name))
-        self._wake.set()
+    # ------------------------------------------------------------------------------------- workers & resync
 
     def start(self) -> None:
-        """Start the resync task on the running loop (kopf's)."""
+        """Start handing out passes, and the periodic resync, on the running loop (kopf's)."""
         self.loop = asyncio.get_running_loop()
-        self._task = self.loop.create_task(self._resync_forever(), name="kubetune-resync")
+        self._tasks = [self.loop.create_task(self._work_forever(), name="kubetune-workers"),
+                       self.loop.create_task(self._resync_forever(), name="kubetune-resync")]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        self.queue.shutdown()
+        tasks = self._tasks + list(self._passes)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks = []
         await self.kube.close()
 
-    async def _resync_forever(self) -> None:
-        next_resync = time.time() + self.config.resync_seconds
-        while True:
-            try:
-                next_resync = await self._resync_once(next_resync)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a bug here must not end the resync for the operator's lifetime
-                log.exception("resync pass failed; trying again in %s s", RETRY_SECONDS)
-                await asyncio.sleep(RETRY_SECONDS)
+    async def _work_forever(self) -> None:
+        """A task per pass, as many at once as the queue has slots."""
+        while (key := await self.queue.get()) is not None:
+            task = self.loop.create_task(self._process(key))
+            self._passes.add(task)
+            task.add_done_callback(self._passes.discard)
 
-    async def _resync_once(self, next_resync: float) -> float:
-        """Reconcile what is due (retries, TTLs, held jobs), the full resync when its time has come, then
-        sleep until the next of them; returns when the next full resync is due."""
-        now = time.time()
-        due = set()
-        while self._wakeups and self._wakeups[0][0] <= now:
-            _, namespace, name = heapq.heappop(self._wakeups)
-            due.add((namespace, name))
-        if due:
-            await asyncio.gather(*(self._safely(namespace, name) for namespace, name in due))
-        if time.time() >= next_resync:
-            next_resync = time.time() + self.config.resync_seconds
-            await self.resync()
-        if not due:
-            until = min([next_resync] + [w[0] for w in self._wakeups[:1]])
-            self._wake.clear()
+    async def _resync_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.resync_seconds)
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=max(0.05, until - time.time()))
-            except TimeoutError:
-                pass
-        return next_resync
+                await self.resync()
+            except Exception:  # a bug here must not end the resync for the operator's lifetime
+                log.exception("resync pass failed")
 
     async def resync(self) -> None:
-        """Reconcile every FineTuneJob that is unfinished or waits for its TTL: status never drifts.
+        """Queue every FineTuneJob that is unfinished or waits for its TTL, as background work: status
+        never drifts, even after a missed event.
 
-        Except those whose last pass failed: their retry is scheduled (backing off up to 5 min), and a
-        resync every minute would undo the backoff."""
+        Except those whose last pass failed: their retry is due after a backoff of up to 5 min, and a
+        resync every minute would undo it."""
         namespaces = self.config.namespaces or (None,)
         for namespace in namespaces:
             try:
@@ -362,16 +380,9 @@ class Reconciler:
             except Exception as err:
                 log.warning("resync: cannot list FineTuneJobs: %s", err)
                 continue
-            await asyncio.gather(*(
-                self._safely(ftj["metadata"]["namespace"], ftj["metadata"]["name"]) for ftj in items
-                if ((ftj.get("status") or {}).get("phase") not in status.FINISHED_PHASES
-                    or ((ftj.get("spec") or {}).get("ttlSecondsAfterFinished") or 0) > 0)
-                and (ftj["metadata"]["namespace"], ftj["metadata"]["name"]) not in self._failures
-            ))
-
-    async def _safely(self, namespace: str, name: str) -> None:
-        try:
-            await self.reconcile(namespace, name, urgent=False)
-        except Exception as err:
-            delay = self.retry_later(namespace, name)
-            log.warning("reconcile of %s/%s failed (retrying in %.0f s): %s", namespace, name, delay, err)
+            for ftj in items:
+                key = (ftj["metadata"]["namespace"], ftj["metadata"]["name"])
+                if (((ftj.get("status") or {}).get("phase") not in status.FINISHED_PHASES
+                     or ((ftj.get("spec") or {}).get("ttlSecondsAfterFinished") or 0) > 0)
+                        and not self.queue.num_requeues(key)):
+                    self.queue.add(key, urgent=False)

@@ -2,8 +2,9 @@
 that tell the story of each transition.
 
 The operator owns phase, conditions, attempts, startTime, completionTime, observedGeneration, jobName
-and message; the trainer's reporter owns progress, metrics, checkpoints and output. Both write merge
-patches of their own keys, so neither overwrites the other.
+and message; the trainer's reporter owns progress, metrics, checkpoints and output. Both build their part
+with the API's status models (kubetune.api.v1alpha1.Status) and write merge patches of their own keys, so
+neither overwrites the other.
 """
 
 from __future__ import annotations
@@ -16,15 +17,17 @@ from typing import Any
 from kubetune.api.constants import ConditionStatus as S
 from kubetune.api.constants import ConditionType as C
 from kubetune.api.constants import ExitCode, Phase, Reason
+from kubetune.api.v1alpha1 import MAX_STRING_LENGTH, Condition, Status
 from kubetune.controller.builders import ANNOTATION_HELD, ANNOTATION_PREVIOUS_ATTEMPTS, TRAINER_CONTAINER
 
 # kstatus (sigs.k8s.io/cli-utils/pkg/kstatus) "abnormal-true" conditions: present (True) while the
 # object is progressing / stuck, removed otherwise. Flux and Argo read them with observedGeneration.
 
 FINISHED_PHASES = (Phase.SUCCEEDED, Phase.FAILED)
-OPERATOR_STATUS_KEYS = (
-    "phase", "observedGeneration", "conditions", "startTime", "completionTime", "attempts", "jobName", "message",
-)
+# What the trainer's reporter writes; the operator owns every other key of the status.
+TRAINER_STATUS_FIELDS = ("progress", "metrics", "checkpoints", "output")
+OPERATOR_STATUS_KEYS = tuple(field.alias or name for name, field in Status.model_fields.items()
+                             if name not in TRAINER_STATUS_FIELDS)
 
 
 def now_rfc3339() -> str:
@@ -58,7 +61,7 @@ class Event:
 
 @dataclass
 class Outcome:
-    status: dict[str, Any]  # the operator's keys only
+    status: dict[str, Any]  # the operator's keys only, in wire form (a Status model's, unset ones left out)
     events: list[Event] = field(default_factory=list)
 
     @property
@@ -202,29 +205,32 @@ def observe(job: dict | None, pods: list[dict], *, nodes: int, spec_suspend: boo
 # ----------------------------------------------------------------------------------------- conditions
 
 
-def _condition(kind: str, status: S | str, reason: str, message: str, generation: int | None) -> dict:
-    cond = {"type": str(kind), "status": str(status), "reason": str(reason), "message": message}
-    if generation is not None:
-        cond["observedGeneration"] = generation
-    return cond
+def bounded(text: str) -> str:
+    """A message that fits the API's string bound (the API server refuses a longer one, and the whole write)."""
+    return text if len(text) <= MAX_STRING_LENGTH else text[:MAX_STRING_LENGTH - 3] + "..."
 
 
-def merge_conditions(old: list[dict], new: list[dict], now: str) -> list[dict]:
+def _condition(kind: str, status: S, reason: str, message: str, generation: int | None) -> Condition:
+    return Condition(type=str(kind), status=status, reason=str(reason), message=bounded(message),
+                     observed_generation=generation)
+
+
+def merge_conditions(old: list[dict], new: list[Condition], now: str) -> list[Condition]:
     """metav1.Condition semantics: lastTransitionTime changes only when status changes."""
     previous = {c.get("type"): c for c in old or []}
     merged = []
     for cond in new:
-        before = previous.get(cond["type"])
-        if before is not None and before.get("status") == cond["status"] and before.get("lastTransitionTime"):
-            cond = cond | {"lastTransitionTime": before["lastTransitionTime"]}
+        before = previous.get(cond.type)
+        if before is not None and before.get("status") == cond.status and before.get("lastTransitionTime"):
+            changed = before["lastTransitionTime"]
         else:
-            cond = cond | {"lastTransitionTime": now}
-        merged.append(cond)
+            changed = now
+        merged.append(cond.model_copy(update={"last_transition_time": changed}))
     return merged
 
 
 def desired_conditions(observed: Observed, old_conditions: list[dict], generation: int | None,
-                       valid_message: str = "") -> list[dict]:
+                       valid_message: str = "") -> list[Condition]:
     phase, reason, message = observed.phase, observed.reason, observed.message
     g = generation
     conds = [_condition(C.VALIDATED, S.TRUE, Reason.SPEC_VALID, valid_message or "the spec is valid", g)]
@@ -259,7 +265,7 @@ def desired_conditions(observed: Observed, old_conditions: list[dict], generatio
     return conds
 
 
-def invalid_conditions(message: str, generation: int | None) -> list[dict]:
+def invalid_conditions(message: str, generation: int | None) -> list[Condition]:
     g = generation
     return [
         _condition(C.VALIDATED, S.FALSE, Reason.SPEC_INVALID, message, g),
@@ -300,41 +306,36 @@ def compute(ftj: dict, observed: Observed, job_name: str | None, now: str) -> Ou
     generation = ftj.get("metadata", {}).get("generation")
     conditions = merge_conditions(old.get("conditions") or [], desired_conditions(observed, old.get("conditions") or [],
                                                                                  generation), now)
-    status: dict[str, Any] = {
-        "phase": str(observed.phase),
-        "observedGeneration": generation,
-        "conditions": conditions,
-        "attempts": max(observed.attempts, old.get("attempts") or 0),
-        "jobName": job_name,
-        "startTime": old.get("startTime"),
-        "completionTime": old.get("completionTime"),
-        "message": old.get("message") or "",
-    }
-    if observed.phase == Phase.RUNNING and not status["startTime"]:
-        status["startTime"] = now
-    if observed.phase in FINISHED_PHASES and not status["completionTime"]:
-        status["completionTime"] = observed.completion_time or now
-        status["startTime"] = status["startTime"] or status["completionTime"]
+    attempts = max(observed.attempts, old.get("attempts") or 0)
+    start_time, completion_time = old.get("startTime"), old.get("completionTime")
+    message = old.get("message") or ""
+    if observed.phase == Phase.RUNNING and not start_time:
+        start_time = now
+    if observed.phase in FINISHED_PHASES and not completion_time:
+        completion_time = observed.completion_time or now
+        start_time = start_time or completion_time
     if observed.phase == Phase.FAILED or observed.reason in (Reason.RETRYING, Reason.PREEMPTED):
-        status["message"] = observed.message
+        message = observed.message
     elif observed.phase == Phase.SUCCEEDED:
-        status["message"] = ""
+        message = ""
     events = []
     old_attempts = old.get("attempts") or 0
     told = {Reason.RETRYING, Reason.PREEMPTED}
-    if (0 < old_attempts < status["attempts"] and observed.phase not in FINISHED_PHASES
+    if (0 < old_attempts < attempts and observed.phase not in FINISHED_PHASES
             and observed.reason not in told and _phase_reason(old)[1] not in told):
         # An attempt failed and the next one started between two looks: the story still needs the failure.
         failure = observed.last_failure or "a training pod was lost"
-        status["message"] = f"attempt {old_attempts} failed: {failure}; retrying from the newest checkpoint"
-        events.append(_event(Reason.RETRYING, status["message"]))
+        message = f"attempt {old_attempts} failed: {failure}; retrying from the newest checkpoint"
+        events.append(_event(Reason.RETRYING, message))
     # No SpecValid Event: JobCreated says as much, and an invalid spec is final (Failed, immutable).
-    if _phase_reason(old) != (status["phase"], str(observed.reason)):
+    if _phase_reason(old) != (str(observed.phase), str(observed.reason)):
         text = observed.message
         if observed.reason == Reason.PODS_RUNNING:
-            text = f"training is running (attempt {status['attempts']})"
+            text = f"training is running (attempt {attempts})"
         events.append(_event(observed.reason, text))
-    return Outcome(status, events)
+    status = Status(phase=observed.phase, observed_generation=generation, conditions=conditions, attempts=attempts,
+                    job_name=job_name, start_time=start_time, completion_time=completion_time, message=bounded(message))
+    return Outcome(status.to_wire(), events)
 
 
 def announce_job(outcome: Outcome, job_name: str, recreated: bool) -> Outcome:
@@ -350,21 +351,21 @@ def announce_job(outcome: Outcome, job_name: str, recreated: bool) -> Outcome:
 def compute_invalid(ftj: dict, problems: list[str], now: str) -> Outcome:
     old = ftj.get("status") or {}
     generation = ftj.get("metadata", {}).get("generation")
-    message = "invalid spec: " + "; ".join(problems)
-    status = {
-        "phase": str(Phase.FAILED),
-        "observedGeneration": generation,
-        "conditions": merge_conditions(old.get("conditions") or [], invalid_conditions(message, generation), now),
-        "attempts": old.get("attempts") or 0,
-        "jobName": None,
-        "startTime": old.get("startTime"),
-        "completionTime": old.get("completionTime") or now,
-        "message": message,
-    }
+    message = bounded("invalid spec: " + "; ".join(problems))
+    status = Status(
+        phase=Phase.FAILED,
+        observed_generation=generation,
+        conditions=merge_conditions(old.get("conditions") or [], invalid_conditions(message, generation), now),
+        attempts=old.get("attempts") or 0,
+        job_name=None,
+        start_time=old.get("startTime"),
+        completion_time=old.get("completionTime") or now,
+        message=message,
+    )
     events = [] if old.get("message") == message and old.get("phase") == Phase.FAILED else [
         _event(Reason.SPEC_INVALID, message)
     ]
-    return Outcome(status, events)
+    return Outcome(status.to_wire(), events)
 
 
 def status_patch(old_status: dict, new_status: dict) -> dict:

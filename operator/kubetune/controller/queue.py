@@ -1,0 +1,262 @@
+"""The operator's work queue: which FineTuneJob gets a reconcile pass next, how many run at once, and
+when a failed one is tried again. In client-go's workqueue terms (k8s.io/client-go util/workqueue:
+queue.go, delaying_queue.go, rate_limiting_queue.go, default_rate_limiters.go), on one asyncio loop:
+
+- `add(key)`: the key needs a pass. A key already waiting is not queued twice; a key being processed
+  is marked dirty and queued again when its pass is `done`: one pass per key at a time, and a change
+  seen during a pass is never lost.
+- `get()` hands out the next key together with one of `workers` slots; `done(key)` gives both back.
+- `add_after(key, delay)`: add it later (a TTL deadline, a retry); a key waiting twice keeps the sooner time.
+- `add_rate_limited(key)`: add it after its own backoff (`ItemExponentialBackoff`); `forget(key)` ends
+  the backoff after a success; `num_requeues(key)` counts the failures in a row.
+- `shutdown()`: `get()` returns None from then on, and adds are ignored.
+
+Two lanes, as in controller-runtime's priority queue (pkg/controller/priorityqueue): keys added by watch
+events are handed out first; background work (the periodic resync, retries, TTL wake-ups) waits behind
+them. A burst of new FineTuneJobs (a pipeline submitting a thousand at once) thus gets its Jobs created
+before a thousand unfinished jobs are resynced. Background work never waits longer than `max_wait`
+seconds, even under a stream of watch events that never ends.
+
+One addition: `defer()`. A pass of a new job, once its Job exists, gives its slot to the next key from a
+watch event and goes on as background work: the Job is what lets pods, Kueue and the GPUs start, while
+the rest of that pass (the reporter's Role, the status write, the Event) can wait a moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from collections import deque
+from collections.abc import Hashable
+
+Key = Hashable
+
+
+class ItemExponentialBackoff:
+    """Per-key exponential backoff (client-go's ItemExponentialFailureRateLimiter): base * 2^failures,
+    at most `cap`; `forget` starts the count again."""
+
+    def __init__(self, base: float, cap: float):
+        self.base, self.cap = base, cap
+        self._failures: dict[Key, int] = {}
+
+    def when(self, key: Key) -> float:
+        failures = self._failures.get(key, 0)
+        self._failures[key] = failures + 1
+        return min(self.base * 2 ** min(failures, 62), self.cap)
+
+    def forget(self, key: Key) -> None:
+        self._failures.pop(key, None)
+
+    def num_requeues(self, key: Key) -> int:
+        return self._failures.get(key, 0)
+
+
+class WorkQueue:
+    def __init__(self, workers: int, rate_limiter: ItemExponentialBackoff, max_wait: float = 5.0):
+        self.rate_limiter = rate_limiter
+        self.max_wait = max_wait
+        self._free = workers  # slots not held by a pass
+        # Keys that need a pass -> whether a watch event asked for it (the urgent lane). Each one is waiting in
+        # a lane, or is being processed and goes back into its lane when done.
+        self._dirty: dict[Key, bool] = {}
+        self._processing: set[Key] = set()
+        self._urgent: deque[Key] = deque()
+        # Background keys, and deferred passes waiting to resume, with the time they joined the lane.
+        self._background: deque[tuple[float, Key | asyncio.Future]] = deque()
+        # Lane entries are not removed when a key moves up to the urgent lane: `_head` skips the stale ones.
+        self._getters: deque[asyncio.Future] = deque()
+        # add_after: key -> when (loop time), and the same as a heap; heap entries that disagree are stale.
+        self._waiting: dict[Key, float] = {}
+        self._timeline: list[tuple[float, int, Key]] = []
+        self._order = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self._shutting_down = False
+
+    def __len__(self) -> int:
+        """Keys waiting for a pass (not those being processed)."""
+        return sum(1 for key in self._dirty if key not in self._processing)
+
+    @property
+    def processing(self) -> int:
+        """Keys being processed."""
+        return len(self._processing)
+
+    @property
+    def free_slots(self) -> int:
+        return self._free
+
+    # ------------------------------------------------------------------------------------- add
+
+    def add(self, key: Key, urgent: bool = True) -> None:
+        """Mark the key as needing a pass; `urgent=False` for background work."""
+        if self._shutting_down:
+            return
+        queued = self._dirty.get(key)
+        if queued is not None:
+            if urgent and not queued:  # background work that a watch event now asks for: move it up
+                self._dirty[key] = True
+                if key not in self._processing:
+                    self._urgent.append(key)
+                    self._dispatch()
+            return
+        self._dirty[key] = urgent
+        if key not in self._processing:  # else it is queued again when done
+            self._enqueue(key, urgent)
+            self._dispatch()
+
+    def add_after(self, key: Key, delay: float) -> None:
+        """Add the key as background work once `delay` seconds have passed."""
+        if self._shutting_down:
+            return
+        if delay <= 0:
+            self.add(key, urgent=False)
+            return
+        loop = asyncio.get_running_loop()
+        at = loop.time() + delay
+        if self._waiting.get(key, float("inf")) <= at:
+            return
+        self._waiting[key] = at
+        heapq.heappush(self._timeline, (at, next(self._order), key))
+        self._arm(loop)
+
+    def add_rate_limited(self, key: Key) -> float:
+        """Add the key after its backoff; returns the delay in seconds."""
+        delay = self.rate_limiter.when(key)
+        self.add_after(key, delay)
+        return delay
+
+    def forget(self, key: Key) -> None:
+        self.rate_limiter.forget(key)
+
+    def num_requeues(self, key: Key) -> int:
+        return self.rate_limiter.num_requeues(key)
+
+    def waiting_for(self, key: Key) -> float | None:
+        """Seconds until an add_after of the key is due; None when none is pending."""
+        at = self._waiting.get(key)
+        return None if at is None else max(0.0, at - asyncio.get_running_loop().time())
+
+    # ------------------------------------------------------------------------------------- get / done
+
+    async def get(self) -> Key | None:
+        """The next key to process, with a slot; None once the queue shuts down. Call done(key) after."""
+        if self._shutting_down:
+            return None
+        getter = asyncio.get_running_loop().create_future()
+        self._getters.append(getter)
+        self._dispatch()
+        try:
+            return await getter
+        except asyncio.CancelledError:
+            if getter.done() and not getter.cancelled() and getter.result() is not None:
+                key = getter.result()  # handed a key just as the caller was cancelled: put it back
+                self._dirty.setdefault(key, True)
+                self.done(key)
+            raise
+
+    def done(self, key: Key) -> None:
+        """The pass of the key is over: free its slot, and queue the key again if it was added meanwhile."""
+        self._processing.discard(key)
+        self._free += 1
+        urgent = self._dirty.get(key)
+        if urgent is not None:
+            self._enqueue(key, urgent)
+        self._dispatch()
+
+    async def defer(self) -> None:
+        """Inside a pass: let every key that a watch event added go first, then go on as background work
+        (at most `max_wait` seconds later). Free when no such key waits."""
+        if not self._urgent:  # may hold a stale entry: then deferring costs one hand-over, no more
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._background.append((time.monotonic(), waiter))
+        self._free += 1
+        self._dispatch()
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.cancelled():  # never got its slot back; done() still gives one back
+                self._free -= 1
+            raise
+
+    def shutdown(self) -> None:
+        self._shutting_down = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self._getters:
+            getter = self._getters.popleft()
+            if not getter.done():
+                getter.set_result(None)
+
+    # ------------------------------------------------------------------------------------- internals
+
+    def _enqueue(self, key: Key, urgent: bool) -> None:
+        if urgent:
+            self._urgent.append(key)
+        else:
+            self._background.append((time.monotonic(), key))
+
+    def _head(self) -> deque | None:
+        """The lane whose first entry goes next, after dropping stale entries; None when both are empty."""
+        urgent, background, dirty, processing = self._urgent, self._background, self._dirty, self._processing
+        while urgent and (dirty.get(urgent[0]) is not True or urgent[0] in processing):
+            urgent.popleft()
+        while background:
+            item = background[0][1]
+            if isinstance(item, asyncio.Future):
+                if not item.done():
+                    break
+            elif dirty.get(item) is False and item not in processing:
+                break
+            background.popleft()
+        if background and (not urgent or time.monotonic() - background[0][0] > self.max_wait):
+            return background
+        return urgent or None
+
+    def _dispatch(self) -> None:
+        """Hand free slots out: to deferred passes, and with keys to callers waiting in get()."""
+        while self._free > 0:
+            lane = self._head()
+            if lane is None:
+                return
+            item = lane[0] if lane is self._urgent else lane[0][1]
+            if isinstance(item, asyncio.Future):
+                lane.popleft()
+                self._free -= 1
+                item.set_result(None)
+                continue
+            while self._getters and self._getters[0].done():  # cancelled
+                self._getters.popleft()
+            if not self._getters:
+                return
+            lane.popleft()
+            self._free -= 1
+            del self._dirty[item]
+            self._processing.add(item)
+            self._getters.popleft().set_result(item)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        timeline, waiting = self._timeline, self._waiting
+        while timeline and waiting.get(timeline[0][2]) != timeline[0][0]:
+            heapq.heappop(timeline)
+        if not timeline:
+            return
+        at = timeline[0][0]
+        if self._timer is None or at < self._timer.when():
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = loop.call_at(at, self._fire, loop)
+
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        now = loop.time()
+        while self._timeline and self._timeline[0][0] <= now:
+            at, _, key = heapq.heappop(self._timeline)
+            if self._waiting.get(key) == at:
+                del self._waiting[key]
+                self.add(key, urgent=False)
+        self._arm(loop)

@@ -1,0 +1,149 @@
+"""builders.py: a FineTuneJob's spec -> the Kubernetes objects that run it, compared field by field."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from kubetune.api.validation import SpecError
+from kubetune.controller import builders
+from kubetune.controller.config import OperatorConfig
+from tests.controller.samples import CONFIG, FTJ, SPEC
+
+
+def _spec(**changes):
+    return builders.resolve_spec(SPEC | changes, CONFIG)
+
+
+def _env(container):
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def test_single_node_job_is_exactly_what_the_trainer_needs():
+    spec = _spec()
+    job = builders.build_job(FTJ, spec, CONFIG, suspend=False)
+    assert job["metadata"]["name"] == "bot"
+    assert job["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "kubetune", "kubetune.dev/finetunejob": "bot"}
+    assert job["metadata"]["ownerReferences"] == [{"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob",
+                                                   "name": "bot", "uid": "u-1", "controller": True,
+                                                   "blockOwnerDeletion": True}]
+    js = job["spec"]
+    assert js["backoffLimit"] == 2 and js["activeDeadlineSeconds"] == 3600 and js["suspend"] is False
+    assert "ttlSecondsAfterFinished" not in js  # the operator handles the TTL (it must never lose status)
+    assert "completionMode" not in js
+    assert js["podFailurePolicy"]["rules"] == [
+        {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [10]}},
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+    ]
+    pod = js["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    assert pod["automountServiceAccountToken"] is False and pod["serviceAccountName"] == "bot-reporter"
+    assert pod["terminationGracePeriodSeconds"] > CONFIG.grace_seconds
+    assert pod["nodeSelector"] == {"pool": "gpu"}
+    assert pod["tolerations"] == [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["priorityClassName"] == "training"
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 1000
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    [c] = pod["containers"]
+    assert c["name"] == "trainer" and c["image"] == "img:default"
+    assert c["command"] == ["python", "-m", "kubetune_trainer", "/etc/kubetune/finetunejob.yaml"]
+    assert c["resources"] == {"limits": {"nvidia.com/gpu": "1", "cpu": "8", "memory": "64Gi"},
+                              "requests": {"cpu": "8", "memory": "64Gi"}}
+    assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert c["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                    "runAsNonRoot": True, "runAsUser": 1000, "capabilities": {"drop": ["ALL"]}}
+    env = _env(c)
+    assert env["KUBETUNE_OUTPUT_URI"] == "s3://out/root/team-a/bot/u-1/"
+    assert env["KUBETUNE_FTJ_NAME"] == "bot" and env["KUBETUNE_FTJ_NAMESPACE"] == "team-a"
+    assert env["KUBETUNE_FTJ_UID"] == "u-1" and env["KUBETUNE_TERMINATION_LOG"] == "/dev/termination-log"
+    assert env["KUBETUNE_REPORT_INTERVAL_SECONDS"] == "5" and env["KUBETUNE_GRACE_SECONDS"] == "60"
+    assert env["HOME"].startswith("/scratch") and env["HF_HOME"].startswith("/scratch")
+    # Credentials are references, never values.
+    assert env["KUBETUNE_MODEL_HF_TOKEN"] == {"secretKeyRef": {"name": "hf-token", "key": "HF_TOKEN", "optional": True}}
+    assert env["KUBETUNE_OUTPUT_AWS_SECRET_ACCESS_KEY"] == {
+        "secretKeyRef": {"name": "s3-creds", "key": "AWS_SECRET_ACCESS_KEY", "optional": True}}
+    assert env["KUBETUNE_DATASET_0_AWS_ACCESS_KEY_ID"]["secretKeyRef"]["name"] == "s3-creds"
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert mounts["spec"]["mountPath"] == "/etc/kubetune" and volumes["spec"]["configMap"]["name"] == "bot-spec"
+    assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "32Gi"}  # half of memory
+    assert "emptyDir" in volumes["scratch"]
+    token = volumes["reporter-token"]["projected"]["sources"][0]["serviceAccountToken"]
+    assert token["path"] == "token" and mounts["reporter-token"]["readOnly"] is True
+
+
+def test_multi_node_job_is_indexed_with_torchrun_rendezvous_and_a_headless_service():
+    spec = _spec(nodes=3, resources={"gpus": 8}, queueName="gpu-queue")
+    job = builders.build_job(FTJ, spec, CONFIG, suspend=builders.initial_suspend(spec))
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert job["spec"]["completions"] == job["spec"]["parallelism"] == 3
+    assert job["spec"]["suspend"] is True  # queued: Kueue unsuspends on admission
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    pod = job["spec"]["template"]["spec"]
+    assert pod["subdomain"] == "bot-workers"
+    command = pod["containers"][0]["command"]
+    assert command[:7] == ["python", "-m", "kubetune_trainer.launch", "--nnodes", "3", "--nproc-per-node", "8"]
+    assert command[command.index("--master-addr") + 1] == "bot-0.bot-workers"
+    assert command[command.index("--node-rank") + 1] == "$(KUBETUNE_NODE_RANK)"
+    assert command[-3:] == ["-m", "kubetune_trainer", "/etc/kubetune/finetunejob.yaml"]
+    env = pod["containers"][0]["env"]
+    rank = next(e for e in env if e["name"] == "KUBETUNE_NODE_RANK")  # defined, so $(KUBETUNE_NODE_RANK) expands
+    assert rank["valueFrom"] == {
+        "fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}
+    service = builders.build_service(FTJ)
+    assert service["metadata"]["name"] == "bot-workers" and service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    kinds = [o["kind"] for o in builders.build_support_objects(FTJ, spec)]
+    assert kinds == ["ServiceAccount", "ConfigMap", "Service", "Role", "RoleBinding"]
+
+
+def test_configmap_holds_the_resolved_spec_and_no_secret_values():
+    spec = _spec(technique="lora")
+    cm = builders.build_configmap(FTJ, spec)
+    doc = yaml.safe_load(cm["data"]["finetunejob.yaml"])
+    assert doc["metadata"] == {"name": "bot", "namespace": "team-a"}
+    assert doc["spec"]["output"]["uri"] == "s3://out/root/"  # defaulted by the operator
+    assert doc["spec"]["lora"]["rank"] == 16  # the technique's section is filled
+    assert doc["spec"]["output"]["credentialsSecret"] == "s3-creds"  # a name, not a value
+    assert "AWS_SECRET" not in cm["data"]["finetunejob.yaml"]
+
+
+def test_reporter_role_can_only_get_and_patch_its_own_status():
+    role = builders.build_role(FTJ)
+    assert role["rules"] == [{"apiGroups": ["kubetune.dev"], "resources": ["finetunejobs/status"],
+                              "resourceNames": ["bot"], "verbs": ["get", "patch"]}]
+    binding = builders.build_role_binding(FTJ)
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "bot-reporter", "namespace": "team-a"}]
+
+
+def test_spec_without_output_uri_and_no_operator_default_is_invalid():
+    with pytest.raises(SpecError) as err:
+        builders.resolve_spec(SPEC, OperatorConfig())
+    assert err.value.problems[0].path == "spec.output.uri"
+
+
+def test_propagated_fields():
+    spec = _spec(backoffLimit=5, activeDeadlineSeconds=0)
+    job = builders.build_job(FTJ, _spec(), CONFIG, suspend=False)
+    assert builders.job_spec_updates(spec, job) == {"backoffLimit": 5, "activeDeadlineSeconds": None}
+    assert builders.job_spec_updates(_spec(), job) == {}
+
+
+def _shm(**resources):
+    spec = _spec(resources={"gpus": 1} | resources)
+    pod = builders.build_job(FTJ, spec, CONFIG, suspend=False)["spec"]["template"]["spec"]
+    return next(v for v in pod["volumes"] if v["name"] == "dshm")["emptyDir"]["sizeLimit"]
+
+
+@pytest.mark.parametrize("resources, size", [
+    ({"memory": "64Gi"}, "32Gi"),
+    ({"memory": "1.5Gi"}, "768Mi"),
+    ({"memory": "64e9"}, "31250000Ki"),  # a decimal exponent: half of 64 GB, not the 1Gi fallback
+    ({"memory": "64G"}, "31250000Ki"),
+    ({"memory": "3"}, "1"),  # bytes, no unit divides it
+    ({"memory": 2 ** 31}, "1Gi"),  # an integer quantity
+    ({}, "1Gi"),  # no memory given
+    ({"memory": "64Gi", "sharedMemory": "8Gi"}, "8Gi"),  # asked for
+])
+def test_shared_memory_is_half_the_memory_limit_unless_given(resources, size):
+    assert _shm(**resources) == size

@@ -1,0 +1,203 @@
+"""reconciler.py with APIs that fail, stall or record on demand (no operator, no emulator): retries, bounded
+concurrency, the order of a burst's API calls, and what the reconciler keeps per job."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import pytest
+
+from kubetune.controller.config import OperatorConfig
+from kubetune.controller.queue import ItemExponentialBackoff
+from kubetune.controller.reconciler import RETRY_MAX_SECONDS, RETRY_SECONDS, Reconciler
+
+pytestmark = pytest.mark.timeout(60)
+# No periodic resync during a test: it calls resync() itself.
+CONFIG = OperatorConfig(resync_seconds=3600)
+
+
+class FakeKube:
+    async def close(self):
+        pass
+
+
+class FlakyKube(FakeKube):
+    """Answers every GET of the FineTuneJob with a failure while `failing`, else with 'not found'; lists
+    one unfinished FineTuneJob."""
+
+    def __init__(self):
+        self.failing = True
+        self.gets = 0
+
+    async def get(self, kind, namespace, name):
+        self.gets += 1
+        if self.failing:
+            raise ConnectionError("the API server went away")
+        return None  # deleted: nothing to do
+
+    async def list(self, kind, namespace, label_selector=None):
+        return [{"metadata": {"namespace": "team", "name": "bot"}, "status": {"phase": "Running"}}]
+
+
+class RecordingBackoff(ItemExponentialBackoff):
+    def __init__(self):
+        super().__init__(RETRY_SECONDS, RETRY_MAX_SECONDS)
+        self.delays = []
+
+    def when(self, key):
+        self.delays.append(super().when(key))
+        return self.delays[-1]
+
+
+async def settle(reconciler: Reconciler) -> None:
+    while len(reconciler.queue) or reconciler.queue.processing:
+        await asyncio.sleep(0.001)
+
+
+def test_failed_passes_are_retried_with_a_doubling_delay_reset_by_a_success():
+    async def scenario():
+        kube = FlakyKube()
+        reconciler = Reconciler(kube, CONFIG)
+        reconciler.queue.rate_limiter = backoff = RecordingBackoff()
+        reconciler.start()
+        try:
+            for _ in range(9):
+                with pytest.raises(ConnectionError):
+                    await reconciler.reconcile("team", "bot")
+            assert backoff.delays[:4] == [RETRY_SECONDS, 2 * RETRY_SECONDS, 4 * RETRY_SECONDS, 8 * RETRY_SECONDS]
+            assert max(backoff.delays) == RETRY_MAX_SECONDS and backoff.delays[-1] == RETRY_MAX_SECONDS
+            # Each failure scheduled its retry; the first one's, soonest, still stands.
+            assert 0 < reconciler.queue.waiting_for(("team", "bot")) <= RETRY_SECONDS
+
+            gets = kube.gets
+            await reconciler.resync()  # in backoff: the periodic resync leaves it to its scheduled retry
+            await settle(reconciler)
+            assert kube.gets == gets
+
+            kube.failing = False
+            assert await reconciler.reconcile("team", "bot") is None
+            await reconciler.resync()  # healthy again: visited like every unfinished job
+            await settle(reconciler)
+            assert kube.gets == gets + 2
+            kube.failing = True
+            with pytest.raises(ConnectionError):
+                await reconciler.reconcile("team", "bot")
+            assert backoff.delays[-1] == RETRY_SECONDS  # a success starts the count again
+        finally:
+            await reconciler.stop()
+
+    asyncio.run(scenario())
+
+
+class SlowKube(FakeKube):
+    """GETs that take a while, counting how many are in flight at once."""
+
+    def __init__(self):
+        self.in_flight = self.most = self.gets = 0
+
+    async def get(self, kind, namespace, name):
+        self.gets += 1
+        self.in_flight += 1
+        self.most = max(self.most, self.in_flight)
+        await asyncio.sleep(0.01)
+        self.in_flight -= 1
+        return None
+
+
+def test_a_burst_is_reconciled_a_bounded_number_at_a_time_and_one_object_never_twice_at_once():
+    async def scenario():
+        kube = SlowKube()
+        reconciler = Reconciler(kube, dataclasses.replace(CONFIG, concurrent_reconciles=4))
+        reconciler.start()
+        try:
+            await asyncio.gather(*(reconciler.reconcile("team", f"job-{i}") for i in range(40)))
+            assert kube.most == 4
+            kube.most = kube.gets = 0
+            await asyncio.gather(*(reconciler.reconcile("team", "same") for _ in range(10)))
+            assert kube.most == 1
+            assert kube.gets <= 2  # the asks that came while a pass ran share the one pass after it
+        finally:
+            await reconciler.stop()
+
+    asyncio.run(scenario())
+
+
+class RecordingKube(FakeKube):
+    """An API that accepts every write and records its order (each call yields to the loop, as I/O does)."""
+
+    def __init__(self):
+        self.calls = []
+
+    async def create(self, obj):
+        await asyncio.sleep(0)
+        self.calls.append((obj["kind"], obj["metadata"].get("name") or obj["involvedObject"]["name"]))
+        return obj | {"metadata": obj["metadata"] | {"uid": "uid-" + obj["metadata"].get("name", "")}}
+
+    async def patch(self, kind, namespace, name, patch, subresource=None):
+        await asyncio.sleep(0)
+        self.calls.append((f"{kind}/{subresource}" if subresource else kind, name))
+        return {}
+
+    async def get(self, kind, namespace, name):
+        await asyncio.sleep(0)
+        return None  # deleted
+
+
+def new_finetunejob(name):
+    return {"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob",
+            "metadata": {"name": name, "namespace": "team", "uid": f"uid-{name}", "generation": 1},
+            "spec": {"technique": "lora", "objective": "causal-lm", "model": {"uri": "hf://org/model"},
+                     "datasets": [{"uri": "s3://bucket-a/train.jsonl", "format": "text"}],
+                     "output": {"uri": "s3://bucket-a/out/"}}}
+
+
+def test_a_burst_gets_every_job_created_before_the_work_that_can_wait():
+    async def scenario():
+        kube = RecordingKube()
+        reconciler = Reconciler(kube, dataclasses.replace(CONFIG, concurrent_reconciles=2))
+        reconciler.start()
+        try:
+            names = [f"job-{i}" for i in range(6)]
+            phases = await asyncio.gather(*(reconciler.reconcile("team", n, body=new_finetunejob(n)) for n in names))
+        finally:
+            await reconciler.stop()
+        return kube.calls, phases
+
+    calls, phases = asyncio.run(scenario())
+    assert phases == ["Pending"] * 6
+    last_job = max(i for i, (kind, _) in enumerate(calls) if kind == "Job")
+    after_job = ("Role", "RoleBinding", "FineTuneJob/status", "Event")
+    deferred = [i for i, (kind, _) in enumerate(calls) if kind in after_job]
+    assert len(deferred) == 6 * 4
+    # Two at a time: only the last pair's grant/status may come before the last Job.
+    assert sum(i < last_job for i in deferred) <= 2 * 4, calls
+    for name in (f"job-{i}" for i in range(6)):  # and each job still gets everything, in a valid order
+        mine = [kind for kind, n in calls if n in (name, f"{name}-spec", f"{name}-reporter")]
+        assert mine == ["ServiceAccount", "ConfigMap", "Job", *after_job], mine
+
+
+def test_nothing_is_kept_for_a_job_once_it_is_gone():
+    """Any tenant can create and delete FineTuneJobs (and label pods after one): the reconciler's memory per
+    job must end with the job."""
+    async def scenario():
+        kube = RecordingKube()
+        reconciler = Reconciler(kube, CONFIG)
+        reconciler.start()
+        try:
+            names = [f"job-{i}" for i in range(20)]
+            await asyncio.gather(*(reconciler.reconcile("team", n, body=new_finetunejob(n)) for n in names))
+            assert len(reconciler._written) == 20  # status written: a watched copy is read again from now on
+            for name in names:  # deleted: the next pass finds it gone
+                reconciler.enqueue("team", name)
+            reconciler.enqueue("team", "never-existed")  # a pod's label naming no FineTuneJob
+            await settle(reconciler)
+            return reconciler
+        finally:
+            await reconciler.stop()
+
+    reconciler = asyncio.run(scenario())
+    assert not reconciler._written and not reconciler._bodies and not reconciler._callers
+    assert not reconciler._namespace_locks and not reconciler._passes
+    assert len(reconciler.queue) == 0 and reconciler.queue.processing == 0
+    assert reconciler.metrics.phase_counts() == {}
