@@ -25,11 +25,19 @@ from engine import Engine, EngineUnavailable  # noqa: E402
 from imageset import MB, REGISTRY, Images, chart_version  # noqa: E402
 
 OPT_IN = "KUBETUNE_IMAGE_TESTS"
+# The first test also builds the bases and the images (about 4 minutes from nothing on 2 cores).
+TIMEOUT_SECONDS = 2400
 _REPORT = pytest.StashKey[dict]()
 
 
 def _report(config) -> dict:
     return config.stash.setdefault(_REPORT, {"timings": {}, "sizes": {}})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if Path(str(item.fspath)).parent == HERE:
+            item.add_marker(pytest.mark.timeout(TIMEOUT_SECONDS))
 
 
 @pytest.fixture(scope="session")

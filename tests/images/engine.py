@@ -146,7 +146,7 @@ class Engine:
 
     def build(self, dockerfile: Path, context: Path, tag: str, build_args: dict[str, str], *,
               timeout: float = 1800) -> None:
-        args = ["build", "--network", "host", "-f", str(dockerfile), "-t", tag]
+        args = ["build", "--force-rm", "--network", "host", "-f", str(dockerfile), "-t", tag]
         for key, value in build_args.items():
             args += ["--build-arg", f"{key}={value}"]
         begin = time.monotonic()
