@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import yaml
 from kubetune.api.constants import ExitCode
 from kubetune.controller import builders
 from kubetune.controller.config import OperatorConfig
+
+from imageset import REPO
 
 TRAINER_USER = f"{builders.RUN_AS_USER}:{builders.RUN_AS_USER}"
 
@@ -102,3 +105,23 @@ def test_a_model_file_the_trainer_cannot_read_is_permission_denied(images):
     assert result.returncode == ExitCode.USER_ERROR, output
     assert "permission denied: /data/model/model.safetensors" in output, output
     assert "No such file or directory" not in output
+
+
+def _user_step() -> str:
+    """The trainer Dockerfile's RUN instruction that sets up uid 1000 and /scratch, as the shell runs it."""
+    joined = re.sub(r"\\\n", " ", (REPO / "trainer" / "Dockerfile").read_text())
+    return next(line.removeprefix("RUN ").strip() for line in joined.splitlines()
+                if line.startswith("RUN ") and "useradd" in line)
+
+
+@pytest.mark.parametrize("existing", ["", "useradd --uid 1000 --user-group --create-home ubuntu && "],
+                         ids=["base-without-uid-1000", "base-with-ubuntu-as-uid-1000"])
+def test_the_user_step_works_whether_or_not_the_base_has_uid_1000(images, existing):
+    # On the Debian stand-in: an Ubuntu 24.04 base has `ubuntu` as uid 1000, as the second case makes it.
+    script = f"{existing}{_user_step()} && getent passwd 1000 | cut -d: -f1 && stat -c '%u %a' /scratch"
+    result = images.engine.cli("run", "--rm", "--network", "none", "--user", "0", "--entrypoint", "sh",
+                               images.python_base, "-c", script, check=False, timeout=60)
+    assert result.returncode == 0, (result.stdout + result.stderr).decode()
+    user, mode = result.stdout.decode().split("\n", 1)
+    assert user == ("ubuntu" if existing else "trainer")
+    assert mode.split() == ["1000", "1777"]
