@@ -124,10 +124,16 @@ def test_a_burst_is_reconciled_a_bounded_number_at_a_time_and_one_object_never_t
 
 
 class RecordingKube(FakeKube):
-    """An API that accepts every write and records its order (each call yields to the loop, as I/O does)."""
+    """An API that accepts every write and records its order (each call yields to the loop, as I/O does);
+    lists the FineTuneJobs of `listed`."""
 
     def __init__(self):
         self.calls = []
+        self.listed = []
+
+    async def list(self, kind, namespace, label_selector=None):
+        await asyncio.sleep(0)
+        return [new_finetunejob(name) | {"status": {"phase": "Succeeded"}} for name in self.listed]
 
     async def create(self, obj):
         await asyncio.sleep(0)
@@ -191,6 +197,15 @@ def test_nothing_is_kept_for_a_job_once_it_is_gone():
             for name in names:  # deleted: the next pass finds it gone
                 reconciler.enqueue("team", name)
             reconciler.enqueue("team", "never-existed")  # a pod's label naming no FineTuneJob
+            await settle(reconciler)
+            assert not reconciler._written
+            # Deleted with nothing left to tell of it (no child, no event that calls for a pass): the resync's
+            # listing shows it gone.
+            kube.listed = ["kept"]
+            await asyncio.gather(*(reconciler.reconcile("team", n, body=new_finetunejob(n)) for n in ("gone", "kept")))
+            await reconciler.resync()
+            assert reconciler._written == {("team", "kept")} and reconciler.metrics.recorded() == {("team", "kept")}
+            reconciler.enqueue("team", "kept")
             await settle(reconciler)
             return reconciler
         finally:

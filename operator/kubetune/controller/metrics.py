@@ -40,6 +40,11 @@ class Metrics:
                 self._counts[str(phase)] = self._counts.get(str(phase), 0) + 1
                 self.jobs.labels(phase=str(phase)).set(self._counts[str(phase)])
 
+    def recorded(self) -> set[tuple[str, str]]:
+        """The (namespace, name) of every job with a phase recorded."""
+        with self._lock:
+            return set(self._phases)
+
     def phase_counts(self) -> dict[str, int]:
         with self._lock:
             return {phase: count for phase, count in self._counts.items() if count}

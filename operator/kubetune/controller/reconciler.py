@@ -373,16 +373,25 @@ class Reconciler:
 
         Except those whose last pass failed: their retry is due after a backoff of up to 5 min, and a
         resync every minute would undo it."""
-        namespaces = self.config.namespaces or (None,)
-        for namespace in namespaces:
+        known = self._written | self.metrics.recorded()
+        listed: set[Key] = set()
+        complete = True
+        for namespace in self.config.namespaces or (None,):
             try:
                 items = await self.kube.list(KIND, namespace)
             except Exception as err:
                 log.warning("resync: cannot list FineTuneJobs: %s", err)
+                complete = False
                 continue
             for ftj in items:
                 key = (ftj["metadata"]["namespace"], ftj["metadata"]["name"])
+                listed.add(key)
                 if (((ftj.get("status") or {}).get("phase") not in status.FINISHED_PHASES
                      or ((ftj.get("spec") or {}).get("ttlSecondsAfterFinished") or 0) > 0)
                         and not self.queue.num_requeues(key)):
                     self.queue.add(key, urgent=False)
+        if complete:
+            # Known before the listing and not in it: deleted without a pass noticing (no child to tell of it).
+            for namespace, name in known - listed:
+                self._written.discard((namespace, name))
+                self.metrics.set_phase(namespace, name, None)

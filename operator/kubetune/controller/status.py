@@ -24,10 +24,11 @@ from kubetune.controller.builders import ANNOTATION_HELD, ANNOTATION_PREVIOUS_AT
 # object is progressing / stuck, removed otherwise. Flux and Argo read them with observedGeneration.
 
 FINISHED_PHASES = (Phase.SUCCEEDED, Phase.FAILED)
-# What the trainer's reporter writes; the operator owns every other key of the status.
-TRAINER_STATUS_FIELDS = ("progress", "metrics", "checkpoints", "output")
-OPERATOR_STATUS_KEYS = tuple(field.alias or name for name, field in Status.model_fields.items()
-                             if name not in TRAINER_STATUS_FIELDS)
+# The status fields the operator owns and writes (in wire form: their camelCase aliases); the others are the
+# trainer's reporter's, and a merge patch of the operator's never touches them.
+OPERATOR_STATUS_FIELDS = ("phase", "observed_generation", "conditions", "start_time", "completion_time", "attempts",
+                          "job_name", "message")
+OPERATOR_STATUS_KEYS = tuple(Status.model_fields[name].alias for name in OPERATOR_STATUS_FIELDS)
 
 
 def now_rfc3339() -> str:
