@@ -206,7 +206,7 @@ def test_mutable_fields_propagate_and_reapplying_is_a_no_op(user, sim, emulator)
 
 def test_kueue_queued_until_admitted(user, sim):
     user.apply("queued", queueName="team-a-queue")
-    status = user.wait_phase("queued", "Queued")
+    user.wait_phase("queued", "Queued")
     job = sim.job(user.ns, "queued")
     assert job["spec"]["suspend"] is True and job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a-queue"
     assert user.condition("queued", "Queued")["reason"] == "WaitingForAdmission"
@@ -255,15 +255,15 @@ def test_job_deleted_by_hand_is_recreated_and_deleting_the_finetunejob_removes_c
                        and j, what="a recreated Job")
     assert ("Warning", "JobMissing") in user.events("resilient")
     sim.start(user.ns, "resilient")
-    status = wait_for(lambda: (st := user.status("resilient")).get("attempts") == 2 and st["phase"] == "Running"
-                      and st, what="attempt 2 running")
+    wait_for(lambda: (st := user.status("resilient")).get("attempts") == 2 and st["phase"] == "Running" and st,
+             what="attempt 2 running")
     assert new_job["metadata"]["annotations"]["kubetune.dev/previous-attempts"] == "1"
 
     user.crd.delete_namespaced_custom_object(GROUP, VERSION, user.ns, PLURAL, "resilient")
     for kind, name in (("Job", "resilient"), ("ConfigMap", "resilient-spec"), ("Service", "resilient-workers"),
                        ("ServiceAccount", "resilient-reporter"), ("Role", "resilient-reporter"),
                        ("RoleBinding", "resilient-reporter")):
-        wait_for(lambda: sim.kube.get(kind, user.ns, name) is None, what=f"{kind} {name} deleted")
+        wait_for(lambda kind=kind, name=name: sim.kube.get(kind, user.ns, name) is None, what=f"{kind} {name} deleted")
     wait_for(lambda: not sim.kube.list("Pod", user.ns), what="pods deleted")
 
 
@@ -343,8 +343,10 @@ def test_many_jobs_reconcile_concurrently_a_bounded_number_at_a_time(user, sim, 
     finally:
         operator.start()
     wait_for(lambda: len(sim.kube.list("Job", user.ns)) == 200, timeout=90, what="200 Jobs")
-    pending = lambda: [f for f in user.crd.list_namespaced_custom_object(GROUP, VERSION, user.ns, PLURAL)["items"]
-                       if (f.get("status") or {}).get("phase") == "Pending"]
+    def pending() -> list[dict]:
+        return [f for f in user.crd.list_namespaced_custom_object(GROUP, VERSION, user.ns, PLURAL)["items"]
+                if (f.get("status") or {}).get("phase") == "Pending"]
+
     wait_for(lambda: len(pending()) == 200, timeout=60, what="200 FineTuneJobs Pending")
     assert len(job_creates(emulator, user.ns)) == 200
     stored = emulator.call(lambda: [(c.key[1], c.obj["metadata"]["name"]) for c in emulator.server.history
@@ -377,6 +379,7 @@ def test_jobs_and_pods_are_watched_with_a_server_side_selector(emulator, operato
         return [c for c in emulator.calls("operator")
                 if c.verb in ("list", "watch") and c.resource in ("jobs", "pods") and c.namespace is None]
 
-    wait_for(lambda: {c.resource for c in streams()} == {"jobs", "pods"}, what="kopf's cluster-wide Job and pod watches")
+    wait_for(lambda: {c.resource for c in streams()} == {"jobs", "pods"},
+             what="kopf's cluster-wide Job and pod watches")
     streams = streams()
     assert all(c.label_selector == "app.kubernetes.io/managed-by=kubetune" for c in streams), streams
