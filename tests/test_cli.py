@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import yaml
-
 from kubetune.api.crd import crd_yaml
 from kubetune.cli import main
+
 from tests.api.manifests import base
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,3 +134,30 @@ def test_validate_deep_or_odd_yaml_is_one_line_never_a_traceback(tmp_path):
         f"{keyed}: not valid YAML: line 2: a list cannot be a mapping key (in the document); keys are strings, "
         "numbers or true/false",
     ]
+
+
+def test_validate_warns_about_settings_that_will_not_take_effect_and_still_exits_zero(tmp_path, capsys):
+    from tests.api.manifests import PREF_DS
+
+    noisy = base()
+    noisy["metadata"]["name"] = "dpo"
+    noisy["spec"] |= {"objective": "preference", "datasets": [PREF_DS], "lora": {"rank": 8, "dropout": 0.1}}
+    noisy["spec"]["hyperparameters"] = {"packing": True}
+    broken = base()
+    broken["metadata"]["name"] = "broken"
+    broken["spec"]["lora"]["rank"] = 0
+    path = _write(tmp_path, "jobs.yaml", yaml.safe_dump_all([base(), noisy]))
+    assert main(["validate", path]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"{path}: dpo: warning: spec.lora.dropout: 0.1 is not applied with objective preference")
+    assert lines[1].startswith(f"{path}: dpo: warning: spec.hyperparameters.packing: has no effect with objective")
+    assert lines[2:] == ["1 file(s) valid"]
+    # problems first, then warnings; a problem still fails the run
+    both = _write(tmp_path, "both.yaml", yaml.safe_dump_all([noisy, broken]))
+    assert main(["validate", "-q", both]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{both}: broken: spec.lora.rank: must be >= 1 (got 0)"
+    assert [line.split(": ")[1:3] for line in lines[1:]] == [["dpo", "warning"], ["dpo", "warning"]]
+    # -q keeps the warnings: they are news, not chatter
+    assert main(["validate", "-q", path]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2

@@ -11,10 +11,24 @@ import sys
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from kubetune.manifests import validate_files
+    """One line per problem (`FILE: <name>: <path>: <message>`), then one per setting of a valid document that
+    will not take effect (`FILE: <name>: warning: <path>: <message>`); warnings alone still exit 0."""
+    from kubetune.api.validation import notices
+    from kubetune.manifests import ManifestFileError, check_file
 
-    problems = validate_files(args.files)
-    for line in problems:
+    problems: list[str] = []
+    warnings: list[str] = []
+    for path in args.files:
+        try:
+            checked = check_file(path)
+        except ManifestFileError as err:
+            problems.append(f"{path}: {err}")
+            continue
+        for doc in checked:
+            problems.extend(f"{path}: {doc.name}: {problem}" for problem in doc.problems)
+            if doc.job is not None:
+                warnings.extend(f"{path}: {doc.name}: warning: {notice}" for notice in notices(doc.job.spec))
+    for line in problems + warnings:
         print(line)
     if not problems and not args.quiet:
         print(f"{len(args.files)} file(s) valid")

@@ -12,9 +12,9 @@ import re
 
 import celpy
 import pytest
-
 from kubetune.api import k8s_validation as k8s
 from kubetune.api.validation import SpecError, check_manifest, parse_spec
+
 from tests.api import crdcheck
 from tests.api.manifests import base
 
@@ -180,3 +180,109 @@ def test_the_operator_refuses_a_multi_node_job_whose_service_name_would_be_inval
         parse_spec(spec, name="7b-lora")
     assert [p.path for p in err.value.problems] == ["metadata.name"]
     assert parse_spec(dict(spec, nodes=1), name="7b-lora").nodes == 1  # one node: no Service, any DNS label
+
+
+# -- pod options: environment names, annotations, selector requirements, mount paths, reserved keys
+
+# IsEnvVarName's regex and hasChDirPrefix (whose cases are TestIsConfigMapKey's '.', '..', '..bad')
+ENV_NAMES_GOOD = ["abc", "ABC", "AbC_123", "a.b.c", "a-b-c", ".so.is.this", "_", "-", "a..b", "my.env-name"]
+ENV_NAMES_BAD = ["", "1abc", "a!", "a b", "a=b", ".", "..", "..bad", "é", "a\n"]
+
+
+def test_environment_variable_names():
+    for value in ENV_NAMES_GOOD:
+        assert k8s.is_env_var_name(value) == [], value
+    for value in ENV_NAMES_BAD:
+        assert k8s.is_env_var_name(value), value
+    for value in ENV_NAMES_GOOD + ENV_NAMES_BAD:  # the CRD's one pattern says the same
+        assert _fullmatch(k8s.ENV_VAR_NAME_PATTERN, value) == (k8s.is_env_var_name(value) == []), value
+
+
+def test_annotations_as_kubernetes_counts_them():
+    assert k8s.annotations_errors({"Example.com/Note": "x", "safe-to-evict": "false"}) == []
+    assert k8s.annotations_errors({"Example_com/x": "1"})  # the prefix is still a DNS subdomain, in any case
+    limit = k8s.TOTAL_ANNOTATION_SIZE_LIMIT
+    assert k8s.annotations_errors({"a": "x" * (limit - 1)}) == []
+    (problem,) = k8s.annotations_errors({"a": "x" * limit})
+    assert problem == f"annotations size {limit + 1} is larger than limit {limit}"
+
+
+def test_the_crd_bounds_keep_ascii_pod_annotations_under_the_api_servers_total():
+    """The CRD cannot sum over a map; its bounds keep ASCII annotations under the 256 KiB total, with room for
+    Kueue's and the operator's. Only many multi-byte characters go past it: `kubetune validate` and the operator
+    count bytes (tests.api.manifests, pod-annotations-too-large)."""
+    annotations = crdcheck.schema()["properties"]["spec"]["properties"]["pod"]["properties"]["annotations"]
+    most = annotations["maxProperties"] * (k8s.QUALIFIED_NAME_MAX_LENGTH + annotations["additionalProperties"]["maxLength"])
+    assert most <= k8s.TOTAL_ANNOTATION_SIZE_LIMIT * 0.6
+
+
+@pytest.mark.parametrize("node", [True, False], ids=["node", "pod"])
+def test_selector_requirements_kubetune_validate_and_the_crd_agree(node):
+    from kubetune.api.v1alpha1 import LabelSelectorRequirement, NodeSelectorRequirement
+
+    model = NodeSelectorRequirement if node else LabelSelectorRequirement
+    operators = ("In", "NotIn", "Exists", "DoesNotExist") + (("Gt", "Lt") if node else ())
+    value_lists = [None, [], ["a"], ["1"], ["1", "2"]] + ([["-7"], ["1.5"]] if node else [])
+    rules = model.model_json_schema()["x-kubernetes-validations"]
+    checked = 0
+    for operator in operators:
+        for values in value_lists:
+            requirement = {"key": "gpu", "operator": operator} | ({} if values is None else {"values": values})
+            expected = bool(k8s.selector_requirement_errors(operator, values or [], node=node)) or (
+                operator in ("Gt", "Lt") and not re.fullmatch("-?[0-9]+", values[0])
+            )
+            try:
+                model.model_validate(requirement)
+                refused = False
+            except ValueError:
+                refused = True
+            assert refused == expected, requirement
+            assert bool(crdcheck.cel_errors({"x-kubernetes-validations": rules}, requirement)) == expected, requirement
+            checked += 1
+    assert checked == len(operators) * len(value_lists)
+
+
+MOUNT_PATHS = [
+    ("/data", True), ("/data/sub", True), ("/srv/.cache", True), ("/srv/...", True), ("/opt/a b", True),
+    ("data", False), ("/", False), ("/data/", False), ("//data", False), ("/a/./b", False), ("/a/../b", False),
+    ("/..", False), ("/a:b", False), ("", False),
+]  # fmt: skip
+
+
+def test_mount_paths_and_their_pattern_agree():
+    for path, good in MOUNT_PATHS:
+        assert (k8s.mount_path_errors(path) == [] if path else False) == good, path
+        assert _fullmatch(k8s.MOUNT_PATH_PATTERN, path) == good, path
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/data", "/scratch", "/scratch/hf", "/scratchpad", "/etc", "/etc/kubetune", "/etc/kubetune2", "/dev",
+     "/dev/shm/x", "/dev/termination-log", "/var/run", "/var/run/secrets/kubernetes.io", "/var/lib", "/etc/ca"],
+)  # fmt: skip
+def test_mounts_over_the_trainers_own_paths_python_and_cel_agree(path):
+    from kubetune.api.constants import TRAINER_PATHS
+    from kubetune.api.v1alpha1 import Volume
+
+    clashes = any(k8s.path_overlaps(path, own) for own in TRAINER_PATHS)
+    mount_path = Volume.model_json_schema()["properties"]["mountPath"]
+    assert bool(crdcheck.cel_errors(mount_path, path)) == clashes
+    assert clashes == (path in {"/scratch", "/scratch/hf", "/etc", "/etc/kubetune", "/dev", "/dev/shm/x",
+                                "/dev/termination-log", "/var/run", "/var/run/secrets/kubernetes.io"})  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["kubetune.dev/x", "x.kubetune.dev/y", "KubeTune.Dev/x", "kubetune.dev.example.com/x", "notkubetune.dev/x",
+     "kueue.x-k8s.io/queue-name", "batch.kubernetes.io/job-name", "job-name", "controller-uid", "team/job-name",
+     "app.kubernetes.io/managed-by", "app.kubernetes.io/name", "kubetune.dev", "example.com/kubetune.dev"],
+)  # fmt: skip
+def test_reserved_label_keys_python_and_cel_agree(key):
+    from kubetune.api.v1alpha1 import Pod, _reserved_key
+
+    annotations = Pod.model_json_schema()["properties"]["annotations"]  # the label rules less the key's case
+    reserved = _reserved_key(key)
+    assert bool(crdcheck.cel_errors(annotations, {key: "v"})) == reserved
+    assert reserved == (key in {"kubetune.dev/x", "x.kubetune.dev/y", "KubeTune.Dev/x", "kueue.x-k8s.io/queue-name",
+                                "batch.kubernetes.io/job-name", "job-name", "controller-uid",
+                                "app.kubernetes.io/managed-by"})  # fmt: skip

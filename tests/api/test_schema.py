@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from kubetune.api.rules import RULES
-from kubetune.api.v1alpha1 import FineTuneJob
-from kubetune.api.validation import check_manifest, parse_spec, SpecError
+from kubetune.api.rules import JOB_RULES, RULES
+from kubetune.api.v1alpha1 import Affinity, FineTuneJob
+from kubetune.api.validation import SpecError, check_manifest, notices, parse_spec
+from pydantic import BaseModel
+from pydantic.alias_generators import to_camel
 
 from tests.api import crdcheck
-from tests.api.manifests import BAD, base
+from tests.api.manifests import BAD, FULL_AFFINITY, GOOD, NOTICES, QUIET, base
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
 
@@ -24,6 +25,8 @@ EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yam
 PYTHON_ONLY = {
     "uri-model-hf-dataset": "RE2 has no look-ahead to exclude hf://datasets/ from model URIs",
     "memory-zero": "a quantity pattern cannot tell zero from positive",
+    "pod-annotations-too-large": "CEL cannot sum over a map; only multi-byte text can pass the CRD's bounds and the "
+    "256 KiB total (the operator refuses it before making a pod)",
 }
 
 
@@ -73,15 +76,77 @@ def test_every_cross_field_rule_is_exercised_by_a_bad_manifest():
         doc = crdcheck.apply_defaults(crdcheck.schema(), _bad(mutation))
         if not crdcheck.schema_valid(doc):  # the API server runs CEL on schema-valid objects only
             continue
-        spec_schema = crdcheck.schema()["properties"]["spec"]
-        for rule in spec_schema["x-kubernetes-validations"]:
-            if "oldSelf" in rule["rule"]:
-                continue
-            errors = crdcheck.cel_errors({"x-kubernetes-validations": [rule]}, doc["spec"])
-            if errors:
-                failing_rules.add(rule["rule"])
-    expected = {r.cel for r in RULES}
+        for node, value in ((crdcheck.schema(), doc), (crdcheck.schema()["properties"]["spec"], doc["spec"])):
+            for rule in node["x-kubernetes-validations"]:
+                if "oldSelf" in rule["rule"]:
+                    continue
+                if crdcheck.cel_errors({"x-kubernetes-validations": [rule]}, value):
+                    failing_rules.add(rule["rule"])
+    expected = {r.cel for r in RULES} | {r.cel for r in JOB_RULES}
     assert expected - failing_rules == set(), "rules no bad manifest triggers"
+
+
+@pytest.mark.parametrize("case_id,mutation", GOOD, ids=[c[0] for c in GOOD])
+def test_good_manifest_is_valid_for_kubetune_and_the_api_server(case_id, mutation):
+    doc = _bad(mutation)
+    job, problems = check_manifest(doc)
+    assert problems == [], [str(p) for p in problems]
+    assert crdcheck.api_server_errors(doc) == []
+    # what the model writes back is the same job, and the API server takes it too
+    wire = job.to_wire()
+    assert crdcheck.api_server_errors(wire) == []
+    assert FineTuneJob.model_validate(wire) == job
+
+
+@pytest.mark.parametrize("case_id,mutation,path,fragment", NOTICES, ids=[c[0] for c in NOTICES])
+def test_a_setting_that_will_not_take_effect_is_a_notice_not_a_problem(case_id, mutation, path, fragment):
+    doc = _bad(mutation)
+    job, problems = check_manifest(doc)
+    assert problems == [] and crdcheck.api_server_errors(doc) == []
+    found = [n for n in notices(job.spec) if n.path == path]
+    assert any(fragment in n.message for n in found), [str(n) for n in notices(job.spec)]
+
+
+@pytest.mark.parametrize("case_id,mutation", QUIET, ids=[c[0] for c in QUIET])
+def test_settings_that_take_effect_and_unwritten_defaults_give_no_notice(case_id, mutation):
+    job, problems = check_manifest(_bad(mutation))
+    assert problems == []
+    assert notices(job.spec) == []
+
+
+def test_affinity_is_core_v1_affinity_field_for_field():
+    """The typed affinity has exactly the fields of core/v1 Affinity (the kubernetes client's models, generated
+    from the API server's OpenAPI), and what it writes the client reads as a V1Affinity, unknown fields refused."""
+    from kubernetes import client
+
+    wire = Affinity.model_validate(FULL_AFFINITY).to_wire()
+    assert wire == FULL_AFFINITY
+    client.V1Affinity.model_validate(wire)
+
+    def fields(model) -> dict:  # wire name -> field (the client's models use snake_case names)
+        return {f.alias or to_camel(name): f for name, f in model.model_fields.items()}
+
+    def pairs(ours, theirs):
+        yield ours, theirs
+        for name, field in fields(ours).items():
+            if (mine := _nested_model(field.annotation)) is not None:
+                yield from pairs(mine, _nested_model(fields(theirs)[name].annotation))
+
+    compared = 0
+    for ours, theirs in pairs(Affinity, client.V1Affinity):
+        assert set(fields(ours)) == set(fields(theirs)), (ours.__name__, theirs.__name__)
+        compared += 1
+    assert compared >= 12  # every nested type down to the selector requirements
+
+
+def _nested_model(annotation):
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _nested_model(arg)
+        if found is not None:
+            return found
+    return None
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
@@ -239,3 +304,50 @@ def test_crd_metadata_specifies_only_name_and_generate_name():
     metadata.pop("type")
     metadata.pop("default", None)
     assert metadata == {}
+
+
+def _early_stopping_cases():
+    def ds(name, fmt, evaluated):
+        return {"name": name, "uri": f"s3://data/{name}.jsonl", "format": fmt} | ({"evalFraction": 0.1} if evaluated else {})
+
+    for objective, fmt in (("instruction", "messages"), ("classification", "classification")):
+        for evals in ((False,), (True,), (True, False), (True, True)):
+            yield objective, [ds(n, fmt, e) for n, e in zip("ab", evals)], None
+    for reward_model in (None, "hf://org/rm"):
+        for pref_evals in ((False,), (True,), (True, True)):
+            for prompt_evals in ((False,), (True,), (False, True)):
+                datasets = [ds(f"p{i}", "preference", e) for i, e in enumerate(pref_evals)]
+                datasets += [ds(f"q{i}", "prompt", e) for i, e in enumerate(prompt_evals)]
+                yield "rlhf", datasets, reward_model
+
+
+EARLY_STOPPING_METRICS = ["eval_loss", "eval_accuracy", "eval_a_loss", "eval_b_accuracy", "eval_p0_loss", "eval_q1_loss"]
+
+
+def test_early_stopping_python_and_cel_agree_on_every_arrangement_of_evaluation_data():
+    """Which metrics a run reports depends on the objective, how many datasets each trainer reads and which
+    carry evaluation data: `kubetune validate` and the API server must draw the same line everywhere."""
+    spec_rules = [
+        rule for rule in crdcheck.schema()["properties"]["spec"]["x-kubernetes-validations"]
+        if rule.get("fieldPath", "").startswith(".evaluation.earlyStopping")
+    ]  # fmt: skip
+    assert len(spec_rules) == 2
+    refused = accepted = 0
+    for objective, datasets, reward_model in _early_stopping_cases():
+        for metric in EARLY_STOPPING_METRICS:
+            doc = base()
+            doc["spec"] |= {"objective": objective, "datasets": datasets, "evaluation": {"earlyStopping": {"metric": metric}}}
+            if objective == "rlhf":
+                doc["spec"]["rlhf"] = {"rewardModel": {"uri": reward_model}} if reward_model else {}
+            if objective == "classification":
+                doc["spec"]["classification"] = {}
+            job, problems = check_manifest(doc)
+            python = {p.path for p in problems}
+            assert python <= {"spec.evaluation.earlyStopping", "spec.evaluation.earlyStopping.metric"}, problems
+            server_side = crdcheck.apply_defaults(crdcheck.schema(), copy.deepcopy(doc))
+            cel = {"spec" + path for path, _ in crdcheck.cel_errors({"x-kubernetes-validations": spec_rules},
+                                                                    server_side["spec"])}  # fmt: skip
+            assert python == cel, (doc["spec"], problems, cel)
+            refused += bool(problems)
+            accepted += not problems
+    assert refused > 100 and accepted > 15  # both sides of the line are exercised

@@ -62,6 +62,8 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
         inner.update({k: v for k, v in node.items() if k not in ("default",) or v is not None})
         node = inner
     node.pop("title", None)
+    if "const" in node:  # a one-value Literal; OpenAPI v3.0 (and so the API server) knows only enum
+        node["enum"] = [node.pop("const")]
     if node.get("default", 0) is None:
         node.pop("default")
     for bound, inclusive in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):

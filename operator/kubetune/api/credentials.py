@@ -12,11 +12,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from kubetune.api.constants import HF_KEYS, S3_KEYS
 from kubetune.api.uris import parse_uri
 from kubetune.api.v1alpha1 import Spec
 
-HF_KEYS = ("HF_TOKEN",)
-S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 SCHEME_KEYS = {"hf": HF_KEYS, "s3": S3_KEYS, "file": ()}
 
 ROLE_MODEL = "model"

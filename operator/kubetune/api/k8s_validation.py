@@ -2,11 +2,16 @@
 here never makes a Job, Service or pod the API server refuses.
 
 Ported from kubernetes (staging/src/k8s.io/...):
-- apimachinery/pkg/util/validation/validation.go: IsDNS1123Label, IsDNS1123Subdomain, IsDNS1035Label;
+- apimachinery/pkg/util/validation/validation.go: IsDNS1123Label, IsDNS1123Subdomain, IsDNS1035Label,
+  IsEnvVarName (with hasChDirPrefix);
 - apimachinery/pkg/api/validate/content/kube.go: IsLabelKey (a "qualified name"), IsLabelValue;
+- apimachinery/pkg/api/validation/objectmeta.go: ValidateAnnotations, ValidateAnnotationsSize;
+- apimachinery/pkg/apis/meta/v1/validation/validation.go: ValidateLabelSelectorRequirement;
 - apimachinery/pkg/api/resource/quantity.go: parseQuantityString and the suffixes ParseQuantity accepts;
 - pkg/apis/core/helper/helpers.go: IsExtendedResourceName, IsNativeResource (for container resources);
-- pkg/apis/core/validation/validation.go: ValidateTolerations.
+- pkg/apis/core/validation/validation.go: ValidateTolerations, ValidateNodeSelectorRequirement,
+  ValidateNodeFieldSelectorRequirement, validatePodAffinityTerm (namespaces, topologyKey, matchLabelKeys and
+  mismatchLabelKeys), the 1-100 weights of preferred terms, and validateVolumes (a volume name is a DNS label).
 Each function returns the problems as the API server words them; empty means valid. The regular
 expressions are RE2-compatible so the CRD can carry them as patterns and CEL.
 """
@@ -38,6 +43,12 @@ LABEL_VALUE_PATTERN = f"^{LABEL_VALUE_FMT}$"
 QUALIFIED_NAME_PATTERN = f"^({DNS1123_SUBDOMAIN_FMT}/)?{LABEL_KEY_NAME_FMT}$"
 QUALIFIED_NAME_LENGTHS = "^([^/]{1,%d}/)?[^/]{1,%d}$" % (DNS1123_SUBDOMAIN_MAX_LENGTH, LABEL_KEY_NAME_MAX_LENGTH)
 QUALIFIED_NAME_MAX_LENGTH = DNS1123_SUBDOMAIN_MAX_LENGTH + 1 + LABEL_KEY_NAME_MAX_LENGTH
+
+
+def cel_string(text: str) -> str:
+    """A CEL string literal for text: cel-go (parser/unescape.go) refuses an escape it does not know, such as
+    the `\\.` of a regular expression, so every backslash and quote is escaped."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _max_len_error(length: int) -> str:
@@ -210,3 +221,94 @@ def toleration_errors(key: str, operator: str, value: str, effect: str, has_seco
     elif operator != "Exists":
         errors.setdefault("value", []).extend(is_label_value(value))
     return {field: problems for field, problems in errors.items() if problems}
+
+
+# --------------------------------------------------------------------------- environment
+
+
+ENV_VAR_NAME_FMT = "[-._a-zA-Z][-._a-zA-Z0-9]*"
+# IsEnvVarName as one RE2 pattern: its regex without hasChDirPrefix's '.', '..' and '..'-prefixed names.
+ENV_VAR_NAME_PATTERN = r"^(\.[-_a-zA-Z0-9][-._a-zA-Z0-9]*|[-_a-zA-Z][-._a-zA-Z0-9]*)$"
+_ENV_VAR_NAME = re.compile(f"^{ENV_VAR_NAME_FMT}$")
+
+
+def is_env_var_name(value: str) -> list[str]:
+    """validation.go IsEnvVarName. (Kubernetes 1.32+ with RelaxedEnvironmentVariableValidation also takes any
+    printable ASCII but '='; the strict form is what every supported API server accepts.)"""
+    errors = []
+    if not _ENV_VAR_NAME.fullmatch(value):
+        errors.append(_regex_error(
+            "a valid environment variable name must consist of alphabetic characters, digits, '_', '-', or '.', "
+            "and must not start with a digit", ENV_VAR_NAME_FMT, "my.env-name", "MY_ENV.NAME", "MyEnvName1"))  # fmt: skip
+    if value == ".":
+        errors.append("must not be '.'")
+    elif value == "..":
+        errors.append("must not be '..'")
+    elif value.startswith(".."):
+        errors.append("must not start with '..'")
+    return errors
+
+
+# --------------------------------------------------------------------------- annotations
+
+TOTAL_ANNOTATION_SIZE_LIMIT = 256 * (1 << 10)  # objectmeta.go TotalAnnotationSizeLimitB, bytes of keys and values
+
+
+def annotations_errors(annotations: dict[str, str]) -> list[str]:
+    """objectmeta.go ValidateAnnotations: each key a qualified name (case does not matter), and keys and values
+    together at most 256 KiB."""
+    errors = []
+    for key in annotations:
+        problems = is_qualified_name(key.lower())
+        if problems:
+            errors.append(f"key {key!r} must be a qualified name ([DNS subdomain/]name): {'; '.join(problems)}")
+    total = sum(len(k.encode()) + len(v.encode()) for k, v in annotations.items())
+    if total > TOTAL_ANNOTATION_SIZE_LIMIT:
+        errors.append(f"annotations size {total} is larger than limit {TOTAL_ANNOTATION_SIZE_LIMIT}")
+    return errors
+
+
+# --------------------------------------------------------------------------- selectors and affinity
+
+
+def selector_requirement_errors(operator: str, values: list[str], node: bool) -> list[str]:
+    """ValidateNodeSelectorRequirement (node: In, NotIn, Exists, DoesNotExist, Gt, Lt) and
+    ValidateLabelSelectorRequirement (pods: the first four), for the values a requirement's operator needs."""
+    if operator in ("In", "NotIn") and not values:
+        return ["must be specified when `operator` is 'In' or 'NotIn'"]
+    if operator in ("Exists", "DoesNotExist") and values:
+        return ["may not be specified when `operator` is 'Exists' or 'DoesNotExist'"]
+    if node and operator in ("Gt", "Lt") and len(values) != 1:
+        return ["must be specified single value when `operator` is 'Lt' or 'Gt'"]
+    return []
+
+
+# --------------------------------------------------------------------------- volumes
+
+# A mount path as the trainer container needs it: absolute (a relative one resolves against the image's working
+# directory), in its one spelling (no '.' or '..' segment, no empty segment, no trailing '/'; so two spellings of
+# one path cannot pass as two paths), and without ':' (the separator of the runtime's volume specifications).
+MOUNT_PATH_SEGMENT = r"([^/:.][^/:]*|\.[^/:.][^/:]*|\.\.[^/:]+)"
+MOUNT_PATH_PATTERN = rf"^(/{MOUNT_PATH_SEGMENT})+$"
+_MOUNT_PATH = re.compile(MOUNT_PATH_PATTERN)
+
+
+def mount_path_errors(path: str) -> list[str]:
+    if path == "/":
+        return ["must not be '/' (the container's root)"]
+    if not path.startswith("/"):
+        return ["must be an absolute path (starting with '/')"]
+    if ":" in path:
+        return ["must not contain ':'"]
+    segments = path.split("/")[1:]
+    if ".." in segments:
+        return ["must not contain '..'"]
+    if "." in segments or "" in segments:
+        return ["must be written without '.' segments, '//' or a trailing '/'"]
+    assert _MOUNT_PATH.fullmatch(path), path
+    return []
+
+
+def path_overlaps(path: str, other: str) -> bool:
+    """The same path, or one inside the other (mounting at either hides or shadows the other)."""
+    return path == other or path.startswith(other.rstrip("/") + "/") or other.startswith(path.rstrip("/") + "/")

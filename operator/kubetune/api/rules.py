@@ -12,18 +12,24 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from kubetune.api import k8s_validation as k8s
 from kubetune.api.constants import (
     FORMAT_FIELDS,
     MERGEABLE_TECHNIQUES,
     OBJECTIVE_FORMATS,
     OBJECTIVE_SECTIONS,
+    OBJECTIVES,
     TECHNIQUE_SECTIONS,
+    TECHNIQUES,
     UNSUPPORTED_COMBINATIONS,
     DatasetFormat,
+    DistributedStrategy,
+    EvalStage,
     Objective,
+    Optimizer,
+    Precision,
 )
-from kubetune.api import k8s_validation as k8s
-from kubetune.api.v1alpha1 import Rlhf, Spec
+from kubetune.api.v1alpha1 import SECTIONS, Dataset, Rlhf, Spec
 
 # (path relative to spec, message)
 Finding = tuple[str, str]
@@ -42,14 +48,12 @@ def _quote(values) -> str:
 
 
 def _cel_list(values) -> str:
-    return "[" + ", ".join(f"'{v}'" for v in values) + "]"
+    return "[" + ", ".join(k8s.cel_string(str(v)) for v in values) + "]"
 
 
 def _section_rule(section: str, allowed, kind: str) -> Rule:
     allowed = tuple(allowed)
-    attr = {"featureExtraction": "feature_extraction", "promptTuning": "prompt_tuning", "prefixTuning": "prefix_tuning"}.get(
-        section, section
-    )
+    attr, _ = SECTIONS[section]
     names = " or ".join(str(v) for v in allowed)
 
     def check(spec: Spec) -> Iterator[Finding]:
@@ -119,13 +123,90 @@ def _check_eval_source(spec: Spec) -> Iterator[Finding]:
             yield f"datasets[{i}].evalFraction", "set either evalUri or evalFraction, not both"
 
 
-def _has_eval_data(spec: Spec) -> bool:
-    return any(ds.eval_uri is not None or ds.eval_fraction is not None for ds in spec.datasets)
+def _has_eval_data(ds: Dataset) -> bool:
+    return ds.eval_uri is not None or ds.eval_fraction is not None
 
 
-def _check_early_stopping(spec: Spec) -> Iterator[Finding]:
-    if spec.evaluation.early_stopping is not None and not _has_eval_data(spec):
-        yield "evaluation.earlyStopping", "needs evaluation data: set evalUri or evalFraction on a dataset"
+def _reward_model_given(spec: Spec) -> bool:
+    return spec.rlhf is not None and bool(spec.rlhf.reward_model.uri)
+
+
+def _stage_metrics(spec: Spec, stage: EvalStage) -> list[str]:
+    """The evaluation metrics one trainer of the run reports; [] when it does not evaluate (or does not run)."""
+    if stage.trains_reward_model and _reward_model_given(spec):
+        return []
+    datasets = [ds for ds in spec.datasets if ds.format in stage.formats]
+    evaluated = [ds for ds in datasets if _has_eval_data(ds)]
+    if len(datasets) == 1:
+        return [f"eval_{metric}" for ds in evaluated for metric in stage.metrics]
+    return [f"eval_{ds.name}_{metric}" for ds in evaluated for metric in stage.metrics]
+
+
+def evaluation_metrics(spec: Spec) -> list[list[str]]:
+    """The metrics each evaluating trainer of the run reports (rlhf: the reward-model stage, then the policy);
+    early stopping watches one metric that every one of them reports."""
+    return [metrics for stage in OBJECTIVES[spec.objective].evaluation if (metrics := _stage_metrics(spec, stage))]
+
+
+def _eval_formats(objective: Objective) -> str:
+    formats = sorted({f for stage in OBJECTIVES[objective].evaluation for f in stage.formats})
+    return " or ".join(formats)
+
+
+def _check_early_stopping_data(spec: Spec) -> Iterator[Finding]:
+    if spec.evaluation.early_stopping is not None and not evaluation_metrics(spec):
+        where = f" of format {_eval_formats(spec.objective)}" if spec.objective == Objective.RLHF else ""
+        yield "evaluation.earlyStopping", f"needs evaluation data: set evalUri or evalFraction on a dataset{where}"
+
+
+def _check_early_stopping_metric(spec: Spec) -> Iterator[Finding]:
+    stopping = spec.evaluation.early_stopping
+    stages = evaluation_metrics(spec)
+    if stopping is None or not stages or all(stopping.metric in metrics for metrics in stages):
+        return
+    if len(stages) == 1:
+        reported = f"it reports {', '.join(stages[0])}"
+    else:
+        reported = (
+            f"the reward-model stage reports {', '.join(stages[0])} and the policy stage {', '.join(stages[1])}; "
+            "early stopping watches one metric both report (else drop the evaluation data of one stage)"
+        )
+    yield "evaluation.earlyStopping.metric", f"{stopping.metric!r} is not reported by this run: {reported}"
+
+
+_HAS_EVAL = "(has(d.evalUri) || has(d.evalFraction))"
+_REWARD_MODEL_GIVEN = (
+    "(has(self.rlhf) && has(self.rlhf.rewardModel) && has(self.rlhf.rewardModel.uri) && self.rlhf.rewardModel.uri != '')"
+)
+
+
+def _cel_stage(stage: EvalStage) -> tuple[str, str]:
+    """(the stage evaluates, the watched metric is one it reports) as CEL over the spec."""
+    of_stage = f"d.format in {_cel_list(stage.formats)}"
+    evaluates = f"self.datasets.exists(d, {of_stage} && {_HAS_EVAL})"
+    if stage.trains_reward_model:
+        evaluates = f"(!{_REWARD_MODEL_GIVEN} && {evaluates})"
+    metric = "self.evaluation.earlyStopping.metric"
+    single = f"{metric} in {_cel_list(f'eval_{m}' for m in stage.metrics)}"
+    named = " || ".join(f"{metric} == 'eval_' + d.name + '_{m}'" for m in stage.metrics)
+    several = f"self.datasets.exists(d, {of_stage} && {_HAS_EVAL} && ({named}))"
+    reports = f"(self.datasets.exists_one(d, {of_stage}) ? {single} : {several})"
+    return evaluates, reports
+
+
+def _cel_early_stopping() -> tuple[str, str]:
+    """(needs evaluation data, watches a metric every evaluating stage reports) as CEL, per objective."""
+    has_data, reported = [], []
+    for objective, info in OBJECTIVES.items():
+        stages = [_cel_stage(stage) for stage in info.evaluation]
+        is_it = f"self.objective == '{objective}'"
+        has_data.append(f"({is_it} && ({' || '.join(evaluates for evaluates, _ in stages)}))")
+        reported.append(f"({is_it} && {' && '.join(f'(!{evaluates} || {reports})' for evaluates, reports in stages)})")
+    watched = "!has(self.evaluation.earlyStopping) || "
+    return watched + " || ".join(has_data), watched + " || ".join(reported)
+
+
+_CEL_EARLY_STOPPING_DATA, _CEL_EARLY_STOPPING_METRIC = _cel_early_stopping()
 
 
 def _check_rlhf_prompts(spec: Spec) -> Iterator[Finding]:
@@ -136,7 +217,7 @@ def _check_rlhf_prompts(spec: Spec) -> Iterator[Finding]:
 def _check_rlhf_reward(spec: Spec) -> Iterator[Finding]:
     if spec.objective != Objective.RLHF:
         return
-    has_model = spec.rlhf is not None and bool(spec.rlhf.reward_model.uri)
+    has_model = _reward_model_given(spec)
     has_preferences = any(ds.format == DatasetFormat.PREFERENCE for ds in spec.datasets)
     if not has_model and not has_preferences:
         yield (
@@ -200,6 +281,44 @@ def _check_labels(spec: Spec) -> Iterator[Finding]:
         )
 
 
+def _check_cpu_offload(spec: Spec) -> Iterator[Finding]:
+    if spec.distributed and spec.distributed.cpu_offload and spec.distributed.strategy == DistributedStrategy.DDP:
+        yield "distributed.cpuOffload", "needs strategy fsdp or auto: ddp keeps a whole replica on every GPU"
+
+
+def _strategy_rule(technique, strategy: DistributedStrategy, reason: str) -> Rule:
+    """A technique that cannot run a strategy; CPU offload needs FSDP, so it goes with fsdp."""
+    offload = strategy == DistributedStrategy.FSDP
+
+    def check(spec: Spec) -> Iterator[Finding]:
+        d = spec.distributed
+        if spec.technique != technique or d is None:
+            return
+        if d.strategy == strategy:
+            yield "distributed.strategy", f"technique {technique} cannot use strategy {strategy}: {reason}"
+        elif offload and d.cpu_offload:
+            yield "distributed.cpuOffload", f"needs FSDP, which technique {technique} cannot use: {reason}"
+
+    uses = f"self.distributed.strategy == '{strategy}'" + (" || self.distributed.cpuOffload" if offload else "")
+    return Rule(
+        ".distributed",
+        f"self.technique != '{technique}' || !has(self.distributed) || !({uses})",
+        f"technique {technique} cannot use strategy {strategy}" + (" (nor cpuOffload, which needs it)" if offload else "")
+        + f": {reason}",
+        check,
+    )
+
+
+def _check_pure_bf16(spec: Spec) -> Iterator[Finding]:
+    hp = spec.hyperparameters
+    if hp.precision == Precision.BF16_PURE and hp.optimizer != Optimizer.ADAMW:
+        yield (
+            "hyperparameters.optimizer",
+            f"precision bf16-pure needs optimizer adamw (its Kahan-compensated AdamW keeps small updates in bf16; "
+            f"optimizer is {hp.optimizer})",
+        )
+
+
 RULES: list[Rule] = [
     *[_section_rule(section, techniques, "technique") for section, techniques in TECHNIQUE_SECTIONS.items()],
     *[_section_rule(section, (objective,), "objective") for section, objective in OBJECTIVE_SECTIONS.items()],
@@ -219,9 +338,16 @@ RULES: list[Rule] = [
     ),
     Rule(
         ".evaluation.earlyStopping",
-        "!has(self.evaluation.earlyStopping) || self.datasets.exists(d, has(d.evalUri) || has(d.evalFraction))",
-        "early stopping needs evaluation data: set evalUri or evalFraction on a dataset",
-        _check_early_stopping,
+        _CEL_EARLY_STOPPING_DATA,
+        "early stopping needs evaluation data: set evalUri or evalFraction on a dataset (rlhf: of a stage that runs)",
+        _check_early_stopping_data,
+    ),
+    Rule(
+        ".evaluation.earlyStopping.metric",
+        _CEL_EARLY_STOPPING_METRIC,
+        "evaluation.earlyStopping.metric must be a metric the run reports: eval_loss (eval_accuracy for "
+        "classification) with one dataset, eval_<name>_loss for each dataset with evaluation data with several",
+        _check_early_stopping_metric,
     ),
     Rule(
         ".datasets",
@@ -258,6 +384,23 @@ RULES: list[Rule] = [
         _check_merge,
     ),
     Rule(".technique", _cel_combinations(), "this technique cannot be used with this objective", _check_combination),
+    Rule(
+        ".distributed.cpuOffload",
+        "!has(self.distributed) || !self.distributed.cpuOffload || self.distributed.strategy != 'ddp'",
+        "distributed.cpuOffload needs strategy fsdp or auto",
+        _check_cpu_offload,
+    ),
+    *[
+        _strategy_rule(technique, strategy, reason)
+        for technique, info in TECHNIQUES.items()
+        for strategy, reason in info.unsupported_strategies.items()
+    ],
+    Rule(
+        ".hyperparameters.optimizer",
+        "self.hyperparameters.precision != 'bf16-pure' || self.hyperparameters.optimizer == 'adamw'",
+        "precision bf16-pure needs optimizer adamw",
+        _check_pure_bf16,
+    ),
     # (label uniqueness is the CRD's x-kubernetes-list-type: set, which the API server checks in linear time)
     Rule(
         ".classification",
@@ -290,6 +433,15 @@ def _check_service_name(name: str, spec: Spec) -> Iterator[Finding]:
         )
 
 
+def _check_resume_self(name: str, spec: Spec) -> Iterator[Finding]:
+    if spec.resume_from == name:
+        yield (
+            "spec.resumeFrom",
+            f"names this FineTuneJob itself ({name!r}): a job resumes its own checkpoints by itself; give another "
+            "job's name or a checkpoint URI",
+        )
+
+
 JOB_RULES: list[JobRule] = [
     JobRule(
         ".metadata.name",
@@ -298,7 +450,74 @@ JOB_RULES: list[JobRule] = [
         "named after it, and Service names are DNS-1035 labels)",
         _check_service_name,
     ),
+    JobRule(
+        ".spec.resumeFrom",
+        "!has(self.spec.resumeFrom) || self.spec.resumeFrom != self.metadata.name",
+        "spec.resumeFrom cannot name the FineTuneJob itself",
+        _check_resume_self,
+    ),
 ]
+
+
+# --------------------------------------------------------------------------- notices
+# A valid spec with a setting that will not take effect: the job runs, and the user hears why the setting
+# changes nothing. Only settings the user wrote are reported (a default that does not apply is not news).
+
+
+def _notice_dropout(spec: Spec) -> Iterator[Finding]:
+    reason = OBJECTIVES[spec.objective].dropout_off
+    lora = spec.lora
+    if reason is None or lora is None or "dropout" not in lora.model_fields_set or lora.dropout == 0:
+        return
+    if spec.objective == Objective.RLHF and _reward_model_given(spec):
+        return  # no reward-model stage: the policy stage keeps dropout
+    yield "lora.dropout", f"{lora.dropout} is not applied with objective {spec.objective}: {reason}"
+
+
+def _notice_packing(spec: Spec) -> Iterator[Finding]:
+    hp = spec.hyperparameters
+    if "packing" not in hp.model_fields_set or not hp.packing:
+        return
+    if not OBJECTIVES[spec.objective].packs:
+        yield "hyperparameters.packing", f"has no effect with objective {spec.objective}, which does not pack rows"
+    elif not TECHNIQUES[spec.technique].supports_packing:
+        yield (
+            "hyperparameters.packing",
+            f"is off for technique {spec.technique}: its attention mask cannot keep packed examples apart, so "
+            "examples are padded instead",
+        )
+
+
+def _notice_single_process(spec: Spec) -> Iterator[Finding]:
+    d = spec.distributed
+    if d is not None and d.strategy == DistributedStrategy.DDP and spec.nodes * max(spec.resources.gpus, 1) == 1:
+        yield "distributed.strategy", "ddp has nothing to spread with one process (nodes x gpus = 1)"
+
+
+def _notice_liger_without_gpu(spec: Spec) -> Iterator[Finding]:
+    hp = spec.hyperparameters
+    if "liger_kernel" in hp.model_fields_set and hp.liger_kernel and spec.resources.gpus == 0:
+        yield "hyperparameters.ligerKernel", "has no effect without a GPU (resources.gpus is 0)"
+
+
+def _notice_eval_steps_without_data(spec: Spec) -> Iterator[Finding]:
+    ev = spec.evaluation
+    if "every_steps" in ev.model_fields_set and ev.every_steps and not evaluation_metrics(spec):
+        yield "evaluation.everySteps", "has no effect: no dataset has evaluation data (evalUri or evalFraction)"
+
+
+NOTICES: list[Callable[[Spec], Iterator[Finding]]] = [
+    _notice_dropout,
+    _notice_packing,
+    _notice_single_process,
+    _notice_liger_without_gpu,
+    _notice_eval_steps_without_data,
+]
+
+
+def notice_findings(spec: Spec) -> list[Finding]:
+    """Settings of a valid spec that will not take effect; paths relative to spec."""
+    return [finding for notice in NOTICES for finding in notice(spec)]
 
 
 def job_findings(name: str, spec: Spec) -> list[Finding]:

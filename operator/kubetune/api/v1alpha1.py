@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Annotated, Any, Callable, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -23,6 +24,7 @@ from pydantic import (
     ValidationInfo,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
 from pydantic.alias_generators import to_camel
 
@@ -30,11 +32,22 @@ from kubetune.api import k8s_validation as k8s
 from kubetune.api import uris
 from kubetune.api.constants import (
     API_VERSION,
-    AttentionImplementation,
+    CREDENTIAL_KEYS,
     KIND,
+    OBJECTIVES,
+    OPERATOR_ENV,
+    OPERATOR_ENV_PREFIX,
+    RESERVED_LABEL_DOMAINS,
+    RESERVED_LABEL_KEYS,
+    TECHNIQUES,
+    TRAINER_PATHS,
+    TRAINER_VOLUMES,
     AdapterActivation,
+    AttentionImplementation,
     ConditionStatus,
+    ConditionType,
     DatasetFormat,
+    DistributedStrategy,
     LRScheduler,
     Objective,
     Optimizer,
@@ -62,6 +75,8 @@ MAX_MAP_ENTRIES = 64
 MAX_CLASSES = 100000
 # checkpoints kept in S3 (output.keepCheckpoints) and listed in status.checkpoints.
 MAX_KEEP_CHECKPOINTS = 1000
+# numpy.random.seed (which transformers' set_seed calls) takes seeds in [0, 2**32).
+MAX_SEED = 2**32 - 1
 
 # Kubernetes resource.Quantity, e.g. "8", "500m", "64Gi", "1.5e3".
 QUANTITY_PATTERN = k8s.QUANTITY_PATTERN
@@ -100,6 +115,10 @@ def _check_pattern(pattern: str, what: str):
     return check
 
 
+def _cel_list(values) -> str:
+    return "[" + ", ".join(k8s.cel_string(str(v)) for v in values) + "]"
+
+
 Quantity = Annotated[
     Any,
     AfterValidator(_check_quantity),
@@ -131,6 +150,11 @@ OutputUri = Annotated[
     Field(json_schema_extra={"pattern": uris.OUTPUT_URI_PATTERN}),
     AfterValidator(uris.check_output_uri),
 ]
+DnsLabel = Annotated[
+    Str,
+    Field(min_length=1, max_length=k8s.DNS1123_LABEL_MAX_LENGTH, json_schema_extra={"pattern": DNS_LABEL_PATTERN}),
+    AfterValidator(_k8s_check("a DNS label", k8s.is_dns1123_label)),
+]
 HttpUrl = Annotated[
     Str,
     Field(json_schema_extra={"pattern": r"^https?://[^\s/]+(/\S*)?$"}),
@@ -156,8 +180,35 @@ class ApiModel(BaseModel):
 
 # --------------------------------------------------------------------------- model & data
 
+_AMBIENT_CEL = {
+    "x-kubernetes-validations": [{
+        "rule": "!self.ambientCredentials || ((!has(self.uri) || self.uri.startsWith('s3://')) && "
+        "!has(self.credentialsSecret))",
+        "message": "ambientCredentials reads an s3:// URI with the pod's cloud identity instead of a Secret: only for "
+        "s3:// URIs, and not together with credentialsSecret",
+        "fieldPath": ".ambientCredentials",
+    }]
+}  # fmt: skip
+_AMBIENT_DESCRIPTION = (
+    "Read {what} with the pod's cloud identity (IRSA, GKE workload identity; see spec.pod.serviceAccountName) "
+    "instead of a Secret, where the platform's policy allows it. s3:// only; not together with credentialsSecret."
+)
+
+
+def _check_ambient(value: bool, info: ValidationInfo) -> bool:
+    """ambientCredentials: an s3:// URI (an unset output URI is the operator's default) and no credentialsSecret."""
+    if value:
+        uri = info.data.get("uri")
+        if isinstance(uri, str) and not uri.startswith("s3://"):
+            raise ValueError(f"applies to s3:// URIs only: the pod's cloud identity reads object stores (got {uri!r})")
+        if info.data.get("credentials_secret"):
+            raise ValueError("set either credentialsSecret or ambientCredentials, not both")
+    return value
+
 
 class ModelSource(ApiModel):
+    model_config = ConfigDict(json_schema_extra=_AMBIENT_CEL)
+
     uri: ModelUri = Field(
         description="Base model: hf://org/name[@revision], s3://bucket/prefix/ (a Hugging Face model folder) "
         "or file:///absolute/path."
@@ -181,9 +232,19 @@ class ModelSource(ApiModel):
         description="Allow loading pickled (.bin/.pt) weights, which can execute code. By default only "
         "safetensors weights are loaded.",
     )
+    cache: Bool | None = Field(
+        default=None,
+        description="Use the cluster's shared model cache, where the platform enabled one: true = read the model "
+        "through the cache, false = always fetch it from uri; unset = the platform's default.",
+    )
+    ambient_credentials: Bool = Field(default=False, description=_AMBIENT_DESCRIPTION.format(what="an s3:// model"))
+
+    _ambient = field_validator("ambient_credentials")(_check_ambient)
 
 
 class Dataset(ApiModel):
+    model_config = ConfigDict(json_schema_extra=_AMBIENT_CEL)
+
     name: Annotated[
         Str,
         Field(max_length=40, json_schema_extra={"pattern": TASK_NAME_PATTERN}),
@@ -225,6 +286,9 @@ class Dataset(ApiModel):
     endpoint: HttpUrl | None = Field(
         default=None, description="S3-compatible endpoint for s3:// data; defaults to spec.output.endpoint."
     )
+    ambient_credentials: Bool = Field(default=False, description=_AMBIENT_DESCRIPTION.format(what="s3:// data"))
+
+    _ambient = field_validator("ambient_credentials")(_check_ambient)
 
 
 # --------------------------------------------------------------------------- training
@@ -258,7 +322,12 @@ class Hyperparameters(ApiModel):
         description="Pack several short examples into one sequence without cross-example attention "
         "(causal-lm and instruction objectives).",
     )
-    seed: Int = Field(default=42, ge=0, description="Random seed for initialisation, shuffling and sampling.")
+    seed: Int = Field(
+        default=42,
+        ge=0,
+        le=MAX_SEED,
+        description="Random seed for initialisation, shuffling and sampling; below 2^32 (numpy seeds with 32 bits).",
+    )
     optimizer: Optimizer = Field(
         default=Optimizer.ADAMW,
         description="adamw | adamw8bit | pagedAdamw8bit | sgd | adafactor. 8-bit and paged optimizers need a GPU.",
@@ -405,6 +474,8 @@ class Evaluation(ApiModel):
 
 
 class Output(ApiModel):
+    model_config = ConfigDict(json_schema_extra=_AMBIENT_CEL)
+
     uri: OutputUri | None = Field(
         default=None,
         description="Where checkpoints, metrics and the final model go: s3://bucket/prefix/ or file:///path/. "
@@ -422,6 +493,9 @@ class Output(ApiModel):
     merge_adapter: Bool = Field(
         default=False, description="lora/qlora: also write the adapter merged into full weights (final/merged/)."
     )
+    ambient_credentials: Bool = Field(default=False, description=_AMBIENT_DESCRIPTION.format(what="an s3:// output"))
+
+    _ambient = field_validator("ambient_credentials")(_check_ambient)
 
 
 # --------------------------------------------------------------------------- scheduling
@@ -446,12 +520,23 @@ LabelValue = Annotated[
 ]
 
 
-def _check_label_keys(labels: dict[str, str]) -> dict[str, str]:
-    for key in labels:
+def _check_label_keys(labels: dict[str, str] | None) -> dict[str, str] | None:
+    for key in labels or {}:
         problems = k8s.is_qualified_name(key)
         if problems:
             raise ValueError(f"key {key!r} must be a label key ([DNS subdomain/]name): {'; '.join(problems)}")
     return labels
+
+
+def _label_keys_cel(what: str) -> dict:
+    return {
+        "x-kubernetes-validations": [{
+            "rule": f"self.all(k, k.matches({k8s.cel_string(k8s.QUALIFIED_NAME_PATTERN)}) && "
+            f"k.matches({k8s.cel_string(k8s.QUALIFIED_NAME_LENGTHS)}))",
+            "message": f"{what} keys must be label keys: an optional DNS subdomain prefix (at most 253 characters) "
+            "and '/', then a name of at most 63 alphanumeric characters, '-', '_' or '.'",
+        }]
+    }  # fmt: skip
 
 
 class Toleration(ApiModel):
@@ -539,18 +624,558 @@ class Resources(ApiModel):
         default_factory=dict,
         max_length=MAX_MAP_ENTRIES,
         description="Node labels the training pods must match.",
-        json_schema_extra={
-            "x-kubernetes-validations": [{
-                "rule": f"self.all(k, k.matches('{k8s.QUALIFIED_NAME_PATTERN}') && "
-                f"k.matches('{k8s.QUALIFIED_NAME_LENGTHS}'))",
-                "message": "nodeSelector keys must be label keys: an optional DNS subdomain prefix (at most 253 "
-                "characters) and '/', then a name of at most 63 alphanumeric characters, '-', '_' or '.'",
-            }]
-        },
+        json_schema_extra=_label_keys_cel("nodeSelector"),
     )
     tolerations: list[Toleration] = Field(
         default_factory=list, max_length=64, description="Taints the training pods tolerate."
     )
+    gpu_memory: Quantity | None = Field(
+        default=None,
+        description="Memory of one GPU, e.g. 80Gi, for the memory plan; default: the operator's table of GPU models.",
+    )
+
+
+# --------------------------------------------------------------------------- pod options
+
+# core/v1 Affinity, typed: the API server then checks its structure, refuses unknown fields under
+# `kubectl apply`'s strict validation and documents it in `kubectl explain`, and the CEL rules below check at
+# the edge what Kubernetes' pod validation checks (operators and their values, weights, topology keys);
+# `x-kubernetes-preserve-unknown-fields` would store anything and leave every mistake to the Job's creation.
+# Lists are bounded far above what a training job needs, so the CEL cost estimate stays small.
+MAX_AFFINITY_TERMS = 8
+MAX_SELECTOR_VALUES = 32
+
+RequiredLabelKey = Annotated[LabelKey, Field(min_length=1)]
+
+
+def _requirement_cel(operators: tuple[str, ...], gt_lt: bool) -> dict:
+    rules = [
+        {
+            "rule": "!(self.operator in ['In', 'NotIn']) || (has(self.values) && size(self.values) > 0)",
+            "message": "values must be specified when operator is In or NotIn",
+            "fieldPath": ".values",
+        },
+        {
+            "rule": "!(self.operator in ['Exists', 'DoesNotExist']) || !has(self.values) || size(self.values) == 0",
+            "message": "values may not be specified when operator is Exists or DoesNotExist",
+            "fieldPath": ".values",
+        },
+    ]
+    if gt_lt:
+        rules.append({
+            "rule": "!(self.operator in ['Gt', 'Lt']) || (has(self.values) && size(self.values) == 1 && "
+            "self.values[0].matches('^-?[0-9]+$'))",
+            "message": "values must be a single integer when operator is Gt or Lt",
+            "fieldPath": ".values",
+        })
+    return {"x-kubernetes-validations": rules}
+
+
+def _check_requirement_values(node: bool):
+    def check(values: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        operator = info.data.get("operator")
+        if operator is None:
+            return values  # the operator itself is wrong; that is the problem to report
+        problems = k8s.selector_requirement_errors(operator, values or [], node=node)
+        if not problems and node and operator in ("Gt", "Lt") and not re.fullmatch(r"-?[0-9]+", values[0]):
+            problems = [f"must be an integer when operator is {operator} (got {values[0]!r})"]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return values
+
+    return check
+
+
+class NodeSelectorRequirement(ApiModel):
+    model_config = ConfigDict(json_schema_extra=_requirement_cel(("In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"), True))
+    key: RequiredLabelKey = Field(description="The node label key the requirement applies to.")
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"] = Field(
+        description="In | NotIn | Exists | DoesNotExist | Gt | Lt."
+    )
+    # (pod validation does not check node selector values: any string, though only label values match a label)
+    values: list[Annotated[Str, Field(max_length=k8s.LABEL_VALUE_MAX_LENGTH)]] | None = Field(
+        default=None,
+        max_length=MAX_SELECTOR_VALUES,
+        description="Values: some for In and NotIn, none for Exists and DoesNotExist, one integer for Gt and Lt.",
+    )
+
+    _values = field_validator("values")(_check_requirement_values(node=True))
+
+
+class NodeFieldSelectorRequirement(ApiModel):
+    key: Literal["metadata.name"] = Field(description="The node field: metadata.name (the only one Kubernetes supports).")
+    operator: Literal["In", "NotIn"] = Field(description="In | NotIn.")
+    values: Annotated[
+        list[Annotated[Str, Field(max_length=k8s.DNS1123_SUBDOMAIN_MAX_LENGTH, json_schema_extra={
+            "pattern": k8s.DNS1123_SUBDOMAIN_PATTERN})]],
+        Field(min_length=1, max_length=1),
+    ] = Field(description="Exactly one node name.")  # fmt: skip
+
+
+class NodeSelectorTerm(ApiModel):
+    match_expressions: list[NodeSelectorRequirement] | None = Field(
+        default=None, max_length=MAX_AFFINITY_TERMS, description="Requirements on node labels (all must hold)."
+    )
+    match_fields: list[NodeFieldSelectorRequirement] | None = Field(
+        default=None, max_length=MAX_AFFINITY_TERMS, description="Requirements on node fields (all must hold)."
+    )
+
+
+class NodeSelector(ApiModel):
+    node_selector_terms: list[NodeSelectorTerm] = Field(
+        min_length=1, max_length=MAX_AFFINITY_TERMS, description="Terms of which a node must match at least one."
+    )
+
+
+class PreferredSchedulingTerm(ApiModel):
+    weight: Int = Field(ge=1, le=100, description="Weight of this preference, 1-100.")
+    preference: NodeSelectorTerm = Field(description="The node selector term to prefer.")
+
+
+class NodeAffinity(ApiModel):
+    required_during_scheduling_ignored_during_execution: NodeSelector | None = Field(
+        default=None, description="Nodes the training pods must run on."
+    )
+    preferred_during_scheduling_ignored_during_execution: list[PreferredSchedulingTerm] | None = Field(
+        default=None, max_length=MAX_AFFINITY_TERMS, description="Nodes the training pods prefer, by weight."
+    )
+
+
+class LabelSelectorRequirement(ApiModel):
+    model_config = ConfigDict(json_schema_extra=_requirement_cel(("In", "NotIn", "Exists", "DoesNotExist"), False))
+    key: RequiredLabelKey = Field(description="The label key the requirement applies to.")
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"] = Field(description="In | NotIn | Exists | DoesNotExist.")
+    values: list[LabelValue] | None = Field(
+        default=None,
+        max_length=MAX_SELECTOR_VALUES,
+        description="Label values: some for In and NotIn, none for Exists and DoesNotExist.",
+    )
+
+    _values = field_validator("values")(_check_requirement_values(node=False))
+
+
+class LabelSelector(ApiModel):
+    match_labels: Annotated[
+        dict[Str, LabelValue], Field(max_length=MAX_MAP_ENTRIES), AfterValidator(_check_label_keys)
+    ] | None = Field(
+        default=None,
+        description="Labels the pods must carry.",
+        json_schema_extra=_label_keys_cel("matchLabels"),
+    )
+    match_expressions: list[LabelSelectorRequirement] | None = Field(
+        default=None, max_length=MAX_AFFINITY_TERMS, description="Requirements on pod labels (all must hold)."
+    )
+
+
+def _check_label_key_list(keys: list[str] | None, info: ValidationInfo) -> list[str] | None:
+    """validateMatchLabelKeysAndMismatchLabelKeys: only beside a labelSelector, and no key in both lists."""
+    if keys and info.data.get("label_selector") is None and "label_selector" in info.data:
+        raise ValueError("must not be specified when labelSelector is not set")
+    both = sorted(set(keys or ()) & set(info.data.get("match_label_keys") or ()))
+    if info.field_name == "mismatch_label_keys" and both:
+        raise ValueError(f"{', '.join(map(repr, both))} exists in both matchLabelKeys and mismatchLabelKeys")
+    return keys
+
+
+class PodAffinityTerm(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.labelSelector) || ((!has(self.matchLabelKeys) || size(self.matchLabelKeys) == 0) "
+                    "&& (!has(self.mismatchLabelKeys) || size(self.mismatchLabelKeys) == 0))",
+                    "message": "matchLabelKeys and mismatchLabelKeys need a labelSelector",
+                },
+                {
+                    "rule": "!has(self.matchLabelKeys) || !has(self.mismatchLabelKeys) || "
+                    "self.matchLabelKeys.all(k, !(k in self.mismatchLabelKeys))",
+                    "message": "a key cannot be in both matchLabelKeys and mismatchLabelKeys",
+                    "fieldPath": ".mismatchLabelKeys",
+                },
+            ]
+        }
+    )
+    label_selector: LabelSelector | None = Field(default=None, description="The pods this term is about.")
+    namespace_selector: LabelSelector | None = Field(
+        default=None, description="Namespaces (by label) whose pods count; with namespaces, their union."
+    )
+    namespaces: list[DnsLabel] | None = Field(
+        default=None,
+        max_length=MAX_MAP_ENTRIES,
+        description="Namespaces whose pods count; neither this nor namespaceSelector = the job's namespace.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    topology_key: RequiredLabelKey = Field(
+        description="Node label whose value defines co-location, e.g. kubernetes.io/hostname or topology.kubernetes.io/zone."
+    )
+    match_label_keys: list[RequiredLabelKey] | None = Field(
+        default=None,
+        max_length=MAX_AFFINITY_TERMS,
+        description="Label keys whose values, taken from the training pod, are added to labelSelector as In.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    mismatch_label_keys: list[RequiredLabelKey] | None = Field(
+        default=None,
+        max_length=MAX_AFFINITY_TERMS,
+        description="Label keys whose values, taken from the training pod, are added to labelSelector as NotIn.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+
+    _label_keys = field_validator("match_label_keys", "mismatch_label_keys")(_check_label_key_list)
+
+
+class WeightedPodAffinityTerm(ApiModel):
+    weight: Int = Field(ge=1, le=100, description="Weight of this preference, 1-100.")
+    pod_affinity_term: PodAffinityTerm = Field(description="The pod affinity term to prefer.")
+
+
+class PodAffinity(ApiModel):
+    required_during_scheduling_ignored_during_execution: list[PodAffinityTerm] | None = Field(
+        default=None, max_length=MAX_AFFINITY_TERMS, description="Terms every training pod must satisfy."
+    )
+    preferred_during_scheduling_ignored_during_execution: list[WeightedPodAffinityTerm] | None = Field(
+        default=None, max_length=MAX_AFFINITY_TERMS, description="Terms the scheduler prefers, by weight."
+    )
+
+
+class Affinity(ApiModel):
+    """core/v1 Affinity (matchLabelKeys and mismatchLabelKeys need Kubernetes 1.31 or newer)."""
+
+    node_affinity: NodeAffinity | None = Field(default=None, description="Which nodes the training pods may run on.")
+    pod_affinity: PodAffinity | None = Field(
+        default=None, description="Pods the training pods run near (same topologyKey value)."
+    )
+    pod_anti_affinity: PodAffinity | None = Field(
+        default=None, description="Pods the training pods keep away from (different topologyKey value)."
+    )
+
+
+EnvVarName = Annotated[
+    Str,
+    Field(min_length=1, max_length=k8s.DNS1123_SUBDOMAIN_MAX_LENGTH, json_schema_extra={
+        "pattern": k8s.ENV_VAR_NAME_PATTERN,
+        "x-kubernetes-validations": [
+            {
+                "rule": f"!self.startsWith({k8s.cel_string(OPERATOR_ENV_PREFIX)}) && "
+                f"!(self in {_cel_list(OPERATOR_ENV + CREDENTIAL_KEYS)})",
+                "message": f"is set by the operator ({OPERATOR_ENV_PREFIX}*, {', '.join(OPERATOR_ENV)}) or is a "
+                f"credential ({', '.join(CREDENTIAL_KEYS)}): credentials go in a Secret named by a credentialsSecret",
+            }
+        ],
+    }),
+    AfterValidator(_k8s_check("an environment variable name", k8s.is_env_var_name)),
+]  # fmt: skip
+
+
+class EnvVar(ApiModel):
+    name: EnvVarName = Field(description="Variable name (letters, digits, '_', '-', '.'; not starting with a digit).")
+    value: Str = Field(default="", description="Its value, as plain text (Secrets go through credentialsSecret).")
+
+    @field_validator("name")
+    @classmethod
+    def _not_the_operators(cls, name: str) -> str:
+        if name.startswith(OPERATOR_ENV_PREFIX) or name in OPERATOR_ENV:
+            raise ValueError(f"{name!r} is set by the operator ({OPERATOR_ENV_PREFIX}* and {', '.join(OPERATOR_ENV)})")
+        if name in CREDENTIAL_KEYS:
+            raise ValueError(
+                f"{name!r} is a credential: put it in a Secret and name that in the matching credentialsSecret "
+                "(the spec is readable by everyone who can read the FineTuneJob)"
+            )
+        return name
+
+
+ObjectName = Annotated[
+    Str,
+    Field(min_length=1, max_length=k8s.DNS1123_SUBDOMAIN_MAX_LENGTH, json_schema_extra={
+        "pattern": k8s.DNS1123_SUBDOMAIN_PATTERN}),
+    AfterValidator(_k8s_check("an object name (a DNS subdomain)", k8s.is_dns1123_subdomain)),
+]  # fmt: skip
+
+
+class PersistentVolumeClaimSource(ApiModel):
+    claim_name: ObjectName = Field(description="PersistentVolumeClaim in the job's namespace.")
+
+
+class ConfigMapSource(ApiModel):
+    name: ObjectName = Field(description="ConfigMap in the job's namespace; each key becomes a file.")
+
+
+class SecretSource(ApiModel):
+    secret_name: ObjectName = Field(description="Secret in the job's namespace; each key becomes a file.")
+
+
+_VOLUME_SOURCES = ("persistentVolumeClaim", "configMap", "secret")
+_TRAINER_PATH_CEL = " && ".join(
+    f"self != {k8s.cel_string(p)} && !self.startsWith({k8s.cel_string(p + '/')}) && "
+    f"!{k8s.cel_string(p)}.startsWith(self + '/')"
+    for p in TRAINER_PATHS
+)
+
+
+def _check_mount_path(path: str) -> str:
+    problems = k8s.mount_path_errors(path)
+    if problems:
+        raise ValueError("; ".join(problems) + f" (got {path!r})")
+    clash = next((p for p in TRAINER_PATHS if k8s.path_overlaps(path, p)), None)
+    if clash:
+        raise ValueError(f"{path!r} would hide or shadow the trainer's own {clash}; mount elsewhere, e.g. /data")
+    return path
+
+
+MountPath = Annotated[
+    Str,
+    Field(max_length=1024, json_schema_extra={
+        "pattern": k8s.MOUNT_PATH_PATTERN,
+        "x-kubernetes-validations": [{
+            "rule": _TRAINER_PATH_CEL,
+            "message": f"must not be, lie inside or contain the trainer's own paths ({', '.join(TRAINER_PATHS)})",
+        }],
+    }),
+    AfterValidator(_check_mount_path),
+]  # fmt: skip
+
+
+class Volume(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": " + ".join(f"(has(self.{s}) ? 1 : 0)" for s in _VOLUME_SOURCES) + " == 1",
+                    "message": f"set exactly one of {', '.join(_VOLUME_SOURCES)}",
+                },
+                {
+                    "rule": f"!(self.name in {_cel_list(TRAINER_VOLUMES)})",
+                    "message": f"{', '.join(TRAINER_VOLUMES)} are volumes of the trainer itself",
+                    "fieldPath": ".name",
+                },
+            ]
+        }
+    )  # fmt: skip
+    name: DnsLabel = Field(description="Volume name, unique in the pod (a DNS label).")
+    mount_path: MountPath = Field(description="Absolute path in the trainer container, e.g. /data.")
+    read_only: Bool = Field(default=True, description="Mount read-only (the default); false lets the trainer write.")
+    persistent_volume_claim: PersistentVolumeClaimSource | None = Field(default=None, description="A PVC to mount.")
+    config_map: ConfigMapSource | None = Field(default=None, description="A ConfigMap to mount as files.")
+    secret: SecretSource | None = Field(default=None, description="A Secret to mount as files.")
+
+    @field_validator("name")
+    @classmethod
+    def _not_a_trainer_volume(cls, name: str) -> str:
+        if name in TRAINER_VOLUMES:
+            raise ValueError(f"{name!r} is a volume of the trainer itself ({', '.join(TRAINER_VOLUMES)}); pick another")
+        return name
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Volume:
+        given = [s for s in _VOLUME_SOURCES if getattr(self, _attribute(type(self), s)) is not None]
+        if len(given) != 1:
+            raise ValueError(f"set exactly one of {', '.join(_VOLUME_SOURCES)} (got {', '.join(given) or 'none'})")
+        return self
+
+
+def _attribute(model: type[BaseModel], alias: str) -> str:
+    return next(name for name, field in model.model_fields.items() if field.alias == alias)
+
+
+def _check_reserved_keys(what: str):
+    def check(mapping: dict[str, str] | None) -> dict[str, str] | None:
+        for key in mapping or {}:
+            if _reserved_key(key):
+                raise ValueError(
+                    f"{what} key {key!r} belongs to the operator, Kueue or the Job controller "
+                    f"({', '.join(d + '/' for d in RESERVED_LABEL_DOMAINS)}, {', '.join(RESERVED_LABEL_KEYS)})"
+                )
+        return mapping
+
+    return check
+
+
+def _reserved_key(key: str) -> bool:
+    prefix, slash, _ = key.lower().partition("/")
+    return key in RESERVED_LABEL_KEYS or bool(slash) and any(
+        prefix == d or prefix.endswith("." + d) for d in RESERVED_LABEL_DOMAINS
+    )
+
+
+_RESERVED_KEY_PATTERN = "(?i)^([^/]*\\.)?(" + "|".join(d.replace(".", "\\.") for d in RESERVED_LABEL_DOMAINS) + ")/"
+_RESERVED_KEYS_CEL = {
+    "rule": f"self.all(k, !k.matches({k8s.cel_string(_RESERVED_KEY_PATTERN)}) && !(k in {_cel_list(RESERVED_LABEL_KEYS)}))",
+    "message": "keys under " + ", ".join(d + "/" for d in RESERVED_LABEL_DOMAINS) + " and "
+    + ", ".join(RESERVED_LABEL_KEYS) + " belong to the operator, Kueue or the Job controller",
+}  # fmt: skip
+
+
+def _check_annotations(annotations: dict[str, str] | None) -> dict[str, str] | None:
+    problems = k8s.annotations_errors(annotations or {})
+    if problems:
+        raise ValueError("; ".join(problems))
+    return annotations
+
+
+def _check_unique(what: str, key: Callable[[Any], str]):
+    def check(items: list | None) -> list | None:
+        duplicates = sorted(v for v, n in Counter(key(item) for item in items or ()).items() if n > 1)
+        if duplicates:
+            raise ValueError(f"{what} must be unique (repeated: {', '.join(map(repr, duplicates))})")
+        return items
+
+    return check
+
+
+# At most this many annotations: 32 x (317-character key + 4096-character value) stays far under the API server's
+# 256 KiB for all of a pod's annotations, leaving room for those of Kueue and the operator.
+MAX_POD_ANNOTATIONS = 32
+
+
+class Pod(ApiModel):
+    """Options of the training pods, within the platform's policy; pods stay within the restricted Pod Security
+    Standard (no host paths, privileges or added capabilities can be asked for here)."""
+
+    image_pull_secrets: Annotated[list[SecretName], AfterValidator(_check_unique("Secret names", str))] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Secrets (in the job's namespace) to pull the trainer image with.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    labels: Annotated[
+        dict[Str, LabelValue], AfterValidator(_check_label_keys), AfterValidator(_check_reserved_keys("label"))
+    ] = Field(
+        default_factory=dict,
+        max_length=MAX_MAP_ENTRIES,
+        description="Labels of the training pods (not under kubetune.dev/, kueue.x-k8s.io/ or batch.kubernetes.io/).",
+        json_schema_extra={
+            "x-kubernetes-validations": [*_label_keys_cel("labels")["x-kubernetes-validations"], _RESERVED_KEYS_CEL]
+        },
+    )
+    annotations: Annotated[
+        dict[Str, Str], AfterValidator(_check_annotations), AfterValidator(_check_reserved_keys("annotation"))
+    ] = Field(
+        default_factory=dict,
+        max_length=MAX_POD_ANNOTATIONS,
+        description="Annotations of the training pods (not under kubetune.dev/, kueue.x-k8s.io/ or "
+        "batch.kubernetes.io/).",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": f"self.all(k, k.matches({k8s.cel_string('(?i)' + k8s.QUALIFIED_NAME_PATTERN)}) && "
+                    f"k.matches({k8s.cel_string(k8s.QUALIFIED_NAME_LENGTHS)}))",
+                    "message": "annotation keys must be qualified names: an optional DNS subdomain prefix (at most 253 "
+                    "characters) and '/', then a name of at most 63 alphanumeric characters, '-', '_' or '.'",
+                },
+                _RESERVED_KEYS_CEL,
+            ]
+        },
+    )
+    env: Annotated[list[EnvVar], AfterValidator(_check_unique("env names", lambda e: e.name))] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Plain environment variables of the trainer (no Secrets: those go through credentialsSecret).",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    volumes: Annotated[
+        list[Volume],
+        AfterValidator(_check_unique("volume names", lambda v: v.name)),
+        AfterValidator(_check_unique("mount paths", lambda v: v.mount_path)),
+    ] = Field(
+        default_factory=list,
+        max_length=16,
+        description="PersistentVolumeClaims, ConfigMaps and Secrets mounted into the trainer container.",
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["name"],
+            "x-kubernetes-validations": [{
+                "rule": "self.all(v, self.exists_one(w, w.mountPath == v.mountPath))",
+                "message": "mount paths must be unique",
+            }],
+        },
+    )  # fmt: skip
+    affinity: Affinity | None = Field(default=None, description="Node and pod affinity of the training pods (core/v1).")
+    service_account_name: Annotated[
+        Str,
+        Field(
+            max_length=k8s.DNS1123_SUBDOMAIN_MAX_LENGTH,
+            json_schema_extra={"pattern": f"^({k8s.DNS1123_SUBDOMAIN_FMT})?$"},
+        ),
+        AfterValidator(_k8s_check("a ServiceAccount name", k8s.is_dns1123_subdomain)),
+    ] = Field(
+        default="",
+        description="ServiceAccount of the training pods, for a cloud identity (IRSA, workload identity) where the "
+        "platform's policy allows it; empty = the job's own account, which holds no cloud identity.",
+    )
+
+
+# --------------------------------------------------------------------------- distribution and tracking
+
+
+class Distributed(ApiModel):
+    strategy: DistributedStrategy = Field(
+        default=DistributedStrategy.AUTO,
+        description="How the model spreads over the job's GPUs (world size = nodes x gpus): auto (ddp when one "
+        "replica fits a GPU, else fsdp) | ddp (a whole replica per GPU) | fsdp (weights, gradients and optimizer "
+        "state sharded over the GPUs).",
+    )
+    cpu_offload: Bool = Field(
+        default=False,
+        description="fsdp: keep parameters and optimizer state in host memory (slower; fits larger models). "
+        "Needs strategy fsdp or auto.",
+    )
+
+
+class Mlflow(ApiModel):
+    uri: HttpUrl = Field(description="MLflow tracking server, e.g. http://mlflow.mlops:5000.")
+    experiment: Annotated[Str, Field(max_length=256)] = Field(
+        default="", description="Experiment to log the run in; empty = the FineTuneJob's name."
+    )
+    credentials_secret: SecretName | None = Field(
+        default=None,
+        description="Secret with MLFLOW_TRACKING_TOKEN, or MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD; "
+        "none for a server without authentication.",
+    )
+
+
+WANDB_PROJECT_PATTERN = r"^[^/\\#?%:]*$"
+
+
+class Wandb(ApiModel):
+    project: Annotated[
+        Str,
+        Field(max_length=128, json_schema_extra={"pattern": WANDB_PROJECT_PATTERN}),
+        AfterValidator(_check_pattern(WANDB_PROJECT_PATTERN, "a W&B project name (none of / \\ # ? % :)")),
+    ] = Field(default="", description="Weights & Biases project; empty = the FineTuneJob's name.")
+    entity: Annotated[
+        Str,
+        Field(max_length=64, json_schema_extra={"pattern": r"^[A-Za-z0-9._-]*$"}),
+        AfterValidator(_check_pattern(r"^[A-Za-z0-9._-]*$", "a W&B team or user name")),
+    ] = Field(default="", description="Team or user that owns the project; empty = the API key's default entity.")
+    credentials_secret: SecretName = Field(
+        description="Secret with WANDB_API_KEY (required: a pod cannot log in interactively)."
+    )
+
+
+class Tracking(ApiModel):
+    mlflow: Mlflow | None = Field(default=None, description="Also log parameters, metrics and checkpoints to MLflow.")
+    wandb: Wandb | None = Field(default=None, description="Also log parameters and metrics to Weights & Biases.")
+
+
+def _check_resume_from(value: str) -> str:
+    if not value:
+        return value
+    if "://" in value:
+        parsed = uris.parse_uri(value)
+        if parsed.scheme not in ("s3", "file"):
+            raise ValueError(f"must be an s3:// or file:// checkpoint URI, or a FineTuneJob's name (got {value!r})")
+        return value
+    problems = k8s.is_dns1123_label(value) + ([f"must be no more than {MAX_NAME_LENGTH} characters"]
+                                              if len(value) > MAX_NAME_LENGTH else [])  # fmt: skip
+    if problems:
+        raise ValueError(f"must be a checkpoint URI (s3://, file://) or a FineTuneJob's name (got {value!r}): "
+                         f"{'; '.join(dict.fromkeys(problems))}")  # fmt: skip
+    return value
+
+
+# a FineTuneJob's name: a DNS label of at most MAX_NAME_LENGTH characters
+_JOB_NAME_FMT = "[a-z0-9]([-a-z0-9]{0,%d}[a-z0-9])?" % (MAX_NAME_LENGTH - 2)
+RESUME_FROM_PATTERN = f"^({uris.OUTPUT_URI_PATTERN[1:-1]}|{_JOB_NAME_FMT})?$"
 
 
 class Spec(ApiModel):
@@ -582,7 +1207,24 @@ class Spec(ApiModel):
     rlhf: Rlhf | None = Field(default=None, description="Reward model and online RL settings (objective rlhf).")
     evaluation: Evaluation = Field(default_factory=Evaluation, description="When to evaluate and when to stop early.")
     output: Output = Field(default_factory=Output, description="Where results go, and checkpointing.")
+    resume_from: Annotated[
+        Str,
+        Field(json_schema_extra={"pattern": RESUME_FROM_PATTERN}),
+        AfterValidator(_check_resume_from),
+    ] = Field(
+        default="",
+        description="Start from a checkpoint: its URI (s3:// or file://), or another FineTuneJob's name in this "
+        "namespace (its newest complete checkpoint). Weights always; optimizer state when compatible.",
+    )
+    tracking: Tracking | None = Field(
+        default=None, description="Experiment trackers, beside TensorBoard and metrics.jsonl (always written)."
+    )
     resources: Resources = Field(default_factory=Resources, description="What each training node gets.")
+    distributed: Distributed | None = Field(
+        default=None,
+        description="How the model spreads over the job's GPUs; unset = strategy auto without CPU offload.",
+    )
+    pod: Pod | None = Field(default=None, description="Options of the training pods (within the platform's policy).")
     nodes: Int = Field(default=1, ge=1, le=1024, description="Training nodes; more than 1 = multi-node data parallelism (torchrun).")
     image: Str = Field(default="", description="Trainer image override; empty = the operator's default trainer image.")
     # the LocalQueue's name (a DNS subdomain), also the value of the Job's kueue.x-k8s.io/queue-name label
@@ -615,24 +1257,30 @@ class Spec(ApiModel):
 
     def resolved(self) -> Spec:
         """A copy with the technique's and objective's own sections filled with their defaults."""
+        sections = [*TECHNIQUES[self.technique].sections, OBJECTIVES[self.objective].section]
         fill: dict[str, Any] = {}
-        defaults = {
-            Technique.LORA: {"lora": Lora},
-            Technique.QLORA: {"lora": Lora, "quantization": Quantization},
-            Technique.FEATURE_EXTRACTION: {"feature_extraction": FeatureExtraction},
-            Technique.ADAPTER: {"adapter": Adapter},
-            Technique.PROMPT_TUNING: {"prompt_tuning": PromptTuning},
-            Technique.PREFIX_TUNING: {"prefix_tuning": PrefixTuning},
-        }.get(self.technique, {})
-        defaults |= {
-            Objective.CLASSIFICATION: {"classification": Classification},
-            Objective.PREFERENCE: {"preference": Preference},
-            Objective.RLHF: {"rlhf": Rlhf},
-        }.get(self.objective, {})
-        for attr, model in defaults.items():
-            if getattr(self, attr) is None:
-                fill[attr] = model()
+        for section in filter(None, sections):
+            attribute, model = SECTIONS[section]
+            if getattr(self, attribute) is None:
+                fill[attribute] = model()
         return self.model_copy(update=fill)
+
+
+def _section_model(annotation: Any) -> type[ApiModel]:
+    """The model class of an optional section field (`Lora | None` -> Lora)."""
+    for option in getattr(annotation, "__args__", (annotation,)):
+        if isinstance(option, type) and issubclass(option, ApiModel):
+            return option
+    raise TypeError(f"not a section model: {annotation!r}")
+
+
+# Every technique's and objective's own spec section (camelCase) -> (its Spec attribute, its model). A table row
+# that names a section Spec lacks fails here, at import.
+SECTIONS: dict[str, tuple[str, type[ApiModel]]] = {
+    section: next((name, _section_model(f.annotation)) for name, f in Spec.model_fields.items() if f.alias == section)
+    for section in [*(s for info in TECHNIQUES.values() for s in info.sections),
+                    *(info.section for info in OBJECTIVES.values() if info.section)]
+}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- status
@@ -640,7 +1288,7 @@ class Spec(ApiModel):
 
 class Condition(ApiModel):
     model_config = ConfigDict(extra="ignore")
-    type: Str = Field(description="Validated | Queued | Running | Succeeded | Failed | Suspended | Ready.")
+    type: Str = Field(description=" | ".join(ConditionType) + ".")
     status: ConditionStatus = Field(description="True | False | Unknown.")
     reason: Str = Field(default="", description="Machine-readable reason in CamelCase.")
     message: Str = Field(default="", description="Human-readable details.")
@@ -676,6 +1324,26 @@ class OutputRefs(ApiModel):
     checkpoints_uri: Str | None = Field(default=None, description="Folder of the checkpoints.")
 
 
+class Plan(ApiModel):
+    model_config = ConfigDict(extra="ignore")
+    strategy: DistributedStrategy | None = Field(default=None, description="The strategy chosen: ddp or fsdp.")
+    world_size: Int | None = Field(default=None, ge=1, description="Training processes: nodes x GPUs per node.")
+    per_gpu_gib: Float | None = Field(
+        default=None, ge=0, description="Estimated memory each GPU needs, in GiB (weights, gradients, optimizer state, "
+        "activations)."
+    )
+    gpu_memory_gib: Float | None = Field(
+        default=None, ge=0, description="Memory of one GPU, in GiB (spec.resources.gpuMemory or the GPU table)."
+    )
+    fits: Bool | None = Field(default=None, description="Whether perGpuGiB fits gpuMemoryGiB.")
+
+
+class ModelCacheStatus(ApiModel):
+    model_config = ConfigDict(extra="ignore")
+    uri: Str | None = Field(default=None, description="Where the cluster's model cache holds this job's base model.")
+    hit: Bool | None = Field(default=None, description="Whether the model was already in the cache.")
+
+
 class Status(ApiModel):
     model_config = ConfigDict(extra="ignore")
     phase: Phase | None = Field(default=None, description="Pending | Queued | Running | Succeeded | Failed | Suspended.")
@@ -700,6 +1368,8 @@ class Status(ApiModel):
         default=None, max_length=MAX_KEEP_CHECKPOINTS, description="The newest complete checkpoints."
     )
     output: OutputRefs | None = Field(default=None, description="Where the results are.")
+    plan: Plan | None = Field(default=None, description="The memory plan: how the model spreads over the GPUs.")
+    model_cache: ModelCacheStatus | None = Field(default=None, description="The model cache, when one was used.")
     message: Str | None = Field(default=None, description="The reason of the last failure, in words a user can act on.")
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from kubetune.api.constants import API_VERSION, KIND
-from kubetune.api.rules import cross_field_findings, job_findings
+from kubetune.api.rules import cross_field_findings, job_findings, notice_findings
 from kubetune.api.v1alpha1 import FineTuneJob, Spec
 
 
@@ -122,7 +122,7 @@ def _message(error: dict, root: type[BaseModel]) -> str:
             return f"needs at least {ctx.get('min_length')} {unit} (got {len(given) if given is not None else 0})"
         return f"allows at most {ctx.get('max_length')} {unit} (got {ctx.get('actual_length') or len(given)})"
     if kind == "string_too_short":
-        return f"must not be empty" if ctx.get("min_length") == 1 else f"needs at least {ctx.get('min_length')} characters"
+        return "must not be empty" if ctx.get("min_length") == 1 else f"needs at least {ctx.get('min_length')} characters"
     if kind == "string_too_long":
         return f"allows at most {ctx.get('max_length')} characters (got {len(given)})"
     if kind in _TYPE_NAMES:
@@ -162,15 +162,6 @@ def check_manifest(doc: Any) -> tuple[FineTuneJob | None, list[Problem]]:
     return (None, problems) if problems else (job, [])
 
 
-def parse_manifest(doc: Any) -> FineTuneJob:
-    """Like check_manifest, but raises SpecError listing every problem."""
-    job, problems = check_manifest(doc)
-    if problems:
-        raise SpecError(problems)
-    assert job is not None
-    return job
-
-
 def parse_spec(spec: Any, name: str | None = None) -> Spec:
     """Validate a bare spec (as the operator and trainer see it), raising SpecError; with the job's
     name, also the rules between name and spec."""
@@ -184,3 +175,11 @@ def parse_spec(spec: Any, name: str | None = None) -> Spec:
     if problems:
         raise SpecError(problems)
     return parsed
+
+
+def notices(spec: Spec) -> list[Problem]:
+    """Warnings about a valid spec: settings the user wrote that will not take effect (the job still runs).
+    `kubetune validate` prints them; the operator can put them in the Validated condition's message. Give it
+    the spec as the user wrote it (parse_spec of the object's spec): it tells written settings from defaults,
+    which a re-serialised copy (spec.to_wire()) no longer can."""
+    return [Problem(f"spec.{path}", message) for path, message in notice_findings(spec)]
