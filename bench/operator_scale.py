@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -78,7 +77,7 @@ def stored_at(server) -> tuple[dict, dict, dict]:
     return ftjs, jobs, statuses
 
 
-def create_all(url: str, targets: list[tuple[str, str]], clients: int) -> tuple[float, float]:
+def create_all(url: str, ca_file: str, targets: list[tuple[str, str]], clients: int) -> tuple[float, float]:
     """The users: `clients` threads creating the FineTuneJobs with the official client; returns seconds
     of wall time and of CPU time.
 
@@ -92,6 +91,7 @@ def create_all(url: str, targets: list[tuple[str, str]], clients: int) -> tuple[
 
     configuration = kubernetes.client.Configuration()
     configuration.host = url
+    configuration.ssl_ca_cert = ca_file
     configuration.api_key = {"authorization": f"Bearer {ADMIN_TOKEN}"}
     configuration.connection_pool_maxsize = clients + 4
     crd = kubernetes.client.CustomObjectsApi(kubernetes.client.ApiClient(configuration))
@@ -167,7 +167,7 @@ def run(jobs: int, namespaces: int, clients: int, timeout: float) -> dict:
             operator_cpu_before, emulator_cpu_before = cpu_seconds(proc.pid), cpu_seconds(os.getpid())
 
             users = subprocess.run(
-                [sys.executable, __file__, "--create-in", emulator.url, "--jobs", str(jobs),
+                [sys.executable, __file__, "--create-in", emulator.url, "--ca", emulator.ca_file, "--jobs", str(jobs),
                  "--namespaces", str(namespaces), "--clients", str(clients)],
                 capture_output=True, text=True, check=True, timeout=timeout)
             users_result = json.loads(users.stdout.strip().splitlines()[-1])
@@ -243,9 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for every Job")
     parser.add_argument("--json", default=None)
     parser.add_argument("--create-in", metavar="URL", help=argparse.SUPPRESS)  # the users' process
+    parser.add_argument("--ca", help=argparse.SUPPRESS)  # the emulator's CA, for the users' process
     args = parser.parse_args(argv)
     if args.create_in:
-        seconds, cpu_seconds = create_all(args.create_in, job_targets(args.jobs, args.namespaces), args.clients)
+        targets = job_targets(args.jobs, args.namespaces)
+        seconds, cpu_seconds = create_all(args.create_in, args.ca, targets, args.clients)
         print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds}))
         return 0
     result = run(args.jobs, args.namespaces, args.clients, args.timeout)
