@@ -1,13 +1,14 @@
-"""A local Kubernetes API server for operator tests: kmock 0.8 plus the API-server semantics it lacks.
+"""A local Kubernetes API server for operator tests, over HTTPS, that kopf, the official client and kubectl use.
 
-kmock gives the HTTP server, API discovery (/api, /apis, /apis/<group>/<version>), the bundled
-resource catalogue and Kubernetes-style error bodies. This layer adds what kopf and the official
-client need (see /work/shared/notes/facts.md): a parser that handles /api/v1/namespaces, uid /
-resourceVersion / creationTimestamp / generation, 201 on create, AlreadyExists and Conflict, the
-/status subresource, label and field selectors, watches that resume from a resourceVersion (410 when
-too old), PUT, merge / strategic-merge (as merge) / JSON patches (including the `test` op), finalizers,
-and garbage collection by ownerReferences. No schema validation, defaulting or controllers: tests
-play the Job controller and the kubelet themselves.
+kmock 0.8 gives the catalogue of built-in resources (a real cluster's discovery documents); the rest is here:
+uid / resourceVersion / creationTimestamp / generation, 201 on create, AlreadyExists and Conflict, the /status
+subresource, label and field selectors, watches that resume from a resourceVersion (410 when too old), PUT,
+merge / strategic-merge (as merge) / JSON patches (including the `test` op), finalizers, and garbage collection
+by ownerReferences. For kubectl (apiviews.py has the ported rules): TLS with a test CA made at start (client-go
+sends no bearer token over plain HTTP), legacy and aggregated discovery, OpenAPI v2 and v3 built from each
+CRD, Table responses (a CRD's additionalPrinterColumns), CRDs created through the API becoming served, and
+the pruning of fields a CRD's schema does not declare (fieldValidation Strict / Warn / Ignore). No value
+validation, defaulting or controllers: tests play the Job controller and the kubelet themselves.
 
 Also for tests:
 - every call is recorded as (user, verb, apiGroup, resource[/subresource], namespace, name);
@@ -20,25 +21,37 @@ Also for tests:
 from __future__ import annotations
 
 import asyncio
+import base64
 import bisect
 import copy
 import dataclasses
 import datetime as dt
+import ipaddress
 import json
 import re
+import shutil
+import ssl
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import aiohttp.web
+import apiviews
 import attrs
 import kmock
+from multidict import CIMultiDict
 
 ADMIN_TOKEN = "admin"
 OPERATOR_TOKEN = "operator"
 MAX_HISTORY = 20000
+CRDS = ("apiextensions.k8s.io", "customresourcedefinitions")
+# What the emulated server reports as its version (its rules are ported from Kubernetes 1.32).
+SERVER_VERSION = {"major": "1", "minor": "32", "gitVersion": "v1.32.0+kubetune.emulator", "platform": "linux/amd64"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,8 +290,63 @@ def _rule_allows(rule: dict, verb: str, group: str, resource: str, name: str | N
 # ------------------------------------------------------------------------------------------ server
 
 
+def _resource_infos(resource_list: dict) -> dict[tuple[str, str, str], kmock.ResourceInfo]:
+    """(group, version, plural) -> what the server knows of a resource, from one APIResourceList."""
+    group, version = apiviews.split_group_version(resource_list["groupVersion"])
+    entries = resource_list["resources"]
+    return {(group, version, e["name"]): kmock.ResourceInfo(
+        kind=e["kind"], singular=e.get("singularName") or None, namespaced=e["namespaced"], verbs=e["verbs"],
+        shortnames=e.get("shortNames", []), categories=e.get("categories", []),
+        subresources={s["name"].partition("/")[2] for s in entries if s["name"].startswith(e["name"] + "/")})
+        for e in entries if "/" not in e["name"]}
+
+
+BUILTIN_INFOS = {key: info for resource_list in apiviews.builtin_resource_lists()
+                 for key, info in _resource_infos(resource_list).items()}
+
+
+def _media_types(accept: str) -> list[tuple[str, dict[str, str]]]:
+    out = []
+    for media in accept.split(","):
+        base, *params = [part.strip() for part in media.split(";")]
+        out.append((base.lower(), dict(p.split("=", 1) for p in params if "=" in p)))
+    return out
+
+
+def requested_view(accept: str) -> tuple[str, str] | None:
+    """The meta.k8s.io form of a response a client asks for before plain JSON: (kind, group version), kind one of
+    Table, PartialObjectMetadata(List); None for the object itself (k8s.io/apiserver
+    pkg/endpoints/handlers/negotiation/negotiate.go: the first acceptable media type wins)."""
+    if "as=" not in accept:
+        return None
+    for base, params in _media_types(accept):
+        if base not in ("application/json", "application/*", "*/*"):
+            continue
+        kind, group_version = params.get("as"), f"{params.get('g')}/{params.get('v')}"
+        if kind is None:
+            return None
+        if kind in ("Table", "PartialObjectMetadata", "PartialObjectMetadataList") and \
+                group_version in ("meta.k8s.io/v1", "meta.k8s.io/v1beta1"):
+            return kind, group_version
+    return None
+
+
+def wants_aggregated_discovery(accept: str) -> bool:
+    """k8s.io/apiserver pkg/endpoints/discovery/aggregated/wrapper.go: /api and /apis answer with an
+    apidiscovery.k8s.io/v2 APIGroupDiscoveryList when that comes before plain JSON in Accept."""
+    for base, params in _media_types(accept):
+        if base != "application/json":
+            continue
+        if params.get("as") == "APIGroupDiscoveryList" and params.get("g") == "apidiscovery.k8s.io" \
+                and params.get("v") == "v2":
+            return True
+        if "as" not in params:
+            return False
+    return False
+
+
 @attrs.define(kw_only=True)
-class ApiServer(kmock.KubernetesScaffold):
+class ApiServer:
     """The stateful API server. Runs in its own thread and event loop (see `Emulator`)."""
 
     store: dict[tuple[str, str], dict[tuple[str | None, str], dict]] = attrs.field(factory=dict, init=False)
@@ -295,21 +363,24 @@ class ApiServer(kmock.KubernetesScaffold):
     # Set (and replaced by a fresh one) on every change: a watcher holds the one current before it reads the
     # history, so no change between its read and its wait goes unnoticed.
     changed: asyncio.Event | None = attrs.field(default=None, init=False)
-    _infos: dict[tuple[str, str, str], kmock.ResourceInfo] = attrs.field(factory=dict, init=False)
+    address: str = attrs.field(default="", init=False)  # host:port, as /api reports it
+    # The established CRDs, by (group, plural), and the resources they serve.
+    crds: dict[tuple[str, str], apiviews.ServedCRD] = attrs.field(factory=dict, init=False)
+    _crd_infos: dict[tuple[str, str, str], kmock.ResourceInfo] = attrs.field(factory=dict, init=False)
+    # Discovery and OpenAPI answers, built once per set of CRDs: (path, form) -> (body, content type).
+    _documents: dict[tuple[str, str], tuple[bytes, str]] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
-        super().__attrs_post_init__()
-        self.resources.load_bundled()
         self.tokens.update({ADMIN_TOKEN: "admin", OPERATOR_TOKEN: "operator"})
         self.superusers.update({"admin", "operator"})
 
     # --------------------------------------------------------------------------- entry point
 
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
-        target = parse_path(raw_request.path)
-        if target is None:
-            return await super().__call__(raw_request)  # discovery: kmock serves it
         try:
+            target = parse_path(raw_request.path)
+            if target is None:
+                return self._serve_document(raw_request)
             return await self._serve(raw_request, target)
         except ApiError as err:
             return self._status_response(err.status, err.reason, err.message, err.details)
@@ -324,17 +395,186 @@ class ApiServer(kmock.KubernetesScaffold):
 
     def _info(self, target: Target) -> kmock.ResourceInfo:
         key = (target.group, target.version, target.plural)
-        if key in self._infos:
-            return self._infos[key]
-        for resource in self.resources:  # resources are only ever added (CRDs): a hit can be kept
-            if resource.group == target.group and resource.plural == target.plural and resource.version == target.version:
-                self._infos[key] = self.resources[resource]
-                return self._infos[key]
-        raise ApiError(404, "NotFound", f"the server could not find the requested resource ({target.plural})")
+        info = self._crd_infos.get(key) or BUILTIN_INFOS.get(key)
+        if info is None:
+            raise ApiError(404, "NotFound", f"the server could not find the requested resource ({target.plural})")
+        return info
+
+    # --------------------------------------------------------------------------- discovery and OpenAPI
+
+    def _serve_document(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.Response:
+        path = raw.path.rstrip("/") or "/"
+        if path in ("/healthz", "/livez", "/readyz"):
+            return aiohttp.web.Response(text="ok")
+        if path == "/version":
+            return aiohttp.web.json_response(SERVER_VERSION)
+        self._user(raw)  # the rest is for authenticated users only
+        accept = raw.headers.get("Accept", "")
+        if path in ("/api", "/apis") and wants_aggregated_discovery(accept):
+            form = "aggregated"
+        elif path == "/openapi/v2" and "json" not in accept and "*/*" not in accept and accept:
+            form = "protobuf"
+        else:
+            form = "json"
+        key = (path, form)
+        if key not in self._documents:
+            self._documents[key] = self._document(path, form)
+        body, content_type = self._documents[key]
+        return aiohttp.web.Response(body=body, headers={"Content-Type": content_type})
+
+    def _group_versions(self) -> dict[str, dict[str, list[dict]]]:
+        """group -> version -> legacy APIResource entries: the built-in kinds, then the CRDs' groups."""
+        groups: dict[str, dict[str, list[dict]]] = {}
+        for resource_list in apiviews.builtin_resource_lists():
+            group, version = apiviews.split_group_version(resource_list["groupVersion"])
+            groups.setdefault(group, {})[version] = resource_list["resources"]
+        for crd in sorted(self.crds.values(), key=lambda c: c.group):
+            for version in crd.versions:
+                groups.setdefault(crd.group, {}).setdefault(version, []).extend(crd.discovery_entries(version))
+        return groups
+
+    def _openapi_v3_documents(self) -> dict[str, dict]:
+        """'api/v1' or 'apis/<group>/<version>' -> that group version's OpenAPI v3 document."""
+        documents: dict[str, dict] = {}
+        for group, versions in self._group_versions().items():
+            for version, entries in versions.items():
+                path = f"apis/{group}/{version}" if group else f"api/{version}"
+                crds = [c for c in self.crds.values() if c.group == group and version in c.versions]
+                if not crds:
+                    documents[path] = apiviews.builtin_openapi_v3(group, version, entries)
+                    continue
+                merged: dict = {}
+                for crd in crds:
+                    document = crd.openapi(version, v2=False)
+                    merged = merged or {k: v for k, v in document.items() if k not in ("paths", "components")}
+                    merged.setdefault("paths", {}).update(document["paths"])
+                    merged.setdefault("components", {"schemas": {}})["schemas"].update(
+                        document["components"]["schemas"])
+                documents[path] = merged
+        return documents
+
+    def _document(self, path: str, form: str) -> tuple[bytes, str]:
+        """Discovery (k8s.io/apiserver pkg/endpoints/discovery: legacy and aggregated) and OpenAPI (k8s.io/kube-openapi
+        pkg/handler and handler3: /openapi/v2, the /openapi/v3 index of group versions and their documents)."""
+        groups = self._group_versions()
+        core = groups.get("", {})
+        document: Any
+        content_type = "application/json"
+        if form == "aggregated":
+            items = [("", core)] if path == "/api" else [(g, v) for g, v in groups.items() if g]
+            document, content_type = apiviews.aggregated_list(items), apiviews.AGGREGATED_V2
+        elif path == "/api":
+            document = {"kind": "APIVersions", "versions": sorted(core, key=apiviews.version_priority),
+                        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": self.address}]}
+        elif path.startswith("/api/") and path.count("/") == 2 and path[5:] in core:
+            document = apiviews.legacy_resource_list(path[5:], core[path[5:]])
+        elif path == "/apis":
+            document = {"kind": "APIGroupList", "apiVersion": "v1",
+                        "groups": [apiviews.api_group(g, list(v)) for g, v in groups.items() if g]}
+        elif path.startswith("/apis/") and path.count("/") == 2 and path[6:] in groups:
+            document = {"kind": "APIGroup", "apiVersion": "v1", **apiviews.api_group(path[6:], list(groups[path[6:]]))}
+        elif path.startswith("/apis/") and path.count("/") == 3 and \
+                apiviews.split_group_version(path[6:])[1] in groups.get(apiviews.split_group_version(path[6:])[0], {}):
+            group, version = apiviews.split_group_version(path[6:])
+            document = apiviews.legacy_resource_list(path[6:], groups[group][version])
+        elif path == "/openapi/v2":
+            document = {"swagger": "2.0", "info": {"title": "Kubernetes", "version": SERVER_VERSION["gitVersion"]},
+                        "paths": {}, "definitions": {}}
+            for crd in self.crds.values():
+                for version in crd.versions:
+                    part = crd.openapi(version, v2=True)
+                    document["paths"].update(part["paths"])
+                    document["definitions"].update(part["definitions"])
+            if form == "protobuf":
+                return apiviews.openapi_v2_protobuf(document), apiviews.OPENAPI_V2_PROTOBUF_ANSWER
+        elif path == "/openapi/v3":
+            document = {"paths": {name: {"serverRelativeURL": f"/openapi/v3/{name}?hash={apiviews.document_hash(doc)}"}
+                                  for name, doc in self._openapi_v3_documents().items()}}
+        elif path.startswith("/openapi/v3/") and path[12:] in (documents := self._openapi_v3_documents()):
+            document = documents[path[12:]]
+        else:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        return json.dumps(document).encode(), content_type
+
+    # --------------------------------------------------------------------------- CRDs
+
+    async def _serve_crd(self, name: str) -> None:
+        """A stored CRD is served (what the apiextensions-apiserver's controllers lead to); a deleted one is not,
+        and its objects go with it (its customresourcecleanup finalizer's work)."""
+        for key in [k for k, served in self.crds.items() if served.name == name]:
+            del self.crds[key]
+            if (None, name) not in self._objects(CRDS):
+                for namespace, object_name in list(self._objects(key)):
+                    await self._delete(key, namespace, object_name, None, {})
+        crd = self._objects(CRDS).get((None, name))
+        if crd is not None and not crd["metadata"].get("deletionTimestamp"):
+            served = apiviews.ServedCRD(crd)
+            self.crds[(served.group, served.plural)] = served
+        self._crd_infos = {
+            (c.group, version, c.plural): kmock.ResourceInfo(
+                kind=c.kind, singular=c.singular, namespaced=c.namespaced,
+                verbs={"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"},
+                shortnames=c.names.get("shortNames", []), categories=c.names.get("categories", []),
+                subresources=set(c.subresources(version)))
+            for c in self.crds.values() for version in c.versions}
+        self._documents.clear()
+
+    async def _establish(self, crd: dict) -> dict:
+        """The status the naming and establishing controllers write: names accepted, Established
+        (k8s.io/apiextensions-apiserver pkg/controller/status/naming_controller.go, pkg/controller/establish)."""
+        names = {"listKind": crd["spec"]["names"]["kind"] + "List",
+                 "singular": crd["spec"]["names"]["kind"].lower()} | crd["spec"]["names"]
+        status = crd.get("status") or {}
+        stored = set(status.get("storedVersions") or [])
+        stored |= {v["name"] for v in crd["spec"]["versions"] if v.get("storage")}
+        established = any(c.get("type") == "Established" and c.get("status") == "True"
+                          for c in status.get("conditions") or [])
+        if established and status.get("acceptedNames") == names and stored == set(status.get("storedVersions")):
+            return crd
+        now = now_rfc3339()
+        status = {
+            "acceptedNames": names,
+            "conditions": [
+                {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found",
+                 "lastTransitionTime": now},
+                {"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
+                 "message": "the initial names have been accepted", "lastTransitionTime": now}],
+            "storedVersions": sorted(stored),
+        }
+        target = Target(CRDS[0], "v1", CRDS[1], None, crd["metadata"]["name"], "status")
+        return await self._store_changed(CRDS, BUILTIN_INFOS[(CRDS[0], "v1", CRDS[1])], target, crd,
+                                         {**crd, "status": status})
+
+    def _crd_for(self, target: Target) -> apiviews.ServedCRD | None:
+        served = self.crds.get((target.group, target.plural))
+        return served if served is not None and target.version in served.versions else None
+
+    def _prune(self, target: Target, obj: dict, params: dict, warnings: list[str], patched: bool = False) -> dict:
+        """Drop what the CRD's schema does not declare; fieldValidation decides what the client hears of it
+        (k8s.io/apiserver pkg/endpoints/handlers/create.go, update.go, patch.go; the default is Warn)."""
+        served = self._crd_for(target)
+        if served is None:
+            return obj
+        obj, unknown = served.prune(obj, target.version)
+        directive = params.get("fieldValidation") or "Warn"
+        if not unknown or directive == "Ignore":
+            return obj
+        errors = ", ".join(f'unknown field "{path}"' for path in unknown)
+        if directive == "Strict":
+            if patched:
+                raise ApiError(422, "Invalid", f'{served.kind}.{served.group} "{target.name}" is invalid: patch: '
+                                               f"Invalid value: {json.dumps(obj)!r}: strict decoding error: {errors}")
+            raise ApiError(400, "BadRequest", f'{served.kind} in version "{target.version}" cannot be handled as a '
+                                              f"{served.kind}: strict decoding error: {errors}")
+        warnings.extend(f'unknown field "{path}"' for path in unknown)
+        return obj
 
     def _user(self, raw_request: aiohttp.web.BaseRequest) -> str:
-        header = raw_request.headers.get("Authorization", "")
-        token = header.removeprefix("Bearer ").strip()
+        # The scheme is case-insensitive, as kube-apiserver reads it (kubernetes/kubernetes, staging/src/k8s.io/
+        # apiserver/pkg/authentication/request/bearertoken/bearertoken.go): the Python client's in-cluster loader
+        # sends "bearer <token>".
+        scheme, _, token = raw_request.headers.get("Authorization", "").strip().partition(" ")
+        token = token.strip() if scheme.lower() == "bearer" else ""
         if token in self.tokens:
             return self.tokens[token]
         if token.startswith("sa:"):
@@ -389,22 +629,68 @@ class ApiServer(kmock.KubernetesScaffold):
         info = self._info(target)
         key = (target.group, target.plural)
         body = await raw.read()
-        data = json.loads(body) if body else None
+        if raw.content_type == apiviews.PROTOBUF:
+            try:
+                data = apiviews.decode_protobuf_object(body)
+            except ValueError as err:
+                raise ApiError(415, "UnsupportedMediaType", str(err)) from None
+        else:
+            data = json.loads(body) if body else None
+        view = requested_view(raw.headers.get("Accept", ""))
         if verb == "watch":
-            return await self._watch(raw, key, target, params)
+            return await self._watch(raw, key, target, params, view)
         if verb == "list":
-            return aiohttp.web.json_response(self._list(key, target, info, params))
+            listed = self._list(key, target, info, params)
+            return aiohttp.web.json_response(self._render(target, listed["items"], listed, params, view, True))
         if verb == "get":
-            return aiohttp.web.json_response(self._get(key, target))
+            obj = self._get(key, target)
+            return aiohttp.web.json_response(self._render(target, [obj], obj, params, view, False))
+        warnings: list[str] = []
         if verb == "create":
-            return aiohttp.web.json_response(await self._create(key, target, info, data), status=201)
-        if verb == "update":
-            return aiohttp.web.json_response(await self._update(key, target, info, data))
-        if verb == "patch":
-            return aiohttp.web.json_response(await self._patch(key, target, info, data, raw.content_type))
-        if verb == "delete":
-            return aiohttp.web.json_response(await self._delete(key, target.namespace, target.name, data, params))
-        raise ApiError(405, "MethodNotAllowed", f"{raw.method} is not supported here")
+            result, status = await self._create(key, target, info, data, params, warnings), 201
+        elif verb == "update":
+            result, status = await self._update(key, target, info, data, params, warnings), 200
+        elif verb == "patch":
+            result, status = await self._patch(key, target, info, data, raw.content_type, params, warnings), 200
+        elif verb == "delete":
+            result, status = await self._delete(key, target.namespace, target.name, data, params), 200
+        else:
+            raise ApiError(405, "MethodNotAllowed", f"{raw.method} is not supported here")
+        if key == CRDS:
+            await self._serve_crd(target.name or result["metadata"]["name"])
+            if verb != "delete" and target.subresource is None:
+                result = await self._establish(result)
+        # The Warning header a real server sends for every unknown field it dropped (fieldValidation=Warn).
+        headers = CIMultiDict(("Warning", f'299 - "{w}"') for w in warnings)
+        return aiohttp.web.json_response(result, status=status, headers=headers)
+
+    def _table_for(self, target: Target) -> tuple[list[dict], Callable[[dict], list]]:
+        """The columns and the row function of a resource's Table: its CRD's printer columns, the ported printer
+        of a built-in kind, or the generic default."""
+        served = self._crd_for(target)
+        if served is not None:
+            columns = served.columns[target.version]
+            return columns, lambda obj: apiviews.crd_row(columns, obj)
+        return apiviews.BUILTIN_TABLES.get((target.group, target.plural), apiviews.DEFAULT_TABLE)
+
+    def _render(self, target: Target, objects: list[dict], whole: dict, params: dict,
+                view: tuple[str, str] | None, is_list: bool) -> dict:
+        """The answer to a read in the form the client asked for (k8s.io/apiserver
+        pkg/endpoints/handlers/response.go transformResponseObject)."""
+        if view is None:
+            return whole
+        kind, group_version = view
+        if kind == "Table":
+            columns, row = self._table_for(target)
+            resource_version = whole["metadata"].get("resourceVersion", "")
+            return apiviews.table(columns, row, objects, resource_version, params, group_version=group_version)
+        if kind == "PartialObjectMetadataList" and is_list:
+            return {"apiVersion": group_version, "kind": "PartialObjectMetadataList", "metadata": whole["metadata"],
+                    "items": [apiviews.partial_metadata(o, group_version) for o in objects]}
+        if kind == "PartialObjectMetadata" and not is_list:
+            return apiviews.partial_metadata(whole, group_version)
+        raise ApiError(406, "NotAcceptable", f"you requested {kind}, but the requested object is "
+                                             f"{'a list' if is_list else 'not a list'}")
 
     # --------------------------------------------------------------------------- storage
 
@@ -448,7 +734,8 @@ class ApiServer(kmock.KubernetesScaffold):
         self.rv += 1
         return str(self.rv)
 
-    async def _create(self, key, target: Target, info, data: Any) -> dict:
+    async def _create(self, key, target: Target, info, data: Any, params: dict | None = None,
+                      warnings: list[str] | None = None) -> dict:
         if not isinstance(data, dict):
             raise ApiError(400, "BadRequest", "the body must be an object")
         obj = data  # freshly parsed from the request: ours to keep
@@ -477,6 +764,8 @@ class ApiServer(kmock.KubernetesScaffold):
         obj["kind"] = obj.get("kind") or info.kind
         if "status" in info.subresources:
             obj.pop("status", None)  # status is written through /status only
+        obj = self._prune(target, obj, params or {}, warnings if warnings is not None else [])
+        meta = obj["metadata"]
         for field in ("deletionTimestamp", "deletionGracePeriodSeconds"):
             meta.pop(field, None)
         meta.update(uid=str(uuid.uuid4()), creationTimestamp=now_rfc3339(), generation=1,
@@ -542,16 +831,18 @@ class ApiServer(kmock.KubernetesScaffold):
         await self._record(key, "MODIFIED", new)
         return new
 
-    async def _update(self, key, target: Target, info, data: Any) -> dict:
+    async def _update(self, key, target: Target, info, data: Any, params: dict, warnings: list[str]) -> dict:
         old = self._get(key, target)
         if not isinstance(data, dict):
             raise ApiError(400, "BadRequest", "the body must be an object")
         self._check_precondition(old, data.get("metadata"))
         new = data  # freshly parsed from the request
         new.setdefault("metadata", {})
+        new = self._prune(target, new, params, warnings)
         return await self._store_changed(key, info, target, old, new)
 
-    async def _patch(self, key, target: Target, info, data: Any, content_type: str) -> dict:
+    async def _patch(self, key, target: Target, info, data: Any, content_type: str, params: dict,
+                     warnings: list[str]) -> dict:
         old = self._get(key, target)
         if content_type == "application/json-patch+json":
             if not isinstance(data, list):
@@ -565,6 +856,7 @@ class ApiServer(kmock.KubernetesScaffold):
         else:
             raise ApiError(415, "UnsupportedMediaType", f"unsupported patch type {content_type!r}")
         new.setdefault("metadata", {})
+        new = self._prune(target, new, params, warnings, patched=True)
         return await self._store_changed(key, info, target, old, new)
 
     async def _delete(self, key, namespace: str | None, name: str, data: Any, params: dict) -> dict:
@@ -601,12 +893,23 @@ class ApiServer(kmock.KubernetesScaffold):
 
     # --------------------------------------------------------------------------- watch
 
-    async def _watch(self, raw, key, target: Target, params: dict) -> aiohttp.web.StreamResponse:
+    async def _watch(self, raw, key, target: Target, params: dict,
+                     view: tuple[str, str] | None = None) -> aiohttp.web.StreamResponse:
         response = aiohttp.web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
         await response.prepare(raw)
         timeout = float(params.get("timeoutSeconds") or 1800)
         deadline = asyncio.get_running_loop().time() + timeout
         epoch = self.watch_epoch
+        headers = [True]  # a Table watch sends the column definitions with its first event only
+
+        def line(change_kind: str, obj: dict) -> bytes:
+            if view is None or view[0] != "Table" or change_kind == "ERROR":
+                return json.dumps({"type": change_kind, "object": obj}).encode() + b"\n"
+            columns, row = self._table_for(target)
+            rendered = apiviews.table(columns, row, [obj], obj["metadata"].get("resourceVersion", ""), params,
+                                      headers=headers[0], group_version=view[1])
+            headers[0] = False
+            return json.dumps({"type": change_kind, "object": rendered}).encode() + b"\n"
 
         def wanted(obj: dict) -> bool:
             meta = obj["metadata"]
@@ -616,7 +919,7 @@ class ApiServer(kmock.KubernetesScaffold):
                     and match_fields(params.get("fieldSelector"), obj))
 
         async def send(kind: str, obj: dict) -> None:
-            await response.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
+            await response.write(line(kind, obj))
 
         try:
             since = params.get("resourceVersion")
@@ -638,7 +941,7 @@ class ApiServer(kmock.KubernetesScaffold):
                 for change in self.history[start:]:
                     cursor = change.rv
                     if change.key == key and wanted(change.obj):
-                        await response.write(change.line())
+                        await response.write(change.line() if view is None else line(change.kind, change.obj))
                 remaining = deadline - asyncio.get_running_loop().time()
                 if remaining <= 0:
                     break
@@ -655,8 +958,52 @@ class ApiServer(kmock.KubernetesScaffold):
         return response
 
 
+def make_test_pki(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA made for this run and a serving certificate for 127.0.0.1 / localhost signed by it: (CA certificate,
+    server certificate, server key) as PEM files. ECDSA P-256 keys: made in a millisecond, cheap handshakes."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = dt.datetime.now(dt.UTC)
+
+    def certificate(subject: str, key, issuer: x509.Name, issuer_key, ca: bool) -> x509.Certificate:
+        builder = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+                   .issuer_name(issuer).public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=2))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
+                   .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=ca, crl_sign=ca,
+                                                content_commitment=False, key_encipherment=False,
+                                                data_encipherment=False, key_agreement=False, encipher_only=False,
+                                                decipher_only=False), critical=True)
+                   .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
+                                  critical=False))
+        if not ca:
+            builder = (builder
+                       .add_extension(x509.SubjectAlternativeName([
+                           x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+                       .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False))
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubetune-test-ca")])
+    ca = certificate("kubetune-test-ca", ca_key, ca_name, ca_key, ca=True)
+    server = certificate("kube-apiserver", server_key, ca_name, ca_key, ca=False)
+    paths = directory / "ca.crt", directory / "apiserver.crt", directory / "apiserver.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                  serialization.NoEncryption()))
+    return paths
+
+
 class Emulator:
-    """Runs an ApiServer on 127.0.0.1 in a background thread; the rest of the test stays synchronous."""
+    """Runs an ApiServer on https://127.0.0.1:<port> in a background thread; the rest of the test stays
+    synchronous. Clients trust `ca_file` (the kubeconfig carries it as certificate-authority-data)."""
 
     def __init__(self) -> None:
         self.server = ApiServer()
@@ -664,6 +1011,9 @@ class Emulator:
         self._started = threading.Event()
         self._stop: asyncio.Event | None = None
         self._thread = threading.Thread(target=self._run, name="api-emulator", daemon=True)
+        self._pki = Path(tempfile.mkdtemp(prefix="kubetune-emulator-"))
+        ca_file, self._cert_file, self._key_file = make_test_pki(self._pki)
+        self.ca_file = str(ca_file)
         self.url = ""
 
     def _run(self) -> None:
@@ -673,10 +1023,23 @@ class Emulator:
     async def _main(self) -> None:
         self._stop = asyncio.Event()
         self.server.changed = asyncio.Event()
-        async with kmock.Server(self.server, host="127.0.0.1") as srv:
-            self.url = str(srv.url).rstrip("/")
-            self._started.set()
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self._cert_file, self._key_file)
+        context.set_alpn_protocols(["http/1.1"])
+        # Watches stay open until their client leaves: on stop they are cancelled, not waited for.
+        runner = aiohttp.web.ServerRunner(aiohttp.web.Server(self.server, handler_cancellation=True),
+                                          handle_signals=False, shutdown_timeout=0.5)
+        await runner.setup()
+        site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+        await site.start()
+        port = runner.addresses[0][1]
+        self.url = f"https://127.0.0.1:{port}"
+        self.server.address = f"127.0.0.1:{port}"
+        self._started.set()
+        try:
             await self._stop.wait()
+        finally:
+            await runner.cleanup()
 
     def start(self) -> Emulator:
         self._thread.start()
@@ -688,6 +1051,7 @@ class Emulator:
         if self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(10)
+        shutil.rmtree(self._pki, ignore_errors=True)
 
     def call(self, fn: Callable[[], Any]) -> Any:
         """Run `fn` on the server's loop (for consistent snapshots and for mutating emulator state)."""
@@ -697,17 +1061,22 @@ class Emulator:
 
     # --------------------------------------------------------------------------- test helpers
 
-    def register_crd(self, crd: dict) -> None:
-        spec = crd["spec"]
-        for version in spec["versions"]:
-            resource = kmock.resource(spec["group"], version["name"], spec["names"]["plural"])
-            self.server.resources[resource] = kmock.ResourceInfo(
-                kind=spec["names"]["kind"], singular=spec["names"]["singular"],
-                namespaced=spec["scope"] == "Namespaced",
-                verbs={"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"},
-                shortnames=set(spec["names"].get("shortNames", [])),
-                subresources=set(version.get("subresources", {})),
-            )
+    def register_crd(self, crd: dict) -> dict:
+        """Create (or replace) a CRD through the API, as a cluster admin would: it is stored and served."""
+        async def apply() -> dict:
+            server = self.server
+            target = Target(CRDS[0], "v1", CRDS[1], None, crd["metadata"]["name"], None)
+            info = server._info(target)
+            old = server._objects(CRDS).get((None, crd["metadata"]["name"]))
+            body = copy.deepcopy(crd)
+            if old is None:
+                stored = await server._create(CRDS, replace(target, name=None), info, body)
+            else:
+                body["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
+                stored = await server._update(CRDS, target, info, body, {}, [])
+            await server._serve_crd(stored["metadata"]["name"])
+            return await server._establish(stored)
+        return asyncio.run_coroutine_threadsafe(apply(), self._loop).result(10)
 
     def objects(self, group: str, plural: str, namespace: str | None = None) -> list[dict]:
         def snapshot():
@@ -736,10 +1105,11 @@ class Emulator:
         self.call(forget)
 
     def kubeconfig(self, token: str) -> dict:
+        ca_data = base64.b64encode(Path(self.ca_file).read_bytes()).decode()
         return {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "emulator", "cluster": {"server": self.url}}],
+            "clusters": [{"name": "emulator", "cluster": {"server": self.url, "certificate-authority-data": ca_data}}],
             "users": [{"name": "user", "user": {"token": token}}],
             "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "user"}}],
             "current-context": "emulator",
@@ -750,6 +1120,7 @@ class Emulator:
 
         configuration = kubernetes.client.Configuration()
         configuration.host = self.url
+        configuration.ssl_ca_cert = self.ca_file
         configuration.api_key = {"authorization": f"Bearer {token}"}
         configuration.connection_pool_maxsize = 16
         return configuration
