@@ -660,8 +660,9 @@ class ApiServer:
             await self._serve_crd(target.name or result["metadata"]["name"])
             if verb != "delete" and target.subresource is None:
                 result = await self._establish(result)
-        # The Warning header a real server sends for every unknown field it dropped (fieldValidation=Warn).
-        headers = CIMultiDict(("Warning", f'299 - "{w}"') for w in warnings)
+        # The Warning header a real server sends for every unknown field it dropped (fieldValidation=Warn), its
+        # text a quoted string (k8s.io/apimachinery pkg/util/net/http.go NewWarningHeader: 299 - "text").
+        headers = CIMultiDict(("Warning", f"299 - {json.dumps(w, ensure_ascii=False)}") for w in warnings)
         return aiohttp.web.json_response(result, status=status, headers=headers)
 
     def _table_for(self, target: Target) -> tuple[list[dict], Callable[[dict], list]]:

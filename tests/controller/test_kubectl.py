@@ -153,6 +153,11 @@ def test_unknown_fields_are_refused_by_apply_and_pruned_without_validation(kubec
     lora = json.loads(kubectl("get", "ftj", "typo", "-n", "kubectl-typo", "-o", "jsonpath={.spec.lora}").stdout)
     assert lora == {"rank": 8}  # the API server prunes what the schema does not declare
 
+    if kubectl.minor >= 27:  # fieldValidation=Warn: stored, pruned, and the server's Warning header printed
+        manifest["metadata"]["name"] = "typo-warned"
+        warned = kubectl("apply", "--validate=warn", "-f", "-", stdin=json.dumps(manifest))
+        assert 'Warning: unknown field "spec.lora.rnak"' in warned.stderr
+
 
 def test_get_watch_follows_a_job_through_its_life(kubectl, operator, sim, emulator):
     ns, name = "kubectl-watch", "watched"
