@@ -1,4 +1,4 @@
-"""The `kubetune` command: validate, crd, run, operator.
+"""The `kubetune` command: validate, crd, run, operator, and the user's commands (kubetune.usercli).
 
 Heavy imports (torch for `run`, kopf for `operator`) happen only inside their subcommands, so
 `kubetune validate` stays fast and works with the base install.
@@ -111,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cap on running FineTuneJobs per namespace, for clusters without Kueue (0 = none)")
     p.add_argument("--resync-seconds", type=float, default=None, help="reconcile every unfinished job this often")
     p.set_defaults(func=_cmd_operator)
+
+    # status, logs, metrics, compare, download, dashboard: also the kubectl plugin `kubectl ftj`.
+    from kubetune.usercli.commands import add_user_commands
+
+    add_user_commands(sub, parser.prog)
     return parser
 
 
