@@ -13,10 +13,10 @@ import pytest
 CONTROLLER_TESTS = Path(__file__).resolve().parent.parent / "controller"
 sys.path.insert(0, str(CONTROLLER_TESTS))
 
-from emulator import ADMIN_TOKEN  # noqa: E402
-from harness import ClusterSim, start_emulator  # noqa: E402
+from emulator import ADMIN_TOKEN
+from harness import ClusterSim, start_emulator
 
-from tests.usercli.jobs import Kubelet, World  # noqa: E402
+from tests.usercli.jobs import Kubelet, World
 
 _counter = itertools.count()
 

@@ -16,7 +16,6 @@ from typing import Any
 import aiohttp.web
 import boto3
 import yaml
-
 from kubetune.api.constants import API_VERSION, KIND, Phase, Reason
 from kubetune.api.uris import join_uri
 from kubetune.controller import builders
@@ -90,8 +89,9 @@ class Kubelet:
         if state is None:
             return server._status_response(404, "NotFound", f'pods "{pod}" not found', {"name": pod, "kind": "pods"})
         if "waiting" in state:
-            return server._status_response(400, "BadRequest", f'container "trainer" in pod "{pod}" is waiting to start: '
-                                                              f"{state['waiting'].get('reason')}")
+            reason = state["waiting"].get("reason")
+            return server._status_response(400, "BadRequest",
+                                           f'container "trainer" in pod "{pod}" is waiting to start: {reason}')
         response = aiohttp.web.StreamResponse(headers={"Content-Type": "text/plain"})
         response.enable_chunked_encoding()
         await response.prepare(request)

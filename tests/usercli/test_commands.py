@@ -13,9 +13,9 @@ from pathlib import Path
 
 import boto3
 import pytest
-
 from kubetune.api.constants import Phase, Reason
 from kubetune.cli import main
+
 from tests.usercli.jobs import training_records, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,7 +58,7 @@ def test_status_shows_phase_progress_checkpoints_and_outputs(world, capsys):
     assert f"Name:        {world.namespace}/bot" in out
     assert "Phase:       Running (PodsRunning)" in out
     assert "Progress:    step 120/300 (40%), epoch 1.2, ETA 30m00s" in out
-    assert "loss 0.9132" in out and "evalLoss 1.02" in out
+    assert "Metrics:     loss 0.9132  evalLoss 1.02" in out
     checkpoint_lines = [line.split() for line in out.splitlines() if "/checkpoints/step-" in line]
     assert checkpoint_lines == [["100", "1.4321", "2026-11-28T10:00:00Z", world.layout(ftj).checkpoint_uri(100)],
                                 ["200", "-", "2026-11-28T10:10:00Z", world.layout(ftj).checkpoint_uri(200)]]
@@ -131,8 +131,10 @@ def test_metrics_from_the_output_store_as_table_raw_and_plot(world, capsys, tmp_
     code, out, _ = run(capsys, "metrics", "bot")
     lines = out.splitlines()
     assert lines[0].split() == ["STEP", "EPOCH", "LOSS", "EVAL_LOSS", "LEARNING_RATE", "GRAD_NORM", "TOKENS_PER_SECOND"]
-    assert len(lines) == 1 + len(records)
+    assert len(lines) == 1 + len({r["step"] for r in records})  # a step's training and evaluation on one row
     assert lines[1].split()[:3] == ["10", "0.1", str(records[0]["loss"])]
+    at_50 = {k: v for r in records if r["step"] == 50 for k, v in r.items()}
+    assert lines[5].split()[:4] == ["50", "0.5", str(at_50["loss"]), str(at_50["eval_loss"])]
 
     png = tmp_path / "bot.png"
     code, _, err = run(capsys, "metrics", "bot", "--plot", str(png))
@@ -158,14 +160,15 @@ def test_metrics_without_access_to_the_bucket(world, capsys, monkeypatch):
     """IAM as the store enforces it (moto's IAM checks): a user whose policy allows another bucket only."""
     ftj = running_job(world)
     world.write_metrics(ftj, training_records(50))
-    admin = dict(endpoint_url=world.s3_url, region_name="us-east-1", aws_access_key_id="admin",
-                 aws_secret_access_key="admin")
+    admin = {"endpoint_url": world.s3_url, "region_name": "us-east-1", "aws_access_key_id": "admin",
+             "aws_secret_access_key": "admin"}
     iam = boto3.client("iam", **admin)
     user = f"user-{world.namespace}"
     iam.create_user(UserName=user)
     policy = iam.create_policy(PolicyName=f"other-{world.namespace}", PolicyDocument=json.dumps({
         "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": ["arn:aws:s3:::other", "arn:aws:s3:::other/*"]}]}))
+        "Statement": [{"Effect": "Allow", "Action": "s3:*",
+                       "Resource": ["arn:aws:s3:::other", "arn:aws:s3:::other/*"]}]}))
     iam.attach_user_policy(UserName=user, PolicyArn=policy["Policy"]["Arn"])
     key = iam.create_access_key(UserName=user)["AccessKey"]
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
@@ -178,7 +181,8 @@ def test_metrics_without_access_to_the_bucket(world, capsys, monkeypatch):
     enforce("0")
     try:
         code, _, err = run(capsys, "metrics", "bot")
-        assert_one_line_error(code, err, world.layout(ftj).metrics_uri, "access denied", "check your own AWS credentials")
+        assert_one_line_error(code, err, world.layout(ftj).metrics_uri, "access denied",
+                              "check your own AWS credentials")
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "nobody")
         code, _, err = run(capsys, "metrics", "bot")
         assert_one_line_error(code, err, "the access key is not valid")
@@ -306,7 +310,8 @@ def test_logs_follow_goes_on_to_the_retry_and_stops_when_the_job_ends(world):
             proc.kill()
     err = proc.stderr.read()
     assert out == ["a1 line 1\n", "a1 line 2\n", "a2 resumed at step 20\n", "a2 done\n"]
-    assert err.index(f"==> pod {first['metadata']['name']} <==") < err.index(f"==> pod {second['metadata']['name']} <==")
+    headers = [err.index(f"==> pod {pod['metadata']['name']} <==") for pod in (first, second)]
+    assert headers == sorted(headers)
     assert err.rstrip().endswith(f"==> {world.namespace}/bot Succeeded <==")
 
 
@@ -324,12 +329,14 @@ def test_kubectl_finds_the_plugin_on_path(world, tmp_path):
     running_job(world)
     assert (BIN / "kubectl-ftj").exists(), "the console script kubectl-ftj is not installed (pip install -e .)"
     env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(tmp_path), "KUBECONFIG": os.environ["KUBECONFIG"]}
-    listed = subprocess.run([KUBECTL, "plugin", "list"], env=env, capture_output=True, text=True, timeout=60)
+    def kubectl(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([KUBECTL, *args], check=False, env=env, capture_output=True, text=True, timeout=60)
+
+    listed = kubectl("plugin", "list")
     assert str(BIN / "kubectl-ftj") in listed.stdout
-    shown = subprocess.run([KUBECTL, "ftj", "status", "bot", "-n", world.namespace], env=env, capture_output=True,
-                           text=True, timeout=60)
+    shown = kubectl("ftj", "status", "bot", "-n", world.namespace)
     assert shown.returncode == 0, shown.stderr
     assert "Phase:       Running (PodsRunning)" in shown.stdout
-    missing = subprocess.run([KUBECTL, "ftj", "status", "nope"], env=env, capture_output=True, text=True, timeout=60)
+    missing = kubectl("ftj", "status", "nope")
     assert missing.returncode == 1
     assert missing.stderr.strip() == f'kubectl ftj: error: no FineTuneJob "nope" in namespace "{world.namespace}"'

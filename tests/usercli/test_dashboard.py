@@ -16,8 +16,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from kubetune.api.constants import Phase, Reason
+
 from tests.usercli.jobs import training_records, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,8 +52,7 @@ class DashboardProcess:
         threading.Thread(target=lambda: self.lines.extend(iter(self.proc.stdout.readline, "")), daemon=True).start()
         found = wait_until(lambda: next((m for line in self.lines if (m := re.search(r"(http://\S+)", line))), None)
                            or self.proc.poll() is not None, 60, "the dashboard's address")
-        if not isinstance(found, re.Match):
-            raise AssertionError(f"the dashboard exited: {''.join(self.lines)}")
+        assert isinstance(found, re.Match), f"the dashboard exited: {''.join(self.lines)}"
         self.url = found[1]
         self.base = self.url.split("/?")[0]
 
@@ -148,7 +147,8 @@ def test_dashboard_lists_every_phase_and_follows_changes_live(world, browser, sh
         qlora = row(page, world, "support-bot-qlora")
         assert qlora.locator(".cell-eta").inner_text() == "18m00s"
         assert "60% · 180/300" in qlora.inner_text()
-        assert "waiting for Kueue LocalQueue 'team-gpus'" in row(page, world, "dpo-tune").locator(".cell-queue").inner_text()
+        queue = row(page, world, "dpo-tune").locator(".cell-queue").inner_text()
+        assert "waiting for Kueue LocalQueue 'team-gpus'" in queue
         # Sparklines from each job's metrics.jsonl in S3 (60 points at most), read once the watch showed the job.
         wait_until(lambda: row(page, world, "summarizer-lora-r64").locator(".cell-spark polyline").count() == 1, 20,
                    "the finished job's loss sparkline")

@@ -194,10 +194,19 @@ METRIC_COLUMNS = ("step", "stage", "epoch", "loss", "eval_loss", "learning_rate"
                   "reward")
 
 
+def merged_by_step(records: list[dict]) -> list[dict]:
+    """One row per (stage, step): the trainer logs training and evaluation of a step as separate records."""
+    rows: dict[tuple, dict] = {}
+    for record in records:
+        rows.setdefault((record.get("stage") or "", record["step"]), {}).update(record)
+    return list(rows.values())
+
+
 def metrics_table(records: list[dict]) -> list[str]:
     from kubetune.usercli.plots import eval_keys
     from kubetune.usercli.summary import format_number, table
 
+    records = merged_by_step(records)
     keys = [k for k in METRIC_COLUMNS if any(k in r for r in records)]
     keys += [k for k in eval_keys(records) if k not in keys]
     rows = [tuple(k.upper() for k in keys)]

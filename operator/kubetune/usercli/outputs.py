@@ -178,9 +178,9 @@ def read_metrics(ftj: dict, cluster: Cluster | None = None, endpoint: str | None
 
 def download_model(ftj: dict, dest: Path, cluster: Cluster | None = None, endpoint: str | None = None) -> list[Path]:
     """Copy the final model (only when complete: the trainer writes its completion marker last) into `dest`."""
-    from kubetune.api.uris import join_uri
     from kubetune_trainer.layout import COMPLETE_MARKER
 
+    from kubetune.api.uris import join_uri
     from kubetune.usercli.summary import phase_of
 
     outputs = locate(ftj, cluster)

@@ -49,7 +49,7 @@ def queue_state(ftj: dict) -> str:
 def format_duration(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds) or seconds < 0:
         return ""
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     if seconds < 60:
         return f"{seconds}s"
     minutes, seconds = divmod(seconds, 60)
@@ -134,7 +134,9 @@ def status_text(ftj: dict) -> str:
     if s["attempts"]:
         lines.append(f"Attempts:    {s['attempts']}")
     if s["metrics"]:
-        lines.append("Metrics:     " + "  ".join(f"{k} {format_number(v)}" for k, v in sorted(s["metrics"].items())))
+        first = ("loss", "evalLoss", "learningRate", "gradNorm", "tokensPerSecond", "reward")
+        order = sorted(s["metrics"], key=lambda k: (first.index(k) if k in first else len(first), k))
+        lines.append("Metrics:     " + "  ".join(f"{k} {format_number(s['metrics'][k])}" for k in order))
     if s["startTime"]:
         lines.append(f"Started:     {s['startTime']}")
     if s["completionTime"]:

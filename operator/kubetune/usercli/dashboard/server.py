@@ -182,8 +182,10 @@ class Dashboard:
                     self._post(self._synced, source, scope, listed.get("items") or [])
                     self._post(self._clear_note, note)
                 watch = kubernetes.watch.Watch()
+                # The server ends the watch after WATCH_SECONDS; the read timeout only catches a connection that died.
                 for event in watch.stream(list_fn, *args, **kwargs, resource_version=resource_version,
-                                          timeout_seconds=WATCH_SECONDS, deserialize=False):
+                                          timeout_seconds=WATCH_SECONDS, deserialize=False,
+                                          _request_timeout=(30, WATCH_SECONDS + 60)):
                     obj = event.get("object") or {}
                     resource_version = (obj.get("metadata") or {}).get("resourceVersion") or resource_version
                     if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
@@ -441,7 +443,7 @@ class Dashboard:
             while not (client.dropped and client.queue.empty()) and not self.stopping.is_set():
                 try:
                     message = await asyncio.wait_for(client.queue.get(), timeout=15)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     message = ": keep-alive\n\n"
                 await response.write(message.encode())
         except (ConnectionResetError, asyncio.CancelledError):
