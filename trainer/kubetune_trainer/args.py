@@ -90,7 +90,9 @@ def training_args(ctx: RunContext, cls: type | None = None, *, formats=None, has
         save_steps=spec.output.checkpoint_every_steps,
         save_total_limit=None,  # pruning happens in the output store, among complete checkpoints
         report_to="none",  # metrics.jsonl and TensorBoard are written by our MetricsCallback
-        disable_tqdm=not ctx.is_main,
+        # Progress is kubetune's console (one line per logged step, or one bar in a terminal): no tqdm bar here;
+        # trainer_setup.prepare_trainer takes off the PrinterCallback transformers adds in its place.
+        disable_tqdm=True,
         include_num_input_tokens_seen="non_padding",
         dataloader_pin_memory=False,
         remove_unused_columns=False,  # our collators need every column they prepared

@@ -82,7 +82,10 @@ def run_cli(args: argparse.Namespace) -> int:
     """Run the job named by `args` (file, output, name, termination_log); returns the exit code."""
     from kubetune_trainer.preemption import PREEMPTION, Preempted
 
+    from kubetune_trainer.console import quiet_library_noise
+
     _setup_logging()
+    quiet_library_noise()
     termination_log = termination_log_path(getattr(args, "termination_log", None))
     PREEMPTION.install()
     PREEMPTION.on_timeout = lambda: write_termination_log(

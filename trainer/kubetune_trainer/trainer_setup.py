@@ -1,6 +1,6 @@
 """What every recipe does to its Trainer (transformers' or TRL's) once it exists, before `train()` creates
-the optimizer: undo TRL's dtype cast, run the technique's own fix-up, and pick the optimizer the precision
-needs; and how it trains (`run_training`)."""
+the optimizer: undo TRL's dtype cast, run the technique's own fix-up, pick the optimizer the precision
+needs and take transformers' console output off; and how it trains (`run_training`)."""
 
 from __future__ import annotations
 
@@ -67,4 +67,23 @@ def prepare_trainer(trainer, spec, dtypes: dict | None = None):
         module.prepare_trainer(trainer)
     precision.configure_optimizer(trainer, precision.plan(spec))
     trainer.add_callback(StopWhenDone)
+    remove_console_callbacks(trainer)
     return trainer
+
+
+def remove_console_callbacks(trainer) -> None:
+    """Take transformers' own progress output off `trainer`: the Trainer always adds one console callback,
+    PrinterCallback (prints every log dict) with disable_tqdm, else ProgressCallback (a tqdm bar that also writes
+    the dicts), or NotebookProgressCallback in a notebook (transformers 5.24, trainer.py). kubetune's console
+    shows progress instead (kubetune_trainer.console)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    kinds: tuple[type, ...] = (PrinterCallback, ProgressCallback)
+    try:
+        from transformers.utils.notebook import NotebookProgressCallback
+
+        kinds += (NotebookProgressCallback,)
+    except ImportError:  # no IPython: no notebook callback either
+        pass
+    for callback in [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, kinds)]:
+        trainer.remove_callback(callback)
