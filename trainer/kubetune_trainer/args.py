@@ -89,7 +89,9 @@ def training_args(ctx: RunContext, cls: type | None = None, *, formats=None, has
         save_strategy="steps",
         save_steps=spec.output.checkpoint_every_steps,
         save_total_limit=None,  # pruning happens in the output store, among complete checkpoints
-        report_to="none",  # metrics.jsonl and TensorBoard are written by our MetricsCallback
+        # metrics.jsonl, TensorBoard and the trackers of spec.tracking are written from MetricsCallback's records
+        # (kubetune_trainer.tracking says why transformers' tracker callbacks are not used).
+        report_to="none",
         # Progress is kubetune's console (one line per logged step, or one bar in a terminal): no tqdm bar here;
         # trainer_setup.prepare_trainer takes off the PrinterCallback transformers adds in its place.
         disable_tqdm=True,

@@ -416,6 +416,7 @@ def build_context(
     (metrics, checkpoints, early stopping, then `callbacks`)."""
     from kubetune_trainer.checkpoints import CheckpointCallback, CheckpointManager, NodeRngStates
     from kubetune_trainer.metrics import EarlyStopping, MetricsCallback
+    from kubetune_trainer.tracking import open_trackers
 
     reporter = reporter if reporter is not None else make_reporter(world.is_main)
     metrics_dir = work_dir / "metrics"
@@ -426,7 +427,10 @@ def build_context(
         manager = CheckpointManager(out.storage, out.layout, spec.output.keep_checkpoints, reporter, delete_local=not stopping)
         if inputs.latest is not None:
             manager.prune_and_report()
-    metrics_cb = MetricsCallback(metrics_dir, out.storage, out.layout, reporter, is_main=world.is_main)
+    trackers = open_trackers(spec, name, out.storage, out.layout, work_dir) if world.is_main else None
+    metrics_cb = MetricsCallback(
+        metrics_dir, out.storage, out.layout, reporter, is_main=world.is_main, trackers=trackers
+    )
     # The first rank of every other node (its own disk) adds its ranks' RNG states to each checkpoint.
     node_files = NodeRngStates(out.storage, out.layout) if world.local_rank == 0 and not world.is_main else None
     all_callbacks: list[Any] = [metrics_cb, CheckpointCallback(manager, is_main=world.is_main, node_files=node_files)]

@@ -1,7 +1,8 @@
 """Metrics: metrics.jsonl (one JSON object per logged step) and TensorBoard event files, written
 locally by rank 0, synced to the output store periodically and at the end, and fed to the Reporter
 under the contract's names (loss, evalLoss, learningRate, gradNorm, tokensPerSecond, reward,
-eval_<task>_loss) with an ETA. Early stopping is transformers' EarlyStoppingCallback.
+eval_<task>_loss) with an ETA; the experiment trackers of spec.tracking get every record too
+(kubetune_trainer.tracking). Early stopping is transformers' EarlyStoppingCallback.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from kubetune_trainer.layout import OutputLayout
     from kubetune_trainer.reporting import Reporter
     from kubetune_trainer.storage import Storage
+    from kubetune_trainer.tracking import Trackers
 
 log = logging.getLogger("kubetune.metrics")
 
@@ -112,6 +114,7 @@ class MetricsCallback(TrainerCallback):
         *,
         is_main: bool,
         sync_seconds: float | None = None,
+        trackers: Trackers | None = None,
     ):
         self.local_dir = Path(local_dir)
         self.storage = storage
@@ -126,6 +129,8 @@ class MetricsCallback(TrainerCallback):
         self._last_sync = 0.0
         self._start: tuple[float, int] | None = None
         self._tokens: tuple[float, int] | None = None
+        self.trackers = trackers  # spec.tracking's runs (rank 0): they get every record metrics.jsonl gets
+        self._records: int | None = None  # lines in metrics.jsonl: the next record's position
 
     @property
     def metrics_path(self) -> Path:
@@ -169,8 +174,13 @@ class MetricsCallback(TrainerCallback):
             if now > then and state.num_input_tokens_seen > seen:
                 record["tokens_per_second"] = round((state.num_input_tokens_seen - seen) / (now - then), 1)
             self._tokens = (now, state.num_input_tokens_seen)
+        if self._records is None:  # the records an attempt resumed from left (restored before training)
+            self._records = len(self.metrics_path.read_text().splitlines()) if self.metrics_path.exists() else 0
         with self.metrics_path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
+        if self.trackers is not None:
+            self.trackers.record(record, self._records)
+        self._records += 1
         if self._writer is not None:
             for tag, value in tensorboard_scalars(record):
                 self._writer.add_scalar(tag, value, state.global_step)
@@ -217,11 +227,16 @@ class MetricsCallback(TrainerCallback):
             self.storage.upload_file(self.metrics_path, self.layout.metrics_uri)
         if self.tensorboard_dir.is_dir():
             self.storage.upload_dir(self.tensorboard_dir, self.layout.tensorboard_uri)
+        if self.trackers is not None:
+            self.trackers.sync()
 
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        if self.trackers is not None:
+            trackers, self.trackers = self.trackers, None
+            trackers.close()
 
 
 class EarlyStopping(EarlyStoppingCallback):

@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from kubetune.api.constants import HF_KEYS, S3_KEYS
+from kubetune.api.constants import HF_KEYS, MLFLOW_KEYS, S3_KEYS, WANDB_KEYS
 from kubetune.api.uris import parse_uri
 from kubetune.api.v1alpha1 import Spec
 
@@ -21,6 +21,9 @@ SCHEME_KEYS = {"hf": HF_KEYS, "s3": S3_KEYS, "file": ()}
 ROLE_MODEL = "model"
 ROLE_OUTPUT = "output"
 ROLE_REWARD_MODEL = "reward-model"
+# The experiment trackers of spec.tracking: their tokens, wired like every other key (KUBETUNE_MLFLOW_<KEY>, ...).
+ROLE_MLFLOW = "mlflow"
+ROLE_WANDB = "wandb"
 
 
 def dataset_role(index: int) -> str:
@@ -74,6 +77,16 @@ def credential_bindings(spec: Spec) -> list[CredentialBinding]:
             secret = secret or _fallback_secret(spec, scheme)
         if secret and SCHEME_KEYS[scheme]:
             bindings.append(CredentialBinding(role, uri, scheme, secret, SCHEME_KEYS[scheme]))
+    # The trackers' tokens: no key is required (MLflow takes a token or a user and password; a tracker that cannot
+    # log in never holds training up, the trainer warns and trains on).
+    tracking = spec.tracking
+    if tracking is not None and tracking.mlflow is not None and tracking.mlflow.credentials_secret:
+        uri = str(tracking.mlflow.uri)
+        secret = tracking.mlflow.credentials_secret
+        bindings.append(CredentialBinding(ROLE_MLFLOW, uri, uri.split("://", 1)[0], secret, MLFLOW_KEYS))
+    if tracking is not None and tracking.wandb is not None:
+        # W&B has no URI in the spec (its server is W&B's, or WANDB_BASE_URL in spec.pod.env).
+        bindings.append(CredentialBinding(ROLE_WANDB, "", "wandb", tracking.wandb.credentials_secret, WANDB_KEYS))
     return bindings
 
 
