@@ -33,6 +33,14 @@ VALUE_SETS = {
         "priorityClassName": "system-cluster-critical",
     },
     "no-metrics-existing-sa": {"metrics": {"enabled": False}, "serviceAccount": {"create": False, "name": "ops"}},
+    "shared-cluster-policy": {
+        "watchNamespaces": ["team-a"],
+        "trainer": {"defaultOutputUri": "s3://ml-outputs/", "imagePullSecrets": [{"name": "regcred"}]},
+        "policy": {"allowedImagePrefixes": ["registry.example/ml/"], "requireQueue": True, "defaultQueue": "gpus",
+                   "maxGpusPerJob": 16, "maxNodesPerJob": 2, "allowedPriorityClasses": ["training"],
+                   "outputUriPrefix": "s3://ml-outputs/{namespace}/", "allowAmbientCredentials": True,
+                   "allowedServiceAccounts": ["ml-identity"], "admissionPolicy": {"enabled": True}},
+    },
 }
 # Kinds kubernetes-validate has no schema for (CRD-defined); checked by shape below instead.
 CUSTOM_KINDS = {"ServiceMonitor", "ClusterKopfPeering", "KopfPeering"}
@@ -170,6 +178,14 @@ def test_operator_settings_reach_its_environment():
     assert config({}).concurrent_reconciles == 32 and config({}).max_running_per_namespace == 0
     tuned = config(VALUE_SETS["namespaced-ha"])
     assert tuned.concurrent_reconciles == 64 and tuned.max_running_per_namespace == 4
+    # Training pods' pull secrets and the platform's policy; the operator's own pull secrets stay its own.
+    assert config({}).trainer_image_pull_secrets == () and config({"imagePullSecrets": [{"name": "op"}]}
+                                                                   ).trainer_image_pull_secrets == ()
+    shared = config(VALUE_SETS["shared-cluster-policy"])
+    assert shared.trainer_image_pull_secrets == ("regcred",)
+    assert shared.policy.max_gpus_per_job == 16 and shared.policy.default_queue == "gpus"
+    assert shared.policy.output_prefix("team-a") == "s3://ml-outputs/team-a/"
+    assert config({}).policy == type(shared.policy)()  # the chart's defaults are the operator's
 
 
 def test_metrics_service_and_service_monitor():

@@ -36,6 +36,14 @@ BAD = [
     ({"trainer": {"reportIntervalSeconds": 0}}, "/trainer/reportIntervalSeconds"),
     ({"serviceAccount": {"create": "yes"}}, "/serviceAccount/create"),
     ({"nodeSelector": {"gpu": True}}, "/nodeSelector/gpu"),
+    ({"trainer": {"imagePullSecrets": ["regcred"]}}, "/trainer/imagePullSecrets/0"),
+    ({"policy": {"maxGpusPerJob": -1}}, "/policy/maxGpusPerJob"),
+    ({"policy": {"maxGpus": 8}}, "maxGpus"),
+    ({"policy": {"allowedImagePrefixes": ["ghcr.io/acme"]}}, "/policy/allowedImagePrefixes/0"),
+    ({"policy": {"outputUriPrefix": "s3://out/{team}/"}}, "/policy/outputUriPrefix"),
+    ({"policy": {"allowedServiceAccounts": ["Admin"]}}, "/policy/allowedServiceAccounts/0"),
+    ({"policy": {"requireQueue": "yes"}}, "/policy/requireQueue"),
+    ({"policy": {"admissionPolicy": {"validationActions": ["Deny", "Warn"]}}}, "/policy/admissionPolicy/validationActions"),
 ]
 
 

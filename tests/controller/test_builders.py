@@ -58,10 +58,14 @@ def test_single_node_job_is_exactly_what_the_trainer_needs():
     assert env["KUBETUNE_FTJ_UID"] == "u-1" and env["KUBETUNE_TERMINATION_LOG"] == "/dev/termination-log"
     assert env["KUBETUNE_REPORT_INTERVAL_SECONDS"] == "5" and env["KUBETUNE_GRACE_SECONDS"] == "60"
     assert env["HOME"].startswith("/scratch") and env["HF_HOME"].startswith("/scratch")
-    # Credentials are references, never values.
-    assert env["KUBETUNE_MODEL_HF_TOKEN"] == {"secretKeyRef": {"name": "hf-token", "key": "HF_TOKEN", "optional": True}}
+    # Credentials are references, never values; a Secret without its required keys keeps the pod from starting
+    # (reported as SecretNotFound) instead of letting it run without credentials.
+    assert env["KUBETUNE_MODEL_HF_TOKEN"] == {"secretKeyRef": {"name": "hf-token", "key": "HF_TOKEN", "optional": False}}
     assert env["KUBETUNE_OUTPUT_AWS_SECRET_ACCESS_KEY"] == {
-        "secretKeyRef": {"name": "s3-creds", "key": "AWS_SECRET_ACCESS_KEY", "optional": True}}
+        "secretKeyRef": {"name": "s3-creds", "key": "AWS_SECRET_ACCESS_KEY", "optional": False}}
+    assert env["KUBETUNE_OUTPUT_AWS_SESSION_TOKEN"]["secretKeyRef"]["optional"] is True
+    assert env["KUBETUNE_AMBIENT_CREDENTIALS"] == ""  # no role may fall back to the node's identity
+    assert "NVIDIA_VISIBLE_DEVICES" not in env  # the device plugin sets it for the GPU the pod got
     assert env["KUBETUNE_DATASET_0_AWS_ACCESS_KEY_ID"]["secretKeyRef"]["name"] == "s3-creds"
     mounts = {m["name"]: m for m in c["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
@@ -112,7 +116,7 @@ def test_reporter_role_can_only_get_and_patch_its_own_status():
     role = builders.build_role(FTJ)
     assert role["rules"] == [{"apiGroups": ["kubetune.dev"], "resources": ["finetunejobs/status"],
                               "resourceNames": ["bot"], "verbs": ["get", "patch"]}]
-    binding = builders.build_role_binding(FTJ)
+    binding = builders.build_role_binding(FTJ, _spec())
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "bot-reporter", "namespace": "team-a"}]
 
 

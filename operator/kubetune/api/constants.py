@@ -341,9 +341,12 @@ TRAINER_VOLUMES: dict[str, str] = {
 # Paths in the trainer container no spec.pod volume may be mounted at, under or above (above would hide them).
 TRAINER_PATHS: tuple[str, ...] = (*TRAINER_VOLUMES.values(), TERMINATION_LOG)
 # Environment variables the operator sets on the trainer: all of KUBETUNE_* (run identity, credentials by role)
-# and these; NVIDIA_VISIBLE_DEVICES keeps a pod that asked for no GPU from seeing the node's GPUs.
+# and these; NVIDIA_VISIBLE_DEVICES and AMD_VISIBLE_DEVICES keep a pod that asked for no GPU from seeing the node's
+# GPUs (the NVIDIA and AMD container runtimes read them).
 OPERATOR_ENV_PREFIX = "KUBETUNE_"
-OPERATOR_ENV: tuple[str, ...] = ("HOME", "HF_HOME", "TMPDIR", "PYTHONUNBUFFERED", "NVIDIA_VISIBLE_DEVICES")
+OPERATOR_ENV: tuple[str, ...] = (
+    "HOME", "HF_HOME", "TMPDIR", "PYTHONUNBUFFERED", "NVIDIA_VISIBLE_DEVICES", "AMD_VISIBLE_DEVICES"
+)
 # Label and annotation keys on the trainer pods that others own: the operator's (kubetune.dev/ and the
 # managed-by label its watches select on), Kueue's and the Job controller's (batch.kubernetes.io/, and the
 # legacy job-name and controller-uid labels its selector matches). A domain covers its subdomains too.

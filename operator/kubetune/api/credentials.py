@@ -4,6 +4,11 @@ The operator never reads Secret contents: it wires each key into the trainer pod
 `secretKeyRef` under a role-prefixed name (KUBETUNE_OUTPUT_AWS_ACCESS_KEY_ID, ...), so a model in one
 bucket and an output in another can use different credentials. The trainer looks a key up by role,
 then falls back to the plain name (AWS_ACCESS_KEY_ID, HF_TOKEN) for local runs.
+
+In a pod nothing falls back silently: the operator sets KUBETUNE_AMBIENT_CREDENTIALS to the roles whose spec
+entry asked for ambientCredentials (and the platform's policy allowed). With that variable present, a role reads
+only its own variables, and a role with neither a Secret nor ambient credentials reads anonymously, never with
+the node's or instance's cloud identity.
 """
 
 from __future__ import annotations
@@ -17,6 +22,11 @@ from kubetune.api.uris import parse_uri
 from kubetune.api.v1alpha1 import Spec
 
 SCHEME_KEYS = {"hf": HF_KEYS, "s3": S3_KEYS, "file": ()}
+# The keys a Secret must hold to be of use at all: the pod waits for them (the operator reports SecretNotFound)
+# rather than running without credentials; the others (AWS_SESSION_TOKEN) are optional.
+SCHEME_REQUIRED_KEYS = {"hf": HF_KEYS, "s3": ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"), "file": ()}
+# Set by the operator on every training pod: the roles that may use the pod's cloud identity, comma-separated.
+AMBIENT_ROLES_ENV = "KUBETUNE_AMBIENT_CREDENTIALS"
 
 ROLE_MODEL = "model"
 ROLE_OUTPUT = "output"
@@ -45,7 +55,8 @@ class CredentialBinding:
     uri: str
     scheme: str
     secret: str  # Secret name in the job's namespace
-    keys: tuple[str, ...]  # keys wired (optional: a missing key is simply unset)
+    keys: tuple[str, ...]  # keys wired; a missing one is simply unset, unless it is required
+    required: tuple[str, ...] = ()  # keys the Secret must hold (the pod does not start without them)
 
 
 def _fallback_secret(spec: Spec, scheme: str) -> str | None:
@@ -59,24 +70,37 @@ def _fallback_secret(spec: Spec, scheme: str) -> str | None:
     return None
 
 
+def _storage_roles(spec: Spec) -> list[tuple[str, str, str | None, bool]]:
+    """(role, uri, its own credentialsSecret, ambientCredentials) of everything the trainer reads or writes."""
+    wanted = [(ROLE_MODEL, spec.model.uri, spec.model.credentials_secret, spec.model.ambient_credentials)]
+    for i, ds in enumerate(spec.datasets):
+        wanted.append((dataset_role(i), ds.uri, ds.credentials_secret, ds.ambient_credentials))
+        if ds.eval_uri:
+            wanted.append((eval_dataset_role(i), ds.eval_uri, ds.credentials_secret, ds.ambient_credentials))
+    if spec.rlhf is not None and spec.rlhf.reward_model.uri:
+        wanted.append((ROLE_REWARD_MODEL, spec.rlhf.reward_model.uri, spec.rlhf.reward_model.credentials_secret, False))
+    if spec.output.uri:
+        wanted.append((ROLE_OUTPUT, spec.output.uri, spec.output.credentials_secret, spec.output.ambient_credentials))
+    return wanted
+
+
+def ambient_roles(spec: Spec) -> list[str]:
+    """The roles that read or write with the pod's cloud identity (ambientCredentials: true)."""
+    return [role for role, _, _, ambient in _storage_roles(spec) if ambient]
+
+
 def credential_bindings(spec: Spec) -> list[CredentialBinding]:
     """Every (role, Secret) pair the trainer pod needs, with defaults resolved."""
-    wanted: list[tuple[str, str, str | None]] = [(ROLE_MODEL, spec.model.uri, spec.model.credentials_secret)]
-    for i, ds in enumerate(spec.datasets):
-        wanted.append((dataset_role(i), ds.uri, ds.credentials_secret))
-        if ds.eval_uri:
-            wanted.append((eval_dataset_role(i), ds.eval_uri, ds.credentials_secret))
-    if spec.rlhf is not None and spec.rlhf.reward_model.uri:
-        wanted.append((ROLE_REWARD_MODEL, spec.rlhf.reward_model.uri, spec.rlhf.reward_model.credentials_secret))
-    if spec.output.uri:
-        wanted.append((ROLE_OUTPUT, spec.output.uri, spec.output.credentials_secret))
     bindings = []
-    for role, uri, secret in wanted:
+    for role, uri, secret, ambient in _storage_roles(spec):
         scheme = parse_uri(uri).scheme
-        if role != ROLE_OUTPUT and role != ROLE_MODEL:
+        # An entry that asked for the pod's identity borrows no other entry's Secret.
+        if role != ROLE_OUTPUT and role != ROLE_MODEL and not ambient:
             secret = secret or _fallback_secret(spec, scheme)
         if secret and SCHEME_KEYS[scheme]:
-            bindings.append(CredentialBinding(role, uri, scheme, secret, SCHEME_KEYS[scheme]))
+            bindings.append(
+                CredentialBinding(role, uri, scheme, secret, SCHEME_KEYS[scheme], SCHEME_REQUIRED_KEYS[scheme])
+            )
     # The trackers' tokens: no key is required (MLflow takes a token or a user and password; a tracker that cannot
     # log in never holds training up, the trainer warns and trains on).
     tracking = spec.tracking
@@ -91,9 +115,23 @@ def credential_bindings(spec: Spec) -> list[CredentialBinding]:
 
 
 def lookup(role: str, key: str, environ: Mapping[str, str] | None = None) -> str | None:
-    """A credential value for a role: the role's own variable, else the plain one, else None."""
+    """A credential value for a role: the role's own variable, else (outside a pod the operator made) the plain
+    one, else None."""
     env = os.environ if environ is None else environ
-    return env.get(env_name(role, key)) or env.get(key) or None
+    own = env.get(env_name(role, key)) or None
+    if own or AMBIENT_ROLES_ENV in env:
+        return own
+    return env.get(key) or None
+
+
+def may_use_ambient(role: str, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether a role without credentials of its own may fall back to the environment's (the cloud SDK's default
+    chain: variables, config files, IRSA or workload identity, the instance's metadata service). Always outside
+    a pod the operator made (a local run uses the machine's credentials); in one, only for the roles it listed."""
+    env = os.environ if environ is None else environ
+    if AMBIENT_ROLES_ENV not in env:
+        return True
+    return role in {r.strip() for r in env[AMBIENT_ROLES_ENV].split(",") if r.strip()}
 
 
 def endpoint_for(spec: Spec, role: str) -> str | None:

@@ -8,14 +8,26 @@ All objects are plain dicts in the wire form (camelCase), as `kubectl get -o jso
 from __future__ import annotations
 
 import json
+import posixpath
 from typing import Any
 
 from kubernetes.utils import parse_quantity
 
-from kubetune.api.constants import API_VERSION, GROUP, KIND, PLURAL, TERMINATION_LOG, ExitCode
-from kubetune.api.credentials import credential_bindings, env_name
-from kubetune.api.uris import join_uri
-from kubetune.api.v1alpha1 import Spec
+from kubetune.api.constants import (
+    API_VERSION,
+    GROUP,
+    KIND,
+    PLURAL,
+    SCRATCH_MOUNT,
+    SERVICE_ACCOUNT_TOKEN_MOUNT,
+    SHARED_MEMORY_MOUNT,
+    SPEC_MOUNT,
+    TERMINATION_LOG,
+    ExitCode,
+)
+from kubetune.api.credentials import AMBIENT_ROLES_ENV, ambient_roles, credential_bindings, env_name
+from kubetune.api.uris import join_uri, parse_uri
+from kubetune.api.v1alpha1 import Spec, Volume
 from kubetune.api.validation import Problem, SpecError, parse_spec
 from kubetune.controller.config import OperatorConfig
 from kubetune.controller.permissions import REPORTER_VERBS
@@ -31,13 +43,22 @@ ANNOTATION_HELD = "kubetune.dev/held-by-namespace-limit"
 
 TRAINER_CONTAINER = "trainer"
 SPEC_FILE = "finetunejob.yaml"
-SPEC_MOUNT = "/etc/kubetune"
 SPEC_PATH = f"{SPEC_MOUNT}/{SPEC_FILE}"
-SCRATCH_MOUNT = "/scratch"
-TOKEN_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"  # where in-cluster config looks
 MASTER_PORT = 29500
 RUN_AS_USER = 1000
 TOKEN_EXPIRATION_SECONDS = 3600
+# A pod that asked for no GPU must see none of the node's: CUDA base images set NVIDIA_VISIBLE_DEVICES=all, and
+# where the NVIDIA container runtime is the node's default it then mounts every GPU of the node, other tenants'
+# included; "void" makes it inject nothing. The AMD container runtime reads AMD_VISIBLE_DEVICES alike (a value
+# without a device index adds no device).
+NO_GPU_ENV = {"NVIDIA_VISIBLE_DEVICES": "void", "AMD_VISIBLE_DEVICES": "void"}
+# Pod annotations that would take the pod out of the restricted Pod Security Standard: AppArmor profiles other
+# than the runtime's default or a node-local one (pod-security-admission's check_appArmorProfile), and the legacy
+# seccomp annotations (the pod's seccomp profile is the operator's: RuntimeDefault).
+APPARMOR_ANNOTATION_PREFIX = "container.apparmor.security.beta.kubernetes.io/"
+SECCOMP_ANNOTATION_PREFIXES = (
+    "seccomp.security.alpha.kubernetes.io/", "container.seccomp.security.alpha.kubernetes.io/"
+)
 
 
 # ----------------------------------------------------------------------------------------- names
@@ -100,14 +121,52 @@ def _meta(ftj: dict, name: str, extra_labels: dict[str, str] | None = None, anno
 
 
 def resolve_spec(raw_spec: Any, config: OperatorConfig, name: str | None = None) -> Spec:
-    """Validate a FineTuneJob's spec (with its name, the rules between the two) and fill what the operator
-    defaults (output.uri)."""
+    """Validate a FineTuneJob's spec (with its name, the rules between the two) for this cluster, and fill what
+    the operator defaults (output.uri; the policy's default queue)."""
     spec = parse_spec(raw_spec, name=name).resolved()
     if not spec.output.uri:
         if not config.default_output_uri:
             raise SpecError([Problem("spec.output.uri", "required: this operator has no default output URI configured")])
         spec = spec.model_copy(update={"output": spec.output.model_copy(update={"uri": config.default_output_uri})})
-    return spec
+    problems = _local_output_problems(spec) + _pod_security_problems(spec)
+    if problems:
+        raise SpecError(problems)
+    return config.policy.apply_defaults(spec)
+
+
+def _local_output_problems(spec: Spec) -> list[Problem]:
+    """A file:// output in a cluster must lie on a writable volume of spec.pod.volumes: anywhere else it is the
+    pod's own filesystem (read-only, or /scratch, which is gone with the pod, and the model with it)."""
+    assert spec.output.uri
+    parsed = parse_uri(spec.output.uri)
+    if parsed.scheme != "file":
+        return []
+    path = posixpath.normpath(parsed.location)
+    volumes = spec.pod.volumes if spec.pod is not None else []
+    holder = next((v for v in volumes if path == v.mount_path.rstrip("/")
+                   or path.startswith(v.mount_path.rstrip("/") + "/")), None)
+    if holder is None:
+        return [Problem("spec.output.uri", f"{spec.output.uri} is not on a volume of spec.pod.volumes: in a cluster a "
+                        "file:// output is lost with the pod; write to s3://, or mount a PersistentVolumeClaim "
+                        "(readOnly: false) at or above that path")]
+    if holder.read_only or holder.persistent_volume_claim is None:
+        return [Problem("spec.output.uri", f"{spec.output.uri} lies on volume {holder.name!r}, which the trainer "
+                        "cannot write: give a PersistentVolumeClaim volume readOnly: false")]
+    return []
+
+
+def _pod_security_problems(spec: Spec) -> list[Problem]:
+    annotations = spec.pod.annotations if spec.pod is not None else {}
+    problems = []
+    for key, value in annotations.items():
+        if key.startswith(APPARMOR_ANNOTATION_PREFIX) and value and value != "runtime/default" \
+                and not value.startswith("localhost/"):
+            problems.append(Problem(f"spec.pod.annotations[{key}]", f"AppArmor profile {value!r} is outside the "
+                                    "restricted Pod Security Standard (use runtime/default or localhost/<profile>)"))
+        elif key.startswith(SECCOMP_ANNOTATION_PREFIXES):
+            problems.append(Problem(f"spec.pod.annotations[{key}]", "the training pods' seccomp profile is the "
+                                    "operator's (RuntimeDefault), as the restricted Pod Security Standard asks"))
+    return problems
 
 
 def output_root(spec: Spec, namespace: str, name: str, uid: str) -> str:
@@ -168,16 +227,25 @@ def build_role(ftj: dict) -> dict:
     }
 
 
-def build_role_binding(ftj: dict) -> dict:
+def pod_service_account(ftj: dict, spec: Spec) -> str:
+    """The training pods' ServiceAccount: spec.pod.serviceAccountName (a cloud identity, where the policy allows
+    it), else the job's own reporter account."""
+    chosen = spec.pod.service_account_name if spec.pod is not None else ""
+    return chosen or reporter_name(ftj["metadata"]["name"])
+
+
+def build_role_binding(ftj: dict, spec: Spec) -> dict:
+    """The reporter's grant, to the job's own account and, when the pods run as an account of the user's choosing,
+    to that one as well: a pod's projected token is always its own account's."""
     name = ftj["metadata"]["name"]
+    namespace = ftj["metadata"]["namespace"]
+    accounts = dict.fromkeys([reporter_name(name), pod_service_account(ftj, spec)])
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding",
         "metadata": _meta(ftj, reporter_name(name)),
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": reporter_name(name)},
-        "subjects": [
-            {"kind": "ServiceAccount", "name": reporter_name(name), "namespace": ftj["metadata"]["namespace"]}
-        ],
+        "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace} for account in accounts],
     }
 
 
@@ -252,19 +320,31 @@ def trainer_env(ftj: dict, spec: Spec, config: OperatorConfig) -> list[dict]:
         {"name": "HF_HOME", "value": f"{SCRATCH_MOUNT}/huggingface"},
         {"name": "TMPDIR", "value": SCRATCH_MOUNT},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
+        # Present on every pod: a role without a Secret reads with the pod's cloud identity only if listed here.
+        {"name": AMBIENT_ROLES_ENV, "value": ",".join(ambient_roles(spec))},
     ]
+    if spec.resources.gpus == 0:
+        env += [{"name": key, "value": value} for key, value in NO_GPU_ENV.items()]
     if spec.nodes > 1:
         env.append({
             "name": "KUBETUNE_NODE_RANK",
             "valueFrom": {"fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}},
         })
-    # Secrets are referenced, never read: the kubelet injects the values.
+    # Secrets are referenced, never read: the kubelet injects the values. A missing Secret, or one without a
+    # required key, keeps the pod from starting (CreateContainerConfigError, which the status reports as
+    # SecretNotFound) rather than letting it run without credentials.
     for binding in credential_bindings(spec):
         for key in binding.keys:
             env.append({
                 "name": env_name(binding.role, key),
-                "valueFrom": {"secretKeyRef": {"name": binding.secret, "key": key, "optional": True}},
+                "valueFrom": {"secretKeyRef": {"name": binding.secret, "key": key,
+                                               "optional": key not in binding.required}},
             })
+    # The user's plain values last; the API refuses the operator's names, and the kubelet would let a later
+    # duplicate win, so any that got here anyway are dropped.
+    own = {e["name"] for e in env}
+    if spec.pod is not None:
+        env += [{"name": e.name, "value": e.value} for e in spec.pod.env if e.name not in own]
     return env
 
 
@@ -296,8 +376,9 @@ def pod_template(ftj: dict, spec: Spec, config: OperatorConfig) -> dict:
         "volumeMounts": [
             {"name": "spec", "mountPath": SPEC_MOUNT, "readOnly": True},
             {"name": "scratch", "mountPath": SCRATCH_MOUNT},
-            {"name": "dshm", "mountPath": "/dev/shm"},
-            {"name": "reporter-token", "mountPath": TOKEN_MOUNT, "readOnly": True},
+            {"name": "dshm", "mountPath": SHARED_MEMORY_MOUNT},
+            {"name": "reporter-token", "mountPath": SERVICE_ACCOUNT_TOKEN_MOUNT, "readOnly": True},
+            *(_user_mount(v) for v in (spec.pod.volumes if spec.pod is not None else [])),
         ],
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -313,7 +394,7 @@ def pod_template(ftj: dict, spec: Spec, config: OperatorConfig) -> dict:
         container["ports"] = [{"name": "rendezvous", "containerPort": MASTER_PORT}]
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",  # retries are the Job's, so podFailurePolicy sees every exit code
-        "serviceAccountName": reporter_name(name),
+        "serviceAccountName": pod_service_account(ftj, spec),
         "automountServiceAccountToken": False,
         "terminationGracePeriodSeconds": config.termination_grace_seconds,
         "securityContext": {
@@ -340,8 +421,15 @@ def pod_template(ftj: dict, spec: Spec, config: OperatorConfig) -> dict:
                     ]
                 },
             },
+            *(_user_volume(v) for v in (spec.pod.volumes if spec.pod is not None else [])),
         ],
     }
+    pull_secrets = dict.fromkeys([*config.trainer_image_pull_secrets,
+                                  *(spec.pod.image_pull_secrets if spec.pod is not None else [])])
+    if pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": secret} for secret in pull_secrets]
+    if spec.pod is not None and spec.pod.affinity is not None:
+        pod_spec["affinity"] = spec.pod.affinity.to_wire()
     if spec.resources.node_selector:
         pod_spec["nodeSelector"] = dict(spec.resources.node_selector)
     if spec.resources.tolerations:
@@ -350,7 +438,28 @@ def pod_template(ftj: dict, spec: Spec, config: OperatorConfig) -> dict:
         pod_spec["priorityClassName"] = spec.priority_class_name
     if spec.nodes > 1:
         pod_spec["subdomain"] = service_name(name)
-    return {"metadata": {"labels": labels(name)}, "spec": pod_spec}
+    # The operator's labels last: its watches and the workers' Service select on them.
+    metadata: dict[str, Any] = {"labels": (dict(spec.pod.labels) if spec.pod is not None else {}) | labels(name)}
+    if spec.pod is not None and spec.pod.annotations:
+        metadata["annotations"] = dict(spec.pod.annotations)
+    return {"metadata": metadata, "spec": pod_spec}
+
+
+def _user_volume(volume: Volume) -> dict:
+    """A spec.pod.volumes entry as a pod volume: only PVCs, ConfigMaps and Secrets, the volume types the restricted
+    Pod Security Standard allows."""
+    if volume.persistent_volume_claim is not None:
+        return {"name": volume.name, "persistentVolumeClaim": {"claimName": volume.persistent_volume_claim.claim_name,
+                                                               "readOnly": volume.read_only}}
+    if volume.config_map is not None:
+        return {"name": volume.name, "configMap": {"name": volume.config_map.name}}
+    return {"name": volume.name, "secret": {"secretName": volume.secret.secret_name}}
+
+
+def _user_mount(volume: Volume) -> dict:
+    # The kubelet mounts ConfigMaps and Secrets read-only whatever the mount says; say so.
+    writable = volume.persistent_volume_claim is not None and not volume.read_only
+    return {"name": volume.name, "mountPath": volume.mount_path, "readOnly": not writable}
 
 
 def pod_failure_policy() -> dict:
@@ -410,15 +519,15 @@ def build_prerequisites(ftj: dict, spec: Spec) -> list[dict]:
     return objects
 
 
-def build_reporter_grant(ftj: dict) -> list[dict]:
+def build_reporter_grant(ftj: dict, spec: Spec) -> list[dict]:
     """The reporter's Role and RoleBinding: only the running trainer needs them (it reports after its model
     is loaded, and retries a refused report), so they may follow the Job."""
-    return [build_role(ftj), build_role_binding(ftj)]
+    return [build_role(ftj), build_role_binding(ftj, spec)]
 
 
 def build_support_objects(ftj: dict, spec: Spec) -> list[dict]:
     """Everything but the Job, in creation order."""
-    return build_prerequisites(ftj, spec) + build_reporter_grant(ftj)
+    return build_prerequisites(ftj, spec) + build_reporter_grant(ftj, spec)
 
 
 def initial_suspend(spec: Spec) -> bool:

@@ -10,16 +10,20 @@ Environment variables (all optional):
   KUBETUNE_RESYNC_SECONDS           how often every unfinished FineTuneJob is reconciled anyway
   KUBETUNE_METRICS_PORT             Prometheus port; 0 = off
   KUBETUNE_CONCURRENT_RECONCILES    FineTuneJobs reconciled at once (default 32)
+  KUBETUNE_TRAINER_IMAGE_PULL_SECRETS  comma-separated Secrets (in each job's namespace) every training pod pulls
+                                    its image with, beside spec.pod.imagePullSecrets
+  KUBETUNE_POLICY                   the platform's policy as JSON, the Helm values' `policy:` (policy.py)
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kubetune import __version__
+from kubetune.controller.policy import Policy
 
 # The trainer image of this release (the chart passes the same tag: its appVersion).
 DEFAULT_TRAINER_IMAGE = f"ghcr.io/kubetune/trainer:{__version__}"
@@ -36,6 +40,8 @@ class OperatorConfig:
     resync_seconds: float = 60.0
     metrics_port: int = 9090
     concurrent_reconciles: int = 32  # FineTuneJobs reconciled at once (each holds an API connection)
+    trainer_image_pull_secrets: tuple[str, ...] = ()  # added to every training pod's imagePullSecrets
+    policy: Policy = field(default_factory=Policy)  # what the platform lets a FineTuneJob ask for
 
     @property
     def termination_grace_seconds(self) -> int:
@@ -69,6 +75,11 @@ def from_env(env: Mapping[str, str] | None = None) -> OperatorConfig:
         resync_seconds=float(_int(env, "KUBETUNE_RESYNC_SECONDS", 60)),
         metrics_port=_int(env, "KUBETUNE_METRICS_PORT", 9090),
         concurrent_reconciles=_int(env, "KUBETUNE_CONCURRENT_RECONCILES", 32, minimum=1),
+        trainer_image_pull_secrets=tuple(
+            s.strip() for s in env.get("KUBETUNE_TRAINER_IMAGE_PULL_SECRETS", "").split(",") if s.strip()
+        ),
+        policy=Policy.from_json(env["KUBETUNE_POLICY"], "KUBETUNE_POLICY")
+        if env.get("KUBETUNE_POLICY", "").strip() else Policy(),
     )
 
 

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 
 from kubetune.api.constants import API_VERSION, KIND, Reason
 from kubetune.api.validation import SpecError
-from kubetune.controller import builders, status
+from kubetune.controller import builders, policy, status
 from kubetune.controller.config import OperatorConfig
 from kubetune.controller.kube import Kube, is_status
 from kubetune.controller.metrics import Metrics
@@ -131,6 +131,12 @@ class Reconciler:
         if old.get("phase") in status.FINISHED_PHASES:
             await self._expire(ftj, spec)
             return old["phase"]
+        # The platform's policy, before anything is created (a job already running keeps the rules it started under).
+        denied = [] if old.get("jobName") else policy.check(self.config, ftj, spec)
+        if denied:
+            outcome = status.compute_invalid(ftj, [str(v) for v in denied], now, reason=Reason.POLICY_DENIED)
+            await self._write_status(ftj, outcome)
+            return outcome.phase
         # A FineTuneJob the operator never wrote a status for has no Job yet, almost always: go straight to
         # creating (an existing one, after a restart mid-reconcile, is adopted on AlreadyExists).
         job = await self.kube.get("Job", namespace, builders.job_name(name)) if old.get("jobName") else None
@@ -196,7 +202,7 @@ class Reconciler:
         # The Job exists, so its pods can start. The rest (the reporter's grant, then the status write and
         # JobCreated) waits while other new FineTuneJobs wait for their Jobs.
         await self.queue.defer()
-        for obj in builders.build_reporter_grant(ftj):
+        for obj in builders.build_reporter_grant(ftj, spec):
             await self._create_or_adopt(obj, uid)
         return job
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +79,29 @@ def trainer_termination(pod: dict) -> dict | None:
     for status in pod.get("status", {}).get("containerStatuses", []) or []:
         if status.get("name") == TRAINER_CONTAINER:
             return (status.get("state") or {}).get("terminated") or (status.get("lastState") or {}).get("terminated")
+    return None
+
+
+# The kubelet's words when a container's Secret reference cannot be resolved (kubelet_pods.go,
+# makeEnvironmentVariables: the secret manager's NotFound error, or a missing key).
+_SECRET_MISSING = re.compile(r'secrets? "(?P<name>[^"]+)" not found')
+_SECRET_KEY_MISSING = re.compile(r"couldn't find key (?P<key>\S+) in Secret (?P<namespace>[^/\s]+)/(?P<name>\S+)")
+
+
+def missing_secret(pod: dict) -> str | None:
+    """Why the trainer container cannot start, when it waits for a Secret (or a key of one) that does not exist."""
+    for status in pod.get("status", {}).get("containerStatuses", []) or []:
+        waiting = (status.get("state") or {}).get("waiting") or {}
+        if status.get("name") != TRAINER_CONTAINER or waiting.get("reason") != "CreateContainerConfigError":
+            continue
+        text = waiting.get("message") or ""
+        namespace = pod.get("metadata", {}).get("namespace", "")
+        if m := _SECRET_KEY_MISSING.search(text):
+            return (f"Secret {m['name']!r} in namespace {m['namespace']} has no key {m['key']}: add it, or name "
+                    "another Secret in the spec's credentialsSecret; the training pod waits for it")
+        if m := _SECRET_MISSING.search(text):
+            return (f"Secret {m['name']!r} does not exist in namespace {namespace}: create it, or correct the "
+                    "credentialsSecret (or spec.pod) that names it; the training pod waits for it")
     return None
 
 
@@ -182,6 +206,9 @@ def observe(job: dict | None, pods: list[dict], *, nodes: int, spec_suspend: boo
     last_failure = failure_text(failures[-1]) if failures else ""
     if any(p.get("status", {}).get("phase") == "Running" for p in live):
         return Observed(Phase.RUNNING, Reason.PODS_RUNNING, "", attempts, last_failure=last_failure)
+    waiting_for_secret = next((text for p in live if (text := missing_secret(p))), None)
+    if waiting_for_secret:
+        return Observed(Phase.PENDING, Reason.SECRET_NOT_FOUND, waiting_for_secret, attempts)
     if not live and any(p.get("status", {}).get("phase") == "Succeeded" for p in pods):
         # The trainer exited 0; the Job controller has not marked the Job Complete yet.
         return Observed(Phase.RUNNING, Reason.PODS_RUNNING, "", attempts)
@@ -266,13 +293,13 @@ def desired_conditions(observed: Observed, old_conditions: list[dict], generatio
     return conds
 
 
-def invalid_conditions(message: str, generation: int | None) -> list[Condition]:
+def invalid_conditions(message: str, generation: int | None, reason: str = Reason.SPEC_INVALID) -> list[Condition]:
     g = generation
     return [
-        _condition(C.VALIDATED, S.FALSE, Reason.SPEC_INVALID, message, g),
-        _condition(C.FAILED, S.TRUE, Reason.SPEC_INVALID, message, g),
-        _condition(C.READY, S.FALSE, Reason.SPEC_INVALID, message, g),
-        _condition(C.STALLED, S.TRUE, Reason.SPEC_INVALID, message, g),
+        _condition(C.VALIDATED, S.FALSE, reason, message, g),
+        _condition(C.FAILED, S.TRUE, reason, message, g),
+        _condition(C.READY, S.FALSE, reason, message, g),
+        _condition(C.STALLED, S.TRUE, reason, message, g),
     ]
 
 
@@ -287,7 +314,8 @@ _EVENT_TEXT = {
     Reason.RESUMED: "resumed",
 }
 _WARNING_REASONS = {Reason.USER_ERROR, Reason.BACKOFF_LIMIT_EXCEEDED, Reason.DEADLINE_EXCEEDED, Reason.RETRYING,
-                    Reason.PREEMPTED, Reason.SPEC_INVALID, Reason.JOB_MISSING}
+                    Reason.PREEMPTED, Reason.SPEC_INVALID, Reason.JOB_MISSING, Reason.POLICY_DENIED,
+                    Reason.SECRET_NOT_FOUND}
 
 
 def _event(reason: str, message: str) -> Event:
@@ -315,7 +343,8 @@ def compute(ftj: dict, observed: Observed, job_name: str | None, now: str) -> Ou
     if observed.phase in FINISHED_PHASES and not completion_time:
         completion_time = observed.completion_time or now
         start_time = start_time or completion_time
-    if observed.phase == Phase.FAILED or observed.reason in (Reason.RETRYING, Reason.PREEMPTED):
+    if observed.phase == Phase.FAILED or observed.reason in (Reason.RETRYING, Reason.PREEMPTED,
+                                                             Reason.SECRET_NOT_FOUND):
         message = observed.message
     elif observed.phase == Phase.SUCCEEDED:
         message = ""
@@ -349,23 +378,24 @@ def announce_job(outcome: Outcome, job_name: str, recreated: bool) -> Outcome:
     return Outcome(outcome.status, [_event(Reason.JOB_CREATED, text)] + rest)
 
 
-def compute_invalid(ftj: dict, problems: list[str], now: str) -> Outcome:
+def compute_invalid(ftj: dict, problems: list[str], now: str, reason: str = Reason.SPEC_INVALID) -> Outcome:
+    """A job that never gets a Job: its spec is invalid, or (reason PolicyDenied) the platform's policy refuses it."""
     old = ftj.get("status") or {}
     generation = ftj.get("metadata", {}).get("generation")
-    message = bounded("invalid spec: " + "; ".join(problems))
+    lead = "denied by the cluster's policy: " if reason == Reason.POLICY_DENIED else "invalid spec: "
+    message = bounded(lead + "; ".join(problems))
     status = Status(
         phase=Phase.FAILED,
         observed_generation=generation,
-        conditions=merge_conditions(old.get("conditions") or [], invalid_conditions(message, generation), now),
+        conditions=merge_conditions(old.get("conditions") or [], invalid_conditions(message, generation, reason),
+                                    now),
         attempts=old.get("attempts") or 0,
         job_name=None,
         start_time=old.get("startTime"),
         completion_time=old.get("completionTime") or now,
         message=message,
     )
-    events = [] if old.get("message") == message and old.get("phase") == Phase.FAILED else [
-        _event(Reason.SPEC_INVALID, message)
-    ]
+    events = [] if old.get("message") == message and old.get("phase") == Phase.FAILED else [_event(reason, message)]
     return Outcome(status.to_wire(), events)
 
 

@@ -4,6 +4,11 @@ Transient trouble (500/503, throttling, dropped connections) is retried by botoc
 retry mode with a bounded number of attempts (KUBETUNE_S3_MAX_ATTEMPTS, default 5); what is left
 after that is an InfraError, so the Job's backoffLimit gets another go. Mistakes a retry cannot fix
 (no such bucket, access denied, bad keys) are UserErrors naming the URI, never the credentials.
+
+Credentials: the role's own (from its credentialsSecret), else the environment's default chain where that is
+allowed (a local run; in a pod, an entry with ambientCredentials), else none: in a pod, an entry with neither
+is read anonymously (unsigned requests), so a public bucket works and a private one is refused, and the node's
+or instance's cloud identity is never used behind the spec's back.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kubetune.api.credentials import endpoint_for, lookup
+from kubetune.api.credentials import endpoint_for, lookup, may_use_ambient
 from kubetune.api.uris import parse_uri
 
 from kubetune_trainer.errors import InfraError, UserError
@@ -37,8 +42,19 @@ def _split(uri: str) -> tuple[str, str]:
     return parsed.location, parsed.path
 
 
-def _translate(err: Exception, uri: str, endpoint: str | None) -> Exception:
+_ANONYMOUS = (" (read without credentials: this URI's entry names no credentialsSecret and does not ask for "
+              "ambientCredentials)")
+
+
+def _translate(err: Exception, uri: str, endpoint: str | None, anonymous: bool = False) -> Exception:
     """botocore/boto3 exception -> UserError / InfraError / FileNotFoundError."""
+    translated = _translate_error(err, uri, endpoint)
+    if anonymous and isinstance(translated, UserError):
+        return UserError(f"{translated}{_ANONYMOUS}")
+    return translated
+
+
+def _translate_error(err: Exception, uri: str, endpoint: str | None) -> Exception:
     from boto3.exceptions import RetriesExceededError, S3UploadFailedError
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
 
@@ -69,13 +85,15 @@ def _translate(err: Exception, uri: str, endpoint: str | None) -> Exception:
 
 
 class S3Storage(Storage):
-    def __init__(self, client, endpoint: str | None):
+    def __init__(self, client, endpoint: str | None, anonymous: bool = False):
         self._client = client
         self._endpoint = endpoint
+        self._anonymous = anonymous
 
     @classmethod
     def for_role(cls, role: str, spec: Spec | None) -> S3Storage:
         import boto3
+        from botocore import UNSIGNED
         from botocore.config import Config
 
         endpoint = (endpoint_for(spec, role) if spec is not None else None) or os.environ.get("AWS_ENDPOINT_URL") or None
@@ -90,16 +108,22 @@ class S3Storage(Storage):
             # Custom endpoints (MinIO & co.) rarely have wildcard DNS for virtual-host buckets.
             s3={"addressing_style": "path" if endpoint else "auto"},
         )
+        key_id, secret_key = lookup(role, "AWS_ACCESS_KEY_ID"), lookup(role, "AWS_SECRET_ACCESS_KEY")
+        # No keys of its own and no leave to use the environment's: unsigned requests, so botocore's credential
+        # chain (which ends at the instance metadata service) is never consulted.
+        anonymous = not (key_id or secret_key) and not may_use_ambient(role)
+        if anonymous:
+            config = config.merge(Config(signature_version=UNSIGNED))
         session = boto3.session.Session(
-            aws_access_key_id=lookup(role, "AWS_ACCESS_KEY_ID"),
-            aws_secret_access_key=lookup(role, "AWS_SECRET_ACCESS_KEY"),
+            aws_access_key_id=key_id,
+            aws_secret_access_key=secret_key,
             aws_session_token=lookup(role, "AWS_SESSION_TOKEN"),
             region_name=region,
         )
-        return cls(session.client("s3", endpoint_url=endpoint, config=config), endpoint)
+        return cls(session.client("s3", endpoint_url=endpoint, config=config), endpoint, anonymous)
 
     def _fail(self, err: Exception, uri: str):
-        raise _translate(err, uri, self._endpoint) from None
+        raise _translate(err, uri, self._endpoint, self._anonymous) from None
 
     def list(self, prefix: str) -> list[str]:
         bucket, key = _split(prefix)
@@ -120,7 +144,7 @@ class S3Storage(Storage):
             self._client.head_object(Bucket=bucket, Key=key)
             return True
         except Exception as err:  # noqa: BLE001
-            translated = _translate(err, uri, self._endpoint)
+            translated = _translate(err, uri, self._endpoint, self._anonymous)
             if isinstance(translated, FileNotFoundError):
                 return False
             raise translated from None
