@@ -170,9 +170,15 @@ def test_every_example_pod_is_locked_down_and_namespace_local(ledger):
                            if any(m["name"] == "reporter-token" for m in c.get("volumeMounts", []))]
             assert token_users == ["trainer"], token_users
             volumes = {v["name"]: v for v in pod["volumes"]}
+            declared = {v.name: v for v in (spec.pod.volumes if spec.pod is not None else [])}
             writable = [p for p, m in mounts.items() if not m.get("readOnly")]
-            assert all("emptyDir" in volumes[mounts[p]["name"]] for p in writable), writable  # scratch only
+            # scratch and /dev/shm, and the claims spec.pod.volumes made writable
+            assert all("emptyDir" in volumes[mounts[p]["name"]] or not declared[mounts[p]["name"]].read_only
+                       for p in writable), writable
             for v in volumes.values():
+                if v["name"] in declared:  # the job's own: a claim, ConfigMap or Secret of its namespace, by name
+                    assert set(v) - {"name"} <= {"persistentVolumeClaim", "configMap", "secret"}, v
+                    continue
                 assert set(v) & {"configMap", "emptyDir", "projected"}, v  # no hostPath, PVC, secret volumes
                 if "configMap" in v:
                     assert v["configMap"]["name"] == builders.configmap_name(ftj["metadata"]["name"])
