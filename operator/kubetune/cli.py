@@ -64,6 +64,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run_cli(args)
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from kubetune_trainer.plan_cli import run_plan
+
+    return run_plan(args)
+
+
 def _cmd_operator(args: argparse.Namespace) -> int:
     from kubetune.controller.main import run_operator
 
@@ -99,6 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_run)
 
+    p = sub.add_parser("plan", help="the memory plan per GPU for each strategy: does the job fit its GPUs?")
+    p.add_argument("file", metavar="FILE", help="FineTuneJob manifest")
+    p.add_argument("--name", help="which document of a multi-document FILE (default: the only one)")
+    p.add_argument("--gpus", type=int, default=None, help="GPUs per node (default: spec.resources.gpus)")
+    p.add_argument("--nodes", type=int, default=None, help="nodes (default: spec.nodes)")
+    p.add_argument("--gpu-memory", default=None, metavar="QUANTITY",
+                   help="memory of one GPU, e.g. 80Gi (default: spec.resources.gpuMemory; without it, no verdict)")
+    p.add_argument("--config", default=None, metavar="PATH",
+                   help="the model's config.json to plan with, instead of fetching it from spec.model.uri")
+    p.set_defaults(func=_cmd_plan)
+
     p = sub.add_parser("operator", help="run the operator (kopf) against the current cluster")
     p.add_argument("--namespace", "-n", action="append", default=[], help="watch this namespace (repeatable); default: all")
     p.add_argument("--standalone", action="store_true", help="no peering with other operator replicas")
@@ -110,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-running-per-namespace", type=int, default=None,
                    help="cap on running FineTuneJobs per namespace, for clusters without Kueue (0 = none)")
     p.add_argument("--resync-seconds", type=float, default=None, help="reconcile every unfinished job this often")
+    p.add_argument("--log-format", choices=("text", "json"), default=None,
+                   help="log lines as text or one JSON object each (env KUBETUNE_LOG_FORMAT; default text)")
     p.set_defaults(func=_cmd_operator)
 
     # status, logs, metrics, compare, download, dashboard: also the kubectl plugin `kubectl ftj`.

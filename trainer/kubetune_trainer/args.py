@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from kubetune.api.constants import LRScheduler, Optimizer
 
-from kubetune_trainer import precision
+from kubetune_trainer import precision, sharding
 from kubetune_trainer.errors import UserError
 from kubetune_trainer.speed import compile_args, fused_adamw, on_gpu
 
@@ -74,7 +74,7 @@ def training_args(ctx: RunContext, cls: type | None = None, *, formats=None, has
         learning_rate=hp.learning_rate,
         per_device_train_batch_size=hp.batch_size,
         per_device_eval_batch_size=hp.batch_size,
-        gradient_accumulation_steps=hp.gradient_accumulation_steps,
+        gradient_accumulation_steps=sharding.accumulation_for(spec, ctx.resume_from, ctx.world_size),
         warmup_steps=hp.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps (transformers 5)
         weight_decay=hp.weight_decay,
         lr_scheduler_type=SCHEDULERS[LRScheduler(hp.lr_scheduler)],
@@ -86,7 +86,9 @@ def training_args(ctx: RunContext, cls: type | None = None, *, formats=None, has
         logging_strategy="steps",
         logging_steps=1 if (hp.max_steps and hp.max_steps <= 200) else 10,
         logging_first_step=True,
-        save_strategy="steps",
+        # A sharded model's checkpoints are asked for by checkpoints.CheckpointCallback: transformers refuses a
+        # save strategy for a model sharded at load time (kubetune_trainer.sharding).
+        save_strategy="no" if ctx.strategy.sharded else "steps",
         save_steps=spec.output.checkpoint_every_steps,
         save_total_limit=None,  # pruning happens in the output store, among complete checkpoints
         # metrics.jsonl, TensorBoard and the trackers of spec.tracking are written from MetricsCallback's records
@@ -131,7 +133,8 @@ def training_args(ctx: RunContext, cls: type | None = None, *, formats=None, has
         kwargs["greater_is_better"] = not metric.endswith("loss")
         # transformers loads the best checkpoint at the end only when saving lines up with evaluating.
         every = spec.evaluation.every_steps
-        kwargs["load_best_model_at_end"] = bool(every) and spec.output.checkpoint_every_steps % every == 0
+        # (Not for a sharded model: its checkpoints are kubetune's own, which the Trainer cannot load as "best".)
+        kwargs["load_best_model_at_end"] = bool(every) and spec.output.checkpoint_every_steps % every == 0 and not ctx.strategy.sharded
 
     kwargs.update(overrides)
     return cls(**kwargs)

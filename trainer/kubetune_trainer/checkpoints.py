@@ -117,8 +117,11 @@ class CheckpointManager:
         self._futures: list[Future] = []
         self.last_complete_step: int | None = None
 
-    def submit(self, local_dir: Path, step: int, eval_loss: float | None = None, stage: str | None = None) -> Future:
-        future = self._pool.submit(self._upload, Path(local_dir), step, eval_loss, stage)
+    def submit(self, local_dir: Path, step: int, eval_loss: float | None = None, stage: str | None = None,
+               other_files: dict[str, int] | None = None) -> Future:
+        """Upload `local_dir` as checkpoint `step`; `other_files` ({name: size}) are already in the store (other
+        nodes uploaded them) and go into the marker's file list too."""
+        future = self._pool.submit(self._upload, Path(local_dir), step, eval_loss, stage, dict(other_files or {}))
         self._futures.append(future)
         return future
 
@@ -126,11 +129,13 @@ class CheckpointManager:
         """Remove the leftovers of a cut-off upload of the same step (before any node uploads into it)."""
         self.storage.delete_prefix(self.layout.checkpoint_uri(step))
 
-    def _upload(self, local_dir: Path, step: int, eval_loss: float | None, stage: str | None = None) -> None:
+    def _upload(self, local_dir: Path, step: int, eval_loss: float | None, stage: str | None = None,
+                other_files: dict[str, int] | None = None) -> None:
         started = time.monotonic()
         uri = self.layout.checkpoint_uri(step)
-        files = {p.relative_to(local_dir).as_posix(): p.stat().st_size for p in sorted(local_dir.rglob("*")) if p.is_file()}
+        files = local_files(local_dir)
         self.storage.upload_dir(local_dir, uri)
+        files = dict(sorted(((other_files or {}) | files).items()))
         marker = {"step": step, "time": _now(), "files": files}
         if eval_loss is not None:
             marker["evalLoss"] = eval_loss
@@ -199,32 +204,50 @@ def _barrier() -> None:
         dist.barrier()
 
 
-class NodeRngStates:
-    """On each node but the first: its ranks' RNG states, which the Trainer writes into the node's own
-    checkpoint-N folder, go into the same step folder in the store. Without them a multi-node resume
-    goes on with fresh random streams on those ranks (the Trainer only warns)."""
+def _gather(value):
+    """Every rank's `value`, in rank order ([value] without a process group)."""
+    import torch.distributed as dist
 
-    PATTERN = "rng_state_*.pth"
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [value]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
+def local_files(local_dir: Path) -> dict[str, int]:
+    """{relative path: size} of every file under a local checkpoint folder."""
+    return {p.relative_to(local_dir).as_posix(): p.stat().st_size for p in sorted(local_dir.rglob("*")) if p.is_file()}
+
+
+class NodeFiles:
+    """On each node but the first: what its ranks wrote into the node's own checkpoint-N folder (their RNG states;
+    under FSDP also their shards of the model and optimizer) goes into the same step folder in the store. Without
+    them a multi-node resume would lack those shards, or go on with fresh random streams on those ranks."""
 
     def __init__(self, storage: Storage, layout: OutputLayout):
         self.storage = storage
         self.layout = layout
 
-    def upload(self, local_dir: Path, step: int) -> None:
+    def upload(self, local_dir: Path, step: int) -> dict[str, int]:
         uri = self.layout.checkpoint_uri(step)
-        for path in sorted(local_dir.glob(self.PATTERN)):
-            self.storage.upload_file(path, uri + path.name)
+        files = local_files(local_dir)
+        for name in files:
+            self.storage.upload_file(local_dir / name, uri + name)
+        return files
 
 
 class CheckpointCallback(TrainerCallback):
     """Hands each saved checkpoint-N to the manager (rank 0) and turns SIGTERM into save-and-stop."""
 
-    def __init__(self, manager: CheckpointManager | None, *, is_main: bool, node_files: NodeRngStates | None = None,
-                 preemption: Preemption = PREEMPTION):
+    def __init__(self, manager: CheckpointManager | None, *, is_main: bool, node_files: NodeFiles | None = None,
+                 preemption: Preemption = PREEMPTION, save_every: int | None = None):
         self.manager = manager
         self.is_main = is_main
         self.node_files = node_files  # set on the first rank of every node but the first
         self.preemption = preemption
+        # A sharded model's Trainer has no save strategy (kubetune_trainer.sharding): this asks for its checkpoints.
+        self.save_every = save_every
         self.stage: str | None = None  # rlhf: the stage training (metrics.set_stage), recorded in each marker
         # Debug/test knob: slow every step down (seconds) so a test can kill a run between checkpoints.
         self._step_sleep = float(os.environ.get("KUBETUNE_DEBUG_STEP_SLEEP", "0") or 0)
@@ -243,6 +266,8 @@ class CheckpointCallback(TrainerCallback):
             # end before that checkpoint is complete, so an interruption (even a SIGKILL) never loses
             # more than checkpointEverySteps steps. (Other ranks wait at their next collective.)
             self.manager.wait()
+        if self.save_every and state.global_step % self.save_every == 0:
+            control.should_save = True
         if _any_rank(self.preemption.requested):
             self.preemption.requested = True
             control.should_save = True
@@ -254,10 +279,11 @@ class CheckpointCallback(TrainerCallback):
         local = Path(args.output_dir) / f"checkpoint-{step}"
         if self.is_main and self.manager is not None:
             self.manager.clear(step)
-        _barrier()  # every rank has written its part (rng state) of checkpoint-N; the step folder is empty
-        if self.node_files is not None and local.is_dir():
-            self.node_files.upload(local, step)
-        _barrier()  # the other nodes' parts are in the store: rank 0 may upload its part and the marker
+        _barrier()  # every rank has written its part of checkpoint-N; the step folder in the store is empty
+        uploaded = self.node_files.upload(local, step) if self.node_files is not None and local.is_dir() else {}
+        # The other nodes' parts are in the store once every rank has their list: rank 0 may upload its part and
+        # write the marker, which lists every file of every node.
+        others = {name: size for files in _gather(uploaded) for name, size in files.items()}
         if not self.is_main or self.manager is None:
             return
         if not local.is_dir():
@@ -266,4 +292,4 @@ class CheckpointCallback(TrainerCallback):
         eval_loss = next(
             (e.get("eval_loss") for e in reversed(state.log_history) if e.get("step") == step and "eval_loss" in e), None
         )
-        self.manager.submit(local, step, eval_loss, self.stage)
+        self.manager.submit(local, step, eval_loss, self.stage, others)

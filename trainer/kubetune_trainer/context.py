@@ -18,6 +18,7 @@ from kubetune.api.constants import DatasetFormat
 from kubetune.api.v1alpha1 import Spec
 
 from kubetune_trainer.layout import OutputLayout
+from kubetune_trainer.sharding import Strategy
 
 if TYPE_CHECKING:
     import datasets
@@ -62,6 +63,7 @@ class RunContext:
     world_size: int = 1
     rank: int = 0
     reward_model_dir: Path | None = None  # rlhf: local copy of spec.rlhf.rewardModel.uri
+    strategy: Strategy = field(default_factory=lambda: Strategy("ddp", 1))  # how the model spreads over the processes
 
     @property
     def is_main(self) -> bool:

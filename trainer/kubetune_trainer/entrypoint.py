@@ -42,6 +42,8 @@ from kubetune.manifests import ManifestFileError, load_job
 from kubetune_trainer.context import RunContext
 from kubetune_trainer.errors import InfraError, UserError
 from kubetune_trainer.layout import OutputLayout
+from kubetune_trainer import sharding
+from kubetune_trainer.sharding import Strategy
 
 if TYPE_CHECKING:
     from kubetune_trainer.storage import Storage
@@ -326,14 +328,50 @@ class Inputs:
     reward_model_dir: Path | None
     latest: Any  # the newest complete checkpoint (checkpoints.RemoteCheckpoint) or None
     resume_from: Path | None  # its local copy
+    strategy: Strategy = Strategy("ddp", 1)  # how the model spreads over the processes (sharding.choose)
+    plan: Any = None  # the memory plan (plan.Plan), when the model's shape is one the plan knows
+
+
+def gpu_memory(spec) -> float | None:
+    """Bytes of one GPU for the plan: spec.resources.gpuMemory, else this machine's GPU; None without a GPU."""
+    from kubetune_trainer.plan import bytes_of
+
+    if spec.resources.gpu_memory is not None:
+        return bytes_of(spec.resources.gpu_memory)
+    import torch
+
+    if torch.cuda.is_available():
+        return float(torch.cuda.get_device_properties(int(os.environ.get("LOCAL_RANK", "0"))).total_memory)
+    return None
+
+
+def plan_run(spec, config: dict, world: World, resumed: bool | None = None):
+    """The memory plan on this run's GPUs, and the strategy it leads to. A job that cannot fit stops here, before
+    any weight is downloaded, with what to change (a user error: retrying cannot help)."""
+    from kubetune_trainer import plan
+
+    import torch
+
+    try:
+        result = plan.plan(spec, config, gpus_per_node=max(1, world.size // max(1, spec.nodes)),
+                           gpu_memory=gpu_memory(spec) if torch.cuda.is_available() else None)
+    except plan.PlanError as err:
+        log.info("no memory plan: %s", err)
+        return None, sharding.choose(spec, None, world.size, resumed)
+    for line in plan.describe(result):
+        log.info("plan: %s", line)
+    if result.chosen.fits is False:
+        raise UserError(f"DoesNotFit: {plan.advice(result)}")
+    return result, sharding.choose(spec, result, world.size, resumed)
 
 
 def fetch_inputs(spec, out: RunOutput, work_dir: Path, world: World = World()) -> Inputs:
-    """Data first (bad data fails in seconds, before a model download), the model(s), and a local copy of the
-    newest complete checkpoint. Local rank 0 of each node fetches; the node's other ranks find its copy."""
+    """Data first (bad data fails in seconds, before a model download), the model's config.json and the memory
+    plan (a job that cannot fit its GPUs stops before the weights are fetched), the model(s), and a local copy of
+    the newest complete checkpoint. Local rank 0 of each node fetches; the node's other ranks find its copy."""
     from kubetune_trainer.checkpoints import download_checkpoint, find_latest_complete
     from kubetune_trainer.data import load_tasks
-    from kubetune_trainer.sources import fetch_model
+    from kubetune_trainer.sources import fetch_config, fetch_model
 
     def model(uri: str, folder: str, role: str) -> Path:
         return fetch_model(uri, work_dir / folder, role=role, spec=spec, allow_pickle=spec.model.allow_pickle,
@@ -341,16 +379,20 @@ def fetch_inputs(spec, out: RunOutput, work_dir: Path, world: World = World()) -
 
     with _local_main_first(world):
         tasks = load_tasks(spec, work_dir / "data")
+        latest = find_latest_complete(out.storage, out.layout)
+        resumed = None if latest is None else sharding.SHARDED_MARKER in (latest.marker or {}).get("files", {})
+        config = fetch_config(spec.model.uri, work_dir / "model-config", role=ROLE_MODEL, spec=spec)
+        plan_result, strategy = plan_run(spec, config, world, resumed)
+        log.info("%s", strategy.why)
         model_dir = model(spec.model.uri, "model", ROLE_MODEL)
         reward_model_dir = None
         if spec.rlhf is not None and spec.rlhf.reward_model.uri:
             reward_model_dir = model(spec.rlhf.reward_model.uri, "reward-model", ROLE_REWARD_MODEL)
-        latest = find_latest_complete(out.storage, out.layout)
         resume_from = None
         if latest is not None:
             log.info("resuming from checkpoint step-%d (%s)", latest.step, latest.uri)
             resume_from = download_checkpoint(out.storage, latest, work_dir / "resume" / f"step-{latest.step}")
-    return Inputs(tasks, Path(model_dir), reward_model_dir, latest, resume_from)
+    return Inputs(tasks, Path(model_dir), reward_model_dir, latest, resume_from, strategy, plan_result)
 
 
 # --------------------------------------------------------------------------- step 3: the run context
@@ -414,7 +456,7 @@ def build_context(
     """The RunContext a recipe trains with, and the Session around it: the reporter (console and, in a pod,
     the status), metrics continued from the attempt resumed, the checkpoint manager, and the callbacks
     (metrics, checkpoints, early stopping, then `callbacks`)."""
-    from kubetune_trainer.checkpoints import CheckpointCallback, CheckpointManager, NodeRngStates
+    from kubetune_trainer.checkpoints import CheckpointCallback, CheckpointManager, NodeFiles
     from kubetune_trainer.metrics import EarlyStopping, MetricsCallback
     from kubetune_trainer.tracking import open_trackers
 
@@ -432,8 +474,12 @@ def build_context(
         metrics_dir, out.storage, out.layout, reporter, is_main=world.is_main, trackers=trackers
     )
     # The first rank of every other node (its own disk) adds its ranks' RNG states to each checkpoint.
-    node_files = NodeRngStates(out.storage, out.layout) if world.local_rank == 0 and not world.is_main else None
-    all_callbacks: list[Any] = [metrics_cb, CheckpointCallback(manager, is_main=world.is_main, node_files=node_files)]
+    # The first rank of every other node (its own disk) uploads what its ranks wrote into each checkpoint.
+    node_files = NodeFiles(out.storage, out.layout) if world.local_rank == 0 and not world.is_main else None
+    save_every = spec.output.checkpoint_every_steps if inputs.strategy.sharded else None
+    all_callbacks: list[Any] = [
+        metrics_cb, CheckpointCallback(manager, is_main=world.is_main, node_files=node_files, save_every=save_every)
+    ]
     if spec.evaluation.early_stopping is not None:
         stopping = spec.evaluation.early_stopping
         all_callbacks.append(EarlyStopping(early_stopping_patience=stopping.patience, early_stopping_threshold=stopping.min_delta))
@@ -451,6 +497,7 @@ def build_context(
         world_size=world.size,
         rank=world.rank,
         reward_model_dir=inputs.reward_model_dir,
+        strategy=inputs.strategy,
     )
     return ctx, Session(reporter, metrics_cb, manager)
 
@@ -479,8 +526,8 @@ def publish(result, ctx: RunContext, session: Session, out: RunOutput) -> str:
             session.reporter.close()
         step = manager.last_complete_step if manager is not None else None
         raise Preempted(f"checkpoint step-{step} saved; the next attempt resumes from it" if step else "stopped")
-    if ctx.is_main:
-        save_and_upload(result, ctx.spec, out, ctx.work_dir)
+    if ctx.is_main or ctx.strategy.sharded:  # a sharded model's ranks all hand in their shards
+        save_and_upload(result, ctx.spec, out, ctx.work_dir, is_main=ctx.is_main)
     if manager is not None:
         manager.wait()
     if ctx.is_main:
@@ -498,12 +545,15 @@ def publish(result, ctx: RunContext, session: Session, out: RunOutput) -> str:
     return out.layout.final_uri
 
 
-def save_and_upload(result, spec, out: RunOutput, work_dir: Path) -> None:
+def save_and_upload(result, spec, out: RunOutput, work_dir: Path, *, is_main: bool = True) -> None:
     from kubetune_trainer.modeling import save_final
 
     final_dir = work_dir / "final"
-    shutil.rmtree(final_dir, ignore_errors=True)
-    save_final(result.model, result.tokenizer, spec, final_dir)
+    if is_main:
+        shutil.rmtree(final_dir, ignore_errors=True)
+    save_final(result.model, result.tokenizer, spec, final_dir, is_main=is_main)
+    if not is_main:
+        return
     # Overwrite in place, never delete first: final/reward-model/ (rlhf) lives there too, and one output
     # root belongs to one spec, so a retry writes the same file names.
     out.storage.upload_dir(final_dir, out.layout.final_uri)

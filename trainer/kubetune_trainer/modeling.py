@@ -9,6 +9,7 @@ intended parameters trainable. `save_final` writes the result in Hugging Face fo
 from __future__ import annotations
 
 import json
+import os
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 from kubetune.api.constants import MERGEABLE_TECHNIQUES
 
-from kubetune_trainer import techniques
+from kubetune_trainer import sharding, techniques
 from kubetune_trainer.errors import InfraError, UserError
 from kubetune_trainer.sources import PICKLE_PATTERNS
 
@@ -85,14 +86,15 @@ def load_tokenizer(model_dir: Path, spec):
 
 
 def load_for_training(
-    spec, model_dir, task: str, *, num_labels: int | None = None, label_names=None, packed: bool = False
+    spec, model_dir, task: str, *, num_labels: int | None = None, label_names=None, packed: bool = False, strategy=None
 ) -> LoadedModel:
     """Load `model_dir` for `task` ("causal-lm" or "sequence-classification"; num_labels=1 is a reward
     model) with spec.technique applied: only the technique's parameters require grad.
 
     `packed`: the caller packs examples into rows (kubetune_trainer.packing), which decides the
     attention kernel for spec.hyperparameters.attention auto. Liger kernels (spec.hyperparameters.
-    ligerKernel) are applied here, before the technique wraps the model (kubetune_trainer.speed)."""
+    ligerKernel) are applied here, before the technique wraps the model (kubetune_trainer.speed). `strategy`
+    (kubetune_trainer.sharding; default: the spec's own choice) shards the model over the processes as it loads."""
     from kubetune_trainer import speed
 
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
@@ -117,6 +119,8 @@ def load_for_training(
         use_safetensors=use_safetensors,
         dtype=dtype,
     )
+    strategy = strategy if strategy is not None else sharding.choose(spec)
+    kwargs |= sharding.load_kwargs(spec, strategy, trains_base_weights=trains_base_weights, precision=dtypes)
     if task == SEQUENCE_CLASSIFICATION:
         if label_names:
             label_names = [str(name) for name in label_names]
@@ -154,9 +158,13 @@ def load_for_training(
     speed.apply_liger(model, spec, task)
     model = module.apply(model, spec, task)
 
-    precision.place_weights(model, dtypes, trains_base_weights=trains_base_weights)
+    # A sharded base keeps the dtypes it was sharded in (FSDP owns its parameters' storage).
+    precision.place_weights(model, dtypes, trains_base_weights=trains_base_weights and not sharding.is_sharded(model))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
+    if sharding.is_sharded(model):
+        held = sharding.local_numel(model.parameters())
+        log.info("rank %s holds %d of the %d parameters (%.1f%%)", os.environ.get("RANK", "0"), held, total, 100.0 * held / total)
     log.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100.0 * trainable / max(total, 1))
     if trainable == 0:
         raise UserError(f"spec.technique {technique}: no parameter is trainable with these settings")
@@ -190,8 +198,9 @@ def _hub_reference(spec) -> tuple[str, str | None] | None:
     return None
 
 
-def save_final(model, tokenizer, spec, out_dir, *, base_model_dir=None) -> Path:
-    """Write the trained model to `out_dir` in Hugging Face format (rank 0 only: the caller's job).
+def save_final(model, tokenizer, spec, out_dir, *, base_model_dir=None, is_main: bool = True) -> Path:
+    """Write the trained model to `out_dir` in Hugging Face format. Rank 0 writes; the other ranks call it too
+    for a sharded model whose full weights are saved (they hand in their shards), with is_main False.
 
     PEFT techniques: adapter_config.json + adapter_model.safetensors (AutoPeftModelFor*).
     full / feature-extraction: full weights (AutoModelFor*). adapter: the bottleneck weights and
@@ -205,10 +214,15 @@ def save_final(model, tokenizer, spec, out_dir, *, base_model_dir=None) -> Path:
     module = techniques.module_for(technique)
     base_dir = base_model_dir or _base_dir(model)
 
+    # A sharded model's ranks all take part in saving its weights (they gather the shards); rank 0 writes.
+    if not (is_main or sharding.is_sharded(model)):
+        return out
     if hasattr(module, "save"):
-        module.save(model, out)
+        module.save(model, out, is_main=is_main)
     else:
-        model.save_pretrained(str(out), safe_serialization=True)
+        model.save_pretrained(str(out), safe_serialization=True, is_main_process=is_main)
+    if not is_main:
+        return out
     if module.PEFT and _task_of(model) == SEQUENCE_CLASSIFICATION:
         _write_labels(model, out)
     tokenizer.save_pretrained(str(out))

@@ -7,7 +7,7 @@ from __future__ import annotations
 from transformers import TrainerCallback
 from transformers.trainer_utils import TrainOutput
 
-from kubetune_trainer import precision
+from kubetune_trainer import precision, sharding
 
 
 class _AlreadyDone(Exception):
@@ -66,6 +66,7 @@ def prepare_trainer(trainer, spec, dtypes: dict | None = None):
     if hasattr(module, "prepare_trainer"):
         module.prepare_trainer(trainer)
     precision.configure_optimizer(trainer, precision.plan(spec))
+    sharding.install_checkpointing(trainer, sharded=sharding.is_sharded(trainer.model))
     trainer.add_callback(StopWhenDone)
     remove_console_callbacks(trainer)
     return trainer

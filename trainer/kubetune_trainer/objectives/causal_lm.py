@@ -77,7 +77,7 @@ def train_language_model(ctx: RunContext, formats, tokenize_rows, check=None) ->
     # New adapters, prompts and prefixes are initialised here, before the Trainer seeds: seed first so a
     # run (and its retry) starts from the same weights.
     set_seed(hp.seed)
-    loaded = load_for_training(spec, ctx.model_dir, "causal-lm", packed=packing)
+    loaded = load_for_training(spec, ctx.model_dir, "causal-lm", packed=packing, strategy=ctx.strategy)
     model, tokenizer = loaded.model, loaded.tokenizer
     if hp.packing and not packing:
         log.info("packing is off for %s (its virtual tokens need a 2D attention mask)", spec.technique.value)

@@ -155,7 +155,8 @@ def run(ctx: RunContext) -> TrainResult:
     # New heads and adapters are initialised here, before the Trainer seeds: seed first so a run
     # (and its retry) starts from the same weights.
     set_seed(spec.hyperparameters.seed)
-    loaded = load_for_training(spec, ctx.model_dir, "sequence-classification", num_labels=num_labels, label_names=label_names)
+    loaded = load_for_training(spec, ctx.model_dir, "sequence-classification", num_labels=num_labels, label_names=label_names,
+                               strategy=ctx.strategy)
     model, tokenizer = loaded.model, loaded.tokenizer
     max_length = spec.hyperparameters.max_seq_length
 

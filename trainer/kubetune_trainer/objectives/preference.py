@@ -94,7 +94,7 @@ def run(ctx: RunContext) -> TrainResult:
     # New heads and adapters are initialised here, before the Trainer seeds: seed first so a run
     # (and its retry) starts from the same weights.
     set_seed(spec.hyperparameters.seed)
-    loaded = load_for_training(spec, ctx.model_dir, "causal-lm")
+    loaded = load_for_training(spec, ctx.model_dir, "causal-lm", strategy=ctx.strategy)
     model, tokenizer = loaded.model, loaded.tokenizer
     ref_model = None if is_peft(model) else frozen_copy(model)
 

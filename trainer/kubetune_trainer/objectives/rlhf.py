@@ -102,7 +102,7 @@ def train_reward_model(ctx: RunContext):
     # New heads and adapters are initialised here, before the Trainer seeds: seed first so a run
     # (and its retry) starts from the same weights.
     set_seed(spec.hyperparameters.seed)
-    loaded = load_for_training(spec, ctx.model_dir, "sequence-classification", num_labels=1)
+    loaded = load_for_training(spec, ctx.model_dir, "sequence-classification", num_labels=1, strategy=ctx.strategy)
     max_length = spec.hyperparameters.max_seq_length
     train = as_scored(mixed_train(ctx.tasks, spec.hyperparameters.seed, PREFERENCE_FORMATS), loaded.tokenizer, max_length)
     evaluation = eval_dataset(ctx.tasks, PREFERENCE_FORMATS)
@@ -247,7 +247,7 @@ def train_policy(ctx: RunContext, reward_model, reward_tokenizer):
     # New heads and adapters are initialised here, before the Trainer seeds: seed first so a run
     # (and its retry) starts from the same weights.
     set_seed(spec.hyperparameters.seed)
-    loaded = load_for_training(spec, ctx.model_dir, "causal-lm")
+    loaded = load_for_training(spec, ctx.model_dir, "causal-lm", strategy=ctx.strategy)
     train = mixed_train(ctx.tasks, spec.hyperparameters.seed, PROMPT_FORMATS)
     evaluation = eval_dataset(ctx.tasks, PROMPT_FORMATS)
     args = training_args(

@@ -43,6 +43,18 @@ def fetch_model(
     return check_remote_code(dest, uri, trust_remote_code)
 
 
+def fetch_config(uri: str, dest: Path, *, role: str, spec: Spec | None) -> dict:
+    """The model's config.json alone (the memory plan needs its shape before any weight is downloaded)."""
+    import json
+
+    parsed, scheme = scheme_of(uri, "model.uri")
+    path = source_module(scheme).fetch_config(parsed, uri, dest, role=role, spec=spec)
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise UserError(f"spec.model.uri: {uri} has no readable config.json ({err})") from None
+
+
 def check_remote_code(model_dir: Path, uri: str, trust_remote_code: bool) -> Path:
     """A model whose architecture transformers does not know loads only by running the repository's
     own Python code (config.json `auto_map`): refuse that, naming the field, unless it is trusted.

@@ -36,6 +36,10 @@ def fetch_data(parsed: ParsedUri, uri: str, dest: Path, *, what: str, **_options
     return data_files(parsed.location, uri, what)
 
 
+def fetch_config(parsed: ParsedUri, uri: str, dest: Path, **_options) -> Path:
+    return model_folder(parsed.location, uri) / "config.json"
+
+
 def model_folder(location: str, uri: str) -> Path:
     path = Path(location)
     try:

@@ -48,6 +48,17 @@ def fetch_model(parsed: ParsedUri, uri: str, dest: Path, *, role: str, allow_pic
     return fetch_model_snapshot(parsed, dest, role=role, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
 
 
+def fetch_config(parsed: ParsedUri, uri: str, dest: Path, *, role: str, **_options) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    label = f"model.uri: hf://{parsed.location}" + (f"@{parsed.revision}" if parsed.revision else "")
+    try:
+        return Path(hf_hub_download(repo_id=parsed.location, filename="config.json", revision=parsed.revision,
+                                    token=lookup(role, "HF_TOKEN"), local_dir=str(dest)))
+    except Exception as err:  # noqa: BLE001 - translated
+        raise translate_hub_error(err, label) from None
+
+
 def fetch_model_snapshot(
     parsed: ParsedUri, dest: Path, *, role: str, allow_pickle: bool, trust_remote_code: bool, what: str = "model.uri"
 ) -> Path:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kubetune.api.uris import DATA_FILE_SUFFIXES, ParsedUri, parse_uri
+from kubetune.api.uris import DATA_FILE_SUFFIXES, ParsedUri, join_uri, parse_uri
 
 from kubetune_trainer.errors import UserError
 from kubetune_trainer.sources import is_pickled
@@ -32,6 +32,14 @@ def fetch_model(
         if rel:
             storage.download_file(u, dest / rel)
     return dest
+
+
+def fetch_config(parsed: ParsedUri, uri: str, dest: Path, *, role: str, spec: Spec | None) -> Path:
+    storage = get_storage(uri, credentials_role=role, spec=spec)
+    try:
+        return storage.download_file(join_uri(uri, "config.json"), Path(dest) / "config.json")
+    except FileNotFoundError:
+        raise UserError(f"model.uri: {uri} holds no config.json (expected a Hugging Face model folder)") from None
 
 
 def fetch_data(parsed: ParsedUri, uri: str, dest: Path, *, role: str, spec: Spec | None, what: str) -> list[Path]:

@@ -9,7 +9,8 @@ and its hooks:
   load_kwargs(spec) -> dict             extra `from_pretrained` arguments (quantization, device map)
   padding_side(task) -> str | None      a tokenizer padding side the technique needs
   prepare_trainer(trainer)              a fix-up once the Trainer exists (kubetune_trainer.trainer_setup)
-  save(model, out_dir)                  when the result is not saved with `model.save_pretrained`
+  save(model, out_dir, is_main)         when the result is not saved with `model.save_pretrained` (every rank
+                                        calls it for a sharded model; rank 0, is_main, writes)
 What the API needs to validate a spec (the technique's own spec section, whether mergeAdapter applies, which
 objectives it cannot run) is in kubetune.api, which the operator shares without the training libraries.
 """

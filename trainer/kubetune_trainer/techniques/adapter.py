@@ -111,25 +111,31 @@ def apply(model, spec, task: str):
 
 
 def _saved_state(model) -> dict[str, torch.Tensor]:
-    """The adapter weights plus the trainable head: everything that differs from the base."""
+    """The adapter weights plus the trainable head: everything that differs from the base. A sharded head is
+    gathered (every rank must call this then)."""
+    from torch.distributed.tensor import DTensor
+
     head = classification_head(model)
     head_names = set()
     if head is not None and any(p.requires_grad for p in head.parameters()):
         prefix = next(name for name, module in model.named_modules() if module is head)
         head_names = {f"{prefix}.{name}" for name, _ in head.named_parameters()}
     return {
-        name: param.detach().contiguous().cpu()
+        name: (param.full_tensor() if isinstance(param, DTensor) else param).detach().contiguous().cpu()
         for name, param in model.named_parameters()
         if f".{ADAPTERS_ATTR}." in name or name in head_names
     }
 
 
-def save(model, out_dir) -> Path:
+def save(model, out_dir, is_main: bool = True) -> Path:
     from safetensors.torch import save_file
 
     out = Path(out_dir)
+    state = _saved_state(model)
+    if not is_main:
+        return out
     out.mkdir(parents=True, exist_ok=True)
-    save_file(_saved_state(model), str(out / WEIGHTS_NAME), metadata={"format": "pt"})
+    save_file(state, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
     config = dict(model.kubetune_adapter_config)
     config["hidden_size"] = model.config.hidden_size
     # The base's config (architecture, labels) so the adapter can be reloaded onto the right base.

@@ -1,0 +1,158 @@
+"""spec.distributed.strategy fsdp on the CPU (torchrun, gloo): FSDP2 with 2 and 4 processes trains the tiny Llama
+to the losses of one process with the same global batch, each rank holds about 1/N of the parameters, and a run
+killed mid-way resumes from its sharded checkpoint on another number of processes and ends where an
+uninterrupted run ends. The final model is one Hugging Face folder that transformers and peft reload."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+STEPS = 8
+PER_DEVICE = 2
+# Float summation order differs between one process and N (gradient reduce-scatter, accumulation): the losses
+# of the same global batches agree to this, per step.
+LOSS_TOLERANCE = 1e-4
+WEIGHT_TOLERANCE = 1e-5
+
+
+def _env(**extra) -> dict:
+    return dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", **extra)
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(job: Path, out: Path, processes: int, **env) -> subprocess.Popen:
+    command = [sys.executable, "-m", "kubetune_trainer", str(job), "--output", out.as_uri() + "/"]
+    if processes > 1:
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes), "--master-addr",
+                   "127.0.0.1", "--master-port", str(_port()), *command[1:]]
+    return subprocess.Popen(command, env=_env(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _run(job: Path, out: Path, processes: int, **env) -> str:
+    proc = _torchrun(job, out, processes, **env)
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output[-4000:]
+    return output
+
+
+def _job(write_job, model_dir, data, name: str, technique: str = "full", accumulation: int = 1, strategy: str = "fsdp"):
+    sections = {"lora": {"rank": 4, "alpha": 8, "dropout": 0.0}} if technique == "lora" else {}
+    return write_job(
+        model_dir,
+        [{"name": "corpus", "uri": data.as_uri(), "format": "text"}],
+        filename=f"{name}.yaml",
+        technique=technique,
+        hyperparameters={"maxSteps": STEPS, "batchSize": PER_DEVICE, "gradientAccumulationSteps": accumulation,
+                         "packing": False, "learningRate": 3e-3},
+        output={"checkpointEverySteps": 4, "keepCheckpoints": 2},
+        distributed={"strategy": strategy},
+        **sections,
+    )
+
+
+def _losses(out: Path) -> list[float]:
+    return [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+def _final(out: Path, adapter: bool) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(out / "final" / ("adapter_model.safetensors" if adapter else "model.safetensors")))
+
+
+def _close(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    from kubetune_trainer.tiny import sample_corpus
+
+    path = tmp_path_factory.mktemp("sharding-data") / "train.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in sample_corpus(96, seed=12)))
+    return path
+
+
+@pytest.mark.parametrize(("technique", "processes"), [("full", 2), ("lora", 2), ("full", 4)])
+def test_fsdp_matches_one_process_of_the_same_global_batch(technique, processes, tiny_llama_dir, data, write_job, tmp_path):
+    sharded_job = _job(write_job, tiny_llama_dir, data, "sharded", technique)
+    single_job = _job(write_job, tiny_llama_dir, data, "single", technique, accumulation=processes, strategy="ddp")
+    log = _run(sharded_job, tmp_path / "sharded", processes)
+    _run(single_job, tmp_path / "single", 1)
+
+    sharded, single = _losses(tmp_path / "sharded"), _losses(tmp_path / "single")
+    assert len(sharded) == len(single) == STEPS
+    assert max(abs(a - b) for a, b in zip(sharded, single)) <= LOSS_TOLERANCE, (sharded, single)
+    assert sharded[-1] < sharded[0]
+    assert _close(_final(tmp_path / "sharded", technique == "lora"), _final(tmp_path / "single", technique == "lora")) <= WEIGHT_TOLERANCE
+
+    # Each rank holds about 1/N of the base's parameters (the layers split evenly; small tensors round up).
+    held = {int(r): (int(h), int(t)) for r, h, t in re.findall(r"rank (\d+) holds (\d+) of the (\d+) parameters", log)}
+    assert sorted(held) == list(range(processes)), log[-3000:]
+    for rank, (mine, total) in held.items():
+        share = mine / total
+        adapters = 0.05 if technique == "lora" else 0.0  # the adapters stay whole on every rank
+        assert 1 / processes - 0.02 <= share <= 1 / processes + 0.02 + adapters, (rank, share)
+    # Sharded checkpoints: every rank's shard, the metadata, and the marker listing every file.
+    step = tmp_path / "sharded" / "checkpoints" / "step-8"
+    names = {p.relative_to(step).as_posix() for p in step.rglob("*") if p.is_file()}
+    assert {f"dcp/__{r}_0.distcp" for r in range(processes)} | {"dcp/.metadata", "_COMPLETE", "trainer_state.json"} <= names
+    marker = json.loads((step / "_COMPLETE").read_text())
+    assert set(marker["files"]) == names - {"_COMPLETE"}
+
+
+def test_the_final_model_reloads(tiny_llama_dir, data, write_job, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    _run(_job(write_job, tiny_llama_dir, data, "job"), tmp_path / "out", 2)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "final")
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in base.parameters())
+    assert any((p - q).abs().max() > 0 for p, q in zip(model.parameters(), base.parameters()))
+
+
+@pytest.mark.parametrize(("first", "then"), [(2, 1), (2, 4)])
+def test_killed_run_resumes_on_another_number_of_processes(first, then, tiny_llama_dir, data, write_job, tmp_path):
+    """Killed after its step-4 checkpoint, resumed on `then` processes: the same global batch (accumulation makes
+    up for the processes), the same losses and final weights as a run never interrupted."""
+    # A global batch of 8 (2 per process x 2 accumulated x 2 processes) that 1 (x4) and 4 (x1) processes keep.
+    job = _job(write_job, tiny_llama_dir, data, "job", accumulation=2)
+    reference = tmp_path / "reference"
+    _run(job, reference, first)
+
+    out = tmp_path / "out"
+    proc = _torchrun(job, out, first, KUBETUNE_DEBUG_STEP_SLEEP="0.5")
+    try:
+        deadline = time.time() + 300
+        while not (out / "checkpoints" / "step-4" / "_COMPLETE").exists():
+            assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:] if proc.poll() is not None else "timeout"
+            time.sleep(0.2)
+    finally:
+        proc.kill()  # torchrun, then its workers (they run `... kubetune_trainer <job>`)
+        proc.wait()
+        subprocess.run(["pkill", "-9", "-f", str(job)], check=False)
+    assert not (out / "final" / "_COMPLETE").exists(), "killed too late: the run had finished"
+
+    log = _run(job, out, then)
+    assert "resuming from checkpoint step-" in log
+    resumed, uninterrupted = _losses(out), _losses(reference)
+    assert len(resumed) == STEPS
+    assert max(abs(a - b) for a, b in zip(resumed, uninterrupted)) <= LOSS_TOLERANCE, (resumed, uninterrupted)
+    assert _close(_final(out, False), _final(reference, False)) <= WEIGHT_TOLERANCE
