@@ -44,3 +44,16 @@ def test_chat_template_marks_assistant_tokens(tiny_tokenizer_dir):
     answer = [t for t, m in zip(out["input_ids"], out["assistant_masks"]) if m]
     assert tokenizer.decode(answer, skip_special_tokens=True).strip() == "the cat is red ."
     assert 0 < sum(out["assistant_masks"]) < len(out["input_ids"])
+
+
+def test_tokenizer_round_trips_any_ascii_text():
+    """Capitals, digits, punctuation, tabs and newlines: never <unk> ("Once" once decoded as "nce")."""
+    from kubetune_trainer.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    for text in ("Once upon a time, Alice saw 3 cats!", 'x = {"a": [1, 2]}  # ok?', "UPPER lower ~`|\\ 0123456789",
+                 "two\nlines\tand a tab"):
+        ids = tokenizer(text)["input_ids"]
+        assert tokenizer.unk_token_id not in ids, text
+        assert tokenizer.decode(ids, skip_special_tokens=True) == text
+    assert len(tokenizer) <= 512  # the tiny model's embedding stays tiny

@@ -366,7 +366,7 @@ def add_user_commands(sub, prog: str) -> None:
     p.set_defaults(func=_guarded(prog, cmd_download))
 
     p = sub.add_parser("dashboard", help="a local web page of every FineTuneJob you can see, live")
-    p.add_argument("-n", "--namespace", dest="watch_namespaces", action="append", default=[],
+    p.add_argument("-n", "--namespace", dest="watch_namespaces", action="append", default=[], metavar="NAMESPACE",
                    help="show only this namespace (repeatable; default: every namespace you may list)")
     p.add_argument("--port", type=int, default=8470, help="port on 127.0.0.1 (0: any free one)")
     p.add_argument("--open", action="store_true", help="open the page in a browser")
