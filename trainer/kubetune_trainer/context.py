@@ -64,6 +64,7 @@ class RunContext:
     rank: int = 0
     reward_model_dir: Path | None = None  # rlhf: local copy of spec.rlhf.rewardModel.uri
     strategy: Strategy = field(default_factory=lambda: Strategy("ddp", 1))  # how the model spreads over the processes
+    warm_start: Path | None = None  # spec.resumeFrom's checkpoint when only its weights are taken (resume_from.py)
 
     @property
     def is_main(self) -> bool:

@@ -54,6 +54,8 @@ log = logging.getLogger("kubetune")
 # retry refuse to resume its own run.
 OPERATIONAL_FIELDS = (
     "suspend",
+    "pod",
+    "tracking",
     "resources",
     "backoffLimit",
     "activeDeadlineSeconds",
@@ -330,6 +332,8 @@ class Inputs:
     resume_from: Path | None  # its local copy
     strategy: Strategy = Strategy("ddp", 1)  # how the model spreads over the processes (sharding.choose)
     plan: Any = None  # the memory plan (plan.Plan), when the model's shape is one the plan knows
+    source: Any = None  # spec.resumeFrom's checkpoint (resume_from.Source), for a run without checkpoints of its own
+    warm_start: Path | None = None  # its local copy when only its weights are taken
 
 
 def gpu_memory(spec) -> float | None:
@@ -369,6 +373,7 @@ def fetch_inputs(spec, out: RunOutput, work_dir: Path, world: World = World()) -
     """Data first (bad data fails in seconds, before a model download), the model's config.json and the memory
     plan (a job that cannot fit its GPUs stops before the weights are fetched), the model(s), and a local copy of
     the newest complete checkpoint. Local rank 0 of each node fetches; the node's other ranks find its copy."""
+    from kubetune_trainer import resume_from as resume_from_source
     from kubetune_trainer.checkpoints import download_checkpoint, find_latest_complete
     from kubetune_trainer.data import load_tasks
     from kubetune_trainer.sources import fetch_config, fetch_model
@@ -380,7 +385,12 @@ def fetch_inputs(spec, out: RunOutput, work_dir: Path, world: World = World()) -
     with _local_main_first(world):
         tasks = load_tasks(spec, work_dir / "data")
         latest = find_latest_complete(out.storage, out.layout)
-        resumed = None if latest is None else sharding.SHARDED_MARKER in (latest.marker or {}).get("files", {})
+        source = None
+        if latest is None and (uri := resume_from_source.source_uri(spec)):
+            source = resume_from_source.find(spec, uri)
+            log.info("starting from %s: %s", source.checkpoint.uri, source.why)
+        started_from = latest or (source.checkpoint if source is not None and source.continues else None)
+        resumed = None if started_from is None else sharding.SHARDED_MARKER in (started_from.marker or {}).get("files", {})
         config = fetch_config(spec.model.uri, work_dir / "model-config", role=ROLE_MODEL, spec=spec)
         plan_result, strategy = plan_run(spec, config, world, resumed)
         log.info("%s", strategy.why)
@@ -388,11 +398,14 @@ def fetch_inputs(spec, out: RunOutput, work_dir: Path, world: World = World()) -
         reward_model_dir = None
         if spec.rlhf is not None and spec.rlhf.reward_model.uri:
             reward_model_dir = model(spec.rlhf.reward_model.uri, "reward-model", ROLE_REWARD_MODEL)
-        resume_from = None
+        resume_from = warm_start = None
         if latest is not None:
             log.info("resuming from checkpoint step-%d (%s)", latest.step, latest.uri)
             resume_from = download_checkpoint(out.storage, latest, work_dir / "resume" / f"step-{latest.step}")
-    return Inputs(tasks, Path(model_dir), reward_model_dir, latest, resume_from, strategy, plan_result)
+        elif source is not None:
+            local = download_checkpoint(source.storage, source.checkpoint, work_dir / "resume-from" / f"step-{source.checkpoint.step}")
+            resume_from, warm_start = (local, None) if source.continues else (None, local)
+    return Inputs(tasks, Path(model_dir), reward_model_dir, latest, resume_from, strategy, plan_result, source, warm_start)
 
 
 # --------------------------------------------------------------------------- step 3: the run context
@@ -435,14 +448,21 @@ def restore_metrics(out: RunOutput, inputs: Inputs, metrics_dir: Path) -> None:
     (in the store too); a new run starts both afresh."""
     from kubetune_trainer.metrics import truncate_metrics, write_tensorboard
 
+    from kubetune_trainer.layout import OutputLayout
+
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
     out.storage.delete_prefix(out.layout.tensorboard_uri)
-    if inputs.latest is None:
+    if inputs.latest is not None:
+        storage, metrics_uri, checkpoint = out.storage, out.layout.metrics_uri, inputs.latest
+    elif inputs.source is not None and inputs.source.continues:  # continuing another run: its curve so far
+        storage, metrics_uri = inputs.source.storage, OutputLayout(inputs.source.root).metrics_uri
+        checkpoint = inputs.source.checkpoint
+    else:
         out.storage.delete_prefix(out.layout.metrics_uri)
         return
     try:
-        text = truncate_metrics(out.storage.read_text(out.layout.metrics_uri), inputs.latest.step, inputs.latest.stage)
+        text = truncate_metrics(storage.read_text(metrics_uri), checkpoint.step, checkpoint.stage)
     except FileNotFoundError:
         return
     (metrics_dir / "metrics.jsonl").write_text(text)
@@ -498,6 +518,7 @@ def build_context(
         rank=world.rank,
         reward_model_dir=inputs.reward_model_dir,
         strategy=inputs.strategy,
+        warm_start=inputs.warm_start,
     )
     return ctx, Session(reporter, metrics_cb, manager)
 

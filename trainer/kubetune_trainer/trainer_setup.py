@@ -24,11 +24,14 @@ class StopWhenDone(TrainerCallback):
             raise _AlreadyDone
 
 
-def run_training(trainer, resume_from=None) -> TrainOutput:
+def run_training(trainer, resume_from=None, warm_start=None) -> TrainOutput:
     """`trainer.train()`, resuming from the local checkpoint `resume_from`; a checkpoint of the last step gives
-    its model without training (and without logging) anything."""
+    its model without training (and without logging) anything. `warm_start`: a checkpoint whose weights alone the
+    model starts from (spec.resumeFrom when the optimisation differs), loaded the way the Trainer loads a resume's."""
     from kubetune_trainer.preemption import PREEMPTION
 
+    if warm_start is not None and resume_from is None:
+        trainer._load_from_checkpoint(str(warm_start))
     try:
         return trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except _AlreadyDone:

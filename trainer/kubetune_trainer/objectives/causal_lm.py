@@ -98,7 +98,7 @@ def train_language_model(ctx: RunContext, formats, tokenize_rows, check=None) ->
         callbacks=list(ctx.callbacks),
     )
     prepare_trainer(trainer, spec)
-    output = run_training(trainer, ctx.resume_from)
+    output = run_training(trainer, ctx.resume_from, ctx.warm_start)
     return TrainResult(model=trainer.model, tokenizer=tokenizer, metrics=dict(output.metrics))
 
 

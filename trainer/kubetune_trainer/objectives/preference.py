@@ -112,7 +112,7 @@ def run(ctx: RunContext) -> TrainResult:
         callbacks=list(ctx.callbacks),  # metrics, checkpoints, early stopping (entrypoint)
     )
     prepare_trainer(trainer, spec, dtypes)  # undoes TRL's bf16 cast of a quantized model's trainable weights
-    output = run_training(trainer, ctx.resume_from)
+    output = run_training(trainer, ctx.resume_from, ctx.warm_start)
     metrics = dict(output.metrics)
     if has_eval:
         metrics |= trainer.evaluate()

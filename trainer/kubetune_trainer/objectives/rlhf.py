@@ -273,7 +273,7 @@ def train_policy(ctx: RunContext, reward_model, reward_tokenizer):
         callbacks=list(ctx.callbacks),
     )
     prepare_trainer(trainer, spec, dtypes)  # undoes TRL's bf16 cast of a quantized model's trainable weights
-    output = run_training(trainer, ctx.resume_from)
+    output = run_training(trainer, ctx.resume_from, ctx.warm_start)
     metrics = dict(output.metrics)
     rewards = [entry["reward"] for entry in trainer.state.log_history if "reward" in entry]
     if rewards:
