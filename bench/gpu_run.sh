@@ -67,4 +67,7 @@ timeout 500 $PY bench/trainer_throughput.py --isolate --row-timeout "$ROW_TIMEOU
   --work build/bench-work --json "$OUT/throughput.json" 2> "$OUT/throughput.log" | tee "$OUT/throughput.md"
 status=${PIPESTATUS[0]}
 [ "$status" -ne 0 ] && { echo "[gpu_run] throughput exit $status; last log lines:"; tail -5 "$OUT/throughput.log"; }
+
+# 3. The memory plan against the peaks just measured (target: within 15 %).
+[ -f "$OUT/throughput.json" ] && $PY bench/memory_plan.py --gpu "$OUT/throughput.json" | tee "$OUT/memory_plan.md"
 exit 0

@@ -102,3 +102,23 @@ def test_operator_scale_small(tmp_path, capsys):
     assert result["operator_peak_rss_mib"] > 10 and result["operator_cpu_s"] > 0 and result["users_cpu_s"] > 0
     assert result["api_calls_per_job"] >= 2  # at least: create the Job, write status
     assert result["job_creates"] == 30  # one Job per FineTuneJob, no duplicate creates
+
+
+@pytest.mark.slow
+def test_memory_plan_exact_parts_on_the_cpu(capsys):
+    """The plan's weights, gradients and optimizer state equal what each rank holds, in ddp and in fsdp."""
+    assert load("memory_plan").cpu(2) == 0
+    out = capsys.readouterr().out
+    assert "largest difference of a sum: 0.00%" in out
+    assert out.count("fsdp") == 6 and out.count("ddp") == 6
+
+
+def test_plan_table_prints_every_technique(capsys, monkeypatch):
+    from kubetune.api.constants import Technique
+
+    monkeypatch.setattr(sys, "argv", ["plan_table.py"])
+    load("plan_table").main()
+    out = capsys.readouterr().out
+    for technique in Technique:
+        assert f"| 8B | {technique.value} |" in out
+    assert "| 8B | full | - | - | fsdp " in out  # 8B full fine-tuning needs sharding over 4 GPUs of 80 GiB
