@@ -493,7 +493,6 @@ def build_context(
     metrics_cb = MetricsCallback(
         metrics_dir, out.storage, out.layout, reporter, is_main=world.is_main, trackers=trackers
     )
-    # The first rank of every other node (its own disk) adds its ranks' RNG states to each checkpoint.
     # The first rank of every other node (its own disk) uploads what its ranks wrote into each checkpoint.
     node_files = NodeFiles(out.storage, out.layout) if world.local_rank == 0 and not world.is_main else None
     save_every = spec.output.checkpoint_every_steps if inputs.strategy.sharded else None
@@ -537,7 +536,6 @@ def publish(result, ctx: RunContext, session: Session, out: RunOutput) -> str:
     model (while the last checkpoint still uploads), wait for the checkpoints, sync the metrics and report
     where everything is. Returns the final model's URI."""
     from kubetune_trainer.preemption import PREEMPTION, Preempted
-    from kubetune_trainer.reporting import OutputReport
 
     manager = session.checkpoints
     if PREEMPTION.requested:
@@ -553,15 +551,7 @@ def publish(result, ctx: RunContext, session: Session, out: RunOutput) -> str:
         manager.wait()
     if ctx.is_main:
         session.metrics.sync()
-        layout = out.layout
-        session.reporter.output(
-            OutputReport(
-                model_uri=layout.final_uri,
-                metrics_uri=layout.metrics_uri,
-                tensorboard_uri=layout.tensorboard_uri,
-                checkpoints_uri=layout.checkpoints_uri,
-            )
-        )
+        session.reporter.output(output_report(out.layout))
         session.reporter.close()
     return out.layout.final_uri
 
@@ -583,6 +573,14 @@ def save_and_upload(result, spec, out: RunOutput, work_dir: Path, *, is_main: bo
     log.info("final model uploaded to %s", out.layout.final_uri)
 
 
+def output_report(layout: OutputLayout):
+    """Where a finished run's results are (status.output)."""
+    from kubetune_trainer.reporting import OutputReport
+
+    return OutputReport(model_uri=layout.final_uri, metrics_uri=layout.metrics_uri,
+                        tensorboard_uri=layout.tensorboard_uri, checkpoints_uri=layout.checkpoints_uri)
+
+
 def finished(out: RunOutput) -> bool:
     """The root already holds this run's complete final model: there is nothing left to train."""
     return out.resuming and out.storage.exists(out.layout.final_marker_uri)
@@ -591,14 +589,11 @@ def finished(out: RunOutput) -> bool:
 def report_finished(out: RunOutput, world: World) -> str:
     """A run started again after it finished (its pod restarted, `kubetune run` again): report where the results
     are, change nothing."""
-    from kubetune_trainer.reporting import OutputReport
 
     log.info("this run already finished: its final model is %s", out.layout.final_uri)
     if world.is_main:
         reporter = make_reporter(True)
-        layout = out.layout
-        reporter.output(OutputReport(model_uri=layout.final_uri, metrics_uri=layout.metrics_uri,
-                                     tensorboard_uri=layout.tensorboard_uri, checkpoints_uri=layout.checkpoints_uri))
+        reporter.output(output_report(out.layout))
         reporter.close()
     return out.layout.final_uri
 
