@@ -37,8 +37,8 @@ def new_job(generation: int = 1, **spec_changes) -> dict:
             "spec": SPEC | spec_changes}
 
 
-def _job(suspend: bool = False, annotations: dict | None = None, **counters) -> dict:
-    return {"metadata": {"name": "bot", "uid": "j-1", "annotations": annotations or {}},
+def _job(suspend: bool = False, annotations: dict | None = None, labels: dict | None = None, **counters) -> dict:
+    return {"metadata": {"name": "bot", "uid": "j-1", "annotations": annotations or {}, "labels": labels or {}},
             "spec": {"suspend": suspend}, "status": counters}
 
 
@@ -72,7 +72,9 @@ def states() -> dict[str, dict]:
         "pending": _with_status(base, None, []),
         "pods-pending": _with_status(base, _job(active=1), [_pod("Pending")]),
         "retrying": _with_status(base, _job(failed=1, active=1), [_pod("Failed", 20, "S3 timed out")]),
-        "queued-by-kueue": _with_status(new_job(queueName="team-a"), _job(suspend=True), [], queue_name="team-a"),
+        "queued-by-kueue": _with_status(new_job(queueName="team-a"),  # the Job carries its LocalQueue's label
+                                        _job(suspend=True, labels={builders.LABEL_KUEUE_QUEUE: "team-a"}), [],
+                                        queue_name="team-a"),
         "queued-by-namespace-cap": _with_status(
             base, _job(suspend=True, annotations={builders.ANNOTATION_HELD: "true"}), []),
         "running": running,

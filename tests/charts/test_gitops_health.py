@@ -119,7 +119,10 @@ EXPECTED = {
     "running": ("Progressing", "Training: step 1200/3000 (40%)"),
     "resumed": ("Progressing", "Running"),
     "suspended-by-spec": ("Suspended", "Suspended (spec.suspend: true)"),
-    "suspended-by-other": ("Suspended", "Suspended: the training Job is suspended"),
+    # Held by another controller (Kueue managing the namespace): queued until it lets the Job run, not suspended.
+    "suspended-by-other": ("Progressing", "Queued: the Job was suspended by another controller, not by kubetune "
+                           "(Kueue does this to every Job of a namespace it manages with manageJobsWithoutQueueName): "
+                           "it starts when that controller admits it"),
     "succeeded": ("Healthy", "Training complete"),
     "failed": ("Degraded", "UserError: spec.datasets[0]: column 'text' missing"),
     "invalid": ("Degraded", "SpecInvalid: invalid spec: spec.lora.rank: must be > 0"),

@@ -14,7 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from emulator import ADMIN_TOKEN  # noqa: E402
-from harness import ClusterSim, OperatorThread, start_emulator  # noqa: E402
+from harness import ClusterSim, OperatorLog, OperatorThread, start_emulator  # noqa: E402
 from kubetune.controller.config import OperatorConfig  # noqa: E402
 
 OUTPUT_URI = "s3://kubetune-out/runs/"
@@ -62,3 +62,11 @@ def namespace(admin):
     kubernetes.client.CoreV1Api(admin).create_namespace({"apiVersion": "v1", "kind": "Namespace",
                                                           "metadata": {"name": name}})
     return name
+
+
+@pytest.fixture
+def operator_log(operator):
+    """The operator's log lines while the test runs."""
+    capture = OperatorLog().attach()
+    yield capture
+    capture.detach()

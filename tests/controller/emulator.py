@@ -10,6 +10,12 @@ CRD, Table responses (a CRD's additionalPrinterColumns), CRDs created through th
 the pruning of fields a CRD's schema does not declare (fieldValidation Strict / Warn / Ignore). No value
 validation, defaulting or controllers: tests play the Job controller and the kubelet themselves.
 
+What is written is validated in part (apivalidation.py has the ported rules): a custom resource against its
+schema's bounds (maxLength, maxItems, maxProperties), every object's metadata (names, labels, annotations), and
+a Job's pod template labels; a refusal is the API server's 422 Invalid. Admission plugins (`Emulator.admit`) play
+admission webhooks: a mutating one may change an object before it is stored (Kueue's Job webhook does), a
+validating one may refuse it.
+
 Also for tests:
 - every call is recorded as (user, verb, apiGroup, resource[/subresource], namespace, name);
 - RBAC for service-account tokens ("sa:<namespace>:<name>"), evaluated from the Roles and
@@ -23,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import bisect
+import contextvars
 import copy
 import dataclasses
 import datetime as dt
@@ -41,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp.web
+import apivalidation
 import apiviews
 import attrs
 import kmock
@@ -67,12 +75,36 @@ class Call:
 
 @dataclasses.dataclass
 class Fault:
-    """Answer calls that match with `status` (at most `times` times; None = forever)."""
+    """Answer calls that match with `status` (at most `times` times; None = forever), and `message` when given (the
+    words of a real refusal, e.g. an admission webhook's)."""
 
     match: Callable[[Call], bool]
     status: int
     times: int | None = 1
     reason: str = "InjectedFault"
+    message: str | None = None
+
+
+@dataclasses.dataclass
+class AdmissionRequest:
+    """What an admission plugin sees of a write: `obj` is the object about to be stored (a mutating plugin changes
+    it in place), `old` the stored one (None on create)."""
+
+    operation: str  # CREATE | UPDATE
+    user: str
+    group: str
+    resource: str  # the plural
+    subresource: str | None
+    namespace: str | None
+    name: str
+    obj: dict
+    old: dict | None
+
+
+# An admission plugin: called on the server's loop; refuses with ApiError, mutates `request.obj` in place.
+AdmissionPlugin = Callable[["ApiServer", AdmissionRequest], None]
+# Who sent the request being served (each request is its own task, with its own context).
+_REQUEST_USER: contextvars.ContextVar[str] = contextvars.ContextVar("request_user", default="system:apiserver")
 
 
 class ApiError(Exception):
@@ -369,6 +401,10 @@ class ApiServer:
     _crd_infos: dict[tuple[str, str, str], kmock.ResourceInfo] = attrs.field(factory=dict, init=False)
     # Discovery and OpenAPI answers, built once per set of CRDs: (path, form) -> (body, content type).
     _documents: dict[tuple[str, str], tuple[bytes, str]] = attrs.field(factory=dict, init=False)
+    # Admission plugins, in the API server's order: mutating ones, then the schema and metadata validation, then
+    # validating ones.
+    mutating: list[AdmissionPlugin] = attrs.field(factory=list, init=False)
+    validating: list[AdmissionPlugin] = attrs.field(factory=list, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.tokens.update({ADMIN_TOKEN: "admin", OPERATOR_TOKEN: "operator"})
@@ -545,6 +581,24 @@ class ApiServer:
         return await self._store_changed(CRDS, BUILTIN_INFOS[(CRDS[0], "v1", CRDS[1])], target, crd,
                                          {**crd, "status": status})
 
+    def _admit(self, operation: str, target: Target, key: tuple[str, str], obj: dict, old: dict | None) -> None:
+        """Mutating admission, the API server's own validation, validating admission (in the API server's order)."""
+        request = AdmissionRequest(operation, _REQUEST_USER.get(), key[0], key[1], target.subresource,
+                                   obj["metadata"].get("namespace"), obj["metadata"]["name"], obj, old)
+        for plugin in list(self.mutating):
+            plugin(self, request)
+        causes = apivalidation.metadata_causes(key[0], key[1], obj)
+        served = self._crd_for(target)
+        if served is not None:
+            causes += apivalidation.custom_resource_causes(obj, served.schema(target.version),
+                                                           status_only=target.subresource == "status")
+        if causes:
+            kind = served.kind if served is not None else (obj.get("kind") or key[1])
+            refusal = apivalidation.Invalid(kind, key[0], obj["metadata"]["name"], causes)
+            raise ApiError(422, "Invalid", refusal.message, refusal.details)
+        for plugin in list(self.validating):
+            plugin(self, request)
+
     def _crd_for(self, target: Target) -> apiviews.ServedCRD | None:
         served = self.crds.get((target.group, target.plural))
         return served if served is not None and target.version in served.versions else None
@@ -614,6 +668,7 @@ class ApiServer:
             self.changed = asyncio.Event()
         params = dict(raw.query)
         user = self._user(raw)
+        _REQUEST_USER.set(user)
         verb = self._verb(raw.method, target, params)
         resource = f"{target.plural}/{target.subresource}" if target.subresource else target.plural
         call = Call(user, verb, target.group, resource, target.namespace, target.name, params.get("labelSelector"))
@@ -625,7 +680,8 @@ class ApiServer:
                     fault.times -= 1
                     if fault.times <= 0:
                         self.faults.remove(fault)
-                raise ApiError(fault.status, fault.reason, f"injected fault {fault.status} for {verb} {resource}")
+                raise ApiError(fault.status, fault.reason,
+                               fault.message or f"injected fault {fault.status} for {verb} {resource}")
         info = self._info(target)
         key = (target.group, target.plural)
         body = await raw.read()
@@ -769,6 +825,7 @@ class ApiServer:
         meta = obj["metadata"]
         for field in ("deletionTimestamp", "deletionGracePeriodSeconds"):
             meta.pop(field, None)
+        self._admit("CREATE", target, key, obj, None)
         meta.update(uid=str(uuid.uuid4()), creationTimestamp=now_rfc3339(), generation=1,
                     resourceVersion=self._next_rv())
         self._objects(key)[ident] = obj
@@ -815,6 +872,8 @@ class ApiServer:
                 if field in old["metadata"]:
                     new.setdefault("metadata", {})[field] = old["metadata"][field]
         new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
+        if not new["metadata"].get("deletionTimestamp"):  # finalizers going: nothing left to admit
+            self._admit("UPDATE", target, key, new, old)
         if new == old:
             return old  # a no-op write changes nothing, not even the resourceVersion
         payload = lambda o: {k: v for k, v in o.items() if k not in ("metadata", "status")}
@@ -1090,6 +1149,21 @@ class Emulator:
 
     def inject(self, fault: Fault) -> None:
         self.call(lambda: self.server.faults.append(fault))
+
+    def admit(self, plugin: AdmissionPlugin, mutating: bool = False) -> Callable[[], None]:
+        """Register an admission plugin (an admission webhook's part); returns what unregisters it."""
+        plugins = self.server.mutating if mutating else self.server.validating
+        self.call(lambda: plugins.append(plugin))
+        return lambda: self.call(lambda: plugins.remove(plugin) if plugin in plugins else None)
+
+    def delete_crd(self, name: str) -> None:
+        """Delete a CRD as a cluster admin would: no longer served, its objects gone with it."""
+        async def remove() -> None:
+            server = self.server
+            if (None, name) in server._objects(CRDS):
+                await server._delete(CRDS, None, name, None, {})
+            await server._serve_crd(name)
+        asyncio.run_coroutine_threadsafe(remove(), self._loop).result(10)
 
     def cut_watches(self) -> None:
         """End every open watch stream (clients must re-list or resume from their resourceVersion)."""

@@ -5,6 +5,7 @@ through the API, the way those controllers write Job and pod status."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from dataclasses import replace
@@ -100,6 +101,45 @@ class OperatorThread:
     def reconfigure(self, **changes: Any) -> None:
         """Change settings of the running operator (e.g. the namespace cap) for one test."""
         self.reconciler.config = replace(self.reconciler.config, **changes)
+
+
+class OperatorLog(logging.Handler):
+    """What the operator logs (logger kubetune.operator) while attached: each line's job, reason and words, as
+    `kubectl logs deploy/kubetune-operator` would show them."""
+
+    LOGGER = "kubetune.operator"
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self._level = logging.NOTSET
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def attach(self) -> OperatorLog:
+        logger = logging.getLogger(self.LOGGER)
+        self._level = logger.level
+        logger.setLevel(logging.INFO)
+        logger.addHandler(self)
+        return self
+
+    def detach(self) -> None:
+        logger = logging.getLogger(self.LOGGER)
+        logger.removeHandler(self)
+        logger.setLevel(self._level)
+
+    def lines(self, namespace: str, name: str | None = None) -> list[tuple[str, str, str]]:
+        """(level, reason, message) of each line about a job of `namespace` (and `name`), in order."""
+        out = []
+        for record in list(self.records):
+            ref = getattr(record, "k8s_ref", None) or {}
+            if ref.get("namespace") == namespace and (name is None or ref.get("name") == name):
+                out.append((record.levelname, getattr(record, "reason", ""), record.getMessage()))
+        return out
+
+    def reasons(self, namespace: str, name: str | None = None) -> list[str]:
+        return [reason for _, reason, _ in self.lines(namespace, name)]
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:

@@ -94,8 +94,10 @@ def test_apply_the_crd_and_every_example_then_get_explain_and_describe(kubectl, 
     assert sorted(applied) == sorted(f"finetunejob.kubetune.dev/{m['metadata']['name']} created" for m in manifests)
 
     # The operator answers each with a phase; `get` shows the CRD's printer columns (priority 0 only).
+    example_namespaces = {m["metadata"]["namespace"] for m in manifests}  # earlier tests' jobs live elsewhere
+
     def all_answered():
-        rows = table(kubectl("get", "ftj", "-A").stdout)
+        rows = [r for r in table(kubectl("get", "ftj", "-A").stdout) if r["NAMESPACE"] in example_namespaces]
         return rows if len(rows) == len(manifests) and all(r["PHASE"] for r in rows) else None
     rows = wait_for(all_answered, 20, "a phase on every example")
     statuses = {(o["metadata"]["namespace"], o["metadata"]["name"]): o["status"]

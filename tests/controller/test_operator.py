@@ -100,8 +100,9 @@ def test_valid_job_gets_its_children_and_runs_to_success_with_progress_from_the_
                                          metrics={"loss": 2.0 - step / 100, "learningRate": 1e-4, "bad": float("nan")}))
     reporter.checkpoints([CheckpointReport(step=50, uri=f"s3://kubetune-out/runs/{ns}/bot/{uid}/checkpoints/step-50/",
                                            time="2026-01-01T00:00:00Z", eval_loss=1.5)])
-    reporter.output(OutputReport(model_uri="s3://o/final/", metrics_uri="s3://o/metrics.jsonl",
-                                 tensorboard_uri="s3://o/tensorboard/", checkpoints_uri="s3://o/checkpoints/"))
+    root = f"s3://kubetune-out/runs/{ns}/bot/{uid}/"  # the trainer reports where it wrote: under the output root
+    reporter.output(OutputReport(model_uri=f"{root}final/", metrics_uri=f"{root}metrics.jsonl",
+                                 tensorboard_uri=f"{root}tensorboard/", checkpoints_uri=f"{root}checkpoints/"))
     reporter.close()
     patches = [c for c in emulator.calls(f"sa:{ns}:bot-reporter") if c.verb == "patch"]
     assert 1 <= len(patches) <= 2, "rate limit: the first report, then one flush on close"
@@ -111,8 +112,8 @@ def test_valid_job_gets_its_children_and_runs_to_success_with_progress_from_the_
     assert status["metrics"] == {"loss": 1.5, "learningRate": 1e-4}
     assert status["checkpoints"] == [{"step": 50, "uri": f"s3://kubetune-out/runs/{ns}/bot/{uid}/checkpoints/step-50/",
                                       "time": "2026-01-01T00:00:00Z", "evalLoss": 1.5}]
-    assert status["output"] == {"modelUri": "s3://o/final/", "metricsUri": "s3://o/metrics.jsonl",
-                                "tensorboardUri": "s3://o/tensorboard/", "checkpointsUri": "s3://o/checkpoints/"}
+    assert status["output"] == {"modelUri": f"{root}final/", "metricsUri": f"{root}metrics.jsonl",
+                                "tensorboardUri": f"{root}tensorboard/", "checkpointsUri": f"{root}checkpoints/"}
     assert status["phase"] == "Running"  # the reporter never touches the operator's keys
 
     # Its identity can patch only its own FineTuneJob's status.
@@ -128,6 +129,7 @@ def test_valid_job_gets_its_children_and_runs_to_success_with_progress_from_the_
     sim.succeed(ns, "bot")
     status = user.wait_phase("bot", "Succeeded")
     assert status["completionTime"] and status["progress"]["step"] == 50  # both writers' keys survive
+    assert status["output"]["modelUri"] == f"{root}final/" and len(status["checkpoints"]) == 1
     assert user.condition("bot", "Ready")["status"] == "True"
     assert not any(c["type"] in ("Reconciling", "Stalled") for c in status["conditions"])
     wait_for(lambda: ("Normal", "TrainingComplete") in user.events("bot"), what="the TrainingComplete Event")
@@ -202,20 +204,6 @@ def test_mutable_fields_propagate_and_reapplying_is_a_no_op(user, sim, emulator)
     time.sleep(1.5)  # one resync period
     after = user.get("tuned")["metadata"]["resourceVersion"], sim.job(user.ns, "tuned")["metadata"]["resourceVersion"]
     assert before == after
-
-
-def test_kueue_queued_until_admitted(user, sim):
-    user.apply("queued", queueName="team-a-queue")
-    user.wait_phase("queued", "Queued")
-    job = sim.job(user.ns, "queued")
-    assert job["spec"]["suspend"] is True and job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a-queue"
-    assert user.condition("queued", "Queued")["reason"] == "WaitingForAdmission"
-    time.sleep(1.2)  # a resync must not unsuspend what Kueue owns
-    assert sim.job(user.ns, "queued")["spec"]["suspend"] is True
-    sim.kueue_admit(user.ns, "queued")
-    sim.start(user.ns, "queued")
-    user.wait_phase("queued", "Running")
-    assert user.condition("queued", "Queued")["reason"] == "Admitted"
 
 
 def test_deadline_exceeded(user, sim):
@@ -383,3 +371,51 @@ def test_jobs_and_pods_are_watched_with_a_server_side_selector(emulator, operato
              what="kopf's cluster-wide Job and pod watches")
     streams = streams()
     assert all(c.label_selector == "app.kubernetes.io/managed-by=kubetune" for c in streams), streams
+
+
+def test_status_features_of_a_job_that_does_not_fit(user, sim, emulator):
+    """A preference job whose lora.dropout has no effect (said in Validated), whose trainer reports its memory plan
+    (kept in the status across the operator's passes) and then stops with exit 10 "UserError: DoesNotFit: ..."."""
+    user.apply("toobig", objective="preference", lora={"dropout": 0.1},
+               datasets=[{"uri": "s3://data/prefs.jsonl", "format": "preference"}])
+    wait_for(lambda: sim.kube.get("Job", user.ns, "toobig"), what="the Job")
+    validated = wait_for(lambda: user.status("toobig").get("conditions") and user.condition("toobig", "Validated"),
+                         what="the Validated condition")
+    assert validated["status"] == "True" and "spec.lora.dropout: 0.1 is not applied with objective preference" \
+        in validated["message"]
+    sim.start(user.ns, "toobig")
+    user.wait_phase("toobig", "Running")
+    from kubetune.api.v1alpha1 import Plan
+
+    client = kubernetes.client.ApiClient(emulator.client_configuration(f"sa:{user.ns}:toobig-reporter"))
+    reporter = StatusReporter("toobig", user.ns, interval_seconds=0, api_client=client)
+    reporter.plan(Plan(strategy="ddp", world_size=1, per_gpu_gib=14.2, gpu_memory_gib=12.0, fits=False))
+    reporter.close()
+    wait_for(lambda: user.status("toobig").get("plan"), what="status.plan")
+    words = "UserError: DoesNotFit: 14.2 GiB per GPU but 11.0 GiB usable of 12 GiB; use strategy fsdp or 2 GPUs"
+    sim.fail(user.ns, "toobig", 10, words)
+    status = user.wait_phase("toobig", "Failed")
+    assert user.condition("toobig", "Failed")["reason"] == "DoesNotFit" and status["message"] == words
+    assert status["plan"] == {"strategy": "ddp", "worldSize": 1, "perGpuGib": 14.2, "gpuMemoryGib": 12.0,
+                              "fits": False}
+    wait_for(lambda: ("Warning", "DoesNotFit") in user.events("toobig"), what="the DoesNotFit Event")
+
+
+def test_user_data_in_the_trainers_message_reaches_the_status_quoted_and_bounded(user, sim):
+    """CSV headers and JSON keys of the user's files: the trainer quotes and bounds them, the operator keeps what
+    the pod says to one printable line within the CRD's bound."""
+    from kubetune.api.v1alpha1 import Dataset as DatasetSpec
+    from kubetune_trainer.data import _Checker
+
+    headers = ["\x1b[2Jtraining finished\nphase: Succeeded", "x" * 5000] + [f"col{i}" for i in range(500)]
+    error = _Checker(DatasetSpec(uri="s3://data/t.csv", format="text"), 0)._missing("t.csv: line 1", "text", headers)
+    user.apply("hostile")
+    wait_for(lambda: sim.kube.get("Job", user.ns, "hostile"), what="the Job")
+    sim.start(user.ns, "hostile")
+    user.wait_phase("hostile", "Running")
+    sim.fail(user.ns, "hostile", 10, f"UserError: {error}")
+    message = user.wait_phase("hostile", "Failed")["message"]
+    assert message.startswith("UserError: t.csv: line 1: missing column 'text'; columns found: ")
+    assert "\\x1b" not in message and "\x1b" not in message and "\n" not in message
+    assert "'\\u001b[2Jtraining finished\\nphase: Succeeded'" in message and "and 482 more" in message
+    assert len(message) < 2000  # 20 names of at most 80 characters each

@@ -193,18 +193,18 @@ def test_nothing_is_kept_for_a_job_once_it_is_gone():
         try:
             names = [f"job-{i}" for i in range(20)]
             await asyncio.gather(*(reconciler.reconcile("team", n, body=new_finetunejob(n)) for n in names))
-            assert len(reconciler._written) == 20  # status written: a watched copy is read again from now on
+            assert len(reconciler._records) == 20  # status written: a watched copy is read again from now on
             for name in names:  # deleted: the next pass finds it gone
                 reconciler.enqueue("team", name)
             reconciler.enqueue("team", "never-existed")  # a pod's label naming no FineTuneJob
             await settle(reconciler)
-            assert not reconciler._written
+            assert not reconciler._records
             # Deleted with nothing left to tell of it (no child, no event that calls for a pass): the resync's
             # listing shows it gone.
             kube.listed = ["kept"]
             await asyncio.gather(*(reconciler.reconcile("team", n, body=new_finetunejob(n)) for n in ("gone", "kept")))
             await reconciler.resync()
-            assert reconciler._written == {("team", "kept")} and reconciler.metrics.recorded() == {("team", "kept")}
+            assert set(reconciler._records) == {("team", "kept")} and reconciler.metrics.recorded() == {("team", "kept")}
             reconciler.enqueue("team", "kept")
             await settle(reconciler)
             return reconciler
@@ -212,7 +212,7 @@ def test_nothing_is_kept_for_a_job_once_it_is_gone():
             await reconciler.stop()
 
     reconciler = asyncio.run(scenario())
-    assert not reconciler._written and not reconciler._bodies and not reconciler._callers
+    assert not reconciler._records and not reconciler._bodies and not reconciler._callers
     assert not reconciler._namespace_locks and not reconciler._passes
     assert len(reconciler.queue) == 0 and reconciler.queue.processing == 0
     assert reconciler.metrics.phase_counts() == {}

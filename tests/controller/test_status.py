@@ -6,7 +6,7 @@ import pytest
 
 from kubetune.api.constants import Phase, Reason
 from kubetune.api.v1alpha1 import MAX_STRING_LENGTH, Status
-from kubetune.controller import builders, status
+from kubetune.controller import bounds, builders, status
 from tests.controller.samples import FTJ
 
 
@@ -165,7 +165,69 @@ def test_a_message_longer_than_the_api_allows_is_cut_to_fit():
     job = _job(failed=1, conditions=[{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}])
     seen = _observe(job, [_failed_pod(10, "x" * 5000)])
     failed = status.compute(dict(FTJ), seen, "bot", "2026-01-01T00:00:00Z").status
-    assert len(failed["message"]) == MAX_STRING_LENGTH and failed["message"].endswith("...")
+    assert len(failed["message"]) == MAX_STRING_LENGTH and failed["message"].endswith(bounds.TRUNCATED)
     assert all(len(c["message"]) <= MAX_STRING_LENGTH for c in failed["conditions"])
     invalid = status.compute_invalid(dict(FTJ), ["spec.x: bad"] * 1000, "2026-01-01T00:00:00Z").status
     assert len(invalid["message"]) == MAX_STRING_LENGTH
+
+
+def test_a_job_that_cannot_fit_its_gpus_fails_as_does_not_fit():
+    job = _job(failed=1, conditions=[{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}])
+    words = "UserError: DoesNotFit: 14.2 GiB per GPU, 11.0 GiB usable of 12 GiB: use strategy fsdp or more GPUs"
+    seen = _observe(job, [_failed_pod(10, words)])
+    assert (seen.phase, seen.reason, seen.message) == (Phase.FAILED, Reason.DOES_NOT_FIT, words)
+    failed = status.compute(dict(FTJ), seen, "bot", "2026-01-01T00:00:00Z")
+    assert [(e.type, e.reason) for e in failed.events] == [("Warning", "DoesNotFit")]
+    other = _observe(job, [_failed_pod(10, "UserError: spec.datasets[0]: no rows")])
+    assert other.reason == Reason.USER_ERROR
+
+
+def test_settings_that_will_not_take_effect_are_named_in_the_validated_condition():
+    seen = status.Observed(Phase.PENDING, Reason.PODS_PENDING, "waiting", 0)
+    plain = status.compute(dict(FTJ), seen, "bot", "2026-01-01T00:00:00Z")
+    assert plain.status["conditions"][0]["message"] == "the spec is valid"
+    told = status.compute(dict(FTJ), seen, "bot", "2026-01-01T00:00:00Z",
+                          notices=["spec.lora.dropout: 0.1 is not applied with objective preference"])
+    validated = told.status["conditions"][0]
+    assert validated["status"] == "True" and validated["reason"] == "SpecValid"
+    assert validated["message"] == ("the spec is valid; these settings will not take effect: spec.lora.dropout: 0.1 "
+                                    "is not applied with objective preference")
+
+
+def test_text_from_a_pod_is_one_printable_line():
+    hostile = "UserError: missing column 'text'\n\x1b[2J\x1b[31mtraining finished\x1b[0m\r\n\u202eevil\x00\x07"
+    assert status.pod_text(hostile) == "UserError: missing column 'text' | training finished | evil"
+    pod = _failed_pod(20, hostile)
+    assert status.failure_text(pod) == "UserError: missing column 'text' | training finished | evil"
+
+
+@pytest.mark.parametrize("uri, inside", [
+    ("s3://out/runs/team/bot/u-1/final/", True),
+    ("s3://out/runs/team/bot/u-1/checkpoints/step-10/", True),
+    ("s3://out/runs/team/bot/u-2/final/", False),  # another run of the same name
+    ("s3://out/runs/team/bot/u-1/../u-2/final/", False),
+    ("s3://out/runs/team/bot/u-1/%2e%2e/u-2/final/", False),
+    ("s3://attacker/model/", False),
+    (None, False),
+])
+def test_only_results_under_the_output_root_are_shown(uri, inside):
+    root = "s3://out/runs/team/bot/u-1/"
+    assert status.under_root(uri, root) is inside
+    reported = {"output": {"modelUri": uri, "metricsUri": f"{root}metrics.jsonl"},
+                "checkpoints": [{"step": 1, "uri": f"{root}checkpoints/step-1/"}, {"step": 2, "uri": uri}]}
+    patch = status.untrusted_results(reported, root)
+    if inside:
+        assert patch == {}
+    elif uri is None:
+        assert patch == {"checkpoints": [{"step": 1, "uri": f"{root}checkpoints/step-1/"}]}
+    else:
+        assert patch == {"output": {"modelUri": None},
+                         "checkpoints": [{"step": 1, "uri": f"{root}checkpoints/step-1/"}]}
+
+
+def test_the_operator_tells_its_own_keys_from_what_someone_else_wrote():
+    mine = {"phase": "Running", "attempts": 1, "message": "", "progress": {"step": 3}}
+    assert status.canonical(mine) == status.canonical({"attempts": 1, "phase": "Running", "metrics": {"loss": 1.0}})
+    assert status.canonical(mine) != status.canonical({"phase": "Succeeded", "attempts": 1})
+    assert status.status_patch({"phase": "Succeeded", "message": "forged"}, {"phase": "Running", "message": ""}) == {
+        "phase": "Running", "message": None}

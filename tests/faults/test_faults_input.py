@@ -26,7 +26,7 @@ BROKEN = [
     ("number.jsonl", (GOOD + json.dumps({"text": 42}) + "\n").encode(), ["line 2", "column 'text'", "must be a string (got a number)"]),
     ("object.jsonl", (json.dumps({"text": {"a": 1}}) + "\n").encode(), ["line 1", "column 'text'", "got an object"]),
     ("array.jsonl", b'["not", "an", "object"]\n', ["line 1", "a row must be a JSON object"]),
-    ("missing.csv", b"body,label\nhello,1\n", ["missing column 'text'", "columns found: body, label"]),
+    ("missing.csv", b"body,label\nhello,1\n", ["missing column 'text'", "columns found: 'body', 'label'"]),
     ("nulls.csv", b"text,label\nhello,1\n,2\n", ["line 3", "column 'text'", "got null"]),
     ("corrupt.parquet", b"PAR1" + b"\x00garbage" * 64 + b"PAR1", ["cannot be read as PARQUET"]),
     ("wrong.json", b'{"rows": [{"text": "a"}], "more": [1]}', ["expected a JSON list of rows"]),

@@ -53,7 +53,7 @@ def test_prefix_of_csv_files_and_messages_json(tmp_path):
 @pytest.mark.parametrize(
     "rows, fmt, expected",
     [
-        ([{"text": "ok"}, {"txt": "no"}], "text", ["line 2", "missing column 'text'", "columns found: txt"]),
+        ([{"text": "ok"}, {"txt": "no"}], "text", ["line 2", "missing column 'text'", "columns found: 'txt'"]),
         ([{"text": "ok"}, '{"text": "broken'], "text", ["line 2", "not valid JSON"]),
         ([], "text", ["no rows"]),
         ([{"text": 5}], "text", ["line 1", "column 'text'", "must be a string (got a number)"]),

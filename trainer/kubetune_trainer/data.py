@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kubetune.api.constants import FORMAT_FIELDS, DatasetFormat
-from kubetune.api.credentials import dataset_role, eval_dataset_role, lookup
+from kubetune.api.credentials import dataset_role, eval_dataset_role
 from kubetune.api.uris import parse_uri
 
 from kubetune_trainer.context import TaskData
 from kubetune_trainer.errors import InfraError, UserError
-from kubetune_trainer.sources import fetch_data_files
+from kubetune_trainer.reporting import quoted
+from kubetune_trainer.sources import cached_dataset_folder, fetch_data_files
 
 if TYPE_CHECKING:
     import datasets
@@ -92,6 +93,10 @@ def _field_problem(fmt: DatasetFormat, field: str, value: Any) -> str | None:
     return _text_or_messages_problem(value)
 
 
+# How many of a file's column names a "missing column" message lists.
+MISSING_COLUMNS_SHOWN = 20
+
+
 class _Checker:
     """Renames source columns to logical fields and checks every row of one source."""
 
@@ -102,10 +107,14 @@ class _Checker:
         self.where_mapped = f"spec.datasets[{index}].columns"
 
     def _missing(self, where: str, field: str, found: Iterable[str]) -> UserError:
+        # The columns found are the file's own words (CSV headers, JSON keys): quoted, bounded and few.
         src = self.source[field]
         mapped = f" (mapped to {field!r} by {self.where_mapped})" if src != field else ""
-        found_list = ", ".join(sorted(map(str, found))) or "none"
-        return UserError(f"{where}: missing column {src!r}{mapped}; columns found: {found_list}")
+        names = sorted(map(str, found))
+        found_list = ", ".join(quoted(n) for n in names[:MISSING_COLUMNS_SHOWN]) or "none"
+        if len(names) > MISSING_COLUMNS_SHOWN:
+            found_list += f" and {len(names) - MISSING_COLUMNS_SHOWN} more"
+        return UserError(f"{where}: missing column {quoted(src)}{mapped}; columns found: {found_list}")
 
     def row(self, record: Any, where: str) -> dict[str, Any]:
         if not isinstance(record, dict):
@@ -118,7 +127,7 @@ class _Checker:
             value = record[src]
             problem = _field_problem(self.format, field, value)
             if problem:
-                raise UserError(f"{where}: column {src!r}: {problem}")
+                raise UserError(f"{where}: column {quoted(src)}: {problem}")
             out[field] = value
         return out
 
@@ -229,18 +238,25 @@ def _load_files(files: list[Path], labels: list[str], checker: _Checker, what: s
         raise UserError(f"{what}: files do not share the same columns and types ({str(err)[:200]})") from None
 
 
-def _load_hf(uri: str, spec_ds: DatasetSpec, checker: _Checker, role: str, what: str) -> datasets.Dataset:
+def _load_hf(uri: str, spec_ds: DatasetSpec, checker: _Checker, role: str, what: str, dest: Path) -> datasets.Dataset:
     import datasets
 
+    from kubetune_trainer.sources.huggingface import hub_token
+
     parsed = parse_uri(uri)
+    # The platform's model cache, where it holds this repository: a local folder of it, read the same way.
+    cached = cached_dataset_folder(uri, dest, role=role, what=what)
     try:
-        ds = datasets.load_dataset(
-            parsed.location,
-            name=spec_ds.subset,
-            split=spec_ds.split,
-            revision=parsed.revision,
-            token=lookup(role, "HF_TOKEN"),
-        )
+        if cached is not None:
+            ds = datasets.load_dataset(str(cached), name=spec_ds.subset, split=spec_ds.split)
+        else:
+            ds = datasets.load_dataset(
+                parsed.location,
+                name=spec_ds.subset,
+                split=spec_ds.split,
+                revision=parsed.revision,
+                token=hub_token(role),
+            )
     except Exception as err:  # noqa: BLE001 - translated
         raise _translate_hf_dataset_error(err, f"{what}: {uri}") from None
     label = f"{what}: {uri} (split {spec_ds.split})"
@@ -274,7 +290,7 @@ def load_source(uri: str, spec_ds: DatasetSpec, index: int, *, role: str, spec: 
     """One URI of one dataset entry as a checked Dataset with logical columns."""
     checker = _Checker(spec_ds, index)
     if parse_uri(uri).scheme == "hf":
-        return _load_hf(uri, spec_ds, checker, role, what)
+        return _load_hf(uri, spec_ds, checker, role, what, dest)
     files = fetch_data_files(uri, dest, role=role, spec=spec, what=what)
     local_is_source = parse_uri(uri).scheme == "file"
     if local_is_source:

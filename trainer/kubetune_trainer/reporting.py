@@ -3,12 +3,48 @@
 The trainer calls one Reporter; locally (`kubetune run`) it prints, in a pod it patches the
 FineTuneJob's status (kubetune_trainer.status_reporter). Implementations must never raise into the
 training loop and must bound their own rate.
+
+What a pod reports is data, not the job's result: the operator decides the phase from the Job and its pods,
+and shows only result URIs under the job's output root. Text made from user data (a column name, a JSON key,
+a file name) goes into messages through `quoted`, so that it reads as data and stays short.
 """
 
 from __future__ import annotations
 
+import json
+import unicodedata
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
+
+# How much of one piece of user data a message quotes.
+QUOTED_LENGTH = 80
+
+
+def _escaped(char: str) -> str:
+    # Escaped: the quote, the backslash, and every control or format character (line breaks, terminal escape
+    # sequences, bidirectional overrides that reorder what a reader sees), the latter as JSON escapes them.
+    if char in "'\\":
+        return "\\" + char
+    if unicodedata.category(char)[0] == "C":
+        return json.dumps(char)[1:-1]
+    return char
+
+
+def quoted(value: Any, limit: int = QUOTED_LENGTH) -> str:
+    """A piece of user data (a CSV header, a JSON key, a value) for a message: in single quotes (as Python's repr
+    quotes a name), escaped so that it stays one line and holds nothing a terminal or a log parser acts on, and cut
+    to `limit` characters inside the quotes, ending in "..." when cut."""
+    text = value if isinstance(value, str) else repr(value)
+    pieces = [_escaped(char) for char in text]
+    if sum(map(len, pieces)) > limit:
+        kept, length = [], 0
+        for piece in pieces:  # whole escapes only: never half of a \uXXXX
+            if length + len(piece) > limit - 3:
+                break
+            kept.append(piece)
+            length += len(piece)
+        pieces = [*kept, "..."]
+    return "'" + "".join(pieces) + "'"
 
 
 @dataclass
@@ -51,6 +87,10 @@ class Reporter(Protocol):
 
     def output(self, report: OutputReport) -> None: ...
 
+    def plan(self, plan: Any) -> None:
+        """The memory plan the run chose: status.plan, the API's Plan model (kubetune.api.v1alpha1) or its wire
+        form. Optional: MultiReporter passes it on to the reporters that have it."""
+
     def close(self) -> None:
         """Flush anything rate-limited (the last progress must not be lost)."""
 
@@ -67,6 +107,9 @@ class NullReporter:
     def output(self, report: OutputReport) -> None:
         pass
 
+    def plan(self, plan: Any) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -81,8 +124,11 @@ class MultiReporter:
         import logging
 
         for reporter in self.reporters:
+            call = getattr(reporter, method, None)
+            if call is None:  # an optional report this reporter does not take
+                continue
             try:
-                getattr(reporter, method)(*args)
+                call(*args)
             except Exception as err:  # noqa: BLE001 - reporting must never break training
                 logging.getLogger("kubetune.reporting").warning("%s.%s failed: %s", type(reporter).__name__, method, err)
 
@@ -94,6 +140,9 @@ class MultiReporter:
 
     def output(self, report: OutputReport) -> None:
         self._each("output", report)
+
+    def plan(self, plan: Any) -> None:
+        self._each("plan", plan)
 
     def close(self) -> None:
         self._each("close")

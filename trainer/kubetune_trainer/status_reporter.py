@@ -1,9 +1,15 @@
-"""The in-cluster Reporter: progress, metrics, checkpoints and output into the FineTuneJob's status.
+"""The in-cluster Reporter: progress, metrics, checkpoints, output and the memory plan into the FineTuneJob's status.
 
-Merge patches of status.progress / metrics / checkpoints / output only (the operator owns phase,
-conditions and the rest), built with the API's status models (kubetune.api.v1alpha1: Status, Progress,
-CheckpointRef, OutputRefs), through the official client with the pod's own identity: a per-job
-ServiceAccount whose Role allows get/patch on finetunejobs/status of this one FineTuneJob.
+Merge patches of status.progress / metrics / checkpoints / output / plan only, built with the API's status models
+(kubetune.api.v1alpha1: Status, Progress, CheckpointRef, OutputRefs, Plan), through the official client with
+the pod's own identity: a per-job ServiceAccount whose Role allows get/patch on finetunejobs/status of this one
+FineTuneJob. That is data the operator checks, not the job's result: phase, conditions, attempts and times are
+the operator's, from its own look at the Job and pods, and it takes back any of them a pod writes, and any result
+URI outside the job's output root (kubetune.controller.status).
+
+Every value is cut to the CRD's bounds first (kubetune.controller.bounds: the API server refuses a whole patch
+over one long string); a patch it refuses anyway (422, a cluster with another release's CRD) is cut to the bounds
+its answer names and sent once more, else dropped, never retried as it was.
 
 Rate-limited (at most one patch per KUBETUNE_REPORT_INTERVAL_SECONDS, default 10), sent from a
 background thread, and never raising into training: a failed patch is logged and retried with the
@@ -21,7 +27,9 @@ from collections.abc import Callable
 from typing import Any
 
 from kubetune.api.constants import GROUP, PLURAL, VERSION
-from kubetune.api.v1alpha1 import CheckpointRef, OutputRefs, Progress, Status
+from kubetune.api.v1alpha1 import Plan, Status
+from kubetune.controller import bounds
+
 from kubetune_trainer.reporting import CheckpointReport, OutputReport, ProgressReport
 
 log = logging.getLogger("kubetune.trainer.status")
@@ -37,10 +45,17 @@ def _merge(into: dict, patch: dict) -> None:
             into[key] = value
 
 
-def status_patch(status: Status) -> dict[str, Any]:
-    """The keys a report sets, in wire form: camelCase, and nothing it left unset (a merge patch must not
-    carry the defaults of keys that are someone else's, such as the operator's conditions)."""
+def status_patch(report: dict[str, Any]) -> dict[str, Any]:
+    """A report (status keys in wire form) as the API's Status model takes it, within the CRD's bounds: camelCase,
+    and nothing it left unset (a merge patch must not carry the defaults of keys that are someone else's, such as
+    the operator's conditions)."""
+    status = Status.model_validate(bounds.fit_status(report))
     return status.model_dump(by_alias=True, mode="json", exclude_unset=True, exclude_none=True)
+
+
+def _unknown_plan_keys(plan: dict[str, Any]) -> list[str]:
+    known = {f.alias for f in Plan.model_fields.values()}
+    return sorted(set(plan) - known)
 
 
 def _finite(values: dict[str, float]) -> dict[str, float]:
@@ -83,6 +98,8 @@ class StatusReporter:
         self._disabled = not (self.name and self.namespace)
         self.patches_sent = 0
         self.errors = 0
+        # Bounds the API server held a patch to, tighter than this release's CRD: every later patch fits them.
+        self._refused_bounds: dict[tuple[str, ...], int] = {}
         self._thread = threading.Thread(target=self._run, name="kubetune-status-reporter", daemon=True)
         if self._disabled:
             log.warning("status reporting is off: KUBETUNE_FTJ_NAME / KUBETUNE_FTJ_NAMESPACE are not set")
@@ -92,33 +109,48 @@ class StatusReporter:
     # ---------------------------------------------------------------------------- Reporter protocol
 
     def progress(self, report: ProgressReport) -> None:
-        self._offer(lambda: Status(
-            progress=Progress(
-                step=int(report.step),
-                total_steps=int(report.total_steps),
-                epoch=float(report.epoch) if math.isfinite(report.epoch) else 0.0,
-                percent=int(report.percent),
-                eta_seconds=None if report.eta_seconds is None else int(report.eta_seconds),
-                stage=report.stage or None,
-            ),
-            metrics=_finite(report.metrics or {}) or None,
-        ))
+        def build() -> dict[str, Any]:
+            progress = {"step": int(report.step), "totalSteps": int(report.total_steps),
+                        "epoch": float(report.epoch) if math.isfinite(report.epoch) else 0.0,
+                        "percent": int(report.percent)}
+            if report.eta_seconds is not None:
+                progress["etaSeconds"] = int(report.eta_seconds)
+            if report.stage:
+                progress["stage"] = report.stage
+            metrics = _finite(report.metrics or {})
+            return {"progress": progress, **({"metrics": metrics} if metrics else {})}
+
+        self._offer(build)
 
     def checkpoints(self, complete: list[CheckpointReport]) -> None:
-        self._offer(lambda: Status(checkpoints=[
-            CheckpointRef(step=int(ckpt.step), uri=ckpt.uri, time=ckpt.time,
-                          eval_loss=float(ckpt.eval_loss) if ckpt.eval_loss is not None
-                          and math.isfinite(ckpt.eval_loss) else None)
-            for ckpt in complete
-        ]))
+        def build() -> dict[str, Any]:
+            entries = []
+            for ckpt in complete:
+                entry = {"step": int(ckpt.step), "uri": ckpt.uri, "time": ckpt.time}
+                if ckpt.eval_loss is not None and math.isfinite(ckpt.eval_loss):
+                    entry["evalLoss"] = float(ckpt.eval_loss)
+                entries.append({k: v for k, v in entry.items() if v is not None})
+            return {"checkpoints": entries}
+
+        self._offer(build)
 
     def output(self, report: OutputReport) -> None:
-        self._offer(lambda: Status(output=OutputRefs(
-            model_uri=report.model_uri,
-            metrics_uri=report.metrics_uri,
-            tensorboard_uri=report.tensorboard_uri,
-            checkpoints_uri=report.checkpoints_uri,
-        )))
+        self._offer(lambda: {"output": {"modelUri": report.model_uri, "metricsUri": report.metrics_uri,
+                                        "tensorboardUri": report.tensorboard_uri,
+                                        "checkpointsUri": report.checkpoints_uri}})
+
+    def plan(self, plan: Plan | dict[str, Any]) -> None:
+        """status.plan: the memory plan the run chose (the API's Plan model, or its wire form)."""
+        def build() -> dict[str, Any]:
+            if isinstance(plan, Plan):
+                return {"plan": plan.model_dump(by_alias=True, mode="json", exclude_none=True)}
+            unknown = _unknown_plan_keys(plan)
+            if unknown:  # a key the API does not know would be dropped without a word
+                log.warning("status.plan has no field %s (the API's are %s)", ", ".join(unknown),
+                            ", ".join(f.alias for f in Plan.model_fields.values()))
+            return {"plan": {k: v for k, v in plan.items() if k not in unknown}}
+
+        self._offer(build)
 
     def close(self, timeout: float = 10.0) -> None:
         if self._disabled:
@@ -130,7 +162,7 @@ class StatusReporter:
 
     # ---------------------------------------------------------------------------- internals
 
-    def _offer(self, report: Callable[[], Status]) -> None:
+    def _offer(self, report: Callable[[], dict[str, Any]]) -> None:
         if self._disabled:
             return
         try:
@@ -152,6 +184,28 @@ class StatusReporter:
         return self._api
 
     def _send(self, status: dict) -> None:
+        status = bounds.refit(status, self._refused_bounds)
+        try:
+            self._patch(status)
+            return
+        except Exception as err:
+            if getattr(err, "status", None) != 422:
+                raise
+            learned = bounds.refused_bounds(getattr(err, "body", None))
+            refusal = getattr(err, "reason", None) or err
+        # Refused for good as it is: cut to the bounds the answer names (and every later report with it), once.
+        if learned and not learned.items() <= self._refused_bounds.items():
+            self._refused_bounds.update(learned)
+            try:
+                self._patch(bounds.refit(status, self._refused_bounds))
+                return
+            except Exception as err:
+                if getattr(err, "status", None) != 422:
+                    raise
+                refusal = getattr(err, "reason", None) or err
+        log.warning("status patch for %s/%s refused (%s); this report is dropped", self.namespace, self.name, refusal)
+
+    def _patch(self, status: dict) -> None:
         self._client().patch_namespaced_custom_object_status(
             GROUP, VERSION, self.namespace, PLURAL, self.name, {"status": status}, _request_timeout=30
         )

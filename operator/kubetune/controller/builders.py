@@ -40,6 +40,9 @@ LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 ANNOTATION_PREVIOUS_ATTEMPTS = "kubetune.dev/previous-attempts"
 # Set while the operator holds the Job suspended because of the per-namespace cap.
 ANNOTATION_HELD = "kubetune.dev/held-by-namespace-limit"
+# Set while the operator holds the Job suspended because spec.suspend says so. The operator unsuspends only a Job
+# it suspended itself (one of these two), never one that Kueue's webhook or another controller suspended.
+ANNOTATION_SUSPENDED_BY_USER = "kubetune.dev/suspended-by-user"
 
 TRAINER_CONTAINER = "trainer"
 SPEC_FILE = "finetunejob.yaml"
@@ -492,6 +495,8 @@ def build_job(
         annotations[ANNOTATION_PREVIOUS_ATTEMPTS] = str(previous_attempts)
     if held_by_namespace_limit:
         annotations[ANNOTATION_HELD] = "true"
+    if suspend and spec.suspend and not spec.queue_name:  # a queued Job's suspension is Kueue's (kueue.py)
+        annotations[ANNOTATION_SUSPENDED_BY_USER] = "true"
     job_spec: dict[str, Any] = {
         "backoffLimit": spec.backoff_limit,
         "suspend": suspend,

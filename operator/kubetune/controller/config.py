@@ -10,6 +10,7 @@ Environment variables (all optional):
   KUBETUNE_RESYNC_SECONDS           how often every unfinished FineTuneJob is reconciled anyway
   KUBETUNE_METRICS_PORT             Prometheus port; 0 = off
   KUBETUNE_CONCURRENT_RECONCILES    FineTuneJobs reconciled at once (default 32)
+  KUBETUNE_LOG_FORMAT               text (default) or json: one object per log line
   KUBETUNE_TRAINER_IMAGE_PULL_SECRETS  comma-separated Secrets (in each job's namespace) every training pod pulls
                                     its image with, beside spec.pod.imagePullSecrets
   KUBETUNE_POLICY                   the platform's policy as JSON, the Helm values' `policy:` (policy.py)
@@ -40,6 +41,7 @@ class OperatorConfig:
     resync_seconds: float = 60.0
     metrics_port: int = 9090
     concurrent_reconciles: int = 32  # FineTuneJobs reconciled at once (each holds an API connection)
+    log_format: str = "text"  # text | json (logs.py)
     trainer_image_pull_secrets: tuple[str, ...] = ()  # added to every training pod's imagePullSecrets
     policy: Policy = field(default_factory=Policy)  # what the platform lets a FineTuneJob ask for
 
@@ -62,6 +64,14 @@ def _int(env: Mapping[str, str], key: str, default: int, minimum: int = 0) -> in
     return value
 
 
+def _log_format(value: str, where: str) -> str:
+    from kubetune.controller.logs import LOG_FORMATS
+
+    if value not in LOG_FORMATS:
+        raise ValueError(f"{where} must be one of {', '.join(LOG_FORMATS)} (got {value!r})")
+    return value
+
+
 def from_env(env: Mapping[str, str] | None = None) -> OperatorConfig:
     env = os.environ if env is None else env
     namespaces = tuple(ns.strip() for ns in env.get("KUBETUNE_NAMESPACES", "").split(",") if ns.strip())
@@ -75,6 +85,7 @@ def from_env(env: Mapping[str, str] | None = None) -> OperatorConfig:
         resync_seconds=float(_int(env, "KUBETUNE_RESYNC_SECONDS", 60)),
         metrics_port=_int(env, "KUBETUNE_METRICS_PORT", 9090),
         concurrent_reconciles=_int(env, "KUBETUNE_CONCURRENT_RECONCILES", 32, minimum=1),
+        log_format=_log_format(env.get("KUBETUNE_LOG_FORMAT", "").strip() or "text", "KUBETUNE_LOG_FORMAT"),
         trainer_image_pull_secrets=tuple(
             s.strip() for s in env.get("KUBETUNE_TRAINER_IMAGE_PULL_SECRETS", "").split(",") if s.strip()
         ),
@@ -94,6 +105,8 @@ def from_args(args: Any, env: Mapping[str, str] | None = None) -> OperatorConfig
         value = getattr(args, attr, None)
         if value is not None:
             overrides[attr] = value
+    if getattr(args, "log_format", None):
+        overrides["log_format"] = _log_format(args.log_format, "--log-format")
     return replace(config, **overrides)
 
 

@@ -156,8 +156,10 @@ def needs_reconcile(type: str | None, body: kopf.Body, **_: Any) -> bool:
 
     The initial listing (type None: startup or a re-list) and anything the operator has not answered
     yet: a new object (no phase) or a spec change (generation ahead of status.observedGeneration).
-    Status-only changes (the operator's own writes, the trainer's progress reports) do not. A kopf
-    `when=` filter: kopf evaluates it before it calls the handler.
+    Status-only changes (the operator's own writes, the trainer's progress reports) do not, unless they
+    touched the operator's keys or reported a result outside the job's output root (anyone with the trainer's
+    token can patch the whole status: the pass puts it right). A kopf `when=` filter: kopf evaluates it before
+    it calls the handler.
     """
     metadata = body.get("metadata") or {}
     if type == "DELETED" or metadata.get("deletionTimestamp"):
@@ -165,7 +167,9 @@ def needs_reconcile(type: str | None, body: kopf.Body, **_: Any) -> bool:
     if type is None:
         return True
     status = body.get("status") or {}
-    return not status.get("phase") or metadata.get("generation") != status.get("observedGeneration")
+    if not status.get("phase") or metadata.get("generation") != status.get("observedGeneration"):
+        return True
+    return runtime.reconciler is not None and runtime.reconciler.status_disagrees(body)
 
 
 # Coroutines, though they never wait: kopf runs a plain function in a thread pool.

@@ -56,7 +56,9 @@ def run_operator(args: argparse.Namespace) -> int:
         print(f"kubetune operator: {err}", file=sys.stderr)
         return 2
     config.set_current(settings)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from kubetune.controller import logs
+
+    logs.configure(settings.log_format)  # kopf's formatters, so its own lines and ours read alike
     # kopf says "Handler ... succeeded" at INFO for every watch event it hands over (thousands a minute on
     # a busy cluster); the reconciler logs what matters, and kopf's warnings and errors still show.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)

@@ -35,6 +35,10 @@ OPERATOR_PERMISSIONS: tuple[Permission, ...] = (
     Permission("", "serviceaccounts", ("get", "create", "delete")),
     Permission("rbac.authorization.k8s.io", "roles", ("get", "create", "delete")),
     Permission("rbac.authorization.k8s.io", "rolebindings", ("get", "create", "delete")),
+    # Kueue (controller/kueue.py): whether a job's LocalQueue exists, and its Job's Workload, deactivated while
+    # spec.suspend holds the job (Kueue then stops the Job itself) and reactivated on resume.
+    Permission("kueue.x-k8s.io", "localqueues", ("get",)),
+    Permission("kueue.x-k8s.io", "workloads", ("get", "patch")),
     # Observing the training pods (exit codes, termination messages, node loss).
     Permission("", "pods", ("list", "watch")),
     # `kubectl describe ftj` tells the story (ours and kopf's warnings: core v1 Events, created only).

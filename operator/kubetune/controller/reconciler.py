@@ -6,39 +6,81 @@ owned by this FineTuneJob). Which job gets a pass when, and how many at once, is
 (queue.py): kopf's event handlers (handlers.py) add keys to it, and so do the periodic resync, the
 retries of failed passes and the TTL wake-ups. Everything runs on kopf's event loop: one thread, no
 locks against other threads.
+
+Trust: the trainer's token may patch the FineTuneJob's status, all of it, so the status is never the
+operator's memory. Phase, conditions, attempts and times come from what the operator sees of the Job and its
+pods, and from its own record of what it wrote last (`Record`, in memory); a pass writes back whatever of its
+keys someone else changed, and takes back result URIs outside the job's output root. A status-only change
+calls for a pass only when it touched those (handlers.needs_reconcile asks `status_disagrees`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
-from kubetune.api.constants import API_VERSION, KIND, Reason
-from kubetune.api.validation import SpecError
-from kubetune.controller import builders, policy, status
+from kubernetes.client import ApiException
+
+from kubetune.api.constants import API_VERSION, GROUP, KIND, Phase, Reason
+from kubetune.api.validation import SpecError, notices, parse_spec
+from kubetune.controller import bounds, builders, kueue, logs, policy, status
 from kubetune.controller.config import OperatorConfig
-from kubetune.controller.kube import Kube, is_status
+from kubetune.controller.kube import Kube
 from kubetune.controller.metrics import Metrics
 from kubetune.controller.queue import ItemExponentialBackoff, WorkQueue
 
-log = logging.getLogger("kubetune.operator")
+log = logs.log
 # After a failed pass: 5 s, doubling per failure in a row, at most 5 min.
 RETRY_SECONDS = 5
 RETRY_MAX_SECONDS = 300
+# A queued job suspended by its spec waits this long between looks for the Workload Kueue makes for its Job.
+KUEUE_WORKLOAD_WAIT_SECONDS = 0.5
+# What the API server answers when it refuses an object for good: retrying the same request cannot help.
+REFUSED = (400, 403, 422)
 
 Key = tuple[str, str]  # (namespace, name) of a FineTuneJob
 
 
-class NotOwnedError(RuntimeError):
-    """A child name is taken by an object this FineTuneJob does not own."""
+class ChildRejected(Exception):
+    """The API server refused an object the operator made for a job, or its name is taken by an object that is
+    not this job's. The job fails with reason ChildRejected and these words."""
+
+    @classmethod
+    def refused(cls, err: ApiException, verb: str, kind: str, namespace: str, name: str) -> ChildRejected:
+        return cls(f"the API server refused to {verb} {kind} {namespace}/{name}: {server_message(err)}")
+
+
+def server_message(err: ApiException) -> str:
+    """The message of the API server's Status answer (else its HTTP reason), one line."""
+    try:
+        message = json.loads(err.body or "{}").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return status.pod_text(message or f"{err.status} {err.reason}")
+
+
+def describe(err: BaseException) -> str:
+    """An error in one line: the API server's words for its refusals, else the exception's."""
+    if isinstance(err, ApiException):
+        return f"the API server answered {err.status}: {server_message(err)}"
+    return status.pod_text(f"{type(err).__name__}: {err}")
 
 
 def _owned_by(obj: dict, uid: str) -> bool:
     return any(ref.get("uid") == uid for ref in obj.get("metadata", {}).get("ownerReferences") or [])
+
+
+def _left_by_namesake(obj: dict, name: str, uid: str) -> bool:
+    """An object made for an earlier FineTuneJob of the same name, which the garbage collector has yet to remove."""
+    return any(ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(f"{GROUP}/") and
+               ref.get("name") == name and ref.get("uid") != uid
+               for ref in obj.get("metadata", {}).get("ownerReferences") or [])
 
 
 def _job_finished(job: dict) -> bool:
@@ -46,16 +88,34 @@ def _job_finished(job: dict) -> bool:
                for c in job.get("status", {}).get("conditions") or [])
 
 
+@dataclass(frozen=True)
+class Record:
+    """What the operator last wrote into one FineTuneJob's status (its own keys, status.canonical) and the job's
+    output root: the operator's memory of the job, which the object's status (anyone with the trainer's token
+    may write it) is checked against."""
+
+    status: str
+    root: str = ""
+
+    def operator_status(self) -> dict:
+        return json.loads(self.status)
+
+
 class Reconciler:
     def __init__(self, kube: Kube, config: OperatorConfig, metrics: Metrics | None = None):
         self.kube = kube
         self.config = config
         self.metrics = metrics or Metrics()
+        self.kueue = kueue.KueueClient(kube)
         self.queue = WorkQueue(config.concurrent_reconciles, ItemExponentialBackoff(RETRY_SECONDS, RETRY_MAX_SECONDS))
         # Per key, only while the key waits for its next pass (so nothing here outlives a deleted job):
         self._bodies: dict[Key, dict] = {}  # the FineTuneJob as its newest watch event carried it
         self._callers: dict[Key, list[asyncio.Future]] = {}  # reconcile() callers waiting for that pass
-        self._written: set[Key] = set()  # FineTuneJobs whose status this process wrote (dropped when one goes)
+        # Per FineTuneJob whose status this process wrote, until the job goes: what it wrote (Record).
+        self._records: dict[Key, Record] = {}
+        # Bounds the API server held a status write to, where they were tighter than this release's CRD (a cluster
+        # running another release's CRD): every later write fits them from the start.
+        self._refused_bounds: dict[tuple[str, ...], int] = {}
         # One lock per namespace while passes count its running Jobs against the cap (and how many passes want it).
         self._namespace_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._passes: set[asyncio.Task] = set()
@@ -77,6 +137,17 @@ class Reconciler:
             self._bodies[key] = body
         self.queue.add(key, urgent=urgent)
 
+    def status_disagrees(self, ftj: dict) -> bool:
+        """Whether someone else changed the operator's keys of this job's status since the operator wrote them, or
+        reported a result outside the job's output root (a watch event's copy, a listed one)."""
+        meta = ftj.get("metadata") or {}
+        record = self._records.get((meta.get("namespace"), meta.get("name")))
+        if record is None:
+            return False
+        stored = ftj.get("status") or {}
+        return status.canonical(stored) != record.status or bool(
+            record.root and status.untrusted_results(stored, record.root))
+
     async def reconcile(self, namespace: str, name: str, body: dict | None = None) -> str | None:
         """Queue a pass over one FineTuneJob and wait for it; returns its phase (None = gone), or raises
         what the pass raised (the queue retries it as well). Needs the workers running (`start`)."""
@@ -90,7 +161,7 @@ class Reconciler:
         namespace, name = key
         callers = self._callers.pop(key, ())  # those who asked after this point wait for the next pass
         body = self._bodies.pop(key, None)
-        if body is not None and key in self._written:
+        if body is not None and key in self._records:
             body = None
         started = time.monotonic()
         try:
@@ -98,7 +169,8 @@ class Reconciler:
         except Exception as err:
             self.metrics.reconcile_errors.labels(reason=type(err).__name__).inc()
             delay = self.queue.add_rate_limited(key)
-            log.warning("reconcile of %s/%s failed (retrying in %.0f s): %s", namespace, name, delay, err)
+            logs.action(namespace, name, "ReconcileError", f"the pass failed, retrying in {delay:.0f} s: {describe(err)}",
+                        level=logging.WARNING)
             for caller in callers:
                 if not caller.done():
                     caller.set_exception(err)
@@ -115,37 +187,69 @@ class Reconciler:
                 if not caller.done():  # the pass was cancelled (the operator stops)
                     caller.cancel()
 
+    def _trusted(self, key: Key, stored: dict) -> tuple[dict, bool]:
+        """The operator's keys of a job's status as the operator wrote them (its record), and whether they come
+        from its record. Without one (this process has not written it yet: a new job, or after a restart), the
+        stored status is all there is."""
+        record = self._records.get(key)
+        if record is None:
+            return status.operator_part(stored), False
+        return record.operator_status(), True
+
     async def _reconcile(self, namespace: str, name: str, body: dict | None) -> str | None:
+        key = (namespace, name)
         ftj = body if body is not None else await self.kube.get(KIND, namespace, name)
         if ftj is None or ftj["metadata"].get("deletionTimestamp"):
-            self._written.discard((namespace, name))
+            if self._records.pop(key, None) is not None:
+                logs.action(namespace, name, "Deleted", "the FineTuneJob was deleted; the garbage collector removes "
+                            "its Job and the other objects made for it (the output in storage is kept)")
             return None  # the garbage collector removes the children (ownerReferences)
-        old = ftj.get("status") or {}
+        uid = ftj["metadata"]["uid"]
+        stored = ftj.get("status") or {}
+        trusted, recorded = self._trusted(key, stored)
+        view = {**ftj, "status": trusted}  # the job with the operator's own idea of its status
         now = status.now_rfc3339()
         try:
             spec = builders.resolve_spec(ftj.get("spec"), self.config, name)
         except SpecError as err:
-            outcome = status.compute_invalid(ftj, [str(p) for p in err.problems], now)
+            outcome = status.compute_invalid(view, [str(p) for p in err.problems], now)
             await self._write_status(ftj, outcome)
             return outcome.phase
-        if old.get("phase") in status.FINISHED_PHASES:
-            await self._expire(ftj, spec)
-            return old["phase"]
+        root = builders.output_root(spec, namespace, name, uid)
+        job = None
+        if trusted.get("phase") in status.FINISHED_PHASES and not recorded and trusted.get("jobName"):
+            # A finished phase this process never wrote: after a restart, or a forgery. A Job of ours still at work
+            # says which.
+            job = await self.kube.get("Job", namespace, builders.job_name(name))
+            if job is not None and _owned_by(job, uid) and not _job_finished(job):
+                logs.action(namespace, name, "StatusRestored", f"the status says phase {trusted['phase']}, but its Job "
+                            "is still at work: the phase is taken from the Job again", level=logging.WARNING)
+                trusted = {"jobName": trusted["jobName"]}
+                view = {**ftj, "status": trusted}
+            else:
+                job = None
+        if trusted.get("phase") in status.FINISHED_PHASES:
+            await self._write_status(ftj, status.Outcome(trusted), root=root)  # puts back what someone else changed
+            await self._expire(ftj, spec, trusted)
+            return trusted["phase"]
         # The platform's policy, before anything is created (a job already running keeps the rules it started under).
-        denied = [] if old.get("jobName") else policy.check(self.config, ftj, spec)
+        denied = [] if trusted.get("jobName") else policy.check(self.config, ftj, spec)
         if denied:
-            outcome = status.compute_invalid(ftj, [str(v) for v in denied], now, reason=Reason.POLICY_DENIED)
+            outcome = status.compute_invalid(view, [str(v) for v in denied], now, reason=Reason.POLICY_DENIED)
             await self._write_status(ftj, outcome)
             return outcome.phase
-        # A FineTuneJob the operator never wrote a status for has no Job yet, almost always: go straight to
-        # creating (an existing one, after a restart mid-reconcile, is adopted on AlreadyExists).
-        job = await self.kube.get("Job", namespace, builders.job_name(name)) if old.get("jobName") else None
-        if job is not None and not _owned_by(job, ftj["metadata"]["uid"]):
-            raise NotOwnedError(f"Job {namespace}/{name} exists and is not owned by this FineTuneJob")
-        if job is None:
-            job = await self._create_children(ftj, spec, old)
-        else:
-            job = await self._propagate(ftj, spec, job)
+        try:
+            # A FineTuneJob the operator never wrote a status for has no Job yet, almost always: go straight to
+            # creating (an existing one, after a restart mid-reconcile, is adopted on AlreadyExists).
+            if job is None and trusted.get("jobName"):
+                job = await self.kube.get("Job", namespace, builders.job_name(name))
+            if job is not None:
+                self._check_owner(job, ftj)
+                job = await self._propagate(ftj, spec, job)
+            else:
+                job = await self._create_children(ftj, spec, trusted)
+        except ChildRejected as err:
+            return await self._reject(ftj, view, spec, str(err), root)
         created = job.pop("_created", False)
         # A Job created this moment has no pods yet.
         pods = [] if created else [
@@ -154,56 +258,100 @@ class Reconciler:
         ]
         observed = status.observe(job, pods, nodes=spec.nodes, spec_suspend=spec.suspend, queue_name=spec.queue_name,
                                   backoff_limit=spec.backoff_limit,
-                                  active_deadline_seconds=spec.active_deadline_seconds)
-        outcome = status.compute(ftj, observed, job["metadata"]["name"], now)
-        if created:
-            outcome = status.announce_job(outcome, job["metadata"]["name"], recreated=bool(old.get("jobName")))
-        await self._write_status(ftj, outcome)
+                                  active_deadline_seconds=spec.active_deadline_seconds,
+                                  queue_problem=await self._queue_problem(job, spec))
+        outcome = status.compute(view, observed, job["metadata"]["name"], now, notices=self._notices(ftj, name))
+        if created or not trusted.get("jobName"):  # also a Job this operator made in a pass that failed after
+            outcome = status.announce_job(outcome, job["metadata"]["name"], recreated=bool(trusted.get("jobName")))
+        await self._write_status(ftj, outcome, root=root)
         if outcome.phase in status.FINISHED_PHASES:
             await self._after_finish(ftj, spec, outcome.status)
         return outcome.phase
 
+    @staticmethod
+    def _notices(ftj: dict, name: str) -> list[str]:
+        """Settings of a valid spec that will not take effect, from the spec as the user wrote it."""
+        return [str(n) for n in notices(parse_spec(ftj.get("spec"), name=name))]
+
+    async def _reject(self, ftj: dict, view: dict, spec, message: str, root: str) -> str:
+        """ChildRejected: the job fails, saying what the API server said. A Job of this one still at work is
+        deleted: a Failed job runs nothing."""
+        meta = ftj["metadata"]
+        job = await self.kube.get("Job", meta["namespace"], builders.job_name(meta["name"]))
+        job_name = None
+        if job is not None and _owned_by(job, meta["uid"]):
+            job_name = job["metadata"]["name"]
+            if not _job_finished(job):
+                await self.kube.delete("Job", meta["namespace"], job_name)
+        now = status.now_rfc3339()
+        attempts = (view.get("status") or {}).get("attempts") or 0
+        observed = status.Observed(Phase.FAILED, Reason.CHILD_REJECTED, message, attempts, now)
+        outcome = status.compute(view, observed, job_name, now)
+        await self._write_status(ftj, outcome, root=root)
+        await self._after_finish(ftj, spec, outcome.status)
+        return outcome.phase
+
     # ------------------------------------------------------------------------------------- children
 
-    async def _create_or_adopt(self, obj: dict, uid: str) -> dict:
+    @staticmethod
+    def _check_owner(obj: dict, ftj: dict) -> None:
+        """An object of a child's name that is not this job's is reported, never adopted; one an earlier
+        FineTuneJob of the same name left is waited for (the garbage collector is removing it)."""
+        meta = ftj["metadata"]
+        if _owned_by(obj, meta["uid"]):
+            return
+        kind, name = obj.get("kind") or "object", obj["metadata"]["name"]
+        if _left_by_namesake(obj, meta["name"], meta["uid"]) or obj["metadata"].get("deletionTimestamp"):
+            raise RuntimeError(f"{kind} {name} belongs to an earlier FineTuneJob named {meta['name']}; waiting for "
+                               "the garbage collector to remove it")
+        raise ChildRejected(f"{kind} {meta['namespace']}/{name} already exists and was not made for this "
+                            f"FineTuneJob; kubetune does not take over objects it did not make: delete or rename "
+                            f"that {kind}, or give the FineTuneJob another name")
+
+    async def _create_or_adopt(self, obj: dict, ftj: dict) -> dict:
+        meta = obj["metadata"]
         try:
             created = await self.kube.create(obj)
             created["_created"] = True  # local marker, never sent back
             return created
-        except Exception as err:
-            if not is_status(err, 409):
+        except ApiException as err:
+            if err.status in REFUSED:
+                raise ChildRejected.refused(err, "create", obj["kind"], meta["namespace"], meta["name"]) from None
+            if err.status != 409:
                 raise
-        existing = await self.kube.get(obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
+        existing = await self.kube.get(obj["kind"], meta["namespace"], meta["name"])
         if existing is None:  # deleted in between: the next reconcile creates it
-            raise RuntimeError(f"{obj['kind']} {obj['metadata']['name']} vanished while being adopted")
-        if not _owned_by(existing, uid):
-            raise NotOwnedError(f"{obj['kind']} {obj['metadata']['name']} exists and is not owned by this FineTuneJob")
+            raise RuntimeError(f"{obj['kind']} {meta['name']} vanished while being adopted")
+        existing.setdefault("kind", obj["kind"])
+        self._check_owner(existing, ftj)
         return existing
 
-    async def _create_children(self, ftj: dict, spec, old_status: dict) -> dict:
+    async def _create_children(self, ftj: dict, spec, trusted: dict) -> dict:
         meta = ftj["metadata"]
-        uid = meta["uid"]
         previous = 0
-        if old_status.get("jobName"):
+        if trusted.get("jobName"):
             # We made a Job before and it is gone: someone deleted it. Run again; the trainer resumes.
-            previous = old_status.get("attempts") or 0
+            previous = trusted.get("attempts") or 0
             await self.event(ftj, "Warning", Reason.JOB_MISSING,
                              f"Job {meta['name']} was deleted while the FineTuneJob was unfinished; recreating it "
                              "(training resumes from the newest checkpoint)")
         for obj in builders.build_prerequisites(ftj, spec):
-            await self._create_or_adopt(obj, uid)
+            await self._create_or_adopt(obj, ftj)
         async with self._namespace_lock(meta["namespace"]):
             held = (not spec.suspend and not spec.queue_name and self.config.max_running_per_namespace > 0
                     and await self._running_in_namespace(meta["namespace"], exclude=meta["name"])
                     >= self.config.max_running_per_namespace)
             job = builders.build_job(ftj, spec, self.config, suspend=builders.initial_suspend(spec) or held,
                                      held_by_namespace_limit=held, previous_attempts=previous)
-            job = await self._create_or_adopt(job, uid)
+            job = await self._create_or_adopt(job, ftj)
+        if spec.suspend and spec.queue_name:
+            # Kueue makes the Job's Workload in a moment; it is deactivated then, before Kueue can admit it.
+            self.queue.add_after((meta["namespace"], meta["name"]), KUEUE_WORKLOAD_WAIT_SECONDS)
         # The Job exists, so its pods can start. The rest (the reporter's grant, then the status write and
         # JobCreated) waits while other new FineTuneJobs wait for their Jobs.
         await self.queue.defer()
         for obj in builders.build_reporter_grant(ftj, spec):
-            await self._create_or_adopt(obj, uid)
+            await self._create_or_adopt(obj, ftj)
         return job
 
     @contextlib.asynccontextmanager
@@ -231,31 +379,11 @@ class Reconciler:
         if _job_finished(job):
             return job
         patch_spec = builders.job_spec_updates(spec, job)
-        annotations: dict = {}
-        current = bool((job.get("spec") or {}).get("suspend"))
-        held = (job["metadata"].get("annotations") or {}).get(builders.ANNOTATION_HELD) == "true"
-        namespace = ftj["metadata"]["namespace"]
+        namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
         async with self._namespace_lock(namespace):
-            if spec.suspend:
-                desired = True
-                if held:
-                    annotations[builders.ANNOTATION_HELD] = None
-            elif spec.queue_name:
-                desired = current  # Kueue decides when the Job runs
-            elif current and self.config.max_running_per_namespace > 0:
-                running = await self._running_in_namespace(namespace, exclude=job["metadata"]["name"])
-                over = running >= self.config.max_running_per_namespace
-                desired = over
-                if over and not held:
-                    annotations[builders.ANNOTATION_HELD] = "true"
-                elif not over and held:
-                    annotations[builders.ANNOTATION_HELD] = None
-            else:
-                desired = False
-                if held:
-                    annotations[builders.ANNOTATION_HELD] = None
-            if desired != current:
-                patch_spec["suspend"] = desired
+            suspend, annotations = await self._suspension(ftj, spec, job)
+            if suspend is not None and suspend != bool((job.get("spec") or {}).get("suspend")):
+                patch_spec["suspend"] = suspend
             if not patch_spec and not annotations:
                 return job
             patch: dict = {}
@@ -263,21 +391,163 @@ class Reconciler:
                 patch["spec"] = patch_spec
             if annotations:
                 patch["metadata"] = {"annotations": annotations}
-            return await self.kube.patch("Job", namespace, job["metadata"]["name"], patch)
+            try:
+                return await self.kube.patch("Job", namespace, name, patch)
+            except ApiException as err:
+                if err.status in REFUSED:
+                    raise ChildRejected.refused(err, "patch", "Job", namespace, name) from None
+                raise
+
+    async def _suspension(self, ftj: dict, spec, job: dict) -> tuple[bool | None, dict]:
+        """Who holds the Job, and what that asks of it: the new `spec.suspend` (None: leave it as it is) and the
+        operator's annotations to change. One party decides at a time, so nothing is patched back and forth:
+
+        - Kueue, for a Job in a LocalQueue (its label, set by spec.queueName or by Kueue's webhook) or one Kueue
+          keeps a Workload for (manageJobsWithoutQueueName): the operator never sets such a Job's suspend; for
+          spec.suspend it deactivates the Workload (Kueue then stops the Job) and on resume reactivates only a
+          Workload it deactivated itself.
+        - the user (spec.suspend) or the namespace cap, for the others; the operator unsuspends only a Job it
+          suspended itself (annotations ANNOTATION_SUSPENDED_BY_USER, ANNOTATION_HELD), never one someone else did.
+        """
+        meta = ftj["metadata"]
+        current = bool((job.get("spec") or {}).get("suspend"))
+        annotations = job["metadata"].get("annotations") or {}
+        marked = annotations.get(builders.ANNOTATION_SUSPENDED_BY_USER) == "true"
+        held = annotations.get(builders.ANNOTATION_HELD) == "true"
+        ours = {builders.ANNOTATION_SUSPENDED_BY_USER: marked, builders.ANNOTATION_HELD: held}
+        changes: dict = {}
+
+        def keep(*wanted: str) -> None:  # the operator's annotations that stay; the others go
+            for annotation, present in ours.items():
+                if present and annotation not in wanted:
+                    changes[annotation] = None
+
+        queued = bool(kueue.queue_of(job))
+        # Kueue's Workload of the Job, where it decides something: to deactivate it (suspend) or reactivate it
+        # (resume), and to tell a Job Kueue manages without a queue label from one nobody manages.
+        if (spec.suspend or current) if queued else ((spec.suspend and not current) or (current and not marked
+                                                                                        and not held)):
+            workload = await self.kueue.workload(job)
+        else:
+            workload = None
+        if queued or workload is not None:
+            keep()
+            if workload is None:  # Kueue has not made it yet: look again in a moment
+                if spec.suspend:
+                    self.queue.add_after((meta["namespace"], meta["name"]), KUEUE_WORKLOAD_WAIT_SECONDS)
+            elif spec.suspend and kueue.is_active(workload):
+                await self.kueue.set_active(job, workload, False)
+                logs.action(meta["namespace"], meta["name"], Reason.SUSPENDED_BY_USER,
+                            f"deactivated Kueue Workload {workload['metadata']['name']} (Kueue stops the Job)",
+                            uid=meta["uid"])
+            elif not spec.suspend and not kueue.is_active(workload) and kueue.deactivated_by_us(workload):
+                await self.kueue.set_active(job, workload, True)
+                logs.action(meta["namespace"], meta["name"], Reason.RESUMED,
+                            f"reactivated Kueue Workload {workload['metadata']['name']} (Kueue admits it again)",
+                            uid=meta["uid"])
+            return None, changes
+        if spec.suspend:
+            if not current or held:
+                changes[builders.ANNOTATION_SUSPENDED_BY_USER] = "true"
+                keep(builders.ANNOTATION_SUSPENDED_BY_USER)
+                return True, changes
+            return None, changes  # suspended by us already, or by someone else: it stays so either way
+        if not current:
+            keep()
+            return None, changes
+        if not marked and not held:
+            return None, changes  # someone else suspended it: theirs to unsuspend
+        cap = self.config.max_running_per_namespace
+        if cap > 0 and await self._running_in_namespace(meta["namespace"], exclude=job["metadata"]["name"]) >= cap:
+            changes[builders.ANNOTATION_HELD] = "true"
+            keep(builders.ANNOTATION_HELD)
+            return True, changes
+        keep()
+        return False, changes
+
+    async def _queue_problem(self, job: dict, spec) -> str:
+        """Why Kueue cannot admit a Job waiting in a LocalQueue: the queue is missing, or Kueue is. "" otherwise
+        (also for Jobs no LocalQueue holds)."""
+        queue = kueue.queue_of(job)
+        annotations = job["metadata"].get("annotations") or {}
+        if (not queue or spec.suspend or not (job.get("spec") or {}).get("suspend")
+                or annotations.get(builders.ANNOTATION_HELD) == "true"):
+            return ""
+        return (await self.kueue.local_queue(job["metadata"]["namespace"], queue)).problem
 
     # ------------------------------------------------------------------------------------- status & events
 
-    async def _write_status(self, ftj: dict, outcome: status.Outcome) -> None:
-        patch = status.status_patch(ftj.get("status") or {}, outcome.status)
+    async def _write_status(self, ftj: dict, outcome: status.Outcome, root: str = "") -> None:
+        """Write the operator's keys where they differ from what is stored, and take back results outside the
+        output root; then post the outcome's Events."""
         meta = ftj["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        key = (namespace, name)
+        stored = ftj.get("status") or {}
+        wanted = bounds.refit(bounds.fit_status(outcome.status), self._refused_bounds)
+        patch = status.status_patch(stored, wanted)
+        previous = self._records.get(key)
+        if patch and previous is not None and status.canonical(stored) != previous.status:
+            logs.action(namespace, name, "StatusRestored", "someone else changed the operator's part of the status "
+                        f"({', '.join(sorted(patch))}); it is written back from the Job's and its pods' state",
+                        level=logging.WARNING, uid=meta["uid"])
+        taken_back = status.untrusted_results(stored, root) if root else {}
+        if taken_back:
+            logs.action(namespace, name, "ResultRejected", f"status {', '.join(sorted(taken_back))} named URIs outside "
+                        f"the job's output root {root}; they are removed", level=logging.WARNING, uid=meta["uid"])
+            patch |= taken_back
+        record = Record(status.canonical(wanted), root)
         if patch:
-            await self.kube.patch(KIND, meta["namespace"], meta["name"], {"status": patch}, subresource="status")
-        self._written.add((meta["namespace"], meta["name"]))
+            # Recorded before the write goes out: its own watch event may come back before the answer does.
+            self._records[key] = record
+            try:
+                written = await self._patch_status(ftj, patch)
+            except BaseException:
+                if previous is None:
+                    self._records.pop(key, None)
+                else:
+                    self._records[key] = previous
+                raise
+            if isinstance(written, dict) and "status" in written:  # what the API server stored, to the letter
+                record = Record(status.canonical(written["status"]), root)
+        self._records[key] = record
         for event in outcome.events:
             await self.event(ftj, event.type, event.reason, event.message)
 
-    async def event(self, ftj: dict, kind: str, reason: str, message: str) -> None:
+    async def _patch_status(self, ftj: dict, patch: dict) -> dict:
+        """A status merge patch; when the API server refuses it (422), logged and sent again cut to the bounds its
+        answer names, else in a minimal form (short messages), so that phase and conditions still get through."""
         meta = ftj["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        try:
+            return await self.kube.patch(KIND, namespace, name, {"status": patch}, subresource="status")
+        except ApiException as err:
+            if err.status != 422:
+                raise
+            refused = err
+        logs.action(namespace, name, "StatusRefused", f"the API server refused the status write: "
+                    f"{server_message(refused)}; sending it again in a form that fits", level=logging.WARNING,
+                    uid=meta["uid"])
+        learned = bounds.refused_bounds(refused.body)
+        attempts = []
+        if learned:
+            self._refused_bounds.update(learned)
+            attempts.append(bounds.refit(patch, self._refused_bounds))
+        attempts.append(status.minimal(patch))
+        for attempt in attempts:
+            try:
+                return await self.kube.patch(KIND, namespace, name, {"status": attempt}, subresource="status")
+            except ApiException as err:
+                if err.status != 422:
+                    raise
+                refused = err
+        raise refused
+
+    async def event(self, ftj: dict, kind: str, reason: str, message: str) -> None:
+        """Post an Event on the FineTuneJob (kubectl describe tells the story) and log it."""
+        meta = ftj["metadata"]
+        logs.action(meta["namespace"], meta["name"], reason, message,
+                    level=logging.WARNING if kind == "Warning" else logging.INFO, uid=meta.get("uid"))
         now = status.now_rfc3339()
         body = {
             "apiVersion": "v1",
@@ -287,7 +557,7 @@ class Reconciler:
                                "namespace": meta["namespace"], "uid": meta["uid"]},
             "type": kind,
             "reason": str(reason),
-            "message": message[:1024],
+            "message": bounds.fit_text(message, 1024),  # events.k8s.io keeps a note to 1 KiB
             "source": {"component": "kubetune-operator"},
             "reportingComponent": "kubetune.dev/operator",
             "reportingInstance": self.instance,
@@ -310,9 +580,9 @@ class Reconciler:
         if deadline is not None:
             self.queue.add_after((namespace, ftj["metadata"]["name"]), deadline.timestamp() - time.time())
 
-    async def _expire(self, ftj: dict, spec) -> None:
+    async def _expire(self, ftj: dict, spec, operator_status: dict) -> None:
         """ttlSecondsAfterFinished: remove the children (never the FineTuneJob, never the output)."""
-        deadline = status.ttl_deadline(ftj.get("status") or {}, spec.ttl_seconds_after_finished)
+        deadline = status.ttl_deadline(operator_status, spec.ttl_seconds_after_finished)
         if deadline is None:
             return
         meta = ftj["metadata"]
@@ -374,12 +644,12 @@ class Reconciler:
                 log.exception("resync pass failed")
 
     async def resync(self) -> None:
-        """Queue every FineTuneJob that is unfinished or waits for its TTL, as background work: status
-        never drifts, even after a missed event.
+        """Queue every FineTuneJob that is unfinished, waits for its TTL, or whose status someone else changed, as
+        background work: status never drifts, even after a missed event.
 
         Except those whose last pass failed: their retry is due after a backoff of up to 5 min, and a
         resync every minute would undo it."""
-        known = self._written | self.metrics.recorded()
+        known = set(self._records) | self.metrics.recorded()
         listed: set[Key] = set()
         complete = True
         for namespace in self.config.namespaces or (None,):
@@ -393,11 +663,13 @@ class Reconciler:
                 key = (ftj["metadata"]["namespace"], ftj["metadata"]["name"])
                 listed.add(key)
                 if (((ftj.get("status") or {}).get("phase") not in status.FINISHED_PHASES
-                     or ((ftj.get("spec") or {}).get("ttlSecondsAfterFinished") or 0) > 0)
+                     or ((ftj.get("spec") or {}).get("ttlSecondsAfterFinished") or 0) > 0
+                     or self.status_disagrees(ftj))
                         and not self.queue.num_requeues(key)):
                     self.queue.add(key, urgent=False)
         if complete:
             # Known before the listing and not in it: deleted without a pass noticing (no child to tell of it).
             for namespace, name in known - listed:
-                self._written.discard((namespace, name))
+                if self._records.pop((namespace, name), None) is not None:
+                    logs.action(namespace, name, "Deleted", "the FineTuneJob is gone")
                 self.metrics.set_phase(namespace, name, None)

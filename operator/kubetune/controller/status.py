@@ -2,24 +2,36 @@
 that tell the story of each transition.
 
 The operator owns phase, conditions, attempts, startTime, completionTime, observedGeneration, jobName
-and message; the trainer's reporter owns progress, metrics, checkpoints and output. Both build their part
-with the API's status models (kubetune.api.v1alpha1.Status) and write merge patches of their own keys, so
-neither overwrites the other.
+and message, and derives them from what it sees of the Job and its pods, never from what the status says:
+the trainer's reporter may patch the status (its progress, metrics, checkpoints, output and plan), and with
+its token it could write any key. The operator's next pass puts its own keys back (`status_patch` against what
+is stored) and drops result URIs outside the job's output root (`untrusted_results`). Both sides build their
+part with the API's status models (kubetune.api.v1alpha1.Status), fitted to the CRD's bounds (bounds.py).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import re
+import unicodedata
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
 from kubetune.api.constants import ConditionStatus as S
 from kubetune.api.constants import ConditionType as C
 from kubetune.api.constants import ExitCode, Phase, Reason
-from kubetune.api.v1alpha1 import MAX_STRING_LENGTH, Condition, Status
-from kubetune.controller.builders import ANNOTATION_HELD, ANNOTATION_PREVIOUS_ATTEMPTS, TRAINER_CONTAINER
+from kubetune.api.v1alpha1 import Condition, OutputRefs, Status
+from kubetune.controller import bounds
+from kubetune.controller.builders import (
+    ANNOTATION_HELD,
+    ANNOTATION_PREVIOUS_ATTEMPTS,
+    ANNOTATION_SUSPENDED_BY_USER,
+    LABEL_KUEUE_QUEUE,
+    TRAINER_CONTAINER,
+)
 
 # kstatus (sigs.k8s.io/cli-utils/pkg/kstatus) "abnormal-true" conditions: present (True) while the
 # object is progressing / stuck, removed otherwise. Flux and Argo read them with observedGeneration.
@@ -124,9 +136,23 @@ def failed_pods(pods: list[dict]) -> list[dict]:
     return sorted(failed, key=order)
 
 
+# ANSI escape sequences (a colour code, a cursor move) as a terminal reads them.
+_ESCAPE_SEQUENCE = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|[@-_])")
+
+
+def pod_text(text: str) -> str:
+    """Text from inside a pod (a termination message, or the log tail the kubelet uses instead) as one line of
+    printable text: control characters and escape sequences out (a message must not repaint a terminal that
+    runs `kubectl describe`), lines joined with " | ". Its length is bounded where it is stored."""
+    text = _ESCAPE_SEQUENCE.sub("", text)
+    lines = ("".join(ch if unicodedata.category(ch)[0] != "C" else " " for ch in line).strip()
+             for line in text.splitlines())
+    return " | ".join(line for line in lines if line)
+
+
 def failure_text(pod: dict) -> str:
     term = trainer_termination(pod) or {}
-    message = (term.get("message") or "").strip()
+    message = pod_text(term.get("message") or "")
     if message:
         return message
     if _condition_true(pod, "DisruptionTarget"):
@@ -164,9 +190,20 @@ def count_attempts(job: dict, nodes: int, pods: list[dict] = ()) -> int:
     return previous + math.ceil(counted / max(nodes, 1))
 
 
+def user_error_reason(text: str) -> Reason:
+    """The reason of a user error: DoesNotFit when the trainer's memory plan says the job cannot fit its GPUs (its
+    termination message then starts "UserError: DoesNotFit: ..."), else UserError."""
+    if text.removeprefix(f"{Reason.USER_ERROR}:").lstrip().startswith(f"{Reason.DOES_NOT_FIT}:"):
+        return Reason.DOES_NOT_FIT
+    return Reason.USER_ERROR
+
+
 def observe(job: dict | None, pods: list[dict], *, nodes: int, spec_suspend: bool, queue_name: str,
-            backoff_limit: int, active_deadline_seconds: int) -> Observed:
-    """The phase a FineTuneJob is in, read from its Job and pods (pods of the current Job only)."""
+            backoff_limit: int, active_deadline_seconds: int, queue_problem: str = "") -> Observed:
+    """The phase a FineTuneJob is in, read from its Job and pods (pods of the current Job only).
+
+    `queue_name`: spec.queueName; `queue_problem`: why the live Job's LocalQueue cannot admit it (no such
+    LocalQueue, or no Kueue at all), "" when it can."""
     if job is None:
         return Observed(Phase.PENDING, Reason.JOB_CREATED, "creating the training Job")
     attempts = count_attempts(job, nodes, pods)
@@ -181,7 +218,7 @@ def observe(job: dict | None, pods: list[dict], *, nodes: int, spec_suspend: boo
         user_pod = _user_error_pod(pods)
         if job_reason == "PodFailurePolicy" or user_pod is not None:
             text = failure_text(user_pod) if user_pod else (failed.get("message") or "the trainer reported a user error")
-            return Observed(Phase.FAILED, Reason.USER_ERROR, text, attempts, finished_at)
+            return Observed(Phase.FAILED, user_error_reason(text), text, attempts, finished_at)
         if job_reason == "DeadlineExceeded":
             text = f"the job ran longer than spec.activeDeadlineSeconds ({active_deadline_seconds} s)"
             return Observed(Phase.FAILED, Reason.DEADLINE_EXCEEDED, text, attempts, finished_at)
@@ -190,16 +227,26 @@ def observe(job: dict | None, pods: list[dict], *, nodes: int, spec_suspend: boo
         text = f"failed {attempts} time(s), more than spec.backoffLimit ({backoff_limit}) retries{detail}"
         return Observed(Phase.FAILED, Reason.BACKOFF_LIMIT_EXCEEDED, text, attempts, finished_at)
     if (job.get("spec", {}) or {}).get("suspend"):
+        # Who holds the Job: the user (spec.suspend), the operator's namespace cap, Kueue, or someone else.
         if spec_suspend:
             return Observed(Phase.SUSPENDED, Reason.SUSPENDED_BY_USER, "suspended: spec.suspend is true", attempts)
         annotations = job.get("metadata", {}).get("annotations") or {}
         if annotations.get(ANNOTATION_HELD) == "true":
             return Observed(Phase.QUEUED, Reason.NAMESPACE_LIMIT,
                             "waiting: this namespace runs as many FineTuneJobs as the operator allows", attempts)
-        if queue_name:
+        queue = (job.get("metadata", {}).get("labels") or {}).get(LABEL_KUEUE_QUEUE, "")
+        if queue and queue_problem:
+            return Observed(Phase.QUEUED, Reason.QUEUE_NOT_FOUND, queue_problem, attempts)
+        if queue:
+            how = "" if queue == queue_name else " (Kueue's webhook put it in its namespace's default LocalQueue)"
             return Observed(Phase.QUEUED, Reason.WAITING_FOR_ADMISSION,
-                            f"waiting for Kueue LocalQueue {queue_name!r} to admit the Job", attempts)
-        return Observed(Phase.SUSPENDED, Reason.SUSPENDED_BY_USER, "the training Job is suspended", attempts)
+                            f"waiting for Kueue LocalQueue {queue!r} to admit the Job{how}", attempts)
+        if annotations.get(ANNOTATION_SUSPENDED_BY_USER) == "true":
+            return Observed(Phase.SUSPENDED, Reason.SUSPENDED_BY_USER, "the training Job is suspended", attempts)
+        return Observed(Phase.QUEUED, Reason.WAITING_FOR_ADMISSION,
+                        "the Job was suspended by another controller, not by kubetune (Kueue does this to every Job of "
+                        "a namespace it manages with manageJobsWithoutQueueName): it starts when that controller "
+                        "admits it", attempts)
     live = [p for p in pods if p.get("status", {}).get("phase") in ("Pending", "Running")
             and not p["metadata"].get("deletionTimestamp")]
     failures = failed_pods(pods)
@@ -234,12 +281,13 @@ def observe(job: dict | None, pods: list[dict], *, nodes: int, spec_suspend: boo
 
 
 def bounded(text: str) -> str:
-    """A message that fits the API's string bound (the API server refuses a longer one, and the whole write)."""
-    return text if len(text) <= MAX_STRING_LENGTH else text[:MAX_STRING_LENGTH - 3] + "..."
+    """status.message cut to the CRD's bound (the API server refuses a longer one, and the whole write with it)."""
+    return bounds.fit_text(text, bounds.max_length("message"))
 
 
 def _condition(kind: str, status: S, reason: str, message: str, generation: int | None) -> Condition:
-    return Condition(type=str(kind), status=status, reason=str(reason), message=bounded(message),
+    return Condition(type=str(kind), status=status, reason=str(reason),
+                     message=bounds.fit_text(message, bounds.max_length("conditions", "message")),
                      observed_generation=generation)
 
 
@@ -315,7 +363,13 @@ _EVENT_TEXT = {
 }
 _WARNING_REASONS = {Reason.USER_ERROR, Reason.BACKOFF_LIMIT_EXCEEDED, Reason.DEADLINE_EXCEEDED, Reason.RETRYING,
                     Reason.PREEMPTED, Reason.SPEC_INVALID, Reason.JOB_MISSING, Reason.POLICY_DENIED,
-                    Reason.SECRET_NOT_FOUND}
+                    Reason.SECRET_NOT_FOUND, Reason.CHILD_REJECTED, Reason.DOES_NOT_FIT, Reason.QUEUE_NOT_FOUND}
+# Reasons whose words become status.message: failures, and what keeps a job from starting that a user can fix.
+_MESSAGE_REASONS = {Reason.RETRYING, Reason.PREEMPTED, Reason.SECRET_NOT_FOUND, Reason.QUEUE_NOT_FOUND}
+
+
+def is_warning(reason: str) -> bool:
+    return reason in _WARNING_REASONS
 
 
 def _event(reason: str, message: str) -> Event:
@@ -329,12 +383,22 @@ def _phase_reason(old_status: dict) -> tuple[str | None, str | None]:
     return old_status.get("phase"), running.get("reason")
 
 
-def compute(ftj: dict, observed: Observed, job_name: str | None, now: str) -> Outcome:
-    """The operator's part of status for a valid FineTuneJob, and the Events for what changed."""
+def valid_message(notices: list[str] = ()) -> str:
+    """The Validated condition's message: valid, and which settings will not take effect (validation.notices)."""
+    if not notices:
+        return "the spec is valid"
+    return "the spec is valid; these settings will not take effect: " + "; ".join(notices)
+
+
+def compute(ftj: dict, observed: Observed, job_name: str | None, now: str, notices: list[str] = ()) -> Outcome:
+    """The operator's part of status for a valid FineTuneJob, and the Events for what changed.
+
+    `ftj["status"]` is the operator's own record of what it wrote last (never trusted from the object alone:
+    the reconciler hands over its record, see Reconciler._trusted)."""
     old = ftj.get("status") or {}
     generation = ftj.get("metadata", {}).get("generation")
-    conditions = merge_conditions(old.get("conditions") or [], desired_conditions(observed, old.get("conditions") or [],
-                                                                                 generation), now)
+    wanted = desired_conditions(observed, old.get("conditions") or [], generation, valid_message(notices))
+    conditions = merge_conditions(old.get("conditions") or [], wanted, now)
     attempts = max(observed.attempts, old.get("attempts") or 0)
     start_time, completion_time = old.get("startTime"), old.get("completionTime")
     message = old.get("message") or ""
@@ -343,8 +407,7 @@ def compute(ftj: dict, observed: Observed, job_name: str | None, now: str) -> Ou
     if observed.phase in FINISHED_PHASES and not completion_time:
         completion_time = observed.completion_time or now
         start_time = start_time or completion_time
-    if observed.phase == Phase.FAILED or observed.reason in (Reason.RETRYING, Reason.PREEMPTED,
-                                                             Reason.SECRET_NOT_FOUND):
+    if observed.phase == Phase.FAILED or observed.reason in _MESSAGE_REASONS:
         message = observed.message
     elif observed.phase == Phase.SUCCEEDED:
         message = ""
@@ -405,8 +468,24 @@ def status_patch(old_status: dict, new_status: dict) -> dict:
     for key in OPERATOR_STATUS_KEYS:
         new, old = new_status.get(key), (old_status or {}).get(key)
         if new != old and not (new in (None, "") and old in (None, "")):
-            patch[key] = new
+            patch[key] = None if new == "" else new  # removed, as if never written
     return patch
+
+
+# A message's length in the form a status write takes after the API server refused it in full.
+MINIMAL_MESSAGE_LENGTH = 256
+
+
+def minimal(patch: dict) -> dict:
+    """A status patch cut down, for an API server that refused it for a reason its answer does not name as a bound:
+    the same keys, every message short."""
+    out = dict(patch)
+    if isinstance(out.get("message"), str):
+        out["message"] = bounds.fit_text(out["message"], MINIMAL_MESSAGE_LENGTH)
+    if isinstance(out.get("conditions"), list):
+        out["conditions"] = [c | {"message": bounds.fit_text(c.get("message") or "", MINIMAL_MESSAGE_LENGTH)}
+                             if isinstance(c, dict) else c for c in out["conditions"]]
+    return out
 
 
 def ttl_deadline(status: dict, ttl_seconds: int) -> dt.datetime | None:
@@ -415,3 +494,49 @@ def ttl_deadline(status: dict, ttl_seconds: int) -> dt.datetime | None:
         return None
     finished = parse_time(status.get("completionTime"))
     return finished + dt.timedelta(seconds=ttl_seconds) if finished else None
+
+
+# ----------------------------------------------------------------------------------------- trust
+
+
+def canonical(status: dict | None) -> str:
+    """The operator's keys of a status in one comparable form: what the operator wrote is told from what someone
+    else (the trainer's token can patch the whole status) wrote since. Absent, null and "" are alike."""
+    status = status or {}
+    return json.dumps({k: status[k] for k in OPERATOR_STATUS_KEYS if status.get(k) not in (None, "")},
+                      sort_keys=True, separators=(",", ":"))
+
+
+def operator_part(status: dict | None) -> dict:
+    return {k: v for k, v in (status or {}).items() if k in OPERATOR_STATUS_KEYS}
+
+
+OUTPUT_RESULT_KEYS = tuple(f.alias for f in OutputRefs.model_fields.values())
+
+
+def under_root(uri: Any, root: str) -> bool:
+    """Whether a URI the trainer reports lies under the job's output root: the root's own prefix, and no "." or ".."
+    segment (percent-encoded or not) to climb out of it by a reader that normalises paths."""
+    if not isinstance(uri, str) or not uri.startswith(root):
+        return False
+    segments = urllib.parse.unquote(uri[len(root):]).split("/")
+    return not any(segment in (".", "..") for segment in segments)
+
+
+def untrusted_results(status: dict | None, root: str) -> dict:
+    """A merge patch that takes back the results (output URIs, checkpoints) outside the job's output root: only
+    the run's own output may be shown as its result. {} when every one is in place."""
+    status = status or {}
+    patch: dict[str, Any] = {}
+    output = status.get("output") or {}
+    if isinstance(output, dict):
+        outside = {key: None for key in OUTPUT_RESULT_KEYS if output.get(key) is not None
+                   and not under_root(output[key], root)}
+        if outside:
+            patch["output"] = outside
+    checkpoints = status.get("checkpoints")
+    if isinstance(checkpoints, list):
+        kept = [c for c in checkpoints if isinstance(c, dict) and under_root(c.get("uri"), root)]
+        if len(kept) != len(checkpoints):
+            patch["checkpoints"] = kept or None
+    return patch

@@ -1,0 +1,93 @@
+"""The trainer's side of the status: its reporter writes only its own keys, within the CRD's bounds, and copes with
+an API server that holds it to tighter ones; user data in its messages is quoted and bounded."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import kubernetes
+import pytest
+from harness import wait_for
+from kubetune.api.crd import crd
+from kubetune.api.v1alpha1 import Plan
+from kubetune_trainer.reporting import MultiReporter, NullReporter, ProgressReport, quoted
+from kubetune_trainer.status_reporter import StatusReporter, status_patch
+
+
+@pytest.mark.parametrize("value, shown", [
+    ("conversation", "'conversation'"),
+    ("it's", "'it\\'s'"),
+    ("two\nlines", "'two\\nlines'"),
+    ("\x1b[31mred", "'\\u001b[31mred'"),
+    ("\u202eevil", "'\\u202eevil'"),  # a bidirectional override: escaped, never applied
+    ("réponse", "'réponse'"),
+    (42, "'42'"),
+])
+def test_user_data_is_quoted_on_one_line(value, shown):
+    assert quoted(value) == shown
+
+
+def test_user_data_is_bounded_without_breaking_an_escape():
+    long = quoted("\n" * 100, limit=11)
+    assert long == "'\\n\\n\\n\\n...'"
+    assert len(quoted("x" * 10_000)) == 82
+
+
+def test_the_reporter_writes_only_its_own_keys():
+    patch = status_patch({"progress": {"step": 3, "totalSteps": 10, "epoch": 0.3, "percent": 30},
+                          "plan": {"strategy": "fsdp", "worldSize": 8, "perGpuGib": 30.5, "fits": True}})
+    assert set(patch) == {"progress", "plan"}  # no defaults of the operator's keys (conditions, phase)
+
+
+def test_a_plan_with_keys_the_api_does_not_know_says_so(caplog):
+    reporter = StatusReporter("x", "y", api_client=object())
+    with caplog.at_level(logging.WARNING, "kubetune.trainer.status"):
+        reporter.plan({"strategy": "ddp", "worldSize": 1, "perGpuGiB": 3.0})
+    reporter.close(timeout=0.1)
+    assert "status.plan has no field perGpuGiB" in caplog.text
+
+
+def test_an_optional_report_reaches_only_the_reporters_that_take_it():
+    class Console:
+        def __init__(self):
+            self.seen = []
+
+        def progress(self, report):
+            self.seen.append(report)
+
+    console, null = Console(), NullReporter()
+    both = MultiReporter(console, null)
+    both.plan(Plan(strategy="ddp", world_size=1))  # Console has no plan(): skipped, no warning
+    both.progress(ProgressReport(step=1, total_steps=2, epoch=0.5))
+    assert len(console.seen) == 1
+
+
+def test_a_reporter_held_to_tighter_bounds_learns_them_from_the_refusal(admin, namespace, sim, emulator, operator):
+    """A cluster whose CRD bounds progress.stage to 64 characters: the first patch is refused, the reporter cuts it
+    to the bound the answer names and every later patch fits from the start."""
+    from test_operator import User
+
+    tighter = copy.deepcopy(crd())
+    tighter["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]["progress"][
+        "properties"]["stage"]["maxLength"] = 64
+    user = User(admin, namespace)
+    emulator.register_crd(tighter)
+    try:
+        user.apply("tight")
+        wait_for(lambda: user.status("tight").get("phase"), what="a status")
+        client = kubernetes.client.ApiClient(emulator.client_configuration(f"sa:{namespace}:tight-reporter"))
+        wait_for(lambda: sim.kube.get("RoleBinding", namespace, "tight-reporter"), what="the reporter's grant")
+        reporter = StatusReporter("tight", namespace, interval_seconds=0, api_client=client)
+        reporter.progress(ProgressReport(step=1, total_steps=4, epoch=0.25, stage="policy " * 20))
+        wait_for(lambda: (user.status("tight").get("progress") or {}).get("step") == 1, what="the first report")
+        reporter.progress(ProgressReport(step=2, total_steps=4, epoch=0.5, stage="policy " * 20))
+        reporter.close()
+        progress = wait_for(lambda: (p := user.status("tight").get("progress") or {}).get("step") == 2 and p,
+                            what="the second report")
+        assert len(progress["stage"]) == 64
+        refused = [c for c in emulator.calls(f"sa:{namespace}:tight-reporter") if c.verb == "patch"]
+        assert len(refused) == 3  # refused, cut and sent again, then cut from the start
+        assert reporter.errors == 0
+    finally:
+        emulator.register_crd(crd())
