@@ -3,6 +3,7 @@ resume after SIGKILL, SIGTERM, torchrun with 2 processes (gloo)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -313,6 +314,50 @@ def test_two_nodes_each_rank_rng_state_reaches_the_checkpoint(tiny_llama_dir, te
         assert {"_COMPLETE", "model.safetensors", "rng_state_0.pth", "rng_state_1.pth"} <= files, files
         # Written by node 1 itself, before rank 0 marked the checkpoint complete.
         assert (folder / "rng_state_1.pth").stat().st_mtime <= (folder / "_COMPLETE").stat().st_mtime
+
+
+def test_a_frozen_node_is_noticed_within_the_collective_timeout(tiny_llama_dir, text_file, write_job, tmp_path):
+    """A peer that stops answering (its node frozen or cut off, its pod not yet gone) makes the other node's ranks
+    fail in their next collective after KUBETUNE_COLLECTIVE_TIMEOUT_SECONDS, not after torch's 30 minutes: the
+    attempt ends and the next one can start every node again."""
+    job = _causal_job(write_job, tiny_llama_dir, text_file, hyperparameters={"maxSteps": 200, "batchSize": 2})
+    out = tmp_path / "out"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = _subprocess_env(KUBETUNE_COLLECTIVE_TIMEOUT_SECONDS="15", KUBETUNE_DEBUG_STEP_SLEEP="0.2")
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),
+             "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port),
+             "-m", "kubetune_trainer", str(job), "--output", f"file://{out}/"],
+            env=env | {"KUBETUNE_WORK_DIR": str(tmp_path / f"node-{node}")},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )
+        for node in (0, 1)
+    ]
+    try:
+        deadline = time.time() + 240
+        while not (out / "checkpoints" / "step-4" / "_COMPLETE").exists():
+            assert time.time() < deadline and all(n.poll() is None for n in nodes), "training did not start"
+            time.sleep(0.2)
+        # Node 1 freezes (its launcher and its worker): no crash, no closed socket.
+        workers = subprocess.run(["pgrep", "-P", str(nodes[1].pid)], capture_output=True, text=True).stdout.split()
+        for pid in [nodes[1].pid, *map(int, workers)]:
+            os.kill(pid, signal.SIGSTOP)
+        frozen = time.time()
+        nodes[0].wait(timeout=15 + 90)
+        noticed = time.time() - frozen
+    finally:
+        for node in nodes:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.pid, signal.SIGKILL)
+            node.wait()
+    assert nodes[0].returncode != 0
+    assert noticed < 15 + 90, noticed
+    log = nodes[0].stdout.read()
+    assert "InfraError: a peer process of this run was lost" in log, log[-3000:]  # exit 20: the attempt is retried
+    assert not (out / "final" / "_COMPLETE").exists()
 
 
 # --------------------------------------------------------------------------- failures -> exit codes

@@ -112,6 +112,7 @@ def training_args(ctx: RunContext, cls: type | None = None, *, formats=None, has
 
         kwargs["ddp_backend"] = "nccl" if torch.cuda.is_available() else "gloo"
         kwargs["ddp_find_unused_parameters"] = False
+        kwargs["ddp_timeout"] = sharding.collective_timeout_seconds()
 
     if has_eval:
         every = spec.evaluation.every_steps

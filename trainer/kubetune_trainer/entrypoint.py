@@ -109,8 +109,22 @@ def run_cli(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return _fail(termination_log, ExitCode.PREEMPTED, "Preempted: interrupted", only_if_empty=True)
     except Exception as err:  # noqa: BLE001 - a bug: details to stderr, one line to the log
+        if lost_peer(err):  # another rank's node died or froze: retrying the attempt is the cure
+            return _fail(termination_log, ExitCode.INFRA_ERROR, f"InfraError: a peer process of this run was lost: {err}")
         traceback.print_exc(file=sys.stderr)
         return _fail(termination_log, ExitCode.INTERNAL_ERROR, f"InternalError: {type(err).__name__}: {err}")
+
+
+_PEER_LOST = re.compile(r"gloo/transport|Timed out waiting|Connection closed by peer|Connection reset by peer|NCCL", re.I)
+
+
+def lost_peer(err: BaseException) -> bool:
+    """A collective failed because another rank went away (its pod killed, its node lost or frozen past the
+    collective timeout): torch raises DistError for NCCL and a plain RuntimeError from gloo's transport."""
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is not None and isinstance(err, getattr(distributed, "DistError", ())):
+        return True
+    return isinstance(err, RuntimeError) and bool(_PEER_LOST.search(str(err)))
 
 
 def _fail(path: str | None, code: int, message: str, *, only_if_empty: bool = False) -> int:
@@ -213,11 +227,15 @@ def _local_main_first(world: World):
 def _init_distributed(world: World) -> None:
     if world.size <= 1:
         return
+    from datetime import timedelta
+
     import torch
     from accelerate import PartialState
 
-    # The Trainer reuses this state (a singleton); starting it now lets ranks wait for downloads.
-    PartialState(backend="nccl" if torch.cuda.is_available() else "gloo")
+    # The Trainer reuses this state (a singleton); starting it now lets ranks wait for downloads. Collectives
+    # give up after the bounded timeout (sharding.collective_timeout_seconds): a lost peer ends the attempt.
+    PartialState(backend="nccl" if torch.cuda.is_available() else "gloo",
+                 timeout=timedelta(seconds=sharding.collective_timeout_seconds()))
 
 
 def _finish_distributed(wait_for_others: bool) -> None:
@@ -391,7 +409,8 @@ def fetch_inputs(spec, out: RunOutput, work_dir: Path, world: World = World()) -
             log.info("starting from %s: %s", source.checkpoint.uri, source.why)
         started_from = latest or (source.checkpoint if source is not None and source.continues else None)
         resumed = None if started_from is None else sharding.SHARDED_MARKER in (started_from.marker or {}).get("files", {})
-        config = fetch_config(spec.model.uri, work_dir / "model-config", role=ROLE_MODEL, spec=spec)
+        # Into the model's own folder: the snapshot (or the cache entry's copy) then finds config.json there.
+        config = fetch_config(spec.model.uri, work_dir / "model", role=ROLE_MODEL, spec=spec)
         plan_result, strategy = plan_run(spec, config, world, resumed)
         log.info("%s", strategy.why)
         model_dir = model(spec.model.uri, "model", ROLE_MODEL)

@@ -54,6 +54,15 @@ class Strategy:
         return self.name == "fsdp+offload"
 
 
+# A lost peer (its pod killed, its node gone) leaves every other rank waiting in a collective: after this long the
+# wait fails, the rank exits and the attempt ends, instead of torch's 30 minutes of idle GPUs.
+DEFAULT_COLLECTIVE_TIMEOUT_SECONDS = 300
+
+
+def collective_timeout_seconds() -> int:
+    return int(os.environ.get("KUBETUNE_COLLECTIVE_TIMEOUT_SECONDS", DEFAULT_COLLECTIVE_TIMEOUT_SECONDS))
+
+
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
