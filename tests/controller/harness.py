@@ -1,6 +1,6 @@
 """Test harness: the API emulator, the real operator (kopf) in a thread, and the parts of a cluster
-the emulator does not have — the Job controller, the kubelet and Kueue — played by `ClusterSim`
-through the API, the way those controllers write Job and pod status."""
+the emulator does not have — the Job controller and the kubelet — played by `ClusterSim` through the API,
+the way those controllers write Job and pod status (Kueue: kueuesim.py)."""
 
 from __future__ import annotations
 
@@ -159,7 +159,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "c
 
 
 class ClusterSim:
-    """The Job controller, the kubelet and Kueue, reduced to what the operator observes."""
+    """The Job controller and the kubelet, reduced to what the operator observes."""
 
     def __init__(self, emulator: Emulator):
         self.kube = BlockingKube(emulator.client_configuration(ADMIN_TOKEN))
@@ -303,6 +303,3 @@ class ClusterSim:
                 if pod["status"].get("phase") in ("Pending", "Running"):
                     self.kube.delete("Pod", namespace, pod["metadata"]["name"])
             self._job_status(job, {"active": 0, "ready": 0})
-
-    def kueue_admit(self, namespace: str, name: str) -> dict:
-        return self.kube.patch("Job", namespace, name, {"spec": {"suspend": False}})

@@ -1,6 +1,6 @@
 """A short, real transcript for the docs: the API emulator + the operator, one FineTuneJob driven through
-its phases (the Job controller, kubelet and Kueue played by harness.ClusterSim, progress patched by the
-trainer's real StatusReporter), printing `status` as YAML at each phase.
+its phases (the Job controller and kubelet played by harness.ClusterSim, Kueue by kueuesim.KueueSim, progress
+patched by the trainer's real StatusReporter), printing `status` as YAML at each phase.
 
     python tests/controller/transcript.py
 """
@@ -22,6 +22,7 @@ from kubetune.api.constants import GROUP, PLURAL, VERSION  # noqa: E402
 from kubetune.controller.config import OperatorConfig  # noqa: E402
 from kubetune_trainer.reporting import CheckpointReport, OutputReport, ProgressReport  # noqa: E402
 from kubetune_trainer.status_reporter import StatusReporter  # noqa: E402
+from kueuesim import KueueSim  # noqa: E402
 
 NS, NAME = "team-a", "support-bot"
 MANIFEST = {
@@ -40,6 +41,8 @@ def main() -> None:
     admin = kubernetes.client.ApiClient(emulator.client_configuration(ADMIN_TOKEN))
     api = kubernetes.client.CustomObjectsApi(admin)
     sim = ClusterSim(emulator)
+    kueue = KueueSim(emulator, namespaces={NS}).install()
+    kueue.local_queue(NS, "gpu-queue", capacity=0)
     get = lambda: api.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, NAME).get("status") or {}  # noqa: E731
 
     def show(title: str, phase: str) -> None:
@@ -51,7 +54,8 @@ def main() -> None:
         print(f"# kubectl apply -f {NAME}.yaml   (spec.queueName: gpu-queue)\n")
         api.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, MANIFEST)
         show("queued: the Job exists, suspended, labelled for Kueue", "Queued")
-        sim.kueue_admit(NS, NAME)
+        kueue.capacity[(NS, "gpu-queue")] = 1  # quota frees up: Kueue admits the Workload and unsuspends the Job
+        wait_for(lambda: not sim.job(NS, NAME)["spec"]["suspend"], 20, "admission")
         sim.start(NS, NAME)
         uid = api.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, NAME)["metadata"]["uid"]
         root = f"s3://kubetune/{NS}/{NAME}/{uid}/"
@@ -80,6 +84,7 @@ def main() -> None:
         for event in sorted(events, key=lambda e: int(e.metadata.resource_version)):
             print(f"#   {event.type:<8} {event.reason:<18} {event.message}")
     finally:
+        kueue.uninstall()
         sim.close()
         operator.stop()
         emulator.stop()
