@@ -231,3 +231,19 @@ def test_the_operator_tells_its_own_keys_from_what_someone_else_wrote():
     assert status.canonical(mine) != status.canonical({"phase": "Succeeded", "attempts": 1})
     assert status.status_patch({"phase": "Succeeded", "message": "forged"}, {"phase": "Running", "message": ""}) == {
         "phase": "Running", "message": None}
+
+
+def test_what_held_a_job_leaves_the_message_once_it_no_longer_does():
+    ftj = dict(FTJ)
+    missing = status.Observed(Phase.QUEUED, Reason.QUEUE_NOT_FOUND, "Kueue has no LocalQueue 'q'", 0)
+    first = status.compute(ftj, missing, "bot", "2026-01-01T00:00:00Z")
+    assert first.status["message"] == "Kueue has no LocalQueue 'q'"
+    ftj["status"] = first.status
+    admitted = status.compute(ftj, status.Observed(Phase.RUNNING, Reason.PODS_RUNNING, "", 1), "bot",
+                              "2026-01-01T00:01:00Z")
+    assert not admitted.status.get("message")
+    retried = dict(FTJ, status=status.compute(dict(FTJ), status.Observed(
+        Phase.PENDING, Reason.RETRYING, "attempt failed: oom", 1), "bot", "2026-01-01T00:00:00Z").status)
+    running = status.compute(retried, status.Observed(Phase.RUNNING, Reason.PODS_RUNNING, "", 2), "bot",
+                             "2026-01-01T00:01:00Z")
+    assert running.status["message"] == "attempt failed: oom"  # a failure's words stay: it happened

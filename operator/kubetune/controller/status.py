@@ -366,6 +366,8 @@ _WARNING_REASONS = {Reason.USER_ERROR, Reason.BACKOFF_LIMIT_EXCEEDED, Reason.DEA
                     Reason.SECRET_NOT_FOUND, Reason.CHILD_REJECTED, Reason.DOES_NOT_FIT, Reason.QUEUE_NOT_FOUND}
 # Reasons whose words become status.message: failures, and what keeps a job from starting that a user can fix.
 _MESSAGE_REASONS = {Reason.RETRYING, Reason.PREEMPTED, Reason.SECRET_NOT_FOUND, Reason.QUEUE_NOT_FOUND}
+# Of those, the ones that stop being true once the job moves on (a failure's words stay: it happened).
+_HOLD_REASONS = {Reason.SECRET_NOT_FOUND, Reason.QUEUE_NOT_FOUND}
 
 
 def is_warning(reason: str) -> bool:
@@ -409,7 +411,7 @@ def compute(ftj: dict, observed: Observed, job_name: str | None, now: str, notic
         start_time = start_time or completion_time
     if observed.phase == Phase.FAILED or observed.reason in _MESSAGE_REASONS:
         message = observed.message
-    elif observed.phase == Phase.SUCCEEDED:
+    elif observed.phase == Phase.SUCCEEDED or _phase_reason(old)[1] in _HOLD_REASONS:
         message = ""
     events = []
     old_attempts = old.get("attempts") or 0
