@@ -221,7 +221,8 @@ class Reconciler:
             # A finished phase this process never wrote: after a restart, or a forgery. A Job of ours still at work
             # says which.
             job = await self.kube.get("Job", namespace, builders.job_name(name))
-            if job is not None and _owned_by(job, uid) and not _job_finished(job):
+            if (job is not None and _owned_by(job, uid) and not _job_finished(job)
+                    and not job["metadata"].get("deletionTimestamp")):
                 logs.action(namespace, name, "StatusRestored", f"the status says phase {trusted['phase']}, but its Job "
                             "is still at work: the phase is taken from the Job again", level=logging.WARNING)
                 trusted = {"jobName": trusted["jobName"]}
