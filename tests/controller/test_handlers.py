@@ -35,7 +35,8 @@ def test_only_coroutine_event_handlers_so_kopf_needs_no_diff_base_and_no_thread_
     spec.loader.exec_module(importlib.util.module_from_spec(spec))
 
     assert set(registered) == {"startup", "cleanup", "login", "probe", "event"}
-    assert {fn.__name__ for fn in registered["event"]} == {"finetunejob_changed", "job_changed", "pod_changed"}
+    assert {fn.__name__ for fn in registered["event"]} == {"finetunejob_changed", "finetunejob_observed", "job_changed",
+                                                        "pod_changed"}
     assert all(inspect.iscoroutinefunction(fn) for fn in registered["event"])
     assert all(inspect.iscoroutinefunction(fn) for fn in registered["startup"] + registered["cleanup"])
 

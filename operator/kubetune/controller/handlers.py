@@ -178,6 +178,13 @@ async def finetunejob_changed(body: kopf.Body, name: str, namespace: str, **_: A
     reconciler().enqueue(namespace, name, body=dict(body))
 
 
+@kopf.on.event(**FTJ)
+async def finetunejob_observed(type: str | None, body: kopf.Body, name: str, namespace: str, **_: Any) -> None:
+    """Every watch event, the trainer's progress reports included (they call for no pass), updates the job's metrics."""
+    if runtime.reconciler is not None:
+        runtime.reconciler.metrics.observe(namespace, name, None if type == "DELETED" else body)
+
+
 def _reconcile_parent(labels: dict, namespace: str) -> None:
     parent = (labels or {}).get(builders.LABEL_FTJ)
     if parent and runtime.reconciler is not None:

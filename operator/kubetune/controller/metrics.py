@@ -1,12 +1,193 @@
-"""Prometheus metrics of the operator: FineTuneJobs by phase, reconcile latency, reconcile errors."""
+"""Prometheus metrics of the operator: FineTuneJobs by phase, reconcile latency and errors, and per FineTuneJob what
+its status says of the training (progress, loss, throughput, ETA, attempts, phase).
+
+The per-job series come from the FineTuneJob's status as the watch delivers it (handlers.py hands every watch event
+to `Metrics.observe`, the trainer's progress reports included: those call for no reconcile pass), held as one small
+record per job and turned into samples only when Prometheus scrapes (`JobCollector`). An event costs one dict
+assignment; a deleted job's series go with its DELETED event, or with the resync that finds it gone
+(`set_phase(..., None)`).
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import math
 import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.registry import Collector
 
-from kubetune.api.constants import Phase
+from kubetune.api.constants import ConditionStatus, ConditionType, Phase
+
+JOB_LABELS = ("namespace", "name")
+# The conditions that change, all in the same pass, whenever the phase does (status.desired_conditions): the newest
+# lastTransitionTime among them is when the job entered its phase, also for Pending, which has no condition of its
+# own (its Running or Queued condition turned False then).
+PHASES = frozenset(str(phase) for phase in Phase)
+PHASE_CONDITIONS = (ConditionType.QUEUED, ConditionType.RUNNING, ConditionType.SUSPENDED, ConditionType.SUCCEEDED,
+                    ConditionType.FAILED)
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """What one FineTuneJob's series say, read from its status when the watch last carried it."""
+
+    phase: str | None
+    reason: str
+    phase_since: float | None  # Unix time the job entered its phase
+    attempts: float | None
+    step: float
+    planned_steps: float | None
+    loss: float | None
+    eval_loss: float | None
+    reward: float | None
+    tokens_per_second: float | None
+    eta_seconds: float | None
+    technique: str
+    objective: str
+
+    @property
+    def running(self) -> bool:
+        return self.phase == Phase.RUNNING
+
+    @property
+    def progress_ratio(self) -> float | None:
+        return min(self.step / self.planned_steps, 1.0) if self.planned_steps else None
+
+
+@dataclass(frozen=True)
+class JobGauge:
+    """One per-job gauge: its name, its help text (docs/operator.md's metrics table says the same), and its value
+    for a job (None: no sample)."""
+
+    name: str
+    help: str
+    value: Callable[[JobRecord], float | None]
+
+
+# Throughput and ETA only while the job runs: a finished or waiting job's last report is no rate of now, and a sum of
+# tokens/s over jobs must count the running ones only. Loss and progress stay: they are the job's result.
+JOB_GAUGES = (
+    JobGauge("kubetune_finetunejob_progress_ratio", "Training progress, step / planned steps (0 to 1)",
+             lambda r: r.progress_ratio),
+    JobGauge("kubetune_finetunejob_step", "Optimizer steps done (0 until the trainer reports)", lambda r: r.step),
+    JobGauge("kubetune_finetunejob_planned_steps", "Optimizer steps the run plans", lambda r: r.planned_steps),
+    JobGauge("kubetune_finetunejob_loss", "Latest training loss", lambda r: r.loss),
+    JobGauge("kubetune_finetunejob_eval_loss", "Latest evaluation loss", lambda r: r.eval_loss),
+    JobGauge("kubetune_finetunejob_reward", "Latest mean reward (rlhf policy stage)", lambda r: r.reward),
+    JobGauge("kubetune_finetunejob_tokens_per_second", "Training throughput in tokens per second, while running",
+             lambda r: r.tokens_per_second if r.running else None),
+    JobGauge("kubetune_finetunejob_eta_seconds", "Estimated seconds to completion, while running",
+             lambda r: r.eta_seconds if r.running else None),
+    JobGauge("kubetune_finetunejob_attempts", "Training attempts so far (retries + 1)", lambda r: r.attempts),
+    JobGauge("kubetune_finetunejob_phase_transition_timestamp_seconds",
+             "Unix time the job entered its current phase (from its conditions' lastTransitionTime)",
+             lambda r: r.phase_since),
+)
+PHASE_METRIC = "kubetune_finetunejob_phase"
+PHASE_HELP = "The job's current phase (one series per job, value 1), with the reason its conditions give"
+INFO_METRIC = "kubetune_finetunejob"  # exposed as kubetune_finetunejob_info
+INFO_HELP = "A FineTuneJob's technique and objective (value 1), to join on namespace and name"
+
+
+def _number(value: Any) -> float | None:
+    """A finite number from the status, else None (a missing or odd value gives no sample, never a wrong one)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _unix_time(text: Any) -> float | None:
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return dt.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
+
+
+def _phase_and_since(status: Mapping) -> tuple[str, float | None]:
+    """The reason of the job's phase and when it entered it, from its conditions: the condition named after the
+    phase when True, else the Running condition (it carries the reason in every other phase)."""
+    phase = status.get("phase")
+    reason, since, running_reason = "", None, ""
+    for condition in status.get("conditions") or ():
+        if not isinstance(condition, Mapping) or condition.get("type") not in PHASE_CONDITIONS:
+            continue
+        changed = _unix_time(condition.get("lastTransitionTime"))
+        if changed is not None and (since is None or changed > since):
+            since = changed
+        if condition.get("type") == phase and condition.get("status") == ConditionStatus.TRUE:
+            reason = str(condition.get("reason") or "")
+        elif condition.get("type") == ConditionType.RUNNING:
+            running_reason = str(condition.get("reason") or "")
+    return reason or running_reason, since
+
+
+def job_record(ftj: Mapping) -> JobRecord:
+    """A FineTuneJob's series, from its status (the operator's keys and the trainer's reports) and its spec."""
+    status = ftj.get("status") or {}
+    spec = ftj.get("spec") or {}
+    progress = status.get("progress") or {}
+    reported = status.get("metrics") or {}
+    reason, since = _phase_and_since(status)
+    phase = status.get("phase")
+    return JobRecord(
+        phase=phase if phase in PHASES else None,
+        reason=reason,
+        phase_since=since,
+        attempts=_number(status.get("attempts")),
+        step=_number(progress.get("step")) or 0.0,
+        planned_steps=_number(progress.get("totalSteps")) or None,
+        loss=_number(reported.get("loss")),
+        eval_loss=_number(reported.get("evalLoss")),
+        reward=_number(reported.get("reward")),
+        tokens_per_second=_number(reported.get("tokensPerSecond")),
+        eta_seconds=_number(progress.get("etaSeconds")),
+        technique=str(spec.get("technique") or ""),
+        objective=str(spec.get("objective") or ""),
+    )
+
+
+class JobCollector(Collector):
+    """Per-job samples built at scrape time from the latest record of each job (one pass over the records, which a
+    scrape must emit anyway); nothing is read from the API here."""
+
+    def __init__(self, records: dict[tuple[str, str], JobRecord], lock: threading.Lock):
+        self._records = records
+        self._lock = lock
+
+    def describe(self) -> Iterator:
+        yield InfoMetricFamily(INFO_METRIC, INFO_HELP, labels=[*JOB_LABELS, "technique", "objective"])
+        yield GaugeMetricFamily(PHASE_METRIC, PHASE_HELP, labels=[*JOB_LABELS, "phase", "reason"])
+        for gauge in JOB_GAUGES:
+            yield GaugeMetricFamily(gauge.name, gauge.help, labels=JOB_LABELS)
+
+    def collect(self) -> Iterator:
+        with self._lock:
+            jobs = list(self._records.items())
+        # One family at a time (the exposition consumes each before the next is built): at 10,000 jobs the
+        # samples of one family are alive at once, not those of all.
+        info = InfoMetricFamily(INFO_METRIC, INFO_HELP, labels=[*JOB_LABELS, "technique", "objective"])
+        for (namespace, name), record in jobs:
+            info.add_metric([namespace, name, record.technique, record.objective], {})
+        yield info
+        phases = GaugeMetricFamily(PHASE_METRIC, PHASE_HELP, labels=[*JOB_LABELS, "phase", "reason"])
+        for (namespace, name), record in jobs:
+            if record.phase is not None:
+                phases.add_metric([namespace, name, record.phase, record.reason], 1)
+        yield phases
+        for gauge in JOB_GAUGES:
+            family = GaugeMetricFamily(gauge.name, gauge.help, labels=JOB_LABELS)
+            for key, record in jobs:
+                value = gauge.value(record)
+                if value is not None:
+                    family.add_metric(key, value)
+            yield family
 
 
 class Metrics:
@@ -22,11 +203,29 @@ class Metrics:
         self._phases: dict[tuple[str, str], str] = {}
         self._counts: dict[str, int] = {str(phase): 0 for phase in Phase}
         self._lock = threading.Lock()
+        # Written on the operator's event loop, read by the scrape's thread: every access holds the lock.
+        self._job_records: dict[tuple[str, str], JobRecord] = {}
+        self._records_lock = threading.Lock()
+        self.registry.register(JobCollector(self._job_records, self._records_lock))
         for phase in Phase:
             self.jobs.labels(phase=str(phase)).set(0)
 
+    def observe(self, namespace: str, name: str, ftj: Mapping | None) -> None:
+        """A watch event of one FineTuneJob: its series now say what its status says; None (deleted): they go, and
+        the job leaves the phase counts."""
+        if ftj is None:
+            self.set_phase(namespace, name, None)
+            return
+        record = job_record(ftj)
+        with self._records_lock:
+            self._job_records[(namespace, name)] = record
+
     def set_phase(self, namespace: str, name: str, phase: str | None) -> None:
-        """Record one job's phase; the gauge moves by one for the old and the new phase (O(1) per call)."""
+        """Record one job's phase as a reconcile pass found it; the gauge moves by one for the old and the new phase
+        (O(1) per call). None: the job is gone, and its per-job series with it."""
+        if phase is None:
+            with self._records_lock:
+                self._job_records.pop((namespace, name), None)
         with self._lock:
             old = self._phases.pop((namespace, name), None)
             if phase is not None:
@@ -41,9 +240,11 @@ class Metrics:
                 self.jobs.labels(phase=str(phase)).set(self._counts[str(phase)])
 
     def recorded(self) -> set[tuple[str, str]]:
-        """The (namespace, name) of every job with a phase recorded."""
+        """The (namespace, name) of every job with a phase or series recorded."""
         with self._lock:
-            return set(self._phases)
+            known = set(self._phases)
+        with self._records_lock:
+            return known | set(self._job_records)
 
     def phase_counts(self) -> dict[str, int]:
         with self._lock:
