@@ -1,4 +1,4 @@
-"""The `kubetune` command: validate, crd, run, operator, and the user's commands (kubetune.usercli).
+"""The `kubetune` command: validate, crd, run, operator, doctor, and the user's commands (kubetune.usercli).
 
 Heavy imports (torch for `run`, kopf for `operator`) happen only inside their subcommands, so
 `kubetune validate` stays fast and works with the base install.
@@ -135,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     from kubetune.usercli.commands import add_user_commands
 
     add_user_commands(sub, parser.prog)
+
+    from kubetune.doctor import add_doctor_command
+
+    add_doctor_command(sub)
     return parser
 
 
