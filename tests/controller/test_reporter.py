@@ -43,9 +43,9 @@ def test_the_reporter_writes_only_its_own_keys():
 def test_a_plan_with_keys_the_api_does_not_know_says_so(caplog):
     reporter = StatusReporter("x", "y", api_client=object())
     with caplog.at_level(logging.WARNING, "kubetune.trainer.status"):
-        reporter.plan({"strategy": "ddp", "worldSize": 1, "perGpuGiB": 3.0})
+        reporter.plan({"strategy": "ddp", "worldSize": 1, "perGpuGib": 3.0})
     reporter.close(timeout=0.1)
-    assert "status.plan has no field perGpuGiB" in caplog.text
+    assert "status.plan has no field perGpuGib" in caplog.text  # the contract spells it perGpuGiB
 
 
 def test_an_optional_report_reaches_only_the_reporters_that_take_it():

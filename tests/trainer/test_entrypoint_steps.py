@@ -51,3 +51,36 @@ def test_checkpoints_without_a_spec_are_never_resumed(tmp_path):
     with pytest.raises(UserError, match="holds checkpoints but no spec.resolved.yaml"):
         open_output(job, job.spec.resolved(), (tmp_path / "out").as_uri() + "/")
     assert not (tmp_path / "out" / "spec.resolved.yaml").exists()
+
+
+def test_the_plan_reaches_the_reporter(tmp_path, tiny_llama_dir):
+    """build_context reports the memory plan (status.plan) in the API's spelling."""
+    import json
+
+    from kubetune.api.v1alpha1 import Plan as StatusPlan
+    from kubetune_trainer.entrypoint import build_context, fetch_inputs
+
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"text": "the cat is red ."}) + "\n")
+    job = FineTuneJob.model_validate({"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "j"}, "spec": {
+        "technique": "full", "model": {"uri": tiny_llama_dir.as_uri()}, "datasets": [{"uri": data.as_uri(), "format": "text"}]}})
+    spec = job.spec.resolved()
+    out = open_output(job, spec, (tmp_path / "out").as_uri() + "/")
+    inputs = fetch_inputs(spec, out, tmp_path / "work")
+
+    class Plans:
+        def __init__(self):
+            self.plans = []
+
+        def plan(self, plan):
+            self.plans.append(plan)
+
+        def __getattr__(self, name):
+            return lambda *args, **kwargs: None
+
+    reporter = Plans()
+    build_context(spec, "j", out, inputs, tmp_path / "work", reporter=reporter)
+    (plan,) = reporter.plans
+    assert plan["strategy"] == "ddp" and plan["worldSize"] == 1 and plan["perGpuGiB"] > 0
+    assert StatusPlan.model_validate(plan).per_gpu_gib == plan["perGpuGiB"]
+    assert "fits" not in plan  # no GPU here: a plan without a verdict

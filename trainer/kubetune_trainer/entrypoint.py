@@ -503,6 +503,8 @@ def build_context(
     metrics_dir = work_dir / "metrics"
     manager = None
     if world.is_main:
+        if inputs.plan is not None and hasattr(reporter, "plan"):
+            reporter.plan(inputs.plan.status())  # status.plan: the strategy chosen and the GiB per GPU
         restore_metrics(out, inputs, metrics_dir)
         stopping = spec.evaluation.early_stopping is not None
         manager = CheckpointManager(out.storage, out.layout, spec.output.keep_checkpoints, reporter, delete_local=not stopping)

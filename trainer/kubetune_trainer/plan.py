@@ -155,11 +155,19 @@ class Plan:
     why: str = ""
 
     def status(self) -> dict:
-        """status.plan as the API writes it."""
-        out = {"strategy": self.chosen.strategy, "worldSize": self.chosen.world, "perGpuGiB": self.chosen.gib(self.chosen.total)}
-        if self.chosen.gpu_memory is not None:
-            out |= {"gpuMemoryGiB": self.chosen.gib(self.chosen.gpu_memory), "fits": bool(self.chosen.fits)}
-        return out
+        """status.plan as the API writes it (kubetune.api.v1alpha1.Plan)."""
+        from kubetune.api.v1alpha1 import Plan as StatusPlan
+
+        chosen = self.chosen
+        known = chosen.gpu_memory is not None
+        return StatusPlan(
+            strategy=chosen.strategy.split("+")[0],
+            cpu_offload=chosen.strategy == "fsdp+offload",
+            world_size=chosen.world,
+            per_gpu_gib=chosen.gib(chosen.total),
+            gpu_memory_gib=chosen.gib(chosen.gpu_memory) if known else None,
+            fits=bool(chosen.fits) if known else None,
+        ).to_wire()
 
 
 # --------------------------------------------------------------------------- parameters per technique

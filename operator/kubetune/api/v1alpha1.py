@@ -251,8 +251,9 @@ class Dataset(ApiModel):
         AfterValidator(_check_pattern(TASK_NAME_PATTERN, "lowercase letters, digits, '-' and '_'")),
     ] = Field(
         default="default",
-        description="Task name, unique within the job; per-task evaluation metrics are named after it "
-        "(eval_<name>_loss). Required to tell tasks apart when there are two or more datasets.",
+        description="Task name, unique within the job. With two or more datasets that have evaluation data, their "
+        "evaluation metrics are named after it (eval_<name>_loss); with one, they are eval_loss. Required to tell "
+        "tasks apart when there are two or more datasets.",
     )
     uri: DatasetUri = Field(
         description="Training data: a .jsonl, .json, .csv or .parquet file, a prefix (ending in /) of such "
@@ -461,7 +462,8 @@ class EarlyStopping(ApiModel):
         Str,
         Field(json_schema_extra={"pattern": r"^eval_[A-Za-z0-9_]+$"}),
         AfterValidator(_check_pattern(r"^eval_[A-Za-z0-9_]+$", "an evaluation metric such as eval_loss")),
-    ] = Field(default="eval_loss", description="Evaluation metric to watch, e.g. eval_loss or eval_<task>_loss.")
+    ] = Field(default="eval_loss", description="Evaluation metric to watch: eval_loss (eval_accuracy for "
+              "classification) when one dataset has evaluation data, eval_<name>_loss of one of them when several do.")
     patience: Int = Field(default=3, ge=1, description="Evaluations without improvement before training stops.")
     min_delta: Float = Field(default=0.0, ge=0, description="Smallest change that counts as an improvement.")
 
@@ -1328,12 +1330,15 @@ class Plan(ApiModel):
     model_config = ConfigDict(extra="ignore")
     strategy: DistributedStrategy | None = Field(default=None, description="The strategy chosen: ddp or fsdp.")
     world_size: Int | None = Field(default=None, ge=1, description="Training processes: nodes x GPUs per node.")
+    cpu_offload: Bool | None = Field(default=None, description="fsdp: parameters and optimizer state in host memory.")
+    # The contract spells GiB with a capital B (perGpuGiB), which the camelCase alias generator would not.
     per_gpu_gib: Float | None = Field(
-        default=None, ge=0, description="Estimated memory each GPU needs, in GiB (weights, gradients, optimizer state, "
-        "activations)."
+        default=None, ge=0, alias="perGpuGiB", description="Estimated memory each GPU needs, in GiB (weights, "
+        "gradients, optimizer state, activations)."
     )
     gpu_memory_gib: Float | None = Field(
-        default=None, ge=0, description="Memory of one GPU, in GiB (spec.resources.gpuMemory or the GPU table)."
+        default=None, ge=0, alias="gpuMemoryGiB", description="Memory of one GPU, in GiB (spec.resources.gpuMemory or "
+        "the GPU table)."
     )
     fits: Bool | None = Field(default=None, description="Whether perGpuGiB fits gpuMemoryGiB.")
 
