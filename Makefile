@@ -1,9 +1,13 @@
 # kubetune developer commands. `make test` and `make demo` work from a fresh clone:
-# they create .venv, install the CPU build of torch first (a bare `torch` would pull CUDA), then the project.
+# they create .venv, install torch first (pinned, so that the project's own torch requirement adds nothing), then
+# the project. Which build of torch pip takes is pip's choice from the indexes it knows: on Linux, PyPI's torch is
+# the CUDA build (several GB). For the CPU build (about 200 MB) name PyTorch's CPU index:
+#   make test TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
+TORCH_INDEX_URL ?=
 export OMP_NUM_THREADS ?= 1
 
 .PHONY: setup test test-fast test-images demo generate validate-examples images clean
@@ -13,7 +17,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 

@@ -13,11 +13,10 @@ from dataclasses import dataclass
 
 import pytest
 import yaml
-
 from kubetune.doctor import operator_settings
 
 helm = pytest.importorskip("helm_python.chart", reason="helm-python-sdk (the embedded Helm SDK) is not installed")
-from tests.charts.test_chart import CHART, by_kind, render  # noqa: E402
+from tests.charts.test_chart import CHART, by_kind, render
 
 KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z][A-Za-z0-9]*):(\s|$)")
 EXAMPLE = re.compile(r"e\.g\.\s*(?:#\s*)?`(?P<example>[^`]+)`")

@@ -17,11 +17,11 @@ import pytest
 import yaml
 
 helm_python = pytest.importorskip("helm_python", reason="helm-python-sdk (the embedded Helm SDK) is not installed")
-from tests.charts.test_chart import CHART, by_kind, render  # noqa: E402
+from tests.charts.test_chart import CHART, by_kind, render
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "controller"))
-from emulator import ADMIN_TOKEN  # noqa: E402
-from harness import start_emulator  # noqa: E402
+from emulator import ADMIN_TOKEN
+from harness import start_emulator
 
 RELEASE, RELEASE_NAMESPACE = "kubetune", "kubetune-system"
 
