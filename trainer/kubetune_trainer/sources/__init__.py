@@ -4,6 +4,10 @@ says which source module serves which scheme: file.py, objectstore.py, huggingfa
 `fetch_model` returns a local Hugging Face model folder; `fetch_data_files` returns local data files
 (one file, or every data file under a prefix). hf://datasets URIs are read by `data.py` through
 `datasets.load_dataset` instead (the library already caches and streams them).
+
+Where the platform's model cache holds a role's source (KUBETUNE_<ROLE>_CACHE_URI, set by the operator to a
+complete entry), `fetch_model`, `fetch_config` and `cached_dataset_folder` read that entry instead
+(kubetune_trainer.cache) and the source is never contacted.
 """
 
 from __future__ import annotations
@@ -11,6 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kubetune.api.credentials import ROLE_REWARD_MODEL
+
+from kubetune_trainer import cache
 from kubetune_trainer.errors import UserError
 from kubetune_trainer.layout import COMPLETE_MARKER
 from kubetune_trainer.schemes import scheme_of, source_module
@@ -33,6 +40,12 @@ def fetch_model(
     """A local model folder for `uri`: used in place (file://) or downloaded into `dest` once, its completion
     marker written last so another local rank, or a later attempt on the same disk, finds it whole."""
     parsed, scheme = scheme_of(uri, "model.uri")
+    entry = cache.entry_for_role(role)
+    if entry:
+        what = "spec.rlhf.rewardModel.uri" if role == ROLE_REWARD_MODEL else "spec.model.uri"
+        model_dir = cache.fetch_cached(entry, uri, dest, what=what, allow_pickle=allow_pickle,
+                                       trust_remote_code=trust_remote_code)
+        return check_remote_code(model_dir, uri, trust_remote_code)
     source = source_module(scheme)
     kwargs = dict(role=role, spec=spec, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     if scheme.in_place:
@@ -48,7 +61,11 @@ def fetch_config(uri: str, dest: Path, *, role: str, spec: Spec | None) -> dict:
     import json
 
     parsed, scheme = scheme_of(uri, "model.uri")
-    path = source_module(scheme).fetch_config(parsed, uri, dest, role=role, spec=spec)
+    entry = cache.entry_for_role(role)
+    if entry:
+        path = cache.read_file(entry, "config.json", dest, what="spec.model.uri", uri=uri)
+    else:
+        path = source_module(scheme).fetch_config(parsed, uri, dest, role=role, spec=spec)
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
@@ -86,3 +103,12 @@ def fetch_data_files(uri: str, dest: Path, *, role: str, spec: Spec | None, what
     if scheme.data_by_library:
         raise UserError(f"{what}: {uri} is not a file or a prefix of files (hf:// datasets are read with datasets.load_dataset)")
     return source_module(scheme).fetch_data(parsed, uri, dest, role=role, spec=spec, what=what)
+
+
+def cached_dataset_folder(uri: str, dest: Path, *, role: str, what: str) -> Path | None:
+    """A local folder with an hf://datasets repository from the platform's model cache, for the role whose entry
+    the operator set; None when it set none (the datasets library then reads the Hub)."""
+    entry = cache.entry_for_role(role)
+    if not entry:
+        return None
+    return cache.fetch_cached(entry, uri, dest, what=what)

@@ -1,19 +1,34 @@
 """hf:// sources: a model snapshot from the Hugging Face Hub (or a mirror set by HF_ENDPOINT).
 
 Only safetensors weights, configs and tokenizer files are fetched unless model.allowPickle is set;
-Python files only with trustRemoteCode. Token: the role's HF_TOKEN (credentialsSecret), else HF_TOKEN.
+Python files only with trustRemoteCode. Token: the role's HF_TOKEN (credentialsSecret); outside a pod the operator
+made, else HF_TOKEN or a saved login; in one, none (`hub_token`).
+
+The revision is resolved to a commit first and the snapshot downloaded at that commit, then every file the Hub
+lists is checked to be there with its size: huggingface_hub, when the Hub cannot be reached, returns whatever a
+local folder already holds (an earlier attempt's partial download) with only a warning, and that is never loaded.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from kubetune.api.credentials import lookup
+from kubetune.api.credentials import AMBIENT_ROLES_ENV, lookup
 from kubetune.api.uris import ParsedUri
 
 from kubetune_trainer.errors import InfraError, UserError
 
 SAFE_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "tokenizer*", "*.jinja"]
+
+
+def hub_token(role: str) -> str | bool | None:
+    """The role's HF_TOKEN. In a pod the operator made, a role without one reads anonymously (False): given None,
+    huggingface_hub would use HF_TOKEN from the environment or a saved login, credentials the spec never named."""
+    token = lookup(role, "HF_TOKEN")
+    if token:
+        return token
+    return False if AMBIENT_ROLES_ENV in os.environ else None
 
 
 def translate_hub_error(err: Exception, what: str) -> Exception:
@@ -37,11 +52,20 @@ def translate_hub_error(err: Exception, what: str) -> Exception:
         if status == 404:
             return UserError(f"{what}: not found on the Hub")
         return InfraError(f"{what}: the Hugging Face Hub failed (HTTP {status})")
-    if isinstance(err, (ConnectionError, TimeoutError, OSError)):
+    if _is_transport_error(err) or isinstance(err, (ConnectionError, TimeoutError, OSError)):
         return InfraError(f"{what}: the Hugging Face Hub cannot be reached ({type(err).__name__})")
     if isinstance(err, ValueError):  # e.g. HFValidationError: a malformed repo id
         return UserError(f"{what}: {err}")
     return err
+
+
+def _is_transport_error(err: Exception) -> bool:
+    """A connection refused, reset or cut short mid-body (huggingface_hub's HTTP client raises its own kinds)."""
+    try:
+        import httpx2
+    except ImportError:  # pragma: no cover - huggingface_hub 2 depends on it
+        return False
+    return isinstance(err, httpx2.TransportError)
 
 
 def fetch_model(parsed: ParsedUri, uri: str, dest: Path, *, role: str, allow_pickle: bool, trust_remote_code: bool, **_options) -> Path:
@@ -54,7 +78,7 @@ def fetch_config(parsed: ParsedUri, uri: str, dest: Path, *, role: str, **_optio
     label = f"model.uri: hf://{parsed.location}" + (f"@{parsed.revision}" if parsed.revision else "")
     try:
         return Path(hf_hub_download(repo_id=parsed.location, filename="config.json", revision=parsed.revision,
-                                    token=lookup(role, "HF_TOKEN"), local_dir=str(dest)))
+                                    token=hub_token(role), local_dir=str(dest)))
     except Exception as err:  # noqa: BLE001 - translated
         raise translate_hub_error(err, label) from None
 
@@ -62,22 +86,34 @@ def fetch_config(parsed: ParsedUri, uri: str, dest: Path, *, role: str, **_optio
 def fetch_model_snapshot(
     parsed: ParsedUri, dest: Path, *, role: str, allow_pickle: bool, trust_remote_code: bool, what: str = "model.uri"
 ) -> Path:
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.hf_api import RepoFile
+    from huggingface_hub.utils import filter_repo_objects
 
     from kubetune_trainer.sources import PICKLE_PATTERNS
 
     patterns = SAFE_PATTERNS + (list(PICKLE_PATTERNS) if allow_pickle else []) + (["*.py"] if trust_remote_code else [])
     label = f"{what}: hf://{parsed.location}" + (f"@{parsed.revision}" if parsed.revision else "")
+    token = hub_token(role)
     try:
+        api = HfApi(token=token)
+        commit = api.repo_info(parsed.location, revision=parsed.revision, token=token).sha
+        listed = {f.path: (f.lfs.size if f.lfs is not None else f.size)
+                  for f in api.list_repo_tree(parsed.location, revision=commit, recursive=True, token=token)
+                  if isinstance(f, RepoFile)}
         snapshot_download(
             repo_id=parsed.location,
-            revision=parsed.revision,
-            token=lookup(role, "HF_TOKEN"),
+            revision=commit,
+            token=token,
             local_dir=str(dest),
             allow_patterns=patterns,
         )
     except Exception as err:  # noqa: BLE001 - translated
         raise translate_hub_error(err, label) from None
+    for name in filter_repo_objects(listed, allow_patterns=patterns):
+        local = dest / name
+        if not local.is_file() or local.stat().st_size != listed[name]:
+            raise InfraError(f"{label}: {name} did not download completely (the Hub was cut off?); the job is retried")
     if not (dest / "config.json").is_file():
         raise UserError(f"{label}: the repository holds no config.json (not a transformers model?)")
     return dest

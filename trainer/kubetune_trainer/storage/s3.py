@@ -96,10 +96,11 @@ class S3Storage(Storage):
         from botocore import UNSIGNED
         from botocore.config import Config
 
-        endpoint = (endpoint_for(spec, role) if spec is not None else None) or os.environ.get("AWS_ENDPOINT_URL") or None
-        region = (spec.output.region if spec is not None else None) or os.environ.get("AWS_REGION") or os.environ.get(
-            "AWS_DEFAULT_REGION", "us-east-1"
-        )
+        # A role without a spec entry (the model cache's store, "cache") names its own: KUBETUNE_CACHE_AWS_ENDPOINT_URL.
+        endpoint = ((endpoint_for(spec, role) if spec is not None else None) or lookup(role, "AWS_ENDPOINT_URL")
+                    or os.environ.get("AWS_ENDPOINT_URL") or None)
+        region = (spec.output.region if spec is not None else None) or lookup(role, "AWS_REGION") or os.environ.get(
+            "AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
         attempts = int(os.environ.get("KUBETUNE_S3_MAX_ATTEMPTS", "5"))
         config = Config(
             retries={"mode": "standard", "max_attempts": attempts},
