@@ -19,8 +19,12 @@ file_download.py `get_hf_file_metadata`/`http_get`, utils/_http.py `hf_raise_for
   without a token, 403 with a token not granted), `RevisionNotFound`, `EntryNotFound`.
 
 Faults: `cut(path, after_bytes, times)` drops the connection mid-file (the client sees a truncated body);
-`down = True` answers 503 to everything. Every request is recorded: `gets(path)`, `bytes_served(path)`,
-`heads(path)`, `requests`.
+`corrupt(path)` sends the right size with one byte changed; `delay(path, seconds)` starts a download late; `hold(path)` pauses a download mid-file until released
+(to kill its client there); `down = True` answers 503 to everything; `close()` makes the Hub unreachable. Every
+request is recorded before it is answered: `gets(path)`, `bytes_served(path)`, `heads(path)`, `downloads()`,
+`requests`.
+
+`CountingProxy` counts, the same way, what an HTTP object store (moto's S3) serves through it.
 
 Tests reach it through `HF_ENDPOINT`; `online(monkeypatch, hf_home)` also re-points the libraries' import-time
 copies of it (huggingface_hub.constants, datasets.config) and turns the test suite's offline mode off.
@@ -32,19 +36,20 @@ import hashlib
 import json
 import re
 import threading
+import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Self
 from urllib.parse import parse_qs, quote, unquote, urlsplit
-
-import pytest
 
 # The suffixes the Hub's default .gitattributes stores with LFS (the ones the tests' repositories use).
 LFS_SUFFIXES = (".safetensors", ".bin", ".parquet", ".arrow", ".pt", ".pth", ".pkl", ".model", ".gguf", ".npz", ".h5",
                 ".onnx", ".msgpack", ".zip", ".gz")
-LFS_POINTER_SIZE = 134
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -73,13 +78,19 @@ class HubFile:
     def etag(self) -> str:
         return self.sha256 if self.lfs else self.oid
 
+    @property
+    def lfs_pointer(self) -> bytes:
+        """What git holds for an LFS file: a pointer to its content."""
+        return f"version https://git-lfs.github.com/spec/v1\noid sha256:{self.sha256}\nsize {len(self.data)}\n".encode()
+
     def tree_entry(self) -> dict:
-        entry = {"type": "file", "oid": self.oid, "size": len(self.data), "path": self.path}
-        if self.lfs:
-            # An LFS file's git blob is its pointer; the tree's oid is that pointer's id on the real Hub. The
-            # clients only use lfs.oid/size for LFS files, so the content's blob id stands in here.
-            entry["lfs"] = {"oid": self.sha256, "size": len(self.data), "pointerSize": LFS_POINTER_SIZE}
-        return entry
+        if not self.lfs:
+            return {"type": "file", "oid": self.oid, "size": len(self.data), "path": self.path}
+        # As on the Hub: an LFS file's oid is its pointer's blob id; its size, and under `lfs` its sha256, are the
+        # content's.
+        pointer = self.lfs_pointer
+        return {"type": "file", "oid": git_blob_sha1(pointer), "size": len(self.data), "path": self.path,
+                "lfs": {"oid": self.sha256, "size": len(self.data), "pointerSize": len(pointer)}}
 
 
 @dataclass
@@ -131,6 +142,7 @@ class HubDouble:
         self._cuts: dict[str, list[int]] = defaultdict(list)  # path -> [after_bytes, ...] (one per cut to come)
         self._corrupt: Counter = Counter()  # path -> downloads to come with one byte changed
         self._holds: dict[str, Hold] = {}
+        self._delays: dict[str, list[float]] = defaultdict(list)  # path -> [seconds, ...] (one per slow download)
         self.down = False
         self.closed = False
         self._servers = [ThreadingHTTPServer(("127.0.0.1", 0), _handler(self, cdn=cdn)) for cdn in (False, True)]
@@ -157,7 +169,7 @@ class HubDouble:
             server.shutdown()
             server.server_close()
 
-    def __enter__(self) -> HubDouble:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *_exc) -> None:
@@ -193,6 +205,11 @@ class HubDouble:
         right: only a hash can tell)."""
         with self._lock:
             self._corrupt[path] += times
+
+    def delay(self, path: str, seconds: float, times: int = 1) -> None:
+        """The next `times` downloads of a file named `path` start `seconds` late (a slow Hub, a large file)."""
+        with self._lock:
+            self._delays[path].extend([seconds] * times)
 
     def hold(self, path: str, after_bytes: int = 0) -> Hold:
         """The next download of a file named `path` sends `after_bytes` bytes, then waits until the returned hold is
@@ -428,9 +445,13 @@ class HubDouble:
             cuts = self._cuts.get(key[2])
             cut_after = cuts.pop(0) if cuts else None
             held = self._holds.pop(key[2], None)
+            delays = self._delays.get(key[2])
+            late = delays.pop(0) if delays else 0.0
             if self._corrupt[key[2]] > 0 and body:
                 self._corrupt[key[2]] -= 1
                 body = body[:-1] + bytes([body[-1] ^ 0xFF])
+        if late:
+            time.sleep(late)
         if held is not None:
             return ("hold", Reply(status, reply_headers, body), held, key)
         if cut_after is not None and cut_after < len(body):
@@ -507,29 +528,31 @@ def _handler(hub: HubDouble, *, cdn: bool):
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             outcome = hub.answer(method, self.path, self.headers, body, cdn=cdn)
+            # Each request is recorded before its answer is sent: a client that has its answer finds it recorded.
             if isinstance(outcome, tuple) and outcome[0] == "hold":
                 _, reply, held, key = outcome
+                hub._record(method, self.path, reply.status, self.headers.get("Range"), key, held.after_bytes)
                 self._head(reply)
                 self.wfile.write(reply.body[:held.after_bytes])
                 self.wfile.flush()
                 held.reached.set()
                 held.released.wait()
-                hub._record(method, self.path, reply.status, self.headers.get("Range"), key, held.after_bytes)
                 self.close_connection = True
                 return
             if isinstance(outcome, tuple):  # a download to cut short
                 _, reply, after, key = outcome
+                hub._record(method, self.path, reply.status, self.headers.get("Range"), key, after)
                 self._head(reply)
                 self.wfile.write(reply.body[:after])
                 self.wfile.flush()
-                hub._record(method, self.path, reply.status, self.headers.get("Range"), key, after)
                 self.close_connection = True
                 self.connection.shutdown(2)  # the peer sees the connection end before Content-Length bytes
                 return
-            self._head(reply := outcome)
+            reply = outcome
+            hub._record(method, self.path, reply.status, self.headers.get("Range"))
+            self._head(reply)
             if method != "HEAD" and reply.body:
                 self.wfile.write(reply.body)
-            hub._record(method, self.path, reply.status, self.headers.get("Range"))
 
         def _head(self, reply: Reply) -> None:
             self.send_response(reply.status)
@@ -644,6 +667,11 @@ def _proxy_handler(proxy: CountingProxy):
                 data = response.read()
             finally:
                 conn.close()
+            with proxy._lock:  # recorded before the answer goes out, as the Hub double does
+                proxy.requests.append((method, self.path, response.status))
+                if method == "GET" and response.status in (200, 206):
+                    proxy._gets[path] += 1
+                    proxy._bytes[path] += len(data)
             self.send_response(response.status)
             for name, value in response.getheaders():
                 if name.lower() not in ("transfer-encoding", "connection", "content-length"):
@@ -652,11 +680,6 @@ def _proxy_handler(proxy: CountingProxy):
             self.end_headers()
             if method != "HEAD":
                 self.wfile.write(data)
-            with proxy._lock:
-                proxy.requests.append((method, self.path, response.status))
-                if method == "GET" and response.status in (200, 206):
-                    proxy._gets[path] += 1
-                    proxy._bytes[path] += len(data)
 
         def do_GET(self) -> None:
             self._forward("GET")
@@ -676,13 +699,15 @@ def _proxy_handler(proxy: CountingProxy):
     return Handler
 
 
-@pytest.fixture
-def hub(monkeypatch, tmp_path_factory):
-    """A running HubDouble this test's process talks to (online, its own HF_HOME); closed after the test."""
+@contextmanager
+def running(monkeypatch, hf_home: Path) -> Iterator[HubDouble]:
+    """A HubDouble this process talks to (online, HF_HOME `hf_home`) for the block; closed after it."""
     double = HubDouble()
-    double.online(monkeypatch, tmp_path_factory.mktemp("hf-home"))
-    yield double
-    double.close()
+    try:
+        double.online(monkeypatch, hf_home)
+        yield double
+    finally:
+        double.close()
 
 
 # --------------------------------------------------------------------------- sample repositories

@@ -17,17 +17,24 @@ from pathlib import Path
 
 import boto3
 import pytest
-
 from kubetune.api.constants import ExitCode
 from kubetune_trainer import cache
 from kubetune_trainer.errors import InfraError
 from kubetune_trainer.sources import fetch_config, fetch_model
 
-from tests.hubdouble import SAFE_FILES, CountingProxy, dataset_repo_files, fetched_files, hub, model_repo_files  # noqa: F401
+from tests import hubdouble
+from tests.hubdouble import SAFE_FILES, CountingProxy, dataset_repo_files, fetched_files, model_repo_files
 
 MODEL = "org/tiny-llama"
 SHA = "0123456789abcdef0123456789abcdef01234567"
 ENTRY_FILES = sorted([*SAFE_FILES, "modeling_tiny.py"])  # no pickles by default, no card; code stays (never run)
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path_factory):
+    """The Hub double, online for this test (tests/hubdouble.py)."""
+    with hubdouble.running(monkeypatch, tmp_path_factory.mktemp("hf-home")) as double:
+        yield double
 
 
 def _sha(path) -> str:
@@ -174,7 +181,7 @@ def test_population_failures_and_their_exit_codes(hub, tiny_llama_dir, tmp_path)
     assert "cannot be reached" in log.read_text()
 
 
-def test_a_killed_population_is_never_read_and_the_next_one_redoes_it(hub, tiny_llama_dir, tmp_path):
+def test_a_killed_population_is_never_read_and_the_next_one_redoes_it(hub, tiny_llama_dir, tmp_path, monkeypatch):
     commit = hub.add_repo(MODEL, model_repo_files(tiny_llama_dir))
     root = f"file://{tmp_path}/cache/"
     entry = cache.entry_uri(root, f"hf://{MODEL}", commit)
@@ -196,12 +203,10 @@ def test_a_killed_population_is_never_read_and_the_next_one_redoes_it(hub, tiny_
     assert "config.json" in partial and "model.safetensors" not in partial and cache.MARKER not in partial
 
     # A training pod given that entry refuses it: an infrastructure error, so its Job is retried.
-    os.environ[cache.env_for("model")] = entry
-    try:
+    with monkeypatch.context() as reader_pod:
+        reader_pod.setenv(cache.env_for("model"), entry)
         with pytest.raises(InfraError, match="is not complete"):
             fetch_model(f"hf://{MODEL}", tmp_path / "reader", role="model", spec=None)
-    finally:
-        del os.environ[cache.env_for("model")]
     assert not (tmp_path / "reader" / "model.safetensors").exists()
 
     (_entry_dir(entry) / "left-over.safetensors").write_bytes(b"from nowhere")
@@ -326,7 +331,7 @@ def test_an_hf_dataset_is_read_from_its_entry(hub, tmp_path, monkeypatch):
 def test_the_cache_module_imports_no_torch():
     code = "import sys, kubetune_trainer.cache as c; c.build_parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+                         env=dict(os.environ, OMP_NUM_THREADS="1"), check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
 
@@ -347,7 +352,7 @@ def _torchrun(job: Path, out: Path, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "kubetune_trainer.launch", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
          "--master-port", str(port), "-m", "kubetune_trainer", str(job), "--output", f"file://{out}/"],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env, capture_output=True, text=True, timeout=600, check=False,
     )
 
 
@@ -365,6 +370,8 @@ def tiny_job(tiny_llama_dir, write_job, tmp_path):
 
 def test_two_processes_on_a_node_fetch_each_hub_file_once(hub, tiny_llama_dir, tiny_job, tmp_path):
     hub.add_repo(MODEL, model_repo_files(tiny_llama_dir))
+    # The first download of the weights is slow: a second process that did not wait for the first would fetch its own.
+    hub.delay("model.safetensors", seconds=5)
     env = dict(os.environ, **hub.env(tmp_path / "hf-home"), OMP_NUM_THREADS="1")
     proc = _torchrun(tiny_job(), tmp_path / "out", env)
     assert proc.returncode == 0, _reasons(proc)
@@ -382,7 +389,7 @@ def test_two_processes_on_a_node_read_each_cached_file_once_without_the_hub(
                    KUBETUNE_CACHE_AWS_ENDPOINT_URL=store.url)
         populated = subprocess.run([sys.executable, "-m", "kubetune_trainer.cache", "populate", "--model",
                                     f"hf://{MODEL}", "--cache-root", f"s3://{s3_bucket}/cache/"],
-                                   env=env, capture_output=True, text=True, timeout=300)
+                                   env=env, capture_output=True, text=True, timeout=300, check=False)
         assert populated.returncode == 0, populated.stderr[-3000:]
         entry = json.loads(populated.stdout.strip().splitlines()[-1])["entry"]
         before = store.downloads()

@@ -8,15 +8,22 @@ import hashlib
 import json
 
 import pytest
-
 from kubetune.api.v1alpha1 import Spec
 from kubetune_trainer.errors import InfraError, UserError
 from kubetune_trainer.layout import COMPLETE_MARKER
 from kubetune_trainer.sources import fetch_config, fetch_model
 
-from tests.hubdouble import SAFE_FILES, dataset_repo_files, fetched_files, hub, model_repo_files  # noqa: F401 - hub
+from tests import hubdouble
+from tests.hubdouble import SAFE_FILES, dataset_repo_files, fetched_files, model_repo_files
 
 MODEL = "org/tiny-llama"
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path_factory):
+    """The Hub double, online for this test (tests/hubdouble.py)."""
+    with hubdouble.running(monkeypatch, tmp_path_factory.mktemp("hf-home")) as double:
+        yield double
 
 
 def _repo_files(tiny_llama_dir) -> dict[str, bytes]:
@@ -34,8 +41,7 @@ def _sha(path) -> str:
 def test_the_double_answers_as_the_hub_does_for_huggingface_hub(hub, tiny_llama_dir):
     """The double seen through huggingface_hub's own calls: revision resolution, file metadata (LFS files through a
     redirect to another origin, with X-Linked-Etag/X-Linked-Size), ranged reads, the Hub's error codes."""
-    from huggingface_hub import HfApi, HfFileSystem, get_hf_file_metadata, hf_hub_url
-    from huggingface_hub import errors
+    from huggingface_hub import HfApi, HfFileSystem, errors, get_hf_file_metadata, hf_hub_url
 
     from tests.hubdouble import git_blob_sha1
 

@@ -76,7 +76,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from kubetune.api.constants import ExitCode
 from kubetune.api.credentials import ROLE_MODEL, env_name
@@ -112,7 +112,8 @@ _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 def entry_uri(cache_root: str, model_uri: str, revision_commit: str, namespace: str | None = None,
               private: bool = False, *, allow_pickle: bool = False) -> str:
     """The entry (a prefix ending in "/") of `model_uri` (a model or an hf://datasets URI) at `revision_commit`: the
-    40-hex commit an hf:// revision resolves to, or an s3:// source's listing fingerprint (`s3_fingerprint`).
+    40-hex commit an hf:// revision resolves to, or for an s3:// source a hex digest of its listing (keys, sizes,
+    ETags) that changes when the source does (this module populates hf:// sources only).
     `private` (a gated or private repository read with a tenant's credentialsSecret; always for s3://) puts it
     under `namespaces/<namespace>/`. ValueError for anything that cannot be an entry."""
     try:
@@ -338,6 +339,9 @@ def read_entry(entry: str, dest: Path, *, what: str, allow_pickle: bool = False,
     verify = _verify_mode()
     names = [n for n in sorted(marker["files"])
              if _selected(n, kind=kind, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)]
+    for name in names:  # repository paths, relative: nothing lands outside `dest`
+        if PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts:
+            raise InfraError(f"model cache entry {entry}: its marker names {name!r}, not a repository path")
     _each(lambda n: _place(storage, entry, n, marker["files"][n], dest, verify), names, workers=8)
     log.info("%s: read %d files (%d bytes) from the model cache entry %s", what, len(names),
              sum(int(marker["files"][n].get("size", 0)) for n in names), entry)

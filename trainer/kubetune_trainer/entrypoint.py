@@ -110,7 +110,9 @@ def run_cli(args: argparse.Namespace) -> int:
         return _fail(termination_log, ExitCode.PREEMPTED, "Preempted: interrupted", only_if_empty=True)
     except Exception as err:  # noqa: BLE001 - a bug: details to stderr, one line to the log
         if lost_peer(err):  # another rank's node died or froze: retrying the attempt is the cure
-            return _fail(termination_log, ExitCode.INFRA_ERROR, f"InfraError: a peer process of this run was lost: {err}")
+            # Only if no rank said why first: a rank that failed on bad data ends its peers' collectives too.
+            return _fail(termination_log, ExitCode.INFRA_ERROR, f"InfraError: a peer process of this run was lost: {err}",
+                         only_if_empty=True)
         traceback.print_exc(file=sys.stderr)
         return _fail(termination_log, ExitCode.INTERNAL_ERROR, f"InternalError: {type(err).__name__}: {err}")
 
@@ -215,13 +217,21 @@ class World:
         return self.rank == 0
 
 
+@contextlib.contextmanager
 def _local_main_first(world: World):
-    """Local rank 0 first (it downloads), then the other ranks of the node (they find the copy)."""
+    """Local rank 0 first (it downloads), then the other ranks of the node (they find the copy). A barrier of our own:
+    accelerate's `local_main_process_first` waits only when it counts the run as distributed, and it does not count
+    a CPU run on gloo (every rank then downloaded at once)."""
     if world.size <= 1:
-        return contextlib.nullcontext()
-    from accelerate import PartialState
+        yield
+        return
+    import torch.distributed as dist
 
-    return PartialState().local_main_process_first()
+    if world.local_rank != 0:
+        dist.barrier()
+    yield
+    if world.local_rank == 0:
+        dist.barrier()
 
 
 def _init_distributed(world: World) -> None:
