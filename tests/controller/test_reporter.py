@@ -36,7 +36,7 @@ def test_user_data_is_bounded_without_breaking_an_escape():
 
 def test_the_reporter_writes_only_its_own_keys():
     patch = status_patch({"progress": {"step": 3, "totalSteps": 10, "epoch": 0.3, "percent": 30},
-                          "plan": {"strategy": "fsdp", "worldSize": 8, "perGpuGib": 30.5, "fits": True}})
+                          "plan": {"strategy": "fsdp", "worldSize": 8, "perGpuGiB": 30.5, "fits": True}})
     assert set(patch) == {"progress", "plan"}  # no defaults of the operator's keys (conditions, phase)
 
 
