@@ -50,8 +50,11 @@ def s3_server():
     import urllib.request
 
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -65,8 +68,12 @@ def s3_server():
             time.sleep(0.2)
     keys = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
     saved = {k: os.environ.get(k) for k in keys}
-    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
-                      AWS_DEFAULT_REGION="us-east-1")
+    os.environ.update(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
     try:
         yield endpoint
     finally:
@@ -87,11 +94,24 @@ def write_job(path: Path, model_dir: Path, data_file: Path, steps: int, every: i
         "objective": "causal-lm",
         "model": {"uri": f"file://{model_dir}"},
         "datasets": [{"uri": f"file://{data_file}", "format": "text"}],
-        "hyperparameters": {"maxSteps": steps, "batchSize": 4, "maxSeqLength": max_len, "learningRate": 1e-3,
-                            "precision": "bf16", "warmupRatio": 0.0, "lrScheduler": "constant", "seed": 0},
+        "hyperparameters": {
+            "maxSteps": steps,
+            "batchSize": 4,
+            "maxSeqLength": max_len,
+            "learningRate": 1e-3,
+            "precision": "bf16",
+            "warmupRatio": 0.0,
+            "lrScheduler": "constant",
+            "seed": 0,
+        },
         "output": {"checkpointEverySteps": every, "keepCheckpoints": 2},
     }
-    doc = {"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "ckpt-bench"}, "spec": spec}
+    doc = {
+        "apiVersion": "kubetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "ckpt-bench"},
+        "spec": spec,
+    }
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
 
@@ -120,9 +140,14 @@ def uploaded_checkpoints(bucket: str, prefix: str) -> list[int]:
     import boto3
 
     s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
-    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-            for o in page.get("Contents", [])]
-    return sorted({int(k.split("/step-")[1].split("/")[0]) for k in keys if "/checkpoints/step-" in k and k.endswith("_COMPLETE")})
+    keys = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for o in page.get("Contents", [])
+    ]
+    return sorted(
+        {int(k.split("/step-")[1].split("/")[0]) for k in keys if "/checkpoints/step-" in k and k.endswith("_COMPLETE")}
+    )
 
 
 def run_variant(job: Path, bucket: str, name: str, save: bool) -> dict:
@@ -143,12 +168,16 @@ def run_variant(job: Path, bucket: str, name: str, save: bool) -> dict:
 
 def table(rows: list[dict], steps: int, every: int) -> str:
     base = next(r for r in rows if r["variant"] == "without")
-    lines = ["| variant | steps | checkpointEverySteps | checkpoints uploaded | wall s | overhead s | overhead % |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| variant | steps | checkpointEverySteps | checkpoints uploaded | wall s | overhead s | overhead % |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         over = r["wall_s"] - base["wall_s"]
-        lines.append(f"| {r['variant']} | {steps} | {every if r['variant'] == 'with' else '-'} | "
-                     f"{len(r['checkpoints'])} | {r['wall_s']:.2f} | {over:+.2f} | {100 * over / base['wall_s']:+.1f} |")
+        lines.append(
+            f"| {r['variant']} | {steps} | {every if r['variant'] == 'with' else '-'} | "
+            f"{len(r['checkpoints'])} | {r['wall_s']:.2f} | {over:+.2f} | {100 * over / base['wall_s']:+.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -193,12 +222,16 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.pop("KUBETUNE_WORK_DIR", None)
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    print(f"\ncheckpoint overhead on {device}: {args.steps} steps, full fine-tuning of "
-          f"{'the tiny Llama' if not args.model_dir else args.model_dir}, checkpoints to S3 (moto over HTTP), "
-          f"keepCheckpoints 2, fastest of {args.repeats} run(s) per variant after a warm-up run\n")
+    print(
+        f"\ncheckpoint overhead on {device}: {args.steps} steps, full fine-tuning of "
+        f"{'the tiny Llama' if not args.model_dir else args.model_dir}, checkpoints to S3 (moto over HTTP), "
+        f"keepCheckpoints 2, fastest of {args.repeats} run(s) per variant after a warm-up run\n"
+    )
     print(table(rows, args.steps, every))
     if args.json:
-        Path(args.json).write_text(json.dumps({"device": device, "steps": args.steps, "every": every, "rows": rows}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"device": device, "steps": args.steps, "every": every, "rows": rows}, indent=2)
+        )
     return 0
 
 

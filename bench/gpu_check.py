@@ -37,7 +37,9 @@ def main() -> int:
         docs = [d + [2] for d in make_documents(plan, 1024, 12, seed=3)]
         padded = PaddingCollator(0)([{"input_ids": d, "labels": d} for d in docs])
         padded = {k: v.cuda() for k, v in padded.items()}
-        reference_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, attn_implementation="sdpa")
+        reference_model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=torch.bfloat16, attn_implementation="sdpa"
+        )
         reference_model = reference_model.cuda().train()
         with torch.no_grad():
             reference = float(reference_model(**padded).loss)
@@ -45,8 +47,11 @@ def main() -> int:
         packed = pack_examples({"input_ids": docs, "labels": docs}, max_length=1024)
         rows = [dict(zip(packed, values)) for values in zip(*packed.values())]
         batch = {k: v.cuda() for k, v in PaddingCollator(0)(rows).items()}
-        for label, hp in (("defaults (liger, attention auto)", {}), ("attention sdpa, liger", {"attention": "sdpa"}),
-                          ("attention flex, no liger", {"attention": "flex", "ligerKernel": False})):
+        for label, hp in (
+            ("defaults (liger, attention auto)", {}),
+            ("attention sdpa, liger", {"attention": "sdpa"}),
+            ("attention flex, no liger", {"attention": "flex", "ligerKernel": False}),
+        ):
             spec = kubetune_spec("full", model_dir, Path(tmp) / "unused.jsonl", 2, 1, 1024, 0, hp)
             model = load_for_training(spec, model_dir, "causal-lm", packed=True).model.cuda().train()
             install_block_diagonal_attention(model)
@@ -55,9 +60,11 @@ def main() -> int:
             rel = abs(loss - reference) / reference
             good = rel < TOLERANCE
             ok &= good
-            print(f"gpu_check {label}: kubetune {loss:.5f} vs plain {reference:.5f} (rel {rel:.2e}, "
-                  f"{model.config._attn_implementation}, liger={getattr(model, 'kubetune_liger', False)}) "
-                  f"{'OK' if good else 'MISMATCH'}")
+            print(
+                f"gpu_check {label}: kubetune {loss:.5f} vs plain {reference:.5f} (rel {rel:.2e}, "
+                f"{model.config._attn_implementation}, liger={getattr(model, 'kubetune_liger', False)}) "
+                f"{'OK' if good else 'MISMATCH'}"
+            )
             del model
     return 0 if ok else 1
 

@@ -29,7 +29,10 @@ def rows_for(fmt: str, n: int) -> list[dict]:
     if fmt == "text":
         return [{"text": t} for t in texts]
     if fmt == "messages":
-        return [{"messages": [{"role": "user", "content": f"say {i % 7}"}, {"role": "assistant", "content": t}]} for i, t in enumerate(texts)]
+        return [
+            {"messages": [{"role": "user", "content": f"say {i % 7}"}, {"role": "assistant", "content": t}]}
+            for i, t in enumerate(texts)
+        ]
     if fmt == "preference":
         return [{"prompt": "describe :", "chosen": " " + t, "rejected": " no ."} for t in texts]
     return [{"text": t, "label": "long" if len(t) > 40 else "short"} for t in texts]
@@ -55,8 +58,17 @@ def run(tmp: Path, model_dir: Path, name: str, technique: str, objective: str, f
             "objective": objective,
             "model": {"uri": model_dir.as_uri()},
             "datasets": [{"name": "d", "uri": data.as_uri(), "format": fmt}],
-            "hyperparameters": {"maxSteps": steps, "batchSize": 8, "learningRate": 1e-3, "maxSeqLength": 256,
-                                "precision": "bf16", "warmupRatio": 0.0, "lrScheduler": "constant", "seed": 5, **speed},
+            "hyperparameters": {
+                "maxSteps": steps,
+                "batchSize": 8,
+                "learningRate": 1e-3,
+                "maxSeqLength": 256,
+                "precision": "bf16",
+                "warmupRatio": 0.0,
+                "lrScheduler": "constant",
+                "seed": 5,
+                **speed,
+            },
             "output": {"checkpointEverySteps": 10_000},
         },
     }
@@ -64,7 +76,9 @@ def run(tmp: Path, model_dir: Path, name: str, technique: str, objective: str, f
     job.write_text(json.dumps(manifest))
     if main([str(job), "--output", (work / "out").as_uri() + "/"]) != 0:
         raise RuntimeError(f"{name} ({'fast' if fast else 'plain'}) failed")
-    losses = [r["loss"] for r in map(json.loads, (work / "out" / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    losses = [
+        r["loss"] for r in map(json.loads, (work / "out" / "metrics.jsonl").read_text().splitlines()) if "loss" in r
+    ]
     (weights,) = (work / "out" / "final").glob("*.safetensors")
     return losses, load_file(str(weights))
 
@@ -95,10 +109,17 @@ def main() -> int:
                 continue
             diffs = [abs(a - b) / max(abs(b), 1e-9) for a, b in zip(fast_losses, plain_losses)]
             weight = max((fast_weights[k].float() - plain_weights[k].float()).abs().max().item() for k in plain_weights)
-            results[name] = {"first_step_rel": diffs[0], "max_step_rel": max(diffs), "max_weight_abs": weight,
-                             "fast_losses": fast_losses, "plain_losses": plain_losses}
-            print(f"gpu_parity {name}: first step rel {diffs[0]:.2e}, max over {len(diffs)} steps {max(diffs):.2e}, "
-                  f"final weights max |diff| {weight:.2e}")
+            results[name] = {
+                "first_step_rel": diffs[0],
+                "max_step_rel": max(diffs),
+                "max_weight_abs": weight,
+                "fast_losses": fast_losses,
+                "plain_losses": plain_losses,
+            }
+            print(
+                f"gpu_parity {name}: first step rel {diffs[0]:.2e}, max over {len(diffs)} steps {max(diffs):.2e}, "
+                f"final weights max |diff| {weight:.2e}"
+            )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

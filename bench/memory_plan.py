@@ -31,9 +31,13 @@ GiB = 1024**3
 def _spec(model_dir: Path, technique: str, strategy: str, **hp):
     from kubetune.api.v1alpha1 import Spec
 
-    raw = {"technique": technique, "model": {"uri": model_dir.as_uri()},
-           "datasets": [{"uri": "file:///unused.jsonl", "format": "text"}],
-           "hyperparameters": {"precision": "fp32", **hp}, "distributed": {"strategy": strategy}}
+    raw = {
+        "technique": technique,
+        "model": {"uri": model_dir.as_uri()},
+        "datasets": [{"uri": "file:///unused.jsonl", "format": "text"}],
+        "hyperparameters": {"precision": "fp32", **hp},
+        "distributed": {"strategy": strategy},
+    }
     if technique == "lora":
         raw["lora"] = {"rank": 8, "dropout": 0.0}
     return Spec.model_validate(raw).resolved()
@@ -59,8 +63,13 @@ def _worker(model_dir: Path, technique: str, strategy: str) -> None:
     spec = _spec(model_dir, technique, strategy)
     strategy_ = sharding.choose(spec, None, world)
     model = load_for_training(spec, model_dir, "causal-lm", strategy=strategy_).model
-    args = TrainingArguments(output_dir=tempfile.mkdtemp(), use_cpu=True, report_to="none", save_strategy="no",
-                             ddp_backend="gloo" if world > 1 else None)
+    args = TrainingArguments(
+        output_dir=tempfile.mkdtemp(),
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        ddp_backend="gloo" if world > 1 else None,
+    )
     trainer = prepare_trainer(Trainer(model=model, args=args), spec)
     trainer.create_optimizer()
     for p in model.parameters():
@@ -75,18 +84,23 @@ def _worker(model_dir: Path, technique: str, strategy: str) -> None:
         return sum(local(t).numel() * local(t).element_size() for t in tensors)
 
     state = [t for s in trainer.optimizer.state.values() for t in s.values() if torch.is_tensor(t) and t.dim() > 0]
-    held = {"weights": size(model.parameters()), "gradients": size(p.grad for p in model.parameters() if p.grad is not None),
-            "optimizer": size(state)}
+    held = {
+        "weights": size(model.parameters()),
+        "gradients": size(p.grad for p in model.parameters() if p.grad is not None),
+        "optimizer": size(state),
+    }
     config = json.loads((model_dir / "config.json").read_text())
-    estimate = plan.estimate(plan.ModelShape.from_config(config), spec, strategy_.name, world, None,
-                             precision=Precision.FP32, liger=False)
+    estimate = plan.estimate(
+        plan.ModelShape.from_config(config), spec, strategy_.name, world, None, precision=Precision.FP32, liger=False
+    )
     shape = plan.ModelShape.from_config(config)
     gathered = 2 * (shape.block_linear_params + shape.block_other_params) * 4 if strategy_.sharded else 0
     planned = {"weights": estimate.weights - gathered, "gradients": estimate.gradients, "optimizer": estimate.optimizer}
     rank = int(os.environ.get("RANK", "0"))
     # One file per rank: torchrun interleaves the ranks' stdout.
     (Path(os.environ["MEMORY_PLAN_OUT"]) / f"rank-{rank}.json").write_text(
-        json.dumps({"rank": rank, "held": held, "planned": planned}))
+        json.dumps({"rank": rank, "held": held, "planned": planned})
+    )
 
 
 def cpu(processes: int) -> int:
@@ -95,12 +109,22 @@ def cpu(processes: int) -> int:
     worst = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_tiny_llama(Path(tmp) / "model")
-        print(f"{'technique':<11}{'strategy':<10}{'part':<11}{'planned/rank':>14}{'held (ranks)':>30}{'sum held':>12}{'sum planned':>13}")
+        print(
+            f"{'technique':<11}{'strategy':<10}{'part':<11}{'planned/rank':>14}{'held (ranks)':>30}{'sum held':>12}{'sum planned':>13}"
+        )
         for technique in ("full", "lora"):
             for strategy, world in (("ddp", 1), ("fsdp", processes)):
                 command = [sys.executable, __file__, "--worker", str(model_dir), technique, strategy]
                 if world > 1:
-                    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(world), *command[1:]]
+                    command = [
+                        sys.executable,
+                        "-m",
+                        "torch.distributed.run",
+                        "--standalone",
+                        "--nproc-per-node",
+                        str(world),
+                        *command[1:],
+                    ]
                 out = Path(tmp) / f"{technique}-{strategy}"
                 out.mkdir()
                 env = dict(os.environ, OMP_NUM_THREADS="1", MEMORY_PLAN_OUT=str(out))
@@ -114,7 +138,9 @@ def cpu(processes: int) -> int:
                     planned = rows[0]["planned"][part]
                     ratio = sum(held) / (planned * world) if planned else 1.0
                     worst = max(worst, abs(ratio - 1))
-                    print(f"{technique:<11}{strategy:<10}{part:<11}{planned:>14,.0f}{str(held):>30}{sum(held):>12,}{planned * world:>13,.0f}")
+                    print(
+                        f"{technique:<11}{strategy:<10}{part:<11}{planned:>14,.0f}{str(held):>30}{sum(held):>12,}{planned * world:>13,.0f}"
+                    )
     print(f"\nlargest difference of a sum: {worst:.2%}")
     return 0 if worst < 1e-9 else 1
 
@@ -134,9 +160,17 @@ def gpu(results: Path) -> int:
             continue
         technique = next(t for t in ("qlora", "lora", "full") if t in name)
         kubetune = name.startswith("kubetune")
-        raw = {"technique": technique, "model": {"uri": "file:///m"}, "datasets": [{"uri": "file:///d.jsonl", "format": "text"}],
-               "hyperparameters": {"batchSize": int(row["batch"]), "maxSeqLength": int(row.get("max_len") or 2048),
-                                   "ligerKernel": kubetune, "packing": kubetune}}
+        raw = {
+            "technique": technique,
+            "model": {"uri": "file:///m"},
+            "datasets": [{"uri": "file:///d.jsonl", "format": "text"}],
+            "hyperparameters": {
+                "batchSize": int(row["batch"]),
+                "maxSeqLength": int(row.get("max_len") or 2048),
+                "ligerKernel": kubetune,
+                "packing": kubetune,
+            },
+        }
         if technique in ("lora", "qlora"):
             raw["lora"] = {"rank": 16, "alpha": 32, "dropout": 0.05}
         spec = Spec.model_validate(raw)

@@ -14,22 +14,54 @@ from kubetune.api.v1alpha1 import Spec
 from kubetune_trainer import plan
 
 SHAPES = {
-    "1B": dict(model_type="llama", hidden_size=2048, num_hidden_layers=16, vocab_size=128256, intermediate_size=8192,
-               num_attention_heads=32, num_key_value_heads=8, head_dim=64, tie_word_embeddings=True),
-    "8B": dict(model_type="llama", hidden_size=4096, num_hidden_layers=32, vocab_size=128256, intermediate_size=14336,
-               num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=False),
-    "70B": dict(model_type="llama", hidden_size=8192, num_hidden_layers=80, vocab_size=128256, intermediate_size=28672,
-                num_attention_heads=64, num_key_value_heads=8, tie_word_embeddings=False),
+    "1B": dict(
+        model_type="llama",
+        hidden_size=2048,
+        num_hidden_layers=16,
+        vocab_size=128256,
+        intermediate_size=8192,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=64,
+        tie_word_embeddings=True,
+    ),
+    "8B": dict(
+        model_type="llama",
+        hidden_size=4096,
+        num_hidden_layers=32,
+        vocab_size=128256,
+        intermediate_size=14336,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        tie_word_embeddings=False,
+    ),
+    "70B": dict(
+        model_type="llama",
+        hidden_size=8192,
+        num_hidden_layers=80,
+        vocab_size=128256,
+        intermediate_size=28672,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        tie_word_embeddings=False,
+    ),
 }
 GPUS = (1, 2, 4, 8)
 
 
 def spec_for(technique: Technique, gpus: int, args) -> Spec:
-    raw = {"technique": technique.value, "model": {"uri": "hf://meta-llama/Llama-3.1-8B"},
-           "datasets": [{"uri": "s3://data/train.jsonl", "format": "text"}],
-           "hyperparameters": {"batchSize": args.batch, "maxSeqLength": args.seq,
-                               "gradientCheckpointing": args.checkpointing},
-           "resources": {"gpus": gpus}, "distributed": {"strategy": "auto", "cpuOffload": args.offload}}
+    raw = {
+        "technique": technique.value,
+        "model": {"uri": "hf://meta-llama/Llama-3.1-8B"},
+        "datasets": [{"uri": "s3://data/train.jsonl", "format": "text"}],
+        "hyperparameters": {
+            "batchSize": args.batch,
+            "maxSeqLength": args.seq,
+            "gradientCheckpointing": args.checkpointing,
+        },
+        "resources": {"gpus": gpus},
+        "distributed": {"strategy": "auto", "cpuOffload": args.offload},
+    }
     return Spec.model_validate(raw)
 
 
@@ -42,9 +74,11 @@ def main() -> None:
     parser.add_argument("--offload", action="store_true", help="let auto use FSDP with CPU offload")
     args = parser.parse_args()
     memory = plan.bytes_of(args.gpu_memory)
-    print(f"batchSize {args.batch} x maxSeqLength {args.seq}, precision bf16, Liger kernels, "
-          f"gradientCheckpointing {str(args.checkpointing).lower()}, cpuOffload {str(args.offload).lower()}, "
-          f"GPUs of {args.gpu_memory}\n")
+    print(
+        f"batchSize {args.batch} x maxSeqLength {args.seq}, precision bf16, Liger kernels, "
+        f"gradientCheckpointing {str(args.checkpointing).lower()}, cpuOffload {str(args.offload).lower()}, "
+        f"GPUs of {args.gpu_memory}\n"
+    )
     print("| model | technique | " + " | ".join(f"{g} GPU{'s' if g > 1 else ''}" for g in GPUS) + " |")
     print("|---|---|" + "---|" * len(GPUS))
     for name, config in SHAPES.items():

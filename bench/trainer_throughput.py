@@ -44,19 +44,55 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SHAPES = {
     # Llama-3.2-1B
-    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-               num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True),
+    "1b": dict(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        tie_word_embeddings=True,
+    ),
     # Llama-3.1-8B
-    "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-               num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False),
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=1024, tie_word_embeddings=True),
-    "tiny-8b": dict(hidden_size=96, intermediate_size=192, num_hidden_layers=3, num_attention_heads=4,
-                    num_key_value_heads=2, vocab_size=1024, tie_word_embeddings=False),
+    "8b": dict(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        tie_word_embeddings=False,
+    ),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=1024,
+        tie_word_embeddings=True,
+    ),
+    "tiny-8b": dict(
+        hidden_size=96,
+        intermediate_size=192,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=1024,
+        tie_word_embeddings=False,
+    ),
 }
 # Dense bf16 peak TFLOP/s (no sparsity), by a substring of torch.cuda.get_device_name().
-PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "GH200": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0,
-               "B200": 2250.0}
+PEAK_TFLOPS = {
+    "H200": 989.0,
+    "H100": 989.0,
+    "GH200": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "L4": 121.0,
+    "A10": 125.0,
+    "B200": 2250.0,
+}
 TECHNIQUES = ("full", "lora", "qlora")
 IGNORE = -100
 
@@ -126,8 +162,14 @@ def build_tokenizer(vocab: int):
     words = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3} | {f"t{i}": i for i in range(4, vocab)}
     tok = Tokenizer(models.WordLevel(vocab=words, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>", model_max_length=1 << 20)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        model_max_length=1 << 20,
+    )
 
 
 def build_model_dir(out: Path, shape: str, max_len: int, seed: int = 0) -> Path:
@@ -138,8 +180,14 @@ def build_model_dir(out: Path, shape: str, max_len: int, seed: int = 0) -> Path:
     if (out / "config.json").is_file():
         return out
     dims = SHAPES[shape]
-    config = LlamaConfig(**dims, max_position_embeddings=max(max_len, 2048), rope_theta=500000.0,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    config = LlamaConfig(
+        **dims,
+        max_position_embeddings=max(max_len, 2048),
+        rope_theta=500000.0,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     torch.manual_seed(seed)
     device = "cuda" if gpu() else "cpu"
     dtype = torch.bfloat16 if gpu() else torch.float32
@@ -239,9 +287,19 @@ def make_timer(warmup: int):
 
 def common_args(out_dir: Path, batch: int, steps: int, seed: int) -> dict:
     return dict(
-        output_dir=str(out_dir), max_steps=steps, per_device_train_batch_size=batch, learning_rate=1e-4,
-        lr_scheduler_type="constant", warmup_steps=0, logging_steps=1, save_strategy="no", report_to="none",
-        seed=seed, disable_tqdm=True, remove_unused_columns=False, dataloader_pin_memory=False,
+        output_dir=str(out_dir),
+        max_steps=steps,
+        per_device_train_batch_size=batch,
+        learning_rate=1e-4,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=seed,
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        dataloader_pin_memory=False,
         include_num_input_tokens_seen="non_padding",
     )
 
@@ -249,7 +307,9 @@ def common_args(out_dir: Path, batch: int, steps: int, seed: int) -> dict:
 # --------------------------------------------------------------------------- the two paths
 
 
-def run_baseline(technique: str, model_dir: Path, docs: list[list[int]], batch: int, steps: int, warmup: int, seed: int):
+def run_baseline(
+    technique: str, model_dir: Path, docs: list[list[int]], batch: int, steps: int, warmup: int, seed: int
+):
     """Plain transformers + peft, padded batches, sdpa."""
     import torch
     from datasets import Dataset
@@ -277,7 +337,8 @@ def run_baseline(technique: str, model_dir: Path, docs: list[list[int]], batch: 
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
+        )
         kwargs["device_map"] = {"": 0 if on_gpu else "cpu"}
     model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     if technique in ("lora", "qlora"):
@@ -285,11 +346,14 @@ def run_baseline(technique: str, model_dir: Path, docs: list[list[int]], batch: 
 
         if technique == "qlora":
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
-                                                 task_type="CAUSAL_LM"))
+        model = get_peft_model(
+            model,
+            LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM"),
+        )
     timer = make_timer(warmup)
-    args = TrainingArguments(**common_args(model_dir.parent / "out-baseline", batch, steps, seed), optim="adamw_torch",
-                             bf16=on_gpu)
+    args = TrainingArguments(
+        **common_args(model_dir.parent / "out-baseline", batch, steps, seed), optim="adamw_torch", bf16=on_gpu
+    )
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collate, callbacks=[timer])
     trainer.train()
     tokens_per_s, peak = timer.result()
@@ -298,8 +362,16 @@ def run_baseline(technique: str, model_dir: Path, docs: list[list[int]], batch: 
     return tokens_per_s, peak, timer.last_loss, "padded, sdpa"
 
 
-def kubetune_spec(technique: str, model_dir: Path, data_file: Path, batch: int, steps: int, max_len: int, seed: int,
-                  hyperparameters: dict | None = None):
+def kubetune_spec(
+    technique: str,
+    model_dir: Path,
+    data_file: Path,
+    batch: int,
+    steps: int,
+    max_len: int,
+    seed: int,
+    hyperparameters: dict | None = None,
+):
     from kubetune.api.v1alpha1 import Spec
 
     spec = {
@@ -308,8 +380,14 @@ def kubetune_spec(technique: str, model_dir: Path, data_file: Path, batch: int, 
         "model": {"uri": f"file://{model_dir}"},
         "datasets": [{"uri": f"file://{data_file}", "format": "text"}],
         "hyperparameters": {
-            "maxSteps": steps, "batchSize": batch, "maxSeqLength": max_len, "learningRate": 1e-4,
-            "lrScheduler": "constant", "warmupRatio": 0.0, "seed": seed, **(hyperparameters or {}),
+            "maxSteps": steps,
+            "batchSize": batch,
+            "maxSeqLength": max_len,
+            "learningRate": 1e-4,
+            "lrScheduler": "constant",
+            "warmupRatio": 0.0,
+            "seed": seed,
+            **(hyperparameters or {}),
         },
         "output": {"checkpointEverySteps": steps + 1000},
     }
@@ -318,8 +396,17 @@ def kubetune_spec(technique: str, model_dir: Path, data_file: Path, batch: int, 
     return Spec.model_validate(spec).resolved()
 
 
-def run_kubetune(technique: str, model_dir: Path, data_file: Path, batch: int, steps: int, warmup: int, max_len: int,
-                 seed: int, hyperparameters: dict | None = None):
+def run_kubetune(
+    technique: str,
+    model_dir: Path,
+    data_file: Path,
+    batch: int,
+    steps: int,
+    warmup: int,
+    max_len: int,
+    seed: int,
+    hyperparameters: dict | None = None,
+):
     """kubetune_trainer's causal-lm recipe, from a spec (defaults: packing, Liger, attention auto)."""
     from kubetune_trainer import speed
     from kubetune_trainer.context import OutputLayout, RunContext
@@ -331,8 +418,15 @@ def run_kubetune(technique: str, model_dir: Path, data_file: Path, batch: int, s
     work = Path(tempfile.mkdtemp(prefix="kt-bench-", dir=model_dir.parent))
     timer = make_timer(warmup)
     ctx = RunContext(
-        spec=spec, name="bench", work_dir=work, layout=OutputLayout(f"file://{work}/output/"), model_dir=model_dir,
-        tasks=load_tasks(spec, work / "data"), resume_from=None, callbacks=[timer], reporter=NullReporter(),
+        spec=spec,
+        name="bench",
+        work_dir=work,
+        layout=OutputLayout(f"file://{work}/output/"),
+        model_dir=model_dir,
+        tasks=load_tasks(spec, work / "data"),
+        resume_from=None,
+        callbacks=[timer],
+        reporter=NullReporter(),
     )
     result = causal_lm.run(ctx)
     tokens_per_s, peak = timer.result()
@@ -355,13 +449,31 @@ def row_specs(plan: Plan, rows: list[str]) -> list[dict]:
         if technique in rows:
             for path in ("baseline", "kubetune"):
                 batch = plan.baseline_batch if path == "baseline" else plan.kubetune_batch
-                out.append(dict(name=f"{technique}/{path}", technique=technique, path=path, shape=shape, batch=batch,
-                                steps=plan.warmup + plan.steps, docs="var"))
+                out.append(
+                    dict(
+                        name=f"{technique}/{path}",
+                        technique=technique,
+                        path=path,
+                        shape=shape,
+                        batch=batch,
+                        steps=plan.warmup + plan.steps,
+                        docs="var",
+                    )
+                )
     if "8b" in rows:
         shape = "tiny-8b" if plan.tiny else "8b"
         for path in ("baseline", "kubetune"):
-            out.append(dict(name=f"8b-qlora/{path}", technique="qlora", path=path, shape=shape, batch=plan.big_batch,
-                            steps=plan.warmup + plan.big_steps, docs="fixed"))
+            out.append(
+                dict(
+                    name=f"8b-qlora/{path}",
+                    technique="qlora",
+                    path=path,
+                    shape=shape,
+                    batch=plan.big_batch,
+                    steps=plan.warmup + plan.big_steps,
+                    docs="fixed",
+                )
+            )
     return out
 
 
@@ -377,11 +489,17 @@ def prepare_inputs(plan: Plan, work: Path, specs: list[dict]) -> dict:
                 need = (plan.warmup + plan.steps + 2) * max(plan.baseline_batch, plan.kubetune_batch) * 3
                 docs = make_documents(plan, vocab, need, seed=plan.seed)
             else:
-                docs = make_documents(plan, vocab, (plan.warmup + plan.big_steps + 2) * plan.big_batch,
-                                      fixed=plan.max_len, seed=plan.seed + 1)
+                docs = make_documents(
+                    plan,
+                    vocab,
+                    (plan.warmup + plan.big_steps + 2) * plan.big_batch,
+                    fixed=plan.max_len,
+                    seed=plan.seed + 1,
+                )
             data_file = write_text_dataset(work / f"data-{shape}-{kind}.jsonl", docs)
-            inputs[(shape, kind)] = dict(model_dir=str(model_dir), data_file=str(data_file), docs=docs,
-                                         flops=flops_per_token(shape, docs))
+            inputs[(shape, kind)] = dict(
+                model_dir=str(model_dir), data_file=str(data_file), docs=docs, flops=flops_per_token(shape, docs)
+            )
     return inputs
 
 
@@ -393,11 +511,21 @@ def run_row(plan: Plan, spec: dict, inp: dict, peak_tflops: float | None, overri
     model_dir, data_file = Path(inp["model_dir"]), Path(inp["data_file"])
     try:
         if spec["path"] == "baseline":
-            result = run_baseline(spec["technique"], model_dir, inp["docs"], spec["batch"], spec["steps"], plan.warmup,
-                                  plan.seed)
+            result = run_baseline(
+                spec["technique"], model_dir, inp["docs"], spec["batch"], spec["steps"], plan.warmup, plan.seed
+            )
         else:
-            result = run_kubetune(spec["technique"], model_dir, data_file, spec["batch"], spec["steps"], plan.warmup,
-                                  plan.max_len, plan.seed, overrides)
+            result = run_kubetune(
+                spec["technique"],
+                model_dir,
+                data_file,
+                spec["batch"],
+                spec["steps"],
+                plan.warmup,
+                plan.max_len,
+                plan.seed,
+                overrides,
+            )
         row.tokens_per_s, row.peak_gib, row.loss, row.notes = result
         if peak_tflops:
             row.mfu = row.tokens_per_s * inp["flops"] / (peak_tflops * 1e12)
@@ -410,8 +538,19 @@ def run_row(plan: Plan, spec: dict, inp: dict, peak_tflops: float | None, overri
 
 def run_isolated(spec: dict, args, work: Path) -> Row:
     """One row in its own process (fresh GPU memory, no Liger patches left over), under a timeout."""
-    cmd = [sys.executable, __file__, "--work", str(work), "--only", spec["name"], "--emit-json",
-           "--steps", str(args.steps or 0), "--warmup", str(args.warmup if args.warmup is not None else -1)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--work",
+        str(work),
+        "--only",
+        spec["name"],
+        "--emit-json",
+        "--steps",
+        str(args.steps or 0),
+        "--warmup",
+        str(args.warmup if args.warmup is not None else -1),
+    ]
     cmd += ["--tiny"] if args.tiny else []
     cmd += ["--peak-tflops", str(args.peak_tflops)] if args.peak_tflops else []
     cmd += ["--attention", args.attention] if args.attention else []
@@ -420,14 +559,26 @@ def run_isolated(spec: dict, args, work: Path) -> Row:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.row_timeout)
     except subprocess.TimeoutExpired:
-        return Row(spec["name"], spec["technique"], spec["path"], spec["shape"], str(spec["batch"]),
-                   error=f"timeout after {args.row_timeout}s")
+        return Row(
+            spec["name"],
+            spec["technique"],
+            spec["path"],
+            spec["shape"],
+            str(spec["batch"]),
+            error=f"timeout after {args.row_timeout}s",
+        )
     for line in proc.stdout.splitlines():
         if line.startswith("ROW "):
             return Row(**json.loads(line[4:]))
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-    return Row(spec["name"], spec["technique"], spec["path"], spec["shape"], str(spec["batch"]),
-               error=f"exit {proc.returncode}: {tail[0][:200]}")
+    return Row(
+        spec["name"],
+        spec["technique"],
+        spec["path"],
+        spec["shape"],
+        str(spec["batch"]),
+        error=f"exit {proc.returncode}: {tail[0][:200]}",
+    )
 
 
 # --------------------------------------------------------------------------- report
@@ -437,7 +588,18 @@ def _fmt(value: float, fmt: str) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
 
 
-COLUMNS = ["row", "shape", "batch", "tokens/s", "peak GiB", "MFU %", "loss", "x baseline tok/s", "x baseline mem", "notes"]
+COLUMNS = [
+    "row",
+    "shape",
+    "batch",
+    "tokens/s",
+    "peak GiB",
+    "MFU %",
+    "loss",
+    "x baseline tok/s",
+    "x baseline mem",
+    "notes",
+]
 
 
 def ratios(rows: list[Row]) -> dict[str, tuple[float, float]]:
@@ -460,9 +622,18 @@ def table(rows: list[Row]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
         speed, mem = rel.get(r.name, (float("nan"), float("nan")))
-        cells = [r.name, r.shape, r.batch, _fmt(r.tokens_per_s, ",.0f"), _fmt(r.peak_gib, ".1f"),
-                 _fmt(r.mfu * 100 if not math.isnan(r.mfu) else float("nan"), ".1f"), _fmt(r.loss, ".3f"),
-                 _fmt(speed, ".2f"), _fmt(mem, ".2f"), r.error and f"FAILED {r.error}" or r.notes]
+        cells = [
+            r.name,
+            r.shape,
+            r.batch,
+            _fmt(r.tokens_per_s, ",.0f"),
+            _fmt(r.peak_gib, ".1f"),
+            _fmt(r.mfu * 100 if not math.isnan(r.mfu) else float("nan"), ".1f"),
+            _fmt(r.loss, ".3f"),
+            _fmt(speed, ".2f"),
+            _fmt(mem, ".2f"),
+            r.error and f"FAILED {r.error}" or r.notes,
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -533,24 +704,37 @@ def main(argv: list[str] | None = None) -> int:
             if args.emit_json:
                 print("ROW " + json.dumps(asdict(row)), flush=True)
             else:
-                print(f"[bench] {row.name}: {_fmt(row.tokens_per_s, ',.0f')} tokens/s {row.error}", file=sys.stderr, flush=True)
+                print(
+                    f"[bench] {row.name}: {_fmt(row.tokens_per_s, ',.0f')} tokens/s {row.error}",
+                    file=sys.stderr,
+                    flush=True,
+                )
         if args.emit_json:
             return 0
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    print(f"\nkubetune trainer vs plain transformers+peft on {device} "
-          f"({'tiny shapes' if plan.tiny else 'Llama-3.2-1B / Llama-3.1-8B shapes'}, random weights; "
-          f"documents {plan.min_len}..{plan.max_len} tokens; {plan.warmup} warm-up + {plan.steps} timed steps "
-          f"({plan.big_steps} for 8B); peak {peak or '-'} TFLOP/s; {time.perf_counter() - started:.0f} s)\n")
+    print(
+        f"\nkubetune trainer vs plain transformers+peft on {device} "
+        f"({'tiny shapes' if plan.tiny else 'Llama-3.2-1B / Llama-3.1-8B shapes'}, random weights; "
+        f"documents {plan.min_len}..{plan.max_len} tokens; {plan.warmup} warm-up + {plan.steps} timed steps "
+        f"({plan.big_steps} for 8B); peak {peak or '-'} TFLOP/s; {time.perf_counter() - started:.0f} s)\n"
+    )
     print(table(rows))
     rel = ratios(rows)
     if rel:
-        print("\nratios (kubetune / baseline): " + "; ".join(
-            f"{name.split('/')[0]}: {s:.2f}x tokens/s" + (f", {m:.2f}x peak memory" if not math.isnan(m) else "")
-            for name, (s, m) in rel.items()))
+        print(
+            "\nratios (kubetune / baseline): "
+            + "; ".join(
+                f"{name.split('/')[0]}: {s:.2f}x tokens/s" + (f", {m:.2f}x peak memory" if not math.isnan(m) else "")
+                for name, (s, m) in rel.items()
+            )
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps({"device": device, "plan": asdict(plan), "rows": [asdict(r) for r in rows],
-                                               "ratios": rel}, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {"device": device, "plan": asdict(plan), "rows": [asdict(r) for r in rows], "ratios": rel}, indent=2
+            )
+        )
     return 0 if all(not r.error for r in rows) else 1
 
 

@@ -99,7 +99,8 @@ class Api:
         client = self.client
         try:
             method, url, headers, _, _ = client.param_serialize(
-                "GET", path, header_params={"Accept": accept}, auth_settings=["BearerToken"])
+                "GET", path, header_params={"Accept": accept}, auth_settings=["BearerToken"]
+            )
             response = client.call_api(method, url, header_params=headers, _request_timeout=REQUEST_TIMEOUT)
             data = response.read()
         except self._kubernetes.client.ApiException as err:
@@ -185,27 +186,43 @@ def check_crd(api: Api, manifests: list[dict]) -> Iterator[Finding]:
         versions = {v.get("name"): v for v in answer.body.get("spec", {}).get("versions") or []}
         version = versions.get(VERSION)
         if version is None or not version.get("served"):
-            yield Finding(ERROR, subject, f"installed, but it does not serve {VERSION} (it serves "
-                          f"{', '.join(n for n, v in versions.items() if v.get('served')) or 'nothing'}): this "
-                          f"kubetune {__version__} writes {GROUP}/{VERSION}; upgrade the CRD: {CRD_UPGRADE}")
+            yield Finding(
+                ERROR,
+                subject,
+                f"installed, but it does not serve {VERSION} (it serves "
+                f"{', '.join(n for n, v in versions.items() if v.get('served')) or 'nothing'}): this "
+                f"kubetune {__version__} writes {GROUP}/{VERSION}; upgrade the CRD: {CRD_UPGRADE}",
+            )
             return
         served = (version.get("schema") or {}).get("openAPIV3Schema") or {}
         if served == our_schema:
             yield Finding(OK, subject, f"installed, with the schema of this kubetune ({__version__})")
             return
     elif answer.status == 404:
-        yield Finding(ERROR, subject, "not installed (the cluster does not know FineTuneJobs): install the chart, "
-                      "helm install kubetune charts/kubetune -n kubetune-system --create-namespace (docs/quickstart.md)")
+        yield Finding(
+            ERROR,
+            subject,
+            "not installed (the cluster does not know FineTuneJobs): install the chart, "
+            "helm install kubetune charts/kubetune -n kubetune-system --create-namespace (docs/quickstart.md)",
+        )
         return
     else:  # most users may not read CRDs; the OpenAPI document of the group is open to every authenticated user
         served, openapi = _served_schema_from_openapi(api)
         if served is None:
             if openapi.missing_type or openapi.status == 404:
-                yield Finding(ERROR, subject, f"the cluster does not serve {GROUP}/{VERSION} FineTuneJobs: install "
-                              "the chart (docs/quickstart.md), or ask your platform team")
+                yield Finding(
+                    ERROR,
+                    subject,
+                    f"the cluster does not serve {GROUP}/{VERSION} FineTuneJobs: install "
+                    "the chart (docs/quickstart.md), or ask your platform team",
+                )
             else:
-                yield Finding(WARNING, subject, f"not checked: {_no_access(answer, 'CustomResourceDefinitions')}, "
-                              f"and {_no_access(openapi, 'the OpenAPI document')}")
+                yield Finding(
+                    WARNING,
+                    subject,
+                    f"not checked: {_no_access(answer, 'CustomResourceDefinitions')}, "
+                    f"and {_no_access(openapi, 'the OpenAPI document')}",
+                )
             return
     ours_fields, served_fields = _spec_fields(_field_paths(our_schema)), _spec_fields(_field_paths(served))
     missing = sorted(ours_fields - served_fields)
@@ -213,19 +230,35 @@ def check_crd(api: Api, manifests: list[dict]) -> Iterator[Finding]:
     used = set().union(*(_set_paths({"spec": m.get("spec") or {}}) for m in manifests)) if manifests else set()
     if missing:
         dropped = [p for p in missing if p in used]
-        consequence = (f"the API server would drop {', '.join(dropped)} of this manifest" if dropped
-                       else f"it lacks {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
-        yield Finding(ERROR if dropped else WARNING, subject,
-                      f"older than this kubetune ({__version__}): {consequence}; upgrade the CRD: {CRD_UPGRADE}")
+        consequence = (
+            f"the API server would drop {', '.join(dropped)} of this manifest"
+            if dropped
+            else f"it lacks {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+        )
+        yield Finding(
+            ERROR if dropped else WARNING,
+            subject,
+            f"older than this kubetune ({__version__}): {consequence}; upgrade the CRD: {CRD_UPGRADE}",
+        )
     if unknown:
-        yield Finding(WARNING, subject, f"newer than this kubetune ({__version__}): it has "
-                      f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}, unknown here; upgrade this "
-                      "CLI (pip install -U 'kubetune[cli]') so that its checks match the cluster's")
+        yield Finding(
+            WARNING,
+            subject,
+            f"newer than this kubetune ({__version__}): it has "
+            f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}, unknown here; upgrade this "
+            "CLI (pip install -U 'kubetune[cli]') so that its checks match the cluster's",
+        )
     if not missing and not unknown:
-        yield Finding(WARNING if answer.status == 200 else OK, subject,
-                      f"installed, with the fields of this kubetune ({__version__})"
-                      + (", but other descriptions or rules: the cluster runs another version; upgrade whichever "
-                         "is older" if answer.status == 200 else ""))
+        yield Finding(
+            WARNING if answer.status == 200 else OK,
+            subject,
+            f"installed, with the fields of this kubetune ({__version__})"
+            + (
+                ", but other descriptions or rules: the cluster runs another version; upgrade whichever is older"
+                if answer.status == 200
+                else ""
+            ),
+        )
 
 
 # ----------------------------------------------------------------------------------------------- the operator
@@ -282,8 +315,10 @@ def _pod_trouble(api: Api, namespace: str, selector: dict[str, str]) -> str:
         for status in (pod.get("status") or {}).get("containerStatuses") or []:
             waiting = (status.get("state") or {}).get("waiting") or {}
             if waiting.get("reason"):
-                reasons.append(f"{pod['metadata']['name']}: {waiting['reason']}"
-                               + (f" ({' '.join(waiting['message'].split())[:200]})" if waiting.get("message") else ""))
+                reasons.append(
+                    f"{pod['metadata']['name']}: {waiting['reason']}"
+                    + (f" ({' '.join(waiting['message'].split())[:200]})" if waiting.get("message") else "")
+                )
     return "; ".join(reasons)
 
 
@@ -294,50 +329,93 @@ def find_operator(api: Api, operator_namespace: str | None) -> tuple[list[Operat
     query = f"labelSelector={quote(OPERATOR_SELECTOR)}"
     looked = ""
     if operator_namespace:
-        answer, looked = api.get(f"/apis/apps/v1/namespaces/{operator_namespace}/deployments?{query}"), \
-            f"namespace {operator_namespace}"
+        answer, looked = (
+            api.get(f"/apis/apps/v1/namespaces/{operator_namespace}/deployments?{query}"),
+            f"namespace {operator_namespace}",
+        )
     else:
         answer, looked = api.get(f"/apis/apps/v1/deployments?{query}"), "any namespace"
         if answer.status in (401, 403):
-            answer, looked = api.get(f"/apis/apps/v1/namespaces/{DEFAULT_OPERATOR_NAMESPACE}/deployments?{query}"), \
-                f"namespace {DEFAULT_OPERATOR_NAMESPACE}"
+            answer, looked = (
+                api.get(f"/apis/apps/v1/namespaces/{DEFAULT_OPERATOR_NAMESPACE}/deployments?{query}"),
+                f"namespace {DEFAULT_OPERATOR_NAMESPACE}",
+            )
     if answer.status != 200:
-        return [], [Finding(WARNING, subject, f"not checked: {_no_access(answer, f'Deployments in {looked}')}; "
-                            "pass --operator-namespace NS where you may, or ask your platform team whether the "
-                            "kubetune operator runs and watches your namespace")]
+        return [], [
+            Finding(
+                WARNING,
+                subject,
+                f"not checked: {_no_access(answer, f'Deployments in {looked}')}; "
+                "pass --operator-namespace NS where you may, or ask your platform team whether the "
+                "kubetune operator runs and watches your namespace",
+            )
+        ]
     deployments = answer.body.get("items") or []
     if not deployments:
-        return [], [Finding(ERROR, subject, f"no kubetune operator Deployment in {looked} (label {OPERATOR_SELECTOR}): "
-                            "install the chart (docs/quickstart.md)"
-                            + ("" if operator_namespace or looked == "any namespace"
-                               else ", or pass --operator-namespace NS where it runs"))]
+        return [], [
+            Finding(
+                ERROR,
+                subject,
+                f"no kubetune operator Deployment in {looked} (label {OPERATOR_SELECTOR}): "
+                "install the chart (docs/quickstart.md)"
+                + (
+                    ""
+                    if operator_namespace or looked == "any namespace"
+                    else ", or pass --operator-namespace NS where it runs"
+                ),
+            )
+        ]
     operators, findings = [], []
     for deployment in deployments:
         meta, spec, status = deployment["metadata"], deployment.get("spec") or {}, deployment.get("status") or {}
         where = f"{meta['namespace']}/{meta['name']}"
         containers = (spec.get("template") or {}).get("spec", {}).get("containers") or []
-        container = next((c for c in containers if c.get("name") == OPERATOR_CONTAINER), containers[0] if containers
-                         else {})
+        container = next(
+            (c for c in containers if c.get("name") == OPERATOR_CONTAINER), containers[0] if containers else {}
+        )
         settings, refusal = operator_settings(container)
-        operator = Operator(where, settings, {e["name"]: e["value"] for e in container.get("env") or []
-                                              if "value" in e}, container.get("image") or "")
+        operator = Operator(
+            where,
+            settings,
+            {e["name"]: e["value"] for e in container.get("env") or [] if "value" in e},
+            container.get("image") or "",
+        )
         desired, available = spec.get("replicas", 1), status.get("availableReplicas") or 0
         if refusal:
-            findings.append(Finding(ERROR, f"operator {where}", f"cannot start: {refusal} (fix the chart's values, "
-                                    "e.g. extraArgs, and helm upgrade)"))
+            findings.append(
+                Finding(
+                    ERROR,
+                    f"operator {where}",
+                    f"cannot start: {refusal} (fix the chart's values, e.g. extraArgs, and helm upgrade)",
+                )
+            )
         elif available < 1:
             trouble = _pod_trouble(api, meta["namespace"], (spec.get("selector") or {}).get("matchLabels") or {})
-            findings.append(Finding(ERROR, f"operator {where}", f"not running ({available}/{desired} available"
-                                    + (f"; {trouble}" if trouble else "") + f"): kubectl -n {meta['namespace']} "
-                                    f"describe deployment {meta['name']}; kubectl -n {meta['namespace']} logs "
-                                    f"deployment/{meta['name']}"))
+            findings.append(
+                Finding(
+                    ERROR,
+                    f"operator {where}",
+                    f"not running ({available}/{desired} available"
+                    + (f"; {trouble}" if trouble else "")
+                    + f"): kubectl -n {meta['namespace']} "
+                    f"describe deployment {meta['name']}; kubectl -n {meta['namespace']} logs "
+                    f"deployment/{meta['name']}",
+                )
+            )
         else:
             tag = operator.image.rpartition(":")[2] if ":" in operator.image.rpartition("/")[2] else ""
-            findings.append(Finding(
-                WARNING if tag and tag != __version__ else OK, f"operator {where}",
-                f"running ({available}/{desired} available, image {operator.image or '?'})"
-                + (f"; this CLI is kubetune {__version__}: their checks may differ" if tag and tag != __version__
-                   else "")))
+            findings.append(
+                Finding(
+                    WARNING if tag and tag != __version__ else OK,
+                    f"operator {where}",
+                    f"running ({available}/{desired} available, image {operator.image or '?'})"
+                    + (
+                        f"; this CLI is kubetune {__version__}: their checks may differ"
+                        if tag and tag != __version__
+                        else ""
+                    ),
+                )
+            )
         operators.append(operator)
     return operators, findings
 
@@ -358,8 +436,11 @@ class Job:
 
 
 def _watching(operators: list[Operator], namespace: str) -> list[Operator]:
-    return [o for o in operators if o.settings is not None
-            and (not o.settings.namespaces or namespace in o.settings.namespaces)]
+    return [
+        o
+        for o in operators
+        if o.settings is not None and (not o.settings.namespaces or namespace in o.settings.namespaces)
+    ]
 
 
 def check_watch(job: Job, operators: list[Operator]) -> Iterator[Finding]:
@@ -374,9 +455,13 @@ def check_watch(job: Job, operators: list[Operator]) -> Iterator[Finding]:
         return
     o = running[0]
     wanted = ",".join([*o.settings.namespaces, job.namespace])
-    yield Finding(ERROR, job.label, f"the operator {o.where} watches only {', '.join(o.settings.namespaces)}, not "
-                  f"{job.namespace}: the job would get no status at all; add the namespace: helm upgrade <release> "
-                  f"charts/kubetune -n {o.where.split('/')[0]} --reuse-values --set 'watchNamespaces={{{wanted}}}'")
+    yield Finding(
+        ERROR,
+        job.label,
+        f"the operator {o.where} watches only {', '.join(o.settings.namespaces)}, not "
+        f"{job.namespace}: the job would get no status at all; add the namespace: helm upgrade <release> "
+        f"charts/kubetune -n {o.where.split('/')[0]} --reuse-values --set 'watchNamespaces={{{wanted}}}'",
+    )
 
 
 def check_policy(job: Job, operator: Operator | None) -> Iterator[Finding]:
@@ -393,8 +478,9 @@ def check_policy(job: Job, operator: Operator | None) -> Iterator[Finding]:
     ftj = {"metadata": {"name": job.name, "namespace": job.namespace, "uid": "<uid>"}}
     violations = policy.check(settings, ftj, settings.policy.apply_defaults(spec))
     for violation in violations:
-        yield Finding(ERROR, job.label, f"the cluster's policy refuses it (the job would fail with PolicyDenied): "
-                      f"{violation}")
+        yield Finding(
+            ERROR, job.label, f"the cluster's policy refuses it (the job would fail with PolicyDenied): {violation}"
+        )
     if not violations and settings.policy != policy.Policy():
         yield Finding(OK, job.label, "the cluster's policy allows it")
 
@@ -414,11 +500,11 @@ def _secret_uses(job: Job, operator: Operator | None) -> dict[str, tuple[list[st
     for binding in credential_bindings(job.spec):
         need(binding.secret, f"{binding.role} credentials", binding.required)
     pod = job.spec.pod
-    for volume in (pod.volumes if pod is not None else []):
+    for volume in pod.volumes if pod is not None else []:
         if volume.secret is not None:
             need(volume.secret.secret_name, f"volume {volume.name}")
     # A missing pull Secret does not stop the kubelet (it pulls without it): a private registry then refuses.
-    for secret in (pod.image_pull_secrets if pod is not None else []):
+    for secret in pod.image_pull_secrets if pod is not None else []:
         need(secret, "spec.pod.imagePullSecrets", level=WARNING)
     if operator is not None and operator.settings is not None:
         for secret in operator.settings.trainer_image_pull_secrets:
@@ -438,20 +524,31 @@ def check_namespace_objects(api: Api, job: Job, operator: Operator | None) -> It
         answer.body = {"metadata": answer.body.get("metadata") or {}}  # whatever the server sent, no data is kept
         for_what = ", ".join(whys)
         if answer.status == 200:
-            yield Finding(OK, subject, f"exists ({for_what})" + (f"; it must hold {', '.join(sorted(keys))}, "
-                                                                 "which the doctor does not read" if keys else ""))
+            yield Finding(
+                OK,
+                subject,
+                f"exists ({for_what})"
+                + (f"; it must hold {', '.join(sorted(keys))}, which the doctor does not read" if keys else ""),
+            )
         elif answer.status == 404:
             example = " ".join(f"--from-literal={k}=..." for k in sorted(keys)) or "--from-file=..."
-            yield Finding(level, subject, f"does not exist in namespace {ns} ({for_what})"
-                          + (": the pod would wait for it (SecretNotFound)" if level == ERROR else "")
-                          + f"; kubectl -n {ns} create secret generic {secret} {example}")
+            yield Finding(
+                level,
+                subject,
+                f"does not exist in namespace {ns} ({for_what})"
+                + (": the pod would wait for it (SecretNotFound)" if level == ERROR else "")
+                + f"; kubectl -n {ns} create secret generic {secret} {example}",
+            )
         else:
             yield Finding(WARNING, subject, f"not checked ({for_what}): {_no_access(answer, f'Secrets in {ns}')}")
     pod = job.spec.pod
-    for volume in (pod.volumes if pod is not None else []):
+    for volume in pod.volumes if pod is not None else []:
         if volume.persistent_volume_claim is not None:
-            kind, plural, name = "PersistentVolumeClaim", "persistentvolumeclaims", \
-                volume.persistent_volume_claim.claim_name
+            kind, plural, name = (
+                "PersistentVolumeClaim",
+                "persistentvolumeclaims",
+                volume.persistent_volume_claim.claim_name,
+            )
         elif volume.config_map is not None:
             kind, plural, name = "ConfigMap", "configmaps", volume.config_map.name
         else:
@@ -461,8 +558,12 @@ def check_namespace_objects(api: Api, job: Job, operator: Operator | None) -> It
         if answer.status == 200:
             yield Finding(OK, subject, f"exists (volume {volume.name})")
         elif answer.status == 404:
-            yield Finding(ERROR, subject, f"does not exist in namespace {ns} (volume {volume.name}): the pod could "
-                          "not start; create it, or fix spec.pod.volumes")
+            yield Finding(
+                ERROR,
+                subject,
+                f"does not exist in namespace {ns} (volume {volume.name}): the pod could "
+                "not start; create it, or fix spec.pod.volumes",
+            )
         else:
             yield Finding(WARNING, subject, f"not checked: {_no_access(answer, f'{plural} in {ns}')}")
 
@@ -483,21 +584,36 @@ def check_queue(api: Api, job: Job, operator: Operator | None) -> Iterator[Findi
         if not answer.missing_type:
             break
     if answer.status == 200:
-        inactive = [c for c in (answer.body.get("status") or {}).get("conditions") or []
-                    if c.get("type") == "Active" and c.get("status") == "False"]
+        inactive = [
+            c
+            for c in (answer.body.get("status") or {}).get("conditions") or []
+            if c.get("type") == "Active" and c.get("status") == "False"
+        ]
         if inactive:
-            yield Finding(WARNING, subject, f"exists ({how}) but is not active: {inactive[0].get('reason', '')} "
-                          f"{' '.join(str(inactive[0].get('message', '')).split())}: the job would stay Queued")
+            yield Finding(
+                WARNING,
+                subject,
+                f"exists ({how}) but is not active: {inactive[0].get('reason', '')} "
+                f"{' '.join(str(inactive[0].get('message', '')).split())}: the job would stay Queued",
+            )
         else:
             yield Finding(OK, subject, f"exists ({how})")
     elif answer.missing_type:
-        yield Finding(ERROR, subject, f"Kueue is not installed (the cluster serves no {KUEUE_GROUP} LocalQueues), but "
-                      f"{how} names a queue: the job would stay Queued (QueueNotFound); install Kueue, or leave "
-                      "spec.queueName empty")
+        yield Finding(
+            ERROR,
+            subject,
+            f"Kueue is not installed (the cluster serves no {KUEUE_GROUP} LocalQueues), but "
+            f"{how} names a queue: the job would stay Queued (QueueNotFound); install Kueue, or leave "
+            "spec.queueName empty",
+        )
     elif answer.status == 404:
-        yield Finding(ERROR, subject, f"does not exist in namespace {job.namespace} ({how}): the job would stay "
-                      "Queued (QueueNotFound); create it (docs/shared-cluster.md) or name an existing one "
-                      f"(kubectl -n {job.namespace} get localqueues)")
+        yield Finding(
+            ERROR,
+            subject,
+            f"does not exist in namespace {job.namespace} ({how}): the job would stay "
+            "Queued (QueueNotFound); create it (docs/shared-cluster.md) or name an existing one "
+            f"(kubectl -n {job.namespace} get localqueues)",
+        )
     else:
         yield Finding(WARNING, subject, f"not checked: {_no_access(answer, f'LocalQueues in {job.namespace}')}")
 
@@ -511,8 +627,12 @@ def check_priority_class(api: Api, job: Job) -> Iterator[Finding]:
     if answer.status == 200:
         yield Finding(OK, subject, "exists")
     elif answer.status == 404:
-        yield Finding(ERROR, subject, "does not exist: the API server would refuse the training pods; name an existing "
-                      "one (kubectl get priorityclasses) or leave spec.priorityClassName empty")
+        yield Finding(
+            ERROR,
+            subject,
+            "does not exist: the API server would refuse the training pods; name an existing "
+            "one (kubectl get priorityclasses) or leave spec.priorityClassName empty",
+        )
     else:
         yield Finding(WARNING, subject, f"not checked: {_no_access(answer, 'PriorityClasses')}")
 
@@ -525,15 +645,23 @@ def check_image(job: Job, operators: list[Operator]) -> Iterator[Finding]:
         return
     watching = _watching(operators, job.namespace)
     if not watching:
-        yield Finding(WARNING, job.label, "spec.image is empty and the operator's default trainer image could not be "
-                      "read: it must be one your nodes can pull (the chart's trainer.image.repository)")
+        yield Finding(
+            WARNING,
+            job.label,
+            "spec.image is empty and the operator's default trainer image could not be "
+            "read: it must be one your nodes can pull (the chart's trainer.image.repository)",
+        )
         return
     operator = watching[0]
     image = operator.settings.trainer_image
     if not operator.env.get("KUBETUNE_TRAINER_IMAGE", "").strip() or image == DEFAULT_TRAINER_IMAGE:
-        yield Finding(WARNING, job.label, f"spec.image is empty, so the pods run the operator's default {image}, the "
-                      "public image of this release: if your nodes pull from your own registry, install with --set "
-                      "trainer.image.repository=$REGISTRY/trainer (docs/quickstart.md), or set spec.image")
+        yield Finding(
+            WARNING,
+            job.label,
+            f"spec.image is empty, so the pods run the operator's default {image}, the "
+            "public image of this release: if your nodes pull from your own registry, install with --set "
+            "trainer.image.repository=$REGISTRY/trainer (docs/quickstart.md), or set spec.image",
+        )
     else:
         yield Finding(OK, job.label, f"trainer image {image} (the operator's default)")
 
@@ -545,11 +673,13 @@ def _store_endpoint_override(spec: Any, endpoint: str | None) -> Any:
     """The spec with every S3 endpoint replaced by the one this machine reaches (`--s3-endpoint`)."""
     if not endpoint:
         return spec
-    return spec.model_copy(update={
-        "model": spec.model.model_copy(update={"endpoint": None}),
-        "datasets": [d.model_copy(update={"endpoint": None}) for d in spec.datasets],
-        "output": spec.output.model_copy(update={"endpoint": endpoint}),
-    })
+    return spec.model_copy(
+        update={
+            "model": spec.model.model_copy(update={"endpoint": None}),
+            "datasets": [d.model_copy(update={"endpoint": None}) for d in spec.datasets],
+            "output": spec.output.model_copy(update={"endpoint": endpoint}),
+        }
+    )
 
 
 def _storage_finding(err: Exception, subject: str, what: str, endpoint_hint: bool) -> Finding:
@@ -558,12 +688,24 @@ def _storage_finding(err: Exception, subject: str, what: str, endpoint_hint: boo
     text = err.message if isinstance(err, TrainerError) else f"{type(err).__name__}: {' '.join(str(err).split())}"
     text = text.replace("check the credentialsSecret", "checked with your own credentials")
     if "no S3 credentials found" in text:
-        return Finding(WARNING, subject, f"{what} not checked: you have no S3 credentials here (set AWS_ACCESS_KEY_ID "
-                       "and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)")
+        return Finding(
+            WARNING,
+            subject,
+            f"{what} not checked: you have no S3 credentials here (set AWS_ACCESS_KEY_ID "
+            "and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)",
+        )
     if isinstance(err, InfraError) or not isinstance(err, TrainerError):
-        return Finding(WARNING, subject, f"{what} not checked: {text}"
-                       + ("; the pods may reach it where this machine does not (give the address this machine "
-                          "reaches with --s3-endpoint URL)" if endpoint_hint else ""))
+        return Finding(
+            WARNING,
+            subject,
+            f"{what} not checked: {text}"
+            + (
+                "; the pods may reach it where this machine does not (give the address this machine "
+                "reaches with --s3-endpoint URL)"
+                if endpoint_hint
+                else ""
+            ),
+        )
     return Finding(ERROR, subject, f"{text} (with your credentials; the pods use the spec's)")
 
 
@@ -577,19 +719,27 @@ def check_output(job: Job, operators: list[Operator], s3_endpoint: str | None) -
         if watching and watching[0].settings.default_output_uri:
             uri, how = watching[0].settings.default_output_uri, "the operator's default output URI"
         elif watching:
-            yield Finding(ERROR, subject, "spec.output.uri is empty and the operator has no default "
-                          "(trainer.defaultOutputUri): the job would fail as SpecInvalid; set spec.output.uri")
+            yield Finding(
+                ERROR,
+                subject,
+                "spec.output.uri is empty and the operator has no default "
+                "(trainer.defaultOutputUri): the job would fail as SpecInvalid; set spec.output.uri",
+            )
             return
         else:
-            yield Finding(WARNING, subject, "spec.output.uri is empty: the operator's default output URI applies, "
-                          "which could not be read")
+            yield Finding(
+                WARNING,
+                subject,
+                "spec.output.uri is empty: the operator's default output URI applies, which could not be read",
+            )
             return
     root = join_uri(uri, job.namespace, job.name) + "/"
     if parse_uri(uri).scheme != "s3":
         yield Finding(SKIPPED, subject, f"{root} ({how}) lies on a volume of the pods: not checked from here")
         return
-    spec = _store_endpoint_override(spec.model_copy(update={"output": spec.output.model_copy(update={"uri": uri})}),
-                                    s3_endpoint)
+    spec = _store_endpoint_override(
+        spec.model_copy(update={"output": spec.output.model_copy(update={"uri": uri})}), s3_endpoint
+    )
     probe = f"{root}{PROBE_PREFIX}{uuid.uuid4().hex[:12]}"
     try:
         from kubetune_trainer.storage import get_storage
@@ -603,8 +753,12 @@ def check_output(job: Job, operators: list[Operator], s3_endpoint: str | None) -
     except Exception as err:  # noqa: BLE001 - the storage code's errors name the URI
         yield _storage_finding(err, subject, f"{root} ({how})", endpoint_hint=bool(spec.output.endpoint))
         return
-    yield Finding(OK, subject, f"{root} ({how}) is writable with your credentials (a probe object was written and "
-                  "deleted); runs land under <uid>/ there")
+    yield Finding(
+        OK,
+        subject,
+        f"{root} ({how}) is writable with your credentials (a probe object was written and "
+        "deleted); runs land under <uid>/ there",
+    )
 
 
 def _check_uri(uri: str, role: str, what: str, spec: Any, is_model: bool) -> Finding:
@@ -614,19 +768,25 @@ def _check_uri(uri: str, role: str, what: str, spec: Any, is_model: bool) -> Fin
     subject = what
     parsed = parse_uri(uri)
     if parsed.scheme == "file":
-        return Finding(SKIPPED, subject, f"{uri} lies on a volume of the pods (spec.pod.volumes): not checked from "
-                       "here")
+        return Finding(
+            SKIPPED, subject, f"{uri} lies on a volume of the pods (spec.pod.volumes): not checked from here"
+        )
     if parsed.scheme == "hf":
         try:
             from huggingface_hub import HfApi
             from huggingface_hub.errors import OfflineModeIsEnabled
+
             from kubetune_trainer.sources.huggingface import translate_hub_error
         except ImportError:
             return Finding(SKIPPED, subject, f"{uri}: not checked (pip install huggingface_hub to check hub URIs)")
         hub = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=lookup(role, "HF_TOKEN") or False)
         try:
-            hub.repo_info(parsed.location, repo_type="dataset" if parsed.is_dataset_repo else "model",
-                          revision=parsed.revision, timeout=REQUEST_TIMEOUT)
+            hub.repo_info(
+                parsed.location,
+                repo_type="dataset" if parsed.is_dataset_repo else "model",
+                revision=parsed.revision,
+                timeout=REQUEST_TIMEOUT,
+            )
         except OfflineModeIsEnabled:
             return Finding(SKIPPED, subject, f"{uri}: not checked (HF_HUB_OFFLINE is set)")
         except Exception as err:  # noqa: BLE001 - translated as the trainer translates it
@@ -660,8 +820,13 @@ def check_sources(job: Job, s3_endpoint: str | None) -> Iterator[Finding]:
     for i, dataset in enumerate(spec.datasets):
         yield _check_uri(dataset.uri, dataset_role(i), f"{job.label}: dataset {dataset.name}", spec, is_model=False)
         if dataset.eval_uri:
-            yield _check_uri(dataset.eval_uri, eval_dataset_role(i), f"{job.label}: dataset {dataset.name} (eval)",
-                             spec, is_model=False)
+            yield _check_uri(
+                dataset.eval_uri,
+                eval_dataset_role(i),
+                f"{job.label}: dataset {dataset.name} (eval)",
+                spec,
+                is_model=False,
+            )
 
 
 # ----------------------------------------------------------------------------------------------- the command
@@ -684,12 +849,18 @@ def _jobs(path: str, namespace: str | None, default_namespace: str, out: list[Fi
         manifest = doc.job.model_dump(by_alias=True, exclude_unset=True, mode="json")
         own = doc.job.metadata.namespace
         if own and namespace and own != namespace:
-            out.append(Finding(ERROR, f"{path}: {doc.name}", f"metadata.namespace is {own} but -n says {namespace}: "
-                               "kubectl apply would refuse it"))
+            out.append(
+                Finding(
+                    ERROR,
+                    f"{path}: {doc.name}",
+                    f"metadata.namespace is {own} but -n says {namespace}: kubectl apply would refuse it",
+                )
+            )
             continue
         job = Job(doc.job.metadata.name, own or namespace or default_namespace, doc.job.spec.resolved(), manifest)
-        out.append(Finding(OK, f"{path}: {doc.name}", f"a valid FineTuneJob, to be created in namespace "
-                           f"{job.namespace}"))
+        out.append(
+            Finding(OK, f"{path}: {doc.name}", f"a valid FineTuneJob, to be created in namespace {job.namespace}")
+        )
         jobs.append(job)
     return jobs
 
@@ -743,20 +914,27 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print(finding.line(), flush=True)
     errors = sum(f.level == ERROR for f in findings)
     warnings = sum(f.level == WARNING for f in findings)
-    print(f"{errors} error(s), {warnings} warning(s)" + ("" if errors else ": ready to apply"),
-          file=sys.stderr)
+    print(f"{errors} error(s), {warnings} warning(s)" + ("" if errors else ": ready to apply"), file=sys.stderr)
     return 1 if errors else 0
 
 
 def add_doctor_command(sub: Any) -> None:
     p = sub.add_parser("doctor", help="before applying: check that what a FineTuneJob needs is there")
     p.add_argument("file", metavar="FILE", help="FineTuneJob manifest (multi-document YAML)")
-    p.add_argument("-n", "--namespace", help="the namespace of a manifest that names none (default: the kubeconfig "
-                   "context's)")
+    p.add_argument(
+        "-n", "--namespace", help="the namespace of a manifest that names none (default: the kubeconfig context's)"
+    )
     p.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, else ~/.kube/config)")
     p.add_argument("--context", help="kubeconfig context (default: the current one)")
-    p.add_argument("--operator-namespace", metavar="NS", help="where the operator runs (default: found by its "
-                   f"labels in every namespace you may list, else {DEFAULT_OPERATOR_NAMESPACE})")
-    p.add_argument("--s3-endpoint", metavar="URL", help="S3 endpoint this machine reaches (default: the spec's, "
-                   "else $AWS_ENDPOINT_URL)")
+    p.add_argument(
+        "--operator-namespace",
+        metavar="NS",
+        help="where the operator runs (default: found by its "
+        f"labels in every namespace you may list, else {DEFAULT_OPERATOR_NAMESPACE})",
+    )
+    p.add_argument(
+        "--s3-endpoint",
+        metavar="URL",
+        help="S3 endpoint this machine reaches (default: the spec's, else $AWS_ENDPOINT_URL)",
+    )
     p.set_defaults(func=cmd_doctor)

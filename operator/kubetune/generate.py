@@ -92,7 +92,11 @@ def api_reference_markdown() -> str:
         for name, prop in node.get("properties", {}).items():
             field = f"{path}.{name}"
             default = prop.get("default")
-            default_text = "" if default is None else f"`{yaml.safe_dump(default, default_flow_style=True).strip().removesuffix('...').strip()}`"
+            default_text = (
+                ""
+                if default is None
+                else f"`{yaml.safe_dump(default, default_flow_style=True).strip().removesuffix('...').strip()}`"
+            )
             notes = []
             if name in required:
                 notes.append("**required**")
@@ -105,7 +109,9 @@ def api_reference_markdown() -> str:
             child = prop["items"] if prop.get("type") == "array" and "properties" in prop.get("items", {}) else prop
             if "properties" in child:
                 nested.append((child, field + ("[]" if child is not prop else ""), set(child.get("required", []))))
-        lines.extend([f"## `{path}`", "", "| field | type | default | allowed | description |", "|---|---|---|---|---|"])
+        lines.extend(
+            [f"## `{path}`", "", "| field | type | default | allowed | description |", "|---|---|---|---|---|"]
+        )
         lines.extend(rows)
         lines.append("")
         for child, field, req in nested:
@@ -143,4 +149,6 @@ def write(root: Path) -> list[Path]:
 
 
 def stale(root: Path) -> list[Path]:
-    return [rel for rel, text in generated_files().items() if not (root / rel).exists() or (root / rel).read_text() != text]
+    return [
+        rel for rel, text in generated_files().items() if not (root / rel).exists() or (root / rel).read_text() != text
+    ]

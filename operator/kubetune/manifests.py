@@ -30,8 +30,8 @@ from typing import Any
 
 import yaml
 
-from kubetune.api.validation import Problem, SpecError, check_manifest
 from kubetune.api.v1alpha1 import FineTuneJob
+from kubetune.api.validation import Problem, SpecError, check_manifest
 
 MAX_DEPTH = 100
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -139,7 +139,7 @@ def _resolve_tagged(tag: str, text: str) -> Any:
         except binascii.Error:
             raise ValueError("!!binary value contains invalid base64 data") from None
     value = resolve_plain(text)
-    kind = tag[len(_TAG):]
+    kind = tag[len(_TAG) :]
     fits = {
         "int": isinstance(value, int) and not isinstance(value, bool),
         "float": isinstance(value, (int, float)) and not isinstance(value, bool),
@@ -309,9 +309,7 @@ class _DocumentBuilder:
         merged = list(reversed(node.value)) if isinstance(node, yaml.SequenceNode) else [node]
         for item in merged:  # earlier maps of a list take precedence: apply them last
             if not isinstance(item, yaml.MappingNode):
-                raise ManifestFileError(
-                    f"line {_line(item)}: map merge requires map or sequence of maps as the value"
-                )
+                raise ManifestFileError(f"line {_line(item)}: map merge requires map or sequence of maps as the value")
             if id(item) in self._building or depth > MAX_DEPTH:
                 raise ManifestFileError(f"line {_line(item)}: an anchor's value contains itself")
             self._count_decode(item, True)

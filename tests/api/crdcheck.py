@@ -105,7 +105,9 @@ def list_set_and_map_errors(node_schema: dict[str, Any], value: Any, path: str =
             keys = node_schema.get("x-kubernetes-list-map-keys", [])
             seen = set()
             for i, item in enumerate(value):
-                key = json.dumps({k: item[k] for k in keys if k in item} if list_type == "map" else item, sort_keys=True)
+                key = json.dumps(
+                    {k: item[k] for k in keys if k in item} if list_type == "map" else item, sort_keys=True
+                )
                 if key in seen:
                     errors.append(f"{path}[{i}]: Duplicate value: {key}")
                 seen.add(key)

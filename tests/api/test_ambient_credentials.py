@@ -24,8 +24,13 @@ def _spec(**extra) -> Spec:
         "technique": "lora",
         "model": {"uri": "s3://models/base/", "ambientCredentials": True},
         "datasets": [
-            {"name": "a", "uri": "s3://data/a.jsonl", "format": "text", "ambientCredentials": True,
-             "evalUri": "s3://data/a-eval.jsonl"},
+            {
+                "name": "a",
+                "uri": "s3://data/a.jsonl",
+                "format": "text",
+                "ambientCredentials": True,
+                "evalUri": "s3://data/a-eval.jsonl",
+            },
             {"name": "b", "uri": "s3://data/b.jsonl", "format": "text"},
         ],
         "output": {"uri": "s3://out/", "credentialsSecret": "s3-creds"},
@@ -42,7 +47,10 @@ def test_an_entry_asking_for_ambient_credentials_borrows_no_secret():
     # Dataset b asked for nothing: it still reads beside the output, with the output's Secret.
     assert bindings[dataset_role(1)].secret == "s3-creds"
     assert ambient_roles(_spec()) == [ROLE_MODEL, dataset_role(0), eval_dataset_role(0)]
-    assert ambient_roles(_spec(model={"uri": "hf://org/m"}, datasets=[{"uri": "s3://data/x.jsonl", "format": "text"}])) == []
+    assert (
+        ambient_roles(_spec(model={"uri": "hf://org/m"}, datasets=[{"uri": "s3://data/x.jsonl", "format": "text"}]))
+        == []
+    )
 
 
 def test_the_keys_a_secret_must_hold():

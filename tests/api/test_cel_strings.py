@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from kubetune.api import k8s_validation as k8s
 
+from kubetune.api import k8s_validation as k8s
 from tests.api.crdcheck import crd
 
 REPO = Path(__file__).resolve().parents[2]

@@ -24,7 +24,13 @@ def _spec(**extra) -> Spec:
         "datasets": [
             {"name": "a", "uri": "s3://data/a.jsonl", "format": "text", "evalUri": "s3://data/a-eval.jsonl"},
             {"name": "b", "uri": "hf://datasets/org/b", "format": "text"},
-            {"name": "c", "uri": "s3://other/c.jsonl", "format": "text", "credentialsSecret": "other", "endpoint": "http://minio:9000"},
+            {
+                "name": "c",
+                "uri": "s3://other/c.jsonl",
+                "format": "text",
+                "credentialsSecret": "other",
+                "endpoint": "http://minio:9000",
+            },
         ],
         "output": {"uri": "s3://out/", "credentialsSecret": "s3-creds", "endpoint": "http://store:9000"},
     }

@@ -22,7 +22,9 @@ scalars = st.one_of(
     st.integers(min_value=-(2**63), max_value=2**63),
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=40),
-    st.sampled_from(["lora", "qlora", "full", "hf://a/b", "s3://bucket/x.jsonl", "file:///x", "64Gi", "-1", "", "all-linear"]),
+    st.sampled_from(
+        ["lora", "qlora", "full", "hf://a/b", "s3://bucket/x.jsonl", "file:///x", "64Gi", "-1", "", "all-linear"]
+    ),
 )
 values = st.recursive(
     scalars,
@@ -46,8 +48,28 @@ def _paths(node, prefix=()):
 
 ALL_PATHS = [p for p in _paths(base()) if p]
 FIELD_NAMES = st.sampled_from(
-    ["technique", "objective", "lora", "rank", "datasets", "format", "uri", "columns", "quantization", "bits",
-     "rlhf", "numGenerations", "hyperparameters", "batchSize", "resources", "cpu", "memory", "metadata", "name", "x"]
+    [
+        "technique",
+        "objective",
+        "lora",
+        "rank",
+        "datasets",
+        "format",
+        "uri",
+        "columns",
+        "quantization",
+        "bits",
+        "rlhf",
+        "numGenerations",
+        "hyperparameters",
+        "batchSize",
+        "resources",
+        "cpu",
+        "memory",
+        "metadata",
+        "name",
+        "x",
+    ]
 )
 
 

@@ -12,9 +12,9 @@ import re
 
 import celpy
 import pytest
+
 from kubetune.api import k8s_validation as k8s
 from kubetune.api.validation import SpecError, check_manifest, parse_spec
-
 from tests.api import crdcheck
 from tests.api.manifests import base
 
@@ -212,7 +212,9 @@ def test_the_crd_bounds_keep_ascii_pod_annotations_under_the_api_servers_total()
     Kueue's and the operator's. Only many multi-byte characters go past it: `kubetune validate` and the operator
     count bytes (tests.api.manifests, pod-annotations-too-large)."""
     annotations = crdcheck.schema()["properties"]["spec"]["properties"]["pod"]["properties"]["annotations"]
-    most = annotations["maxProperties"] * (k8s.QUALIFIED_NAME_MAX_LENGTH + annotations["additionalProperties"]["maxLength"])
+    most = annotations["maxProperties"] * (
+        k8s.QUALIFIED_NAME_MAX_LENGTH + annotations["additionalProperties"]["maxLength"]
+    )
     assert most <= k8s.TOTAL_ANNOTATION_SIZE_LIMIT * 0.6
 
 

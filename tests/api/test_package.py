@@ -31,7 +31,8 @@ def test_every_technique_and_objective_has_its_row_and_sections():
     # the derived views the trainer imports are the table's
     assert constants.MERGEABLE_TECHNIQUES == (Technique.LORA, Technique.QLORA)
     assert set(constants.UNSUPPORTED_COMBINATIONS) == {
-        (Technique.PROMPT_TUNING, Objective.RLHF), (Technique.PREFIX_TUNING, Objective.RLHF)
+        (Technique.PROMPT_TUNING, Objective.RLHF),
+        (Technique.PREFIX_TUNING, Objective.RLHF),
     }
     assert constants.TECHNIQUE_SECTIONS["lora"] == (Technique.LORA, Technique.QLORA)
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from kubetune.api.rules import JOB_RULES, RULES
-from kubetune.api.v1alpha1 import Affinity, FineTuneJob
-from kubetune.api.validation import SpecError, check_manifest, notices, parse_spec
 from pydantic import BaseModel
 from pydantic.alias_generators import to_camel
 
+from kubetune.api.rules import JOB_RULES, RULES
+from kubetune.api.v1alpha1 import Affinity, FineTuneJob
+from kubetune.api.validation import SpecError, check_manifest, notices, parse_spec
 from tests.api import crdcheck
 from tests.api.manifests import BAD, FULL_AFFINITY, GOOD, NOTICES, QUIET, base
 
@@ -228,7 +228,12 @@ def test_immutable_fields_are_rejected_on_update_and_suspend_is_editable():
     errors = crdcheck.api_server_errors(added_section, old=old)
     assert any("cannot be added or removed" in e for e in errors) and any("spec.technique" in e for e in errors)
 
-    for field, value in [("suspend", True), ("backoffLimit", 7), ("activeDeadlineSeconds", 60), ("ttlSecondsAfterFinished", 5)]:
+    for field, value in [
+        ("suspend", True),
+        ("backoffLimit", 7),
+        ("activeDeadlineSeconds", 60),
+        ("ttlSecondsAfterFinished", 5),
+    ]:
         edited = copy.deepcopy(old)
         edited["spec"][field] = value
         assert crdcheck.api_server_errors(edited, old=old) == [], field
@@ -308,7 +313,9 @@ def test_crd_metadata_specifies_only_name_and_generate_name():
 
 def _early_stopping_cases():
     def ds(name, fmt, evaluated):
-        return {"name": name, "uri": f"s3://data/{name}.jsonl", "format": fmt} | ({"evalFraction": 0.1} if evaluated else {})
+        return {"name": name, "uri": f"s3://data/{name}.jsonl", "format": fmt} | (
+            {"evalFraction": 0.1} if evaluated else {}
+        )
 
     for objective, fmt in (("instruction", "messages"), ("classification", "classification")):
         for evals in ((False,), (True,), (True, False), (True, True)):
@@ -321,7 +328,14 @@ def _early_stopping_cases():
                 yield "rlhf", datasets, reward_model
 
 
-EARLY_STOPPING_METRICS = ["eval_loss", "eval_accuracy", "eval_a_loss", "eval_b_accuracy", "eval_p0_loss", "eval_q1_loss"]
+EARLY_STOPPING_METRICS = [
+    "eval_loss",
+    "eval_accuracy",
+    "eval_a_loss",
+    "eval_b_accuracy",
+    "eval_p0_loss",
+    "eval_q1_loss",
+]
 
 
 def test_early_stopping_python_and_cel_agree_on_every_arrangement_of_evaluation_data():
@@ -336,7 +350,11 @@ def test_early_stopping_python_and_cel_agree_on_every_arrangement_of_evaluation_
     for objective, datasets, reward_model in _early_stopping_cases():
         for metric in EARLY_STOPPING_METRICS:
             doc = base()
-            doc["spec"] |= {"objective": objective, "datasets": datasets, "evaluation": {"earlyStopping": {"metric": metric}}}
+            doc["spec"] |= {
+                "objective": objective,
+                "datasets": datasets,
+                "evaluation": {"earlyStopping": {"metric": metric}},
+            }
             if objective == "rlhf":
                 doc["spec"]["rlhf"] = {"rewardModel": {"uri": reward_model}} if reward_model else {}
             if objective == "classification":

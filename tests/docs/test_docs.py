@@ -17,6 +17,7 @@ import shlex
 from pathlib import Path
 
 import yaml
+
 from kubetune.api.constants import CREDENTIAL_KEYS, Reason
 from kubetune.api.crd import crd
 from kubetune.api.credentials import (
@@ -96,22 +97,33 @@ def subcommands(prog: str) -> dict[str, argparse.ArgumentParser]:
 
 
 def documented_commands() -> list[tuple[str, str, list[str], list[str]]]:
-    return [(doc.name, prog, names, flags) for doc in DOCS for chunk in code_chunks(text_of(doc))
-            for prog, names, flags in commands_in(chunk)]
+    return [
+        (doc.name, prog, names, flags)
+        for doc in DOCS
+        for chunk in code_chunks(text_of(doc))
+        for prog, names, flags in commands_in(chunk)
+    ]
 
 
 def test_the_command_extractor():
-    assert commands_in("kubetune doctor support-bot.yaml -n team-a   # what is missing") == \
-        [("kubetune", ["doctor"], ["-n"])]
-    assert commands_in(".venv/bin/kubetune validate a.yaml && kubectl apply -f a.yaml") == \
-        [("kubetune", ["validate"], [])]
+    assert commands_in("kubetune doctor support-bot.yaml -n team-a   # what is missing") == [
+        ("kubetune", ["doctor"], ["-n"])
+    ]
+    assert commands_in(".venv/bin/kubetune validate a.yaml && kubectl apply -f a.yaml") == [
+        ("kubetune", ["validate"], [])
+    ]
     assert commands_in("kubetune status\\|logs\\|metrics") == [("kubetune", ["status", "logs", "metrics"], [])]
     assert commands_in("kubectl ftj status support-bot -n team-a") == [("kubectl ftj", ["status"], ["-n"])]
     assert commands_in("kubetune run FILE [--output URI]") == [("kubetune", ["run"], ["--output"])]
     assert commands_in("helm install kubetune charts/kubetune -n kubetune-system") == []
     assert commands_in("kubetune: error: no FineTuneJob") == []
     found = {(prog, name) for _, prog, names, _ in documented_commands() for name in names}
-    assert {("kubetune", "doctor"), ("kubetune", "validate"), ("kubetune", "status"), ("kubectl ftj", "status")} <= found
+    assert {
+        ("kubetune", "doctor"),
+        ("kubetune", "validate"),
+        ("kubetune", "status"),
+        ("kubectl ftj", "status"),
+    } <= found
 
 
 def test_every_documented_command_and_flag_exists():
@@ -133,8 +145,13 @@ def test_every_documented_command_and_flag_exists():
 def config_settings() -> set[str]:
     """The variables controller/config.py reads: its string constants that start with KUBETUNE_."""
     tree = ast.parse(CONFIG.read_text())
-    return {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)
-            and re.fullmatch(r"KUBETUNE_[A-Z0-9_]+", node.value)}
+    return {
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and re.fullmatch(r"KUBETUNE_[A-Z0-9_]+", node.value)
+    }
 
 
 def credential_variables() -> set[str]:
@@ -155,9 +172,12 @@ def test_every_kubetune_variable_named_exists():
     for path in SOURCES:
         in_code |= set(re.findall(r"KUBETUNE_[A-Z0-9_]*[A-Z0-9]", path.read_text(encoding="utf-8")))
     known = in_code | credential_variables()
-    wrong = [f"{doc.name}: {name}" for doc in DOCS
-             for name in sorted(set(re.findall(r"KUBETUNE_[A-Z0-9_]*[A-Z0-9](?![A-Za-z0-9_<])", text_of(doc))))
-             if name not in known]
+    wrong = [
+        f"{doc.name}: {name}"
+        for doc in DOCS
+        for name in sorted(set(re.findall(r"KUBETUNE_[A-Z0-9_]*[A-Z0-9](?![A-Za-z0-9_<])", text_of(doc))))
+        if name not in known
+    ]
     assert wrong == []
 
 
@@ -167,7 +187,8 @@ def test_operator_md_lists_every_setting_of_the_operator():
     listed = set(re.findall(r"^\| `(KUBETUNE_[A-Z0-9_]+)` \|", section, flags=re.MULTILINE))
     assert config_settings() and listed == config_settings(), (
         f"missing from docs/operator.md: {sorted(config_settings() - listed)}; "
-        f"not read by config.py: {sorted(listed - config_settings())}")
+        f"not read by config.py: {sorted(listed - config_settings())}"
+    )
 
 
 # ------------------------------------------------------------------------------------------- status reasons
@@ -188,17 +209,19 @@ def reasons_in(text: str) -> set[str]:
 
 
 def test_the_reason_extractor():
-    assert reasons_in("| `Failed` / `UserError` | ... Running=False `PodsPending` / `Retrying`; Event `JobMissing`; "
-                      "reason `QueueNotFound`; the failure reason (`SpecInvalid`, `DoesNotFit`)") == \
-        {"UserError", "PodsPending", "Retrying", "JobMissing", "QueueNotFound", "SpecInvalid", "DoesNotFit"}
+    assert reasons_in(
+        "| `Failed` / `UserError` | ... Running=False `PodsPending` / `Retrying`; Event `JobMissing`; "
+        "reason `QueueNotFound`; the failure reason (`SpecInvalid`, `DoesNotFit`)"
+    ) == {"UserError", "PodsPending", "Retrying", "JobMissing", "QueueNotFound", "SpecInvalid", "DoesNotFit"}
     everywhere = set().union(*(reasons_in(text_of(doc)) for doc in DOCS))
     assert {"BackoffLimitExceeded", "WaitingForAdmission", "TrainingComplete", "SecretNotFound"} <= everywhere
 
 
 def test_every_status_reason_named_exists():
     known = {reason.value for reason in Reason}
-    wrong = [f"{doc.name}: {reason}" for doc in DOCS for reason in sorted(reasons_in(text_of(doc)))
-             if reason not in known]
+    wrong = [
+        f"{doc.name}: {reason}" for doc in DOCS for reason in sorted(reasons_in(text_of(doc))) if reason not in known
+    ]
     assert wrong == []
 
 
@@ -273,18 +296,29 @@ def helm_values_in(text: str) -> set[str]:
 
 
 def test_the_helm_value_extractor():
-    assert helm_values_in("--set image.repository=x --set 'watchNamespaces={a,b}', the chart value "
-                          "`maxRunningPerNamespace: N`, `trainer.graceSeconds`, `resources.gpus`, `spec.image`") == \
-        {"image.repository", "watchNamespaces", "maxRunningPerNamespace", "trainer.graceSeconds", "resources.gpus"}
+    assert helm_values_in(
+        "--set image.repository=x --set 'watchNamespaces={a,b}', the chart value "
+        "`maxRunningPerNamespace: N`, `trainer.graceSeconds`, `resources.gpus`, `spec.image`"
+    ) == {"image.repository", "watchNamespaces", "maxRunningPerNamespace", "trainer.graceSeconds", "resources.gpus"}
     everywhere = set().union(*(helm_values_in(text_of(doc)) for doc in DOCS))
-    assert {"trainer.defaultOutputUri", "watchNamespaces", "extraArgs", "policy.allowAmbientCredentials",
-            "policy.outputUriPrefix", "policy.maxGpusPerJob"} <= everywhere
+    assert {
+        "trainer.defaultOutputUri",
+        "watchNamespaces",
+        "extraArgs",
+        "policy.allowAmbientCredentials",
+        "policy.outputUriPrefix",
+        "policy.maxGpusPerJob",
+    } <= everywhere
 
 
 def test_every_helm_value_named_exists():
     # A dotted name may also be a FineTuneJob's field (`resources.gpus`, `metrics.loss` of the status).
     known = value_paths(VALUES) | free_maps(VALUES) | crd_paths()
-    wrong = [f"{doc.name}: {path}" for doc in DOCS for path in sorted(helm_values_in(text_of(doc)))
-             if not named_by(path, known)]
+    wrong = [
+        f"{doc.name}: {path}"
+        for doc in DOCS
+        for path in sorted(helm_values_in(text_of(doc)))
+        if not named_by(path, known)
+    ]
     assert wrong == []
     assert not named_by("trainer.defaultOutputURI", known) and named_by("podAnnotations.team", known)

@@ -18,8 +18,9 @@ sys.path.insert(0, str(CONTROLLER_TESTS))
 
 from emulator import ADMIN_TOKEN
 from harness import BlockingKube, start_emulator
-from kubetune.api.constants import API_VERSION, KIND
 from kueuesim import CRDS as KUEUE_CRDS
+
+from kubetune.api.constants import API_VERSION, KIND
 
 ACCESS_KEY, SECRET_KEY = "user-key", "user-secret"
 SECRET_VALUE = "the-value-nobody-may-print"
@@ -46,8 +47,13 @@ class World:
         self.s3_url = s3_url
         self.tmp_path = tmp_path
         self.kube = BlockingKube(emulator.client_configuration(ADMIN_TOKEN))
-        self.s3 = boto3.client("s3", endpoint_url=s3_url, aws_access_key_id=ACCESS_KEY,
-                               aws_secret_access_key=SECRET_KEY, region_name="us-east-1")
+        self.s3 = boto3.client(
+            "s3",
+            endpoint_url=s3_url,
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+            region_name="us-east-1",
+        )
         self.kubeconfig = self.write_kubeconfig(ADMIN_TOKEN)
 
     def write_kubeconfig(self, token: str, server: str | None = None) -> Path:
@@ -67,22 +73,39 @@ class World:
         self.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
 
     def secret(self, namespace: str, name: str, keys: tuple[str, ...]) -> None:
-        self.create(f"/api/v1/namespaces/{namespace}/secrets", {
-            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
-            "type": "Opaque", "data": {key: base64.b64encode(SECRET_VALUE.encode()).decode() for key in keys}})
+        self.create(
+            f"/api/v1/namespaces/{namespace}/secrets",
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": name},
+                "type": "Opaque",
+                "data": {key: base64.b64encode(SECRET_VALUE.encode()).decode() for key in keys},
+            },
+        )
 
     def config_map(self, namespace: str, name: str) -> None:
-        self.create(f"/api/v1/namespaces/{namespace}/configmaps",
-                    {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"ca.crt": "x"}})
+        self.create(
+            f"/api/v1/namespaces/{namespace}/configmaps",
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"ca.crt": "x"}},
+        )
 
     def claim(self, namespace: str, name: str) -> None:
-        self.create(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims", {
-            "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name},
-            "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}})
+        self.create(
+            f"/api/v1/namespaces/{namespace}/persistentvolumeclaims",
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": name},
+                "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
+            },
+        )
 
     def priority_class(self, name: str) -> None:
-        self.create("/apis/scheduling.k8s.io/v1/priorityclasses", {
-            "apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": name}, "value": 100})
+        self.create(
+            "/apis/scheduling.k8s.io/v1/priorityclasses",
+            {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": name}, "value": 100},
+        )
 
     def install_kueue(self) -> None:
         for crd in KUEUE_CRDS:
@@ -91,12 +114,33 @@ class World:
     def local_queue(self, namespace: str, name: str, active: bool = True) -> None:
         group, version = KUEUE_CRDS[0]["spec"]["group"], KUEUE_CRDS[0]["spec"]["versions"][0]["name"]
         path = f"/apis/{group}/{version}/namespaces/{namespace}/localqueues"
-        self.create(path, {"apiVersion": f"{group}/{version}", "kind": "LocalQueue", "metadata": {"name": name},
-                           "spec": {"clusterQueue": "cluster-queue"}})
+        self.create(
+            path,
+            {
+                "apiVersion": f"{group}/{version}",
+                "kind": "LocalQueue",
+                "metadata": {"name": name},
+                "spec": {"clusterQueue": "cluster-queue"},
+            },
+        )
         if not active:
-            self.kube.request("PATCH", f"{path}/{name}/status", content_type="application/merge-patch+json", body={
-                "status": {"conditions": [{"type": "Active", "status": "False", "reason": "ClusterQueueDoesNotExist",
-                                           "message": "Can't submit new workloads to clusterQueue"}]}})
+            self.kube.request(
+                "PATCH",
+                f"{path}/{name}/status",
+                content_type="application/merge-patch+json",
+                body={
+                    "status": {
+                        "conditions": [
+                            {
+                                "type": "Active",
+                                "status": "False",
+                                "reason": "ClusterQueueDoesNotExist",
+                                "message": "Can't submit new workloads to clusterQueue",
+                            }
+                        ]
+                    }
+                },
+            )
 
     def operator(self, values: dict, available: int = 1, waiting: str | None = None) -> dict:
         """The chart's own operator Deployment for `values`, running (or not) as its status says."""
@@ -106,21 +150,43 @@ class World:
         self.namespace(OPERATOR_NAMESPACE)
         path = f"/apis/apps/v1/namespaces/{OPERATOR_NAMESPACE}/deployments"
         created = self.create(path, deployment)
-        self.kube.request("PATCH", f"{path}/{created['metadata']['name']}/status",
-                          content_type="application/merge-patch+json",
-                          body={"status": {"replicas": 1, "availableReplicas": available,
-                                           "readyReplicas": available}})
+        self.kube.request(
+            "PATCH",
+            f"{path}/{created['metadata']['name']}/status",
+            content_type="application/merge-patch+json",
+            body={"status": {"replicas": 1, "availableReplicas": available, "readyReplicas": available}},
+        )
         if waiting:
             labels = deployment["spec"]["selector"]["matchLabels"]
-            pod = self.create(f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/pods", {
-                "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "kubetune-7d9f-x2x4z", "labels": labels},
-                "spec": deployment["spec"]["template"]["spec"]})
-            self.kube.request("PATCH", f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/pods/{pod['metadata']['name']}"
-                              "/status", content_type="application/merge-patch+json", body={"status": {
-                                  "phase": "Running", "containerStatuses": [{
-                                      "name": "operator", "ready": False, "restartCount": 4, "image": "x",
-                                      "imageID": "", "state": {"waiting": {"reason": waiting,
-                                                                           "message": "back-off 40s"}}}]}})
+            pod = self.create(
+                f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/pods",
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {"name": "kubetune-7d9f-x2x4z", "labels": labels},
+                    "spec": deployment["spec"]["template"]["spec"],
+                },
+            )
+            self.kube.request(
+                "PATCH",
+                f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/pods/{pod['metadata']['name']}/status",
+                content_type="application/merge-patch+json",
+                body={
+                    "status": {
+                        "phase": "Running",
+                        "containerStatuses": [
+                            {
+                                "name": "operator",
+                                "ready": False,
+                                "restartCount": 4,
+                                "image": "x",
+                                "imageID": "",
+                                "state": {"waiting": {"reason": waiting, "message": "back-off 40s"}},
+                            }
+                        ],
+                    }
+                },
+            )
         return deployment
 
     # ------------------------------------------------------------------------------------------- storage

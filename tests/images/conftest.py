@@ -43,8 +43,9 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def engine(request):
     if os.environ.get(OPT_IN) != "1":
-        pytest.skip(f"builds and runs the container images on a Docker engine: run with `make test-images` "
-                    f"({OPT_IN}=1)")
+        pytest.skip(
+            f"builds and runs the container images on a Docker engine: run with `make test-images` ({OPT_IN}=1)"
+        )
     try:
         engine = Engine.ensure()
     except EngineUnavailable as err:
@@ -62,8 +63,9 @@ def images(engine, request) -> Images:
     torch_version = importlib.metadata.version("torch").split("+")[0]  # the torch the test suite runs on
     python_base = engine.python_standin()
     pytorch_base = engine.pytorch_standin(torch_version)
-    built = Images(engine, version, f"{REGISTRY}/operator:{version}", f"{REGISTRY}/trainer:{version}",
-                   python_base, pytorch_base)
+    built = Images(
+        engine, version, f"{REGISTRY}/operator:{version}", f"{REGISTRY}/trainer:{version}", python_base, pytorch_base
+    )
     engine.build(REPO / "operator" / "Dockerfile", REPO, built.operator, {"PYTHON_IMAGE": python_base})
     engine.build(REPO / "trainer" / "Dockerfile", REPO, built.trainer, {"BASE_IMAGE": pytorch_base})
     report = _report(request.config)

@@ -42,10 +42,22 @@ class EngineUnavailable(Exception):
     """No Docker engine can run here; the message says why."""
 
 
-def run(cmd: list[str], *, timeout: float = 600, check: bool = True, input: bytes | None = None,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, capture_output=True, timeout=timeout, input=input, check=False,
-                            env=None if env is None else os.environ | env)
+def run(
+    cmd: list[str],
+    *,
+    timeout: float = 600,
+    check: bool = True,
+    input: bytes | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        cmd,
+        capture_output=True,
+        timeout=timeout,
+        input=input,
+        check=False,
+        env=None if env is None else os.environ | env,
+    )
     if check and result.returncode != 0:
         tail = (result.stdout + result.stderr).decode(errors="replace")[-4000:]
         raise RuntimeError(f"{' '.join(cmd[:6])}... exited {result.returncode}:\n{tail}")
@@ -81,8 +93,11 @@ class Engine:
         env = {"DEBIAN_FRONTEND": "noninteractive"}
         try:
             run(["apt-get", "update", "-qq"], env=env, timeout=300)
-            run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "docker.io", "debootstrap"],
-                env=env, timeout=600)
+            run(
+                ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "docker.io", "debootstrap"],
+                env=env,
+                timeout=600,
+            )
         except (RuntimeError, subprocess.TimeoutExpired) as err:
             raise EngineUnavailable(f"installing docker.io and debootstrap failed: {str(err)[-500:]}") from None
         self.timings["install docker.io, debootstrap"] = time.monotonic() - begin
@@ -102,8 +117,9 @@ class Engine:
         log = DOCKERD_LOG.open("ab")
         # No iptables or bridge: containers here use the host's network (--network host), which is all the
         # tests need, and dockerd starts where the kernel or the sandbox offers no netfilter.
-        self.started = subprocess.Popen([dockerd, *DOCKERD_ARGS], stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+        self.started = subprocess.Popen(
+            [dockerd, *DOCKERD_ARGS], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self._answers():
@@ -130,8 +146,13 @@ class Engine:
 
     # ------------------------------------------------------------------ images
 
-    def cli(self, *args: str, timeout: float = 600, check: bool = True, input: bytes | None = None,
-            ) -> subprocess.CompletedProcess:
+    def cli(
+        self,
+        *args: str,
+        timeout: float = 600,
+        check: bool = True,
+        input: bytes | None = None,
+    ) -> subprocess.CompletedProcess:
         # The legacy builder: Debian's daemon has no buildx, and the CLI's default (BuildKit) needs it.
         return run([self.docker, *args], timeout=timeout, check=check, input=input, env={"DOCKER_BUILDKIT": "0"})
 
@@ -144,8 +165,9 @@ class Engine:
         assert info is not None, f"no image {image}"
         return int(info["Size"])
 
-    def build(self, dockerfile: Path, context: Path, tag: str, build_args: dict[str, str], *,
-              timeout: float = 1800) -> None:
+    def build(
+        self, dockerfile: Path, context: Path, tag: str, build_args: dict[str, str], *, timeout: float = 1800
+    ) -> None:
         args = ["build", "--force-rm", "--network", "host", "-f", str(dockerfile), "-t", tag]
         for key, value in build_args.items():
             args += ["--build-arg", f"{key}={value}"]
@@ -162,9 +184,17 @@ class Engine:
         begin = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="kubetune-rootfs-") as tmp:
             rootfs = Path(tmp) / "rootfs"
-            run(["debootstrap", "--variant=minbase",
-                 "--include=python3.11,python3.11-venv,python3-distutils,ca-certificates",
-                 "bookworm", str(rootfs), _debian_mirror()], timeout=1200)
+            run(
+                [
+                    "debootstrap",
+                    "--variant=minbase",
+                    "--include=python3.11,python3.11-venv,python3-distutils,ca-certificates",
+                    "bookworm",
+                    str(rootfs),
+                    _debian_mirror(),
+                ],
+                timeout=1200,
+            )
             chroot = ["chroot", str(rootfs)]
             # (python3-distutils by name: debootstrap does not resolve the virtual package python3.11-venv needs.)
             # python:3.11-slim keeps python and pip in /usr/local/bin: a venv there puts them in the same place.
@@ -182,13 +212,25 @@ class Engine:
                         path.unlink()
             tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
             imported = subprocess.run(
-                [self.docker, "import",
-                 "--change", "ENV PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin",
-                 "--change", "ENV LANG=C.UTF-8",
-                 "--change", f"LABEL {RECIPE_LABEL}={recipe}",
-                 "--change", 'CMD ["python3"]',
-                 "-", PYTHON_STANDIN],
-                stdin=tar.stdout, capture_output=True, timeout=600, check=False)
+                [
+                    self.docker,
+                    "import",
+                    "--change",
+                    "ENV PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin",
+                    "--change",
+                    "ENV LANG=C.UTF-8",
+                    "--change",
+                    f"LABEL {RECIPE_LABEL}={recipe}",
+                    "--change",
+                    'CMD ["python3"]',
+                    "-",
+                    PYTHON_STANDIN,
+                ],
+                stdin=tar.stdout,
+                capture_output=True,
+                timeout=600,
+                check=False,
+            )
             tar.stdout.close()
             tar.wait()
             if imported.returncode != 0:
@@ -216,7 +258,8 @@ class Engine:
             (context / "Dockerfile").write_text(
                 f"FROM {base}\n{copy}"
                 f"RUN pip install --no-cache-dir {install} && rm -f /tmp/*.whl\n"
-                f"LABEL {RECIPE_LABEL}={recipe}\n")
+                f"LABEL {RECIPE_LABEL}={recipe}\n"
+            )
             self.build(context / "Dockerfile", context, tag, {}, timeout=1800)
         self.timings[f"stand-in {tag}"] = time.monotonic() - begin
         return tag

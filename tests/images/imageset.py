@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-
 from engine import Engine
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,8 +24,10 @@ class Images:
     pytorch_base: str
 
     def sizes(self) -> dict[str, int]:
-        return {image: self.engine.size(image) for image in (self.operator, self.python_base,
-                                                              self.trainer, self.pytorch_base)}
+        return {
+            image: self.engine.size(image)
+            for image in (self.operator, self.python_base, self.trainer, self.pytorch_base)
+        }
 
 
 def chart_version() -> str:

@@ -23,12 +23,39 @@ _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
 _DECIMAL = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 # The pod and container fields this stand-in knows (the scheduling ones change nothing for one container
 # on one host).
-_POD = {"restartPolicy", "terminationGracePeriodSeconds", "nodeSelector", "tolerations", "affinity",
-               "priorityClassName", "subdomain", "hostname", "serviceAccountName", "imagePullSecrets",
-               "automountServiceAccountToken", "securityContext", "containers", "volumes"}
-_CONTAINER = {"name", "image", "imagePullPolicy", "command", "args", "env", "resources", "volumeMounts",
-              "terminationMessagePath", "terminationMessagePolicy", "securityContext", "ports", "workingDir",
-              "livenessProbe", "readinessProbe"}
+_POD = {
+    "restartPolicy",
+    "terminationGracePeriodSeconds",
+    "nodeSelector",
+    "tolerations",
+    "affinity",
+    "priorityClassName",
+    "subdomain",
+    "hostname",
+    "serviceAccountName",
+    "imagePullSecrets",
+    "automountServiceAccountToken",
+    "securityContext",
+    "containers",
+    "volumes",
+}
+_CONTAINER = {
+    "name",
+    "image",
+    "imagePullPolicy",
+    "command",
+    "args",
+    "env",
+    "resources",
+    "volumeMounts",
+    "terminationMessagePath",
+    "terminationMessagePolicy",
+    "securityContext",
+    "ports",
+    "workingDir",
+    "livenessProbe",
+    "readinessProbe",
+}
 
 
 class Unsupported(Exception):
@@ -79,14 +106,23 @@ def quantity_bytes(quantity: str) -> int:
 
 def _expand(text: str, env: dict[str, str]) -> str:
     """$(VAR) from the container's earlier env; $$ escapes; unknown references stay as they are."""
-    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)",
-                  lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), text)
+    return re.sub(
+        r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)",
+        lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)),
+        text,
+    )
 
 
 def _field(pod: Pod, path: str) -> str:
-    simple = {"metadata.name": pod.name, "metadata.namespace": pod.namespace, "metadata.uid": pod.uid,
-              "spec.serviceAccountName": pod.spec.get("serviceAccountName", "default"),
-              "status.podIP": "127.0.0.1", "status.hostIP": "127.0.0.1", "spec.nodeName": "localhost"}
+    simple = {
+        "metadata.name": pod.name,
+        "metadata.namespace": pod.namespace,
+        "metadata.uid": pod.uid,
+        "spec.serviceAccountName": pod.spec.get("serviceAccountName", "default"),
+        "status.podIP": "127.0.0.1",
+        "status.hostIP": "127.0.0.1",
+        "spec.nodeName": "localhost",
+    }
     if path in simple:
         return simple[path]
     match = re.fullmatch(r"metadata\.(annotations|labels)\['([^']+)'\]", path)
@@ -161,11 +197,14 @@ def _projected_files(cluster: Cluster, pod: Pod, sources: list[dict]) -> dict[st
         elif "configMap" in source:
             if source["configMap"]["name"] == "kube-root-ca.crt":
                 files |= {item["path"]: cluster.ca_pem for item in source["configMap"].get("items", [])} or {
-                    "ca.crt": cluster.ca_pem}
+                    "ca.crt": cluster.ca_pem
+                }
             else:
                 files |= _configmap_files(cluster, pod.namespace, source["configMap"])
         elif "downwardAPI" in source:
-            files |= {item["path"]: _field(pod, item["fieldRef"]["fieldPath"]) for item in source["downwardAPI"]["items"]}
+            files |= {
+                item["path"]: _field(pod, item["fieldRef"]["fieldPath"]) for item in source["downwardAPI"]["items"]
+            }
         else:
             raise Unsupported(f"projected source {sorted(source)}")
     return files
@@ -229,12 +268,22 @@ def docker_run(pod: Pod, container_name: str, cluster: Cluster, workdir: Path, *
     volumes = {v["name"]: v for v in spec.get("volumes") or []}
     mounts = list(container.get("volumeMounts") or [])
     if spec.get("automountServiceAccountToken", True) and not any(
-            m["mountPath"] == SERVICE_ACCOUNT_MOUNT for m in mounts):
-        volumes["kube-api-access"] = {"name": "kube-api-access", "projected": {"sources": [
-            {"serviceAccountToken": {"path": "token"}},
-            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
-            {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
-        ]}}
+        m["mountPath"] == SERVICE_ACCOUNT_MOUNT for m in mounts
+    ):
+        volumes["kube-api-access"] = {
+            "name": "kube-api-access",
+            "projected": {
+                "sources": [
+                    {"serviceAccountToken": {"path": "token"}},
+                    {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                    {
+                        "downwardAPI": {
+                            "items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]
+                        }
+                    },
+                ]
+            },
+        }
         mounts.append({"name": "kube-api-access", "mountPath": SERVICE_ACCOUNT_MOUNT, "readOnly": True})
     for mount in mounts:
         volume = volumes[mount["name"]]
@@ -269,8 +318,13 @@ def docker_run(pod: Pod, container_name: str, cluster: Cluster, workdir: Path, *
     rest = [_expand(part, env) for part in container.get("args") or []]
     if command:
         args += ["--entrypoint", command[0]]
-    return Run(args=args, image=container["image"], command=command[1:] + rest if command else rest,
-               termination_log=termination_log, user=f"{uid}:{gid}")
+    return Run(
+        args=args,
+        image=container["image"],
+        command=command[1:] + rest if command else rest,
+        termination_log=termination_log,
+        user=f"{uid}:{gid}",
+    )
 
 
 def termination_message(run: Run, logs: str) -> str:
@@ -281,11 +335,22 @@ def termination_message(run: Run, logs: str) -> str:
 
 def pod_from(obj: dict) -> Pod:
     meta = obj["metadata"]
-    return Pod(namespace=meta["namespace"], name=meta["name"], spec=obj["spec"], labels=meta.get("labels") or {},
-               annotations=meta.get("annotations") or {}, uid=meta.get("uid", ""))
+    return Pod(
+        namespace=meta["namespace"],
+        name=meta["name"],
+        spec=obj["spec"],
+        labels=meta.get("labels") or {},
+        annotations=meta.get("annotations") or {},
+        uid=meta.get("uid", ""),
+    )
 
 
 def template_pod(template: dict, namespace: str, name: str) -> Pod:
     meta = template.get("metadata") or {}
-    return Pod(namespace=namespace, name=name, spec=template["spec"], labels=meta.get("labels") or {},
-               annotations=meta.get("annotations") or {})
+    return Pod(
+        namespace=namespace,
+        name=name,
+        spec=template["spec"],
+        labels=meta.get("labels") or {},
+        annotations=meta.get("annotations") or {},
+    )

@@ -10,8 +10,16 @@ from pathlib import Path
 from imageset import MB, REPO
 
 OPERATOR_USER = "65532:65532"  # the image's USER and the chart's runAsUser/runAsGroup
-LOCKED_DOWN = ["--read-only", "--cap-drop=ALL", "--security-opt", "no-new-privileges", "--network", "none",
-               "--user", OPERATOR_USER]
+LOCKED_DOWN = [
+    "--read-only",
+    "--cap-drop=ALL",
+    "--security-opt",
+    "no-new-privileges",
+    "--network",
+    "none",
+    "--user",
+    OPERATOR_USER,
+]
 
 
 def run_operator(images, *args: str, volumes: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
@@ -28,8 +36,19 @@ def test_operator_image_runs_as_its_non_root_user_by_default(images):
     info = images.engine.inspect(images.operator)
     assert info["Config"]["User"] == OPERATOR_USER
     assert info["Config"]["Entrypoint"] == ["kubetune"] and info["Config"]["Cmd"] == ["operator"]
-    result = images.engine.cli("run", "--rm", "--read-only", "--network", "none", "--entrypoint", "python",
-                               images.operator, "-c", "import os; print(os.getuid(), os.getgid())", timeout=60)
+    result = images.engine.cli(
+        "run",
+        "--rm",
+        "--read-only",
+        "--network",
+        "none",
+        "--entrypoint",
+        "python",
+        images.operator,
+        "-c",
+        "import os; print(os.getuid(), os.getgid())",
+        timeout=60,
+    )
     assert result.stdout.decode().split() == ["65532", "65532"]
 
 
@@ -44,8 +63,9 @@ def test_help_answers_with_every_command(images):
 def test_validate_accepts_every_example_and_names_the_field_of_a_bad_one(images, tmp_path):
     examples = sorted(p.name for p in (REPO / "examples").glob("*.yaml"))
     assert examples
-    result = run_operator(images, "validate", *[f"/examples/{name}" for name in examples],
-                          volumes=(f"{REPO / 'examples'}:/examples:ro",))
+    result = run_operator(
+        images, "validate", *[f"/examples/{name}" for name in examples], volumes=(f"{REPO / 'examples'}:/examples:ro",)
+    )
     assert result.returncode == 0, (result.stdout + result.stderr).decode()
     assert f"{len(examples)} file(s) valid" in result.stdout.decode()
 

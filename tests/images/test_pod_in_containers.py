@@ -26,7 +26,6 @@ from pathlib import Path
 
 import kubernetes
 import pytest
-
 from imageset import REPO
 from pod import Cluster, docker_run, pod_from, template_pod, termination_message
 
@@ -49,12 +48,14 @@ def free_port() -> int:
 
 
 def render_deployment(values: dict) -> dict:
-    rendered = helm.Chart.load(REPO / "charts" / "kubetune").render(values, name="kubetune",
-                                                                    namespace=RELEASE_NAMESPACE)
+    rendered = helm.Chart.load(REPO / "charts" / "kubetune").render(
+        values, name="kubetune", namespace=RELEASE_NAMESPACE
+    )
     import yaml
 
-    docs = [d for name, text in rendered.items() if not name.endswith("NOTES.txt")
-            for d in yaml.safe_load_all(text) if d]
+    docs = [
+        d for name, text in rendered.items() if not name.endswith("NOTES.txt") for d in yaml.safe_load_all(text) if d
+    ]
     return next(d for d in docs if d["kind"] == "Deployment")
 
 
@@ -101,8 +102,9 @@ def cluster_view(api, admin) -> Cluster:
         return OPERATOR_TOKEN if namespace == RELEASE_NAMESPACE else f"sa:{namespace}:{account}"
 
     host, port = api.url.removeprefix("https://").rsplit(":", 1)
-    return Cluster(read=read, token_for=token_for, ca_pem=Path(api.ca_file).read_text(), api_host=host,
-                   api_port=int(port))
+    return Cluster(
+        read=read, token_for=token_for, ca_pem=Path(api.ca_file).read_text(), api_host=host, api_port=int(port)
+    )
 
 
 def upload_model_and_data(s3_url: str) -> None:
@@ -110,8 +112,9 @@ def upload_model_and_data(s3_url: str) -> None:
 
     from kubetune_trainer.tiny import build_tiny_llama, sample_corpus
 
-    client = boto3.client("s3", endpoint_url=s3_url, aws_access_key_id="images", aws_secret_access_key="images",
-                          region_name="us-east-1")
+    client = boto3.client(
+        "s3", endpoint_url=s3_url, aws_access_key_id="images", aws_secret_access_key="images", region_name="us-east-1"
+    )
     client.create_bucket(Bucket=BUCKET)
     with tempfile.TemporaryDirectory() as tmp:
         model = build_tiny_llama(Path(tmp) / "model")
@@ -123,10 +126,12 @@ def upload_model_and_data(s3_url: str) -> None:
 
 def finetunejob(s3_url: str) -> dict:
     return {
-        "apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob",
+        "apiVersion": "kubetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
         "metadata": {"name": JOB, "namespace": NAMESPACE},
         "spec": {
-            "technique": "lora", "objective": "causal-lm",
+            "technique": "lora",
+            "objective": "causal-lm",
             "model": {"uri": f"s3://{BUCKET}/models/tiny/", "credentialsSecret": SECRET},
             "datasets": [{"name": "stories", "uri": f"s3://{BUCKET}/data/train.jsonl", "format": "text"}],
             "hyperparameters": {"maxSteps": 4, "batchSize": 4, "maxSeqLength": 64, "learningRate": 1e-3},
@@ -149,11 +154,14 @@ def test_the_charts_operator_and_the_pod_it_builds_run_in_the_images(images, api
     cluster = cluster_view(api, admin)
     operator_repo, trainer_repo = images.operator.split(":")[0], images.trainer.split(":")[0]
     liveness_port, metrics_port = free_port(), free_port()
-    deployment = render_deployment({
-        "image": {"repository": operator_repo},
-        "trainer": {"image": {"repository": trainer_repo}, "defaultOutputUri": f"s3://{BUCKET}/runs/"},
-        "livenessPort": liveness_port, "metrics": {"port": metrics_port},
-    })
+    deployment = render_deployment(
+        {
+            "image": {"repository": operator_repo},
+            "trainer": {"image": {"repository": trainer_repo}, "defaultOutputUri": f"s3://{BUCKET}/runs/"},
+            "livenessPort": liveness_port,
+            "metrics": {"port": metrics_port},
+        }
+    )
     template = deployment["spec"]["template"]
 
     # The kubelet's side of the namespaces: the FineTuneJob's namespace with its Secret.
@@ -161,8 +169,15 @@ def test_the_charts_operator_and_the_pod_it_builds_run_in_the_images(images, api
     core.create_namespace({"metadata": {"name": NAMESPACE}})
     # `data`, as `kubectl create secret generic --from-literal` sends it (the test API server does not turn
     # stringData into data).
-    core.create_namespaced_secret(NAMESPACE, {"metadata": {"name": SECRET}, "data": {
-        key: base64.b64encode(b"images").decode() for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}})
+    core.create_namespaced_secret(
+        NAMESPACE,
+        {
+            "metadata": {"name": SECRET},
+            "data": {
+                key: base64.b64encode(b"images").decode() for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+            },
+        },
+    )
     upload_model_and_data(s3)
 
     operator_dir = tmp_path / "operator"
@@ -175,15 +190,18 @@ def test_the_charts_operator_and_the_pod_it_builds_run_in_the_images(images, api
     assert started.returncode == 0, started.stderr.decode()
     trainer_name = None
     try:
+
         def healthy() -> bool:
             state = engine.cli("inspect", "--format", "{{.State.Running}}", "kubetune-test-operator", check=False)
-            assert state.stdout.decode().strip() == "true", engine.cli("logs", "kubetune-test-operator",
-                                                                        check=False).stderr.decode()[-3000:]
+            assert state.stdout.decode().strip() == "true", engine.cli(
+                "logs", "kubetune-test-operator", check=False
+            ).stderr.decode()[-3000:]
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{liveness_port}/healthz", timeout=2) as answer:
                     return answer.status == 200
             except OSError:
                 return False
+
         wait_for(healthy, 90, "the operator container's liveness endpoint")
 
         custom = kubernetes.client.CustomObjectsApi(admin)
@@ -213,6 +231,7 @@ def test_the_charts_operator_and_the_pod_it_builds_run_in_the_images(images, api
             def finished() -> dict | None:
                 ftj = custom.get_namespaced_custom_object("kubetune.dev", "v1alpha1", NAMESPACE, "finetunejobs", JOB)
                 return ftj if (ftj.get("status") or {}).get("phase") in ("Succeeded", "Failed") else None
+
             ftj = wait_for(finished, 60, "the FineTuneJob to finish")
         finally:
             sim.close()
@@ -227,11 +246,16 @@ def test_the_charts_operator_and_the_pod_it_builds_run_in_the_images(images, api
         import boto3
 
         bucket, _, prefix = model_uri.removeprefix("s3://").partition("/")
-        listing = boto3.client("s3", endpoint_url=s3, aws_access_key_id="images", aws_secret_access_key="images",
-                               region_name="us-east-1").list_objects_v2(Bucket=bucket, Prefix=prefix)
+        listing = boto3.client(
+            "s3", endpoint_url=s3, aws_access_key_id="images", aws_secret_access_key="images", region_name="us-east-1"
+        ).list_objects_v2(Bucket=bucket, Prefix=prefix)
         names = {item["Key"].rsplit("/", 1)[-1] for item in listing.get("Contents", [])}
         assert {"adapter_config.json", "adapter_model.safetensors"} <= names, names
-        reporter_calls = [c for c in api.calls() if c.user == f"sa:{NAMESPACE}:{job['spec']['template']['spec']['serviceAccountName']}"]
+        reporter_calls = [
+            c
+            for c in api.calls()
+            if c.user == f"sa:{NAMESPACE}:{job['spec']['template']['spec']['serviceAccountName']}"
+        ]
         assert reporter_calls and all(c.resource == "finetunejobs/status" and c.name == JOB for c in reporter_calls)
     finally:
         logs = engine.cli("logs", "kubetune-test-operator", check=False)

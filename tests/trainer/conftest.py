@@ -32,7 +32,16 @@ def s3_endpoint():
     server.start()
     host, port = server.get_host_and_port()
     url = f"http://{host}:{port}"
-    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "KUBETUNE_S3_MAX_ATTEMPTS")}
+    saved = {
+        k: os.environ.get(k)
+        for k in (
+            "AWS_ENDPOINT_URL",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_DEFAULT_REGION",
+            "KUBETUNE_S3_MAX_ATTEMPTS",
+        )
+    }
     os.environ.update(
         AWS_ENDPOINT_URL=url,
         AWS_ACCESS_KEY_ID="testing-key",
@@ -118,7 +127,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         return
     write = terminalreporter.write_line
     terminalreporter.section("technique x objective: measured before -> after training")
-    write(f"{'technique':<19}{'objective':<15}{'measure':<13}{'before':>9}{'after':>10}  {'trainer log (first -> last)':<28}{'changed':>8}{'s':>6}")
+    write(
+        f"{'technique':<19}{'objective':<15}{'measure':<13}{'before':>9}{'after':>10}  {'trainer log (first -> last)':<28}{'changed':>8}{'s':>6}"
+    )
     for r in sorted(results, key=lambda r: (r["objective"], r["technique"])):
         write(
             f"{r['technique']:<19}{r['objective']:<15}{r['measure']:<13}{r['before']:>9.4f}{r['after']:>10.4f}  "

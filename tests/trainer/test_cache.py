@@ -17,13 +17,13 @@ from pathlib import Path
 
 import boto3
 import pytest
+from tests import hubdouble
+from tests.hubdouble import SAFE_FILES, CountingProxy, dataset_repo_files, fetched_files, model_repo_files
+
 from kubetune.api.constants import ExitCode
 from kubetune_trainer import cache
 from kubetune_trainer.errors import InfraError
 from kubetune_trainer.sources import fetch_config, fetch_model
-
-from tests import hubdouble
-from tests.hubdouble import SAFE_FILES, CountingProxy, dataset_repo_files, fetched_files, model_repo_files
 
 MODEL = "org/tiny-llama"
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -59,8 +59,9 @@ def load(uri: str, dest: Path, **entry):
     from kubetune.api.v1alpha1 import Spec
     from kubetune_trainer.data import load_source
 
-    spec = Spec.model_validate({"technique": "full", "model": {"uri": "file:///m"},
-                                "datasets": [{"uri": uri, "format": "text", **entry}]})
+    spec = Spec.model_validate(
+        {"technique": "full", "model": {"uri": "file:///m"}, "datasets": [{"uri": uri, "format": "text", **entry}]}
+    )
     return load_source(uri, spec.datasets[0], 0, role="dataset-0", spec=spec, dest=dest, what="spec.datasets[0].uri")
 
 
@@ -71,13 +72,17 @@ def test_entry_uri_layout():
     root = "s3://kubetune-cache/"
     assert cache.entry_uri(root, "hf://org/name", SHA) == f"s3://kubetune-cache/hf/models--org--name/{SHA}/"
     assert cache.entry_uri(root, "hf://gpt2@main", SHA) == f"s3://kubetune-cache/hf/models--gpt2/{SHA}/"
-    assert cache.entry_uri("file:///mnt/cache", "hf://datasets/org/d@v1", SHA) == \
-        f"file:///mnt/cache/hf/datasets--org--d/{SHA}/"
+    assert (
+        cache.entry_uri("file:///mnt/cache", "hf://datasets/org/d@v1", SHA)
+        == f"file:///mnt/cache/hf/datasets--org--d/{SHA}/"
+    )
     assert cache.entry_uri(root, "hf://org/name", SHA, allow_pickle=True).endswith(f"/{SHA}.with-pickles/")
     private = cache.entry_uri(root, "hf://org/gated", SHA, "team-a", private=True)
     assert private == f"s3://kubetune-cache/namespaces/team-a/hf/models--org--gated/{SHA}/"
     s3_model = cache.entry_uri(root, "s3://models/llama/", "ab" * 16, "team-b", private=True)
-    assert s3_model.startswith("s3://kubetune-cache/namespaces/team-b/s3/models/") and s3_model.endswith("ab" * 16 + "/")
+    assert s3_model.startswith("s3://kubetune-cache/namespaces/team-b/s3/models/") and s3_model.endswith(
+        "ab" * 16 + "/"
+    )
     # One-part and two-part repositories never share a folder, nor are prefixes of each other.
     one, two = cache.entry_uri(root, "hf://x", SHA), cache.entry_uri(root, f"hf://x/{SHA}", SHA)
     assert not two.startswith(one) and not one.startswith(two)
@@ -111,8 +116,10 @@ def test_population_checks_every_file_writes_the_marker_last_and_runs_once(hub, 
     marker = json.loads((entry / cache.MARKER).read_text())
     assert marker["source"] == f"hf://{MODEL}" and marker["commit"] == commit and marker["kind"] == "model"
     for name in SAFE_FILES:
-        assert marker["files"][name] == {"size": (tiny_llama_dir / name).stat().st_size,
-                                         "sha256": _sha(tiny_llama_dir / name)}
+        assert marker["files"][name] == {
+            "size": (tiny_llama_dir / name).stat().st_size,
+            "sha256": _sha(tiny_llama_dir / name),
+        }
         assert _sha(entry / name) == _sha(tiny_llama_dir / name)
     assert marker["bytes"] == sum(f["size"] for f in marker["files"].values()) == result["bytes"]
     # The marker is the newest file: written after every other.
@@ -156,7 +163,9 @@ def test_gated_population_by_role_in_its_namespace(hub, tiny_llama_dir, tmp_path
     assert _populate(*args, "--private", "--namespace", "team-a", log=log) == ExitCode.OK
     assert _result(log)["entry"] == f"{root}namespaces/team-a/hf/models--org--gated/{commit}/"
     assert "hf_granted" not in log.read_text()
-    assert (tmp_path / "cache" / "namespaces" / "team-a" / "hf" / "models--org--gated" / commit / cache.MARKER).is_file()
+    assert (
+        tmp_path / "cache" / "namespaces" / "team-a" / "hf" / "models--org--gated" / commit / cache.MARKER
+    ).is_file()
 
 
 def test_population_failures_and_their_exit_codes(hub, tiny_llama_dir, tmp_path):
@@ -187,8 +196,12 @@ def test_a_killed_population_is_never_read_and_the_next_one_redoes_it(hub, tiny_
     entry = cache.entry_uri(root, f"hf://{MODEL}", commit)
     held = hub.hold("model.safetensors", after_bytes=1000)
     env = dict(os.environ, **hub.env(tmp_path / "hf-home"), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "kubetune_trainer.cache", "populate", "--model", f"hf://{MODEL}",
-                             "--cache-root", root], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kubetune_trainer.cache", "populate", "--model", f"hf://{MODEL}", "--cache-root", root],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         assert held.reached.wait(60), "the population never asked for the weights"
         deadline = time.monotonic() + 60  # the small files finish and are uploaded while the weights hang
@@ -218,7 +231,9 @@ def test_a_killed_population_is_never_read_and_the_next_one_redoes_it(hub, tiny_
 # --------------------------------------------------------------------------- reading
 
 
-def test_a_pod_reads_its_model_from_an_s3_entry_with_the_hub_down(hub, tiny_llama_dir, s3_bucket, tmp_path, monkeypatch):
+def test_a_pod_reads_its_model_from_an_s3_entry_with_the_hub_down(
+    hub, tiny_llama_dir, s3_bucket, tmp_path, monkeypatch
+):
     hub.add_repo(MODEL, model_repo_files(tiny_llama_dir))
     log = tmp_path / "log"
     assert _populate("--model", f"hf://{MODEL}", "--cache-root", f"s3://{s3_bucket}/cache/", log=log) == ExitCode.OK
@@ -233,7 +248,9 @@ def test_a_pod_reads_its_model_from_an_s3_entry_with_the_hub_down(hub, tiny_llam
     assert fetch_config(f"hf://{MODEL}", dest, role="model", spec=None)["model_type"] == "llama"
     got = fetch_model(f"hf://{MODEL}", dest, role="model", spec=None)
     assert hub.requests == []  # the Hub was never asked
-    assert fetched_files(got, '_COMPLETE', cache.LOCAL_RECORD) == SAFE_FILES  # the code stays in the entry: this job does not trust it
+    assert (
+        fetched_files(got, "_COMPLETE", cache.LOCAL_RECORD) == SAFE_FILES
+    )  # the code stays in the entry: this job does not trust it
     for name in SAFE_FILES:
         assert _sha(got / name) == _sha(tiny_llama_dir / name)
     got = fetch_model(f"hf://{MODEL}", dest, role="model", spec=None, trust_remote_code=True)
@@ -302,7 +319,9 @@ def test_missing_entry_fails_the_attempt_with_exit_20(hub, tiny_llama_dir, tmp_p
     log = tmp_path / "termination-log"
     args = build_parser().parse_args([str(job), "--output", f"file://{tmp_path}/out/", "--termination-log", str(log)])
     assert run_cli(args) == ExitCode.INFRA_ERROR
-    assert log.read_text().startswith("InfraError: spec.model.uri: the model cache entry") and "retried" in log.read_text()
+    assert (
+        log.read_text().startswith("InfraError: spec.model.uri: the model cache entry") and "retried" in log.read_text()
+    )
     assert hub.requests == []
     # Without the cache, a Hub that is down is an infrastructure error too: the attempt is retried, not failed.
     monkeypatch.delenv(cache.env_for("model"))
@@ -314,8 +333,18 @@ def test_an_hf_dataset_is_read_from_its_entry(hub, tmp_path, monkeypatch):
     hub.add_repo("org/data", dataset_repo_files(1), repo_type="dataset")
     from_hub = load("hf://datasets/org/data", tmp_path / "hub", subset="short", columns={"text": "body"})
     log = tmp_path / "log"
-    assert _populate("--dataset", "hf://datasets/org/data", "--cache-root", f"file://{tmp_path}/cache/",
-                     "--role", "dataset-0", log=log) == ExitCode.OK
+    assert (
+        _populate(
+            "--dataset",
+            "hf://datasets/org/data",
+            "--cache-root",
+            f"file://{tmp_path}/cache/",
+            "--role",
+            "dataset-0",
+            log=log,
+        )
+        == ExitCode.OK
+    )
     entry = _result(log)["entry"]
     assert "/hf/datasets--org--data/" in entry
     assert not (_entry_dir(entry) / "loader.py").exists()  # a dataset's code is never cached
@@ -330,8 +359,14 @@ def test_an_hf_dataset_is_read_from_its_entry(hub, tmp_path, monkeypatch):
 
 def test_the_cache_module_imports_no_torch():
     code = "import sys, kubetune_trainer.cache as c; c.build_parser(); print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env=dict(os.environ, OMP_NUM_THREADS="1"), check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
 
@@ -350,9 +385,27 @@ def _torchrun(job: Path, out: Path, env: dict) -> subprocess.CompletedProcess:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     return subprocess.run(
-        [sys.executable, "-m", "kubetune_trainer.launch", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-         "--master-port", str(port), "-m", "kubetune_trainer", str(job), "--output", f"file://{out}/"],
-        env=env, capture_output=True, text=True, timeout=600, check=False,
+        [
+            sys.executable,
+            "-m",
+            "kubetune_trainer.launch",
+            "--nproc-per-node",
+            "2",
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(port),
+            "-m",
+            "kubetune_trainer",
+            str(job),
+            "--output",
+            f"file://{out}/",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
 
 
@@ -362,8 +415,13 @@ def tiny_job(tiny_llama_dir, write_job, tmp_path):
     data.write_text("".join(json.dumps({"text": f"the cat sat on mat number {i}"}) + "\n" for i in range(16)))
 
     def make():
-        return write_job(tiny_llama_dir, [{"uri": f"file://{data}", "format": "text"}], model={"uri": f"hf://{MODEL}"},
-                         hyperparameters={"maxSteps": 2, "batchSize": 2}, output={"checkpointEverySteps": 100})
+        return write_job(
+            tiny_llama_dir,
+            [{"uri": f"file://{data}", "format": "text"}],
+            model={"uri": f"hf://{MODEL}"},
+            hyperparameters={"maxSteps": 2, "batchSize": 2},
+            output={"checkpointEverySteps": 100},
+        )
 
     return make
 
@@ -385,11 +443,26 @@ def test_two_processes_on_a_node_read_each_cached_file_once_without_the_hub(
     hub.add_repo(MODEL, model_repo_files(tiny_llama_dir))
     store = CountingProxy(s3_endpoint)
     try:
-        env = dict(os.environ, **hub.env(tmp_path / "hf-home"), OMP_NUM_THREADS="1",
-                   KUBETUNE_CACHE_AWS_ENDPOINT_URL=store.url)
-        populated = subprocess.run([sys.executable, "-m", "kubetune_trainer.cache", "populate", "--model",
-                                    f"hf://{MODEL}", "--cache-root", f"s3://{s3_bucket}/cache/"],
-                                   env=env, capture_output=True, text=True, timeout=300, check=False)
+        env = dict(
+            os.environ, **hub.env(tmp_path / "hf-home"), OMP_NUM_THREADS="1", KUBETUNE_CACHE_AWS_ENDPOINT_URL=store.url
+        )
+        populated = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "kubetune_trainer.cache",
+                "populate",
+                "--model",
+                f"hf://{MODEL}",
+                "--cache-root",
+                f"s3://{s3_bucket}/cache/",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
         assert populated.returncode == 0, populated.stderr[-3000:]
         entry = json.loads(populated.stdout.strip().splitlines()[-1])["entry"]
         before = store.downloads()
@@ -397,8 +470,11 @@ def test_two_processes_on_a_node_read_each_cached_file_once_without_the_hub(
         proc = _torchrun(tiny_job(), tmp_path / "out", {**env, cache.env_for("model"): entry})
         assert proc.returncode == 0, _reasons(proc)
         prefix = f"/{s3_bucket}/cache/hf/models--org--tiny-llama/"
-        read = {path.rsplit("/", 1)[1]: n - before.get(path, 0) for path, n in store.downloads(prefix).items()
-                if n - before.get(path, 0)}
+        read = {
+            path.rsplit("/", 1)[1]: n - before.get(path, 0)
+            for path, n in store.downloads(prefix).items()
+            if n - before.get(path, 0)
+        }
         assert read == {**{name: 1 for name in SAFE_FILES}, cache.MARKER: 1}  # one node, one read of each
         assert (tmp_path / "out" / "final" / "model.safetensors").is_file()
     finally:

@@ -7,7 +7,13 @@ import json
 
 import pytest
 
-from kubetune_trainer.checkpoints import CheckpointManager, complete_checkpoints, download_checkpoint, find_latest_complete, scan
+from kubetune_trainer.checkpoints import (
+    CheckpointManager,
+    complete_checkpoints,
+    download_checkpoint,
+    find_latest_complete,
+    scan,
+)
 from kubetune_trainer.errors import InfraError
 from kubetune_trainer.layout import COMPLETE_MARKER, OutputLayout
 from kubetune_trainer.storage import get_storage
@@ -64,7 +70,12 @@ def test_resume_picks_the_newest_complete_checkpoint(tmp_path, store):
     assert {s: c.complete for s, c in scan(storage, layout).items()} == {2: True, 4: True, 6: False}
     latest = find_latest_complete(storage, layout)
     assert latest.step == 4 and latest.marker["step"] == 4
-    assert find_latest_complete(get_storage((tmp_path / "empty").as_uri() + "/"), OutputLayout((tmp_path / "empty").as_uri() + "/")) is None
+    assert (
+        find_latest_complete(
+            get_storage((tmp_path / "empty").as_uri() + "/"), OutputLayout((tmp_path / "empty").as_uri() + "/")
+        )
+        is None
+    )
 
 
 def test_prune_keeps_the_newest_and_drops_older_cut_offs(tmp_path, store):

@@ -25,7 +25,9 @@ def _jsonl(path, rows):
 
 def test_jsonl_with_column_mapping_and_eval_fraction(tmp_path):
     f = _jsonl(tmp_path / "d.jsonl", [{"body": f"text {i}", "extra": i} for i in range(20)])
-    tasks = load_tasks(_spec([{"uri": f"file://{f}", "format": "text", "columns": {"text": "body"}, "evalFraction": 0.25}]), tmp_path)
+    tasks = load_tasks(
+        _spec([{"uri": f"file://{f}", "format": "text", "columns": {"text": "body"}, "evalFraction": 0.25}]), tmp_path
+    )
     (task,) = tasks
     assert task.train.column_names == ["text"] and len(task.train) == 15 and len(task.eval) == 5
     assert set(task.train["text"]) | set(task.eval["text"]) == {f"text {i}" for i in range(20)}
@@ -37,7 +39,9 @@ def test_prefix_of_csv_files_and_messages_json(tmp_path):
     (d / "a.csv").write_text("prompt,completion\nhi,there\n")
     (d / "b.csv").write_text("prompt,completion\nup,down\nleft,right\n")
     msgs = tmp_path / "m.json"
-    msgs.write_text(json.dumps([{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}]))
+    msgs.write_text(
+        json.dumps([{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}])
+    )
     spec = _spec(
         [
             {"name": "pc", "uri": f"file://{d}/", "format": "prompt-completion"},
@@ -65,7 +69,12 @@ def test_prefix_of_csv_files_and_messages_json(tmp_path):
 )
 def test_bad_rows_name_file_line_and_column(tmp_path, rows, fmt, expected):
     f = _jsonl(tmp_path / "bad.jsonl", rows)
-    objective = {"text": "causal-lm", "messages": "instruction", "classification": "classification", "preference": "preference"}[fmt]
+    objective = {
+        "text": "causal-lm",
+        "messages": "instruction",
+        "classification": "classification",
+        "preference": "preference",
+    }[fmt]
     with pytest.raises(UserError) as err:
         load_tasks(_spec([{"uri": f"file://{f}", "format": fmt}], objective), tmp_path)
     message = str(err.value)

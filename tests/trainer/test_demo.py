@@ -19,7 +19,7 @@ def test_demo_results_are_where_the_readme_says_and_the_model_writes_text(tmp_pa
     printed = capsys.readouterr().out
 
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Demo"):readme.index("## Quickstart")]
+    section = readme[readme.index("## Demo") : readme.index("## Quickstart")]
     paths = set(re.findall(r"`demo-output/([^`]*)`", section))
     assert {"output/", "output/final/", "output/metrics.jsonl", "loss.png", "finetunejob.yaml"} <= paths
     for relative in paths:

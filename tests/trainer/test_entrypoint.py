@@ -74,7 +74,7 @@ def _tensorboard(bucket: str, prefix: str, local: Path) -> dict[str, list[tuple[
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     for key in _keys(bucket, prefix):
-        target = local / key[len(prefix):]
+        target = local / key[len(prefix) :]
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(_read(bucket, key))
     events = EventAccumulator(str(local), size_guidance={"scalars": 0})
@@ -128,8 +128,15 @@ def _causal_manifest(model_dir, text_file):
             "model": {"uri": f"file://{model_dir}"},
             "datasets": [{"name": "corpus", "uri": f"file://{text_file}", "format": "text", "evalFraction": 0.1}],
             "hyperparameters": {
-                "maxSteps": STEPS, "batchSize": 4, "learningRate": 3.0e-3, "maxSeqLength": 64, "precision": "fp32",
-                "warmupRatio": 0.0, "lrScheduler": "constant", "packing": True, "seed": 7,
+                "maxSteps": STEPS,
+                "batchSize": 4,
+                "learningRate": 3.0e-3,
+                "maxSeqLength": 64,
+                "precision": "fp32",
+                "warmupRatio": 0.0,
+                "lrScheduler": "constant",
+                "packing": True,
+                "seed": 7,
             },
             "evaluation": {"everySteps": 6},
             "output": {"checkpointEverySteps": 4, "keepCheckpoints": 2},
@@ -152,7 +159,9 @@ def test_causal_lm_end_to_end_on_s3(causal_run):
     records = _metrics(_read(bucket, "run/metrics.jsonl").decode())
     losses = [r["loss"] for r in records if "loss" in r]
     evals = [r["eval_loss"] for r in records if "eval_loss" in r]
-    print(f"\ncausal-lm loss: first {losses[0]:.3f} -> last {losses[-1]:.3f}; eval_loss {evals[0]:.3f} -> {evals[-1]:.3f}")
+    print(
+        f"\ncausal-lm loss: first {losses[0]:.3f} -> last {losses[-1]:.3f}; eval_loss {evals[0]:.3f} -> {evals[-1]:.3f}"
+    )
     assert len(losses) == STEPS and losses[-1] < losses[0] - 0.5
     assert evals[-1] < evals[0]
     assert all(r.get("tokens_per_second", 1) > 0 for r in records) and any("tokens_per_second" in r for r in records)
@@ -166,14 +175,25 @@ def test_instruction_end_to_end_with_s3_data(s3_endpoint, s3_bucket, tiny_llama_
     rows = []
     for _ in range(64):
         animal, color = rng.choice(animals), rng.choice(colors)
-        rows.append({"conversation": [
-            {"role": "user", "content": f"what color is the {animal} ?"},
-            {"role": "assistant", "content": f"the {animal} is {color} ."},
-        ]})
+        rows.append(
+            {
+                "conversation": [
+                    {"role": "user", "content": f"what color is the {animal} ?"},
+                    {"role": "assistant", "content": f"the {animal} is {color} ."},
+                ]
+            }
+        )
     _s3().put_object(Bucket=s3_bucket, Key="data/chat.jsonl", Body="".join(json.dumps(r) + "\n" for r in rows).encode())
     job = write_job(
         tiny_llama_dir,
-        [{"name": "chat", "uri": f"s3://{s3_bucket}/data/chat.jsonl", "format": "messages", "columns": {"messages": "conversation"}}],
+        [
+            {
+                "name": "chat",
+                "uri": f"s3://{s3_bucket}/data/chat.jsonl",
+                "format": "messages",
+                "columns": {"messages": "conversation"},
+            }
+        ],
         objective="instruction",
         hyperparameters={"maxSteps": 10, "learningRate": 5.0e-3},
         output={"checkpointEverySteps": 5},
@@ -204,7 +224,16 @@ def _wait_for_key(bucket, key, proc, timeout=120):
 def _start(job, output, tmp_path, **env):
     log = open(tmp_path / "run.log", "w")
     return subprocess.Popen(
-        [sys.executable, "-m", "kubetune_trainer", str(job), "--output", output, "--termination-log", str(tmp_path / "termination-log")],
+        [
+            sys.executable,
+            "-m",
+            "kubetune_trainer",
+            str(job),
+            "--output",
+            output,
+            "--termination-log",
+            str(tmp_path / "termination-log"),
+        ],
         env=_subprocess_env(KUBETUNE_DEBUG_STEP_SLEEP="0.4", **env),
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -269,8 +298,22 @@ def test_torchrun_two_processes_write_one_set_of_checkpoints(tiny_llama_dir, tex
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-         "--master-port", str(port), "-m", "kubetune_trainer", str(job), "--output", f"file://{out}/"],
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(port),
+            "-m",
+            "kubetune_trainer",
+            str(job),
+            "--output",
+            f"file://{out}/",
+        ],
         env=_subprocess_env(),
         capture_output=True,
         text=True,
@@ -298,11 +341,30 @@ def test_two_nodes_each_rank_rng_state_reaches_the_checkpoint(tiny_llama_dir, te
         port = s.getsockname()[1]
     nodes = [
         subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),
-             "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port),
-             "-m", "kubetune_trainer", str(job), "--output", f"file://{out}/"],
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                "--node-rank",
+                str(node),
+                "--nproc-per-node",
+                "1",
+                "--master-addr",
+                "127.0.0.1",
+                "--master-port",
+                str(port),
+                "-m",
+                "kubetune_trainer",
+                str(job),
+                "--output",
+                f"file://{out}/",
+            ],
             env=_subprocess_env() | {"KUBETUNE_WORK_DIR": str(tmp_path / f"node-{node}")},
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for node in (0, 1)
     ]
@@ -328,11 +390,31 @@ def test_a_frozen_node_is_noticed_within_the_collective_timeout(tiny_llama_dir, 
     env = _subprocess_env(KUBETUNE_COLLECTIVE_TIMEOUT_SECONDS="15", KUBETUNE_DEBUG_STEP_SLEEP="0.2")
     nodes = [
         subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),
-             "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port),
-             "-m", "kubetune_trainer", str(job), "--output", f"file://{out}/"],
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                "--node-rank",
+                str(node),
+                "--nproc-per-node",
+                "1",
+                "--master-addr",
+                "127.0.0.1",
+                "--master-port",
+                str(port),
+                "-m",
+                "kubetune_trainer",
+                str(job),
+                "--output",
+                f"file://{out}/",
+            ],
             env=env | {"KUBETUNE_WORK_DIR": str(tmp_path / f"node-{node}")},
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
         )
         for node in (0, 1)
     ]
@@ -411,7 +493,9 @@ def test_bad_uris_exit_10(s3_endpoint, tiny_llama_dir, write_job, tmp_path):
 
 def test_invalid_manifest_exits_10(tmp_path):
     job = tmp_path / "job.yaml"
-    job.write_text("apiVersion: kubetune.dev/v1alpha1\nkind: FineTuneJob\nmetadata: {name: x}\nspec: {technique: nope}\n")
+    job.write_text(
+        "apiVersion: kubetune.dev/v1alpha1\nkind: FineTuneJob\nmetadata: {name: x}\nspec: {technique: nope}\n"
+    )
     rc, reason = _run_failing(job, tmp_path, f"file://{tmp_path}/out/")
     assert rc == ExitCode.USER_ERROR and "spec.technique" in reason
 
@@ -434,10 +518,16 @@ def test_output_of_a_different_spec_is_refused(tiny_llama_dir, write_job, tmp_pa
     data.write_text(json.dumps({"text": "hello"}) + "\n")
     out = tmp_path / "out"
     out.mkdir()
-    other = write_job(tiny_llama_dir, [{"uri": f"file://{data}", "format": "text"}], hyperparameters={"learningRate": 0.1}, filename="other.yaml")
+    other = write_job(
+        tiny_llama_dir,
+        [{"uri": f"file://{data}", "format": "text"}],
+        hyperparameters={"learningRate": 0.1},
+        filename="other.yaml",
+    )
+    import yaml
+
     from kubetune.manifests import load_job
     from kubetune_trainer.entrypoint import resolved_manifest
-    import yaml
 
     other_job = load_job(other)
     (out / "spec.resolved.yaml").write_text(yaml.safe_dump(resolved_manifest(other_job, other_job.spec.resolved())))
@@ -457,7 +547,10 @@ def test_running_a_finished_job_again_changes_no_metric(causal_run, tmp_path):
     assert main([str(job), "--output", f"s3://{bucket}/run/"]) == 0
 
     after = _read(bucket, "run/metrics.jsonl")
-    assert after.decode().splitlines() == metrics_before.decode().splitlines(), (after.decode()[-600:], metrics_before.decode()[-600:])
+    assert after.decode().splitlines() == metrics_before.decode().splitlines(), (
+        after.decode()[-600:],
+        metrics_before.decode()[-600:],
+    )
     assert _same_weights(_weights(_read(bucket, "run/final/model.safetensors")), _weights(final_before), atol=0.0)
     assert _tensorboard(bucket, "run/tensorboard/", tmp_path / "after") == tensorboard_before
     _assert_tensorboard_matches_metrics(bucket, "run/", tmp_path / "check")

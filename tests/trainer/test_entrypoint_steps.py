@@ -62,8 +62,18 @@ def test_the_plan_reaches_the_reporter(tmp_path, tiny_llama_dir):
 
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"text": "the cat is red ."}) + "\n")
-    job = FineTuneJob.model_validate({"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "j"}, "spec": {
-        "technique": "full", "model": {"uri": tiny_llama_dir.as_uri()}, "datasets": [{"uri": data.as_uri(), "format": "text"}]}})
+    job = FineTuneJob.model_validate(
+        {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "metadata": {"name": "j"},
+            "spec": {
+                "technique": "full",
+                "model": {"uri": tiny_llama_dir.as_uri()},
+                "datasets": [{"uri": data.as_uri(), "format": "text"}],
+            },
+        }
+    )
     spec = job.spec.resolved()
     out = open_output(job, spec, (tmp_path / "out").as_uri() + "/")
     inputs = fetch_inputs(spec, out, tmp_path / "work")

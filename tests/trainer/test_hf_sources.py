@@ -8,13 +8,13 @@ import hashlib
 import json
 
 import pytest
+from tests import hubdouble
+from tests.hubdouble import SAFE_FILES, dataset_repo_files, fetched_files, model_repo_files
+
 from kubetune.api.v1alpha1 import Spec
 from kubetune_trainer.errors import InfraError, UserError
 from kubetune_trainer.layout import COMPLETE_MARKER
 from kubetune_trainer.sources import fetch_config, fetch_model
-
-from tests import hubdouble
-from tests.hubdouble import SAFE_FILES, dataset_repo_files, fetched_files, model_repo_files
 
 MODEL = "org/tiny-llama"
 
@@ -42,7 +42,6 @@ def test_the_double_answers_as_the_hub_does_for_huggingface_hub(hub, tiny_llama_
     """The double seen through huggingface_hub's own calls: revision resolution, file metadata (LFS files through a
     redirect to another origin, with X-Linked-Etag/X-Linked-Size), ranged reads, the Hub's error codes."""
     from huggingface_hub import HfApi, HfFileSystem, errors, get_hf_file_metadata, hf_hub_url
-
     from tests.hubdouble import git_blob_sha1
 
     files = _repo_files(tiny_llama_dir)
@@ -94,7 +93,9 @@ def test_model_snapshot_from_the_hub(hub, tiny_llama_dir, tmp_path):
 
 def test_pickles_and_code_only_when_allowed(hub, tiny_llama_dir, tmp_path):
     hub.add_repo(MODEL, _repo_files(tiny_llama_dir))
-    got = fetch_model(f"hf://{MODEL}", tmp_path / "m", role="model", spec=None, allow_pickle=True, trust_remote_code=True)
+    got = fetch_model(
+        f"hf://{MODEL}", tmp_path / "m", role="model", spec=None, allow_pickle=True, trust_remote_code=True
+    )
     assert _fetched(got) == sorted([*SAFE_FILES, "modeling_tiny.py", "pytorch_model.bin"])
 
 
@@ -190,13 +191,16 @@ def test_hub_down_is_an_infrastructure_error(hub, tiny_llama_dir, tmp_path):
 
 # --------------------------------------------------------------------------- datasets
 
+
 def load(uri: str, tmp_path, **entry):
     from kubetune_trainer.data import load_source
 
-    spec = Spec.model_validate({"technique": "full", "model": {"uri": "file:///m"},
-                                "datasets": [{"uri": uri, "format": "text", **entry}]})
-    return load_source(uri, spec.datasets[0], 0, role="dataset-0", spec=spec, dest=tmp_path / "dataset-0",
-                       what="spec.datasets[0].uri")
+    spec = Spec.model_validate(
+        {"technique": "full", "model": {"uri": "file:///m"}, "datasets": [{"uri": uri, "format": "text", **entry}]}
+    )
+    return load_source(
+        uri, spec.datasets[0], 0, role="dataset-0", spec=spec, dest=tmp_path / "dataset-0", what="spec.datasets[0].uri"
+    )
 
 
 def test_hf_dataset_subset_split_and_revision(hub, tmp_path):

@@ -32,9 +32,26 @@ def test_user_error_under_torchrun_exits_10(tiny_llama_dir, write_job, tmp_path)
         port = s.getsockname()[1]
     env = dict(os.environ, KUBETUNE_TERMINATION_LOG=str(log), OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "kubetune_trainer.launch", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-         "--master-port", str(port), "-m", "kubetune_trainer", str(job), "--output", f"file://{tmp_path}/out/"],
-        env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "kubetune_trainer.launch",
+            "--nproc-per-node",
+            "2",
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(port),
+            "-m",
+            "kubetune_trainer",
+            str(job),
+            "--output",
+            f"file://{tmp_path}/out/",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == ExitCode.USER_ERROR, proc.stderr[-3000:]
     reason = log.read_text()

@@ -144,8 +144,14 @@ CHOSEN, REJECTED = " yes , good", " no , bad"
 
 def preference_rows() -> list[dict]:
     rng = random.Random(2)
-    return [{"prompt": " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 4))), "chosen": CHOSEN, "rejected": REJECTED}
-            for _ in range(8)]
+    return [
+        {
+            "prompt": " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 4))),
+            "chosen": CHOSEN,
+            "rejected": REJECTED,
+        }
+        for _ in range(8)
+    ]
 
 
 GOOD, BAD = "yes good great positive".split(), "no bad terrible negative".split()
@@ -176,18 +182,43 @@ def matrix_data(tmp_path_factory) -> dict[str, dict]:
     labelled, preferences = classification_rows(), preference_rows()
     prompts = rl_prompts(16, seed=3)
     return {
-        "causal-lm": {"datasets": [{"name": "text", "uri": write_jsonl(root / "text.jsonl", texts), "format": "text"}],
-                      "rows": texts},
-        "instruction": {"datasets": [{"name": "qa", "uri": write_jsonl(root / "qa.jsonl", instructions),
-                                      "format": "prompt-completion"}], "rows": instructions},
-        "classification": {"datasets": [{"name": "sentiment", "uri": write_jsonl(root / "cls.jsonl", labelled),
-                                         "format": "classification"}], "rows": labelled},
-        "preference": {"datasets": [{"name": "pref", "uri": write_jsonl(root / "pref.jsonl", preferences),
-                                     "format": "preference"}], "rows": preferences},
-        "rlhf": {"datasets": [
-            {"name": "prefs", "uri": write_jsonl(root / "rm.jsonl", reward_preference_rows(64, seed=1)), "format": "preference"},
-            {"name": "prompts", "uri": write_jsonl(root / "prompts.jsonl", [{"prompt": p} for p in prompts]), "format": "prompt"},
-        ], "rows": prompts},
+        "causal-lm": {
+            "datasets": [{"name": "text", "uri": write_jsonl(root / "text.jsonl", texts), "format": "text"}],
+            "rows": texts,
+        },
+        "instruction": {
+            "datasets": [
+                {"name": "qa", "uri": write_jsonl(root / "qa.jsonl", instructions), "format": "prompt-completion"}
+            ],
+            "rows": instructions,
+        },
+        "classification": {
+            "datasets": [
+                {"name": "sentiment", "uri": write_jsonl(root / "cls.jsonl", labelled), "format": "classification"}
+            ],
+            "rows": labelled,
+        },
+        "preference": {
+            "datasets": [
+                {"name": "pref", "uri": write_jsonl(root / "pref.jsonl", preferences), "format": "preference"}
+            ],
+            "rows": preferences,
+        },
+        "rlhf": {
+            "datasets": [
+                {
+                    "name": "prefs",
+                    "uri": write_jsonl(root / "rm.jsonl", reward_preference_rows(64, seed=1)),
+                    "format": "preference",
+                },
+                {
+                    "name": "prompts",
+                    "uri": write_jsonl(root / "prompts.jsonl", [{"prompt": p} for p in prompts]),
+                    "format": "prompt",
+                },
+            ],
+            "rows": prompts,
+        },
     }
 
 
@@ -251,7 +282,7 @@ def logprob_gap(model, tokenizer, rows) -> float:
         ids = tokenizer(prompt + completion)["input_ids"]
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([ids])).logits[0]
-        logps = torch.log_softmax(logits[-len(ids):].float(), -1)  # soft prompts add leading positions
+        logps = torch.log_softmax(logits[-len(ids) :].float(), -1)  # soft prompts add leading positions
         return sum(logps[i - 1, ids[i]].item() for i in range(len(prompt_ids), len(ids)))
 
     gaps = [completion_logprob(r["prompt"], r["chosen"]) - completion_logprob(r["prompt"], r["rejected"]) for r in rows]
@@ -329,7 +360,9 @@ def reload_final(technique: str, task: str, final: Path, base_dir: Path, spec):
         kwargs = {} if causal else head_kwargs(final)
         if technique == "qlora":
             kwargs |= qlora.load_kwargs(spec)
-        model = (AutoPeftModelForCausalLM if causal else AutoPeftModelForSequenceClassification).from_pretrained(final, **kwargs)
+        model = (AutoPeftModelForCausalLM if causal else AutoPeftModelForSequenceClassification).from_pretrained(
+            final, **kwargs
+        )
         if technique == "qlora":
             # An eval forward would otherwise repack the 4-bit weights on AVX512-BF16 CPUs (see techniques.qlora).
             qlora.disable_cpu_weight_repacking(model)
@@ -343,7 +376,9 @@ def parameters(model) -> dict[str, torch.Tensor]:
 def saved_weight_names(technique: str, final: Path) -> list[str]:
     from safetensors import safe_open
 
-    file = {"adapter": "bottleneck_adapter.safetensors"}.get(technique, "adapter_model.safetensors" if technique in PEFT else "model.safetensors")
+    file = {"adapter": "bottleneck_adapter.safetensors"}.get(
+        technique, "adapter_model.safetensors" if technique in PEFT else "model.safetensors"
+    )
     with safe_open(str(final / file), "pt") as fh:
         return list(fh.keys())
 
@@ -393,26 +428,40 @@ def job_sections(technique: str, objective: str) -> dict:
     sections = {
         "technique": technique,
         "objective": objective,
-        "hyperparameters": {"maxSteps": RLHF_STEPS if rlhf else STEPS, "batchSize": RLHF_BATCH if rlhf else 8, "learningRate": LEARNING_RATE_FOR_PAIR.get((technique, objective), LEARNING_RATE[technique]),
-                            "maxSeqLength": 48, "seed": 3},
+        "hyperparameters": {
+            "maxSteps": RLHF_STEPS if rlhf else STEPS,
+            "batchSize": RLHF_BATCH if rlhf else 8,
+            "learningRate": LEARNING_RATE_FOR_PAIR.get((technique, objective), LEARNING_RATE[technique]),
+            "maxSeqLength": 48,
+            "seed": 3,
+        },
         "output": {"checkpointEverySteps": 1000, "keepCheckpoints": 1},
         **SECTIONS[technique],
     }
     if objective == "preference":
         sections["preference"] = {"algorithm": "dpo", "beta": 0.1}
     if rlhf:
-        sections["rlhf"] = {"algorithm": "grpo", "numGenerations": RLHF_BATCH, "maxCompletionLength": COMPLETION_TOKENS, "beta": 0.0, "temperature": 1.0}
+        sections["rlhf"] = {
+            "algorithm": "grpo",
+            "numGenerations": RLHF_BATCH,
+            "maxCompletionLength": COMPLETION_TOKENS,
+            "beta": 0.0,
+            "temperature": 1.0,
+        }
     return sections
 
 
 @pytest.mark.parametrize("technique, objective", PAIRS, ids=[f"{t}-x-{o}" for t, o in PAIRS])
-def test_pair_trains_through_the_entrypoint(technique, objective, tiny_llama_dir, matrix_data, write_job, tmp_path,
-                                           training_results):
+def test_pair_trains_through_the_entrypoint(
+    technique, objective, tiny_llama_dir, matrix_data, write_job, tmp_path, training_results
+):
     from kubetune_trainer.entrypoint import main
     from kubetune_trainer.objectives import rlhf
 
     data = matrix_data[objective]
-    job = write_job(tiny_llama_dir, data["datasets"], name=f"{technique}-{objective}", **job_sections(technique, objective))
+    job = write_job(
+        tiny_llama_dir, data["datasets"], name=f"{technique}-{objective}", **job_sections(technique, objective)
+    )
     spec = load_job(job).spec.resolved()
     task = task_of(objective)
     name, measure = MEASURES[objective]
@@ -454,10 +503,18 @@ def test_pair_trains_through_the_entrypoint(technique, objective, tiny_llama_dir
         # measure is the trainer's own loss (for prompt-tuning too: each row's first token is a target
         # after the soft prompt, and the trainer counts it; see techniques/prompt_tuning.py).
         assert series[0] == pytest.approx(before, rel=1e-3), f"first logged loss {series[0]:.4f}, measured {before:.4f}"
-    training_results.append({
-        "technique": technique, "objective": objective, "measure": name, "before": before, "after": after,
-        "logged": trainer_log, "changed": changed, "seconds": seconds,
-    })
+    training_results.append(
+        {
+            "technique": technique,
+            "objective": objective,
+            "measure": name,
+            "before": before,
+            "after": after,
+            "logged": trainer_log,
+            "changed": changed,
+            "seconds": seconds,
+        }
+    )
     # Required gains, about a third of the smallest measured (prompt-tuning x causal-lm: 2% of the loss;
     # prompt-tuning x preference: +0.77; lora x rlhf: 3% of the reward's spread over the vocabulary).
     message = f"{technique} x {objective}: {name} {before:.4f} -> {after:.4f}"

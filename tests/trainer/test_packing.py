@@ -10,7 +10,9 @@ from kubetune_trainer.packing import IGNORE, PaddingCollator, install_block_diag
 
 def _token_losses(logits, labels):
     shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
-    losses = torch.nn.functional.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=IGNORE, reduction="none")
+    losses = torch.nn.functional.cross_entropy(
+        shift_logits.transpose(1, 2), shift_labels, ignore_index=IGNORE, reduction="none"
+    )
     return losses[0], shift_labels[0] != IGNORE
 
 
@@ -20,7 +22,11 @@ def test_packed_examples_match_examples_alone(tiny_llama_dir):
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
-    texts = ["alice sees the red cat in the park .", "after two comes three , said bob .", "the owl is gold and lives near the hill ."]
+    texts = [
+        "alice sees the red cat in the park .",
+        "after two comes three , said bob .",
+        "the owl is gold and lives near the hill .",
+    ]
     docs = [tok(t)["input_ids"] + [tok.eos_token_id] for t in texts]
     packed = pack_examples({"input_ids": docs, "labels": docs}, max_length=64)
     assert len(packed["input_ids"]) == 1  # all three fit one row

@@ -196,14 +196,23 @@ def test_instruction_lora_matches_sft_trainer(tmp_path, tiny_llama_dir, tokenize
     from trl import SFTConfig, SFTTrainer
 
     rows = _instruction_rows(kind)
-    ours = _kubetune(tmp_path / "ours", tiny_llama_dir, rows, kind, technique="lora", objective="instruction", lora=LORA)
+    ours = _kubetune(
+        tmp_path / "ours", tiny_llama_dir, rows, kind, technique="lora", objective="instruction", lora=LORA
+    )
 
     set_seed(SEED)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), _lora("CAUSAL_LM"))
     loss_on_answers = {"assistant_only_loss": True} if kind == "messages" else {"completion_only_loss": True}
     trainer = SFTTrainer(
         model=model,
-        args=_reference_args(SFTConfig, tmp_path / "ref", max_length=MAX_LENGTH, packing=False, gradient_checkpointing=False, **loss_on_answers),
+        args=_reference_args(
+            SFTConfig,
+            tmp_path / "ref",
+            max_length=MAX_LENGTH,
+            packing=False,
+            gradient_checkpointing=False,
+            **loss_on_answers,
+        ),
         train_dataset=_dataset(rows),
         processing_class=tokenizer,
     )
@@ -226,13 +235,17 @@ def test_preference_lora_matches_dpo_trainer(tmp_path, tiny_llama_dir, tokenizer
         {"prompt": f"is the {a} {c} ?", "chosen": f" yes the {a} is {c} .", "rejected": f" no , {b} ."}
         for a, b, c in zip(sample_corpus(32, seed=2), sample_corpus(32, seed=3), ["red", "blue"] * 16)
     ]
-    ours = _kubetune(tmp_path / "ours", tiny_llama_dir, rows, "preference", technique="lora", objective="preference", lora=LORA)
+    ours = _kubetune(
+        tmp_path / "ours", tiny_llama_dir, rows, "preference", technique="lora", objective="preference", lora=LORA
+    )
 
     set_seed(SEED)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), _lora("CAUSAL_LM"))
     trainer = DPOTrainer(
         model=model,
-        args=_reference_args(DPOConfig, tmp_path / "ref", beta=0.1, max_length=MAX_LENGTH, gradient_checkpointing=False),
+        args=_reference_args(
+            DPOConfig, tmp_path / "ref", beta=0.1, max_length=MAX_LENGTH, gradient_checkpointing=False
+        ),
         train_dataset=_dataset(rows),
         processing_class=tokenizer,
     )
@@ -248,12 +261,26 @@ def test_preference_lora_matches_dpo_trainer(tmp_path, tiny_llama_dir, tokenizer
 
 @pytest.mark.parametrize("technique", ["full", "feature-extraction"])
 def test_classification_matches_transformers_trainer(tmp_path, tiny_llama_dir, tokenizer, technique):
-    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+    from transformers import (
+        AutoModelForSequenceClassification,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
 
     texts = sample_corpus(48, seed=6)
     rows = [{"text": t, "label": "animal" if " the " in t and "lives" in t else "other"} for t in texts]
     extra = {"featureExtraction": {"trainableLayers": 1}} if technique == "feature-extraction" else {}
-    ours = _kubetune(tmp_path / "ours", tiny_llama_dir, rows, "classification", technique=technique, objective="classification", **extra)
+    ours = _kubetune(
+        tmp_path / "ours",
+        tiny_llama_dir,
+        rows,
+        "classification",
+        technique=technique,
+        objective="classification",
+        **extra,
+    )
 
     names = sorted({r["label"] for r in rows})
     set_seed(SEED)
@@ -300,7 +327,9 @@ def _per_document_token_losses(model, rows: list[dict]) -> dict[tuple, list[floa
             labels = batch.pop("labels")
             with torch.no_grad():
                 logits = model(**batch).logits[0]
-            losses = torch.nn.functional.cross_entropy(logits[:-1], labels[0, 1:], ignore_index=IGNORE, reduction="none")
+            losses = torch.nn.functional.cross_entropy(
+                logits[:-1], labels[0, 1:], ignore_index=IGNORE, reduction="none"
+            )
             positions = row.get("position_ids", list(range(len(row["input_ids"]))))
             starts = [i for i, p in enumerate(positions) if p == 0] + [len(positions)]
             for start, end in zip(starts, starts[1:]):

@@ -11,18 +11,49 @@ from kubetune.api.constants import Precision, Technique
 from kubetune.api.v1alpha1 import Spec
 from kubetune_trainer import plan as P
 
-LLAMA_1B = dict(model_type="llama", hidden_size=2048, num_hidden_layers=16, vocab_size=128256, intermediate_size=8192,
-                num_attention_heads=32, num_key_value_heads=8, head_dim=64, tie_word_embeddings=True)
-LLAMA_8B = dict(model_type="llama", hidden_size=4096, num_hidden_layers=32, vocab_size=128256, intermediate_size=14336,
-                num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=False)
-LLAMA_70B = dict(model_type="llama", hidden_size=8192, num_hidden_layers=80, vocab_size=128256, intermediate_size=28672,
-                 num_attention_heads=64, num_key_value_heads=8, tie_word_embeddings=False)
+LLAMA_1B = dict(
+    model_type="llama",
+    hidden_size=2048,
+    num_hidden_layers=16,
+    vocab_size=128256,
+    intermediate_size=8192,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=64,
+    tie_word_embeddings=True,
+)
+LLAMA_8B = dict(
+    model_type="llama",
+    hidden_size=4096,
+    num_hidden_layers=32,
+    vocab_size=128256,
+    intermediate_size=14336,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    tie_word_embeddings=False,
+)
+LLAMA_70B = dict(
+    model_type="llama",
+    hidden_size=8192,
+    num_hidden_layers=80,
+    vocab_size=128256,
+    intermediate_size=28672,
+    num_attention_heads=64,
+    num_key_value_heads=8,
+    tie_word_embeddings=False,
+)
 GiB = P.GiB
 
 
 def _spec(technique="full", objective="causal-lm", **extra) -> Spec:
-    raw = {"technique": technique, "objective": objective, "model": {"uri": "file:///m"},
-           "datasets": [{"uri": "file:///d.jsonl", "format": "classification" if objective == "classification" else "text"}]}
+    raw = {
+        "technique": technique,
+        "objective": objective,
+        "model": {"uri": "file:///m"},
+        "datasets": [
+            {"uri": "file:///d.jsonl", "format": "classification" if objective == "classification" else "text"}
+        ],
+    }
     raw.update(extra)
     return Spec.model_validate(raw).resolved()
 
@@ -39,15 +70,49 @@ def _meta_count(model_type: str, **config) -> int:
 @pytest.mark.parametrize(
     "config",
     [
-        dict(model_type="llama", hidden_size=64, num_hidden_layers=2, vocab_size=300, intermediate_size=176,
-             num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False),
+        dict(
+            model_type="llama",
+            hidden_size=64,
+            num_hidden_layers=2,
+            vocab_size=300,
+            intermediate_size=176,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=False,
+        ),
         LLAMA_1B,
-        dict(model_type="mistral", hidden_size=256, num_hidden_layers=3, vocab_size=1000, intermediate_size=688,
-             num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=False),
-        dict(model_type="qwen2", hidden_size=256, num_hidden_layers=3, vocab_size=1000, intermediate_size=688,
-             num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=True),
-        dict(model_type="llama", hidden_size=128, num_hidden_layers=2, vocab_size=500, intermediate_size=256,
-             num_attention_heads=4, num_key_value_heads=4, attention_bias=True, mlp_bias=True, tie_word_embeddings=False),
+        dict(
+            model_type="mistral",
+            hidden_size=256,
+            num_hidden_layers=3,
+            vocab_size=1000,
+            intermediate_size=688,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+            tie_word_embeddings=False,
+        ),
+        dict(
+            model_type="qwen2",
+            hidden_size=256,
+            num_hidden_layers=3,
+            vocab_size=1000,
+            intermediate_size=688,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+            tie_word_embeddings=True,
+        ),
+        dict(
+            model_type="llama",
+            hidden_size=128,
+            num_hidden_layers=2,
+            vocab_size=500,
+            intermediate_size=256,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            attention_bias=True,
+            mlp_bias=True,
+            tie_word_embeddings=False,
+        ),
     ],
     ids=["tiny-llama", "llama-1b", "mistral", "qwen2-biases", "llama-biases"],
 )
@@ -70,12 +135,22 @@ def test_trainable_parameters_equal_what_the_technique_trains(tiny_llama_dir, te
 
     from kubetune_trainer.modeling import load_for_training
 
-    own_section = {"lora": {"lora": {"rank": 4, "dropout": 0.0}}, "feature-extraction": {"featureExtraction": {"trainableLayers": 1}},
-                   "adapter": {"adapter": {"bottleneckSize": 8}}, "prompt-tuning": {"promptTuning": {"virtualTokens": 5}},
-                   "prefix-tuning": {"prefixTuning": {"virtualTokens": 5}}}.get(technique, {})
-    spec = Spec.model_validate({"technique": technique, "model": {"uri": tiny_llama_dir.as_uri()},
-                                "datasets": [{"uri": "file:///d.jsonl", "format": "text"}],
-                                "hyperparameters": {"precision": "fp32"}, **own_section}).resolved()
+    own_section = {
+        "lora": {"lora": {"rank": 4, "dropout": 0.0}},
+        "feature-extraction": {"featureExtraction": {"trainableLayers": 1}},
+        "adapter": {"adapter": {"bottleneckSize": 8}},
+        "prompt-tuning": {"promptTuning": {"virtualTokens": 5}},
+        "prefix-tuning": {"prefixTuning": {"virtualTokens": 5}},
+    }.get(technique, {})
+    spec = Spec.model_validate(
+        {
+            "technique": technique,
+            "model": {"uri": tiny_llama_dir.as_uri()},
+            "datasets": [{"uri": "file:///d.jsonl", "format": "text"}],
+            "hyperparameters": {"precision": "fp32"},
+            **own_section,
+        }
+    ).resolved()
     model = load_for_training(spec, tiny_llama_dir, "causal-lm").model
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     config = json.loads((tiny_llama_dir / "config.json").read_text())
@@ -92,12 +167,26 @@ def test_exact_parts_equal_the_tensors_of_a_training_step(tiny_llama_dir, techni
     from kubetune_trainer.modeling import load_for_training
     from kubetune_trainer.trainer_setup import prepare_trainer
 
-    extra = {"lora": {"rank": 4}} if technique == "lora" else {"featureExtraction": {"trainableLayers": 1}} if technique == "feature-extraction" else {}
-    spec = Spec.model_validate({"technique": technique, "model": {"uri": tiny_llama_dir.as_uri()},
-                                "datasets": [{"uri": "file:///d.jsonl", "format": "text"}],
-                                "hyperparameters": {"precision": "fp32"}, **extra}).resolved()
+    extra = (
+        {"lora": {"rank": 4}}
+        if technique == "lora"
+        else {"featureExtraction": {"trainableLayers": 1}}
+        if technique == "feature-extraction"
+        else {}
+    )
+    spec = Spec.model_validate(
+        {
+            "technique": technique,
+            "model": {"uri": tiny_llama_dir.as_uri()},
+            "datasets": [{"uri": "file:///d.jsonl", "format": "text"}],
+            "hyperparameters": {"precision": "fp32"},
+            **extra,
+        }
+    ).resolved()
     model = load_for_training(spec, tiny_llama_dir, "causal-lm").model
-    trainer = prepare_trainer(Trainer(model=model, args=TrainingArguments(output_dir="/tmp/unused", use_cpu=True, report_to="none")), spec)
+    trainer = prepare_trainer(
+        Trainer(model=model, args=TrainingArguments(output_dir="/tmp/unused", use_cpu=True, report_to="none")), spec
+    )
     trainer.create_optimizer()
     for p in model.parameters():
         if p.requires_grad:
@@ -133,7 +222,9 @@ MEASURED = [
 ]
 
 
-@pytest.mark.parametrize(("name", "config", "technique", "batch", "liger", "measured"), MEASURED, ids=[m[0] for m in MEASURED])
+@pytest.mark.parametrize(
+    ("name", "config", "technique", "batch", "liger", "measured"), MEASURED, ids=[m[0] for m in MEASURED]
+)
 def test_activation_model_within_15_percent_of_measured_peaks(name, config, technique, batch, liger, measured):
     extra = {"hyperparameters": {"batchSize": batch, "maxSeqLength": 2048, "ligerKernel": liger}}
     if technique in ("lora", "qlora"):
@@ -156,8 +247,12 @@ def test_auto_picks_ddp_fsdp_or_offload_from_the_numbers():
     assert "sharded over 4" in chosen.why
     huge = _spec("full", resources={"gpus": 8}, hyperparameters={"batchSize": 1, "maxSeqLength": 512})
     assert P.plan(huge, LLAMA_70B, gpu_memory=80 * GiB).chosen.fits is False  # offload not allowed by the spec
-    offload = _spec("full", resources={"gpus": 8}, hyperparameters={"batchSize": 1, "maxSeqLength": 512},
-                    distributed={"cpuOffload": True})
+    offload = _spec(
+        "full",
+        resources={"gpus": 8},
+        hyperparameters={"batchSize": 1, "maxSeqLength": 512},
+        distributed={"cpuOffload": True},
+    )
     assert P.plan(offload, LLAMA_70B, gpu_memory=80 * GiB).chosen.strategy == "fsdp+offload"
     # One process shards nothing: only ddp is planned.
     one_gpu = _spec("full", resources={"gpus": 1}, distributed={"strategy": "auto", "cpuOffload": True})
@@ -183,10 +278,21 @@ def test_kubetune_plan_command(tmp_path, capsys):
     config = tmp_path / "config.json"
     config.write_text(json.dumps(LLAMA_8B))
     job = tmp_path / "job.yaml"
-    job.write_text(json.dumps({"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "big"},
-                               "spec": {"technique": "full", "model": {"uri": "hf://meta-llama/Llama-3.1-8B"},
-                                        "datasets": [{"uri": "s3://data/x.jsonl", "format": "text"}],
-                                        "hyperparameters": {"batchSize": 1, "gradientCheckpointing": True}}}))
+    job.write_text(
+        json.dumps(
+            {
+                "apiVersion": "kubetune.dev/v1alpha1",
+                "kind": "FineTuneJob",
+                "metadata": {"name": "big"},
+                "spec": {
+                    "technique": "full",
+                    "model": {"uri": "hf://meta-llama/Llama-3.1-8B"},
+                    "datasets": [{"uri": "s3://data/x.jsonl", "format": "text"}],
+                    "hyperparameters": {"batchSize": 1, "gradientCheckpointing": True},
+                },
+            }
+        )
+    )
     assert main(["plan", str(job), "--config", str(config), "--gpus", "8", "--gpu-memory", "80Gi"]) == 0
     out = capsys.readouterr().out
     assert "8.03B parameters" in out and "* fsdp " in out and "fits" in out

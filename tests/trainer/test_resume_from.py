@@ -25,10 +25,14 @@ def data(tmp_path_factory) -> Path:
 
 
 def _job(write_job, model_dir, data, name, steps, **extra):
-    sections = {"hyperparameters": {"maxSteps": steps, **extra.pop("hyperparameters", {})},
-                "output": {"checkpointEverySteps": 4, "keepCheckpoints": 3}}
+    sections = {
+        "hyperparameters": {"maxSteps": steps, **extra.pop("hyperparameters", {})},
+        "output": {"checkpointEverySteps": 4, "keepCheckpoints": 3},
+    }
     sections.update(extra)
-    return write_job(model_dir, [{"name": "corpus", "uri": data.as_uri(), "format": "text"}], filename=f"{name}.yaml", **sections)
+    return write_job(
+        model_dir, [{"name": "corpus", "uri": data.as_uri(), "format": "text"}], filename=f"{name}.yaml", **sections
+    )
 
 
 def _records(out: Path) -> list[dict]:
@@ -64,8 +68,15 @@ def test_another_optimisation_takes_the_weights_alone(tiny_llama_dir, data, writ
     first = tmp_path / "first"
     assert main([str(_job(write_job, tiny_llama_dir, data, "first", 4)), "--output", first.as_uri() + "/"]) == 0
     # A learning rate too small to move a weight: the new run's final model is the checkpoint's weights.
-    still = _job(write_job, tiny_llama_dir, data, "still", 1, hyperparameters={"learningRate": 1e-12},
-                 resumeFrom=(first / "checkpoints" / "step-4").as_uri() + "/")
+    still = _job(
+        write_job,
+        tiny_llama_dir,
+        data,
+        "still",
+        1,
+        hyperparameters={"learningRate": 1e-12},
+        resumeFrom=(first / "checkpoints" / "step-4").as_uri() + "/",
+    )
     assert main([str(still), "--output", (tmp_path / "still").as_uri() + "/"]) == 0
     from safetensors.torch import load_file
 
@@ -78,7 +89,9 @@ def test_weights_that_do_not_fit_are_a_user_error(tiny_llama_dir, data, write_jo
     first = tmp_path / "first"
     lora = {"technique": "lora", "lora": {"rank": 4}}
     assert main([str(_job(write_job, tiny_llama_dir, data, "first", 4, **lora)), "--output", first.as_uri() + "/"]) == 0
-    other = _job(write_job, tiny_llama_dir, data, "other", 4, technique="lora", lora={"rank": 8}, resumeFrom=first.as_uri())
+    other = _job(
+        write_job, tiny_llama_dir, data, "other", 4, technique="lora", lora={"rank": 8}, resumeFrom=first.as_uri()
+    )
     assert main([str(other), "--output", (tmp_path / "other").as_uri() + "/"]) == ExitCode.USER_ERROR
     assert "spec.resumeFrom: the checkpoint was trained with a different lora.rank" in capsys.readouterr().err
 

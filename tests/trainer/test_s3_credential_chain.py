@@ -25,9 +25,17 @@ def authorization(role: str, monkeypatch, tmp_path, **env: str) -> str | None:
     """The Authorization header of a HEAD request for `role`, with exactly `env` as the credential environment."""
     from botocore.awsrequest import AWSResponse
 
-    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", AMBIENT_ROLES_ENV,
-                "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-                "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN"):
+    for key in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        AMBIENT_ROLES_ENV,
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_ROLE_ARN",
+    ):
         monkeypatch.delenv(key, raising=False)
     # A credentials file, as a node or an image might carry one; and no instance metadata service within reach.
     credentials = tmp_path / "credentials"
@@ -52,28 +60,41 @@ def authorization(role: str, monkeypatch, tmp_path, **env: str) -> str | None:
 
 
 def test_a_local_run_uses_the_environments_credentials(monkeypatch, tmp_path):
-    assert "Credential=MACHINEKEY/" in authorization("output", monkeypatch, tmp_path, AWS_ACCESS_KEY_ID="MACHINEKEY",
-                                                     AWS_SECRET_ACCESS_KEY="s")
+    assert "Credential=MACHINEKEY/" in authorization(
+        "output", monkeypatch, tmp_path, AWS_ACCESS_KEY_ID="MACHINEKEY", AWS_SECRET_ACCESS_KEY="s"
+    )
     assert "Credential=FILEKEY/" in authorization("output", monkeypatch, tmp_path)
 
 
 def test_in_a_pod_a_role_without_credentials_is_never_signed_with_the_environments(monkeypatch, tmp_path):
     # Plain variables and a credentials file are there; the role has no Secret and did not ask for ambient ones.
-    assert authorization("output", monkeypatch, tmp_path, **{AMBIENT_ROLES_ENV: "", "AWS_ACCESS_KEY_ID": "NODEKEY",
-                                                             "AWS_SECRET_ACCESS_KEY": "s"}) is None
+    assert (
+        authorization(
+            "output",
+            monkeypatch,
+            tmp_path,
+            **{AMBIENT_ROLES_ENV: "", "AWS_ACCESS_KEY_ID": "NODEKEY", "AWS_SECRET_ACCESS_KEY": "s"},
+        )
+        is None
+    )
     assert authorization("dataset-0", monkeypatch, tmp_path, **{AMBIENT_ROLES_ENV: "model"}) is None
 
 
 def test_in_a_pod_the_roles_own_secret_signs(monkeypatch, tmp_path):
     own = {env_name("output", "AWS_ACCESS_KEY_ID"): "SECRETKEY", env_name("output", "AWS_SECRET_ACCESS_KEY"): "s"}
-    assert "Credential=SECRETKEY/" in authorization("output", monkeypatch, tmp_path,
-                                                    **{AMBIENT_ROLES_ENV: "", "AWS_ACCESS_KEY_ID": "NODEKEY"}, **own)
+    assert "Credential=SECRETKEY/" in authorization(
+        "output", monkeypatch, tmp_path, **{AMBIENT_ROLES_ENV: "", "AWS_ACCESS_KEY_ID": "NODEKEY"}, **own
+    )
 
 
 def test_in_a_pod_a_role_listed_as_ambient_uses_the_pods_identity(monkeypatch, tmp_path):
     # The default chain: here the variables an identity webhook or the image provide.
-    assert "Credential=PODKEY/" in authorization("output", monkeypatch, tmp_path, **{
-        AMBIENT_ROLES_ENV: "model,output", "AWS_ACCESS_KEY_ID": "PODKEY", "AWS_SECRET_ACCESS_KEY": "s"})
+    assert "Credential=PODKEY/" in authorization(
+        "output",
+        monkeypatch,
+        tmp_path,
+        **{AMBIENT_ROLES_ENV: "model,output", "AWS_ACCESS_KEY_ID": "PODKEY", "AWS_SECRET_ACCESS_KEY": "s"},
+    )
 
 
 def test_an_anonymous_refusal_says_why_there_were_no_credentials(monkeypatch):

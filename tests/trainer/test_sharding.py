@@ -39,8 +39,18 @@ def _port() -> int:
 def _torchrun(job: Path, out: Path, processes: int, **env) -> subprocess.Popen:
     command = [sys.executable, "-m", "kubetune_trainer", str(job), "--output", out.as_uri() + "/"]
     if processes > 1:
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes), "--master-addr",
-                   "127.0.0.1", "--master-port", str(_port()), *command[1:]]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            str(processes),
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(_port()),
+            *command[1:],
+        ]
     return subprocess.Popen(command, env=_env(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -58,8 +68,13 @@ def _job(write_job, model_dir, data, name: str, technique: str = "full", accumul
         [{"name": "corpus", "uri": data.as_uri(), "format": "text"}],
         filename=f"{name}.yaml",
         technique=technique,
-        hyperparameters={"maxSteps": STEPS, "batchSize": PER_DEVICE, "gradientAccumulationSteps": accumulation,
-                         "packing": False, "learningRate": 3e-3},
+        hyperparameters={
+            "maxSteps": STEPS,
+            "batchSize": PER_DEVICE,
+            "gradientAccumulationSteps": accumulation,
+            "packing": False,
+            "learningRate": 3e-3,
+        },
         output={"checkpointEverySteps": 4, "keepCheckpoints": 2},
         distributed={"strategy": strategy},
         **sections,
@@ -91,7 +106,9 @@ def data(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize(("technique", "processes"), [("full", 2), ("lora", 2), ("full", 4)])
-def test_fsdp_matches_one_process_of_the_same_global_batch(technique, processes, tiny_llama_dir, data, write_job, tmp_path):
+def test_fsdp_matches_one_process_of_the_same_global_batch(
+    technique, processes, tiny_llama_dir, data, write_job, tmp_path
+):
     sharded_job = _job(write_job, tiny_llama_dir, data, "sharded", technique)
     single_job = _job(write_job, tiny_llama_dir, data, "single", technique, accumulation=processes, strategy="ddp")
     log = _run(sharded_job, tmp_path / "sharded", processes)
@@ -101,7 +118,10 @@ def test_fsdp_matches_one_process_of_the_same_global_batch(technique, processes,
     assert len(sharded) == len(single) == STEPS
     assert max(abs(a - b) for a, b in zip(sharded, single)) <= LOSS_TOLERANCE, (sharded, single)
     assert sharded[-1] < sharded[0]
-    assert _close(_final(tmp_path / "sharded", technique == "lora"), _final(tmp_path / "single", technique == "lora")) <= WEIGHT_TOLERANCE
+    assert (
+        _close(_final(tmp_path / "sharded", technique == "lora"), _final(tmp_path / "single", technique == "lora"))
+        <= WEIGHT_TOLERANCE
+    )
 
     # Each rank holds about 1/N of the base's parameters (the layers split evenly; small tensors round up).
     held = {int(r): (int(h), int(t)) for r, h, t in re.findall(r"rank (\d+) holds (\d+) of the (\d+) parameters", log)}
@@ -113,7 +133,11 @@ def test_fsdp_matches_one_process_of_the_same_global_batch(technique, processes,
     # Sharded checkpoints: every rank's shard, the metadata, and the marker listing every file.
     step = tmp_path / "sharded" / "checkpoints" / "step-8"
     names = {p.relative_to(step).as_posix() for p in step.rglob("*") if p.is_file()}
-    assert {f"dcp/__{r}_0.distcp" for r in range(processes)} | {"dcp/.metadata", "_COMPLETE", "trainer_state.json"} <= names
+    assert {f"dcp/__{r}_0.distcp" for r in range(processes)} | {
+        "dcp/.metadata",
+        "_COMPLETE",
+        "trainer_state.json",
+    } <= names
     marker = json.loads((step / "_COMPLETE").read_text())
     assert set(marker["files"]) == names - {"_COMPLETE"}
 
@@ -142,7 +166,9 @@ def test_killed_run_resumes_on_another_number_of_processes(first, then, tiny_lla
     try:
         deadline = time.time() + 300
         while not (out / "checkpoints" / "step-4" / "_COMPLETE").exists():
-            assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:] if proc.poll() is not None else "timeout"
+            assert proc.poll() is None and time.time() < deadline, (
+                proc.stdout.read()[-3000:] if proc.poll() is not None else "timeout"
+            )
             time.sleep(0.2)
     finally:
         proc.kill()  # torchrun, then its workers (they run `... kubetune_trainer <job>`)

@@ -28,14 +28,19 @@ def test_model_prefix_without_pickles_and_reused_once_complete(s3_bucket, tmp_pa
     got = fetch_model(f"s3://{s3_bucket}/models/m", dest, role="model", spec=None)
     assert got == dest
     assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()) == [
-        COMPLETE_MARKER, "config.json", "model.safetensors", "sub/tokenizer.json"
+        COMPLETE_MARKER,
+        "config.json",
+        "model.safetensors",
+        "sub/tokenizer.json",
     ]
     # Complete: a second fetch (another local rank) uses the copy, even once the store changed.
     _put(s3_bucket, "models/m/config.json", b'{"changed": true}')
     fetch_model(f"s3://{s3_bucket}/models/m/", dest, role="model", spec=None)
     assert (dest / "config.json").read_text() == "{}"
 
-    with_pickles = fetch_model(f"s3://{s3_bucket}/models/m/", tmp_path / "m2", role="model", spec=None, allow_pickle=True)
+    with_pickles = fetch_model(
+        f"s3://{s3_bucket}/models/m/", tmp_path / "m2", role="model", spec=None, allow_pickle=True
+    )
     assert (with_pickles / "pytorch_model.bin").is_file()
 
 
@@ -55,8 +60,13 @@ def test_data_file_and_prefix(s3_bucket, tmp_path):
     every = fetch_data_files(f"s3://{s3_bucket}/data/", tmp_path / "all", role="dataset-0", spec=None, what="d")
     assert sorted(p.relative_to(tmp_path / "all").as_posix() for p in every) == ["a.jsonl", "part/b.csv"]
     with pytest.raises(UserError, match="spec.datasets\\[0\\].uri: .* does not exist"):
-        fetch_data_files(f"s3://{s3_bucket}/data/missing.jsonl", tmp_path / "x", role="dataset-0", spec=None,
-                         what="spec.datasets[0].uri")
+        fetch_data_files(
+            f"s3://{s3_bucket}/data/missing.jsonl",
+            tmp_path / "x",
+            role="dataset-0",
+            spec=None,
+            what="spec.datasets[0].uri",
+        )
     with pytest.raises(UserError, match="holds no .jsonl"):
         fetch_data_files(f"s3://{s3_bucket}/nothing/", tmp_path / "y", role="dataset-0", spec=None, what="d")
 

@@ -24,11 +24,14 @@ def job(**spec_changes) -> dict:
     return {"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "mistake"}, "spec": spec}
 
 
-@pytest.mark.parametrize("changes, field", [
-    ({"evaluation": {"earlyStopping": {"metric": "eval_accuracy"}}}, "evaluation.earlyStopping.metric"),
-    ({"evaluation": {"earlyStopping": {"metric": "eval_chat_loss"}}}, "evaluation.earlyStopping.metric"),
-    ({"hyperparameters": {"seed": 2**32}}, "hyperparameters.seed"),
-])
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"evaluation": {"earlyStopping": {"metric": "eval_accuracy"}}}, "evaluation.earlyStopping.metric"),
+        ({"evaluation": {"earlyStopping": {"metric": "eval_chat_loss"}}}, "evaluation.earlyStopping.metric"),
+        ({"hyperparameters": {"seed": 2**32}}, "hyperparameters.seed"),
+    ],
+)
 def test_spec_mistakes_exit_10_before_anything_runs(changes, field, tmp_path):
     manifest = tmp_path / "job.yaml"
     manifest.write_text(yaml.safe_dump(job(**changes)))

@@ -205,15 +205,27 @@ def test_torch_compile_through_the_trainer_gives_the_eager_loss(tiny_llama_dir, 
         model = load_for_training(spec, tiny_llama_dir, "causal-lm", packed=True).model
         install_block_diagonal_attention(model)
         args = TrainingArguments(
-            output_dir=str(tmp_path / name), max_steps=2, per_device_train_batch_size=len(packed), learning_rate=1e-3,
-            lr_scheduler_type="constant", logging_steps=1, report_to="none", save_strategy="no", seed=0,
-            remove_unused_columns=False, dataloader_pin_memory=False, disable_tqdm=True, **extra,
+            output_dir=str(tmp_path / name),
+            max_steps=2,
+            per_device_train_batch_size=len(packed),
+            learning_rate=1e-3,
+            lr_scheduler_type="constant",
+            logging_steps=1,
+            report_to="none",
+            save_strategy="no",
+            seed=0,
+            remove_unused_columns=False,
+            dataloader_pin_memory=False,
+            disable_tqdm=True,
+            **extra,
         )
         trainer = Trainer(model=model, args=args, train_dataset=packed, data_collator=PaddingCollator(tok.pad_token_id))
         trainer.train()
         losses[name] = [row["loss"] for row in trainer.state.log_history if "loss" in row]
         if name == "compiled":
-            assert "_orig_mod" in dict(trainer.model_wrapped.named_children()) or hasattr(trainer.model_wrapped, "_orig_mod")
+            assert "_orig_mod" in dict(trainer.model_wrapped.named_children()) or hasattr(
+                trainer.model_wrapped, "_orig_mod"
+            )
     assert len(losses["eager"]) == 2
     assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-4, abs=1e-5)
 
@@ -221,11 +233,11 @@ def test_torch_compile_through_the_trainer_gives_the_eager_loss(tiny_llama_dir, 
 def test_gradient_checkpointing_reaches_the_trainer_and_changes_no_loss(tiny_llama_dir, tmp_path):
     """gradientCheckpointing trades compute for memory: the Trainer turns it on (transformers 5's
     `activation_checkpointing`, non-reentrant so frozen embeddings work), and the losses stay the same."""
+    from tests.trainer.objectives.recipes import HYPERPARAMETERS, recipe_context, write_jsonl
     from transformers import TrainerCallback
 
     from kubetune_trainer.args import training_args
     from kubetune_trainer.objectives import causal_lm
-    from tests.trainer.objectives.recipes import HYPERPARAMETERS, recipe_context, write_jsonl
 
     class Seen(TrainerCallback):
         def __init__(self):
@@ -243,9 +255,18 @@ def test_gradient_checkpointing_reaches_the_trainer_and_changes_no_loss(tiny_lla
     for flag in (False, True):
         seen[flag] = Seen()
         hyperparameters = HYPERPARAMETERS | {"maxSteps": 3, "learningRate": 1e-3, "gradientCheckpointing": flag}
-        ctx = recipe_context(tmp_path, tiny_llama_dir, objective="causal-lm", technique="full", steps=3, lr=1e-3,
-                             datasets=[{"uri": data, "format": "text"}], callbacks=[seen[flag]],
-                             spec_extra={"hyperparameters": hyperparameters}, out_name=f"gc-{flag}")
+        ctx = recipe_context(
+            tmp_path,
+            tiny_llama_dir,
+            objective="causal-lm",
+            technique="full",
+            steps=3,
+            lr=1e-3,
+            datasets=[{"uri": data, "format": "text"}],
+            callbacks=[seen[flag]],
+            spec_extra={"hyperparameters": hyperparameters},
+            out_name=f"gc-{flag}",
+        )
         args = training_args(ctx)
         assert args.activation_checkpointing is flag
         assert args.activation_checkpointing_kwargs == ({"use_reentrant": False} if flag else None)

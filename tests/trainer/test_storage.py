@@ -77,7 +77,13 @@ def test_hf_model_source_offline_is_an_infra_error(tmp_path, monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(InfraError, match="cannot be reached"):
-        fetch_model_snapshot(parse_uri("hf://someorg/somemodel@main"), tmp_path / "m", role="model", allow_pickle=False, trust_remote_code=False)
+        fetch_model_snapshot(
+            parse_uri("hf://someorg/somemodel@main"),
+            tmp_path / "m",
+            role="model",
+            allow_pickle=False,
+            trust_remote_code=False,
+        )
 
 
 def test_hf_error_mapping():

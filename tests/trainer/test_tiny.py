@@ -51,8 +51,12 @@ def test_tokenizer_round_trips_any_ascii_text():
     from kubetune_trainer.tiny import build_tokenizer
 
     tokenizer = build_tokenizer()
-    for text in ("Once upon a time, Alice saw 3 cats!", 'x = {"a": [1, 2]}  # ok?', "UPPER lower ~`|\\ 0123456789",
-                 "two\nlines\tand a tab"):
+    for text in (
+        "Once upon a time, Alice saw 3 cats!",
+        'x = {"a": [1, 2]}  # ok?',
+        "UPPER lower ~`|\\ 0123456789",
+        "two\nlines\tand a tab",
+    ):
         ids = tokenizer(text)["input_ids"]
         assert tokenizer.unk_token_id not in ids, text
         assert tokenizer.decode(ids, skip_special_tokens=True) == text

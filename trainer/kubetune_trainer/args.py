@@ -11,7 +11,6 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from kubetune.api.constants import LRScheduler, Optimizer
-
 from kubetune_trainer import precision, sharding
 from kubetune_trainer.errors import UserError
 from kubetune_trainer.speed import compile_args, fused_adamw, on_gpu
@@ -52,7 +51,9 @@ def eval_metric_names(ctx: RunContext, formats=None) -> list[str]:
     return ["eval_loss"]
 
 
-def training_args(ctx: RunContext, cls: type | None = None, *, formats=None, has_eval: bool | None = None, **overrides: Any):
+def training_args(
+    ctx: RunContext, cls: type | None = None, *, formats=None, has_eval: bool | None = None, **overrides: Any
+):
     """Arguments for a Trainer of class `cls` (TrainingArguments, SFTConfig, DPOConfig, ...).
 
     `formats`: the dataset formats this trainer reads (for rlhf stages), to know its eval sets.
@@ -135,8 +136,9 @@ def training_args(ctx: RunContext, cls: type | None = None, *, formats=None, has
         # transformers loads the best checkpoint at the end only when saving lines up with evaluating.
         every = spec.evaluation.every_steps
         # (Not for a sharded model: its checkpoints are kubetune's own, which the Trainer cannot load as "best".)
-        kwargs["load_best_model_at_end"] = bool(every) and spec.output.checkpoint_every_steps % every == 0 and not ctx.strategy.sharded
+        kwargs["load_best_model_at_end"] = (
+            bool(every) and spec.output.checkpoint_every_steps % every == 0 and not ctx.strategy.sharded
+        )
 
     kwargs.update(overrides)
     return cls(**kwargs)
-

@@ -81,7 +81,6 @@ from pathlib import Path, PurePosixPath
 from kubetune.api.constants import ExitCode
 from kubetune.api.credentials import ROLE_MODEL, env_name
 from kubetune.api.uris import ParsedUri, UriError, check_output_uri, join_uri, parse_uri
-
 from kubetune_trainer.errors import InfraError, TrainerError, UserError
 from kubetune_trainer.layout import COMPLETE_MARKER
 
@@ -109,8 +108,15 @@ _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 # --------------------------------------------------------------------------- the key
 
 
-def entry_uri(cache_root: str, model_uri: str, revision_commit: str, namespace: str | None = None,
-              private: bool = False, *, allow_pickle: bool = False) -> str:
+def entry_uri(
+    cache_root: str,
+    model_uri: str,
+    revision_commit: str,
+    namespace: str | None = None,
+    private: bool = False,
+    *,
+    allow_pickle: bool = False,
+) -> str:
     """The entry (a prefix ending in "/") of `model_uri` (a model or an hf://datasets URI) at `revision_commit`: the
     40-hex commit an hf:// revision resolves to, or for an s3:// source a hex digest of its listing (keys, sizes,
     ETags) that changes when the source does (this module populates hf:// sources only).
@@ -293,8 +299,10 @@ def _open_entry(entry: str, dest: Path, what: str) -> tuple[object, dict]:
         shutil.rmtree(dest)  # another entry's copy, or the source's: nothing there was checked against this entry
     marker = read_marker(storage, entry)
     if marker is None:
-        raise InfraError(f"{what}: the model cache entry {entry} is not complete (no {MARKER}): it is being "
-                         "repopulated or was evicted; the job is retried")
+        raise InfraError(
+            f"{what}: the model cache entry {entry} is not complete (no {MARKER}): it is being "
+            "repopulated or was evicted; the job is retried"
+        )
     dest.mkdir(parents=True, exist_ok=True)
     tmp = dest / f"{LOCAL_RECORD}.part"
     tmp.write_text(json.dumps({"entry": entry, "marker": marker}), encoding="utf-8")
@@ -329,22 +337,31 @@ def _place(storage, entry: str, name: str, meta: dict, dest: Path, verify: str) 
     return target
 
 
-def read_entry(entry: str, dest: Path, *, what: str, allow_pickle: bool = False,
-               trust_remote_code: bool = False) -> Path:
+def read_entry(
+    entry: str, dest: Path, *, what: str, allow_pickle: bool = False, trust_remote_code: bool = False
+) -> Path:
     """A local folder with the entry's files (those a job with these options may load) at `dest`; InfraError when
     the entry is not complete or a file is not what its marker says. Never contacts the source."""
     dest = Path(dest)
     storage, marker = _open_entry(entry, dest, what)
     kind = marker.get("kind", "model")
     verify = _verify_mode()
-    names = [n for n in sorted(marker["files"])
-             if _selected(n, kind=kind, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)]
+    names = [
+        n
+        for n in sorted(marker["files"])
+        if _selected(n, kind=kind, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    ]
     for name in names:  # repository paths, relative: nothing lands outside `dest`
         if PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts:
             raise InfraError(f"model cache entry {entry}: its marker names {name!r}, not a repository path")
     _each(lambda n: _place(storage, entry, n, marker["files"][n], dest, verify), names, workers=8)
-    log.info("%s: read %d files (%d bytes) from the model cache entry %s", what, len(names),
-             sum(int(marker["files"][n].get("size", 0)) for n in names), entry)
+    log.info(
+        "%s: read %d files (%d bytes) from the model cache entry %s",
+        what,
+        len(names),
+        sum(int(marker["files"][n].get("size", 0)) for n in names),
+        entry,
+    )
     return dest
 
 
@@ -373,12 +390,15 @@ def check_source(entry: str, marker: dict, uri: str, what: str) -> None:
     else:
         same = marker.get("source", "").rstrip("/") == uri.rstrip("/")
     if not same:
-        raise InfraError(f"{what}: the model cache entry {entry} holds {marker.get('source')}, not {uri}: "
-                         "the platform's cache gave this job the wrong entry")
+        raise InfraError(
+            f"{what}: the model cache entry {entry} holds {marker.get('source')}, not {uri}: "
+            "the platform's cache gave this job the wrong entry"
+        )
 
 
-def fetch_cached(entry: str, uri: str, dest: Path, *, what: str, allow_pickle: bool = False,
-                 trust_remote_code: bool = False) -> Path:
+def fetch_cached(
+    entry: str, uri: str, dest: Path, *, what: str, allow_pickle: bool = False, trust_remote_code: bool = False
+) -> Path:
     """`read_entry` of the entry the platform set for a source, after checking it is that source's."""
     dest = Path(dest)
     _, marker = _open_entry(entry, dest, what)
@@ -398,8 +418,9 @@ class Populated:
     bytes: int
 
     def to_json(self) -> str:
-        return json.dumps({"entry": self.entry, "commit": self.commit, "hit": self.hit, "files": self.files,
-                           "bytes": self.bytes})
+        return json.dumps(
+            {"entry": self.entry, "commit": self.commit, "hit": self.hit, "files": self.files, "bytes": self.bytes}
+        )
 
 
 def _label(parsed: ParsedUri) -> str:
@@ -433,16 +454,28 @@ def resolve_commit(uri: str, *, token: str | bool | None) -> str:
 
     parsed = parse_uri(uri)
     try:
-        info = HfApi(token=token).repo_info(parsed.location, repo_type="dataset" if parsed.is_dataset_repo else "model",
-                                            revision=parsed.revision, token=token)
+        info = HfApi(token=token).repo_info(
+            parsed.location,
+            repo_type="dataset" if parsed.is_dataset_repo else "model",
+            revision=parsed.revision,
+            token=token,
+        )
     except Exception as err:  # noqa: BLE001 - translated
         raise _hub_error(err, _label(parsed)) from None
     return info.sha
 
 
-def populate(uri: str, cache_root: str, *, namespace: str | None = None, private: bool = False,
-             allow_pickle: bool = False, role: str = ROLE_MODEL, work_dir: Path | None = None,
-             workers: int = 8) -> Populated:
+def populate(
+    uri: str,
+    cache_root: str,
+    *,
+    namespace: str | None = None,
+    private: bool = False,
+    allow_pickle: bool = False,
+    role: str = ROLE_MODEL,
+    work_dir: Path | None = None,
+    workers: int = 8,
+) -> Populated:
     """Fill the entry of `uri` (hf:// model or dataset) at the commit its revision names now; see the module's
     docstring. Returns what the entry is and whether it was already complete."""
     from huggingface_hub import HfApi, hf_hub_download
@@ -476,8 +509,13 @@ def populate(uri: str, cache_root: str, *, namespace: str | None = None, private
     storage.delete_prefix(entry)
     api = HfApi(token=token)
     try:
-        tree = {f.path: f for f in api.list_repo_tree(parsed.location, repo_type=repo_type, revision=commit,
-                                                      recursive=True, token=token) if isinstance(f, RepoFile)}
+        tree = {
+            f.path: f
+            for f in api.list_repo_tree(
+                parsed.location, repo_type=repo_type, revision=commit, recursive=True, token=token
+            )
+            if isinstance(f, RepoFile)
+        }
     except Exception as err:  # noqa: BLE001 - translated
         raise _hub_error(err, what) from None
     allow, ignore = hub_patterns(kind, allow_pickle)
@@ -488,25 +526,33 @@ def populate(uri: str, cache_root: str, *, namespace: str | None = None, private
     if not names:
         raise UserError(f"{what}: the repository holds no files")
 
-    staging = Path(work_dir or tempfile.gettempdir()) / "kubetune-cache" / hashlib.sha256(entry.encode()).hexdigest()[:16]
+    staging = (
+        Path(work_dir or tempfile.gettempdir()) / "kubetune-cache" / hashlib.sha256(entry.encode()).hexdigest()[:16]
+    )
     staging.mkdir(parents=True, exist_ok=True)
 
     def one(name: str) -> tuple[str, dict]:
         expected = tree[name]
         size = expected.lfs.size if expected.lfs is not None else expected.size
         try:
-            local = Path(hf_hub_download(parsed.location, name, repo_type=repo_type, revision=commit, token=token,
-                                         local_dir=str(staging)))
+            local = Path(
+                hf_hub_download(
+                    parsed.location, name, repo_type=repo_type, revision=commit, token=token, local_dir=str(staging)
+                )
+            )
         except Exception as err:  # noqa: BLE001 - translated
             raise _hub_error(err, f"{what}: {name}") from None
         actual_size = local.stat().st_size
         sha256, blob = file_digests(local)
-        wrong = (actual_size != size) or (sha256 != expected.lfs.sha256 if expected.lfs is not None
-                                          else blob != expected.blob_id)
+        wrong = (actual_size != size) or (
+            sha256 != expected.lfs.sha256 if expected.lfs is not None else blob != expected.blob_id
+        )
         if wrong:
             local.unlink(missing_ok=True)
-            raise InfraError(f"{what}: {name} arrived different from the Hub's record of it (size or hash); "
-                             "the population is retried")
+            raise InfraError(
+                f"{what}: {name} arrived different from the Hub's record of it (size or hash); "
+                "the population is retried"
+            )
         storage.upload_file(local, join_uri(entry, name))
         local.unlink()  # a few files at a time on local disk: a population's scratch need not hold the whole model
         return name, {"size": actual_size, "sha256": sha256}
@@ -517,16 +563,27 @@ def populate(uri: str, cache_root: str, *, namespace: str | None = None, private
     stored = set(storage.list(entry))
     missing = [n for n in names if join_uri(entry, n) not in stored]
     if missing:
-        raise InfraError(f"{what}: {len(missing)} file(s) vanished from the cache entry {entry} while it was "
-                         f"populated ({', '.join(missing[:3])}); the population is retried")
+        raise InfraError(
+            f"{what}: {len(missing)} file(s) vanished from the cache entry {entry} while it was "
+            f"populated ({', '.join(missing[:3])}); the population is retried"
+        )
     total = sum(f["size"] for f in files.values())
-    marker = {"format": MARKER_FORMAT, "source": uri, "kind": kind, "repo": parsed.location, "commit": commit,
-              "allowPickle": allow_pickle, "bytes": total, "files": files,
-              "populatedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    marker = {
+        "format": MARKER_FORMAT,
+        "source": uri,
+        "kind": kind,
+        "repo": parsed.location,
+        "commit": commit,
+        "allowPickle": allow_pickle,
+        "bytes": total,
+        "files": files,
+        "populatedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     storage.write_text(marker_uri(entry), json.dumps(marker, indent=1, sort_keys=True))  # last: the entry is complete
     shutil.rmtree(staging, ignore_errors=True)
-    log.info("%s: cached %d files (%d bytes) in %s in %.1f s", what, len(files), total, entry,
-             time.monotonic() - started)
+    log.info(
+        "%s: cached %d files (%d bytes) in %s in %.1f s", what, len(files), total, entry, time.monotonic() - started
+    )
     return Populated(entry, commit, False, len(files), total)
 
 
@@ -534,8 +591,10 @@ def populate(uri: str, cache_root: str, *, namespace: str | None = None, private
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m kubetune_trainer.cache",
-                                     description="The shared model cache: populate an entry (a population Job's pod).")
+    parser = argparse.ArgumentParser(
+        prog="python -m kubetune_trainer.cache",
+        description="The shared model cache: populate an entry (a population Job's pod).",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     pop = sub.add_parser("populate", help="fill the entry of a model or dataset at its current revision")
     source = pop.add_mutually_exclusive_group(required=True)
@@ -543,7 +602,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--dataset", metavar="URI", help="hf://datasets/org/name[@revision]")
     pop.add_argument("--cache-root", metavar="URI", required=True, help="s3://bucket/prefix/ or file:///path/")
     pop.add_argument("--namespace", help="the job's namespace (with --private)")
-    pop.add_argument("--private", action="store_true", help="fetched with a tenant's credentials: a per-namespace entry")
+    pop.add_argument(
+        "--private", action="store_true", help="fetched with a tenant's credentials: a per-namespace entry"
+    )
     pop.add_argument("--allow-pickle", action="store_true", help="also pickled weights (spec.model.allowPickle)")
     pop.add_argument("--role", default=ROLE_MODEL, help="whose credentials to read the source with (default: model)")
     pop.add_argument("--termination-log", metavar="PATH", default=None)
@@ -561,9 +622,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.dataset and not parse_uri(args.dataset).is_dataset_repo:
             raise UserError(f"--dataset: {args.dataset} is not an hf://datasets/... URI")
-        result = populate(uri, args.cache_root, namespace=args.namespace, private=args.private,
-                          allow_pickle=args.allow_pickle, role=args.role,
-                          work_dir=Path(os.environ["KUBETUNE_WORK_DIR"]) if os.environ.get("KUBETUNE_WORK_DIR") else None)
+        result = populate(
+            uri,
+            args.cache_root,
+            namespace=args.namespace,
+            private=args.private,
+            allow_pickle=args.allow_pickle,
+            role=args.role,
+            work_dir=Path(os.environ["KUBETUNE_WORK_DIR"]) if os.environ.get("KUBETUNE_WORK_DIR") else None,
+        )
     except UriError as err:
         return _fail(termination_log, ExitCode.USER_ERROR, f"UserError: {err}")
     except UserError as err:

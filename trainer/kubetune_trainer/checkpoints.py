@@ -99,7 +99,9 @@ def download_checkpoint(storage: Storage, checkpoint: RemoteCheckpoint, local_di
     for name, size in (checkpoint.marker or {}).get("files", {}).items():
         path = local_dir / name
         if not path.is_file() or path.stat().st_size != size:
-            raise InfraError(f"checkpoint {checkpoint.uri}: {name} is missing or has the wrong size; the store changed under us")
+            raise InfraError(
+                f"checkpoint {checkpoint.uri}: {name} is missing or has the wrong size; the store changed under us"
+            )
     done.touch()
     return local_dir
 
@@ -107,7 +109,9 @@ def download_checkpoint(storage: Storage, checkpoint: RemoteCheckpoint, local_di
 class CheckpointManager:
     """Uploads checkpoints on one background thread (in order), then marks, prunes and reports."""
 
-    def __init__(self, storage: Storage, layout: OutputLayout, keep: int, reporter: Reporter, *, delete_local: bool = True):
+    def __init__(
+        self, storage: Storage, layout: OutputLayout, keep: int, reporter: Reporter, *, delete_local: bool = True
+    ):
         self.storage = storage
         self.layout = layout
         self.keep = keep
@@ -117,8 +121,14 @@ class CheckpointManager:
         self._futures: list[Future] = []
         self.last_complete_step: int | None = None
 
-    def submit(self, local_dir: Path, step: int, eval_loss: float | None = None, stage: str | None = None,
-               other_files: dict[str, int] | None = None) -> Future:
+    def submit(
+        self,
+        local_dir: Path,
+        step: int,
+        eval_loss: float | None = None,
+        stage: str | None = None,
+        other_files: dict[str, int] | None = None,
+    ) -> Future:
         """Upload `local_dir` as checkpoint `step`; `other_files` ({name: size}) are already in the store (other
         nodes uploaded them) and go into the marker's file list too."""
         future = self._pool.submit(self._upload, Path(local_dir), step, eval_loss, stage, dict(other_files or {}))
@@ -129,8 +139,14 @@ class CheckpointManager:
         """Remove the leftovers of a cut-off upload of the same step (before any node uploads into it)."""
         self.storage.delete_prefix(self.layout.checkpoint_uri(step))
 
-    def _upload(self, local_dir: Path, step: int, eval_loss: float | None, stage: str | None = None,
-                other_files: dict[str, int] | None = None) -> None:
+    def _upload(
+        self,
+        local_dir: Path,
+        step: int,
+        eval_loss: float | None,
+        stage: str | None = None,
+        other_files: dict[str, int] | None = None,
+    ) -> None:
         started = time.monotonic()
         uri = self.layout.checkpoint_uri(step)
         files = local_files(local_dir)
@@ -240,8 +256,15 @@ class NodeFiles:
 class CheckpointCallback(TrainerCallback):
     """Hands each saved checkpoint-N to the manager (rank 0) and turns SIGTERM into save-and-stop."""
 
-    def __init__(self, manager: CheckpointManager | None, *, is_main: bool, node_files: NodeFiles | None = None,
-                 preemption: Preemption = PREEMPTION, save_every: int | None = None):
+    def __init__(
+        self,
+        manager: CheckpointManager | None,
+        *,
+        is_main: bool,
+        node_files: NodeFiles | None = None,
+        preemption: Preemption = PREEMPTION,
+        save_every: int | None = None,
+    ):
         self.manager = manager
         self.is_main = is_main
         self.node_files = node_files  # set on the first rank of every node but the first
@@ -290,6 +313,7 @@ class CheckpointCallback(TrainerCallback):
             log.warning("expected %s after a save; nothing uploaded", local)
             return
         eval_loss = next(
-            (e.get("eval_loss") for e in reversed(state.log_history) if e.get("step") == step and "eval_loss" in e), None
+            (e.get("eval_loss") for e in reversed(state.log_history) if e.get("step") == step and "eval_loss" in e),
+            None,
         )
         self.manager.submit(local, step, eval_loss, self.stage, others)

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 from kubetune.api.constants import DatasetFormat
 from kubetune.api.v1alpha1 import Spec
-
 from kubetune_trainer.layout import OutputLayout
 from kubetune_trainer.sharding import Strategy
 

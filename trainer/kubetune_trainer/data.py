@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 from kubetune.api.constants import FORMAT_FIELDS, DatasetFormat
 from kubetune.api.credentials import dataset_role, eval_dataset_role
 from kubetune.api.uris import parse_uri
-
 from kubetune_trainer.context import TaskData
 from kubetune_trainer.errors import InfraError, UserError
 from kubetune_trainer.reporting import quoted
@@ -145,8 +144,9 @@ def _not_utf8(label: str, lineno: int, err: UnicodeDecodeError) -> UserError:
     # Bytes, not characters: the column is where the first byte that is not UTF-8 sits in its line.
     byte = err.object[err.start : err.start + 1].hex()
     hint = " (UTF-16?)" if err.object[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in err.object[:200] else ""
-    return UserError(f"{label}: line {lineno}, column {err.start + 1}: not UTF-8 text (byte 0x{byte}){hint}; "
-                     "save the file as UTF-8")
+    return UserError(
+        f"{label}: line {lineno}, column {err.start + 1}: not UTF-8 text (byte 0x{byte}){hint}; save the file as UTF-8"
+    )
 
 
 def _jsonl_rows(path: Path, label: str, checker: _Checker) -> Iterator[dict]:
@@ -175,8 +175,9 @@ def _json_rows(path: Path, label: str, checker: _Checker) -> Iterator[dict]:
     except UnicodeDecodeError as err:
         lineno = data.count(b"\n", 0, err.start) + 1
         line_start = data.rfind(b"\n", 0, err.start) + 1
-        line_err = UnicodeDecodeError("utf-8", data[line_start : err.end + 1], err.start - line_start,
-                                      err.end - line_start, err.reason)
+        line_err = UnicodeDecodeError(
+            "utf-8", data[line_start : err.end + 1], err.start - line_start, err.end - line_start, err.reason
+        )
         raise _not_utf8(label, lineno, line_err) from None
     try:
         doc = json.loads(text)
@@ -228,7 +229,9 @@ def _load_files(files: list[Path], labels: list[str], checker: _Checker, what: s
             return datasets.Dataset.from_list(rows)
         except Exception as err:  # noqa: BLE001 - e.g. a column that is a string in one row and a list in another
             raise UserError(f"{what}: rows do not share one type per column ({str(err)[:200]})") from None
-    parts = [_arrow_file(p, label, checker, "csv" if suffix == ".csv" else "parquet") for p, label in zip(files, labels)]
+    parts = [
+        _arrow_file(p, label, checker, "csv" if suffix == ".csv" else "parquet") for p, label in zip(files, labels)
+    ]
     parts = [p for p in parts if len(p)]
     if not parts:
         raise UserError(f"{what}: no rows (empty dataset)")
@@ -278,7 +281,9 @@ def _translate_hf_dataset_error(err: Exception, label: str) -> Exception:
     if isinstance(err, DatasetNotFoundError):
         return UserError(f"{label}: no such dataset, or it is private and the token cannot read it")
     text = str(err)
-    if isinstance(err, ValueError) and ("Unknown split" in text or "BuilderConfig" in text or "config name" in text.lower()):
+    if isinstance(err, ValueError) and (
+        "Unknown split" in text or "BuilderConfig" in text or "config name" in text.lower()
+    ):
         return UserError(f"{label}: {text[:300]}")
     if isinstance(err, ConnectionError) or "offline" in text.lower() or "couldn't reach" in text.lower():
         return InfraError(f"{label}: the Hugging Face Hub cannot be reached and the dataset is not cached")
@@ -297,7 +302,10 @@ def load_source(uri: str, spec_ds: DatasetSpec, index: int, *, role: str, spec: 
         labels = [str(p) for p in files]
     else:  # name the object the user knows, not our cache path
         base = uri if not parse_uri(uri).is_prefix else uri.rstrip("/") + "/"
-        labels = [uri if len(files) == 1 and not parse_uri(uri).is_prefix else base + p.relative_to(dest).as_posix() for p in files]
+        labels = [
+            uri if len(files) == 1 and not parse_uri(uri).is_prefix else base + p.relative_to(dest).as_posix()
+            for p in files
+        ]
     return _load_files(files, labels, checker, f"{what} ({uri})")
 
 
@@ -309,7 +317,13 @@ def load_tasks(spec: Spec, work_dir: Path) -> list[TaskData]:
     seed = spec.hyperparameters.seed
     for i, ds in enumerate(spec.datasets):
         train = load_source(
-            ds.uri, ds, i, role=dataset_role(i), spec=spec, dest=work_dir / f"dataset-{i}", what=f"spec.datasets[{i}].uri"
+            ds.uri,
+            ds,
+            i,
+            role=dataset_role(i),
+            spec=spec,
+            dest=work_dir / f"dataset-{i}",
+            what=f"spec.datasets[{i}].uri",
         )
         evaluation = None
         if ds.eval_uri:
@@ -324,11 +338,15 @@ def load_tasks(spec: Spec, work_dir: Path) -> list[TaskData]:
             )
         elif ds.eval_fraction:
             if len(train) < 2:
-                raise UserError(f"spec.datasets[{i}].evalFraction: the dataset has {len(train)} row(s), too few to split")
+                raise UserError(
+                    f"spec.datasets[{i}].evalFraction: the dataset has {len(train)} row(s), too few to split"
+                )
             held_out = max(1, int(round(len(train) * ds.eval_fraction)))
             split = train.train_test_split(test_size=held_out, seed=seed, shuffle=True)
             train, evaluation = split["train"], split["test"]
-        tasks.append(TaskData(name=ds.name, format=DatasetFormat(ds.format), weight=ds.weight, train=train, eval=evaluation))
+        tasks.append(
+            TaskData(name=ds.name, format=DatasetFormat(ds.format), weight=ds.weight, train=train, eval=evaluation)
+        )
     return tasks
 
 
@@ -356,7 +374,9 @@ def mixed_train(tasks: list[TaskData], seed: int, formats: Iterable[DatasetForma
         )
     except ValueError as err:
         names = ", ".join(t.name for t in chosen)
-        raise UserError(f"datasets {names}: their columns differ in type and cannot be mixed ({str(err)[:200]})") from None
+        raise UserError(
+            f"datasets {names}: their columns differ in type and cannot be mixed ({str(err)[:200]})"
+        ) from None
 
 
 def eval_sets(tasks: list[TaskData], formats: Iterable[DatasetFormat] | None = None) -> dict[str, datasets.Dataset]:

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import yaml
+
 from kubetune.usercli.outputs import parse_metrics
 
 
@@ -59,8 +60,11 @@ def write_demo_job(out: Path, steps: int = 60) -> Path:
                 "seed": 42,
             },
             "evaluation": {"everySteps": 20},
-            "output": {"uri": f"file://{(out / 'output').resolve()}/", "checkpointEverySteps": 20,
-                       "keepCheckpoints": 2},
+            "output": {
+                "uri": f"file://{(out / 'output').resolve()}/",
+                "checkpointEverySteps": 20,
+                "keepCheckpoints": 2,
+            },
             "resources": {"gpus": 0},
         },
     }
@@ -86,8 +90,9 @@ def sample(final_dir: Path, prompt: str = PROMPT, max_new_tokens: int = 16) -> s
     tokenizer = AutoTokenizer.from_pretrained(final_dir)
     model = AutoModelForCausalLM.from_pretrained(final_dir)
     inputs = tokenizer(prompt, return_tensors="pt")
-    generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                               pad_token_id=tokenizer.pad_token_id)
+    generated = model.generate(
+        **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+    )
     return tokenizer.decode(generated[0], skip_special_tokens=True)
 
 
@@ -95,8 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kubetune_trainer.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="demo-output", help="folder for the model, data, manifest and results")
     parser.add_argument("--steps", type=int, default=80)
-    parser.add_argument("--prompt", metavar="TEXT",
-                        help="no training: let the model of an earlier demo run in --out continue TEXT")
+    parser.add_argument(
+        "--prompt", metavar="TEXT", help="no training: let the model of an earlier demo run in --out continue TEXT"
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

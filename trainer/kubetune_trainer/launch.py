@@ -14,7 +14,6 @@ import subprocess
 import sys
 
 from kubetune.api.constants import ExitCode
-
 from kubetune_trainer.entrypoint import termination_log_path, write_termination_log
 
 # The first word of the termination message, as the entrypoint writes it.
@@ -59,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     result = exit_code_for(code, reason)
     if code != 0 and not reason:
         # A worker died without a word (OOM kill, segfault): say so, and let the Job retry.
-        write_termination_log(log_path, f"InfraError: a training process died (torchrun exit code {code}); see the pod log")
+        write_termination_log(
+            log_path, f"InfraError: a training process died (torchrun exit code {code}); see the pod log"
+        )
     return result
 
 

@@ -78,7 +78,12 @@ def tensorboard_scalars(record: dict) -> list[tuple[str, float]]:
     prefix = f"{record['stage']}/" if record.get("stage") else ""
     scalars = []
     for key, value in record.items():
-        if key in ("step", "stage") or isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if (
+            key in ("step", "stage")
+            or isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+        ):
             continue
         if key.startswith("eval_"):
             tag = "eval/" + key[len("eval_") :]
@@ -121,7 +126,9 @@ class MetricsCallback(TrainerCallback):
         self.layout = layout
         self.reporter = reporter
         self.is_main = is_main
-        self.sync_seconds = float(os.environ.get("KUBETUNE_METRICS_SYNC_SECONDS", "30")) if sync_seconds is None else sync_seconds
+        self.sync_seconds = (
+            float(os.environ.get("KUBETUNE_METRICS_SYNC_SECONDS", "30")) if sync_seconds is None else sync_seconds
+        )
         self.stage: str | None = None  # rlhf: "reward-model" / "policy"
         self.latest: dict[str, float] = {}
         self._writer = None

@@ -9,14 +9,13 @@ intended parameters trainable. `save_final` writes the result in Hugging Face fo
 from __future__ import annotations
 
 import json
-import os
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kubetune.api.constants import MERGEABLE_TECHNIQUES
-
 from kubetune_trainer import sharding, techniques
 from kubetune_trainer.errors import InfraError, UserError
 from kubetune_trainer.sources import PICKLE_PATTERNS
@@ -95,9 +94,9 @@ def load_for_training(
     attention kernel for spec.hyperparameters.attention auto. Liger kernels (spec.hyperparameters.
     ligerKernel) are applied here, before the technique wraps the model (kubetune_trainer.speed). `strategy`
     (kubetune_trainer.sharding; default: the spec's own choice) shards the model over the processes as it loads."""
-    from kubetune_trainer import speed
-
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from kubetune_trainer import speed
 
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -164,7 +163,13 @@ def load_for_training(
     total = sum(p.numel() for p in model.parameters())
     if sharding.is_sharded(model):
         held = sharding.local_numel(model.parameters())
-        log.info("rank %s holds %d of the %d parameters (%.1f%%)", os.environ.get("RANK", "0"), held, total, 100.0 * held / total)
+        log.info(
+            "rank %s holds %d of the %d parameters (%.1f%%)",
+            os.environ.get("RANK", "0"),
+            held,
+            total,
+            100.0 * held / total,
+        )
     log.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100.0 * trainable / max(total, 1))
     if trainable == 0:
         raise UserError(f"spec.technique {technique}: no parameter is trainable with these settings")

@@ -84,8 +84,14 @@ class PaddingCollator:
 
 def pack_dataset(dataset, max_length: int, desc: str):
     """A tokenized datasets.Dataset (input_ids, labels) packed into rows of up to max_length tokens."""
-    return dataset.map(pack_examples, batched=True, batch_size=1000, fn_kwargs={"max_length": max_length},
-                       remove_columns=dataset.column_names, desc=desc)
+    return dataset.map(
+        pack_examples,
+        batched=True,
+        batch_size=1000,
+        fn_kwargs={"max_length": max_length},
+        remove_columns=dataset.column_names,
+        desc=desc,
+    )
 
 
 def example_ids(position_ids):
@@ -109,7 +115,9 @@ def additive_mask(bool_mask, dtype):
     """The boolean mask as eager attention wants it: 0 where attending, the dtype's minimum elsewhere."""
     import torch
 
-    return torch.zeros(bool_mask.shape, dtype=dtype, device=bool_mask.device).masked_fill_(~bool_mask, torch.finfo(dtype).min)
+    return torch.zeros(bool_mask.shape, dtype=dtype, device=bool_mask.device).masked_fill_(
+        ~bool_mask, torch.finfo(dtype).min
+    )
 
 
 def flex_block_mask(position_ids):
@@ -124,7 +132,9 @@ def flex_block_mask(position_ids):
 
     # _compile=False: built eagerly each step (cheap next to the forward); a compiled builder would
     # recompile for every new row length.
-    return create_block_mask(same_example_causal, batch, None, length, length, device=position_ids.device, _compile=False)
+    return create_block_mask(
+        same_example_causal, batch, None, length, length, device=position_ids.device, _compile=False
+    )
 
 
 def packed_attention_mask(position_ids, implementation: str | None, dtype):
@@ -155,4 +165,3 @@ def install_block_diagonal_attention(model):
     """Make packed rows attend within their own example only (see the module docstring), for whichever
     attention kernel the model was loaded with. Returns the hook handle (`.remove()` undoes it)."""
     return decoder_of(model).register_forward_pre_hook(_to_block_diagonal, with_kwargs=True)
-

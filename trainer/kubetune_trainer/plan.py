@@ -67,7 +67,11 @@ class ModelShape:
     @classmethod
     def from_config(cls, config: dict) -> ModelShape:
         text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
-        missing = [k for k in ("hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size", "num_attention_heads") if not text.get(k)]
+        missing = [
+            k
+            for k in ("hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size", "num_attention_heads")
+            if not text.get(k)
+        ]
         if missing:
             raise PlanError(f"config.json has no {', '.join(missing)}: not a decoder-only transformer the plan knows")
         if text.get("num_local_experts") or text.get("num_experts") or text.get("n_routed_experts"):
@@ -85,7 +89,11 @@ class ModelShape:
             kv_heads=int(text.get("num_key_value_heads") or heads),
             head_dim=int(text.get("head_dim") or hidden // heads),
             tied=bool(text.get("tie_word_embeddings", config.get("tie_word_embeddings", False))),
-            attention_bias="qkv" if text.get("model_type") == "qwen2" else "all" if text.get("attention_bias") else None,
+            attention_bias="qkv"
+            if text.get("model_type") == "qwen2"
+            else "all"
+            if text.get("attention_bias")
+            else None,
             mlp_bias=bool(text.get("mlp_bias", False)),
             quant_bits=int(bits) if bits else None,
         )
@@ -94,8 +102,15 @@ class ModelShape:
     def block_linears(self) -> list[tuple[str, int, int]]:
         q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
         h, i = self.hidden, self.intermediate
-        return [("q_proj", h, q), ("k_proj", h, kv), ("v_proj", h, kv), ("o_proj", q, h),
-                ("gate_proj", h, i), ("up_proj", h, i), ("down_proj", i, h)]
+        return [
+            ("q_proj", h, q),
+            ("k_proj", h, kv),
+            ("v_proj", h, kv),
+            ("o_proj", q, h),
+            ("gate_proj", h, i),
+            ("up_proj", h, i),
+            ("down_proj", i, h),
+        ]
 
     @property
     def block_linear_params(self) -> int:
@@ -187,8 +202,14 @@ def trainable_params(shape: ModelShape, spec) -> tuple[int, int]:
     technique = Technique(spec.technique)
     head = 0
     if Objective(spec.objective) == Objective.CLASSIFICATION:
-        labels = (spec.feature_extraction.num_labels if spec.feature_extraction and spec.feature_extraction.num_labels else None)
-        labels = labels or (len(spec.classification.labels) if spec.classification and spec.classification.labels else 2)
+        labels = (
+            spec.feature_extraction.num_labels
+            if spec.feature_extraction and spec.feature_extraction.num_labels
+            else None
+        )
+        labels = labels or (
+            len(spec.classification.labels) if spec.classification and spec.classification.labels else 2
+        )
         head = labels * shape.hidden
     if technique == Technique.FULL:
         return shape.total_params, 0
@@ -206,7 +227,10 @@ def trainable_params(shape: ModelShape, spec) -> tuple[int, int]:
         added = shape.layers * 2 * (2 * shape.hidden * b + b + shape.hidden)
         return added + head, added + head
     if technique == Technique.PROMPT_TUNING:
-        return spec.prompt_tuning.virtual_tokens * shape.hidden + head, spec.prompt_tuning.virtual_tokens * shape.hidden + head
+        return (
+            spec.prompt_tuning.virtual_tokens * shape.hidden + head,
+            spec.prompt_tuning.virtual_tokens * shape.hidden + head,
+        )
     if technique == Technique.PREFIX_TUNING:
         added = shape.layers * 2 * spec.prefix_tuning.virtual_tokens * shape.kv_heads * shape.head_dim
         return added + head, added + head
@@ -217,7 +241,11 @@ def _frozen_bytes(shape: ModelShape, spec, frozen: int, precision: Precision) ->
     """Bytes of the frozen base: quantized linear layers for qlora (or a pre-quantized checkpoint)."""
     from kubetune_trainer.precision import FROZEN_BYTES
 
-    bits = spec.quantization.bits if Technique(spec.technique) == Technique.QLORA and spec.quantization else shape.quant_bits
+    bits = (
+        spec.quantization.bits
+        if Technique(spec.technique) == Technique.QLORA and spec.quantization
+        else shape.quant_bits
+    )
     if not bits:
         return frozen * FROZEN_BYTES[precision]
     double = bool(spec.quantization.double_quant) if spec.quantization else True
@@ -259,8 +287,9 @@ def activation_bytes(shape: ModelShape, spec, precision: Precision, *, liger: bo
 # --------------------------------------------------------------------------- estimates
 
 
-def estimate(shape: ModelShape, spec, strategy: str, world: int, gpu_memory: float | None, *, precision: Precision,
-             liger: bool) -> Estimate:
+def estimate(
+    shape: ModelShape, spec, strategy: str, world: int, gpu_memory: float | None, *, precision: Precision, liger: bool
+) -> Estimate:
     from kubetune_trainer.precision import TRAINED_BYTES
 
     trainable, added = trainable_params(shape, spec)
@@ -298,8 +327,15 @@ def estimate(shape: ModelShape, spec, strategy: str, world: int, gpu_memory: flo
     return Estimate(strategy, world, weights, gradients, optimizer, activations, overhead, gpu_memory)
 
 
-def plan(spec, config: dict, *, gpus_per_node: int | None = None, gpu_memory: float | None = None,
-         precision: Precision | None = None, liger: bool | None = None) -> Plan:
+def plan(
+    spec,
+    config: dict,
+    *,
+    gpus_per_node: int | None = None,
+    gpu_memory: float | None = None,
+    precision: Precision | None = None,
+    liger: bool | None = None,
+) -> Plan:
     """Every strategy's estimate for `spec` on world size nodes x gpus, and the one `spec.distributed.strategy`
     picks (auto: ddp when a replica fits with margin, else fsdp, else fsdp with CPU offload where allowed).
 
@@ -320,7 +356,11 @@ def plan(spec, config: dict, *, gpus_per_node: int | None = None, gpu_memory: fl
     by_name = {e.strategy: e for e in estimates}
     if requested == DistributedStrategy.DDP or world == 1:
         chosen = by_name["ddp"]
-        why = "strategy ddp (spec.distributed)" if requested == DistributedStrategy.DDP else "one process: a whole replica"
+        why = (
+            "strategy ddp (spec.distributed)"
+            if requested == DistributedStrategy.DDP
+            else "one process: a whole replica"
+        )
     elif requested == DistributedStrategy.FSDP:
         name = "fsdp+offload" if offload_allowed else "fsdp"
         chosen, why = by_name[name], f"strategy {name} (spec.distributed)"
@@ -348,11 +388,19 @@ def advice(result: Plan) -> str:
     need, have = chosen.gib(chosen.total), chosen.gib(chosen.gpu_memory)
     options = []
     for e in result.estimates:
-        if e.strategy != chosen.strategy and e.fits and (e.strategy != "fsdp+offload" or not chosen.strategy.startswith("fsdp+")):
-            name = "distributed.strategy: fsdp" + (", distributed.cpuOffload: true" if e.strategy == "fsdp+offload" else "")
+        if (
+            e.strategy != chosen.strategy
+            and e.fits
+            and (e.strategy != "fsdp+offload" or not chosen.strategy.startswith("fsdp+"))
+        ):
+            name = "distributed.strategy: fsdp" + (
+                ", distributed.cpuOffload: true" if e.strategy == "fsdp+offload" else ""
+            )
             options.append(f"`{name}` (about {e.gib(e.total)} GiB per GPU on {e.world} GPUs)")
-    options.append("`technique: qlora`, fewer `hyperparameters.batchSize`/`maxSeqLength`, `gradientCheckpointing: true` "
-                   "or more GPUs")
+    options.append(
+        "`technique: qlora`, fewer `hyperparameters.batchSize`/`maxSeqLength`, `gradientCheckpointing: true` "
+        "or more GPUs"
+    )
     return f"needs about {need} GiB per GPU with {chosen.strategy}, {have} available: use " + " or ".join(options)
 
 
@@ -367,7 +415,9 @@ def bytes_of(quantity) -> float | None:
 
 def describe(result: Plan) -> list[str]:
     """The plan as `kubetune plan` prints it: one line per strategy, the chosen one marked."""
-    lines = [f"model: {result.total_params / 1e9:.2f}B parameters, {result.trainable / 1e6:.1f}M trainable; {result.why}"]
+    lines = [
+        f"model: {result.total_params / 1e9:.2f}B parameters, {result.trainable / 1e6:.1f}M trainable; {result.why}"
+    ]
     for e in result.estimates:
         mark = "*" if e.strategy == result.chosen.strategy else " "
         verdict = "" if e.fits is None else ("fits" if e.fits else "does not fit")

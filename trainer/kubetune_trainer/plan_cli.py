@@ -15,7 +15,6 @@ def run_plan(args: argparse.Namespace) -> int:
     from kubetune.api.credentials import ROLE_MODEL
     from kubetune.api.validation import SpecError
     from kubetune.manifests import ManifestFileError, load_job
-
     from kubetune_trainer import plan
     from kubetune_trainer.errors import TrainerError
 

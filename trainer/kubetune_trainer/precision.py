@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from kubetune.api.constants import Optimizer, Precision
-
 from kubetune_trainer.errors import UserError
 
 if TYPE_CHECKING:
@@ -116,9 +115,13 @@ def plan(spec, device: Device | None = None) -> PrecisionPlan:
     if requested == Precision.FP32:
         return PrecisionPlan(requested, Precision.FP32, "precision fp32")
     if not device.accelerator:
-        return PrecisionPlan(requested, Precision.FP32, f"precision {requested} requested but no GPU is visible: training in fp32")
+        return PrecisionPlan(
+            requested, Precision.FP32, f"precision {requested} requested but no GPU is visible: training in fp32"
+        )
     if requested in (Precision.BF16, Precision.BF16_PURE) and not device.bf16:
-        return PrecisionPlan(requested, Precision.FP32, f"precision {requested} requested but this GPU has no bf16: training in fp32")
+        return PrecisionPlan(
+            requested, Precision.FP32, f"precision {requested} requested but this GPU has no bf16: training in fp32"
+        )
     why = {
         Precision.BF16: "precision bf16: fp32 master weights and optimizer state, bf16 matmuls",
         Precision.BF16_PURE: "precision bf16-pure: bf16 weights and optimizer state, AdamW with Kahan summation",
@@ -180,4 +183,3 @@ def configure_optimizer(trainer, precision: PrecisionPlan) -> None:
             "foreach": True,
         },
     )
-

@@ -130,7 +130,9 @@ class MultiReporter:
             try:
                 call(*args)
             except Exception as err:  # noqa: BLE001 - reporting must never break training
-                logging.getLogger("kubetune.reporting").warning("%s.%s failed: %s", type(reporter).__name__, method, err)
+                logging.getLogger("kubetune.reporting").warning(
+                    "%s.%s failed: %s", type(reporter).__name__, method, err
+                )
 
     def progress(self, report: ProgressReport) -> None:
         self._each("progress", report)

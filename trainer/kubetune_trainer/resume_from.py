@@ -27,15 +27,24 @@ from dataclasses import dataclass
 import yaml
 
 from kubetune.api.uris import join_uri
-
 from kubetune_trainer.errors import UserError
 
 log = logging.getLogger("kubetune.resume_from")
 
 ENV = "KUBETUNE_RESUME_FROM"
 # Spec sections that must match for a checkpoint's weights to load at all.
-SAME_WEIGHTS = ("model", "technique", "objective", "quantization", "lora", "featureExtraction", "adapter",
-                "promptTuning", "prefixTuning", "classification")
+SAME_WEIGHTS = (
+    "model",
+    "technique",
+    "objective",
+    "quantization",
+    "lora",
+    "featureExtraction",
+    "adapter",
+    "promptTuning",
+    "prefixTuning",
+    "classification",
+)
 # What may differ while the run still continues the source's optimisation: how long it trains.
 LENGTH_ONLY = ("epochs", "maxSteps")
 
@@ -81,8 +90,10 @@ def compare(source_spec: dict, spec: dict) -> tuple[bool, str]:
             f"spec.resumeFrom: the checkpoint was trained with a different {', '.join(weights[:4])}; "
             "its weights do not fit this job"
         )
-    training = _differences({k: v for k, v in source_spec.items() if k in ("datasets", "hyperparameters")},
-                            {k: v for k, v in spec.items() if k in ("datasets", "hyperparameters")})
+    training = _differences(
+        {k: v for k, v in source_spec.items() if k in ("datasets", "hyperparameters")},
+        {k: v for k, v in spec.items() if k in ("datasets", "hyperparameters")},
+    )
     training = [d for d in training if d.rsplit(".", 1)[-1] not in LENGTH_ONLY]
     if training:
         return False, f"weights only (the optimisation differs: {', '.join(training[:4])})"
@@ -112,7 +123,9 @@ def find(spec, uri: str) -> Source:
     try:
         source_spec = yaml.safe_load(storage.read_text(OutputLayout(root).spec_uri))["spec"]
     except (FileNotFoundError, TypeError, KeyError, yaml.YAMLError):
-        raise UserError(f"spec.resumeFrom: {root} has no readable spec.resolved.yaml, so its checkpoint cannot be "
-                        "checked against this job") from None
+        raise UserError(
+            f"spec.resumeFrom: {root} has no readable spec.resolved.yaml, so its checkpoint cannot be "
+            "checked against this job"
+        ) from None
     continues, why = compare(source_spec, spec.to_wire())
     return Source(checkpoint, storage, root, continues, why)

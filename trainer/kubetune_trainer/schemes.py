@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubetune.api.uris import UriError, parse_uri
-
 from kubetune_trainer.errors import UserError
 
 OBJECT_STORE_SOURCE = "kubetune_trainer.sources.objectstore"
@@ -37,9 +36,15 @@ class Scheme:
 
 
 SCHEMES: dict[str, Scheme] = {
-    "file": Scheme(storage="kubetune_trainer.storage.file:FileStorage.for_role", source="kubetune_trainer.sources.file", in_place=True),
+    "file": Scheme(
+        storage="kubetune_trainer.storage.file:FileStorage.for_role",
+        source="kubetune_trainer.sources.file",
+        in_place=True,
+    ),
     "s3": Scheme.object_store("kubetune_trainer.storage.s3:S3Storage.for_role"),
-    "hf": Scheme(storage=None, source="kubetune_trainer.sources.huggingface", data_by_library=True, adapter_base="repo"),
+    "hf": Scheme(
+        storage=None, source="kubetune_trainer.sources.huggingface", data_by_library=True, adapter_base="repo"
+    ),
 }
 
 
@@ -53,7 +58,7 @@ def scheme_of(uri: str, what: str):
 
 
 def resolve(reference: str) -> Any:
-    """"package.module:attr.attr" -> the object (imported on first use: boto3 costs a second)."""
+    """ "package.module:attr.attr" -> the object (imported on first use: boto3 costs a second)."""
     module, _, attrs = reference.partition(":")
     target: Any = importlib.import_module(module)
     for attr in filter(None, attrs.split(".")):

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kubetune.api.constants import DistributedStrategy, Precision
-
 from kubetune_trainer.errors import UserError
 
 log = logging.getLogger("kubetune.sharding")
@@ -86,7 +85,9 @@ def choose(spec, plan=None, world: int | None = None, resumed: bool | None = Non
     if wanted == DistributedStrategy.FSDP:
         name = "fsdp+offload" if offload else "fsdp"
         if world == 1:
-            return Strategy(name, world, f"strategy {name} on one process: nothing to shard over, the whole model is here")
+            return Strategy(
+                name, world, f"strategy {name} on one process: nothing to shard over, the whole model is here"
+            )
         return Strategy(name, world, f"strategy {name} over {world} processes (spec.distributed)")
     if plan is None:
         return Strategy("ddp", world, "strategy auto: ddp (no plan)")
@@ -116,7 +117,10 @@ def local_numel(parameters) -> int:
 
 def is_sharded(model) -> bool:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return bool(getattr(base, "is_distributed_loading_by_transformers", False) or getattr(model, "is_distributed_loading_by_transformers", False))
+    return bool(
+        getattr(base, "is_distributed_loading_by_transformers", False)
+        or getattr(model, "is_distributed_loading_by_transformers", False)
+    )
 
 
 # --------------------------------------------------------------------------- global batch across world sizes
@@ -138,8 +142,13 @@ def accumulation_for(spec, checkpoint: Path | None, world: int) -> int:
         )
     accumulation = global_batch // per_step
     if accumulation != hp.gradient_accumulation_steps:
-        log.info("resuming on %d processes (checkpoint: %d): gradient accumulation %d keeps the global batch of %d",
-                 world, saved["world"], accumulation, global_batch)
+        log.info(
+            "resuming on %d processes (checkpoint: %d): gradient accumulation %d keeps the global batch of %d",
+            world,
+            saved["world"],
+            accumulation,
+            global_batch,
+        )
     return accumulation
 
 
@@ -191,10 +200,14 @@ def _save_checkpoint(trainer, model, trial=None) -> None:
         trainer.state.save_to_json(str(folder / "trainer_state.json"))
         args = trainer.args
         world = args.world_size
-        (folder / SHARDED_MARKER).write_text(json.dumps({
-            "world": world,
-            "globalBatch": args.per_device_train_batch_size * args.gradient_accumulation_steps * world,
-        }))
+        (folder / SHARDED_MARKER).write_text(
+            json.dumps(
+                {
+                    "world": world,
+                    "globalBatch": args.per_device_train_batch_size * args.gradient_accumulation_steps * world,
+                }
+            )
+        )
 
 
 def _load_model(trainer, checkpoint, model=None) -> None:
@@ -216,5 +229,7 @@ def _load_optimizer_and_scheduler(trainer, checkpoint) -> None:
     model_state, optimizer_state = get_state_dict(trainer.model, trainer.optimizer)
     state = {"model": model_state, "optimizer": optimizer_state}
     dcp.load(state, checkpoint_id=str(Path(checkpoint) / DCP_FOLDER))
-    set_state_dict(trainer.model, trainer.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    set_state_dict(
+        trainer.model, trainer.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"]
+    )
     trainer.lr_scheduler.load_state_dict(torch.load(Path(checkpoint) / "scheduler.pt", weights_only=True))

@@ -29,7 +29,6 @@ from typing import Any
 from kubetune.api.constants import GROUP, PLURAL, VERSION
 from kubetune.api.v1alpha1 import Plan, Status
 from kubetune.controller import bounds
-
 from kubetune_trainer.reporting import CheckpointReport, OutputReport, ProgressReport
 
 log = logging.getLogger("kubetune.trainer.status")
@@ -110,9 +109,12 @@ class StatusReporter:
 
     def progress(self, report: ProgressReport) -> None:
         def build() -> dict[str, Any]:
-            progress = {"step": int(report.step), "totalSteps": int(report.total_steps),
-                        "epoch": float(report.epoch) if math.isfinite(report.epoch) else 0.0,
-                        "percent": int(report.percent)}
+            progress = {
+                "step": int(report.step),
+                "totalSteps": int(report.total_steps),
+                "epoch": float(report.epoch) if math.isfinite(report.epoch) else 0.0,
+                "percent": int(report.percent),
+            }
             if report.eta_seconds is not None:
                 progress["etaSeconds"] = int(report.eta_seconds)
             if report.stage:
@@ -135,19 +137,30 @@ class StatusReporter:
         self._offer(build)
 
     def output(self, report: OutputReport) -> None:
-        self._offer(lambda: {"output": {"modelUri": report.model_uri, "metricsUri": report.metrics_uri,
-                                        "tensorboardUri": report.tensorboard_uri,
-                                        "checkpointsUri": report.checkpoints_uri}})
+        self._offer(
+            lambda: {
+                "output": {
+                    "modelUri": report.model_uri,
+                    "metricsUri": report.metrics_uri,
+                    "tensorboardUri": report.tensorboard_uri,
+                    "checkpointsUri": report.checkpoints_uri,
+                }
+            }
+        )
 
     def plan(self, plan: Plan | dict[str, Any]) -> None:
         """status.plan: the memory plan the run chose (the API's Plan model, or its wire form)."""
+
         def build() -> dict[str, Any]:
             if isinstance(plan, Plan):
                 return {"plan": plan.model_dump(by_alias=True, mode="json", exclude_none=True)}
             unknown = _unknown_plan_keys(plan)
             if unknown:  # a key the API does not know would be dropped without a word
-                log.warning("status.plan has no field %s (the API's are %s)", ", ".join(unknown),
-                            ", ".join(f.alias for f in Plan.model_fields.values()))
+                log.warning(
+                    "status.plan has no field %s (the API's are %s)",
+                    ", ".join(unknown),
+                    ", ".join(f.alias for f in Plan.model_fields.values()),
+                )
             return {"plan": {k: v for k, v in plan.items() if k not in unknown}}
 
         self._offer(build)
@@ -228,8 +241,12 @@ class StatusReporter:
                 self.patches_sent += 1
             except Exception as err:
                 self.errors += 1
-                log.warning("status patch for %s/%s failed (%s); will retry with the next report",
-                            self.namespace, self.name, type(err).__name__)
+                log.warning(
+                    "status patch for %s/%s failed (%s); will retry with the next report",
+                    self.namespace,
+                    self.name,
+                    type(err).__name__,
+                )
                 with self._cond:
                     # Keep what failed unless something newer replaced it.
                     merged = status

@@ -39,7 +39,6 @@ from kubetune.api.uris import join_uri
 
 if TYPE_CHECKING:
     from kubetune.api.v1alpha1 import Spec
-
     from kubetune_trainer.layout import OutputLayout
     from kubetune_trainer.storage import Storage
 

@@ -117,8 +117,9 @@ def is_qualified_name(value: str) -> list[str]:
         name = value
     elif "/" in name:
         example = _regex_error(_LABEL_KEY_ERROR, LABEL_KEY_NAME_FMT, "MyName", "my.name", "123-abc")
-        return [f"a valid label key {example} with an optional DNS subdomain prefix and '/' "
-                "(e.g. 'example.com/MyName')"]
+        return [
+            f"a valid label key {example} with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')"
+        ]
     elif not prefix:
         errors.append("prefix part must be non-empty")
     else:

@@ -175,9 +175,7 @@ def _check_early_stopping_metric(spec: Spec) -> Iterator[Finding]:
 
 
 _HAS_EVAL = "(has(d.evalUri) || has(d.evalFraction))"
-_REWARD_MODEL_GIVEN = (
-    "(has(self.rlhf) && has(self.rlhf.rewardModel) && has(self.rlhf.rewardModel.uri) && self.rlhf.rewardModel.uri != '')"
-)
+_REWARD_MODEL_GIVEN = "(has(self.rlhf) && has(self.rlhf.rewardModel) && has(self.rlhf.rewardModel.uri) && self.rlhf.rewardModel.uri != '')"
 
 
 def _cel_stage(stage: EvalStage) -> tuple[str, str]:
@@ -303,7 +301,8 @@ def _strategy_rule(technique, strategy: DistributedStrategy, reason: str) -> Rul
     return Rule(
         ".distributed",
         f"self.technique != '{technique}' || !has(self.distributed) || !({uses})",
-        f"technique {technique} cannot use strategy {strategy}" + (" (nor cpuOffload, which needs it)" if offload else "")
+        f"technique {technique} cannot use strategy {strategy}"
+        + (" (nor cpuOffload, which needs it)" if offload else "")
         + f": {reason}",
         check,
     )
@@ -323,7 +322,9 @@ RULES: list[Rule] = [
     *[_section_rule(section, techniques, "technique") for section, techniques in TECHNIQUE_SECTIONS.items()],
     *[_section_rule(section, (objective,), "objective") for section, objective in OBJECTIVE_SECTIONS.items()],
     *[_formats_rule(objective) for objective in Objective],
-    Rule(".datasets", _cel_columns(), "a datasets[].columns key is not a field of that dataset's format", _check_columns),
+    Rule(
+        ".datasets", _cel_columns(), "a datasets[].columns key is not a field of that dataset's format", _check_columns
+    ),
     Rule(
         ".datasets",
         "self.datasets.all(d, self.datasets.exists_one(e, e.name == d.name))",

@@ -303,8 +303,12 @@ class Hyperparameters(ApiModel):
     gradient_accumulation_steps: Int = Field(
         default=1, ge=1, le=1024, description="Micro-batches accumulated per optimizer step."
     )
-    max_seq_length: Int = Field(default=2048, ge=16, le=1048576, description="Tokens per example (longer ones are truncated).")
-    warmup_ratio: Float = Field(default=0.03, ge=0, lt=1, description="Fraction of steps spent warming up the learning rate.")
+    max_seq_length: Int = Field(
+        default=2048, ge=16, le=1048576, description="Tokens per example (longer ones are truncated)."
+    )
+    warmup_ratio: Float = Field(
+        default=0.03, ge=0, lt=1, description="Fraction of steps spent warming up the learning rate."
+    )
     weight_decay: Float = Field(default=0.0, ge=0, le=1, description="AdamW weight decay.")
     lr_scheduler: LRScheduler = Field(default=LRScheduler.COSINE, description="Learning-rate schedule after warm-up.")
     precision: Precision = Field(
@@ -373,15 +377,19 @@ class Lora(ApiModel):
         default="all-linear",
         description="Modules that get LoRA: all-linear, or comma-separated module names (q_proj,k_proj,v_proj,o_proj).",
     )
-    use_dora: Bool = Field(default=False, description="Weight-decomposed LoRA (DoRA): slower, often closer to full fine-tuning.")
-    use_rslora: Bool = Field(default=False, description="Rank-stabilised scaling alpha/sqrt(rank) instead of alpha/rank.")
+    use_dora: Bool = Field(
+        default=False, description="Weight-decomposed LoRA (DoRA): slower, often closer to full fine-tuning."
+    )
+    use_rslora: Bool = Field(
+        default=False, description="Rank-stabilised scaling alpha/sqrt(rank) instead of alpha/rank."
+    )
 
 
 class Quantization(ApiModel):
-    bits: Literal[4, 8] = Field(
-        default=4, description="Bits of the frozen base weights: 4 or 8."
+    bits: Literal[4, 8] = Field(default=4, description="Bits of the frozen base weights: 4 or 8.")
+    type: QuantizationType = Field(
+        default=QuantizationType.NF4, description="4-bit data type: nf4 | fp4 (ignored for 8 bits)."
     )
-    type: QuantizationType = Field(default=QuantizationType.NF4, description="4-bit data type: nf4 | fp4 (ignored for 8 bits).")
     double_quant: Bool = Field(default=True, description="Also quantize the quantization constants (4-bit only).")
 
 
@@ -390,13 +398,18 @@ class FeatureExtraction(ApiModel):
         default=0, ge=0, description="How many of the last transformer layers train besides the head; 0 = head only."
     )
     num_labels: Int | None = Field(
-        default=None, ge=2, le=MAX_CLASSES, description="Classes of the classification head; default: inferred from the training labels."
+        default=None,
+        ge=2,
+        le=MAX_CLASSES,
+        description="Classes of the classification head; default: inferred from the training labels.",
     )
 
 
 class Adapter(ApiModel):
     bottleneck_size: Int = Field(default=64, ge=1, le=65536, description="Width of each bottleneck module.")
-    activation: AdapterActivation = Field(default=AdapterActivation.GELU, description="Non-linearity inside the bottleneck.")
+    activation: AdapterActivation = Field(
+        default=AdapterActivation.GELU, description="Non-linearity inside the bottleneck."
+    )
 
 
 class PromptTuning(ApiModel):
@@ -407,7 +420,9 @@ class PromptTuning(ApiModel):
 
 
 class PrefixTuning(ApiModel):
-    virtual_tokens: Int = Field(default=20, ge=1, le=4096, description="Number of trainable key/value prefix positions per layer.")
+    virtual_tokens: Int = Field(
+        default=20, ge=1, le=4096, description="Number of trainable key/value prefix positions per layer."
+    )
     projection: Bool = Field(default=False, description="Reparameterise the prefix through an MLP (as in the paper).")
 
 
@@ -462,14 +477,19 @@ class EarlyStopping(ApiModel):
         Str,
         Field(json_schema_extra={"pattern": r"^eval_[A-Za-z0-9_]+$"}),
         AfterValidator(_check_pattern(r"^eval_[A-Za-z0-9_]+$", "an evaluation metric such as eval_loss")),
-    ] = Field(default="eval_loss", description="Evaluation metric to watch: eval_loss (eval_accuracy for "
-              "classification) when one dataset has evaluation data, eval_<name>_loss of one of them when several do.")
+    ] = Field(
+        default="eval_loss",
+        description="Evaluation metric to watch: eval_loss (eval_accuracy for "
+        "classification) when one dataset has evaluation data, eval_<name>_loss of one of them when several do.",
+    )
     patience: Int = Field(default=3, ge=1, description="Evaluations without improvement before training stops.")
     min_delta: Float = Field(default=0.0, ge=0, description="Smallest change that counts as an improvement.")
 
 
 class Evaluation(ApiModel):
-    every_steps: Int = Field(default=0, ge=0, description="Evaluate every N optimizer steps; 0 = at the end of each epoch.")
+    every_steps: Int = Field(
+        default=0, ge=0, description="Evaluate every N optimizer steps; 0 = at the end of each epoch."
+    )
     early_stopping: EarlyStopping | None = Field(
         default=None, description="Stop when the metric stops improving (needs evaluation data)."
     )
@@ -486,7 +506,9 @@ class Output(ApiModel):
     credentials_secret: SecretName | None = Field(
         default=None, description="Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY[, AWS_SESSION_TOKEN]."
     )
-    endpoint: HttpUrl | None = Field(default=None, description="S3-compatible endpoint, e.g. http://minio.storage:9000.")
+    endpoint: HttpUrl | None = Field(
+        default=None, description="S3-compatible endpoint, e.g. http://minio.storage:9000."
+    )
     region: Str | None = Field(default=None, description="S3 region (default from the environment, else us-east-1).")
     checkpoint_every_steps: Int = Field(default=200, ge=1, description="Save a checkpoint every N optimizer steps.")
     keep_checkpoints: Int = Field(
@@ -569,9 +591,7 @@ class Toleration(ApiModel):
     key: LabelKey | None = Field(
         default=None, description="Taint key to tolerate; empty with operator Exists = all taints."
     )
-    operator: Literal["Exists", "Equal"] = Field(
-        default="Equal", description="Exists | Equal."
-    )
+    operator: Literal["Exists", "Equal"] = Field(default="Equal", description="Exists | Equal.")
     value: LabelValue | None = Field(default=None, description="Taint value (operator Equal; empty with Exists).")
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="NoSchedule | PreferNoSchedule | NoExecute; empty = all effects."
@@ -608,19 +628,25 @@ class Resources(ApiModel):
             max_length=k8s.EXTENDED_RESOURCE_NAME_MAX_LENGTH,
             json_schema_extra={
                 "pattern": k8s.EXTENDED_RESOURCE_NAME_PATTERN,
-                "x-kubernetes-validations": [{
-                    "rule": k8s.EXTENDED_RESOURCE_NAME_CEL,
-                    "message": "must be an extended resource name such as nvidia.com/gpu: a domain outside "
-                    "kubernetes.io/ (at most 244 characters, not starting with requests.), '/', a name of at most 63",
-                }],
+                "x-kubernetes-validations": [
+                    {
+                        "rule": k8s.EXTENDED_RESOURCE_NAME_CEL,
+                        "message": "must be an extended resource name such as nvidia.com/gpu: a domain outside "
+                        "kubernetes.io/ (at most 244 characters, not starting with requests.), '/', a name of at most 63",
+                    }
+                ],
             },
         ),
         AfterValidator(_k8s_check("an extended resource name such as nvidia.com/gpu", k8s.is_extended_resource_name)),
-    ] = Field(default="nvidia.com/gpu", description="Extended resource that schedules GPUs, e.g. nvidia.com/gpu or amd.com/gpu.")
-    cpu: Quantity | None = Field(default=None, description="CPU request and limit per node, e.g. \"8\" or \"7500m\".")
+    ] = Field(
+        default="nvidia.com/gpu",
+        description="Extended resource that schedules GPUs, e.g. nvidia.com/gpu or amd.com/gpu.",
+    )
+    cpu: Quantity | None = Field(default=None, description='CPU request and limit per node, e.g. "8" or "7500m".')
     memory: Quantity | None = Field(default=None, description="Memory request and limit per node, e.g. 64Gi.")
     shared_memory: Quantity | None = Field(
-        default=None, description="Size of /dev/shm for data-loader workers, e.g. 8Gi; default: half of memory, else 1Gi."
+        default=None,
+        description="Size of /dev/shm for data-loader workers, e.g. 8Gi; default: half of memory, else 1Gi.",
     )
     node_selector: Annotated[dict[Str, LabelValue], AfterValidator(_check_label_keys)] = Field(
         default_factory=dict,
@@ -664,12 +690,14 @@ def _requirement_cel(operators: tuple[str, ...], gt_lt: bool) -> dict:
         },
     ]
     if gt_lt:
-        rules.append({
-            "rule": "!(self.operator in ['Gt', 'Lt']) || (has(self.values) && size(self.values) == 1 && "
-            "self.values[0].matches('^-?[0-9]+$'))",
-            "message": "values must be a single integer when operator is Gt or Lt",
-            "fieldPath": ".values",
-        })
+        rules.append(
+            {
+                "rule": "!(self.operator in ['Gt', 'Lt']) || (has(self.values) && size(self.values) == 1 && "
+                "self.values[0].matches('^-?[0-9]+$'))",
+                "message": "values must be a single integer when operator is Gt or Lt",
+                "fieldPath": ".values",
+            }
+        )
     return {"x-kubernetes-validations": rules}
 
 
@@ -689,7 +717,9 @@ def _check_requirement_values(node: bool):
 
 
 class NodeSelectorRequirement(ApiModel):
-    model_config = ConfigDict(json_schema_extra=_requirement_cel(("In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"), True))
+    model_config = ConfigDict(
+        json_schema_extra=_requirement_cel(("In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"), True)
+    )
     key: RequiredLabelKey = Field(description="The node label key the requirement applies to.")
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"] = Field(
         description="In | NotIn | Exists | DoesNotExist | Gt | Lt."
@@ -705,7 +735,9 @@ class NodeSelectorRequirement(ApiModel):
 
 
 class NodeFieldSelectorRequirement(ApiModel):
-    key: Literal["metadata.name"] = Field(description="The node field: metadata.name (the only one Kubernetes supports).")
+    key: Literal["metadata.name"] = Field(
+        description="The node field: metadata.name (the only one Kubernetes supports)."
+    )
     operator: Literal["In", "NotIn"] = Field(description="In | NotIn.")
     values: Annotated[
         list[Annotated[Str, Field(max_length=k8s.DNS1123_SUBDOMAIN_MAX_LENGTH, json_schema_extra={
@@ -746,7 +778,9 @@ class NodeAffinity(ApiModel):
 class LabelSelectorRequirement(ApiModel):
     model_config = ConfigDict(json_schema_extra=_requirement_cel(("In", "NotIn", "Exists", "DoesNotExist"), False))
     key: RequiredLabelKey = Field(description="The label key the requirement applies to.")
-    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"] = Field(description="In | NotIn | Exists | DoesNotExist.")
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"] = Field(
+        description="In | NotIn | Exists | DoesNotExist."
+    )
     values: list[LabelValue] | None = Field(
         default=None,
         max_length=MAX_SELECTOR_VALUES,
@@ -757,9 +791,9 @@ class LabelSelectorRequirement(ApiModel):
 
 
 class LabelSelector(ApiModel):
-    match_labels: Annotated[
-        dict[Str, LabelValue], Field(max_length=MAX_MAP_ENTRIES), AfterValidator(_check_label_keys)
-    ] | None = Field(
+    match_labels: (
+        Annotated[dict[Str, LabelValue], Field(max_length=MAX_MAP_ENTRIES), AfterValidator(_check_label_keys)] | None
+    ) = Field(
         default=None,
         description="Labels the pods must carry.",
         json_schema_extra=_label_keys_cel("matchLabels"),
@@ -994,8 +1028,10 @@ def _check_reserved_keys(what: str):
 
 def _reserved_key(key: str) -> bool:
     prefix, slash, _ = key.lower().partition("/")
-    return key in RESERVED_LABEL_KEYS or bool(slash) and any(
-        prefix == d or prefix.endswith("." + d) for d in RESERVED_LABEL_DOMAINS
+    return (
+        key in RESERVED_LABEL_KEYS
+        or bool(slash)
+        and any(prefix == d or prefix.endswith("." + d) for d in RESERVED_LABEL_DOMAINS)
     )
 
 
@@ -1202,10 +1238,16 @@ class Spec(ApiModel):
         default=None, description="Head and last-layers settings (technique feature-extraction)."
     )
     adapter: Adapter | None = Field(default=None, description="Bottleneck adapter settings (technique adapter).")
-    prompt_tuning: PromptTuning | None = Field(default=None, description="Soft-prompt settings (technique prompt-tuning).")
+    prompt_tuning: PromptTuning | None = Field(
+        default=None, description="Soft-prompt settings (technique prompt-tuning)."
+    )
     prefix_tuning: PrefixTuning | None = Field(default=None, description="Prefix settings (technique prefix-tuning).")
-    classification: Classification | None = Field(default=None, description="Label settings (objective classification).")
-    preference: Preference | None = Field(default=None, description="Preference optimisation settings (objective preference).")
+    classification: Classification | None = Field(
+        default=None, description="Label settings (objective classification)."
+    )
+    preference: Preference | None = Field(
+        default=None, description="Preference optimisation settings (objective preference)."
+    )
     rlhf: Rlhf | None = Field(default=None, description="Reward model and online RL settings (objective rlhf).")
     evaluation: Evaluation = Field(default_factory=Evaluation, description="When to evaluate and when to stop early.")
     output: Output = Field(default_factory=Output, description="Where results go, and checkpointing.")
@@ -1227,7 +1269,9 @@ class Spec(ApiModel):
         description="How the model spreads over the job's GPUs; unset = strategy auto without CPU offload.",
     )
     pod: Pod | None = Field(default=None, description="Options of the training pods (within the platform's policy).")
-    nodes: Int = Field(default=1, ge=1, le=1024, description="Training nodes; more than 1 = multi-node data parallelism (torchrun).")
+    nodes: Int = Field(
+        default=1, ge=1, le=1024, description="Training nodes; more than 1 = multi-node data parallelism (torchrun)."
+    )
     image: Str = Field(default="", description="Trainer image override; empty = the operator's default trainer image.")
     # the LocalQueue's name (a DNS subdomain), also the value of the Job's kueue.x-k8s.io/queue-name label
     queue_name: Annotated[
@@ -1252,9 +1296,13 @@ class Spec(ApiModel):
     backoff_limit: Int = Field(
         default=3, ge=0, le=100, description="Retries after infrastructure failures; user errors fail at once."
     )
-    active_deadline_seconds: Int = Field(default=0, ge=0, description="Fail the job after this many seconds running; 0 = none.")
+    active_deadline_seconds: Int = Field(
+        default=0, ge=0, description="Fail the job after this many seconds running; 0 = none."
+    )
     ttl_seconds_after_finished: Int = Field(
-        default=0, ge=0, description="Delete the child objects this long after the job finishes (S3 output is kept); 0 = keep."
+        default=0,
+        ge=0,
+        description="Delete the child objects this long after the job finishes (S3 output is kept); 0 = keep.",
     )
 
     def resolved(self) -> Spec:
@@ -1297,7 +1345,9 @@ class Condition(ApiModel):
     last_transition_time: Str | None = Field(
         default=None, description="When the status last changed.", json_schema_extra={"format": "date-time"}
     )
-    observed_generation: Int | None = Field(default=None, description="The .metadata.generation this condition was set from.")
+    observed_generation: Int | None = Field(
+        default=None, description="The .metadata.generation this condition was set from."
+    )
 
 
 class Progress(ApiModel):
@@ -1333,12 +1383,16 @@ class Plan(ApiModel):
     cpu_offload: Bool | None = Field(default=None, description="fsdp: parameters and optimizer state in host memory.")
     # The contract spells GiB with a capital B (perGpuGiB), which the camelCase alias generator would not.
     per_gpu_gib: Float | None = Field(
-        default=None, ge=0, alias="perGpuGiB", description="Estimated memory each GPU needs, in GiB (weights, "
-        "gradients, optimizer state, activations)."
+        default=None,
+        ge=0,
+        alias="perGpuGiB",
+        description="Estimated memory each GPU needs, in GiB (weights, gradients, optimizer state, activations).",
     )
     gpu_memory_gib: Float | None = Field(
-        default=None, ge=0, alias="gpuMemoryGiB", description="Memory of one GPU, in GiB (spec.resources.gpuMemory or "
-        "the GPU table)."
+        default=None,
+        ge=0,
+        alias="gpuMemoryGiB",
+        description="Memory of one GPU, in GiB (spec.resources.gpuMemory or the GPU table).",
     )
     fits: Bool | None = Field(default=None, description="Whether perGpuGiB fits gpuMemoryGiB.")
 
@@ -1351,7 +1405,9 @@ class ModelCacheStatus(ApiModel):
 
 class Status(ApiModel):
     model_config = ConfigDict(extra="ignore")
-    phase: Phase | None = Field(default=None, description="Pending | Queued | Running | Succeeded | Failed | Suspended.")
+    phase: Phase | None = Field(
+        default=None, description="Pending | Queued | Running | Succeeded | Failed | Suspended."
+    )
     observed_generation: Int | None = Field(default=None, description="The .metadata.generation the status reflects.")
     conditions: list[Condition] = Field(
         default_factory=list,
@@ -1359,8 +1415,12 @@ class Status(ApiModel):
         description="Latest observations (metav1.Condition).",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
-    start_time: Str | None = Field(default=None, description="When training first started.", json_schema_extra={"format": "date-time"})
-    completion_time: Str | None = Field(default=None, description="When the job finished.", json_schema_extra={"format": "date-time"})
+    start_time: Str | None = Field(
+        default=None, description="When training first started.", json_schema_extra={"format": "date-time"}
+    )
+    completion_time: Str | None = Field(
+        default=None, description="When the job finished.", json_schema_extra={"format": "date-time"}
+    )
     attempts: Int | None = Field(default=None, description="Training attempts so far (retries + 1).")
     job_name: Str | None = Field(default=None, description="The child batch/v1 Job.")
     progress: Progress | None = Field(default=None, description="Live training progress reported by the trainer.")
@@ -1387,7 +1447,12 @@ class ObjectMeta(ApiModel):
     name: Annotated[
         Str,
         Field(max_length=MAX_NAME_LENGTH),
-        AfterValidator(_check_pattern(DNS_LABEL_PATTERN, "a DNS label: lowercase letters, digits and '-', starting and ending with a letter or digit")),
+        AfterValidator(
+            _check_pattern(
+                DNS_LABEL_PATTERN,
+                "a DNS label: lowercase letters, digits and '-', starting and ending with a letter or digit",
+            )
+        ),
     ] = Field(description="Name of the job; its child objects are named after it.")
     namespace: Annotated[Str, AfterValidator(_check_pattern(DNS_LABEL_PATTERN, "a namespace name"))] | None = None
     # Not part of the CRD schema (the API server checks metadata itself); annotations such as

@@ -122,7 +122,9 @@ def _message(error: dict, root: type[BaseModel]) -> str:
             return f"needs at least {ctx.get('min_length')} {unit} (got {len(given) if given is not None else 0})"
         return f"allows at most {ctx.get('max_length')} {unit} (got {ctx.get('actual_length') or len(given)})"
     if kind == "string_too_short":
-        return "must not be empty" if ctx.get("min_length") == 1 else f"needs at least {ctx.get('min_length')} characters"
+        return (
+            "must not be empty" if ctx.get("min_length") == 1 else f"needs at least {ctx.get('min_length')} characters"
+        )
     if kind == "string_too_long":
         return f"allows at most {ctx.get('max_length')} characters (got {len(given)})"
     if kind in _TYPE_NAMES:

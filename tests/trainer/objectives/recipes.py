@@ -73,7 +73,9 @@ def recipe_context(
         "output": {"uri": (tmp_path / out_name).as_uri() + "/", "checkpointEverySteps": 1000},
     }
     raw.update(spec_extra or {})
-    job = FineTuneJob.model_validate({"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "test"}, "spec": raw})
+    job = FineTuneJob.model_validate(
+        {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "test"}, "spec": raw}
+    )
     spec = job.spec.resolved()
     out = open_output(job, spec, None)
     work = tmp_path / f"work-{out_name}"

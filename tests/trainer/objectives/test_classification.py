@@ -10,14 +10,15 @@ import random
 from pathlib import Path
 
 import pytest
+from tests.trainer.objectives.recipes import WORDS, recipe_context, write_jsonl
 from transformers import TrainerCallback
 
 from kubetune.api.v1alpha1 import Spec
 from kubetune_trainer.context import RunContext
-from tests.trainer.objectives.recipes import WORDS, recipe_context, write_jsonl
 from kubetune_trainer.errors import UserError
 
 pytestmark = pytest.mark.slow
+
 
 def sentiment_rows(n: int, seed: int, words=("great", "terrible"), labels=("positive", "negative")) -> list[dict]:
     rng = random.Random(seed)
@@ -33,8 +34,14 @@ def make_ctx(
     tmp_path: Path, model_dir: Path, spec_extra: dict, datasets: list[dict], callbacks=(), max_steps: int = 30
 ) -> RunContext:
     return recipe_context(
-        tmp_path, model_dir, objective="classification", datasets=datasets, steps=max_steps, lr=1e-2,
-        spec_extra=spec_extra, callbacks=callbacks,
+        tmp_path,
+        model_dir,
+        objective="classification",
+        datasets=datasets,
+        steps=max_steps,
+        lr=1e-2,
+        spec_extra=spec_extra,
+        callbacks=callbacks,
     )
 
 
@@ -91,15 +98,23 @@ def test_classification_learns_and_only_intended_params_change(tmp_path, tiny_ll
         tmp_path,
         tiny_llama_dir,
         {"technique": technique, **extra},
-        [{"name": "sent", "uri": write_jsonl(tmp_path / "train.jsonl", sentiment_rows(96, seed=1)),
-          "format": "classification", "evalUri": write_jsonl(tmp_path / "eval.jsonl", eval_rows)}],
+        [
+            {
+                "name": "sent",
+                "uri": write_jsonl(tmp_path / "train.jsonl", sentiment_rows(96, seed=1)),
+                "format": "classification",
+                "evalUri": write_jsonl(tmp_path / "eval.jsonl", eval_rows),
+            }
+        ],
         callbacks=[snapshot],
     )
     result = classification.run(ctx)
 
     loss_before, acc_before = snapshot.before
     loss_after, acc_after = measure(result.model, result.tokenizer, eval_rows, NAMES)
-    print(f"{technique} classification: eval loss {loss_before:.3f} -> {loss_after:.3f}, accuracy {acc_before:.2f} -> {acc_after:.2f}")
+    print(
+        f"{technique} classification: eval loss {loss_before:.3f} -> {loss_after:.3f}, accuracy {acc_before:.2f} -> {acc_after:.2f}"
+    )
     assert loss_after < loss_before * 0.7
     assert acc_after >= 0.9 and acc_after > acc_before
     # The Trainer's own evaluation agrees with the direct measurement.
@@ -151,8 +166,14 @@ def test_label_outside_the_class_list_is_a_user_error(tmp_path, tiny_llama_dir):
         tmp_path,
         tiny_llama_dir,
         {"classification": {"labels": ["negative", "positive"]}},
-        [{"name": "sent", "uri": write_jsonl(tmp_path / "t.jsonl", rows), "format": "classification",
-          "evalUri": write_jsonl(tmp_path / "e.jsonl", eval_rows)}],
+        [
+            {
+                "name": "sent",
+                "uri": write_jsonl(tmp_path / "t.jsonl", rows),
+                "format": "classification",
+                "evalUri": write_jsonl(tmp_path / "e.jsonl", eval_rows),
+            }
+        ],
     )
     with pytest.raises(UserError) as err:
         classification.run(ctx)
@@ -162,19 +183,28 @@ def test_label_outside_the_class_list_is_a_user_error(tmp_path, tiny_llama_dir):
 
 def test_labels_and_head_size(tmp_path, tiny_llama_dir):
     """Integer labels sort numerically; spec names can label integer classes; numLabels sizes the head."""
+    import datasets
+
     from kubetune_trainer.context import TaskData
     from kubetune_trainer.objectives import classification
 
-    import datasets
-
     spec = Spec.model_validate(
-        {"technique": "feature-extraction", "objective": "classification", "model": {"uri": tiny_llama_dir.as_uri()},
-         "datasets": [{"uri": "file:///x.jsonl", "format": "classification"}], "featureExtraction": {"numLabels": 12}}
+        {
+            "technique": "feature-extraction",
+            "objective": "classification",
+            "model": {"uri": tiny_llama_dir.as_uri()},
+            "datasets": [{"uri": "file:///x.jsonl", "format": "classification"}],
+            "featureExtraction": {"numLabels": 12},
+        }
     ).resolved()
-    task = TaskData("default", "classification", 1.0, datasets.Dataset.from_list([{"text": "a", "label": v} for v in (10, 2, 0)]))
+    task = TaskData(
+        "default", "classification", 1.0, datasets.Dataset.from_list([{"text": "a", "label": v} for v in (10, 2, 0)])
+    )
     names = classification.class_names(spec, [task])
     assert names == ["0", "2", "10"]
     assert classification.head_size(spec, names) == 12
-    named = spec.model_copy(update={"classification": spec.classification.model_copy(update={"labels": ["neg", "pos"]})})
+    named = spec.model_copy(
+        update={"classification": spec.classification.model_copy(update={"labels": ["neg", "pos"]})}
+    )
     index = classification.label_indexer(classification.class_names(named, [task]))
     assert (index("pos"), index(1), index(0), index(7)) == (1, 1, 0, None)

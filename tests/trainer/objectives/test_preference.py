@@ -10,9 +10,8 @@ import random
 from pathlib import Path
 
 import pytest
-from transformers import TrainerCallback
-
 from tests.trainer.objectives.recipes import WORDS, recipe_context, write_jsonl
+from transformers import TrainerCallback
 
 pytestmark = pytest.mark.slow
 
@@ -22,15 +21,25 @@ CHOSEN, REJECTED = " yes , good", " no , bad"
 def preference_rows(n: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
     return [
-        {"prompt": " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 5))), "chosen": CHOSEN, "rejected": REJECTED}
+        {
+            "prompt": " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 5))),
+            "chosen": CHOSEN,
+            "rejected": REJECTED,
+        }
         for _ in range(n)
     ]
 
 
 def make_ctx(tmp_path: Path, model_dir: Path, spec_extra: dict, datasets: list[dict], callbacks=(), lr=5e-3, steps=24):
     return recipe_context(
-        tmp_path, model_dir, objective="preference", datasets=datasets, steps=steps, lr=lr,
-        spec_extra=spec_extra, callbacks=callbacks,
+        tmp_path,
+        model_dir,
+        objective="preference",
+        datasets=datasets,
+        steps=steps,
+        lr=lr,
+        spec_extra=spec_extra,
+        callbacks=callbacks,
     )
 
 
@@ -47,7 +56,7 @@ def logprob_gap(model, tokenizer, rows: list[dict]) -> float:
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([ids])).logits[0]
         # Prompt-learning PEFT prepends virtual positions: keep the last len(ids) ones.
-        logps = torch.log_softmax(logits[-len(ids):].float(), -1)
+        logps = torch.log_softmax(logits[-len(ids) :].float(), -1)
         return sum(logps[i - 1, ids[i]].item() for i in range(len(prompt_ids), len(ids)))
 
     gaps = [completion_logprob(r["prompt"], r["chosen"]) - completion_logprob(r["prompt"], r["rejected"]) for r in rows]
@@ -92,8 +101,14 @@ def train_preference(tmp_path, model_dir, technique, algorithm, steps=24):
         tmp_path,
         model_dir,
         {"technique": technique, "preference": {"algorithm": algorithm, "beta": 0.1}, **extra},
-        [{"name": "pref", "uri": write_jsonl(tmp_path / "train.jsonl", preference_rows(64, seed=1)), "format": "preference",
-          "evalUri": write_jsonl(tmp_path / "eval.jsonl", eval_rows)}],
+        [
+            {
+                "name": "pref",
+                "uri": write_jsonl(tmp_path / "train.jsonl", preference_rows(64, seed=1)),
+                "format": "preference",
+                "evalUri": write_jsonl(tmp_path / "eval.jsonl", eval_rows),
+            }
+        ],
         callbacks=[recorder],
         lr=lr,
         steps=steps,
@@ -132,8 +147,13 @@ def test_multitask_preference_reports_eval_per_task(tmp_path, tiny_llama_dir):
     from kubetune_trainer.objectives import preference
 
     datasets = [
-        {"name": name, "uri": write_jsonl(tmp_path / f"{name}.jsonl", preference_rows(32, seed)), "format": "preference",
-         "weight": weight, "evalUri": write_jsonl(tmp_path / f"{name}-eval.jsonl", preference_rows(8, seed + 10))}
+        {
+            "name": name,
+            "uri": write_jsonl(tmp_path / f"{name}.jsonl", preference_rows(32, seed)),
+            "format": "preference",
+            "weight": weight,
+            "evalUri": write_jsonl(tmp_path / f"{name}-eval.jsonl", preference_rows(8, seed + 10)),
+        }
         for name, seed, weight in (("first", 1, 2.0), ("second", 3, 1.0))
     ]
     ctx = make_ctx(tmp_path, tiny_llama_dir, {"lora": {"rank": 8, "alpha": 16, "dropout": 0.0}}, datasets, steps=8)

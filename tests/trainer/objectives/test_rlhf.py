@@ -12,10 +12,10 @@ import random
 from pathlib import Path
 
 import pytest
+from tests.trainer.objectives.recipes import WORDS, recipe_context, write_jsonl
 from transformers import TrainerCallback
 
 from kubetune_trainer.context import RunContext
-from tests.trainer.objectives.recipes import WORDS, recipe_context, write_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +33,9 @@ def preference_rows(n: int, seed: int) -> list[dict]:
     for _ in range(n):
         chosen = [rng.choice(WORDS + GOOD) for _ in range(3)] + [rng.choice(GOOD)]
         rejected = [rng.choice(WORDS + BAD) for _ in range(4)]
-        rows.append({"prompt": prompt_text(rng), "chosen": " " + " ".join(chosen), "rejected": " " + " ".join(rejected)})
+        rows.append(
+            {"prompt": prompt_text(rng), "chosen": " " + " ".join(chosen), "rejected": " " + " ".join(rejected)}
+        )
     return rows
 
 
@@ -75,10 +77,16 @@ def mean_reward(policy, tokenizer, reward_model, reward_tokenizer, prompts, samp
     enc = tokenizer(prompts, return_tensors="pt", padding=True)
     with torch.no_grad():
         out = policy.generate(
-            **enc, do_sample=True, temperature=1.0, max_new_tokens=max_new_tokens, num_return_sequences=samples,
-            pad_token_id=tokenizer.pad_token_id, top_k=0, top_p=1.0,
+            **enc,
+            do_sample=True,
+            temperature=1.0,
+            max_new_tokens=max_new_tokens,
+            num_return_sequences=samples,
+            pad_token_id=tokenizer.pad_token_id,
+            top_k=0,
+            top_p=1.0,
         )
-    completions = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    completions = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     for i, completion in enumerate(completions):
         texts.append(prompts[i // samples] + completion)
     tokenizer.padding_side = "right"
@@ -87,14 +95,32 @@ def mean_reward(policy, tokenizer, reward_model, reward_tokenizer, prompts, samp
         return reward_model(**scored).logits[:, 0].mean().item()
 
 
-def make_ctx(tmp_path: Path, model_dir: Path, *, technique="full", algorithm="grpo", steps=40, lr=5e-3,
-             reward_model_dir=None, callbacks=(), out_name="out", with_preferences=True) -> RunContext:
-    datasets = [{"name": "prompts", "uri": write_jsonl(tmp_path / "prompts.jsonl", prompt_rows(64, seed=3)), "format": "prompt"}]
+def make_ctx(
+    tmp_path: Path,
+    model_dir: Path,
+    *,
+    technique="full",
+    algorithm="grpo",
+    steps=40,
+    lr=5e-3,
+    reward_model_dir=None,
+    callbacks=(),
+    out_name="out",
+    with_preferences=True,
+) -> RunContext:
+    datasets = [
+        {"name": "prompts", "uri": write_jsonl(tmp_path / "prompts.jsonl", prompt_rows(64, seed=3)), "format": "prompt"}
+    ]
     if with_preferences:
-        datasets.insert(0, {
-            "name": "prefs", "uri": write_jsonl(tmp_path / "prefs.jsonl", preference_rows(128, seed=1)),
-            "format": "preference", "evalUri": write_jsonl(tmp_path / "prefs-eval.jsonl", preference_rows(32, seed=2)),
-        })
+        datasets.insert(
+            0,
+            {
+                "name": "prefs",
+                "uri": write_jsonl(tmp_path / "prefs.jsonl", preference_rows(128, seed=1)),
+                "format": "preference",
+                "evalUri": write_jsonl(tmp_path / "prefs-eval.jsonl", preference_rows(32, seed=2)),
+            },
+        )
     rlhf = {"algorithm": algorithm, "numGenerations": 4, "maxCompletionLength": 4, "beta": 0.0, "temperature": 1.0}
     if reward_model_dir is not None:
         rlhf["rewardModel"] = {"uri": Path(reward_model_dir).as_uri()}
@@ -102,8 +128,16 @@ def make_ctx(tmp_path: Path, model_dir: Path, *, technique="full", algorithm="gr
     if technique == "lora":
         extra["lora"] = {"rank": 8, "alpha": 16, "dropout": 0.0}
     return recipe_context(
-        tmp_path, model_dir, objective="rlhf", technique=technique, datasets=datasets, steps=steps, lr=lr,
-        spec_extra=extra, callbacks=callbacks, out_name=out_name,
+        tmp_path,
+        model_dir,
+        objective="rlhf",
+        technique=technique,
+        datasets=datasets,
+        steps=steps,
+        lr=lr,
+        spec_extra=extra,
+        callbacks=callbacks,
+        out_name=out_name,
     )
 
 
@@ -135,7 +169,7 @@ def test_reward_model_is_trained_and_published(grpo_run):
 
     ctx, result, recorder, _ = grpo_run
     assert recorder.stages == ["reward-model", "policy"]
-    published = Path(ctx.layout.final_uri[len("file://"):]) / "reward-model"
+    published = Path(ctx.layout.final_uri[len("file://") :]) / "reward-model"
     assert (published / rlhf.COMPLETE_MARKER).is_file()
     model, tok = rlhf.load_reward_model(ctx, published)
     rows = preference_rows(32, seed=2)
@@ -157,8 +191,10 @@ def test_grpo_raises_the_mean_reward(grpo_run):
     ctx, result, recorder, prompts = grpo_run
     after = mean_reward(result.model, result.tokenizer, *recorder.scorer, prompts)
     logged = recorder.logged_rewards
-    print(f"full x rlhf/grpo: mean reward {recorder.reward_before:.3f} -> {after:.3f} "
-          f"(logged: first {logged[0]:.3f}, last {logged[-1]:.3f}); loss {result.metrics.get('train_loss')}")
+    print(
+        f"full x rlhf/grpo: mean reward {recorder.reward_before:.3f} -> {after:.3f} "
+        f"(logged: first {logged[0]:.3f}, last {logged[-1]:.3f}); loss {result.metrics.get('train_loss')}"
+    )
     assert after > recorder.reward_before + 1.0
     assert "reward" in result.metrics
 
@@ -167,14 +203,24 @@ def test_rloo_with_a_given_reward_model_skips_the_reward_stage(grpo_run, tmp_pat
     from kubetune_trainer.objectives import rlhf
 
     first_ctx, _, first_recorder, prompts = grpo_run
-    published = Path(first_ctx.layout.final_uri[len("file://"):]) / "reward-model"
+    published = Path(first_ctx.layout.final_uri[len("file://") :]) / "reward-model"
     recorder = StageRecorder(prompts)
     recorder.scorer = first_recorder.scorer
-    ctx = make_ctx(tmp_path, tiny_llama_dir, algorithm="rloo", lr=2e-2, reward_model_dir=published, callbacks=[recorder],
-                   with_preferences=False)
+    ctx = make_ctx(
+        tmp_path,
+        tiny_llama_dir,
+        algorithm="rloo",
+        lr=2e-2,
+        reward_model_dir=published,
+        callbacks=[recorder],
+        with_preferences=False,
+    )
     result = rlhf.run(ctx)
     after = mean_reward(result.model, result.tokenizer, *recorder.scorer, prompts)
-    print(f"full x rlhf/rloo: mean reward {recorder.reward_before:.3f} -> {after:.3f}", [round(r, 2) for r in recorder.logged_rewards])
+    print(
+        f"full x rlhf/rloo: mean reward {recorder.reward_before:.3f} -> {after:.3f}",
+        [round(r, 2) for r in recorder.logged_rewards],
+    )
     assert recorder.stages == ["policy"]
     assert not (tmp_path / "out" / "final" / "reward-model").exists()
     assert after > recorder.reward_before + 1.0
@@ -187,7 +233,7 @@ def test_a_completed_reward_stage_is_skipped_on_retry(grpo_run, tmp_path, tiny_l
     from kubetune_trainer.objectives import rlhf
 
     first_ctx, *_ = grpo_run
-    published = Path(first_ctx.layout.final_uri[len("file://"):]) / "reward-model"
+    published = Path(first_ctx.layout.final_uri[len("file://") :]) / "reward-model"
     shutil.copytree(published, tmp_path / "out" / "final" / "reward-model")
     recorder = StageRecorder([])
     ctx = make_ctx(tmp_path, tiny_llama_dir, steps=2, callbacks=[recorder])
@@ -202,11 +248,19 @@ def test_lora_policy_with_grpo(grpo_run, tmp_path, tiny_llama_dir):
     from kubetune_trainer.objectives import rlhf
 
     first_ctx, _, first_recorder, prompts = grpo_run
-    published = Path(first_ctx.layout.final_uri[len("file://"):]) / "reward-model"
+    published = Path(first_ctx.layout.final_uri[len("file://") :]) / "reward-model"
     recorder = StageRecorder(prompts)
     recorder.scorer = first_recorder.scorer
-    ctx = make_ctx(tmp_path, tiny_llama_dir, technique="lora", lr=1e-2, steps=40, reward_model_dir=published,
-                   callbacks=[recorder], with_preferences=False)
+    ctx = make_ctx(
+        tmp_path,
+        tiny_llama_dir,
+        technique="lora",
+        lr=1e-2,
+        steps=40,
+        reward_model_dir=published,
+        callbacks=[recorder],
+        with_preferences=False,
+    )
     result = rlhf.run(ctx)
     after = mean_reward(result.model, result.tokenizer, *recorder.scorer, prompts)
     print(f"lora x rlhf/grpo: mean reward {recorder.reward_before:.3f} -> {after:.3f}")

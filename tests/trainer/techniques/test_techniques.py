@@ -141,7 +141,9 @@ def reload(technique: str, task: str, out, base_dir, spec):
 def test_technique_trains_saves_and_reloads(technique, task, tiny_llama_dir, tmp_path):
     spec = make_spec(technique)
     torch.manual_seed(0)
-    loaded = load_for_training(spec, tiny_llama_dir, task, label_names=["other", "the"] if task != "causal-lm" else None)
+    loaded = load_for_training(
+        spec, tiny_llama_dir, task, label_names=["other", "the"] if task != "causal-lm" else None
+    )
     model, tokenizer = loaded.model, loaded.tokenizer
     assert loaded.task == task
 
@@ -165,7 +167,9 @@ def test_technique_trains_saves_and_reloads(technique, task, tiny_llama_dir, tmp
     assert sum(losses[-5:]) / 5 < required * losses[0], losses
 
     changed = {name for name, p in model.named_parameters() if not bit_identical(p.detach(), before[name])}
-    assert changed == trainable, f"trained but unchanged: {sorted(trainable - changed)[:4]}; changed but frozen: {sorted(changed - trainable)[:4]}"
+    assert changed == trainable, (
+        f"trained but unchanged: {sorted(trainable - changed)[:4]}; changed but frozen: {sorted(changed - trainable)[:4]}"
+    )
 
     expected = logits_of(model, batch)
     out = tmp_path / "final"
@@ -188,7 +192,9 @@ def test_technique_trains_saves_and_reloads(technique, task, tiny_llama_dir, tmp
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
         causal = task == "causal-lm"
-        merged = (AutoModelForCausalLM if causal else AutoModelForSequenceClassification).from_pretrained(out / "merged")
+        merged = (AutoModelForCausalLM if causal else AutoModelForSequenceClassification).from_pretrained(
+            out / "merged"
+        )
         assert not any("lora" in name for name, _ in merged.named_parameters())
         if technique == "lora":
             reference = expected
@@ -304,8 +310,17 @@ def test_reward_model_has_one_output(tiny_llama_dir):
 
 
 def test_lora_options_dora_rslora_and_module_list(tiny_llama_dir):
-    spec = make_spec("lora", lora={"rank": 4, "alpha": 8.0, "dropout": 0.0, "targetModules": "q_proj,v_proj",
-                                   "useDora": True, "useRslora": True})
+    spec = make_spec(
+        "lora",
+        lora={
+            "rank": 4,
+            "alpha": 8.0,
+            "dropout": 0.0,
+            "targetModules": "q_proj,v_proj",
+            "useDora": True,
+            "useRslora": True,
+        },
+    )
     model = load_for_training(spec, tiny_llama_dir, "causal-lm").model
     config = model.peft_config["default"]
     assert config.use_dora and config.use_rslora and set(config.target_modules) == {"q_proj", "v_proj"}

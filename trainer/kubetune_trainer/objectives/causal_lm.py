@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 
 from kubetune.api.constants import DatasetFormat
-
 from kubetune_trainer.context import RunContext, TaskData, TrainResult
 from kubetune_trainer.data import eval_dataset, mixed_train
 from kubetune_trainer.errors import UserError

@@ -18,7 +18,6 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from kubetune.api.constants import DatasetFormat, Technique
-
 from kubetune_trainer.context import RunContext, TaskData, TrainResult
 from kubetune_trainer.errors import UserError
 
@@ -134,8 +133,7 @@ def accuracy(eval_pred) -> dict[str, float]:
 
 
 def run(ctx: RunContext) -> TrainResult:
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
-    from transformers import set_seed
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
 
     from kubetune_trainer.args import training_args
     from kubetune_trainer.data import eval_dataset, mixed_train, select
@@ -145,7 +143,9 @@ def run(ctx: RunContext) -> TrainResult:
     spec = ctx.spec
     tasks = select(ctx.tasks, FORMATS)
     if not tasks:
-        raise UserError("spec.datasets: the classification objective needs at least one dataset of format classification")
+        raise UserError(
+            "spec.datasets: the classification objective needs at least one dataset of format classification"
+        )
     names = class_names(spec, tasks)
     check_labels(spec, tasks, names)
     num_labels = head_size(spec, names)
@@ -155,8 +155,14 @@ def run(ctx: RunContext) -> TrainResult:
     # New heads and adapters are initialised here, before the Trainer seeds: seed first so a run
     # (and its retry) starts from the same weights.
     set_seed(spec.hyperparameters.seed)
-    loaded = load_for_training(spec, ctx.model_dir, "sequence-classification", num_labels=num_labels, label_names=label_names,
-                               strategy=ctx.strategy)
+    loaded = load_for_training(
+        spec,
+        ctx.model_dir,
+        "sequence-classification",
+        num_labels=num_labels,
+        label_names=label_names,
+        strategy=ctx.strategy,
+    )
     model, tokenizer = loaded.model, loaded.tokenizer
     max_length = spec.hyperparameters.max_seq_length
 

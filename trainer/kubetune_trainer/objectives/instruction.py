@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 
 from kubetune.api.constants import DatasetFormat
-
 from kubetune_trainer.context import RunContext, TaskData, TrainResult
 from kubetune_trainer.errors import UserError
 from kubetune_trainer.objectives import causal_lm
@@ -32,7 +31,9 @@ FORMATS = (DatasetFormat.MESSAGES, DatasetFormat.PROMPT_COMPLETION)
 
 
 def _chat_ids(tokenizer, messages, *, add_generation_prompt: bool = False) -> list[int]:
-    out = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=True)
+    out = tokenizer.apply_chat_template(
+        messages, tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=True
+    )
     return list(out["input_ids"])
 
 
@@ -84,7 +85,9 @@ def encode_prompt_completion(tokenizer, prompt, completion) -> tuple[list[int], 
         prompt_ids = _chat_ids(tokenizer, prompt_msgs, add_generation_prompt=True)
         ids = _chat_ids(tokenizer, prompt_msgs + completion_msgs)
         if ids[: len(prompt_ids)] != prompt_ids:
-            raise UserError("spec.model: the chat template renders the prompt differently inside the whole conversation")
+            raise UserError(
+                "spec.model: the chat template renders the prompt differently inside the whole conversation"
+            )
     else:
         # As TRL's SFTTrainer does: tokenize the joined text, and the completion starts where it stops
         # agreeing with the prompt tokenized alone. Tokenizing the two apart and concatenating ids would
@@ -119,7 +122,10 @@ def tokenize(dataset, fmt: DatasetFormat, tokenizer, max_length: int, what: str)
 
     out = dataset.map(encode, remove_columns=dataset.column_names, desc=f"tokenizing {what}")
     # Rows whose answer was cut off entirely teach nothing (and give a NaN loss in a batch of their own).
-    out = out.filter(lambda row: any(label != IGNORE for label in row["labels"][1:]), desc=f"dropping rows of {what} without answer tokens")
+    out = out.filter(
+        lambda row: any(label != IGNORE for label in row["labels"][1:]),
+        desc=f"dropping rows of {what} without answer tokens",
+    )
     if len(out) == 0:
         raise UserError(f"{what}: no row has answer tokens within maxSeqLength")
     return out

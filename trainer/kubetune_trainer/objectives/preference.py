@@ -23,7 +23,6 @@ import copy
 import logging
 
 from kubetune.api.constants import DatasetFormat, PreferenceAlgorithm
-
 from kubetune_trainer.context import RunContext, TrainResult
 from kubetune_trainer.errors import UserError
 
@@ -81,8 +80,8 @@ def drop_reference_adapter(model) -> None:
 
 
 def run(ctx: RunContext) -> TrainResult:
-    from trl import DPOTrainer
     from transformers import set_seed
+    from trl import DPOTrainer
 
     from kubetune_trainer.data import eval_dataset, mixed_train, select
     from kubetune_trainer.modeling import load_for_training

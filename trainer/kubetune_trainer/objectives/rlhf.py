@@ -26,7 +26,6 @@ from pathlib import Path
 
 from kubetune.api.constants import DatasetFormat, RLAlgorithm
 from kubetune.api.uris import join_uri
-
 from kubetune_trainer.args import training_args
 from kubetune_trainer.context import RunContext, TrainResult
 from kubetune_trainer.errors import UserError
@@ -104,7 +103,9 @@ def train_reward_model(ctx: RunContext):
     set_seed(spec.hyperparameters.seed)
     loaded = load_for_training(spec, ctx.model_dir, "sequence-classification", num_labels=1, strategy=ctx.strategy)
     max_length = spec.hyperparameters.max_seq_length
-    train = as_scored(mixed_train(ctx.tasks, spec.hyperparameters.seed, PREFERENCE_FORMATS), loaded.tokenizer, max_length)
+    train = as_scored(
+        mixed_train(ctx.tasks, spec.hyperparameters.seed, PREFERENCE_FORMATS), loaded.tokenizer, max_length
+    )
     evaluation = eval_dataset(ctx.tasks, PREFERENCE_FORMATS)
     if isinstance(evaluation, dict):
         evaluation = {name: as_scored(rows, loaded.tokenizer, max_length) for name, rows in evaluation.items()}
@@ -185,15 +186,19 @@ def load_reward_model(ctx: RunContext, model_dir: Path):
             from peft import PeftModel
 
             base = AutoModelForSequenceClassification.from_pretrained(
-                str(ctx.model_dir), use_safetensors=check_weight_files(ctx.model_dir, spec.model.allow_pickle),
-                **head_kwargs(model_dir), **kwargs
+                str(ctx.model_dir),
+                use_safetensors=check_weight_files(ctx.model_dir, spec.model.allow_pickle),
+                **head_kwargs(model_dir),
+                **kwargs,
             )
             model = PeftModel.from_pretrained(base, str(model_dir))
         elif (model_dir / bottleneck.CONFIG_NAME).is_file():
             model = bottleneck.load_adapter_model(model_dir, ctx.model_dir, **kwargs)
         else:
             use_safetensors = check_weight_files(model_dir, spec.model.allow_pickle)
-            model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), use_safetensors=use_safetensors, **kwargs)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                str(model_dir), use_safetensors=use_safetensors, **kwargs
+            )
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"{what}: cannot load a sequence-classification reward model: {exc}") from exc
     config = (model.get_base_model() if hasattr(model, "get_base_model") else model).config

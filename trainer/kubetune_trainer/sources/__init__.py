@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kubetune.api.credentials import ROLE_REWARD_MODEL
-
 from kubetune_trainer import cache
 from kubetune_trainer.errors import UserError
 from kubetune_trainer.layout import COMPLETE_MARKER
@@ -43,8 +42,9 @@ def fetch_model(
     entry = cache.entry_for_role(role)
     if entry:
         what = "spec.rlhf.rewardModel.uri" if role == ROLE_REWARD_MODEL else "spec.model.uri"
-        model_dir = cache.fetch_cached(entry, uri, dest, what=what, allow_pickle=allow_pickle,
-                                       trust_remote_code=trust_remote_code)
+        model_dir = cache.fetch_cached(
+            entry, uri, dest, what=what, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code
+        )
         return check_remote_code(model_dir, uri, trust_remote_code)
     source = source_module(scheme)
     kwargs = dict(role=role, spec=spec, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
@@ -101,7 +101,9 @@ def fetch_data_files(uri: str, dest: Path, *, role: str, spec: Spec | None, what
     """Local copies of a data file or of every data file under a prefix (in place for file://)."""
     parsed, scheme = scheme_of(uri, what)
     if scheme.data_by_library:
-        raise UserError(f"{what}: {uri} is not a file or a prefix of files (hf:// datasets are read with datasets.load_dataset)")
+        raise UserError(
+            f"{what}: {uri} is not a file or a prefix of files (hf:// datasets are read with datasets.load_dataset)"
+        )
     return source_module(scheme).fetch_data(parsed, uri, dest, role=role, spec=spec, what=what)
 
 

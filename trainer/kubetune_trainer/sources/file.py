@@ -11,13 +11,13 @@ import os
 from pathlib import Path
 
 from kubetune.api.uris import DATA_FILE_SUFFIXES, ParsedUri
-
 from kubetune_trainer.errors import UserError
 
 
 def _denied(what: str, err: PermissionError) -> UserError:
-    return UserError(f"{what}: permission denied: {err.filename} "
-                     f"(the trainer runs as uid {os.getuid()}, gid {os.getgid()})")
+    return UserError(
+        f"{what}: permission denied: {err.filename} (the trainer runs as uid {os.getuid()}, gid {os.getgid()})"
+    )
 
 
 def _open_each(paths: list[Path]) -> None:

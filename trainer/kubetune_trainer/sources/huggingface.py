@@ -16,7 +16,6 @@ from pathlib import Path
 
 from kubetune.api.credentials import AMBIENT_ROLES_ENV, lookup
 from kubetune.api.uris import ParsedUri
-
 from kubetune_trainer.errors import InfraError, UserError
 
 SAFE_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "tokenizer*", "*.jinja"]
@@ -36,12 +35,17 @@ def translate_hub_error(err: Exception, what: str) -> Exception:
     from huggingface_hub import errors
 
     if isinstance(err, errors.GatedRepoError):
-        return UserError(f"{what}: the repository is gated; accept its terms and set a token (credentialsSecret with HF_TOKEN)")
+        return UserError(
+            f"{what}: the repository is gated; accept its terms and set a token (credentialsSecret with HF_TOKEN)"
+        )
     if isinstance(err, errors.RepositoryNotFoundError):
         return UserError(f"{what}: no such repository, or it is private and the token cannot read it")
     if isinstance(err, errors.RevisionNotFoundError):
         return UserError(f"{what}: no such revision")
-    if isinstance(err, errors.RemoteEntryNotFoundError if hasattr(errors, "RemoteEntryNotFoundError") else errors.EntryNotFoundError):
+    if isinstance(
+        err,
+        errors.RemoteEntryNotFoundError if hasattr(errors, "RemoteEntryNotFoundError") else errors.EntryNotFoundError,
+    ):
         return UserError(f"{what}: a file is missing from the repository")
     if isinstance(err, errors.LocalEntryNotFoundError):
         return InfraError(f"{what}: the Hugging Face Hub cannot be reached and nothing is cached")
@@ -68,7 +72,9 @@ def _is_transport_error(err: Exception) -> bool:
     return isinstance(err, httpx2.TransportError)
 
 
-def fetch_model(parsed: ParsedUri, uri: str, dest: Path, *, role: str, allow_pickle: bool, trust_remote_code: bool, **_options) -> Path:
+def fetch_model(
+    parsed: ParsedUri, uri: str, dest: Path, *, role: str, allow_pickle: bool, trust_remote_code: bool, **_options
+) -> Path:
     return fetch_model_snapshot(parsed, dest, role=role, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
 
 
@@ -77,8 +83,15 @@ def fetch_config(parsed: ParsedUri, uri: str, dest: Path, *, role: str, **_optio
 
     label = f"model.uri: hf://{parsed.location}" + (f"@{parsed.revision}" if parsed.revision else "")
     try:
-        return Path(hf_hub_download(repo_id=parsed.location, filename="config.json", revision=parsed.revision,
-                                    token=hub_token(role), local_dir=str(dest)))
+        return Path(
+            hf_hub_download(
+                repo_id=parsed.location,
+                filename="config.json",
+                revision=parsed.revision,
+                token=hub_token(role),
+                local_dir=str(dest),
+            )
+        )
     except Exception as err:  # noqa: BLE001 - translated
         raise translate_hub_error(err, label) from None
 
@@ -98,9 +111,11 @@ def fetch_model_snapshot(
     try:
         api = HfApi(token=token)
         commit = api.repo_info(parsed.location, revision=parsed.revision, token=token).sha
-        listed = {f.path: (f.lfs.size if f.lfs is not None else f.size)
-                  for f in api.list_repo_tree(parsed.location, revision=commit, recursive=True, token=token)
-                  if isinstance(f, RepoFile)}
+        listed = {
+            f.path: (f.lfs.size if f.lfs is not None else f.size)
+            for f in api.list_repo_tree(parsed.location, revision=commit, recursive=True, token=token)
+            if isinstance(f, RepoFile)
+        }
         snapshot_download(
             repo_id=parsed.location,
             revision=commit,

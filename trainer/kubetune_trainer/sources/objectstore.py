@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kubetune.api.uris import DATA_FILE_SUFFIXES, ParsedUri, join_uri, parse_uri
-
 from kubetune_trainer.errors import UserError
 from kubetune_trainer.sources import is_pickled
 from kubetune_trainer.storage import get_storage
@@ -17,7 +16,14 @@ if TYPE_CHECKING:
 
 
 def fetch_model(
-    parsed: ParsedUri, uri: str, dest: Path, *, role: str, spec: Spec | None, allow_pickle: bool, trust_remote_code: bool
+    parsed: ParsedUri,
+    uri: str,
+    dest: Path,
+    *,
+    role: str,
+    spec: Spec | None,
+    allow_pickle: bool,
+    trust_remote_code: bool,
 ) -> Path:
     storage = get_storage(uri, credentials_role=role, spec=spec)
     prefix = uri if uri.endswith("/") else uri + "/"

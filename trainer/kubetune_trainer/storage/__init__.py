@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kubetune.api.uris import join_uri
-
 from kubetune_trainer.errors import UserError
 
 if TYPE_CHECKING:

@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 from kubetune.api.uris import parse_uri
-
 from kubetune_trainer.errors import InfraError, UserError
 from kubetune_trainer.storage import Storage
 

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 
 from kubetune.api.credentials import endpoint_for, lookup, may_use_ambient
 from kubetune.api.uris import parse_uri
-
 from kubetune_trainer.errors import InfraError, UserError
 from kubetune_trainer.storage import Storage
 
@@ -42,8 +41,9 @@ def _split(uri: str) -> tuple[str, str]:
     return parsed.location, parsed.path
 
 
-_ANONYMOUS = (" (read without credentials: this URI's entry names no credentialsSecret and does not ask for "
-              "ambientCredentials)")
+_ANONYMOUS = (
+    " (read without credentials: this URI's entry names no credentialsSecret and does not ask for ambientCredentials)"
+)
 
 
 def _translate(err: Exception, uri: str, endpoint: str | None, anonymous: bool = False) -> Exception:
@@ -60,7 +60,9 @@ def _translate_error(err: Exception, uri: str, endpoint: str | None) -> Exceptio
 
     where = f" at {endpoint}" if endpoint else ""
     if isinstance(err, (NoCredentialsError, PartialCredentialsError)):
-        return UserError(f"{uri}: no S3 credentials found (set credentialsSecret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")
+        return UserError(
+            f"{uri}: no S3 credentials found (set credentialsSecret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+        )
     if isinstance(err, ClientError):
         code = str(err.response.get("Error", {}).get("Code", ""))
         status = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
@@ -97,10 +99,18 @@ class S3Storage(Storage):
         from botocore.config import Config
 
         # A role without a spec entry (the model cache's store, "cache") names its own: KUBETUNE_CACHE_AWS_ENDPOINT_URL.
-        endpoint = ((endpoint_for(spec, role) if spec is not None else None) or lookup(role, "AWS_ENDPOINT_URL")
-                    or os.environ.get("AWS_ENDPOINT_URL") or None)
-        region = (spec.output.region if spec is not None else None) or lookup(role, "AWS_REGION") or os.environ.get(
-            "AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
+        endpoint = (
+            (endpoint_for(spec, role) if spec is not None else None)
+            or lookup(role, "AWS_ENDPOINT_URL")
+            or os.environ.get("AWS_ENDPOINT_URL")
+            or None
+        )
+        region = (
+            (spec.output.region if spec is not None else None)
+            or lookup(role, "AWS_REGION")
+            or os.environ.get("AWS_REGION")
+            or os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
+        )
         attempts = int(os.environ.get("KUBETUNE_S3_MAX_ATTEMPTS", "5"))
         config = Config(
             retries={"mode": "standard", "max_attempts": attempts},
@@ -195,6 +205,8 @@ class S3Storage(Storage):
         try:
             for i in range(0, len(keys), 1000):
                 chunk = keys[i : i + 1000]
-                self._client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True})
+                self._client.delete_objects(
+                    Bucket=bucket, Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True}
+                )
         except Exception as err:  # noqa: BLE001
             self._fail(err, prefix)

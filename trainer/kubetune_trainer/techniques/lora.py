@@ -14,7 +14,7 @@ TRAINS_BASE_WEIGHTS = False
 
 
 def target_modules(spec) -> str | list[str]:
-    """"all-linear" (PEFT's shorthand: every linear layer except the output head) or a list of names."""
+    """ "all-linear" (PEFT's shorthand: every linear layer except the output head) or a list of names."""
     value = spec.lora.target_modules.strip()
     if value == "all-linear":
         return value
