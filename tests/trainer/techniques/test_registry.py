@@ -22,8 +22,6 @@ def test_every_technique_has_a_module_with_its_facts(technique):
 def test_facts_tell_the_techniques_apart():
     peft = {t for t in Technique if module_for(t).PEFT}
     assert peft == {Technique.LORA, Technique.QLORA, Technique.PROMPT_TUNING, Technique.PREFIX_TUNING}
-    unpacked = {t for t in Technique if not module_for(t).SUPPORTS_PACKING}
-    assert unpacked == {Technique.PROMPT_TUNING, Technique.PREFIX_TUNING}
     assert {t for t in Technique if module_for(t).TRAINS_BASE_WEIGHTS} == {Technique.FULL, Technique.FEATURE_EXTRACTION}
 
 

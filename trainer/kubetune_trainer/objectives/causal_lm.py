@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 
-from kubetune.api.constants import DatasetFormat
+from kubetune.api.constants import TECHNIQUES, DatasetFormat
 from kubetune_trainer.context import RunContext, TaskData, TrainResult
 from kubetune_trainer.data import eval_dataset, mixed_train
 from kubetune_trainer.errors import UserError
@@ -68,11 +68,10 @@ def train_language_model(ctx: RunContext, formats, tokenize_rows, check=None) ->
 
     from kubetune_trainer.args import training_args
     from kubetune_trainer.modeling import load_for_training
-    from kubetune_trainer.techniques import module_for
     from kubetune_trainer.trainer_setup import prepare_trainer, run_training
 
     spec, hp = ctx.spec, ctx.spec.hyperparameters
-    packing = hp.packing and module_for(spec.technique).SUPPORTS_PACKING
+    packing = hp.packing and TECHNIQUES[spec.technique].supports_packing
     # New adapters, prompts and prefixes are initialised here, before the Trainer seeds: seed first so a
     # run (and its retry) starts from the same weights.
     set_seed(hp.seed)

@@ -2,7 +2,6 @@
 
 A technique module declares its facts:
   PEFT                 saved as a PEFT adapter (AutoPeftModelFor* reloads it; the adapter names its base)
-  SUPPORTS_PACKING     packed rows work (a 4D block-diagonal mask reaches the attention layers)
   TRAINS_BASE_WEIGHTS  some of the base model's own weights train (mixed precision loads them in fp32)
 and its hooks:
   apply(model, spec, task) -> model     required: afterwards only the technique's parameters require grad
@@ -11,8 +10,9 @@ and its hooks:
   prepare_trainer(trainer)              a fix-up once the Trainer exists (kubetune_trainer.trainer_setup)
   save(model, out_dir, is_main)         when the result is not saved with `model.save_pretrained` (every rank
                                         calls it for a sharded model; rank 0, is_main, writes)
-What the API needs to validate a spec (the technique's own spec section, whether mergeAdapter applies, which
-objectives it cannot run) is in kubetune.api, which the operator shares without the training libraries.
+What the API needs to validate a spec (the technique's own spec section, whether mergeAdapter applies, whether packed
+rows work, which objectives and strategies it cannot run) is its row in kubetune.api.constants.TECHNIQUES, which the
+operator shares without the training libraries; the trainer reads it from there too.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-FACTS = ("PEFT", "SUPPORTS_PACKING", "TRAINS_BASE_WEIGHTS")
+FACTS = ("PEFT", "TRAINS_BASE_WEIGHTS")
 
 
 def module_for(technique) -> ModuleType:

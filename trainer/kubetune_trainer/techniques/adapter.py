@@ -22,7 +22,6 @@ from torch import nn
 from kubetune_trainer.anatomy import classification_head, decoder_layers
 
 PEFT = False  # saved as bottleneck weights + config, reloaded with load_adapter_model
-SUPPORTS_PACKING = True
 TRAINS_BASE_WEIGHTS = False
 
 WEIGHTS_NAME = "bottleneck_adapter.safetensors"

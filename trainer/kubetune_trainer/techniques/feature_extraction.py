@@ -7,7 +7,6 @@ from __future__ import annotations
 from kubetune_trainer.anatomy import decoder_layers, final_norm, head
 
 PEFT = False  # saved as a whole model
-SUPPORTS_PACKING = True
 # Base weights train: under mixed precision they load in fp32 as master weights (kubetune_trainer.precision).
 TRAINS_BASE_WEIGHTS = True
 

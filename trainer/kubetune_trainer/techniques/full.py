@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 PEFT = False
-SUPPORTS_PACKING = True
 # Base weights train: under mixed precision they load in fp32 as master weights (kubetune_trainer.precision).
 TRAINS_BASE_WEIGHTS = True
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from kubetune_trainer.techniques import peft_task_type
 
 PEFT = True
-SUPPORTS_PACKING = True
 TRAINS_BASE_WEIGHTS = False
 
 

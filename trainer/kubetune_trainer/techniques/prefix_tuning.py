@@ -18,8 +18,6 @@ import types
 from kubetune_trainer.techniques import peft_task_type
 
 PEFT = True
-# PEFT extends a 2D attention mask with the prefix positions: no 4D block-diagonal mask for packed rows.
-SUPPORTS_PACKING = False
 TRAINS_BASE_WEIGHTS = False
 
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 from kubetune_trainer.techniques import peft_task_type
 
 PEFT = True
-# PEFT extends a 2D attention mask with the virtual tokens: no 4D block-diagonal mask for packed rows.
-SUPPORTS_PACKING = False
 TRAINS_BASE_WEIGHTS = False
 
 

@@ -14,7 +14,6 @@ import os
 from kubetune_trainer.techniques import lora
 
 PEFT = True
-SUPPORTS_PACKING = True
 TRAINS_BASE_WEIGHTS = False
 
 
