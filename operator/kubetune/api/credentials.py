@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from kubetune.api.constants import HF_KEYS, MLFLOW_KEYS, S3_KEYS, WANDB_KEYS
-from kubetune.api.uris import parse_uri
+from kubetune.api.uris import OBJECT_STORES, parse_uri
 from kubetune.api.v1alpha1 import Spec
 
 SCHEME_KEYS = {"hf": HF_KEYS, "s3": S3_KEYS, "file": ()}
@@ -60,10 +60,10 @@ class CredentialBinding:
 
 
 def _fallback_secret(spec: Spec, scheme: str) -> str | None:
-    # Data usually lives beside the output (s3) or behind the model's hub token (hf).
-    if scheme == "s3":
+    # Data usually lives beside the output (an object store) or behind the model's hub token (hf).
+    if scheme in OBJECT_STORES:
         return spec.output.credentials_secret or (
-            spec.model.credentials_secret if parse_uri(spec.model.uri).scheme == "s3" else None
+            spec.model.credentials_secret if parse_uri(spec.model.uri).scheme == scheme else None
         )
     if scheme == "hf":
         return spec.model.credentials_secret if parse_uri(spec.model.uri).scheme == "hf" else None

@@ -632,7 +632,8 @@ class Resources(ApiModel):
                     {
                         "rule": k8s.EXTENDED_RESOURCE_NAME_CEL,
                         "message": "must be an extended resource name such as nvidia.com/gpu: a domain outside "
-                        "kubernetes.io/ (at most 244 characters, not starting with requests.), '/', a name of at most 63",
+                        "kubernetes.io/ (at most 244 characters, not starting with requests.), "
+                        "'/', a name of at most 63",
                     }
                 ],
             },
@@ -842,7 +843,8 @@ class PodAffinityTerm(ApiModel):
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     topology_key: RequiredLabelKey = Field(
-        description="Node label whose value defines co-location, e.g. kubernetes.io/hostname or topology.kubernetes.io/zone."
+        description="Node label whose value defines co-location, e.g. kubernetes.io/hostname or "
+        "topology.kubernetes.io/zone."
     )
     match_label_keys: list[RequiredLabelKey] | None = Field(
         default=None,
@@ -1037,7 +1039,8 @@ def _reserved_key(key: str) -> bool:
 
 _RESERVED_KEY_PATTERN = "(?i)^([^/]*\\.)?(" + "|".join(d.replace(".", "\\.") for d in RESERVED_LABEL_DOMAINS) + ")/"
 _RESERVED_KEYS_CEL = {
-    "rule": f"self.all(k, !k.matches({k8s.cel_string(_RESERVED_KEY_PATTERN)}) && !(k in {_cel_list(RESERVED_LABEL_KEYS)}))",
+    "rule": f"self.all(k, !k.matches({k8s.cel_string(_RESERVED_KEY_PATTERN)}) && "
+    f"!(k in {_cel_list(RESERVED_LABEL_KEYS)}))",
     "message": "keys under " + ", ".join(d + "/" for d in RESERVED_LABEL_DOMAINS) + " and "
     + ", ".join(RESERVED_LABEL_KEYS) + " belong to the operator, Kueue or the Job controller",
 }  # fmt: skip
@@ -1200,7 +1203,7 @@ def _check_resume_from(value: str) -> str:
         return value
     if "://" in value:
         parsed = uris.parse_uri(value)
-        if parsed.scheme not in ("s3", "file"):
+        if not (parsed.is_object_store or parsed.scheme == "file"):
             raise ValueError(f"must be an s3:// or file:// checkpoint URI, or a FineTuneJob's name (got {value!r})")
         return value
     problems = k8s.is_dns1123_label(value) + ([f"must be no more than {MAX_NAME_LENGTH} characters"]
@@ -1218,7 +1221,8 @@ RESUME_FROM_PATTERN = f"^({uris.OUTPUT_URI_PATTERN[1:-1]}|{_JOB_NAME_FMT})?$"
 
 class Spec(ApiModel):
     technique: Technique = Field(
-        description="How the weights adapt: full | lora | qlora | feature-extraction | adapter | prompt-tuning | prefix-tuning."
+        description="How the weights adapt: full | lora | qlora | feature-extraction | adapter | "
+        "prompt-tuning | prefix-tuning."
     )
     objective: Objective = Field(
         default=Objective.CAUSAL_LM,
@@ -1282,7 +1286,8 @@ class Spec(ApiModel):
         AfterValidator(_k8s_check("a Kueue LocalQueue name", k8s.is_dns1123_subdomain, k8s.is_label_value)),
     ] = Field(
         default="",
-        description="Kueue LocalQueue: the child Job carries kueue.x-k8s.io/queue-name and starts suspended until admitted.",
+        description="Kueue LocalQueue: the child Job carries kueue.x-k8s.io/queue-name "
+        "and starts suspended until admitted.",
     )
     priority_class_name: Annotated[
         Str,
@@ -1427,7 +1432,8 @@ class Status(ApiModel):
     metrics: dict[Str, float] | None = Field(
         default=None,
         max_length=MAX_MAP_ENTRIES,
-        description="Latest metrics: loss, evalLoss, learningRate, gradNorm, tokensPerSecond, reward, eval_<task>_loss.",
+        description="Latest metrics: loss, evalLoss, learningRate, gradNorm, tokensPerSecond, "
+        "reward, eval_<task>_loss.",
     )
     checkpoints: list[CheckpointRef] | None = Field(
         default=None, max_length=MAX_KEEP_CHECKPOINTS, description="The newest complete checkpoints."
