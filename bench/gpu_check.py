@@ -45,7 +45,7 @@ def main() -> int:
             reference = float(reference_model(**padded).loss)
         del reference_model
         packed = pack_examples({"input_ids": docs, "labels": docs}, max_length=1024)
-        rows = [dict(zip(packed, values)) for values in zip(*packed.values())]
+        rows = [dict(zip(packed, values, strict=True)) for values in zip(*packed.values(), strict=True)]
         batch = {k: v.cuda() for k, v in PaddingCollator(0)(rows).items()}
         for label, hp in (
             ("defaults (liger, attention auto)", {}),

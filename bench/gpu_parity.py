@@ -107,7 +107,7 @@ def main() -> int:
                 results[name] = {"error": f"{type(err).__name__}: {err}"}
                 print(f"gpu_parity {name}: ERROR {err}")
                 continue
-            diffs = [abs(a - b) / max(abs(b), 1e-9) for a, b in zip(fast_losses, plain_losses)]
+            diffs = [abs(a - b) / max(abs(b), 1e-9) for a, b in zip(fast_losses, plain_losses, strict=True)]
             weight = max((fast_weights[k].float() - plain_weights[k].float()).abs().max().item() for k in plain_weights)
             results[name] = {
                 "first_step_rel": diffs[0],

@@ -110,7 +110,8 @@ def cpu(processes: int) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_tiny_llama(Path(tmp) / "model")
         print(
-            f"{'technique':<11}{'strategy':<10}{'part':<11}{'planned/rank':>14}{'held (ranks)':>30}{'sum held':>12}{'sum planned':>13}"
+            f"{'technique':<11}{'strategy':<10}{'part':<11}{'planned/rank':>14}"
+            f"{'held (ranks)':>30}{'sum held':>12}{'sum planned':>13}"
         )
         for technique in ("full", "lora"):
             for strategy, world in (("ddp", 1), ("fsdp", processes)):
@@ -139,7 +140,8 @@ def cpu(processes: int) -> int:
                     ratio = sum(held) / (planned * world) if planned else 1.0
                     worst = max(worst, abs(ratio - 1))
                     print(
-                        f"{technique:<11}{strategy:<10}{part:<11}{planned:>14,.0f}{str(held):>30}{sum(held):>12,}{planned * world:>13,.0f}"
+                        f"{technique:<11}{strategy:<10}{part:<11}{planned:>14,.0f}"
+                        f"{str(held):>30}{sum(held):>12,}{planned * world:>13,.0f}"
                     )
     print(f"\nlargest difference of a sum: {worst:.2%}")
     return 0 if worst < 1e-9 else 1

@@ -384,7 +384,7 @@ def _build(tree: lark.Tree | lark.Token) -> Expr:
         return CreateList([_build(e) for e in kids[0].children] if kids else [])
     if rule == "map_lit":
         inits = [_build(e) for e in kids[0].children] if kids else []
-        return CreateMap(list(zip(inits[::2], inits[1::2])))
+        return CreateMap(list(zip(inits[::2], inits[1::2], strict=True)))
     if rule == "literal":
         return _literal(kids[0])
     raise UnsupportedCel(f"CEL syntax {rule!r} is not ported")

@@ -738,71 +738,375 @@ _TWO_CHATS = _set("spec.datasets", [
 
 BAD += [
     # distributed
-    ("distributed-bad-strategy", _spec(distributed={"strategy": "zero3"}), "spec.distributed.strategy", "must be one of", False),
-    ("cpu-offload-with-ddp", _spec(distributed={"strategy": "ddp", "cpuOffload": True}), "spec.distributed.cpuOffload", "needs strategy fsdp or auto", True),
-    ("fsdp-with-prompt-tuning", _both(_spec(technique="prompt-tuning", distributed={"strategy": "fsdp"}), _delete("spec.lora")), "spec.distributed.strategy", "prompt-tuning cannot use strategy fsdp", True),
-    ("cpu-offload-with-prefix-tuning", _both(_spec(technique="prefix-tuning", distributed={"cpuOffload": True}), _delete("spec.lora")), "spec.distributed.cpuOffload", "needs FSDP", True),
+    (
+        "distributed-bad-strategy",
+        _spec(distributed={"strategy": "zero3"}),
+        "spec.distributed.strategy",
+        "must be one of",
+        False,
+    ),
+    (
+        "cpu-offload-with-ddp",
+        _spec(distributed={"strategy": "ddp", "cpuOffload": True}),
+        "spec.distributed.cpuOffload",
+        "needs strategy fsdp or auto",
+        True,
+    ),
+    (
+        "fsdp-with-prompt-tuning",
+        _both(_spec(technique="prompt-tuning", distributed={"strategy": "fsdp"}), _delete("spec.lora")),
+        "spec.distributed.strategy",
+        "prompt-tuning cannot use strategy fsdp",
+        True,
+    ),
+    (
+        "cpu-offload-with-prefix-tuning",
+        _both(_spec(technique="prefix-tuning", distributed={"cpuOffload": True}), _delete("spec.lora")),
+        "spec.distributed.cpuOffload",
+        "needs FSDP",
+        True,
+    ),
     # model cache and ambient credentials
     ("model-cache-string", _set("spec.model.cache", "yes"), "spec.model.cache", "must be true or false", False),
-    ("ambient-with-hf-model", _set("spec.model.ambientCredentials", True), "spec.model.ambientCredentials", "s3:// URIs only", True),
-    ("ambient-and-secret-on-output", _set("spec.output", {"uri": "s3://kubetune/x/", "credentialsSecret": "s3", "ambientCredentials": True}), "spec.output.ambientCredentials", "not both", True),
-    ("ambient-with-file-dataset", _set("spec.datasets[0]", {"uri": "file:///data/chat.jsonl", "format": "messages", "ambientCredentials": True}), "spec.datasets[0].ambientCredentials", "s3:// URIs only", True),
-    ("gpu-memory-bad-unit", _set("spec.resources", {"gpuMemory": "80GB"}), "spec.resources.gpuMemory", "Kubernetes quantity", False),
+    (
+        "ambient-with-hf-model",
+        _set("spec.model.ambientCredentials", True),
+        "spec.model.ambientCredentials",
+        "s3:// URIs only",
+        True,
+    ),
+    (
+        "ambient-and-secret-on-output",
+        _set("spec.output", {"uri": "s3://kubetune/x/", "credentialsSecret": "s3", "ambientCredentials": True}),
+        "spec.output.ambientCredentials",
+        "not both",
+        True,
+    ),
+    (
+        "ambient-with-file-dataset",
+        _set("spec.datasets[0]", {"uri": "file:///data/chat.jsonl", "format": "messages", "ambientCredentials": True}),
+        "spec.datasets[0].ambientCredentials",
+        "s3:// URIs only",
+        True,
+    ),
+    (
+        "gpu-memory-bad-unit",
+        _set("spec.resources", {"gpuMemory": "80GB"}),
+        "spec.resources.gpuMemory",
+        "Kubernetes quantity",
+        False,
+    ),
     # pod options
-    ("pull-secret-bad-name", _pod(imagePullSecrets=["Reg_Cred"]), "spec.pod.imagePullSecrets[0]", "a Secret name", False),
-    ("pull-secret-twice", _pod(imagePullSecrets=["regcred", "regcred"]), "spec.pod.imagePullSecrets", "must be unique", False),
-    ("pod-label-kubetune", _pod(labels={"kubetune.dev/finetunejob": "other"}), "spec.pod.labels", "belongs to the operator", True),
-    ("pod-label-kueue-subdomain", _pod(labels={"x.kueue.x-k8s.io/queue": "q"}), "spec.pod.labels", "belongs to the operator", True),
+    (
+        "pull-secret-bad-name",
+        _pod(imagePullSecrets=["Reg_Cred"]),
+        "spec.pod.imagePullSecrets[0]",
+        "a Secret name",
+        False,
+    ),
+    (
+        "pull-secret-twice",
+        _pod(imagePullSecrets=["regcred", "regcred"]),
+        "spec.pod.imagePullSecrets",
+        "must be unique",
+        False,
+    ),
+    (
+        "pod-label-kubetune",
+        _pod(labels={"kubetune.dev/finetunejob": "other"}),
+        "spec.pod.labels",
+        "belongs to the operator",
+        True,
+    ),
+    (
+        "pod-label-kueue-subdomain",
+        _pod(labels={"x.kueue.x-k8s.io/queue": "q"}),
+        "spec.pod.labels",
+        "belongs to the operator",
+        True,
+    ),
     ("pod-label-job-name", _pod(labels={"job-name": "other"}), "spec.pod.labels", "belongs to the operator", True),
-    ("pod-label-managed-by", _pod(labels={"app.kubernetes.io/managed-by": "me"}), "spec.pod.labels", "belongs to the operator", True),
+    (
+        "pod-label-managed-by",
+        _pod(labels={"app.kubernetes.io/managed-by": "me"}),
+        "spec.pod.labels",
+        "belongs to the operator",
+        True,
+    ),
     ("pod-label-bad-key", _pod(labels={"cost center": "ml"}), "spec.pod.labels", "must be a label key", True),
     ("pod-label-bad-value", _pod(labels={"team": "ml team"}), "spec.pod.labels.team", "must be a label value", False),
-    ("pod-annotation-kubetune-any-case", _pod(annotations={"KubeTune.dev/x": "1"}), "spec.pod.annotations", "belongs to the operator", True),
-    ("pod-annotation-bad-key", _pod(annotations={"a b": "1"}), "spec.pod.annotations", "must be a qualified name", True),
-    ("pod-annotations-too-large", _pod(annotations={f"note-{i}": "€" * 4096 for i in range(32)}), "spec.pod.annotations", "is larger than limit 262144", False),
-    ("pod-annotations-too-many", _pod(annotations={f"a{i}": "x" for i in range(33)}), "spec.pod.annotations", "at most 32 entries", False),
-    ("env-name-digit", _pod(env=[{"name": "1BAD", "value": "x"}]), "spec.pod.env[0].name", "environment variable name", False),
-    ("env-name-dotdot", _pod(env=[{"name": "..x", "value": "x"}]), "spec.pod.env[0].name", "must not start with '..'", False),
-    ("env-kubetune-prefix", _pod(env=[{"name": "KUBETUNE_OUTPUT_URI", "value": "s3://x/"}]), "spec.pod.env[0].name", "set by the operator", False),
+    (
+        "pod-annotation-kubetune-any-case",
+        _pod(annotations={"KubeTune.dev/x": "1"}),
+        "spec.pod.annotations",
+        "belongs to the operator",
+        True,
+    ),
+    (
+        "pod-annotation-bad-key",
+        _pod(annotations={"a b": "1"}),
+        "spec.pod.annotations",
+        "must be a qualified name",
+        True,
+    ),
+    (
+        "pod-annotations-too-large",
+        _pod(annotations={f"note-{i}": "€" * 4096 for i in range(32)}),
+        "spec.pod.annotations",
+        "is larger than limit 262144",
+        False,
+    ),
+    (
+        "pod-annotations-too-many",
+        _pod(annotations={f"a{i}": "x" for i in range(33)}),
+        "spec.pod.annotations",
+        "at most 32 entries",
+        False,
+    ),
+    (
+        "env-name-digit",
+        _pod(env=[{"name": "1BAD", "value": "x"}]),
+        "spec.pod.env[0].name",
+        "environment variable name",
+        False,
+    ),
+    (
+        "env-name-dotdot",
+        _pod(env=[{"name": "..x", "value": "x"}]),
+        "spec.pod.env[0].name",
+        "must not start with '..'",
+        False,
+    ),
+    (
+        "env-kubetune-prefix",
+        _pod(env=[{"name": "KUBETUNE_OUTPUT_URI", "value": "s3://x/"}]),
+        "spec.pod.env[0].name",
+        "set by the operator",
+        False,
+    ),
     ("env-home", _pod(env=[{"name": "HOME", "value": "/tmp"}]), "spec.pod.env[0].name", "set by the operator", False),
-    ("env-credential", _pod(env=[{"name": "AWS_SECRET_ACCESS_KEY", "value": "x"}]), "spec.pod.env[0].name", "is a credential", False),
-    ("env-value-from", _pod(env=[{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]), "spec.pod.env[0].valueFrom", "unknown field", False),
-    ("env-twice", _pod(env=[{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]), "spec.pod.env", "env names must be unique", False),
+    (
+        "env-credential",
+        _pod(env=[{"name": "AWS_SECRET_ACCESS_KEY", "value": "x"}]),
+        "spec.pod.env[0].name",
+        "is a credential",
+        False,
+    ),
+    (
+        "env-value-from",
+        _pod(env=[{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]),
+        "spec.pod.env[0].valueFrom",
+        "unknown field",
+        False,
+    ),
+    (
+        "env-twice",
+        _pod(env=[{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]),
+        "spec.pod.env",
+        "env names must be unique",
+        False,
+    ),
     ("volume-two-sources", _volume(configMap={"name": "ca"}), "spec.pod.volumes[0]", "set exactly one of", True),
-    ("volume-no-source", _pod(volumes=[{"name": "corpus", "mountPath": "/data"}]), "spec.pod.volumes[0]", "set exactly one of", True),
+    (
+        "volume-no-source",
+        _pod(volumes=[{"name": "corpus", "mountPath": "/data"}]),
+        "spec.pod.volumes[0]",
+        "set exactly one of",
+        True,
+    ),
     ("volume-relative-path", _volume(mountPath="data"), "spec.pod.volumes[0].mountPath", "absolute", False),
-    ("volume-dotdot", _volume(mountPath="/data/../etc"), "spec.pod.volumes[0].mountPath", "must not contain '..'", False),
+    (
+        "volume-dotdot",
+        _volume(mountPath="/data/../etc"),
+        "spec.pod.volumes[0].mountPath",
+        "must not contain '..'",
+        False,
+    ),
     ("volume-colon", _volume(mountPath="/data:rw"), "spec.pod.volumes[0].mountPath", "must not contain ':'", False),
     ("volume-trailing-slash", _volume(mountPath="/data/"), "spec.pod.volumes[0].mountPath", "trailing '/'", False),
-    ("volume-under-scratch", _volume(mountPath="/scratch/huggingface"), "spec.pod.volumes[0].mountPath", "trainer's own /scratch", True),
-    ("volume-over-etc", _volume(mountPath="/etc"), "spec.pod.volumes[0].mountPath", "trainer's own /etc/kubetune", True),
-    ("volume-at-token", _volume(mountPath="/var/run/secrets/kubernetes.io/serviceaccount"), "spec.pod.volumes[0].mountPath", "hide or shadow", True),
+    (
+        "volume-under-scratch",
+        _volume(mountPath="/scratch/huggingface"),
+        "spec.pod.volumes[0].mountPath",
+        "trainer's own /scratch",
+        True,
+    ),
+    (
+        "volume-over-etc",
+        _volume(mountPath="/etc"),
+        "spec.pod.volumes[0].mountPath",
+        "trainer's own /etc/kubetune",
+        True,
+    ),
+    (
+        "volume-at-token",
+        _volume(mountPath="/var/run/secrets/kubernetes.io/serviceaccount"),
+        "spec.pod.volumes[0].mountPath",
+        "hide or shadow",
+        True,
+    ),
     ("volume-at-root", _volume(mountPath="/"), "spec.pod.volumes[0].mountPath", "must not be '/'", False),
-    ("volume-trainer-name", _volume(name="scratch"), "spec.pod.volumes[0].name", "a volume of the trainer itself", True),
+    (
+        "volume-trainer-name",
+        _volume(name="scratch"),
+        "spec.pod.volumes[0].name",
+        "a volume of the trainer itself",
+        True,
+    ),
     ("volume-name-uppercase", _volume(name="Corpus"), "spec.pod.volumes[0].name", "a DNS label", False),
-    ("volume-same-mount-path", _pod(volumes=[
-        {"name": "a", "mountPath": "/data", "configMap": {"name": "a"}}, {"name": "b", "mountPath": "/data", "secret": {"secretName": "b"}}]), "spec.pod.volumes", "mount paths must be unique", True),
-    ("volume-same-name", _pod(volumes=[
-        {"name": "a", "mountPath": "/a", "configMap": {"name": "a"}}, {"name": "a", "mountPath": "/b", "secret": {"secretName": "b"}}]), "spec.pod.volumes", "volume names must be unique", False),
-    ("volume-claim-bad", _volume(persistentVolumeClaim={"claimName": "Corpus_1"}), "spec.pod.volumes[0].persistentVolumeClaim.claimName", "DNS subdomain", False),
-    ("service-account-bad", _pod(serviceAccountName="ml_identity"), "spec.pod.serviceAccountName", "a ServiceAccount name", False),
+    (
+        "volume-same-mount-path",
+        _pod(
+            volumes=[
+                {"name": "a", "mountPath": "/data", "configMap": {"name": "a"}},
+                {"name": "b", "mountPath": "/data", "secret": {"secretName": "b"}},
+            ]
+        ),
+        "spec.pod.volumes",
+        "mount paths must be unique",
+        True,
+    ),
+    (
+        "volume-same-name",
+        _pod(
+            volumes=[
+                {"name": "a", "mountPath": "/a", "configMap": {"name": "a"}},
+                {"name": "a", "mountPath": "/b", "secret": {"secretName": "b"}},
+            ]
+        ),
+        "spec.pod.volumes",
+        "volume names must be unique",
+        False,
+    ),
+    (
+        "volume-claim-bad",
+        _volume(persistentVolumeClaim={"claimName": "Corpus_1"}),
+        "spec.pod.volumes[0].persistentVolumeClaim.claimName",
+        "DNS subdomain",
+        False,
+    ),
+    (
+        "service-account-bad",
+        _pod(serviceAccountName="ml_identity"),
+        "spec.pod.serviceAccountName",
+        "a ServiceAccount name",
+        False,
+    ),
     # affinity (core/v1), with Kubernetes' pod validation
-    ("affinity-typo", _pod(affinity={"nodeAffinity": {"requiredDuringScheduling": {}}}), f"{_AFFINITY}.nodeAffinity.requiredDuringScheduling", "unknown field", False),
-    ("affinity-in-without-values", _node_requirement(values=[]), f"{_NODE_REQ}.values", "must be specified when `operator` is 'In'", True),
-    ("affinity-exists-with-values", _node_requirement(operator="Exists"), f"{_NODE_REQ}.values", "may not be specified when `operator` is 'Exists'", True),
-    ("affinity-gt-two-values", _node_requirement(operator="Gt", values=["1", "2"]), f"{_NODE_REQ}.values", "single value", True),
-    ("affinity-gt-not-integer", _node_requirement(operator="Lt", values=["many"]), f"{_NODE_REQ}.values", "must be an integer", True),
+    (
+        "affinity-typo",
+        _pod(affinity={"nodeAffinity": {"requiredDuringScheduling": {}}}),
+        f"{_AFFINITY}.nodeAffinity.requiredDuringScheduling",
+        "unknown field",
+        False,
+    ),
+    (
+        "affinity-in-without-values",
+        _node_requirement(values=[]),
+        f"{_NODE_REQ}.values",
+        "must be specified when `operator` is 'In'",
+        True,
+    ),
+    (
+        "affinity-exists-with-values",
+        _node_requirement(operator="Exists"),
+        f"{_NODE_REQ}.values",
+        "may not be specified when `operator` is 'Exists'",
+        True,
+    ),
+    (
+        "affinity-gt-two-values",
+        _node_requirement(operator="Gt", values=["1", "2"]),
+        f"{_NODE_REQ}.values",
+        "single value",
+        True,
+    ),
+    (
+        "affinity-gt-not-integer",
+        _node_requirement(operator="Lt", values=["many"]),
+        f"{_NODE_REQ}.values",
+        "must be an integer",
+        True,
+    ),
     ("affinity-bad-operator", _node_requirement(operator="Equals"), f"{_NODE_REQ}.operator", "must be one of", False),
     ("affinity-bad-key", _node_requirement(key="gpu type"), f"{_NODE_REQ}.key", "must be a label key", False),
-    ("affinity-no-terms", _pod(affinity={"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}}), f"{_AFFINITY}.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms", "at least 1 item", False),
-    ("affinity-weight-zero", _pod(affinity={"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 0, "preference": {}}]}}), f"{_AFFINITY}.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution[0].weight", "must be >= 1", False),
-    ("affinity-match-fields-key", _pod(affinity={"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchFields": [{"key": "metadata.labels", "operator": "In", "values": ["n1"]}]}]}}}), f"{_AFFINITY}.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchFields[0].key", "must be one of", False),
-    ("affinity-no-topology-key", _pod(affinity={"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": {}}]}}), f"{_AFFINITY}.podAffinity.requiredDuringSchedulingIgnoredDuringExecution[0].topologyKey", "required", False),
-    ("affinity-selector-in-without-values", _pod_term(labelSelector={"matchExpressions": [{"key": "app", "operator": "NotIn"}]}), f"{_POD_TERM}.labelSelector.matchExpressions[0].values", "must be specified when `operator` is 'In' or 'NotIn'", True),
-    ("affinity-selector-gt", _pod_term(labelSelector={"matchExpressions": [{"key": "rank", "operator": "Gt", "values": ["1"]}]}), f"{_POD_TERM}.labelSelector.matchExpressions[0].operator", "must be one of", False),
-    ("affinity-match-labels-bad-value", _pod_term(labelSelector={"matchLabels": {"app": "my app"}}), f"{_POD_TERM}.labelSelector.matchLabels.app", "must be a label value", False),
-    ("affinity-match-label-keys-without-selector", _pod_term(matchLabelKeys=["team"]), f"{_POD_TERM}.matchLabelKeys", "when labelSelector is not set", True),
-    ("affinity-key-match-and-mismatch", _pod_term(labelSelector={}, matchLabelKeys=["team"], mismatchLabelKeys=["team"]), f"{_POD_TERM}.mismatchLabelKeys", "exists in both", True),
+    (
+        "affinity-no-terms",
+        _pod(affinity={"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}}),
+        f"{_AFFINITY}.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms",
+        "at least 1 item",
+        False,
+    ),
+    (
+        "affinity-weight-zero",
+        _pod(
+            affinity={
+                "nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 0, "preference": {}}]}
+            }
+        ),
+        f"{_AFFINITY}.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution[0].weight",
+        "must be >= 1",
+        False,
+    ),
+    (
+        "affinity-match-fields-key",
+        _pod(
+            affinity={
+                "nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": [
+                            {"matchFields": [{"key": "metadata.labels", "operator": "In", "values": ["n1"]}]}
+                        ]
+                    }
+                }
+            }
+        ),
+        f"{_AFFINITY}.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchFields[0].key",
+        "must be one of",
+        False,
+    ),
+    (
+        "affinity-no-topology-key",
+        _pod(affinity={"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": {}}]}}),
+        f"{_AFFINITY}.podAffinity.requiredDuringSchedulingIgnoredDuringExecution[0].topologyKey",
+        "required",
+        False,
+    ),
+    (
+        "affinity-selector-in-without-values",
+        _pod_term(labelSelector={"matchExpressions": [{"key": "app", "operator": "NotIn"}]}),
+        f"{_POD_TERM}.labelSelector.matchExpressions[0].values",
+        "must be specified when `operator` is 'In' or 'NotIn'",
+        True,
+    ),
+    (
+        "affinity-selector-gt",
+        _pod_term(labelSelector={"matchExpressions": [{"key": "rank", "operator": "Gt", "values": ["1"]}]}),
+        f"{_POD_TERM}.labelSelector.matchExpressions[0].operator",
+        "must be one of",
+        False,
+    ),
+    (
+        "affinity-match-labels-bad-value",
+        _pod_term(labelSelector={"matchLabels": {"app": "my app"}}),
+        f"{_POD_TERM}.labelSelector.matchLabels.app",
+        "must be a label value",
+        False,
+    ),
+    (
+        "affinity-match-label-keys-without-selector",
+        _pod_term(matchLabelKeys=["team"]),
+        f"{_POD_TERM}.matchLabelKeys",
+        "when labelSelector is not set",
+        True,
+    ),
+    (
+        "affinity-key-match-and-mismatch",
+        _pod_term(labelSelector={}, matchLabelKeys=["team"], mismatchLabelKeys=["team"]),
+        f"{_POD_TERM}.mismatchLabelKeys",
+        "exists in both",
+        True,
+    ),
     ("affinity-namespace-bad", _pod_term(namespaces=["Team_A"]), f"{_POD_TERM}.namespaces[0]", "a DNS label", False),
     # resumeFrom
     ("resume-from-hf", _spec(resumeFrom="hf://org/model"), "spec.resumeFrom", "s3:// or file:// checkpoint URI", False),
@@ -810,34 +1114,133 @@ BAD += [
     ("resume-from-long-name", _spec(resumeFrom="a" * 51), "spec.resumeFrom", "no more than 50 characters", False),
     ("resume-from-itself", _spec(resumeFrom="job-a"), "spec.resumeFrom", "names this FineTuneJob itself", True),
     # tracking
-    ("mlflow-without-uri", _spec(tracking={"mlflow": {"experiment": "x"}}), "spec.tracking.mlflow.uri", "required", False),
-    ("mlflow-uri-not-url", _spec(tracking={"mlflow": {"uri": "mlflow:5000"}}), "spec.tracking.mlflow.uri", "http:// or https:// URL", False),
-    ("mlflow-secret-bad", _spec(tracking={"mlflow": {"uri": "http://mlflow:5000", "credentialsSecret": "MLflow"}}), "spec.tracking.mlflow.credentialsSecret", "a Secret name", False),
-    ("wandb-without-secret", _spec(tracking={"wandb": {"project": "p"}}), "spec.tracking.wandb.credentialsSecret", "required", False),
-    ("wandb-project-slash", _spec(tracking={"wandb": {"project": "team/p", "credentialsSecret": "wandb"}}), "spec.tracking.wandb.project", "W&B project name", False),
+    (
+        "mlflow-without-uri",
+        _spec(tracking={"mlflow": {"experiment": "x"}}),
+        "spec.tracking.mlflow.uri",
+        "required",
+        False,
+    ),
+    (
+        "mlflow-uri-not-url",
+        _spec(tracking={"mlflow": {"uri": "mlflow:5000"}}),
+        "spec.tracking.mlflow.uri",
+        "http:// or https:// URL",
+        False,
+    ),
+    (
+        "mlflow-secret-bad",
+        _spec(tracking={"mlflow": {"uri": "http://mlflow:5000", "credentialsSecret": "MLflow"}}),
+        "spec.tracking.mlflow.credentialsSecret",
+        "a Secret name",
+        False,
+    ),
+    (
+        "wandb-without-secret",
+        _spec(tracking={"wandb": {"project": "p"}}),
+        "spec.tracking.wandb.credentialsSecret",
+        "required",
+        False,
+    ),
+    (
+        "wandb-project-slash",
+        _spec(tracking={"wandb": {"project": "team/p", "credentialsSecret": "wandb"}}),
+        "spec.tracking.wandb.project",
+        "W&B project name",
+        False,
+    ),
     # evaluation metrics the run reports, seed, precision
-    ("early-stop-task-metric-single-dataset", _both(_set("spec.datasets[0].evalFraction", 0.1), _early_stopping("eval_chat_loss")), "spec.evaluation.earlyStopping.metric", "it reports eval_loss", True),
-    ("early-stop-accuracy-not-classification", _both(_set("spec.datasets[0].evalFraction", 0.1), _early_stopping("eval_accuracy")), "spec.evaluation.earlyStopping.metric", "'eval_accuracy' is not reported", True),
-    ("early-stop-eval-loss-multi-task", _both(_TWO_CHATS, _early_stopping("eval_loss")), "spec.evaluation.earlyStopping.metric", "it reports eval_chat_loss", True),
-    ("early-stop-task-without-eval-data", _both(_TWO_CHATS, _early_stopping("eval_code_loss")), "spec.evaluation.earlyStopping.metric", "it reports eval_chat_loss", True),
-    ("early-stop-classification-runtime", _both(_spec(objective="classification"), _set("spec.datasets", [CLS_DS]), _early_stopping("eval_runtime")), "spec.evaluation.earlyStopping.metric", "it reports eval_loss, eval_accuracy", True),
-    ("early-stop-rlhf-unused-preference-eval", _both(_spec(objective="rlhf", rlhf={"rewardModel": {"uri": "hf://org/rm"}}), _set("spec.datasets", [PREF_DS | {"evalFraction": 0.1}, PROMPT_DS]), _set("spec.evaluation", {"earlyStopping": {}})), "spec.evaluation.earlyStopping", "needs evaluation data", True),
-    ("early-stop-rlhf-stages-disagree", _both(_spec(objective="rlhf"), _set("spec.datasets", [PREF_DS | {"evalFraction": 0.1}, PROMPT_DS | {"evalFraction": 0.1}, PROMPT_DS | {"name": "more"}]), _set("spec.evaluation", {"earlyStopping": {}})), "spec.evaluation.earlyStopping.metric", "the reward-model stage reports eval_loss and the policy stage eval_prompts_loss", True),
-    ("seed-too-big", _set("spec.hyperparameters", {"seed": 2**32}), "spec.hyperparameters.seed", "must be <= 4294967295", False),
-    ("bf16-pure-with-sgd", _set("spec.hyperparameters", {"precision": "bf16-pure", "optimizer": "sgd"}), "spec.hyperparameters.optimizer", "bf16-pure needs optimizer adamw", True),
-]  # fmt: skip
+    (
+        "early-stop-task-metric-single-dataset",
+        _both(_set("spec.datasets[0].evalFraction", 0.1), _early_stopping("eval_chat_loss")),
+        "spec.evaluation.earlyStopping.metric",
+        "it reports eval_loss",
+        True,
+    ),
+    (
+        "early-stop-accuracy-not-classification",
+        _both(_set("spec.datasets[0].evalFraction", 0.1), _early_stopping("eval_accuracy")),
+        "spec.evaluation.earlyStopping.metric",
+        "'eval_accuracy' is not reported",
+        True,
+    ),
+    (
+        "early-stop-eval-loss-multi-task",
+        _both(_TWO_CHATS, _early_stopping("eval_loss")),
+        "spec.evaluation.earlyStopping.metric",
+        "it reports eval_chat_loss",
+        True,
+    ),
+    (
+        "early-stop-task-without-eval-data",
+        _both(_TWO_CHATS, _early_stopping("eval_code_loss")),
+        "spec.evaluation.earlyStopping.metric",
+        "it reports eval_chat_loss",
+        True,
+    ),
+    (
+        "early-stop-classification-runtime",
+        _both(_spec(objective="classification"), _set("spec.datasets", [CLS_DS]), _early_stopping("eval_runtime")),
+        "spec.evaluation.earlyStopping.metric",
+        "it reports eval_loss, eval_accuracy",
+        True,
+    ),
+    (
+        "early-stop-rlhf-unused-preference-eval",
+        _both(
+            _spec(objective="rlhf", rlhf={"rewardModel": {"uri": "hf://org/rm"}}),
+            _set("spec.datasets", [PREF_DS | {"evalFraction": 0.1}, PROMPT_DS]),
+            _set("spec.evaluation", {"earlyStopping": {}}),
+        ),
+        "spec.evaluation.earlyStopping",
+        "needs evaluation data",
+        True,
+    ),
+    (
+        "early-stop-rlhf-stages-disagree",
+        _both(
+            _spec(objective="rlhf"),
+            _set(
+                "spec.datasets",
+                [PREF_DS | {"evalFraction": 0.1}, PROMPT_DS | {"evalFraction": 0.1}, PROMPT_DS | {"name": "more"}],
+            ),
+            _set("spec.evaluation", {"earlyStopping": {}}),
+        ),
+        "spec.evaluation.earlyStopping.metric",
+        "the reward-model stage reports eval_loss and the policy stage eval_prompts_loss",
+        True,
+    ),
+    (
+        "seed-too-big",
+        _set("spec.hyperparameters", {"seed": 2**32}),
+        "spec.hyperparameters.seed",
+        "must be <= 4294967295",
+        False,
+    ),
+    (
+        "bf16-pure-with-sgd",
+        _set("spec.hyperparameters", {"precision": "bf16-pure", "optimizer": "sgd"}),
+        "spec.hyperparameters.optimizer",
+        "bf16-pure needs optimizer adamw",
+        True,
+    ),
+]
 
 
 FULL_AFFINITY = {
     "nodeAffinity": {
         "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-            {"matchExpressions": [{"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-H100-80GB-HBM3"]},
-                                  {"key": "nvidia.com/gpu.memory", "operator": "Gt", "values": ["40000"]},
-                                  {"key": "spot", "operator": "DoesNotExist"}]},
+            {"matchExpressions": [
+                {"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-H100-80GB-HBM3"]},
+                {"key": "nvidia.com/gpu.memory", "operator": "Gt", "values": ["40000"]},
+                {"key": "spot", "operator": "DoesNotExist"},
+            ]},
             {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["gpu-node-7"]}]},
         ]},
         "preferredDuringSchedulingIgnoredDuringExecution": [
-            {"weight": 100, "preference": {"matchExpressions": [{"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["eu-west-1a"]}]}},
+            {"weight": 100, "preference": {"matchExpressions": [
+                {"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["eu-west-1a"]},
+            ]}},
         ],
     },
     "podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
@@ -871,49 +1274,149 @@ FULL_POD = {
 # (id, mutation): manifests both `kubetune validate` and the API server accept
 GOOD: list[tuple[str, Callable[[dict], None]]] = [
     ("base", lambda doc: None),
-    ("full-fsdp-cpu-offload", _both(_spec(technique="full", distributed={"strategy": "fsdp", "cpuOffload": True}), _delete("spec.lora"))),
+    (
+        "full-fsdp-cpu-offload",
+        _both(_spec(technique="full", distributed={"strategy": "fsdp", "cpuOffload": True}), _delete("spec.lora")),
+    ),
     ("qlora-fsdp", _spec(technique="qlora", distributed={"strategy": "fsdp"})),
-    ("prompt-tuning-auto-and-ddp", _both(_spec(technique="prompt-tuning", distributed={"strategy": "ddp"}), _delete("spec.lora"))),
+    (
+        "prompt-tuning-auto-and-ddp",
+        _both(_spec(technique="prompt-tuning", distributed={"strategy": "ddp"}), _delete("spec.lora")),
+    ),
     ("distributed-defaults", _spec(distributed={})),
-    ("model-cache-and-ambient", _set("spec.model", {"uri": "s3://models/llama/", "cache": True, "ambientCredentials": True})),
+    (
+        "model-cache-and-ambient",
+        _set("spec.model", {"uri": "s3://models/llama/", "cache": True, "ambientCredentials": True}),
+    ),
     ("model-cache-off", _set("spec.model.cache", False)),
-    ("dataset-and-output-ambient", _both(_set("spec.datasets[0].ambientCredentials", True), _set("spec.output", {"ambientCredentials": True}))),
+    (
+        "dataset-and-output-ambient",
+        _both(_set("spec.datasets[0].ambientCredentials", True), _set("spec.output", {"ambientCredentials": True})),
+    ),
     ("gpu-memory", _set("spec.resources", {"gpus": 4, "gpuMemory": "80Gi"})),
     ("pod-everything", _spec(pod=FULL_POD)),
     ("pod-empty", _spec(pod={})),
     ("resume-from-s3", _spec(resumeFrom="s3://kubetune/team-a/job-0/uid/checkpoints/step-1200/")),
     ("resume-from-file", _spec(resumeFrom="file:///data/checkpoints/step-10/")),
     ("resume-from-job", _spec(resumeFrom="job-0")),
-    ("tracking-both", _spec(tracking={"mlflow": {"uri": "http://mlflow.mlops:5000", "experiment": "support bot / v2", "credentialsSecret": "mlflow-auth"},
-                                      "wandb": {"project": "support-bot", "entity": "team-a", "credentialsSecret": "wandb-key"}})),
-    ("tracking-minimal", _spec(tracking={"mlflow": {"uri": "https://mlflow.example.com"}, "wandb": {"credentialsSecret": "wandb-key"}})),
+    (
+        "tracking-both",
+        _spec(
+            tracking={
+                "mlflow": {
+                    "uri": "http://mlflow.mlops:5000",
+                    "experiment": "support bot / v2",
+                    "credentialsSecret": "mlflow-auth",
+                },
+                "wandb": {"project": "support-bot", "entity": "team-a", "credentialsSecret": "wandb-key"},
+            }
+        ),
+    ),
+    (
+        "tracking-minimal",
+        _spec(tracking={"mlflow": {"uri": "https://mlflow.example.com"}, "wandb": {"credentialsSecret": "wandb-key"}}),
+    ),
     ("early-stop-eval-loss", _both(_set("spec.datasets[0].evalFraction", 0.1), _early_stopping("eval_loss"))),
     ("early-stop-per-task", _both(_TWO_CHATS, _early_stopping("eval_chat_loss"))),
-    ("early-stop-accuracy", _both(_spec(objective="classification"), _set("spec.datasets", [CLS_DS]), _early_stopping("eval_accuracy"))),
-    ("early-stop-task-accuracy", _both(_spec(objective="classification"), _set("spec.datasets", [CLS_DS, CLS_DS | {"name": "mail"}]), _early_stopping("eval_mail_accuracy"))),
-    ("early-stop-rlhf-policy-only", _both(_spec(objective="rlhf", rlhf={"rewardModel": {"uri": "hf://org/rm"}}), _set("spec.datasets", [PREF_DS | {"evalFraction": 0.1}, PROMPT_DS | {"evalFraction": 0.1}]), _set("spec.evaluation", {"earlyStopping": {}}))),
-    ("early-stop-rlhf-both-stages", _both(_spec(objective="rlhf"), _set("spec.datasets", [PREF_DS | {"evalFraction": 0.1}, PROMPT_DS | {"evalFraction": 0.1}]), _set("spec.evaluation", {"earlyStopping": {}}))),
+    (
+        "early-stop-accuracy",
+        _both(_spec(objective="classification"), _set("spec.datasets", [CLS_DS]), _early_stopping("eval_accuracy")),
+    ),
+    (
+        "early-stop-task-accuracy",
+        _both(
+            _spec(objective="classification"),
+            _set("spec.datasets", [CLS_DS, CLS_DS | {"name": "mail"}]),
+            _early_stopping("eval_mail_accuracy"),
+        ),
+    ),
+    (
+        "early-stop-rlhf-policy-only",
+        _both(
+            _spec(objective="rlhf", rlhf={"rewardModel": {"uri": "hf://org/rm"}}),
+            _set("spec.datasets", [PREF_DS | {"evalFraction": 0.1}, PROMPT_DS | {"evalFraction": 0.1}]),
+            _set("spec.evaluation", {"earlyStopping": {}}),
+        ),
+    ),
+    (
+        "early-stop-rlhf-both-stages",
+        _both(
+            _spec(objective="rlhf"),
+            _set("spec.datasets", [PREF_DS | {"evalFraction": 0.1}, PROMPT_DS | {"evalFraction": 0.1}]),
+            _set("spec.evaluation", {"earlyStopping": {}}),
+        ),
+    ),
     ("seed-largest", _set("spec.hyperparameters", {"seed": 2**32 - 1})),
     ("bf16-pure-adamw", _set("spec.hyperparameters", {"precision": "bf16-pure", "optimizer": "adamw"})),
-]  # fmt: skip
+]
 
 # (id, mutation, path, message fragment): valid manifests with a setting that will not take effect
 NOTICES: list[tuple[str, Callable[[dict], None], str, str]] = [
-    ("dropout-with-preference", _both(_spec(objective="preference", lora={"dropout": 0.1}), _set("spec.datasets", [PREF_DS])), "spec.lora.dropout", "0.1 is not applied with objective preference"),
-    ("dropout-with-rlhf-reward-stage", _both(_spec(objective="rlhf", lora={"dropout": 0.1}), _set("spec.datasets", [PREF_DS, PROMPT_DS])), "spec.lora.dropout", "in the reward-model stage"),
-    ("packing-with-prompt-tuning", _both(_spec(technique="prompt-tuning", hyperparameters={"packing": True}), _delete("spec.lora")), "spec.hyperparameters.packing", "is off for technique prompt-tuning"),
-    ("packing-with-classification", _both(_spec(objective="classification", hyperparameters={"packing": True}), _set("spec.datasets", [CLS_DS])), "spec.hyperparameters.packing", "has no effect with objective classification"),
-    ("ddp-single-process", _spec(distributed={"strategy": "ddp"}), "spec.distributed.strategy", "nothing to spread with one process"),
-    ("liger-without-gpu", _both(_set("spec.resources", {"gpus": 0}), _set("spec.hyperparameters", {"ligerKernel": True})), "spec.hyperparameters.ligerKernel", "without a GPU"),
-    ("eval-steps-without-data", _set("spec.evaluation", {"everySteps": 50}), "spec.evaluation.everySteps", "no dataset has evaluation data"),
-]  # fmt: skip
+    (
+        "dropout-with-preference",
+        _both(_spec(objective="preference", lora={"dropout": 0.1}), _set("spec.datasets", [PREF_DS])),
+        "spec.lora.dropout",
+        "0.1 is not applied with objective preference",
+    ),
+    (
+        "dropout-with-rlhf-reward-stage",
+        _both(_spec(objective="rlhf", lora={"dropout": 0.1}), _set("spec.datasets", [PREF_DS, PROMPT_DS])),
+        "spec.lora.dropout",
+        "in the reward-model stage",
+    ),
+    (
+        "packing-with-prompt-tuning",
+        _both(_spec(technique="prompt-tuning", hyperparameters={"packing": True}), _delete("spec.lora")),
+        "spec.hyperparameters.packing",
+        "is off for technique prompt-tuning",
+    ),
+    (
+        "packing-with-classification",
+        _both(_spec(objective="classification", hyperparameters={"packing": True}), _set("spec.datasets", [CLS_DS])),
+        "spec.hyperparameters.packing",
+        "has no effect with objective classification",
+    ),
+    (
+        "ddp-single-process",
+        _spec(distributed={"strategy": "ddp"}),
+        "spec.distributed.strategy",
+        "nothing to spread with one process",
+    ),
+    (
+        "liger-without-gpu",
+        _both(_set("spec.resources", {"gpus": 0}), _set("spec.hyperparameters", {"ligerKernel": True})),
+        "spec.hyperparameters.ligerKernel",
+        "without a GPU",
+    ),
+    (
+        "eval-steps-without-data",
+        _set("spec.evaluation", {"everySteps": 50}),
+        "spec.evaluation.everySteps",
+        "no dataset has evaluation data",
+    ),
+]
 # Valid manifests whose settings all take effect, or are defaults the user did not write.
 QUIET = [
-    ("dropout-default-with-preference", _both(_spec(objective="preference", lora={"rank": 8}), _set("spec.datasets", [PREF_DS]))),
-    ("dropout-zero-with-preference", _both(_spec(objective="preference", lora={"dropout": 0.0}), _set("spec.datasets", [PREF_DS]))),
-    ("dropout-with-given-reward-model", _both(_spec(objective="rlhf", lora={"dropout": 0.1}, rlhf={"rewardModel": {"uri": "hf://org/rm"}}), _set("spec.datasets", [PROMPT_DS]))),
+    (
+        "dropout-default-with-preference",
+        _both(_spec(objective="preference", lora={"rank": 8}), _set("spec.datasets", [PREF_DS])),
+    ),
+    (
+        "dropout-zero-with-preference",
+        _both(_spec(objective="preference", lora={"dropout": 0.0}), _set("spec.datasets", [PREF_DS])),
+    ),
+    (
+        "dropout-with-given-reward-model",
+        _both(
+            _spec(objective="rlhf", lora={"dropout": 0.1}, rlhf={"rewardModel": {"uri": "hf://org/rm"}}),
+            _set("spec.datasets", [PROMPT_DS]),
+        ),
+    ),
     ("packing-default-with-prompt-tuning", _both(_spec(technique="prompt-tuning"), _delete("spec.lora"))),
     ("packing-with-lora", _set("spec.hyperparameters", {"packing": True})),
     ("ddp-on-two-gpus", _both(_spec(distributed={"strategy": "ddp"}), _set("spec.resources", {"gpus": 2}))),
-    ("eval-steps-with-data", _both(_set("spec.datasets[0].evalFraction", 0.1), _set("spec.evaluation", {"everySteps": 50}))),
-]  # fmt: skip
+    (
+        "eval-steps-with-data",
+        _both(_set("spec.datasets[0].evalFraction", 0.1), _set("spec.evaluation", {"everySteps": 50})),
+    ),
+]

@@ -119,9 +119,12 @@ UPSTREAM = [
     ("set array maxLength to zero", array_of("number"), "self[3] == 0.0", 2, 0, 2),
     ("set map maxLength to zero", map_of("number"), 'self["x"] == 0.0', 2, 0, 2),
     ("set string maxLength to zero", string, 'self == "x"', 2, 0, 1),
-    ("set maxLength greater than estimated maxLength", array_of("number"), "self.all(x, x == 0.0)", 6291454, 3 * 1024 * 2048, 25165826),
-    ("nested types with root rule with all supporting maxLength", nested_all_bounded, 'self.all(x, x["y"].required == "z")', 7340027, 10, 72),
-    ("nested types with root rule with one supporting maxLength", nested_one_bounded, 'self.all(x, x["y"].required == "z")', 7340027, 10, 7340027),
+    ("set maxLength greater than estimated maxLength", array_of("number"), "self.all(x, x == 0.0)",
+     6291454, 3 * 1024 * 2048, 25165826),
+    ("nested types with root rule with all supporting maxLength", nested_all_bounded,
+     'self.all(x, x["y"].required == "z")', 7340027, 10, 72),
+    ("nested types with root rule with one supporting maxLength", nested_one_bounded,
+     'self.all(x, x["y"].required == "z")', 7340027, 10, 7340027),
     ("int-or-string array with all", array_of("int-or-string"), "self.all(x, true)", 4718591, 10, 32),
     ("index of array with int-or-strings", array_of("int-or-string"), "self[0] == 5", 3, 10, 3),
     ("index of array with booleans", array_of("boolean"), "self[0] == false", 2, 25, 2),
@@ -142,7 +145,8 @@ UPSTREAM = [
     ("check cost of size call", map_of("integer"), "oldSelf.size() == self.size()", 5, 10, 5),
     ("check cost of timestamp comparison", map_of("date-time"), 'self["a"] == self["b"]', 8, 7, 8),
     ("check cost of duration comparison", map_of("duration"), 'self["c"] == self["d"]', 8, 42, 8),
-    ("enums with maxLength equals to the longest possible value", enum_string("A", "B", "C", "LongValue"), "self.contains('A')", 2, 1000, 401),
+    ("enums with maxLength equals to the longest possible value", enum_string("A", "B", "C", "LongValue"),
+     "self.contains('A')", 2, 1000, 401),
 ]  # fmt: skip
 
 

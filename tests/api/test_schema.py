@@ -72,7 +72,7 @@ def test_api_server_rejects_bad_manifest(case_id, mutation, path, fragment, cros
 
 def test_every_cross_field_rule_is_exercised_by_a_bad_manifest():
     failing_rules = set()
-    for case_id, mutation, *_ in BAD:
+    for _case_id, mutation, *_ in BAD:
         doc = crdcheck.apply_defaults(crdcheck.schema(), _bad(mutation))
         if not crdcheck.schema_valid(doc):  # the API server runs CEL on schema-valid objects only
             continue
@@ -319,7 +319,8 @@ def _early_stopping_cases():
 
     for objective, fmt in (("instruction", "messages"), ("classification", "classification")):
         for evals in ((False,), (True,), (True, False), (True, True)):
-            yield objective, [ds(n, fmt, e) for n, e in zip("ab", evals)], None
+            # "ab" names up to two datasets; a case here has one or two
+            yield objective, [ds(n, fmt, e) for n, e in zip("ab", evals, strict=False)], None
     for reward_model in (None, "hf://org/rm"):
         for pref_evals in ((False,), (True,), (True, True)):
             for prompt_evals in ((False,), (True,), (False, True)):

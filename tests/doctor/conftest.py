@@ -13,14 +13,15 @@ import boto3
 import pytest
 import yaml
 
+from kubetune.api.constants import API_VERSION, KIND
+
+# The controller tests' emulator and harness import one another by bare module name (from emulator import ...).
 CONTROLLER_TESTS = Path(__file__).resolve().parent.parent / "controller"
 sys.path.insert(0, str(CONTROLLER_TESTS))
 
-from emulator import ADMIN_TOKEN
-from harness import BlockingKube, start_emulator
-from kueuesim import CRDS as KUEUE_CRDS
-
-from kubetune.api.constants import API_VERSION, KIND
+from emulator import ADMIN_TOKEN  # noqa: E402 - importable only after the sys.path change above
+from harness import BlockingKube, start_emulator  # noqa: E402 - likewise
+from kueuesim import CRDS as KUEUE_CRDS  # noqa: E402 - likewise
 
 ACCESS_KEY, SECRET_KEY = "user-key", "user-secret"
 SECRET_VALUE = "the-value-nobody-may-print"

@@ -84,7 +84,10 @@ def test_no_build_leftovers_and_consistent_packages(images):
 
 
 def test_liger_kernel_is_installed_exactly_where_triton_is(images):
-    probe = "import importlib.util as u, json; print(json.dumps([bool(u.find_spec(m)) for m in ('triton', 'liger_kernel')]))"
+    probe = (
+        "import importlib.util as u, json; "
+        "print(json.dumps([bool(u.find_spec(m)) for m in ('triton', 'liger_kernel')]))"
+    )
     triton, liger = json.loads(run_trainer(images, "-c", probe, entrypoint="python").stdout)
     assert liger == triton
     base_triton = images.engine.cli(

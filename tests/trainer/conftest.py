@@ -128,7 +128,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     write = terminalreporter.write_line
     terminalreporter.section("technique x objective: measured before -> after training")
     write(
-        f"{'technique':<19}{'objective':<15}{'measure':<13}{'before':>9}{'after':>10}  {'trainer log (first -> last)':<28}{'changed':>8}{'s':>6}"
+        f"{'technique':<19}{'objective':<15}{'measure':<13}{'before':>9}{'after':>10}  "
+        f"{'trainer log (first -> last)':<28}{'changed':>8}{'s':>6}"
     )
     for r in sorted(results, key=lambda r: (r["objective"], r["technique"])):
         write(

@@ -90,7 +90,7 @@ def _assert_tensorboard_matches_metrics(bucket: str, prefix: str, local: Path) -
         expected = [(r["step"], r[key]) for r in records if key in r]
         got = scalars[tag]
         assert [step for step, _ in got] == [step for step, _ in expected], (tag, got, expected)
-        assert all(abs(a - b) <= 1e-6 * max(1.0, abs(b)) for (_, a), (_, b) in zip(got, expected)), tag
+        assert all(abs(a - b) <= 1e-6 * max(1.0, abs(b)) for (_, a), (_, b) in zip(got, expected, strict=True)), tag
     return records
 
 

@@ -237,7 +237,7 @@ def _padded(tokenizer, sequences: list[list[int]], labels: list[list[int]]):
     return {
         "input_ids": torch.tensor([fill(s, pad) for s in sequences]),
         "attention_mask": torch.tensor([fill([1] * len(s), 0) for s in sequences]),
-        "labels": torch.tensor([fill(l, -100) for l in labels]),
+        "labels": torch.tensor([fill(row, -100) for row in labels]),
     }
 
 

@@ -41,7 +41,7 @@ def test_packed_examples_match_examples_alone(tiny_llama_dir):
 
     losses, used = _token_losses(packed_logits, batch["labels"])
     start = 0
-    for doc, logits in zip(docs, alone):
+    for doc, logits in zip(docs, alone, strict=True):
         n = len(doc)
         expected, _ = _token_losses(logits, torch.tensor([doc]))
         got = losses[start : start + n - 1]

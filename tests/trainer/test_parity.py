@@ -10,6 +10,7 @@ seeding, data order or optimizer settings shows up here first.
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -125,7 +126,8 @@ def _assert_same(
     ref_losses, ref_weights = theirs
     assert len(our_losses) == len(ref_losses) == STEPS, (our_losses, ref_losses)
     assert abs(our_losses[0] - ref_losses[0]) <= first_step_tolerance, (our_losses, ref_losses)
-    assert max(abs(a - b) for a, b in zip(our_losses, ref_losses)) <= LOSS_TOLERANCE, (our_losses, ref_losses)
+    largest_loss_gap = max(abs(a - b) for a, b in zip(our_losses, ref_losses, strict=True))
+    assert largest_loss_gap <= LOSS_TOLERANCE, (our_losses, ref_losses)
     assert our_losses[-1] < our_losses[0]  # it trained
     assert our_weights.keys() == ref_weights.keys()
     worst = max((our_weights[k].float() - ref_weights[k].float()).abs().max().item() for k in our_weights)
@@ -233,7 +235,7 @@ def test_preference_lora_matches_dpo_trainer(tmp_path, tiny_llama_dir, tokenizer
 
     rows = [
         {"prompt": f"is the {a} {c} ?", "chosen": f" yes the {a} is {c} .", "rejected": f" no , {b} ."}
-        for a, b, c in zip(sample_corpus(32, seed=2), sample_corpus(32, seed=3), ["red", "blue"] * 16)
+        for a, b, c in zip(sample_corpus(32, seed=2), sample_corpus(32, seed=3), ["red", "blue"] * 16, strict=True)
     ]
     ours = _kubetune(
         tmp_path / "ours", tiny_llama_dir, rows, "preference", technique="lora", objective="preference", lora=LORA
@@ -332,7 +334,7 @@ def _per_document_token_losses(model, rows: list[dict]) -> dict[tuple, list[floa
             )
             positions = row.get("position_ids", list(range(len(row["input_ids"]))))
             starts = [i for i, p in enumerate(positions) if p == 0] + [len(positions)]
-            for start, end in zip(starts, starts[1:]):
+            for start, end in pairwise(starts):
                 targets = [i for i in range(start, end - 1) if labels[0, i + 1] != IGNORE]
                 out[tuple(row["input_ids"][start:end])] = [round(losses[i].item(), 5) for i in targets]
     finally:

@@ -59,7 +59,7 @@ def test_a_longer_run_continues_where_the_first_stopped(tiny_llama_dir, data, wr
 
     losses = lambda out: [(r["step"], r["loss"]) for r in _records(out) if "loss" in r]  # noqa: E731
     assert [s for s, _ in losses(tmp_path / "longer")] == list(range(1, 13))  # the first run's curve, then its own
-    assert all(abs(a - b) < 1e-5 for (_, a), (_, b) in zip(losses(tmp_path / "longer"), losses(straight)))
+    assert all(abs(a - b) < 1e-5 for (_, a), (_, b) in zip(losses(tmp_path / "longer"), losses(straight), strict=True))
     assert _max_diff(_weights(tmp_path / "longer"), _weights(straight)) < 1e-5
     assert not (tmp_path / "longer" / "checkpoints" / "step-4").exists()  # its own checkpoints start after step 8
 

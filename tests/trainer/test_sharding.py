@@ -116,7 +116,7 @@ def test_fsdp_matches_one_process_of_the_same_global_batch(
 
     sharded, single = _losses(tmp_path / "sharded"), _losses(tmp_path / "single")
     assert len(sharded) == len(single) == STEPS
-    assert max(abs(a - b) for a, b in zip(sharded, single)) <= LOSS_TOLERANCE, (sharded, single)
+    assert max(abs(a - b) for a, b in zip(sharded, single, strict=True)) <= LOSS_TOLERANCE, (sharded, single)
     assert sharded[-1] < sharded[0]
     assert (
         _close(_final(tmp_path / "sharded", technique == "lora"), _final(tmp_path / "single", technique == "lora"))
@@ -149,7 +149,7 @@ def test_the_final_model_reloads(tiny_llama_dir, data, write_job, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "final")
     base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in base.parameters())
-    assert any((p - q).abs().max() > 0 for p, q in zip(model.parameters(), base.parameters()))
+    assert any((p - q).abs().max() > 0 for p, q in zip(model.parameters(), base.parameters(), strict=True))
 
 
 @pytest.mark.parametrize(("first", "then"), [(2, 1), (2, 4)])
@@ -180,5 +180,6 @@ def test_killed_run_resumes_on_another_number_of_processes(first, then, tiny_lla
     assert "resuming from checkpoint step-" in log
     resumed, uninterrupted = _losses(out), _losses(reference)
     assert len(resumed) == STEPS
-    assert max(abs(a - b) for a, b in zip(resumed, uninterrupted)) <= LOSS_TOLERANCE, (resumed, uninterrupted)
+    largest_loss_gap = max(abs(a - b) for a, b in zip(resumed, uninterrupted, strict=True))
+    assert largest_loss_gap <= LOSS_TOLERANCE, (resumed, uninterrupted)
     assert _close(_final(out, False), _final(reference, False)) <= WEIGHT_TOLERANCE

@@ -72,7 +72,7 @@ def plain_loss(model_dir, docs, pad_id):
 
 def packed_batch(docs, pad_id, max_length=64):
     packed = pack_examples({"input_ids": docs, "labels": docs}, max_length=max_length)
-    rows = [dict(zip(packed, values)) for values in zip(*packed.values())]
+    rows = [dict(zip(packed, values, strict=True)) for values in zip(*packed.values(), strict=True)]
     assert len(rows) >= 2, "the test wants several packed rows (and padding) in one batch"
     return PaddingCollator(pad_id)(rows)
 

@@ -41,7 +41,7 @@ def test_chat_template_marks_assistant_tokens(tiny_tokenizer_dir):
         {"role": "assistant", "content": "the cat is red ."},
     ]
     out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
-    answer = [t for t, m in zip(out["input_ids"], out["assistant_masks"]) if m]
+    answer = [t for t, m in zip(out["input_ids"], out["assistant_masks"], strict=True) if m]
     assert tokenizer.decode(answer, skip_special_tokens=True).strip() == "the cat is red ."
     assert 0 < sum(out["assistant_masks"]) < len(out["input_ids"])
 

@@ -38,7 +38,8 @@ entry is complete exits 0 at once; otherwise it deletes whatever a cut populatio
 files the trainer would fetch (safetensors, configs, tokenizer, Python files; pickled weights only with
 --allow-pickle; for a dataset everything but Python files) with huggingface_hub, a few at a time (each deleted
 once uploaded: the pod's scratch never holds the whole model), checks each one's size and hash against the Hub's
-own (sha256 for LFS files, the git blob id for the others), uploads it, and writes `_COMPLETE` last. Credentials by role as the trainer reads them (`--role`, default `model`: KUBETUNE_MODEL_HF_TOKEN,
+own (sha256 for LFS files, the git blob id for the others), uploads it, and writes `_COMPLETE` last.
+Credentials by role as the trainer reads them (`--role`, default `model`: KUBETUNE_MODEL_HF_TOKEN,
 else HF_TOKEN outside a pod); the store with the `cache` role's (KUBETUNE_CACHE_AWS_ACCESS_KEY_ID, ...,
 KUBETUNE_CACHE_AWS_ENDPOINT_URL). Exit codes as the trainer's: 0 done (or already there), 10 user error (no such
 repository or revision, gated without a token), 20 infrastructure (Hub or store unreachable: retry). On success the

@@ -71,7 +71,7 @@ def scan(storage: Storage, layout: OutputLayout) -> dict[int, RemoteCheckpoint]:
 def complete_checkpoints(storage: Storage, layout: OutputLayout) -> list[RemoteCheckpoint]:
     """Complete checkpoints, oldest first, with their markers read."""
     out = []
-    for step, entry in sorted(scan(storage, layout).items()):
+    for _step, entry in sorted(scan(storage, layout).items()):
         if entry.complete:
             try:
                 entry.marker = json.loads(storage.read_text(entry.uri + MARKER))

@@ -222,7 +222,7 @@ def _load_files(files: list[Path], labels: list[str], checker: _Checker, what: s
     suffix = suffixes.pop()
     if suffix in (".jsonl", ".json"):
         read = _jsonl_rows if suffix == ".jsonl" else _json_rows
-        rows = [row for path, label in zip(files, labels) for row in read(path, label, checker)]
+        rows = [row for path, label in zip(files, labels, strict=True) for row in read(path, label, checker)]
         if not rows:
             raise UserError(f"{what}: no rows (empty dataset)")
         try:
@@ -230,7 +230,8 @@ def _load_files(files: list[Path], labels: list[str], checker: _Checker, what: s
         except Exception as err:  # noqa: BLE001 - e.g. a column that is a string in one row and a list in another
             raise UserError(f"{what}: rows do not share one type per column ({str(err)[:200]})") from None
     parts = [
-        _arrow_file(p, label, checker, "csv" if suffix == ".csv" else "parquet") for p, label in zip(files, labels)
+        _arrow_file(p, label, checker, "csv" if suffix == ".csv" else "parquet")
+        for p, label in zip(files, labels, strict=True)
     ]
     parts = [p for p in parts if len(p)]
     if not parts:

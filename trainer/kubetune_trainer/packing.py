@@ -40,7 +40,7 @@ def pack_examples(batch: dict[str, list], max_length: int) -> dict[str, list]:
             rows["position_ids"].append(list(positions))
             ids.clear(), labels.clear(), positions.clear()
 
-    for example_ids, example_labels in zip(batch["input_ids"], batch["labels"]):
+    for example_ids, example_labels in zip(batch["input_ids"], batch["labels"], strict=True):
         example_ids, example_labels = example_ids[:max_length], list(example_labels[:max_length])
         if len(ids) + len(example_ids) > max_length:
             flush()

@@ -138,7 +138,8 @@ def _spec_schema(raw: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     rules.append(
         {
             "rule": " && ".join(f"has(self.{n}) == has(oldSelf.{n})" for n in optional_immutable),
-            "message": f"sections cannot be added or removed once the FineTuneJob exists ({', '.join(optional_immutable)})",
+            "message": "sections cannot be added or removed once the FineTuneJob exists "
+            f"({', '.join(optional_immutable)})",
         }
     )
     spec["x-kubernetes-validations"] = rules
@@ -183,7 +184,8 @@ def openapi_schema() -> dict[str, Any]:
         },
         "x-kubernetes-validations": [
             {
-                "rule": f"self.metadata.name.size() <= {MAX_NAME_LENGTH} && self.metadata.name.matches('{DNS_LABEL_PATTERN}')",
+                "rule": f"self.metadata.name.size() <= {MAX_NAME_LENGTH} && "
+                f"self.metadata.name.matches('{DNS_LABEL_PATTERN}')",
                 "message": f"metadata.name must be a DNS label of at most {MAX_NAME_LENGTH} characters "
                 "(child Jobs, Services and pods are named after it)",
             },

@@ -240,7 +240,8 @@ def is_env_var_name(value: str) -> list[str]:
     if not _ENV_VAR_NAME.fullmatch(value):
         errors.append(_regex_error(
             "a valid environment variable name must consist of alphabetic characters, digits, '_', '-', or '.', "
-            "and must not start with a digit", ENV_VAR_NAME_FMT, "my.env-name", "MY_ENV.NAME", "MyEnvName1"))  # fmt: skip
+            "and must not start with a digit",
+            ENV_VAR_NAME_FMT, "my.env-name", "MY_ENV.NAME", "MyEnvName1"))  # fmt: skip
     if value == ".":
         errors.append("must not be '.'")
     elif value == "..":

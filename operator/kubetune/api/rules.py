@@ -175,7 +175,10 @@ def _check_early_stopping_metric(spec: Spec) -> Iterator[Finding]:
 
 
 _HAS_EVAL = "(has(d.evalUri) || has(d.evalFraction))"
-_REWARD_MODEL_GIVEN = "(has(self.rlhf) && has(self.rlhf.rewardModel) && has(self.rlhf.rewardModel.uri) && self.rlhf.rewardModel.uri != '')"
+_REWARD_MODEL_GIVEN = (
+    "(has(self.rlhf) && has(self.rlhf.rewardModel) && has(self.rlhf.rewardModel.uri) && "
+    "self.rlhf.rewardModel.uri != '')"
+)
 
 
 def _cel_stage(stage: EvalStage) -> tuple[str, str]:
@@ -220,7 +223,8 @@ def _check_rlhf_reward(spec: Spec) -> Iterator[Finding]:
     if not has_model and not has_preferences:
         yield (
             "rlhf.rewardModel.uri",
-            "objective rlhf needs a reward model: set spec.rlhf.rewardModel.uri or add a dataset of format preference to train one",
+            "objective rlhf needs a reward model: set spec.rlhf.rewardModel.uri or add a dataset of format preference "
+            "to train one",
         )
 
 
@@ -405,8 +409,9 @@ RULES: list[Rule] = [
     # (label uniqueness is the CRD's x-kubernetes-list-type: set, which the API server checks in linear time)
     Rule(
         ".classification",
-        "!has(self.classification) || !has(self.classification.labels) || !has(self.featureExtraction) || "
-        "!has(self.featureExtraction.numLabels) || self.featureExtraction.numLabels == size(self.classification.labels)",
+        "!has(self.classification) || !has(self.classification.labels) || "
+        "!has(self.featureExtraction) || !has(self.featureExtraction.numLabels) || "
+        "self.featureExtraction.numLabels == size(self.classification.labels)",
         "classification labels must agree with spec.featureExtraction.numLabels",
         _check_labels,
     ),

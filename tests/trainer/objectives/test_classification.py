@@ -113,7 +113,8 @@ def test_classification_learns_and_only_intended_params_change(tmp_path, tiny_ll
     loss_before, acc_before = snapshot.before
     loss_after, acc_after = measure(result.model, result.tokenizer, eval_rows, NAMES)
     print(
-        f"{technique} classification: eval loss {loss_before:.3f} -> {loss_after:.3f}, accuracy {acc_before:.2f} -> {acc_after:.2f}"
+        f"{technique} classification: eval loss {loss_before:.3f} -> {loss_after:.3f}, "
+        f"accuracy {acc_before:.2f} -> {acc_after:.2f}"
     )
     assert loss_after < loss_before * 0.7
     assert acc_after >= 0.9 and acc_after > acc_before

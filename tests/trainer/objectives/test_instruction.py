@@ -41,9 +41,9 @@ def test_prompt_completion_is_the_joined_text(tokenizer, completion):
     ids, mask = encode_prompt_completion(tokenizer, PROMPT, completion)
     assert ids == tokenizer(PROMPT + completion)["input_ids"] + [tokenizer.eos_token_id]
     assert len(mask) == len(ids) and mask[0] == 0 and mask[-1] == 1
-    prompt_part = [t for t, m in zip(ids, mask) if not m]
+    prompt_part = [t for t, m in zip(ids, mask, strict=True) if not m]
     assert tokenizer.decode(prompt_part, skip_special_tokens=True).strip() == PROMPT
-    answer = [t for t, m in zip(ids, mask) if m]
+    answer = [t for t, m in zip(ids, mask, strict=True) if m]
     assert tokenizer.convert_ids_to_tokens(answer[0]) != WORD_START  # no token the text does not have
     assert tokenizer.decode(answer, skip_special_tokens=True).strip() == completion.strip()
 

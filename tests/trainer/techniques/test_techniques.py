@@ -168,7 +168,8 @@ def test_technique_trains_saves_and_reloads(technique, task, tiny_llama_dir, tmp
 
     changed = {name for name, p in model.named_parameters() if not bit_identical(p.detach(), before[name])}
     assert changed == trainable, (
-        f"trained but unchanged: {sorted(trainable - changed)[:4]}; changed but frozen: {sorted(changed - trainable)[:4]}"
+        f"trained but unchanged: {sorted(trainable - changed)[:4]}; "
+        f"changed but frozen: {sorted(changed - trainable)[:4]}"
     )
 
     expected = logits_of(model, batch)

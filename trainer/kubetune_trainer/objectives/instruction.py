@@ -104,7 +104,7 @@ def encode_prompt_completion(tokenizer, prompt, completion) -> tuple[list[int], 
 
 def common_prefix_length(a: list[int], b: list[int]) -> int:
     n = 0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):  # the common prefix ends where the shorter list does
         if x != y:
             break
         n += 1
@@ -118,7 +118,7 @@ def tokenize(dataset, fmt: DatasetFormat, tokenizer, max_length: int, what: str)
         else:
             ids, mask = encode_prompt_completion(tokenizer, row["prompt"], row["completion"])
         ids, mask = ids[:max_length], mask[:max_length]
-        return {"input_ids": ids, "labels": [t if m else IGNORE for t, m in zip(ids, mask)]}
+        return {"input_ids": ids, "labels": [t if m else IGNORE for t, m in zip(ids, mask, strict=True)]}
 
     out = dataset.map(encode, remove_columns=dataset.column_names, desc=f"tokenizing {what}")
     # Rows whose answer was cut off entirely teach nothing (and give a NaN loss in a batch of their own).
