@@ -38,11 +38,10 @@ from kubetune.api.credentials import ROLE_MODEL, ROLE_OUTPUT, ROLE_REWARD_MODEL
 from kubetune.api.uris import UriError, check_output_uri
 from kubetune.api.validation import SpecError
 from kubetune.manifests import ManifestFileError, load_job
-
+from kubetune_trainer import sharding
 from kubetune_trainer.context import RunContext
 from kubetune_trainer.errors import InfraError, UserError
 from kubetune_trainer.layout import OutputLayout
-from kubetune_trainer import sharding
 from kubetune_trainer.sharding import Strategy
 
 if TYPE_CHECKING:
@@ -70,11 +69,15 @@ OPERATIONAL_FIELDS = (
 
 
 def build_parser(prog: str = "python -m kubetune_trainer") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description="Run one FineTuneJob on this machine (the trainer pod's entrypoint).")
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Run one FineTuneJob on this machine (the trainer pod's entrypoint)."
+    )
     parser.add_argument("file", metavar="FILE", help="FineTuneJob manifest")
     parser.add_argument("--output", metavar="URI", help="override the output root (s3://... or file:///...)")
     parser.add_argument("--name", help="which document of a multi-document FILE to run")
-    parser.add_argument("--termination-log", metavar="PATH", default=None, help="where to write the one-line failure reason")
+    parser.add_argument(
+        "--termination-log", metavar="PATH", default=None, help="where to write the one-line failure reason"
+    )
     return parser
 
 
@@ -84,9 +87,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_cli(args: argparse.Namespace) -> int:
     """Run the job named by `args` (file, output, name, termination_log); returns the exit code."""
-    from kubetune_trainer.preemption import PREEMPTION, Preempted
-
     from kubetune_trainer.console import quiet_library_noise
+    from kubetune_trainer.preemption import PREEMPTION, Preempted
 
     _setup_logging()
     quiet_library_noise()
@@ -111,13 +113,19 @@ def run_cli(args: argparse.Namespace) -> int:
     except Exception as err:  # noqa: BLE001 - a bug: details to stderr, one line to the log
         if lost_peer(err):  # another rank's node died or froze: retrying the attempt is the cure
             # Only if no rank said why first: a rank that failed on bad data ends its peers' collectives too.
-            return _fail(termination_log, ExitCode.INFRA_ERROR, f"InfraError: a peer process of this run was lost: {err}",
-                         only_if_empty=True)
+            return _fail(
+                termination_log,
+                ExitCode.INFRA_ERROR,
+                f"InfraError: a peer process of this run was lost: {err}",
+                only_if_empty=True,
+            )
         traceback.print_exc(file=sys.stderr)
         return _fail(termination_log, ExitCode.INTERNAL_ERROR, f"InternalError: {type(err).__name__}: {err}")
 
 
-_PEER_LOST = re.compile(r"gloo/transport|Timed out waiting|Connection closed by peer|Connection reset by peer|NCCL", re.I)
+_PEER_LOST = re.compile(
+    r"gloo/transport|Timed out waiting|Connection closed by peer|Connection reset by peer|NCCL", re.I
+)
 
 
 def lost_peer(err: BaseException) -> bool:
@@ -210,7 +218,11 @@ class World:
 
     @classmethod
     def from_env(cls) -> World:
-        return cls(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0")))
+        return cls(
+            int(os.environ.get("RANK", "0")),
+            int(os.environ.get("WORLD_SIZE", "1")),
+            int(os.environ.get("LOCAL_RANK", "0")),
+        )
 
     @property
     def is_main(self) -> bool:
@@ -244,8 +256,10 @@ def _init_distributed(world: World) -> None:
 
     # The Trainer reuses this state (a singleton); starting it now lets ranks wait for downloads. Collectives
     # give up after the bounded timeout (sharding.collective_timeout_seconds): a lost peer ends the attempt.
-    PartialState(backend="nccl" if torch.cuda.is_available() else "gloo",
-                 timeout=timedelta(seconds=sharding.collective_timeout_seconds()))
+    PartialState(
+        backend="nccl" if torch.cuda.is_available() else "gloo",
+        timeout=timedelta(seconds=sharding.collective_timeout_seconds()),
+    )
 
 
 def _finish_distributed(wait_for_others: bool) -> None:
@@ -365,11 +379,14 @@ class Inputs:
 
 
 def gpu_memory(spec) -> float | None:
-    """Bytes of one GPU for the plan: spec.resources.gpuMemory, else this machine's GPU; None without a GPU."""
+    """Bytes of one GPU for the plan: spec.resources.gpuMemory, else the operator's table for the GPU product the spec
+    selects (KUBETUNE_GPU_MEMORY), else this machine's GPU; None without a GPU."""
     from kubetune_trainer.plan import bytes_of
 
     if spec.resources.gpu_memory is not None:
         return bytes_of(spec.resources.gpu_memory)
+    if os.environ.get("KUBETUNE_GPU_MEMORY"):
+        return bytes_of(os.environ["KUBETUNE_GPU_MEMORY"])
     import torch
 
     if torch.cuda.is_available():
@@ -380,13 +397,17 @@ def gpu_memory(spec) -> float | None:
 def plan_run(spec, config: dict, world: World, resumed: bool | None = None):
     """The memory plan on this run's GPUs, and the strategy it leads to. A job that cannot fit stops here, before
     any weight is downloaded, with what to change (a user error: retrying cannot help)."""
-    from kubetune_trainer import plan
-
     import torch
 
+    from kubetune_trainer import plan
+
     try:
-        result = plan.plan(spec, config, gpus_per_node=max(1, world.size // max(1, spec.nodes)),
-                           gpu_memory=gpu_memory(spec) if torch.cuda.is_available() else None)
+        result = plan.plan(
+            spec,
+            config,
+            gpus_per_node=max(1, world.size // max(1, spec.nodes)),
+            gpu_memory=gpu_memory(spec) if torch.cuda.is_available() else None,
+        )
     except plan.PlanError as err:
         log.info("no memory plan: %s", err)
         return None, sharding.choose(spec, None, world.size, resumed)
@@ -407,8 +428,14 @@ def fetch_inputs(spec, out: RunOutput, work_dir: Path, world: World = World()) -
     from kubetune_trainer.sources import fetch_config, fetch_model
 
     def model(uri: str, folder: str, role: str) -> Path:
-        return fetch_model(uri, work_dir / folder, role=role, spec=spec, allow_pickle=spec.model.allow_pickle,
-                           trust_remote_code=spec.model.trust_remote_code)
+        return fetch_model(
+            uri,
+            work_dir / folder,
+            role=role,
+            spec=spec,
+            allow_pickle=spec.model.allow_pickle,
+            trust_remote_code=spec.model.trust_remote_code,
+        )
 
     with _local_main_first(world):
         tasks = load_tasks(spec, work_dir / "data")
@@ -418,7 +445,9 @@ def fetch_inputs(spec, out: RunOutput, work_dir: Path, world: World = World()) -
             source = resume_from_source.find(spec, uri)
             log.info("starting from %s: %s", source.checkpoint.uri, source.why)
         started_from = latest or (source.checkpoint if source is not None and source.continues else None)
-        resumed = None if started_from is None else sharding.SHARDED_MARKER in (started_from.marker or {}).get("files", {})
+        resumed = (
+            None if started_from is None else sharding.SHARDED_MARKER in (started_from.marker or {}).get("files", {})
+        )
         # Into the model's own folder: the snapshot (or the cache entry's copy) then finds config.json there.
         config = fetch_config(spec.model.uri, work_dir / "model", role=ROLE_MODEL, spec=spec)
         plan_result, strategy = plan_run(spec, config, world, resumed)
@@ -432,9 +461,13 @@ def fetch_inputs(spec, out: RunOutput, work_dir: Path, world: World = World()) -
             log.info("resuming from checkpoint step-%d (%s)", latest.step, latest.uri)
             resume_from = download_checkpoint(out.storage, latest, work_dir / "resume" / f"step-{latest.step}")
         elif source is not None:
-            local = download_checkpoint(source.storage, source.checkpoint, work_dir / "resume-from" / f"step-{source.checkpoint.step}")
+            local = download_checkpoint(
+                source.storage, source.checkpoint, work_dir / "resume-from" / f"step-{source.checkpoint.step}"
+            )
             resume_from, warm_start = (local, None) if source.continues else (None, local)
-    return Inputs(tasks, Path(model_dir), reward_model_dir, latest, resume_from, strategy, plan_result, source, warm_start)
+    return Inputs(
+        tasks, Path(model_dir), reward_model_dir, latest, resume_from, strategy, plan_result, source, warm_start
+    )
 
 
 # --------------------------------------------------------------------------- step 3: the run context
@@ -475,9 +508,8 @@ class Session:
 def restore_metrics(out: RunOutput, inputs: Inputs, metrics_dir: Path) -> None:
     """metrics.jsonl as the attempt being resumed left it up to its checkpoint, and TensorBoard rebuilt from it
     (in the store too); a new run starts both afresh."""
-    from kubetune_trainer.metrics import truncate_metrics, write_tensorboard
-
     from kubetune_trainer.layout import OutputLayout
+    from kubetune_trainer.metrics import truncate_metrics, write_tensorboard
 
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
@@ -500,7 +532,15 @@ def restore_metrics(out: RunOutput, inputs: Inputs, metrics_dir: Path) -> None:
 
 
 def build_context(
-    spec, name: str, out: RunOutput, inputs: Inputs, work_dir: Path, world: World = World(), *, reporter=None, callbacks=()
+    spec,
+    name: str,
+    out: RunOutput,
+    inputs: Inputs,
+    work_dir: Path,
+    world: World = World(),
+    *,
+    reporter=None,
+    callbacks=(),
 ) -> tuple[RunContext, Session]:
     """The RunContext a recipe trains with, and the Session around it: the reporter (console and, in a pod,
     the status), metrics continued from the attempt resumed, the checkpoint manager, and the callbacks
@@ -517,7 +557,9 @@ def build_context(
             reporter.plan(inputs.plan.status())  # status.plan: the strategy chosen and the GiB per GPU
         restore_metrics(out, inputs, metrics_dir)
         stopping = spec.evaluation.early_stopping is not None
-        manager = CheckpointManager(out.storage, out.layout, spec.output.keep_checkpoints, reporter, delete_local=not stopping)
+        manager = CheckpointManager(
+            out.storage, out.layout, spec.output.keep_checkpoints, reporter, delete_local=not stopping
+        )
         if inputs.latest is not None:
             manager.prune_and_report()
     trackers = open_trackers(spec, name, out.storage, out.layout, work_dir) if world.is_main else None
@@ -528,11 +570,14 @@ def build_context(
     node_files = NodeFiles(out.storage, out.layout) if world.local_rank == 0 and not world.is_main else None
     save_every = spec.output.checkpoint_every_steps if inputs.strategy.sharded else None
     all_callbacks: list[Any] = [
-        metrics_cb, CheckpointCallback(manager, is_main=world.is_main, node_files=node_files, save_every=save_every)
+        metrics_cb,
+        CheckpointCallback(manager, is_main=world.is_main, node_files=node_files, save_every=save_every),
     ]
     if spec.evaluation.early_stopping is not None:
         stopping = spec.evaluation.early_stopping
-        all_callbacks.append(EarlyStopping(early_stopping_patience=stopping.patience, early_stopping_threshold=stopping.min_delta))
+        all_callbacks.append(
+            EarlyStopping(early_stopping_patience=stopping.patience, early_stopping_threshold=stopping.min_delta)
+        )
     all_callbacks.extend(callbacks)
     ctx = RunContext(
         spec=spec,
@@ -608,8 +653,12 @@ def output_report(layout: OutputLayout):
     """Where a finished run's results are (status.output)."""
     from kubetune_trainer.reporting import OutputReport
 
-    return OutputReport(model_uri=layout.final_uri, metrics_uri=layout.metrics_uri,
-                        tensorboard_uri=layout.tensorboard_uri, checkpoints_uri=layout.checkpoints_uri)
+    return OutputReport(
+        model_uri=layout.final_uri,
+        metrics_uri=layout.metrics_uri,
+        tensorboard_uri=layout.tensorboard_uri,
+        checkpoints_uri=layout.checkpoints_uri,
+    )
 
 
 def finished(out: RunOutput) -> bool:
@@ -667,5 +716,9 @@ def run_job(file: str | Path, *, output: str | None = None, name: str | None = N
     finally:
         if world.size > 1:
             _finish_distributed(wait_for_others=succeeded)
-        if created_work_dir and not os.environ.get("KUBETUNE_KEEP_WORK_DIR") and (world.size == 1 or world.local_rank == 0):
+        if (
+            created_work_dir
+            and not os.environ.get("KUBETUNE_KEEP_WORK_DIR")
+            and (world.size == 1 or world.local_rank == 0)
+        ):
             shutil.rmtree(work_dir, ignore_errors=True)
