@@ -389,6 +389,8 @@ class ApiServer:
     history: list[Change] = attrs.field(factory=list, init=False)
     max_history: int = attrs.field(default=MAX_HISTORY, init=False)
     uids: set[str] = attrs.field(factory=set, init=False)  # of every stored object (the garbage collector's view)
+    # Objects being deleted in the foreground, by uid: (store key, namespace, name).
+    foreground: dict[str, tuple] = attrs.field(factory=dict, init=False)
     oldest_rv: int = attrs.field(default=0, init=False)
     rv: int = attrs.field(default=1, init=False)
     watch_epoch: int = attrs.field(default=0, init=False)
@@ -886,6 +888,7 @@ class ApiServer:
             del self._objects(key)[ident]
             await self._record(key, "DELETED", new)
             await self._collect_garbage(new)
+            await self._release_foreground_owners(new)
             return new
         self._objects(key)[ident] = new
         await self._record(key, "MODIFIED", new)
@@ -924,7 +927,18 @@ class ApiServer:
         obj = objects.get((namespace, name))
         if obj is None:
             raise ApiError(404, "NotFound", f'{key[1]} "{name}" not found', {"name": name, "kind": key[1]})
+        # DeleteOptions.preconditions (k8s.io/apiserver pkg/registry/rest/delete.go BeforeDelete): 409 when the object
+        # of that name is not the one the caller meant.
+        for field in ("uid", "resourceVersion"):
+            wanted = ((data or {}).get("preconditions") or {}).get(field)
+            if wanted and wanted != obj["metadata"].get(field):
+                raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on {key[1]} "{name}": Precondition '
+                               f"failed: {'UID' if field == 'uid' else 'ResourceVersion'} in precondition: {wanted}, "
+                               f"{'UID' if field == 'uid' else 'ResourceVersion'} in object meta: "
+                               f"{obj['metadata'].get(field)}")
         policy = (data or {}).get("propagationPolicy") or params.get("propagationPolicy") or "Background"
+        if policy == "Foreground" and not obj["metadata"].get("deletionTimestamp"):
+            return await self._delete_foreground(key, namespace, name, obj)
         if obj["metadata"].get("finalizers"):
             if not obj["metadata"].get("deletionTimestamp"):
                 obj = copy.deepcopy(obj)
@@ -939,8 +953,66 @@ class ApiServer:
         await self._record(key, "DELETED", obj)
         if policy != "Orphan":
             await self._collect_garbage(obj)
+        await self._release_foreground_owners(obj)
         return {"apiVersion": "v1", "kind": "Status", "status": "Success", "metadata": {},
                 "details": {"name": name, "kind": key[1], "uid": obj["metadata"]["uid"]}}
+
+    # Foreground cascading deletion, as the API server and the garbage collector do it together: the API server sets
+    # the owner's deletionTimestamp and adds the foregroundDeletion finalizer (k8s.io/apiserver
+    # pkg/registry/generic/registry/store.go, deletionFinalizersForGarbageCollection); the garbage collector deletes
+    # the dependents and removes that finalizer once no dependent with ownerReferences[].blockOwnerDeletion is left
+    # (kubernetes pkg/controller/garbagecollector/garbagecollector.go, processDeletingDependentsItem). A dependent
+    # that has finalizers of its own (a pod the kubelet is still stopping) keeps the owner until it is gone.
+    FOREGROUND = "foregroundDeletion"
+
+    async def _delete_foreground(self, key, namespace: str | None, name: str, obj: dict) -> dict:
+        obj = copy.deepcopy(obj)
+        meta = obj["metadata"]
+        meta["deletionTimestamp"] = now_rfc3339()
+        meta["finalizers"] = [*(meta.get("finalizers") or []), self.FOREGROUND]
+        meta["resourceVersion"] = self._next_rv()
+        self._objects(key)[(namespace, name)] = obj
+        self.foreground[meta["uid"]] = (key, namespace, name)
+        await self._record(key, "MODIFIED", obj)
+        await self._collect_garbage(obj)
+        await self._release_foreground_owner(key, obj)
+        return self._objects(key).get((namespace, name), obj)
+
+    def _blocking_dependents(self, uid: str) -> bool:
+        return any(ref.get("uid") == uid and ref.get("blockOwnerDeletion")
+                   for objects in self.store.values() for dependent in objects.values()
+                   for ref in dependent["metadata"].get("ownerReferences") or [])
+
+    async def _release_foreground_owner(self, key, owner: dict) -> None:
+        meta = owner["metadata"]
+        if self.FOREGROUND not in (meta.get("finalizers") or []) or self._blocking_dependents(meta["uid"]):
+            return
+        self.foreground.pop(meta["uid"], None)
+        current = self._objects(key).get((meta.get("namespace"), meta["name"]))
+        if current is None or current["metadata"]["uid"] != meta["uid"]:
+            return
+        new = copy.deepcopy(current)
+        new["metadata"]["finalizers"] = [f for f in new["metadata"]["finalizers"] if f != self.FOREGROUND]
+        new["metadata"]["resourceVersion"] = self._next_rv()
+        ident = (meta.get("namespace"), meta["name"])
+        if new["metadata"]["finalizers"]:
+            self._objects(key)[ident] = new
+            await self._record(key, "MODIFIED", new)
+            return
+        del self._objects(key)[ident]
+        await self._record(key, "DELETED", new)
+        await self._release_foreground_owners(new)
+
+    async def _release_foreground_owners(self, dependent: dict) -> None:
+        """A dependent is gone: an owner deleted in the foreground that waited only for it goes too."""
+        for ref in dependent["metadata"].get("ownerReferences") or []:
+            if ref.get("uid") in self.foreground:
+                key, namespace, name = self.foreground[ref["uid"]]
+                owner = self._objects(key).get((namespace, name))
+                if owner is None or owner["metadata"]["uid"] != ref["uid"]:
+                    self.foreground.pop(ref["uid"], None)
+                    continue
+                await self._release_foreground_owner(key, owner)
 
     async def _collect_garbage(self, owner: dict) -> None:
         """Delete the dependents of a deleted owner (the garbage collector's background propagation)."""

@@ -185,44 +185,65 @@ class ClusterSim:
         return self.kube.patch("Pod", pod["metadata"]["namespace"], pod["metadata"]["name"], {"status": patch},
                                subresource="status")
 
-    def start(self, namespace: str, name: str, running: bool = True) -> list[dict]:
-        """Create the Job's pods (one per node) and, as the kubelet, mark them Running."""
+    def start(self, namespace: str, name: str, running: bool = True, graceful: bool = False) -> list[dict]:
+        """Create the Job's pods (one per node) and, as the kubelet, mark them Running.
+
+        `graceful`: the pods take their time to stop once deleted (a finalizer stands for the kubelet's grace period:
+        they stay, with a deletionTimestamp, until `stop_terminating` lets them go)."""
         job = self.job(namespace, name)
         assert not job["spec"].get("suspend"), "a suspended Job gets no pods"
         count = job["spec"].get("parallelism") or 1
-        template = job["spec"]["template"]
-        pods = []
-        for index in range(count):
-            pod = {
-                "apiVersion": "v1", "kind": "Pod",
-                "metadata": {
-                    "generateName": f"{name}-{index}-" if job["spec"].get("completionMode") == "Indexed" else f"{name}-",
-                    "namespace": namespace,
-                    "labels": template["metadata"]["labels"] | {
-                        "batch.kubernetes.io/job-name": name, "batch.kubernetes.io/controller-uid": job["metadata"]["uid"]},
-                    "annotations": {"batch.kubernetes.io/job-completion-index": str(index)},
-                    "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": name,
-                                         "uid": job["metadata"]["uid"], "controller": True,
-                                         "blockOwnerDeletion": True}],
-                },
-                "spec": template["spec"],
-            }
-            pod = self.kube.create(pod)
-            phase = "Running" if running else "Pending"
-            state = {"running": {"startedAt": now_rfc3339()}} if running else {"waiting": {"reason": "ContainerCreating"}}
-            pods.append(self._pod_status(pod, {"phase": phase, "containerStatuses": [
-                {"name": "trainer", "ready": running, "restartCount": 0, "state": state}]}))
+        pods = [self._create_pod(job, index, running, graceful) for index in range(count)]
         status = job.get("status") or {}
         self._job_status(job, {"active": count, "startTime": status.get("startTime") or now_rfc3339(),
                                "ready": count if running else 0})
         return pods
 
-    def _terminate(self, pod: dict, exit_code: int, message: str, disruption: bool = False) -> None:
-        conditions = []
-        if disruption:
-            conditions.append({"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
-                               "message": "preempted by a higher-priority pod", "lastTransitionTime": now_rfc3339()})
-        self._pod_status(pod, {
+    def _create_pod(self, job: dict, index: int, running: bool = True, graceful: bool = False) -> dict:
+        namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
+        template = job["spec"]["template"]
+        indexed = job["spec"].get("completionMode") == "Indexed"
+        pod = {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {
+                "generateName": f"{name}-{index}-" if indexed else f"{name}-",
+                "namespace": namespace,
+                "labels": template["metadata"]["labels"] | {
+                    "batch.kubernetes.io/job-name": name, "batch.kubernetes.io/controller-uid": job["metadata"]["uid"]},
+                # The Job controller annotates the pods of an Indexed Job only (KUBETUNE_NODE_RANK reads it).
+                **({"annotations": {"batch.kubernetes.io/job-completion-index": str(index)}} if indexed else {}),
+                "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": name,
+                                     "uid": job["metadata"]["uid"], "controller": True,
+                                     "blockOwnerDeletion": True}],
+                **({"finalizers": [self.KUBELET_GRACE]} if graceful else {}),
+            },
+            "spec": template["spec"],
+        }
+        pod = self.kube.create(pod)
+        phase = "Running" if running else "Pending"
+        state = {"running": {"startedAt": now_rfc3339()}} if running else {"waiting": {"reason": "ContainerCreating"}}
+        return self._pod_status(pod, {"phase": phase, "containerStatuses": [
+            {"name": "trainer", "ready": running, "restartCount": 0, "state": state}]})
+
+    # Stands for the kubelet's grace period on pods started with `graceful`: a deleted pod stays until it is lifted.
+    KUBELET_GRACE = "kubetune.test/kubelet-grace"
+
+    def stop_terminating(self, namespace: str) -> int:
+        """As the kubelet, finish stopping the deleted pods of `graceful` starts (the trainer saved on SIGTERM and
+        exited 143): they go. Returns how many went."""
+        gone = 0
+        for pod in self.kube.list("Pod", namespace):
+            if pod["metadata"].get("deletionTimestamp") and self.KUBELET_GRACE in (pod["metadata"].get("finalizers") or []):
+                self._terminate(pod, 143, "")
+                self.kube.patch("Pod", namespace, pod["metadata"]["name"], {"metadata": {"finalizers": None}})
+                gone += 1
+        return gone
+
+    def _terminate(self, pod: dict, exit_code: int, message: str, disruption: bool = False) -> dict:
+        conditions = list((pod.get("status") or {}).get("conditions") or [])
+        if disruption and not any(c.get("type") == "DisruptionTarget" for c in conditions):
+            conditions.append(self._disruption_condition())
+        return self._pod_status(pod, {
             "phase": "Succeeded" if exit_code == 0 else "Failed",
             "conditions": conditions,
             "containerStatuses": [{"name": "trainer", "ready": False, "restartCount": 0, "state": {"terminated": {
@@ -231,48 +252,128 @@ class ClusterSim:
         })
 
     @staticmethod
-    def _policy_action(job: dict, exit_code: int, disruption: bool) -> str:
-        """The Job controller's podFailurePolicy evaluation: first matching rule wins, else Count."""
-        for rule in (job["spec"].get("podFailurePolicy") or {}).get("rules", []):
+    def _disruption_condition() -> dict:
+        return {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
+                "message": "preempted by a higher-priority pod", "lastTransitionTime": now_rfc3339()}
+
+    # ------------------------------------------------------------------ the Job controller's failure handling
+    # Ported from kubernetes pkg/controller/job: pod_failure_policy.go (matchPodFailurePolicy) and job_controller.go
+    # (syncJob, trackJobStatusAndRemoveFinalizers, deleteActivePods): a failed pod that matches a FailJob rule, or
+    # failures past backoffLimit, make the Job's FailureTarget condition; its active pods are deleted at once (every
+    # pod not terminated then counts as failed) and, once none is left running, the Job gets the Failed condition with
+    # the same reason. A failure matched by Ignore is not counted; any other is (Count). A failed pod is replaced
+    # while the Job goes on: one pod, of the same completion index.
+
+    @staticmethod
+    def _policy_action(job: dict, pod: dict) -> tuple[str, str]:
+        """matchPodFailurePolicy: the first rule that matches the failed pod wins; (action, FailJob's message)."""
+        meta, status = pod["metadata"], pod.get("status") or {}
+        for index, rule in enumerate((job["spec"].get("podFailurePolicy") or {}).get("rules", [])):
             codes = rule.get("onExitCodes")
-            if codes:
-                matches = exit_code in codes["values"]
-                if codes.get("operator") == "NotIn":
-                    matches = not matches and exit_code != 0
-                if matches:
-                    return rule["action"]
-            for cond in rule.get("onPodConditions") or []:
-                if cond["type"] == "DisruptionTarget" and disruption:
-                    return rule["action"]
-        return "Count"
+            if codes is not None:
+                for container in status.get("containerStatuses") or []:
+                    terminated = (container.get("state") or {}).get("terminated")
+                    if terminated is None or terminated.get("exitCode") == 0:
+                        continue  # still running, or exited 0: no exit code to match
+                    if codes.get("containerName") not in (None, container.get("name")):
+                        continue
+                    listed = terminated["exitCode"] in codes["values"]
+                    if listed == (codes["operator"] == "In"):
+                        return rule["action"], (f"Container {container['name']} for pod {meta['namespace']}/"
+                                                f"{meta['name']} failed with exit code {terminated['exitCode']} "
+                                                f"matching {rule['action']} rule at index {index}")
+            elif rule.get("onPodConditions") is not None:
+                for condition in status.get("conditions") or []:
+                    if any(condition.get("type") == p["type"] and condition.get("status") == p.get("status", "True")
+                           for p in rule["onPodConditions"]):
+                        return rule["action"], (f"Pod {meta['namespace']}/{meta['name']} has condition "
+                                                f"{condition['type']} matching {rule['action']} rule at index {index}")
+        return "Count", ""
+
+    def _sync_failures(self, job: dict, failed_pods: list[dict], restart: bool) -> dict:
+        """The Job controller's sync after `failed_pods` of the Job failed."""
+        namespace = job["metadata"]["namespace"]
+        status = job.get("status") or {}
+        failed = status.get("failed") or 0
+        fail_job = None
+        for pod in failed_pods:
+            action, message = self._policy_action(job, pod)
+            if action == "FailJob" and fail_job is None:
+                fail_job = ("PodFailurePolicy", message)
+            if action != "Ignore":
+                failed += 1
+        if fail_job is None and failed > job["spec"]["backoffLimit"]:
+            fail_job = ("BackoffLimitExceeded", "Job has reached the specified backoff limit")
+        if fail_job is not None:
+            return self._end_job(job, *fail_job, failed=failed)
+        active = self._active_count(job)
+        job = self._job_status(job, {"active": active, "ready": active, "failed": failed})
+        if restart:
+            if job["spec"].get("completionMode") == "Indexed":
+                for pod in failed_pods:
+                    index = int(pod["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"])
+                    self._create_pod(job, index)
+                active = self._active_count(job)
+                self._job_status(job, {"active": active, "ready": active})
+            else:
+                self.start(namespace, job["metadata"]["name"])
+        return self.job(namespace, job["metadata"]["name"])
+
+    def _active_count(self, job: dict) -> int:
+        return sum(1 for p in self.pods(job["metadata"]["namespace"], job)
+                   if p["status"].get("phase") in ("Pending", "Running") and not p["metadata"].get("deletionTimestamp"))
+
+    def _end_job(self, job: dict, reason: str, message: str, failed: int) -> dict:
+        now = now_rfc3339()
+        target = {"type": "FailureTarget", "status": "True", "reason": reason, "message": message,
+                  "lastTransitionTime": now}
+        conditions = [c for c in (job.get("status") or {}).get("conditions") or [] if c.get("type") != "FailureTarget"]
+        active = [p for p in self.pods(job["metadata"]["namespace"], job)
+                  if p["status"].get("phase") in ("Pending", "Running") and not p["metadata"].get("deletionTimestamp")]
+        # deleteActivePods first, then one status write (syncJob): the kubelet stops them (the trainer saves on
+        # SIGTERM and exits 143); once counted, their tracking finalizer goes and so do they.
+        for pod in active:
+            self._terminate(pod, 143, "")
+            self.kube.delete("Pod", job["metadata"]["namespace"], pod["metadata"]["name"])
+        failed += len(active)  # every pod not terminated counts as failed once the Job is finished
+        try:
+            job = self._job_status(job, {"conditions": conditions + [target], "failed": failed, "active": 0,
+                                         "ready": 0})
+            return self._job_status(job, {"conditions": conditions + [
+                target, {"type": "Failed", "status": "True", "reason": reason, "message": message,
+                         "lastTransitionTime": now}]})
+        except kubernetes.client.ApiException as err:
+            if err.status != 404:
+                raise
+            return {}  # the operator already deleted it (it ends an attempt at the first disrupted pod it sees)
 
     def fail(self, namespace: str, name: str, exit_code: int, message: str = "", disruption: bool = False,
              restart: bool = True) -> dict:
-        """The trainer exits with `exit_code`; the Job controller applies podFailurePolicy and backoffLimit."""
+        """Every running pod of the Job exits with `exit_code` (the trainer's; `disruption`: they were preempted);
+        the Job controller applies podFailurePolicy and backoffLimit, and (`restart`) replaces what it retries."""
         job = self.job(namespace, name)
         active = [p for p in self.pods(namespace, job) if p["status"].get("phase") in ("Pending", "Running")]
-        for pod in active:
-            self._terminate(pod, exit_code, message, disruption)
-        action = self._policy_action(job, exit_code, disruption)
-        status = job.get("status") or {}
-        failed = (status.get("failed") or 0) + (0 if action == "Ignore" else 1)
-        now = now_rfc3339()
-        if action == "FailJob":
-            msg = f"Container trainer for pod {namespace}/{active[0]['metadata']['name']} failed with exit code " \
-                  f"{exit_code} matching FailJob rule at index 0"
-            return self._job_status(job, {"active": 0, "ready": 0, "failed": failed, "conditions": [
-                {"type": "FailureTarget", "status": "True", "reason": "PodFailurePolicy", "message": msg,
-                 "lastTransitionTime": now},
-                {"type": "Failed", "status": "True", "reason": "PodFailurePolicy", "message": msg,
-                 "lastTransitionTime": now}]})
-        if failed > job["spec"]["backoffLimit"]:
-            return self._job_status(job, {"active": 0, "ready": 0, "failed": failed, "conditions": [
-                {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
-                 "message": "Job has reached the specified backoff limit", "lastTransitionTime": now}]})
-        job = self._job_status(job, {"active": 0, "ready": 0, "failed": failed})
-        if restart:
-            self.start(namespace, name)
-        return self.job(namespace, name)
+        failed = [self._terminate(pod, exit_code, message, disruption) for pod in active]
+        return self._sync_failures(job, failed, restart)
+
+    def fail_pod(self, namespace: str, name: str, index: int, exit_code: int, message: str = "",
+                 disruption: bool = False, restart: bool = True) -> dict:
+        """One node of an Indexed Job: its pod (completion index `index`) exits with `exit_code` (`disruption`: it was
+        preempted or evicted first), the others go on; then the Job controller's sync."""
+        job = self.job(namespace, name)
+        [pod] = [p for p in self.pods(namespace, job) if p["status"].get("phase") in ("Pending", "Running")
+                 and p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == str(index)]
+        return self._sync_failures(job, [self._terminate(pod, exit_code, message, disruption)], restart)
+
+    def disrupt_pod(self, namespace: str, name: str, index: int) -> dict:
+        """The scheduler preempts (or the eviction API evicts) one running pod of an Indexed Job: it gets the
+        DisruptionTarget condition first and is deleted after (kube-scheduler's preemption, pkg/scheduler/framework/
+        preemption); the kubelet has not stopped it yet."""
+        job = self.job(namespace, name)
+        [pod] = [p for p in self.pods(namespace, job) if p["status"].get("phase") == "Running"
+                 and p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == str(index)]
+        conditions = [*((pod.get("status") or {}).get("conditions") or []), self._disruption_condition()]
+        return self._pod_status(pod, {"conditions": conditions})
 
     def succeed(self, namespace: str, name: str) -> dict:
         job = self.job(namespace, name)

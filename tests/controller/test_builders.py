@@ -151,3 +151,42 @@ def _shm(**resources):
 ])
 def test_shared_memory_is_half_the_memory_limit_unless_given(resources, size):
     assert _shm(**resources) == size
+
+
+def test_gpu_memory_from_the_operators_table_when_the_spec_names_a_gpu_product():
+    """The trainer's memory plan needs the GPU's memory before it sees a GPU: from resources.gpuMemory, else from the
+    operator's table of GPU products (the nvidia.com/gpu.product node label the spec's nodeSelector names)."""
+    from dataclasses import replace
+
+    config = replace(CONFIG, gpu_memory_table={"NVIDIA-H100-80GB-HBM3": "80Gi"})
+    h100 = {"gpus": 8, "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}}
+
+    def env(resources):
+        job = builders.build_job(FTJ, _spec(resources=resources), config, suspend=False)
+        return _env(job["spec"]["template"]["spec"]["containers"][0])
+
+    assert env(h100)["KUBETUNE_GPU_MEMORY"] == "80Gi"
+    assert "KUBETUNE_GPU_MEMORY" not in env(h100 | {"gpuMemory": "94Gi"})  # the spec's own value: the trainer reads it
+    assert "KUBETUNE_GPU_MEMORY" not in env({"gpus": 1, "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-L4"}})
+    assert "KUBETUNE_GPU_MEMORY" not in env({"gpus": 1})
+    # nodes x gpus is the world size, with FSDP as with DDP: the same Indexed Job and torchrun over every GPU.
+    job = builders.build_job(FTJ, _spec(nodes=2, resources=h100, distributed={"strategy": "fsdp"}), config,
+                             suspend=False)
+    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[command.index("--nnodes") + 1] == "2" and command[command.index("--nproc-per-node") + 1] == "8"
+    assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["parallelism"] == 2
+
+
+def test_the_trainer_plans_with_the_gpu_memory_the_operator_passes(monkeypatch):
+    """The two ends of KUBETUNE_GPU_MEMORY: the value the operator puts in the pod is what the trainer's plan uses
+    for the GPU's memory, before it looks at a GPU (and the spec's own resources.gpuMemory wins over it)."""
+    from dataclasses import replace
+
+    from kubetune_trainer.entrypoint import gpu_memory
+
+    config = replace(CONFIG, gpu_memory_table={"NVIDIA-A100-SXM4-40GB": "40Gi"})
+    spec = _spec(resources={"gpus": 1, "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-40GB"}})
+    env = _env(builders.build_job(FTJ, spec, config, suspend=False)["spec"]["template"]["spec"]["containers"][0])
+    monkeypatch.setenv("KUBETUNE_GPU_MEMORY", env["KUBETUNE_GPU_MEMORY"])
+    assert gpu_memory(spec) == 40 * 2**30
+    assert gpu_memory(_spec(resources={"gpus": 1, "gpuMemory": "80Gi"})) == 80 * 2**30

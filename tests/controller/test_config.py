@@ -24,3 +24,18 @@ def test_cli_operator_options_reach_the_config():
     cfg = from_args(args, env={})
     assert cfg.namespaces == ("team-a",) and cfg.max_running_per_namespace == 3
     assert cfg.default_output_uri == "s3://b/p/" and cfg.metrics_port == 9090
+
+
+def test_gpu_memory_table_and_collective_timeout_from_env():
+    cfg = from_env({"KUBETUNE_GPU_MEMORY_TABLE": '{"NVIDIA-H100-80GB-HBM3": "80Gi", "NVIDIA-A10G": "24Gi"}',
+                    "KUBETUNE_COLLECTIVE_TIMEOUT_SECONDS": "120"})
+    assert cfg.gpu_memory_table == {"NVIDIA-H100-80GB-HBM3": "80Gi", "NVIDIA-A10G": "24Gi"}
+    assert cfg.collective_timeout_seconds == 120
+    assert from_env({}).gpu_memory_table == {} and from_env({}).collective_timeout_seconds == 300
+    with pytest.raises(ValueError, match=r"KUBETUNE_GPU_MEMORY_TABLE\['NVIDIA-A10G'\] must be a memory quantity "
+                                         r"such as 80Gi \(got 'lots'\)"):
+        from_env({"KUBETUNE_GPU_MEMORY_TABLE": '{"NVIDIA-A10G": "lots"}'})
+    with pytest.raises(ValueError, match="KUBETUNE_GPU_MEMORY_TABLE must be a JSON object"):
+        from_env({"KUBETUNE_GPU_MEMORY_TABLE": "[80]"})
+    with pytest.raises(ValueError, match=r"KUBETUNE_COLLECTIVE_TIMEOUT_SECONDS must be >= 1"):
+        from_env({"KUBETUNE_COLLECTIVE_TIMEOUT_SECONDS": "0"})

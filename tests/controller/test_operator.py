@@ -392,13 +392,18 @@ def test_status_features_of_a_job_that_does_not_fit(user, sim, emulator):
     reporter.plan(Plan(strategy="ddp", world_size=1, per_gpu_gib=14.2, gpu_memory_gib=12.0, fits=False))
     reporter.close()
     wait_for(lambda: user.status("toobig").get("plan"), what="status.plan")
+    # The operator tells the plan once, as an Event, when it first sees it (a status-only change of the trainer's).
+    planned = wait_for(lambda: [e for e in user.core.list_namespaced_event(user.ns).items if e.reason == "Planned"],
+                       what="the Planned Event")
+    assert [e.message for e in planned] == ["ddp over 1 GPU, about 14.2 GiB per GPU of 12 GiB: it does not fit"]
     words = "UserError: DoesNotFit: 14.2 GiB per GPU but 11.0 GiB usable of 12 GiB; use strategy fsdp or 2 GPUs"
     sim.fail(user.ns, "toobig", 10, words)
     status = user.wait_phase("toobig", "Failed")
     assert user.condition("toobig", "Failed")["reason"] == "DoesNotFit" and status["message"] == words
-    assert status["plan"] == {"strategy": "ddp", "worldSize": 1, "perGpuGib": 14.2, "gpuMemoryGib": 12.0,
+    assert status["plan"] == {"strategy": "ddp", "worldSize": 1, "perGpuGiB": 14.2, "gpuMemoryGiB": 12.0,
                               "fits": False}
     wait_for(lambda: ("Warning", "DoesNotFit") in user.events("toobig"), what="the DoesNotFit Event")
+    assert user.events("toobig").count(("Normal", "Planned")) == 1
 
 
 def test_user_data_in_the_trainers_message_reaches_the_status_quoted_and_bounded(user, sim):

@@ -39,8 +39,10 @@ def test_observe_retry_preemption_deadline_queue_and_suspend():
     assert (retry.phase, retry.reason, retry.attempts) == (Phase.PENDING, Reason.RETRYING, 2)
     preempted = _observe(_job(active=1), [_failed_pod(143, "", disruption=True)])
     assert preempted.reason == Reason.PREEMPTED
-    deadline = _observe(_job(conditions=[{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]))
-    assert deadline.reason == Reason.DEADLINE_EXCEEDED
+    out_of_time = _job(conditions=[{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}])
+    out_of_time["spec"]["activeDeadlineSeconds"] = 60
+    deadline = _observe(out_of_time, active_deadline_seconds=60)
+    assert (deadline.phase, deadline.reason, deadline.next) == (Phase.FAILED, Reason.DEADLINE_EXCEEDED, None)
     queued = _job() | {"spec": {"suspend": True}}
     assert _observe(queued, queue_name="q").phase == Phase.QUEUED
     assert _observe(queued, spec_suspend=True).phase == Phase.SUSPENDED

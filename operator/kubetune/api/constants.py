@@ -304,6 +304,9 @@ class Reason(StrEnum):
     WAITING_FOR_MODEL_CACHE = "WaitingForModelCache"
     DOES_NOT_FIT = "DoesNotFit"  # the memory plan says the job cannot fit its GPUs
     QUEUE_NOT_FOUND = "QueueNotFound"  # the Kueue LocalQueue of spec.queueName is missing, or Kueue is not installed
+    REOPENED = "Reopened"  # a job failed for its backoffLimit or deadline runs again: the spec now allows more
+    RESUME_SOURCE_NOT_FOUND = "ResumeSourceNotFound"  # spec.resumeFrom names a job that is missing or has no checkpoint
+    PLANNED = "Planned"  # an Event: the trainer's memory plan (status.plan)
 
 
 class ExitCode:

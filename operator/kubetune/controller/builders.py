@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+from dataclasses import dataclass
 from typing import Any
 
 from kubernetes.utils import parse_quantity
@@ -36,8 +37,22 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "kubetune"
 LABEL_FTJ = "kubetune.dev/finetunejob"
 LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
-# Attempts made by earlier Jobs of the same FineTuneJob (a Job deleted by hand and recreated).
+# What earlier Jobs of the same FineTuneJob used (a Job per attempt for several nodes, a Job re-made after a deletion
+# or for a re-opened job): the attempts they started, those of them that failed (spec.backoffLimit counts these), and
+# the seconds they were active (spec.activeDeadlineSeconds counts these). See Tally.
 ANNOTATION_PREVIOUS_ATTEMPTS = "kubetune.dev/previous-attempts"
+ANNOTATION_PREVIOUS_FAILURES = "kubetune.dev/previous-failures"
+ANNOTATION_PREVIOUS_SECONDS = "kubetune.dev/previous-active-seconds"
+# On the spec ConfigMap: the tally the next Job starts from, written before the operator deletes a Job to start the
+# next attempt (the Job and its annotations are gone by the time the next one is made).
+ANNOTATION_NEXT_ATTEMPT = "kubetune.dev/next-attempt"
+# On the spec ConfigMap: spec.resumeFrom's FineTuneJob resolved to its output root when the job's first Job was made,
+# so that later attempts start from the same place even when that job is gone by then.
+ANNOTATION_RESUME_FROM = "kubetune.dev/resume-from"
+# On a Job the namespace cap holds: "<FineTuneJob creationTimestamp>/<when the operator held it, in microseconds>".
+# Held Jobs are released in this order, the FineTuneJobs' creation order (the second part orders those created within
+# the same second of the API server's clock).
+ANNOTATION_QUEUE_ORDER = "kubetune.dev/queue-order"
 # Set while the operator holds the Job suspended because of the per-namespace cap.
 ANNOTATION_HELD = "kubetune.dev/held-by-namespace-limit"
 # Set while the operator holds the Job suspended because spec.suspend says so. The operator unsuspends only a Job
@@ -45,6 +60,9 @@ ANNOTATION_HELD = "kubetune.dev/held-by-namespace-limit"
 ANNOTATION_SUSPENDED_BY_USER = "kubetune.dev/suspended-by-user"
 
 TRAINER_CONTAINER = "trainer"
+# The node label NVIDIA's GPU feature discovery puts on GPU nodes (e.g. NVIDIA-H100-80GB-HBM3); a job whose
+# resources.nodeSelector names one gets that GPU's memory from the operator's table (KUBETUNE_GPU_MEMORY_TABLE).
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 SPEC_FILE = "finetunejob.yaml"
 SPEC_PATH = f"{SPEC_MOUNT}/{SPEC_FILE}"
 MASTER_PORT = 29500
@@ -120,6 +138,77 @@ def _meta(ftj: dict, name: str, extra_labels: dict[str, str] | None = None, anno
     return meta
 
 
+# ----------------------------------------------------------------------------------------- attempts
+
+
+@dataclass(frozen=True)
+class Tally:
+    """What the earlier attempts of a FineTuneJob used, carried from one Job to the next: attempts started,
+    attempts that failed (preemptions are not failures), seconds active. A Job carries the tally of the Jobs before
+    it in its annotations; the spec ConfigMap carries the one for the next Job while the operator replaces a Job
+    (with the reason and words of the change, for the status in between)."""
+
+    attempts: int = 0
+    failures: int = 0
+    seconds: int = 0
+    reason: str = ""
+    message: str = ""
+
+    @staticmethod
+    def _int(annotations: dict, key: str) -> int:
+        try:
+            return max(0, int(annotations.get(key) or 0))
+        except ValueError:  # hand-edited: count from zero rather than stop the job
+            return 0
+
+    @classmethod
+    def of_job(cls, job: dict) -> Tally:
+        annotations = job.get("metadata", {}).get("annotations") or {}
+        return cls(cls._int(annotations, ANNOTATION_PREVIOUS_ATTEMPTS), cls._int(annotations, ANNOTATION_PREVIOUS_FAILURES),
+                   cls._int(annotations, ANNOTATION_PREVIOUS_SECONDS))
+
+    def job_annotations(self) -> dict[str, str]:
+        pairs = ((ANNOTATION_PREVIOUS_ATTEMPTS, self.attempts), (ANNOTATION_PREVIOUS_FAILURES, self.failures),
+                 (ANNOTATION_PREVIOUS_SECONDS, self.seconds))
+        return {key: str(value) for key, value in pairs if value}
+
+    @classmethod
+    def of_configmap(cls, configmap: dict | None) -> Tally | None:
+        """The next attempt's tally the ConfigMap holds; None when it holds none (or one that cannot be read)."""
+        raw = ((configmap or {}).get("metadata", {}).get("annotations") or {}).get(ANNOTATION_NEXT_ATTEMPT)
+        if not raw:
+            return None
+        try:
+            data = json.loads(raw)
+            return cls(int(data.get("attempts", 0)), int(data.get("failures", 0)), int(data.get("seconds", 0)),
+                       str(data.get("reason", "")), str(data.get("message", "")))
+        except (ValueError, TypeError, AttributeError):
+            return None
+
+    def configmap_annotation(self) -> dict[str, str]:
+        return {ANNOTATION_NEXT_ATTEMPT: json.dumps({"attempts": self.attempts, "failures": self.failures,
+                                                     "seconds": self.seconds, "reason": self.reason,
+                                                     "message": self.message}, separators=(",", ":"))}
+
+
+def job_backoff_limit(spec: Spec, earlier: Tally) -> int:
+    """The Job's backoffLimit. Several nodes: 0, so that the first failed pod fails the Job and the Job controller
+    ends the attempt's other pods at once (the operator then starts the next attempt, every node, in a new Job).
+    One node: the retries spec.backoffLimit has left after the earlier Jobs' failures (each retry of the Job's pod
+    is a whole attempt)."""
+    if spec.nodes > 1:
+        return 0
+    return max(0, spec.backoff_limit - earlier.failures)
+
+
+def job_deadline(spec: Spec, earlier: Tally) -> int | None:
+    """The Job's activeDeadlineSeconds: what spec.activeDeadlineSeconds leaves after the earlier Jobs' active time
+    (at least 1 s); None without a deadline."""
+    if spec.active_deadline_seconds <= 0:
+        return None
+    return max(1, spec.active_deadline_seconds - earlier.seconds)
+
+
 # ----------------------------------------------------------------------------------------- spec
 
 
@@ -193,12 +282,13 @@ def manifest_yaml(ftj: dict, spec: Spec) -> str:
 # ----------------------------------------------------------------------------------------- objects
 
 
-def build_configmap(ftj: dict, spec: Spec) -> dict:
+def build_configmap(ftj: dict, spec: Spec, resume_from: str = "") -> dict:
     name = ftj["metadata"]["name"]
+    annotations = {ANNOTATION_RESUME_FROM: resume_from} if resume_from else None
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _meta(ftj, configmap_name(name)),
+        "metadata": _meta(ftj, configmap_name(name), annotations=annotations),
         "data": {SPEC_FILE: manifest_yaml(ftj, spec)},
     }
 
@@ -309,7 +399,17 @@ def trainer_command(ftj: dict, spec: Spec) -> list[str]:
     ]
 
 
-def trainer_env(ftj: dict, spec: Spec, config: OperatorConfig) -> list[dict]:
+def gpu_memory(spec: Spec, config: OperatorConfig) -> str:
+    """The memory of the job's GPU from the operator's table, for the trainer's memory plan: only when the spec leaves
+    resources.gpuMemory unset and its nodeSelector names a GPU product the table knows; "" otherwise."""
+    if spec.resources.gpu_memory is not None:
+        return ""
+    product = spec.resources.node_selector.get(GPU_PRODUCT_LABEL, "")
+    return config.gpu_memory_table.get(product, "") if product else ""
+
+
+def trainer_env(ftj: dict, spec: Spec, config: OperatorConfig, resume_from: str = "") -> list[dict]:
+    """`resume_from`: the output root of the FineTuneJob spec.resumeFrom names (the reconciler resolves it)."""
     meta = ftj["metadata"]
     env: list[dict] = [
         {"name": "KUBETUNE_OUTPUT_URI", "value": output_root(spec, meta["namespace"], meta["name"], meta["uid"])},
@@ -328,6 +428,13 @@ def trainer_env(ftj: dict, spec: Spec, config: OperatorConfig) -> list[dict]:
     ]
     if spec.resources.gpus == 0:
         env += [{"name": key, "value": value} for key, value in NO_GPU_ENV.items()]
+    if memory := gpu_memory(spec, config):
+        env.append({"name": "KUBETUNE_GPU_MEMORY", "value": memory})
+    if resume_from:
+        env.append({"name": "KUBETUNE_RESUME_FROM", "value": resume_from})
+    if spec.nodes * max(spec.resources.gpus, 1) > 1:
+        # A rank whose peer is lost gives up on its collective after this long and exits (20: the attempt is retried).
+        env.append({"name": "KUBETUNE_COLLECTIVE_TIMEOUT_SECONDS", "value": str(config.collective_timeout_seconds)})
     if spec.nodes > 1:
         env.append({
             "name": "KUBETUNE_NODE_RANK",
@@ -368,13 +475,13 @@ def trainer_resources(spec: Spec) -> dict:
     return out
 
 
-def pod_template(ftj: dict, spec: Spec, config: OperatorConfig) -> dict:
+def pod_template(ftj: dict, spec: Spec, config: OperatorConfig, resume_from: str = "") -> dict:
     name = ftj["metadata"]["name"]
     container = {
         "name": TRAINER_CONTAINER,
         "image": spec.image or config.trainer_image,
         "command": trainer_command(ftj, spec),
-        "env": trainer_env(ftj, spec, config),
+        "env": trainer_env(ftj, spec, config, resume_from),
         "resources": trainer_resources(spec),
         "volumeMounts": [
             {"name": "spec", "mountPath": SPEC_MOUNT, "readOnly": True},
@@ -465,16 +572,25 @@ def _user_mount(volume: Volume) -> dict:
     return {"name": volume.name, "mountPath": volume.mount_path, "readOnly": not writable}
 
 
-def pod_failure_policy() -> dict:
+def pod_failure_policy(nodes: int = 1) -> dict:
+    """How the Job controller treats a failed pod (pkg/controller/job/pod_failure_policy.go: the first rule that
+    matches wins; no rule: the failure counts against backoffLimit).
+
+    A user error (exit 10) fails the Job: retrying cannot help. A disrupted pod (preemption, eviction, node drain or
+    loss: the DisruptionTarget condition) is not the job's fault: with one node the Job controller replaces it
+    without counting it; with several, a lone replacement would wait for peers that are still in the old attempt's
+    collectives, so the Job fails (the controller ends the other pods at once) and the operator starts the next
+    attempt, every node, without counting it. Any other failure of a several-node Job fails it through
+    backoffLimit 0 rather than a FailJob rule: the controller applies FailJob rules to every failed pod it sees,
+    also those it deleted itself when the Job was suspended (Kueue's preemption), which would fail a suspended Job."""
+    disrupted = {"onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
     return {
         "rules": [
-            # Bad spec or data: retrying cannot help.
             {
                 "action": "FailJob",
                 "onExitCodes": {"containerName": TRAINER_CONTAINER, "operator": "In", "values": [ExitCode.USER_ERROR]},
             },
-            # Preemption, eviction, node drain: not the job's fault, not a retry.
-            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            {"action": "FailJob" if nodes > 1 else "Ignore", **disrupted},
         ]
     }
 
@@ -486,25 +602,30 @@ def build_job(
     *,
     suspend: bool,
     held_by_namespace_limit: bool = False,
-    previous_attempts: int = 0,
+    queue_order: str = "",
+    earlier: Tally = Tally(),
+    resume_from: str = "",
 ) -> dict:
+    """`earlier`: what the FineTuneJob's earlier Jobs used; `queue_order`: the held Job's place in the namespace cap's
+    queue (ANNOTATION_QUEUE_ORDER); `resume_from`: spec.resumeFrom's FineTuneJob resolved to its output root."""
     name = ftj["metadata"]["name"]
     extra_labels = {LABEL_KUEUE_QUEUE: spec.queue_name} if spec.queue_name else {}
-    annotations = {}
-    if previous_attempts:
-        annotations[ANNOTATION_PREVIOUS_ATTEMPTS] = str(previous_attempts)
+    annotations = earlier.job_annotations()
     if held_by_namespace_limit:
         annotations[ANNOTATION_HELD] = "true"
+        if queue_order:
+            annotations[ANNOTATION_QUEUE_ORDER] = queue_order
     if suspend and spec.suspend and not spec.queue_name:  # a queued Job's suspension is Kueue's (kueue.py)
         annotations[ANNOTATION_SUSPENDED_BY_USER] = "true"
     job_spec: dict[str, Any] = {
-        "backoffLimit": spec.backoff_limit,
+        "backoffLimit": job_backoff_limit(spec, earlier),
         "suspend": suspend,
-        "podFailurePolicy": pod_failure_policy(),
-        "template": pod_template(ftj, spec, config),
+        "podFailurePolicy": pod_failure_policy(spec.nodes),
+        "template": pod_template(ftj, spec, config, resume_from),
     }
-    if spec.active_deadline_seconds > 0:
-        job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    deadline = job_deadline(spec, earlier)
+    if deadline is not None:
+        job_spec["activeDeadlineSeconds"] = deadline
     if spec.nodes > 1:
         job_spec |= {"completionMode": "Indexed", "completions": spec.nodes, "parallelism": spec.nodes}
     return {
@@ -515,10 +636,10 @@ def build_job(
     }
 
 
-def build_prerequisites(ftj: dict, spec: Spec) -> list[dict]:
+def build_prerequisites(ftj: dict, spec: Spec, resume_from: str = "") -> list[dict]:
     """What the Job's pods need before they are created: their ServiceAccount (admission refuses a pod
     whose account is missing), the spec ConfigMap they mount and, for several nodes, the workers' Service."""
-    objects = [build_service_account(ftj), build_configmap(ftj, spec)]
+    objects = [build_service_account(ftj), build_configmap(ftj, spec, resume_from)]
     if spec.nodes > 1:
         objects.append(build_service(ftj))
     return objects
@@ -545,10 +666,11 @@ def job_spec_updates(spec: Spec, job: dict) -> dict:
 
     suspend is not handled here (see Reconciler._propagate: it depends on Kueue and the namespace cap)."""
     current = job.get("spec", {})
+    earlier = Tally.of_job(job)
     updates: dict[str, Any] = {}
-    if current.get("backoffLimit") != spec.backoff_limit:
-        updates["backoffLimit"] = spec.backoff_limit
-    deadline = spec.active_deadline_seconds or None
+    if current.get("backoffLimit") != (limit := job_backoff_limit(spec, earlier)):
+        updates["backoffLimit"] = limit
+    deadline = job_deadline(spec, earlier)
     if current.get("activeDeadlineSeconds") != deadline:
         updates["activeDeadlineSeconds"] = deadline  # None removes it in a merge patch
     return updates

@@ -14,10 +14,15 @@ Environment variables (all optional):
   KUBETUNE_TRAINER_IMAGE_PULL_SECRETS  comma-separated Secrets (in each job's namespace) every training pod pulls
                                     its image with, beside spec.pod.imagePullSecrets
   KUBETUNE_POLICY                   the platform's policy as JSON, the Helm values' `policy:` (policy.py)
+  KUBETUNE_GPU_MEMORY_TABLE         JSON: GPU product (the nvidia.com/gpu.product node label) -> memory of one GPU,
+                                    e.g. {"NVIDIA-H100-80GB-HBM3": "80Gi"}, for the trainer's memory plan
+  KUBETUNE_COLLECTIVE_TIMEOUT_SECONDS  how long a rank of a multi-GPU job waits in a collective for a lost peer
+                                    before its attempt ends (default 300)
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -44,6 +49,8 @@ class OperatorConfig:
     log_format: str = "text"  # text | json (logs.py)
     trainer_image_pull_secrets: tuple[str, ...] = ()  # added to every training pod's imagePullSecrets
     policy: Policy = field(default_factory=Policy)  # what the platform lets a FineTuneJob ask for
+    gpu_memory_table: Mapping[str, str] = field(default_factory=dict)  # GPU product label value -> memory quantity
+    collective_timeout_seconds: int = 300  # passed to multi-GPU training pods
 
     @property
     def termination_grace_seconds(self) -> int:
@@ -72,6 +79,26 @@ def _log_format(value: str, where: str) -> str:
     return value
 
 
+def _gpu_memory_table(raw: str, where: str) -> dict[str, str]:
+    """{"<nvidia.com/gpu.product value>": "<quantity>"}; a bad entry stops the operator with one line naming it."""
+    from kubernetes.utils import parse_quantity
+
+    try:
+        table = json.loads(raw)
+    except ValueError as err:
+        raise ValueError(f"{where} must be a JSON object of GPU product -> memory, e.g. "
+                         f'{{"NVIDIA-H100-80GB-HBM3": "80Gi"}} ({err})') from None
+    if not isinstance(table, dict):
+        raise ValueError(f"{where} must be a JSON object of GPU product -> memory (got {type(table).__name__})")
+    for product, memory in table.items():
+        try:
+            if not isinstance(memory, str) or parse_quantity(memory) <= 0:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"{where}[{product!r}] must be a memory quantity such as 80Gi (got {memory!r})") from None
+    return dict(table)
+
+
 def from_env(env: Mapping[str, str] | None = None) -> OperatorConfig:
     env = os.environ if env is None else env
     namespaces = tuple(ns.strip() for ns in env.get("KUBETUNE_NAMESPACES", "").split(",") if ns.strip())
@@ -91,6 +118,9 @@ def from_env(env: Mapping[str, str] | None = None) -> OperatorConfig:
         ),
         policy=Policy.from_json(env["KUBETUNE_POLICY"], "KUBETUNE_POLICY")
         if env.get("KUBETUNE_POLICY", "").strip() else Policy(),
+        gpu_memory_table=_gpu_memory_table(env["KUBETUNE_GPU_MEMORY_TABLE"], "KUBETUNE_GPU_MEMORY_TABLE")
+        if env.get("KUBETUNE_GPU_MEMORY_TABLE", "").strip() else {},
+        collective_timeout_seconds=_int(env, "KUBETUNE_COLLECTIVE_TIMEOUT_SECONDS", 300, minimum=1),
     )
 
 

@@ -158,8 +158,8 @@ def needs_reconcile(type: str | None, body: kopf.Body, **_: Any) -> bool:
     yet: a new object (no phase) or a spec change (generation ahead of status.observedGeneration).
     Status-only changes (the operator's own writes, the trainer's progress reports) do not, unless they
     touched the operator's keys or reported a result outside the job's output root (anyone with the trainer's
-    token can patch the whole status: the pass puts it right). A kopf `when=` filter: kopf evaluates it before
-    it calls the handler.
+    token can patch the whole status: the pass puts it right), or brought a memory plan (status.plan) the operator
+    has not told as an Event yet. A kopf `when=` filter: kopf evaluates it before it calls the handler.
     """
     metadata = body.get("metadata") or {}
     if type == "DELETED" or metadata.get("deletionTimestamp"):
@@ -169,7 +169,8 @@ def needs_reconcile(type: str | None, body: kopf.Body, **_: Any) -> bool:
     status = body.get("status") or {}
     if not status.get("phase") or metadata.get("generation") != status.get("observedGeneration"):
         return True
-    return runtime.reconciler is not None and runtime.reconciler.status_disagrees(body)
+    return runtime.reconciler is not None and (runtime.reconciler.status_disagrees(body)
+                                               or runtime.reconciler.plan_unannounced(body))
 
 
 # Coroutines, though they never wait: kopf runs a plain function in a thread pool.

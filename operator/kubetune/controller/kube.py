@@ -140,12 +140,20 @@ class Kube:
         return await self.request("PATCH", api_path(kind, namespace, name, subresource), body=patch,
                                   content_type=MERGE_PATCH)
 
-    async def delete(self, kind: str, namespace: str, name: str) -> bool:
-        """Delete with background propagation (a Job's pods go too); False when it was already gone."""
+    async def delete(self, kind: str, namespace: str, name: str, propagation: str = "Background",
+                     uid: str | None = None) -> bool:
+        """Delete (a Job's pods go too); False when it was already gone, or when `uid` is given and the object of
+        that name is another one now (the API server's uid precondition answers 409).
+
+        `propagation`: Background (the object goes at once, its dependents after it) or Foreground (the object
+        stays, with a deletionTimestamp, until the dependents that block it are gone)."""
+        body: dict[str, Any] = {"propagationPolicy": propagation}
+        if uid:
+            body["preconditions"] = {"uid": uid}
         try:
-            await self.request("DELETE", api_path(kind, namespace, name), body={"propagationPolicy": "Background"})
+            await self.request("DELETE", api_path(kind, namespace, name), body=body)
             return True
         except ApiException as err:
-            if err.status == 404:
+            if err.status == 404 or (uid and err.status == 409):
                 return False
             raise

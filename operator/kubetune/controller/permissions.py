@@ -30,7 +30,8 @@ OPERATOR_PERMISSIONS: tuple[Permission, ...] = (
     Permission(GROUP, f"{PLURAL}/finalizers", ("update",)),
     # Children.
     Permission("batch", "jobs", ("get", "list", "watch", "create", "patch", "delete")),
-    Permission("", "configmaps", ("get", "create", "delete")),
+    # patch: the tally of attempts the next Job starts from, on the spec ConfigMap (its annotations).
+    Permission("", "configmaps", ("get", "create", "patch", "delete")),
     Permission("", "services", ("get", "create", "delete")),
     Permission("", "serviceaccounts", ("get", "create", "delete")),
     Permission("rbac.authorization.k8s.io", "roles", ("get", "create", "delete")),

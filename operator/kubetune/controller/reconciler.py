@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -43,6 +45,8 @@ RETRY_MAX_SECONDS = 300
 KUEUE_WORKLOAD_WAIT_SECONDS = 0.5
 # What the API server answers when it refuses an object for good: retrying the same request cannot help.
 REFUSED = (400, 403, 422)
+# The failures a spec edit can undo: raising spec.backoffLimit or spec.activeDeadlineSeconds re-opens the job.
+REOPENABLE = (Reason.BACKOFF_LIMIT_EXCEEDED, Reason.DEADLINE_EXCEEDED)
 
 Key = tuple[str, str]  # (namespace, name) of a FineTuneJob
 
@@ -88,6 +92,28 @@ def _job_finished(job: dict) -> bool:
                for c in job.get("status", {}).get("conditions") or [])
 
 
+def _being_replaced(job: dict) -> bool:
+    """A Job the operator is deleting to start the next attempt (foreground deletion: it goes once its pods have):
+    its job keeps its place under the namespace cap."""
+    meta = job["metadata"]
+    return bool(meta.get("deletionTimestamp")) and "foregroundDeletion" in (meta.get("finalizers") or [])
+
+
+def _queue_order_of(job: dict) -> str:
+    """A held Job's place in the cap's queue (a Job held by an older release of the operator: its creation time)."""
+    meta = job["metadata"]
+    return (meta.get("annotations") or {}).get(builders.ANNOTATION_QUEUE_ORDER) or f"{meta.get('creationTimestamp')}/"
+
+
+def _digest(value) -> str:
+    return hashlib.sha1(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+class ResumeSourceMissing(Exception):
+    """spec.resumeFrom names a FineTuneJob that does not exist or has no complete checkpoint: the job fails with reason
+    ResumeSourceNotFound and these words."""
+
+
 @dataclass(frozen=True)
 class Record:
     """What the operator last wrote into one FineTuneJob's status (its own keys, status.canonical) and the job's
@@ -113,6 +139,8 @@ class Reconciler:
         self._callers: dict[Key, list[asyncio.Future]] = {}  # reconcile() callers waiting for that pass
         # Per FineTuneJob whose status this process wrote, until the job goes: what it wrote (Record).
         self._records: dict[Key, Record] = {}
+        # Per unfinished FineTuneJob whose plan (status.plan) the operator told as an Event: the plan's digest.
+        self._announced: dict[Key, str] = {}
         # Bounds the API server held a status write to, where they were tighter than this release's CRD (a cluster
         # running another release's CRD): every later write fits them from the start.
         self._refused_bounds: dict[tuple[str, ...], int] = {}
@@ -200,6 +228,7 @@ class Reconciler:
         key = (namespace, name)
         ftj = body if body is not None else await self.kube.get(KIND, namespace, name)
         if ftj is None or ftj["metadata"].get("deletionTimestamp"):
+            self._announced.pop(key, None)
             if self._records.pop(key, None) is not None:
                 logs.action(namespace, name, "Deleted", "the FineTuneJob was deleted; the garbage collector removes "
                             "its Job and the other objects made for it (the output in storage is kept)")
@@ -229,8 +258,17 @@ class Reconciler:
                 view = {**ftj, "status": trusted}
             else:
                 job = None
+        generation = ftj["metadata"].get("generation")
         if trusted.get("phase") in status.FINISHED_PHASES:
-            await self._write_status(ftj, status.Outcome(trusted), root=root)  # puts back what someone else changed
+            if (trusted["phase"] == Phase.FAILED and trusted.get("observedGeneration") != generation
+                    and status.phase_reason(trusted)[1] in REOPENABLE):
+                # A spec edit since: a raised backoffLimit or activeDeadlineSeconds runs the job again.
+                reopened = await self._reopen(ftj, spec, view, root, now)
+                if reopened is not None:
+                    return reopened
+            # Every edit is observed (GitOps tools wait for observedGeneration); the job stays as it ended, but for
+            # ttlSecondsAfterFinished, which _expire reads from the spec.
+            await self._write_status(ftj, status.Outcome(status.observe_generation(trusted, generation)), root=root)
             await self._expire(ftj, spec, trusted)
             return trusted["phase"]
         # The platform's policy, before anything is created (a job already running keeps the rules it started under).
@@ -246,11 +284,25 @@ class Reconciler:
                 job = await self.kube.get("Job", namespace, builders.job_name(name))
             if job is not None:
                 self._check_owner(job, ftj)
+                if job["metadata"].get("deletionTimestamp"):
+                    # The Job is going: the operator ended its attempt (its pods go first, then the Job), or someone
+                    # deleted it. Its DELETED event brings the pass that makes the next one.
+                    if trusted.get("phase"):
+                        await self._write_status(ftj, status.Outcome(status.observe_generation(trusted, generation)),
+                                                 root=root)
+                    return trusted.get("phase")
                 job = await self._propagate(ftj, spec, job)
             else:
                 job = await self._create_children(ftj, spec, trusted)
         except ChildRejected as err:
             return await self._reject(ftj, view, spec, str(err), root)
+        except ResumeSourceMissing as err:
+            observed = status.Observed(Phase.FAILED, Reason.RESUME_SOURCE_NOT_FOUND, str(err),
+                                       trusted.get("attempts") or 0, now)
+            outcome = status.compute(view, observed, trusted.get("jobName"), now, notices=self._notices(ftj, name))
+            await self._write_status(ftj, outcome, root=root)
+            await self._after_finish(ftj, spec, outcome.status)
+            return outcome.phase
         created = job.pop("_created", False)
         # A Job created this moment has no pods yet.
         pods = [] if created else [
@@ -265,9 +317,129 @@ class Reconciler:
         if created or not trusted.get("jobName"):  # also a Job this operator made in a pass that failed after
             outcome = status.announce_job(outcome, job["metadata"]["name"], recreated=bool(trusted.get("jobName")))
         await self._write_status(ftj, outcome, root=root)
+        if observed.next is not None:  # the attempt ended; the status says so before its Job goes
+            await self._start_next_attempt(ftj, spec, observed.next, job)
+        await self._announce_plan(ftj)
         if outcome.phase in status.FINISHED_PHASES:
             await self._after_finish(ftj, spec, outcome.status)
         return outcome.phase
+
+    # ------------------------------------------------------------------------------------- attempts
+
+    async def _start_next_attempt(self, ftj: dict, spec, tally: builders.Tally, job: dict | None) -> None:
+        """End an attempt and let the next one start, every node of it: record the tally the next Job starts from on
+        the spec ConfigMap, then delete the Job with foreground propagation, so that it is gone only once all its pods
+        are (the next attempt's pods never meet the old ones at the rendezvous, nor wait for their GPUs). Its DELETED
+        event brings the pass that makes the next Job (_create_children reads the tally back). Without a Job (a
+        re-opened job whose objects its TTL removed), that pass is queued here.
+
+        JobSet restarts its child Jobs the same way (kubernetes-sigs/jobset pkg/controllers/jobset_controller.go
+        deletes them with foreground propagation and makes them again under the same names)."""
+        meta = ftj["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        annotations = tally.configmap_annotation()
+        try:
+            await self.kube.patch("ConfigMap", namespace, builders.configmap_name(name),
+                                  {"metadata": {"annotations": annotations}})
+        except ApiException as err:
+            if err.status in REFUSED:
+                raise ChildRejected.refused(err, "patch", "ConfigMap", namespace, builders.configmap_name(name)) from None
+            if err.status != 404:
+                raise
+            configmap = builders.build_configmap(ftj, spec)
+            configmap["metadata"]["annotations"] = annotations
+            made = await self._create_or_adopt(configmap, ftj)
+            if not made.get("_created"):  # made meanwhile by someone else's pass: write the tally on it
+                await self.kube.patch("ConfigMap", namespace, builders.configmap_name(name),
+                                      {"metadata": {"annotations": annotations}})
+        if job is None:
+            self.enqueue(namespace, name, urgent=False)
+            return
+        if await self.kube.delete("Job", namespace, job["metadata"]["name"], propagation="Foreground",
+                                  uid=job["metadata"]["uid"]):
+            logs.action(namespace, name, "AttemptEnded", f"deleting Job {job['metadata']['name']} and its pods; the "
+                        f"next attempt starts in a new Job once they are gone ({tally.reason})", uid=meta["uid"])
+
+    async def _reopen(self, ftj: dict, spec, view: dict, root: str, now: str) -> str | None:
+        """A job that failed for its backoffLimit or its deadline, whose spec was edited since: when the spec now
+        allows more, it runs again (phase Pending, reason Reopened; the next attempt resumes from the newest complete
+        checkpoint, in the same output root, and attempts are counted on). None: it stays as it ended."""
+        meta = ftj["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        trusted = view["status"]
+        job = await self.kube.get("Job", namespace, trusted.get("jobName") or builders.job_name(name))
+        if job is not None and (not _owned_by(job, meta["uid"]) or job["metadata"].get("deletionTimestamp")):
+            job = None
+        failed = job and (status.condition_true(job, "Failed") or status.condition_true(job, "FailureTarget"))
+        if failed:
+            pods = [p for p in await self.kube.list("Pod", namespace, builders.selector(name))
+                    if _owned_by(p, job["metadata"]["uid"])]
+            observed = status.ended_attempt(job, pods, failed, nodes=spec.nodes,
+                                            attempts=status.count_attempts(job, spec.nodes, pods),
+                                            backoff_limit=spec.backoff_limit,
+                                            active_deadline_seconds=spec.active_deadline_seconds, reopening=True)
+        else:
+            # No Job to read (ttlSecondsAfterFinished removed it): only the status is left.
+            job = None
+            observed = status.reopened_from_status(trusted, backoff_limit=spec.backoff_limit,
+                                                   active_deadline_seconds=spec.active_deadline_seconds)
+        if observed.next is None:
+            return None
+        outcome = status.compute(view, observed, trusted.get("jobName"), now, notices=self._notices(ftj, name))
+        await self._write_status(ftj, outcome, root=root)
+        await self._start_next_attempt(ftj, spec, observed.next, job)
+        return outcome.phase
+
+    async def _announce_plan(self, ftj: dict) -> None:
+        """The Planned Event, once per plan the trainer reports (status.plan): what the trainer chose, in words. Its
+        name is the plan's digest, so an operator restarted meanwhile posts it once all the same."""
+        meta = ftj["metadata"]
+        key = (meta["namespace"], meta["name"])
+        plan = (ftj.get("status") or {}).get("plan")
+        digest = _digest(plan) if plan else ""
+        if not digest or self._announced.get(key) == digest:
+            return
+        text = status.plan_text(plan)
+        if text:
+            await self.event(ftj, "Normal", Reason.PLANNED, text, name=f"{meta['name']}.planned-{digest[:12]}")
+        self._announced[key] = digest
+
+    def plan_unannounced(self, ftj: dict) -> bool:
+        """Whether a watch event's copy of an unfinished job carries a plan the operator has not told as an Event."""
+        meta = ftj.get("metadata") or {}
+        stored = ftj.get("status") or {}
+        plan = stored.get("plan")
+        if not plan or stored.get("phase") in status.FINISHED_PHASES:
+            return False
+        return self._announced.get((meta.get("namespace"), meta.get("name"))) != _digest(plan)
+
+    async def _resolve_resume_from(self, ftj: dict) -> str:
+        """spec.resumeFrom naming a FineTuneJob of the namespace: that job's output root, which the trainer resumes
+        from (its newest complete checkpoint). ResumeSourceMissing when there is no such job, or it has no complete
+        checkpoint yet (status.checkpoints lists only complete ones, under its output root)."""
+        meta = ftj["metadata"]
+        namespace, source_name = meta["namespace"], ftj["spec"]["resumeFrom"]
+        if source_name == meta["name"]:
+            raise ResumeSourceMissing(f"spec.resumeFrom names this FineTuneJob itself ({source_name!r}): name another "
+                                      "FineTuneJob of the namespace, or a checkpoint URI")
+        source = await self.kube.get(KIND, namespace, source_name)
+        if source is None or source["metadata"].get("deletionTimestamp"):
+            raise ResumeSourceMissing(f"spec.resumeFrom: there is no FineTuneJob {source_name!r} in namespace "
+                                      f"{namespace} (kubectl get ftj -n {namespace} lists them): name one that has a "
+                                      "checkpoint, or a checkpoint URI, in a new FineTuneJob")
+        try:
+            source_spec = builders.resolve_spec(source.get("spec"), self.config, source_name)
+        except SpecError:
+            raise ResumeSourceMissing(f"spec.resumeFrom: FineTuneJob {source_name!r} has an invalid spec and never "
+                                      "trained, so it has no checkpoint") from None
+        source_root = builders.output_root(source_spec, namespace, source_name, source["metadata"]["uid"])
+        checkpoints = [c for c in (source.get("status") or {}).get("checkpoints") or []
+                       if isinstance(c, dict) and status.under_root(c.get("uri"), source_root)]
+        if not checkpoints:
+            raise ResumeSourceMissing(f"spec.resumeFrom: FineTuneJob {source_name!r} has no complete checkpoint yet "
+                                      "(its status.checkpoints is empty): create this job again once it has one, or "
+                                      "name a checkpoint URI")
+        return source_root
 
     @staticmethod
     def _notices(ftj: dict, name: str) -> list[str]:
@@ -329,21 +501,39 @@ class Reconciler:
 
     async def _create_children(self, ftj: dict, spec, trusted: dict) -> dict:
         meta = ftj["metadata"]
-        previous = 0
+        names_a_job = bool(spec.resume_from) and "://" not in spec.resume_from
+        # The first Job resolves spec.resumeFrom (before anything is made: a missing source fails the job cleanly);
+        # later ones read what it resolved to from the ConfigMap.
+        resume_from = await self._resolve_resume_from(ftj) if names_a_job and not trusted.get("jobName") else ""
+        configmap = None
+        for obj in builders.build_prerequisites(ftj, spec, resume_from):
+            made = await self._create_or_adopt(obj, ftj)
+            if obj["kind"] == "ConfigMap":
+                configmap = made
+        if names_a_job and not resume_from:
+            resume_from = ((configmap or {}).get("metadata", {}).get("annotations") or {}).get(
+                builders.ANNOTATION_RESUME_FROM) or await self._resolve_resume_from(ftj)
+        earlier = builders.Tally()
         if trusted.get("jobName"):
-            # We made a Job before and it is gone: someone deleted it. Run again; the trainer resumes.
-            previous = trusted.get("attempts") or 0
-            await self.event(ftj, "Warning", Reason.JOB_MISSING,
-                             f"Job {meta['name']} was deleted while the FineTuneJob was unfinished; recreating it "
-                             "(training resumes from the newest checkpoint)")
-        for obj in builders.build_prerequisites(ftj, spec):
-            await self._create_or_adopt(obj, ftj)
+            # We made a Job before and it is gone. Either the operator ended its attempt (the ConfigMap holds the
+            # tally the next one starts from, and the status has counted no attempt since), or someone deleted it:
+            # run again all the same, the trainer resumes.
+            planned = builders.Tally.of_configmap(configmap)
+            if planned is not None and planned.attempts >= (trusted.get("attempts") or 0):
+                earlier = planned
+            else:
+                earlier = builders.Tally(trusted.get("attempts") or 0, planned.failures if planned else 0,
+                                         planned.seconds if planned else 0)
+                await self.event(ftj, "Warning", Reason.JOB_MISSING,
+                                 f"Job {meta['name']} was deleted while the FineTuneJob was unfinished; recreating it "
+                                 "(training resumes from the newest checkpoint)")
         async with self._namespace_lock(meta["namespace"]):
-            held = (not spec.suspend and not spec.queue_name and self.config.max_running_per_namespace > 0
-                    and await self._running_in_namespace(meta["namespace"], exclude=meta["name"])
-                    >= self.config.max_running_per_namespace)
+            order = self._queue_order(ftj)
+            held = (not spec.suspend and not spec.queue_name
+                    and await self._over_cap(meta["namespace"], meta["name"], order))
             job = builders.build_job(ftj, spec, self.config, suspend=builders.initial_suspend(spec) or held,
-                                     held_by_namespace_limit=held, previous_attempts=previous)
+                                     held_by_namespace_limit=held, queue_order=order, earlier=earlier,
+                                     resume_from=resume_from)
             job = await self._create_or_adopt(job, ftj)
         if spec.suspend and spec.queue_name:
             # Kueue makes the Job's Workload in a moment; it is deactivated then, before Kueue can admit it.
@@ -370,10 +560,32 @@ class Reconciler:
             else:
                 self._namespace_locks[namespace] = (lock, users - 1)
 
-    async def _running_in_namespace(self, namespace: str, exclude: str) -> int:
-        jobs = await self.kube.list("Job", namespace, builders.MANAGED_SELECTOR)
-        return sum(1 for j in jobs if j["metadata"]["name"] != exclude
-                   and not (j.get("spec") or {}).get("suspend") and not _job_finished(j))
+    @staticmethod
+    def _queue_order(ftj: dict) -> str:
+        """A job's place in its namespace's queue for the cap (ANNOTATION_QUEUE_ORDER): its creation time, then (for
+        jobs created within the same second) when the operator asked."""
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return f"{ftj['metadata'].get('creationTimestamp') or ''}/{now}"
+
+    async def _over_cap(self, namespace: str, name: str, order: str) -> bool:
+        """Whether the namespace cap holds the Job `name`: the Jobs running in the namespace, and those the cap holds
+        that came before it (their FineTuneJobs were created earlier), take every place. So held jobs start in
+        creation order, and a new one never takes the place an older held one waits for."""
+        cap = self.config.max_running_per_namespace
+        if cap <= 0:
+            return False
+        running = ahead = 0
+        for job in await self.kube.list("Job", namespace, builders.MANAGED_SELECTOR):
+            meta = job["metadata"]
+            annotations = meta.get("annotations") or {}
+            if meta["name"] == name:
+                continue
+            if annotations.get(builders.ANNOTATION_HELD) == "true":
+                ahead += _queue_order_of(job) < order
+            elif not (job.get("spec") or {}).get("suspend") and (
+                    not _job_finished(job) or _being_replaced(job)):
+                running += 1
+        return running + ahead >= cap
 
     async def _propagate(self, ftj: dict, spec, job: dict) -> dict:
         """Apply the mutable spec fields (suspend, backoffLimit, activeDeadlineSeconds) to the Job."""
@@ -415,7 +627,8 @@ class Reconciler:
         annotations = job["metadata"].get("annotations") or {}
         marked = annotations.get(builders.ANNOTATION_SUSPENDED_BY_USER) == "true"
         held = annotations.get(builders.ANNOTATION_HELD) == "true"
-        ours = {builders.ANNOTATION_SUSPENDED_BY_USER: marked, builders.ANNOTATION_HELD: held}
+        ours = {builders.ANNOTATION_SUSPENDED_BY_USER: marked, builders.ANNOTATION_HELD: held,
+                builders.ANNOTATION_QUEUE_ORDER: bool(annotations.get(builders.ANNOTATION_QUEUE_ORDER))}
         changes: dict = {}
 
         def keep(*wanted: str) -> None:  # the operator's annotations that stay; the others go
@@ -458,10 +671,13 @@ class Reconciler:
             return None, changes
         if not marked and not held:
             return None, changes  # someone else suspended it: theirs to unsuspend
-        cap = self.config.max_running_per_namespace
-        if cap > 0 and await self._running_in_namespace(meta["namespace"], exclude=job["metadata"]["name"]) >= cap:
-            changes[builders.ANNOTATION_HELD] = "true"
-            keep(builders.ANNOTATION_HELD)
+        order = annotations.get(builders.ANNOTATION_QUEUE_ORDER) or self._queue_order(ftj)
+        if await self._over_cap(meta["namespace"], job["metadata"]["name"], order):
+            if not held:
+                changes[builders.ANNOTATION_HELD] = "true"
+            if not ours[builders.ANNOTATION_QUEUE_ORDER]:
+                changes[builders.ANNOTATION_QUEUE_ORDER] = order
+            keep(builders.ANNOTATION_HELD, builders.ANNOTATION_QUEUE_ORDER)
             return True, changes
         keep()
         return False, changes
@@ -544,16 +760,18 @@ class Reconciler:
                 refused = err
         raise refused
 
-    async def event(self, ftj: dict, kind: str, reason: str, message: str) -> None:
-        """Post an Event on the FineTuneJob (kubectl describe tells the story) and log it."""
+    async def event(self, ftj: dict, kind: str, reason: str, message: str, name: str = "") -> None:
+        """Post an Event on the FineTuneJob (kubectl describe tells the story) and log it. `name`: an Event to post at
+        most once (a second one of that name is refused, and nothing more is said)."""
         meta = ftj["metadata"]
         logs.action(meta["namespace"], meta["name"], reason, message,
                     level=logging.WARNING if kind == "Warning" else logging.INFO, uid=meta.get("uid"))
         now = status.now_rfc3339()
+        identity = {"name": name} if name else {"generateName": f"{meta['name']}."}
         body = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "metadata": {**identity, "namespace": meta["namespace"]},
             "involvedObject": {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"],
                                "namespace": meta["namespace"], "uid": meta["uid"]},
             "type": kind,
@@ -568,6 +786,9 @@ class Reconciler:
         }
         try:
             await self.kube.create(body)
+        except ApiException as err:
+            if not (name and err.status == 409):
+                log.warning("could not post Event %s for %s/%s: %s", reason, meta["namespace"], meta["name"], err)
         except Exception as err:  # an Event is worth a log line, never a failed reconcile
             log.warning("could not post Event %s for %s/%s: %s", reason, meta["namespace"], meta["name"], err)
 
@@ -575,6 +796,7 @@ class Reconciler:
 
     async def _after_finish(self, ftj: dict, spec, new_status: dict) -> None:
         namespace = ftj["metadata"]["namespace"]
+        self._announced.pop((namespace, ftj["metadata"]["name"]), None)
         if self.config.max_running_per_namespace > 0:
             await self.release_held(namespace)
         deadline = status.ttl_deadline(new_status, spec.ttl_seconds_after_finished)
@@ -671,6 +893,7 @@ class Reconciler:
         if complete:
             # Known before the listing and not in it: deleted without a pass noticing (no child to tell of it).
             for namespace, name in known - listed:
+                self._announced.pop((namespace, name), None)
                 if self._records.pop((namespace, name), None) is not None:
                     logs.action(namespace, name, "Deleted", "the FineTuneJob is gone")
                 self.metrics.set_phase(namespace, name, None)

@@ -11,6 +11,7 @@ part with the API's status models (kubetune.api.v1alpha1.Status), fitted to the 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -23,14 +24,14 @@ from typing import Any
 from kubetune.api.constants import ConditionStatus as S
 from kubetune.api.constants import ConditionType as C
 from kubetune.api.constants import ExitCode, Phase, Reason
-from kubetune.api.v1alpha1 import Condition, OutputRefs, Status
+from kubetune.api.v1alpha1 import Condition, OutputRefs, Plan, Status
 from kubetune.controller import bounds
 from kubetune.controller.builders import (
     ANNOTATION_HELD,
-    ANNOTATION_PREVIOUS_ATTEMPTS,
     ANNOTATION_SUSPENDED_BY_USER,
     LABEL_KUEUE_QUEUE,
     TRAINER_CONTAINER,
+    Tally,
 )
 
 # kstatus (sigs.k8s.io/cli-utils/pkg/kstatus) "abnormal-true" conditions: present (True) while the
@@ -64,6 +65,10 @@ class Observed:
     attempts: int = 0
     completion_time: str | None = None
     last_failure: str = ""  # the newest failed pod's reason, even when a new attempt already runs
+    # The attempt ended and another one starts: the tally the next Job starts from. The reconciler records it and
+    # deletes the Job, whose pods all go (a multi-node attempt is all or nothing).
+    next: Tally | None = None
+    earlier_attempts: int = 0  # the attempts of the FineTuneJob's earlier Jobs (their failures were told then)
 
 
 @dataclass
@@ -117,11 +122,13 @@ def missing_secret(pod: dict) -> str | None:
     return None
 
 
-def _condition_true(obj: dict, kind: str) -> dict | None:
+def condition_true(obj: dict, kind: str) -> dict | None:
+    """The object's condition of type `kind`, when it is True."""
     for cond in obj.get("status", {}).get("conditions", []) or []:
         if cond.get("type") == kind and cond.get("status") == "True":
             return cond
     return None
+
 
 
 def failed_pods(pods: list[dict]) -> list[dict]:
@@ -155,8 +162,8 @@ def failure_text(pod: dict) -> str:
     message = pod_text(term.get("message") or "")
     if message:
         return message
-    if _condition_true(pod, "DisruptionTarget"):
-        cond = _condition_true(pod, "DisruptionTarget") or {}
+    if condition_true(pod, "DisruptionTarget"):
+        cond = condition_true(pod, "DisruptionTarget") or {}
         return f"the pod was disrupted ({cond.get('reason') or 'preempted'})"
     exit_code = term.get("exitCode")
     reason = term.get("reason") or pod.get("status", {}).get("reason") or "Error"
@@ -178,10 +185,11 @@ def count_attempts(job: dict, nodes: int, pods: list[dict] = ()) -> int:
 
     The Job's counters and the pods seen are both used: either can lag behind the other. The pods are
     listed after the Job is read, so a pod already running while the Job still says active 0, failed 1
-    is a replacement (attempt 2), and active 1 beside a listed failed pod is that same pod.
+    is a replacement (attempt 2), and active 1 beside a listed failed pod is that same pod. A Job of several
+    nodes is one attempt (the Job controller never replaces one of its pods alone: its first failure ends it),
+    or more when it was suspended and resumed (all its pods are made again).
     """
-    annotations = job.get("metadata", {}).get("annotations") or {}
-    previous = int(annotations.get(ANNOTATION_PREVIOUS_ATTEMPTS, "0") or 0)
+    previous = Tally.of_job(job).attempts
     counters = job.get("status", {}) or {}
     finished = (counters.get("failed") or 0) + (counters.get("succeeded") or 0)
     live = sum(1 for p in pods if p.get("status", {}).get("phase") in ("Pending", "Running")
@@ -198,34 +206,156 @@ def user_error_reason(text: str) -> Reason:
     return Reason.USER_ERROR
 
 
+def attempt_seconds(job: dict, now: dt.datetime | None = None) -> int:
+    """Seconds the Job has been active, as the Job controller counts them for its activeDeadlineSeconds: from its
+    startTime (set again on each resume from suspension) to its end, or now."""
+    job_status = job.get("status", {}) or {}
+    start = parse_time(job_status.get("startTime"))
+    if start is None:
+        return 0
+    ended = condition_true(job, "Failed") or condition_true(job, "FailureTarget") or {}
+    end = parse_time(job_status.get("completionTime")) or parse_time(ended.get("lastTransitionTime"))
+    end = end or now or dt.datetime.now(dt.UTC)
+    return max(0, int((end - start).total_seconds()))
+
+
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+
+
+def _on_node(pod: dict | None, nodes: int) -> str:
+    """" on node <index>" for a pod of a several-node Job (its completion index), "" otherwise."""
+    if nodes < 2:
+        return ""
+    index = ((pod or {}).get("metadata", {}).get("annotations") or {}).get(COMPLETION_INDEX)
+    return f" on node {index}" if index is not None else ""
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def ended_attempt(job: dict, pods: list[dict], failed: dict | None, *, nodes: int, attempts: int, backoff_limit: int,
+                  active_deadline_seconds: int, now: dt.datetime | None = None, reopening: bool = False) -> Observed:
+    """What follows a Job that failed (`failed`: its Failed or FailureTarget condition) or, with several nodes, one
+    whose pod was disrupted: the job fails, or the next attempt starts (`Observed.next`).
+
+    A user error fails the job. A disruption of one of several nodes ends the attempt without counting it. Any other
+    failure counts against spec.backoffLimit: each failed attempt of a several-node job (a Job) once, each failed pod
+    of a one-node Job once (a pod is a whole attempt there). A Job that failed for its backoffLimit or deadline while
+    the spec now allows more (raised since) is followed by another attempt: the job is re-opened (`reopening`: the
+    job had failed already, and its spec was edited since)."""
+    earlier = Tally.of_job(job)
+    job_status = job.get("status", {}) or {}
+    finished_at = job_status.get("completionTime") or (failed or {}).get("lastTransitionTime")
+    job_reason = (failed or {}).get("reason")
+    disrupted = next((p for p in pods if condition_true(p, "DisruptionTarget")), None) if nodes > 1 else None
+    user_pod = _user_error_pod(pods)
+    if user_pod is not None or (job_reason == "PodFailurePolicy" and disrupted is None):
+        text = failure_text(user_pod) if user_pod else ((failed or {}).get("message") or "the trainer reported a user "
+                                                         "error")
+        return Observed(Phase.FAILED, user_error_reason(text), text, attempts, finished_at)
+    seconds = earlier.seconds + attempt_seconds(job, now)
+    if job_reason == "DeadlineExceeded":
+        # The Job ran for all the time it was given (what the spec left after the earlier Jobs): the job has used
+        # that much, whatever the clocks say.
+        seconds = earlier.seconds + ((job.get("spec") or {}).get("activeDeadlineSeconds") or 0) or seconds
+        if active_deadline_seconds and seconds >= active_deadline_seconds:
+            text = f"the job ran longer than spec.activeDeadlineSeconds ({active_deadline_seconds} s)"
+            return Observed(Phase.FAILED, Reason.DEADLINE_EXCEEDED, text, attempts, finished_at)
+        allowed = f"is now {active_deadline_seconds} s" if active_deadline_seconds else "was removed"
+        text = (f"spec.activeDeadlineSeconds {allowed} ({seconds} s used): the job runs again from the newest "
+                "complete checkpoint")
+        return Observed(Phase.PENDING, Reason.REOPENED, text, attempts,
+                        next=Tally(attempts, earlier.failures, seconds, Reason.REOPENED, text))
+    if disrupted is not None:
+        text = (f"a training pod{_on_node(disrupted, nodes)} was disrupted ({failure_text(disrupted)}): the attempt's other "
+                "pods are stopped and every node starts again from the newest complete checkpoint (not counted "
+                "against spec.backoffLimit)")
+        return Observed(Phase.PENDING, Reason.PREEMPTED, text, attempts,
+                        next=Tally(attempts, earlier.failures, seconds, Reason.PREEMPTED, text))
+    causes = failed_pods(pods)
+    cause = (causes[0] if nodes > 1 else causes[-1]) if causes else None  # several nodes: the first to fail
+    what = failure_text(cause) if cause else "a training pod was deleted or lost before it finished"
+    failures = earlier.failures + (1 if nodes > 1 else (job_status.get("failed") or 0))
+    if failures > backoff_limit:
+        text = f"{_plural(failures, 'failed attempt')}, more than spec.backoffLimit ({backoff_limit}) allows"
+        if attempts > failures:
+            text += f" ({_plural(attempts, 'attempt')} in all: preemptions are not counted)"
+        return Observed(Phase.FAILED, Reason.BACKOFF_LIMIT_EXCEEDED, f"{text}; last failure{_on_node(cause, nodes)}: {what}",
+                        attempts, finished_at)
+    if nodes > 1 and not reopening:
+        reason = Reason.RETRYING
+        text = (f"attempt {attempts} failed{_on_node(cause, nodes)}: {what}; the attempt's other pods are stopped and every "
+                "node starts again from the newest complete checkpoint")
+    else:  # the Job used up its retries, and spec.backoffLimit was raised since
+        reason = Reason.REOPENED
+        text = (f"spec.backoffLimit is now {backoff_limit} ({_plural(failures, 'failed attempt')} so far): the next "
+                "attempt resumes from the newest complete checkpoint")
+    return Observed(Phase.PENDING, reason, text, attempts, next=Tally(attempts, failures, seconds, reason, text))
+
+
+def reopened_from_status(operator_status: dict, *, backoff_limit: int, active_deadline_seconds: int) -> Observed:
+    """Whether a job that failed for its backoffLimit or deadline runs again now that its spec was edited, from its
+    status alone (ttlSecondsAfterFinished removed its Job, and the tally with it): every attempt counts as failed, and
+    the time from its start to its end as active."""
+    attempts = operator_status.get("attempts") or 0
+    reason = phase_reason(operator_status)[1]
+    start, end = parse_time(operator_status.get("startTime")), parse_time(operator_status.get("completionTime"))
+    seconds = max(0, int((end - start).total_seconds())) if start and end else 0
+    if reason == Reason.BACKOFF_LIMIT_EXCEEDED and attempts <= backoff_limit:
+        text = (f"spec.backoffLimit is now {backoff_limit} ({_plural(attempts, 'attempt')} so far): the next attempt "
+                "resumes from the newest complete checkpoint")
+    elif reason == Reason.DEADLINE_EXCEEDED and (not active_deadline_seconds or seconds < active_deadline_seconds):
+        allowed = f"is now {active_deadline_seconds} s" if active_deadline_seconds else "was removed"
+        text = (f"spec.activeDeadlineSeconds {allowed} ({seconds} s used): the job runs again from the newest "
+                "complete checkpoint")
+    else:
+        return Observed(Phase.FAILED, Reason(reason) if reason in Reason else Reason.BACKOFF_LIMIT_EXCEEDED,
+                        operator_status.get("message") or "", attempts)
+    return Observed(Phase.PENDING, Reason.REOPENED, text, attempts,
+                    next=Tally(attempts, attempts, seconds, Reason.REOPENED, text))
+
+
+def observe_generation(operator_status: dict, generation: int | None) -> dict:
+    """The operator's status of a job as it stands, with a spec edit observed: observedGeneration, and each
+    condition's, at `generation`. What the edit does is the reconciler's (most edits of a finished job change
+    nothing), but a status that never observes it leaves GitOps tools waiting: kstatus (Flux) reads a resource whose
+    observedGeneration lags its generation as InProgress, and so does Argo CD."""
+    if generation is None or not operator_status:
+        return operator_status
+    out = dict(operator_status, observedGeneration=generation)
+    if isinstance(out.get("conditions"), list):
+        out["conditions"] = [c | {"observedGeneration": generation} if isinstance(c, dict) and "observedGeneration" in c
+                             else c for c in out["conditions"]]
+    return out
+
+
 def observe(job: dict | None, pods: list[dict], *, nodes: int, spec_suspend: bool, queue_name: str,
-            backoff_limit: int, active_deadline_seconds: int, queue_problem: str = "") -> Observed:
+            backoff_limit: int, active_deadline_seconds: int, queue_problem: str = "",
+            now: dt.datetime | None = None) -> Observed:
     """The phase a FineTuneJob is in, read from its Job and pods (pods of the current Job only).
 
     `queue_name`: spec.queueName; `queue_problem`: why the live Job's LocalQueue cannot admit it (no such
     LocalQueue, or no Kueue at all), "" when it can."""
     if job is None:
         return Observed(Phase.PENDING, Reason.JOB_CREATED, "creating the training Job")
+    seen = _observe_job(job, pods, nodes=nodes, spec_suspend=spec_suspend, queue_name=queue_name,
+                        backoff_limit=backoff_limit, active_deadline_seconds=active_deadline_seconds,
+                        queue_problem=queue_problem, now=now)
+    return dataclasses.replace(seen, earlier_attempts=Tally.of_job(job).attempts)
+
+
+def _observe_job(job: dict, pods: list[dict], *, nodes: int, spec_suspend: bool, queue_name: str, backoff_limit: int,
+                 active_deadline_seconds: int, queue_problem: str, now: dt.datetime | None) -> Observed:
     attempts = count_attempts(job, nodes, pods)
     job_status = job.get("status", {}) or {}
     completion = job_status.get("completionTime")
-    if _condition_true(job, "Complete") or _condition_true(job, "SuccessCriteriaMet"):
+    if condition_true(job, "Complete") or condition_true(job, "SuccessCriteriaMet"):
         return Observed(Phase.SUCCEEDED, Reason.TRAINING_COMPLETE, "", attempts, completion)
-    failed = _condition_true(job, "Failed") or _condition_true(job, "FailureTarget")
-    if failed:
-        finished_at = completion or failed.get("lastTransitionTime")
-        job_reason = failed.get("reason")
-        user_pod = _user_error_pod(pods)
-        if job_reason == "PodFailurePolicy" or user_pod is not None:
-            text = failure_text(user_pod) if user_pod else (failed.get("message") or "the trainer reported a user error")
-            return Observed(Phase.FAILED, user_error_reason(text), text, attempts, finished_at)
-        if job_reason == "DeadlineExceeded":
-            text = f"the job ran longer than spec.activeDeadlineSeconds ({active_deadline_seconds} s)"
-            return Observed(Phase.FAILED, Reason.DEADLINE_EXCEEDED, text, attempts, finished_at)
-        last = failed_pods(pods)
-        detail = f"; last failure: {failure_text(last[-1])}" if last else ""
-        text = f"failed {attempts} time(s), more than spec.backoffLimit ({backoff_limit}) retries{detail}"
-        return Observed(Phase.FAILED, Reason.BACKOFF_LIMIT_EXCEEDED, text, attempts, finished_at)
+    failed = condition_true(job, "Failed") or condition_true(job, "FailureTarget")
+    if failed or (nodes > 1 and any(condition_true(p, "DisruptionTarget") for p in pods)):
+        return ended_attempt(job, pods, failed, nodes=nodes, attempts=attempts, backoff_limit=backoff_limit,
+                             active_deadline_seconds=active_deadline_seconds, now=now)
     if (job.get("spec", {}) or {}).get("suspend"):
         # Who holds the Job: the user (spec.suspend), the operator's namespace cap, Kueue, or someone else.
         if spec_suspend:
@@ -262,7 +392,7 @@ def observe(job: dict | None, pods: list[dict], *, nodes: int, spec_suspend: boo
     previous = failed_pods(pods)
     if previous:
         last = previous[-1]
-        if _condition_true(last, "DisruptionTarget"):
+        if condition_true(last, "DisruptionTarget"):
             return Observed(Phase.PENDING, Reason.PREEMPTED,
                             f"a training pod was preempted ({failure_text(last)}); the next attempt resumes from the "
                             "newest checkpoint", attempts)
@@ -363,9 +493,11 @@ _EVENT_TEXT = {
 }
 _WARNING_REASONS = {Reason.USER_ERROR, Reason.BACKOFF_LIMIT_EXCEEDED, Reason.DEADLINE_EXCEEDED, Reason.RETRYING,
                     Reason.PREEMPTED, Reason.SPEC_INVALID, Reason.JOB_MISSING, Reason.POLICY_DENIED,
-                    Reason.SECRET_NOT_FOUND, Reason.CHILD_REJECTED, Reason.DOES_NOT_FIT, Reason.QUEUE_NOT_FOUND}
+                    Reason.SECRET_NOT_FOUND, Reason.CHILD_REJECTED, Reason.DOES_NOT_FIT, Reason.QUEUE_NOT_FOUND,
+                    Reason.RESUME_SOURCE_NOT_FOUND}
 # Reasons whose words become status.message: failures, and what keeps a job from starting that a user can fix.
-_MESSAGE_REASONS = {Reason.RETRYING, Reason.PREEMPTED, Reason.SECRET_NOT_FOUND, Reason.QUEUE_NOT_FOUND}
+_MESSAGE_REASONS = {Reason.RETRYING, Reason.PREEMPTED, Reason.SECRET_NOT_FOUND, Reason.QUEUE_NOT_FOUND,
+                    Reason.REOPENED}
 # Of those, the ones that stop being true once the job moves on (a failure's words stay: it happened).
 _HOLD_REASONS = {Reason.SECRET_NOT_FOUND, Reason.QUEUE_NOT_FOUND}
 
@@ -379,10 +511,14 @@ def _event(reason: str, message: str) -> Event:
     return Event(kind, str(reason), message or _EVENT_TEXT.get(reason, str(reason)))
 
 
-def _phase_reason(old_status: dict) -> tuple[str | None, str | None]:
-    """The (phase, reason) recorded last time: the Running condition carries the reason in every phase."""
-    running = next((c for c in old_status.get("conditions") or [] if c.get("type") == C.RUNNING), {})
+def phase_reason(old_status: dict) -> tuple[str | None, str | None]:
+    """The (phase, reason) recorded last time: the Running condition carries the reason in every phase (for a job
+    that never got a Job, SpecInvalid or PolicyDenied, the Failed condition does)."""
+    conditions = old_status.get("conditions") or []
+    running = next((c for c in conditions if c.get("type") == C.RUNNING), None)
+    running = running or next((c for c in conditions if c.get("type") == C.FAILED), {})
     return old_status.get("phase"), running.get("reason")
+
 
 
 def valid_message(notices: list[str] = ()) -> str:
@@ -402,7 +538,9 @@ def compute(ftj: dict, observed: Observed, job_name: str | None, now: str, notic
     wanted = desired_conditions(observed, old.get("conditions") or [], generation, valid_message(notices))
     conditions = merge_conditions(old.get("conditions") or [], wanted, now)
     attempts = max(observed.attempts, old.get("attempts") or 0)
-    start_time, completion_time = old.get("startTime"), old.get("completionTime")
+    start_time = old.get("startTime")
+    # A finished job keeps its completionTime; one that is not (anymore: a re-opened job) has none.
+    completion_time = old.get("completionTime") if observed.phase in FINISHED_PHASES else None
     message = old.get("message") or ""
     if observed.phase == Phase.RUNNING and not start_time:
         start_time = now
@@ -411,19 +549,19 @@ def compute(ftj: dict, observed: Observed, job_name: str | None, now: str, notic
         start_time = start_time or completion_time
     if observed.phase == Phase.FAILED or observed.reason in _MESSAGE_REASONS:
         message = observed.message
-    elif observed.phase == Phase.SUCCEEDED or _phase_reason(old)[1] in _HOLD_REASONS:
+    elif observed.phase == Phase.SUCCEEDED or phase_reason(old)[1] in _HOLD_REASONS:
         message = ""
     events = []
     old_attempts = old.get("attempts") or 0
-    told = {Reason.RETRYING, Reason.PREEMPTED}
-    if (0 < old_attempts < attempts and observed.phase not in FINISHED_PHASES
-            and observed.reason not in told and _phase_reason(old)[1] not in told):
+    told = {Reason.RETRYING, Reason.PREEMPTED, Reason.REOPENED}
+    if (observed.earlier_attempts < old_attempts < attempts and observed.phase not in FINISHED_PHASES
+            and observed.reason not in told and phase_reason(old)[1] not in told):
         # An attempt failed and the next one started between two looks: the story still needs the failure.
         failure = observed.last_failure or "a training pod was lost"
         message = f"attempt {old_attempts} failed: {failure}; retrying from the newest checkpoint"
         events.append(_event(Reason.RETRYING, message))
     # No SpecValid Event: JobCreated says as much, and an invalid spec is final (Failed, immutable).
-    if _phase_reason(old) != (str(observed.phase), str(observed.reason)):
+    if phase_reason(old) != (str(observed.phase), str(observed.reason)):
         text = observed.message
         if observed.reason == Reason.PODS_RUNNING:
             text = f"training is running (attempt {attempts})"
@@ -496,6 +634,36 @@ def ttl_deadline(status: dict, ttl_seconds: int) -> dt.datetime | None:
         return None
     finished = parse_time(status.get("completionTime"))
     return finished + dt.timedelta(seconds=ttl_seconds) if finished else None
+
+
+# ----------------------------------------------------------------------------------------- the plan
+
+
+def plan_text(plan: Any) -> str:
+    """The trainer's memory plan (status.plan) in words for the Planned Event, e.g. "fsdp over 4 GPUs, about 31.2 GiB
+    per GPU of 80 GiB"; "" when the status holds no plan this release can read."""
+    if not isinstance(plan, dict) or not plan:
+        return ""
+    try:
+        parsed = Plan.model_validate(plan)
+    except ValueError:
+        return ""
+    if parsed.strategy is None and parsed.per_gpu_gib is None:
+        return ""
+    words = str(parsed.strategy or "a strategy not named")
+    if parsed.cpu_offload:
+        words += " with CPU offload"
+    if parsed.world_size:
+        words += f" over {parsed.world_size} GPU{'' if parsed.world_size == 1 else 's'}"
+    if parsed.per_gpu_gib is not None:
+        words += f", about {parsed.per_gpu_gib:.1f} GiB per GPU"
+        if parsed.gpu_memory_gib is not None:
+            words += f" of {parsed.gpu_memory_gib:g} GiB"
+    if parsed.fits is False:
+        words += ": it does not fit"
+    elif parsed.fits is None:
+        words += " (the GPU's memory is not known: no verdict)"
+    return words
 
 
 # ----------------------------------------------------------------------------------------- trust

@@ -129,6 +129,19 @@ class Cluster:
         except self._urllib3.exceptions.HTTPError as err:
             raise CliError(self.unreachable(err)) from None
 
+    def patch_job(self, name: str, namespace: str, patch: dict) -> dict:
+        """A merge patch of a FineTuneJob (its spec). A patch that names the resourceVersion it was made from is
+        refused when the job changed since (409), and the error says so."""
+        try:
+            return self.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, patch,
+                                                              _request_timeout=REQUEST_TIMEOUT)
+        except self._kubernetes.client.ApiException as err:
+            if err.status == 409:
+                raise CliError(f"{KIND} {namespace}/{name} changed while this command read it: run it again") from None
+            raise CliError(describe_api_error(err, f'{KIND} "{name}" in namespace "{namespace}"')) from None
+        except self._urllib3.exceptions.HTTPError as err:
+            raise CliError(self.unreachable(err)) from None
+
     def list_jobs(self, namespace: str | None) -> dict:
         """The FineTuneJob list (a dict with items and metadata.resourceVersion) of one namespace, or of all."""
         if namespace is None:

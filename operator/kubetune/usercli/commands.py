@@ -1,4 +1,4 @@
-"""`kubetune status|logs|metrics|compare|download|dashboard`, and the same commands as the kubectl plugin
+"""`kubetune status|logs|metrics|compare|download|retry|dashboard`, and the same commands as the kubectl plugin
 `kubectl ftj ...` (the console script `kubectl-ftj`: kubectl runs any `kubectl-<name>` it finds on PATH).
 
 Every command reads with the user's kubeconfig (`--kubeconfig`, `--context`, `-n`; the context's namespace by
@@ -327,6 +327,20 @@ def _store_options(parser: argparse.ArgumentParser) -> None:
                         help="S3 endpoint this machine reaches (default: spec.output.endpoint, else $AWS_ENDPOINT_URL)")
 
 
+# ----------------------------------------------------------------------------------------- retry
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from kubetune.usercli.retry import plan_retry
+
+    cluster = _cluster(args)
+    ftj = _fetch(cluster, args.name)
+    retry = plan_retry(ftj, backoff_limit=args.backoff_limit, active_deadline_seconds=args.active_deadline_seconds)
+    cluster.patch_job(ftj["metadata"]["name"], ftj["metadata"]["namespace"], retry.patch)
+    print(retry.words)
+    return 0
+
+
 def add_user_commands(sub, prog: str) -> None:
     """The user's commands, on `kubetune` and on `kubectl ftj` alike."""
     p = sub.add_parser("status", help="a FineTuneJob's phase, progress, checkpoints and outputs")
@@ -364,6 +378,16 @@ def add_user_commands(sub, prog: str) -> None:
     _connection_options(p)
     _store_options(p)
     p.set_defaults(func=_guarded(prog, cmd_download))
+
+    p = sub.add_parser("retry", help="re-open a FineTuneJob that failed for its backoffLimit or deadline: it resumes "
+                                     "from its newest complete checkpoint")
+    p.add_argument("name", metavar="NAME", help="NAME or NAMESPACE/NAME")
+    p.add_argument("--backoff-limit", type=int, metavar="N",
+                   help="the new spec.backoffLimit (default: the attempts so far plus the limit the job had)")
+    p.add_argument("--active-deadline-seconds", type=int, metavar="SECONDS",
+                   help="the new spec.activeDeadlineSeconds, 0 for none (default: twice the one the job had)")
+    _connection_options(p)
+    p.set_defaults(func=_guarded(prog, cmd_retry))
 
     p = sub.add_parser("dashboard", help="a local web page of every FineTuneJob you can see, live")
     p.add_argument("-n", "--namespace", dest="watch_namespaces", action="append", default=[], metavar="NAMESPACE",
