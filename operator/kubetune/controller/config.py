@@ -18,6 +18,7 @@ Environment variables (all optional):
                                     e.g. {"NVIDIA-H100-80GB-HBM3": "80Gi"}, for the trainer's memory plan
   KUBETUNE_COLLECTIVE_TIMEOUT_SECONDS  how long a rank of a multi-GPU job waits in a collective for a lost peer
                                     before its attempt ends (default 300)
+  KUBETUNE_CACHE_*                  the shared model cache (ModelCacheSettings, the chart's `cache:` values)
 """
 
 from __future__ import annotations
@@ -36,6 +37,30 @@ DEFAULT_TRAINER_IMAGE = f"ghcr.io/kubetune/trainer:{__version__}"
 
 
 @dataclass(frozen=True)
+class ModelCacheSettings:
+    """The platform's shared model cache (controller/modelcache.py; the chart's `cache:` values)."""
+
+    root: str = ""  # KUBETUNE_CACHE_ROOT, s3://bucket/prefix/; "" = no cache
+    default: bool = True  # whether a job that leaves spec.model.cache unset uses it
+    max_bytes: int = 0  # the size cap (least recently used entries are evicted past it); 0 = none
+    namespace: str = ""  # the operator's namespace, where public models' population Jobs run
+    populate_secret: str = ""  # Secret there whose AWS_* keys write the store; "" = the pods' cloud identity
+    populate_service_account: str = ""  # the public population pods' ServiceAccount; "" = the namespace's default
+    read_secret: str = ""  # Secret of this name in each job's namespace: its pods read the store with it
+    read_ambient: bool = False  # training pods read the store with their cloud identity instead
+    endpoint: str = ""  # the store's S3 endpoint; "" = AWS
+    region: str = ""
+    hub_endpoint: str = ""  # HF_ENDPOINT of the operator and the population pods (a Hub mirror)
+    populate_resources: Mapping[str, Any] = field(default_factory=dict)  # the population container's resources
+    poll_seconds: float = 2.0  # how often a population Job that jobs wait for is looked at
+    evict_every_seconds: float = 300.0  # how often the size cap is enforced (and after each population)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.root)
+
+
+@dataclass(frozen=True)
 class OperatorConfig:
     trainer_image: str = DEFAULT_TRAINER_IMAGE
     default_output_uri: str = ""
@@ -49,6 +74,7 @@ class OperatorConfig:
     log_format: str = "text"  # text | json (logs.py)
     trainer_image_pull_secrets: tuple[str, ...] = ()  # added to every training pod's imagePullSecrets
     policy: Policy = field(default_factory=Policy)  # what the platform lets a FineTuneJob ask for
+    model_cache: ModelCacheSettings = field(default_factory=ModelCacheSettings)  # the shared model cache
     gpu_memory_table: Mapping[str, str] = field(default_factory=dict)  # GPU product label value -> memory quantity
     collective_timeout_seconds: int = 300  # passed to multi-GPU training pods
 
@@ -99,6 +125,66 @@ def _gpu_memory_table(raw: str, where: str) -> dict[str, str]:
     return dict(table)
 
 
+def _bool(env: Mapping[str, str], key: str, default: bool) -> bool:
+    raw = env.get(key, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in ("true", "false"):
+        raise ValueError(f"{key} must be true or false (got {raw!r})")
+    return raw == "true"
+
+
+def _model_cache(env: Mapping[str, str]) -> ModelCacheSettings:
+    """The cache's settings; a bad one stops the operator with one line naming it."""
+    from kubernetes.utils import parse_quantity
+
+    from kubetune.api.uris import UriError, parse_uri
+
+    root = env.get("KUBETUNE_CACHE_ROOT", "").strip()
+    if not root:
+        return ModelCacheSettings()
+    try:
+        if parse_uri(root).scheme != "s3":
+            raise UriError("")
+    except UriError:
+        raise ValueError(f"KUBETUNE_CACHE_ROOT must be an s3:// prefix, e.g. s3://kubetune-cache/ (got {root!r})"
+                         ) from None
+    namespace = env.get("KUBETUNE_CACHE_NAMESPACE", "").strip()
+    if not namespace:
+        raise ValueError("KUBETUNE_CACHE_NAMESPACE must name the operator's namespace (public models' population Jobs "
+                         "run there)")
+    size = env.get("KUBETUNE_CACHE_MAX_SIZE", "").strip() or "0"
+    try:
+        max_bytes = int(parse_quantity(size))
+        if max_bytes < 0:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"KUBETUNE_CACHE_MAX_SIZE must be a size such as 2Ti, or 0 for none (got {size!r})") from None
+    raw_resources = env.get("KUBETUNE_CACHE_POPULATE_RESOURCES", "").strip() or "{}"
+    try:
+        resources = json.loads(raw_resources)
+    except ValueError:
+        resources = None
+    if not isinstance(resources, dict):
+        raise ValueError("KUBETUNE_CACHE_POPULATE_RESOURCES must be a JSON object of a container's resources "
+                         f"(got {raw_resources!r})")
+    return ModelCacheSettings(
+        root=root,
+        default=_bool(env, "KUBETUNE_CACHE_DEFAULT", True),
+        max_bytes=max_bytes,
+        namespace=namespace,
+        populate_secret=env.get("KUBETUNE_CACHE_POPULATE_SECRET", "").strip(),
+        populate_service_account=env.get("KUBETUNE_CACHE_POPULATE_SERVICE_ACCOUNT", "").strip(),
+        read_secret=env.get("KUBETUNE_CACHE_READ_SECRET", "").strip(),
+        read_ambient=_bool(env, "KUBETUNE_CACHE_READ_AMBIENT", False),
+        # The operator's own store client reads the same two variables (the `cache` role's, credentials.lookup).
+        endpoint=env.get("KUBETUNE_CACHE_AWS_ENDPOINT_URL", "").strip(),
+        region=env.get("KUBETUNE_CACHE_AWS_REGION", "").strip(),
+        hub_endpoint=env.get("HF_ENDPOINT", "").strip(),
+        populate_resources=resources,
+    )
+
+
 def from_env(env: Mapping[str, str] | None = None) -> OperatorConfig:
     env = os.environ if env is None else env
     namespaces = tuple(ns.strip() for ns in env.get("KUBETUNE_NAMESPACES", "").split(",") if ns.strip())
@@ -118,6 +204,7 @@ def from_env(env: Mapping[str, str] | None = None) -> OperatorConfig:
         ),
         policy=Policy.from_json(env["KUBETUNE_POLICY"], "KUBETUNE_POLICY")
         if env.get("KUBETUNE_POLICY", "").strip() else Policy(),
+        model_cache=_model_cache(env),
         gpu_memory_table=_gpu_memory_table(env["KUBETUNE_GPU_MEMORY_TABLE"], "KUBETUNE_GPU_MEMORY_TABLE")
         if env.get("KUBETUNE_GPU_MEMORY_TABLE", "").strip() else {},
         collective_timeout_seconds=_int(env, "KUBETUNE_COLLECTIVE_TIMEOUT_SECONDS", 300, minimum=1),

@@ -200,6 +200,30 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=self.registry)
         self.reconcile_errors = Counter("kubetune_reconcile_errors_total", "Reconciles that failed and will be retried",
                                         ["reason"], registry=self.registry)
+        # The shared model cache (modelcache.py): each job it serves counts once, when its training Job is made.
+        self.model_cache_jobs = Counter(
+            "kubetune_model_cache_jobs", "Jobs whose model the cache served: result=hit (the entry was complete when "
+            "the job asked) or miss (the job waited for its population)", ["result"], registry=self.registry)
+        self.model_cache_served_bytes = Counter(
+            "kubetune_model_cache_served_bytes", "Bytes of model the cache served: each job counts its entry's size "
+            "once (a multi-node job's nodes each read it)", registry=self.registry)
+        self.model_cache_populations = Counter(
+            "kubetune_model_cache_populations", "Population Jobs that ended: succeeded, user_error (exit 10: the "
+            "model cannot be had) or failed (their retries ran out on infrastructure errors)", ["outcome"],
+            registry=self.registry)
+        self.model_cache_populated_bytes = Counter(
+            "kubetune_model_cache_populated_bytes", "Bytes the populations fetched from the Hub into the cache (from "
+            "their JSON results)", registry=self.registry)
+        self.model_cache_evictions = Counter("kubetune_model_cache_evictions", "Entries evicted to keep the cache "
+                                             "under its size cap", registry=self.registry)
+        self.model_cache_evicted_bytes = Counter("kubetune_model_cache_evicted_bytes", "Bytes of the entries evicted",
+                                                 registry=self.registry)
+        self.model_cache_stored_bytes = Gauge("kubetune_model_cache_stored_bytes", "Bytes of complete entries in the "
+                                              "cache, at the last eviction pass", registry=self.registry)
+        for result in ("hit", "miss"):  # every series from the start: rate() and increase() see the first one
+            self.model_cache_jobs.labels(result=result)
+        for outcome in ("succeeded", "user_error", "failed"):
+            self.model_cache_populations.labels(outcome=outcome)
         self._phases: dict[tuple[str, str], str] = {}
         self._counts: dict[str, int] = {str(phase): 0 for phase in Phase}
         self._lock = threading.Lock()

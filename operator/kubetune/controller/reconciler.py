@@ -31,7 +31,7 @@ from kubernetes.client import ApiException
 
 from kubetune.api.constants import API_VERSION, GROUP, KIND, Phase, Reason
 from kubetune.api.validation import SpecError, notices, parse_spec
-from kubetune.controller import bounds, builders, kueue, logs, policy, status
+from kubetune.controller import bounds, builders, kueue, logs, modelcache, policy, status
 from kubetune.controller.config import OperatorConfig
 from kubetune.controller.kube import Kube
 from kubetune.controller.metrics import Metrics
@@ -133,6 +133,7 @@ class Reconciler:
         self.config = config
         self.metrics = metrics or Metrics()
         self.kueue = kueue.KueueClient(kube)
+        self.modelcache = modelcache.ModelCache(self)  # the shared model cache (modelcache.py)
         self.queue = WorkQueue(config.concurrent_reconciles, ItemExponentialBackoff(RETRY_SECONDS, RETRY_MAX_SECONDS))
         # Per key, only while the key waits for its next pass (so nothing here outlives a deleted job):
         self._bodies: dict[Key, dict] = {}  # the FineTuneJob as its newest watch event carried it
@@ -296,6 +297,18 @@ class Reconciler:
                 job = await self._create_children(ftj, spec, trusted)
         except ChildRejected as err:
             return await self._reject(ftj, view, spec, str(err), root)
+        except modelcache.Waiting as wait:  # no Job before the job's model cache entry is complete
+            observed = status.Observed(Phase.PENDING, Reason.WAITING_FOR_MODEL_CACHE, str(wait),
+                                       trusted.get("attempts") or 0)
+            outcome = status.compute(view, observed, trusted.get("jobName"), now, notices=self._notices(ftj, name))
+            await self._write_status(ftj, outcome, root=root)
+            return outcome.phase
+        except modelcache.Refused as err:
+            observed = status.Observed(Phase.FAILED, Reason.USER_ERROR, str(err), trusted.get("attempts") or 0, now)
+            outcome = status.compute(view, observed, trusted.get("jobName"), now, notices=self._notices(ftj, name))
+            await self._write_status(ftj, outcome, root=root)
+            await self._after_finish(ftj, spec, outcome.status)
+            return outcome.phase
         except ResumeSourceMissing as err:
             observed = status.Observed(Phase.FAILED, Reason.RESUME_SOURCE_NOT_FOUND, str(err),
                                        trusted.get("attempts") or 0, now)
@@ -527,6 +540,8 @@ class Reconciler:
                 await self.event(ftj, "Warning", Reason.JOB_MISSING,
                                  f"Job {meta['name']} was deleted while the FineTuneJob was unfinished; recreating it "
                                  "(training resumes from the newest checkpoint)")
+        # The shared model cache: the complete entry the pods read (raises modelcache.Waiting until there is one).
+        cached = await self.modelcache.prepare(ftj, spec, trusted)
         async with self._namespace_lock(meta["namespace"]):
             order = self._queue_order(ftj)
             held = (not spec.suspend and not spec.queue_name
@@ -534,6 +549,7 @@ class Reconciler:
             job = builders.build_job(ftj, spec, self.config, suspend=builders.initial_suspend(spec) or held,
                                      held_by_namespace_limit=held, queue_order=order, earlier=earlier,
                                      resume_from=resume_from)
+            modelcache.wire(job, cached, self.config.model_cache)
             job = await self._create_or_adopt(job, ftj)
         if spec.suspend and spec.queue_name:
             # Kueue makes the Job's Workload in a moment; it is deactivated then, before Kueue can admit it.
@@ -840,7 +856,8 @@ class Reconciler:
         """Start handing out passes, and the periodic resync, on the running loop (kopf's)."""
         self.loop = asyncio.get_running_loop()
         self._tasks = [self.loop.create_task(self._work_forever(), name="kubetune-workers"),
-                       self.loop.create_task(self._resync_forever(), name="kubetune-resync")]
+                       self.loop.create_task(self._resync_forever(), name="kubetune-resync"),
+                       self.loop.create_task(self.modelcache.run_forever(), name="kubetune-model-cache")]
 
     async def stop(self) -> None:
         self.queue.shutdown()
