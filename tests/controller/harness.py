@@ -233,7 +233,8 @@ class ClusterSim:
         exited 143): they go. Returns how many went."""
         gone = 0
         for pod in self.kube.list("Pod", namespace):
-            if pod["metadata"].get("deletionTimestamp") and self.KUBELET_GRACE in (pod["metadata"].get("finalizers") or []):
+            meta = pod["metadata"]
+            if meta.get("deletionTimestamp") and self.KUBELET_GRACE in (meta.get("finalizers") or []):
                 self._terminate(pod, 143, "")
                 self.kube.patch("Pod", namespace, pod["metadata"]["name"], {"metadata": {"finalizers": None}})
                 gone += 1

@@ -9,8 +9,8 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from harness import ClusterSim, wait_for
+
 from kubetune.controller import builders, status
 from tests.controller.samples import CONFIG, FTJ, SPEC
 
@@ -78,11 +78,11 @@ def test_what_follows_an_ended_attempt():
                 "status": {"failed": failed, "conditions": [{"type": "Failed", "status": "True", "reason": reason}]}}
 
     def pod(index, code, disrupted=False):
+        terminated = {"exitCode": code, "message": f"exit {code}", "finishedAt": f"2026-01-01T00:00:0{index}Z"}
+        conditions = [{"type": "DisruptionTarget", "status": "True"}] if disrupted else []
         return {"metadata": {"name": f"bot-{index}", "annotations": {status.COMPLETION_INDEX: str(index)}},
-                "status": {"phase": "Failed", "conditions": [{"type": "DisruptionTarget", "status": "True"}]
-                           if disrupted else [], "containerStatuses": [
-                               {"name": "trainer", "state": {"terminated": {"exitCode": code, "message": f"exit {code}",
-                                                                            "finishedAt": f"2026-01-01T00:00:0{index}Z"}}}]}}
+                "status": {"phase": "Failed", "conditions": conditions,
+                           "containerStatuses": [{"name": "trainer", "state": {"terminated": terminated}}]}}
 
     def after(job, pods, limit=3):
         failed = status.condition_true(job, "Failed")
@@ -260,8 +260,8 @@ def test_kubetune_retry_reopens_a_failed_job(user, sim, emulator, tmp_path, caps
     """`kubetune retry NAME -n NS` with the user's kubeconfig: the patch that raises spec.backoffLimit, which the
     operator answers by re-opening the job."""
     import yaml
-
     from emulator import ADMIN_TOKEN
+
     from kubetune.cli import main
 
     ns = user.ns

@@ -4,8 +4,8 @@ job never takes the place an older held one waits for."""
 from __future__ import annotations
 
 import pytest
-
 from harness import wait_for
+
 from kubetune.controller import builders
 
 pytestmark = pytest.mark.timeout(120)

@@ -5,8 +5,8 @@ complete checkpoint yet, fails the new job with reason ResumeSourceNotFound, bef
 from __future__ import annotations
 
 import pytest
-
 from harness import wait_for
+
 from kubetune.api.constants import GROUP, PLURAL, VERSION
 
 pytestmark = pytest.mark.timeout(120)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from kubetune.api.constants import Phase, Reason
 from kubetune.usercli.commands import kubectl_main
-
 from tests.usercli.test_commands import assert_one_line_error, run
 
 

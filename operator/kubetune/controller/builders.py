@@ -164,8 +164,8 @@ class Tally:
     @classmethod
     def of_job(cls, job: dict) -> Tally:
         annotations = job.get("metadata", {}).get("annotations") or {}
-        return cls(cls._int(annotations, ANNOTATION_PREVIOUS_ATTEMPTS), cls._int(annotations, ANNOTATION_PREVIOUS_FAILURES),
-                   cls._int(annotations, ANNOTATION_PREVIOUS_SECONDS))
+        return cls(*(cls._int(annotations, key) for key in (ANNOTATION_PREVIOUS_ATTEMPTS, ANNOTATION_PREVIOUS_FAILURES,
+                                                            ANNOTATION_PREVIOUS_SECONDS)))
 
     def job_annotations(self) -> dict[str, str]:
         pairs = ((ANNOTATION_PREVIOUS_ATTEMPTS, self.attempts), (ANNOTATION_PREVIOUS_FAILURES, self.failures),

@@ -356,7 +356,8 @@ class Reconciler:
                                   {"metadata": {"annotations": annotations}})
         except ApiException as err:
             if err.status in REFUSED:
-                raise ChildRejected.refused(err, "patch", "ConfigMap", namespace, builders.configmap_name(name)) from None
+                raise ChildRejected.refused(err, "patch", "ConfigMap", namespace,
+                                            builders.configmap_name(name)) from None
             if err.status != 404:
                 raise
             configmap = builders.build_configmap(ftj, spec)

@@ -268,8 +268,8 @@ def ended_attempt(job: dict, pods: list[dict], failed: dict | None, *, nodes: in
         return Observed(Phase.PENDING, Reason.REOPENED, text, attempts,
                         next=Tally(attempts, earlier.failures, seconds, Reason.REOPENED, text))
     if disrupted is not None:
-        text = (f"a training pod{_on_node(disrupted, nodes)} was disrupted ({failure_text(disrupted)}): the attempt's other "
-                "pods are stopped and every node starts again from the newest complete checkpoint (not counted "
+        text = (f"a training pod{_on_node(disrupted, nodes)} was disrupted ({failure_text(disrupted)}): the attempt's "
+                "other pods are stopped and every node starts again from the newest complete checkpoint (not counted "
                 "against spec.backoffLimit)")
         return Observed(Phase.PENDING, Reason.PREEMPTED, text, attempts,
                         next=Tally(attempts, earlier.failures, seconds, Reason.PREEMPTED, text))
@@ -281,12 +281,12 @@ def ended_attempt(job: dict, pods: list[dict], failed: dict | None, *, nodes: in
         text = f"{_plural(failures, 'failed attempt')}, more than spec.backoffLimit ({backoff_limit}) allows"
         if attempts > failures:
             text += f" ({_plural(attempts, 'attempt')} in all: preemptions are not counted)"
-        return Observed(Phase.FAILED, Reason.BACKOFF_LIMIT_EXCEEDED, f"{text}; last failure{_on_node(cause, nodes)}: {what}",
-                        attempts, finished_at)
+        return Observed(Phase.FAILED, Reason.BACKOFF_LIMIT_EXCEEDED,
+                        f"{text}; last failure{_on_node(cause, nodes)}: {what}", attempts, finished_at)
     if nodes > 1 and not reopening:
         reason = Reason.RETRYING
-        text = (f"attempt {attempts} failed{_on_node(cause, nodes)}: {what}; the attempt's other pods are stopped and every "
-                "node starts again from the newest complete checkpoint")
+        text = (f"attempt {attempts} failed{_on_node(cause, nodes)}: {what}; the attempt's other pods are stopped and "
+                "every node starts again from the newest complete checkpoint")
     else:  # the Job used up its retries, and spec.backoffLimit was raised since
         reason = Reason.REOPENED
         text = (f"spec.backoffLimit is now {backoff_limit} ({_plural(failures, 'failed attempt')} so far): the next "

@@ -15,7 +15,8 @@ from kubetune.api.v1alpha1 import Spec
 from kubetune.usercli import CliError
 
 # The most spec.backoffLimit may be (the API's bound, which the CRD enforces).
-MAX_BACKOFF_LIMIT = next(m.le for m in Spec.model_fields["backoff_limit"].metadata if getattr(m, "le", None) is not None)
+MAX_BACKOFF_LIMIT = next(bound.le for bound in Spec.model_fields["backoff_limit"].metadata
+                         if getattr(bound, "le", None) is not None)
 
 
 @dataclass(frozen=True)
