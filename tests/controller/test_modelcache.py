@@ -575,3 +575,40 @@ def test_population_results_and_failures_as_the_kubelet_reports_them():
     assert modelcache.last_failure([pod(0, line)]) == (None, "")
     assert modelcache.population_name("a") == modelcache.population_name("a") != modelcache.population_name("b")
     assert len(modelcache.population_name("x" * 500)) <= 63
+
+
+def test_the_operators_cache_code_needs_no_training_library(tmp_path):
+    """The operator's image has boto3 and huggingface_hub but no torch, transformers or datasets: the store and the
+    Hub lookups the operator runs (a Hub and a store that cannot be reached, here) import none of them."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    script = f"""
+import importlib.abc, sys
+class NoTraining(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "transformers", "datasets", "peft", "trl", "accelerate"):
+            raise ImportError("the operator's image has no " + name)
+sys.meta_path.insert(0, NoTraining())
+from kubetune.controller import modelcache
+from kubetune_trainer import cache
+from kubetune_trainer.errors import InfraError
+try:
+    modelcache.Store("s3://cache/models/").marker("s3://cache/models/hf/models--o--m/{"c" * 40}/")
+except InfraError as err:
+    print("store:", err)
+try:
+    cache.resolve_commit("hf://org/model", token=False)
+except InfraError as err:
+    print("hub:", err)
+"""
+    env = {"PATH": os.environ.get("PATH", ""), "HF_ENDPOINT": closed, "HF_HUB_OFFLINE": "0",
+           "HF_HOME": str(tmp_path), "KUBETUNE_CACHE_AWS_ENDPOINT_URL": closed, "KUBETUNE_S3_MAX_ATTEMPTS": "1",
+           "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "HF_HUB_ETAG_TIMEOUT": "1"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "store:" in done.stdout and "hub:" in done.stdout and "cannot be reached" in done.stdout, done.stdout

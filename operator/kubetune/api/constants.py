@@ -141,7 +141,9 @@ class ObjectiveInfo:
 
 # One row per objective.
 OBJECTIVES: dict[Objective, ObjectiveInfo] = {
-    Objective.CAUSAL_LM: ObjectiveInfo((DatasetFormat.TEXT,), evaluation=(EvalStage((DatasetFormat.TEXT,)),), packs=True),
+    Objective.CAUSAL_LM: ObjectiveInfo(
+        (DatasetFormat.TEXT,), evaluation=(EvalStage((DatasetFormat.TEXT,)),), packs=True
+    ),
     Objective.INSTRUCTION: ObjectiveInfo(
         (DatasetFormat.MESSAGES, DatasetFormat.PROMPT_COMPLETION),
         evaluation=(EvalStage((DatasetFormat.MESSAGES, DatasetFormat.PROMPT_COMPLETION)),),
@@ -348,7 +350,12 @@ TRAINER_PATHS: tuple[str, ...] = (*TRAINER_VOLUMES.values(), TERMINATION_LOG)
 # GPUs (the NVIDIA and AMD container runtimes read them).
 OPERATOR_ENV_PREFIX = "KUBETUNE_"
 OPERATOR_ENV: tuple[str, ...] = (
-    "HOME", "HF_HOME", "TMPDIR", "PYTHONUNBUFFERED", "NVIDIA_VISIBLE_DEVICES", "AMD_VISIBLE_DEVICES"
+    "HOME",
+    "HF_HOME",
+    "TMPDIR",
+    "PYTHONUNBUFFERED",
+    "NVIDIA_VISIBLE_DEVICES",
+    "AMD_VISIBLE_DEVICES",
 )
 # Label and annotation keys on the trainer pods that others own: the operator's (kubetune.dev/ and the
 # managed-by label its watches select on), Kueue's and the Job controller's (batch.kubernetes.io/, and the
