@@ -212,9 +212,7 @@ class Bench:
         )
 
     def _train(self, job: dict, env: dict, folder: Path) -> int:
-        meta = job["metadata"]
-        configmap = self.kube.get("ConfigMap", meta["namespace"], f"{meta['name']}-spec")
-        spec = json.loads(configmap["data"]["finetunejob.yaml"])["spec"]
+        spec = json.loads(job["spec"]["template"]["metadata"]["annotations"]["kubetune.dev/spec"])["spec"]
         return self.pods.run(job, {**self.node_env, **env, "_SPEC": json.dumps(spec)}, folder)
 
     def close(self) -> None:

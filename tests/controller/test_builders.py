@@ -69,7 +69,10 @@ def test_single_node_job_is_exactly_what_the_trainer_needs():
     assert env["KUBETUNE_DATASET_0_AWS_ACCESS_KEY_ID"]["secretKeyRef"]["name"] == "s3-creds"
     mounts = {m["name"]: m for m in c["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
-    assert mounts["spec"]["mountPath"] == "/etc/kubetune" and volumes["spec"]["configMap"]["name"] == "bot-spec"
+    # The pod carries its spec (an annotation of its template), read as a file through the downward API: no ConfigMap.
+    assert mounts["spec"]["mountPath"] == "/etc/kubetune" and volumes["spec"]["downwardAPI"]["items"] == [
+        {"path": "finetunejob.yaml", "fieldRef": {"fieldPath": "metadata.annotations['kubetune.dev/spec']"}}]
+    assert "kubetune.dev/spec" in job["spec"]["template"]["metadata"]["annotations"]
     assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "32Gi"}  # half of memory
     assert "emptyDir" in volumes["scratch"]
     token = volumes["reporter-token"]["projected"]["sources"][0]["serviceAccountToken"]
@@ -101,15 +104,24 @@ def test_multi_node_job_is_indexed_with_torchrun_rendezvous_and_a_headless_servi
     assert kinds == ["ServiceAccount", "ConfigMap", "Service", "Role", "RoleBinding"]
 
 
-def test_configmap_holds_the_resolved_spec_and_no_secret_values():
+def test_the_pods_spec_annotation_holds_the_resolved_spec_and_no_secret_values():
     spec = _spec(technique="lora")
-    cm = builders.build_configmap(FTJ, spec)
-    doc = yaml.safe_load(cm["data"]["finetunejob.yaml"])
+    text = builders.pod_template(FTJ, spec, CONFIG)["metadata"]["annotations"]["kubetune.dev/spec"]
+    doc = yaml.safe_load(text)
     assert doc["metadata"] == {"name": "bot", "namespace": "team-a"}
     assert doc["spec"]["output"]["uri"] == "s3://out/root/"  # defaulted by the operator
     assert doc["spec"]["lora"]["rank"] == 16  # the technique's section is filled
     assert doc["spec"]["output"]["credentialsSecret"] == "s3-creds"  # a name, not a value
-    assert "AWS_SECRET" not in cm["data"]["finetunejob.yaml"]
+    assert "AWS_SECRET" not in text
+
+
+def test_the_job_configmap_is_a_record_only_made_for_a_resolved_resume_source():
+    spec = _spec(technique="lora")
+    assert [o["kind"] for o in builders.build_prerequisites(FTJ, spec)] == ["ServiceAccount"]
+    made = builders.build_prerequisites(FTJ, spec, resume_from="s3://out/root/team-a/base/u-0/")
+    record = next(o for o in made if o["kind"] == "ConfigMap")
+    assert record["metadata"]["annotations"] == {"kubetune.dev/resume-from": "s3://out/root/team-a/base/u-0/"}
+    assert "data" not in record
 
 
 def test_reporter_role_can_only_get_and_patch_its_own_status():

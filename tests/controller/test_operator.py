@@ -79,15 +79,19 @@ def test_valid_job_gets_its_children_and_runs_to_success_with_progress_from_the_
     env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
     uid = user.get("bot")["metadata"]["uid"]
     assert env["KUBETUNE_OUTPUT_URI"] == f"s3://kubetune-out/runs/{ns}/bot/{uid}/"
-    for kind, name in (("ConfigMap", "bot-spec"), ("ServiceAccount", "bot-reporter"), ("Role", "bot-reporter"),
-                       ("RoleBinding", "bot-reporter")):
-        child = sim.kube.get(kind, ns, name)
-        assert child is not None and child["metadata"]["ownerReferences"][0]["uid"] == uid
+    account = sim.kube.get("ServiceAccount", ns, "bot-reporter")
+    assert account is not None and account["metadata"]["ownerReferences"][0]["uid"] == uid
     assert sim.kube.get("Service", ns, "bot-workers") is None  # single node: no rendezvous Service
+    assert sim.kube.get("ConfigMap", ns, "bot-spec") is None  # the pod carries its spec: no ConfigMap to start
     status = user.wait_phase("bot", "Pending")
     assert status["jobName"] == "bot" and status["observedGeneration"] == 1
+    # The reporter's grant follows the pods: nothing to grant while none runs.
+    assert sim.kube.get("Role", ns, "bot-reporter") is None and sim.kube.get("RoleBinding", ns, "bot-reporter") is None
 
     sim.start(ns, "bot")
+    for kind in ("Role", "RoleBinding"):
+        child = wait_for(lambda kind=kind: sim.kube.get(kind, ns, "bot-reporter"), what=f"the reporter's {kind}")
+        assert child["metadata"]["ownerReferences"][0]["uid"] == uid
     status = user.wait_phase("bot", "Running")
     assert status["attempts"] == 1 and status["startTime"]
     assert user.condition("bot", "Running")["status"] == "True"

@@ -63,7 +63,8 @@ def test_every_pod_option_reaches_the_pod_template():
     assert pod["imagePullSecrets"] == [{"name": "platform-registry"}, {"name": "regcred"}]
     assert template["metadata"]["labels"] == {"cost-center": "ml-42", "team": "nlp",
                                               "app.kubernetes.io/managed-by": "kubetune", "kubetune.dev/finetunejob": "bot"}
-    assert template["metadata"]["annotations"] == POD["annotations"]
+    assert template["metadata"]["annotations"] == POD["annotations"] | {
+        "kubetune.dev/spec": builders.manifest_yaml(FTJ, spec)}
     env = _env(container)
     assert env["HF_HUB_ENABLE_HF_TRANSFER"] == "1" and env["EMPTY"] == ""
     volumes = {v["name"]: v for v in pod["volumes"]}
@@ -89,7 +90,7 @@ def test_without_spec_pod_the_pod_is_as_before():
     spec = _spec()
     template = _job(spec)["spec"]["template"]
     assert "imagePullSecrets" not in template["spec"] and "affinity" not in template["spec"]
-    assert "annotations" not in template["metadata"]
+    assert list(template["metadata"]["annotations"]) == ["kubetune.dev/spec"]  # the pod's own spec, nothing else
     assert template["spec"]["serviceAccountName"] == "bot-reporter"
     assert [s["name"] for s in builders.build_role_binding(FTJ, spec)["subjects"]] == ["bot-reporter"]
     # The operator's own volumes are exactly those the API keeps spec.pod away from.

@@ -29,19 +29,20 @@ def creates(emulator, namespace: str, resource: str) -> int:
 
 
 def test_a_users_object_with_a_childs_name_is_reported_not_adopted(user, sim, emulator, operator_log):
-    user.core.create_namespaced_config_map(user.ns, {"metadata": {"name": "clash-spec"}, "data": {"mine": "yes"}})
+    user.core.create_namespaced_service_account(user.ns, {"metadata": {"name": "clash-reporter",
+                                                                    "labels": {"mine": "yes"}}})
     user.apply("clash")
     status = user.wait_phase("clash", "Failed")
     failed = user.condition("clash", "Failed")
-    assert failed["reason"] == "ChildRejected" and "ConfigMap" in failed["message"] and "clash-spec" in failed["message"]
+    assert failed["reason"] == "ChildRejected" and "ServiceAccount" in failed["message"] and "clash-reporter" in failed["message"]
     assert user.condition("clash", "Validated")["status"] == "True"  # the spec is fine; the name is taken
     assert status["message"] == failed["message"]
     wait_for(lambda: ("Warning", "ChildRejected") in user.events("clash"), what="the Warning Event")
-    mine = user.core.read_namespaced_config_map("clash-spec", user.ns)
-    assert mine.data == {"mine": "yes"} and not mine.metadata.owner_references  # untouched, not adopted
+    mine = user.core.read_namespaced_service_account("clash-reporter", user.ns)
+    assert mine.metadata.labels == {"mine": "yes"} and not mine.metadata.owner_references  # untouched, not adopted
     assert sim.kube.get("Job", user.ns, "clash") is None
     time.sleep(2.2)  # two resyncs: nothing is tried again
-    assert creates(emulator, user.ns, "configmaps") == 1 and creates(emulator, user.ns, "jobs") == 0
+    assert creates(emulator, user.ns, "serviceaccounts") == 1 and creates(emulator, user.ns, "jobs") == 0
     assert user.events("clash").count(("Warning", "ChildRejected")) == 1
     assert ("WARNING", "ChildRejected") in [(level, reason) for level, reason, _ in operator_log.lines(user.ns, "clash")]
 
@@ -133,20 +134,20 @@ def test_a_child_left_by_an_earlier_job_of_the_same_name_is_waited_for_not_rejec
     """Deleted and created again at once: the garbage collector may not have removed the first job's children yet
     (here a finalizer holds one). They are of an earlier FineTuneJob of this name: the new job waits for them to go,
     then gets its own."""
-    leftover = {"apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": "again-spec", "namespace": user.ns, "finalizers": ["example.com/hold"],
+    leftover = {"apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": {"name": "again-reporter", "namespace": user.ns, "finalizers": ["example.com/hold"],
                              "labels": {"app.kubernetes.io/managed-by": "kubetune", "kubetune.dev/finetunejob": "again"},
                              "ownerReferences": [{"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob",
                                                   "name": "again", "uid": "uid-of-the-first-again",
                                                   "controller": True, "blockOwnerDeletion": True}]}}
     sim.kube.create(leftover)  # its owner is gone: the garbage collector deletes it, the finalizer holds it
-    wait_for(lambda: (sim.kube.get("ConfigMap", user.ns, "again-spec") or {}).get("metadata", {})
+    wait_for(lambda: (sim.kube.get("ServiceAccount", user.ns, "again-reporter") or {}).get("metadata", {})
              .get("deletionTimestamp"), what="the leftover being deleted")
     user.apply("again")
     time.sleep(1.5)
     assert user.status("again").get("phase") is None  # waiting, not failed
-    sim.kube.patch("ConfigMap", user.ns, "again-spec", {"metadata": {"finalizers": None}})
+    sim.kube.patch("ServiceAccount", user.ns, "again-reporter", {"metadata": {"finalizers": None}})
     status = user.wait_phase("again", "Pending", timeout=30)  # the next retry (5 s backoff) creates its own
     assert status["jobName"] == "again"
-    own = sim.kube.get("ConfigMap", user.ns, "again-spec")
+    own = sim.kube.get("ServiceAccount", user.ns, "again-reporter")
     assert own["metadata"]["ownerReferences"][0]["uid"] == user.get("again")["metadata"]["uid"]

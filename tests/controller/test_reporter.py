@@ -76,6 +76,7 @@ def test_a_reporter_held_to_tighter_bounds_learns_them_from_the_refusal(admin, n
     try:
         user.apply("tight")
         wait_for(lambda: user.status("tight").get("phase"), what="a status")
+        sim.start(namespace, "tight")  # the grant follows the pods
         client = kubernetes.client.ApiClient(emulator.client_configuration(f"sa:{namespace}:tight-reporter"))
         wait_for(lambda: sim.kube.get("RoleBinding", namespace, "tight-reporter"), what="the reporter's grant")
         reporter = StatusReporter("tight", namespace, interval_seconds=0, api_client=client)

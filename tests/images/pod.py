@@ -3,7 +3,7 @@
 The kubelet's part, reduced to what the operator's pods and the chart's Deployment use: env values with
 $(VAR) expansion, secretKeyRef / configMapKeyRef / fieldRef; the pod's and the container's
 securityContext (user, group, fsGroup, read-only root, no privilege escalation, dropped capabilities);
-configMap, emptyDir (on disk or in memory, sized) and projected (service-account token, configMap items,
+configMap, downwardAPI, emptyDir (on disk or in memory, sized) and projected (service-account token, configMap items,
 downward API) volumes; the default service-account token mount unless automount is off; the
 termination message file; KUBERNETES_SERVICE_HOST/PORT. A field this module does not know raises
 `Unsupported` naming it: a pod the operator starts building differently must show up here, not be
@@ -305,6 +305,8 @@ def docker_run(pod: Pod, container_name: str, cluster: Cluster, workdir: Path, *
             _write(host, _configmap_files(cluster, pod.namespace, volume["configMap"]))
         elif kind == ["projected"]:
             _write(host, _projected_files(cluster, pod, volume["projected"]["sources"]))
+        elif kind == ["downwardAPI"]:
+            _write(host, _projected_files(cluster, pod, [volume]))
         else:
             raise Unsupported(f"volume {mount['name']}: {kind}")
         args += ["--volume", f"{host}:{target}{suffix}"]

@@ -34,6 +34,9 @@ from kubetune_trainer.reporting import CheckpointReport, OutputReport, ProgressR
 log = logging.getLogger("kubetune.trainer.status")
 
 DEFAULT_INTERVAL_SECONDS = 10.0
+# How long a closing reporter waits for its grant (see Reporter._grant_may_follow): GRANT_WAITS tries, this far apart.
+GRANT_WAIT_SECONDS = 1.0
+GRANT_WAITS = 8  # within close()'s 10 s
 
 
 def _merge(into: dict, patch: dict) -> None:
@@ -99,6 +102,7 @@ class StatusReporter:
         self.errors = 0
         # Bounds the API server held a patch to, tighter than this release's CRD: every later patch fits them.
         self._refused_bounds: dict[tuple[str, ...], int] = {}
+        self._grant_waits = 0
         self._thread = threading.Thread(target=self._run, name="kubetune-status-reporter", daemon=True)
         if self._disabled:
             log.warning("status reporting is off: KUBETUNE_FTJ_NAME / KUBETUNE_FTJ_NAMESPACE are not set")
@@ -218,6 +222,15 @@ class StatusReporter:
                 refusal = getattr(err, "reason", None) or err
         log.warning("status patch for %s/%s refused (%s); this report is dropped", self.namespace, self.name, refusal)
 
+    def _grant_may_follow(self, err: Exception) -> bool:
+        """A refusal (403) before any report got through, while closing: the operator makes the reporter's Role once it
+        sees the job's pods, so a trainer that finished within moments of starting may close before it exists. Its
+        last report is tried again for a while rather than lost."""
+        if getattr(err, "status", None) != 403 or self.patches_sent or self._grant_waits >= GRANT_WAITS:
+            return False
+        self._grant_waits += 1
+        return True
+
     def _patch(self, status: dict) -> None:
         self._client().patch_namespaced_custom_object_status(
             GROUP, VERSION, self.namespace, PLURAL, self.name, {"status": status}, _request_timeout=30
@@ -253,4 +266,7 @@ class StatusReporter:
                     _merge(merged, self._pending)
                     self._pending = merged
                 if closing:
+                    if self._grant_may_follow(err):
+                        time.sleep(GRANT_WAIT_SECONDS)
+                        continue
                     return  # one last try was made; do not hold the pod's exit

@@ -333,7 +333,7 @@ WANDB_KEYS = ("WANDB_API_KEY",)
 CREDENTIAL_KEYS: tuple[str, ...] = (*HF_KEYS, *S3_KEYS, *MLFLOW_KEYS, *WANDB_KEYS)
 
 # The trainer pod as the operator builds it: what spec.pod may not collide with.
-SPEC_MOUNT = "/etc/kubetune"  # the resolved spec (a ConfigMap)
+SPEC_MOUNT = "/etc/kubetune"  # the resolved spec (a downward API volume of the pod's annotation)
 SCRATCH_MOUNT = "/scratch"  # HOME, HF_HOME and TMPDIR (an emptyDir)
 SHARED_MEMORY_MOUNT = "/dev/shm"  # data-loader workers' shared memory (a memory emptyDir)
 SERVICE_ACCOUNT_TOKEN_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"  # the progress reporter's token

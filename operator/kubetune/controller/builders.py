@@ -43,11 +43,15 @@ LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 ANNOTATION_PREVIOUS_ATTEMPTS = "kubetune.dev/previous-attempts"
 ANNOTATION_PREVIOUS_FAILURES = "kubetune.dev/previous-failures"
 ANNOTATION_PREVIOUS_SECONDS = "kubetune.dev/previous-active-seconds"
-# On the spec ConfigMap: the tally the next Job starts from, written before the operator deletes a Job to start the
-# next attempt (the Job and its annotations are gone by the time the next one is made).
+# On the pod template: the resolved spec the trainer reads, as a file of a downward API volume (SPEC_PATH). The pod
+# carries its own spec, so a job needs no ConfigMap to start: one object and one API call fewer per job.
+ANNOTATION_SPEC = "kubetune.dev/spec"
+# The job's ConfigMap (configmap_name) is its record between Jobs, made only when there is something to carry over:
+# ANNOTATION_NEXT_ATTEMPT, the tally the next Job starts from, written before the operator deletes a Job to start the
+# next attempt (the Job and its annotations are gone by the time the next one is made); ANNOTATION_RESUME_FROM,
+# spec.resumeFrom's FineTuneJob resolved to its output root when the job's first Job was made, so that later attempts
+# start from the same place even when that job is gone by then.
 ANNOTATION_NEXT_ATTEMPT = "kubetune.dev/next-attempt"
-# On the spec ConfigMap: spec.resumeFrom's FineTuneJob resolved to its output root when the job's first Job was made,
-# so that later attempts start from the same place even when that job is gone by then.
 ANNOTATION_RESUME_FROM = "kubetune.dev/resume-from"
 # On a Job the namespace cap holds: "<FineTuneJob creationTimestamp>/<when the operator held it, in microseconds>".
 # Held Jobs are released in this order, the FineTuneJobs' creation order (the second part orders those created within
@@ -145,7 +149,7 @@ def _meta(ftj: dict, name: str, extra_labels: dict[str, str] | None = None, anno
 class Tally:
     """What the earlier attempts of a FineTuneJob used, carried from one Job to the next: attempts started,
     attempts that failed (preemptions are not failures), seconds active. A Job carries the tally of the Jobs before
-    it in its annotations; the spec ConfigMap carries the one for the next Job while the operator replaces a Job
+    it in its annotations; the job's ConfigMap carries the one for the next Job while the operator replaces a Job
     (with the reason and words of the change, for the status in between)."""
 
     attempts: int = 0
@@ -282,15 +286,12 @@ def manifest_yaml(ftj: dict, spec: Spec) -> str:
 # ----------------------------------------------------------------------------------------- objects
 
 
-def build_configmap(ftj: dict, spec: Spec, resume_from: str = "") -> dict:
+def build_configmap(ftj: dict, resume_from: str = "") -> dict:
+    """The job's record between its Jobs (ANNOTATION_NEXT_ATTEMPT, ANNOTATION_RESUME_FROM): annotations only. Its name
+    is the one under which earlier releases kept the spec there, so that their jobs' tallies are still found."""
     name = ftj["metadata"]["name"]
     annotations = {ANNOTATION_RESUME_FROM: resume_from} if resume_from else None
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": _meta(ftj, configmap_name(name), annotations=annotations),
-        "data": {SPEC_FILE: manifest_yaml(ftj, spec)},
-    }
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(ftj, configmap_name(name), annotations=annotations)}
 
 
 def build_service_account(ftj: dict) -> dict:
@@ -516,7 +517,9 @@ def pod_template(ftj: dict, spec: Spec, config: OperatorConfig, resume_from: str
         },
         "containers": [container],
         "volumes": [
-            {"name": "spec", "configMap": {"name": configmap_name(name)}},
+            {"name": "spec", "downwardAPI": {"items": [
+                {"path": SPEC_FILE, "fieldRef": {"fieldPath": f"metadata.annotations['{ANNOTATION_SPEC}']"}}
+            ]}},
             {"name": "scratch", "emptyDir": {}},
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shared_memory_size(spec)}},
             {
@@ -550,8 +553,8 @@ def pod_template(ftj: dict, spec: Spec, config: OperatorConfig, resume_from: str
         pod_spec["subdomain"] = service_name(name)
     # The operator's labels last: its watches and the workers' Service select on them.
     metadata: dict[str, Any] = {"labels": (dict(spec.pod.labels) if spec.pod is not None else {}) | labels(name)}
-    if spec.pod is not None and spec.pod.annotations:
-        metadata["annotations"] = dict(spec.pod.annotations)
+    user_annotations = dict(spec.pod.annotations) if spec.pod is not None else {}
+    metadata["annotations"] = user_annotations | {ANNOTATION_SPEC: manifest_yaml(ftj, spec)}
     return {"metadata": metadata, "spec": pod_spec}
 
 
@@ -638,22 +641,26 @@ def build_job(
 
 def build_prerequisites(ftj: dict, spec: Spec, resume_from: str = "") -> list[dict]:
     """What the Job's pods need before they are created: their ServiceAccount (admission refuses a pod
-    whose account is missing), the spec ConfigMap they mount and, for several nodes, the workers' Service."""
-    objects = [build_service_account(ftj), build_configmap(ftj, spec, resume_from)]
+    whose account is missing) and, for several nodes, the workers' Service; and the job's ConfigMap when there is a
+    resolved spec.resumeFrom to keep for later attempts."""
+    objects = [build_service_account(ftj)]
+    if resume_from:
+        objects.append(build_configmap(ftj, resume_from))
     if spec.nodes > 1:
         objects.append(build_service(ftj))
     return objects
 
 
 def build_reporter_grant(ftj: dict, spec: Spec) -> list[dict]:
-    """The reporter's Role and RoleBinding: only the running trainer needs them (it reports after its model
-    is loaded, and retries a refused report), so they may follow the Job."""
+    """The reporter's Role and RoleBinding: only a running trainer needs them (it reports after its model is loaded,
+    and retries a refused report), so they are made once the job's pods exist: none for a job that waits in a queue."""
     return [build_role(ftj), build_role_binding(ftj, spec)]
 
 
 def build_support_objects(ftj: dict, spec: Spec) -> list[dict]:
-    """Everything but the Job, in creation order."""
-    return build_prerequisites(ftj, spec) + build_reporter_grant(ftj, spec)
+    """Every object but the Job that the operator may make for a job, in creation order."""
+    objects = build_prerequisites(ftj, spec)
+    return objects[:1] + [build_configmap(ftj)] + objects[1:] + build_reporter_grant(ftj, spec)
 
 
 def initial_suspend(spec: Spec) -> bool:

@@ -30,7 +30,7 @@ OPERATOR_PERMISSIONS: tuple[Permission, ...] = (
     Permission(GROUP, f"{PLURAL}/finalizers", ("update",)),
     # Children.
     Permission("batch", "jobs", ("get", "list", "watch", "create", "patch", "delete")),
-    # patch: the tally of attempts the next Job starts from, on the spec ConfigMap (its annotations).
+    # the job's record between its Jobs (builders.build_configmap): the tally the next Job starts from, patched on.
     Permission("", "configmaps", ("get", "create", "patch", "delete")),
     Permission("", "services", ("get", "create", "delete")),
     Permission("", "serviceaccounts", ("get", "create", "delete")),

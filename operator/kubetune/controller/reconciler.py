@@ -140,6 +140,9 @@ class Reconciler:
         self._callers: dict[Key, list[asyncio.Future]] = {}  # reconcile() callers waiting for that pass
         # Per FineTuneJob whose status this process wrote, until the job goes: what it wrote (Record).
         self._records: dict[Key, Record] = {}
+        # Per FineTuneJob with a Job: whether its reporter's grant exists (False: this process made the Job and no grant
+        # yet; absent: not known to this process).
+        self._granted: dict[Key, bool] = {}
         # Per unfinished FineTuneJob whose plan (status.plan) the operator told as an Event: the plan's digest.
         self._announced: dict[Key, str] = {}
         # Bounds the API server held a status write to, where they were tighter than this release's CRD (a cluster
@@ -230,6 +233,7 @@ class Reconciler:
         ftj = body if body is not None else await self.kube.get(KIND, namespace, name)
         if ftj is None or ftj["metadata"].get("deletionTimestamp"):
             self._announced.pop(key, None)
+            self._granted.pop(key, None)
             if self._records.pop(key, None) is not None:
                 logs.action(namespace, name, "Deleted", "the FineTuneJob was deleted; the garbage collector removes "
                             "its Job and the other objects made for it (the output in storage is kept)")
@@ -322,6 +326,11 @@ class Reconciler:
             p for p in await self.kube.list("Pod", namespace, builders.selector(name))
             if _owned_by(p, job["metadata"]["uid"])
         ]
+        if pods:
+            try:
+                await self._grant_reporter(ftj, spec)
+            except ChildRejected as err:
+                return await self._reject(ftj, view, spec, str(err), root)
         observed = status.observe(job, pods, nodes=spec.nodes, spec_suspend=spec.suspend, queue_name=spec.queue_name,
                                   backoff_limit=spec.backoff_limit,
                                   active_deadline_seconds=spec.active_deadline_seconds,
@@ -341,7 +350,7 @@ class Reconciler:
 
     async def _start_next_attempt(self, ftj: dict, spec, tally: builders.Tally, job: dict | None) -> None:
         """End an attempt and let the next one start, every node of it: record the tally the next Job starts from on
-        the spec ConfigMap, then delete the Job with foreground propagation, so that it is gone only once all its pods
+        the job's ConfigMap, then delete the Job with foreground propagation, so that it is gone only once all its pods
         are (the next attempt's pods never meet the old ones at the rendezvous, nor wait for their GPUs). Its DELETED
         event brings the pass that makes the next Job (_create_children reads the tally back). Without a Job (a
         re-opened job whose objects its TTL removed), that pass is queued here.
@@ -360,7 +369,7 @@ class Reconciler:
                                             builders.configmap_name(name)) from None
             if err.status != 404:
                 raise
-            configmap = builders.build_configmap(ftj, spec)
+            configmap = builders.build_configmap(ftj)
             configmap["metadata"]["annotations"] = annotations
             made = await self._create_or_adopt(configmap, ftj)
             if not made.get("_created"):  # made meanwhile by someone else's pass: write the tally on it
@@ -519,11 +528,13 @@ class Reconciler:
         # The first Job resolves spec.resumeFrom (before anything is made: a missing source fails the job cleanly);
         # later ones read what it resolved to from the ConfigMap.
         resume_from = await self._resolve_resume_from(ftj) if names_a_job and not trusted.get("jobName") else ""
-        configmap = None
         for obj in builders.build_prerequisites(ftj, spec, resume_from):
-            made = await self._create_or_adopt(obj, ftj)
-            if obj["kind"] == "ConfigMap":
-                configmap = made
+            await self._create_or_adopt(obj, ftj)
+        configmap = None
+        if trusted.get("jobName"):  # a Job before this one: the job's ConfigMap carries what the next one starts from
+            configmap = await self.kube.get("ConfigMap", meta["namespace"], builders.configmap_name(meta["name"]))
+            if configmap is not None and not _owned_by(configmap, meta["uid"]):
+                configmap = None
         if names_a_job and not resume_from:
             resume_from = ((configmap or {}).get("metadata", {}).get("annotations") or {}).get(
                 builders.ANNOTATION_RESUME_FROM) or await self._resolve_resume_from(ftj)
@@ -552,15 +563,32 @@ class Reconciler:
                                      resume_from=resume_from)
             modelcache.wire(job, cached, self.config.model_cache)
             job = await self._create_or_adopt(job, ftj)
+        if job.get("_created"):
+            self._granted[(meta["namespace"], meta["name"])] = False
         if spec.suspend and spec.queue_name:
             # Kueue makes the Job's Workload in a moment; it is deactivated then, before Kueue can admit it.
             self.queue.add_after((meta["namespace"], meta["name"]), KUEUE_WORKLOAD_WAIT_SECONDS)
-        # The Job exists, so its pods can start. The rest (the reporter's grant, then the status write and
-        # JobCreated) waits while other new FineTuneJobs wait for their Jobs.
+        # The Job exists, so its pods can start. The rest (the status write and JobCreated) waits while other new
+        # FineTuneJobs wait for their Jobs.
         await self.queue.defer()
+        return job
+
+    async def _grant_reporter(self, ftj: dict, spec) -> None:
+        """The reporter's Role and RoleBinding, once the job's pods exist (a job waiting in a queue has none). Made
+        once per job: a job whose grant this process did not make (after a restart) is looked up, not written."""
+        meta = ftj["metadata"]
+        key = (meta["namespace"], meta["name"])
+        known = self._granted.get(key)
+        if known:
+            return
+        if known is None:
+            binding = await self.kube.get("RoleBinding", meta["namespace"], builders.reporter_name(meta["name"]))
+            if binding is not None and _owned_by(binding, meta["uid"]):
+                self._granted[key] = True
+                return
         for obj in builders.build_reporter_grant(ftj, spec):
             await self._create_or_adopt(obj, ftj)
-        return job
+        self._granted[key] = True
 
     @contextlib.asynccontextmanager
     async def _namespace_lock(self, namespace: str) -> AsyncIterator[None]:
@@ -837,6 +865,7 @@ class Reconciler:
             existing = await self.kube.get(kind, meta["namespace"], child)
             if existing is not None and _owned_by(existing, meta["uid"]):
                 removed = await self.kube.delete(kind, meta["namespace"], child) or removed
+        self._granted.pop((meta["namespace"], name), None)
         if removed:
             await self.event(ftj, "Normal", Reason.TTL_EXPIRED,
                              f"removed the Job and its objects {spec.ttl_seconds_after_finished} s after the job "
@@ -912,6 +941,7 @@ class Reconciler:
             # Known before the listing and not in it: deleted without a pass noticing (no child to tell of it).
             for namespace, name in known - listed:
                 self._announced.pop((namespace, name), None)
+                self._granted.pop((namespace, name), None)
                 if self._records.pop((namespace, name), None) is not None:
                     logs.action(namespace, name, "Deleted", "the FineTuneJob is gone")
                 self.metrics.set_phase(namespace, name, None)
