@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import yaml
+
 from kubetune.api.crd import crd_yaml
 from kubetune.cli import main
-
 from tests.api.manifests import base
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,9 +35,7 @@ def test_kubetune_crd_command_prints_the_crd():
 
 def test_validate_examples_exit_zero():
     files = sorted(str(p) for p in (REPO / "examples").glob("*.yaml"))
-    out = subprocess.run(
-        [sys.executable, "-m", "kubetune.cli", "validate", *files], capture_output=True, text=True
-    )
+    out = subprocess.run([sys.executable, "-m", "kubetune.cli", "validate", *files], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"{len(files)} file(s) valid" in out.stdout
 
@@ -50,7 +48,9 @@ def test_validate_reports_every_problem_with_paths(tmp_path, capsys):
     assert main(["validate", path]) == 1
     lines = capsys.readouterr().out.splitlines()
     assert f"{path}: job-a: spec.lora.rank: must be >= 1 (got 0)" in lines
-    assert any(line.startswith(f"{path}: job-a: spec.technique: must be one of") and "'lora2'" in line for line in lines)
+    assert any(
+        line.startswith(f"{path}: job-a: spec.technique: must be one of") and "'lora2'" in line for line in lines
+    )
     assert len(lines) == 2
 
 
@@ -79,7 +79,10 @@ def test_validate_files_that_are_not_manifests(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert rc == 1
     assert any(line.startswith(f"{not_yaml}: not valid YAML: line 2") for line in out), out
-    assert f"{deployment}: web: not a FineTuneJob (expected apiVersion: kubetune.dev/v1alpha1, kind: FineTuneJob; got apiVersion: apps/v1, kind: Deployment)" in out
+    assert (
+        f"{deployment}: web: not a FineTuneJob (expected apiVersion: kubetune.dev/v1alpha1, kind: FineTuneJob; "
+        "got apiVersion: apps/v1, kind: Deployment)" in out
+    )
     assert any(line.startswith(f"{scalar}: document 1: not a Kubernetes object") for line in out)
     assert f"{empty}: contains no YAML documents" in out
     assert any(line.startswith(f"{dup}: not valid YAML:") and "duplicate key 'kind'" in line for line in out)
@@ -89,7 +92,9 @@ def test_validate_files_that_are_not_manifests(tmp_path, capsys):
 
 
 def test_validate_never_prints_a_traceback(tmp_path):
-    path = _write(tmp_path, "odd.yaml", "apiVersion: kubetune.dev/v1alpha1\nkind: FineTuneJob\nmetadata: 7\nspec: [1, 2]\n")
+    path = _write(
+        tmp_path, "odd.yaml", "apiVersion: kubetune.dev/v1alpha1\nkind: FineTuneJob\nmetadata: 7\nspec: [1, 2]\n"
+    )
     out = subprocess.run([sys.executable, "-m", "kubetune.cli", "validate", path], capture_output=True, text=True)
     assert out.returncode == 1
     assert "Traceback" not in out.stdout + out.stderr
@@ -98,8 +103,13 @@ def test_validate_never_prints_a_traceback(tmp_path):
 
 def test_operator_refuses_a_bad_setting_in_one_line():
     env = dict(os.environ, KUBETUNE_CONCURRENT_RECONCILES="0")
-    out = subprocess.run([sys.executable, "-m", "kubetune.cli", "operator", "--standalone"], capture_output=True,
-                         text=True, env=env, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "kubetune.cli", "operator", "--standalone"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert out.returncode == 2
     assert out.stderr.strip() == "kubetune operator: KUBETUNE_CONCURRENT_RECONCILES must be >= 1 (got 0)"
 

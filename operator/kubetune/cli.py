@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--termination-log",
         metavar="PATH",
         default=None,
-        help="where to write the one-line failure reason (default: $KUBETUNE_TERMINATION_LOG, else /dev/termination-log in a pod)",
+        help="where to write the one-line failure reason "
+        "(default: $KUBETUNE_TERMINATION_LOG, else /dev/termination-log in a pod)",
     )
     p.set_defaults(func=_cmd_run)
 
@@ -110,25 +111,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="which document of a multi-document FILE (default: the only one)")
     p.add_argument("--gpus", type=int, default=None, help="GPUs per node (default: spec.resources.gpus)")
     p.add_argument("--nodes", type=int, default=None, help="nodes (default: spec.nodes)")
-    p.add_argument("--gpu-memory", default=None, metavar="QUANTITY",
-                   help="memory of one GPU, e.g. 80Gi (default: spec.resources.gpuMemory; without it, no verdict)")
-    p.add_argument("--config", default=None, metavar="PATH",
-                   help="the model's config.json to plan with, instead of fetching it from spec.model.uri")
+    p.add_argument(
+        "--gpu-memory",
+        default=None,
+        metavar="QUANTITY",
+        help="memory of one GPU, e.g. 80Gi (default: spec.resources.gpuMemory; without it, no verdict)",
+    )
+    p.add_argument(
+        "--config",
+        default=None,
+        metavar="PATH",
+        help="the model's config.json to plan with, instead of fetching it from spec.model.uri",
+    )
     p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser("operator", help="run the operator (kopf) against the current cluster")
-    p.add_argument("--namespace", "-n", action="append", default=[], help="watch this namespace (repeatable); default: all")
+    p.add_argument(
+        "--namespace", "-n", action="append", default=[], help="watch this namespace (repeatable); default: all"
+    )
     p.add_argument("--standalone", action="store_true", help="no peering with other operator replicas")
     p.add_argument("--peering", default=None, help="kopf peering name (for several replicas)")
     p.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint URL")
     p.add_argument("--metrics-port", type=int, default=None, help="Prometheus metrics port (0 = off; default 9090)")
     p.add_argument("--trainer-image", default=None, help="default trainer image (env KUBETUNE_TRAINER_IMAGE)")
     p.add_argument("--default-output-uri", default=None, help="output root when spec.output.uri is empty")
-    p.add_argument("--max-running-per-namespace", type=int, default=None,
-                   help="cap on running FineTuneJobs per namespace, for clusters without Kueue (0 = none)")
+    p.add_argument(
+        "--max-running-per-namespace",
+        type=int,
+        default=None,
+        help="cap on running FineTuneJobs per namespace, for clusters without Kueue (0 = none)",
+    )
     p.add_argument("--resync-seconds", type=float, default=None, help="reconcile every unfinished job this often")
-    p.add_argument("--log-format", choices=("text", "json"), default=None,
-                   help="log lines as text or one JSON object each (env KUBETUNE_LOG_FORMAT; default text)")
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=None,
+        help="log lines as text or one JSON object each (env KUBETUNE_LOG_FORMAT; default text)",
+    )
     p.set_defaults(func=_cmd_operator)
 
     # status, logs, metrics, compare, download, dashboard: also the kubectl plugin `kubectl ftj`.

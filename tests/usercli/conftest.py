@@ -10,13 +10,13 @@ from pathlib import Path
 import kubernetes
 import pytest
 
+from tests.usercli.jobs import Kubelet, World
+
 CONTROLLER_TESTS = Path(__file__).resolve().parent.parent / "controller"
 sys.path.insert(0, str(CONTROLLER_TESTS))
 
-from emulator import ADMIN_TOKEN
-from harness import ClusterSim, start_emulator
-
-from tests.usercli.jobs import Kubelet, World
+from emulator import ADMIN_TOKEN  # noqa: E402 - importable only after the sys.path change above
+from harness import ClusterSim, start_emulator  # noqa: E402 - likewise
 
 _counter = itertools.count()
 
@@ -66,4 +66,3 @@ def world(emulator, sim, s3_url, tmp_path, monkeypatch):
 @pytest.fixture
 def admin_api(emulator):
     return kubernetes.client.ApiClient(emulator.client_configuration(ADMIN_TOKEN))
-

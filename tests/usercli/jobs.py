@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp.web
 import boto3
 import yaml
+
 from kubetune.api.constants import API_VERSION, KIND, Phase, Reason
 from kubetune.api.uris import join_uri
 from kubetune.controller import builders
@@ -23,8 +24,12 @@ from kubetune.controller import status as operator_status
 from kubetune.controller.config import OperatorConfig
 from kubetune_trainer.layout import COMPLETE_MARKER, OutputLayout
 
-CONFIG = OperatorConfig(trainer_image="registry.example/kubetune-trainer:test", default_output_uri="s3://unused/",
-                        report_interval_seconds=7, grace_seconds=90)
+CONFIG = OperatorConfig(
+    trainer_image="registry.example/kubetune-trainer:test",
+    default_output_uri="s3://unused/",
+    report_interval_seconds=7,
+    grace_seconds=90,
+)
 ACCESS_KEY, SECRET_KEY = "user-key", "user-secret"
 
 
@@ -90,8 +95,9 @@ class Kubelet:
             return server._status_response(404, "NotFound", f'pods "{pod}" not found', {"name": pod, "kind": "pods"})
         if "waiting" in state:
             reason = state["waiting"].get("reason")
-            return server._status_response(400, "BadRequest",
-                                           f'container "trainer" in pod "{pod}" is waiting to start: {reason}')
+            return server._status_response(
+                400, "BadRequest", f'container "trainer" in pod "{pod}" is waiting to start: {reason}'
+            )
         response = aiohttp.web.StreamResponse(headers={"Content-Type": "text/plain"})
         response.enable_chunked_encoding()
         await response.prepare(request)
@@ -126,8 +132,13 @@ class World:
         self.tmp_path = tmp_path
         self.namespace = namespace
         self.bucket = f"out-{namespace}"
-        self.s3 = boto3.client("s3", endpoint_url=s3_url, aws_access_key_id=ACCESS_KEY,
-                               aws_secret_access_key=SECRET_KEY, region_name="us-east-1")
+        self.s3 = boto3.client(
+            "s3",
+            endpoint_url=s3_url,
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+            region_name="us-east-1",
+        )
         self.s3.create_bucket(Bucket=self.bucket)
 
     # ------------------------------------------------------------------------------------ access
@@ -152,17 +163,27 @@ class World:
     def grant_viewer(self, namespace: str, account: str) -> str:
         """A Role to read FineTuneJobs, their Events and pods (and pod logs) in `namespace`, bound to the service
         account `account` there; its token (the emulator's service-account tokens are "sa:NS:NAME")."""
-        self.kube.create({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-                          "metadata": {"name": "ftj-viewer", "namespace": namespace},
-                          "rules": [{"apiGroups": ["kubetune.dev"], "resources": ["finetunejobs"],
-                                     "verbs": ["get", "list", "watch"]},
-                                    {"apiGroups": [""], "resources": ["events", "pods", "pods/log"],
-                                     "verbs": ["get", "list", "watch"]},
-                                    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get"]}]})
-        self.kube.create({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-                          "metadata": {"name": "ftj-viewer", "namespace": namespace},
-                          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "ftj-viewer"},
-                          "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}]})
+        self.kube.create(
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "Role",
+                "metadata": {"name": "ftj-viewer", "namespace": namespace},
+                "rules": [
+                    {"apiGroups": ["kubetune.dev"], "resources": ["finetunejobs"], "verbs": ["get", "list", "watch"]},
+                    {"apiGroups": [""], "resources": ["events", "pods", "pods/log"], "verbs": ["get", "list", "watch"]},
+                    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get"]},
+                ],
+            }
+        )
+        self.kube.create(
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": {"name": "ftj-viewer", "namespace": namespace},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "ftj-viewer"},
+                "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+            }
+        )
         return f"sa:{namespace}:{account}"
 
     # ------------------------------------------------------------------------------------ jobs
@@ -172,8 +193,14 @@ class World:
             "technique": "lora",
             "objective": "causal-lm",
             "model": {"uri": "hf://Qwen/Qwen2.5-0.5B-Instruct"},
-            "datasets": [{"name": "stories", "uri": f"s3://{self.bucket}/data/train.jsonl", "format": "text",
-                          "evalFraction": 0.05}],
+            "datasets": [
+                {
+                    "name": "stories",
+                    "uri": f"s3://{self.bucket}/data/train.jsonl",
+                    "format": "text",
+                    "evalFraction": 0.05,
+                }
+            ],
             "hyperparameters": {"maxSteps": 300, "batchSize": 8},
             "evaluation": {"everySteps": 50},
             "output": {"uri": f"s3://{self.bucket}/runs/", "endpoint": self.s3_url, "checkpointEverySteps": 100},
@@ -184,9 +211,14 @@ class World:
 
     def create_job(self, name: str, namespace: str | None = None, **spec_changes: Any) -> dict:
         namespace = namespace or self.namespace
-        return self.kube.create({"apiVersion": API_VERSION, "kind": KIND,
-                                 "metadata": {"name": name, "namespace": namespace},
-                                 "spec": self.spec(**spec_changes)})
+        return self.kube.create(
+            {
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": self.spec(**spec_changes),
+            }
+        )
 
     def get(self, ftj: dict) -> dict:
         return self.kube.get(KIND, ftj["metadata"]["namespace"], ftj["metadata"]["name"])
@@ -194,24 +226,45 @@ class World:
     def operator_status(self, ftj: dict, phase: Phase, reason: Reason, message: str = "", attempts: int = 1) -> dict:
         """What the operator writes for an observation (its own status.compute), with the Events it posts."""
         ftj = self.get(ftj)
-        observed = operator_status.Observed(phase, reason, message, attempts,
-                                            operator_status.now_rfc3339() if phase in (Phase.SUCCEEDED, Phase.FAILED)
-                                            else None)
+        observed = operator_status.Observed(
+            phase,
+            reason,
+            message,
+            attempts,
+            operator_status.now_rfc3339() if phase in (Phase.SUCCEEDED, Phase.FAILED) else None,
+        )
         outcome = operator_status.compute(ftj, observed, ftj["metadata"]["name"], operator_status.now_rfc3339())
         patch = operator_status.status_patch(ftj.get("status") or {}, outcome.status)
-        updated = self.kube.patch(KIND, ftj["metadata"]["namespace"], ftj["metadata"]["name"], {"status": patch},
-                                  subresource="status")
+        updated = self.kube.patch(
+            KIND, ftj["metadata"]["namespace"], ftj["metadata"]["name"], {"status": patch}, subresource="status"
+        )
         for event in outcome.events:
             self.post_event(ftj, event.type, event.reason, event.message)
         return updated
 
-    def trainer_status(self, ftj: dict, *, step: int, total: int = 300, loss: float | None = None,
-                       eval_loss: float | None = None, eta: int | None = None, checkpoints: list[dict] | None = None,
-                       output: bool = False) -> dict:
+    def trainer_status(
+        self,
+        ftj: dict,
+        *,
+        step: int,
+        total: int = 300,
+        loss: float | None = None,
+        eval_loss: float | None = None,
+        eta: int | None = None,
+        checkpoints: list[dict] | None = None,
+        output: bool = False,
+    ) -> dict:
         """What the trainer's reporter writes (status.progress, metrics, checkpoints, output), in wire form."""
         ftj = self.get(ftj)
-        status: dict[str, Any] = {"progress": {"step": step, "totalSteps": total, "epoch": round(step / 100, 2),
-                                               "percent": int(100 * step / total), "etaSeconds": eta}}
+        status: dict[str, Any] = {
+            "progress": {
+                "step": step,
+                "totalSteps": total,
+                "epoch": round(step / 100, 2),
+                "percent": int(100 * step / total),
+                "etaSeconds": eta,
+            }
+        }
         metrics = {k: v for k, v in (("loss", loss), ("evalLoss", eval_loss)) if v is not None}
         if metrics:
             status["metrics"] = metrics
@@ -219,22 +272,41 @@ class World:
             status["checkpoints"] = checkpoints
         if output:
             layout = self.layout(ftj)
-            status["output"] = {"modelUri": layout.final_uri, "metricsUri": layout.metrics_uri,
-                                "tensorboardUri": layout.tensorboard_uri, "checkpointsUri": layout.checkpoints_uri}
-        return self.kube.patch(KIND, ftj["metadata"]["namespace"], ftj["metadata"]["name"], {"status": status},
-                               subresource="status")
+            status["output"] = {
+                "modelUri": layout.final_uri,
+                "metricsUri": layout.metrics_uri,
+                "tensorboardUri": layout.tensorboard_uri,
+                "checkpointsUri": layout.checkpoints_uri,
+            }
+        return self.kube.patch(
+            KIND, ftj["metadata"]["namespace"], ftj["metadata"]["name"], {"status": status}, subresource="status"
+        )
 
     def post_event(self, ftj: dict, kind: str, reason: str, message: str) -> dict:
         """An Event about the job, in the form the operator posts it (controller/reconciler.py `event`)."""
         meta = ftj["metadata"]
         now = operator_status.now_rfc3339()
-        return self.kube.create({
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"],
-                               "namespace": meta["namespace"], "uid": meta["uid"]},
-            "type": kind, "reason": str(reason), "message": message, "source": {"component": "kubetune-operator"},
-            "firstTimestamp": now, "lastTimestamp": now, "count": 1})
+        return self.kube.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+                "involvedObject": {
+                    "apiVersion": API_VERSION,
+                    "kind": KIND,
+                    "name": meta["name"],
+                    "namespace": meta["namespace"],
+                    "uid": meta["uid"],
+                },
+                "type": kind,
+                "reason": str(reason),
+                "message": message,
+                "source": {"component": "kubetune-operator"},
+                "firstTimestamp": now,
+                "lastTimestamp": now,
+                "count": 1,
+            }
+        )
 
     def start_child_job(self, ftj: dict, running: bool = True) -> list[dict]:
         """The operator's child Job (controller.builders), and its first pod as the Job controller makes it."""
@@ -253,12 +325,13 @@ class World:
 
     def _key(self, uri: str) -> str:
         assert uri.startswith(f"s3://{self.bucket}/"), uri
-        return uri[len(f"s3://{self.bucket}/"):]
+        return uri[len(f"s3://{self.bucket}/") :]
 
     def write_metrics(self, ftj: dict, records: list[dict]) -> str:
         uri = self.layout(ftj).metrics_uri
-        self.s3.put_object(Bucket=self.bucket, Key=self._key(uri),
-                           Body="".join(json.dumps(r) + "\n" for r in records).encode())
+        self.s3.put_object(
+            Bucket=self.bucket, Key=self._key(uri), Body="".join(json.dumps(r) + "\n" for r in records).encode()
+        )
         return uri
 
     def write_final(self, ftj: dict, files: dict[str, bytes], complete: bool = True) -> str:
@@ -270,8 +343,9 @@ class World:
         return final
 
 
-def training_records(steps: int, *, every: int = 10, eval_every: int = 50, start: float = 3.0,
-                     floor: float = 1.0, seed: int = 0) -> list[dict]:
+def training_records(
+    steps: int, *, every: int = 10, eval_every: int = 50, start: float = 3.0, floor: float = 1.0, seed: int = 0
+) -> list[dict]:
     """metrics.jsonl records as the trainer's MetricsCallback writes them: a train record every `every` steps, an
     eval record every `eval_every`."""
     import math
@@ -281,12 +355,26 @@ def training_records(steps: int, *, every: int = 10, eval_every: int = 50, start
     records = []
     for step in range(every, steps + 1, every):
         loss = floor + (start - floor) * math.exp(-step / 80) + rng.uniform(-0.05, 0.05)
-        records.append({"step": step, "epoch": round(step / 100, 4), "loss": round(loss, 4),
-                        "grad_norm": round(rng.uniform(0.5, 2), 3), "learning_rate": 2e-4 * (1 - step / 400),
-                        "tokens_per_second": 24000.0 + rng.uniform(-500, 500)})
+        records.append(
+            {
+                "step": step,
+                "epoch": round(step / 100, 4),
+                "loss": round(loss, 4),
+                "grad_norm": round(rng.uniform(0.5, 2), 3),
+                "learning_rate": 2e-4 * (1 - step / 400),
+                "tokens_per_second": 24000.0 + rng.uniform(-500, 500),
+            }
+        )
         if step % eval_every == 0:
-            records.append({"step": step, "epoch": round(step / 100, 4), "eval_loss": round(loss + 0.12, 4),
-                            "eval_runtime": 1.5, "eval_samples_per_second": 40.0})
+            records.append(
+                {
+                    "step": step,
+                    "epoch": round(step / 100, 4),
+                    "eval_loss": round(loss + 0.12, 4),
+                    "eval_runtime": 1.5,
+                    "eval_samples_per_second": 40.0,
+                }
+            )
     return records
 
 

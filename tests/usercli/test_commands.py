@@ -13,9 +13,9 @@ from pathlib import Path
 
 import boto3
 import pytest
+
 from kubetune.api.constants import Phase, Reason
 from kubetune.cli import main
-
 from tests.usercli.jobs import training_records, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,8 +42,10 @@ def running_job(world, name: str = "bot"):
     ftj = world.create_job(name)
     world.operator_status(ftj, Phase.RUNNING, Reason.PODS_RUNNING)
     layout = world.layout(ftj)
-    checkpoints = [{"step": 100, "uri": layout.checkpoint_uri(100), "time": "2026-11-28T10:00:00Z", "evalLoss": 1.4321},
-                   {"step": 200, "uri": layout.checkpoint_uri(200), "time": "2026-11-28T10:10:00Z"}]
+    checkpoints = [
+        {"step": 100, "uri": layout.checkpoint_uri(100), "time": "2026-11-28T10:00:00Z", "evalLoss": 1.4321},
+        {"step": 200, "uri": layout.checkpoint_uri(200), "time": "2026-11-28T10:10:00Z"},
+    ]
     world.trainer_status(ftj, step=120, loss=0.9132, eval_loss=1.02, eta=1800, checkpoints=checkpoints)
     return ftj
 
@@ -60,8 +62,10 @@ def test_status_shows_phase_progress_checkpoints_and_outputs(world, capsys):
     assert "Progress:    step 120/300 (40%), epoch 1.2, ETA 30m00s" in out
     assert "Metrics:     loss 0.9132  evalLoss 1.02" in out
     checkpoint_lines = [line.split() for line in out.splitlines() if "/checkpoints/step-" in line]
-    assert checkpoint_lines == [["100", "1.4321", "2026-11-28T10:00:00Z", world.layout(ftj).checkpoint_uri(100)],
-                                ["200", "-", "2026-11-28T10:10:00Z", world.layout(ftj).checkpoint_uri(200)]]
+    assert checkpoint_lines == [
+        ["100", "1.4321", "2026-11-28T10:00:00Z", world.layout(ftj).checkpoint_uri(100)],
+        ["200", "-", "2026-11-28T10:10:00Z", world.layout(ftj).checkpoint_uri(200)],
+    ]
     assert "Output:" not in out  # the trainer reports the output URIs when training ends
 
     world.trainer_status(ftj, step=300, loss=0.61, output=True)
@@ -81,8 +85,13 @@ def test_status_shows_phase_progress_checkpoints_and_outputs(world, capsys):
 
 def test_status_of_a_queued_job_says_what_it_waits_for(world, capsys):
     ftj = world.create_job("waiting", queueName="team-a-gpus")
-    world.operator_status(ftj, Phase.QUEUED, Reason.WAITING_FOR_ADMISSION,
-                          "waiting for Kueue LocalQueue 'team-a-gpus' to admit the Job", attempts=0)
+    world.operator_status(
+        ftj,
+        Phase.QUEUED,
+        Reason.WAITING_FOR_ADMISSION,
+        "waiting for Kueue LocalQueue 'team-a-gpus' to admit the Job",
+        attempts=0,
+    )
     code, out, _ = run(capsys, "status", "waiting")
     assert code == 0
     assert "Phase:       Queued (WaitingForAdmission)" in out
@@ -150,8 +159,9 @@ def test_metrics_errors_name_the_store(world, capsys):
     assert_one_line_error(code, err, "bot has no metrics yet", f"{world.layout(ftj).metrics_uri} does not exist")
 
     world.create_job("lost", output={"uri": "s3://no-such-bucket/runs/", "endpoint": world.s3_url})
-    world.operator_status(world.get({"metadata": {"namespace": world.namespace, "name": "lost"}}), Phase.RUNNING,
-                          Reason.PODS_RUNNING)
+    world.operator_status(
+        world.get({"metadata": {"namespace": world.namespace, "name": "lost"}}), Phase.RUNNING, Reason.PODS_RUNNING
+    )
     code, _, err = run(capsys, "metrics", "lost")
     assert_one_line_error(code, err, "s3://no-such-bucket/", "the bucket does not exist")
 
@@ -160,29 +170,47 @@ def test_metrics_without_access_to_the_bucket(world, capsys, monkeypatch):
     """IAM as the store enforces it (moto's IAM checks): a user whose policy allows another bucket only."""
     ftj = running_job(world)
     world.write_metrics(ftj, training_records(50))
-    admin = {"endpoint_url": world.s3_url, "region_name": "us-east-1", "aws_access_key_id": "admin",
-             "aws_secret_access_key": "admin"}
+    admin = {
+        "endpoint_url": world.s3_url,
+        "region_name": "us-east-1",
+        "aws_access_key_id": "admin",
+        "aws_secret_access_key": "admin",
+    }
     iam = boto3.client("iam", **admin)
     user = f"user-{world.namespace}"
     iam.create_user(UserName=user)
-    policy = iam.create_policy(PolicyName=f"other-{world.namespace}", PolicyDocument=json.dumps({
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Action": "s3:*",
-                       "Resource": ["arn:aws:s3:::other", "arn:aws:s3:::other/*"]}]}))
+    policy = iam.create_policy(
+        PolicyName=f"other-{world.namespace}",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {"Effect": "Allow", "Action": "s3:*", "Resource": ["arn:aws:s3:::other", "arn:aws:s3:::other/*"]}
+                ],
+            }
+        ),
+    )
     iam.attach_user_policy(UserName=user, PolicyArn=policy["Policy"]["Arn"])
     key = iam.create_access_key(UserName=user)["AccessKey"]
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
 
     def enforce(count: str) -> None:
-        urllib.request.urlopen(urllib.request.Request(f"{world.s3_url}/moto-api/reset-auth", data=count.encode(),
-                                                      method="POST", headers={"Content-Type": "text/plain"}))
+        urllib.request.urlopen(
+            urllib.request.Request(
+                f"{world.s3_url}/moto-api/reset-auth",
+                data=count.encode(),
+                method="POST",
+                headers={"Content-Type": "text/plain"},
+            )
+        )
 
     enforce("0")
     try:
         code, _, err = run(capsys, "metrics", "bot")
-        assert_one_line_error(code, err, world.layout(ftj).metrics_uri, "access denied",
-                              "check your own AWS credentials")
+        assert_one_line_error(
+            code, err, world.layout(ftj).metrics_uri, "access denied", "check your own AWS credentials"
+        )
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "nobody")
         code, _, err = run(capsys, "metrics", "bot")
         assert_one_line_error(code, err, "the access key is not valid")
@@ -201,9 +229,15 @@ def test_compare_puts_several_jobs_side_by_side(world, capsys, tmp_path):
     rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
     evals = [(r["eval_loss"], r["step"]) for r in faster if "eval_loss" in r]
     best = min(evals)
-    assert rows[f"{world.namespace}/lr-1e-3"] == [f"{world.namespace}/lr-1e-3", "Running", "200",
-                                                 str([r for r in faster if "loss" in r][-1]["loss"]),
-                                                 str(best[0]), "(step", f"{best[1]})"]
+    assert rows[f"{world.namespace}/lr-1e-3"] == [
+        f"{world.namespace}/lr-1e-3",
+        "Running",
+        "200",
+        str([r for r in faster if "loss" in r][-1]["loss"]),
+        str(best[0]),
+        "(step",
+        f"{best[1]})",
+    ]
     assert png.stat().st_size > 10_000
 
     code, _, err = run(capsys, "compare", "lr-2e-4", "missing-run")
@@ -223,8 +257,11 @@ def test_plot_without_matplotlib_says_which_extra(world, capsys, monkeypatch, tm
 
 def test_download_copies_the_complete_final_model(world, capsys, tmp_path):
     ftj = running_job(world)
-    files = {"adapter_config.json": b'{"r": 8}', "adapter_model.safetensors": os.urandom(4096),
-             "tokenizer/tokenizer.json": b"{}"}
+    files = {
+        "adapter_config.json": b'{"r": 8}',
+        "adapter_model.safetensors": os.urandom(4096),
+        "tokenizer/tokenizer.json": b"{}",
+    }
     world.write_final(ftj, files, complete=False)
     code, _, err = run(capsys, "download", "bot", str(tmp_path / "early"))
     assert_one_line_error(code, err, "has no complete final model", "phase Running")
@@ -268,16 +305,22 @@ def test_logs_show_the_current_pod_across_retries(world, capsys):
 
 def test_logs_before_the_trainer_runs(world, capsys):
     ftj = world.create_job("queued", queueName="gpus")
-    world.operator_status(ftj, Phase.QUEUED, Reason.WAITING_FOR_ADMISSION,
-                          "waiting for Kueue LocalQueue 'gpus' to admit the Job", attempts=0)
+    world.operator_status(
+        ftj,
+        Phase.QUEUED,
+        Reason.WAITING_FOR_ADMISSION,
+        "waiting for Kueue LocalQueue 'gpus' to admit the Job",
+        attempts=0,
+    )
     code, _, err = run(capsys, "logs", "queued")
     assert_one_line_error(code, err, "queued has no training pod (phase Queued: waiting for Kueue LocalQueue 'gpus'")
 
     ftj = world.create_job("starting")
     spec_pod = world.start_child_job(ftj, running=False)[0]  # the container is still being created
     code, _, err = run(capsys, "logs", "starting")
-    assert_one_line_error(code, err, f"the trainer has not started yet (pod {spec_pod['metadata']['name']} is "
-                                     "ContainerCreating)")
+    assert_one_line_error(
+        code, err, f"the trainer has not started yet (pod {spec_pod['metadata']['name']} is ContainerCreating)"
+    )
 
 
 def test_logs_follow_goes_on_to_the_retry_and_stops_when_the_job_ends(world):
@@ -286,8 +329,13 @@ def test_logs_follow_goes_on_to_the_retry_and_stops_when_the_job_ends(world):
     world.operator_status(ftj, Phase.RUNNING, Reason.PODS_RUNNING)
     kubelet = world.emulator.kubelet
     kubelet.write(world.namespace, first["metadata"]["name"], "a1 line 1")
-    proc = subprocess.Popen([str(BIN / "kubetune"), "logs", "bot", "-f"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    proc = subprocess.Popen(
+        [str(BIN / "kubetune"), "logs", "bot", "-f"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
     out: list[str] = []
     import threading
 
@@ -321,14 +369,16 @@ def test_logs_follow_goes_on_to_the_retry_and_stops_when_the_job_ends(world):
 KUBECTL = "/usr/bin/kubectl"
 
 
-@pytest.mark.skipif(not os.access(KUBECTL, os.X_OK),
-                    reason="kubectl is not installed (Debian: apt-get install kubernetes-client)")
+@pytest.mark.skipif(
+    not os.access(KUBECTL, os.X_OK), reason="kubectl is not installed (Debian: apt-get install kubernetes-client)"
+)
 def test_kubectl_finds_the_plugin_on_path(world, tmp_path):
     """kubectl's own plugin mechanism: `kubectl ftj ...` runs the first `kubectl-ftj` on PATH, with kubectl's
     environment (KUBECONFIG) and the arguments after the plugin's name."""
     running_job(world)
     assert (BIN / "kubectl-ftj").exists(), "the console script kubectl-ftj is not installed (pip install -e .)"
     env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(tmp_path), "KUBECONFIG": os.environ["KUBECONFIG"]}
+
     def kubectl(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([KUBECTL, *args], check=False, env=env, capture_output=True, text=True, timeout=60)
 

@@ -16,16 +16,21 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from kubetune.api.constants import Phase, Reason
 
+from kubetune.api.constants import Phase, Reason
 from tests.usercli.jobs import training_records, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Flags that let Debian's chromium run headless in a container without a GPU and without calling home.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def _browser_missing() -> str:
@@ -45,13 +50,33 @@ class DashboardProcess:
     """`kubetune dashboard --port 0` as a user starts it; `url` is the address it prints (with its token)."""
 
     def __init__(self, kubeconfig: Path, *args: str):
-        self.proc = subprocess.Popen([str(BIN / "kubetune"), "dashboard", "--port", "0", "--refresh", "0.5",
-                                      "--kubeconfig", str(kubeconfig), *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
+        self.proc = subprocess.Popen(
+            [
+                str(BIN / "kubetune"),
+                "dashboard",
+                "--port",
+                "0",
+                "--refresh",
+                "0.5",
+                "--kubeconfig",
+                str(kubeconfig),
+                *args,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=os.environ.copy(),
+        )
         self.lines: list[str] = []
         threading.Thread(target=lambda: self.lines.extend(iter(self.proc.stdout.readline, "")), daemon=True).start()
-        found = wait_until(lambda: next((m for line in self.lines if (m := re.search(r"(http://\S+)", line))), None)
-                           or self.proc.poll() is not None, 60, "the dashboard's address")
+        found = wait_until(
+            lambda: (
+                next((m for line in self.lines if (m := re.search(r"(http://\S+)", line))), None)
+                or self.proc.poll() is not None
+            ),
+            60,
+            "the dashboard's address",
+        )
         assert isinstance(found, re.Match), f"the dashboard exited: {''.join(self.lines)}"
         self.url = found[1]
         self.base = self.url.split("/?")[0]
@@ -94,11 +119,24 @@ def make_jobs(world) -> dict[str, dict]:
         last = [r for r in records if "loss" in r][-1]
         evals = [r for r in records if "eval_loss" in r]
         layout = world.layout(ftj)
-        checkpoints = [{"step": s, "uri": layout.checkpoint_uri(s), "time": "2026-11-28T10:00:00Z",
-                        "evalLoss": next(r["eval_loss"] for r in evals if r["step"] == s)}
-                       for s in (100, 200) if s <= step]
-        world.trainer_status(ftj, step=step, loss=last["loss"], eval_loss=evals[-1]["eval_loss"] if evals else None,
-                             eta=eta, checkpoints=checkpoints)
+        checkpoints = [
+            {
+                "step": s,
+                "uri": layout.checkpoint_uri(s),
+                "time": "2026-11-28T10:00:00Z",
+                "evalLoss": next(r["eval_loss"] for r in evals if r["step"] == s),
+            }
+            for s in (100, 200)
+            if s <= step
+        ]
+        world.trainer_status(
+            ftj,
+            step=step,
+            loss=last["loss"],
+            eval_loss=evals[-1]["eval_loss"] if evals else None,
+            eta=eta,
+            checkpoints=checkpoints,
+        )
         return ftj
 
     jobs["support-bot-qlora"] = running("support-bot-qlora", 180, 1080, 1, technique="qlora")
@@ -110,12 +148,21 @@ def make_jobs(world) -> dict[str, dict]:
     world.operator_status(done, Phase.SUCCEEDED, Reason.TRAINING_COMPLETE)
     jobs["summarizer-lora-r64"] = done
     failed = world.create_job("classifier-full", technique="full")
-    world.operator_status(failed, Phase.FAILED, Reason.USER_ERROR,
-                          f"datasets[0].uri: s3://{world.bucket}/data/train.jsonl: no such object")
+    world.operator_status(
+        failed,
+        Phase.FAILED,
+        Reason.USER_ERROR,
+        f"datasets[0].uri: s3://{world.bucket}/data/train.jsonl: no such object",
+    )
     jobs["classifier-full"] = failed
     queued = world.create_job("dpo-tune", queueName="team-gpus")
-    world.operator_status(queued, Phase.QUEUED, Reason.WAITING_FOR_ADMISSION,
-                          "waiting for Kueue LocalQueue 'team-gpus' to admit the Job", attempts=0)
+    world.operator_status(
+        queued,
+        Phase.QUEUED,
+        Reason.WAITING_FOR_ADMISSION,
+        "waiting for Kueue LocalQueue 'team-gpus' to admit the Job",
+        attempts=0,
+    )
     jobs["dpo-tune"] = queued
     pending = world.create_job("nightly-domain")
     world.operator_status(pending, Phase.PENDING, Reason.PODS_PENDING, "waiting for the training pods to start")
@@ -141,17 +188,26 @@ def test_dashboard_lists_every_phase_and_follows_changes_live(world, browser, sh
         page.wait_for_selector("#jobs tbody tr")
         wait_until(lambda: page.locator("#jobs tbody tr").count() == len(jobs), 20, "every job listed")
         phases = {name: row(page, world, name).locator(".phase").inner_text() for name in jobs}
-        assert phases == {"support-bot-qlora": "Running", "summarizer-lora-r16": "Running",
-                          "summarizer-lora-r64": "Succeeded", "classifier-full": "Failed", "dpo-tune": "Queued",
-                          "nightly-domain": "Pending", "paused-sweep": "Suspended"}
+        assert phases == {
+            "support-bot-qlora": "Running",
+            "summarizer-lora-r16": "Running",
+            "summarizer-lora-r64": "Succeeded",
+            "classifier-full": "Failed",
+            "dpo-tune": "Queued",
+            "nightly-domain": "Pending",
+            "paused-sweep": "Suspended",
+        }
         qlora = row(page, world, "support-bot-qlora")
         assert qlora.locator(".cell-eta").inner_text() == "18m00s"
         assert "60% · 180/300" in qlora.inner_text()
         queue = row(page, world, "dpo-tune").locator(".cell-queue").inner_text()
         assert "waiting for Kueue LocalQueue 'team-gpus'" in queue
         # Sparklines from each job's metrics.jsonl in S3 (60 points at most), read once the watch showed the job.
-        wait_until(lambda: row(page, world, "summarizer-lora-r64").locator(".cell-spark polyline").count() == 1, 20,
-                   "the finished job's loss sparkline")
+        wait_until(
+            lambda: row(page, world, "summarizer-lora-r64").locator(".cell-spark polyline").count() == 1,
+            20,
+            "the finished job's loss sparkline",
+        )
         points = row(page, world, "summarizer-lora-r64").locator(".cell-spark polyline").get_attribute("points")
         assert len(points.split()) == 30  # 300 steps logged every 10
         assert row(page, world, "dpo-tune").locator(".cell-spark polyline").count() == 0  # never trained
@@ -183,6 +239,7 @@ def test_dashboard_lists_every_phase_and_follows_changes_live(world, browser, sh
         world.emulator.cut_watches()
         world.trainer_status(jobs["summarizer-lora-r16"], step=160, loss=1.2, eta=1400)
         wait_until(lambda: "53% · 160/300" in row(page, world, "summarizer-lora-r16").inner_text(), 10, "after a cut")
+
         def lists() -> int:
             return sum(1 for c in world.emulator.calls("admin") if c.verb == "list" and c.resource == "finetunejobs")
 
@@ -193,8 +250,9 @@ def test_dashboard_lists_every_phase_and_follows_changes_live(world, browser, sh
         world.kube.delete("FineTuneJob", world.namespace, "late-arrival")
         wait_until(lambda: row(page, world, "late-arrival").count() == 0, 15, "a deletion after the relist")
         assert page.locator("#connection").inner_text() == "live"
-        assert all(url.startswith(dashboard.base) for url in requests), [u for u in requests
-                                                                          if not u.startswith(dashboard.base)]
+        assert all(url.startswith(dashboard.base) for url in requests), [
+            u for u in requests if not u.startswith(dashboard.base)
+        ]
     finally:
         dashboard.stop()
 

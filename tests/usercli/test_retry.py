@@ -18,8 +18,10 @@ def test_retry_raises_the_backoff_limit_by_the_budget_the_job_had(world, capsys)
     ftj = _failed(world, "flaky", Reason.BACKOFF_LIMIT_EXCEEDED, attempts=4, backoffLimit=3)
     code, out, err = run(capsys, "retry", "flaky")
     assert code == 0, err
-    assert out.strip() == (f"{world.namespace}/flaky: spec.backoffLimit 3 -> 7: the operator re-opens the job, and "
-                           "attempt 5 resumes from the newest complete checkpoint")
+    assert out.strip() == (
+        f"{world.namespace}/flaky: spec.backoffLimit 3 -> 7: the operator re-opens the job, and "
+        "attempt 5 resumes from the newest complete checkpoint"
+    )
     assert world.get(ftj)["spec"]["backoffLimit"] == 7
     assert world.get(ftj)["spec"]["hyperparameters"] == world.spec()["hyperparameters"]  # nothing else changed
 
@@ -35,8 +37,10 @@ def test_retry_doubles_the_deadline_of_a_job_out_of_time(world, capsys):
     ftj = _failed(world, "slow", Reason.DEADLINE_EXCEEDED, attempts=1, activeDeadlineSeconds=3600)
     code, out, err = run(capsys, "retry", "slow")
     assert code == 0, err
-    assert out.strip() == (f"{world.namespace}/slow: spec.activeDeadlineSeconds 3600 s -> 7200 s: the operator "
-                           "re-opens the job, which resumes from the newest complete checkpoint")
+    assert out.strip() == (
+        f"{world.namespace}/slow: spec.activeDeadlineSeconds 3600 s -> 7200 s: the operator "
+        "re-opens the job, which resumes from the newest complete checkpoint"
+    )
     assert world.get(ftj)["spec"]["activeDeadlineSeconds"] == 7200
     # No operator runs here, so the job is still Failed: 0 removes the deadline.
     code, out, err = run(capsys, "retry", "slow", "--active-deadline-seconds", "0")
@@ -48,8 +52,12 @@ def test_retry_doubles_the_deadline_of_a_job_out_of_time(world, capsys):
 def test_retry_refuses_what_another_attempt_cannot_fix_in_one_line(world, capsys):
     _failed(world, "wrong", Reason.USER_ERROR, attempts=1)
     code, _, err = run(capsys, "retry", "wrong")
-    assert_one_line_error(code, err, f"{world.namespace}/wrong failed with UserError, which another attempt would "
-                          "meet again", "spec.resumeFrom: wrong starts it from this job's newest checkpoint")
+    assert_one_line_error(
+        code,
+        err,
+        f"{world.namespace}/wrong failed with UserError, which another attempt would meet again",
+        "spec.resumeFrom: wrong starts it from this job's newest checkpoint",
+    )
     running = world.create_job("busy")
     world.operator_status(running, Phase.RUNNING, Reason.PODS_RUNNING)
     code, _, err = run(capsys, "retry", "busy")

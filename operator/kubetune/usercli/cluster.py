@@ -72,8 +72,9 @@ class Cluster:
         # Read now: the client reads $KUBECONFIG once, when it is imported.
         kubeconfig = kubeconfig or os.environ.get("KUBECONFIG") or None
         try:
-            self.api_client = kubernetes.config.new_client_from_config(config_file=kubeconfig, context=context,
-                                                                        persist_config=False)
+            self.api_client = kubernetes.config.new_client_from_config(
+                config_file=kubeconfig, context=context, persist_config=False
+            )
             contexts, active = kubernetes.config.list_kube_config_contexts(config_file=kubeconfig)
             chosen = next((c for c in contexts if c.get("name") == context), None) if context else active
             context_namespace = ((chosen or {}).get("context") or {}).get("namespace")
@@ -117,12 +118,15 @@ class Cluster:
     def get_job(self, name: str, namespace: str | None = None) -> dict:
         namespace = namespace or self.namespace
         try:
-            return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
-                                                            _request_timeout=REQUEST_TIMEOUT)
+            return self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name, _request_timeout=REQUEST_TIMEOUT
+            )
         except self._kubernetes.client.ApiException as err:
             if err.status == 404 and _is_missing_resource_type(err):
-                raise CliError(f"the cluster at {self.host} does not serve {KIND}s ({PLURAL}.{GROUP}/{VERSION}): "
-                               "is kubetune installed?") from None
+                raise CliError(
+                    f"the cluster at {self.host} does not serve {KIND}s ({PLURAL}.{GROUP}/{VERSION}): "
+                    "is kubetune installed?"
+                ) from None
             if err.status == 404:
                 raise CliError(f'no {KIND} "{name}" in namespace "{namespace}"') from None
             raise CliError(describe_api_error(err, f'{KIND} "{name}" in namespace "{namespace}"')) from None
@@ -133,8 +137,9 @@ class Cluster:
         """A merge patch of a FineTuneJob (its spec). A patch that names the resourceVersion it was made from is
         refused when the job changed since (409), and the error says so."""
         try:
-            return self.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, patch,
-                                                              _request_timeout=REQUEST_TIMEOUT)
+            return self.custom.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name, patch, _request_timeout=REQUEST_TIMEOUT
+            )
         except self._kubernetes.client.ApiException as err:
             if err.status == 409:
                 raise CliError(f"{KIND} {namespace}/{name} changed while this command read it: run it again") from None
@@ -145,22 +150,31 @@ class Cluster:
     def list_jobs(self, namespace: str | None) -> dict:
         """The FineTuneJob list (a dict with items and metadata.resourceVersion) of one namespace, or of all."""
         if namespace is None:
-            return self.call(f"{PLURAL} in all namespaces", self.custom.list_cluster_custom_object, GROUP, VERSION,
-                             PLURAL)
-        return self.call(f'{PLURAL} in namespace "{namespace}"', self.custom.list_namespaced_custom_object, GROUP,
-                         VERSION, namespace, PLURAL)
+            return self.call(
+                f"{PLURAL} in all namespaces", self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL
+            )
+        return self.call(
+            f'{PLURAL} in namespace "{namespace}"',
+            self.custom.list_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+        )
 
     # ------------------------------------------------------------------------------------------- children
 
     def pods(self, namespace: str, label_selector: str) -> list[dict]:
-        listed = self.call(f'pods in namespace "{namespace}"', self.core.list_namespaced_pod, namespace,
-                           label_selector=label_selector)
+        listed = self.call(
+            f'pods in namespace "{namespace}"', self.core.list_namespaced_pod, namespace, label_selector=label_selector
+        )
         return listed.get("items") or []
 
     def child_job(self, namespace: str, name: str) -> dict | None:
         try:
-            return self.call(f'Job "{name}" in namespace "{namespace}"', self.batch.read_namespaced_job, name,
-                             namespace)
+            return self.call(
+                f'Job "{name}" in namespace "{namespace}"', self.batch.read_namespaced_job, name, namespace
+            )
         except CliError:
             return None
 
@@ -168,10 +182,17 @@ class Cluster:
         """The Events about one FineTuneJob, oldest first."""
         meta = ftj["metadata"]
         selector = f"involvedObject.kind={KIND},involvedObject.name={meta['name']}"
-        listed = self.call(f'events in namespace "{meta["namespace"]}"', self.core.list_namespaced_event,
-                           meta["namespace"], field_selector=selector)
-        items = [e for e in listed.get("items") or []
-                 if (e.get("involvedObject") or {}).get("uid") in (None, meta.get("uid"))]
+        listed = self.call(
+            f'events in namespace "{meta["namespace"]}"',
+            self.core.list_namespaced_event,
+            meta["namespace"],
+            field_selector=selector,
+        )
+        items = [
+            e
+            for e in listed.get("items") or []
+            if (e.get("involvedObject") or {}).get("uid") in (None, meta.get("uid"))
+        ]
         return sorted(items, key=event_time)
 
     def pod_log(self, namespace: str, pod: str, container: str, follow: bool) -> Iterator[str]:
@@ -181,11 +202,13 @@ class Cluster:
         try:
             if follow:
                 # The official client's Watch streams a followed log line by line.
-                yield from kubernetes.watch.Watch().stream(self.core.read_namespaced_pod_log, pod, namespace,
-                                                           container=container)
+                yield from kubernetes.watch.Watch().stream(
+                    self.core.read_namespaced_pod_log, pod, namespace, container=container
+                )
                 return
-            response = self.core.read_namespaced_pod_log(pod, namespace, container=container, _preload_content=False,
-                                                         _request_timeout=REQUEST_TIMEOUT)
+            response = self.core.read_namespaced_pod_log(
+                pod, namespace, container=container, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
+            )
             yield from response.data.decode("utf-8", errors="replace").splitlines()
         except kubernetes.client.ApiException as err:
             raise CliError(describe_api_error(err, what)) from None
@@ -194,5 +217,6 @@ class Cluster:
 
 
 def event_time(event: dict) -> str:
-    return (event.get("lastTimestamp") or event.get("eventTime") or event.get("firstTimestamp")
-            or created_at(event) or "")
+    return (
+        event.get("lastTimestamp") or event.get("eventTime") or event.get("firstTimestamp") or created_at(event) or ""
+    )

@@ -53,8 +53,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(summarize(ftj), indent=2))
     else:
         if not ftj.get("status"):
-            raise CliError(f"{ftj['metadata']['namespace']}/{ftj['metadata']['name']} has no status yet: "
-                           "the operator has not seen it (is the kubetune operator running?)")
+            raise CliError(
+                f"{ftj['metadata']['namespace']}/{ftj['metadata']['name']} has no status yet: "
+                "the operator has not seen it (is the kubetune operator running?)"
+            )
         print(status_text(ftj))
     return 0
 
@@ -83,18 +85,29 @@ def _waiting_reason(pod: dict) -> str:
 
 def _live(pod: dict) -> bool:
     return (pod.get("status") or {}).get("phase") in ("Pending", "Running") and not pod["metadata"].get(
-        "deletionTimestamp")
+        "deletionTimestamp"
+    )
 
 
 def current_pod(pods: list[dict], exclude: set[str] = frozenset()) -> dict | None:
     """The pod whose log is the job's log now: of the first node (the one that reports progress), the live one,
     else the newest. A retry is a new pod of the same Job, so this follows a job across its attempts."""
-    first = [p for p in pods if (p["metadata"].get("annotations") or {}).get(COMPLETION_INDEX, "0") == "0"
-             and p["metadata"].get("uid") not in exclude]
+    first = [
+        p
+        for p in pods
+        if (p["metadata"].get("annotations") or {}).get(COMPLETION_INDEX, "0") == "0"
+        and p["metadata"].get("uid") not in exclude
+    ]
     if not first:
         return None
-    return max(first, key=lambda p: (_live(p), p["metadata"].get("creationTimestamp") or "",
-                                     (p.get("status") or {}).get("startTime") or ""))
+    return max(
+        first,
+        key=lambda p: (
+            _live(p),
+            p["metadata"].get("creationTimestamp") or "",
+            (p.get("status") or {}).get("startTime") or "",
+        ),
+    )
 
 
 def _no_pod(ftj: dict) -> CliError:
@@ -102,8 +115,9 @@ def _no_pod(ftj: dict) -> CliError:
 
     s = summarize(ftj)
     why = s["queue"] or s["message"] or ("no status yet" if s["phase"] == "Unknown" else "")
-    return CliError(f"{s['namespace']}/{s['name']} has no training pod (phase {s['phase']}"
-                    + (f": {why}" if why else "") + ")")
+    return CliError(
+        f"{s['namespace']}/{s['name']} has no training pod (phase {s['phase']}" + (f": {why}" if why else "") + ")"
+    )
 
 
 def _say(text: str) -> None:
@@ -121,8 +135,10 @@ def cmd_logs(args: argparse.Namespace) -> int:
         if pod is None:
             raise _no_pod(ftj)
         if not _started(pod):
-            raise CliError(f"{namespace}/{name}: the trainer has not started yet (pod {pod['metadata']['name']} "
-                           f"is {_waiting_reason(pod)})")
+            raise CliError(
+                f"{namespace}/{name}: the trainer has not started yet (pod {pod['metadata']['name']} "
+                f"is {_waiting_reason(pod)})"
+            )
         _say(f"==> pod {pod['metadata']['name']} <==")
         for line in cluster.pod_log(namespace, pod["metadata"]["name"], TRAINER_CONTAINER, follow=False):
             print(line)
@@ -152,8 +168,12 @@ def _next_pod(cluster, namespace: str, name: str, followed: set[str]) -> dict | 
 
     waiting_said = ""
     while True:
-        listed = cluster.call(f'pods in namespace "{namespace}"', cluster.core.list_namespaced_pod, namespace,
-                              label_selector=selector(name))
+        listed = cluster.call(
+            f'pods in namespace "{namespace}"',
+            cluster.core.list_namespaced_pod,
+            namespace,
+            label_selector=selector(name),
+        )
         pods = listed.get("items") or []
         pod = current_pod(pods, exclude=followed)
         if pod is not None and _started(pod):
@@ -161,8 +181,9 @@ def _next_pod(cluster, namespace: str, name: str, followed: set[str]) -> dict | 
         ftj = cluster.get_job(name, namespace)
         if is_finished(ftj):
             return None
-        said = f"waiting for the trainer of {namespace}/{name} to start (phase {ftj.get('status', {}).get('phase')}" \
-               + (f", pod {pod['metadata']['name']} is {_waiting_reason(pod)})" if pod else ")")
+        said = f"waiting for the trainer of {namespace}/{name} to start (phase {ftj.get('status', {}).get('phase')}" + (
+            f", pod {pod['metadata']['name']} is {_waiting_reason(pod)})" if pod else ")"
+        )
         if said != waiting_said:
             _say(said)
             waiting_said = said
@@ -174,9 +195,14 @@ def _wait_for_pod_change(cluster, namespace: str, label_selector: str, resource_
 
     watch = kubernetes.watch.Watch()
     try:
-        for _ in watch.stream(cluster.core.list_namespaced_pod, namespace, label_selector=label_selector,
-                              resource_version=resource_version, timeout_seconds=POD_WATCH_SECONDS,
-                              deserialize=False):
+        for _ in watch.stream(
+            cluster.core.list_namespaced_pod,
+            namespace,
+            label_selector=label_selector,
+            resource_version=resource_version,
+            timeout_seconds=POD_WATCH_SECONDS,
+            deserialize=False,
+        ):
             break
     except kubernetes.client.ApiException as err:
         if err.status != 410:  # too old: the next list starts afresh
@@ -190,8 +216,17 @@ def _wait_for_pod_change(cluster, namespace: str, label_selector: str, resource_
 # ----------------------------------------------------------------------------------------- metrics
 
 
-METRIC_COLUMNS = ("step", "stage", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_second",
-                  "reward")
+METRIC_COLUMNS = (
+    "step",
+    "stage",
+    "epoch",
+    "loss",
+    "eval_loss",
+    "learning_rate",
+    "grad_norm",
+    "tokens_per_second",
+    "reward",
+)
 
 
 def merged_by_step(records: list[dict]) -> list[dict]:
@@ -251,9 +286,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
         runs[label] = records
         train, evals = series(records, "loss"), series(records, "eval_loss")
         best = min(evals, key=lambda p: p[1]) if evals else None
-        rows.append((label, phase_of(ftj) or "-", str(max((r["step"] for r in records), default=0)),
-                     format_number(train[-1][1]) if train else "-",
-                     f"{format_number(best[1])} (step {best[0]})" if best else "-"))
+        rows.append(
+            (
+                label,
+                phase_of(ftj) or "-",
+                str(max((r["step"] for r in records), default=0)),
+                format_number(train[-1][1]) if train else "-",
+                f"{format_number(best[1])} (step {best[0]})" if best else "-",
+            )
+        )
     print("\n".join(table(rows)))
     if args.plot:
         from kubetune.usercli.plots import plot_runs
@@ -287,8 +328,14 @@ def cmd_download(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from kubetune.usercli.dashboard.server import serve
 
-    return serve(_cluster(args), namespaces=args.watch_namespaces, port=args.port, open_browser=args.open,
-                 s3_endpoint=args.s3_endpoint, refresh_seconds=args.refresh)
+    return serve(
+        _cluster(args),
+        namespaces=args.watch_namespaces,
+        port=args.port,
+        open_browser=args.open,
+        s3_endpoint=args.s3_endpoint,
+        refresh_seconds=args.refresh,
+    )
 
 
 # ----------------------------------------------------------------------------------------- parser
@@ -323,8 +370,11 @@ def _connection_options(parser: argparse.ArgumentParser, namespace: bool = True)
 
 
 def _store_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--s3-endpoint", metavar="URL",
-                        help="S3 endpoint this machine reaches (default: spec.output.endpoint, else $AWS_ENDPOINT_URL)")
+    parser.add_argument(
+        "--s3-endpoint",
+        metavar="URL",
+        help="S3 endpoint this machine reaches (default: spec.output.endpoint, else $AWS_ENDPOINT_URL)",
+    )
 
 
 # ----------------------------------------------------------------------------------------- retry
@@ -351,8 +401,12 @@ def add_user_commands(sub, prog: str) -> None:
 
     p = sub.add_parser("logs", help="the log of a FineTuneJob's current training pod (across retries with -f)")
     p.add_argument("name", metavar="NAME", help="NAME or NAMESPACE/NAME")
-    p.add_argument("-f", "--follow", action="store_true",
-                   help="stream the log, and the next attempt's when a pod is retried, until the job finishes")
+    p.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="stream the log, and the next attempt's when a pod is retried, until the job finishes",
+    )
     _connection_options(p)
     p.set_defaults(func=_guarded(prog, cmd_logs))
 
@@ -379,23 +433,46 @@ def add_user_commands(sub, prog: str) -> None:
     _store_options(p)
     p.set_defaults(func=_guarded(prog, cmd_download))
 
-    p = sub.add_parser("retry", help="re-open a FineTuneJob that failed for its backoffLimit or deadline: it resumes "
-                                     "from its newest complete checkpoint")
+    p = sub.add_parser(
+        "retry",
+        help="re-open a FineTuneJob that failed for its backoffLimit or deadline: it resumes "
+        "from its newest complete checkpoint",
+    )
     p.add_argument("name", metavar="NAME", help="NAME or NAMESPACE/NAME")
-    p.add_argument("--backoff-limit", type=int, metavar="N",
-                   help="the new spec.backoffLimit (default: the attempts so far plus the limit the job had)")
-    p.add_argument("--active-deadline-seconds", type=int, metavar="SECONDS",
-                   help="the new spec.activeDeadlineSeconds, 0 for none (default: twice the one the job had)")
+    p.add_argument(
+        "--backoff-limit",
+        type=int,
+        metavar="N",
+        help="the new spec.backoffLimit (default: the attempts so far plus the limit the job had)",
+    )
+    p.add_argument(
+        "--active-deadline-seconds",
+        type=int,
+        metavar="SECONDS",
+        help="the new spec.activeDeadlineSeconds, 0 for none (default: twice the one the job had)",
+    )
     _connection_options(p)
     p.set_defaults(func=_guarded(prog, cmd_retry))
 
     p = sub.add_parser("dashboard", help="a local web page of every FineTuneJob you can see, live")
-    p.add_argument("-n", "--namespace", dest="watch_namespaces", action="append", default=[], metavar="NAMESPACE",
-                   help="show only this namespace (repeatable; default: every namespace you may list)")
+    p.add_argument(
+        "-n",
+        "--namespace",
+        dest="watch_namespaces",
+        action="append",
+        default=[],
+        metavar="NAMESPACE",
+        help="show only this namespace (repeatable; default: every namespace you may list)",
+    )
     p.add_argument("--port", type=int, default=8470, help="port on 127.0.0.1 (0: any free one)")
     p.add_argument("--open", action="store_true", help="open the page in a browser")
-    p.add_argument("--refresh", type=float, default=10.0, metavar="SECONDS",
-                   help="read a running job's metrics.jsonl again at most this often, when its step moved (default 10)")
+    p.add_argument(
+        "--refresh",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="read a running job's metrics.jsonl again at most this often, when its step moved (default 10)",
+    )
     _connection_options(p, namespace=False)
     _store_options(p)
     p.set_defaults(func=_guarded(prog, cmd_dashboard), namespace=None)
@@ -412,4 +489,3 @@ def kubectl_main(argv: list[str] | None = None) -> int:
 
 def kubectl_entry() -> None:
     sys.exit(kubectl_main())
-

@@ -55,7 +55,7 @@ def _root_from_child_job(ftj: dict, cluster: Cluster) -> str | None:
     status = ftj.get("status") or {}
     meta = ftj["metadata"]
     job = cluster.child_job(meta["namespace"], status.get("jobName") or meta["name"])
-    for container in ((job or {}).get("spec", {}).get("template", {}).get("spec", {}).get("containers") or []):
+    for container in (job or {}).get("spec", {}).get("template", {}).get("spec", {}).get("containers") or []:
         for env in container.get("env") or []:
             if env.get("name") == OUTPUT_ROOT_ENV and env.get("value"):
                 return env["value"]
@@ -90,7 +90,8 @@ def _users_words(message: str) -> str:
     credentials are at stake."""
     return message.replace("check the credentialsSecret", "check your own AWS credentials").replace(
         "set credentialsSecret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
-        "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE")
+        "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE",
+    )
 
 
 class Store:
@@ -167,21 +168,24 @@ def job_label(ftj: dict) -> str:
 def read_metrics(ftj: dict, cluster: Cluster | None = None, endpoint: str | None = None) -> list[dict]:
     outputs = locate(ftj, cluster)
     if not outputs.metrics_uri:
-        raise CliError(f"{job_label(ftj)} has no metrics yet: status.output.metricsUri is not set and the output "
-                       "location is not known yet")
+        raise CliError(
+            f"{job_label(ftj)} has no metrics yet: status.output.metricsUri is not set and the output "
+            "location is not known yet"
+        )
     text = Store(ftj, outputs.metrics_uri, endpoint).read_text(outputs.metrics_uri)
     if text is None:
-        raise CliError(f"{job_label(ftj)} has no metrics yet: {outputs.metrics_uri} does not exist "
-                       "(the trainer writes it once training logs its first step)")
+        raise CliError(
+            f"{job_label(ftj)} has no metrics yet: {outputs.metrics_uri} does not exist "
+            "(the trainer writes it once training logs its first step)"
+        )
     return parse_metrics(text)
 
 
 def download_model(ftj: dict, dest: Path, cluster: Cluster | None = None, endpoint: str | None = None) -> list[Path]:
     """Copy the final model (only when complete: the trainer writes its completion marker last) into `dest`."""
-    from kubetune_trainer.layout import COMPLETE_MARKER
-
     from kubetune.api.uris import join_uri
     from kubetune.usercli.summary import phase_of
+    from kubetune_trainer.layout import COMPLETE_MARKER
 
     outputs = locate(ftj, cluster)
     phase = phase_of(ftj) or "no status yet"
@@ -193,7 +197,7 @@ def download_model(ftj: dict, dest: Path, cluster: Cluster | None = None, endpoi
     base = outputs.model_uri if outputs.model_uri.endswith("/") else outputs.model_uri + "/"
     copied = []
     for uri in store.list(base):
-        relative = uri[len(base):]
+        relative = uri[len(base) :]
         if not relative or relative.endswith("/") or relative == COMPLETE_MARKER:
             continue
         copied.append(store.download_file(uri, dest / relative))

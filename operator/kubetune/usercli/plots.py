@@ -9,8 +9,11 @@ from kubetune.usercli import CliError
 
 def series(records: list[dict], key: str) -> list[tuple[int, float]]:
     """(step, value) of one metric, in step order (rlhf stages are told apart by the caller)."""
-    points = [(r["step"], float(r[key])) for r in records
-              if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)]
+    points = [
+        (r["step"], float(r[key]))
+        for r in records
+        if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)
+    ]
     return sorted(points)
 
 
@@ -40,14 +43,14 @@ def plot_runs(runs: dict[str, list[dict]], png: str | Path, title: str = "") -> 
     for label, records in runs.items():
         train = series(records, "loss")
         if train:
-            train_ax.plot(*zip(*train), label=label)
+            train_ax.plot(*zip(*train, strict=True), label=label)
         keys = eval_keys(records) if len(runs) == 1 else ["eval_loss"]
         for key in keys:
             points = series(records, key)
             if points:
                 any_eval = True
                 name = label if len(runs) > 1 else key
-                eval_ax.plot(*zip(*points), "o-", markersize=3, label=name)
+                eval_ax.plot(*zip(*points, strict=True), "o-", markersize=3, label=name)
     for ax, what in ((train_ax, "training loss"), (eval_ax, "evaluation loss")):
         ax.set_xlabel("step")
         ax.set_ylabel("loss")

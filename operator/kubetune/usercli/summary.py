@@ -41,8 +41,11 @@ def queue_state(ftj: dict) -> str:
     if queued and queued.get("status") == "True":
         return queued.get("message") or queued.get("reason") or "queued"
     if queue_name:
-        return f"admitted by LocalQueue {queue_name}" if phase_of(ftj) not in ("", Phase.PENDING) else \
-            f"LocalQueue {queue_name}"
+        return (
+            f"admitted by LocalQueue {queue_name}"
+            if phase_of(ftj) not in ("", Phase.PENDING)
+            else f"LocalQueue {queue_name}"
+        )
     return ""
 
 
@@ -116,8 +119,7 @@ def summarize(ftj: dict) -> dict[str, Any]:
 def status_text(ftj: dict) -> str:
     """`kubetune status NAME`: the summary as aligned lines, then the checkpoints and the output URIs."""
     s = summarize(ftj)
-    lines = [f"Name:        {s['namespace']}/{s['name']}",
-             f"Technique:   {s['technique']}, objective {s['objective']}"]
+    lines = [f"Name:        {s['namespace']}/{s['name']}", f"Technique:   {s['technique']}, objective {s['objective']}"]
     phase = s["phase"] + (f" ({s['reason']})" if s["reason"] else "")
     lines.append(f"Phase:       {phase}")
     if s["message"]:
@@ -145,16 +147,26 @@ def status_text(ftj: dict) -> str:
     if checkpoints:
         lines.append("Checkpoints:")
         rows = [("STEP", "EVAL LOSS", "TIME", "URI")] + [
-            (str(c.get("step", "")), format_number(c["evalLoss"]) if c.get("evalLoss") is not None else "-",
-             c.get("time") or "-", c.get("uri", "")) for c in checkpoints]
+            (
+                str(c.get("step", "")),
+                format_number(c["evalLoss"]) if c.get("evalLoss") is not None else "-",
+                c.get("time") or "-",
+                c.get("uri", ""),
+            )
+            for c in checkpoints
+        ]
         lines.extend("  " + line for line in table(rows))
     else:
         lines.append("Checkpoints: none yet")
     output = s["output"]
     if output:
         lines.append("Output:")
-        for key, label in (("modelUri", "model"), ("metricsUri", "metrics"), ("tensorboardUri", "tensorboard"),
-                           ("checkpointsUri", "checkpoints")):
+        for key, label in (
+            ("modelUri", "model"),
+            ("metricsUri", "metrics"),
+            ("tensorboardUri", "tensorboard"),
+            ("checkpointsUri", "checkpoints"),
+        ):
             if output.get(key):
                 lines.append(f"  {label + ':':<13}{output[key]}")
     return "\n".join(lines)
@@ -163,4 +175,4 @@ def status_text(ftj: dict) -> str:
 def table(rows: list[tuple[str, ...]]) -> list[str]:
     """Rows as left-aligned columns (the first row is the header)."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]

@@ -97,8 +97,13 @@ def spark(points: list[dict], limit: int = SPARK_POINTS) -> list[list[float]]:
 
 
 class Dashboard:
-    def __init__(self, cluster: Cluster, namespaces: list[str] | None = None, s3_endpoint: str | None = None,
-                 refresh_seconds: float = 10.0):
+    def __init__(
+        self,
+        cluster: Cluster,
+        namespaces: list[str] | None = None,
+        s3_endpoint: str | None = None,
+        refresh_seconds: float = 10.0,
+    ):
         self.cluster = cluster
         self.requested = list(namespaces or [])
         self.s3_endpoint = s3_endpoint
@@ -123,12 +128,14 @@ class Dashboard:
             if namespace is None:
                 self.cluster.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, limit=1, _request_timeout=30)
             else:
-                self.cluster.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, limit=1,
-                                                                  _request_timeout=30)
+                self.cluster.custom.list_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, limit=1, _request_timeout=30
+                )
             return ""
         except self.cluster._kubernetes.client.ApiException as err:
-            return describe_api_error(err, f"{PLURAL} in " + (f'namespace "{namespace}"' if namespace else
-                                                               "all namespaces"))
+            return describe_api_error(
+                err, f"{PLURAL} in " + (f'namespace "{namespace}"' if namespace else "all namespaces")
+            )
         except self.cluster._urllib3.exceptions.HTTPError as err:
             raise CliError(self.cluster.unreachable(err)) from None
 
@@ -153,8 +160,10 @@ class Dashboard:
             self.notes["scope"] = "you may not list FineTuneJobs cluster-wide: showing the namespaces where you may"
         except CliError:
             candidates = [self.cluster.namespace]
-            self.notes["scope"] = (f"you may list neither FineTuneJobs cluster-wide nor namespaces: showing namespace "
-                                   f'"{self.cluster.namespace}" (the kubeconfig context\'s; -n adds others)')
+            self.notes["scope"] = (
+                f"you may list neither FineTuneJobs cluster-wide nor namespaces: showing namespace "
+                f'"{self.cluster.namespace}" (the kubeconfig context\'s; -n adds others)'
+            )
         scopes = [n for n in candidates if not self._may_list(n)]
         if not scopes:
             self.notes["scope"] = "you may not list FineTuneJobs in any namespace (" + reason + ")"
@@ -183,9 +192,15 @@ class Dashboard:
                     self._post(self._clear_note, note)
                 watch = kubernetes.watch.Watch()
                 # The server ends the watch after WATCH_SECONDS; the read timeout only catches a connection that died.
-                for event in watch.stream(list_fn, *args, **kwargs, resource_version=resource_version,
-                                          timeout_seconds=WATCH_SECONDS, deserialize=False,
-                                          _request_timeout=(30, WATCH_SECONDS + 60)):
+                for event in watch.stream(
+                    list_fn,
+                    *args,
+                    **kwargs,
+                    resource_version=resource_version,
+                    timeout_seconds=WATCH_SECONDS,
+                    deserialize=False,
+                    _request_timeout=(30, WATCH_SECONDS + 60),
+                ):
                     obj = event.get("object") or {}
                     resource_version = (obj.get("metadata") or {}).get("resourceVersion") or resource_version
                     if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
@@ -199,8 +214,11 @@ class Dashboard:
                 if err.status == 410:
                     continue
                 what = "FineTuneJobs" if source == "jobs" else "their Events"
-                self._post(self._set_note, note, describe_api_error(
-                    err, f"{what} in " + (f'namespace "{scope}"' if scope else "all namespaces")))
+                self._post(
+                    self._set_note,
+                    note,
+                    describe_api_error(err, f"{what} in " + (f'namespace "{scope}"' if scope else "all namespaces")),
+                )
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, 60.0)
             except Exception as err:  # noqa: BLE001 - the API server went away: say so, retry
@@ -221,20 +239,31 @@ class Dashboard:
         events_selector = {"field_selector": f"involvedObject.kind={KIND}"}
         for scope in self.scopes:
             if scope is None:
-                watches = [("jobs", custom.list_cluster_custom_object, (GROUP, VERSION, PLURAL), {}),
-                           ("events", core.list_event_for_all_namespaces, (), events_selector)]
+                watches = [
+                    ("jobs", custom.list_cluster_custom_object, (GROUP, VERSION, PLURAL), {}),
+                    ("events", core.list_event_for_all_namespaces, (), events_selector),
+                ]
             else:
-                watches = [("jobs", custom.list_namespaced_custom_object, (GROUP, VERSION, scope, PLURAL), {}),
-                           ("events", core.list_namespaced_event, (scope,), events_selector)]
+                watches = [
+                    ("jobs", custom.list_namespaced_custom_object, (GROUP, VERSION, scope, PLURAL), {}),
+                    ("events", core.list_namespaced_event, (scope,), events_selector),
+                ]
             for source, fn, args, kwargs in watches:
-                threading.Thread(target=self._watch, args=(source, scope, fn, args, kwargs), daemon=True,
-                                 name=f"watch-{source}-{scope or 'all'}").start()
+                threading.Thread(
+                    target=self._watch,
+                    args=(source, scope, fn, args, kwargs),
+                    daemon=True,
+                    name=f"watch-{source}-{scope or 'all'}",
+                ).start()
 
     # ------------------------------------------------------------------------------------- state (event loop)
 
     def _scope_info(self) -> dict:
-        return {"scopes": ["*" if s is None else s for s in self.scopes], "notes": sorted(set(self.notes.values())),
-                "host": self.cluster.host}
+        return {
+            "scopes": ["*" if s is None else s for s in self.scopes],
+            "notes": sorted(set(self.notes.values())),
+            "host": self.cluster.host,
+        }
 
     def _set_note(self, source: str, text: str) -> None:
         if self.notes.get(source) != text:
@@ -289,7 +318,7 @@ class Dashboard:
         else:
             kept[uid] = event
             if len(kept) > EVENTS_KEPT:
-                for old in sorted(kept.values(), key=event_time)[:len(kept) - EVENTS_KEPT]:
+                for old in sorted(kept.values(), key=event_time)[: len(kept) - EVENTS_KEPT]:
                     kept.pop(old["metadata"].get("uid") or old["metadata"]["name"], None)
         self._broadcast("event", {"namespace": key[0], "name": key[1], "event": event_row(event)})
 
@@ -377,8 +406,11 @@ class Dashboard:
     def job_detail(self, key: Key) -> dict:
         ftj = self.jobs[key]
         uid = ftj["metadata"].get("uid")
-        events = [e for e in (self.events.get(key) or {}).values()
-                  if (e.get("involvedObject") or {}).get("uid") in (None, uid)]
+        events = [
+            e
+            for e in (self.events.get(key) or {}).values()
+            if (e.get("involvedObject") or {}).get("uid") in (None, uid)
+        ]
         from kubetune.usercli.outputs import locate
 
         outputs = locate(ftj)
@@ -387,8 +419,12 @@ class Dashboard:
             "conditions": (ftj.get("status") or {}).get("conditions") or [],
             "events": [event_row(e) for e in sorted(events, key=event_time)],
             "spec": yaml.safe_dump(ftj.get("spec") or {}, sort_keys=False),
-            "outputs": {"metrics": outputs.metrics_uri, "model": outputs.model_uri,
-                        "tensorboard": outputs.tensorboard_uri, "checkpoints": outputs.checkpoints_uri},
+            "outputs": {
+                "metrics": outputs.metrics_uri,
+                "model": outputs.model_uri,
+                "tensorboard": outputs.tensorboard_uri,
+                "checkpoints": outputs.checkpoints_uri,
+            },
         }
 
     # ------------------------------------------------------------------------------------- HTTP
@@ -404,8 +440,10 @@ class Dashboard:
             response.set_cookie(COOKIE, self.token, httponly=True, samesite="Strict", path="/")
             return response
         if not secrets.compare_digest(request.cookies.get(COOKIE, ""), self.token):
-            return aiohttp.web.Response(status=403, text="open the address `kubetune dashboard` printed (it carries "
-                                                         "the token of this dashboard)")
+            return aiohttp.web.Response(
+                status=403,
+                text="open the address `kubetune dashboard` printed (it carries the token of this dashboard)",
+            )
         return await handler(request)
 
     async def index(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
@@ -428,13 +466,13 @@ class Dashboard:
         if key not in self.jobs:
             raise aiohttp.web.HTTPNotFound(text=f"no {KIND} {key[0]}/{key[1]} among those you can see")
         curves = self.curves.setdefault(key, Curves())
-        return aiohttp.web.json_response({"points": curves.points(), "error": curves.error,
-                                          "reading": curves.reading})
+        return aiohttp.web.json_response({"points": curves.points(), "error": curves.error, "reading": curves.reading})
 
     async def stream(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
         """Server-sent events: the whole state first, then every change, in the order the watches saw them."""
-        response = aiohttp.web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                                       "Cache-Control": "no-store"})
+        response = aiohttp.web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
+        )
         await response.prepare(request)
         client = Client()
         client.send(sse("state", self.snapshot()))
@@ -490,12 +528,23 @@ class Dashboard:
 
 
 def event_row(event: dict) -> dict:
-    return {"type": event.get("type") or "", "reason": event.get("reason") or "",
-            "message": event.get("message") or "", "time": event_time(event), "count": event.get("count") or 1}
+    return {
+        "type": event.get("type") or "",
+        "reason": event.get("reason") or "",
+        "message": event.get("message") or "",
+        "time": event_time(event),
+        "count": event.get("count") or 1,
+    }
 
 
-def serve(cluster: Cluster, namespaces: list[str] | None = None, port: int = 8470, open_browser: bool = False,
-          s3_endpoint: str | None = None, refresh_seconds: float = 10.0) -> int:
+def serve(
+    cluster: Cluster,
+    namespaces: list[str] | None = None,
+    port: int = 8470,
+    open_browser: bool = False,
+    s3_endpoint: str | None = None,
+    refresh_seconds: float = 10.0,
+) -> int:
     dashboard = Dashboard(cluster, namespaces, s3_endpoint, refresh_seconds)
     try:
         asyncio.run(dashboard.run(port, open_browser))
