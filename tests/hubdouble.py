@@ -19,10 +19,10 @@ file_download.py `get_hf_file_metadata`/`http_get`, utils/_http.py `hf_raise_for
   without a token, 403 with a token not granted), `RevisionNotFound`, `EntryNotFound`.
 
 Faults: `cut(path, after_bytes, times)` drops the connection mid-file (the client sees a truncated body);
-`corrupt(path)` sends the right size with one byte changed; `delay(path, seconds)` starts a download late; `hold(path)` pauses a download mid-file until released
-(to kill its client there); `down = True` answers 503 to everything; `close()` makes the Hub unreachable. Every
-request is recorded before it is answered: `gets(path)`, `bytes_served(path)`, `heads(path)`, `downloads()`,
-`requests`.
+`corrupt(path)` sends the right size with one byte changed; `delay(path, seconds)` starts a download late;
+`hold(path)` pauses a download mid-file until released (to kill its client there); `down = True` answers 503 to
+everything; `close()` makes the Hub unreachable. Every request is recorded before it is answered: `gets(path)`,
+`bytes_served(path)`, `heads(path)`, `downloads()`, `requests`.
 
 `CountingProxy` counts, the same way, what an HTTP object store (moto's S3) serves through it.
 
@@ -48,8 +48,23 @@ from typing import Self
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 # The suffixes the Hub's default .gitattributes stores with LFS (the ones the tests' repositories use).
-LFS_SUFFIXES = (".safetensors", ".bin", ".parquet", ".arrow", ".pt", ".pth", ".pkl", ".model", ".gguf", ".npz", ".h5",
-                ".onnx", ".msgpack", ".zip", ".gz")
+LFS_SUFFIXES = (
+    ".safetensors",
+    ".bin",
+    ".parquet",
+    ".arrow",
+    ".pt",
+    ".pth",
+    ".pkl",
+    ".model",
+    ".gguf",
+    ".npz",
+    ".h5",
+    ".onnx",
+    ".msgpack",
+    ".zip",
+    ".gz",
+)
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -89,8 +104,13 @@ class HubFile:
         # As on the Hub: an LFS file's oid is its pointer's blob id; its size, and under `lfs` its sha256, are the
         # content's.
         pointer = self.lfs_pointer
-        return {"type": "file", "oid": git_blob_sha1(pointer), "size": len(self.data), "path": self.path,
-                "lfs": {"oid": self.sha256, "size": len(self.data), "pointerSize": len(pointer)}}
+        return {
+            "type": "file",
+            "oid": git_blob_sha1(pointer),
+            "size": len(self.data),
+            "path": self.path,
+            "lfs": {"oid": self.sha256, "size": len(self.data), "pointerSize": len(pointer)},
+        }
 
 
 @dataclass
@@ -175,8 +195,17 @@ class HubDouble:
     def __exit__(self, *_exc) -> None:
         self.close()
 
-    def add_repo(self, repo_id: str, files: dict[str, bytes] | Path, *, repo_type: str = "model", gated: bool = False,
-                 private: bool = False, tokens: tuple[str, ...] = (), branch: str = "main") -> str:
+    def add_repo(
+        self,
+        repo_id: str,
+        files: dict[str, bytes] | Path,
+        *,
+        repo_type: str = "model",
+        gated: bool = False,
+        private: bool = False,
+        tokens: tuple[str, ...] = (),
+        branch: str = "main",
+    ) -> str:
         """Commit `files` (a {path: bytes} map or a folder) onto `branch` of the repository (created on first use,
         later calls make a new commit and move the branch). Returns the new commit's sha."""
         if isinstance(files, Path):
@@ -252,8 +281,15 @@ class HubDouble:
 
     def env(self, hf_home: Path) -> dict[str, str]:
         """Variables for a process (a subprocess, a "pod") that talks to this double."""
-        return {"HF_ENDPOINT": self.url, "HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0", "HF_HOME": str(hf_home),
-                "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_XET": "1"}
+        return {
+            "HF_ENDPOINT": self.url,
+            "HF_HUB_OFFLINE": "0",
+            "HF_DATASETS_OFFLINE": "0",
+            "HF_HOME": str(hf_home),
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+            "HF_HUB_DISABLE_XET": "1",
+        }
 
     def online(self, monkeypatch, hf_home: Path) -> None:
         """Point this process's huggingface_hub and datasets at the double, online, with caches under `hf_home`.
@@ -270,13 +306,17 @@ class HubDouble:
             monkeypatch.setenv(key, value)
         hub_cache = str(hf_home / "hub")
         monkeypatch.setattr(hub_constants, "ENDPOINT", self.url)
-        monkeypatch.setattr(hub_constants, "HUGGINGFACE_CO_URL_TEMPLATE", self.url + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(
+            hub_constants, "HUGGINGFACE_CO_URL_TEMPLATE", self.url + "/{repo_id}/resolve/{revision}/{filename}"
+        )
         monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
         monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", hub_cache)
         monkeypatch.setattr(hub_constants, "HF_HUB_DISABLE_XET", True)
         monkeypatch.setattr(hub_http, "_HUB_ORIGINS", frozenset({hub_http._url_origin(self.url)}))
         monkeypatch.setattr(datasets.config, "HF_ENDPOINT", self.url)
-        monkeypatch.setattr(datasets.config, "HUB_DATASETS_URL", self.url + "/datasets/{repo_id}/resolve/{revision}/{path}")
+        monkeypatch.setattr(
+            datasets.config, "HUB_DATASETS_URL", self.url + "/datasets/{repo_id}/resolve/{revision}/{path}"
+        )
         monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
         monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", False)
         monkeypatch.setattr(datasets.config, "HF_UPDATE_DOWNLOAD_COUNTS", False)
@@ -300,9 +340,12 @@ class HubDouble:
             return _error(404 if token else 401, "RepoNotFound", "Repository not found")
         if repo.gated and files and token not in repo.tokens:
             kind = "model" if repo_type == "model" else "dataset"
-            message = (f"Access to {kind} {repo_id} is restricted. You must have access to it and be authenticated "
-                       "to access it. Please log in." if not token else
-                       f"Access to {kind} {repo_id} is restricted and you are not in the authorized list.")
+            message = (
+                f"Access to {kind} {repo_id} is restricted. You must have access to it and be authenticated "
+                "to access it. Please log in."
+                if not token
+                else f"Access to {kind} {repo_id} is restricted and you are not in the authorized list."
+            )
             return _error(403 if token else 401, "GatedRepo", message)
         return repo
 
@@ -322,15 +365,24 @@ class HubDouble:
             return self._cdn(method, path, query, headers)
         if m := re.fullmatch(r"/api/(models|datasets)/(.+?)/(tree|paths-info)/([^/]+)(/.*)?", path):
             kind, repo_id, what, revision, sub = m.groups()
-            return self._listing(kind[:-1], repo_id, what, revision, (sub or "").lstrip("/"), query,
-                                 parse_qs(body.decode()) if body else {}, token)
+            return self._listing(
+                kind[:-1],
+                repo_id,
+                what,
+                revision,
+                (sub or "").lstrip("/"),
+                query,
+                parse_qs(body.decode()) if body else {},
+                token,
+            )
         if m := re.fullmatch(r"/api/(models|datasets)/(.+?)(?:/revision/([^/]+))?", path):
             kind, repo_id, revision = m.groups()
             return self._info(kind[:-1], unquote(repo_id), revision or "main", token)
         if m := re.fullmatch(r"/(datasets/)?(.+?)/resolve/([^/]+)/(.+)", path):
             is_dataset, repo_id, revision, file_path = m.groups()
-            return self._resolve(method, "dataset" if is_dataset else "model", repo_id, revision, unquote(file_path),
-                                 headers, token)
+            return self._resolve(
+                method, "dataset" if is_dataset else "model", repo_id, revision, unquote(file_path), headers, token
+            )
         return Reply(404, {"Content-Type": "text/plain"}, b"Not Found")
 
     def _info(self, repo_type: str, repo_id: str, revision: str, token: str | None) -> Reply:
@@ -341,10 +393,19 @@ class HubDouble:
         if isinstance(found, Reply):
             return found
         sha, files = found
-        info = {"_id": hashlib.md5(repo_id.encode()).hexdigest()[:24], "id": repo_id, "sha": sha,
-                "private": repo.private, "gated": "auto" if repo.gated else False, "disabled": False,
-                "lastModified": "2026-01-01T00:00:00.000Z", "tags": [], "downloads": 0, "likes": 0,
-                "siblings": [{"rfilename": p} for p in sorted(files)]}
+        info = {
+            "_id": hashlib.md5(repo_id.encode()).hexdigest()[:24],
+            "id": repo_id,
+            "sha": sha,
+            "private": repo.private,
+            "gated": "auto" if repo.gated else False,
+            "disabled": False,
+            "lastModified": "2026-01-01T00:00:00.000Z",
+            "tags": [],
+            "downloads": 0,
+            "likes": 0,
+            "siblings": [{"rfilename": p} for p in sorted(files)],
+        }
         if repo_type == "model":
             info["modelId"] = repo_id
         return _json(info, {"X-Repo-Commit": sha})
@@ -369,7 +430,7 @@ class HubDouble:
         for file_path, hub_file in sorted(files.items()):
             if not file_path.startswith(prefix):
                 continue
-            rest = file_path[len(prefix):].split("/")
+            rest = file_path[len(prefix) :].split("/")
             for depth in range(1, len(rest)):  # the folders on the way
                 folder = prefix + "/".join(rest[:depth])
                 if folder not in seen and (recursive or depth == 1):
@@ -396,10 +457,20 @@ class HubDouble:
         if hub_file.lfs:
             # The Hub's answer for an LFS file: a redirect to a signed URL elsewhere, with the file's metadata on it.
             signature = hashlib.sha256(f"{self._salt}{hub_file.sha256}".encode()).hexdigest()[:32]
-            location = (f"{self.cdn_url}/{repo_type}/{quote(repo_id)}/{hub_file.sha256}/{quote(file_path)}"
-                        f"?X-Signature={signature}")
-            return Reply(302, {**common, "Location": location, "X-Linked-Etag": f'"{hub_file.sha256}"',
-                               "X-Linked-Size": str(len(hub_file.data)), "Content-Length": "0"})
+            location = (
+                f"{self.cdn_url}/{repo_type}/{quote(repo_id)}/{hub_file.sha256}/{quote(file_path)}"
+                f"?X-Signature={signature}"
+            )
+            return Reply(
+                302,
+                {
+                    **common,
+                    "Location": location,
+                    "X-Linked-Etag": f'"{hub_file.sha256}"',
+                    "X-Linked-Size": str(len(hub_file.data)),
+                    "Content-Length": "0",
+                },
+            )
         key = (repo_type, repo_id, file_path)
         return self._file_bytes(method, key, hub_file, headers, common)
 
@@ -415,12 +486,24 @@ class HubDouble:
             # The Hub's CDN never sees the user's token: huggingface_hub drops it for another origin.
             return Reply(400, {"Content-Type": "text/plain"}, b"the Authorization header must not reach the CDN")
         repo = self.repos.get((repo_type, repo_id))
-        hub_file = next((f for files in (repo.commits.values() if repo else ())
-                         for f in files.values() if f.sha256 == digest and f.path == file_path), None)
+        hub_file = next(
+            (
+                f
+                for files in (repo.commits.values() if repo else ())
+                for f in files.values()
+                if f.sha256 == digest and f.path == file_path
+            ),
+            None,
+        )
         if hub_file is None:
             return Reply(404, {}, b"")
-        return self._file_bytes(method, (repo_type, repo_id, file_path), hub_file, headers,
-                                {"ETag": f'"{digest}"', "Accept-Ranges": "bytes"})
+        return self._file_bytes(
+            method,
+            (repo_type, repo_id, file_path),
+            hub_file,
+            headers,
+            {"ETag": f'"{digest}"', "Accept-Ranges": "bytes"},
+        )
 
     def _file_bytes(self, method, key, hub_file: HubFile, headers, common) -> Reply | tuple:
         data, start, end = hub_file.data, 0, len(hub_file.data) - 1
@@ -434,8 +517,13 @@ class HubDouble:
             if start >= len(data):
                 return Reply(416, {"Content-Range": f"bytes */{len(data)}"})
             status, extra = 206, {"Content-Range": f"bytes {start}-{end}/{len(data)}"}
-        body = data[start:end + 1]
-        reply_headers = {**common, **extra, "Content-Length": str(len(body)), "Content-Type": "application/octet-stream"}
+        body = data[start : end + 1]
+        reply_headers = {
+            **common,
+            **extra,
+            "Content-Length": str(len(body)),
+            "Content-Type": "application/octet-stream",
+        }
         if method == "HEAD":
             with self._lock:
                 self._heads[key] += 1
@@ -533,7 +621,7 @@ def _handler(hub: HubDouble, *, cdn: bool):
                 _, reply, held, key = outcome
                 hub._record(method, self.path, reply.status, self.headers.get("Range"), key, held.after_bytes)
                 self._head(reply)
-                self.wfile.write(reply.body[:held.after_bytes])
+                self.wfile.write(reply.body[: held.after_bytes])
                 self.wfile.flush()
                 held.reached.set()
                 held.released.wait()
@@ -713,8 +801,14 @@ def running(monkeypatch, hf_home: Path) -> Iterator[HubDouble]:
 # --------------------------------------------------------------------------- sample repositories
 
 # The tiny Llama's files (tests/conftest.py tiny_llama_dir): what the trainer fetches of its repository by default.
-SAFE_FILES = ["chat_template.jinja", "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-              "tokenizer_config.json"]
+SAFE_FILES = [
+    "chat_template.jinja",
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+]
 
 
 def model_repo_files(tiny_llama_dir: Path) -> dict[str, bytes]:
@@ -763,5 +857,8 @@ def dataset_repo_files(version: int = 1) -> dict[str, bytes]:
 
 def fetched_files(folder: Path, *skip: str) -> list[str]:
     """The files a fetch left in `folder` (relative paths), without huggingface_hub's bookkeeping or `skip` names."""
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
-                  if p.is_file() and ".cache" not in p.parts and p.name not in skip)
+    return sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file() and ".cache" not in p.parts and p.name not in skip
+    )

@@ -92,11 +92,21 @@ def test_operator_scale_small(tmp_path, capsys):
     printed = capsys.readouterr().out
     header, body = table_rows(printed, "| metric |")
     assert header == ["metric", "value"]
-    assert {cells[0] for cells in body} >= {"every child Job exists (s)", "create -> Job p99 (s)", "operator peak RSS (MiB)",
-                                             "operator API calls per job"}
+    assert {cells[0] for cells in body} >= {
+        "every child Job exists (s)",
+        "create -> Job p99 (s)",
+        "operator peak RSS (MiB)",
+        "operator API calls per job",
+    }
     result = json.loads(out.read_text())
     assert result["missing"] == 0 and result["jobs"] == 30
-    assert 0 <= result["latency_p50_s"] <= result["latency_p99_s"] <= result["latency_max_s"] <= result["all_jobs_exist_s"] + 0.05
+    assert (
+        0
+        <= result["latency_p50_s"]
+        <= result["latency_p99_s"]
+        <= result["latency_max_s"]
+        <= result["all_jobs_exist_s"] + 0.05
+    )
     assert 0 <= result["status_p50_s"] <= result["status_p99_s"] <= result["all_statuses_s"] + 0.05
     assert result["latency_p50_s"] <= result["status_p50_s"]  # a FineTuneJob's status names its Job: after it
     assert result["operator_peak_rss_mib"] > 10 and result["operator_cpu_s"] > 0 and result["users_cpu_s"] > 0

@@ -32,28 +32,37 @@ def served(obj: dict) -> dict:
 
 def new_job(generation: int = 1, **spec_changes) -> dict:
     """As `kubectl apply` creates it: no status (a create drops any status the request carried)."""
-    return {"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob",
-            "metadata": {"name": "bot", "namespace": "team-a", "uid": "u-1", "generation": generation},
-            "spec": SPEC | spec_changes}
+    return {
+        "apiVersion": "kubetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "bot", "namespace": "team-a", "uid": "u-1", "generation": generation},
+        "spec": SPEC | spec_changes,
+    }
 
 
 def _job(suspend: bool = False, annotations: dict | None = None, labels: dict | None = None, **counters) -> dict:
-    return {"metadata": {"name": "bot", "uid": "j-1", "annotations": annotations or {}, "labels": labels or {}},
-            "spec": {"suspend": suspend}, "status": counters}
+    return {
+        "metadata": {"name": "bot", "uid": "j-1", "annotations": annotations or {}, "labels": labels or {}},
+        "spec": {"suspend": suspend},
+        "status": counters,
+    }
 
 
 def _pod(phase: str, exit_code: int | None = None, message: str = "") -> dict:
     pod = {"metadata": {"name": f"bot-{phase.lower()}", "creationTimestamp": NOW}, "status": {"phase": phase}}
     if exit_code is not None:
         pod["status"]["containerStatuses"] = [
-            {"name": "trainer", "state": {"terminated": {"exitCode": exit_code, "message": message}}}]
+            {"name": "trainer", "state": {"terminated": {"exitCode": exit_code, "message": message}}}
+        ]
     return pod
 
 
-def _with_status(obj: dict, job: dict | None, pods: list[dict], *, queue_name: str = "",
-                 spec_suspend: bool = False) -> dict:
-    seen = status.observe(job, pods, nodes=1, spec_suspend=spec_suspend, queue_name=queue_name, backoff_limit=3,
-                          active_deadline_seconds=0)
+def _with_status(
+    obj: dict, job: dict | None, pods: list[dict], *, queue_name: str = "", spec_suspend: bool = False
+) -> dict:
+    seen = status.observe(
+        job, pods, nodes=1, spec_suspend=spec_suspend, queue_name=queue_name, backoff_limit=3, active_deadline_seconds=0
+    )
     obj = copy.deepcopy(obj)
     obj["status"] = status.compute(obj, seen, "bot", NOW).status
     return obj
@@ -72,16 +81,21 @@ def states() -> dict[str, dict]:
         "pending": _with_status(base, None, []),
         "pods-pending": _with_status(base, _job(active=1), [_pod("Pending")]),
         "retrying": _with_status(base, _job(failed=1, active=1), [_pod("Failed", 20, "S3 timed out")]),
-        "queued-by-kueue": _with_status(new_job(queueName="team-a"),  # the Job carries its LocalQueue's label
-                                        _job(suspend=True, labels={builders.LABEL_KUEUE_QUEUE: "team-a"}), [],
-                                        queue_name="team-a"),
+        "queued-by-kueue": _with_status(
+            new_job(queueName="team-a"),  # the Job carries its LocalQueue's label
+            _job(suspend=True, labels={builders.LABEL_KUEUE_QUEUE: "team-a"}),
+            [],
+            queue_name="team-a",
+        ),
         "queued-by-namespace-cap": _with_status(
-            base, _job(suspend=True, annotations={builders.ANNOTATION_HELD: "true"}), []),
+            base, _job(suspend=True, annotations={builders.ANNOTATION_HELD: "true"}), []
+        ),
         "running": running,
         "suspended-by-spec": _with_status(suspended, _job(suspend=True), [], spec_suspend=True),
         "succeeded": _with_status(base, _job(succeeded=1, conditions=complete), [_pod("Succeeded")]),
-        "failed": _with_status(base, _job(failed=1, conditions=user_error),
-                               [_pod("Failed", 10, "spec.datasets[0]: column 'text' missing")]),
+        "failed": _with_status(
+            base, _job(failed=1, conditions=user_error), [_pod("Failed", 10, "spec.datasets[0]: column 'text' missing")]
+        ),
     }
     # The training Job suspended by someone else than the user (a Kueue webhook that manages the namespace).
     result["suspended-by-other"] = _with_status(base, _job(suspend=True), [])

@@ -27,8 +27,9 @@ def compute(obj: dict) -> Result:
     # checkGeneration: only when both are present (a missing observedGeneration skips the check).
     generation, observed = metadata.get("generation"), status.get("observedGeneration")
     if generation is not None and observed is not None and observed != generation:
-        return Result(IN_PROGRESS, f"{obj.get('kind')} generation is {generation}, but latest observed generation "
-                                   f"is {observed}")
+        return Result(
+            IN_PROGRESS, f"{obj.get('kind')} generation is {generation}, but latest observed generation is {observed}"
+        )
     conditions = status.get("conditions") or []
     for cond in conditions:
         if cond.get("type") == "Reconciling" and cond.get("status") == "True":

@@ -28,13 +28,13 @@ import kubernetes_validate
 import pytest
 import yaml
 from celpy import celtypes
+
 from kubetune.controller import builders, policy
 from kubetune.controller.config import from_env
-
 from tests.api import celcost, crdcheck
 
 helm = pytest.importorskip("helm_python.chart", reason="helm-python-sdk (the embedded Helm SDK) is not installed")
-from tests.charts.test_chart import CHART, by_kind, render
+from tests.charts.test_chart import CHART, by_kind, render  # noqa: E402 - it needs helm_python, checked above
 
 PER_CALL_LIMIT = 1_000_000
 RUNTIME_CEL_COST_BUDGET = 10_000_000
@@ -52,8 +52,10 @@ POLICY = {
     "allowedServiceAccounts": ["ml-identity"],
     "admissionPolicy": {"enabled": True},
 }
-VALUES = {"trainer": {"defaultOutputUri": "s3://ml-outputs/", "image": {"repository": "registry.example/kubetune/trainer"}},
-          "policy": POLICY}
+VALUES = {
+    "trainer": {"defaultOutputUri": "s3://ml-outputs/", "image": {"repository": "registry.example/kubetune/trainer"}},
+    "policy": POLICY,
+}
 TRAINER_IMAGE = "registry.example/kubetune/trainer:"  # + the chart's appVersion
 
 BASE = {
@@ -64,8 +66,9 @@ BASE = {
         "technique": "lora",
         "objective": "instruction",
         "model": {"uri": "hf://Qwen/Qwen2.5-0.5B-Instruct"},
-        "datasets": [{"name": "chat", "uri": "s3://data/chat/train.jsonl", "format": "messages",
-                      "credentialsSecret": "s3-creds"}],
+        "datasets": [
+            {"name": "chat", "uri": "s3://data/chat/train.jsonl", "format": "messages", "credentialsSecret": "s3-creds"}
+        ],
         "queueName": "team-a-gpus",
         "resources": {"gpus": 2},
     },
@@ -89,18 +92,42 @@ CASES = [
     ("another bucket", {"output": {"uri": "s3://elsewhere/runs/"}}, {"outputUriPrefix"}),
     ("another team's folder", {"output": {"uri": "s3://ml-outputs/team-b/"}}, {"outputUriPrefix"}),
     ("a look-alike team folder", {"output": {"uri": "s3://ml-outputs/team-a-x/"}}, {"outputUriPrefix"}),
-    ("ambient model credentials", {"model": {"uri": "s3://models/base/", "ambientCredentials": True}},
-     {"allowAmbientCredentials"}),
-    ("ambient dataset credentials",
-     {"datasets": [{"name": "chat", "uri": "s3://data/chat.jsonl", "format": "messages", "ambientCredentials": True}]},
-     {"allowAmbientCredentials"}),
+    (
+        "ambient model credentials",
+        {"model": {"uri": "s3://models/base/", "ambientCredentials": True}},
+        {"allowAmbientCredentials"},
+    ),
+    (
+        "ambient dataset credentials",
+        {
+            "datasets": [
+                {"name": "chat", "uri": "s3://data/chat.jsonl", "format": "messages", "ambientCredentials": True}
+            ]
+        },
+        {"allowAmbientCredentials"},
+    ),
     ("ambient output credentials", {"output": {"ambientCredentials": True}}, {"allowAmbientCredentials"}),
     ("an allowed ServiceAccount", {"pod": {"serviceAccountName": "ml-identity"}}, set()),
     ("another ServiceAccount", {"pod": {"serviceAccountName": "default"}}, {"allowedServiceAccounts"}),
-    ("everything at once", {"image": "ghcr.io/x/y:1", "queueName": "", "nodes": 3, "priorityClassName": "p",
-                            "output": {"uri": "s3://elsewhere/"}, "pod": {"serviceAccountName": "default"}},
-     {"allowedImagePrefixes", "requireQueue", "maxNodesPerJob", "allowedPriorityClasses", "outputUriPrefix",
-      "allowedServiceAccounts"}),
+    (
+        "everything at once",
+        {
+            "image": "ghcr.io/x/y:1",
+            "queueName": "",
+            "nodes": 3,
+            "priorityClassName": "p",
+            "output": {"uri": "s3://elsewhere/"},
+            "pod": {"serviceAccountName": "default"},
+        },
+        {
+            "allowedImagePrefixes",
+            "requireQueue",
+            "maxNodesPerJob",
+            "allowedPriorityClasses",
+            "outputUriPrefix",
+            "allowedServiceAccounts",
+        },
+    ),
 ]
 
 
@@ -143,11 +170,18 @@ def admit(objects: tuple[dict, dict], doc: dict, operation: str = "CREATE") -> l
     rule = vap["spec"]["matchConstraints"]["resourceRules"][0]
     if operation not in rule["operations"] or not _matches(binding, doc["metadata"]["namespace"]):
         return []
-    assert (rule["apiGroups"], rule["apiVersions"], rule["resources"]) == (["kubetune.dev"], ["v1alpha1"],
-                                                                           ["finetunejobs"])
-    activation = {"object": celpy.json_to_cel(obj), "oldObject": celpy.json_to_cel(None),
-                  "request": celpy.json_to_cel({"namespace": doc["metadata"]["namespace"], "operation": operation,
-                                                "name": doc["metadata"]["name"]})}
+    assert (rule["apiGroups"], rule["apiVersions"], rule["resources"]) == (
+        ["kubetune.dev"],
+        ["v1alpha1"],
+        ["finetunejobs"],
+    )
+    activation = {
+        "object": celpy.json_to_cel(obj),
+        "oldObject": celpy.json_to_cel(None),
+        "request": celpy.json_to_cel(
+            {"namespace": doc["metadata"]["namespace"], "operation": operation, "name": doc["metadata"]["name"]}
+        ),
+    }
     # Variables in order (the API server evaluates them lazily, on first use: the same values).
     variables = celtypes.MapType({})
     for variable in vap["spec"].get("variables") or []:
@@ -212,11 +246,16 @@ def test_rendered_only_when_enabled_and_there_is_a_rule():
     assert admission_objects({"policy": POLICY | {"admissionPolicy": {"enabled": False}}}) is None
     assert admission_objects({}) is None
     # everything allowed: no rule, no policy (the API server refuses one without validations)
-    permissive = {"allowAmbientCredentials": True, "allowedServiceAccounts": ["*"], "admissionPolicy": {"enabled": True}}
+    permissive = {
+        "allowAmbientCredentials": True,
+        "allowedServiceAccounts": ["*"],
+        "admissionPolicy": {"enabled": True},
+    }
     assert admission_objects({"policy": permissive}) is None
     only_ambient = admission_objects({"policy": permissive | {"allowAmbientCredentials": False}})
     assert [v["message"].split(")")[0] for v in only_ambient[0]["spec"]["validations"]] == [
-        "PolicyDenied (allowAmbientCredentials"]
+        "PolicyDenied (allowAmbientCredentials"
+    ]
 
 
 def test_values_with_quotes_reach_cel_as_literals(objects):
@@ -251,12 +290,14 @@ def test_the_objects_are_valid_kubernetes(objects, version):
 
 def test_deny_and_warn_together_are_refused_by_the_values_schema():
     with pytest.raises(Exception, match="validationActions"):
-        helm.Chart.load(CHART).render({"policy": {"admissionPolicy": {"enabled": True,
-                                                                      "validationActions": ["Deny", "Warn"]}}},
-                                      name="kubetune", namespace="kubetune-system")
-    assert admission_objects({"policy": POLICY | {"admissionPolicy": {"enabled": True, "validationActions":
-                                                                       ["Warn", "Audit"]}}})[1]["spec"][
-        "validationActions"] == ["Warn", "Audit"]
+        helm.Chart.load(CHART).render(
+            {"policy": {"admissionPolicy": {"enabled": True, "validationActions": ["Deny", "Warn"]}}},
+            name="kubetune",
+            namespace="kubetune-system",
+        )
+    assert admission_objects(
+        {"policy": POLICY | {"admissionPolicy": {"enabled": True, "validationActions": ["Warn", "Audit"]}}}
+    )[1]["spec"]["validationActions"] == ["Warn", "Audit"]
 
 
 class _Roots(celcost._SizeEstimator):
@@ -283,10 +324,14 @@ def test_every_expression_stays_within_the_api_servers_runtime_cost_limits(objec
     vap = objects[0]
     obj = celcost.schema_decl_type(crdcheck.schema(), is_resource_root=True)
     obj.fields["metadata"].fields["name"] = celcost.DeclType("string", MAX_NAME_LENGTH, celcost.MIN_STRING_SIZE)
-    request = celcost.DeclType("object", fields={
-        "namespace": celcost.DeclType("string", MAX_NAMESPACE_LENGTH, celcost.MIN_STRING_SIZE),
-        "name": celcost.DeclType("string", MAX_NAME_LENGTH, celcost.MIN_STRING_SIZE),
-        "operation": celcost.DeclType("string", 7, celcost.MIN_STRING_SIZE)})
+    request = celcost.DeclType(
+        "object",
+        fields={
+            "namespace": celcost.DeclType("string", MAX_NAMESPACE_LENGTH, celcost.MIN_STRING_SIZE),
+            "name": celcost.DeclType("string", MAX_NAME_LENGTH, celcost.MIN_STRING_SIZE),
+            "operation": celcost.DeclType("string", 7, celcost.MIN_STRING_SIZE),
+        },
+    )
     roots = {"object": obj, "oldObject": obj, "request": request}
     # Variables are typed (and sized) from their own expressions, and a use of one costs its evaluation.
     declared, variable_cost = celcost.DeclType("object"), {}
@@ -313,11 +358,26 @@ def test_every_expression_stays_within_the_api_servers_runtime_cost_limits(objec
 def test_the_cost_bound_is_live():
     """The same estimate catches an expression the API server would stop: a quadratic walk over every dataset pair
     of an unbounded list would be refused at runtime."""
-    unbounded = {"type": "object", "properties": {"spec": {"type": "object", "properties": {
-        "datasets": {"type": "array", "items": {"type": "object", "properties": {"uri": {"type": "string"}}}}}}}}
+    unbounded = {
+        "type": "object",
+        "properties": {
+            "spec": {
+                "type": "object",
+                "properties": {
+                    "datasets": {
+                        "type": "array",
+                        "items": {"type": "object", "properties": {"uri": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+    }
     obj = celcost.schema_decl_type(unbounded, is_resource_root=True)
-    cost = _cost("object.spec.datasets.all(a, object.spec.datasets.all(b, a.uri == b.uri || a.uri.startsWith(b.uri)))",
-                 {"object": obj}, "bool")
+    cost = _cost(
+        "object.spec.datasets.all(a, object.spec.datasets.all(b, a.uri == b.uri || a.uri.startsWith(b.uri)))",
+        {"object": obj},
+        "bool",
+    )
     assert cost > PER_CALL_LIMIT
 
 
@@ -326,9 +386,15 @@ def test_operator_settings_are_the_policy_values():
     env = {e["name"]: e["value"] for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"] if "value" in e}
     config = from_env(env)
     assert config.policy == dataclasses.replace(
-        config.policy, allowed_image_prefixes=("registry.example/ml/",), require_queue=True, max_gpus_per_job=8,
-        max_nodes_per_job=2, allowed_priority_classes=("training", "urgent"),
-        output_uri_prefix="s3://ml-outputs/{namespace}", allowed_service_accounts=("ml-identity",))
+        config.policy,
+        allowed_image_prefixes=("registry.example/ml/",),
+        require_queue=True,
+        max_gpus_per_job=8,
+        max_nodes_per_job=2,
+        allowed_priority_classes=("training", "urgent"),
+        output_uri_prefix="s3://ml-outputs/{namespace}",
+        allowed_service_accounts=("ml-identity",),
+    )
     assert config.trainer_image.startswith(TRAINER_IMAGE)
 
 

@@ -21,8 +21,12 @@ KUBE_VERSION = "1.33.0"
 
 VALUE_SETS = {
     "defaults": {},
-    "namespaced-ha": {"watchNamespaces": ["team-a", "team-b"], "replicaCount": 2, "maxRunningPerNamespace": 4,
-                      "concurrentReconciles": 64},
+    "namespaced-ha": {
+        "watchNamespaces": ["team-a", "team-b"],
+        "replicaCount": 2,
+        "maxRunningPerNamespace": 4,
+        "concurrentReconciles": 64,
+    },
     "cluster-ha-monitoring": {
         "replicaCount": 3,
         "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
@@ -36,10 +40,18 @@ VALUE_SETS = {
     "shared-cluster-policy": {
         "watchNamespaces": ["team-a"],
         "trainer": {"defaultOutputUri": "s3://ml-outputs/", "imagePullSecrets": [{"name": "regcred"}]},
-        "policy": {"allowedImagePrefixes": ["registry.example/ml/"], "requireQueue": True, "defaultQueue": "gpus",
-                   "maxGpusPerJob": 16, "maxNodesPerJob": 2, "allowedPriorityClasses": ["training"],
-                   "outputUriPrefix": "s3://ml-outputs/{namespace}/", "allowAmbientCredentials": True,
-                   "allowedServiceAccounts": ["ml-identity"], "admissionPolicy": {"enabled": True}},
+        "policy": {
+            "allowedImagePrefixes": ["registry.example/ml/"],
+            "requireQueue": True,
+            "defaultQueue": "gpus",
+            "maxGpusPerJob": 16,
+            "maxNodesPerJob": 2,
+            "allowedPriorityClasses": ["training"],
+            "outputUriPrefix": "s3://ml-outputs/{namespace}/",
+            "allowAmbientCredentials": True,
+            "allowedServiceAccounts": ["ml-identity"],
+            "admissionPolicy": {"enabled": True},
+        },
     },
 }
 # Kinds kubernetes-validate has no schema for (CRD-defined); checked by shape below instead.
@@ -173,14 +185,18 @@ def test_operator_settings_reach_its_environment():
 
     def config(values):
         (deploy,) = by_kind(render(values), "Deployment")
-        return from_env({e["name"]: e["value"] for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"] if "value" in e})
+        return from_env(
+            {e["name"]: e["value"] for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"] if "value" in e}
+        )
 
     assert config({}).concurrent_reconciles == 32 and config({}).max_running_per_namespace == 0
     tuned = config(VALUE_SETS["namespaced-ha"])
     assert tuned.concurrent_reconciles == 64 and tuned.max_running_per_namespace == 4
     # Training pods' pull secrets and the platform's policy; the operator's own pull secrets stay its own.
-    assert config({}).trainer_image_pull_secrets == () and config({"imagePullSecrets": [{"name": "op"}]}
-                                                                   ).trainer_image_pull_secrets == ()
+    assert (
+        config({}).trainer_image_pull_secrets == ()
+        and config({"imagePullSecrets": [{"name": "op"}]}).trainer_image_pull_secrets == ()
+    )
     shared = config(VALUE_SETS["shared-cluster-policy"])
     assert shared.trainer_image_pull_secrets == ("regcred",)
     assert shared.policy.max_gpus_per_job == 16 and shared.policy.default_queue == "gpus"
@@ -202,4 +218,6 @@ def test_chart_installs_the_generated_crd():
     crds = by_kind(render({}), "CustomResourceDefinition")
     names = {c["metadata"]["name"] for c in crds}
     assert "finetunejobs.kubetune.dev" in names
-    assert (CHART / "crds" / "finetunejobs.kubetune.dev.yaml").read_text() == (REPO / "crds" / "finetunejobs.kubetune.dev.yaml").read_text()
+    assert (CHART / "crds" / "finetunejobs.kubetune.dev.yaml").read_text() == (
+        REPO / "crds" / "finetunejobs.kubetune.dev.yaml"
+    ).read_text()

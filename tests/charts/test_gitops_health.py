@@ -115,14 +115,19 @@ EXPECTED = {
     "retrying": ("Progressing", "Pending: attempt failed: S3 timed out; retrying from the newest checkpoint"),
     "queued-by-kueue": ("Progressing", "Queued: waiting for Kueue LocalQueue 'team-a' to admit the Job"),
     "queued-by-namespace-cap": (
-        "Progressing", "Queued: waiting: this namespace runs as many FineTuneJobs as the operator allows"),
+        "Progressing",
+        "Queued: waiting: this namespace runs as many FineTuneJobs as the operator allows",
+    ),
     "running": ("Progressing", "Training: step 1200/3000 (40%)"),
     "resumed": ("Progressing", "Running"),
     "suspended-by-spec": ("Suspended", "Suspended (spec.suspend: true)"),
     # Held by another controller (Kueue managing the namespace): queued until it lets the Job run, not suspended.
-    "suspended-by-other": ("Progressing", "Queued: the Job was suspended by another controller, not by kubetune "
-                           "(Kueue does this to every Job of a namespace it manages with manageJobsWithoutQueueName): "
-                           "it starts when that controller admits it"),
+    "suspended-by-other": (
+        "Progressing",
+        "Queued: the Job was suspended by another controller, not by kubetune "
+        "(Kueue does this to every Job of a namespace it manages with manageJobsWithoutQueueName): "
+        "it starts when that controller admits it",
+    ),
     "succeeded": ("Healthy", "Training complete"),
     "failed": ("Degraded", "UserError: spec.datasets[0]: column 'text' missing"),
     "invalid": ("Degraded", "SpecInvalid: invalid spec: spec.lora.rank: must be > 0"),
@@ -159,17 +164,28 @@ def test_a_float_percent_and_missing_step_still_render():
 
 def test_the_sandbox_is_argo_cds():
     """What Argo CD refuses without useOpenLibs is refused here too, and what it opens works."""
+
     def run(script):
         lua = _runtime()
         return lua.execute(SANDBOX)(script, _to_lua(lua, {"metadata": {"name": "x"}}))
 
-    for refused in ('return string.format("%d", 1)', 'return ("x"):upper()', "return math.floor(1.5)",
-                    "return io.write('x')", "return os.getenv('HOME')", "return os.exit(1)",
-                    "return require('string')", "return loadstring('return string')().len('x')",
-                    "return debug.traceback()", "return coroutine.create(print)"):
+    for refused in (
+        'return string.format("%d", 1)',
+        'return ("x"):upper()',
+        "return math.floor(1.5)",
+        "return io.write('x')",
+        "return os.getenv('HOME')",
+        "return os.exit(1)",
+        "return require('string')",
+        "return loadstring('return string')().len('x')",
+        "return debug.traceback()",
+        "return coroutine.create(print)",
+    ):
         with pytest.raises(lupa51.LuaError):
             run(refused)
     assert run("return table.concat({'a', 'b'}, '-') .. tostring(1200) .. #obj.metadata.name") == "a-b12001"
-    assert run("return type(os.time()) .. type(require('os').date) .. type(pcall) .. type(ipairs)") == \
-        "numberfunctionfunctionfunction"
+    assert (
+        run("return type(os.time()) .. type(require('os').date) .. type(pcall) .. type(ipairs)")
+        == "numberfunctionfunctionfunction"
+    )
     assert run("return 1200 .. '/' .. 3000") == "1200/3000"

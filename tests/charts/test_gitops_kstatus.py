@@ -29,7 +29,8 @@ KSTATUS = {
     "running": kstatus.IN_PROGRESS,
     "resumed": kstatus.IN_PROGRESS,
     "suspended-by-spec": kstatus.CURRENT,
-    "suspended-by-other": kstatus.CURRENT if STATES["suspended-by-other"]["status"]["phase"] == "Suspended"
+    "suspended-by-other": kstatus.CURRENT
+    if STATES["suspended-by-other"]["status"]["phase"] == "Suspended"
     else kstatus.IN_PROGRESS,
     "succeeded": kstatus.CURRENT,
     "failed": kstatus.FAILED,
@@ -112,12 +113,18 @@ def flux_status(exprs: dict, obj: dict) -> str:
 def test_documented_health_check_exprs_for_every_state():
     started, finished = documented_exprs()
     for name, obj in STATES.items():
-        phase = obj["status"].get("phase") if obj["metadata"]["generation"] == obj["status"]["observedGeneration"] \
-            else None
-        want_started = {"Failed": kstatus.FAILED, "Running": kstatus.CURRENT, "Succeeded": kstatus.CURRENT,
-                        "Suspended": kstatus.CURRENT}.get(phase, kstatus.IN_PROGRESS)
-        want_finished = {"Failed": kstatus.FAILED, "Succeeded": kstatus.CURRENT,
-                         "Suspended": kstatus.CURRENT}.get(phase, kstatus.IN_PROGRESS)
+        phase = (
+            obj["status"].get("phase") if obj["metadata"]["generation"] == obj["status"]["observedGeneration"] else None
+        )
+        want_started = {
+            "Failed": kstatus.FAILED,
+            "Running": kstatus.CURRENT,
+            "Succeeded": kstatus.CURRENT,
+            "Suspended": kstatus.CURRENT,
+        }.get(phase, kstatus.IN_PROGRESS)
+        want_finished = {"Failed": kstatus.FAILED, "Succeeded": kstatus.CURRENT, "Suspended": kstatus.CURRENT}.get(
+            phase, kstatus.IN_PROGRESS
+        )
         assert flux_status(started, obj) == want_started, name
         assert flux_status(finished, obj) == want_finished, name
     assert flux_status(started, STATES["new"]) == kstatus.IN_PROGRESS

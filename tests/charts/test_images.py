@@ -23,8 +23,10 @@ OPERATOR = (REPO / "operator" / "Dockerfile").read_text()
 
 
 def _pins(dockerfile: str) -> dict[str, str]:
-    return {canonicalize_name(name): version
-            for name, version in re.findall(r'"([A-Za-z0-9_.-]+)==([0-9][^"]*)"', dockerfile)}
+    return {
+        canonicalize_name(name): version
+        for name, version in re.findall(r'"([A-Za-z0-9_.-]+)==([0-9][^"]*)"', dockerfile)
+    }
 
 
 def _extra(name: str) -> list[Requirement]:
@@ -64,8 +66,18 @@ def _dockerfile_env(dockerfile: str) -> dict[str, str]:
 def test_trainer_pins_satisfy_the_projects_ranges():
     ranges = {canonicalize_name(r.name): r for r in _extra("trainer") + _extra("gpu")}
     pins = _pins(TRAINER)
-    for name in ("transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate", "torch-optimi",
-                 "liger-kernel", "kubernetes", "boto3"):
+    for name in (
+        "transformers",
+        "peft",
+        "trl",
+        "bitsandbytes",
+        "datasets",
+        "accelerate",
+        "torch-optimi",
+        "liger-kernel",
+        "kubernetes",
+        "boto3",
+    ):
         assert name in pins, f"{name} is not pinned in trainer/Dockerfile"
         assert pins[name] in ranges[name].specifier, f"{name}=={pins[name]} is outside {ranges[name]}"
 
@@ -75,16 +87,25 @@ def test_trainer_installs_every_requirement_of_the_trainer_extra():
     (torch comes from the base image)."""
     pins = set(_pins(TRAINER))
     brought = _installed_closure(pins)
-    missing = [str(r) for r in _extra("trainer")
-               if canonicalize_name(r.name) not in brought and canonicalize_name(r.name) != "torch"]
+    missing = [
+        str(r)
+        for r in _extra("trainer")
+        if canonicalize_name(r.name) not in brought and canonicalize_name(r.name) != "torch"
+    ]
     assert missing == [], f"trainer/Dockerfile installs neither these nor a package that requires them: {missing}"
 
 
 def test_trainer_image_environment_is_the_pods():
     ftj = {"metadata": {"name": "x", "namespace": "ns", "uid": "u"}}
-    spec = builders.resolve_spec({"technique": "lora", "model": {"uri": "hf://org/model"},
-                                  "datasets": [{"name": "d", "uri": "s3://bucket/d.jsonl", "format": "text"}],
-                                  "output": {"uri": "s3://bucket/out/"}}, OperatorConfig())
+    spec = builders.resolve_spec(
+        {
+            "technique": "lora",
+            "model": {"uri": "hf://org/model"},
+            "datasets": [{"name": "d", "uri": "s3://bucket/d.jsonl", "format": "text"}],
+            "output": {"uri": "s3://bucket/out/"},
+        },
+        OperatorConfig(),
+    )
     pod_env = {e["name"]: e["value"] for e in builders.trainer_env(ftj, spec, OperatorConfig()) if "value" in e}
     image_env = _dockerfile_env(TRAINER)
     for name in ("HOME", "HF_HOME", "TMPDIR"):
@@ -108,8 +129,10 @@ def test_quickstart_builds_and_installs_the_images_as_the_makefile_and_the_chart
 
     quickstart = (REPO / "docs" / "quickstart.md").read_text()
     makefile = (REPO / "Makefile").read_text()
-    for dockerfile, arg, make_variable in ((OPERATOR, "PYTHON_IMAGE", "OPERATOR_BASE"),
-                                           (TRAINER, "BASE_IMAGE", "TRAINER_BASE")):
+    for dockerfile, arg, make_variable in (
+        (OPERATOR, "PYTHON_IMAGE", "OPERATOR_BASE"),
+        (TRAINER, "BASE_IMAGE", "TRAINER_BASE"),
+    ):
         assert re.search(rf"^ARG {arg}=", dockerfile, re.M) and re.search(rf"^FROM \$\{{{arg}\}}", dockerfile, re.M)
         assert f"--build-arg {arg}=$({make_variable})" in makefile
         assert f"`{arg}`" in quickstart

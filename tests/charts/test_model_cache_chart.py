@@ -15,11 +15,20 @@ helm = pytest.importorskip("helm_python.chart", reason="helm-python-sdk (the emb
 from tests.charts.test_chart import KUBE_VERSION, by_kind, render  # noqa: E402
 from tests.charts.test_values_schema import lint_errors  # noqa: E402
 
-CACHE = {"root": "s3://kubetune-cache/models/", "endpoint": "http://minio.minio:9000", "region": "eu-west-1",
-         "default": False, "maxSize": "2Ti",
-         "populate": {"secretName": "model-cache-writer", "serviceAccountName": "model-cache",
-                      "resources": {"requests": {"cpu": "2", "memory": "4Gi"}}},
-         "read": {"secretName": "model-cache"}, "hubEndpoint": "https://hf-mirror.example.com"}
+CACHE = {
+    "root": "s3://kubetune-cache/models/",
+    "endpoint": "http://minio.minio:9000",
+    "region": "eu-west-1",
+    "default": False,
+    "maxSize": "2Ti",
+    "populate": {
+        "secretName": "model-cache-writer",
+        "serviceAccountName": "model-cache",
+        "resources": {"requests": {"cpu": "2", "memory": "4Gi"}},
+    },
+    "read": {"secretName": "model-cache"},
+    "hubEndpoint": "https://hf-mirror.example.com",
+}
 
 
 def _operator(values: dict) -> dict:
@@ -40,10 +49,18 @@ def test_the_cache_values_reach_the_operator(watch):
     settings, refusal = operator_settings(container)
     assert refusal == ""
     cache = settings.model_cache
-    assert (cache.root, cache.namespace, cache.default, cache.max_bytes) == (CACHE["root"], "kubetune-system", False,
-                                                                            2 * 1024**4)
+    assert (cache.root, cache.namespace, cache.default, cache.max_bytes) == (
+        CACHE["root"],
+        "kubetune-system",
+        False,
+        2 * 1024**4,
+    )
     assert (cache.populate_secret, cache.populate_service_account, cache.read_secret, cache.read_ambient) == (
-        "model-cache-writer", "model-cache", "model-cache", False)
+        "model-cache-writer",
+        "model-cache",
+        "model-cache",
+        False,
+    )
     assert (cache.endpoint, cache.region, cache.hub_endpoint) == (CACHE["endpoint"], "eu-west-1", CACHE["hubEndpoint"])
     assert cache.populate_resources == {"requests": {"cpu": "2", "memory": "4Gi"}}
     # The operator evicts with the writer's keys: the kubelet resolves them, the operator never reads the Secret.
@@ -60,10 +77,19 @@ def test_the_cache_values_reach_the_operator(watch):
         # lists (and bound to the operator's ServiceAccount).
         own = roles["kubetune-system"]
         assert own["metadata"]["name"].endswith("-model-cache")
-        granted = [(verb, group, resource) for rule in own["rules"] for group in rule["apiGroups"]
-                   for resource in rule["resources"] for verb in rule["verbs"]]
-        assert sorted(granted) == [("create", "batch", "jobs"), ("delete", "batch", "jobs"), ("get", "batch", "jobs"),
-                                   ("list", "", "pods")]
+        granted = [
+            (verb, group, resource)
+            for rule in own["rules"]
+            for group in rule["apiGroups"]
+            for resource in rule["resources"]
+            for verb in rule["verbs"]
+        ]
+        assert sorted(granted) == [
+            ("create", "batch", "jobs"),
+            ("delete", "batch", "jobs"),
+            ("get", "batch", "jobs"),
+            ("list", "", "pods"),
+        ]
         assert all(is_granted(*call) for call in granted)
         (binding,) = [b for b in by_kind(docs, "RoleBinding") if b["metadata"]["namespace"] == "kubetune-system"]
         assert binding["roleRef"]["name"] == own["metadata"]["name"]
@@ -86,15 +112,18 @@ def test_the_cache_is_off_by_default_and_with_ambient_identity_no_keys_are_passe
     assert sorted(r["metadata"]["name"] for r in by_kind(docs, "Role")) == ["kubetune", "kubetune"]
 
 
-@pytest.mark.parametrize("cache, path", [
-    ({"root": "gs://kubetune-cache/"}, "/cache/root"),
-    ({"root": "kubetune-cache"}, "/cache/root"),
-    ({"maxSize": "lots"}, "/cache/maxSize"),
-    ({"read": {"secretName": "Model_Cache"}}, "/cache/read/secretName"),
-    ({"populate": {"secretName": "writer", "token": "x"}}, "token"),
-    ({"endpoint": "minio:9000"}, "/cache/endpoint"),
-    ({"default": "yes"}, "/cache/default"),
-])
+@pytest.mark.parametrize(
+    "cache, path",
+    [
+        ({"root": "gs://kubetune-cache/"}, "/cache/root"),
+        ({"root": "kubetune-cache"}, "/cache/root"),
+        ({"maxSize": "lots"}, "/cache/maxSize"),
+        ({"read": {"secretName": "Model_Cache"}}, "/cache/read/secretName"),
+        ({"populate": {"secretName": "writer", "token": "x"}}, "token"),
+        ({"endpoint": "minio:9000"}, "/cache/endpoint"),
+        ({"default": "yes"}, "/cache/default"),
+    ],
+)
 def test_the_schema_refuses_bad_cache_values(cache, path):
     errors = lint_errors({"cache": cache})
     assert errors and any(path in e for e in errors), errors

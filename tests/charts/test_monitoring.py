@@ -24,11 +24,19 @@ from tests.charts.test_values_schema import lint_errors  # noqa: E402
 sys.path.insert(0, str(REPO / "tests" / "controller"))
 from emulator import match_labels  # noqa: E402  (the test API server's label selector rules)
 
-MONITORING = {"metrics": {"serviceMonitor": {"enabled": True},
-                          "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"},
-                                             "alertLabels": {"team": "ml-platform"}, "progressStalledMinutes": 20,
-                                             "queueWaitMinutes": 45},
-                          "grafanaDashboard": {"enabled": True}}}
+MONITORING = {
+    "metrics": {
+        "serviceMonitor": {"enabled": True},
+        "prometheusRule": {
+            "enabled": True,
+            "labels": {"release": "kube-prometheus-stack"},
+            "alertLabels": {"team": "ml-platform"},
+            "progressStalledMinutes": 20,
+            "queueWaitMinutes": 45,
+        },
+        "grafanaDashboard": {"enabled": True},
+    }
+}
 DASHBOARD_FILE = CHART / "files" / "grafana-dashboard.json"
 # Metrics Prometheus makes itself for every target.
 PROMETHEUS_OWN = {"up"}
@@ -45,21 +53,36 @@ def sidecar_loads(configmap: dict, label: str, label_value: str, search_namespac
     empty), all namespaces for ALL else that namespace; Grafana's provider then loads its *.json keys as dashboards."""
     selector = f"{label}={label_value}" if label_value else label
     meta = configmap["metadata"]
-    return ((search_namespace == "ALL" or meta["namespace"] == search_namespace)
-            and match_labels(selector, meta.get("labels") or {}))
+    return (search_namespace == "ALL" or meta["namespace"] == search_namespace) and match_labels(
+        selector, meta.get("labels") or {}
+    )
 
 
 def exported_names() -> set[str]:
     """Every sample name the operator's registry exposes, with one job in every field so no family is empty."""
     metrics = Metrics()
     metrics.set_phase("team-a", "bot", "Running")
-    metrics.observe("team-a", "bot", {
-        "spec": {"technique": "lora", "objective": "rlhf"},
-        "status": {"phase": "Running", "attempts": 1,
-                   "conditions": [{"type": "Running", "status": "True", "reason": "PodsRunning",
-                                   "lastTransitionTime": "2026-11-28T10:00:00Z"}],
-                   "progress": {"step": 5, "totalSteps": 10, "etaSeconds": 60},
-                   "metrics": {"loss": 1.0, "evalLoss": 1.1, "reward": 0.3, "tokensPerSecond": 100.0}}})
+    metrics.observe(
+        "team-a",
+        "bot",
+        {
+            "spec": {"technique": "lora", "objective": "rlhf"},
+            "status": {
+                "phase": "Running",
+                "attempts": 1,
+                "conditions": [
+                    {
+                        "type": "Running",
+                        "status": "True",
+                        "reason": "PodsRunning",
+                        "lastTransitionTime": "2026-11-28T10:00:00Z",
+                    }
+                ],
+                "progress": {"step": 5, "totalSteps": 10, "etaSeconds": 60},
+                "metrics": {"loss": 1.0, "evalLoss": 1.1, "reward": 0.3, "tokensPerSecond": 100.0},
+            },
+        },
+    )
     metrics.reconcile_seconds.observe(0.01)
     metrics.reconcile_errors.labels(reason="ApiException").inc()
     families = list(text_string_to_metric_families(generate_latest(metrics.registry).decode()))
@@ -112,9 +135,13 @@ def dashboard_queries(dashboard: dict) -> list[str]:
 def rendered_monitoring(values: dict = MONITORING) -> dict[str, dict]:
     docs = render(values)
     dashboards = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-dashboard")]
-    return {"docs": docs, "rule": by_kind(docs, "PrometheusRule"), "dashboard": dashboards,
-            "service": [d for d in by_kind(docs, "Service") if d["metadata"]["name"].endswith("-metrics")],
-            "monitor": by_kind(docs, "ServiceMonitor")}
+    return {
+        "docs": docs,
+        "rule": by_kind(docs, "PrometheusRule"),
+        "dashboard": dashboards,
+        "service": [d for d in by_kind(docs, "Service") if d["metadata"]["name"].endswith("-metrics")],
+        "monitor": by_kind(docs, "ServiceMonitor"),
+    }
 
 
 # ------------------------------------------------------------------------------------- the checks themselves
@@ -146,14 +173,24 @@ def test_kube_prometheus_stacks_sidecar_loads_the_dashboard_in_the_release_names
     assert sidecar_loads(configmap, SIDECAR_LABEL, SIDECAR_LABEL_VALUE, SIDECAR_SEARCH_NAMESPACE)
     assert not sidecar_loads(configmap, SIDECAR_LABEL, SIDECAR_LABEL_VALUE, "monitoring")
     # A sidecar that watches only Grafana's namespace: the ConfigMap goes there; a folder annotation rides along.
-    (elsewhere,) = rendered_monitoring({"metrics": {"grafanaDashboard": {
-        "enabled": True, "namespace": "monitoring", "annotations": {"grafana_folder": "ML"}}}})["dashboard"]
+    (elsewhere,) = rendered_monitoring(
+        {
+            "metrics": {
+                "grafanaDashboard": {
+                    "enabled": True,
+                    "namespace": "monitoring",
+                    "annotations": {"grafana_folder": "ML"},
+                }
+            }
+        }
+    )["dashboard"]
     assert sidecar_loads(elsewhere, SIDECAR_LABEL, SIDECAR_LABEL_VALUE, "monitoring")
     assert elsewhere["metadata"]["annotations"] == {"grafana_folder": "ML"}
     # Another sidecar's label, e.g. one with an empty labelValue (any value); Helm merges it with the default's, which
     # null removes.
-    (relabelled,) = rendered_monitoring({"metrics": {"grafanaDashboard": {
-        "enabled": True, "labels": {"dashboards": "kubetune", SIDECAR_LABEL: None}}}})["dashboard"]
+    (relabelled,) = rendered_monitoring(
+        {"metrics": {"grafanaDashboard": {"enabled": True, "labels": {"dashboards": "kubetune", SIDECAR_LABEL: None}}}}
+    )["dashboard"]
     assert sidecar_loads(relabelled, "dashboards", "", "ALL")
     assert not sidecar_loads(relabelled, SIDECAR_LABEL, SIDECAR_LABEL_VALUE, "ALL")
     (key,) = configmap["data"]
@@ -187,9 +224,9 @@ def test_per_job_panels_drop_the_scrape_targets_labels():
     for panel in dashboard["panels"]:
         for target in panel.get("targets", []):
             if "kubetune_finetunejob_" in target["expr"]:
-                assert re.search(r"\b(max|count|sum) by \(namespace, name", target["expr"]) or \
-                    target["expr"].startswith(("sum(max by (namespace, name)", "count(max by (namespace, name)")), \
-                    target["expr"]
+                assert re.search(r"\b(max|count|sum) by \(namespace, name", target["expr"]) or target[
+                    "expr"
+                ].startswith(("sum(max by (namespace, name)", "count(max by (namespace, name)")), target["expr"]
 
 
 # ------------------------------------------------------------------------------------- the alerts
@@ -201,18 +238,44 @@ DURATION = r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([
 STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
 PROMETHEUS_RULE_SPEC = {
     "type": "object",
-    "properties": {"groups": {"type": "array", "items": {
-        "type": "object", "required": ["name"],
-        "properties": {"name": {"type": "string", "minLength": 1}, "rules": {"type": "array", "items": {
-            "type": "object", "required": ["expr"], "additionalProperties": False,
-            "properties": {"alert": {"type": "string"}, "record": {"type": "string"},
-                           "expr": {"anyOf": [{"type": "integer"}, {"type": "string"}]},
-                           "for": {"type": "string", "pattern": DURATION},
-                           "keep_firing_for": {"type": "string", "minLength": 1, "pattern": DURATION},
-                           "labels": STRING_MAP, "annotations": STRING_MAP}}}}}}},
+    "properties": {
+        "groups": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {
+                    "name": {"type": "string", "minLength": 1},
+                    "rules": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["expr"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "alert": {"type": "string"},
+                                "record": {"type": "string"},
+                                "expr": {"anyOf": [{"type": "integer"}, {"type": "string"}]},
+                                "for": {"type": "string", "pattern": DURATION},
+                                "keep_firing_for": {"type": "string", "minLength": 1, "pattern": DURATION},
+                                "labels": STRING_MAP,
+                                "annotations": STRING_MAP,
+                            },
+                        },
+                    },
+                },
+            },
+        }
+    },
 }
-ALERTS = {"FineTuneJobFailed", "FineTuneJobProgressStalled", "FineTuneJobQueuedTooLong", "KubetuneOperatorDown",
-          "KubetuneOperatorNotReconciling", "KubetuneReconcileErrors"}
+ALERTS = {
+    "FineTuneJobFailed",
+    "FineTuneJobProgressStalled",
+    "FineTuneJobQueuedTooLong",
+    "KubetuneOperatorDown",
+    "KubetuneOperatorNotReconciling",
+    "KubetuneReconcileErrors",
+}
 
 
 def alerts(rule: dict) -> dict[str, dict]:
@@ -273,14 +336,20 @@ def test_rules_select_the_scrape_job_the_service_monitor_makes():
 # ------------------------------------------------------------------------------------- values and docs
 
 
-@pytest.mark.parametrize("values, path", [
-    ({"metrics": {"prometheusRule": {"progressStalledMinutes": 0}}}, "/metrics/prometheusRule/progressStalledMinutes"),
-    ({"metrics": {"prometheusRule": {"queueWaitMinutes": "1h"}}}, "/metrics/prometheusRule/queueWaitMinutes"),
-    ({"metrics": {"prometheusRule": {"alertLabels": {"team-name": "ml"}}}}, "team-name"),  # not a label name
-    ({"metrics": {"prometheusRule": {"labels": {"release": 1}}}}, "/metrics/prometheusRule/labels/release"),
-    ({"metrics": {"grafanaDashboard": {"namespace": "Monitoring"}}}, "/metrics/grafanaDashboard/namespace"),
-    ({"metrics": {"grafanaDashboard": {"label": "grafana_dashboard"}}}, "label"),
-])
+@pytest.mark.parametrize(
+    "values, path",
+    [
+        (
+            {"metrics": {"prometheusRule": {"progressStalledMinutes": 0}}},
+            "/metrics/prometheusRule/progressStalledMinutes",
+        ),
+        ({"metrics": {"prometheusRule": {"queueWaitMinutes": "1h"}}}, "/metrics/prometheusRule/queueWaitMinutes"),
+        ({"metrics": {"prometheusRule": {"alertLabels": {"team-name": "ml"}}}}, "team-name"),  # not a label name
+        ({"metrics": {"prometheusRule": {"labels": {"release": 1}}}}, "/metrics/prometheusRule/labels/release"),
+        ({"metrics": {"grafanaDashboard": {"namespace": "Monitoring"}}}, "/metrics/grafanaDashboard/namespace"),
+        ({"metrics": {"grafanaDashboard": {"label": "grafana_dashboard"}}}, "label"),
+    ],
+)
 def test_bad_monitoring_values_are_refused_naming_the_value(values, path):
     errors = lint_errors(values)
     assert errors and any(path in e for e in errors), errors
@@ -295,6 +364,9 @@ def test_docs_list_every_metric_and_alert():
     families = {re.sub(r"_(bucket|count|sum|created)$", "", n) for n in EXPORTED}
     for name in sorted(families | ALERTS):
         assert f"`{name}" in text, name
-    for value in ("metrics.prometheusRule.progressStalledMinutes", "metrics.prometheusRule.queueWaitMinutes",
-                  "metrics.grafanaDashboard.enabled"):
+    for value in (
+        "metrics.prometheusRule.progressStalledMinutes",
+        "metrics.prometheusRule.queueWaitMinutes",
+        "metrics.grafanaDashboard.enabled",
+    ):
         assert value in text, value

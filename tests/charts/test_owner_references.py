@@ -28,10 +28,14 @@ from kubetune.controller.config import OperatorConfig
 REPO = Path(__file__).resolve().parents[2]
 CRD = yaml.safe_load((REPO / "crds" / "finetunejobs.kubetune.dev.yaml").read_text())
 
-CONFIG = OperatorConfig(trainer_image="img:1", default_output_uri="s3://out/", report_interval_seconds=5,
-                        grace_seconds=60)
-FTJ = {"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob",
-       "metadata": {"name": "bot", "namespace": "team-a", "uid": "u-1", "generation": 1}}
+CONFIG = OperatorConfig(
+    trainer_image="img:1", default_output_uri="s3://out/", report_interval_seconds=5, grace_seconds=60
+)
+FTJ = {
+    "apiVersion": "kubetune.dev/v1alpha1",
+    "kind": "FineTuneJob",
+    "metadata": {"name": "bot", "namespace": "team-a", "uid": "u-1", "generation": 1},
+}
 SPEC = {
     "technique": "lora",
     "model": {"uri": "hf://Qwen/Qwen2.5-0.5B-Instruct"},
@@ -102,11 +106,19 @@ def admit_create(obj: dict, rules: list[dict]) -> str | None:
         if ref.get("blockOwnerDeletion") is not True:
             continue
         owner_group = ref["apiVersion"].rpartition("/")[0]
-        finalizers = Request("update", owner_group, rest_mapping(ref["apiVersion"], ref["kind"]), "finalizers",
-                             meta["namespace"], ref["name"])
+        finalizers = Request(
+            "update",
+            owner_group,
+            rest_mapping(ref["apiVersion"], ref["kind"]),
+            "finalizers",
+            meta["namespace"],
+            ref["name"],
+        )
         if not authorize(rules, finalizers):
-            return ("cannot set blockOwnerDeletion if an ownerReference refers to a resource you can't set "
-                    f"finalizers on: {finalizers}")
+            return (
+                "cannot set blockOwnerDeletion if an ownerReference refers to a resource you can't set "
+                f"finalizers on: {finalizers}"
+            )
     return None
 
 
@@ -144,6 +156,15 @@ def test_rbac_rule_matching_follows_kubernetes():
     assert authorize([{"apiGroups": ["kubetune.dev"], "resources": ["*/finalizers"], "verbs": ["update"]}], request)
     assert authorize([{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}], request)
     assert not authorize([{"apiGroups": ["kubetune.dev"], "resources": ["finetunejobs"], "verbs": ["*"]}], request)
-    assert not authorize([{"apiGroups": ["kubetune.dev"], "resources": ["finetunejobs/finalizers"],
-                           "verbs": ["update"], "resourceNames": ["other"]}], request)
+    assert not authorize(
+        [
+            {
+                "apiGroups": ["kubetune.dev"],
+                "resources": ["finetunejobs/finalizers"],
+                "verbs": ["update"],
+                "resourceNames": ["other"],
+            }
+        ],
+        request,
+    )
     assert guess_resource("NetworkPolicy") == "networkpolicies" and guess_resource("Ingress") == "ingresses"

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 import pytest
 import yaml
+
 from kubetune.doctor import operator_settings
 
 helm = pytest.importorskip("helm_python.chart", reason="helm-python-sdk (the embedded Helm SDK) is not installed")
-from tests.charts.test_chart import CHART, by_kind, render
+from tests.charts.test_chart import CHART, by_kind, render  # noqa: E402 - it needs helm_python, checked above
 
 KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z][A-Za-z0-9]*):(\s|$)")
 EXAMPLE = re.compile(r"e\.g\.\s*(?:#\s*)?`(?P<example>[^`]+)`")
@@ -61,11 +62,13 @@ def examples(text: str) -> list[Example]:
         stack.append((indent, key))
         block = " ".join(comment)
         assert block.count("e.g.") == len(EXAMPLE.findall(block)), (
-            f"values.yaml:{comment_start}: an 'e.g.' without a `key: value` example in backquotes")
+            f"values.yaml:{comment_start}: an 'e.g.' without a `key: value` example in backquotes"
+        )
         for example in EXAMPLE.findall(block):
             parsed = yaml.safe_load(example)
             assert isinstance(parsed, dict) and list(parsed) == [key], (
-                f"values.yaml:{comment_start}: the example `{example}` is not one of `{key}:`, the key below it")
+                f"values.yaml:{comment_start}: the example `{example}` is not one of `{key}:`, the key below it"
+            )
             found.append(Example(path, parsed[key], comment_start))
         comment = []
     return found
@@ -76,13 +79,19 @@ EXAMPLES = examples((CHART / "values.yaml").read_text())
 
 def test_the_examples_are_found():
     paths = {example.path for example in EXAMPLES}
-    assert {("extraArgs",), ("watchNamespaces",), ("trainer", "defaultOutputUri"), ("imagePullSecrets",),
-            ("policy", "outputUriPrefix"), ("policy", "admissionPolicy", "validationActions")} <= paths, paths
+    assert {
+        ("extraArgs",),
+        ("watchNamespaces",),
+        ("trainer", "defaultOutputUri"),
+        ("imagePullSecrets",),
+        ("policy", "outputUriPrefix"),
+        ("policy", "admissionPolicy", "validationActions"),
+    } <= paths, paths
 
 
 def test_a_bare_eg_is_refused():
     with pytest.raises(AssertionError, match="without a `key: value` example"):
-        examples("# Extra arguments (e.g. [\"--verbose\"]).\nextraArgs: []\n")
+        examples('# Extra arguments (e.g. ["--verbose"]).\nextraArgs: []\n')
     with pytest.raises(AssertionError, match="not one of `extraArgs:`"):
         examples("# e.g. `extraArg: [--log-format=json]`\nextraArgs: []\n")
 

@@ -4,7 +4,6 @@ render a broken operator, naming the value, and accepts every value the chart an
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import yaml
@@ -43,7 +42,10 @@ BAD = [
     ({"policy": {"outputUriPrefix": "s3://out/{team}/"}}, "/policy/outputUriPrefix"),
     ({"policy": {"allowedServiceAccounts": ["Admin"]}}, "/policy/allowedServiceAccounts/0"),
     ({"policy": {"requireQueue": "yes"}}, "/policy/requireQueue"),
-    ({"policy": {"admissionPolicy": {"validationActions": ["Deny", "Warn"]}}}, "/policy/admissionPolicy/validationActions"),
+    (
+        {"policy": {"admissionPolicy": {"validationActions": ["Deny", "Warn"]}}},
+        "/policy/admissionPolicy/validationActions",
+    ),
 ]
 
 
@@ -121,13 +123,16 @@ def test_integer_image_tags_from_set_are_accepted():
 
 def test_the_schemas_bounds_are_the_operators():
     """The smallest numbers the schema lets through start the operator; one less is refused by both."""
+
     def operator_env(values: dict) -> dict:
         (deploy,) = by_kind(render(values), "Deployment")
         container = deploy["spec"]["template"]["spec"]["containers"][0]
         return {e["name"]: e["value"] for e in container["env"] if "value" in e}
 
-    for key, variable in (("concurrentReconciles", "KUBETUNE_CONCURRENT_RECONCILES"),
-                          ("maxRunningPerNamespace", "KUBETUNE_MAX_RUNNING_PER_NAMESPACE")):
+    for key, variable in (
+        ("concurrentReconciles", "KUBETUNE_CONCURRENT_RECONCILES"),
+        ("maxRunningPerNamespace", "KUBETUNE_MAX_RUNNING_PER_NAMESPACE"),
+    ):
         minimum = SCHEMA["properties"][key]["minimum"]
         from_env(operator_env({key: minimum}))
         assert lint_errors({key: minimum - 1})
@@ -135,9 +140,20 @@ def test_the_schemas_bounds_are_the_operators():
             from_env(operator_env({}) | {variable: str(minimum - 1)})
 
 
-@pytest.mark.parametrize("quantity, valid", [("100m", True), ("192Mi", True), ("1", True), ("0.5", True),
-                                             ("1e3", True), ("2Gi", True), ("512MB", False), ("1.5.2", False),
-                                             ("Mi", False)])
+@pytest.mark.parametrize(
+    "quantity, valid",
+    [
+        ("100m", True),
+        ("192Mi", True),
+        ("1", True),
+        ("0.5", True),
+        ("1e3", True),
+        ("2Gi", True),
+        ("512MB", False),
+        ("1.5.2", False),
+        ("Mi", False),
+    ],
+)
 def test_the_quantity_pattern_agrees_with_kubernetes(quantity, valid):
     pattern = SCHEMA["definitions"]["quantity"]["anyOf"][0]["pattern"]
     assert bool(re.fullmatch(pattern, quantity)) == valid

@@ -17,11 +17,11 @@ import pytest
 import yaml
 
 helm_python = pytest.importorskip("helm_python", reason="helm-python-sdk (the embedded Helm SDK) is not installed")
-from tests.charts.test_chart import CHART, by_kind, render
+from tests.charts.test_chart import CHART, by_kind, render  # noqa: E402 - it needs helm_python, checked above
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "controller"))
-from emulator import ADMIN_TOKEN
-from harness import start_emulator
+from emulator import ADMIN_TOKEN  # noqa: E402 - importable only after the sys.path change above
+from harness import start_emulator  # noqa: E402 - likewise
 
 RELEASE, RELEASE_NAMESPACE = "kubetune", "kubetune-system"
 
@@ -37,17 +37,22 @@ def cluster():
 
 
 def install_dry_run(emulator, values: dict) -> list[dict]:
-    config = helm_python.Config(kubeconfig_content=yaml.safe_dump(emulator.kubeconfig(ADMIN_TOKEN)),
-                                namespace=RELEASE_NAMESPACE)
+    config = helm_python.Config(
+        kubeconfig_content=yaml.safe_dump(emulator.kubeconfig(ADMIN_TOKEN)), namespace=RELEASE_NAMESPACE
+    )
     release = config.install(str(CHART), RELEASE, values, namespace=RELEASE_NAMESPACE, dry_run="server", timeout=30)
     return [doc for doc in yaml.safe_load_all(release["manifest"]) if doc]
 
 
 def helm_owned(name: str) -> dict:
     """A namespace as Helm leaves it after creating it for this release (pkg/action/validate.go's ownership)."""
-    return {"metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "Helm"},
-                         "annotations": {"meta.helm.sh/release-name": RELEASE,
-                                         "meta.helm.sh/release-namespace": RELEASE_NAMESPACE}}}
+    return {
+        "metadata": {
+            "name": name,
+            "labels": {"app.kubernetes.io/managed-by": "Helm"},
+            "annotations": {"meta.helm.sh/release-name": RELEASE, "meta.helm.sh/release-namespace": RELEASE_NAMESPACE},
+        }
+    }
 
 
 def test_install_creates_only_the_missing_namespaces(cluster):
