@@ -22,7 +22,6 @@ sys.path.insert(0, str(HERE.parent / "controller"))  # emulator.py, harness.py
 from faultlib import S3_KEY_ID, S3_SECRET, SEED, s3_client, s3_env  # noqa: E402,F401
 
 
-
 @dataclass
 class Row:
     scenario: str
@@ -67,15 +66,20 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     write(f"{'scenario':<46}{'faults':>7}{'runs':>6}{'survived':>9}{'lost':>6}{'dups':>6}{'leaks':>6}  note")
     totals = Row("total")
     for r in ledger.rows:
-        write(f"{r.scenario:<46}{r.faults:>7}{r.runs:>6}{r.survived:>9}{r.steps_lost:>6}{r.duplicates:>6}{r.leaks:>6}  {r.note}")
+        write(
+            f"{r.scenario:<46}{r.faults:>7}{r.runs:>6}{r.survived:>9}{r.steps_lost:>6}{r.duplicates:>6}{r.leaks:>6}"
+            f"  {r.note}"
+        )
         totals.faults += r.faults
         totals.runs += r.runs
         totals.survived += r.survived
         totals.steps_lost = max(totals.steps_lost, r.steps_lost)
         totals.duplicates += r.duplicates
         totals.leaks += r.leaks
-    write(f"{'total (lost: worst)':<46}{totals.faults:>7}{totals.runs:>6}{totals.survived:>9}{totals.steps_lost:>6}"
-          f"{totals.duplicates:>6}{totals.leaks:>6}")
+    write(
+        f"{'total (lost: worst)':<46}{totals.faults:>7}{totals.runs:>6}{totals.survived:>9}{totals.steps_lost:>6}"
+        f"{totals.duplicates:>6}{totals.leaks:>6}"
+    )
 
 
 # --------------------------------------------------------------------------- S3

@@ -17,8 +17,13 @@ S3_SECRET = "kubetune-fault-secret-value"
 def s3_client(endpoint: str):
     import boto3
 
-    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=S3_KEY_ID, aws_secret_access_key=S3_SECRET,
-                        region_name="us-east-1")
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=S3_KEY_ID,
+        aws_secret_access_key=S3_SECRET,
+        region_name="us-east-1",
+    )
 
 
 def s3_env(endpoint: str, **extra) -> dict[str, str]:
@@ -26,8 +31,16 @@ def s3_env(endpoint: str, **extra) -> dict[str, str]:
     env = dict(os.environ)
     for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "HF_TOKEN"):
         env.pop(key, None)
-    env.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID=S3_KEY_ID, AWS_SECRET_ACCESS_KEY=S3_SECRET,
-               AWS_DEFAULT_REGION="us-east-1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
-               KUBETUNE_S3_MAX_ATTEMPTS="5", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    env.update(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID=S3_KEY_ID,
+        AWS_SECRET_ACCESS_KEY=S3_SECRET,
+        AWS_DEFAULT_REGION="us-east-1",
+        OMP_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        KUBETUNE_S3_MAX_ATTEMPTS="5",
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+    )
     env.update(extra)
     return env

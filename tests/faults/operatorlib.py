@@ -26,9 +26,15 @@ class OperatorProcess:
         self.kubeconfig = workdir / "kubeconfig"
         self.kubeconfig.write_text(yaml.safe_dump(emulator.kubeconfig(token)))
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "KUBERNETES_"))}
-        self.env.update(KUBECONFIG=str(self.kubeconfig), KUBETUNE_TRAINER_IMAGE=TRAINER_IMAGE,
-                        KUBETUNE_DEFAULT_OUTPUT_URI=OUTPUT_URI, KUBETUNE_RESYNC_SECONDS="1", KUBETUNE_METRICS_PORT="0",
-                        HOSTNAME="kubetune-operator-test", **env)
+        self.env.update(
+            KUBECONFIG=str(self.kubeconfig),
+            KUBETUNE_TRAINER_IMAGE=TRAINER_IMAGE,
+            KUBETUNE_DEFAULT_OUTPUT_URI=OUTPUT_URI,
+            KUBETUNE_RESYNC_SECONDS="1",
+            KUBETUNE_METRICS_PORT="0",
+            HOSTNAME="kubetune-operator-test",
+            **env,
+        )
         self.proc: subprocess.Popen | None = None
         self.starts = 0
         self.logs: list[Path] = []
@@ -39,7 +45,9 @@ class OperatorProcess:
         self.starts += 1
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kubetune.cli", "operator", "--liveness", "", "--standalone"],
-            env=self.env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+            env=self.env,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
         )
         return self
 
@@ -78,8 +86,12 @@ def ftj_manifest(name: str, namespace: str, **spec) -> dict:
         "datasets": [{"uri": "s3://data/support/train.jsonl", "format": "messages"}],
         "resources": {"gpus": 1},
     }
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "FineTuneJob",
-            "metadata": {"name": name, "namespace": namespace}, "spec": base | spec}
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": base | spec,
+    }
 
 
 def expected_phase(job: dict, pods: list[dict]) -> str:
@@ -115,16 +127,20 @@ def mismatches(emulator, namespace: str) -> list[str]:
             problems.append(f"{name}: {len(mine)} Jobs")
             continue
         job = mine[0]
-        job_pods = [p for p in pods if any(r.get("uid") == job["metadata"]["uid"]
-                                           for r in p["metadata"].get("ownerReferences") or [])]
+        job_pods = [
+            p
+            for p in pods
+            if any(r.get("uid") == job["metadata"]["uid"] for r in p["metadata"].get("ownerReferences") or [])
+        ]
         want = expected_phase(job, job_pods)
         if status.get("phase") != want:
             problems.append(f"{name}: phase {status.get('phase')!r}, its Job says {want!r}")
         if status.get("jobName") != job["metadata"]["name"]:
             problems.append(f"{name}: jobName {status.get('jobName')!r}")
         if status.get("observedGeneration") != ftj["metadata"].get("generation"):
-            problems.append(f"{name}: observedGeneration {status.get('observedGeneration')} != "
-                            f"{ftj['metadata'].get('generation')}")
+            problems.append(
+                f"{name}: observedGeneration {status.get('observedGeneration')} != {ftj['metadata'].get('generation')}"
+            )
         # Attempts: every pod still there, plus failed ones that are gone (the Job's counter keeps them).
         gone = (job.get("status") or {}).get("failed") or 0
         if job_pods and not len(job_pods) <= (status.get("attempts") or 0) <= len(job_pods) + gone:

@@ -23,8 +23,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
-S3_ERRORS = {500: ("InternalError", "We encountered an internal error. Please try again."),
-             503: ("SlowDown", "Please reduce your request rate.")}
+S3_ERRORS = {
+    500: ("InternalError", "We encountered an internal error. Please try again."),
+    503: ("SlowDown", "Please reduce your request rate."),
+}
 
 
 @dataclass
@@ -162,8 +164,9 @@ class S3FaultProxy:
         if action in ("500", "503"):
             self._count(action, method)
             code, message = S3_ERRORS[int(action)]
-            payload = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
-                       f"<Message>{message}</Message></Error>").encode()
+            payload = (
+                f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{message}</Message></Error>'
+            ).encode()
             handler.send_response(int(action))
             handler.send_header("Content-Type", "application/xml")
             handler.send_header("Content-Length", str(len(payload)))

@@ -8,22 +8,34 @@ import json
 import shutil
 
 import pytest
+from trainerlib import manifest, write_manifest
 
 from kubetune.api.constants import ExitCode
-from trainerlib import manifest, write_manifest
 
 GOOD = json.dumps({"text": "the cat sees the dog ."}) + "\n"
 
 # (file name, bytes, what the reason must contain besides the file's path)
 BROKEN = [
     ("malformed.jsonl", (GOOD + '{"text": "cut off\n' + GOOD).encode(), ["line 2", "not valid JSON", "column"]),
-    ("latin1.jsonl", (GOOD + GOOD).encode() + '{"text": "café"}\n'.encode("latin-1"), ["line 3", "column 14", "not UTF-8"]),
+    (
+        "latin1.jsonl",
+        (GOOD + GOOD).encode() + '{"text": "café"}\n'.encode("latin-1"),
+        ["line 3", "column 14", "not UTF-8"],
+    ),
     ("utf16.jsonl", (GOOD + GOOD).encode("utf-16"), ["line 1", "column 1", "not UTF-8", "UTF-16"]),
     ("utf16.json", json.dumps([{"text": "a"}]).encode("utf-16"), ["line 1", "column 1", "not UTF-8"]),
     ("empty.jsonl", b"", ["no rows (empty dataset)"]),
     ("blank.jsonl", b"\n\n  \n", ["no rows (empty dataset)"]),
-    ("enormous.jsonl", GOOD.encode() + b'{"text": "' + b"x" * (16 * 2**20) + b"\n", ["line 2", "not valid JSON", "column"]),
-    ("number.jsonl", (GOOD + json.dumps({"text": 42}) + "\n").encode(), ["line 2", "column 'text'", "must be a string (got a number)"]),
+    (
+        "enormous.jsonl",
+        GOOD.encode() + b'{"text": "' + b"x" * (16 * 2**20) + b"\n",
+        ["line 2", "not valid JSON", "column"],
+    ),
+    (
+        "number.jsonl",
+        (GOOD + json.dumps({"text": 42}) + "\n").encode(),
+        ["line 2", "column 'text'", "must be a string (got a number)"],
+    ),
     ("object.jsonl", (json.dumps({"text": {"a": 1}}) + "\n").encode(), ["line 1", "column 'text'", "got an object"]),
     ("array.jsonl", b'["not", "an", "object"]\n', ["line 1", "a row must be a JSON object"]),
     ("missing.csv", b"body,label\nhello,1\n", ["missing column 'text'", "columns found: 'body', 'label'"]),
@@ -46,8 +58,9 @@ def run_trainer():
 
 
 @pytest.mark.parametrize("name, data, expected", BROKEN, ids=[b[0] for b in BROKEN])
-def test_broken_data_is_a_user_error_naming_file_line_and_column(name, data, expected, tiny_model, tmp_path,
-                                                                 run_trainer, ledger):
+def test_broken_data_is_a_user_error_naming_file_line_and_column(
+    name, data, expected, tiny_model, tmp_path, run_trainer, ledger
+):
     path = tmp_path / name
     path.write_bytes(data)
     job = write_manifest(tmp_path / "job.yaml", manifest(tiny_model, path))
@@ -70,8 +83,11 @@ def test_model_needing_its_own_code_is_refused_unless_trusted(tiny_model, corpus
     folder = _model_copy(tiny_model, tmp_path)
     ran = tmp_path / "remote-code-ran"
     config = json.loads((folder / "config.json").read_text())
-    config.update(model_type="kubetune-evil", architectures=["EvilForCausalLM"],
-                  auto_map={"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilForCausalLM"})
+    config.update(
+        model_type="kubetune-evil",
+        architectures=["EvilForCausalLM"],
+        auto_map={"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilForCausalLM"},
+    )
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "evil.py").write_text(f"open({str(ran)!r}, 'w').write('pwned')\n")
     job = write_manifest(tmp_path / "job.yaml", manifest(folder, corpus))

@@ -11,11 +11,11 @@ from collections import Counter
 
 import kubernetes
 import pytest
-
 from emulator import ADMIN_TOKEN, Fault
 from harness import ClusterSim, wait_for
-from kubetune.api.constants import GROUP, PLURAL, VERSION
 from operatorlib import OperatorProcess, ftj_manifest, mismatches, wait_until_consistent
+
+from kubetune.api.constants import GROUP, PLURAL, VERSION
 
 pytestmark = pytest.mark.slow
 
@@ -97,6 +97,7 @@ def _random_fault(rng, lock, counter, status, probability, predicate):
             if hit:
                 counter[status] += 1
         return hit
+
     return Fault(match, status, times=None, reason={409: "Conflict", 410: "Expired"}.get(status, "InternalError"))
 
 
@@ -140,13 +141,14 @@ def test_api_errors_and_cut_watches_while_jobs_reconcile(api, crd_api, sim, tmp_
     try:
         for fault in faults:
             api.inject(fault)
-        with Supervisor(operator) as supervisor, Cluster(sim, api, ns, rng) as cluster:
+        with Supervisor(operator) as supervisor, Cluster(sim, api, ns, rng):
             for i in range(30):
                 crd_api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, ftj_manifest(f"job-{i}", ns))
                 if rng.random() < 0.3:
                     api.cut_watches()
                     cuts += 1
                 time.sleep(0.1)
+
             # At least 12 s of faults, and on until enough API faults were injected (how many calls the
             # operator makes in a given time depends on the machine and on its retry backoff).
             def injected() -> int:
@@ -172,9 +174,13 @@ def test_api_errors_and_cut_watches_while_jobs_reconcile(api, crd_api, sim, tmp_
         operator.stop()
     injected = sum(counter.values()) + cuts + forgets
     assert sum(counter.values()) >= 20, counter  # the suite really injected API faults
-    ledger.record("API: 409/500/410 + cut watches (30 jobs)", faults=injected, runs=30,
-                  survived=30 - len(problems),
-                  note=f"{dict(counter)} cuts={cuts} gone={forgets} operator exits={crashes} -> {dict(phases)}")
+    ledger.record(
+        "API: 409/500/410 + cut watches (30 jobs)",
+        faults=injected,
+        runs=30,
+        survived=30 - len(problems),
+        note=f"{dict(counter)} cuts={cuts} gone={forgets} operator exits={crashes} -> {dict(phases)}",
+    )
 
 
 def test_operator_sigkilled_at_random_moments_while_100_jobs_reconcile(api, crd_api, sim, tmp_path, rng, ledger):
@@ -202,18 +208,28 @@ def test_operator_sigkilled_at_random_moments_while_100_jobs_reconcile(api, crd_
             creator.join(30)
             problems = wait_until_consistent(api, ns, timeout=60)
         assert problems == [], problems[:10]
-        creates = [c for c in api.calls("operator") if c.verb == "create" and c.resource == "jobs" and c.namespace == ns]
+        creates = [
+            c for c in api.calls("operator") if c.verb == "create" and c.resource == "jobs" and c.namespace == ns
+        ]
         jobs = api.objects("batch", "jobs", ns)
         duplicates = len(jobs) - 100
         phases = Counter((f.get("status") or {}).get("phase") for f in api.objects(GROUP, PLURAL, ns))
-        stuck = [f["metadata"]["name"] for f in api.objects(GROUP, PLURAL, ns) if not (f.get("status") or {}).get("phase")]
+        stuck = [
+            f["metadata"]["name"] for f in api.objects(GROUP, PLURAL, ns) if not (f.get("status") or {}).get("phase")
+        ]
         assert duplicates == 0 and stuck == []
     finally:
         _cleanup(crd_api, api, ns)
         operator.stop()
-    ledger.record("operator: SIGKILL x{} (100 jobs)".format(kills), faults=kills, runs=100, survived=100 - len(problems),
-                  duplicates=duplicates, leaks=len(stuck),
-                  note=f"{len(creates)} Job creates for 100 Jobs -> {dict(phases)}")
+    ledger.record(
+        "operator: SIGKILL x{} (100 jobs)".format(kills),
+        faults=kills,
+        runs=100,
+        survived=100 - len(problems),
+        duplicates=duplicates,
+        leaks=len(stuck),
+        note=f"{len(creates)} Job creates for 100 Jobs -> {dict(phases)}",
+    )
 
 
 def test_trainer_pod_evicted_or_deleted_mid_run_gets_a_new_attempt_with_a_reason(api, crd_api, sim, tmp_path, ledger):
@@ -225,16 +241,19 @@ def test_trainer_pod_evicted_or_deleted_mid_run_gets_a_new_attempt_with_a_reason
         return crd_api.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name).get("status") or {}
 
     def events(name):
-        return [(e.type, e.reason, e.message) for e in core.list_namespaced_event(ns).items
-                if e.involved_object.name == name]
+        return [
+            (e.type, e.reason, e.message)
+            for e in core.list_namespaced_event(ns).items
+            if e.involved_object.name == name
+        ]
 
     notes = []
     try:
         for name in ("evicted", "deleted"):
             crd_api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, ftj_manifest(name, ns, backoffLimit=3))
-            wait_for(lambda: sim.kube.get("Job", ns, name), 30, "the Job")
+            wait_for(lambda name=name: sim.kube.get("Job", ns, name), 30, "the Job")
             sim.start(ns, name)
-            wait_for(lambda: status(name).get("phase") == "Running", 30, f"{name} running")
+            wait_for(lambda name=name: status(name).get("phase") == "Running", 30, f"{name} running")
 
         # Eviction (node drain, preemption): DisruptionTarget, not counted against backoffLimit.
         sim.fail(ns, "evicted", 143, "", disruption=True, restart=False)
@@ -243,8 +262,11 @@ def test_trainer_pod_evicted_or_deleted_mid_run_gets_a_new_attempt_with_a_reason
         running = next(c for c in st["conditions"] if c["type"] == "Running")
         assert running["reason"] == "Preempted"
         sim.start(ns, "evicted")  # the Job controller's replacement pod
-        st = wait_for(lambda: (s := status("evicted")).get("phase") == "Running" and s.get("attempts") == 2 and s,
-                      30, "evicted: attempt 2 running")
+        st = wait_for(
+            lambda: (s := status("evicted")).get("phase") == "Running" and s.get("attempts") == 2 and s,
+            30,
+            "evicted: attempt 2 running",
+        )
         notes.append(f"evicted: attempts {st['attempts']}, reason {running['reason']}")
 
         # Deleted outright (kubectl delete pod, node lost): the pod object is gone; the Job controller
@@ -256,8 +278,11 @@ def test_trainer_pod_evicted_or_deleted_mid_run_gets_a_new_attempt_with_a_reason
         st = wait_for(lambda: (s := status("deleted")).get("phase") == "Pending" and s, 30, "deleted -> Pending")
         assert "lost" in st.get("message", ""), st  # the reason survives the pod object
         sim.start(ns, "deleted")
-        st = wait_for(lambda: (s := status("deleted")).get("phase") == "Running" and s.get("attempts") == 2 and s,
-                      30, "deleted: attempt 2 running")
+        st = wait_for(
+            lambda: (s := status("deleted")).get("phase") == "Running" and s.get("attempts") == 2 and s,
+            30,
+            "deleted: attempt 2 running",
+        )
         # Events follow the status write that they tell of.
         reasons = wait_for(lambda: [r for t, r, m in events("deleted") if t == "Warning"], 30, "a Warning Event")
         assert reasons == ["Retrying"], f"a lost pod leaves one Warning Event with its reason: {events('deleted')}"

@@ -11,9 +11,7 @@ import threading
 import time
 
 import pytest
-
 from faultlib import SEED, s3_client, s3_env
-from kubetune.api.constants import ExitCode
 from s3proxy import FaultPlan, Rule, S3FaultProxy
 from trainerlib import (
     INTERVAL,
@@ -29,6 +27,8 @@ from trainerlib import (
     weights,
     write_manifest,
 )
+
+from kubetune.api.constants import ExitCode
 
 ATOL = 1e-5
 pytestmark = pytest.mark.slow
@@ -66,8 +66,9 @@ def _check_finished_run(client, bucket, prefix, reference) -> tuple[int, int, fl
     return duplicates, len(incomplete), diff
 
 
-def test_sigkill_at_random_steps_resumes_from_the_newest_complete_checkpoint(job, reference, moto_url, bucket, tmp_path,
-                                                                             rng, ledger):
+def test_sigkill_at_random_steps_resumes_from_the_newest_complete_checkpoint(
+    job, reference, moto_url, bucket, tmp_path, rng, ledger
+):
     client = s3_client(moto_url)
     output, prefix = f"s3://{bucket}/run/", "run/"
     env = s3_env(moto_url, KUBETUNE_DEBUG_STEP_SLEEP="0.3")
@@ -88,19 +89,31 @@ def test_sigkill_at_random_steps_resumes_from_the_newest_complete_checkpoint(job
         worst_lost = max(worst_lost, lost)
         reported = [int(s) for s in re.findall(r"checkpoint step-(\d+) complete", run.text())]
         # Every checkpoint the trainer called complete before the kill is there and is what resumes next.
-        assert newest >= max(reported, default=0), f"the trainer reported step-{max(reported)} complete; S3 has {complete}"
+        assert newest >= max(reported, default=0), (
+            f"the trainer reported step-{max(reported)} complete; S3 has {complete}"
+        )
         assert newest % INTERVAL == 0 and newest <= killed_at, (newest, killed_at)
         # An upload overlaps one step at most (the next step waits for it), so even a SIGKILL loses at
         # most the interval, however slow the store.
-        assert lost <= INTERVAL, f"killed after step {killed_at} (target {target}); newest complete checkpoint " \
-                                 f"step-{newest}: {lost} steps lost > interval {INTERVAL}"
+        assert lost <= INTERVAL, (
+            f"killed after step {killed_at} (target {target}); newest complete checkpoint "
+            f"step-{newest}: {lost} steps lost > interval {INTERVAL}"
+        )
         assert "final/model.safetensors" not in "".join(keys(client, bucket, prefix))
     last = start(job, output, tmp_path, env, "attempt-last")
     assert last.finish() == 0, last.text()[-3000:]
     assert last.resumed_from() == newest
     duplicates, leaks, diff = _check_finished_run(client, bucket, prefix, reference)
-    ledger.record("trainer: SIGKILL at random steps", faults=kills, runs=1, survived=1, steps_lost=worst_lost,
-                  duplicates=duplicates, leaks=leaks, note=f"resumed from {resumed[1:] + [newest]}; max diff {diff:.1e}")
+    ledger.record(
+        "trainer: SIGKILL at random steps",
+        faults=kills,
+        runs=1,
+        survived=1,
+        steps_lost=worst_lost,
+        duplicates=duplicates,
+        leaks=leaks,
+        note=f"resumed from {resumed[1:] + [newest]}; max diff {diff:.1e}",
+    )
 
 
 def _upload_trap(step: int, after_puts: int):
@@ -113,13 +126,18 @@ def _upload_trap(step: int, after_puts: int):
             if seen[0] >= after_puts:
                 fired.set()
 
-    rule = Rule(lambda method, path: method == "PUT" and f"/checkpoints/step-{step}/" in path, "slow", delay=0.4,
-                on_match=on_match)
+    rule = Rule(
+        lambda method, path: method == "PUT" and f"/checkpoints/step-{step}/" in path,
+        "slow",
+        delay=0.4,
+        on_match=on_match,
+    )
     return rule, fired
 
 
-def test_sigkill_during_a_checkpoint_upload_never_loads_the_half_written_one(job, reference, moto_url, bucket, tmp_path,
-                                                                             ledger):
+def test_sigkill_during_a_checkpoint_upload_never_loads_the_half_written_one(
+    job, reference, moto_url, bucket, tmp_path, ledger
+):
     client = s3_client(moto_url)
     proxy = S3FaultProxy(moto_url).start()
     try:
@@ -142,12 +160,21 @@ def test_sigkill_during_a_checkpoint_upload_never_loads_the_half_written_one(job
         duplicates, leaks, diff = _check_finished_run(client, bucket, prefix, reference)
     finally:
         proxy.stop()
-    ledger.record("trainer: SIGKILL mid checkpoint upload", faults=1, runs=1, survived=1, steps_lost=lost,
-                  duplicates=duplicates, leaks=leaks, note=f"step-6 cut after 3 files; resumed from step-3")
+    ledger.record(
+        "trainer: SIGKILL mid checkpoint upload",
+        faults=1,
+        runs=1,
+        survived=1,
+        steps_lost=lost,
+        duplicates=duplicates,
+        leaks=leaks,
+        note="step-6 cut after 3 files; resumed from step-3",
+    )
 
 
-def test_sigterm_during_a_checkpoint_upload_finishes_it_saves_again_and_exits_143(job, reference, moto_url, bucket,
-                                                                                  tmp_path, ledger):
+def test_sigterm_during_a_checkpoint_upload_finishes_it_saves_again_and_exits_143(
+    job, reference, moto_url, bucket, tmp_path, ledger
+):
     client = s3_client(moto_url)
     proxy = S3FaultProxy(moto_url).start()
     try:
@@ -175,8 +202,16 @@ def test_sigterm_during_a_checkpoint_upload_finishes_it_saves_again_and_exits_14
         duplicates, leaks, diff = _check_finished_run(client, bucket, prefix, reference)
     finally:
         proxy.stop()
-    ledger.record("trainer: SIGTERM mid checkpoint upload", faults=1, runs=1, survived=1, steps_lost=lost,
-                  duplicates=duplicates, leaks=leaks, note=f"signal at step {at_signal}; saved step-{complete[-1]}")
+    ledger.record(
+        "trainer: SIGTERM mid checkpoint upload",
+        faults=1,
+        runs=1,
+        survived=1,
+        steps_lost=lost,
+        duplicates=duplicates,
+        leaks=leaks,
+        note=f"signal at step {at_signal}; saved step-{complete[-1]}",
+    )
 
 
 # --------------------------------------------------------------------------- flaky S3
@@ -185,8 +220,9 @@ def test_sigterm_during_a_checkpoint_upload_finishes_it_saves_again_and_exits_14
 def test_training_through_a_flaky_s3_loses_nothing(job, reference, moto_url, bucket, tmp_path, monkeypatch, ledger):
     from kubetune_trainer.entrypoint import main
 
-    proxy = S3FaultProxy(moto_url, seed=SEED,
-                         plan=FaultPlan(drop=0.1, error=0.1, truncate=0.15, slow=0.1, slow_seconds=0.2)).start()
+    proxy = S3FaultProxy(
+        moto_url, seed=SEED, plan=FaultPlan(drop=0.1, error=0.1, truncate=0.15, slow=0.1, slow_seconds=0.2)
+    ).start()
     client = s3_client(moto_url)
     try:
         for key, value in s3_env(proxy.url).items():
@@ -205,9 +241,15 @@ def test_training_through_a_flaky_s3_loses_nothing(job, reference, moto_url, buc
         proxy.stop()
     faults = proxy.injected - proxy.faults["slow"]
     assert faults >= 5, f"too few faults to mean anything: {dict(proxy.faults)}"
-    ledger.record("S3: drops / 500 / 503 / cut bodies / slow", faults=proxy.injected, runs=1, survived=1,
-                  duplicates=duplicates, leaks=leaks,
-                  note=" ".join(f"{k}={v}" for k, v in sorted(proxy.faults.items()) if k != "pass"))
+    ledger.record(
+        "S3: drops / 500 / 503 / cut bodies / slow",
+        faults=proxy.injected,
+        runs=1,
+        survived=1,
+        duplicates=duplicates,
+        leaks=leaks,
+        note=" ".join(f"{k}={v}" for k, v in sorted(proxy.faults.items()) if k != "pass"),
+    )
 
 
 def _load(job):
@@ -223,7 +265,9 @@ def _corpus_bytes(job) -> bytes:
 
 
 @pytest.mark.parametrize("how", ["503 forever", "drops from step 4 on"])
-def test_s3_unreachable_beyond_the_retry_budget_is_an_infrastructure_error(how, job, moto_url, bucket, tmp_path, ledger):
+def test_s3_unreachable_beyond_the_retry_budget_is_an_infrastructure_error(
+    how, job, moto_url, bucket, tmp_path, ledger
+):
     proxy = S3FaultProxy(moto_url).start()
     try:
         env = s3_env(proxy.url, KUBETUNE_S3_MAX_ATTEMPTS="3", KUBETUNE_DEBUG_STEP_SLEEP="0.2")
@@ -240,5 +284,6 @@ def test_s3_unreachable_beyond_the_retry_budget_is_an_infrastructure_error(how, 
     assert rc == ExitCode.INFRA_ERROR, (rc, reason, run.text()[-3000:])
     assert reason.startswith("InfraError:") and "UserError" not in reason
     assert "Traceback" not in run.text()
-    ledger.record(f"S3 unreachable ({how})", faults=proxy.injected, runs=1, survived=0,
-                  note=f"exit {rc}: {reason.strip()[:60]}")
+    ledger.record(
+        f"S3 unreachable ({how})", faults=proxy.injected, runs=1, survived=0, note=f"exit {rc}: {reason.strip()[:60]}"
+    )

@@ -27,8 +27,15 @@ def manifest(model_dir: Path, data: Path, name: str = "faulty", **spec_extra) ->
         "model": {"uri": f"file://{model_dir}"},
         "datasets": [{"name": "corpus", "uri": f"file://{data}", "format": "text"}],
         "hyperparameters": {
-            "maxSteps": STEPS, "batchSize": 4, "learningRate": 3.0e-3, "maxSeqLength": 64, "precision": "fp32",
-            "warmupRatio": 0.0, "lrScheduler": "constant", "packing": True, "seed": 7,
+            "maxSteps": STEPS,
+            "batchSize": 4,
+            "learningRate": 3.0e-3,
+            "maxSeqLength": 64,
+            "precision": "fp32",
+            "warmupRatio": 0.0,
+            "lrScheduler": "constant",
+            "packing": True,
+            "seed": 7,
         },
         "output": {"checkpointEverySteps": INTERVAL, "keepCheckpoints": 2},
     }
@@ -66,7 +73,9 @@ class Attempt:
             if seen >= step:
                 return seen
             if self.proc.poll() is not None:
-                raise AssertionError(f"the trainer exited ({self.proc.returncode}) before step {step}:\n{self.text()[-3000:]}")
+                raise AssertionError(
+                    f"the trainer exited ({self.proc.returncode}) before step {step}:\n{self.text()[-3000:]}"
+                )
             time.sleep(0.05)
         raise AssertionError(f"step {step} not reached in {timeout} s:\n{self.text()[-3000:]}")
 
@@ -89,7 +98,17 @@ def start(job: Path, output: str, workdir: Path, env: dict, tag: str, *args: str
     scratch = workdir / f"{tag}-tmp"
     scratch.mkdir(exist_ok=True)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kubetune_trainer", str(job), "--output", output, "--termination-log", str(termination), *args],
+        [
+            sys.executable,
+            "-m",
+            "kubetune_trainer",
+            str(job),
+            "--output",
+            output,
+            "--termination-log",
+            str(termination),
+            *args,
+        ],
         env={**env, "TMPDIR": str(scratch)},  # a fresh pod's scratch volume; nothing carries over
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
