@@ -17,13 +17,13 @@ from pathlib import Path
 import kubernetes
 import pytest
 import yaml
-
-from faultlib import s3_client
 from emulator import ADMIN_TOKEN
+from faultlib import s3_client
 from harness import wait_for
-from kubetune.api.constants import GROUP, PLURAL, VERSION
 from operatorlib import OperatorProcess
 from trainerlib import manifest
+
+from kubetune.api.constants import GROUP, PLURAL, VERSION
 
 CANARY_KEY_ID = "AKIACANARY7Q2X9Z"
 CANARY_SECRET = "canary-secret-9f3c1e7a2b"
@@ -42,8 +42,12 @@ def _pod_env(job: dict, secrets: dict[str, dict[str, str]], scratch: Path) -> di
             value = secrets.get(ref["name"], {}).get(ref["key"])
             if value is not None:
                 env[var["name"]] = value
-    env.update(HOME=str(scratch), TMPDIR=str(scratch), HF_HOME=str(scratch / "hf"),
-               KUBETUNE_TERMINATION_LOG=str(scratch / "termination-log"))
+    env.update(
+        HOME=str(scratch),
+        TMPDIR=str(scratch),
+        HF_HOME=str(scratch / "hf"),
+        KUBETUNE_TERMINATION_LOG=str(scratch / "termination-log"),
+    )
     return env
 
 
@@ -52,11 +56,22 @@ def test_canary_secret_never_leaks(api, moto_url, tiny_model, corpus, tmp_path, 
     admin = kubernetes.client.ApiClient(api.client_configuration(ADMIN_TOKEN))
     core, crd = kubernetes.client.CoreV1Api(admin), kubernetes.client.CustomObjectsApi(admin)
     core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
-    secret_data = {"AWS_ACCESS_KEY_ID": CANARY_KEY_ID, "AWS_SECRET_ACCESS_KEY": CANARY_SECRET,
-                   "AWS_SESSION_TOKEN": CANARY_SECRET + "-session", "HF_TOKEN": "hf_" + CANARY_SECRET}
+    secret_data = {
+        "AWS_ACCESS_KEY_ID": CANARY_KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": CANARY_SECRET,
+        "AWS_SESSION_TOKEN": CANARY_SECRET + "-session",
+        "HF_TOKEN": "hf_" + CANARY_SECRET,
+    }
     for name in ("output-creds", "data-creds"):
-        core.create_namespaced_secret(ns, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
-                                           "data": {k: base64.b64encode(v.encode()).decode() for k, v in secret_data.items()}})
+        core.create_namespaced_secret(
+            ns,
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": name},
+                "data": {k: base64.b64encode(v.encode()).decode() for k, v in secret_data.items()},
+            },
+        )
     s3 = s3_client(moto_url)
     s3.create_bucket(Bucket="canary-out")
     s3.create_bucket(Bucket="canary-data")
@@ -66,37 +81,65 @@ def test_canary_secret_never_leaks(api, moto_url, tiny_model, corpus, tmp_path, 
     def spec(name, data_key, output="s3://canary-out/runs/"):
         doc = manifest(tiny_model, corpus, name=name)
         doc["spec"]["hyperparameters"]["maxSteps"] = 4
-        doc["spec"]["datasets"] = [{"name": "corpus", "uri": f"s3://canary-data/{data_key}", "format": "text",
-                                    "credentialsSecret": "data-creds"}]
-        doc["spec"]["output"] = {"uri": output, "credentialsSecret": "output-creds", "endpoint": moto_url,
-                                 "checkpointEverySteps": 2}
+        doc["spec"]["datasets"] = [
+            {
+                "name": "corpus",
+                "uri": f"s3://canary-data/{data_key}",
+                "format": "text",
+                "credentialsSecret": "data-creds",
+            }
+        ]
+        doc["spec"]["output"] = {
+            "uri": output,
+            "credentialsSecret": "output-creds",
+            "endpoint": moto_url,
+            "checkpointEverySteps": 2,
+        }
         doc["metadata"]["namespace"] = ns
         return doc
 
-    runs = {"good": spec("good", "train.jsonl"), "bad-data": spec("bad-data", "bad.jsonl"),
-            "s3-error": spec("s3-error", "train.jsonl", output="s3://no-such-canary-bucket/runs/")}
+    runs = {
+        "good": spec("good", "train.jsonl"),
+        "bad-data": spec("bad-data", "bad.jsonl"),
+        "s3-error": spec("s3-error", "train.jsonl", output="s3://no-such-canary-bucket/runs/"),
+    }
     operator = OperatorProcess(api, tmp_path).start()
     texts: dict[str, str] = {}
     codes = {}
     try:
-        for name, doc in runs.items():
+        for doc in runs.values():
             crd.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, doc)
-        secrets = {s.metadata.name: {k: base64.b64decode(v).decode() for k, v in (s.data or {}).items()}
-                   for s in core.list_namespaced_secret(ns).items}
+        secrets = {
+            s.metadata.name: {k: base64.b64decode(v).decode() for k, v in (s.data or {}).items()}
+            for s in core.list_namespaced_secret(ns).items
+        }
         for name in runs:
-            job = wait_for(lambda: api.objects("batch", "jobs", ns) and next(
-                (j for j in api.objects("batch", "jobs", ns) if j["metadata"]["name"] == name), None), 30, f"Job {name}")
+            job = wait_for(
+                lambda name=name: (
+                    api.objects("batch", "jobs", ns)
+                    and next((j for j in api.objects("batch", "jobs", ns) if j["metadata"]["name"] == name), None)
+                ),
+                30,
+                f"Job {name}",
+            )
             cm = next(c for c in api.objects("", "configmaps", ns) if c["metadata"]["name"] == f"{name}-spec")
             scratch = tmp_path / name
             scratch.mkdir()
             spec_file = scratch / "job.yaml"
             spec_file.write_text(next(iter(cm["data"].values())))
             command = job["spec"]["template"]["spec"]["containers"][0]["command"]
-            command = [sys.executable if c == "python" else str(spec_file) if c.startswith("/etc/kubetune") else c
-                       for c in command]
+            command = [
+                sys.executable if c == "python" else str(spec_file) if c.startswith("/etc/kubetune") else c
+                for c in command
+            ]
             env = _pod_env(job, secrets, scratch)
-            env.update(PATH="/usr/bin:/bin", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-                       KUBETUNE_S3_MAX_ATTEMPTS="2")
+            env.update(
+                PATH="/usr/bin:/bin",
+                OMP_NUM_THREADS="1",
+                HF_HUB_OFFLINE="1",
+                HF_DATASETS_OFFLINE="1",
+                KUBETUNE_S3_MAX_ATTEMPTS="2",
+            )
             assert env.get("KUBETUNE_OUTPUT_AWS_SECRET_ACCESS_KEY") == CANARY_SECRET  # the pod gets the secret
             proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
             codes[name] = proc.returncode
@@ -116,7 +159,9 @@ def test_canary_secret_never_leaks(api, moto_url, tiny_model, corpus, tmp_path, 
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket="canary-out"):
         for obj in page.get("Contents", []):
             objects += 1
-            texts[f"s3://canary-out/{obj['Key']}"] = s3.get_object(Bucket="canary-out", Key=obj["Key"])["Body"].read().decode("latin-1")
+            texts[f"s3://canary-out/{obj['Key']}"] = (
+                s3.get_object(Bucket="canary-out", Key=obj["Key"])["Body"].read().decode("latin-1")
+            )
     assert objects > 10 and "s3-error: termination message" in texts
     canaries = [CANARY_KEY_ID, CANARY_SECRET]
     hits = [(where, c) for where, text in texts.items() for c in canaries if c in text]
@@ -128,8 +173,14 @@ def test_canary_secret_never_leaks(api, moto_url, tiny_model, corpus, tmp_path, 
     calls = api.calls("operator")
     secret_calls = [c for c in calls if c.resource.startswith("secrets")]
     assert secret_calls == [], secret_calls  # referenced by name, never read, listed or copied
-    ledger.record("security: canary in every credentials Secret", faults=3, runs=3, survived=1, leaks=len(hits),
-                  note=f"searched {len(texts)} places ({objects} S3 objects); operator Secret calls: {len(secret_calls)}")
+    ledger.record(
+        "security: canary in every credentials Secret",
+        faults=3,
+        runs=3,
+        survived=1,
+        leaks=len(hits),
+        note=f"searched {len(texts)} places ({objects} S3 objects); operator Secret calls: {len(secret_calls)}",
+    )
 
 
 def _examples():
@@ -158,23 +209,29 @@ def test_every_example_pod_is_locked_down_and_namespace_local(ledger):
             objects = [job, *builders.build_support_objects(ftj, spec)]
             assert all(o["metadata"]["namespace"] == ns for o in objects), name
             pod = job["spec"]["template"]["spec"]
-            assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-            assert pod["automountServiceAccountToken"] is False and not pod.get("hostNetwork") and not pod.get("hostPID")
+            assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"] == {
+                "type": "RuntimeDefault"
+            }
+            assert (
+                pod["automountServiceAccountToken"] is False and not pod.get("hostNetwork") and not pod.get("hostPID")
+            )
             containers = pod["containers"] + pod.get("initContainers", [])
             mounts = {m["mountPath"]: m for c in containers for m in c.get("volumeMounts", [])}
             for c in containers:
                 sc = c["securityContext"]
                 assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
                 assert sc["capabilities"] == {"drop": ["ALL"]} and sc["runAsNonRoot"] and not sc.get("privileged")
-            token_users = [c["name"] for c in containers
-                           if any(m["name"] == "reporter-token" for m in c.get("volumeMounts", []))]
+            token_users = [
+                c["name"] for c in containers if any(m["name"] == "reporter-token" for m in c.get("volumeMounts", []))
+            ]
             assert token_users == ["trainer"], token_users
             volumes = {v["name"]: v for v in pod["volumes"]}
             declared = {v.name: v for v in (spec.pod.volumes if spec.pod is not None else [])}
             writable = [p for p, m in mounts.items() if not m.get("readOnly")]
             # scratch and /dev/shm, and the claims spec.pod.volumes made writable
-            assert all("emptyDir" in volumes[mounts[p]["name"]] or not declared[mounts[p]["name"]].read_only
-                       for p in writable), writable
+            assert all(
+                "emptyDir" in volumes[mounts[p]["name"]] or not declared[mounts[p]["name"]].read_only for p in writable
+            ), writable
             for v in volumes.values():
                 if v["name"] in declared:  # the job's own: a claim, ConfigMap or Secret of its namespace, by name
                     assert set(v) - {"name"} <= {"persistentVolumeClaim", "configMap", "secret"}, v
@@ -184,15 +241,30 @@ def test_every_example_pod_is_locked_down_and_namespace_local(ledger):
                     assert v["configMap"]["name"] == builders.configmap_name(ftj["metadata"]["name"])
                 for source in v.get("projected", {}).get("sources", []):
                     assert set(source) <= {"serviceAccountToken", "configMap", "downwardAPI"}
-            refs = [e["valueFrom"]["secretKeyRef"] for c in containers for e in c["env"] if "secretKeyRef" in e.get("valueFrom", {})]
+            refs = [
+                e["valueFrom"]["secretKeyRef"]
+                for c in containers
+                for e in c["env"]
+                if "secretKeyRef" in e.get("valueFrom", {})
+            ]
             assert all(set(r) <= {"name", "key", "optional"} for r in refs)  # a name only: this namespace's Secret
             role = next(o for o in objects if o["kind"] == "Role")
-            assert role["rules"] == [{"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"],
-                                      "resourceNames": [ftj["metadata"]["name"]], "verbs": role["rules"][0]["verbs"]}]
+            assert role["rules"] == [
+                {
+                    "apiGroups": [GROUP],
+                    "resources": [f"{PLURAL}/status"],
+                    "resourceNames": [ftj["metadata"]["name"]],
+                    "verbs": role["rules"][0]["verbs"],
+                }
+            ]
             assert set(role["rules"][0]["verbs"]) <= {"get", "patch"}
             binding = next(o for o in objects if o["kind"] == "RoleBinding")
             assert all(s.get("namespace") == ns for s in binding["subjects"])
             checked += 1
     assert checked >= 10
-    ledger.record("security: pod specs of every example x nodes", runs=checked, survived=checked,
-                  note="nonroot, no escalation, caps dropped, seccomp, RO root, token in trainer only")
+    ledger.record(
+        "security: pod specs of every example x nodes",
+        runs=checked,
+        survived=checked,
+        note="nonroot, no escalation, caps dropped, seccomp, RO root, token in trainer only",
+    )
