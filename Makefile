@@ -10,7 +10,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_INDEX_URL ?=
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: setup test test-fast test-images demo generate validate-examples images clean
+.PHONY: setup lint test test-fast test-images demo generate validate-examples images clean
 
 setup: $(VENV)/.installed
 
@@ -21,7 +21,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-test: setup
+# ruff's settings (rules, line length, first-party packages) are in pyproject.toml.
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: setup lint
 	$(PY) -m pytest
 
 # The API, CLI and operator tests only (no model training).
