@@ -260,8 +260,8 @@ def test_every_phase_is_scraped_with_its_training_series_and_a_deleted_jobs_seri
     assert job_samples(scrape(endpoint), ns, "succeeded")["kubetune_finetunejob_loss"][0].value == 0.5
 
     # Forgotten: a job the operator holds series of but the API no longer lists (a DELETED event missed across a
-    # re-list) loses them at the next resync.
+    # re-list) loses them at the next sweep (a metadata-only list every 10 resync periods: 10 s here).
     ghost = running_ftj() | {"metadata": {"namespace": ns, "name": "ghost"}}
     operator.reconciler.metrics.observe(ns, "ghost", ghost)
     assert job_samples(scrape(endpoint), ns, "ghost")
-    wait_for(lambda: not job_samples(scrape(endpoint), ns, "ghost"), 10, "the ghost's series gone after a resync")
+    wait_for(lambda: not job_samples(scrape(endpoint), ns, "ghost"), 25, "the ghost's series gone after a sweep")

@@ -92,3 +92,39 @@ def test_a_reporter_held_to_tighter_bounds_learns_them_from_the_refusal(admin, n
         assert reporter.errors == 0
     finally:
         emulator.register_crd(crd())
+
+
+def test_a_trainer_that_closes_before_its_grant_exists_keeps_its_last_report(monkeypatch):
+    """The operator makes the reporter's Role once it sees the job's pods: a trainer quick enough to finish before
+    then is refused (403) until it exists. Its last report is tried again rather than lost; a refusal after a report
+    got through is not waited on."""
+    from kubetune_trainer import status_reporter
+
+    monkeypatch.setattr(status_reporter, "GRANT_WAIT_SECONDS", 0.05)
+    sent = []
+
+    def make(refusals: int, sent_before: int = 0) -> StatusReporter:
+        reporter = StatusReporter("quick", "team", interval_seconds=3600, api_client=object())
+        reporter.patches_sent = sent_before
+        answers = iter([kubernetes.client.ApiException(status=403, reason="Forbidden")] * refusals)
+
+        def patch(status):
+            refusal = next(answers, None)
+            if refusal is not None:
+                raise refusal
+            sent.append(status)
+
+        reporter._patch = patch
+        return reporter
+
+    reporter = make(refusals=3)
+    reporter.progress(ProgressReport(step=4, total_steps=4, epoch=1.0))
+    reporter.close()
+    # Waited on at close (the first refusal may come before close() did, and then calls for no wait).
+    assert [s["progress"]["step"] for s in sent] == [4] and reporter._grant_waits in (2, 3)
+
+    sent.clear()
+    reporter = make(refusals=1, sent_before=2)  # reports got through before: the refusal is something else
+    reporter.progress(ProgressReport(step=4, total_steps=4, epoch=1.0))
+    reporter.close()
+    assert sent == [] and reporter._grant_waits == 0

@@ -219,7 +219,12 @@ def job_deadline(spec: Spec, earlier: Tally) -> int | None:
 def resolve_spec(raw_spec: Any, config: OperatorConfig, name: str | None = None) -> Spec:
     """Validate a FineTuneJob's spec (with its name, the rules between the two) for this cluster, and fill what
     the operator defaults (output.uri; the policy's default queue)."""
-    spec = parse_spec(raw_spec, name=name).resolved()
+    return resolve_written(parse_spec(raw_spec, name=name), config)
+
+
+def resolve_written(written: Spec, config: OperatorConfig) -> Spec:
+    """resolve_spec of a spec already parsed as the user wrote it (parse_spec)."""
+    spec = written.resolved()
     if not spec.output.uri:
         if not config.default_output_uri:
             raise SpecError([Problem("spec.output.uri", "required: this operator has no default output URI configured")])

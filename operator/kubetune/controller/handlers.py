@@ -20,6 +20,7 @@ import kubernetes
 
 from kubetune.api.constants import GROUP, PLURAL, VERSION
 from kubetune.controller import builders, config
+from kubetune.controller.status import FINISHED_PHASES
 from kubetune.controller.kube import Kube
 from kubetune.controller.metrics import Metrics
 from kubetune.controller.reconciler import Reconciler
@@ -154,8 +155,10 @@ def login(logger: Any, **kwargs: Any) -> kopf.ConnectionInfo | None:
 def needs_reconcile(type: str | None, body: kopf.Body, **_: Any) -> bool:
     """Which FineTuneJob watch events call for a reconcile (level-based: the reconciler reads the rest).
 
-    The initial listing (type None: startup or a re-list) and anything the operator has not answered
-    yet: a new object (no phase) or a spec change (generation ahead of status.observedGeneration).
+    The listing (type None: at startup, or after the watch was lost) for a job this process has had no pass over, or
+    one still unfinished; and anything the operator has not answered yet: a new object (no phase) or a spec change
+    (generation ahead of status.observedGeneration). A finished job it knows, listed again, calls for nothing: a
+    history of finished jobs costs no pass.
     Status-only changes (the operator's own writes, the trainer's progress reports) do not, unless they
     touched the operator's keys or reported a result outside the job's output root (anyone with the trainer's
     token can patch the whole status: the pass puts it right), or brought a memory plan (status.plan) the operator
@@ -164,13 +167,15 @@ def needs_reconcile(type: str | None, body: kopf.Body, **_: Any) -> bool:
     metadata = body.get("metadata") or {}
     if type == "DELETED" or metadata.get("deletionTimestamp"):
         return False
-    if type is None:
+    reconciler = runtime.reconciler
+    if type is None and (reconciler is None or not reconciler.knows(body)):
         return True
     status = body.get("status") or {}
     if not status.get("phase") or metadata.get("generation") != status.get("observedGeneration"):
         return True
-    return runtime.reconciler is not None and (runtime.reconciler.status_disagrees(body)
-                                               or runtime.reconciler.plan_unannounced(body))
+    if type is None and status.get("phase") not in FINISHED_PHASES:
+        return True
+    return reconciler is not None and (reconciler.status_disagrees(body) or reconciler.plan_unannounced(body))
 
 
 # Coroutines, though they never wait: kopf runs a plain function in a thread pool.
@@ -181,9 +186,12 @@ async def finetunejob_changed(body: kopf.Body, name: str, namespace: str, **_: A
 
 @kopf.on.event(**FTJ)
 async def finetunejob_observed(type: str | None, body: kopf.Body, name: str, namespace: str, **_: Any) -> None:
-    """Every watch event, the trainer's progress reports included (they call for no pass), updates the job's metrics."""
+    """Every watch event, the trainer's progress reports included (they call for no pass), updates the job's metrics;
+    a deletion calls for the pass that forgets the job (the resync lists nothing that would notice)."""
     if runtime.reconciler is not None:
         runtime.reconciler.metrics.observe(namespace, name, None if type == "DELETED" else body)
+        if type == "DELETED":
+            runtime.reconciler.enqueue(namespace, name, urgent=False)
 
 
 def _reconcile_parent(labels: dict, namespace: str) -> None:

@@ -22,6 +22,7 @@ from kubernetes.client.rest import should_bypass_proxies
 from kubetune.api.constants import GROUP, PLURAL, VERSION
 
 MERGE_PATCH = "application/merge-patch+json"
+METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
 
 # kind -> (API path prefix, plural)
 PATHS = {
@@ -100,10 +101,12 @@ class Kube:
         return {"Accept": "application/json", **self._auth}
 
     async def request(self, method: str, path: str, body: Any = None, query: dict | None = None,
-                      content_type: str = "application/json") -> dict:
+                      content_type: str = "application/json", accept: str = "") -> dict:
         data = None if body is None else json.dumps(body).encode()
         for attempt in (1, 2):
             headers = self._headers(refresh=attempt == 2)
+            if accept:
+                headers["Accept"] = accept
             if data is not None:
                 headers["Content-Type"] = content_type
             async with self.session.request(method, self.host + path, params=query, data=data, headers=headers,
@@ -132,6 +135,14 @@ class Kube:
         path = f"{prefix}/namespaces/{namespace}/{plural}" if namespace else f"{prefix}/{plural}"
         query = {"labelSelector": label_selector} if label_selector else None
         return (await self.request("GET", path, query=query)).get("items", [])
+
+    async def list_keys(self, kind: str, namespace: str | None) -> set[tuple[str, str]]:
+        """(namespace, name) of every object of a kind, read as metadata only (a PartialObjectMetadataList, which the
+        API server serves for every resource): a few hundred bytes an object, whatever their specs and statuses."""
+        prefix, plural = PATHS[kind]
+        path = f"{prefix}/namespaces/{namespace}/{plural}" if namespace else f"{prefix}/{plural}"
+        listed = await self.request("GET", path, accept=METADATA_LIST)
+        return {(item["metadata"].get("namespace", ""), item["metadata"]["name"]) for item in listed.get("items", [])}
 
     async def create(self, obj: dict) -> dict:
         return await self.request("POST", api_path(obj["kind"], obj["metadata"]["namespace"]), body=obj)

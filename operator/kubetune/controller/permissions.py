@@ -42,8 +42,9 @@ OPERATOR_PERMISSIONS: tuple[Permission, ...] = (
     Permission("kueue.x-k8s.io", "workloads", ("get", "patch")),
     # Observing the training pods (exit codes, termination messages, node loss).
     Permission("", "pods", ("list", "watch")),
-    # `kubectl describe ftj` tells the story (ours and kopf's warnings: core v1 Events, created only).
-    Permission("", "events", ("create",)),
+    # `kubectl describe ftj` tells the story (ours and kopf's warnings: core v1 Events). get: a Planned Event (named
+    # from its plan) is looked up after a restart rather than posted a second time.
+    Permission("", "events", ("get", "create")),
     # kopf observes namespaces (for namespace patterns) and CRDs while it runs.
     Permission("", "namespaces", ("list", "watch")),
     Permission("apiextensions.k8s.io", "customresourcedefinitions", ("list", "watch")),

@@ -41,6 +41,8 @@ log = logs.log
 # After a failed pass: 5 s, doubling per failure in a row, at most 5 min.
 RETRY_SECONDS = 5
 RETRY_MAX_SECONDS = 300
+# The jobs the API server no longer lists are looked for every this many resync periods (Reconciler.forget_deleted).
+SWEEP_EVERY_RESYNCS = 10
 # A queued job suspended by its spec waits this long between looks for the Workload Kueue makes for its Job.
 KUEUE_WORKLOAD_WAIT_SECONDS = 0.5
 # What the API server answers when it refuses an object for good: retrying the same request cannot help.
@@ -140,6 +142,8 @@ class Reconciler:
         self._callers: dict[Key, list[asyncio.Future]] = {}  # reconcile() callers waiting for that pass
         # Per FineTuneJob whose status this process wrote, until the job goes: what it wrote (Record).
         self._records: dict[Key, Record] = {}
+        # The FineTuneJobs whose last pass left them unfinished: what the resync looks at.
+        self._unfinished: set[Key] = set()
         # Per FineTuneJob with a Job: whether its reporter's grant exists (False: this process made the Job and no grant
         # yet; absent: not known to this process).
         self._granted: dict[Key, bool] = {}
@@ -209,6 +213,10 @@ class Reconciler:
         else:
             self.queue.forget(key)
             self.metrics.set_phase(namespace, name, phase)
+            if phase is None or phase in status.FINISHED_PHASES:
+                self._unfinished.discard(key)
+            else:
+                self._unfinished.add(key)
             for caller in callers:
                 if not caller.done():
                     caller.set_result(phase)
@@ -244,12 +252,14 @@ class Reconciler:
         view = {**ftj, "status": trusted}  # the job with the operator's own idea of its status
         now = status.now_rfc3339()
         try:
-            spec = builders.resolve_spec(ftj.get("spec"), self.config, name)
+            written = parse_spec(ftj.get("spec"), name=name)  # parsed once a pass: pydantic is a tenth of the CPU
+            spec = builders.resolve_written(written, self.config)
         except SpecError as err:
             outcome = status.compute_invalid(view, [str(p) for p in err.problems], now)
             await self._write_status(ftj, outcome)
             return outcome.phase
         root = builders.output_root(spec, namespace, name, uid)
+        notes = [str(n) for n in notices(written)]  # settings of the valid spec that will not take effect
         job = None
         if trusted.get("phase") in status.FINISHED_PHASES and not recorded and trusted.get("jobName"):
             # A finished phase this process never wrote: after a restart, or a forgery. A Job of ours still at work
@@ -268,7 +278,7 @@ class Reconciler:
             if (trusted["phase"] == Phase.FAILED and trusted.get("observedGeneration") != generation
                     and status.phase_reason(trusted)[1] in REOPENABLE):
                 # A spec edit since: a raised backoffLimit or activeDeadlineSeconds runs the job again.
-                reopened = await self._reopen(ftj, spec, view, root, now)
+                reopened = await self._reopen(ftj, spec, view, root, now, notes)
                 if reopened is not None:
                     return reopened
             # Every edit is observed (GitOps tools wait for observedGeneration); the job stays as it ended, but for
@@ -304,19 +314,19 @@ class Reconciler:
         except modelcache.Waiting as wait:  # no Job before the job's model cache entry is complete
             observed = status.Observed(Phase.PENDING, Reason.WAITING_FOR_MODEL_CACHE, str(wait),
                                        trusted.get("attempts") or 0)
-            outcome = status.compute(view, observed, trusted.get("jobName"), now, notices=self._notices(ftj, name))
+            outcome = status.compute(view, observed, trusted.get("jobName"), now, notices=notes)
             await self._write_status(ftj, outcome, root=root)
             return outcome.phase
         except modelcache.Refused as err:
             observed = status.Observed(Phase.FAILED, Reason.USER_ERROR, str(err), trusted.get("attempts") or 0, now)
-            outcome = status.compute(view, observed, trusted.get("jobName"), now, notices=self._notices(ftj, name))
+            outcome = status.compute(view, observed, trusted.get("jobName"), now, notices=notes)
             await self._write_status(ftj, outcome, root=root)
             await self._after_finish(ftj, spec, outcome.status)
             return outcome.phase
         except ResumeSourceMissing as err:
             observed = status.Observed(Phase.FAILED, Reason.RESUME_SOURCE_NOT_FOUND, str(err),
                                        trusted.get("attempts") or 0, now)
-            outcome = status.compute(view, observed, trusted.get("jobName"), now, notices=self._notices(ftj, name))
+            outcome = status.compute(view, observed, trusted.get("jobName"), now, notices=notes)
             await self._write_status(ftj, outcome, root=root)
             await self._after_finish(ftj, spec, outcome.status)
             return outcome.phase
@@ -335,7 +345,7 @@ class Reconciler:
                                   backoff_limit=spec.backoff_limit,
                                   active_deadline_seconds=spec.active_deadline_seconds,
                                   queue_problem=await self._queue_problem(job, spec))
-        outcome = status.compute(view, observed, job["metadata"]["name"], now, notices=self._notices(ftj, name))
+        outcome = status.compute(view, observed, job["metadata"]["name"], now, notices=notes)
         if created or not trusted.get("jobName"):  # also a Job this operator made in a pass that failed after
             outcome = status.announce_job(outcome, job["metadata"]["name"], recreated=bool(trusted.get("jobName")))
         await self._write_status(ftj, outcome, root=root)
@@ -383,7 +393,7 @@ class Reconciler:
             logs.action(namespace, name, "AttemptEnded", f"deleting Job {job['metadata']['name']} and its pods; the "
                         f"next attempt starts in a new Job once they are gone ({tally.reason})", uid=meta["uid"])
 
-    async def _reopen(self, ftj: dict, spec, view: dict, root: str, now: str) -> str | None:
+    async def _reopen(self, ftj: dict, spec, view: dict, root: str, now: str, notes: list[str]) -> str | None:
         """A job that failed for its backoffLimit or its deadline, whose spec was edited since: when the spec now
         allows more, it runs again (phase Pending, reason Reopened; the next attempt resumes from the newest complete
         checkpoint, in the same output root, and attempts are counted on). None: it stays as it ended."""
@@ -408,7 +418,7 @@ class Reconciler:
                                                    active_deadline_seconds=spec.active_deadline_seconds)
         if observed.next is None:
             return None
-        outcome = status.compute(view, observed, trusted.get("jobName"), now, notices=self._notices(ftj, name))
+        outcome = status.compute(view, observed, trusted.get("jobName"), now, notices=notes)
         await self._write_status(ftj, outcome, root=root)
         await self._start_next_attempt(ftj, spec, observed.next, job)
         return outcome.phase
@@ -423,8 +433,10 @@ class Reconciler:
         if not digest or self._announced.get(key) == digest:
             return
         text = status.plan_text(plan)
-        if text:
-            await self.event(ftj, "Normal", Reason.PLANNED, text, name=f"{meta['name']}.planned-{digest[:12]}")
+        event_name = f"{meta['name']}.planned-{digest[:12]}"
+        # A plan this process has not told of may have been told before a restart: looked up, not posted again.
+        if text and (key in self._announced or await self.kube.get("Event", meta["namespace"], event_name) is None):
+            await self.event(ftj, "Normal", Reason.PLANNED, text, name=event_name)
         self._announced[key] = digest
 
     def plan_unannounced(self, ftj: dict) -> bool:
@@ -463,11 +475,6 @@ class Reconciler:
                                       "(its status.checkpoints is empty): create this job again once it has one, or "
                                       "name a checkpoint URI")
         return source_root
-
-    @staticmethod
-    def _notices(ftj: dict, name: str) -> list[str]:
-        """Settings of a valid spec that will not take effect, from the spec as the user wrote it."""
-        return [str(n) for n in notices(parse_spec(ftj.get("spec"), name=name))]
 
     async def _reject(self, ftj: dict, view: dict, spec, message: str, root: str) -> str:
         """ChildRejected: the job fails, saying what the API server said. A Job of this one still at work is
@@ -906,42 +913,52 @@ class Reconciler:
             task.add_done_callback(self._passes.discard)
 
     async def _resync_forever(self) -> None:
+        passes = 0
         while True:
             await asyncio.sleep(self.config.resync_seconds)
+            passes += 1
             try:
                 await self.resync()
+                if passes % SWEEP_EVERY_RESYNCS == 0:
+                    await self.forget_deleted()
             except Exception:  # a bug here must not end the resync for the operator's lifetime
                 log.exception("resync pass failed")
 
+    async def forget_deleted(self) -> None:
+        """Forget the jobs the API server no longer lists (a DELETED event lost with a watch): their records and
+        metrics. One metadata-only list, every SWEEP_EVERY_RESYNCS resync periods."""
+        known = set(self._records) | self.metrics.recorded()
+        if not known:
+            return
+        listed: set[Key] = set()
+        for namespace in self.config.namespaces or (None,):
+            try:
+                listed |= await self.kube.list_keys(KIND, namespace)
+            except Exception as err:
+                log.warning("cannot list FineTuneJobs to forget deleted ones: %s", err)
+                return
+        for namespace, name in known - listed:
+            self._announced.pop((namespace, name), None)
+            self._granted.pop((namespace, name), None)
+            self._unfinished.discard((namespace, name))
+            if self._records.pop((namespace, name), None) is not None:
+                logs.action(namespace, name, "Deleted", "the FineTuneJob is gone")
+            self.metrics.set_phase(namespace, name, None)
+
     async def resync(self) -> None:
-        """Queue every FineTuneJob that is unfinished, waits for its TTL, or whose status someone else changed, as
-        background work: status never drifts, even after a missed event.
+        """Queue every unfinished FineTuneJob as background work: its status never drifts, even after a missed event.
+
+        Only the unfinished ones, from memory: no list of every FineTuneJob, so a history of finished jobs costs
+        nothing. What can still change a finished job comes as a watch event (a spec edit, a status someone else
+        wrote: handlers.needs_reconcile), its TTL as a scheduled wake-up, its deletion as a DELETED event.
 
         Except those whose last pass failed: their retry is due after a backoff of up to 5 min, and a
         resync every minute would undo it."""
-        known = set(self._records) | self.metrics.recorded()
-        listed: set[Key] = set()
-        complete = True
-        for namespace in self.config.namespaces or (None,):
-            try:
-                items = await self.kube.list(KIND, namespace)
-            except Exception as err:
-                log.warning("resync: cannot list FineTuneJobs: %s", err)
-                complete = False
-                continue
-            for ftj in items:
-                key = (ftj["metadata"]["namespace"], ftj["metadata"]["name"])
-                listed.add(key)
-                if (((ftj.get("status") or {}).get("phase") not in status.FINISHED_PHASES
-                     or ((ftj.get("spec") or {}).get("ttlSecondsAfterFinished") or 0) > 0
-                     or self.status_disagrees(ftj))
-                        and not self.queue.num_requeues(key)):
-                    self.queue.add(key, urgent=False)
-        if complete:
-            # Known before the listing and not in it: deleted without a pass noticing (no child to tell of it).
-            for namespace, name in known - listed:
-                self._announced.pop((namespace, name), None)
-                self._granted.pop((namespace, name), None)
-                if self._records.pop((namespace, name), None) is not None:
-                    logs.action(namespace, name, "Deleted", "the FineTuneJob is gone")
-                self.metrics.set_phase(namespace, name, None)
+        for key in list(self._unfinished):
+            if not self.queue.num_requeues(key):
+                self.queue.add(key, urgent=False)
+
+    def knows(self, ftj: dict) -> bool:
+        """Whether this process has had a pass over the job (it holds a record of what it wrote there)."""
+        meta = ftj.get("metadata") or {}
+        return (meta.get("namespace"), meta.get("name")) in self._records
