@@ -122,11 +122,10 @@ def test_canary_secret_never_leaks(api, moto_url, tiny_model, corpus, tmp_path, 
                 30,
                 f"Job {name}",
             )
-            cm = next(c for c in api.objects("", "configmaps", ns) if c["metadata"]["name"] == f"{name}-spec")
             scratch = tmp_path / name
             scratch.mkdir()
-            spec_file = scratch / "job.yaml"
-            spec_file.write_text(next(iter(cm["data"].values())))
+            spec_file = scratch / "job.yaml"  # what the pod's downward API volume holds: its spec annotation
+            spec_file.write_text(job["spec"]["template"]["metadata"]["annotations"]["kubetune.dev/spec"])
             command = job["spec"]["template"]["spec"]["containers"][0]["command"]
             command = [
                 sys.executable if c == "python" else str(spec_file) if c.startswith("/etc/kubetune") else c
@@ -236,9 +235,11 @@ def test_every_example_pod_is_locked_down_and_namespace_local(ledger):
                 if v["name"] in declared:  # the job's own: a claim, ConfigMap or Secret of its namespace, by name
                     assert set(v) - {"name"} <= {"persistentVolumeClaim", "configMap", "secret"}, v
                     continue
-                assert set(v) & {"configMap", "emptyDir", "projected"}, v  # no hostPath, PVC, secret volumes
-                if "configMap" in v:
-                    assert v["configMap"]["name"] == builders.configmap_name(ftj["metadata"]["name"])
+                assert set(v) & {"downwardAPI", "emptyDir", "projected"}, v  # no hostPath, PVC, secret volumes
+                if "downwardAPI" in v:  # the pod's own spec annotation, nothing else
+                    assert [i["fieldRef"]["fieldPath"] for i in v["downwardAPI"]["items"]] == [
+                        f"metadata.annotations['{builders.ANNOTATION_SPEC}']"
+                    ]
                 for source in v.get("projected", {}).get("sources", []):
                     assert set(source) <= {"serviceAccountToken", "configMap", "downwardAPI"}
             refs = [
