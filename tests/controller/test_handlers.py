@@ -35,8 +35,7 @@ def test_only_coroutine_event_handlers_so_kopf_needs_no_diff_base_and_no_thread_
     spec.loader.exec_module(importlib.util.module_from_spec(spec))
 
     assert set(registered) == {"startup", "cleanup", "login", "probe", "event"}
-    assert {fn.__name__ for fn in registered["event"]} == {"finetunejob_changed", "finetunejob_observed", "job_changed",
-                                                        "pod_changed"}
+    assert {fn.__name__ for fn in registered["event"]} == {"finetunejob_event", "job_changed", "pod_changed"}
     assert all(inspect.iscoroutinefunction(fn) for fn in registered["event"])
     assert all(inspect.iscoroutinefunction(fn) for fn in registered["startup"] + registered["cleanup"])
 
@@ -60,6 +59,26 @@ def ftj(generation: int = 1, status: dict | None = None, deleting: bool = False)
 ])
 def test_which_finetunejob_events_call_for_a_pass(event, body, wanted):
     assert handlers.needs_reconcile(type=event, body=body) is wanted
+
+
+def test_a_listed_job_calls_for_a_pass_unless_it_is_finished_and_known(monkeypatch):
+    """The listing at startup, or after a lost watch: a finished job the operator has had a pass over (its record
+    agrees with the listed status) calls for nothing, so a history of finished jobs costs no pass."""
+    from kubetune.controller import status
+    from kubetune.controller.config import OperatorConfig
+    from kubetune.controller.reconciler import Reconciler, Record
+
+    reconciler = Reconciler(kube=None, config=OperatorConfig())
+    monkeypatch.setattr(handlers.runtime, "reconciler", reconciler)
+    done = {"phase": "Succeeded", "observedGeneration": 1}
+    assert handlers.needs_reconcile(None, ftj(status=done)) is True  # not seen by this process yet
+    reconciler._records[("n", "x")] = Record(status.canonical(done))
+    assert handlers.needs_reconcile(None, ftj(status=done)) is False
+    assert handlers.needs_reconcile(None, ftj(2, done)) is True  # edited while the watch was down
+    assert handlers.needs_reconcile(None, ftj(status=done | {"phase": "Failed"})) is True  # someone else wrote it
+    running = {"phase": "Running", "observedGeneration": 1}
+    reconciler._records[("n", "x")] = Record(status.canonical(running))
+    assert handlers.needs_reconcile(None, ftj(status=running)) is True  # unfinished: always looked at
 
 
 def test_a_job_just_created_says_nothing_new_but_any_later_change_does():

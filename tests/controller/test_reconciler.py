@@ -145,7 +145,7 @@ class RecordingKube(FakeKube):
         await asyncio.sleep(0)
         return {("team", name) for name in self.listed}
 
-    async def create(self, obj):
+    async def create(self, obj, read=True):
         await asyncio.sleep(0)
         self.calls.append((obj["kind"], obj["metadata"].get("name") or obj["involvedObject"]["name"]))
         return obj | {"metadata": obj["metadata"] | {"uid": "uid-" + obj["metadata"].get("name", "")}}

@@ -56,12 +56,6 @@ def _client_configuration() -> kubernetes.client.Configuration:
     return configuration
 
 
-def reconciler() -> Reconciler:
-    if runtime.reconciler is None:
-        raise kopf.TemporaryError("the operator is still starting", delay=1)
-    return runtime.reconciler
-
-
 class NoDiffBaseStorage(kopf.DiffBaseStorage):
     """Event handlers compare nothing: spare kopf a deep copy of every watched object (docs/operator.md)."""
 
@@ -162,7 +156,7 @@ def needs_reconcile(type: str | None, body: kopf.Body, **_: Any) -> bool:
     Status-only changes (the operator's own writes, the trainer's progress reports) do not, unless they
     touched the operator's keys or reported a result outside the job's output root (anyone with the trainer's
     token can patch the whole status: the pass puts it right), or brought a memory plan (status.plan) the operator
-    has not told as an Event yet. A kopf `when=` filter: kopf evaluates it before it calls the handler.
+    has not told as an Event yet.
     """
     metadata = body.get("metadata") or {}
     if type == "DELETED" or metadata.get("deletionTimestamp"):
@@ -178,20 +172,23 @@ def needs_reconcile(type: str | None, body: kopf.Body, **_: Any) -> bool:
     return reconciler is not None and (reconciler.status_disagrees(body) or reconciler.plan_unannounced(body))
 
 
-# Coroutines, though they never wait: kopf runs a plain function in a thread pool.
-@kopf.on.event(**FTJ, when=needs_reconcile)
-async def finetunejob_changed(body: kopf.Body, name: str, namespace: str, **_: Any) -> None:
-    reconciler().enqueue(namespace, name, body=dict(body))
-
-
+# Coroutines, though they never wait: kopf runs a plain function in a thread pool. One handler per resource: kopf's
+# cost per event grows with the handlers it matches and runs.
 @kopf.on.event(**FTJ)
-async def finetunejob_observed(type: str | None, body: kopf.Body, name: str, namespace: str, **_: Any) -> None:
-    """Every watch event, the trainer's progress reports included (they call for no pass), updates the job's metrics;
-    a deletion calls for the pass that forgets the job (the resync lists nothing that would notice)."""
-    if runtime.reconciler is not None:
-        runtime.reconciler.metrics.observe(namespace, name, None if type == "DELETED" else body)
-        if type == "DELETED":
-            runtime.reconciler.enqueue(namespace, name, urgent=False)
+async def finetunejob_event(type: str | None, body: kopf.Body, name: str, namespace: str, **_: Any) -> None:
+    """Every watch event updates the job's metrics (the trainer's progress reports included: they call for no pass);
+    one that calls for a pass (needs_reconcile) queues it; a deletion queues the pass that forgets the job (the resync
+    lists nothing that would notice)."""
+    reconciler = runtime.reconciler
+    if reconciler is None:
+        return  # kopf watches only once the startup handler has made it
+    if type == "DELETED":
+        reconciler.metrics.observe(namespace, name, None)
+        reconciler.enqueue(namespace, name, urgent=False)
+        return
+    reconciler.metrics.observe(namespace, name, body)
+    if needs_reconcile(type, body):
+        reconciler.enqueue(namespace, name, body=dict(body))
 
 
 def _reconcile_parent(labels: dict, namespace: str) -> None:

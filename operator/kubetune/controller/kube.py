@@ -101,7 +101,8 @@ class Kube:
         return {"Accept": "application/json", **self._auth}
 
     async def request(self, method: str, path: str, body: Any = None, query: dict | None = None,
-                      content_type: str = "application/json", accept: str = "") -> dict:
+                      content_type: str = "application/json", accept: str = "", read: bool = True) -> dict:
+        """`read`: decode the answer (False: the caller needs none, and {} comes back)."""
         data = None if body is None else json.dumps(body).encode()
         for attempt in (1, 2):
             headers = self._headers(refresh=attempt == 2)
@@ -119,7 +120,7 @@ class Kube:
                     err = ApiException(status=response.status, reason=response.reason)
                     err.body = payload.decode(errors="replace")
                     raise err
-                return json.loads(payload or b"{}")
+                return json.loads(payload or b"{}") if read else {}
         raise AssertionError("unreachable")
 
     async def get(self, kind: str, namespace: str, name: str) -> dict | None:
@@ -144,8 +145,8 @@ class Kube:
         listed = await self.request("GET", path, accept=METADATA_LIST)
         return {(item["metadata"].get("namespace", ""), item["metadata"]["name"]) for item in listed.get("items", [])}
 
-    async def create(self, obj: dict) -> dict:
-        return await self.request("POST", api_path(obj["kind"], obj["metadata"]["namespace"]), body=obj)
+    async def create(self, obj: dict, read: bool = True) -> dict:
+        return await self.request("POST", api_path(obj["kind"], obj["metadata"]["namespace"]), body=obj, read=read)
 
     async def patch(self, kind: str, namespace: str, name: str, patch: dict, subresource: str | None = None) -> dict:
         return await self.request("PATCH", api_path(kind, namespace, name, subresource), body=patch,

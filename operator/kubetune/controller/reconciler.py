@@ -837,7 +837,7 @@ class Reconciler:
             "count": 1,
         }
         try:
-            await self.kube.create(body)
+            await self.kube.create(body, read=False)
         except ApiException as err:
             if not (name and err.status == 409):
                 log.warning("could not post Event %s for %s/%s: %s", reason, meta["namespace"], meta["name"], err)
