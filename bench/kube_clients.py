@@ -34,8 +34,12 @@ CLIENTS = {  # name -> the module it needs
 
 
 def config_map(i: int, namespace: str) -> dict:
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"c{i}", "namespace": namespace},
-            "data": {"k": "v" * 200}}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": f"c{i}", "namespace": namespace},
+        "data": {"k": "v" * 200},
+    }
 
 
 async def in_flight(calls: int, one) -> None:
@@ -121,12 +125,16 @@ def measure(client: str, url: str, ca_file: str, token: str, namespace: str, n: 
     from lightkube.resources.core_v1 import ConfigMap
     from lightkube.types import PatchType
 
-    kubeconfig = KubeConfig.from_dict({
-        "apiVersion": "v1", "kind": "Config", "current-context": "c",
-        "clusters": [{"name": "e", "cluster": {"server": url, "certificate-authority": ca_file}}],
-        "users": [{"name": "u", "user": {"token": token}}],
-        "contexts": [{"name": "c", "context": {"cluster": "e", "user": "u", "namespace": namespace}}],
-    })
+    kubeconfig = KubeConfig.from_dict(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "c",
+            "clusters": [{"name": "e", "cluster": {"server": url, "certificate-authority": ca_file}}],
+            "users": [{"name": "u", "user": {"token": token}}],
+            "contexts": [{"name": "c", "context": {"cluster": "e", "user": "u", "namespace": namespace}}],
+        }
+    )
 
     async def run() -> float:
         lightkube = AsyncClient(kubeconfig)
@@ -136,8 +144,9 @@ def measure(client: str, url: str, ca_file: str, token: str, namespace: str, n: 
             metadata = ObjectMeta(name=f"c{i}", namespace=namespace)
             await lightkube.create(ConfigMap(metadata=metadata, data={"k": "v" * 200}))
             await lightkube.get(ConfigMap, f"c{i}", namespace=namespace)
-            await lightkube.patch(ConfigMap, f"c{i}", {"data": {"k": "w"}}, namespace=namespace,
-                                  patch_type=PatchType.MERGE)
+            await lightkube.patch(
+                ConfigMap, f"c{i}", {"data": {"k": "w"}}, namespace=namespace, patch_type=PatchType.MERGE
+            )
 
         await in_flight(n, one)
         spent = time.process_time() - start
@@ -171,9 +180,23 @@ def main(argv: list[str] | None = None) -> int:
             for index, client in enumerate(clients):
                 namespace = f"bench-{run}-{index}"
                 core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
-                out = subprocess.run([sys.executable, __file__, "--calls", str(args.calls), "--measure", client,
-                                      emulator.url, emulator.ca_file, ADMIN_TOKEN, namespace],
-                                     capture_output=True, text=True, check=True)
+                out = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--calls",
+                        str(args.calls),
+                        "--measure",
+                        client,
+                        emulator.url,
+                        emulator.ca_file,
+                        ADMIN_TOKEN,
+                        namespace,
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
                 cpu = json.loads(out.stdout.strip().splitlines()[-1])["cpu_s"]
                 results[client].append(cpu / (3 * args.calls) * 1000)
     finally:

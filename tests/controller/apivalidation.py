@@ -51,7 +51,11 @@ def too_long(field: str, limit: int) -> dict:
 
 def too_many(field: str, actual: int, limit: int) -> dict:
     unit = "item" if limit == 1 else "items"
-    return {"reason": "FieldValueTooMany", "field": field, "message": f"Too many: {actual}: must have at most {limit} {unit}"}
+    return {
+        "reason": "FieldValueTooMany",
+        "field": field,
+        "message": f"Too many: {actual}: must have at most {limit} {unit}",
+    }
 
 
 def invalid(field: str, value: Any, detail: str) -> dict:

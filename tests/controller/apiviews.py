@@ -74,10 +74,14 @@ def age(timestamp: Any) -> str:
 
 # ------------------------------------------------------------------------------------------ Tables
 
-OBJECT_META_NAME = ("Name must be unique within a namespace. Is required when creating resources, although some "
-                    "resources may allow a client to request the generation of an appropriate name automatically.")
-OBJECT_META_CREATED = ("CreationTimestamp is a timestamp representing the server time when this object was created. "
-                       "It is represented in RFC3339 form and is in UTC.")
+OBJECT_META_NAME = (
+    "Name must be unique within a namespace. Is required when creating resources, although some "
+    "resources may allow a client to request the generation of an appropriate name automatically."
+)
+OBJECT_META_CREATED = (
+    "CreationTimestamp is a timestamp representing the server time when this object was created. "
+    "It is represented in RFC3339 form and is in UTC."
+)
 NAME_COLUMN = {"name": "Name", "type": "string", "format": "name", "description": OBJECT_META_NAME, "priority": 0}
 
 
@@ -147,11 +151,19 @@ def crd_columns(version: dict) -> list[dict]:
     """The served columns: Name, then additionalPrinterColumns, or an Age column when there are none
     (k8s.io/apiextensions-apiserver pkg/apiserver/helpers.go serveDefaultColumnsIfEmpty)."""
     columns = version.get("additionalPrinterColumns") or [
-        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp", "description": OBJECT_META_CREATED}]
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp", "description": OBJECT_META_CREATED}
+    ]
     return [NAME_COLUMN] + [
-        _column(c["name"], c["type"], c.get("description") or
-                f"Custom resource definition column (in JSONPath format): {c['jsonPath']}", c.get("priority", 0),
-                c.get("format", "")) | {"jsonPath": c["jsonPath"]} for c in columns]
+        _column(
+            c["name"],
+            c["type"],
+            c.get("description") or f"Custom resource definition column (in JSONPath format): {c['jsonPath']}",
+            c.get("priority", 0),
+            c.get("format", ""),
+        )
+        | {"jsonPath": c["jsonPath"]}
+        for c in columns
+    ]
 
 
 def crd_row(columns: list[dict], obj: dict) -> list:
@@ -198,51 +210,86 @@ def _event_row(event: dict) -> list:
     if series:
         last = series.get("lastObservedTime") or last
     involved = event.get("involvedObject") or {}
-    target = f"{involved.get('kind', '').lower()}/{involved['name']}" if involved.get("name") else \
-        involved.get("kind", "").lower()
+    target = (
+        f"{involved.get('kind', '').lower()}/{involved['name']}"
+        if involved.get("name")
+        else involved.get("kind", "").lower()
+    )
     source = event.get("source") or {}
     component = source.get("component") or event.get("reportingComponent") or ""
     instance = source.get("host") or event.get("reportingInstance") or ""
-    return [age(last), event.get("type", ""), event.get("reason", ""), target, involved.get("fieldPath", ""),
-            f"{component}, {instance}" if instance else component, (event.get("message") or "").strip(), age(first),
-            series.get("count") or event.get("count") or 1, event["metadata"]["name"]]
+    return [
+        age(last),
+        event.get("type", ""),
+        event.get("reason", ""),
+        target,
+        involved.get("fieldPath", ""),
+        f"{component}, {instance}" if instance else component,
+        (event.get("message") or "").strip(),
+        age(first),
+        series.get("count") or event.get("count") or 1,
+        event["metadata"]["name"],
+    ]
 
 
 BUILTIN_TABLES: dict[tuple[str, str], tuple[list[dict], Any]] = {
     ("", "events"): (
-        [_column("Last Seen", "string", "Time when last event from this group was observed."),
-         _column("Type", "string", "Type of this event."),
-         _column("Reason", "string", "Reason why this event was generated."),
-         _column("Object", "string", "The object that this event is about."),
-         _column("Subobject", "string", "The subobject that this event is about.", 1),
-         _column("Source", "string", "The component reporting this event.", 1),
-         _column("Message", "string", "A human-readable description of the status of this operation."),
-         _column("First Seen", "string", "Time when this event was first observed.", 1),
-         _column("Count", "string", "The number of times this event has occurred.", 1),
-         _column("Name", "string", OBJECT_META_NAME, 1, "name")],
-        _event_row),
+        [
+            _column("Last Seen", "string", "Time when last event from this group was observed."),
+            _column("Type", "string", "Type of this event."),
+            _column("Reason", "string", "Reason why this event was generated."),
+            _column("Object", "string", "The object that this event is about."),
+            _column("Subobject", "string", "The subobject that this event is about.", 1),
+            _column("Source", "string", "The component reporting this event.", 1),
+            _column("Message", "string", "A human-readable description of the status of this operation."),
+            _column("First Seen", "string", "Time when this event was first observed.", 1),
+            _column("Count", "string", "The number of times this event has occurred.", 1),
+            _column("Name", "string", OBJECT_META_NAME, 1, "name"),
+        ],
+        _event_row,
+    ),
     ("", "namespaces"): (
-        [NAME_COLUMN, _column("Status", "string", "The status of the namespace"),
-         _column("Age", "string", OBJECT_META_CREATED)],
-        lambda o: [o["metadata"]["name"], (o.get("status") or {}).get("phase", "Active"),
-                   age(o["metadata"].get("creationTimestamp"))]),
+        [
+            NAME_COLUMN,
+            _column("Status", "string", "The status of the namespace"),
+            _column("Age", "string", OBJECT_META_CREATED),
+        ],
+        lambda o: [
+            o["metadata"]["name"],
+            (o.get("status") or {}).get("phase", "Active"),
+            age(o["metadata"].get("creationTimestamp")),
+        ],
+    ),
     ("batch", "jobs"): (
-        [NAME_COLUMN, _column("Status", "string", "Status of the job."),
-         _column("Completions", "string", "The number of pods which reached phase Succeeded."),
-         _column("Duration", "string", "Time required to complete the job."),
-         _column("Age", "string", OBJECT_META_CREATED)],
-        _job_row),
+        [
+            NAME_COLUMN,
+            _column("Status", "string", "Status of the job."),
+            _column("Completions", "string", "The number of pods which reached phase Succeeded."),
+            _column("Duration", "string", "Time required to complete the job."),
+            _column("Age", "string", OBJECT_META_CREATED),
+        ],
+        _job_row,
+    ),
 }
-DEFAULT_TABLE = ([NAME_COLUMN, _column("Created At", "date", OBJECT_META_CREATED)],
-                 lambda o: [o["metadata"]["name"], o["metadata"].get("creationTimestamp")])
+DEFAULT_TABLE = (
+    [NAME_COLUMN, _column("Created At", "date", OBJECT_META_CREATED)],
+    lambda o: [o["metadata"]["name"], o["metadata"].get("creationTimestamp")],
+)
 
 
 def partial_metadata(obj: dict, group_version: str = "meta.k8s.io/v1") -> dict:
     return {"apiVersion": group_version, "kind": "PartialObjectMetadata", "metadata": obj.get("metadata") or {}}
 
 
-def table(columns: list[dict], row: Any, objects: list[dict], resource_version: str, params: dict,
-          headers: bool = True, group_version: str = "meta.k8s.io/v1") -> dict:
+def table(
+    columns: list[dict],
+    row: Any,
+    objects: list[dict],
+    resource_version: str,
+    params: dict,
+    headers: bool = True,
+    group_version: str = "meta.k8s.io/v1",
+) -> dict:
     """A meta.k8s.io Table, with each row's object as includeObject asks (k8s.io/apiserver
     pkg/endpoints/handlers/response.go asTable: PartialObjectMetadata unless Object or None is asked)."""
     include = params.get("includeObject") or "Metadata"
@@ -254,8 +301,12 @@ def table(columns: list[dict], row: Any, objects: list[dict], resource_version: 
         elif include == "Metadata":
             entry["object"] = partial_metadata(obj, group_version)
         rows.append(entry)
-    out = {"kind": "Table", "apiVersion": group_version, "metadata": {"resourceVersion": resource_version},
-           "rows": rows}
+    out = {
+        "kind": "Table",
+        "apiVersion": group_version,
+        "metadata": {"resourceVersion": resource_version},
+        "rows": rows,
+    }
     if headers and params.get("noHeaders") not in ("true", "1"):
         out["columnDefinitions"] = [{k: v for k, v in c.items() if k != "jsonPath"} for c in columns]
     return out
@@ -314,8 +365,11 @@ def aggregated_resources(resources: list[dict], group: str, version: str) -> lis
             continue
         parents[entry["name"]] = {
             "resource": entry["name"],
-            "responseKind": {"group": entry.get("group", group), "version": entry.get("version", version),
-                             "kind": entry["kind"]},
+            "responseKind": {
+                "group": entry.get("group", group),
+                "version": entry.get("version", version),
+                "kind": entry["kind"],
+            },
             "scope": "Namespaced" if entry["namespaced"] else "Cluster",
             "singularResource": entry.get("singularName", ""),
             "verbs": entry["verbs"],
@@ -325,11 +379,17 @@ def aggregated_resources(resources: list[dict], group: str, version: str) -> lis
     for entry in resources:
         parent, _, sub = entry["name"].partition("/")
         if sub and parent in parents:
-            parents[parent].setdefault("subresources", []).append({
-                "subresource": sub,
-                "responseKind": {"group": entry.get("group", group), "version": entry.get("version", version),
-                                 "kind": entry["kind"]},
-                "verbs": entry["verbs"]})
+            parents[parent].setdefault("subresources", []).append(
+                {
+                    "subresource": sub,
+                    "responseKind": {
+                        "group": entry.get("group", group),
+                        "version": entry.get("version", version),
+                        "kind": entry["kind"],
+                    },
+                    "verbs": entry["verbs"],
+                }
+            )
     return sorted(parents.values(), key=lambda r: r["resource"])
 
 
@@ -337,11 +397,15 @@ def aggregated_list(groups: list[tuple[str, dict[str, list[dict]]]]) -> dict:
     """An APIGroupDiscoveryList: per group, its versions (preferred first) with their resources."""
     items = []
     for name, versions in groups:
-        items.append({
-            "metadata": {"name": name, "creationTimestamp": None} if name else {"creationTimestamp": None},
-            "versions": [{"version": v, "resources": aggregated_resources(versions[v], name, v), "freshness": "Current"}
-                         for v in sorted(versions, key=version_priority)],
-        })
+        items.append(
+            {
+                "metadata": {"name": name, "creationTimestamp": None} if name else {"creationTimestamp": None},
+                "versions": [
+                    {"version": v, "resources": aggregated_resources(versions[v], name, v), "freshness": "Current"}
+                    for v in sorted(versions, key=version_priority)
+                ],
+            }
+        )
     return {"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items}
 
 
@@ -371,7 +435,7 @@ class ServedCRD:
         self.columns = {name: crd_columns(v) for name, v in self.versions.items()}
 
     def schema(self, version: str) -> dict | None:
-        return ((self.versions[version].get("schema") or {}).get("openAPIV3Schema"))
+        return (self.versions[version].get("schema") or {}).get("openAPIV3Schema")
 
     def subresources(self, version: str) -> dict:
         return self.versions[version].get("subresources") or {}
@@ -381,18 +445,40 @@ class ServedCRD:
     def discovery_entries(self, version: str) -> list[dict]:
         """Legacy APIResource entries: the resource (short names and categories on it only), then status/scale."""
         verbs = ["delete", "deletecollection", "get", "list", "patch", "create", "update", "watch"]
-        entries = [{"name": self.plural, "singularName": self.singular, "namespaced": self.namespaced,
-                    "kind": self.kind, "verbs": verbs,
-                    **({"shortNames": self.names["shortNames"]} if self.names.get("shortNames") else {}),
-                    **({"categories": self.names["categories"]} if self.names.get("categories") else {})}]
+        entries = [
+            {
+                "name": self.plural,
+                "singularName": self.singular,
+                "namespaced": self.namespaced,
+                "kind": self.kind,
+                "verbs": verbs,
+                **({"shortNames": self.names["shortNames"]} if self.names.get("shortNames") else {}),
+                **({"categories": self.names["categories"]} if self.names.get("categories") else {}),
+            }
+        ]
         sub = self.subresources(version)
         if "status" in sub:
-            entries.append({"name": f"{self.plural}/status", "singularName": "", "namespaced": self.namespaced,
-                            "kind": self.kind, "verbs": ["get", "patch", "update"]})
+            entries.append(
+                {
+                    "name": f"{self.plural}/status",
+                    "singularName": "",
+                    "namespaced": self.namespaced,
+                    "kind": self.kind,
+                    "verbs": ["get", "patch", "update"],
+                }
+            )
         if "scale" in sub:
-            entries.append({"name": f"{self.plural}/scale", "singularName": "", "namespaced": self.namespaced,
-                            "group": "autoscaling", "version": "v1", "kind": "Scale",
-                            "verbs": ["get", "patch", "update"]})
+            entries.append(
+                {
+                    "name": f"{self.plural}/scale",
+                    "singularName": "",
+                    "namespaced": self.namespaced,
+                    "group": "autoscaling",
+                    "version": "v1",
+                    "kind": "Scale",
+                    "verbs": ["get", "patch", "update"],
+                }
+            )
         return entries
 
     # --------------------------------------------------------------------------- pruning
@@ -429,8 +515,10 @@ class ServedCRD:
         if v2:
             out = _to_openapi_v2(out)
         out.setdefault("properties", {})
-        out["properties"]["metadata"] = {"$ref": _ref("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", v2),
-                                         "description": METADATA_DESCRIPTION}
+        out["properties"]["metadata"] = {
+            "$ref": _ref("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", v2),
+            "description": METADATA_DESCRIPTION,
+        }
         out["properties"]["apiVersion"] = {"type": "string", "description": API_VERSION_DESCRIPTION}
         out["properties"]["kind"] = {"type": "string", "description": KIND_DESCRIPTION}
         _add_embedded_properties(out, v2)
@@ -446,11 +534,16 @@ class ServedCRD:
             "properties": {
                 "apiVersion": {"type": "string", "description": API_VERSION_DESCRIPTION},
                 "kind": {"type": "string", "description": KIND_DESCRIPTION},
-                "items": {"type": "array", "items": {"$ref": _ref(self.definition_name(version, self.kind), v2)},
-                          "description": f"List of {self.plural}. More info: https://git.k8s.io/community/"
-                                         "contributors/devel/sig-architecture/api-conventions.md"},
-                "metadata": {"$ref": _ref("io.k8s.apimachinery.pkg.apis.meta.v1.ListMeta", v2),
-                             "description": "Standard list metadata."},
+                "items": {
+                    "type": "array",
+                    "items": {"$ref": _ref(self.definition_name(version, self.kind), v2)},
+                    "description": f"List of {self.plural}. More info: https://git.k8s.io/community/"
+                    "contributors/devel/sig-architecture/api-conventions.md",
+                },
+                "metadata": {
+                    "$ref": _ref("io.k8s.apimachinery.pkg.apis.meta.v1.ListMeta", v2),
+                    "description": "Standard list metadata.",
+                },
             },
             "x-kubernetes-group-version-kind": [{"group": self.group, "version": version, "kind": self.list_kind}],
         }
@@ -462,15 +555,20 @@ class ServedCRD:
         routes = []
         if self.namespaced:
             routes.append((f"{base}/{self.plural}", "get", "list", "list", "list"))
-        routes += [(root, "get", "list", "list", "list"), (root, "post", "post", "create", "kind"),
-                   (root, "delete", "deletecollection", "deletecollection", "status"),
-                   (root + "/{name}", "get", "get", "read", "kind"),
-                   (root + "/{name}", "put", "put", "replace", "kind"),
-                   (root + "/{name}", "delete", "delete", "delete", "status"),
-                   (root + "/{name}", "patch", "patch", "patch", "kind")]
+        routes += [
+            (root, "get", "list", "list", "list"),
+            (root, "post", "post", "create", "kind"),
+            (root, "delete", "deletecollection", "deletecollection", "status"),
+            (root + "/{name}", "get", "get", "read", "kind"),
+            (root + "/{name}", "put", "put", "replace", "kind"),
+            (root + "/{name}", "delete", "delete", "delete", "status"),
+            (root + "/{name}", "patch", "patch", "patch", "kind"),
+        ]
         if "status" in self.subresources(version):
-            routes += [(root + "/{name}/status", m, a, o, "kind")
-                       for m, a, o in (("get", "get", "read"), ("put", "put", "replace"), ("patch", "patch", "patch"))]
+            routes += [
+                (root + "/{name}/status", m, a, o, "kind")
+                for m, a, o in (("get", "get", "read"), ("put", "put", "replace"), ("patch", "patch", "patch"))
+            ]
         return routes
 
     def _operation_id(self, version: str, verb: str, path: str) -> str:
@@ -484,8 +582,12 @@ class ServedCRD:
     def _description(self, verb: str, path: str) -> str:
         """builder.go descriptionFor."""
         sub = " status of" if path.endswith("/status") else ""
-        article = {"list": " objects of kind ", "read": " the specified ", "replace": " the specified ",
-                   "patch": " the specified "}.get(verb, f" {'an' if self.kind[:1].lower() in 'aeiou' else 'a'} ")
+        article = {
+            "list": " objects of kind ",
+            "read": " the specified ",
+            "replace": " the specified ",
+            "patch": " the specified ",
+        }.get(verb, f" {'an' if self.kind[:1].lower() in 'aeiou' else 'a'} ")
         if verb == "patch":
             return f"partially update{sub}{article}{self.kind}"
         if verb == "deletecollection":
@@ -499,36 +601,69 @@ class ServedCRD:
         tag = re.sub(r"[.-](.)", lambda m: m[1].upper(), self.group.removesuffix(".k8s.io")) + f"_{version}"
         paths: dict[str, dict] = {}
         for path, method, action, verb, response in self._routes(version):
-            response_ref = {"kind": kind_name, "list": list_name,
-                            "status": "io.k8s.apimachinery.pkg.apis.meta.v1.Status"}[response]
+            response_ref = {
+                "kind": kind_name,
+                "list": list_name,
+                "status": "io.k8s.apimachinery.pkg.apis.meta.v1.Status",
+            }[response]
             operation: dict[str, Any] = {
-                "tags": [tag], "description": self._description(verb, path),
+                "tags": [tag],
+                "description": self._description(verb, path),
                 "operationId": self._operation_id(version, verb, path),
                 "parameters": [_parameter(p, v2) for p in ACTION_PARAMETERS[action]],
-                "x-kubernetes-action": action, "x-kubernetes-group-version-kind": gvk,
+                "x-kubernetes-action": action,
+                "x-kubernetes-group-version-kind": gvk,
             }
-            codes = {"200": "OK", **{"post": {"201": "Created", "202": "Accepted"}, "put": {"201": "Created"},
-                                     "delete": {"202": "Accepted"}}.get(action, {})}
-            consumes = (["application/json-patch+json", "application/merge-patch+json", "application/apply-patch+yaml"]
-                        if action == "patch" else ["application/json", "application/yaml"])
-            body = {"post": kind_name, "put": kind_name, "patch": "io.k8s.apimachinery.pkg.apis.meta.v1.Patch",
-                    "delete": "io.k8s.apimachinery.pkg.apis.meta.v1.DeleteOptions"}.get(action)
+            codes = {
+                "200": "OK",
+                **{
+                    "post": {"201": "Created", "202": "Accepted"},
+                    "put": {"201": "Created"},
+                    "delete": {"202": "Accepted"},
+                }.get(action, {}),
+            }
+            consumes = (
+                ["application/json-patch+json", "application/merge-patch+json", "application/apply-patch+yaml"]
+                if action == "patch"
+                else ["application/json", "application/yaml"]
+            )
+            body = {
+                "post": kind_name,
+                "put": kind_name,
+                "patch": "io.k8s.apimachinery.pkg.apis.meta.v1.Patch",
+                "delete": "io.k8s.apimachinery.pkg.apis.meta.v1.DeleteOptions",
+            }.get(action)
             if v2:
-                operation |= {"consumes": consumes, "produces": ["application/json", "application/yaml"],
-                              "schemes": ["https"]}
-                operation["responses"] = {code: {"description": text, "schema": {"$ref": _ref(response_ref, True)}}
-                                          for code, text in codes.items()} | {"401": {"description": "Unauthorized"}}
+                operation |= {
+                    "consumes": consumes,
+                    "produces": ["application/json", "application/yaml"],
+                    "schemes": ["https"],
+                }
+                operation["responses"] = {
+                    code: {"description": text, "schema": {"$ref": _ref(response_ref, True)}}
+                    for code, text in codes.items()
+                } | {"401": {"description": "Unauthorized"}}
                 if body:
-                    operation["parameters"].append({"name": "body", "in": "body", "required": action != "delete",
-                                                    "schema": {"$ref": _ref(body, True)}})
+                    operation["parameters"].append(
+                        {
+                            "name": "body",
+                            "in": "body",
+                            "required": action != "delete",
+                            "schema": {"$ref": _ref(body, True)},
+                        }
+                    )
             else:
-                content = {t: {"schema": {"$ref": _ref(response_ref, False)}} for t in ("application/json",
-                                                                                        "application/yaml")}
-                operation["responses"] = {code: {"description": text, "content": content}
-                                          for code, text in codes.items()} | {"401": {"description": "Unauthorized"}}
+                content = {
+                    t: {"schema": {"$ref": _ref(response_ref, False)}} for t in ("application/json", "application/yaml")
+                }
+                operation["responses"] = {
+                    code: {"description": text, "content": content} for code, text in codes.items()
+                } | {"401": {"description": "Unauthorized"}}
                 if body:
-                    operation["requestBody"] = {"content": {t: {"schema": {"$ref": _ref(body, False)}}
-                                                            for t in consumes}, "required": action != "delete"}
+                    operation["requestBody"] = {
+                        "content": {t: {"schema": {"$ref": _ref(body, False)}} for t in consumes},
+                        "required": action != "delete",
+                    }
             item = paths.setdefault(path, {"parameters": _path_parameters(path, self.kind, v2)})
             item[method] = operation
         definitions = {kind_name: self._kind_schema(version, v2), list_name: self._list_schema(version, v2)}
@@ -596,6 +731,7 @@ def _walk(schema: Any, visit) -> None:
 def _unfold(schema: dict) -> dict:
     """k8s.io/apiextensions-apiserver pkg/apiserver/schema/unfold.go: x-kubernetes-int-or-string gets its
     anyOf [integer, string] unless it has one."""
+
     def visit(node: dict) -> None:
         if not node.get("x-kubernetes-int-or-string"):
             return
@@ -606,6 +742,7 @@ def _unfold(schema: dict) -> dict:
             node["anyOf"] = pair
         else:
             node["allOf"] = [{"anyOf": pair}] + node.get("allOf", [])
+
     _walk(schema, visit)
     return schema
 
@@ -644,6 +781,7 @@ def _to_openapi_v2(node: Any) -> Any:
 def _add_embedded_properties(schema: dict, v2: bool) -> None:
     """builder.go addEmbeddedProperties: objects marked x-kubernetes-embedded-resource get TypeMeta and
     ObjectMeta properties (not under x-kubernetes-preserve-unknown-fields in v2)."""
+
     def visit(node: dict) -> None:
         if v2 and node.get("x-kubernetes-preserve-unknown-fields"):
             return
@@ -651,10 +789,14 @@ def _add_embedded_properties(schema: dict, v2: bool) -> None:
             node.setdefault("properties", {})
             node["properties"]["apiVersion"] = {"type": "string", "description": API_VERSION_DESCRIPTION}
             node["properties"]["kind"] = {"type": "string", "description": KIND_DESCRIPTION}
-            node["properties"]["metadata"] = {"$ref": _ref("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", v2),
-                                              "description": METADATA_DESCRIPTION}
-            node["required"] = node.get("required", []) + [k for k in ("kind", "apiVersion")
-                                                            if k not in node.get("required", [])]
+            node["properties"]["metadata"] = {
+                "$ref": _ref("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", v2),
+                "description": METADATA_DESCRIPTION,
+            }
+            node["required"] = node.get("required", []) + [
+                k for k in ("kind", "apiVersion") if k not in node.get("required", [])
+            ]
+
     for child in (schema.get("properties") or {}).values():
         _walk(child, visit)
 
@@ -662,13 +804,17 @@ def _add_embedded_properties(schema: dict, v2: bool) -> None:
 API_VERSION_DESCRIPTION = (
     "APIVersion defines the versioned schema of this representation of an object. Servers should convert "
     "recognized schemas to the latest internal value, and may reject unrecognized values. More info: "
-    "https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#resources")
+    "https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#resources"
+)
 KIND_DESCRIPTION = (
     "Kind is a string value representing the REST resource this object represents. Servers may infer this from "
     "the endpoint the client submits requests to. Cannot be updated. In CamelCase. More info: "
-    "https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#types-kinds")
-METADATA_DESCRIPTION = ("Standard object's metadata. More info: "
-                        "https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata")
+    "https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#types-kinds"
+)
+METADATA_DESCRIPTION = (
+    "Standard object's metadata. More info: "
+    "https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata"
+)
 
 # The meta.k8s.io types a CRD's document refers to, reduced to the fields a client reads (the real server
 # serves the full generated definitions).
@@ -677,48 +823,78 @@ _TIME = {"type": "string", "format": "date-time"}
 META_DEFINITIONS = {
     "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta": {
         "description": "ObjectMeta is metadata that all persisted resources must have, which includes all objects "
-                       "users must create.",
+        "users must create.",
         "type": "object",
         "properties": {
             "name": _STRING | {"description": OBJECT_META_NAME},
-            "generateName": _STRING | {"description": "An optional prefix, used by the server, to generate a unique "
-                                                      "name ONLY IF the Name field has not been provided."},
-            "namespace": _STRING | {"description": "Namespace defines the space within which each name must be "
-                                                   "unique."},
+            "generateName": _STRING
+            | {
+                "description": "An optional prefix, used by the server, to generate a unique "
+                "name ONLY IF the Name field has not been provided."
+            },
+            "namespace": _STRING
+            | {"description": "Namespace defines the space within which each name must be unique."},
             "uid": _STRING | {"description": "UID is the unique in time and space value for this object."},
-            "resourceVersion": _STRING | {"description": "An opaque value that represents the internal version of "
-                                                         "this object."},
-            "generation": _INT | {"description": "A sequence number representing a specific generation of the "
-                                                 "desired state."},
+            "resourceVersion": _STRING
+            | {"description": "An opaque value that represents the internal version of this object."},
+            "generation": _INT
+            | {"description": "A sequence number representing a specific generation of the desired state."},
             "creationTimestamp": _TIME | {"description": OBJECT_META_CREATED},
-            "deletionTimestamp": _TIME | {"description": "RFC 3339 date and time at which this resource will be "
-                                                         "deleted."},
-            "labels": {"type": "object", "additionalProperties": _STRING,
-                       "description": "Map of string keys and values that can be used to organize and categorize "
-                                      "(scope and select) objects."},
-            "annotations": {"type": "object", "additionalProperties": _STRING,
-                            "description": "Annotations is an unstructured key value map stored with a resource."},
-            "finalizers": {"type": "array", "items": _STRING, "x-kubernetes-list-type": "set",
-                           "description": "Must be empty before the object is deleted from the registry."},
-            "ownerReferences": {"type": "array", "items": {"type": "object", "properties": {
-                "apiVersion": _STRING, "kind": _STRING, "name": _STRING, "uid": _STRING,
-                "controller": {"type": "boolean"}, "blockOwnerDeletion": {"type": "boolean"}},
-                "required": ["apiVersion", "kind", "name", "uid"]},
-                "description": "List of objects depended by this object."},
+            "deletionTimestamp": _TIME
+            | {"description": "RFC 3339 date and time at which this resource will be deleted."},
+            "labels": {
+                "type": "object",
+                "additionalProperties": _STRING,
+                "description": "Map of string keys and values that can be used to organize and categorize "
+                "(scope and select) objects.",
+            },
+            "annotations": {
+                "type": "object",
+                "additionalProperties": _STRING,
+                "description": "Annotations is an unstructured key value map stored with a resource.",
+            },
+            "finalizers": {
+                "type": "array",
+                "items": _STRING,
+                "x-kubernetes-list-type": "set",
+                "description": "Must be empty before the object is deleted from the registry.",
+            },
+            "ownerReferences": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "apiVersion": _STRING,
+                        "kind": _STRING,
+                        "name": _STRING,
+                        "uid": _STRING,
+                        "controller": {"type": "boolean"},
+                        "blockOwnerDeletion": {"type": "boolean"},
+                    },
+                    "required": ["apiVersion", "kind", "name", "uid"],
+                },
+                "description": "List of objects depended by this object.",
+            },
         },
     },
     "io.k8s.apimachinery.pkg.apis.meta.v1.ListMeta": {
         "description": "ListMeta describes metadata that synthetic resources must have, including lists and various "
-                       "status objects.",
+        "status objects.",
         "type": "object",
         "properties": {"resourceVersion": _STRING, "continue": _STRING, "remainingItemCount": _INT},
     },
     "io.k8s.apimachinery.pkg.apis.meta.v1.Status": {
         "description": "Status is a return value for calls that don't return other objects.",
         "type": "object",
-        "properties": {"apiVersion": _STRING, "kind": _STRING, "status": _STRING, "message": _STRING,
-                       "reason": _STRING, "code": {"type": "integer", "format": "int32"},
-                       "details": {"type": "object"}},
+        "properties": {
+            "apiVersion": _STRING,
+            "kind": _STRING,
+            "status": _STRING,
+            "message": _STRING,
+            "reason": _STRING,
+            "code": {"type": "integer", "format": "int32"},
+            "details": {"type": "object"},
+        },
         "x-kubernetes-group-version-kind": [{"group": "", "kind": "Status", "version": "v1"}],
     },
     "io.k8s.apimachinery.pkg.apis.meta.v1.Patch": {
@@ -728,8 +904,11 @@ META_DEFINITIONS = {
     "io.k8s.apimachinery.pkg.apis.meta.v1.DeleteOptions": {
         "description": "DeleteOptions may be provided when deleting an API object.",
         "type": "object",
-        "properties": {"propagationPolicy": _STRING, "gracePeriodSeconds": _INT,
-                       "dryRun": {"type": "array", "items": _STRING}},
+        "properties": {
+            "propagationPolicy": _STRING,
+            "gracePeriodSeconds": _INT,
+            "dryRun": {"type": "array", "items": _STRING},
+        },
     },
 }
 
@@ -744,16 +923,18 @@ _DRY_RUN = ("dryRun", "string", "When present, indicates that modifications shou
 _FIELD_MANAGER = ("fieldManager", "string", "A name associated with the actor or entity that makes these changes.")
 _FIELD_VALIDATION = ("fieldValidation", "string", "How to handle unknown or duplicate fields: Ignore, Warn or Strict.")
 _GRACE = ("gracePeriodSeconds", "integer", "The duration in seconds before the object should be deleted.")
-_LIST = [("allowWatchBookmarks", "boolean", "Requests watch events with type BOOKMARK."),
-         ("continue", "string", "Set when retrieving more results from the server."),
-         ("fieldSelector", "string", "A selector to restrict the list of returned objects by their fields."),
-         ("labelSelector", "string", "A selector to restrict the list of returned objects by their labels."),
-         ("limit", "integer", "A maximum number of responses to return for a list call."),
-         ("resourceVersion", "string", "A constraint on what resource versions a request may be served from."),
-         ("resourceVersionMatch", "string", "How resourceVersion is applied to list calls."),
-         ("sendInitialEvents", "boolean", "Initial events of a watch, as a stream."),
-         ("timeoutSeconds", "integer", "Timeout for the list/watch call."),
-         ("watch", "boolean", "Watch for changes to the described resources.")]
+_LIST = [
+    ("allowWatchBookmarks", "boolean", "Requests watch events with type BOOKMARK."),
+    ("continue", "string", "Set when retrieving more results from the server."),
+    ("fieldSelector", "string", "A selector to restrict the list of returned objects by their fields."),
+    ("labelSelector", "string", "A selector to restrict the list of returned objects by their labels."),
+    ("limit", "integer", "A maximum number of responses to return for a list call."),
+    ("resourceVersion", "string", "A constraint on what resource versions a request may be served from."),
+    ("resourceVersionMatch", "string", "How resourceVersion is applied to list calls."),
+    ("sendInitialEvents", "boolean", "Initial events of a watch, as a stream."),
+    ("timeoutSeconds", "integer", "Timeout for the list/watch call."),
+    ("watch", "boolean", "Watch for changes to the described resources."),
+]
 ACTION_PARAMETERS = {
     "get": [_LIST[5]],
     "list": _LIST,
@@ -761,8 +942,12 @@ ACTION_PARAMETERS = {
     "post": [_DRY_RUN, _FIELD_MANAGER, _FIELD_VALIDATION],
     "put": [_DRY_RUN, _FIELD_MANAGER, _FIELD_VALIDATION],
     "patch": [_DRY_RUN, _FIELD_MANAGER, _FIELD_VALIDATION, ("force", "boolean", "Force Apply requests.")],
-    "delete": [_DRY_RUN, _GRACE, ("orphanDependents", "boolean", "Deprecated: use propagationPolicy."),
-               ("propagationPolicy", "string", "Whether and how garbage collection will be performed.")],
+    "delete": [
+        _DRY_RUN,
+        _GRACE,
+        ("orphanDependents", "boolean", "Deprecated: use propagationPolicy."),
+        ("propagationPolicy", "string", "Whether and how garbage collection will be performed."),
+    ],
 }
 
 
@@ -775,13 +960,29 @@ def _parameter(param: tuple[str, str, str], v2: bool) -> dict:
 
 def _path_parameters(path: str, kind: str, v2: bool) -> list[dict]:
     params = []
-    for name, description in (("name", f"name of the {kind}"),
-                              ("namespace", "object name and auth scope, such as for teams and projects")):
+    for name, description in (
+        ("name", f"name of the {kind}"),
+        ("namespace", "object name and auth scope, such as for teams and projects"),
+    ):
         if f"{{{name}}}" in path:
-            params.append({"name": name, "in": "path", "required": True, "description": description,
-                           "type": "string", "uniqueItems": True} if v2 else
-                          {"name": name, "in": "path", "required": True, "description": description,
-                           "schema": {"type": "string", "uniqueItems": True}})
+            params.append(
+                {
+                    "name": name,
+                    "in": "path",
+                    "required": True,
+                    "description": description,
+                    "type": "string",
+                    "uniqueItems": True,
+                }
+                if v2
+                else {
+                    "name": name,
+                    "in": "path",
+                    "required": True,
+                    "description": description,
+                    "schema": {"type": "string", "uniqueItems": True},
+                }
+            )
     params.append(_parameter(("pretty", "string", "If 'true', then the output is pretty printed."), v2))
     return params
 
@@ -796,25 +997,46 @@ def builtin_openapi_v3(group: str, version: str, resources: list[dict]) -> dict:
         if "/" in entry["name"]:
             continue
         gvk = {"group": group, "version": version, "kind": entry["kind"]}
-        root = f"{prefix}/namespaces/{{namespace}}/{entry['name']}" if entry["namespaced"] else \
-            f"{prefix}/{entry['name']}"
+        root = (
+            f"{prefix}/namespaces/{{namespace}}/{entry['name']}" if entry["namespaced"] else f"{prefix}/{entry['name']}"
+        )
         verbs = set(entry["verbs"])
-        routes = [(root, "get", "list", "list"), (root, "post", "post", "create"),
-                  (root + "/{name}", "get", "get", "get"), (root + "/{name}", "put", "put", "update"),
-                  (root + "/{name}", "patch", "patch", "patch"), (root + "/{name}", "delete", "delete", "delete")]
+        routes = [
+            (root, "get", "list", "list"),
+            (root, "post", "post", "create"),
+            (root + "/{name}", "get", "get", "get"),
+            (root + "/{name}", "put", "put", "update"),
+            (root + "/{name}", "patch", "patch", "patch"),
+            (root + "/{name}", "delete", "delete", "delete"),
+        ]
         for path, method, action, verb in routes:
             if verb not in verbs:
                 continue
-            operation = {"operationId": f"{action}{entry['kind']}", "x-kubernetes-action": action,
-                         "x-kubernetes-group-version-kind": gvk,
-                         "parameters": [_parameter(p, False) for p in ACTION_PARAMETERS[action]],
-                         "responses": {"200": {"description": "OK"}, "401": {"description": "Unauthorized"}}}
+            operation = {
+                "operationId": f"{action}{entry['kind']}",
+                "x-kubernetes-action": action,
+                "x-kubernetes-group-version-kind": gvk,
+                "parameters": [_parameter(p, False) for p in ACTION_PARAMETERS[action]],
+                "responses": {"200": {"description": "OK"}, "401": {"description": "Unauthorized"}},
+            }
             if action == "patch":
-                operation["requestBody"] = {"content": {t: {"schema": {"type": "object"}} for t in (
-                    "application/json-patch+json", "application/merge-patch+json", "application/apply-patch+yaml")}}
+                operation["requestBody"] = {
+                    "content": {
+                        t: {"schema": {"type": "object"}}
+                        for t in (
+                            "application/json-patch+json",
+                            "application/merge-patch+json",
+                            "application/apply-patch+yaml",
+                        )
+                    }
+                }
             paths.setdefault(path, {"parameters": _path_parameters(path, entry["kind"], False)})[method] = operation
-    return {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.32.0"}, "paths": paths,
-            "components": {"schemas": {}}}
+    return {
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": "v1.32.0"},
+        "paths": paths,
+        "components": {"schemas": {}},
+    }
 
 
 def document_hash(document: dict) -> str:
@@ -871,22 +1093,36 @@ def _any(value: Any) -> bytes:
 
 
 def _extensions(field: int, node: dict) -> bytes:
-    return b"".join(_message(field, _string(1, k) + _message(2, _any(v))) for k, v in node.items()
-                    if k.startswith("x-"))
+    return b"".join(
+        _message(field, _string(1, k) + _message(2, _any(v))) for k, v in node.items() if k.startswith("x-")
+    )
 
 
 def _schema_pb(node: dict) -> bytes:
-    out = [_string(1, node.get("$ref")), _string(2, node.get("format")), _string(3, node.get("title")),
-           _string(4, node.get("description"))]
+    out = [
+        _string(1, node.get("$ref")),
+        _string(2, node.get("format")),
+        _string(3, node.get("title")),
+        _string(4, node.get("description")),
+    ]
     if "default" in node:
         out.append(_message(5, _any(node["default"])))
-    out += [_double(6, node.get("multipleOf")), _double(7, node.get("maximum")),
-            _flag(8, node.get("exclusiveMaximum")), _double(9, node.get("minimum")),
-            _flag(10, node.get("exclusiveMinimum")), _integer(11, node.get("maxLength")),
-            _integer(12, node.get("minLength")), _string(13, node.get("pattern")), _integer(14, node.get("maxItems")),
-            _integer(15, node.get("minItems")), _flag(16, node.get("uniqueItems")),
-            _integer(17, node.get("maxProperties")), _integer(18, node.get("minProperties")),
-            _strings(19, node.get("required"))]
+    out += [
+        _double(6, node.get("multipleOf")),
+        _double(7, node.get("maximum")),
+        _flag(8, node.get("exclusiveMaximum")),
+        _double(9, node.get("minimum")),
+        _flag(10, node.get("exclusiveMinimum")),
+        _integer(11, node.get("maxLength")),
+        _integer(12, node.get("minLength")),
+        _string(13, node.get("pattern")),
+        _integer(14, node.get("maxItems")),
+        _integer(15, node.get("minItems")),
+        _flag(16, node.get("uniqueItems")),
+        _integer(17, node.get("maxProperties")),
+        _integer(18, node.get("minProperties")),
+        _strings(19, node.get("required")),
+    ]
     out += [_message(20, _any(v)) for v in node.get("enum") or []]
     additional = node.get("additionalProperties")
     if isinstance(additional, dict):
@@ -897,12 +1133,19 @@ def _schema_pb(node: dict) -> bytes:
         out.append(_message(22, _strings(1, node["type"])))
     items = node.get("items")
     if items is not None:
-        out.append(_message(23, b"".join(_message(1, _schema_pb(i)) for i in (items if isinstance(items, list)
-                                                                               else [items]))))
+        out.append(
+            _message(23, b"".join(_message(1, _schema_pb(i)) for i in (items if isinstance(items, list) else [items])))
+        )
     out += [_message(24, _schema_pb(s)) for s in node.get("allOf") or []]
     if node.get("properties") is not None:
-        out.append(_message(25, b"".join(_message(1, _string(1, k) + _message(2, _schema_pb(v)))
-                                         for k, v in node["properties"].items())))
+        out.append(
+            _message(
+                25,
+                b"".join(
+                    _message(1, _string(1, k) + _message(2, _schema_pb(v))) for k, v in node["properties"].items()
+                ),
+            )
+        )
     if "example" in node:
         out.append(_message(30, _any(node["example"])))
     out.append(_extensions(31, node))
@@ -913,11 +1156,20 @@ def _parameter_pb(param: dict) -> bytes:
     if "$ref" in param:
         return _message(2, _string(1, param["$ref"]))
     if param["in"] == "body":
-        body = (_string(1, param.get("description")) + _string(2, param["name"]) + _string(3, "body")
-                + _flag(4, param.get("required")) + _message(5, _schema_pb(param.get("schema") or {})))
+        body = (
+            _string(1, param.get("description"))
+            + _string(2, param["name"])
+            + _string(3, "body")
+            + _flag(4, param.get("required"))
+            + _message(5, _schema_pb(param.get("schema") or {}))
+        )
         return _message(1, _message(1, body))
-    common = _flag(1, param.get("required")) + _string(2, param["in"]) + _string(3, param.get("description")) \
+    common = (
+        _flag(1, param.get("required"))
+        + _string(2, param["in"])
+        + _string(3, param.get("description"))
         + _string(4, param["name"])
+    )
     if param["in"] == "path":  # PathParameterSubSchema: type 5, uniqueItems 19
         sub = _message(4, common + _string(5, param.get("type")) + _flag(19, param.get("uniqueItems")))
     else:  # QueryParameterSubSchema: type 6, uniqueItems 20
@@ -927,16 +1179,33 @@ def _parameter_pb(param: dict) -> bytes:
 
 def _operation_pb(operation: dict) -> bytes:
     responses = b"".join(
-        _message(1, _string(1, code) + _message(2, _message(1, _string(1, response.get("description"))
-                                                            + (_message(2, _message(1, _schema_pb(response["schema"])))
-                                                               if "schema" in response else b""))))
-        for code, response in operation.get("responses", {}).items())
-    return b"".join([
-        _strings(1, operation.get("tags")), _string(3, operation.get("description")),
-        _string(5, operation.get("operationId")), _strings(6, operation.get("produces")),
-        _strings(7, operation.get("consumes")),
-        *(_message(8, _parameter_pb(p)) for p in operation.get("parameters") or []),
-        _message(9, responses), _strings(10, operation.get("schemes")), _extensions(13, operation)])
+        _message(
+            1,
+            _string(1, code)
+            + _message(
+                2,
+                _message(
+                    1,
+                    _string(1, response.get("description"))
+                    + (_message(2, _message(1, _schema_pb(response["schema"]))) if "schema" in response else b""),
+                ),
+            ),
+        )
+        for code, response in operation.get("responses", {}).items()
+    )
+    return b"".join(
+        [
+            _strings(1, operation.get("tags")),
+            _string(3, operation.get("description")),
+            _string(5, operation.get("operationId")),
+            _strings(6, operation.get("produces")),
+            _strings(7, operation.get("consumes")),
+            *(_message(8, _parameter_pb(p)) for p in operation.get("parameters") or []),
+            _message(9, responses),
+            _strings(10, operation.get("schemes")),
+            _extensions(13, operation),
+        ]
+    )
 
 
 def openapi_v2_protobuf(document: dict) -> bytes:
@@ -948,11 +1217,18 @@ def openapi_v2_protobuf(document: dict) -> bytes:
         body += b"".join(_message(9, _parameter_pb(p)) for p in item.get("parameters") or [])
         paths += _message(2, _string(1, path) + _message(2, body))
     info = document.get("info") or {}
-    definitions = b"".join(_message(1, _string(1, name) + _message(2, _schema_pb(schema)))
-                           for name, schema in document.get("definitions", {}).items())
-    return b"".join([_string(1, document.get("swagger", "2.0")),
-                     _message(2, _string(1, info.get("title")) + _string(2, info.get("version"))),
-                     _message(8, paths), _message(9, definitions)])
+    definitions = b"".join(
+        _message(1, _string(1, name) + _message(2, _schema_pb(schema)))
+        for name, schema in document.get("definitions", {}).items()
+    )
+    return b"".join(
+        [
+            _string(1, document.get("swagger", "2.0")),
+            _message(2, _string(1, info.get("title")) + _string(2, info.get("version"))),
+            _message(8, paths),
+            _message(9, definitions),
+        ]
+    )
 
 
 # ------------------------------------------------------------------------------------------ protobuf bodies
@@ -963,14 +1239,29 @@ def openapi_v2_protobuf(document: dict) -> bytes:
 # k8s.io/api core/v1/generated.proto and k8s.io/apimachinery pkg/apis/meta/v1/generated.proto.
 PROTOBUF = "application/vnd.kubernetes.protobuf"
 _STRING_MAP, _BYTES_MAP = "string-map", "bytes-map"
-_OBJECT_META = {1: ("name", str), 2: ("generateName", str), 3: ("namespace", str), 11: ("labels", _STRING_MAP),
-                12: ("annotations", _STRING_MAP), 14: ("finalizers", list)}
+_OBJECT_META = {
+    1: ("name", str),
+    2: ("generateName", str),
+    3: ("namespace", str),
+    11: ("labels", _STRING_MAP),
+    12: ("annotations", _STRING_MAP),
+    14: ("finalizers", list),
+}
 PROTOBUF_KINDS = {
     "Namespace": {1: ("metadata", _OBJECT_META), 2: ("spec", {1: ("finalizers", list)})},
-    "ConfigMap": {1: ("metadata", _OBJECT_META), 2: ("data", _STRING_MAP), 3: ("binaryData", _BYTES_MAP),
-                  4: ("immutable", bool)},
-    "Secret": {1: ("metadata", _OBJECT_META), 2: ("data", _BYTES_MAP), 3: ("type", str),
-               4: ("stringData", _STRING_MAP), 5: ("immutable", bool)},
+    "ConfigMap": {
+        1: ("metadata", _OBJECT_META),
+        2: ("data", _STRING_MAP),
+        3: ("binaryData", _BYTES_MAP),
+        4: ("immutable", bool),
+    },
+    "Secret": {
+        1: ("metadata", _OBJECT_META),
+        2: ("data", _BYTES_MAP),
+        3: ("type", str),
+        4: ("stringData", _STRING_MAP),
+        5: ("immutable", bool),
+    },
 }
 
 
@@ -994,11 +1285,11 @@ def _fields(data: bytes):
             value, at = _read_varint(data, at)
         elif wire == 2:
             size, at = _read_varint(data, at)
-            value, at = data[at:at + size], at + size
+            value, at = data[at : at + size], at + size
         elif wire == 1:
-            value, at = data[at:at + 8], at + 8
+            value, at = data[at : at + 8], at + 8
         elif wire == 5:
-            value, at = data[at:at + 4], at + 4
+            value, at = data[at : at + 4], at + 4
         else:
             raise ValueError(f"protobuf wire type {wire} is not read here")
         yield number, value
@@ -1022,7 +1313,8 @@ def _decode(data: bytes, shape: dict) -> dict:
             entry = dict(_fields(value))
             item = entry.get(2, b"")
             out.setdefault(name, {})[entry.get(1, b"").decode()] = (
-                item.decode() if kind == _STRING_MAP else base64.b64encode(item).decode())
+                item.decode() if kind == _STRING_MAP else base64.b64encode(item).decode()
+            )
         else:
             out[name] = _decode(value, kind)
     return out

@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from emulator import ADMIN_TOKEN  # noqa: E402
 from harness import ClusterSim, OperatorLog, OperatorThread, start_emulator  # noqa: E402
+
 from kubetune.controller.config import OperatorConfig  # noqa: E402
 
 OUTPUT_URI = "s3://kubetune-out/runs/"
@@ -59,8 +60,9 @@ def sim(emulator):
 @pytest.fixture
 def namespace(admin):
     name = f"t{next(_counter)}"
-    kubernetes.client.CoreV1Api(admin).create_namespace({"apiVersion": "v1", "kind": "Namespace",
-                                                          "metadata": {"name": name}})
+    kubernetes.client.CoreV1Api(admin).create_namespace(
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+    )
     return name
 
 

@@ -326,15 +326,26 @@ def _resource_infos(resource_list: dict) -> dict[tuple[str, str, str], kmock.Res
     """(group, version, plural) -> what the server knows of a resource, from one APIResourceList."""
     group, version = apiviews.split_group_version(resource_list["groupVersion"])
     entries = resource_list["resources"]
-    return {(group, version, e["name"]): kmock.ResourceInfo(
-        kind=e["kind"], singular=e.get("singularName") or None, namespaced=e["namespaced"], verbs=e["verbs"],
-        shortnames=e.get("shortNames", []), categories=e.get("categories", []),
-        subresources={s["name"].partition("/")[2] for s in entries if s["name"].startswith(e["name"] + "/")})
-        for e in entries if "/" not in e["name"]}
+    return {
+        (group, version, e["name"]): kmock.ResourceInfo(
+            kind=e["kind"],
+            singular=e.get("singularName") or None,
+            namespaced=e["namespaced"],
+            verbs=e["verbs"],
+            shortnames=e.get("shortNames", []),
+            categories=e.get("categories", []),
+            subresources={s["name"].partition("/")[2] for s in entries if s["name"].startswith(e["name"] + "/")},
+        )
+        for e in entries
+        if "/" not in e["name"]
+    }
 
 
-BUILTIN_INFOS = {key: info for resource_list in apiviews.builtin_resource_lists()
-                 for key, info in _resource_infos(resource_list).items()}
+BUILTIN_INFOS = {
+    key: info
+    for resource_list in apiviews.builtin_resource_lists()
+    for key, info in _resource_infos(resource_list).items()
+}
 
 
 def _media_types(accept: str) -> list[tuple[str, dict[str, str]]]:
@@ -357,8 +368,10 @@ def requested_view(accept: str) -> tuple[str, str] | None:
         kind, group_version = params.get("as"), f"{params.get('g')}/{params.get('v')}"
         if kind is None:
             return None
-        if kind in ("Table", "PartialObjectMetadata", "PartialObjectMetadataList") and \
-                group_version in ("meta.k8s.io/v1", "meta.k8s.io/v1beta1"):
+        if kind in ("Table", "PartialObjectMetadata", "PartialObjectMetadataList") and group_version in (
+            "meta.k8s.io/v1",
+            "meta.k8s.io/v1beta1",
+        ):
             return kind, group_version
     return None
 
@@ -369,8 +382,11 @@ def wants_aggregated_discovery(accept: str) -> bool:
     for base, params in _media_types(accept):
         if base != "application/json":
             continue
-        if params.get("as") == "APIGroupDiscoveryList" and params.get("g") == "apidiscovery.k8s.io" \
-                and params.get("v") == "v2":
+        if (
+            params.get("as") == "APIGroupDiscoveryList"
+            and params.get("g") == "apidiscovery.k8s.io"
+            and params.get("v") == "v2"
+        ):
             return True
         if "as" not in params:
             return False
@@ -427,8 +443,16 @@ class ApiServer:
 
     @staticmethod
     def _status_response(code: int, reason: str, message: str, details: dict | None = None) -> aiohttp.web.Response:
-        body = {"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure", "code": code,
-                "reason": reason, "message": message, "details": details or {}}
+        body = {
+            "apiVersion": "v1",
+            "kind": "Status",
+            "metadata": {},
+            "status": "Failure",
+            "code": code,
+            "reason": reason,
+            "message": message,
+            "details": details or {},
+        }
         return aiohttp.web.json_response(body, status=code)
 
     def _info(self, target: Target) -> kmock.ResourceInfo:
@@ -487,7 +511,8 @@ class ApiServer:
                     merged = merged or {k: v for k, v in document.items() if k not in ("paths", "components")}
                     merged.setdefault("paths", {}).update(document["paths"])
                     merged.setdefault("components", {"schemas": {}})["schemas"].update(
-                        document["components"]["schemas"])
+                        document["components"]["schemas"]
+                    )
                 documents[path] = merged
         return documents
 
@@ -502,22 +527,35 @@ class ApiServer:
             items = [("", core)] if path == "/api" else [(g, v) for g, v in groups.items() if g]
             document, content_type = apiviews.aggregated_list(items), apiviews.AGGREGATED_V2
         elif path == "/api":
-            document = {"kind": "APIVersions", "versions": sorted(core, key=apiviews.version_priority),
-                        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": self.address}]}
+            document = {
+                "kind": "APIVersions",
+                "versions": sorted(core, key=apiviews.version_priority),
+                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": self.address}],
+            }
         elif path.startswith("/api/") and path.count("/") == 2 and path[5:] in core:
             document = apiviews.legacy_resource_list(path[5:], core[path[5:]])
         elif path == "/apis":
-            document = {"kind": "APIGroupList", "apiVersion": "v1",
-                        "groups": [apiviews.api_group(g, list(v)) for g, v in groups.items() if g]}
+            document = {
+                "kind": "APIGroupList",
+                "apiVersion": "v1",
+                "groups": [apiviews.api_group(g, list(v)) for g, v in groups.items() if g],
+            }
         elif path.startswith("/apis/") and path.count("/") == 2 and path[6:] in groups:
             document = {"kind": "APIGroup", "apiVersion": "v1", **apiviews.api_group(path[6:], list(groups[path[6:]]))}
-        elif path.startswith("/apis/") and path.count("/") == 3 and \
-                apiviews.split_group_version(path[6:])[1] in groups.get(apiviews.split_group_version(path[6:])[0], {}):
+        elif (
+            path.startswith("/apis/")
+            and path.count("/") == 3
+            and apiviews.split_group_version(path[6:])[1] in groups.get(apiviews.split_group_version(path[6:])[0], {})
+        ):
             group, version = apiviews.split_group_version(path[6:])
             document = apiviews.legacy_resource_list(path[6:], groups[group][version])
         elif path == "/openapi/v2":
-            document = {"swagger": "2.0", "info": {"title": "Kubernetes", "version": SERVER_VERSION["gitVersion"]},
-                        "paths": {}, "definitions": {}}
+            document = {
+                "swagger": "2.0",
+                "info": {"title": "Kubernetes", "version": SERVER_VERSION["gitVersion"]},
+                "paths": {},
+                "definitions": {},
+            }
             for crd in self.crds.values():
                 for version in crd.versions:
                     part = crd.openapi(version, v2=True)
@@ -526,8 +564,12 @@ class ApiServer:
             if form == "protobuf":
                 return apiviews.openapi_v2_protobuf(document), apiviews.OPENAPI_V2_PROTOBUF_ANSWER
         elif path == "/openapi/v3":
-            document = {"paths": {name: {"serverRelativeURL": f"/openapi/v3/{name}?hash={apiviews.document_hash(doc)}"}
-                                  for name, doc in self._openapi_v3_documents().items()}}
+            document = {
+                "paths": {
+                    name: {"serverRelativeURL": f"/openapi/v3/{name}?hash={apiviews.document_hash(doc)}"}
+                    for name, doc in self._openapi_v3_documents().items()
+                }
+            }
         elif path.startswith("/openapi/v3/") and path[12:] in (documents := self._openapi_v3_documents()):
             document = documents[path[12:]]
         else:
@@ -550,50 +592,81 @@ class ApiServer:
             self.crds[(served.group, served.plural)] = served
         self._crd_infos = {
             (c.group, version, c.plural): kmock.ResourceInfo(
-                kind=c.kind, singular=c.singular, namespaced=c.namespaced,
+                kind=c.kind,
+                singular=c.singular,
+                namespaced=c.namespaced,
                 verbs={"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"},
-                shortnames=c.names.get("shortNames", []), categories=c.names.get("categories", []),
-                subresources=set(c.subresources(version)))
-            for c in self.crds.values() for version in c.versions}
+                shortnames=c.names.get("shortNames", []),
+                categories=c.names.get("categories", []),
+                subresources=set(c.subresources(version)),
+            )
+            for c in self.crds.values()
+            for version in c.versions
+        }
         self._documents.clear()
 
     async def _establish(self, crd: dict) -> dict:
         """The status the naming and establishing controllers write: names accepted, Established
         (k8s.io/apiextensions-apiserver pkg/controller/status/naming_controller.go, pkg/controller/establish)."""
-        names = {"listKind": crd["spec"]["names"]["kind"] + "List",
-                 "singular": crd["spec"]["names"]["kind"].lower()} | crd["spec"]["names"]
+        names = {
+            "listKind": crd["spec"]["names"]["kind"] + "List",
+            "singular": crd["spec"]["names"]["kind"].lower(),
+        } | crd["spec"]["names"]
         status = crd.get("status") or {}
         stored = set(status.get("storedVersions") or [])
         stored |= {v["name"] for v in crd["spec"]["versions"] if v.get("storage")}
-        established = any(c.get("type") == "Established" and c.get("status") == "True"
-                          for c in status.get("conditions") or [])
+        established = any(
+            c.get("type") == "Established" and c.get("status") == "True" for c in status.get("conditions") or []
+        )
         if established and status.get("acceptedNames") == names and stored == set(status.get("storedVersions")):
             return crd
         now = now_rfc3339()
         status = {
             "acceptedNames": names,
             "conditions": [
-                {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found",
-                 "lastTransitionTime": now},
-                {"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
-                 "message": "the initial names have been accepted", "lastTransitionTime": now}],
+                {
+                    "type": "NamesAccepted",
+                    "status": "True",
+                    "reason": "NoConflicts",
+                    "message": "no conflicts found",
+                    "lastTransitionTime": now,
+                },
+                {
+                    "type": "Established",
+                    "status": "True",
+                    "reason": "InitialNamesAccepted",
+                    "message": "the initial names have been accepted",
+                    "lastTransitionTime": now,
+                },
+            ],
             "storedVersions": sorted(stored),
         }
         target = Target(CRDS[0], "v1", CRDS[1], None, crd["metadata"]["name"], "status")
-        return await self._store_changed(CRDS, BUILTIN_INFOS[(CRDS[0], "v1", CRDS[1])], target, crd,
-                                         {**crd, "status": status})
+        return await self._store_changed(
+            CRDS, BUILTIN_INFOS[(CRDS[0], "v1", CRDS[1])], target, crd, {**crd, "status": status}
+        )
 
     def _admit(self, operation: str, target: Target, key: tuple[str, str], obj: dict, old: dict | None) -> None:
         """Mutating admission, the API server's own validation, validating admission (in the API server's order)."""
-        request = AdmissionRequest(operation, _REQUEST_USER.get(), key[0], key[1], target.subresource,
-                                   obj["metadata"].get("namespace"), obj["metadata"]["name"], obj, old)
+        request = AdmissionRequest(
+            operation,
+            _REQUEST_USER.get(),
+            key[0],
+            key[1],
+            target.subresource,
+            obj["metadata"].get("namespace"),
+            obj["metadata"]["name"],
+            obj,
+            old,
+        )
         for plugin in list(self.mutating):
             plugin(self, request)
         causes = apivalidation.metadata_causes(key[0], key[1], obj)
         served = self._crd_for(target)
         if served is not None:
-            causes += apivalidation.custom_resource_causes(obj, served.schema(target.version),
-                                                           status_only=target.subresource == "status")
+            causes += apivalidation.custom_resource_causes(
+                obj, served.schema(target.version), status_only=target.subresource == "status"
+            )
         if causes:
             kind = served.kind if served is not None else (obj.get("kind") or key[1])
             refusal = apivalidation.Invalid(kind, key[0], obj["metadata"]["name"], causes)
@@ -618,10 +691,18 @@ class ApiServer:
         errors = ", ".join(f'unknown field "{path}"' for path in unknown)
         if directive == "Strict":
             if patched:
-                raise ApiError(422, "Invalid", f'{served.kind}.{served.group} "{target.name}" is invalid: patch: '
-                                               f"Invalid value: {json.dumps(obj)!r}: strict decoding error: {errors}")
-            raise ApiError(400, "BadRequest", f'{served.kind} in version "{target.version}" cannot be handled as a '
-                                              f"{served.kind}: strict decoding error: {errors}")
+                raise ApiError(
+                    422,
+                    "Invalid",
+                    f'{served.kind}.{served.group} "{target.name}" is invalid: patch: '
+                    f"Invalid value: {json.dumps(obj)!r}: strict decoding error: {errors}",
+                )
+            raise ApiError(
+                400,
+                "BadRequest",
+                f'{served.kind} in version "{target.version}" cannot be handled as a '
+                f"{served.kind}: strict decoding error: {errors}",
+            )
         warnings.extend(f'unknown field "{path}"' for path in unknown)
         return obj
 
@@ -645,14 +726,20 @@ class ApiServer:
             for binding in self.store.get(("rbac.authorization.k8s.io", "rolebindings"), {}).values():
                 if binding["metadata"]["namespace"] != namespace:
                     continue
-                if not any(s.get("kind") == "ServiceAccount" and s.get("name") == sa
-                           and s.get("namespace", namespace) == namespace for s in binding.get("subjects", [])):
+                if not any(
+                    s.get("kind") == "ServiceAccount"
+                    and s.get("name") == sa
+                    and s.get("namespace", namespace) == namespace
+                    for s in binding.get("subjects", [])
+                ):
                     continue
                 ref = binding.get("roleRef", {})
                 role = self.store.get(("rbac.authorization.k8s.io", "roles"), {}).get((namespace, ref.get("name")))
                 if ref.get("kind") != "Role" or role is None or call.namespace != namespace:
                     continue
-                if any(_rule_allows(r, call.verb, call.api_group, call.resource, call.name) for r in role.get("rules", [])):
+                if any(
+                    _rule_allows(r, call.verb, call.api_group, call.resource, call.name) for r in role.get("rules", [])
+                ):
                     return
         raise ApiError(403, "Forbidden", f"{user} cannot {call.verb} {call.resource} in {call.namespace}")
 
@@ -663,7 +750,8 @@ class ApiServer:
                 return "watch"
             return "get" if target.name else "list"
         return {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(method) or (
-            "delete" if target.name else "deletecollection")
+            "delete" if target.name else "deletecollection"
+        )
 
     async def _serve(self, raw: aiohttp.web.BaseRequest, target: Target) -> aiohttp.web.StreamResponse:
         if self.changed is None:
@@ -682,8 +770,9 @@ class ApiServer:
                     fault.times -= 1
                     if fault.times <= 0:
                         self.faults.remove(fault)
-                raise ApiError(fault.status, fault.reason,
-                               fault.message or f"injected fault {fault.status} for {verb} {resource}")
+                raise ApiError(
+                    fault.status, fault.reason, fault.message or f"injected fault {fault.status} for {verb} {resource}"
+                )
         info = self._info(target)
         key = (target.group, target.plural)
         body = await raw.read()
@@ -732,8 +821,15 @@ class ApiServer:
             return columns, lambda obj: apiviews.crd_row(columns, obj)
         return apiviews.BUILTIN_TABLES.get((target.group, target.plural), apiviews.DEFAULT_TABLE)
 
-    def _render(self, target: Target, objects: list[dict], whole: dict, params: dict,
-                view: tuple[str, str] | None, is_list: bool) -> dict:
+    def _render(
+        self,
+        target: Target,
+        objects: list[dict],
+        whole: dict,
+        params: dict,
+        view: tuple[str, str] | None,
+        is_list: bool,
+    ) -> dict:
         """The answer to a read in the form the client asked for (k8s.io/apiserver
         pkg/endpoints/handlers/response.go transformResponseObject)."""
         if view is None:
@@ -744,12 +840,19 @@ class ApiServer:
             resource_version = whole["metadata"].get("resourceVersion", "")
             return apiviews.table(columns, row, objects, resource_version, params, group_version=group_version)
         if kind == "PartialObjectMetadataList" and is_list:
-            return {"apiVersion": group_version, "kind": "PartialObjectMetadataList", "metadata": whole["metadata"],
-                    "items": [apiviews.partial_metadata(o, group_version) for o in objects]}
+            return {
+                "apiVersion": group_version,
+                "kind": "PartialObjectMetadataList",
+                "metadata": whole["metadata"],
+                "items": [apiviews.partial_metadata(o, group_version) for o in objects],
+            }
         if kind == "PartialObjectMetadata" and not is_list:
             return apiviews.partial_metadata(whole, group_version)
-        raise ApiError(406, "NotAcceptable", f"you requested {kind}, but the requested object is "
-                                             f"{'a list' if is_list else 'not a list'}")
+        raise ApiError(
+            406,
+            "NotAcceptable",
+            f"you requested {kind}, but the requested object is {'a list' if is_list else 'not a list'}",
+        )
 
     # --------------------------------------------------------------------------- storage
 
@@ -759,18 +862,29 @@ class ApiServer:
     def _get(self, key, target: Target) -> dict:
         obj = self._objects(key).get((target.namespace, target.name))
         if obj is None:
-            raise ApiError(404, "NotFound", f'{target.plural} "{target.name}" not found',
-                           {"name": target.name, "kind": target.plural})
+            raise ApiError(
+                404,
+                "NotFound",
+                f'{target.plural} "{target.name}" not found',
+                {"name": target.name, "kind": target.plural},
+            )
         return obj
 
     def _list(self, key, target: Target, info, params: dict) -> dict:
-        items = [obj for (ns, _), obj in sorted(self._objects(key).items(), key=lambda kv: (kv[0][0] or "", kv[0][1]))
-                 if (target.namespace is None or ns == target.namespace)
-                 and match_labels(params.get("labelSelector"), obj["metadata"].get("labels") or {})
-                 and match_fields(params.get("fieldSelector"), obj)]
+        items = [
+            obj
+            for (ns, _), obj in sorted(self._objects(key).items(), key=lambda kv: (kv[0][0] or "", kv[0][1]))
+            if (target.namespace is None or ns == target.namespace)
+            and match_labels(params.get("labelSelector"), obj["metadata"].get("labels") or {})
+            and match_fields(params.get("fieldSelector"), obj)
+        ]
         api_version = f"{target.group}/{target.version}" if target.group else target.version
-        return {"apiVersion": api_version, "kind": f"{info.kind}List",
-                "metadata": {"resourceVersion": str(self.rv)}, "items": items}
+        return {
+            "apiVersion": api_version,
+            "kind": f"{info.kind}List",
+            "metadata": {"resourceVersion": str(self.rv)},
+            "items": items,
+        }
 
     async def _record(self, key, kind: str, obj: dict) -> None:
         self.history.append(Change(self.rv, key, kind, obj))
@@ -793,8 +907,9 @@ class ApiServer:
         self.rv += 1
         return str(self.rv)
 
-    async def _create(self, key, target: Target, info, data: Any, params: dict | None = None,
-                      warnings: list[str] | None = None) -> dict:
+    async def _create(
+        self, key, target: Target, info, data: Any, params: dict | None = None, warnings: list[str] | None = None
+    ) -> dict:
         if not isinstance(data, dict):
             raise ApiError(400, "BadRequest", "the body must be an object")
         obj = data  # freshly parsed from the request: ours to keep
@@ -813,13 +928,22 @@ class ApiServer:
             raise ApiError(422, "Invalid", "metadata.name: Required value")
         ident = (meta.get("namespace"), meta["name"])
         if ident in self._objects(key):
-            raise ApiError(409, "AlreadyExists", f'{target.plural} "{meta["name"]}" already exists',
-                           {"name": meta["name"], "kind": target.plural})
+            raise ApiError(
+                409,
+                "AlreadyExists",
+                f'{target.plural} "{meta["name"]}" already exists',
+                {"name": meta["name"], "kind": target.plural},
+            )
         if info.namespaced and meta["namespace"] not in {n for _, n in self._objects(("", "namespaces"))}:
-            await self._create(("", "namespaces"), Target("", "v1", "namespaces", None, None, None),
-                               self._info(Target("", "v1", "namespaces", None, None, None)),
-                               {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": meta["namespace"]}})
-        obj["apiVersion"] = obj.get("apiVersion") or (f"{target.group}/{target.version}" if target.group else target.version)
+            await self._create(
+                ("", "namespaces"),
+                Target("", "v1", "namespaces", None, None, None),
+                self._info(Target("", "v1", "namespaces", None, None, None)),
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": meta["namespace"]}},
+            )
+        obj["apiVersion"] = obj.get("apiVersion") or (
+            f"{target.group}/{target.version}" if target.group else target.version
+        )
         obj["kind"] = obj.get("kind") or info.kind
         if "status" in info.subresources:
             obj.pop("status", None)  # status is written through /status only
@@ -828,15 +952,17 @@ class ApiServer:
         for field in ("deletionTimestamp", "deletionGracePeriodSeconds"):
             meta.pop(field, None)
         self._admit("CREATE", target, key, obj, None)
-        meta.update(uid=str(uuid.uuid4()), creationTimestamp=now_rfc3339(), generation=1,
-                    resourceVersion=self._next_rv())
+        meta.update(
+            uid=str(uuid.uuid4()), creationTimestamp=now_rfc3339(), generation=1, resourceVersion=self._next_rv()
+        )
         self._objects(key)[ident] = obj
         await self._record(key, "ADDED", obj)
         owners = {ref.get("uid") for ref in meta.get("ownerReferences") or []}
         if owners and not owners & self.uids:
             # The garbage collector deletes dependents whose owners are all gone (a late create).
             asyncio.get_running_loop().call_later(
-                0.05, lambda: asyncio.ensure_future(self._delete_quietly(key, ident[0], ident[1])))
+                0.05, lambda: asyncio.ensure_future(self._delete_quietly(key, ident[0], ident[1]))
+            )
         return obj
 
     async def _delete_quietly(self, key, namespace, name) -> None:
@@ -848,8 +974,11 @@ class ApiServer:
     def _check_precondition(self, old: dict, new_meta: dict | None) -> None:
         wanted = (new_meta or {}).get("resourceVersion")
         if wanted and wanted != old["metadata"]["resourceVersion"]:
-            raise ApiError(409, "Conflict", "the object has been modified; please apply your changes to the latest "
-                           "version and try again")
+            raise ApiError(
+                409,
+                "Conflict",
+                "the object has been modified; please apply your changes to the latest version and try again",
+            )
 
     async def _store_changed(self, key, info, target: Target, old: dict, new: dict) -> dict:
         """Apply the subresource rules, bump generation/resourceVersion, notify watchers."""
@@ -878,7 +1007,10 @@ class ApiServer:
             self._admit("UPDATE", target, key, new, old)
         if new == old:
             return old  # a no-op write changes nothing, not even the resourceVersion
-        payload = lambda o: {k: v for k, v in o.items() if k not in ("metadata", "status")}
+
+        def payload(o):
+            return {k: v for k, v in o.items() if k not in ("metadata", "status")}
+
         if payload(new) != payload(old):
             new["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
         new["metadata"]["resourceVersion"] = self._next_rv()
@@ -904,8 +1036,9 @@ class ApiServer:
         new = self._prune(target, new, params, warnings)
         return await self._store_changed(key, info, target, old, new)
 
-    async def _patch(self, key, target: Target, info, data: Any, content_type: str, params: dict,
-                     warnings: list[str]) -> dict:
+    async def _patch(
+        self, key, target: Target, info, data: Any, content_type: str, params: dict, warnings: list[str]
+    ) -> dict:
         old = self._get(key, target)
         if content_type == "application/json-patch+json":
             if not isinstance(data, list):
@@ -932,10 +1065,14 @@ class ApiServer:
         for field in ("uid", "resourceVersion"):
             wanted = ((data or {}).get("preconditions") or {}).get(field)
             if wanted and wanted != obj["metadata"].get(field):
-                raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on {key[1]} "{name}": Precondition '
-                               f"failed: {'UID' if field == 'uid' else 'ResourceVersion'} in precondition: {wanted}, "
-                               f"{'UID' if field == 'uid' else 'ResourceVersion'} in object meta: "
-                               f"{obj['metadata'].get(field)}")
+                raise ApiError(
+                    409,
+                    "Conflict",
+                    f'Operation cannot be fulfilled on {key[1]} "{name}": Precondition '
+                    f"failed: {'UID' if field == 'uid' else 'ResourceVersion'} in precondition: {wanted}, "
+                    f"{'UID' if field == 'uid' else 'ResourceVersion'} in object meta: "
+                    f"{obj['metadata'].get(field)}",
+                )
         policy = (data or {}).get("propagationPolicy") or params.get("propagationPolicy") or "Background"
         if policy == "Foreground" and not obj["metadata"].get("deletionTimestamp"):
             return await self._delete_foreground(key, namespace, name, obj)
@@ -954,8 +1091,13 @@ class ApiServer:
         if policy != "Orphan":
             await self._collect_garbage(obj)
         await self._release_foreground_owners(obj)
-        return {"apiVersion": "v1", "kind": "Status", "status": "Success", "metadata": {},
-                "details": {"name": name, "kind": key[1], "uid": obj["metadata"]["uid"]}}
+        return {
+            "apiVersion": "v1",
+            "kind": "Status",
+            "status": "Success",
+            "metadata": {},
+            "details": {"name": name, "kind": key[1], "uid": obj["metadata"]["uid"]},
+        }
 
     # Foreground cascading deletion, as the API server and the garbage collector do it together: the API server sets
     # the owner's deletionTimestamp and adds the foregroundDeletion finalizer (k8s.io/apiserver
@@ -979,9 +1121,12 @@ class ApiServer:
         return self._objects(key).get((namespace, name), obj)
 
     def _blocking_dependents(self, uid: str) -> bool:
-        return any(ref.get("uid") == uid and ref.get("blockOwnerDeletion")
-                   for objects in self.store.values() for dependent in objects.values()
-                   for ref in dependent["metadata"].get("ownerReferences") or [])
+        return any(
+            ref.get("uid") == uid and ref.get("blockOwnerDeletion")
+            for objects in self.store.values()
+            for dependent in objects.values()
+            for ref in dependent["metadata"].get("ownerReferences") or []
+        )
 
     async def _release_foreground_owner(self, key, owner: dict) -> None:
         meta = owner["metadata"]
@@ -1025,8 +1170,9 @@ class ApiServer:
 
     # --------------------------------------------------------------------------- watch
 
-    async def _watch(self, raw, key, target: Target, params: dict,
-                     view: tuple[str, str] | None = None) -> aiohttp.web.StreamResponse:
+    async def _watch(
+        self, raw, key, target: Target, params: dict, view: tuple[str, str] | None = None
+    ) -> aiohttp.web.StreamResponse:
         response = aiohttp.web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
         await response.prepare(raw)
         timeout = float(params.get("timeoutSeconds") or 1800)
@@ -1038,17 +1184,26 @@ class ApiServer:
             if view is None or view[0] != "Table" or change_kind == "ERROR":
                 return json.dumps({"type": change_kind, "object": obj}).encode() + b"\n"
             columns, row = self._table_for(target)
-            rendered = apiviews.table(columns, row, [obj], obj["metadata"].get("resourceVersion", ""), params,
-                                      headers=headers[0], group_version=view[1])
+            rendered = apiviews.table(
+                columns,
+                row,
+                [obj],
+                obj["metadata"].get("resourceVersion", ""),
+                params,
+                headers=headers[0],
+                group_version=view[1],
+            )
             headers[0] = False
             return json.dumps({"type": change_kind, "object": rendered}).encode() + b"\n"
 
         def wanted(obj: dict) -> bool:
             meta = obj["metadata"]
-            return ((target.namespace is None or meta.get("namespace") == target.namespace)
-                    and (target.name is None or meta.get("name") == target.name)
-                    and match_labels(params.get("labelSelector"), meta.get("labels") or {})
-                    and match_fields(params.get("fieldSelector"), obj))
+            return (
+                (target.namespace is None or meta.get("namespace") == target.namespace)
+                and (target.name is None or meta.get("name") == target.name)
+                and match_labels(params.get("labelSelector"), meta.get("labels") or {})
+                and match_fields(params.get("fieldSelector"), obj)
+            )
 
         async def send(kind: str, obj: dict) -> None:
             await response.write(line(kind, obj))
@@ -1063,9 +1218,18 @@ class ApiServer:
             else:
                 cursor = int(since)
                 if cursor < self.oldest_rv:
-                    await send("ERROR", {"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 410,
-                                         "reason": "Expired", "message": f"too old resource version: {since}",
-                                         "metadata": {}})
+                    await send(
+                        "ERROR",
+                        {
+                            "apiVersion": "v1",
+                            "kind": "Status",
+                            "status": "Failure",
+                            "code": 410,
+                            "reason": "Expired",
+                            "message": f"too old resource version: {since}",
+                            "metadata": {},
+                        },
+                    )
                     return response
             while epoch == self.watch_epoch:
                 changed = self.changed
@@ -1101,24 +1265,39 @@ def make_test_pki(directory: Path) -> tuple[Path, Path, Path]:
     now = dt.datetime.now(dt.UTC)
 
     def certificate(subject: str, key, issuer: x509.Name, issuer_key, ca: bool) -> x509.Certificate:
-        builder = (x509.CertificateBuilder()
-                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-                   .issuer_name(issuer).public_key(key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=2))
-                   .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
-                   .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=ca, crl_sign=ca,
-                                                content_commitment=False, key_encipherment=False,
-                                                data_encipherment=False, key_agreement=False, encipher_only=False,
-                                                decipher_only=False), critical=True)
-                   .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
-                                  critical=False))
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=2))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_cert_sign=ca,
+                    crl_sign=ca,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
+        )
         if not ca:
-            builder = (builder
-                       .add_extension(x509.SubjectAlternativeName([
-                           x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-                       .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False))
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                ),
+                critical=False,
+            ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         return builder.sign(issuer_key, hashes.SHA256())
 
     ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
@@ -1128,8 +1307,11 @@ def make_test_pki(directory: Path) -> tuple[Path, Path, Path]:
     paths = directory / "ca.crt", directory / "apiserver.crt", directory / "apiserver.key"
     paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     paths[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                  serialization.NoEncryption()))
+    paths[2].write_bytes(
+        server_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     return paths
 
 
@@ -1159,8 +1341,9 @@ class Emulator:
         context.load_cert_chain(self._cert_file, self._key_file)
         context.set_alpn_protocols(["http/1.1"])
         # Watches stay open until their client leaves: on stop they are cancelled, not waited for.
-        runner = aiohttp.web.ServerRunner(aiohttp.web.Server(self.server, handler_cancellation=True),
-                                          handle_signals=False, shutdown_timeout=0.5)
+        runner = aiohttp.web.ServerRunner(
+            aiohttp.web.Server(self.server, handler_cancellation=True), handle_signals=False, shutdown_timeout=0.5
+        )
         await runner.setup()
         site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
         await site.start()
@@ -1187,14 +1370,17 @@ class Emulator:
 
     def call(self, fn: Callable[[], Any]) -> Any:
         """Run `fn` on the server's loop (for consistent snapshots and for mutating emulator state)."""
+
         async def wrapper():
             return fn()
+
         return asyncio.run_coroutine_threadsafe(wrapper(), self._loop).result(10)
 
     # --------------------------------------------------------------------------- test helpers
 
     def register_crd(self, crd: dict) -> dict:
         """Create (or replace) a CRD through the API, as a cluster admin would: it is stored and served."""
+
         async def apply() -> dict:
             server = self.server
             target = Target(CRDS[0], "v1", CRDS[1], None, crd["metadata"]["name"], None)
@@ -1208,12 +1394,17 @@ class Emulator:
                 stored = await server._update(CRDS, target, info, body, {}, [])
             await server._serve_crd(stored["metadata"]["name"])
             return await server._establish(stored)
+
         return asyncio.run_coroutine_threadsafe(apply(), self._loop).result(10)
 
     def objects(self, group: str, plural: str, namespace: str | None = None) -> list[dict]:
         def snapshot():
-            return [copy.deepcopy(o) for (ns, _), o in self.server.store.get((group, plural), {}).items()
-                    if namespace is None or ns == namespace]
+            return [
+                copy.deepcopy(o)
+                for (ns, _), o in self.server.store.get((group, plural), {}).items()
+                if namespace is None or ns == namespace
+            ]
+
         return self.call(snapshot)
 
     def calls(self, user: str | None = None) -> list[Call]:
@@ -1230,25 +1421,31 @@ class Emulator:
 
     def delete_crd(self, name: str) -> None:
         """Delete a CRD as a cluster admin would: no longer served, its objects gone with it."""
+
         async def remove() -> None:
             server = self.server
             if (None, name) in server._objects(CRDS):
                 await server._delete(CRDS, None, name, None, {})
             await server._serve_crd(name)
+
         asyncio.run_coroutine_threadsafe(remove(), self._loop).result(10)
 
     def cut_watches(self) -> None:
         """End every open watch stream (clients must re-list or resume from their resourceVersion)."""
+
         async def cut():
             self.server.watch_epoch += 1
             self.server.notify()
+
         asyncio.run_coroutine_threadsafe(cut(), self._loop).result(10)
 
     def forget_history(self) -> None:
         """Make every resourceVersion seen so far too old (the next resumed watch gets 410 Gone)."""
+
         def forget():
             self.server.oldest_rv = self.server.rv + 1
             self.server.history.clear()
+
         self.call(forget)
 
     def kubeconfig(self, token: str) -> dict:

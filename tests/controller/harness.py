@@ -13,8 +13,8 @@ from typing import Any, Callable
 
 import kopf
 import kubernetes
-
 from emulator import ADMIN_TOKEN, OPERATOR_TOKEN, Emulator
+
 from kubetune.api.crd import crd
 from kubetune.controller import config as operator_config
 from kubetune.controller import handlers
@@ -71,8 +71,11 @@ class OperatorThread:
 
         def run() -> None:
             try:
-                asyncio.run(kopf.operator(clusterwide=True, standalone=True, stop_flag=self.stop_flag,
-                                          ready_flag=self.ready_flag))
+                asyncio.run(
+                    kopf.operator(
+                        clusterwide=True, standalone=True, stop_flag=self.stop_flag, ready_flag=self.ready_flag
+                    )
+                )
             except BaseException as err:  # surfaced by the tests
                 self.error = err
 
@@ -95,8 +98,9 @@ class OperatorThread:
 
     def reconcile(self, namespace: str, name: str, body: dict | None = None) -> str | None:
         """One reconcile pass, on the operator's loop (where the reconciler lives)."""
-        return asyncio.run_coroutine_threadsafe(self.reconciler.reconcile(namespace, name, body=body),
-                                                self.reconciler.loop).result(30)
+        return asyncio.run_coroutine_threadsafe(
+            self.reconciler.reconcile(namespace, name, body=body), self.reconciler.loop
+        ).result(30)
 
     def reconfigure(self, **changes: Any) -> None:
         """Change settings of the running operator (e.g. the namespace cap) for one test."""
@@ -174,16 +178,21 @@ class ClusterSim:
 
     def pods(self, namespace: str, job: dict) -> list[dict]:
         uid = job["metadata"]["uid"]
-        return [p for p in self.kube.list("Pod", namespace)
-                if any(r.get("uid") == uid for r in p["metadata"].get("ownerReferences") or [])]
+        return [
+            p
+            for p in self.kube.list("Pod", namespace)
+            if any(r.get("uid") == uid for r in p["metadata"].get("ownerReferences") or [])
+        ]
 
     def _job_status(self, job: dict, patch: dict) -> dict:
-        return self.kube.patch("Job", job["metadata"]["namespace"], job["metadata"]["name"], {"status": patch},
-                               subresource="status")
+        return self.kube.patch(
+            "Job", job["metadata"]["namespace"], job["metadata"]["name"], {"status": patch}, subresource="status"
+        )
 
     def _pod_status(self, pod: dict, patch: dict) -> dict:
-        return self.kube.patch("Pod", pod["metadata"]["namespace"], pod["metadata"]["name"], {"status": patch},
-                               subresource="status")
+        return self.kube.patch(
+            "Pod", pod["metadata"]["namespace"], pod["metadata"]["name"], {"status": patch}, subresource="status"
+        )
 
     def start(self, namespace: str, name: str, running: bool = True, graceful: bool = False) -> list[dict]:
         """Create the Job's pods (one per node) and, as the kubelet, mark them Running.
@@ -195,8 +204,10 @@ class ClusterSim:
         count = job["spec"].get("parallelism") or 1
         pods = [self._create_pod(job, index, running, graceful) for index in range(count)]
         status = job.get("status") or {}
-        self._job_status(job, {"active": count, "startTime": status.get("startTime") or now_rfc3339(),
-                               "ready": count if running else 0})
+        self._job_status(
+            job,
+            {"active": count, "startTime": status.get("startTime") or now_rfc3339(), "ready": count if running else 0},
+        )
         return pods
 
     def _create_pod(self, job: dict, index: int, running: bool = True, graceful: bool = False) -> dict:
@@ -204,17 +215,25 @@ class ClusterSim:
         template = job["spec"]["template"]
         indexed = job["spec"].get("completionMode") == "Indexed"
         pod = {
-            "apiVersion": "v1", "kind": "Pod",
+            "apiVersion": "v1",
+            "kind": "Pod",
             "metadata": {
                 "generateName": f"{name}-{index}-" if indexed else f"{name}-",
                 "namespace": namespace,
-                "labels": template["metadata"]["labels"] | {
-                    "batch.kubernetes.io/job-name": name, "batch.kubernetes.io/controller-uid": job["metadata"]["uid"]},
+                "labels": template["metadata"]["labels"]
+                | {"batch.kubernetes.io/job-name": name, "batch.kubernetes.io/controller-uid": job["metadata"]["uid"]},
                 # The Job controller annotates the pods of an Indexed Job only (KUBETUNE_NODE_RANK reads it).
                 **({"annotations": {"batch.kubernetes.io/job-completion-index": str(index)}} if indexed else {}),
-                "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": name,
-                                     "uid": job["metadata"]["uid"], "controller": True,
-                                     "blockOwnerDeletion": True}],
+                "ownerReferences": [
+                    {
+                        "apiVersion": "batch/v1",
+                        "kind": "Job",
+                        "name": name,
+                        "uid": job["metadata"]["uid"],
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
                 **({"finalizers": [self.KUBELET_GRACE]} if graceful else {}),
             },
             "spec": template["spec"],
@@ -222,8 +241,13 @@ class ClusterSim:
         pod = self.kube.create(pod)
         phase = "Running" if running else "Pending"
         state = {"running": {"startedAt": now_rfc3339()}} if running else {"waiting": {"reason": "ContainerCreating"}}
-        return self._pod_status(pod, {"phase": phase, "containerStatuses": [
-            {"name": "trainer", "ready": running, "restartCount": 0, "state": state}]})
+        return self._pod_status(
+            pod,
+            {
+                "phase": phase,
+                "containerStatuses": [{"name": "trainer", "ready": running, "restartCount": 0, "state": state}],
+            },
+        )
 
     # Stands for the kubelet's grace period on pods started with `graceful`: a deleted pod stays until it is lifted.
     KUBELET_GRACE = "kubetune.test/kubelet-grace"
@@ -244,18 +268,38 @@ class ClusterSim:
         conditions = list((pod.get("status") or {}).get("conditions") or [])
         if disruption and not any(c.get("type") == "DisruptionTarget" for c in conditions):
             conditions.append(self._disruption_condition())
-        return self._pod_status(pod, {
-            "phase": "Succeeded" if exit_code == 0 else "Failed",
-            "conditions": conditions,
-            "containerStatuses": [{"name": "trainer", "ready": False, "restartCount": 0, "state": {"terminated": {
-                "exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error", "message": message,
-                "finishedAt": now_rfc3339()}}}],
-        })
+        return self._pod_status(
+            pod,
+            {
+                "phase": "Succeeded" if exit_code == 0 else "Failed",
+                "conditions": conditions,
+                "containerStatuses": [
+                    {
+                        "name": "trainer",
+                        "ready": False,
+                        "restartCount": 0,
+                        "state": {
+                            "terminated": {
+                                "exitCode": exit_code,
+                                "reason": "Completed" if exit_code == 0 else "Error",
+                                "message": message,
+                                "finishedAt": now_rfc3339(),
+                            }
+                        },
+                    }
+                ],
+            },
+        )
 
     @staticmethod
     def _disruption_condition() -> dict:
-        return {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
-                "message": "preempted by a higher-priority pod", "lastTransitionTime": now_rfc3339()}
+        return {
+            "type": "DisruptionTarget",
+            "status": "True",
+            "reason": "PreemptionByScheduler",
+            "message": "preempted by a higher-priority pod",
+            "lastTransitionTime": now_rfc3339(),
+        }
 
     # ------------------------------------------------------------------ the Job controller's failure handling
     # Ported from kubernetes pkg/controller/job: pod_failure_policy.go (matchPodFailurePolicy) and job_controller.go
@@ -280,15 +324,21 @@ class ClusterSim:
                         continue
                     listed = terminated["exitCode"] in codes["values"]
                     if listed == (codes["operator"] == "In"):
-                        return rule["action"], (f"Container {container['name']} for pod {meta['namespace']}/"
-                                                f"{meta['name']} failed with exit code {terminated['exitCode']} "
-                                                f"matching {rule['action']} rule at index {index}")
+                        return rule["action"], (
+                            f"Container {container['name']} for pod {meta['namespace']}/"
+                            f"{meta['name']} failed with exit code {terminated['exitCode']} "
+                            f"matching {rule['action']} rule at index {index}"
+                        )
             elif rule.get("onPodConditions") is not None:
                 for condition in status.get("conditions") or []:
-                    if any(condition.get("type") == p["type"] and condition.get("status") == p.get("status", "True")
-                           for p in rule["onPodConditions"]):
-                        return rule["action"], (f"Pod {meta['namespace']}/{meta['name']} has condition "
-                                                f"{condition['type']} matching {rule['action']} rule at index {index}")
+                    if any(
+                        condition.get("type") == p["type"] and condition.get("status") == p.get("status", "True")
+                        for p in rule["onPodConditions"]
+                    ):
+                        return rule["action"], (
+                            f"Pod {meta['namespace']}/{meta['name']} has condition "
+                            f"{condition['type']} matching {rule['action']} rule at index {index}"
+                        )
         return "Count", ""
 
     def _sync_failures(self, job: dict, failed_pods: list[dict], restart: bool) -> dict:
@@ -321,16 +371,27 @@ class ClusterSim:
         return self.job(namespace, job["metadata"]["name"])
 
     def _active_count(self, job: dict) -> int:
-        return sum(1 for p in self.pods(job["metadata"]["namespace"], job)
-                   if p["status"].get("phase") in ("Pending", "Running") and not p["metadata"].get("deletionTimestamp"))
+        return sum(
+            1
+            for p in self.pods(job["metadata"]["namespace"], job)
+            if p["status"].get("phase") in ("Pending", "Running") and not p["metadata"].get("deletionTimestamp")
+        )
 
     def _end_job(self, job: dict, reason: str, message: str, failed: int) -> dict:
         now = now_rfc3339()
-        target = {"type": "FailureTarget", "status": "True", "reason": reason, "message": message,
-                  "lastTransitionTime": now}
+        target = {
+            "type": "FailureTarget",
+            "status": "True",
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": now,
+        }
         conditions = [c for c in (job.get("status") or {}).get("conditions") or [] if c.get("type") != "FailureTarget"]
-        active = [p for p in self.pods(job["metadata"]["namespace"], job)
-                  if p["status"].get("phase") in ("Pending", "Running") and not p["metadata"].get("deletionTimestamp")]
+        active = [
+            p
+            for p in self.pods(job["metadata"]["namespace"], job)
+            if p["status"].get("phase") in ("Pending", "Running") and not p["metadata"].get("deletionTimestamp")
+        ]
         # deleteActivePods first, then one status write (syncJob): the kubelet stops them (the trainer saves on
         # SIGTERM and exits 143); once counted, their tracking finalizer goes and so do they.
         for pod in active:
@@ -338,18 +399,39 @@ class ClusterSim:
             self.kube.delete("Pod", job["metadata"]["namespace"], pod["metadata"]["name"])
         failed += len(active)  # every pod not terminated counts as failed once the Job is finished
         try:
-            job = self._job_status(job, {"conditions": conditions + [target], "failed": failed, "active": 0,
-                                         "ready": 0})
-            return self._job_status(job, {"conditions": conditions + [
-                target, {"type": "Failed", "status": "True", "reason": reason, "message": message,
-                         "lastTransitionTime": now}]})
+            job = self._job_status(
+                job, {"conditions": conditions + [target], "failed": failed, "active": 0, "ready": 0}
+            )
+            return self._job_status(
+                job,
+                {
+                    "conditions": conditions
+                    + [
+                        target,
+                        {
+                            "type": "Failed",
+                            "status": "True",
+                            "reason": reason,
+                            "message": message,
+                            "lastTransitionTime": now,
+                        },
+                    ]
+                },
+            )
         except kubernetes.client.ApiException as err:
             if err.status != 404:
                 raise
             return {}  # the operator already deleted it (it ends an attempt at the first disrupted pod it sees)
 
-    def fail(self, namespace: str, name: str, exit_code: int, message: str = "", disruption: bool = False,
-             restart: bool = True) -> dict:
+    def fail(
+        self,
+        namespace: str,
+        name: str,
+        exit_code: int,
+        message: str = "",
+        disruption: bool = False,
+        restart: bool = True,
+    ) -> dict:
         """Every running pod of the Job exits with `exit_code` (the trainer's; `disruption`: they were preempted);
         the Job controller applies podFailurePolicy and backoffLimit, and (`restart`) replaces what it retries."""
         job = self.job(namespace, name)
@@ -357,13 +439,25 @@ class ClusterSim:
         failed = [self._terminate(pod, exit_code, message, disruption) for pod in active]
         return self._sync_failures(job, failed, restart)
 
-    def fail_pod(self, namespace: str, name: str, index: int, exit_code: int, message: str = "",
-                 disruption: bool = False, restart: bool = True) -> dict:
+    def fail_pod(
+        self,
+        namespace: str,
+        name: str,
+        index: int,
+        exit_code: int,
+        message: str = "",
+        disruption: bool = False,
+        restart: bool = True,
+    ) -> dict:
         """One node of an Indexed Job: its pod (completion index `index`) exits with `exit_code` (`disruption`: it was
         preempted or evicted first), the others go on; then the Job controller's sync."""
         job = self.job(namespace, name)
-        [pod] = [p for p in self.pods(namespace, job) if p["status"].get("phase") in ("Pending", "Running")
-                 and p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == str(index)]
+        [pod] = [
+            p
+            for p in self.pods(namespace, job)
+            if p["status"].get("phase") in ("Pending", "Running")
+            and p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == str(index)
+        ]
         return self._sync_failures(job, [self._terminate(pod, exit_code, message, disruption)], restart)
 
     def disrupt_pod(self, namespace: str, name: str, index: int) -> dict:
@@ -371,8 +465,12 @@ class ClusterSim:
         DisruptionTarget condition first and is deleted after (kube-scheduler's preemption, pkg/scheduler/framework/
         preemption); the kubelet has not stopped it yet."""
         job = self.job(namespace, name)
-        [pod] = [p for p in self.pods(namespace, job) if p["status"].get("phase") == "Running"
-                 and p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == str(index)]
+        [pod] = [
+            p
+            for p in self.pods(namespace, job)
+            if p["status"].get("phase") == "Running"
+            and p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == str(index)
+        ]
         conditions = [*((pod.get("status") or {}).get("conditions") or []), self._disruption_condition()]
         return self._pod_status(pod, {"conditions": conditions})
 
@@ -382,20 +480,45 @@ class ClusterSim:
         for pod in pods:
             self._terminate(pod, 0, "")
         now = now_rfc3339()
-        return self._job_status(job, {"active": 0, "ready": 0, "succeeded": len(pods), "completionTime": now,
-                                      "conditions": [
-                                          {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached",
-                                           "lastTransitionTime": now},
-                                          {"type": "Complete", "status": "True", "reason": "CompletionsReached",
-                                           "lastTransitionTime": now}]})
+        return self._job_status(
+            job,
+            {
+                "active": 0,
+                "ready": 0,
+                "succeeded": len(pods),
+                "completionTime": now,
+                "conditions": [
+                    {
+                        "type": "SuccessCriteriaMet",
+                        "status": "True",
+                        "reason": "CompletionsReached",
+                        "lastTransitionTime": now,
+                    },
+                    {"type": "Complete", "status": "True", "reason": "CompletionsReached", "lastTransitionTime": now},
+                ],
+            },
+        )
 
     def exceed_deadline(self, namespace: str, name: str) -> dict:
         job = self.job(namespace, name)
         for pod in self.pods(namespace, job):
             self.kube.delete("Pod", namespace, pod["metadata"]["name"])
-        return self._job_status(job, {"active": 0, "ready": 0, "conditions": [
-            {"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
-             "message": "Job was active longer than specified deadline", "lastTransitionTime": now_rfc3339()}]})
+        return self._job_status(
+            job,
+            {
+                "active": 0,
+                "ready": 0,
+                "conditions": [
+                    {
+                        "type": "Failed",
+                        "status": "True",
+                        "reason": "DeadlineExceeded",
+                        "message": "Job was active longer than specified deadline",
+                        "lastTransitionTime": now_rfc3339(),
+                    }
+                ],
+            },
+        )
 
     def sync_suspend(self, namespace: str, name: str) -> None:
         """A suspended Job's active pods are deleted (not counted as failures)."""

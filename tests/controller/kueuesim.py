@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
 
 from emulator import AdmissionRequest, ApiServer, Emulator
 from harness import BlockingKube
+
 from kubetune.controller.kueue import workload_name
 
 GROUP = "kueue.x-k8s.io"
@@ -39,13 +39,23 @@ PREFIX = f"/apis/{GROUP}/{VERSION}"
 
 def _crd(kind: str, plural: str) -> dict:
     return {
-        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
         "metadata": {"name": f"{plural}.{GROUP}"},
-        "spec": {"group": GROUP, "scope": "Namespaced",
-                 "names": {"kind": kind, "plural": plural, "singular": kind.lower(), "listKind": f"{kind}List"},
-                 "versions": [{"name": VERSION, "served": True, "storage": True, "subresources": {"status": {}},
-                               "schema": {"openAPIV3Schema": {"type": "object",
-                                                              "x-kubernetes-preserve-unknown-fields": True}}}]},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {"kind": kind, "plural": plural, "singular": kind.lower(), "listKind": f"{kind}List"},
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+                }
+            ],
+        },
     }
 
 
@@ -53,18 +63,26 @@ CRDS = (_crd("LocalQueue", "localqueues"), _crd("Workload", "workloads"))
 
 
 def _condition(kind: str, status: str, reason: str, message: str = "") -> dict:
-    return {"type": kind, "status": status, "reason": reason, "message": message,
-            "lastTransitionTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return {
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
 def _finished(job: dict) -> bool:
-    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
-               for c in (job.get("status") or {}).get("conditions") or [])
+    return any(
+        c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+        for c in (job.get("status") or {}).get("conditions") or []
+    )
 
 
 class KueueSim:
-    def __init__(self, emulator: Emulator, *, manage_jobs_without_queue_name: bool = False,
-                 namespaces: set[str] | None = None):
+    def __init__(
+        self, emulator: Emulator, *, manage_jobs_without_queue_name: bool = False, namespaces: set[str] | None = None
+    ):
         self.emulator = emulator
         self.manage_jobs_without_queue_name = manage_jobs_without_queue_name
         self.namespaces = namespaces  # the namespaces Kueue manages (its managedJobsNamespaceSelector); None = all
@@ -78,8 +96,9 @@ class KueueSim:
     # ------------------------------------------------------------------------------------- install
 
     def install(self) -> KueueSim:
-        self.emulator.call(lambda: (self.emulator.server.tokens.__setitem__(TOKEN, TOKEN),
-                                    self.emulator.server.superusers.add(TOKEN)))
+        self.emulator.call(
+            lambda: (self.emulator.server.tokens.__setitem__(TOKEN, TOKEN), self.emulator.server.superusers.add(TOKEN))
+        )
         for crd in CRDS:
             self.emulator.register_crd(crd)
         self._unregister = self.emulator.admit(self.webhook, mutating=True)
@@ -109,14 +128,19 @@ class KueueSim:
     def local_queue(self, namespace: str, name: str, capacity: int | None = None) -> dict:
         """Create a LocalQueue (pointing at a ClusterQueue this simulation does not model further)."""
         self.capacity[(namespace, name)] = capacity
-        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "LocalQueue",
-                "metadata": {"name": name, "namespace": namespace}, "spec": {"clusterQueue": "cluster-queue"}}
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "LocalQueue",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"clusterQueue": "cluster-queue"},
+        }
         return self.kube.request("POST", f"{PREFIX}/namespaces/{namespace}/localqueues", body=body)
 
     def workload(self, job: dict) -> dict | None:
         try:
-            return self.kube.request("GET", f"{PREFIX}/namespaces/{job['metadata']['namespace']}/workloads/"
-                                     f"{workload_name(job)}")
+            return self.kube.request(
+                "GET", f"{PREFIX}/namespaces/{job['metadata']['namespace']}/workloads/{workload_name(job)}"
+            )
         except Exception:
             return None
 
@@ -127,8 +151,9 @@ class KueueSim:
 
     def webhook(self, server: ApiServer, request: AdmissionRequest) -> None:
         """The batch/v1 Job mutating webhook (create only)."""
-        if (request.group, request.resource, request.operation) != ("batch", "jobs", "CREATE") \
-                or not self._manages(request.namespace):
+        if (request.group, request.resource, request.operation) != ("batch", "jobs", "CREATE") or not self._manages(
+            request.namespace
+        ):
             return
         meta = request.obj["metadata"]
         labels = meta.setdefault("labels", {})
@@ -150,10 +175,14 @@ class KueueSim:
 
     def step(self) -> None:
         jobs = self.kube.request("GET", "/apis/batch/v1/jobs").get("items", [])
-        queues = {(q["metadata"]["namespace"], q["metadata"]["name"])
-                  for q in self.kube.request("GET", f"{PREFIX}/localqueues").get("items", [])}
-        workloads = {(w["metadata"]["namespace"], w["metadata"]["name"]): w
-                     for w in self.kube.request("GET", f"{PREFIX}/workloads").get("items", [])}
+        queues = {
+            (q["metadata"]["namespace"], q["metadata"]["name"])
+            for q in self.kube.request("GET", f"{PREFIX}/localqueues").get("items", [])
+        }
+        workloads = {
+            (w["metadata"]["namespace"], w["metadata"]["name"]): w
+            for w in self.kube.request("GET", f"{PREFIX}/workloads").get("items", [])
+        }
         admitted: dict[tuple[str, str], int] = {}
         for w in workloads.values():
             if (w.get("status") or {}).get("admission"):
@@ -162,8 +191,11 @@ class KueueSim:
         for job in jobs:
             meta = job["metadata"]
             queue = (meta.get("labels") or {}).get(LABEL_QUEUE, "")
-            if _finished(job) or not self._manages(meta["namespace"]) or \
-                    not (queue or self.manage_jobs_without_queue_name):
+            if (
+                _finished(job)
+                or not self._manages(meta["namespace"])
+                or not (queue or self.manage_jobs_without_queue_name)
+            ):
                 continue
             workload = workloads.get((meta["namespace"], workload_name(job)))
             if workload is None:
@@ -173,19 +205,39 @@ class KueueSim:
 
     def _create_workload(self, job: dict, queue: str) -> None:
         meta = job["metadata"]
-        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Workload",
-                "metadata": {"name": workload_name(job), "namespace": meta["namespace"],
-                             "labels": {LABEL_JOB_UID: meta["uid"]},
-                             "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"],
-                                                  "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}]},
-                "spec": {"queueName": queue, "active": True,
-                         "podSets": [{"name": "main", "count": job["spec"].get("parallelism") or 1}]}}
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "Workload",
+            "metadata": {
+                "name": workload_name(job),
+                "namespace": meta["namespace"],
+                "labels": {LABEL_JOB_UID: meta["uid"]},
+                "ownerReferences": [
+                    {
+                        "apiVersion": "batch/v1",
+                        "kind": "Job",
+                        "name": meta["name"],
+                        "uid": meta["uid"],
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
+            },
+            "spec": {
+                "queueName": queue,
+                "active": True,
+                "podSets": [{"name": "main", "count": job["spec"].get("parallelism") or 1}],
+            },
+        }
         self.kube.request("POST", f"{PREFIX}/namespaces/{meta['namespace']}/workloads", body=body)
 
     def _workload_status(self, workload: dict, status: dict) -> None:
-        self.kube.request("PATCH", f"{PREFIX}/namespaces/{workload['metadata']['namespace']}/workloads/"
-                          f"{workload['metadata']['name']}/status", body={"status": status},
-                          content_type="application/merge-patch+json")
+        self.kube.request(
+            "PATCH",
+            f"{PREFIX}/namespaces/{workload['metadata']['namespace']}/workloads/{workload['metadata']['name']}/status",
+            body={"status": status},
+            content_type="application/merge-patch+json",
+        )
 
     def _suspend(self, job: dict, suspend: bool) -> None:
         self.kube.patch("Job", job["metadata"]["namespace"], job["metadata"]["name"], {"spec": {"suspend": suspend}})
@@ -196,17 +248,31 @@ class KueueSim:
         active = (workload.get("spec") or {}).get("active", True) is not False
         key = (namespace, queue)
         if is_admitted and not active:  # the Workload controller evicts it (Deactivated)
-            self._workload_status(workload, {"admission": None, "conditions": [
-                _condition("Admitted", "False", "NoReservation"),
-                _condition("Evicted", "True", "Deactivated", "The workload is deactivated")]})
+            self._workload_status(
+                workload,
+                {
+                    "admission": None,
+                    "conditions": [
+                        _condition("Admitted", "False", "NoReservation"),
+                        _condition("Evicted", "True", "Deactivated", "The workload is deactivated"),
+                    ],
+                },
+            )
             admitted[key] = admitted.get(key, 1) - 1
             is_admitted = False
         elif not is_admitted and active and queue and key in queues:
             room = self.capacity.get(key)
             if room is None or admitted.get(key, 0) < room:
-                self._workload_status(workload, {"admission": {"clusterQueue": "cluster-queue"}, "conditions": [
-                    _condition("QuotaReserved", "True", "QuotaReserved"),
-                    _condition("Admitted", "True", "Admitted")]})
+                self._workload_status(
+                    workload,
+                    {
+                        "admission": {"clusterQueue": "cluster-queue"},
+                        "conditions": [
+                            _condition("QuotaReserved", "True", "QuotaReserved"),
+                            _condition("Admitted", "True", "Admitted"),
+                        ],
+                    },
+                )
                 admitted[key] = admitted.get(key, 0) + 1
                 is_admitted = True
         suspended = bool(job["spec"].get("suspend"))

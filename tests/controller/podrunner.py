@@ -56,12 +56,21 @@ class PodRunner:
     """Runs the Jobs it is meant for until stopped. `training(job, env, workdir) -> exit code` runs a training Job's
     pod (its environment resolved); `extra_env` is added to every pod (what the node gives, e.g. HF_HUB_DISABLE_XET)."""
 
-    def __init__(self, emulator, workdir: Path, *, admin_token: str, extra_env: dict[str, str] | None = None,
-                 training: Callable[[dict, dict, Path], int] | None = None, backoff_seconds: float = 0.0):
+    def __init__(
+        self,
+        emulator,
+        workdir: Path,
+        *,
+        admin_token: str,
+        extra_env: dict[str, str] | None = None,
+        training: Callable[[dict, dict, Path], int] | None = None,
+        backoff_seconds: float = 0.0,
+    ):
         self.kube = BlockingKube(emulator.client_configuration(admin_token))
         # Secrets, as the kubelet reads them (the operator's own client has no business with them).
         self._core = kubernetes.client.CoreV1Api(
-            kubernetes.client.ApiClient(emulator.client_configuration(admin_token)))
+            kubernetes.client.ApiClient(emulator.client_configuration(admin_token))
+        )
         self.workdir = workdir
         self.extra_env = dict(extra_env or {})
         self.training = training
@@ -72,8 +81,9 @@ class PodRunner:
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._cluster = kubelet.Cluster(read=self._read, token_for=lambda ns, sa: "", ca_pem="", api_host="127.0.0.1",
-                                        api_port=443)
+        self._cluster = kubelet.Cluster(
+            read=self._read, token_for=lambda ns, sa: "", ca_pem="", api_host="127.0.0.1", api_port=443
+        )
         self._watcher = threading.Thread(target=self._watch, name="pod-runner", daemon=True)
 
     def __enter__(self) -> PodRunner:
@@ -140,8 +150,9 @@ class PodRunner:
                 if any(c.get("type") in ("Complete", "Failed") for c in conditions):
                     continue
                 self._handled.add(meta["uid"])
-                thread = threading.Thread(target=self._run_job, args=(job, population), daemon=True,
-                                          name=f"job-{meta['name']}")
+                thread = threading.Thread(
+                    target=self._run_job, args=(job, population), daemon=True, name=f"job-{meta['name']}"
+                )
                 self._threads.append(thread)
                 thread.start()
             time.sleep(0.05)
@@ -157,18 +168,39 @@ class PodRunner:
             if code is None:
                 return  # stopped
             if code == 0:
-                self._job_status(job, {"active": 0, "succeeded": 1, "completionTime": now_rfc3339(), "conditions": [
-                    {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached",
-                     "lastTransitionTime": now_rfc3339()},
-                    {"type": "Complete", "status": "True", "reason": "CompletionsReached",
-                     "lastTransitionTime": now_rfc3339()}]})
+                self._job_status(
+                    job,
+                    {
+                        "active": 0,
+                        "succeeded": 1,
+                        "completionTime": now_rfc3339(),
+                        "conditions": [
+                            {
+                                "type": "SuccessCriteriaMet",
+                                "status": "True",
+                                "reason": "CompletionsReached",
+                                "lastTransitionTime": now_rfc3339(),
+                            },
+                            {
+                                "type": "Complete",
+                                "status": "True",
+                                "reason": "CompletionsReached",
+                                "lastTransitionTime": now_rfc3339(),
+                            },
+                        ],
+                    },
+                )
                 return
             container = job["spec"]["template"]["spec"]["containers"][0]["name"]
             failed += 1
             if _job_failed_by_policy(job, code, container):
-                self._fail_job(job, failed, "PodFailurePolicy",
-                               f"Container {container} for pod {namespace}/{pod['metadata']['name']} failed with "
-                               f"exit code {code} matching FailJob rule at index 0")
+                self._fail_job(
+                    job,
+                    failed,
+                    "PodFailurePolicy",
+                    f"Container {container} for pod {namespace}/{pod['metadata']['name']} failed with "
+                    f"exit code {code} matching FailJob rule at index 0",
+                )
                 return
             if failed > job["spec"].get("backoffLimit", 6):
                 self._fail_job(job, failed, "BackoffLimitExceeded", "Job has reached the specified backoff limit")
@@ -178,13 +210,16 @@ class PodRunner:
 
     def _fail_job(self, job: dict, failed: int, reason: str, message: str) -> None:
         now = now_rfc3339()
-        conditions = [{"type": kind, "status": "True", "reason": reason, "message": message,
-                       "lastTransitionTime": now} for kind in ("FailureTarget", "Failed")]
+        conditions = [
+            {"type": kind, "status": "True", "reason": reason, "message": message, "lastTransitionTime": now}
+            for kind in ("FailureTarget", "Failed")
+        ]
         self._job_status(job, {"active": 0, "failed": failed, "conditions": conditions})
 
     def _job_status(self, job: dict, patch: dict) -> None:
-        self.kube.patch("Job", job["metadata"]["namespace"], job["metadata"]["name"], {"status": patch},
-                        subresource="status")
+        self.kube.patch(
+            "Job", job["metadata"]["namespace"], job["metadata"]["name"], {"status": patch}, subresource="status"
+        )
 
     # ------------------------------------------------------------------ the kubelet
 
@@ -192,13 +227,22 @@ class PodRunner:
         meta = job["metadata"]
         template = job["spec"]["template"]
         pod = {
-            "apiVersion": "v1", "kind": "Pod",
+            "apiVersion": "v1",
+            "kind": "Pod",
             "metadata": {
                 "name": f"{meta['name']}-{meta['uid'][:5]}-{index}",  # a Job made again has pods of its own
                 "namespace": meta["namespace"],
                 "labels": (template["metadata"].get("labels") or {}) | {"batch.kubernetes.io/job-name": meta["name"]},
-                "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": meta["uid"],
-                                     "controller": True, "blockOwnerDeletion": True}],
+                "ownerReferences": [
+                    {
+                        "apiVersion": "batch/v1",
+                        "kind": "Job",
+                        "name": meta["name"],
+                        "uid": meta["uid"],
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
             },
             "spec": template["spec"],
         }
@@ -207,8 +251,9 @@ class PodRunner:
         return pod
 
     def _pod_status(self, pod: dict, patch: dict) -> None:
-        self.kube.patch("Pod", pod["metadata"]["namespace"], pod["metadata"]["name"], {"status": patch},
-                        subresource="status")
+        self.kube.patch(
+            "Pod", pod["metadata"]["namespace"], pod["metadata"]["name"], {"status": patch}, subresource="status"
+        )
 
     def _environment(self, pod: dict, container: dict) -> dict[str, str] | None:
         """The container's environment, or None while a Secret it names is missing (the pod waits, as it would)."""
@@ -218,11 +263,25 @@ class PodRunner:
             except LookupError as err:
                 # The kubelet's words (kubelet_pods.go makeEnvironmentVariables): the secret manager's NotFound.
                 secret = str(err).split(" has no key")[0].split("/", 1)[-1]
-                words = (f'secret "{secret}" not found' if self._read("Secret", pod["metadata"]["namespace"], secret)
-                         is None else str(err))
-                self._pod_status(pod, {"phase": "Pending", "containerStatuses": [{
-                    "name": container["name"], "ready": False, "restartCount": 0, "state": {"waiting": {
-                        "reason": "CreateContainerConfigError", "message": words}}}]})
+                words = (
+                    f'secret "{secret}" not found'
+                    if self._read("Secret", pod["metadata"]["namespace"], secret) is None
+                    else str(err)
+                )
+                self._pod_status(
+                    pod,
+                    {
+                        "phase": "Pending",
+                        "containerStatuses": [
+                            {
+                                "name": container["name"],
+                                "ready": False,
+                                "restartCount": 0,
+                                "state": {"waiting": {"reason": "CreateContainerConfigError", "message": words}},
+                            }
+                        ],
+                    },
+                )
                 time.sleep(0.2)
         return None
 
@@ -236,12 +295,25 @@ class PodRunner:
         scratch.mkdir(parents=True)
         termination_log = folder / "termination-log"
         termination_log.write_text("")
-        env = {key: value.replace(SCRATCH, str(scratch), 1) if value.startswith(SCRATCH) else value
-               for key, value in env.items()}
+        env = {
+            key: value.replace(SCRATCH, str(scratch), 1) if value.startswith(SCRATCH) else value
+            for key, value in env.items()
+        }
         env = {key: str(termination_log) if value == TERMINATION_LOG else value for key, value in env.items()}
-        self._pod_status(pod, {"phase": "Running", "containerStatuses": [{
-            "name": container["name"], "ready": True, "restartCount": 0,
-            "state": {"running": {"startedAt": now_rfc3339()}}}]})
+        self._pod_status(
+            pod,
+            {
+                "phase": "Running",
+                "containerStatuses": [
+                    {
+                        "name": container["name"],
+                        "ready": True,
+                        "restartCount": 0,
+                        "state": {"running": {"startedAt": now_rfc3339()}},
+                    }
+                ],
+            },
+        )
         self.started.append((pod["metadata"]["namespace"], job["metadata"]["name"], time.time()))
         if population:
             code, output = self._process(pod, container, env, folder)
@@ -253,18 +325,33 @@ class PodRunner:
         if not message and code != 0:
             message = "\n".join(output.strip().splitlines()[-LOG_TAIL_LINES:])
         message = message[-MESSAGE_LIMIT:]
-        self._pod_status(pod, {"phase": "Succeeded" if code == 0 else "Failed", "containerStatuses": [{
-            "name": container["name"], "ready": False, "restartCount": 0, "state": {"terminated": {
-                "exitCode": code, "reason": "Completed" if code == 0 else "Error", "message": message,
-                "finishedAt": now_rfc3339()}}}]})
+        self._pod_status(
+            pod,
+            {
+                "phase": "Succeeded" if code == 0 else "Failed",
+                "containerStatuses": [
+                    {
+                        "name": container["name"],
+                        "ready": False,
+                        "restartCount": 0,
+                        "state": {
+                            "terminated": {
+                                "exitCode": code,
+                                "reason": "Completed" if code == 0 else "Error",
+                                "message": message,
+                                "finishedAt": now_rfc3339(),
+                            }
+                        },
+                    }
+                ],
+            },
+        )
         return code, message
 
     def _process(self, pod: dict, container: dict, env: dict[str, str], folder: Path) -> tuple[int | None, str]:
         command = [sys.executable if part == "python" else part for part in container["command"]]
-        environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "OMP_NUM_THREADS": "1",
-                       **self.extra_env, **env}
-        proc = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                cwd=folder)
+        environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "OMP_NUM_THREADS": "1", **self.extra_env, **env}
+        proc = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=folder)
         name = pod["metadata"]["name"]
         with self._lock:
             self.processes[name] = proc
@@ -282,6 +369,7 @@ class PodRunner:
 
 def wait_for_job(runner: PodRunner, namespace: str, name: str, timeout: float = 60.0) -> dict:
     """The Job once it has finished (Complete or Failed)."""
+
     def finished():
         job = runner.kube.get("Job", namespace, name)
         conditions = (job or {}).get("status", {}).get("conditions") or []

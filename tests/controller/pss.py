@@ -36,8 +36,21 @@ def privileged(meta: dict, spec: dict) -> str | None:
     return f"privileged containers {bad}" if bad else None
 
 
-CAPABILITIES_ALLOWED_BASELINE = {"AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD",
-                                 "NET_BIND_SERVICE", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT"}
+CAPABILITIES_ALLOWED_BASELINE = {
+    "AUDIT_WRITE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "MKNOD",
+    "NET_BIND_SERVICE",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYS_CHROOT",
+}
 
 
 def capabilities_baseline(meta: dict, spec: dict) -> str | None:
@@ -65,11 +78,17 @@ APPARMOR_ANNOTATION_PREFIX = "container.apparmor.security.beta.kubernetes.io/"
 def apparmor_profile(meta: dict, spec: dict) -> str | None:
     """check_appArmorProfile.go: the AppArmor annotations may name runtime/default or localhost/* only, and the
     appArmorProfile fields RuntimeDefault or Localhost only."""
-    bad = [f"{k}={v}" for k, v in (meta.get("annotations") or {}).items()
-           if k.startswith(APPARMOR_ANNOTATION_PREFIX) and v and v != "runtime/default" and not v.startswith("localhost/")]
+    bad = [
+        f"{k}={v}"
+        for k, v in (meta.get("annotations") or {}).items()
+        if k.startswith(APPARMOR_ANNOTATION_PREFIX) and v and v != "runtime/default" and not v.startswith("localhost/")
+    ]
     contexts = [spec.get("securityContext") or {}, *(_security(c) for c in _containers(spec))]
-    bad += [p["type"] for ctx in contexts if (p := ctx.get("appArmorProfile")) and p.get("type") not in
-            ("RuntimeDefault", "Localhost")]
+    bad += [
+        p["type"]
+        for ctx in contexts
+        if (p := ctx.get("appArmorProfile")) and p.get("type") not in ("RuntimeDefault", "Localhost")
+    ]
     return f"forbidden AppArmor profiles {bad}" if bad else None
 
 
@@ -100,13 +119,20 @@ def seccomp_baseline(meta: dict, spec: dict) -> str | None:
     return None
 
 
-SYSCTLS_ALLOWED = {"kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.tcp_syncookies",
-                   "net.ipv4.ping_group_range", "net.ipv4.ip_unprivileged_port_start"}
+SYSCTLS_ALLOWED = {
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_unprivileged_port_start",
+}
 
 
 def sysctls(meta: dict, spec: dict) -> str | None:
     """check_sysctls.go: only the namespaced, safe sysctls."""
-    bad = [s["name"] for s in (spec.get("securityContext") or {}).get("sysctls") or [] if s["name"] not in SYSCTLS_ALLOWED]
+    bad = [
+        s["name"] for s in (spec.get("securityContext") or {}).get("sysctls") or [] if s["name"] not in SYSCTLS_ALLOWED
+    ]
     return f"forbidden sysctls {bad}" if bad else None
 
 
@@ -129,8 +155,16 @@ def host_probes_and_lifecycle(meta: dict, spec: dict) -> str | None:
     return None
 
 
-RESTRICTED_VOLUME_SOURCES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
-                             "projected", "secret"}
+RESTRICTED_VOLUME_SOURCES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
 
 
 def restricted_volumes(meta: dict, spec: dict) -> str | None:
@@ -190,11 +224,28 @@ def capabilities_restricted(meta: dict, spec: dict) -> str | None:
     return None
 
 
-BASELINE: tuple[Check, ...] = (host_namespaces, privileged, capabilities_baseline, host_path_volumes, host_ports,
-                               apparmor_profile, selinux_options, proc_mount, seccomp_baseline, sysctls,
-                               windows_host_process, host_probes_and_lifecycle)
-RESTRICTED: tuple[Check, ...] = BASELINE + (restricted_volumes, allow_privilege_escalation, run_as_non_root,
-                                            run_as_user, seccomp_restricted, capabilities_restricted)
+BASELINE: tuple[Check, ...] = (
+    host_namespaces,
+    privileged,
+    capabilities_baseline,
+    host_path_volumes,
+    host_ports,
+    apparmor_profile,
+    selinux_options,
+    proc_mount,
+    seccomp_baseline,
+    sysctls,
+    windows_host_process,
+    host_probes_and_lifecycle,
+)
+RESTRICTED: tuple[Check, ...] = BASELINE + (
+    restricted_volumes,
+    allow_privilege_escalation,
+    run_as_non_root,
+    run_as_user,
+    seccomp_restricted,
+    capabilities_restricted,
+)
 
 
 def restricted_violations(pod_metadata: dict, pod_spec: dict) -> list[str]:

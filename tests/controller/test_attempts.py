@@ -40,11 +40,17 @@ def test_a_multi_node_job_fails_whole_on_its_first_failure_and_a_one_node_job_re
     """The Job controller's rules (ClusterSim._policy_action, ported from pod_failure_policy.go) applied to the Jobs
     the operator builds: several nodes, any failure or disruption ends the Job (FailJob, or backoffLimit 0);
     one node, a disruption is replaced uncounted and a failure retried up to spec.backoffLimit."""
+
     def failed_pod(code, disrupted=False):
         conditions = [{"type": "DisruptionTarget", "status": "True"}] if disrupted else []
-        return {"metadata": {"name": "p", "namespace": "team-a"},
-                "status": {"phase": "Failed", "conditions": conditions, "containerStatuses": [
-                    {"name": "trainer", "state": {"terminated": {"exitCode": code}}}]}}
+        return {
+            "metadata": {"name": "p", "namespace": "team-a"},
+            "status": {
+                "phase": "Failed",
+                "conditions": conditions,
+                "containerStatuses": [{"name": "trainer", "state": {"terminated": {"exitCode": code}}}],
+            },
+        }
 
     gang = builders.build_job(FTJ, builders.resolve_spec(SPEC | {"nodes": 2}, CONFIG), CONFIG, suspend=False)
     assert gang["spec"]["backoffLimit"] == 0 and gang["spec"]["completionMode"] == "Indexed"
@@ -72,37 +78,50 @@ def test_a_multi_node_job_fails_whole_on_its_first_failure_and_a_one_node_job_re
 def test_what_follows_an_ended_attempt():
     """status.ended_attempt: a failure counts once per attempt, a disruption not at all, and the message of a job
     over its backoffLimit counts what the limit counts."""
-    def job(failed=0, reason="BackoffLimitExceeded", earlier=builders.Tally()):
-        return {"metadata": {"name": "bot", "annotations": earlier.job_annotations()},
-                "spec": {"completionMode": "Indexed", "completions": 2},
-                "status": {"failed": failed, "conditions": [{"type": "Failed", "status": "True", "reason": reason}]}}
+
+    def job(failed=0, reason="BackoffLimitExceeded", earlier=builders.Tally()):  # noqa: B008 - a frozen dataclass
+        return {
+            "metadata": {"name": "bot", "annotations": earlier.job_annotations()},
+            "spec": {"completionMode": "Indexed", "completions": 2},
+            "status": {"failed": failed, "conditions": [{"type": "Failed", "status": "True", "reason": reason}]},
+        }
 
     def pod(index, code, disrupted=False):
         terminated = {"exitCode": code, "message": f"exit {code}", "finishedAt": f"2026-01-01T00:00:0{index}Z"}
         conditions = [{"type": "DisruptionTarget", "status": "True"}] if disrupted else []
-        return {"metadata": {"name": f"bot-{index}", "annotations": {status.COMPLETION_INDEX: str(index)}},
-                "status": {"phase": "Failed", "conditions": conditions,
-                           "containerStatuses": [{"name": "trainer", "state": {"terminated": terminated}}]}}
+        return {
+            "metadata": {"name": f"bot-{index}", "annotations": {status.COMPLETION_INDEX: str(index)}},
+            "status": {
+                "phase": "Failed",
+                "conditions": conditions,
+                "containerStatuses": [{"name": "trainer", "state": {"terminated": terminated}}],
+            },
+        }
 
     def after(job, pods, limit=3):
         failed = status.condition_true(job, "Failed")
         attempts = status.count_attempts(job, 2, pods)
-        return status.ended_attempt(job, pods, failed, nodes=2, attempts=attempts, backoff_limit=limit,
-                                    active_deadline_seconds=0)
+        return status.ended_attempt(
+            job, pods, failed, nodes=2, attempts=attempts, backoff_limit=limit, active_deadline_seconds=0
+        )
 
     # Both pods of the attempt failed (the Job controller counts every pod of a failed Job): one attempt, one failure.
     first = after(job(failed=2), [pod(1, 137), pod(0, 20)])
     assert (first.phase, first.reason, first.attempts) == ("Pending", "Retrying", 1)
     assert first.next == builders.Tally(1, 1, 0, "Retrying", first.message)
-    assert first.message == ("attempt 1 failed on node 0: exit 20; the attempt's other pods are stopped and every node "
-                             "starts again from the newest complete checkpoint")  # node 0 failed first
+    assert first.message == (
+        "attempt 1 failed on node 0: exit 20; the attempt's other pods are stopped and every node "
+        "starts again from the newest complete checkpoint"
+    )  # node 0 failed first
     preempted = after(job(failed=2, reason="PodFailurePolicy", earlier=first.next), [pod(1, 143, disrupted=True)])
     assert (preempted.reason, preempted.next.failures, preempted.attempts) == ("Preempted", 1, 2)
     # Over the limit: the words count failed attempts, and say how many attempts there were.
     last = after(job(failed=2, earlier=builders.Tally(3, 1)), [pod(0, 20)], limit=1)
     assert (last.phase, last.reason, last.next) == ("Failed", "BackoffLimitExceeded", None)
-    assert last.message == ("2 failed attempts, more than spec.backoffLimit (1) allows (4 attempts in all: preemptions "
-                            "are not counted); last failure on node 0: exit 20")
+    assert last.message == (
+        "2 failed attempts, more than spec.backoffLimit (1) allows (4 attempts in all: preemptions "
+        "are not counted); last failure on node 0: exit 20"
+    )
     # A user error ends the job whatever the limit.
     user_error = after(job(failed=2, reason="PodFailurePolicy"), [pod(1, 10)])
     assert (user_error.phase, user_error.reason, user_error.next) == ("Failed", "UserError", None)
@@ -128,13 +147,18 @@ def test_a_failed_node_ends_its_attempt_and_every_node_restarts_counted_once(use
     assert [p["status"]["phase"] for p in others] == ["Failed"] and others[0]["metadata"].get("deletionTimestamp")
     # The operator ends the attempt within seconds: the Job is being deleted (foreground), and no new Job is made
     # while a pod of the old attempt is still stopping.
-    wait_for(lambda: (j := sim.kube.get("Job", ns, "gang")) and j["metadata"].get("deletionTimestamp"), 5,
-             "the failed attempt's Job being deleted")
+    wait_for(
+        lambda: (j := sim.kube.get("Job", ns, "gang")) and j["metadata"].get("deletionTimestamp"),
+        5,
+        "the failed attempt's Job being deleted",
+    )
     assert time.monotonic() - killed < 5
     retrying = user.wait_phase("gang", "Pending")
     assert user.condition("gang", "Running")["reason"] == "Retrying"
-    assert retrying["message"] == ("attempt 1 failed on node 1: OOMKilled; the attempt's other pods are stopped and "
-                                   "every node starts again from the newest complete checkpoint")
+    assert retrying["message"] == (
+        "attempt 1 failed on node 1: OOMKilled; the attempt's other pods are stopped and "
+        "every node starts again from the newest complete checkpoint"
+    )
     time.sleep(0.5)
     assert _uid(sim, ns, "gang") == first_uid  # still the old Job: its pods have not stopped yet
     assert sim.stop_terminating(ns) == 2
@@ -152,8 +176,10 @@ def test_a_failed_node_ends_its_attempt_and_every_node_restarts_counted_once(use
     failed = user.wait_phase("gang", "Failed")
     assert user.condition("gang", "Failed")["reason"] == "BackoffLimitExceeded"
     assert failed["attempts"] == 2
-    assert failed["message"] == ("2 failed attempts, more than spec.backoffLimit (1) allows; last failure on node 0: "
-                                 "InfraError: lost peer: rank 1 gave up after 300 s")
+    assert failed["message"] == (
+        "2 failed attempts, more than spec.backoffLimit (1) allows; last failure on node 0: "
+        "InfraError: lost peer: rank 1 gave up after 300 s"
+    )
     assert sim.kube.get("Job", ns, "gang") is not None  # the last attempt's Job and pod stay, for `kubectl logs`
 
 
@@ -184,9 +210,11 @@ def test_a_preempted_node_ends_its_attempt_at_once_and_counts_nothing(user, sim)
     wait_for(lambda: (st := user.status("spot")).get("phase") == "Running" and st["attempts"] == 3, what="attempt 3")
     sim.fail_pod(ns, "spot", 1, 1, "Traceback ...: RuntimeError: CUDA error")
     failed = user.wait_phase("spot", "Failed")
-    assert failed["message"] == ("1 failed attempt, more than spec.backoffLimit (0) allows (3 attempts in all: "
-                                 "preemptions are not counted); last failure on node 1: Traceback ...: RuntimeError: "
-                                 "CUDA error")
+    assert failed["message"] == (
+        "1 failed attempt, more than spec.backoffLimit (0) allows (3 attempts in all: "
+        "preemptions are not counted); last failure on node 1: Traceback ...: RuntimeError: "
+        "CUDA error"
+    )
 
 
 def test_a_user_error_on_one_node_fails_the_job_without_a_retry(user, sim):
@@ -218,8 +246,9 @@ def _fail_twice(user, sim, name: str) -> dict:
     sim.fail(ns, name, 20, "S3 upload timed out again")
     failed = user.wait_phase(name, "Failed")
     assert user.condition(name, "Failed")["reason"] == "BackoffLimitExceeded"
-    assert failed["message"] == ("2 failed attempts, more than spec.backoffLimit (1) allows; last failure: S3 upload "
-                                 "timed out again")
+    assert failed["message"] == (
+        "2 failed attempts, more than spec.backoffLimit (1) allows; last failure: S3 upload timed out again"
+    )
     return failed
 
 
@@ -227,13 +256,19 @@ def test_raising_backoff_limit_reopens_a_failed_job_and_attempts_count_on(user, 
     ns = user.ns
     user.apply("flaky", backoffLimit=1)
     failed = _fail_twice(user, sim, "flaky")
-    first_uid, root = _uid(sim, ns, "flaky"), {e["name"]: e.get("value") for e in sim.job(ns, "flaky")["spec"][
-        "template"]["spec"]["containers"][0]["env"]}["KUBETUNE_OUTPUT_URI"]
+    first_uid, root = (
+        _uid(sim, ns, "flaky"),
+        {e["name"]: e.get("value") for e in sim.job(ns, "flaky")["spec"]["template"]["spec"]["containers"][0]["env"]}[
+            "KUBETUNE_OUTPUT_URI"
+        ],
+    )
     user.edit("flaky", backoffLimit=3)
     reopened = user.wait_phase("flaky", "Pending")  # Reopened, then PodsPending once its new Job is there
     assert user.condition("flaky", "Running")["reason"] in ("Reopened", "PodsPending")
-    assert reopened["message"] == ("spec.backoffLimit is now 3 (2 failed attempts so far): the next attempt resumes "
-                                   "from the newest complete checkpoint")
+    assert reopened["message"] == (
+        "spec.backoffLimit is now 3 (2 failed attempts so far): the next attempt resumes "
+        "from the newest complete checkpoint"
+    )
     assert reopened["observedGeneration"] == 2 and "completionTime" not in reopened
     assert not any(c["type"] in ("Failed", "Stalled") for c in reopened["conditions"])
     assert reopened["startTime"] == failed["startTime"] and reopened["attempts"] == 2
@@ -251,8 +286,9 @@ def test_raising_backoff_limit_reopens_a_failed_job_and_attempts_count_on(user, 
     wait_for(lambda: (st := user.status("flaky")).get("attempts") == 4 and st["phase"] == "Running", what="attempt 4")
     sim.fail(ns, "flaky", 20, "S3 upload timed out a fourth time")
     failed = user.wait_phase("flaky", "Failed")
-    assert failed["message"] == ("4 failed attempts, more than spec.backoffLimit (3) allows; last failure: S3 upload "
-                                 "timed out a fourth time")
+    assert failed["message"] == (
+        "4 failed attempts, more than spec.backoffLimit (3) allows; last failure: S3 upload timed out a fourth time"
+    )
     assert failed["attempts"] == 4
 
 
@@ -272,8 +308,10 @@ def test_kubetune_retry_reopens_a_failed_job(user, sim, emulator, tmp_path, caps
     code = main(["retry", "again", "-n", ns, "--kubeconfig", str(kubeconfig)])
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert out.strip() == (f"{ns}/again: spec.backoffLimit 1 -> 3: the operator re-opens the job, and attempt 3 "
-                           "resumes from the newest complete checkpoint")
+    assert out.strip() == (
+        f"{ns}/again: spec.backoffLimit 1 -> 3: the operator re-opens the job, and attempt 3 "
+        "resumes from the newest complete checkpoint"
+    )
     assert user.get("again")["spec"]["backoffLimit"] == 3
     user.wait_phase("again", "Pending")
     wait_for(lambda: ("Normal", "Reopened") in user.events("again"), what="the Reopened Event")
@@ -294,8 +332,9 @@ def test_raising_the_deadline_reopens_a_job_with_what_is_left_of_it(user, sim):
     assert user.wait_phase("slow", "Failed")["message"] == "the job ran longer than spec.activeDeadlineSeconds (60 s)"
     first_uid = _uid(sim, ns, "slow")
     user.edit("slow", activeDeadlineSeconds=150)
-    assert user.wait_phase("slow", "Pending")["message"] == ("spec.activeDeadlineSeconds is now 150 s (60 s used): the "
-                                                            "job runs again from the newest complete checkpoint")
+    assert user.wait_phase("slow", "Pending")["message"] == (
+        "spec.activeDeadlineSeconds is now 150 s (60 s used): the job runs again from the newest complete checkpoint"
+    )
     wait_for(lambda: _uid(sim, ns, "slow") not in (None, first_uid), what="the re-opened job's Job")
     assert sim.job(ns, "slow")["spec"]["activeDeadlineSeconds"] == 90  # what is left of the 150 s
     sim.start(ns, "slow")

@@ -11,12 +11,12 @@ import apivalidation
 import kubernetes
 import pytest
 from harness import wait_for
+
 from kubetune.api.constants import Phase, Reason
 from kubetune.api.crd import crd
 from kubetune.controller import bounds, status
 from kubetune_trainer.reporting import CheckpointReport, ProgressReport
 from kubetune_trainer.status_reporter import StatusReporter
-
 from tests.controller.samples import FTJ
 
 
@@ -48,8 +48,10 @@ def test_the_bounds_are_the_crds_own():
     schema = crd_status_schema()
     assert bounds.status_schema() == schema
     assert bounds.max_length("message") == schema["properties"]["message"]["maxLength"]
-    assert bounds.max_length("conditions", "message") == \
-        schema["properties"]["conditions"]["items"]["properties"]["message"]["maxLength"]
+    assert (
+        bounds.max_length("conditions", "message")
+        == schema["properties"]["conditions"]["items"]["properties"]["message"]["maxLength"]
+    )
 
 
 def test_a_status_beyond_every_bound_is_cut_to_fit_the_crd():
@@ -58,8 +60,15 @@ def test_a_status_beyond_every_bound_is_cut_to_fit_the_crd():
     causes = apivalidation.bound_causes(big, schema, "status")
     # The generated status breaks every bound the CRD sets on status: the test covers them all.
     bounded = {c["field"].split("[")[0] for c in causes}
-    assert {"status.message", "status.conditions", "status.metrics", "status.checkpoints", "status.output.modelUri",
-            "status.plan.strategy", "status.progress.stage"} <= bounded
+    assert {
+        "status.message",
+        "status.conditions",
+        "status.metrics",
+        "status.checkpoints",
+        "status.output.modelUri",
+        "status.plan.strategy",
+        "status.progress.stage",
+    } <= bounded
     fitted = bounds.fit_status(big)
     assert apivalidation.bound_causes(fitted, schema, "status") == []
     assert fitted["message"].endswith(bounds.TRUNCATED) and len(fitted["message"]) == bounds.max_length("message")
@@ -77,12 +86,23 @@ def test_the_newest_checkpoints_are_the_ones_kept():
 
 def test_what_the_operator_computes_fits_whatever_the_pod_wrote():
     long_words = "UserError: " + "a column is missing; " * 1000
-    job = {"metadata": {"name": "bot", "annotations": {}}, "spec": {}, "status": {
-        "failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}]}}
-    pod = {"metadata": {"name": "p"}, "status": {"phase": "Failed", "containerStatuses": [
-        {"name": "trainer", "state": {"terminated": {"exitCode": 10, "message": long_words}}}]}}
-    seen = status.observe(job, [pod], nodes=1, spec_suspend=False, queue_name="", backoff_limit=2,
-                          active_deadline_seconds=0)
+    job = {
+        "metadata": {"name": "bot", "annotations": {}},
+        "spec": {},
+        "status": {"failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}]},
+    }
+    pod = {
+        "metadata": {"name": "p"},
+        "status": {
+            "phase": "Failed",
+            "containerStatuses": [
+                {"name": "trainer", "state": {"terminated": {"exitCode": 10, "message": long_words}}}
+            ],
+        },
+    }
+    seen = status.observe(
+        job, [pod], nodes=1, spec_suspend=False, queue_name="", backoff_limit=2, active_deadline_seconds=0
+    )
     outcome = status.compute(dict(FTJ), seen, "bot", "2026-01-01T00:00:00Z", notices=["spec.x: " + "y" * 9000])
     assert apivalidation.bound_causes(outcome.status, crd_status_schema(), "status") == []
     invalid = status.compute_invalid(dict(FTJ), ["spec.x: bad"] * 2000, "2026-01-01T00:00:00Z")
@@ -90,16 +110,30 @@ def test_what_the_operator_computes_fits_whatever_the_pod_wrote():
 
 
 def test_the_bounds_an_api_server_names_when_it_refuses_a_write_are_read_from_its_answer():
-    refusal = apivalidation.Invalid("FineTuneJob", "kubetune.dev", "bot", [
-        apivalidation.too_long("status.conditions[2].message", 100), apivalidation.too_long("status.message", 50),
-        apivalidation.too_many("status.checkpoints", 12, 10)])
-    body = json.dumps({"kind": "Status", "code": 422, "reason": "Invalid", "message": refusal.message,
-                       "details": refusal.details})
+    refusal = apivalidation.Invalid(
+        "FineTuneJob",
+        "kubetune.dev",
+        "bot",
+        [
+            apivalidation.too_long("status.conditions[2].message", 100),
+            apivalidation.too_long("status.message", 50),
+            apivalidation.too_many("status.checkpoints", 12, 10),
+        ],
+    )
+    body = json.dumps(
+        {"kind": "Status", "code": 422, "reason": "Invalid", "message": refusal.message, "details": refusal.details}
+    )
     learned = bounds.refused_bounds(body)
-    assert learned == {("status", "conditions", "message"): 100, ("status", "message"): 50,
-                       ("status", "checkpoints"): 10}
-    patch = {"message": "m" * 80, "conditions": [{"type": "Ready", "message": "c" * 150}],
-             "checkpoints": [{"step": i} for i in range(12)]}
+    assert learned == {
+        ("status", "conditions", "message"): 100,
+        ("status", "message"): 50,
+        ("status", "checkpoints"): 10,
+    }
+    patch = {
+        "message": "m" * 80,
+        "conditions": [{"type": "Ready", "message": "c" * 150}],
+        "checkpoints": [{"step": i} for i in range(12)],
+    }
     refit = bounds.refit(patch, learned)
     assert len(refit["message"]) == 50 and len(refit["conditions"][0]["message"]) == 100
     assert [c["step"] for c in refit["checkpoints"]] == list(range(2, 12))
@@ -119,10 +153,17 @@ def test_a_report_beyond_the_bounds_reaches_the_status_cut_to_fit(admin, namespa
     root = f"s3://kubetune-out/runs/{namespace}/chatty/{user.get('chatty')['metadata']['uid']}/"
     client = kubernetes.client.ApiClient(emulator.client_configuration(f"sa:{namespace}:chatty-reporter"))
     reporter = StatusReporter("chatty", namespace, interval_seconds=0, api_client=client)
-    reporter.progress(ProgressReport(step=1, total_steps=2, epoch=0.5, stage="s" * 5000,
-                                     metrics={f"eval_task{i}_loss": 1.0 for i in range(100)}))
-    reporter.checkpoints([CheckpointReport(step=i, uri=f"{root}checkpoints/step-{i}/", time="2026-01-01T00:00:00Z")
-                          for i in range(1, 1201)])
+    reporter.progress(
+        ProgressReport(
+            step=1, total_steps=2, epoch=0.5, stage="s" * 5000, metrics={f"eval_task{i}_loss": 1.0 for i in range(100)}
+        )
+    )
+    reporter.checkpoints(
+        [
+            CheckpointReport(step=i, uri=f"{root}checkpoints/step-{i}/", time="2026-01-01T00:00:00Z")
+            for i in range(1, 1201)
+        ]
+    )
     reporter.close()
     assert reporter.errors == 0
     reported = wait_for(lambda: (s := user.status("chatty")).get("checkpoints") and s, what="the reports")
@@ -140,7 +181,15 @@ def test_the_test_api_server_refuses_a_status_beyond_the_crds_bounds(admin, name
     user.apply("refused")
     wait_for(lambda: user.status("refused").get("phase"), what="a status")
     with pytest.raises(kubernetes.client.ApiException) as refused:
-        user.crd.patch_namespaced_custom_object_status("kubetune.dev", "v1alpha1", namespace, "finetunejobs",
-                                                       "refused", {"status": {"progress": {"stage": "s" * 4097}}})
+        user.crd.patch_namespaced_custom_object_status(
+            "kubetune.dev",
+            "v1alpha1",
+            namespace,
+            "finetunejobs",
+            "refused",
+            {"status": {"progress": {"stage": "s" * 4097}}},
+        )
     assert refused.value.status == 422
-    assert 'status.progress.stage: Too long: may not be more than 4096 bytes' in json.loads(refused.value.body)["message"]
+    assert (
+        "status.progress.stage: Too long: may not be more than 4096 bytes" in json.loads(refused.value.body)["message"]
+    )

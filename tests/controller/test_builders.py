@@ -24,9 +24,16 @@ def test_single_node_job_is_exactly_what_the_trainer_needs():
     job = builders.build_job(FTJ, spec, CONFIG, suspend=False)
     assert job["metadata"]["name"] == "bot"
     assert job["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "kubetune", "kubetune.dev/finetunejob": "bot"}
-    assert job["metadata"]["ownerReferences"] == [{"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob",
-                                                   "name": "bot", "uid": "u-1", "controller": True,
-                                                   "blockOwnerDeletion": True}]
+    assert job["metadata"]["ownerReferences"] == [
+        {
+            "apiVersion": "kubetune.dev/v1alpha1",
+            "kind": "FineTuneJob",
+            "name": "bot",
+            "uid": "u-1",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
     js = job["spec"]
     assert js["backoffLimit"] == 2 and js["activeDeadlineSeconds"] == 3600 and js["suspend"] is False
     assert "ttlSecondsAfterFinished" not in js  # the operator handles the TTL (it must never lose status)
@@ -47,11 +54,18 @@ def test_single_node_job_is_exactly_what_the_trainer_needs():
     [c] = pod["containers"]
     assert c["name"] == "trainer" and c["image"] == "img:default"
     assert c["command"] == ["python", "-m", "kubetune_trainer", "/etc/kubetune/finetunejob.yaml"]
-    assert c["resources"] == {"limits": {"nvidia.com/gpu": "1", "cpu": "8", "memory": "64Gi"},
-                              "requests": {"cpu": "8", "memory": "64Gi"}}
+    assert c["resources"] == {
+        "limits": {"nvidia.com/gpu": "1", "cpu": "8", "memory": "64Gi"},
+        "requests": {"cpu": "8", "memory": "64Gi"},
+    }
     assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
-    assert c["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                    "runAsNonRoot": True, "runAsUser": 1000, "capabilities": {"drop": ["ALL"]}}
+    assert c["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "runAsUser": 1000,
+        "capabilities": {"drop": ["ALL"]},
+    }
     env = _env(c)
     assert env["KUBETUNE_OUTPUT_URI"] == "s3://out/root/team-a/bot/u-1/"
     assert env["KUBETUNE_FTJ_NAME"] == "bot" and env["KUBETUNE_FTJ_NAMESPACE"] == "team-a"
@@ -60,9 +74,12 @@ def test_single_node_job_is_exactly_what_the_trainer_needs():
     assert env["HOME"].startswith("/scratch") and env["HF_HOME"].startswith("/scratch")
     # Credentials are references, never values; a Secret without its required keys keeps the pod from starting
     # (reported as SecretNotFound) instead of letting it run without credentials.
-    assert env["KUBETUNE_MODEL_HF_TOKEN"] == {"secretKeyRef": {"name": "hf-token", "key": "HF_TOKEN", "optional": False}}
+    assert env["KUBETUNE_MODEL_HF_TOKEN"] == {
+        "secretKeyRef": {"name": "hf-token", "key": "HF_TOKEN", "optional": False}
+    }
     assert env["KUBETUNE_OUTPUT_AWS_SECRET_ACCESS_KEY"] == {
-        "secretKeyRef": {"name": "s3-creds", "key": "AWS_SECRET_ACCESS_KEY", "optional": False}}
+        "secretKeyRef": {"name": "s3-creds", "key": "AWS_SECRET_ACCESS_KEY", "optional": False}
+    }
     assert env["KUBETUNE_OUTPUT_AWS_SESSION_TOKEN"]["secretKeyRef"]["optional"] is True
     assert env["KUBETUNE_AMBIENT_CREDENTIALS"] == ""  # no role may fall back to the node's identity
     assert "NVIDIA_VISIBLE_DEVICES" not in env  # the device plugin sets it for the GPU the pod got
@@ -71,7 +88,8 @@ def test_single_node_job_is_exactly_what_the_trainer_needs():
     volumes = {v["name"]: v for v in pod["volumes"]}
     # The pod carries its spec (an annotation of its template), read as a file through the downward API: no ConfigMap.
     assert mounts["spec"]["mountPath"] == "/etc/kubetune" and volumes["spec"]["downwardAPI"]["items"] == [
-        {"path": "finetunejob.yaml", "fieldRef": {"fieldPath": "metadata.annotations['kubetune.dev/spec']"}}]
+        {"path": "finetunejob.yaml", "fieldRef": {"fieldPath": "metadata.annotations['kubetune.dev/spec']"}}
+    ]
     assert "kubetune.dev/spec" in job["spec"]["template"]["metadata"]["annotations"]
     assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "32Gi"}  # half of memory
     assert "emptyDir" in volumes["scratch"]
@@ -96,7 +114,8 @@ def test_multi_node_job_is_indexed_with_torchrun_rendezvous_and_a_headless_servi
     env = pod["containers"][0]["env"]
     rank = next(e for e in env if e["name"] == "KUBETUNE_NODE_RANK")  # defined, so $(KUBETUNE_NODE_RANK) expands
     assert rank["valueFrom"] == {
-        "fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}
+        "fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}
+    }
     service = builders.build_service(FTJ)
     assert service["metadata"]["name"] == "bot-workers" and service["spec"]["clusterIP"] == "None"
     assert service["spec"]["publishNotReadyAddresses"] is True
@@ -126,8 +145,14 @@ def test_the_job_configmap_is_a_record_only_made_for_a_resolved_resume_source():
 
 def test_reporter_role_can_only_get_and_patch_its_own_status():
     role = builders.build_role(FTJ)
-    assert role["rules"] == [{"apiGroups": ["kubetune.dev"], "resources": ["finetunejobs/status"],
-                              "resourceNames": ["bot"], "verbs": ["get", "patch"]}]
+    assert role["rules"] == [
+        {
+            "apiGroups": ["kubetune.dev"],
+            "resources": ["finetunejobs/status"],
+            "resourceNames": ["bot"],
+            "verbs": ["get", "patch"],
+        }
+    ]
     binding = builders.build_role_binding(FTJ, _spec())
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "bot-reporter", "namespace": "team-a"}]
 
@@ -151,16 +176,19 @@ def _shm(**resources):
     return next(v for v in pod["volumes"] if v["name"] == "dshm")["emptyDir"]["sizeLimit"]
 
 
-@pytest.mark.parametrize("resources, size", [
-    ({"memory": "64Gi"}, "32Gi"),
-    ({"memory": "1.5Gi"}, "768Mi"),
-    ({"memory": "64e9"}, "31250000Ki"),  # a decimal exponent: half of 64 GB, not the 1Gi fallback
-    ({"memory": "64G"}, "31250000Ki"),
-    ({"memory": "3"}, "1"),  # bytes, no unit divides it
-    ({"memory": 2 ** 31}, "1Gi"),  # an integer quantity
-    ({}, "1Gi"),  # no memory given
-    ({"memory": "64Gi", "sharedMemory": "8Gi"}, "8Gi"),  # asked for
-])
+@pytest.mark.parametrize(
+    "resources, size",
+    [
+        ({"memory": "64Gi"}, "32Gi"),
+        ({"memory": "1.5Gi"}, "768Mi"),
+        ({"memory": "64e9"}, "31250000Ki"),  # a decimal exponent: half of 64 GB, not the 1Gi fallback
+        ({"memory": "64G"}, "31250000Ki"),
+        ({"memory": "3"}, "1"),  # bytes, no unit divides it
+        ({"memory": 2**31}, "1Gi"),  # an integer quantity
+        ({}, "1Gi"),  # no memory given
+        ({"memory": "64Gi", "sharedMemory": "8Gi"}, "8Gi"),  # asked for
+    ],
+)
 def test_shared_memory_is_half_the_memory_limit_unless_given(resources, size):
     assert _shm(**resources) == size
 
@@ -182,8 +210,9 @@ def test_gpu_memory_from_the_operators_table_when_the_spec_names_a_gpu_product()
     assert "KUBETUNE_GPU_MEMORY" not in env({"gpus": 1, "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-L4"}})
     assert "KUBETUNE_GPU_MEMORY" not in env({"gpus": 1})
     # nodes x gpus is the world size, with FSDP as with DDP: the same Indexed Job and torchrun over every GPU.
-    job = builders.build_job(FTJ, _spec(nodes=2, resources=h100, distributed={"strategy": "fsdp"}), config,
-                             suspend=False)
+    job = builders.build_job(
+        FTJ, _spec(nodes=2, resources=h100, distributed={"strategy": "fsdp"}), config, suspend=False
+    )
     command = job["spec"]["template"]["spec"]["containers"][0]["command"]
     assert command[command.index("--nnodes") + 1] == "2" and command[command.index("--nproc-per-node") + 1] == "8"
     assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["parallelism"] == 2

@@ -22,8 +22,12 @@ def test_held_jobs_start_in_creation_order(user, sim, operator):
     ns = user.ns
 
     def unsuspended() -> set[str]:
-        return {j["metadata"]["name"] for j in sim.kube.list("Job", ns) if not j["spec"]["suspend"]
-                and not any(c.get("type") == "Complete" for c in (j.get("status") or {}).get("conditions") or [])}
+        return {
+            j["metadata"]["name"]
+            for j in sim.kube.list("Job", ns)
+            if not j["spec"]["suspend"]
+            and not any(c.get("type") == "Complete" for c in (j.get("status") or {}).get("conditions") or [])
+        }
 
     operator.reconfigure(max_running_per_namespace=1)
     try:
@@ -31,13 +35,15 @@ def test_held_jobs_start_in_creation_order(user, sim, operator):
         # keeps is the creation order, not the names'.
         for name in ("e", "d", "c"):
             user.apply(name)
-            wait_for(lambda: sim.kube.get("Job", ns, name), what=f"{name}'s Job")
+            wait_for(lambda name=name: sim.kube.get("Job", ns, name), what=f"{name}'s Job")
         assert unsuspended() == {"e"}
         held = {j["metadata"]["name"]: j for j in sim.kube.list("Job", ns) if j["spec"]["suspend"]}
         assert set(held) == {"d", "c"}
         assert all(j["metadata"]["annotations"][builders.ANNOTATION_HELD] == "true" for j in held.values())
-        assert held["d"]["metadata"]["annotations"][builders.ANNOTATION_QUEUE_ORDER] < \
-            held["c"]["metadata"]["annotations"][builders.ANNOTATION_QUEUE_ORDER]
+        assert (
+            held["d"]["metadata"]["annotations"][builders.ANNOTATION_QUEUE_ORDER]
+            < held["c"]["metadata"]["annotations"][builders.ANNOTATION_QUEUE_ORDER]
+        )
         user.wait_phase("c", "Queued")
 
         sim.start(ns, "e")

@@ -11,8 +11,25 @@ import pytest
 from kubetune.controller import handlers
 
 # Every decorator of kopf.on that registers a handler.
-KOPF_DECORATORS = ("startup", "cleanup", "login", "probe", "event", "create", "update", "resume", "delete", "field",
-                   "daemon", "timer", "index", "validate", "mutate", "register", "subhandler")
+KOPF_DECORATORS = (
+    "startup",
+    "cleanup",
+    "login",
+    "probe",
+    "event",
+    "create",
+    "update",
+    "resume",
+    "delete",
+    "field",
+    "daemon",
+    "timer",
+    "index",
+    "validate",
+    "mutate",
+    "register",
+    "subhandler",
+)
 
 
 def test_only_coroutine_event_handlers_so_kopf_needs_no_diff_base_and_no_thread_pool(monkeypatch):
@@ -26,7 +43,9 @@ def test_only_coroutine_event_handlers_so_kopf_needs_no_diff_base_and_no_thread_
             def decorator(fn):
                 registered.setdefault(kind, []).append(fn)
                 return fn
+
             return decorator
+
         return decorator_factory
 
     for kind in KOPF_DECORATORS:
@@ -47,16 +66,19 @@ def ftj(generation: int = 1, status: dict | None = None, deleting: bool = False)
     return kopf.Body({"metadata": meta, "spec": {}, **({"status": status} if status is not None else {})})
 
 
-@pytest.mark.parametrize(("event", "body", "wanted"), [
-    ("ADDED", ftj(), True),  # new: no phase yet
-    (None, ftj(status={"phase": "Succeeded", "observedGeneration": 1}), True),  # the initial listing: every object
-    (None, ftj(status={"phase": "Running", "observedGeneration": 1}), True),
-    ("MODIFIED", ftj(2, {"phase": "Running", "observedGeneration": 1}), True),  # a spec edit
-    ("MODIFIED", ftj(1, {"phase": "Running", "observedGeneration": 1, "progress": {"step": 3}}), False),  # a report
-    ("MODIFIED", ftj(1, {"progress": {"step": 3}}), True),  # the reporter first, no phase yet
-    ("DELETED", ftj(), False),
-    ("MODIFIED", ftj(deleting=True), False),
-])
+@pytest.mark.parametrize(
+    ("event", "body", "wanted"),
+    [
+        ("ADDED", ftj(), True),  # new: no phase yet
+        (None, ftj(status={"phase": "Succeeded", "observedGeneration": 1}), True),  # the initial listing: every object
+        (None, ftj(status={"phase": "Running", "observedGeneration": 1}), True),
+        ("MODIFIED", ftj(2, {"phase": "Running", "observedGeneration": 1}), True),  # a spec edit
+        ("MODIFIED", ftj(1, {"phase": "Running", "observedGeneration": 1, "progress": {"step": 3}}), False),  # a report
+        ("MODIFIED", ftj(1, {"progress": {"step": 3}}), True),  # the reporter first, no phase yet
+        ("DELETED", ftj(), False),
+        ("MODIFIED", ftj(deleting=True), False),
+    ],
+)
 def test_which_finetunejob_events_call_for_a_pass(event, body, wanted):
     assert handlers.needs_reconcile(type=event, body=body) is wanted
 

@@ -8,9 +8,9 @@ import ssl
 import certifi
 import kubernetes
 import pytest
+from emulator import ADMIN_TOKEN
 from kubernetes.client import ApiException
 
-from emulator import ADMIN_TOKEN
 from kubetune.controller.kube import Kube, _ssl_context
 
 
@@ -35,8 +35,12 @@ def test_the_api_client_maps_answers_and_reads_rotated_credentials_again_after_a
             namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kube-client-test"}}
             await kube.request("POST", "/api/v1/namespaces", body=namespace)  # 401 once, then admitted
             assert len(reads) == 2
-            config_map = {"apiVersion": "v1", "kind": "ConfigMap",
-                          "metadata": {"name": "c", "namespace": "kube-client-test"}, "data": {"k": "v"}}
+            config_map = {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "c", "namespace": "kube-client-test"},
+                "data": {"k": "v"},
+            }
             created = await kube.create(config_map)
             assert created["metadata"]["uid"] and created["data"] == {"k": "v"}
             with pytest.raises(ApiException) as err:

@@ -19,6 +19,7 @@ import pytest
 import yaml
 from emulator import ADMIN_TOKEN
 from harness import wait_for
+
 from kubetune.api.crd import crd
 from kubetune_trainer.reporting import ProgressReport
 from kubetune_trainer.status_reporter import StatusReporter
@@ -26,8 +27,9 @@ from kubetune_trainer.status_reporter import StatusReporter
 ROOT = Path(__file__).resolve().parents[2]
 KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
 
-pytestmark = pytest.mark.skipif(not os.access(KUBECTL, os.X_OK),
-                                reason="kubectl is not installed (Debian: apt-get install kubernetes-client)")
+pytestmark = pytest.mark.skipif(
+    not os.access(KUBECTL, os.X_OK), reason="kubectl is not installed (Debian: apt-get install kubernetes-client)"
+)
 
 
 class Kubectl:
@@ -44,16 +46,18 @@ class Kubectl:
         self.minor = int(re.match(r"\d+", version["minor"])[0])
 
     def __call__(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run(self.base + list(args), check=False, input=stdin, env=self.env, capture_output=True,
-                                text=True, timeout=60)
+        result = subprocess.run(
+            self.base + list(args), check=False, input=stdin, env=self.env, capture_output=True, text=True, timeout=60
+        )
         if check and result.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} exited {result.returncode}: {result.stderr.strip()}")
         return result
 
     def watch(self, *args: str) -> tuple[subprocess.Popen, list[str]]:
         """Start `kubectl ... -w`; its lines are appended to the returned list as they arrive."""
-        proc = subprocess.Popen(self.base + list(args), env=self.env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            self.base + list(args), env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         lines: list[str] = []
         threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True).start()
         return proc, lines
@@ -65,8 +69,12 @@ def kubectl(emulator, tmp_path_factory) -> Kubectl:
 
 
 def examples() -> list[dict]:
-    return [doc for path in sorted((ROOT / "examples").glob("*.yaml"))
-            for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return [
+        doc
+        for path in sorted((ROOT / "examples").glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
+    ]
 
 
 def printer_columns() -> list[dict]:
@@ -77,8 +85,10 @@ def table(text: str) -> list[dict[str, str]]:
     """kubectl's table output as rows of {HEADER: cell}, cut at the header's column offsets."""
     header, *rows = text.rstrip("\n").splitlines()
     starts = [m.start() for m in re.finditer(r"\S+(?: \S+)*", header)]
-    names = [header[s:e].strip() for s, e in zip(starts, starts[1:] + [None])]
-    return [{name: row[s:e].strip() for name, s, e in zip(names, starts, starts[1:] + [None])} for row in rows]
+    names = [header[s:e].strip() for s, e in zip(starts, starts[1:] + [None], strict=True)]
+    return [
+        {name: row[s:e].strip() for name, s, e in zip(names, starts, starts[1:] + [None], strict=True)} for row in rows
+    ]
 
 
 def test_apply_the_crd_and_every_example_then_get_explain_and_describe(kubectl, operator, emulator):
@@ -99,9 +109,12 @@ def test_apply_the_crd_and_every_example_then_get_explain_and_describe(kubectl, 
     def all_answered():
         rows = [r for r in table(kubectl("get", "ftj", "-A").stdout) if r["NAMESPACE"] in example_namespaces]
         return rows if len(rows) == len(manifests) and all(r["PHASE"] for r in rows) else None
+
     rows = wait_for(all_answered, 20, "a phase on every example")
-    statuses = {(o["metadata"]["namespace"], o["metadata"]["name"]): o["status"]
-                for o in emulator.objects("kubetune.dev", "finetunejobs")}
+    statuses = {
+        (o["metadata"]["namespace"], o["metadata"]["name"]): o["status"]
+        for o in emulator.objects("kubetune.dev", "finetunejobs")
+    }
     assert all(r["PHASE"] == statuses[r["NAMESPACE"], r["NAME"]]["phase"] for r in rows)
     columns = printer_columns()
     assert list(rows[0]) == ["NAMESPACE", "NAME"] + [c["name"].upper() for c in columns if not c.get("priority")]
@@ -132,17 +145,22 @@ def test_apply_the_crd_and_every_example_then_get_explain_and_describe(kubectl, 
     assert re.search(r"^Name:\s+support-bot$", described, re.MULTILINE) and re.search(r"Technique:\s+qlora", described)
     events = described.split("\nEvents:", 1)[1]
     assert re.search(r"Normal\s+JobCreated\s+\S+\s+kubetune-operator", events), events
-    listed = table(kubectl("get", "events", "-n", "team-a", "--field-selector",
-                           "involvedObject.name=support-bot").stdout)
+    listed = table(
+        kubectl("get", "events", "-n", "team-a", "--field-selector", "involvedObject.name=support-bot").stdout
+    )
     assert [(e["TYPE"], e["REASON"], e["OBJECT"]) for e in listed] == [
-        ("Normal", "JobCreated", "finetunejob/support-bot")]
+        ("Normal", "JobCreated", "finetunejob/support-bot")
+    ]
 
 
 def test_unknown_fields_are_refused_by_apply_and_pruned_without_validation(kubectl, operator):
     kubectl("create", "namespace", "kubectl-typo")
-    manifest = {"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob",
-                "metadata": {"name": "typo", "namespace": "kubectl-typo"},
-                "spec": {**examples()[0]["spec"], "lora": {"rank": 8, "rnak": 16}}}
+    manifest = {
+        "apiVersion": "kubetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "typo", "namespace": "kubectl-typo"},
+        "spec": {**examples()[0]["spec"], "lora": {"rank": 8, "rnak": 16}},
+    }
     refused = kubectl("apply", "-f", "-", stdin=json.dumps(manifest), check=False)
     assert refused.returncode == 1
     if kubectl.minor >= 27:  # refused by the server: fieldValidation=Strict
@@ -164,11 +182,18 @@ def test_unknown_fields_are_refused_by_apply_and_pruned_without_validation(kubec
 def test_get_watch_follows_a_job_through_its_life(kubectl, operator, sim, emulator):
     ns, name = "kubectl-watch", "watched"
     kubectl("create", "namespace", ns)
-    manifest = {"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name},
-                "spec": {"technique": "lora", "objective": "instruction",
-                         "model": {"uri": "hf://Qwen/Qwen2.5-0.5B-Instruct"},
-                         "datasets": [{"uri": "s3://data/support/train.jsonl", "format": "messages"}],
-                         "resources": {"gpus": 1}}}
+    manifest = {
+        "apiVersion": "kubetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name},
+        "spec": {
+            "technique": "lora",
+            "objective": "instruction",
+            "model": {"uri": "hf://Qwen/Qwen2.5-0.5B-Instruct"},
+            "datasets": [{"uri": "s3://data/support/train.jsonl", "format": "messages"}],
+            "resources": {"gpus": 1},
+        },
+    }
     kubectl("apply", "-n", ns, "-f", "-", stdin=json.dumps(manifest))
     watch, lines = kubectl.watch("get", "ftj", "-n", ns, "-w")  # a list, then the watch from its resourceVersion
     try:
@@ -178,12 +203,15 @@ def test_get_watch_follows_a_job_through_its_life(kubectl, operator, sim, emulat
 
         client = emulator.client_configuration(f"sa:{ns}:{name}-reporter")  # the trainer's identity
         import kubernetes
+
         reporter = StatusReporter(name, ns, interval_seconds=30, api_client=kubernetes.client.ApiClient(client))
-        reporter.progress(ProgressReport(step=40, total_steps=80, epoch=1.0, eta_seconds=60,
-                                         metrics={"loss": 1.25}))
+        reporter.progress(ProgressReport(step=40, total_steps=80, epoch=1.0, eta_seconds=60, metrics={"loss": 1.25}))
         reporter.close()
-        wait_for(lambda: any(re.search(r"\bRunning\s+50\s+1\.25\b", line) for line in lines), 20,
-                 "a row with the progress and the loss")
+        wait_for(
+            lambda: any(re.search(r"\bRunning\s+50\s+1\.25\b", line) for line in lines),
+            20,
+            "a row with the progress and the loss",
+        )
         sim.succeed(ns, name)
         wait_for(lambda: any(" Succeeded " in f" {line} " for line in lines), 20, "a Succeeded row")
     finally:
@@ -199,27 +227,49 @@ def test_get_watch_follows_a_job_through_its_life(kubectl, operator, sim, emulat
 
 def test_a_crd_applied_with_kubectl_is_served_until_it_is_deleted(kubectl, emulator):
     widgets = {
-        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
         "metadata": {"name": "widgets.example.test"},
-        "spec": {"group": "example.test", "scope": "Namespaced",
-                 "names": {"plural": "widgets", "singular": "widget", "kind": "Widget", "shortNames": ["wdg"]},
-                 "versions": [{"name": "v1", "served": True, "storage": True, "subresources": {"status": {}},
-                               "schema": {"openAPIV3Schema": {"type": "object", "properties": {
-                                   "spec": {"type": "object", "properties": {"size": {"type": "integer"}}}}}}}]}}
+        "spec": {
+            "group": "example.test",
+            "scope": "Namespaced",
+            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget", "shortNames": ["wdg"]},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {"spec": {"type": "object", "properties": {"size": {"type": "integer"}}}},
+                        }
+                    },
+                }
+            ],
+        },
+    }
     assert "the server doesn't have a resource type" in kubectl("get", "wdg", check=False).stderr
     kubectl("apply", "-f", "-", stdin=json.dumps(widgets))
     kubectl("wait", "--for=condition=Established", "--timeout=10s", "crd/widgets.example.test")
     kubectl("create", "namespace", "kubectl-widgets")
-    widget = {"apiVersion": "example.test/v1", "kind": "Widget",
-              "metadata": {"name": "w1", "namespace": "kubectl-widgets"}, "spec": {"size": 3}}
+    widget = {
+        "apiVersion": "example.test/v1",
+        "kind": "Widget",
+        "metadata": {"name": "w1", "namespace": "kubectl-widgets"},
+        "spec": {"size": 3},
+    }
     assert kubectl("apply", "-f", "-", stdin=json.dumps(widget)).stdout.strip() == "widget.example.test/w1 created"
     rows = table(kubectl("get", "wdg", "-n", "kubectl-widgets").stdout)
     assert list(rows[0]) == ["NAME", "AGE"] and rows[0]["NAME"] == "w1"  # no printer columns: Name and Age
 
     # Discovery as a real server has it: short names on the resource only, the core group version is "v1".
     listed = json.loads(kubectl("get", "--raw", "/apis/example.test/v1").stdout)
-    assert [(r["name"], r.get("shortNames")) for r in listed["resources"]] == [("widgets", ["wdg"]),
-                                                                               ("widgets/status", None)]
+    assert [(r["name"], r.get("shortNames")) for r in listed["resources"]] == [
+        ("widgets", ["wdg"]),
+        ("widgets/status", None),
+    ]
     assert json.loads(kubectl("get", "--raw", "/api/v1").stdout)["groupVersion"] == "v1"
 
     kubectl("delete", "crd", "widgets.example.test")

@@ -9,8 +9,9 @@ import time
 
 import pytest
 from harness import wait_for
-from kubetune.controller.kueue import workload_name
 from kueuesim import KueueSim
+
+from kubetune.controller.kueue import workload_name
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -29,24 +30,40 @@ def running(sim, namespace: str, name: str) -> bool:
 
 
 def job_patches(emulator, user_name: str, namespace: str, name: str) -> int:
-    return len([c for c in emulator.calls(user_name) if c.verb == "patch" and c.resource == "jobs"
-                and c.namespace == namespace and c.name == name])
+    return len(
+        [
+            c
+            for c in emulator.calls(user_name)
+            if c.verb == "patch" and c.resource == "jobs" and c.namespace == namespace and c.name == name
+        ]
+    )
 
 
 def workload_patches(emulator, namespace: str) -> int:
-    return len([c for c in emulator.calls("operator") if c.verb == "patch" and c.resource == "workloads"
-                and c.namespace == namespace])
+    return len(
+        [
+            c
+            for c in emulator.calls("operator")
+            if c.verb == "patch" and c.resource == "workloads" and c.namespace == namespace
+        ]
+    )
 
 
 def settled(emulator, namespace: str, name: str, seconds: float = 2.5) -> tuple[int, int, int]:
     """The Job and Workload writes of the operator and Kueue over a few of the operator's resync periods (1 s in
     these tests), once the job is where it should stay: none may come."""
-    before = (job_patches(emulator, "operator", namespace, name), job_patches(emulator, "kueue", namespace, name),
-              workload_patches(emulator, namespace))
+    before = (
+        job_patches(emulator, "operator", namespace, name),
+        job_patches(emulator, "kueue", namespace, name),
+        workload_patches(emulator, namespace),
+    )
     time.sleep(seconds)
-    after = (job_patches(emulator, "operator", namespace, name), job_patches(emulator, "kueue", namespace, name),
-             workload_patches(emulator, namespace))
-    return tuple(b - a for a, b in zip(before, after))
+    after = (
+        job_patches(emulator, "operator", namespace, name),
+        job_patches(emulator, "kueue", namespace, name),
+        workload_patches(emulator, namespace),
+    )
+    return tuple(b - a for a, b in zip(before, after, strict=True))
 
 
 def test_a_queued_job_runs_when_kueue_admits_it_and_the_operator_never_touches_its_suspend(user, sim, emulator):
@@ -109,8 +126,12 @@ def test_a_queued_job_created_suspended_is_never_admitted_until_resumed(user, si
         kueue.local_queue(user.ns, "team-a", capacity=0)
         user.apply("later", queueName="team-a", suspend=True)
         user.wait_phase("later", "Suspended")
-        job = wait_for(lambda: (j := sim.job(user.ns, "later")) and (w := kueue.workload(j))
-                       and w["spec"]["active"] is False and j, what="the Workload deactivated")
+        job = wait_for(
+            lambda: (
+                (j := sim.job(user.ns, "later")) and (w := kueue.workload(j)) and w["spec"]["active"] is False and j
+            ),
+            what="the Workload deactivated",
+        )
         kueue.capacity[(user.ns, "team-a")] = None  # room now; an inactive Workload is still not admitted
         assert settled(emulator, user.ns, "later") == (0, 0, 0)
         assert sim.job(user.ns, "later")["spec"]["suspend"] is True
@@ -168,8 +189,11 @@ def test_a_missing_local_queue_or_a_missing_kueue_is_reported(user, sim, emulato
     assert "QueueNotFound" in operator_log.reasons(user.ns, "nowhere")
 
     with KueueSim(emulator, namespaces={user.ns}) as kueue:
-        wait_for(lambda: "no LocalQueue 'team-b'" in user.condition("nowhere", "Queued")["message"], timeout=10,
-                 what="the missing LocalQueue named (after a resync)")
+        wait_for(
+            lambda: "no LocalQueue 'team-b'" in user.condition("nowhere", "Queued")["message"],
+            timeout=10,
+            what="the missing LocalQueue named (after a resync)",
+        )
         kueue.local_queue(user.ns, "team-b")
         wait_for(lambda: not sim.job(user.ns, "nowhere")["spec"]["suspend"], what="admitted once the queue exists")
         sim.start(user.ns, "nowhere")

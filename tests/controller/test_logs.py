@@ -14,6 +14,7 @@ import pytest
 import yaml
 from emulator import OPERATOR_TOKEN, Fault
 from harness import wait_for
+
 from kubetune.api.constants import GROUP, PLURAL, VERSION
 from kubetune.controller import config
 
@@ -50,8 +51,9 @@ def test_one_line_per_action_with_the_job_and_a_reason(user, sim, emulator, oper
     assert "spec.hyperparameters.learningRate" in operator_log.lines(ns, "typo")[0][2]
 
     # A pass that fails is retried, and says when.
-    emulator.inject(Fault(lambda c: c.user == "operator" and c.resource == f"{PLURAL}/status" and c.name == "flaky",
-                          500, times=1))
+    emulator.inject(
+        Fault(lambda c: c.user == "operator" and c.resource == f"{PLURAL}/status" and c.name == "flaky", 500, times=1)
+    )
     user.apply("flaky")
     wait_for(lambda: "JobCreated" in operator_log.reasons(ns, "flaky"), timeout=30, what="the retried pass")
     retry = next(m for _, reason, m in operator_log.lines(ns, "flaky") if reason == "ReconcileError")
@@ -77,13 +79,32 @@ def test_json_lines_from_the_operator_process(user, sim, emulator, operator, tmp
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(yaml.safe_dump(emulator.kubeconfig(OPERATOR_TOKEN)))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "KUBETUNE_"))}
-    env.update(KUBECONFIG=str(kubeconfig), KUBETUNE_DEFAULT_OUTPUT_URI="s3://kubetune-out/runs/",
-               KUBETUNE_METRICS_PORT="0", KUBETUNE_RESYNC_SECONDS="1")
+    env.update(
+        KUBECONFIG=str(kubeconfig),
+        KUBETUNE_DEFAULT_OUTPUT_URI="s3://kubetune-out/runs/",
+        KUBETUNE_METRICS_PORT="0",
+        KUBETUNE_RESYNC_SECONDS="1",
+    )
     log = tmp_path / "operator.log"
     operator.stop()  # one operator at a time
-    proc = subprocess.Popen([sys.executable, "-m", "kubetune.cli", "operator", "--liveness", "", "--standalone",
-                             "--namespace", user.ns, "--log-format", "json"],
-                            env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kubetune.cli",
+            "operator",
+            "--liveness",
+            "",
+            "--standalone",
+            "--namespace",
+            user.ns,
+            "--log-format",
+            "json",
+        ],
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
     try:
         user.apply("structured")
         wait_for(lambda: sim.kube.get("Job", user.ns, "structured"), timeout=60, what="the Job")

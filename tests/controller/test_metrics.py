@@ -8,9 +8,9 @@ import urllib.request
 
 import kubernetes
 import pytest
+from harness import wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness import wait_for
 from kubetune.api.constants import GROUP, PLURAL, VERSION, ExitCode
 from kubetune.controller.metrics import JOB_GAUGES, Metrics, job_record
 from kubetune_trainer.reporting import ProgressReport
@@ -79,20 +79,43 @@ def test_metrics_count_jobs_by_phase_and_serve_them():
 
 
 def running_ftj(**status) -> dict:
-    return {"metadata": {"namespace": "a", "name": "x"}, "spec": {"technique": "qlora", "objective": "preference"},
-            "status": {"phase": "Running", "attempts": 2,
-                       "conditions": [
-                           {"type": "Validated", "status": "True", "reason": "SpecValid",
-                            "lastTransitionTime": "2026-11-28T12:00:00Z"},
-                           {"type": "Queued", "status": "False", "reason": "Admitted",
-                            "lastTransitionTime": "2026-11-28T10:00:00Z"},
-                           {"type": "Running", "status": "True", "reason": "PodsRunning",
-                            "lastTransitionTime": "2026-11-28T10:05:00Z"},
-                           {"type": "Reconciling", "status": "True", "reason": "PodsRunning",
-                            "lastTransitionTime": "2026-11-28T11:00:00Z"}],
-                       "progress": {"step": 30, "totalSteps": 120, "percent": 25, "etaSeconds": 900},
-                       "metrics": {"loss": 1.25, "evalLoss": 1.5, "tokensPerSecond": 2048.0, "learningRate": 1e-4}}
-            | status}
+    return {
+        "metadata": {"namespace": "a", "name": "x"},
+        "spec": {"technique": "qlora", "objective": "preference"},
+        "status": {
+            "phase": "Running",
+            "attempts": 2,
+            "conditions": [
+                {
+                    "type": "Validated",
+                    "status": "True",
+                    "reason": "SpecValid",
+                    "lastTransitionTime": "2026-11-28T12:00:00Z",
+                },
+                {
+                    "type": "Queued",
+                    "status": "False",
+                    "reason": "Admitted",
+                    "lastTransitionTime": "2026-11-28T10:00:00Z",
+                },
+                {
+                    "type": "Running",
+                    "status": "True",
+                    "reason": "PodsRunning",
+                    "lastTransitionTime": "2026-11-28T10:05:00Z",
+                },
+                {
+                    "type": "Reconciling",
+                    "status": "True",
+                    "reason": "PodsRunning",
+                    "lastTransitionTime": "2026-11-28T11:00:00Z",
+                },
+            ],
+            "progress": {"step": 30, "totalSteps": 120, "percent": 25, "etaSeconds": 900},
+            "metrics": {"loss": 1.25, "evalLoss": 1.5, "tokensPerSecond": 2048.0, "learningRate": 1e-4},
+        }
+        | status,
+    }
 
 
 def test_a_record_reads_the_status_the_operator_and_the_trainer_keep():
@@ -106,9 +129,13 @@ def test_a_record_reads_the_status_the_operator_and_the_trainer_keep():
 
 
 def test_pending_after_a_failed_attempt_dates_from_the_running_condition_turning_false():
-    ftj = running_ftj(phase="Pending", conditions=[
-        {"type": "Queued", "status": "False", "reason": "Admitted", "lastTransitionTime": "2026-11-28T10:00:00Z"},
-        {"type": "Running", "status": "False", "reason": "Retrying", "lastTransitionTime": "2026-11-28T10:30:00Z"}])
+    ftj = running_ftj(
+        phase="Pending",
+        conditions=[
+            {"type": "Queued", "status": "False", "reason": "Admitted", "lastTransitionTime": "2026-11-28T10:00:00Z"},
+            {"type": "Running", "status": "False", "reason": "Retrying", "lastTransitionTime": "2026-11-28T10:30:00Z"},
+        ],
+    )
     record = job_record(ftj)
     assert (record.phase, record.reason) == ("Pending", "Retrying")
     assert record.phase_since == dt.datetime(2026, 11, 28, 10, 30, tzinfo=dt.UTC).timestamp()
@@ -116,9 +143,15 @@ def test_pending_after_a_failed_attempt_dates_from_the_running_condition_turning
 
 def test_odd_values_give_no_sample_rather_than_a_wrong_one():
     """The trainer's token can write any status: a non-number, a bool or an unknown phase is left out."""
-    record = job_record(running_ftj(phase="Exploded", attempts=True, progress={"step": "many", "totalSteps": 0},
-                                    metrics={"loss": float("nan"), "evalLoss": "low", "tokensPerSecond": float("inf")},
-                                    conditions=[{"type": "Running", "lastTransitionTime": "yesterday"}, "junk"]))
+    record = job_record(
+        running_ftj(
+            phase="Exploded",
+            attempts=True,
+            progress={"step": "many", "totalSteps": 0},
+            metrics={"loss": float("nan"), "evalLoss": "low", "tokensPerSecond": float("inf")},
+            conditions=[{"type": "Running", "lastTransitionTime": "yesterday"}, "junk"],
+        )
+    )
     assert record.phase is None and record.attempts is None and record.phase_since is None
     assert (record.step, record.planned_steps, record.progress_ratio) == (0, None, None)
     assert (record.loss, record.eval_loss, record.tokens_per_second) == (None, None, None)
@@ -159,14 +192,24 @@ def endpoint(operator):
 
 
 def test_every_phase_is_scraped_with_its_training_series_and_a_deleted_jobs_series_go(
-        operator, sim, admin, emulator, namespace, endpoint):
+    operator, sim, admin, emulator, namespace, endpoint
+):
     crd = kubernetes.client.CustomObjectsApi(admin)
     ns = namespace
 
     def apply(name: str, **spec) -> None:
-        crd.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, {
-            "apiVersion": f"{GROUP}/{VERSION}", "kind": "FineTuneJob", "metadata": {"name": name, "namespace": ns},
-            "spec": SPEC | spec})
+        crd.create_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            ns,
+            PLURAL,
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "FineTuneJob",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": SPEC | spec,
+            },
+        )
 
     def status(name: str) -> dict:
         return crd.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name).get("status") or {}
@@ -178,8 +221,9 @@ def test_every_phase_is_scraped_with_its_training_series_and_a_deleted_jobs_seri
         """The trainer's reporter, with the pod's identity: a status-only patch that calls for no reconcile pass."""
         client = kubernetes.client.ApiClient(emulator.client_configuration(f"sa:{ns}:{name}-reporter"))
         reporter = StatusReporter(name, ns, interval_seconds=0, api_client=client)
-        reporter.progress(ProgressReport(step=step, total_steps=200, epoch=step / 100, eta_seconds=600 - 3 * step,
-                                         metrics=metrics))
+        reporter.progress(
+            ProgressReport(step=step, total_steps=200, epoch=step / 100, eta_seconds=600 - 3 * step, metrics=metrics)
+        )
         reporter.close()
         assert reporter.errors == 0
 
@@ -197,18 +241,28 @@ def test_every_phase_is_scraped_with_its_training_series_and_a_deleted_jobs_seri
     report("succeeded", 200, loss=0.5, evalLoss=0.75, tokensPerSecond=1000.0)
     sim.succeed(ns, "succeeded")
     sim.fail(ns, "failed", ExitCode.USER_ERROR, "UserError: the dataset has no 'messages' column")
-    wanted = {"pending": ("Pending", "PodsPending"), "queued": ("Queued", "QueueNotFound"),
-              "suspended": ("Suspended", "SuspendedByUser"), "running": ("Running", "PodsRunning"),
-              "succeeded": ("Succeeded", "TrainingComplete"), "failed": ("Failed", "UserError")}
+    wanted = {
+        "pending": ("Pending", "PodsPending"),
+        "queued": ("Queued", "QueueNotFound"),
+        "suspended": ("Suspended", "SuspendedByUser"),
+        "running": ("Running", "PodsRunning"),
+        "succeeded": ("Succeeded", "TrainingComplete"),
+        "failed": ("Failed", "UserError"),
+    }
     for name, (phase, _) in wanted.items():
         wait_phase(name, phase)
 
     def scraped_when_settled() -> dict | None:
         samples = scrape(endpoint)
         jobs = {name: job_samples(samples, ns, name) for name in wanted}
-        if all(len(jobs[n].get("kubetune_finetunejob_phase", ())) == 1 and
-               jobs[n]["kubetune_finetunejob_phase"][0].labels["phase"] == phase for n, (phase, _) in wanted.items()) \
-                and value(jobs["running"], "kubetune_finetunejob_step") == 50:
+        if (
+            all(
+                len(jobs[n].get("kubetune_finetunejob_phase", ())) == 1
+                and jobs[n]["kubetune_finetunejob_phase"][0].labels["phase"] == phase
+                for n, (phase, _) in wanted.items()
+            )
+            and value(jobs["running"], "kubetune_finetunejob_step") == 50
+        ):
             return {"all": samples, **jobs}
         return None
 
@@ -219,12 +273,15 @@ def test_every_phase_is_scraped_with_its_training_series_and_a_deleted_jobs_seri
         assert (phase_sample.labels["phase"], phase_sample.labels["reason"], phase_sample.value) == (phase, reason, 1)
         conditions = {c["type"]: c for c in status(name)["conditions"]}
         named = conditions.get(phase) or conditions["Running"]  # Pending: when its Running condition turned False
-        assert value(series, "kubetune_finetunejob_phase_transition_timestamp_seconds") == \
-            dt.datetime.fromisoformat(named["lastTransitionTime"]).timestamp(), name
+        assert (
+            value(series, "kubetune_finetunejob_phase_transition_timestamp_seconds")
+            == dt.datetime.fromisoformat(named["lastTransitionTime"]).timestamp()
+        ), name
         assert value(series, "kubetune_finetunejob_attempts") == (status(name).get("attempts") or 0), name
         (info,) = series["kubetune_finetunejob_info"]
         assert (info.labels["technique"], info.labels["objective"]) == (
-            ("full", "instruction") if name == "succeeded" else ("lora", "instruction"))
+            ("full", "instruction") if name == "succeeded" else ("lora", "instruction")
+        )
 
     running = scraped["running"]
     assert value(running, "kubetune_finetunejob_step") == 50
@@ -249,14 +306,20 @@ def test_every_phase_is_scraped_with_its_training_series_and_a_deleted_jobs_seri
 
     # A report moves the gauge without a reconcile pass.
     report("running", 60, loss=1.5, tokensPerSecond=4000.0)
-    wait_for(lambda: value(job_samples(scrape(endpoint), ns, "running"), "kubetune_finetunejob_step") == 60, 10,
-             "the new step in /metrics")
+    wait_for(
+        lambda: value(job_samples(scrape(endpoint), ns, "running"), "kubetune_finetunejob_step") == 60,
+        10,
+        "the new step in /metrics",
+    )
 
     # Deleted: every series of the job goes (its DELETED event), the others stay.
     for name in ("running", "failed"):
         crd.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
-    wait_for(lambda: not any(job_samples(scrape(endpoint), ns, name) for name in ("running", "failed")), 10,
-             "the deleted jobs' series gone")
+    wait_for(
+        lambda: not any(job_samples(scrape(endpoint), ns, name) for name in ("running", "failed")),
+        10,
+        "the deleted jobs' series gone",
+    )
     assert job_samples(scrape(endpoint), ns, "succeeded")["kubetune_finetunejob_loss"][0].value == 0.5
 
     # Forgotten: a job the operator holds series of but the API no longer lists (a DELETED event missed across a

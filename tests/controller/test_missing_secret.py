@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 from harness import now_rfc3339, wait_for
+
 from kubetune.api.constants import Phase, Reason
 from kubetune.controller import status
 from kubetune.controller.permissions import OPERATOR_PERMISSIONS
@@ -17,15 +18,26 @@ NO_KEY = "couldn't find key AWS_SECRET_ACCESS_KEY in Secret team-a/s3-creds"
 
 
 def pod(reason: str, message: str, phase: str = "Pending", container: str = "trainer") -> dict:
-    return {"metadata": {"name": "bot-x", "namespace": "team-a", "creationTimestamp": "2026-01-01T00:00:00Z"},
-            "status": {"phase": phase, "containerStatuses": [
-                {"name": container, "ready": False, "restartCount": 0,
-                 "state": {"waiting": {"reason": reason, "message": message}}}]}}
+    return {
+        "metadata": {"name": "bot-x", "namespace": "team-a", "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "status": {
+            "phase": phase,
+            "containerStatuses": [
+                {
+                    "name": container,
+                    "ready": False,
+                    "restartCount": 0,
+                    "state": {"waiting": {"reason": reason, "message": message}},
+                }
+            ],
+        },
+    }
 
 
 def test_the_kubelets_words_become_a_message_naming_the_secret():
     assert "Secret 's3-creds' does not exist in namespace team-a" in status.missing_secret(
-        pod("CreateContainerConfigError", NO_SECRET))
+        pod("CreateContainerConfigError", NO_SECRET)
+    )
     text = status.missing_secret(pod("CreateContainerConfigError", NO_KEY))
     assert "Secret 's3-creds' in namespace team-a has no key AWS_SECRET_ACCESS_KEY" in text
     # Anything else is not about a Secret.
@@ -36,8 +48,15 @@ def test_the_kubelets_words_become_a_message_naming_the_secret():
 
 def test_a_pod_waiting_for_a_secret_is_pending_with_reason_secret_not_found():
     job = {"metadata": {"name": "bot", "uid": "j"}, "spec": {"suspend": False}, "status": {"active": 1}}
-    observed = status.observe(job, [pod("CreateContainerConfigError", NO_SECRET)], nodes=1, spec_suspend=False,
-                              queue_name="", backoff_limit=3, active_deadline_seconds=0)
+    observed = status.observe(
+        job,
+        [pod("CreateContainerConfigError", NO_SECRET)],
+        nodes=1,
+        spec_suspend=False,
+        queue_name="",
+        backoff_limit=3,
+        active_deadline_seconds=0,
+    )
     assert (observed.phase, observed.reason) == (Phase.PENDING, Reason.SECRET_NOT_FOUND)
     assert "s3-creds" in observed.message
 
@@ -60,20 +79,56 @@ def test_a_missing_secret_shows_in_the_status_and_clears_once_it_exists(user, si
     env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
     # The Secret is required: without it the kubelet does not start the trainer (it would run without credentials).
     assert env["KUBETUNE_OUTPUT_AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {
-        "name": "s3-creds", "key": "AWS_ACCESS_KEY_ID", "optional": False}
+        "name": "s3-creds",
+        "key": "AWS_ACCESS_KEY_ID",
+        "optional": False,
+    }
     [created] = sim.start(user.ns, "no-secret", running=False)
     message = NO_SECRET
-    sim.kube.patch("Pod", user.ns, created["metadata"]["name"], {"status": {"containerStatuses": [
-        {"name": "trainer", "ready": False, "restartCount": 0,
-         "state": {"waiting": {"reason": "CreateContainerConfigError", "message": message}}}]}}, subresource="status")
-    found = wait_for(lambda: (c := user.condition("no-secret", "Running"))["reason"] == "SecretNotFound" and c,
-                     what="Running=False SecretNotFound")
+    sim.kube.patch(
+        "Pod",
+        user.ns,
+        created["metadata"]["name"],
+        {
+            "status": {
+                "containerStatuses": [
+                    {
+                        "name": "trainer",
+                        "ready": False,
+                        "restartCount": 0,
+                        "state": {"waiting": {"reason": "CreateContainerConfigError", "message": message}},
+                    }
+                ]
+            }
+        },
+        subresource="status",
+    )
+    found = wait_for(
+        lambda: (c := user.condition("no-secret", "Running"))["reason"] == "SecretNotFound" and c,
+        what="Running=False SecretNotFound",
+    )
     assert found["status"] == "False" and "'s3-creds'" in found["message"] and user.ns in found["message"]
     current = user.status("no-secret")
     assert current["phase"] == "Pending" and "'s3-creds'" in current["message"]
     wait_for(lambda: ("Warning", "SecretNotFound") in user.events("no-secret"), what="the SecretNotFound Event")
     # The user creates the Secret; the kubelet retries and the trainer starts.
-    sim.kube.patch("Pod", user.ns, created["metadata"]["name"], {"status": {"phase": "Running", "containerStatuses": [
-        {"name": "trainer", "ready": True, "restartCount": 0, "state": {"running": {"startedAt": now_rfc3339()}}}]}},
-        subresource="status")
+    sim.kube.patch(
+        "Pod",
+        user.ns,
+        created["metadata"]["name"],
+        {
+            "status": {
+                "phase": "Running",
+                "containerStatuses": [
+                    {
+                        "name": "trainer",
+                        "ready": True,
+                        "restartCount": 0,
+                        "state": {"running": {"startedAt": now_rfc3339()}},
+                    }
+                ],
+            }
+        },
+        subresource="status",
+    )
     user.wait_phase("no-secret", "Running")

@@ -40,12 +40,21 @@ READER_SECRET = "model-cache"
 KEYS = {"AWS_ACCESS_KEY_ID": "testing-key", "AWS_SECRET_ACCESS_KEY": "testing-secret"}
 # A repository as the Hub holds one; the population fetches what the trainer would (not the card, not the pickles).
 WEIGHTS = os.urandom(300_000)
-REPO_FILES = {"config.json": b'{"model_type": "llama", "hidden_size": 64}', "model.safetensors": WEIGHTS,
-              "tokenizer.json": b'{"version": "1.0"}', "tokenizer_config.json": b"{}",
-              "pytorch_model.bin": b"\x80\x04pickled", "README.md": b"# card\n"}
+REPO_FILES = {
+    "config.json": b'{"model_type": "llama", "hidden_size": 64}',
+    "model.safetensors": WEIGHTS,
+    "tokenizer.json": b'{"version": "1.0"}',
+    "tokenizer_config.json": b"{}",
+    "pytorch_model.bin": b"\x80\x04pickled",
+    "README.md": b"# card\n",
+}
 ENTRY_FILES = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
-SPEC = {"technique": "lora", "objective": "instruction",
-        "datasets": [{"uri": "s3://data/support/train.jsonl", "format": "messages"}], "resources": {"gpus": 1}}
+SPEC = {
+    "technique": "lora",
+    "objective": "instruction",
+    "datasets": [{"uri": "s3://data/support/train.jsonl", "format": "messages"}],
+    "resources": {"gpus": 1},
+}
 
 
 # --------------------------------------------------------------------------------------- the set-up
@@ -79,8 +88,13 @@ class Cluster:
         self.core = kubernetes.client.CoreV1Api(admin)
         self.crd = kubernetes.client.CustomObjectsApi(admin)
         self.bucket = f"cache-{uuid.uuid4().hex[:8]}"
-        self.s3 = boto3.client("s3", endpoint_url=s3_url, aws_access_key_id="testing-key",
-                               aws_secret_access_key="testing-secret", region_name="us-east-1")
+        self.s3 = boto3.client(
+            "s3",
+            endpoint_url=s3_url,
+            aws_access_key_id="testing-key",
+            aws_secret_access_key="testing-secret",
+            region_name="us-east-1",
+        )
         self.s3.create_bucket(Bucket=self.bucket)
         self.root = f"s3://{self.bucket}/models/"
         # The operator's own pod: the chart passes the writer Secret's keys into its environment.
@@ -89,14 +103,25 @@ class Cluster:
         monkeypatch.setenv("KUBETUNE_CACHE_AWS_ENDPOINT_URL", s3_url)
         self._namespace(OPERATOR_NAMESPACE)
         self._secret(OPERATOR_NAMESPACE, WRITER_SECRET, KEYS)
-        self.settings = ModelCacheSettings(root=self.root, namespace=OPERATOR_NAMESPACE, populate_secret=WRITER_SECRET,
-                                           read_secret=READER_SECRET, endpoint=s3_url, hub_endpoint=hub.url,
-                                           poll_seconds=0.2, **settings)
+        self.settings = ModelCacheSettings(
+            root=self.root,
+            namespace=OPERATOR_NAMESPACE,
+            populate_secret=WRITER_SECRET,
+            read_secret=READER_SECRET,
+            endpoint=s3_url,
+            hub_endpoint=hub.url,
+            poll_seconds=0.2,
+            **settings,
+        )
         operator.reconfigure(model_cache=self.settings)
         self.cache = operator.reconciler.modelcache
         self.cache._resolved.clear()  # another test's Hub named other commits
-        self.runner = PodRunner(emulator, tmp_path / "pods", admin_token=ADMIN_TOKEN,
-                                extra_env={"HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0"})
+        self.runner = PodRunner(
+            emulator,
+            tmp_path / "pods",
+            admin_token=ADMIN_TOKEN,
+            extra_env={"HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0"},
+        )
         self._earlier = {j["metadata"]["uid"] for j in self._population_jobs()}  # other tests' (no TTL controller)
 
     def close(self) -> None:
@@ -110,8 +135,12 @@ class Cluster:
                 raise
 
     def _secret(self, namespace: str, name: str, data: dict[str, str]) -> None:
-        body = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace},
-                "data": {key: base64.b64encode(value.encode()).decode() for key, value in data.items()}}
+        body = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": namespace},
+            "data": {key: base64.b64encode(value.encode()).decode() for key, value in data.items()},
+        }
         try:
             self.core.create_namespaced_secret(namespace, body)
         except kubernetes.client.ApiException as err:
@@ -125,8 +154,12 @@ class Cluster:
         return namespace
 
     def apply(self, namespace: str, name: str, model: dict) -> dict:
-        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "FineTuneJob",
-                "metadata": {"name": name, "namespace": namespace}, "spec": SPEC | {"model": model}}
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "FineTuneJob",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": SPEC | {"model": model},
+        }
         return self.crd.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
 
     def status(self, namespace: str, name: str) -> dict:
@@ -144,6 +177,7 @@ class Cluster:
 
     def wait_waiting(self, namespace: str, name: str, words: str = "", timeout: float = 30) -> str:
         """The job's message once it waits for the model cache (and its message holds `words`)."""
+
         def message() -> str:
             text = self.waiting(namespace, name)
             return text if words in text else ""
@@ -168,8 +202,11 @@ class Cluster:
         return {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
 
     def _population_jobs(self) -> list[dict]:
-        return [j for j in self.runner.kube.list("Job", None) if modelcache.LABEL_POPULATION in
-                (j["metadata"].get("labels") or {})]
+        return [
+            j
+            for j in self.runner.kube.list("Job", None)
+            if modelcache.LABEL_POPULATION in (j["metadata"].get("labels") or {})
+        ]
 
     def populations(self) -> list[dict]:
         """The population Jobs made during this test."""
@@ -215,8 +252,10 @@ def test_jobs_in_three_namespaces_wait_for_one_population_and_start_once_it_is_c
     entry = cache.entry_uri(cluster.root, uri, commit)
     namespaces = [cluster.tenant(f"cache-{uuid.uuid4().hex[:5]}") for _ in range(3)]
     jobs = [(ns, f"bot-{i}") for ns in namespaces for i in range(2)]
-    hits, misses = _metric(operator, "kubetune_model_cache_jobs_total", result="hit"), _metric(
-        operator, "kubetune_model_cache_jobs_total", result="miss")
+    hits, misses = (
+        _metric(operator, "kubetune_model_cache_jobs_total", result="hit"),
+        _metric(operator, "kubetune_model_cache_jobs_total", result="miss"),
+    )
     served = _metric(operator, "kubetune_model_cache_served_bytes_total")
     cluster.hub.delay("model.safetensors", 8.0)  # the weights take their time
     for ns, name in jobs:
@@ -236,7 +275,10 @@ def test_jobs_in_three_namespaces_wait_for_one_population_and_start_once_it_is_c
         env = cluster.env(ns, name)
         assert env["KUBETUNE_MODEL_CACHE_URI"]["value"] == entry
         assert env["KUBETUNE_CACHE_AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {
-            "name": READER_SECRET, "key": "AWS_ACCESS_KEY_ID", "optional": False}
+            "name": READER_SECRET,
+            "key": "AWS_ACCESS_KEY_ID",
+            "optional": False,
+        }
         assert env["KUBETUNE_CACHE_AWS_ENDPOINT_URL"]["value"] == cluster.settings.endpoint
         assert "cache" not in env["KUBETUNE_AMBIENT_CREDENTIALS"]["value"].split(",")
         assert cluster.wait_cache_status(ns, name) == {"uri": entry, "hit": False}
@@ -246,7 +288,8 @@ def test_jobs_in_three_namespaces_wait_for_one_population_and_start_once_it_is_c
     prefix = entry.removeprefix(cluster.root)
     stored = cluster.keys(prefix)
     assert [k.removeprefix(prefix) for k in stored if not k.endswith(modelcache.USED)] == sorted(
-        [*ENTRY_FILES, cache.MARKER])
+        [*ENTRY_FILES, cache.MARKER]
+    )
     weights = cluster.s3.get_object(Bucket=cluster.bucket, Key=f"models/{prefix}model.safetensors")["Body"].read()
     assert _sha(weights) == _sha(WEIGHTS)
     marker = json.loads(cluster.s3.get_object(Bucket=cluster.bucket, Key=f"models/{prefix}_COMPLETE")["Body"].read())
@@ -263,8 +306,14 @@ def test_jobs_in_three_namespaces_wait_for_one_population_and_start_once_it_is_c
     wait_for(lambda: _metric(operator, "kubetune_model_cache_populated_bytes_total") >= size, 10, "the bytes fetched")
     assert _metric(operator, "kubetune_model_cache_served_bytes_total") - served == (len(jobs) + 1) * size
     # The last use is recorded, with the revision that named the commit (what a Hub outage falls back on).
-    used = wait_for(lambda: modelcache.USED in [k.rsplit("/", 1)[-1] for k in cluster.keys(prefix)] and json.loads(
-        cluster.s3.get_object(Bucket=cluster.bucket, Key=f"models/{prefix}{modelcache.USED}")["Body"].read()))
+    used = wait_for(
+        lambda: (
+            modelcache.USED in [k.rsplit("/", 1)[-1] for k in cluster.keys(prefix)]
+            and json.loads(
+                cluster.s3.get_object(Bucket=cluster.bucket, Key=f"models/{prefix}{modelcache.USED}")["Body"].read()
+            )
+        )
+    )
     assert "main" in used["revisions"] and used["lastUsed"]
 
 
@@ -293,8 +342,11 @@ def test_a_population_killed_midway_is_redone_and_no_job_reads_the_partial_entry
     for name in ("a", "b"):
         cluster.apply(ns, name, {"uri": uri})
     assert held.reached.wait(60)
-    wait_for(lambda: "config.json" in [k.removeprefix(prefix) for k in cluster.keys(prefix)], 30,
-             "the small files uploaded while the weights hang")
+    wait_for(
+        lambda: "config.json" in [k.removeprefix(prefix) for k in cluster.keys(prefix)],
+        30,
+        "the small files uploaded while the weights hang",
+    )
     pod = cluster.runner.kill(modelcache.population_name(entry))  # the node is lost: no handler, no clean-up
     held.release()
     # The attempt failed (137, no message); the jobs wait on, and say so.
@@ -327,13 +379,17 @@ def test_a_population_that_fails_for_the_users_model_fails_the_waiting_jobs(clus
         assert cluster.job(ns, name) is None
     (population,) = cluster.populations()
     assert population["status"]["failed"] == 1  # exit 10 fails the Job at once: no retries
-    wait_for(lambda: _metric(operator, "kubetune_model_cache_populations_total", outcome="user_error") >= 1, 10,
-             "the failed population counted")
+    wait_for(
+        lambda: _metric(operator, "kubetune_model_cache_populations_total", outcome="user_error") >= 1,
+        10,
+        "the failed population counted",
+    )
 
     # A model the Hub does not know fails at once: the operator's own lookup says so.
     cluster.apply(ns, "nowhere", {"uri": "hf://org/no-such-model"})
-    phase, reason, message = wait_for(lambda: cluster.reason(ns, "nowhere")[0] == Phase.FAILED and cluster.reason(
-        ns, "nowhere"), 60, "the job failed")
+    phase, reason, message = wait_for(
+        lambda: cluster.reason(ns, "nowhere")[0] == Phase.FAILED and cluster.reason(ns, "nowhere"), 60, "the job failed"
+    )
     assert reason == Reason.USER_ERROR and "credentialsSecret" in message and len(cluster.populations()) == 1
 
 
@@ -412,12 +468,22 @@ def _fake_entry(cluster, folder: str, size: int, used: str) -> str:
     entry = f"{cluster.root}{folder}/"
     key = f"models/{folder}/"
     cluster.s3.put_object(Bucket=cluster.bucket, Key=key + "model.safetensors", Body=b"x" * 10)
-    marker = {"format": 1, "source": "hf://org/x", "kind": "model", "repo": "org/x", "commit": "0" * 40,
-              "bytes": size, "files": {"model.safetensors": {"size": 10, "sha256": ""}},
-              "populatedAt": "2026-01-01T00:00:00Z"}
+    marker = {
+        "format": 1,
+        "source": "hf://org/x",
+        "kind": "model",
+        "repo": "org/x",
+        "commit": "0" * 40,
+        "bytes": size,
+        "files": {"model.safetensors": {"size": 10, "sha256": ""}},
+        "populatedAt": "2026-01-01T00:00:00Z",
+    }
     cluster.s3.put_object(Bucket=cluster.bucket, Key=key + cache.MARKER, Body=json.dumps(marker).encode())
-    cluster.s3.put_object(Bucket=cluster.bucket, Key=key + modelcache.USED,
-                          Body=json.dumps({"format": 1, "lastUsed": used, "revisions": {}}).encode())
+    cluster.s3.put_object(
+        Bucket=cluster.bucket,
+        Key=key + modelcache.USED,
+        Body=json.dumps({"format": 1, "lastUsed": used, "revisions": {}}).encode(),
+    )
     return entry
 
 
@@ -432,8 +498,9 @@ def test_eviction_deletes_least_recently_used_entries_but_never_one_a_job_uses(c
     ns = cluster.tenant(f"cache-{uuid.uuid4().hex[:5]}")
     cluster.apply(ns, "user", {"uri": "hf://org/a", "cache": False})
     wait_for(lambda: cluster.status(ns, "user").get("phase"))
-    cluster.crd.patch_namespaced_custom_object_status(GROUP, VERSION, ns, PLURAL, "user", {
-        "status": {"modelCache": {"uri": oldest_in_use, "hit": True}}})
+    cluster.crd.patch_namespaced_custom_object_status(
+        GROUP, VERSION, ns, PLURAL, "user", {"status": {"modelCache": {"uri": oldest_in_use, "hit": True}}}
+    )
 
     operator.reconfigure(model_cache=replace(cluster.settings, max_bytes=7 * gib))
     evicted = cluster.on_loop(cluster.cache.evict())
@@ -452,8 +519,14 @@ def test_eviction_deletes_least_recently_used_entries_but_never_one_a_job_uses(c
 # --------------------------------------------------------------------------------------- the pure parts
 
 
-SETTINGS = ModelCacheSettings(root="s3://cache/models/", namespace="kubetune-system", populate_secret="writer",
-                              read_secret="reader", endpoint="http://minio:9000", hub_endpoint="http://hub.local")
+SETTINGS = ModelCacheSettings(
+    root="s3://cache/models/",
+    namespace="kubetune-system",
+    populate_secret="writer",
+    read_secret="reader",
+    endpoint="http://minio:9000",
+    hub_endpoint="http://hub.local",
+)
 CONFIG = OperatorConfig(trainer_image="registry.example/trainer:1", trainer_image_pull_secrets=("regcred",))
 
 
@@ -476,27 +549,54 @@ def test_an_entry_in_the_status_is_taken_only_when_it_is_this_models():
     spec = _spec(uri="hf://org/m@main")
     entry = cache.entry_uri(SETTINGS.root, "hf://org/m", commit)
     assert modelcache.pinned_entry({"modelCache": {"uri": entry, "hit": True}}, None, spec, SETTINGS, "ns") == (
-        entry, True)
+        entry,
+        True,
+    )
     private = _spec(uri="hf://org/m", credentialsSecret="hf")
     mine = cache.entry_uri(SETTINGS.root, "hf://org/m", commit, "ns", private=True)
     theirs = cache.entry_uri(SETTINGS.root, "hf://org/m", commit, "other", private=True)
     assert modelcache.pinned_entry(None, {"modelCache": {"uri": mine}}, private, SETTINGS, "ns") == (mine, False)
     # Written by the job's own pod, say: another tenant's entry, another model's, another root: ignored.
-    for forged in (theirs, entry, cache.entry_uri(SETTINGS.root, "hf://org/other", commit),
-                   cache.entry_uri("s3://elsewhere/", "hf://org/m", commit), f"{mine}../", "s3://cache/models/"):
+    for forged in (
+        theirs,
+        entry,
+        cache.entry_uri(SETTINGS.root, "hf://org/other", commit),
+        cache.entry_uri("s3://elsewhere/", "hf://org/m", commit),
+        f"{mine}../",
+        "s3://cache/models/",
+    ):
         assert modelcache.pinned_entry({"modelCache": {"uri": forged}}, None, private, SETTINGS, "ns") is None
     pickles = _spec(uri="hf://org/m", allowPickle=True)
     assert modelcache.pinned_entry({"modelCache": {"uri": entry}}, None, pickles, SETTINGS, "ns") is None
 
 
 def test_a_population_job_runs_the_trainers_command_within_the_restricted_standard():
-    job = modelcache.population_job(SETTINGS, CONFIG, name="kubetune-cache-x", namespace="team-a",
-                                    source=f"hf://org/m@{'c' * 40}", private=True, allow_pickle=True, hf_secret="hf")
+    job = modelcache.population_job(
+        SETTINGS,
+        CONFIG,
+        name="kubetune-cache-x",
+        namespace="team-a",
+        source=f"hf://org/m@{'c' * 40}",
+        private=True,
+        allow_pickle=True,
+        hf_secret="hf",
+    )
     pod = job["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    assert container["command"] == ["python", "-m", "kubetune_trainer.cache", "populate", "--model",
-                                    f"hf://org/m@{'c' * 40}", "--cache-root", SETTINGS.root, "--private",
-                                    "--namespace", "team-a", "--allow-pickle"]
+    assert container["command"] == [
+        "python",
+        "-m",
+        "kubetune_trainer.cache",
+        "populate",
+        "--model",
+        f"hf://org/m@{'c' * 40}",
+        "--cache-root",
+        SETTINGS.root,
+        "--private",
+        "--namespace",
+        "team-a",
+        "--allow-pickle",
+    ]
     assert container["image"] == CONFIG.trainer_image and pod["imagePullSecrets"] == [{"name": "regcred"}]
     assert pss.restricted_violations(job["spec"]["template"]["metadata"], pod) == []
     rules = job["spec"]["podFailurePolicy"]["rules"]
@@ -505,9 +605,16 @@ def test_a_population_job_runs_the_trainers_command_within_the_restricted_standa
     assert env["KUBETUNE_MODEL_HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": "HF_TOKEN"}
     assert env["KUBETUNE_CACHE_AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "reader"
     assert env["HF_ENDPOINT"]["value"] == "http://hub.local" and env["KUBETUNE_AMBIENT_CREDENTIALS"]["value"] == ""
-    public = modelcache.population_job(replace(SETTINGS, populate_secret=""), CONFIG, name="p", namespace="sys",
-                                       source="hf://org/m", private=False, allow_pickle=False,
-                                       service_account="cache-writer")
+    public = modelcache.population_job(
+        replace(SETTINGS, populate_secret=""),
+        CONFIG,
+        name="p",
+        namespace="sys",
+        source="hf://org/m",
+        private=False,
+        allow_pickle=False,
+        service_account="cache-writer",
+    )
     public_env = {e["name"]: e for e in public["spec"]["template"]["spec"]["containers"][0]["env"]}
     # No write Secret: the pods' cloud identity (their ServiceAccount's), and no key of anyone's.
     assert public_env["KUBETUNE_AMBIENT_CREDENTIALS"]["value"] == "cache"
@@ -519,8 +626,9 @@ def test_the_training_pod_reads_with_the_namespaces_secret_or_its_identity():
     from kubetune.controller import builders
     from tests.controller.samples import FTJ
 
-    spec = builders.resolve_spec(SPEC | {"model": {"uri": "hf://org/m"}}, operator_config.OperatorConfig(
-        default_output_uri="s3://out/"), "bot")
+    spec = builders.resolve_spec(
+        SPEC | {"model": {"uri": "hf://org/m"}}, operator_config.OperatorConfig(default_output_uri="s3://out/"), "bot"
+    )
     ready = modelcache.Ready("s3://cache/models/hf/models--org--m/" + "c" * 40 + "/", hit=True)
 
     def env_of(settings):
@@ -531,47 +639,72 @@ def test_the_training_pod_reads_with_the_namespaces_secret_or_its_identity():
     env = env_of(SETTINGS)
     names = [e["name"] for e in env]
     at = names.index("KUBETUNE_AMBIENT_CREDENTIALS")
-    assert names[at + 1:at + 6] == ["KUBETUNE_MODEL_CACHE_URI", "KUBETUNE_CACHE_AWS_ENDPOINT_URL",
-                                    "KUBETUNE_CACHE_AWS_ACCESS_KEY_ID", "KUBETUNE_CACHE_AWS_SECRET_ACCESS_KEY",
-                                    "KUBETUNE_CACHE_AWS_SESSION_TOKEN"]
+    assert names[at + 1 : at + 6] == [
+        "KUBETUNE_MODEL_CACHE_URI",
+        "KUBETUNE_CACHE_AWS_ENDPOINT_URL",
+        "KUBETUNE_CACHE_AWS_ACCESS_KEY_ID",
+        "KUBETUNE_CACHE_AWS_SECRET_ACCESS_KEY",
+        "KUBETUNE_CACHE_AWS_SESSION_TOKEN",
+    ]
     assert env[at + 5]["valueFrom"]["secretKeyRef"]["optional"] is True
     ambient = {e["name"]: e.get("value") for e in env_of(replace(SETTINGS, read_ambient=True))}
     assert ambient["KUBETUNE_AMBIENT_CREDENTIALS"].split(",")[-1] == "cache"
     assert "KUBETUNE_CACHE_AWS_ACCESS_KEY_ID" not in ambient
     assert builders.build_job(FTJ, spec, CONFIG, suspend=False) == modelcache.wire(
-        builders.build_job(FTJ, spec, CONFIG, suspend=False), None, SETTINGS)
+        builders.build_job(FTJ, spec, CONFIG, suspend=False), None, SETTINGS
+    )
 
 
 def test_the_settings_from_the_environment():
-    env = {"KUBETUNE_CACHE_ROOT": "s3://kubetune-cache/", "KUBETUNE_CACHE_NAMESPACE": "kubetune-system",
-           "KUBETUNE_CACHE_MAX_SIZE": "2Ti", "KUBETUNE_CACHE_DEFAULT": "false", "KUBETUNE_CACHE_READ_SECRET": "cache",
-           "KUBETUNE_CACHE_POPULATE_SECRET": "writer", "KUBETUNE_CACHE_AWS_ENDPOINT_URL": "http://minio:9000",
-           "KUBETUNE_CACHE_POPULATE_RESOURCES": '{"requests": {"cpu": "1"}}'}
+    env = {
+        "KUBETUNE_CACHE_ROOT": "s3://kubetune-cache/",
+        "KUBETUNE_CACHE_NAMESPACE": "kubetune-system",
+        "KUBETUNE_CACHE_MAX_SIZE": "2Ti",
+        "KUBETUNE_CACHE_DEFAULT": "false",
+        "KUBETUNE_CACHE_READ_SECRET": "cache",
+        "KUBETUNE_CACHE_POPULATE_SECRET": "writer",
+        "KUBETUNE_CACHE_AWS_ENDPOINT_URL": "http://minio:9000",
+        "KUBETUNE_CACHE_POPULATE_RESOURCES": '{"requests": {"cpu": "1"}}',
+    }
     settings = operator_config.from_env(env).model_cache
     assert settings.enabled and settings.max_bytes == 2 * 1024**4 and settings.default is False
     assert settings.populate_resources == {"requests": {"cpu": "1"}} and settings.endpoint == "http://minio:9000"
     assert not operator_config.from_env({}).model_cache.enabled
-    for bad, words in ((dict(env, KUBETUNE_CACHE_ROOT="gs://x/"), "KUBETUNE_CACHE_ROOT"),
-                       (dict(env, KUBETUNE_CACHE_NAMESPACE=""), "KUBETUNE_CACHE_NAMESPACE"),
-                       (dict(env, KUBETUNE_CACHE_MAX_SIZE="lots"), "KUBETUNE_CACHE_MAX_SIZE"),
-                       (dict(env, KUBETUNE_CACHE_DEFAULT="yes"), "KUBETUNE_CACHE_DEFAULT"),
-                       (dict(env, KUBETUNE_CACHE_POPULATE_RESOURCES="[]"), "KUBETUNE_CACHE_POPULATE_RESOURCES")):
+    for bad, words in (
+        (dict(env, KUBETUNE_CACHE_ROOT="gs://x/"), "KUBETUNE_CACHE_ROOT"),
+        (dict(env, KUBETUNE_CACHE_NAMESPACE=""), "KUBETUNE_CACHE_NAMESPACE"),
+        (dict(env, KUBETUNE_CACHE_MAX_SIZE="lots"), "KUBETUNE_CACHE_MAX_SIZE"),
+        (dict(env, KUBETUNE_CACHE_DEFAULT="yes"), "KUBETUNE_CACHE_DEFAULT"),
+        (dict(env, KUBETUNE_CACHE_POPULATE_RESOURCES="[]"), "KUBETUNE_CACHE_POPULATE_RESOURCES"),
+    ):
         with pytest.raises(ValueError, match=words):
             operator_config.from_env(bad)
 
 
 def test_population_results_and_failures_as_the_kubelet_reports_them():
     def pod(code: int, message: str, finished: str = "2026-01-01T00:00:00Z") -> dict:
-        return {"status": {"containerStatuses": [{"name": "populate", "state": {"terminated": {
-            "exitCode": code, "message": message, "finishedAt": finished}}}]}}
+        return {
+            "status": {
+                "containerStatuses": [
+                    {
+                        "name": "populate",
+                        "state": {"terminated": {"exitCode": code, "message": message, "finishedAt": finished}},
+                    }
+                ]
+            }
+        }
 
-    line = json.dumps({"entry": "s3://c/hf/models--o--m/" + "c" * 40 + "/", "commit": "c" * 40, "hit": False,
-                       "files": 3, "bytes": 10})
+    line = json.dumps(
+        {"entry": "s3://c/hf/models--o--m/" + "c" * 40 + "/", "commit": "c" * 40, "hit": False, "files": 3, "bytes": 10}
+    )
     assert modelcache.population_result([pod(20, "InfraError: x"), pod(0, f"log line\n{line}")])["bytes"] == 10
     assert modelcache.population_result([pod(0, "not json")]) is None
-    assert modelcache.last_failure([pod(20, "InfraError: first", "2026-01-01T00:00:01Z"),
-                                    pod(10, "UserError: \x1b[31mgated\x1b[0m", "2026-01-01T00:00:02Z")]) == (
-        10, "UserError: gated")
+    assert modelcache.last_failure(
+        [
+            pod(20, "InfraError: first", "2026-01-01T00:00:01Z"),
+            pod(10, "UserError: \x1b[31mgated\x1b[0m", "2026-01-01T00:00:02Z"),
+        ]
+    ) == (10, "UserError: gated")
     assert modelcache.last_failure([pod(0, line)]) == (None, "")
     assert modelcache.population_name("a") == modelcache.population_name("a") != modelcache.population_name("b")
     assert len(modelcache.population_name("x" * 500)) <= 63
@@ -606,9 +739,17 @@ try:
 except InfraError as err:
     print("hub:", err)
 """
-    env = {"PATH": os.environ.get("PATH", ""), "HF_ENDPOINT": closed, "HF_HUB_OFFLINE": "0",
-           "HF_HOME": str(tmp_path), "KUBETUNE_CACHE_AWS_ENDPOINT_URL": closed, "KUBETUNE_S3_MAX_ATTEMPTS": "1",
-           "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "HF_HUB_ETAG_TIMEOUT": "1"}
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HF_ENDPOINT": closed,
+        "HF_HUB_OFFLINE": "0",
+        "HF_HOME": str(tmp_path),
+        "KUBETUNE_CACHE_AWS_ENDPOINT_URL": closed,
+        "KUBETUNE_S3_MAX_ATTEMPTS": "1",
+        "AWS_ACCESS_KEY_ID": "k",
+        "AWS_SECRET_ACCESS_KEY": "s",
+        "HF_HUB_ETAG_TIMEOUT": "1",
+    }
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "store:" in done.stdout and "hub:" in done.stdout and "cannot be reached" in done.stdout, done.stdout

@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import kubernetes
 import pytest
-
 from emulator import Fault
 from harness import wait_for
+
 from kubetune.api.constants import GROUP, PLURAL, VERSION
 from kubetune_trainer.reporting import CheckpointReport, OutputReport, ProgressReport
 from kubetune_trainer.status_reporter import StatusReporter
@@ -28,8 +28,12 @@ SPEC = {
 
 
 def manifest(name: str, namespace: str, **spec) -> dict:
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "FineTuneJob",
-            "metadata": {"name": name, "namespace": namespace}, "spec": SPEC | spec}
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": SPEC | spec,
+    }
 
 
 class User:
@@ -42,7 +46,9 @@ class User:
         self.ns = namespace
 
     def apply(self, name: str, **spec) -> dict:
-        return self.crd.create_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, manifest(name, self.ns, **spec))
+        return self.crd.create_namespaced_custom_object(
+            GROUP, VERSION, self.ns, PLURAL, manifest(name, self.ns, **spec)
+        )
 
     def get(self, name: str) -> dict:
         return self.crd.get_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name)
@@ -54,13 +60,19 @@ class User:
         return self.crd.patch_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name, {"spec": spec})
 
     def wait_phase(self, name: str, phase: str, timeout: float = 20) -> dict:
-        return wait_for(lambda: self.status(name) if self.status(name).get("phase") == phase else None, timeout,
-                        f"{name} in phase {phase} (now {self.status(name).get('phase')})")
+        return wait_for(
+            lambda: self.status(name) if self.status(name).get("phase") == phase else None,
+            timeout,
+            f"{name} in phase {phase} (now {self.status(name).get('phase')})",
+        )
 
     def events(self, name: str) -> list[tuple[str, str]]:
         items = self.core.list_namespaced_event(self.ns).items
-        return [(e.type, e.reason) for e in sorted(items, key=lambda e: int(e.metadata.resource_version))
-                if e.involved_object.name == name]
+        return [
+            (e.type, e.reason)
+            for e in sorted(items, key=lambda e: int(e.metadata.resource_version))
+            if e.involved_object.name == name
+        ]
 
     def condition(self, name: str, kind: str) -> dict:
         return next(c for c in self.status(name).get("conditions", []) if c["type"] == kind)
@@ -100,13 +112,34 @@ def test_valid_job_gets_its_children_and_runs_to_success_with_progress_from_the_
     reporter_client = kubernetes.client.ApiClient(emulator.client_configuration(f"sa:{ns}:bot-reporter"))
     reporter = StatusReporter("bot", ns, interval_seconds=30, api_client=reporter_client)
     for step in range(1, 51):
-        reporter.progress(ProgressReport(step=step, total_steps=100, epoch=step / 50, eta_seconds=100 - step,
-                                         metrics={"loss": 2.0 - step / 100, "learningRate": 1e-4, "bad": float("nan")}))
-    reporter.checkpoints([CheckpointReport(step=50, uri=f"s3://kubetune-out/runs/{ns}/bot/{uid}/checkpoints/step-50/",
-                                           time="2026-01-01T00:00:00Z", eval_loss=1.5)])
+        reporter.progress(
+            ProgressReport(
+                step=step,
+                total_steps=100,
+                epoch=step / 50,
+                eta_seconds=100 - step,
+                metrics={"loss": 2.0 - step / 100, "learningRate": 1e-4, "bad": float("nan")},
+            )
+        )
+    reporter.checkpoints(
+        [
+            CheckpointReport(
+                step=50,
+                uri=f"s3://kubetune-out/runs/{ns}/bot/{uid}/checkpoints/step-50/",
+                time="2026-01-01T00:00:00Z",
+                eval_loss=1.5,
+            )
+        ]
+    )
     root = f"s3://kubetune-out/runs/{ns}/bot/{uid}/"  # the trainer reports where it wrote: under the output root
-    reporter.output(OutputReport(model_uri=f"{root}final/", metrics_uri=f"{root}metrics.jsonl",
-                                 tensorboard_uri=f"{root}tensorboard/", checkpoints_uri=f"{root}checkpoints/"))
+    reporter.output(
+        OutputReport(
+            model_uri=f"{root}final/",
+            metrics_uri=f"{root}metrics.jsonl",
+            tensorboard_uri=f"{root}tensorboard/",
+            checkpoints_uri=f"{root}checkpoints/",
+        )
+    )
     reporter.close()
     patches = [c for c in emulator.calls(f"sa:{ns}:bot-reporter") if c.verb == "patch"]
     assert 1 <= len(patches) <= 2, "rate limit: the first report, then one flush on close"
@@ -114,10 +147,20 @@ def test_valid_job_gets_its_children_and_runs_to_success_with_progress_from_the_
     status = user.status("bot")
     assert status["progress"] == {"step": 50, "totalSteps": 100, "epoch": 1.0, "percent": 50, "etaSeconds": 50}
     assert status["metrics"] == {"loss": 1.5, "learningRate": 1e-4}
-    assert status["checkpoints"] == [{"step": 50, "uri": f"s3://kubetune-out/runs/{ns}/bot/{uid}/checkpoints/step-50/",
-                                      "time": "2026-01-01T00:00:00Z", "evalLoss": 1.5}]
-    assert status["output"] == {"modelUri": f"{root}final/", "metricsUri": f"{root}metrics.jsonl",
-                                "tensorboardUri": f"{root}tensorboard/", "checkpointsUri": f"{root}checkpoints/"}
+    assert status["checkpoints"] == [
+        {
+            "step": 50,
+            "uri": f"s3://kubetune-out/runs/{ns}/bot/{uid}/checkpoints/step-50/",
+            "time": "2026-01-01T00:00:00Z",
+            "evalLoss": 1.5,
+        }
+    ]
+    assert status["output"] == {
+        "modelUri": f"{root}final/",
+        "metricsUri": f"{root}metrics.jsonl",
+        "tensorboardUri": f"{root}tensorboard/",
+        "checkpointsUri": f"{root}checkpoints/",
+    }
     assert status["phase"] == "Running"  # the reporter never touches the operator's keys
 
     # Its identity can patch only its own FineTuneJob's status.
@@ -168,8 +211,10 @@ def test_infrastructure_failure_is_retried_and_counted(user, sim):
     sim.start(user.ns, "flaky")
     user.wait_phase("flaky", "Running")
     sim.fail(user.ns, "flaky", 20, "S3 upload timed out")  # the Job controller starts a new pod
-    status = wait_for(lambda: (st := user.status("flaky")).get("attempts") == 2 and st["phase"] == "Running" and st,
-                      what="attempt 2 running")
+    status = wait_for(
+        lambda: (st := user.status("flaky")).get("attempts") == 2 and st["phase"] == "Running" and st,
+        what="attempt 2 running",
+    )
     # the failure is told even when attempt 2 was already running at the operator's next look
     assert "S3 upload timed out" in status["message"]
     wait_for(lambda: ("Warning", "Retrying") in user.events("flaky"), what="the Retrying event")
@@ -221,8 +266,12 @@ def test_deadline_exceeded(user, sim):
 
 
 def test_invalid_spec_fails_validation_with_an_event_and_no_job(user, sim):
-    user.apply("broken", technique="qlora", hyperparameters={"learningRate": 5.0},
-               datasets=[{"uri": "s3://data/x.jsonl", "format": "preference"}])
+    user.apply(
+        "broken",
+        technique="qlora",
+        hyperparameters={"learningRate": 5.0},
+        datasets=[{"uri": "s3://data/x.jsonl", "format": "preference"}],
+    )
     status = user.wait_phase("broken", "Failed")
     validated = user.condition("broken", "Validated")
     assert validated["status"] == "False" and validated["reason"] == "SpecInvalid"
@@ -243,18 +292,27 @@ def test_job_deleted_by_hand_is_recreated_and_deleting_the_finetunejob_removes_c
     user.wait_phase("resilient", "Running")
     first_uid = sim.job(user.ns, "resilient")["metadata"]["uid"]
     sim.kube.delete("Job", user.ns, "resilient")  # pods go with it (garbage collection)
-    new_job = wait_for(lambda: (j := sim.kube.get("Job", user.ns, "resilient")) and j["metadata"]["uid"] != first_uid
-                       and j, what="a recreated Job")
+    new_job = wait_for(
+        lambda: (j := sim.kube.get("Job", user.ns, "resilient")) and j["metadata"]["uid"] != first_uid and j,
+        what="a recreated Job",
+    )
     assert ("Warning", "JobMissing") in user.events("resilient")
     sim.start(user.ns, "resilient")
-    wait_for(lambda: (st := user.status("resilient")).get("attempts") == 2 and st["phase"] == "Running" and st,
-             what="attempt 2 running")
+    wait_for(
+        lambda: (st := user.status("resilient")).get("attempts") == 2 and st["phase"] == "Running" and st,
+        what="attempt 2 running",
+    )
     assert new_job["metadata"]["annotations"]["kubetune.dev/previous-attempts"] == "1"
 
     user.crd.delete_namespaced_custom_object(GROUP, VERSION, user.ns, PLURAL, "resilient")
-    for kind, name in (("Job", "resilient"), ("ConfigMap", "resilient-spec"), ("Service", "resilient-workers"),
-                       ("ServiceAccount", "resilient-reporter"), ("Role", "resilient-reporter"),
-                       ("RoleBinding", "resilient-reporter")):
+    for kind, name in (
+        ("Job", "resilient"),
+        ("ConfigMap", "resilient-spec"),
+        ("Service", "resilient-workers"),
+        ("ServiceAccount", "resilient-reporter"),
+        ("Role", "resilient-reporter"),
+        ("RoleBinding", "resilient-reporter"),
+    ):
         wait_for(lambda kind=kind, name=name: sim.kube.get(kind, user.ns, name) is None, what=f"{kind} {name} deleted")
     wait_for(lambda: not sim.kube.list("Pod", user.ns), what="pods deleted")
 
@@ -300,8 +358,13 @@ def test_operator_restart_mid_reconcile_never_creates_a_second_job(user, sim, em
         user.apply("restarted")
         ns = user.ns
         # Every status write fails: the operator creates the Job but cannot record it.
-        emulator.inject(Fault(lambda c: c.user == "operator" and c.resource == "finetunejobs/status"
-                              and c.name == "restarted", 500, times=None))
+        emulator.inject(
+            Fault(
+                lambda c: c.user == "operator" and c.resource == "finetunejobs/status" and c.name == "restarted",
+                500,
+                times=None,
+            )
+        )
         operator.start()
         first = wait_for(lambda: sim.kube.get("Job", ns, "restarted"), what="the Job")
         time.sleep(0.5)
@@ -319,8 +382,11 @@ def test_operator_restart_mid_reconcile_never_creates_a_second_job(user, sim, em
 
 
 def job_creates(emulator, namespace: str) -> list:
-    return [c for c in emulator.calls("operator") if c.verb == "create" and c.resource == "jobs"
-            and c.namespace == namespace]
+    return [
+        c
+        for c in emulator.calls("operator")
+        if c.verb == "create" and c.resource == "jobs" and c.namespace == namespace
+    ]
 
 
 @pytest.mark.slow
@@ -335,14 +401,23 @@ def test_many_jobs_reconcile_concurrently_a_bounded_number_at_a_time(user, sim, 
     finally:
         operator.start()
     wait_for(lambda: len(sim.kube.list("Job", user.ns)) == 200, timeout=90, what="200 Jobs")
+
     def pending() -> list[dict]:
-        return [f for f in user.crd.list_namespaced_custom_object(GROUP, VERSION, user.ns, PLURAL)["items"]
-                if (f.get("status") or {}).get("phase") == "Pending"]
+        return [
+            f
+            for f in user.crd.list_namespaced_custom_object(GROUP, VERSION, user.ns, PLURAL)["items"]
+            if (f.get("status") or {}).get("phase") == "Pending"
+        ]
 
     wait_for(lambda: len(pending()) == 200, timeout=60, what="200 FineTuneJobs Pending")
     assert len(job_creates(emulator, user.ns)) == 200
-    stored = emulator.call(lambda: [(c.key[1], c.obj["metadata"]["name"]) for c in emulator.server.history
-                                    if c.kind == "ADDED" and c.obj["metadata"].get("namespace") == user.ns])
+    stored = emulator.call(
+        lambda: [
+            (c.key[1], c.obj["metadata"]["name"])
+            for c in emulator.server.history
+            if c.kind == "ADDED" and c.obj["metadata"].get("namespace") == user.ns
+        ]
+    )
     holding, most = set(), 0
     for plural, name in stored:  # a pass creates <name>-reporter (ServiceAccount), <name>-spec, then Job <name>
         if plural == "serviceaccounts":
@@ -367,12 +442,17 @@ def test_a_stale_watched_copy_never_replays_what_the_operator_already_did(user, 
 
 def test_jobs_and_pods_are_watched_with_a_server_side_selector(emulator, operator):
     """In a shared cluster the operator must not receive every pod and Job to drop them itself."""
-    def streams():
-        return [c for c in emulator.calls("operator")
-                if c.verb in ("list", "watch") and c.resource in ("jobs", "pods") and c.namespace is None]
 
-    wait_for(lambda: {c.resource for c in streams()} == {"jobs", "pods"},
-             what="kopf's cluster-wide Job and pod watches")
+    def streams():
+        return [
+            c
+            for c in emulator.calls("operator")
+            if c.verb in ("list", "watch") and c.resource in ("jobs", "pods") and c.namespace is None
+        ]
+
+    wait_for(
+        lambda: {c.resource for c in streams()} == {"jobs", "pods"}, what="kopf's cluster-wide Job and pod watches"
+    )
     streams = streams()
     assert all(c.label_selector == "app.kubernetes.io/managed-by=kubetune" for c in streams), streams
 
@@ -380,13 +460,21 @@ def test_jobs_and_pods_are_watched_with_a_server_side_selector(emulator, operato
 def test_status_features_of_a_job_that_does_not_fit(user, sim, emulator):
     """A preference job whose lora.dropout has no effect (said in Validated), whose trainer reports its memory plan
     (kept in the status across the operator's passes) and then stops with exit 10 "UserError: DoesNotFit: ..."."""
-    user.apply("toobig", objective="preference", lora={"dropout": 0.1},
-               datasets=[{"uri": "s3://data/prefs.jsonl", "format": "preference"}])
+    user.apply(
+        "toobig",
+        objective="preference",
+        lora={"dropout": 0.1},
+        datasets=[{"uri": "s3://data/prefs.jsonl", "format": "preference"}],
+    )
     wait_for(lambda: sim.kube.get("Job", user.ns, "toobig"), what="the Job")
-    validated = wait_for(lambda: user.status("toobig").get("conditions") and user.condition("toobig", "Validated"),
-                         what="the Validated condition")
-    assert validated["status"] == "True" and "spec.lora.dropout: 0.1 is not applied with objective preference" \
-        in validated["message"]
+    validated = wait_for(
+        lambda: user.status("toobig").get("conditions") and user.condition("toobig", "Validated"),
+        what="the Validated condition",
+    )
+    assert (
+        validated["status"] == "True"
+        and "spec.lora.dropout: 0.1 is not applied with objective preference" in validated["message"]
+    )
     sim.start(user.ns, "toobig")
     user.wait_phase("toobig", "Running")
     from kubetune.api.v1alpha1 import Plan
@@ -397,15 +485,16 @@ def test_status_features_of_a_job_that_does_not_fit(user, sim, emulator):
     reporter.close()
     wait_for(lambda: user.status("toobig").get("plan"), what="status.plan")
     # The operator tells the plan once, as an Event, when it first sees it (a status-only change of the trainer's).
-    planned = wait_for(lambda: [e for e in user.core.list_namespaced_event(user.ns).items if e.reason == "Planned"],
-                       what="the Planned Event")
+    planned = wait_for(
+        lambda: [e for e in user.core.list_namespaced_event(user.ns).items if e.reason == "Planned"],
+        what="the Planned Event",
+    )
     assert [e.message for e in planned] == ["ddp over 1 GPU, about 14.2 GiB per GPU of 12 GiB: it does not fit"]
     words = "UserError: DoesNotFit: 14.2 GiB per GPU but 11.0 GiB usable of 12 GiB; use strategy fsdp or 2 GPUs"
     sim.fail(user.ns, "toobig", 10, words)
     status = user.wait_phase("toobig", "Failed")
     assert user.condition("toobig", "Failed")["reason"] == "DoesNotFit" and status["message"] == words
-    assert status["plan"] == {"strategy": "ddp", "worldSize": 1, "perGpuGiB": 14.2, "gpuMemoryGiB": 12.0,
-                              "fits": False}
+    assert status["plan"] == {"strategy": "ddp", "worldSize": 1, "perGpuGiB": 14.2, "gpuMemoryGiB": 12.0, "fits": False}
     wait_for(lambda: ("Warning", "DoesNotFit") in user.events("toobig"), what="the DoesNotFit Event")
     assert user.events("toobig").count(("Normal", "Planned")) == 1
 

@@ -9,10 +9,10 @@ import dataclasses
 
 import kubernetes_validate
 import pytest
+
 from kubetune.api.constants import OPERATOR_ENV, TRAINER_VOLUMES
 from kubetune.api.validation import SpecError
 from kubetune.controller import builders
-
 from tests.controller import pss
 from tests.controller.samples import CONFIG, FTJ, SPEC
 
@@ -32,10 +32,24 @@ POD = {
         {"name": "netrc", "mountPath": "/etc/netrc.d", "readOnly": False, "secret": {"secretName": "netrc"}},
     ],
     "affinity": {
-        "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-            {"matchExpressions": [{"key": "nvidia.com/gpu.product", "operator": "In", "values": ["H100"]}]}]}},
-        "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 50, "podAffinityTerm": {
-            "labelSelector": {"matchLabels": {"team": "nlp"}}, "topologyKey": "kubernetes.io/hostname"}}]},
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "nvidia.com/gpu.product", "operator": "In", "values": ["H100"]}]}
+                ]
+            }
+        },
+        "podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "weight": 50,
+                    "podAffinityTerm": {
+                        "labelSelector": {"matchLabels": {"team": "nlp"}},
+                        "topologyKey": "kubernetes.io/hostname",
+                    },
+                }
+            ]
+        },
     },
     "serviceAccountName": "ml-identity",
 }
@@ -61,10 +75,15 @@ def test_every_pod_option_reaches_the_pod_template():
     [container] = pod["containers"]
     # The chart's pull secrets first, then the job's, each once.
     assert pod["imagePullSecrets"] == [{"name": "platform-registry"}, {"name": "regcred"}]
-    assert template["metadata"]["labels"] == {"cost-center": "ml-42", "team": "nlp",
-                                              "app.kubernetes.io/managed-by": "kubetune", "kubetune.dev/finetunejob": "bot"}
+    assert template["metadata"]["labels"] == {
+        "cost-center": "ml-42",
+        "team": "nlp",
+        "app.kubernetes.io/managed-by": "kubetune",
+        "kubetune.dev/finetunejob": "bot",
+    }
     assert template["metadata"]["annotations"] == POD["annotations"] | {
-        "kubetune.dev/spec": builders.manifest_yaml(FTJ, spec)}
+        "kubetune.dev/spec": builders.manifest_yaml(FTJ, spec)
+    }
     env = _env(container)
     assert env["HF_HUB_ENABLE_HF_TRANSFER"] == "1" and env["EMPTY"] == ""
     volumes = {v["name"]: v for v in pod["volumes"]}
@@ -101,8 +120,11 @@ def test_without_spec_pod_the_pod_is_as_before():
 @pytest.mark.parametrize("version", KUBE_VERSIONS)
 @pytest.mark.parametrize("case", ["plain", "every-option", "multi-node-no-gpu"])
 def test_the_job_and_its_pods_are_valid_kubernetes_and_restricted(case, version):
-    spec = {"plain": _spec(), "every-option": _spec(pod=POD),
-            "multi-node-no-gpu": _spec(pod=POD, nodes=2, resources={"gpus": 0})}[case]
+    spec = {
+        "plain": _spec(),
+        "every-option": _spec(pod=POD),
+        "multi-node-no-gpu": _spec(pod=POD, nodes=2, resources={"gpus": 0}),
+    }[case]
     objects = [_job(spec), *builders.build_support_objects(FTJ, spec)]
     for obj in objects:
         kubernetes_validate.validate(obj, version, strict=True)
@@ -110,16 +132,22 @@ def test_the_job_and_its_pods_are_valid_kubernetes_and_restricted(case, version)
     assert pss.restricted_violations(template["metadata"], template["spec"]) == []
 
 
-@pytest.mark.parametrize("change, check", [
-    (lambda p: p["volumes"].append({"name": "host", "hostPath": {"path": "/"}}), "host_path_volumes"),
-    (lambda p: p["containers"][0]["securityContext"].update(privileged=True), "privileged"),
-    (lambda p: p["containers"][0]["securityContext"]["capabilities"].update(add=["SYS_ADMIN"]), "capabilities_baseline"),
-    (lambda p: p.update(hostNetwork=True), "host_namespaces"),
-    (lambda p: p["securityContext"].update(seccompProfile={"type": "Unconfined"}), "seccomp_baseline"),
-    (lambda p: p["containers"][0]["securityContext"].pop("allowPrivilegeEscalation"), "allow_privilege_escalation"),
-    (lambda p: p["volumes"].append({"name": "share", "nfs": {"server": "nfs", "path": "/"}}), "restricted_volumes"),
-    (lambda p: p["securityContext"].update(runAsUser=0), "run_as_user"),
-])
+@pytest.mark.parametrize(
+    "change, check",
+    [
+        (lambda p: p["volumes"].append({"name": "host", "hostPath": {"path": "/"}}), "host_path_volumes"),
+        (lambda p: p["containers"][0]["securityContext"].update(privileged=True), "privileged"),
+        (
+            lambda p: p["containers"][0]["securityContext"]["capabilities"].update(add=["SYS_ADMIN"]),
+            "capabilities_baseline",
+        ),
+        (lambda p: p.update(hostNetwork=True), "host_namespaces"),
+        (lambda p: p["securityContext"].update(seccompProfile={"type": "Unconfined"}), "seccomp_baseline"),
+        (lambda p: p["containers"][0]["securityContext"].pop("allowPrivilegeEscalation"), "allow_privilege_escalation"),
+        (lambda p: p["volumes"].append({"name": "share", "nfs": {"server": "nfs", "path": "/"}}), "restricted_volumes"),
+        (lambda p: p["securityContext"].update(runAsUser=0), "run_as_user"),
+    ],
+)
 def test_the_pss_port_refuses_what_the_restricted_level_forbids(change, check):
     """The port is live: each thing the operator never does is refused by the check it belongs to."""
     template = _job(_spec(pod=POD))["spec"]["template"]
@@ -128,8 +156,11 @@ def test_the_pss_port_refuses_what_the_restricted_level_forbids(change, check):
 
 
 def test_annotations_that_would_leave_the_restricted_level_are_refused():
-    for key, value in ((APPARMOR, "unconfined"), ("seccomp.security.alpha.kubernetes.io/pod", "unconfined"),
-                       ("container.seccomp.security.alpha.kubernetes.io/trainer", "runtime/default")):
+    for key, value in (
+        (APPARMOR, "unconfined"),
+        ("seccomp.security.alpha.kubernetes.io/pod", "unconfined"),
+        ("container.seccomp.security.alpha.kubernetes.io/trainer", "runtime/default"),
+    ):
         with pytest.raises(SpecError) as refused:
             _spec(pod={"annotations": {key: value}})
         assert f"spec.pod.annotations[{key}]" in str(refused.value)
@@ -142,9 +173,19 @@ def test_annotations_that_would_leave_the_restricted_level_are_refused():
 def test_user_env_never_overrides_the_operators():
     spec = _spec(pod={"env": [{"name": "WANDB_MODE", "value": "offline"}]})
     # What the API refuses could still arrive in a spec built in code: the operator's value is kept.
-    smuggled = spec.model_copy(update={"pod": spec.pod.model_copy(update={"env": [
-        *spec.pod.env, type(spec.pod.env[0]).model_construct(name="HOME", value="/root"),
-        type(spec.pod.env[0]).model_construct(name="KUBETUNE_AMBIENT_CREDENTIALS", value="output")]})})
+    smuggled = spec.model_copy(
+        update={
+            "pod": spec.pod.model_copy(
+                update={
+                    "env": [
+                        *spec.pod.env,
+                        type(spec.pod.env[0]).model_construct(name="HOME", value="/root"),
+                        type(spec.pod.env[0]).model_construct(name="KUBETUNE_AMBIENT_CREDENTIALS", value="output"),
+                    ]
+                }
+            )
+        }
+    )
     env = _job(smuggled)["spec"]["template"]["spec"]["containers"][0]["env"]
     names = [e["name"] for e in env]
     assert names.count("HOME") == 1 and names.count("KUBETUNE_AMBIENT_CREDENTIALS") == 1
@@ -178,18 +219,33 @@ def test_a_job_with_gpus_leaves_the_device_selection_to_the_device_plugin():
 # ------------------------------------------------------------------------------------------ file:// outputs
 
 
-@pytest.mark.parametrize("uri, volumes, message", [
-    ("file:///scratch/out/", [], "is lost with the pod"),
-    ("file:///data/out/", [], "is not on a volume of spec.pod.volumes"),
-    ("file:///data/out/", [{"name": "d", "mountPath": "/data", "persistentVolumeClaim": {"claimName": "d"}}],
-     "cannot write"),
-    ("file:///data/out/", [{"name": "d", "mountPath": "/data", "readOnly": False, "configMap": {"name": "d"}}],
-     "cannot write"),
-    ("file:///dataset/out/", [{"name": "d", "mountPath": "/data", "readOnly": False,
-                               "persistentVolumeClaim": {"claimName": "d"}}], "is not on a volume"),
-    ("file:///data/../etc/out/", [{"name": "d", "mountPath": "/data", "readOnly": False,
-                                   "persistentVolumeClaim": {"claimName": "d"}}], "is not on a volume"),
-])
+@pytest.mark.parametrize(
+    "uri, volumes, message",
+    [
+        ("file:///scratch/out/", [], "is lost with the pod"),
+        ("file:///data/out/", [], "is not on a volume of spec.pod.volumes"),
+        (
+            "file:///data/out/",
+            [{"name": "d", "mountPath": "/data", "persistentVolumeClaim": {"claimName": "d"}}],
+            "cannot write",
+        ),
+        (
+            "file:///data/out/",
+            [{"name": "d", "mountPath": "/data", "readOnly": False, "configMap": {"name": "d"}}],
+            "cannot write",
+        ),
+        (
+            "file:///dataset/out/",
+            [{"name": "d", "mountPath": "/data", "readOnly": False, "persistentVolumeClaim": {"claimName": "d"}}],
+            "is not on a volume",
+        ),
+        (
+            "file:///data/../etc/out/",
+            [{"name": "d", "mountPath": "/data", "readOnly": False, "persistentVolumeClaim": {"claimName": "d"}}],
+            "is not on a volume",
+        ),
+    ],
+)
 def test_file_outputs_in_a_cluster_need_a_writable_volume(uri, volumes, message):
     with pytest.raises(SpecError) as refused:
         _spec(output={"uri": uri}, pod={"volumes": volumes})

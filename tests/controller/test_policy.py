@@ -10,10 +10,10 @@ import time
 
 import pytest
 from harness import wait_for
+
 from kubetune.controller import builders, policy
 from kubetune.controller.config import from_env
 from kubetune.controller.policy import Policy
-
 from tests.controller.samples import CONFIG, FTJ, SPEC
 
 STRICT = Policy(
@@ -42,21 +42,30 @@ def test_a_job_within_every_rule_is_allowed():
     assert violations(ALLOWED | {"image": "registry.example/ml/trainer:2"}) == {}
 
 
-@pytest.mark.parametrize("change, rule, field", [
-    ({"image": "registry.example/ml-evil/trainer:1"}, "allowedImagePrefixes", "spec.image"),
-    ({"image": "docker.io/library/python:3.11"}, "allowedImagePrefixes", "spec.image"),
-    ({"queueName": ""}, "requireQueue", "spec.queueName"),
-    ({"resources": SPEC["resources"] | {"gpus": 8}, "nodes": 2}, "maxGpusPerJob", "spec.resources.gpus"),
-    ({"nodes": 3}, "maxNodesPerJob", "spec.nodes"),
-    ({"priorityClassName": "system-cluster-critical"}, "allowedPriorityClasses", "spec.priorityClassName"),
-    ({"output": {"uri": "s3://elsewhere/", "credentialsSecret": "s3-creds"}}, "outputUriPrefix", "spec.output.uri"),
-    # the run lands under <uri>/<namespace>/..., so naming another team's folder does not get there either
-    ({"output": {"uri": "s3://out/root/team-b/", "credentialsSecret": "s3-creds"}}, "outputUriPrefix",
-     "spec.output.uri"),
-    ({"output": {"uri": "s3://out/root/", "ambientCredentials": True}}, "allowAmbientCredentials",
-     "spec.output.ambientCredentials"),
-    ({"pod": {"serviceAccountName": "cluster-admin-ish"}}, "allowedServiceAccounts", "spec.pod.serviceAccountName"),
-])
+@pytest.mark.parametrize(
+    "change, rule, field",
+    [
+        ({"image": "registry.example/ml-evil/trainer:1"}, "allowedImagePrefixes", "spec.image"),
+        ({"image": "docker.io/library/python:3.11"}, "allowedImagePrefixes", "spec.image"),
+        ({"queueName": ""}, "requireQueue", "spec.queueName"),
+        ({"resources": SPEC["resources"] | {"gpus": 8}, "nodes": 2}, "maxGpusPerJob", "spec.resources.gpus"),
+        ({"nodes": 3}, "maxNodesPerJob", "spec.nodes"),
+        ({"priorityClassName": "system-cluster-critical"}, "allowedPriorityClasses", "spec.priorityClassName"),
+        ({"output": {"uri": "s3://elsewhere/", "credentialsSecret": "s3-creds"}}, "outputUriPrefix", "spec.output.uri"),
+        # the run lands under <uri>/<namespace>/..., so naming another team's folder does not get there either
+        (
+            {"output": {"uri": "s3://out/root/team-b/", "credentialsSecret": "s3-creds"}},
+            "outputUriPrefix",
+            "spec.output.uri",
+        ),
+        (
+            {"output": {"uri": "s3://out/root/", "ambientCredentials": True}},
+            "allowAmbientCredentials",
+            "spec.output.ambientCredentials",
+        ),
+        ({"pod": {"serviceAccountName": "cluster-admin-ish"}}, "allowedServiceAccounts", "spec.pod.serviceAccountName"),
+    ],
+)
 def test_each_rule_refuses_naming_itself_and_the_field(change, rule, field):
     found = violations(ALLOWED | change)
     assert set(found) == {rule}, found
@@ -84,10 +93,14 @@ def test_output_prefix_per_namespace():
 
 
 def test_ambient_credentials_name_every_entry_that_asks():
-    spec = SPEC | {"queueName": "q",
-                   "model": {"uri": "s3://models/base/", "ambientCredentials": True},
-                   "datasets": [{"name": "a", "uri": "s3://data/a.jsonl", "format": "messages"},
-                                {"name": "b", "uri": "s3://data/b.jsonl", "format": "messages", "ambientCredentials": True}]}
+    spec = SPEC | {
+        "queueName": "q",
+        "model": {"uri": "s3://models/base/", "ambientCredentials": True},
+        "datasets": [
+            {"name": "a", "uri": "s3://data/a.jsonl", "format": "messages"},
+            {"name": "b", "uri": "s3://data/b.jsonl", "format": "messages", "ambientCredentials": True},
+        ],
+    }
     config = dataclasses.replace(CONFIG, policy=STRICT)
     found = policy.check(config, FTJ, builders.resolve_spec(spec, config))
     assert [v.field for v in found] == ["spec.model.ambientCredentials", "spec.datasets[1].ambientCredentials"]
@@ -98,8 +111,12 @@ def test_service_accounts_none_by_default_any_with_a_star():
     spec = ALLOWED | {"pod": {"serviceAccountName": "ml-identity"}}
     assert violations(spec) == {}
     assert set(violations(spec, dataclasses.replace(STRICT, allowed_service_accounts=()))) == {"allowedServiceAccounts"}
-    assert violations(spec | {"pod": {"serviceAccountName": "x"}},
-                      dataclasses.replace(STRICT, allowed_service_accounts=("*",))) == {}
+    assert (
+        violations(
+            spec | {"pod": {"serviceAccountName": "x"}}, dataclasses.replace(STRICT, allowed_service_accounts=("*",))
+        )
+        == {}
+    )
     # without any policy: identities are the two things refused unless allowed
     assert set(violations(spec, Policy())) == {"allowedServiceAccounts"}
     assert violations(SPEC, Policy()) == {}
@@ -120,26 +137,36 @@ def test_default_queue_is_filled_in_and_satisfies_require_queue():
 
 
 def test_the_policy_setting_is_read_from_the_helm_values_json():
-    values = {"allowedImagePrefixes": ["registry.example/ml/"], "requireQueue": True, "defaultQueue": "",
-              "maxGpusPerJob": 8, "maxNodesPerJob": 2, "allowedPriorityClasses": ["training", "urgent"],
-              "outputUriPrefix": "s3://out/root/{namespace}/", "allowAmbientCredentials": False,
-              "allowedServiceAccounts": ["ml-identity"]}
+    values = {
+        "allowedImagePrefixes": ["registry.example/ml/"],
+        "requireQueue": True,
+        "defaultQueue": "",
+        "maxGpusPerJob": 8,
+        "maxNodesPerJob": 2,
+        "allowedPriorityClasses": ["training", "urgent"],
+        "outputUriPrefix": "s3://out/root/{namespace}/",
+        "allowAmbientCredentials": False,
+        "allowedServiceAccounts": ["ml-identity"],
+    }
     assert from_env({"KUBETUNE_POLICY": json.dumps(values)}).policy == STRICT
     assert from_env({}).policy == Policy() == from_env({"KUBETUNE_POLICY": "  "}).policy
 
 
-@pytest.mark.parametrize("values, named", [
-    ({"maxGpus": 8}, "unknown rule(s) maxGpus"),
-    ({"maxGpusPerJob": -1}, "KUBETUNE_POLICY.maxGpusPerJob: must be an integer >= 0"),
-    ({"maxGpusPerJob": "8"}, "KUBETUNE_POLICY.maxGpusPerJob"),
-    ({"requireQueue": "yes"}, "KUBETUNE_POLICY.requireQueue: must be true or false"),
-    ({"allowedImagePrefixes": "ghcr.io/acme/"}, "KUBETUNE_POLICY.allowedImagePrefixes: must be a list"),
-    ({"allowedImagePrefixes": ["ghcr.io/acme"]}, "must end with '/', ':' or '@'"),
-    ({"outputUriPrefix": "s3://out/{team}/"}, "only {namespace} may stand in braces"),
-    ({"outputUriPrefix": "ml-outputs/{namespace}/"}, "is not a URI prefix"),
-    ({"allowedServiceAccounts": ["Admin"]}, "KUBETUNE_POLICY.allowedServiceAccounts"),
-    ({"defaultQueue": "Team GPUs"}, "KUBETUNE_POLICY.defaultQueue"),
-])
+@pytest.mark.parametrize(
+    "values, named",
+    [
+        ({"maxGpus": 8}, "unknown rule(s) maxGpus"),
+        ({"maxGpusPerJob": -1}, "KUBETUNE_POLICY.maxGpusPerJob: must be an integer >= 0"),
+        ({"maxGpusPerJob": "8"}, "KUBETUNE_POLICY.maxGpusPerJob"),
+        ({"requireQueue": "yes"}, "KUBETUNE_POLICY.requireQueue: must be true or false"),
+        ({"allowedImagePrefixes": "ghcr.io/acme/"}, "KUBETUNE_POLICY.allowedImagePrefixes: must be a list"),
+        ({"allowedImagePrefixes": ["ghcr.io/acme"]}, "must end with '/', ':' or '@'"),
+        ({"outputUriPrefix": "s3://out/{team}/"}, "only {namespace} may stand in braces"),
+        ({"outputUriPrefix": "ml-outputs/{namespace}/"}, "is not a URI prefix"),
+        ({"allowedServiceAccounts": ["Admin"]}, "KUBETUNE_POLICY.allowedServiceAccounts"),
+        ({"defaultQueue": "Team GPUs"}, "KUBETUNE_POLICY.defaultQueue"),
+    ],
+)
 def test_a_bad_policy_setting_is_one_line_naming_the_value(values, named):
     with pytest.raises(ValueError, match="KUBETUNE_POLICY") as refused:
         from_env({"KUBETUNE_POLICY": json.dumps(values)})

@@ -20,6 +20,7 @@ def new_queue(workers: int = 1, max_wait: float = 5.0) -> WorkQueue:
 
 async def run_workers(queue: WorkQueue, process) -> asyncio.Task:
     """What the reconciler does: a task per key the queue hands out, `done` after it."""
+
     async def work(key):
         try:
             await process(key)
@@ -183,6 +184,7 @@ def test_background_work_is_served_once_it_waited_max_wait_even_under_a_stream_o
 
 def test_a_deferred_pass_goes_on_after_every_waiting_watch_event():
     """A new job's pass creates its Job, then lets the other new jobs create theirs before it finishes."""
+
     async def scenario():
         queue, order = new_queue(), []
 

@@ -161,11 +161,18 @@ class RecordingKube(FakeKube):
 
 
 def new_finetunejob(name):
-    return {"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob",
-            "metadata": {"name": name, "namespace": "team", "uid": f"uid-{name}", "generation": 1},
-            "spec": {"technique": "lora", "objective": "causal-lm", "model": {"uri": "hf://org/model"},
-                     "datasets": [{"uri": "s3://bucket-a/train.jsonl", "format": "text"}],
-                     "output": {"uri": "s3://bucket-a/out/"}}}
+    return {
+        "apiVersion": "kubetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name, "namespace": "team", "uid": f"uid-{name}", "generation": 1},
+        "spec": {
+            "technique": "lora",
+            "objective": "causal-lm",
+            "model": {"uri": "hf://org/model"},
+            "datasets": [{"uri": "s3://bucket-a/train.jsonl", "format": "text"}],
+            "output": {"uri": "s3://bucket-a/out/"},
+        },
+    }
 
 
 def test_a_burst_gets_every_job_created_before_the_work_that_can_wait():
@@ -196,6 +203,7 @@ def test_a_burst_gets_every_job_created_before_the_work_that_can_wait():
 def test_nothing_is_kept_for_a_job_once_it_is_gone():
     """Any tenant can create and delete FineTuneJobs (and label pods after one): the reconciler's memory per
     job must end with the job."""
+
     async def scenario():
         kube = RecordingKube()
         reconciler = Reconciler(kube, CONFIG)
@@ -214,7 +222,9 @@ def test_nothing_is_kept_for_a_job_once_it_is_gone():
             kube.listed = ["kept"]
             await asyncio.gather(*(reconciler.reconcile("team", n, body=new_finetunejob(n)) for n in ("gone", "kept")))
             await reconciler.forget_deleted()
-            assert set(reconciler._records) == {("team", "kept")} and reconciler.metrics.recorded() == {("team", "kept")}
+            assert set(reconciler._records) == {("team", "kept")} and reconciler.metrics.recorded() == {
+                ("team", "kept")
+            }
             reconciler.enqueue("team", "kept")
             await settle(reconciler)
             return reconciler

@@ -10,6 +10,7 @@ import time
 import pytest
 from emulator import ApiError, Fault
 from harness import wait_for
+
 from kubetune.api.crd import crd
 from kubetune.controller import bounds
 
@@ -24,17 +25,27 @@ def user(admin, namespace, operator):
 
 
 def creates(emulator, namespace: str, resource: str) -> int:
-    return len([c for c in emulator.calls("operator") if c.verb == "create" and c.resource == resource
-                and c.namespace == namespace])
+    return len(
+        [
+            c
+            for c in emulator.calls("operator")
+            if c.verb == "create" and c.resource == resource and c.namespace == namespace
+        ]
+    )
 
 
 def test_a_users_object_with_a_childs_name_is_reported_not_adopted(user, sim, emulator, operator_log):
-    user.core.create_namespaced_service_account(user.ns, {"metadata": {"name": "clash-reporter",
-                                                                    "labels": {"mine": "yes"}}})
+    user.core.create_namespaced_service_account(
+        user.ns, {"metadata": {"name": "clash-reporter", "labels": {"mine": "yes"}}}
+    )
     user.apply("clash")
     status = user.wait_phase("clash", "Failed")
     failed = user.condition("clash", "Failed")
-    assert failed["reason"] == "ChildRejected" and "ServiceAccount" in failed["message"] and "clash-reporter" in failed["message"]
+    assert (
+        failed["reason"] == "ChildRejected"
+        and "ServiceAccount" in failed["message"]
+        and "clash-reporter" in failed["message"]
+    )
     assert user.condition("clash", "Validated")["status"] == "True"  # the spec is fine; the name is taken
     assert status["message"] == failed["message"]
     wait_for(lambda: ("Warning", "ChildRejected") in user.events("clash"), what="the Warning Event")
@@ -44,15 +55,20 @@ def test_a_users_object_with_a_childs_name_is_reported_not_adopted(user, sim, em
     time.sleep(2.2)  # two resyncs: nothing is tried again
     assert creates(emulator, user.ns, "serviceaccounts") == 1 and creates(emulator, user.ns, "jobs") == 0
     assert user.events("clash").count(("Warning", "ChildRejected")) == 1
-    assert ("WARNING", "ChildRejected") in [(level, reason) for level, reason, _ in operator_log.lines(user.ns, "clash")]
+    assert ("WARNING", "ChildRejected") in [
+        (level, reason) for level, reason, _ in operator_log.lines(user.ns, "clash")
+    ]
 
 
 def test_a_job_an_admission_webhook_refuses_fails_with_its_words(user, sim, emulator):
     words = 'admission webhook "gpu-quota.example.com" denied the request: team quota of 8 GPUs is used up'
 
     def quota(server, request):
-        if (request.group, request.resource, request.operation) == ("batch", "jobs", "CREATE") \
-                and request.namespace == user.ns:
+        if (request.group, request.resource, request.operation) == (
+            "batch",
+            "jobs",
+            "CREATE",
+        ) and request.namespace == user.ns:
             raise ApiError(403, "Forbidden", words)
 
     remove = emulator.admit(quota)
@@ -73,10 +89,16 @@ def test_a_refused_patch_of_a_running_job_fails_it_and_stops_the_job(user, sim, 
     wait_for(lambda: sim.kube.get("Job", user.ns, "edited"), what="the Job")
     sim.start(user.ns, "edited")
     user.wait_phase("edited", "Running")
-    emulator.inject(Fault(lambda c: c.user == "operator" and c.verb == "patch" and c.resource == "jobs"
-                          and c.namespace == user.ns, 422, times=None, reason="Invalid",
-                          message='Job.batch "edited" is invalid: spec.backoffLimit: Invalid value: 9: over the '
-                                  "cluster's limit of 6"))
+    emulator.inject(
+        Fault(
+            lambda c: c.user == "operator" and c.verb == "patch" and c.resource == "jobs" and c.namespace == user.ns,
+            422,
+            times=None,
+            reason="Invalid",
+            message='Job.batch "edited" is invalid: spec.backoffLimit: Invalid value: 9: over the '
+            "cluster's limit of 6",
+        )
+    )
     try:
         user.edit("edited", backoffLimit=9)
         user.wait_phase("edited", "Failed")
@@ -92,20 +114,40 @@ def test_the_api_server_refuses_what_kubernetes_refuses():
 
     causes = apivalidation.metadata_causes("", "services", {"metadata": {"name": "7b-lora-workers"}})
     assert causes[0]["field"] == "metadata.name" and "DNS-1035" in causes[0]["message"]
-    causes = apivalidation.metadata_causes("batch", "jobs", {"metadata": {"name": "j", "labels": {
-        "kueue.x-k8s.io/queue-name": "q" * 64}}})
-    assert causes == [{"reason": "FieldValueInvalid", "field": "metadata.labels",
-                       "message": f'Invalid value: "{"q" * 64}": must be no more than 63 characters'}]
-    schema = {"properties": {"status": {"properties": {"message": {"type": "string", "maxLength": 5},
-                                                       "list": {"type": "array", "maxItems": 1}}}}}
-    refusal = apivalidation.Invalid("FineTuneJob", "kubetune.dev", "bot", apivalidation.custom_resource_causes(
-        {"status": {"message": "123456", "list": [1, 2]}}, schema, status_only=True))
-    assert refusal.message == ('FineTuneJob.kubetune.dev "bot" is invalid: [status.message: Too long: may not be more '
-                               'than 5 bytes, status.list: Too many: 2: must have at most 1 item]')
+    causes = apivalidation.metadata_causes(
+        "batch", "jobs", {"metadata": {"name": "j", "labels": {"kueue.x-k8s.io/queue-name": "q" * 64}}}
+    )
+    assert causes == [
+        {
+            "reason": "FieldValueInvalid",
+            "field": "metadata.labels",
+            "message": f'Invalid value: "{"q" * 64}": must be no more than 63 characters',
+        }
+    ]
+    schema = {
+        "properties": {
+            "status": {
+                "properties": {"message": {"type": "string", "maxLength": 5}, "list": {"type": "array", "maxItems": 1}}
+            }
+        }
+    }
+    refusal = apivalidation.Invalid(
+        "FineTuneJob",
+        "kubetune.dev",
+        "bot",
+        apivalidation.custom_resource_causes(
+            {"status": {"message": "123456", "list": [1, 2]}}, schema, status_only=True
+        ),
+    )
+    assert refusal.message == (
+        'FineTuneJob.kubetune.dev "bot" is invalid: [status.message: Too long: may not be more '
+        "than 5 bytes, status.list: Too many: 2: must have at most 1 item]"
+    )
 
 
-def test_a_status_write_the_api_server_refuses_is_sent_again_in_a_form_that_fits(user, sim, emulator, operator,
-                                                                                  operator_log):
+def test_a_status_write_the_api_server_refuses_is_sent_again_in_a_form_that_fits(
+    user, sim, emulator, operator, operator_log
+):
     """A cluster whose CRD bounds status.message tighter than this release's (another release's CRD): the write is
     refused, logged, and sent again cut to the bound the server named, so phase and conditions still change."""
     tighter = copy.deepcopy(crd())
@@ -134,15 +176,35 @@ def test_a_child_left_by_an_earlier_job_of_the_same_name_is_waited_for_not_rejec
     """Deleted and created again at once: the garbage collector may not have removed the first job's children yet
     (here a finalizer holds one). They are of an earlier FineTuneJob of this name: the new job waits for them to go,
     then gets its own."""
-    leftover = {"apiVersion": "v1", "kind": "ServiceAccount",
-                "metadata": {"name": "again-reporter", "namespace": user.ns, "finalizers": ["example.com/hold"],
-                             "labels": {"app.kubernetes.io/managed-by": "kubetune", "kubetune.dev/finetunejob": "again"},
-                             "ownerReferences": [{"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob",
-                                                  "name": "again", "uid": "uid-of-the-first-again",
-                                                  "controller": True, "blockOwnerDeletion": True}]}}
+    leftover = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {
+            "name": "again-reporter",
+            "namespace": user.ns,
+            "finalizers": ["example.com/hold"],
+            "labels": {"app.kubernetes.io/managed-by": "kubetune", "kubetune.dev/finetunejob": "again"},
+            "ownerReferences": [
+                {
+                    "apiVersion": "kubetune.dev/v1alpha1",
+                    "kind": "FineTuneJob",
+                    "name": "again",
+                    "uid": "uid-of-the-first-again",
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+    }
     sim.kube.create(leftover)  # its owner is gone: the garbage collector deletes it, the finalizer holds it
-    wait_for(lambda: (sim.kube.get("ServiceAccount", user.ns, "again-reporter") or {}).get("metadata", {})
-             .get("deletionTimestamp"), what="the leftover being deleted")
+    wait_for(
+        lambda: (
+            (sim.kube.get("ServiceAccount", user.ns, "again-reporter") or {})
+            .get("metadata", {})
+            .get("deletionTimestamp")
+        ),
+        what="the leftover being deleted",
+    )
     user.apply("again")
     time.sleep(1.5)
     assert user.status("again").get("phase") is None  # waiting, not failed

@@ -9,21 +9,25 @@ import logging
 import kubernetes
 import pytest
 from harness import wait_for
+
 from kubetune.api.crd import crd
 from kubetune.api.v1alpha1 import Plan
 from kubetune_trainer.reporting import MultiReporter, NullReporter, ProgressReport, quoted
 from kubetune_trainer.status_reporter import StatusReporter, status_patch
 
 
-@pytest.mark.parametrize("value, shown", [
-    ("conversation", "'conversation'"),
-    ("it's", "'it\\'s'"),
-    ("two\nlines", "'two\\nlines'"),
-    ("\x1b[31mred", "'\\u001b[31mred'"),
-    ("\u202eevil", "'\\u202eevil'"),  # a bidirectional override: escaped, never applied
-    ("réponse", "'réponse'"),
-    (42, "'42'"),
-])
+@pytest.mark.parametrize(
+    "value, shown",
+    [
+        ("conversation", "'conversation'"),
+        ("it's", "'it\\'s'"),
+        ("two\nlines", "'two\\nlines'"),
+        ("\x1b[31mred", "'\\u001b[31mred'"),
+        ("\u202eevil", "'\\u202eevil'"),  # a bidirectional override: escaped, never applied
+        ("réponse", "'réponse'"),
+        (42, "'42'"),
+    ],
+)
 def test_user_data_is_quoted_on_one_line(value, shown):
     assert quoted(value) == shown
 
@@ -35,8 +39,12 @@ def test_user_data_is_bounded_without_breaking_an_escape():
 
 
 def test_the_reporter_writes_only_its_own_keys():
-    patch = status_patch({"progress": {"step": 3, "totalSteps": 10, "epoch": 0.3, "percent": 30},
-                          "plan": {"strategy": "fsdp", "worldSize": 8, "perGpuGiB": 30.5, "fits": True}})
+    patch = status_patch(
+        {
+            "progress": {"step": 3, "totalSteps": 10, "epoch": 0.3, "percent": 30},
+            "plan": {"strategy": "fsdp", "worldSize": 8, "perGpuGiB": 30.5, "fits": True},
+        }
+    )
     assert set(patch) == {"progress", "plan"}  # no defaults of the operator's keys (conditions, phase)
 
 
@@ -70,7 +78,8 @@ def test_a_reporter_held_to_tighter_bounds_learns_them_from_the_refusal(admin, n
 
     tighter = copy.deepcopy(crd())
     tighter["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]["progress"][
-        "properties"]["stage"]["maxLength"] = 64
+        "properties"
+    ]["stage"]["maxLength"] = 64
     user = User(admin, namespace)
     emulator.register_crd(tighter)
     try:
@@ -84,8 +93,9 @@ def test_a_reporter_held_to_tighter_bounds_learns_them_from_the_refusal(admin, n
         wait_for(lambda: (user.status("tight").get("progress") or {}).get("step") == 1, what="the first report")
         reporter.progress(ProgressReport(step=2, total_steps=4, epoch=0.5, stage="policy " * 20))
         reporter.close()
-        progress = wait_for(lambda: (p := user.status("tight").get("progress") or {}).get("step") == 2 and p,
-                            what="the second report")
+        progress = wait_for(
+            lambda: (p := user.status("tight").get("progress") or {}).get("step") == 2 and p, what="the second report"
+        )
         assert len(progress["stage"]) == 64
         refused = [c for c in emulator.calls(f"sa:{namespace}:tight-reporter") if c.verb == "patch"]
         assert len(refused) == 3  # refused, cut and sent again, then cut from the start

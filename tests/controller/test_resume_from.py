@@ -30,8 +30,18 @@ def _checkpointed(user, sim, name: str, **spec) -> str:
     root = _env(job)["KUBETUNE_OUTPUT_URI"]
     sim.start(user.ns, name)
     user.wait_phase(name, "Running")
-    user.crd.patch_namespaced_custom_object_status(GROUP, VERSION, user.ns, PLURAL, name, {"status": {"checkpoints": [
-        {"step": 400, "uri": f"{root}checkpoints/step-400/", "time": "2026-11-28T10:00:00Z"}]}})
+    user.crd.patch_namespaced_custom_object_status(
+        GROUP,
+        VERSION,
+        user.ns,
+        PLURAL,
+        name,
+        {
+            "status": {
+                "checkpoints": [{"step": 400, "uri": f"{root}checkpoints/step-400/", "time": "2026-11-28T10:00:00Z"}]
+            }
+        },
+    )
     return root
 
 
@@ -50,8 +60,10 @@ def test_resume_from_a_job_passes_its_output_root_to_the_trainer_for_every_attem
     user.wait_phase("more", "Running")
     first_uid = job["metadata"]["uid"]
     sim.fail_pod(ns, "more", 1, 137, "OOMKilled")
-    job = wait_for(lambda: (j := sim.kube.get("Job", ns, "more")) and j["metadata"]["uid"] != first_uid and j,
-                   what="the second attempt's Job")
+    job = wait_for(
+        lambda: (j := sim.kube.get("Job", ns, "more")) and j["metadata"]["uid"] != first_uid and j,
+        what="the second attempt's Job",
+    )
     assert _env(job)["KUBETUNE_RESUME_FROM"] == root
 
 
@@ -60,9 +72,11 @@ def test_resume_from_a_missing_job_or_one_without_a_checkpoint_fails_clearly(use
     user.apply("orphan", resumeFrom="nope")
     failed = user.wait_phase("orphan", "Failed")
     assert user.condition("orphan", "Failed")["reason"] == "ResumeSourceNotFound"
-    assert failed["message"] == (f"spec.resumeFrom: there is no FineTuneJob 'nope' in namespace {ns} (kubectl get ftj "
-                                 f"-n {ns} lists them): name one that has a checkpoint, or a checkpoint URI, in a new "
-                                 "FineTuneJob")
+    assert failed["message"] == (
+        f"spec.resumeFrom: there is no FineTuneJob 'nope' in namespace {ns} (kubectl get ftj "
+        f"-n {ns} lists them): name one that has a checkpoint, or a checkpoint URI, in a new "
+        "FineTuneJob"
+    )
     wait_for(lambda: ("Warning", "ResumeSourceNotFound") in user.events("orphan"), what="the Event")
     assert sim.kube.get("Job", ns, "orphan") is None and sim.kube.get("ConfigMap", ns, "orphan-spec") is None
 

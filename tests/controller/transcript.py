@@ -15,22 +15,28 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import kubernetes  # noqa: E402
 import yaml  # noqa: E402
-
 from emulator import ADMIN_TOKEN  # noqa: E402
 from harness import ClusterSim, OperatorThread, start_emulator, wait_for  # noqa: E402
+from kueuesim import KueueSim  # noqa: E402
+
 from kubetune.api.constants import GROUP, PLURAL, VERSION  # noqa: E402
 from kubetune.controller.config import OperatorConfig  # noqa: E402
 from kubetune_trainer.reporting import CheckpointReport, OutputReport, ProgressReport  # noqa: E402
 from kubetune_trainer.status_reporter import StatusReporter  # noqa: E402
-from kueuesim import KueueSim  # noqa: E402
 
 NS, NAME = "team-a", "support-bot"
 MANIFEST = {
-    "apiVersion": f"{GROUP}/{VERSION}", "kind": "FineTuneJob", "metadata": {"name": NAME, "namespace": NS},
-    "spec": {"technique": "qlora", "objective": "instruction", "queueName": "gpu-queue",
-             "model": {"uri": "hf://Qwen/Qwen2.5-0.5B-Instruct", "credentialsSecret": "hf-token"},
-             "datasets": [{"name": "support", "uri": "s3://data/support/train.jsonl", "format": "messages"}],
-             "output": {"uri": "s3://kubetune/", "credentialsSecret": "s3-credentials"}},
+    "apiVersion": f"{GROUP}/{VERSION}",
+    "kind": "FineTuneJob",
+    "metadata": {"name": NAME, "namespace": NS},
+    "spec": {
+        "technique": "qlora",
+        "objective": "instruction",
+        "queueName": "gpu-queue",
+        "model": {"uri": "hf://Qwen/Qwen2.5-0.5B-Instruct", "credentialsSecret": "hf-token"},
+        "datasets": [{"name": "support", "uri": "s3://data/support/train.jsonl", "format": "messages"}],
+        "output": {"uri": "s3://kubetune/", "credentialsSecret": "s3-credentials"},
+    },
 }
 
 
@@ -59,10 +65,21 @@ def main() -> None:
         sim.start(NS, NAME)
         uid = api.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, NAME)["metadata"]["uid"]
         root = f"s3://kubetune/{NS}/{NAME}/{uid}/"
-        reporter = StatusReporter(NAME, NS, interval_seconds=0, api_client=kubernetes.client.ApiClient(
-            emulator.client_configuration(f"sa:{NS}:{NAME}-reporter")))
-        reporter.progress(ProgressReport(step=1200, total_steps=3000, epoch=1.2, eta_seconds=1800,
-                                         metrics={"loss": 0.91, "evalLoss": 1.02, "learningRate": 1.5e-4}))
+        reporter = StatusReporter(
+            NAME,
+            NS,
+            interval_seconds=0,
+            api_client=kubernetes.client.ApiClient(emulator.client_configuration(f"sa:{NS}:{NAME}-reporter")),
+        )
+        reporter.progress(
+            ProgressReport(
+                step=1200,
+                total_steps=3000,
+                epoch=1.2,
+                eta_seconds=1800,
+                metrics={"loss": 0.91, "evalLoss": 1.02, "learningRate": 1.5e-4},
+            )
+        )
         reporter.checkpoints([CheckpointReport(1200, f"{root}checkpoints/step-1200/", "2026-11-26T04:10:00Z", 1.02)])
         reporter.close()
         show("admitted by Kueue, training, progress reported by the trainer", "Running")
@@ -70,12 +87,20 @@ def main() -> None:
         show("an infrastructure failure: the Job controller will retry", "Pending")
         sim.start(NS, NAME)
         show("attempt 2 resumes from checkpoint step-1200", "Running")
-        reporter = StatusReporter(NAME, NS, interval_seconds=0, api_client=kubernetes.client.ApiClient(
-            emulator.client_configuration(f"sa:{NS}:{NAME}-reporter")))
-        reporter.progress(ProgressReport(step=3000, total_steps=3000, epoch=3.0, eta_seconds=0,
-                                         metrics={"loss": 0.62, "evalLoss": 0.88}))
-        reporter.output(OutputReport(f"{root}final/", f"{root}metrics.jsonl", f"{root}tensorboard/",
-                                     f"{root}checkpoints/"))
+        reporter = StatusReporter(
+            NAME,
+            NS,
+            interval_seconds=0,
+            api_client=kubernetes.client.ApiClient(emulator.client_configuration(f"sa:{NS}:{NAME}-reporter")),
+        )
+        reporter.progress(
+            ProgressReport(
+                step=3000, total_steps=3000, epoch=3.0, eta_seconds=0, metrics={"loss": 0.62, "evalLoss": 0.88}
+            )
+        )
+        reporter.output(
+            OutputReport(f"{root}final/", f"{root}metrics.jsonl", f"{root}tensorboard/", f"{root}checkpoints/")
+        )
         reporter.close()
         sim.succeed(NS, NAME)
         show("finished", "Succeeded")

@@ -40,7 +40,7 @@ def fit_text(text: str, max_length: int | None) -> str:
         return text
     if max_length <= len(TRUNCATED):
         return text[:max_length]
-    return text[:max_length - len(TRUNCATED)] + TRUNCATED
+    return text[: max_length - len(TRUNCATED)] + TRUNCATED
 
 
 def fit(value: Any, schema: dict[str, Any] | None) -> Any:
@@ -53,7 +53,7 @@ def fit(value: Any, schema: dict[str, Any] | None) -> Any:
     if isinstance(value, list):
         limit = schema.get("maxItems")
         if limit is not None and len(value) > limit:
-            value = value[len(value) - limit:] if limit else []
+            value = value[len(value) - limit :] if limit else []
         items = schema.get("items")
         return [fit(item, items) for item in value] if isinstance(items, dict) else value
     if isinstance(value, dict):
@@ -115,7 +115,7 @@ def refit(status: dict[str, Any], bounds: dict[tuple[str, ...], int]) -> dict[st
             return fit_text(value, limit)
         if isinstance(value, list):
             if limit is not None and len(value) > limit:
-                value = value[len(value) - limit:] if limit else []
+                value = value[len(value) - limit :] if limit else []
             return [cut(item, path) for item in value]
         if isinstance(value, dict):
             if limit is not None and len(value) > limit:

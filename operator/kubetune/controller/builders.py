@@ -82,7 +82,8 @@ NO_GPU_ENV = {"NVIDIA_VISIBLE_DEVICES": "void", "AMD_VISIBLE_DEVICES": "void"}
 # seccomp annotations (the pod's seccomp profile is the operator's: RuntimeDefault).
 APPARMOR_ANNOTATION_PREFIX = "container.apparmor.security.beta.kubernetes.io/"
 SECCOMP_ANNOTATION_PREFIXES = (
-    "seccomp.security.alpha.kubernetes.io/", "container.seccomp.security.alpha.kubernetes.io/"
+    "seccomp.security.alpha.kubernetes.io/",
+    "container.seccomp.security.alpha.kubernetes.io/",
 )
 
 
@@ -168,12 +169,19 @@ class Tally:
     @classmethod
     def of_job(cls, job: dict) -> Tally:
         annotations = job.get("metadata", {}).get("annotations") or {}
-        return cls(*(cls._int(annotations, key) for key in (ANNOTATION_PREVIOUS_ATTEMPTS, ANNOTATION_PREVIOUS_FAILURES,
-                                                            ANNOTATION_PREVIOUS_SECONDS)))
+        return cls(
+            *(
+                cls._int(annotations, key)
+                for key in (ANNOTATION_PREVIOUS_ATTEMPTS, ANNOTATION_PREVIOUS_FAILURES, ANNOTATION_PREVIOUS_SECONDS)
+            )
+        )
 
     def job_annotations(self) -> dict[str, str]:
-        pairs = ((ANNOTATION_PREVIOUS_ATTEMPTS, self.attempts), (ANNOTATION_PREVIOUS_FAILURES, self.failures),
-                 (ANNOTATION_PREVIOUS_SECONDS, self.seconds))
+        pairs = (
+            (ANNOTATION_PREVIOUS_ATTEMPTS, self.attempts),
+            (ANNOTATION_PREVIOUS_FAILURES, self.failures),
+            (ANNOTATION_PREVIOUS_SECONDS, self.seconds),
+        )
         return {key: str(value) for key, value in pairs if value}
 
     @classmethod
@@ -184,15 +192,29 @@ class Tally:
             return None
         try:
             data = json.loads(raw)
-            return cls(int(data.get("attempts", 0)), int(data.get("failures", 0)), int(data.get("seconds", 0)),
-                       str(data.get("reason", "")), str(data.get("message", "")))
+            return cls(
+                int(data.get("attempts", 0)),
+                int(data.get("failures", 0)),
+                int(data.get("seconds", 0)),
+                str(data.get("reason", "")),
+                str(data.get("message", "")),
+            )
         except (ValueError, TypeError, AttributeError):
             return None
 
     def configmap_annotation(self) -> dict[str, str]:
-        return {ANNOTATION_NEXT_ATTEMPT: json.dumps({"attempts": self.attempts, "failures": self.failures,
-                                                     "seconds": self.seconds, "reason": self.reason,
-                                                     "message": self.message}, separators=(",", ":"))}
+        return {
+            ANNOTATION_NEXT_ATTEMPT: json.dumps(
+                {
+                    "attempts": self.attempts,
+                    "failures": self.failures,
+                    "seconds": self.seconds,
+                    "reason": self.reason,
+                    "message": self.message,
+                },
+                separators=(",", ":"),
+            )
+        }
 
 
 def job_backoff_limit(spec: Spec, earlier: Tally) -> int:
@@ -227,7 +249,9 @@ def resolve_written(written: Spec, config: OperatorConfig) -> Spec:
     spec = written.resolved()
     if not spec.output.uri:
         if not config.default_output_uri:
-            raise SpecError([Problem("spec.output.uri", "required: this operator has no default output URI configured")])
+            raise SpecError(
+                [Problem("spec.output.uri", "required: this operator has no default output URI configured")]
+            )
         spec = spec.model_copy(update={"output": spec.output.model_copy(update={"uri": config.default_output_uri})})
     problems = _local_output_problems(spec) + _pod_security_problems(spec)
     if problems:
@@ -244,15 +268,27 @@ def _local_output_problems(spec: Spec) -> list[Problem]:
         return []
     path = posixpath.normpath(parsed.location)
     volumes = spec.pod.volumes if spec.pod is not None else []
-    holder = next((v for v in volumes if path == v.mount_path.rstrip("/")
-                   or path.startswith(v.mount_path.rstrip("/") + "/")), None)
+    holder = next(
+        (v for v in volumes if path == v.mount_path.rstrip("/") or path.startswith(v.mount_path.rstrip("/") + "/")),
+        None,
+    )
     if holder is None:
-        return [Problem("spec.output.uri", f"{spec.output.uri} is not on a volume of spec.pod.volumes: in a cluster a "
-                        "file:// output is lost with the pod; write to s3://, or mount a PersistentVolumeClaim "
-                        "(readOnly: false) at or above that path")]
+        return [
+            Problem(
+                "spec.output.uri",
+                f"{spec.output.uri} is not on a volume of spec.pod.volumes: in a cluster a "
+                "file:// output is lost with the pod; write to s3://, or mount a PersistentVolumeClaim "
+                "(readOnly: false) at or above that path",
+            )
+        ]
     if holder.read_only or holder.persistent_volume_claim is None:
-        return [Problem("spec.output.uri", f"{spec.output.uri} lies on volume {holder.name!r}, which the trainer "
-                        "cannot write: give a PersistentVolumeClaim volume readOnly: false")]
+        return [
+            Problem(
+                "spec.output.uri",
+                f"{spec.output.uri} lies on volume {holder.name!r}, which the trainer "
+                "cannot write: give a PersistentVolumeClaim volume readOnly: false",
+            )
+        ]
     return []
 
 
@@ -260,13 +296,27 @@ def _pod_security_problems(spec: Spec) -> list[Problem]:
     annotations = spec.pod.annotations if spec.pod is not None else {}
     problems = []
     for key, value in annotations.items():
-        if key.startswith(APPARMOR_ANNOTATION_PREFIX) and value and value != "runtime/default" \
-                and not value.startswith("localhost/"):
-            problems.append(Problem(f"spec.pod.annotations[{key}]", f"AppArmor profile {value!r} is outside the "
-                                    "restricted Pod Security Standard (use runtime/default or localhost/<profile>)"))
+        if (
+            key.startswith(APPARMOR_ANNOTATION_PREFIX)
+            and value
+            and value != "runtime/default"
+            and not value.startswith("localhost/")
+        ):
+            problems.append(
+                Problem(
+                    f"spec.pod.annotations[{key}]",
+                    f"AppArmor profile {value!r} is outside the "
+                    "restricted Pod Security Standard (use runtime/default or localhost/<profile>)",
+                )
+            )
         elif key.startswith(SECCOMP_ANNOTATION_PREFIXES):
-            problems.append(Problem(f"spec.pod.annotations[{key}]", "the training pods' seccomp profile is the "
-                                    "operator's (RuntimeDefault), as the restricted Pod Security Standard asks"))
+            problems.append(
+                Problem(
+                    f"spec.pod.annotations[{key}]",
+                    "the training pods' seccomp profile is the "
+                    "operator's (RuntimeDefault), as the restricted Pod Security Standard asks",
+                )
+            )
     return problems
 
 
@@ -296,7 +346,11 @@ def build_configmap(ftj: dict, resume_from: str = "") -> dict:
     is the one under which earlier releases kept the spec there, so that their jobs' tallies are still found."""
     name = ftj["metadata"]["name"]
     annotations = {ANNOTATION_RESUME_FROM: resume_from} if resume_from else None
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(ftj, configmap_name(name), annotations=annotations)}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(ftj, configmap_name(name), annotations=annotations),
+    }
 
 
 def build_service_account(ftj: dict) -> dict:
@@ -392,16 +446,32 @@ def trainer_command(ftj: dict, spec: Spec) -> list[str]:
     # (torchrun itself exits 1 for any failure, which would turn a user error into retries).
     launch = ["python", "-m", "kubetune_trainer.launch"]
     if spec.nodes == 1:
-        return [*launch, "--standalone", "--nnodes", "1", "--nproc-per-node", str(procs),
-                "-m", "kubetune_trainer", SPEC_PATH]
+        return [
+            *launch,
+            "--standalone",
+            "--nnodes",
+            "1",
+            "--nproc-per-node",
+            str(procs),
+            "-m",
+            "kubetune_trainer",
+            SPEC_PATH,
+        ]
     return [
         *launch,
-        "--nnodes", str(spec.nodes),
-        "--nproc-per-node", str(procs),
-        "--node-rank", "$(KUBETUNE_NODE_RANK)",
-        "--master-addr", f"{job_name(name)}-0.{service_name(name)}",
-        "--master-port", str(MASTER_PORT),
-        "-m", "kubetune_trainer", SPEC_PATH,
+        "--nnodes",
+        str(spec.nodes),
+        "--nproc-per-node",
+        str(procs),
+        "--node-rank",
+        "$(KUBETUNE_NODE_RANK)",
+        "--master-addr",
+        f"{job_name(name)}-0.{service_name(name)}",
+        "--master-port",
+        str(MASTER_PORT),
+        "-m",
+        "kubetune_trainer",
+        SPEC_PATH,
     ]
 
 
@@ -442,20 +512,27 @@ def trainer_env(ftj: dict, spec: Spec, config: OperatorConfig, resume_from: str 
         # A rank whose peer is lost gives up on its collective after this long and exits (20: the attempt is retried).
         env.append({"name": "KUBETUNE_COLLECTIVE_TIMEOUT_SECONDS", "value": str(config.collective_timeout_seconds)})
     if spec.nodes > 1:
-        env.append({
-            "name": "KUBETUNE_NODE_RANK",
-            "valueFrom": {"fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}},
-        })
+        env.append(
+            {
+                "name": "KUBETUNE_NODE_RANK",
+                "valueFrom": {
+                    "fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}
+                },
+            }
+        )
     # Secrets are referenced, never read: the kubelet injects the values. A missing Secret, or one without a
     # required key, keeps the pod from starting (CreateContainerConfigError, which the status reports as
     # SecretNotFound) rather than letting it run without credentials.
     for binding in credential_bindings(spec):
         for key in binding.keys:
-            env.append({
-                "name": env_name(binding.role, key),
-                "valueFrom": {"secretKeyRef": {"name": binding.secret, "key": key,
-                                               "optional": key not in binding.required}},
-            })
+            env.append(
+                {
+                    "name": env_name(binding.role, key),
+                    "valueFrom": {
+                        "secretKeyRef": {"name": binding.secret, "key": key, "optional": key not in binding.required}
+                    },
+                }
+            )
     # The user's plain values last; the API refuses the operator's names, and the kubelet would let a later
     # duplicate win, so any that got here anyway are dropped.
     own = {e["name"] for e in env}
@@ -522,9 +599,14 @@ def pod_template(ftj: dict, spec: Spec, config: OperatorConfig, resume_from: str
         },
         "containers": [container],
         "volumes": [
-            {"name": "spec", "downwardAPI": {"items": [
-                {"path": SPEC_FILE, "fieldRef": {"fieldPath": f"metadata.annotations['{ANNOTATION_SPEC}']"}}
-            ]}},
+            {
+                "name": "spec",
+                "downwardAPI": {
+                    "items": [
+                        {"path": SPEC_FILE, "fieldRef": {"fieldPath": f"metadata.annotations['{ANNOTATION_SPEC}']"}}
+                    ]
+                },
+            },
             {"name": "scratch", "emptyDir": {}},
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shared_memory_size(spec)}},
             {
@@ -533,17 +615,20 @@ def pod_template(ftj: dict, spec: Spec, config: OperatorConfig, resume_from: str
                     "sources": [
                         {"serviceAccountToken": {"path": "token", "expirationSeconds": TOKEN_EXPIRATION_SECONDS}},
                         {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
-                        {"downwardAPI": {"items": [
-                            {"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}
-                        ]}},
+                        {
+                            "downwardAPI": {
+                                "items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]
+                            }
+                        },
                     ]
                 },
             },
             *(_user_volume(v) for v in (spec.pod.volumes if spec.pod is not None else [])),
         ],
     }
-    pull_secrets = dict.fromkeys([*config.trainer_image_pull_secrets,
-                                  *(spec.pod.image_pull_secrets if spec.pod is not None else [])])
+    pull_secrets = dict.fromkeys(
+        [*config.trainer_image_pull_secrets, *(spec.pod.image_pull_secrets if spec.pod is not None else [])]
+    )
     if pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": secret} for secret in pull_secrets]
     if spec.pod is not None and spec.pod.affinity is not None:
@@ -567,8 +652,13 @@ def _user_volume(volume: Volume) -> dict:
     """A spec.pod.volumes entry as a pod volume: only PVCs, ConfigMaps and Secrets, the volume types the restricted
     Pod Security Standard allows."""
     if volume.persistent_volume_claim is not None:
-        return {"name": volume.name, "persistentVolumeClaim": {"claimName": volume.persistent_volume_claim.claim_name,
-                                                               "readOnly": volume.read_only}}
+        return {
+            "name": volume.name,
+            "persistentVolumeClaim": {
+                "claimName": volume.persistent_volume_claim.claim_name,
+                "readOnly": volume.read_only,
+            },
+        }
     if volume.config_map is not None:
         return {"name": volume.name, "configMap": {"name": volume.config_map.name}}
     return {"name": volume.name, "secret": {"secretName": volume.secret.secret_name}}

@@ -112,8 +112,9 @@ def _gpu_memory_table(raw: str, where: str) -> dict[str, str]:
     try:
         table = json.loads(raw)
     except ValueError as err:
-        raise ValueError(f"{where} must be a JSON object of GPU product -> memory, e.g. "
-                         f'{{"NVIDIA-H100-80GB-HBM3": "80Gi"}} ({err})') from None
+        raise ValueError(
+            f'{where} must be a JSON object of GPU product -> memory, e.g. {{"NVIDIA-H100-80GB-HBM3": "80Gi"}} ({err})'
+        ) from None
     if not isinstance(table, dict):
         raise ValueError(f"{where} must be a JSON object of GPU product -> memory (got {type(table).__name__})")
     for product, memory in table.items():
@@ -147,12 +148,14 @@ def _model_cache(env: Mapping[str, str]) -> ModelCacheSettings:
         if parse_uri(root).scheme != "s3":
             raise UriError("")
     except UriError:
-        raise ValueError(f"KUBETUNE_CACHE_ROOT must be an s3:// prefix, e.g. s3://kubetune-cache/ (got {root!r})"
-                         ) from None
+        raise ValueError(
+            f"KUBETUNE_CACHE_ROOT must be an s3:// prefix, e.g. s3://kubetune-cache/ (got {root!r})"
+        ) from None
     namespace = env.get("KUBETUNE_CACHE_NAMESPACE", "").strip()
     if not namespace:
-        raise ValueError("KUBETUNE_CACHE_NAMESPACE must name the operator's namespace (public models' population Jobs "
-                         "run there)")
+        raise ValueError(
+            "KUBETUNE_CACHE_NAMESPACE must name the operator's namespace (public models' population Jobs run there)"
+        )
     size = env.get("KUBETUNE_CACHE_MAX_SIZE", "").strip() or "0"
     try:
         max_bytes = int(parse_quantity(size))
@@ -166,8 +169,10 @@ def _model_cache(env: Mapping[str, str]) -> ModelCacheSettings:
     except ValueError:
         resources = None
     if not isinstance(resources, dict):
-        raise ValueError("KUBETUNE_CACHE_POPULATE_RESOURCES must be a JSON object of a container's resources "
-                         f"(got {raw_resources!r})")
+        raise ValueError(
+            "KUBETUNE_CACHE_POPULATE_RESOURCES must be a JSON object of a container's resources "
+            f"(got {raw_resources!r})"
+        )
     return ModelCacheSettings(
         root=root,
         default=_bool(env, "KUBETUNE_CACHE_DEFAULT", True),
@@ -203,10 +208,12 @@ def from_env(env: Mapping[str, str] | None = None) -> OperatorConfig:
             s.strip() for s in env.get("KUBETUNE_TRAINER_IMAGE_PULL_SECRETS", "").split(",") if s.strip()
         ),
         policy=Policy.from_json(env["KUBETUNE_POLICY"], "KUBETUNE_POLICY")
-        if env.get("KUBETUNE_POLICY", "").strip() else Policy(),
+        if env.get("KUBETUNE_POLICY", "").strip()
+        else Policy(),
         model_cache=_model_cache(env),
         gpu_memory_table=_gpu_memory_table(env["KUBETUNE_GPU_MEMORY_TABLE"], "KUBETUNE_GPU_MEMORY_TABLE")
-        if env.get("KUBETUNE_GPU_MEMORY_TABLE", "").strip() else {},
+        if env.get("KUBETUNE_GPU_MEMORY_TABLE", "").strip()
+        else {},
         collective_timeout_seconds=_int(env, "KUBETUNE_COLLECTIVE_TIMEOUT_SECONDS", 300, minimum=1),
     )
 
@@ -217,8 +224,15 @@ def from_args(args: Any, env: Mapping[str, str] | None = None) -> OperatorConfig
     overrides: dict[str, Any] = {}
     if getattr(args, "namespace", None):
         overrides["namespaces"] = tuple(args.namespace)
-    for attr in ("trainer_image", "default_output_uri", "max_running_per_namespace", "report_interval_seconds",
-                 "grace_seconds", "resync_seconds", "metrics_port"):
+    for attr in (
+        "trainer_image",
+        "default_output_uri",
+        "max_running_per_namespace",
+        "report_interval_seconds",
+        "grace_seconds",
+        "resync_seconds",
+        "metrics_port",
+    ):
         value = getattr(args, attr, None)
         if value is not None:
             overrides[attr] = value

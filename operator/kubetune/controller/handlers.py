@@ -20,10 +20,10 @@ import kubernetes
 
 from kubetune.api.constants import GROUP, PLURAL, VERSION
 from kubetune.controller import builders, config
-from kubetune.controller.status import FINISHED_PHASES
 from kubetune.controller.kube import Kube
 from kubetune.controller.metrics import Metrics
 from kubetune.controller.reconciler import Reconciler
+from kubetune.controller.status import FINISHED_PHASES
 
 FTJ = dict(group=GROUP, version=VERSION, plural=PLURAL)
 CHILD_LABELS = {builders.LABEL_MANAGED_BY: builders.MANAGED_BY}
@@ -142,8 +142,13 @@ def login(logger: Any, **kwargs: Any) -> kopf.ConnectionInfo | None:
         return kopf.login_via_client(logger=logger, **kwargs)
     cfg = runtime.client_configuration
     token = (cfg.api_key or {}).get("authorization", "").removeprefix("Bearer ").strip() or None
-    return kopf.ConnectionInfo(server=cfg.host, token=token, scheme="Bearer" if token else None,
-                               insecure=not cfg.verify_ssl, ca_path=cfg.ssl_ca_cert)
+    return kopf.ConnectionInfo(
+        server=cfg.host,
+        token=token,
+        scheme="Bearer" if token else None,
+        insecure=not cfg.verify_ssl,
+        ca_path=cfg.ssl_ca_cert,
+    )
 
 
 def needs_reconcile(type: str | None, body: kopf.Body, **_: Any) -> bool:

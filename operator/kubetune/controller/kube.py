@@ -100,8 +100,16 @@ class Kube:
             self._auth_read = time.monotonic()
         return {"Accept": "application/json", **self._auth}
 
-    async def request(self, method: str, path: str, body: Any = None, query: dict | None = None,
-                      content_type: str = "application/json", accept: str = "", read: bool = True) -> dict:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: dict | None = None,
+        content_type: str = "application/json",
+        accept: str = "",
+        read: bool = True,
+    ) -> dict:
         """`read`: decode the answer (False: the caller needs none, and {} comes back)."""
         data = None if body is None else json.dumps(body).encode()
         for attempt in (1, 2):
@@ -110,9 +118,16 @@ class Kube:
                 headers["Accept"] = accept
             if data is not None:
                 headers["Content-Type"] = content_type
-            async with self.session.request(method, self.host + path, params=query, data=data, headers=headers,
-                                            timeout=self.timeout, proxy=self.proxy,
-                                            **self._tls) as response:
+            async with self.session.request(
+                method,
+                self.host + path,
+                params=query,
+                data=data,
+                headers=headers,
+                timeout=self.timeout,
+                proxy=self.proxy,
+                **self._tls,
+            ) as response:
                 payload = await response.read()
                 if response.status == 401 and attempt == 1:
                     continue  # the token may have been rotated: read it again, once
@@ -149,11 +164,13 @@ class Kube:
         return await self.request("POST", api_path(obj["kind"], obj["metadata"]["namespace"]), body=obj, read=read)
 
     async def patch(self, kind: str, namespace: str, name: str, patch: dict, subresource: str | None = None) -> dict:
-        return await self.request("PATCH", api_path(kind, namespace, name, subresource), body=patch,
-                                  content_type=MERGE_PATCH)
+        return await self.request(
+            "PATCH", api_path(kind, namespace, name, subresource), body=patch, content_type=MERGE_PATCH
+        )
 
-    async def delete(self, kind: str, namespace: str, name: str, propagation: str = "Background",
-                     uid: str | None = None) -> bool:
+    async def delete(
+        self, kind: str, namespace: str, name: str, propagation: str = "Background", uid: str | None = None
+    ) -> bool:
         """Delete (a Job's pods go too); False when it was already gone, or when `uid` is given and the object of
         that name is another one now (the API server's uid precondition answers 409).
 

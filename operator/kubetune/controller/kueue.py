@@ -98,13 +98,19 @@ class KueueClient:
         try:
             await self._call("GET", namespace, "localqueues", queue)
         except NotInstalled:
-            return QueueCheck(False, f"Kueue is not installed (this cluster serves no {GROUP} API), so nothing will "
-                                     f"admit the Job to LocalQueue {queue!r}: install Kueue, or remove "
-                                     "spec.queueName")
+            return QueueCheck(
+                False,
+                f"Kueue is not installed (this cluster serves no {GROUP} API), so nothing will "
+                f"admit the Job to LocalQueue {queue!r}: install Kueue, or remove "
+                "spec.queueName",
+            )
         except ApiException as err:
             if err.status == 404:
-                return QueueCheck(False, f"Kueue has no LocalQueue {queue!r} in namespace {namespace}: create it, or "
-                                         "name an existing one in spec.queueName (kubectl get localqueues)")
+                return QueueCheck(
+                    False,
+                    f"Kueue has no LocalQueue {queue!r} in namespace {namespace}: create it, or "
+                    "name an existing one in spec.queueName (kubectl get localqueues)",
+                )
             raise
         return QueueCheck(True)
 
@@ -124,8 +130,9 @@ class KueueClient:
         operator deactivated."""
         annotations = {ANNOTATION_DEACTIVATED: None if active else "true"}
         patch = {"metadata": {"annotations": annotations}, "spec": {"active": active}}
-        return await self._call("PATCH", job["metadata"]["namespace"], "workloads", workload["metadata"]["name"],
-                                body=patch)
+        return await self._call(
+            "PATCH", job["metadata"]["namespace"], "workloads", workload["metadata"]["name"], body=patch
+        )
 
 
 def is_active(workload: dict) -> bool:

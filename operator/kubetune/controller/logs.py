@@ -24,8 +24,9 @@ def job_ref(namespace: str, name: str, uid: str | None = None) -> dict[str, Any]
     return {"apiVersion": API_VERSION, "kind": KIND, "namespace": namespace, "name": name, "uid": uid}
 
 
-def action(namespace: str, name: str, reason: str, message: str, *, level: int = logging.INFO,
-           uid: str | None = None) -> None:
+def action(
+    namespace: str, name: str, reason: str, message: str, *, level: int = logging.INFO, uid: str | None = None
+) -> None:
     """One line: what happened to one FineTuneJob, and why."""
     log.log(level, "%s: %s", reason, message, extra={"k8s_ref": job_ref(namespace, name, uid), "reason": str(reason)})
 
@@ -37,5 +38,6 @@ def configure(log_format: str) -> None:
 
     if log_format not in LOG_FORMATS:
         raise ValueError(f"the log format must be one of {', '.join(LOG_FORMATS)} (got {log_format!r})")
-    kopf.configure(log_format=kopf.LogFormat.JSON if log_format == "json" else kopf.LogFormat.FULL,
-                   log_prefix=log_format != "json")
+    kopf.configure(
+        log_format=kopf.LogFormat.JSON if log_format == "json" else kopf.LogFormat.FULL, log_prefix=log_format != "json"
+    )

@@ -28,8 +28,13 @@ JOB_LABELS = ("namespace", "name")
 # lastTransitionTime among them is when the job entered its phase, also for Pending, which has no condition of its
 # own (its Running or Queued condition turned False then).
 PHASES = frozenset(str(phase) for phase in Phase)
-PHASE_CONDITIONS = (ConditionType.QUEUED, ConditionType.RUNNING, ConditionType.SUSPENDED, ConditionType.SUCCEEDED,
-                    ConditionType.FAILED)
+PHASE_CONDITIONS = (
+    ConditionType.QUEUED,
+    ConditionType.RUNNING,
+    ConditionType.SUSPENDED,
+    ConditionType.SUCCEEDED,
+    ConditionType.FAILED,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,21 +77,32 @@ class JobGauge:
 # Throughput and ETA only while the job runs: a finished or waiting job's last report is no rate of now, and a sum of
 # tokens/s over jobs must count the running ones only. Loss and progress stay: they are the job's result.
 JOB_GAUGES = (
-    JobGauge("kubetune_finetunejob_progress_ratio", "Training progress, step / planned steps (0 to 1)",
-             lambda r: r.progress_ratio),
+    JobGauge(
+        "kubetune_finetunejob_progress_ratio",
+        "Training progress, step / planned steps (0 to 1)",
+        lambda r: r.progress_ratio,
+    ),
     JobGauge("kubetune_finetunejob_step", "Optimizer steps done (0 until the trainer reports)", lambda r: r.step),
     JobGauge("kubetune_finetunejob_planned_steps", "Optimizer steps the run plans", lambda r: r.planned_steps),
     JobGauge("kubetune_finetunejob_loss", "Latest training loss", lambda r: r.loss),
     JobGauge("kubetune_finetunejob_eval_loss", "Latest evaluation loss", lambda r: r.eval_loss),
     JobGauge("kubetune_finetunejob_reward", "Latest mean reward (rlhf policy stage)", lambda r: r.reward),
-    JobGauge("kubetune_finetunejob_tokens_per_second", "Training throughput in tokens per second, while running",
-             lambda r: r.tokens_per_second if r.running else None),
-    JobGauge("kubetune_finetunejob_eta_seconds", "Estimated seconds to completion, while running",
-             lambda r: r.eta_seconds if r.running else None),
+    JobGauge(
+        "kubetune_finetunejob_tokens_per_second",
+        "Training throughput in tokens per second, while running",
+        lambda r: r.tokens_per_second if r.running else None,
+    ),
+    JobGauge(
+        "kubetune_finetunejob_eta_seconds",
+        "Estimated seconds to completion, while running",
+        lambda r: r.eta_seconds if r.running else None,
+    ),
     JobGauge("kubetune_finetunejob_attempts", "Training attempts so far (retries + 1)", lambda r: r.attempts),
-    JobGauge("kubetune_finetunejob_phase_transition_timestamp_seconds",
-             "Unix time the job entered its current phase (from its conditions' lastTransitionTime)",
-             lambda r: r.phase_since),
+    JobGauge(
+        "kubetune_finetunejob_phase_transition_timestamp_seconds",
+        "Unix time the job entered its current phase (from its conditions' lastTransitionTime)",
+        lambda r: r.phase_since,
+    ),
 )
 PHASE_METRIC = "kubetune_finetunejob_phase"
 PHASE_HELP = "The job's current phase (one series per job, value 1), with the reason its conditions give"
@@ -193,33 +209,60 @@ class JobCollector(Collector):
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
-        self.jobs = Gauge("kubetune_finetunejobs", "FineTuneJobs known to the operator, by phase", ["phase"],
-                          registry=self.registry)
+        self.jobs = Gauge(
+            "kubetune_finetunejobs", "FineTuneJobs known to the operator, by phase", ["phase"], registry=self.registry
+        )
         self.reconcile_seconds = Histogram(
-            "kubetune_reconcile_duration_seconds", "Time to reconcile one FineTuneJob",
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=self.registry)
-        self.reconcile_errors = Counter("kubetune_reconcile_errors_total", "Reconciles that failed and will be retried",
-                                        ["reason"], registry=self.registry)
+            "kubetune_reconcile_duration_seconds",
+            "Time to reconcile one FineTuneJob",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+        self.reconcile_errors = Counter(
+            "kubetune_reconcile_errors_total",
+            "Reconciles that failed and will be retried",
+            ["reason"],
+            registry=self.registry,
+        )
         # The shared model cache (modelcache.py): each job it serves counts once, when its training Job is made.
         self.model_cache_jobs = Counter(
-            "kubetune_model_cache_jobs", "Jobs whose model the cache served: result=hit (the entry was complete when "
-            "the job asked) or miss (the job waited for its population)", ["result"], registry=self.registry)
+            "kubetune_model_cache_jobs",
+            "Jobs whose model the cache served: result=hit (the entry was complete when "
+            "the job asked) or miss (the job waited for its population)",
+            ["result"],
+            registry=self.registry,
+        )
         self.model_cache_served_bytes = Counter(
-            "kubetune_model_cache_served_bytes", "Bytes of model the cache served: each job counts its entry's size "
-            "once (a multi-node job's nodes each read it)", registry=self.registry)
+            "kubetune_model_cache_served_bytes",
+            "Bytes of model the cache served: each job counts its entry's size "
+            "once (a multi-node job's nodes each read it)",
+            registry=self.registry,
+        )
         self.model_cache_populations = Counter(
-            "kubetune_model_cache_populations", "Population Jobs that ended: succeeded, user_error (exit 10: the "
-            "model cannot be had) or failed (their retries ran out on infrastructure errors)", ["outcome"],
-            registry=self.registry)
+            "kubetune_model_cache_populations",
+            "Population Jobs that ended: succeeded, user_error (exit 10: the "
+            "model cannot be had) or failed (their retries ran out on infrastructure errors)",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.model_cache_populated_bytes = Counter(
-            "kubetune_model_cache_populated_bytes", "Bytes the populations fetched from the Hub into the cache (from "
-            "their JSON results)", registry=self.registry)
-        self.model_cache_evictions = Counter("kubetune_model_cache_evictions", "Entries evicted to keep the cache "
-                                             "under its size cap", registry=self.registry)
-        self.model_cache_evicted_bytes = Counter("kubetune_model_cache_evicted_bytes", "Bytes of the entries evicted",
-                                                 registry=self.registry)
-        self.model_cache_stored_bytes = Gauge("kubetune_model_cache_stored_bytes", "Bytes of complete entries in the "
-                                              "cache, at the last eviction pass", registry=self.registry)
+            "kubetune_model_cache_populated_bytes",
+            "Bytes the populations fetched from the Hub into the cache (from their JSON results)",
+            registry=self.registry,
+        )
+        self.model_cache_evictions = Counter(
+            "kubetune_model_cache_evictions",
+            "Entries evicted to keep the cache under its size cap",
+            registry=self.registry,
+        )
+        self.model_cache_evicted_bytes = Counter(
+            "kubetune_model_cache_evicted_bytes", "Bytes of the entries evicted", registry=self.registry
+        )
+        self.model_cache_stored_bytes = Gauge(
+            "kubetune_model_cache_stored_bytes",
+            "Bytes of complete entries in the cache, at the last eviction pass",
+            registry=self.registry,
+        )
         for result in ("hit", "miss"):  # every series from the start: rate() and increase() see the first one
             self.model_cache_jobs.labels(result=result)
         for outcome in ("succeeded", "user_error", "failed"):

@@ -162,12 +162,14 @@ def commit_in(entry: str) -> str:
 def entry_of(settings: Settings, spec: Spec, namespace: str, commit: str) -> str:
     from kubetune_trainer import cache
 
-    return cache.entry_uri(settings.root, spec.model.uri, commit, namespace, is_private(spec),
-                           allow_pickle=spec.model.allow_pickle)
+    return cache.entry_uri(
+        settings.root, spec.model.uri, commit, namespace, is_private(spec), allow_pickle=spec.model.allow_pickle
+    )
 
 
-def pinned_entry(operator_status: Mapping | None, stored: Mapping | None, spec: Spec, settings: Settings,
-                 namespace: str) -> tuple[str, bool] | None:
+def pinned_entry(
+    operator_status: Mapping | None, stored: Mapping | None, spec: Spec, settings: Settings, namespace: str
+) -> tuple[str, bool] | None:
     """The entry (and hit) an earlier pass gave this job, from status.modelCache, when it is an entry of this job's
     model under this cache root (the status is writable by the job's own pod: anything else is ignored)."""
     for source in (operator_status, stored):
@@ -200,9 +202,13 @@ def store_env(settings: Settings, secret: str) -> list[dict]:
         env.append({"name": env_name(CACHE_ROLE, "AWS_REGION"), "value": settings.region})
     if secret:
         required = SCHEME_REQUIRED_KEYS["s3"]
-        env += [{"name": env_name(CACHE_ROLE, key),
-                 "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": key not in required}}}
-                for key in S3_KEYS]
+        env += [
+            {
+                "name": env_name(CACHE_ROLE, key),
+                "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": key not in required}},
+            }
+            for key in S3_KEYS
+        ]
     return env
 
 
@@ -214,20 +220,34 @@ def wire(job: dict, ready: Ready | None, settings: Settings) -> dict:
         return job
     from kubetune_trainer import cache
 
-    container = next(c for c in job["spec"]["template"]["spec"]["containers"]
-                     if c["name"] == builders.TRAINER_CONTAINER)
+    container = next(
+        c for c in job["spec"]["template"]["spec"]["containers"] if c["name"] == builders.TRAINER_CONTAINER
+    )
     env = container["env"]
     at = next(i for i, e in enumerate(env) if e["name"] == AMBIENT_ROLES_ENV)
     if settings.read_ambient:
         roles = [r for r in env[at]["value"].split(",") if r]
         env[at] = {"name": AMBIENT_ROLES_ENV, "value": ",".join([*roles, CACHE_ROLE])}
-    env[at + 1:at + 1] = [{"name": cache.env_for(ready.role), "value": ready.entry},
-                          *store_env(settings, "" if settings.read_ambient else settings.read_secret)]
+    env[at + 1 : at + 1] = [
+        {"name": cache.env_for(ready.role), "value": ready.entry},
+        *store_env(settings, "" if settings.read_ambient else settings.read_secret),
+    ]
     return job
 
 
-def population_job(settings: Settings, config, *, name: str, namespace: str, source: str, entry: str = "",
-                   private: bool, allow_pickle: bool, hf_secret: str = "", service_account: str = "") -> dict:
+def population_job(
+    settings: Settings,
+    config,
+    *,
+    name: str,
+    namespace: str,
+    source: str,
+    entry: str = "",
+    private: bool,
+    allow_pickle: bool,
+    hf_secret: str = "",
+    service_account: str = "",
+) -> dict:
     """A population Job: `python -m kubetune_trainer.cache populate` in the trainer image, once (podFailurePolicy:
     exit 10 fails it at once; exit 20 is retried), within the restricted Pod Security Standard like a training pod.
 
@@ -255,10 +275,17 @@ def population_job(settings: Settings, config, *, name: str, namespace: str, sou
     if settings.hub_endpoint:
         env.append({"name": "HF_ENDPOINT", "value": settings.hub_endpoint})
     if hf_secret:
-        env.append({"name": env_name(ROLE_MODEL, "HF_TOKEN"),
-                    "valueFrom": {"secretKeyRef": {"name": hf_secret, "key": "HF_TOKEN"}}})
-    labels = {"app.kubernetes.io/part-of": "kubetune", "app.kubernetes.io/component": "model-cache",
-              LABEL_POPULATION: name}
+        env.append(
+            {
+                "name": env_name(ROLE_MODEL, "HF_TOKEN"),
+                "valueFrom": {"secretKeyRef": {"name": hf_secret, "key": "HF_TOKEN"}},
+            }
+        )
+    labels = {
+        "app.kubernetes.io/part-of": "kubetune",
+        "app.kubernetes.io/component": "model-cache",
+        LABEL_POPULATION: name,
+    }
     annotations = {ANNOTATION_SOURCE: source}
     if entry:
         annotations[ANNOTATION_ENTRY] = entry
@@ -271,15 +298,24 @@ def population_job(settings: Settings, config, *, name: str, namespace: str, sou
         "volumeMounts": [{"name": "scratch", "mountPath": SCRATCH_MOUNT}],
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
-                            "runAsUser": builders.RUN_AS_USER, "capabilities": {"drop": ["ALL"]}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "runAsUser": builders.RUN_AS_USER,
+            "capabilities": {"drop": ["ALL"]},
+        },
     }
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": builders.RUN_AS_USER,
-                            "runAsGroup": builders.RUN_AS_USER, "fsGroup": builders.RUN_AS_USER,
-                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": builders.RUN_AS_USER,
+            "runAsGroup": builders.RUN_AS_USER,
+            "fsGroup": builders.RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
         "containers": [container],
         "volumes": [{"name": "scratch", "emptyDir": {}}],
     }
@@ -294,11 +330,19 @@ def population_job(settings: Settings, config, *, name: str, namespace: str, sou
         "spec": {
             "backoffLimit": POPULATION_BACKOFF_LIMIT,
             "ttlSecondsAfterFinished": POPULATION_TTL_SECONDS,
-            "podFailurePolicy": {"rules": [
-                {"action": "FailJob", "onExitCodes": {"containerName": POPULATE_CONTAINER, "operator": "In",
-                                                      "values": [ExitCode.USER_ERROR]}},
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-            ]},
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {
+                            "containerName": POPULATE_CONTAINER,
+                            "operator": "In",
+                            "values": [ExitCode.USER_ERROR],
+                        },
+                    },
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                ]
+            },
             "template": {"metadata": {"labels": labels}, "spec": pod_spec},
         },
     }
@@ -348,7 +392,7 @@ def last_failure(pods: list[dict]) -> tuple[int | None, str]:
 
 
 def _finished(job: dict) -> str:
-    """"Complete", "Failed" or "" (still at work)."""
+    """ "Complete", "Failed" or "" (still at work)."""
     for condition in (job.get("status") or {}).get("conditions") or []:
         if condition.get("type") in ("Complete", "Failed") and condition.get("status") == "True":
             return condition["type"]
@@ -358,8 +402,11 @@ def _finished(job: dict) -> str:
 def waited(operator_status: Mapping) -> bool:
     """Whether the job's last status had it waiting for the model cache (the Running condition carries the reason of
     a Pending job)."""
-    return any(c.get("type") == "Running" and c.get("reason") == Reason.WAITING_FOR_MODEL_CACHE
-               for c in operator_status.get("conditions") or [] if isinstance(c, dict))
+    return any(
+        c.get("type") == "Running" and c.get("reason") == Reason.WAITING_FOR_MODEL_CACHE
+        for c in operator_status.get("conditions") or []
+        if isinstance(c, dict)
+    )
 
 
 def _now() -> str:
@@ -407,8 +454,10 @@ class Store:
         revisions = used.get("revisions") if isinstance(used.get("revisions"), dict) else {}
         if revision:
             revisions[revision] = now
-        self._storage.write_text(join_uri(entry, USED), json.dumps(
-            {"format": USED_FORMAT, "lastUsed": now, "revisions": revisions}, sort_keys=True))
+        self._storage.write_text(
+            join_uri(entry, USED),
+            json.dumps({"format": USED_FORMAT, "lastUsed": now, "revisions": revisions}, sort_keys=True),
+        )
 
     def entries(self, prefix: str) -> dict[str, set[str]]:
         """Entry -> the bookkeeping objects it has (`_COMPLETE`, `_USED`) under `prefix`."""
@@ -512,8 +561,7 @@ class ModelCache:
     def _waits_for_population(self, key: Key) -> bool:
         return any(key in watched.waiters for watched in self._watched.values())
 
-    async def _prepare(self, ftj: dict, spec: Spec, operator_status: Mapping, settings: Settings,
-                       key: Key) -> Ready:
+    async def _prepare(self, ftj: dict, spec: Spec, operator_status: Mapping, settings: Settings, key: Key) -> Ready:
         namespace = key[0]
         for watched in self._watched.values():
             watched.waiters.discard(key)  # registered again below while it still waits
@@ -525,19 +573,35 @@ class ModelCache:
             if ready is not None:
                 return ready
             # Gone (deleted by hand, or a store's lifecycle rule): the job's later attempts need the very same commit.
-            ready = await self._population(ftj, spec, settings, key, source=at_commit(spec.model.uri, commit_in(entry)),
-                                           entry=entry if not is_private(spec) else "", waited=True)
+            ready = await self._population(
+                ftj,
+                spec,
+                settings,
+                key,
+                source=at_commit(spec.model.uri, commit_in(entry)),
+                entry=entry if not is_private(spec) else "",
+                waited=True,
+            )
             return dataclasses.replace(ready, hit=hit)
         if is_private(spec):
-            return await self._population(ftj, spec, settings, key, source=spec.model.uri, entry="",
-                                          waited=waited_before)
+            return await self._population(
+                ftj, spec, settings, key, source=spec.model.uri, entry="", waited=waited_before
+            )
         commit, revision = await self._resolve(spec, settings)
         entry = entry_of(settings, spec, namespace, commit)
         ready = await self._complete(entry, key, not waited_before, revision)
         if ready is not None:
             return ready
-        return await self._population(ftj, spec, settings, key, source=at_commit(spec.model.uri, commit), entry=entry,
-                                      waited=waited_before, revision=revision)
+        return await self._population(
+            ftj,
+            spec,
+            settings,
+            key,
+            source=at_commit(spec.model.uri, commit),
+            entry=entry,
+            waited=waited_before,
+            revision=revision,
+        )
 
     async def _complete(self, entry: str, key: Key, hit: bool, revision: str | None = None) -> Ready | None:
         """The entry as Ready when its marker is there and no eviction is taking it; the job counts as its user from
@@ -606,16 +670,25 @@ class ModelCache:
         try:
             return await asyncio.to_thread(cache.resolve_commit, uri, token=False)
         except UserError as err:
-            raise Refused(f"spec.model.uri: {err} (the model cache looked it up without a token; a gated or private "
-                          "model needs spec.model.credentialsSecret)") from None
+            raise Refused(
+                f"spec.model.uri: {err} (the model cache looked it up without a token; a gated or private "
+                "model needs spec.model.credentialsSecret)"
+            ) from None
         except Exception as err:  # noqa: BLE001 - the Hub's trouble: fall back on what the cache knows
             trouble = str(err) or type(err).__name__
         commit = await self._last_known(uri, spec, settings)
         if commit is None:
-            raise Waiting(f"the Hugging Face Hub cannot be reached to resolve {uri} ({trouble}), and the model cache "
-                          "holds no entry that revision named before; looking again")
-        log.warning("the Hugging Face Hub cannot be reached to resolve %s (%s): using commit %s, the one it named "
-                    "when last resolved", uri, trouble, commit)
+            raise Waiting(
+                f"the Hugging Face Hub cannot be reached to resolve {uri} ({trouble}), and the model cache "
+                "holds no entry that revision named before; looking again"
+            )
+        log.warning(
+            "the Hugging Face Hub cannot be reached to resolve %s (%s): using commit %s, the one it named "
+            "when last resolved",
+            uri,
+            trouble,
+            commit,
+        )
         return commit
 
     async def _last_known(self, uri: str, spec: Spec, settings: Settings) -> str | None:
@@ -634,16 +707,27 @@ class ModelCache:
                     continue  # the other pickle variant, or not an entry at all
             except ValueError:
                 continue
-            when = _parse_time(((await self._in_thread("reading _USED", store.used, entry)).get("revisions") or {})
-                               .get(revision))
+            when = _parse_time(
+                ((await self._in_thread("reading _USED", store.used, entry)).get("revisions") or {}).get(revision)
+            )
             if when and (best is None or when > best[0]):
                 best = (when, commit_in(entry))
         return best[1] if best else None
 
     # ----------------------------------------------------------------------------------- population
 
-    async def _population(self, ftj: dict, spec: Spec, settings: Settings, key: Key, *, source: str, entry: str,
-                          waited: bool, revision: str | None = None) -> Ready:
+    async def _population(
+        self,
+        ftj: dict,
+        spec: Spec,
+        settings: Settings,
+        key: Key,
+        *,
+        source: str,
+        entry: str,
+        waited: bool,
+        revision: str | None = None,
+    ) -> Ready:
         """The population Job of this key: made when there is none, read when it has finished. Returns the entry once
         complete; raises Waiting meanwhile, Refused when it failed for a reason of the user's."""
         private = is_private(spec)
@@ -659,13 +743,27 @@ class ModelCache:
         job = await kube.get("Job", namespace, name)
         if job is None or job["metadata"].get("deletionTimestamp"):
             if job is None:
-                body = population_job(settings, self._reconciler.config, name=name, namespace=namespace, source=source,
-                                      entry=entry, private=private, allow_pickle=spec.model.allow_pickle,
-                                      hf_secret=spec.model.credentials_secret or "", service_account=account)
+                body = population_job(
+                    settings,
+                    self._reconciler.config,
+                    name=name,
+                    namespace=namespace,
+                    source=source,
+                    entry=entry,
+                    private=private,
+                    allow_pickle=spec.model.allow_pickle,
+                    hf_secret=spec.model.credentials_secret or "",
+                    service_account=account,
+                )
                 try:
                     await kube.create(body)
-                    logs.action(key[0], key[1], "ModelCachePopulating", f"created {where} to fetch {source} into the "
-                                "model cache", uid=ftj["metadata"]["uid"])
+                    logs.action(
+                        key[0],
+                        key[1],
+                        "ModelCachePopulating",
+                        f"created {where} to fetch {source} into the model cache",
+                        uid=ftj["metadata"]["uid"],
+                    )
                 except ApiException as err:
                     if err.status != 409:  # 409: another pass made it first; it is waited for all the same
                         raise Waiting(f"the API server refused {where}: {err.status} {err.reason}; retrying") from None
@@ -688,16 +786,23 @@ class ModelCache:
             raise Waiting(f"waiting for the model cache: {where} fetches {source} again")
         if outcome == "Failed":
             code, words = last_failure(pods)
-            ended = max((_parse_time(c.get("lastTransitionTime")) for c in (job.get("status") or {}).get("conditions")
-                         or [] if c.get("type") == "Failed"), default=0.0)
+            ended = max(
+                (
+                    _parse_time(c.get("lastTransitionTime"))
+                    for c in (job.get("status") or {}).get("conditions") or []
+                    if c.get("type") == "Failed"
+                ),
+                default=0.0,
+            )
             asked = _parse_time(ftj["metadata"].get("creationTimestamp"))
             if code == ExitCode.USER_ERROR and ended >= asked:
                 raise Refused(f"the model cache cannot fetch {spec.model.uri}: {words or 'the population failed'}")
             # An infrastructure failure, or a user error that ended before this job was created (the Secret or the
             # grant may have been fixed since): a new population.
             await self._replace(namespace, job, key, f"{where} failed ({words or 'no reason given'})")
-            raise Waiting(f"waiting for the model cache: {where} failed ({words or 'no reason given'}); "
-                          "starting it again")
+            raise Waiting(
+                f"waiting for the model cache: {where} failed ({words or 'no reason given'}); starting it again"
+            )
         self._wait_for(namespace, name, key, job)
         message = f"waiting for the model cache: {where} fetches {source}"
         trouble = _waiting_trouble(pods)
@@ -739,15 +844,20 @@ class ModelCache:
         wanted_status = {"uri": ready.entry, "hit": ready.hit}
         if ((ftj.get("status") or {}).get("modelCache") or {}) == wanted_status:
             return
-        await self._reconciler.kube.patch(KIND, meta["namespace"], meta["name"],
-                                          {"status": {"modelCache": wanted_status}}, subresource="status")
+        await self._reconciler.kube.patch(
+            KIND, meta["namespace"], meta["name"], {"status": {"modelCache": wanted_status}}, subresource="status"
+        )
         if not (ftj.get("status") or {}).get("modelCache"):
             self._metrics.model_cache_jobs.labels(result="hit" if ready.hit else "miss").inc()
             self._metrics.model_cache_served_bytes.inc(ready.bytes)
-            logs.action(meta["namespace"], meta["name"], "ModelCacheReady",
-                        f"the model is read from the model cache entry {ready.entry} "
-                        f"({'it was there already' if ready.hit else 'populated for it'}, {ready.bytes} bytes)",
-                        uid=meta["uid"])
+            logs.action(
+                meta["namespace"],
+                meta["name"],
+                "ModelCacheReady",
+                f"the model is read from the model cache entry {ready.entry} "
+                f"({'it was there already' if ready.hit else 'populated for it'}, {ready.bytes} bytes)",
+                uid=meta["uid"],
+            )
 
     def _record_use(self, entry: str, revision: str | None) -> None:
         """`_USED` of the entry, in the background: at most once a minute per entry and revision."""
@@ -827,7 +937,8 @@ class ModelCache:
         else:
             code, _ = last_failure(pods)
             self._metrics.model_cache_populations.labels(
-                outcome="user_error" if code == ExitCode.USER_ERROR else "failed").inc()
+                outcome="user_error" if code == ExitCode.USER_ERROR else "failed"
+            ).inc()
 
     # ----------------------------------------------------------------------------------- eviction
 
@@ -862,10 +973,14 @@ class ModelCache:
             evicted.append(candidate.entry)
             self._metrics.model_cache_evictions.inc()
             self._metrics.model_cache_evicted_bytes.inc(candidate.bytes)
-            log.info("model cache: evicted %s (%d bytes, last used %s): the cache holds %d bytes of %d allowed",
-                     candidate.entry, candidate.bytes,
-                     dt.datetime.fromtimestamp(candidate.last_used, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                     total, settings.max_bytes)
+            log.info(
+                "model cache: evicted %s (%d bytes, last used %s): the cache holds %d bytes of %d allowed",
+                candidate.entry,
+                candidate.bytes,
+                dt.datetime.fromtimestamp(candidate.last_used, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                total,
+                settings.max_bytes,
+            )
         self._metrics.model_cache_stored_bytes.set(total)
         return evicted
 

@@ -56,4 +56,3 @@ REPORTER_VERBS = ("get", "patch")
 
 def is_granted(verb: str, api_group: str, resource: str, permissions=OPERATOR_PERMISSIONS) -> bool:
     return any(p.api_group == api_group and p.resource == resource and verb in p.verbs for p in permissions)
-

@@ -60,7 +60,8 @@ class Policy:
         """From the Helm values' camelCase mapping; a ValueError names the value at fault."""
         if not isinstance(values, Mapping):
             raise ValueError(  # noqa: TRY004 - the operator reports a bad setting (a ValueError) in one line
-                f"{where}: must be a mapping of policy rules (got {type(values).__name__})")
+                f"{where}: must be a mapping of policy rules (got {type(values).__name__})"
+            )
         known = {_camel(name): name for name in cls.__dataclass_fields__}
         unknown = sorted(set(values) - set(known))
         if unknown:
@@ -85,8 +86,10 @@ class Policy:
     def _check(self, where: str) -> None:
         for prefix in self.allowed_image_prefixes:
             if not prefix.endswith(IMAGE_PREFIX_ENDINGS):
-                raise ValueError(f"{where}.allowedImagePrefixes: {prefix!r} must end with '/', ':' or '@' "
-                                 "(else it also allows every repository whose name merely starts alike)")
+                raise ValueError(
+                    f"{where}.allowedImagePrefixes: {prefix!r} must end with '/', ':' or '@' "
+                    "(else it also allows every repository whose name merely starts alike)"
+                )
         if self.default_queue and k8s.is_dns1123_subdomain(self.default_queue):
             raise ValueError(f"{where}.defaultQueue: {self.default_queue!r} is not a LocalQueue name")
         for name in self.allowed_priority_classes:
@@ -98,11 +101,15 @@ class Policy:
         if self.output_uri_prefix:
             rest = self.output_uri_prefix.replace(NAMESPACE_PLACEHOLDER, "")
             if "{" in rest or "}" in rest:
-                raise ValueError(f"{where}.outputUriPrefix: only {NAMESPACE_PLACEHOLDER} may stand in braces "
-                                 f"(got {self.output_uri_prefix!r})")
+                raise ValueError(
+                    f"{where}.outputUriPrefix: only {NAMESPACE_PLACEHOLDER} may stand in braces "
+                    f"(got {self.output_uri_prefix!r})"
+                )
             if not re.match(r"^[a-z][a-z0-9+.-]*://", self.output_uri_prefix):
-                raise ValueError(f"{where}.outputUriPrefix: {self.output_uri_prefix!r} is not a URI prefix such as "
-                                 "s3://ml-outputs/{namespace}/")
+                raise ValueError(
+                    f"{where}.outputUriPrefix: {self.output_uri_prefix!r} is not a URI prefix such as "
+                    "s3://ml-outputs/{namespace}/"
+                )
 
     def output_prefix(self, namespace: str) -> str:
         """outputUriPrefix for one namespace, ending in '/' (so team-a's never covers team-ab's)."""
@@ -151,60 +158,91 @@ def check(config: OperatorConfig, ftj: dict, spec: Spec) -> list[Violation]:
     meta = ftj["metadata"]
     namespace = meta["namespace"]
     found: list[Violation] = []
-    if (policy.allowed_image_prefixes and spec.image and spec.image != config.trainer_image
-            and not spec.image.startswith(policy.allowed_image_prefixes)):
-        found.append(Violation(
-            "allowedImagePrefixes", "spec.image",
-            f"{spec.image!r} is not an allowed trainer image on this cluster (allowed: images starting with "
-            f"{', '.join(policy.allowed_image_prefixes)}); leave spec.image empty for the default trainer image",
-        ))
+    if (
+        policy.allowed_image_prefixes
+        and spec.image
+        and spec.image != config.trainer_image
+        and not spec.image.startswith(policy.allowed_image_prefixes)
+    ):
+        found.append(
+            Violation(
+                "allowedImagePrefixes",
+                "spec.image",
+                f"{spec.image!r} is not an allowed trainer image on this cluster (allowed: images starting with "
+                f"{', '.join(policy.allowed_image_prefixes)}); leave spec.image empty for the default trainer image",
+            )
+        )
     if policy.require_queue and not spec.queue_name:
-        found.append(Violation(
-            "requireQueue", "spec.queueName",
-            "every job on this cluster goes through Kueue: set spec.queueName to a LocalQueue of namespace "
-            f"{namespace}",
-        ))
+        found.append(
+            Violation(
+                "requireQueue",
+                "spec.queueName",
+                "every job on this cluster goes through Kueue: set spec.queueName to a LocalQueue of namespace "
+                f"{namespace}",
+            )
+        )
     gpus = spec.resources.gpus * spec.nodes
     if policy.max_gpus_per_job and gpus > policy.max_gpus_per_job:
-        found.append(Violation(
-            "maxGpusPerJob", "spec.resources.gpus",
-            f"the job asks for {gpus} GPUs (resources.gpus {spec.resources.gpus} x nodes {spec.nodes}); this cluster "
-            f"allows at most {policy.max_gpus_per_job} per job",
-        ))
+        found.append(
+            Violation(
+                "maxGpusPerJob",
+                "spec.resources.gpus",
+                f"the job asks for {gpus} GPUs (resources.gpus {spec.resources.gpus} x nodes {spec.nodes}); "
+                f"this cluster allows at most {policy.max_gpus_per_job} per job",
+            )
+        )
     if policy.max_nodes_per_job and spec.nodes > policy.max_nodes_per_job:
-        found.append(Violation(
-            "maxNodesPerJob", "spec.nodes",
-            f"the job asks for {spec.nodes} nodes; this cluster allows at most {policy.max_nodes_per_job} per job",
-        ))
-    if (policy.allowed_priority_classes and spec.priority_class_name
-            and spec.priority_class_name not in policy.allowed_priority_classes):
-        found.append(Violation(
-            "allowedPriorityClasses", "spec.priorityClassName",
-            f"{spec.priority_class_name!r} is not allowed on this cluster (allowed: "
-            f"{', '.join(policy.allowed_priority_classes)}; or leave it empty)",
-        ))
+        found.append(
+            Violation(
+                "maxNodesPerJob",
+                "spec.nodes",
+                f"the job asks for {spec.nodes} nodes; this cluster allows at most {policy.max_nodes_per_job} per job",
+            )
+        )
+    if (
+        policy.allowed_priority_classes
+        and spec.priority_class_name
+        and spec.priority_class_name not in policy.allowed_priority_classes
+    ):
+        found.append(
+            Violation(
+                "allowedPriorityClasses",
+                "spec.priorityClassName",
+                f"{spec.priority_class_name!r} is not allowed on this cluster (allowed: "
+                f"{', '.join(policy.allowed_priority_classes)}; or leave it empty)",
+            )
+        )
     if policy.output_uri_prefix:
         prefix = policy.output_prefix(namespace)
         root = output_root(spec, namespace, meta["name"], meta["uid"])
         if not root.startswith(prefix):
-            found.append(Violation(
-                "outputUriPrefix", "spec.output.uri",
-                f"the runs of namespace {namespace} must be written under {prefix} (this one would go to {root})",
-            ))
+            found.append(
+                Violation(
+                    "outputUriPrefix",
+                    "spec.output.uri",
+                    f"the runs of namespace {namespace} must be written under {prefix} (this one would go to {root})",
+                )
+            )
     if not policy.allow_ambient_credentials:
         for field in _ambient_fields(spec):
-            found.append(Violation(
-                "allowAmbientCredentials", field,
-                "this cluster does not let jobs use the pod's cloud identity: name a Secret in credentialsSecret",
-            ))
+            found.append(
+                Violation(
+                    "allowAmbientCredentials",
+                    field,
+                    "this cluster does not let jobs use the pod's cloud identity: name a Secret in credentialsSecret",
+                )
+            )
     account = spec.pod.service_account_name if spec.pod is not None else ""
     allowed = policy.allowed_service_accounts
     if account and ANY_SERVICE_ACCOUNT not in allowed and account not in allowed:
-        found.append(Violation(
-            "allowedServiceAccounts", "spec.pod.serviceAccountName",
-            f"{account!r} is not allowed on this cluster "
-            + (f"(allowed: {', '.join(allowed)})" if allowed else "(no ServiceAccount may be chosen here)"),
-        ))
+        found.append(
+            Violation(
+                "allowedServiceAccounts",
+                "spec.pod.serviceAccountName",
+                f"{account!r} is not allowed on this cluster "
+                + (f"(allowed: {', '.join(allowed)})" if allowed else "(no ServiceAccount may be chosen here)"),
+            )
+        )
     return found
 
 
@@ -214,4 +252,3 @@ def _ambient_fields(spec: Spec) -> list[str]:
     if spec.output.ambient_credentials:
         fields.append("spec.output.ambientCredentials")
     return fields
-

@@ -84,14 +84,20 @@ def _owned_by(obj: dict, uid: str) -> bool:
 
 def _left_by_namesake(obj: dict, name: str, uid: str) -> bool:
     """An object made for an earlier FineTuneJob of the same name, which the garbage collector has yet to remove."""
-    return any(ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(f"{GROUP}/") and
-               ref.get("name") == name and ref.get("uid") != uid
-               for ref in obj.get("metadata", {}).get("ownerReferences") or [])
+    return any(
+        ref.get("kind") == KIND
+        and ref.get("apiVersion", "").startswith(f"{GROUP}/")
+        and ref.get("name") == name
+        and ref.get("uid") != uid
+        for ref in obj.get("metadata", {}).get("ownerReferences") or []
+    )
 
 
 def _job_finished(job: dict) -> bool:
-    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
-               for c in job.get("status", {}).get("conditions") or [])
+    return any(
+        c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+        for c in job.get("status", {}).get("conditions") or []
+    )
 
 
 def _being_replaced(job: dict) -> bool:
@@ -182,7 +188,8 @@ class Reconciler:
             return False
         stored = ftj.get("status") or {}
         return status.canonical(stored) != record.status or bool(
-            record.root and status.untrusted_results(stored, record.root))
+            record.root and status.untrusted_results(stored, record.root)
+        )
 
     async def reconcile(self, namespace: str, name: str, body: dict | None = None) -> str | None:
         """Queue a pass over one FineTuneJob and wait for it; returns its phase (None = gone), or raises
@@ -205,8 +212,13 @@ class Reconciler:
         except Exception as err:
             self.metrics.reconcile_errors.labels(reason=type(err).__name__).inc()
             delay = self.queue.add_rate_limited(key)
-            logs.action(namespace, name, "ReconcileError", f"the pass failed, retrying in {delay:.0f} s: {describe(err)}",
-                        level=logging.WARNING)
+            logs.action(
+                namespace,
+                name,
+                "ReconcileError",
+                f"the pass failed, retrying in {delay:.0f} s: {describe(err)}",
+                level=logging.WARNING,
+            )
             for caller in callers:
                 if not caller.done():
                     caller.set_exception(err)
@@ -243,8 +255,13 @@ class Reconciler:
             self._announced.pop(key, None)
             self._granted.pop(key, None)
             if self._records.pop(key, None) is not None:
-                logs.action(namespace, name, "Deleted", "the FineTuneJob was deleted; the garbage collector removes "
-                            "its Job and the other objects made for it (the output in storage is kept)")
+                logs.action(
+                    namespace,
+                    name,
+                    "Deleted",
+                    "the FineTuneJob was deleted; the garbage collector removes "
+                    "its Job and the other objects made for it (the output in storage is kept)",
+                )
             return None  # the garbage collector removes the children (ownerReferences)
         uid = ftj["metadata"]["uid"]
         stored = ftj.get("status") or {}
@@ -265,18 +282,31 @@ class Reconciler:
             # A finished phase this process never wrote: after a restart, or a forgery. A Job of ours still at work
             # says which.
             job = await self.kube.get("Job", namespace, builders.job_name(name))
-            if (job is not None and _owned_by(job, uid) and not _job_finished(job)
-                    and not job["metadata"].get("deletionTimestamp")):
-                logs.action(namespace, name, "StatusRestored", f"the status says phase {trusted['phase']}, but its Job "
-                            "is still at work: the phase is taken from the Job again", level=logging.WARNING)
+            if (
+                job is not None
+                and _owned_by(job, uid)
+                and not _job_finished(job)
+                and not job["metadata"].get("deletionTimestamp")
+            ):
+                logs.action(
+                    namespace,
+                    name,
+                    "StatusRestored",
+                    f"the status says phase {trusted['phase']}, but its Job "
+                    "is still at work: the phase is taken from the Job again",
+                    level=logging.WARNING,
+                )
                 trusted = {"jobName": trusted["jobName"]}
                 view = {**ftj, "status": trusted}
             else:
                 job = None
         generation = ftj["metadata"].get("generation")
         if trusted.get("phase") in status.FINISHED_PHASES:
-            if (trusted["phase"] == Phase.FAILED and trusted.get("observedGeneration") != generation
-                    and status.phase_reason(trusted)[1] in REOPENABLE):
+            if (
+                trusted["phase"] == Phase.FAILED
+                and trusted.get("observedGeneration") != generation
+                and status.phase_reason(trusted)[1] in REOPENABLE
+            ):
                 # A spec edit since: a raised backoffLimit or activeDeadlineSeconds runs the job again.
                 reopened = await self._reopen(ftj, spec, view, root, now, notes)
                 if reopened is not None:
@@ -303,8 +333,9 @@ class Reconciler:
                     # The Job is going: the operator ended its attempt (its pods go first, then the Job), or someone
                     # deleted it. Its DELETED event brings the pass that makes the next one.
                     if trusted.get("phase"):
-                        await self._write_status(ftj, status.Outcome(status.observe_generation(trusted, generation)),
-                                                 root=root)
+                        await self._write_status(
+                            ftj, status.Outcome(status.observe_generation(trusted, generation)), root=root
+                        )
                     return trusted.get("phase")
                 job = await self._propagate(ftj, spec, job)
             else:
@@ -312,8 +343,9 @@ class Reconciler:
         except ChildRejected as err:
             return await self._reject(ftj, view, spec, str(err), root)
         except modelcache.Waiting as wait:  # no Job before the job's model cache entry is complete
-            observed = status.Observed(Phase.PENDING, Reason.WAITING_FOR_MODEL_CACHE, str(wait),
-                                       trusted.get("attempts") or 0)
+            observed = status.Observed(
+                Phase.PENDING, Reason.WAITING_FOR_MODEL_CACHE, str(wait), trusted.get("attempts") or 0
+            )
             outcome = status.compute(view, observed, trusted.get("jobName"), now, notices=notes)
             await self._write_status(ftj, outcome, root=root)
             return outcome.phase
@@ -324,27 +356,39 @@ class Reconciler:
             await self._after_finish(ftj, spec, outcome.status)
             return outcome.phase
         except ResumeSourceMissing as err:
-            observed = status.Observed(Phase.FAILED, Reason.RESUME_SOURCE_NOT_FOUND, str(err),
-                                       trusted.get("attempts") or 0, now)
+            observed = status.Observed(
+                Phase.FAILED, Reason.RESUME_SOURCE_NOT_FOUND, str(err), trusted.get("attempts") or 0, now
+            )
             outcome = status.compute(view, observed, trusted.get("jobName"), now, notices=notes)
             await self._write_status(ftj, outcome, root=root)
             await self._after_finish(ftj, spec, outcome.status)
             return outcome.phase
         created = job.pop("_created", False)
         # A Job created this moment has no pods yet.
-        pods = [] if created else [
-            p for p in await self.kube.list("Pod", namespace, builders.selector(name))
-            if _owned_by(p, job["metadata"]["uid"])
-        ]
+        pods = (
+            []
+            if created
+            else [
+                p
+                for p in await self.kube.list("Pod", namespace, builders.selector(name))
+                if _owned_by(p, job["metadata"]["uid"])
+            ]
+        )
         if pods:
             try:
                 await self._grant_reporter(ftj, spec)
             except ChildRejected as err:
                 return await self._reject(ftj, view, spec, str(err), root)
-        observed = status.observe(job, pods, nodes=spec.nodes, spec_suspend=spec.suspend, queue_name=spec.queue_name,
-                                  backoff_limit=spec.backoff_limit,
-                                  active_deadline_seconds=spec.active_deadline_seconds,
-                                  queue_problem=await self._queue_problem(job, spec))
+        observed = status.observe(
+            job,
+            pods,
+            nodes=spec.nodes,
+            spec_suspend=spec.suspend,
+            queue_name=spec.queue_name,
+            backoff_limit=spec.backoff_limit,
+            active_deadline_seconds=spec.active_deadline_seconds,
+            queue_problem=await self._queue_problem(job, spec),
+        )
         outcome = status.compute(view, observed, job["metadata"]["name"], now, notices=notes)
         if created or not trusted.get("jobName"):  # also a Job this operator made in a pass that failed after
             outcome = status.announce_job(outcome, job["metadata"]["name"], recreated=bool(trusted.get("jobName")))
@@ -371,27 +415,37 @@ class Reconciler:
         namespace, name = meta["namespace"], meta["name"]
         annotations = tally.configmap_annotation()
         try:
-            await self.kube.patch("ConfigMap", namespace, builders.configmap_name(name),
-                                  {"metadata": {"annotations": annotations}})
+            await self.kube.patch(
+                "ConfigMap", namespace, builders.configmap_name(name), {"metadata": {"annotations": annotations}}
+            )
         except ApiException as err:
             if err.status in REFUSED:
-                raise ChildRejected.refused(err, "patch", "ConfigMap", namespace,
-                                            builders.configmap_name(name)) from None
+                raise ChildRejected.refused(
+                    err, "patch", "ConfigMap", namespace, builders.configmap_name(name)
+                ) from None
             if err.status != 404:
                 raise
             configmap = builders.build_configmap(ftj)
             configmap["metadata"]["annotations"] = annotations
             made = await self._create_or_adopt(configmap, ftj)
             if not made.get("_created"):  # made meanwhile by someone else's pass: write the tally on it
-                await self.kube.patch("ConfigMap", namespace, builders.configmap_name(name),
-                                      {"metadata": {"annotations": annotations}})
+                await self.kube.patch(
+                    "ConfigMap", namespace, builders.configmap_name(name), {"metadata": {"annotations": annotations}}
+                )
         if job is None:
             self.enqueue(namespace, name, urgent=False)
             return
-        if await self.kube.delete("Job", namespace, job["metadata"]["name"], propagation="Foreground",
-                                  uid=job["metadata"]["uid"]):
-            logs.action(namespace, name, "AttemptEnded", f"deleting Job {job['metadata']['name']} and its pods; the "
-                        f"next attempt starts in a new Job once they are gone ({tally.reason})", uid=meta["uid"])
+        if await self.kube.delete(
+            "Job", namespace, job["metadata"]["name"], propagation="Foreground", uid=job["metadata"]["uid"]
+        ):
+            logs.action(
+                namespace,
+                name,
+                "AttemptEnded",
+                f"deleting Job {job['metadata']['name']} and its pods; the "
+                f"next attempt starts in a new Job once they are gone ({tally.reason})",
+                uid=meta["uid"],
+            )
 
     async def _reopen(self, ftj: dict, spec, view: dict, root: str, now: str, notes: list[str]) -> str | None:
         """A job that failed for its backoffLimit or its deadline, whose spec was edited since: when the spec now
@@ -405,17 +459,27 @@ class Reconciler:
             job = None
         failed = job and (status.condition_true(job, "Failed") or status.condition_true(job, "FailureTarget"))
         if failed:
-            pods = [p for p in await self.kube.list("Pod", namespace, builders.selector(name))
-                    if _owned_by(p, job["metadata"]["uid"])]
-            observed = status.ended_attempt(job, pods, failed, nodes=spec.nodes,
-                                            attempts=status.count_attempts(job, spec.nodes, pods),
-                                            backoff_limit=spec.backoff_limit,
-                                            active_deadline_seconds=spec.active_deadline_seconds, reopening=True)
+            pods = [
+                p
+                for p in await self.kube.list("Pod", namespace, builders.selector(name))
+                if _owned_by(p, job["metadata"]["uid"])
+            ]
+            observed = status.ended_attempt(
+                job,
+                pods,
+                failed,
+                nodes=spec.nodes,
+                attempts=status.count_attempts(job, spec.nodes, pods),
+                backoff_limit=spec.backoff_limit,
+                active_deadline_seconds=spec.active_deadline_seconds,
+                reopening=True,
+            )
         else:
             # No Job to read (ttlSecondsAfterFinished removed it): only the status is left.
             job = None
-            observed = status.reopened_from_status(trusted, backoff_limit=spec.backoff_limit,
-                                                   active_deadline_seconds=spec.active_deadline_seconds)
+            observed = status.reopened_from_status(
+                trusted, backoff_limit=spec.backoff_limit, active_deadline_seconds=spec.active_deadline_seconds
+            )
         if observed.next is None:
             return None
         outcome = status.compute(view, observed, trusted.get("jobName"), now, notices=notes)
@@ -455,25 +519,36 @@ class Reconciler:
         meta = ftj["metadata"]
         namespace, source_name = meta["namespace"], ftj["spec"]["resumeFrom"]
         if source_name == meta["name"]:
-            raise ResumeSourceMissing(f"spec.resumeFrom names this FineTuneJob itself ({source_name!r}): name another "
-                                      "FineTuneJob of the namespace, or a checkpoint URI")
+            raise ResumeSourceMissing(
+                f"spec.resumeFrom names this FineTuneJob itself ({source_name!r}): name another "
+                "FineTuneJob of the namespace, or a checkpoint URI"
+            )
         source = await self.kube.get(KIND, namespace, source_name)
         if source is None or source["metadata"].get("deletionTimestamp"):
-            raise ResumeSourceMissing(f"spec.resumeFrom: there is no FineTuneJob {source_name!r} in namespace "
-                                      f"{namespace} (kubectl get ftj -n {namespace} lists them): name one that has a "
-                                      "checkpoint, or a checkpoint URI, in a new FineTuneJob")
+            raise ResumeSourceMissing(
+                f"spec.resumeFrom: there is no FineTuneJob {source_name!r} in namespace "
+                f"{namespace} (kubectl get ftj -n {namespace} lists them): name one that has a "
+                "checkpoint, or a checkpoint URI, in a new FineTuneJob"
+            )
         try:
             source_spec = builders.resolve_spec(source.get("spec"), self.config, source_name)
         except SpecError:
-            raise ResumeSourceMissing(f"spec.resumeFrom: FineTuneJob {source_name!r} has an invalid spec and never "
-                                      "trained, so it has no checkpoint") from None
+            raise ResumeSourceMissing(
+                f"spec.resumeFrom: FineTuneJob {source_name!r} has an invalid spec and never "
+                "trained, so it has no checkpoint"
+            ) from None
         source_root = builders.output_root(source_spec, namespace, source_name, source["metadata"]["uid"])
-        checkpoints = [c for c in (source.get("status") or {}).get("checkpoints") or []
-                       if isinstance(c, dict) and status.under_root(c.get("uri"), source_root)]
+        checkpoints = [
+            c
+            for c in (source.get("status") or {}).get("checkpoints") or []
+            if isinstance(c, dict) and status.under_root(c.get("uri"), source_root)
+        ]
         if not checkpoints:
-            raise ResumeSourceMissing(f"spec.resumeFrom: FineTuneJob {source_name!r} has no complete checkpoint yet "
-                                      "(its status.checkpoints is empty): create this job again once it has one, or "
-                                      "name a checkpoint URI")
+            raise ResumeSourceMissing(
+                f"spec.resumeFrom: FineTuneJob {source_name!r} has no complete checkpoint yet "
+                "(its status.checkpoints is empty): create this job again once it has one, or "
+                "name a checkpoint URI"
+            )
         return source_root
 
     async def _reject(self, ftj: dict, view: dict, spec, message: str, root: str) -> str:
@@ -505,11 +580,15 @@ class Reconciler:
             return
         kind, name = obj.get("kind") or "object", obj["metadata"]["name"]
         if _left_by_namesake(obj, meta["name"], meta["uid"]) or obj["metadata"].get("deletionTimestamp"):
-            raise RuntimeError(f"{kind} {name} belongs to an earlier FineTuneJob named {meta['name']}; waiting for "
-                               "the garbage collector to remove it")
-        raise ChildRejected(f"{kind} {meta['namespace']}/{name} already exists and was not made for this "
-                            f"FineTuneJob; kubetune does not take over objects it did not make: delete or rename "
-                            f"that {kind}, or give the FineTuneJob another name")
+            raise RuntimeError(
+                f"{kind} {name} belongs to an earlier FineTuneJob named {meta['name']}; waiting for "
+                "the garbage collector to remove it"
+            )
+        raise ChildRejected(
+            f"{kind} {meta['namespace']}/{name} already exists and was not made for this "
+            f"FineTuneJob; kubetune does not take over objects it did not make: delete or rename "
+            f"that {kind}, or give the FineTuneJob another name"
+        )
 
     async def _create_or_adopt(self, obj: dict, ftj: dict) -> dict:
         meta = obj["metadata"]
@@ -544,7 +623,8 @@ class Reconciler:
                 configmap = None
         if names_a_job and not resume_from:
             resume_from = ((configmap or {}).get("metadata", {}).get("annotations") or {}).get(
-                builders.ANNOTATION_RESUME_FROM) or await self._resolve_resume_from(ftj)
+                builders.ANNOTATION_RESUME_FROM
+            ) or await self._resolve_resume_from(ftj)
         earlier = builders.Tally()
         if trusted.get("jobName"):
             # We made a Job before and it is gone. Either the operator ended its attempt (the ConfigMap holds the
@@ -554,20 +634,35 @@ class Reconciler:
             if planned is not None and planned.attempts >= (trusted.get("attempts") or 0):
                 earlier = planned
             else:
-                earlier = builders.Tally(trusted.get("attempts") or 0, planned.failures if planned else 0,
-                                         planned.seconds if planned else 0)
-                await self.event(ftj, "Warning", Reason.JOB_MISSING,
-                                 f"Job {meta['name']} was deleted while the FineTuneJob was unfinished; recreating it "
-                                 "(training resumes from the newest checkpoint)")
+                earlier = builders.Tally(
+                    trusted.get("attempts") or 0, planned.failures if planned else 0, planned.seconds if planned else 0
+                )
+                await self.event(
+                    ftj,
+                    "Warning",
+                    Reason.JOB_MISSING,
+                    f"Job {meta['name']} was deleted while the FineTuneJob was unfinished; recreating it "
+                    "(training resumes from the newest checkpoint)",
+                )
         # The shared model cache: the complete entry the pods read (raises modelcache.Waiting until there is one).
         cached = await self.modelcache.prepare(ftj, spec, trusted)
         async with self._namespace_lock(meta["namespace"]):
             order = self._queue_order(ftj)
-            held = (not spec.suspend and not spec.queue_name
-                    and await self._over_cap(meta["namespace"], meta["name"], order))
-            job = builders.build_job(ftj, spec, self.config, suspend=builders.initial_suspend(spec) or held,
-                                     held_by_namespace_limit=held, queue_order=order, earlier=earlier,
-                                     resume_from=resume_from)
+            held = (
+                not spec.suspend
+                and not spec.queue_name
+                and await self._over_cap(meta["namespace"], meta["name"], order)
+            )
+            job = builders.build_job(
+                ftj,
+                spec,
+                self.config,
+                suspend=builders.initial_suspend(spec) or held,
+                held_by_namespace_limit=held,
+                queue_order=order,
+                earlier=earlier,
+                resume_from=resume_from,
+            )
             modelcache.wire(job, cached, self.config.model_cache)
             job = await self._create_or_adopt(job, ftj)
         if job.get("_created"):
@@ -634,8 +729,7 @@ class Reconciler:
                 continue
             if annotations.get(builders.ANNOTATION_HELD) == "true":
                 ahead += _queue_order_of(job) < order
-            elif not (job.get("spec") or {}).get("suspend") and (
-                    not _job_finished(job) or _being_replaced(job)):
+            elif not (job.get("spec") or {}).get("suspend") and (not _job_finished(job) or _being_replaced(job)):
                 running += 1
         return running + ahead >= cap
 
@@ -679,8 +773,11 @@ class Reconciler:
         annotations = job["metadata"].get("annotations") or {}
         marked = annotations.get(builders.ANNOTATION_SUSPENDED_BY_USER) == "true"
         held = annotations.get(builders.ANNOTATION_HELD) == "true"
-        ours = {builders.ANNOTATION_SUSPENDED_BY_USER: marked, builders.ANNOTATION_HELD: held,
-                builders.ANNOTATION_QUEUE_ORDER: bool(annotations.get(builders.ANNOTATION_QUEUE_ORDER))}
+        ours = {
+            builders.ANNOTATION_SUSPENDED_BY_USER: marked,
+            builders.ANNOTATION_HELD: held,
+            builders.ANNOTATION_QUEUE_ORDER: bool(annotations.get(builders.ANNOTATION_QUEUE_ORDER)),
+        }
         changes: dict = {}
 
         def keep(*wanted: str) -> None:  # the operator's annotations that stay; the others go
@@ -691,8 +788,11 @@ class Reconciler:
         queued = bool(kueue.queue_of(job))
         # Kueue's Workload of the Job, where it decides something: to deactivate it (suspend) or reactivate it
         # (resume), and to tell a Job Kueue manages without a queue label from one nobody manages.
-        if (spec.suspend or current) if queued else ((spec.suspend and not current) or (current and not marked
-                                                                                        and not held)):
+        if (
+            (spec.suspend or current)
+            if queued
+            else ((spec.suspend and not current) or (current and not marked and not held))
+        ):
             workload = await self.kueue.workload(job)
         else:
             workload = None
@@ -703,14 +803,22 @@ class Reconciler:
                     self.queue.add_after((meta["namespace"], meta["name"]), KUEUE_WORKLOAD_WAIT_SECONDS)
             elif spec.suspend and kueue.is_active(workload):
                 await self.kueue.set_active(job, workload, False)
-                logs.action(meta["namespace"], meta["name"], Reason.SUSPENDED_BY_USER,
-                            f"deactivated Kueue Workload {workload['metadata']['name']} (Kueue stops the Job)",
-                            uid=meta["uid"])
+                logs.action(
+                    meta["namespace"],
+                    meta["name"],
+                    Reason.SUSPENDED_BY_USER,
+                    f"deactivated Kueue Workload {workload['metadata']['name']} (Kueue stops the Job)",
+                    uid=meta["uid"],
+                )
             elif not spec.suspend and not kueue.is_active(workload) and kueue.deactivated_by_us(workload):
                 await self.kueue.set_active(job, workload, True)
-                logs.action(meta["namespace"], meta["name"], Reason.RESUMED,
-                            f"reactivated Kueue Workload {workload['metadata']['name']} (Kueue admits it again)",
-                            uid=meta["uid"])
+                logs.action(
+                    meta["namespace"],
+                    meta["name"],
+                    Reason.RESUMED,
+                    f"reactivated Kueue Workload {workload['metadata']['name']} (Kueue admits it again)",
+                    uid=meta["uid"],
+                )
             return None, changes
         if spec.suspend:
             if not current or held:
@@ -739,8 +847,12 @@ class Reconciler:
         (also for Jobs no LocalQueue holds)."""
         queue = kueue.queue_of(job)
         annotations = job["metadata"].get("annotations") or {}
-        if (not queue or spec.suspend or not (job.get("spec") or {}).get("suspend")
-                or annotations.get(builders.ANNOTATION_HELD) == "true"):
+        if (
+            not queue
+            or spec.suspend
+            or not (job.get("spec") or {}).get("suspend")
+            or annotations.get(builders.ANNOTATION_HELD) == "true"
+        ):
             return ""
         return (await self.kueue.local_queue(job["metadata"]["namespace"], queue)).problem
 
@@ -757,13 +869,26 @@ class Reconciler:
         patch = status.status_patch(stored, wanted)
         previous = self._records.get(key)
         if patch and previous is not None and status.canonical(stored) != previous.status:
-            logs.action(namespace, name, "StatusRestored", "someone else changed the operator's part of the status "
-                        f"({', '.join(sorted(patch))}); it is written back from the Job's and its pods' state",
-                        level=logging.WARNING, uid=meta["uid"])
+            logs.action(
+                namespace,
+                name,
+                "StatusRestored",
+                "someone else changed the operator's part of the status "
+                f"({', '.join(sorted(patch))}); it is written back from the Job's and its pods' state",
+                level=logging.WARNING,
+                uid=meta["uid"],
+            )
         taken_back = status.untrusted_results(stored, root) if root else {}
         if taken_back:
-            logs.action(namespace, name, "ResultRejected", f"status {', '.join(sorted(taken_back))} named URIs outside "
-                        f"the job's output root {root}; they are removed", level=logging.WARNING, uid=meta["uid"])
+            logs.action(
+                namespace,
+                name,
+                "ResultRejected",
+                f"status {', '.join(sorted(taken_back))} named URIs outside "
+                f"the job's output root {root}; they are removed",
+                level=logging.WARNING,
+                uid=meta["uid"],
+            )
             patch |= taken_back
         record = Record(status.canonical(wanted), root)
         if patch:
@@ -794,9 +919,14 @@ class Reconciler:
             if err.status != 422:
                 raise
             refused = err
-        logs.action(namespace, name, "StatusRefused", f"the API server refused the status write: "
-                    f"{server_message(refused)}; sending it again in a form that fits", level=logging.WARNING,
-                    uid=meta["uid"])
+        logs.action(
+            namespace,
+            name,
+            "StatusRefused",
+            f"the API server refused the status write: {server_message(refused)}; sending it again in a form that fits",
+            level=logging.WARNING,
+            uid=meta["uid"],
+        )
         learned = bounds.refused_bounds(refused.body)
         attempts = []
         if learned:
@@ -816,16 +946,27 @@ class Reconciler:
         """Post an Event on the FineTuneJob (kubectl describe tells the story) and log it. `name`: an Event to post at
         most once (a second one of that name is refused, and nothing more is said)."""
         meta = ftj["metadata"]
-        logs.action(meta["namespace"], meta["name"], reason, message,
-                    level=logging.WARNING if kind == "Warning" else logging.INFO, uid=meta.get("uid"))
+        logs.action(
+            meta["namespace"],
+            meta["name"],
+            reason,
+            message,
+            level=logging.WARNING if kind == "Warning" else logging.INFO,
+            uid=meta.get("uid"),
+        )
         now = status.now_rfc3339()
         identity = {"name": name} if name else {"generateName": f"{meta['name']}."}
         body = {
             "apiVersion": "v1",
             "kind": "Event",
             "metadata": {**identity, "namespace": meta["namespace"]},
-            "involvedObject": {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"],
-                               "namespace": meta["namespace"], "uid": meta["uid"]},
+            "involvedObject": {
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
             "type": kind,
             "reason": str(reason),
             "message": bounds.fit_text(message, 1024),  # events.k8s.io keeps a note to 1 KiB
@@ -866,17 +1007,26 @@ class Reconciler:
             return
         name = meta["name"]
         removed = False
-        for kind, child in (("Job", builders.job_name(name)), ("ConfigMap", builders.configmap_name(name)),
-                            ("Service", builders.service_name(name)), ("RoleBinding", builders.reporter_name(name)),
-                            ("Role", builders.reporter_name(name)), ("ServiceAccount", builders.reporter_name(name))):
+        for kind, child in (
+            ("Job", builders.job_name(name)),
+            ("ConfigMap", builders.configmap_name(name)),
+            ("Service", builders.service_name(name)),
+            ("RoleBinding", builders.reporter_name(name)),
+            ("Role", builders.reporter_name(name)),
+            ("ServiceAccount", builders.reporter_name(name)),
+        ):
             existing = await self.kube.get(kind, meta["namespace"], child)
             if existing is not None and _owned_by(existing, meta["uid"]):
                 removed = await self.kube.delete(kind, meta["namespace"], child) or removed
         self._granted.pop((meta["namespace"], name), None)
         if removed:
-            await self.event(ftj, "Normal", Reason.TTL_EXPIRED,
-                             f"removed the Job and its objects {spec.ttl_seconds_after_finished} s after the job "
-                             "finished (the output in storage is kept)")
+            await self.event(
+                ftj,
+                "Normal",
+                Reason.TTL_EXPIRED,
+                f"removed the Job and its objects {spec.ttl_seconds_after_finished} s after the job "
+                "finished (the output in storage is kept)",
+            )
 
     async def release_held(self, namespace: str) -> None:
         """Queue the jobs held by the namespace cap, so the next ones start as running ones finish."""
@@ -892,9 +1042,11 @@ class Reconciler:
     def start(self) -> None:
         """Start handing out passes, and the periodic resync, on the running loop (kopf's)."""
         self.loop = asyncio.get_running_loop()
-        self._tasks = [self.loop.create_task(self._work_forever(), name="kubetune-workers"),
-                       self.loop.create_task(self._resync_forever(), name="kubetune-resync"),
-                       self.loop.create_task(self.modelcache.run_forever(), name="kubetune-model-cache")]
+        self._tasks = [
+            self.loop.create_task(self._work_forever(), name="kubetune-workers"),
+            self.loop.create_task(self._resync_forever(), name="kubetune-resync"),
+            self.loop.create_task(self.modelcache.run_forever(), name="kubetune-model-cache"),
+        ]
 
     async def stop(self) -> None:
         self.queue.shutdown()

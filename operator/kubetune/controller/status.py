@@ -40,8 +40,16 @@ from kubetune.controller.builders import (
 FINISHED_PHASES = (Phase.SUCCEEDED, Phase.FAILED)
 # The status fields the operator owns and writes (in wire form: their camelCase aliases); the others are the
 # trainer's reporter's, and a merge patch of the operator's never touches them.
-OPERATOR_STATUS_FIELDS = ("phase", "observed_generation", "conditions", "start_time", "completion_time", "attempts",
-                          "job_name", "message")
+OPERATOR_STATUS_FIELDS = (
+    "phase",
+    "observed_generation",
+    "conditions",
+    "start_time",
+    "completion_time",
+    "attempts",
+    "job_name",
+    "message",
+)
 OPERATOR_STATUS_KEYS = tuple(Status.model_fields[name].alias for name in OPERATOR_STATUS_FIELDS)
 
 
@@ -114,11 +122,15 @@ def missing_secret(pod: dict) -> str | None:
         text = waiting.get("message") or ""
         namespace = pod.get("metadata", {}).get("namespace", "")
         if m := _SECRET_KEY_MISSING.search(text):
-            return (f"Secret {m['name']!r} in namespace {m['namespace']} has no key {m['key']}: add it, or name "
-                    "another Secret in the spec's credentialsSecret; the training pod waits for it")
+            return (
+                f"Secret {m['name']!r} in namespace {m['namespace']} has no key {m['key']}: add it, or name "
+                "another Secret in the spec's credentialsSecret; the training pod waits for it"
+            )
         if m := _SECRET_MISSING.search(text):
-            return (f"Secret {m['name']!r} does not exist in namespace {namespace}: create it, or correct the "
-                    "credentialsSecret (or spec.pod) that names it; the training pod waits for it")
+            return (
+                f"Secret {m['name']!r} does not exist in namespace {namespace}: create it, or correct the "
+                "credentialsSecret (or spec.pod) that names it; the training pod waits for it"
+            )
     return None
 
 
@@ -130,15 +142,18 @@ def condition_true(obj: dict, kind: str) -> dict | None:
     return None
 
 
-
 def failed_pods(pods: list[dict]) -> list[dict]:
     """Failed pods, oldest first."""
     failed = [p for p in pods if p.get("status", {}).get("phase") == "Failed"]
+
     def order(pod: dict) -> tuple:
         # Timestamps have 1 s resolution; the resourceVersion (an etcd revision in practice) breaks ties.
         rv = pod["metadata"].get("resourceVersion") or "0"
-        return ((trainer_termination(pod) or {}).get("finishedAt") or "", pod["metadata"].get("creationTimestamp") or "",
-                int(rv) if rv.isdigit() else 0)
+        return (
+            (trainer_termination(pod) or {}).get("finishedAt") or "",
+            pod["metadata"].get("creationTimestamp") or "",
+            int(rv) if rv.isdigit() else 0,
+        )
 
     return sorted(failed, key=order)
 
@@ -152,8 +167,9 @@ def pod_text(text: str) -> str:
     printable text: control characters and escape sequences out (a message must not repaint a terminal that
     runs `kubectl describe`), lines joined with " | ". Its length is bounded where it is stored."""
     text = _ESCAPE_SEQUENCE.sub("", text)
-    lines = ("".join(ch if unicodedata.category(ch)[0] != "C" else " " for ch in line).strip()
-             for line in text.splitlines())
+    lines = (
+        "".join(ch if unicodedata.category(ch)[0] != "C" else " " for ch in line).strip() for line in text.splitlines()
+    )
     return " | ".join(line for line in lines if line)
 
 
@@ -167,7 +183,11 @@ def failure_text(pod: dict) -> str:
         return f"the pod was disrupted ({cond.get('reason') or 'preempted'})"
     exit_code = term.get("exitCode")
     reason = term.get("reason") or pod.get("status", {}).get("reason") or "Error"
-    return f"the trainer exited with code {exit_code} ({reason})" if exit_code is not None else f"the pod failed ({reason})"
+    return (
+        f"the trainer exited with code {exit_code} ({reason})"
+        if exit_code is not None
+        else f"the pod failed ({reason})"
+    )
 
 
 def _user_error_pod(pods: list[dict]) -> dict | None:
@@ -192,8 +212,11 @@ def count_attempts(job: dict, nodes: int, pods: list[dict] = ()) -> int:
     previous = Tally.of_job(job).attempts
     counters = job.get("status", {}) or {}
     finished = (counters.get("failed") or 0) + (counters.get("succeeded") or 0)
-    live = sum(1 for p in pods if p.get("status", {}).get("phase") in ("Pending", "Running")
-               and not p["metadata"].get("deletionTimestamp"))
+    live = sum(
+        1
+        for p in pods
+        if p.get("status", {}).get("phase") in ("Pending", "Running") and not p["metadata"].get("deletionTimestamp")
+    )
     counted = max(finished + (counters.get("active") or 0), len(pods), finished + live)
     return previous + math.ceil(counted / max(nodes, 1))
 
@@ -223,7 +246,7 @@ COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 
 
 def _on_node(pod: dict | None, nodes: int) -> str:
-    """" on node <index>" for a pod of a several-node Job (its completion index), "" otherwise."""
+    """ " on node <index>" for a pod of a several-node Job (its completion index), "" otherwise."""
     if nodes < 2:
         return ""
     index = ((pod or {}).get("metadata", {}).get("annotations") or {}).get(COMPLETION_INDEX)
@@ -234,8 +257,18 @@ def _plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 
 
-def ended_attempt(job: dict, pods: list[dict], failed: dict | None, *, nodes: int, attempts: int, backoff_limit: int,
-                  active_deadline_seconds: int, now: dt.datetime | None = None, reopening: bool = False) -> Observed:
+def ended_attempt(
+    job: dict,
+    pods: list[dict],
+    failed: dict | None,
+    *,
+    nodes: int,
+    attempts: int,
+    backoff_limit: int,
+    active_deadline_seconds: int,
+    now: dt.datetime | None = None,
+    reopening: bool = False,
+) -> Observed:
     """What follows a Job that failed (`failed`: its Failed or FailureTarget condition) or, with several nodes, one
     whose pod was disrupted: the job fails, or the next attempt starts (`Observed.next`).
 
@@ -251,8 +284,11 @@ def ended_attempt(job: dict, pods: list[dict], failed: dict | None, *, nodes: in
     disrupted = next((p for p in pods if condition_true(p, "DisruptionTarget")), None) if nodes > 1 else None
     user_pod = _user_error_pod(pods)
     if user_pod is not None or (job_reason == "PodFailurePolicy" and disrupted is None):
-        text = failure_text(user_pod) if user_pod else ((failed or {}).get("message") or "the trainer reported a user "
-                                                         "error")
+        text = (
+            failure_text(user_pod)
+            if user_pod
+            else ((failed or {}).get("message") or "the trainer reported a user error")
+        )
         return Observed(Phase.FAILED, user_error_reason(text), text, attempts, finished_at)
     seconds = earlier.seconds + attempt_seconds(job, now)
     if job_reason == "DeadlineExceeded":
@@ -263,16 +299,30 @@ def ended_attempt(job: dict, pods: list[dict], failed: dict | None, *, nodes: in
             text = f"the job ran longer than spec.activeDeadlineSeconds ({active_deadline_seconds} s)"
             return Observed(Phase.FAILED, Reason.DEADLINE_EXCEEDED, text, attempts, finished_at)
         allowed = f"is now {active_deadline_seconds} s" if active_deadline_seconds else "was removed"
-        text = (f"spec.activeDeadlineSeconds {allowed} ({seconds} s used): the job runs again from the newest "
-                "complete checkpoint")
-        return Observed(Phase.PENDING, Reason.REOPENED, text, attempts,
-                        next=Tally(attempts, earlier.failures, seconds, Reason.REOPENED, text))
+        text = (
+            f"spec.activeDeadlineSeconds {allowed} ({seconds} s used): the job runs again from the newest "
+            "complete checkpoint"
+        )
+        return Observed(
+            Phase.PENDING,
+            Reason.REOPENED,
+            text,
+            attempts,
+            next=Tally(attempts, earlier.failures, seconds, Reason.REOPENED, text),
+        )
     if disrupted is not None:
-        text = (f"a training pod{_on_node(disrupted, nodes)} was disrupted ({failure_text(disrupted)}): the attempt's "
-                "other pods are stopped and every node starts again from the newest complete checkpoint (not counted "
-                "against spec.backoffLimit)")
-        return Observed(Phase.PENDING, Reason.PREEMPTED, text, attempts,
-                        next=Tally(attempts, earlier.failures, seconds, Reason.PREEMPTED, text))
+        text = (
+            f"a training pod{_on_node(disrupted, nodes)} was disrupted ({failure_text(disrupted)}): the attempt's "
+            "other pods are stopped and every node starts again from the newest complete checkpoint (not counted "
+            "against spec.backoffLimit)"
+        )
+        return Observed(
+            Phase.PENDING,
+            Reason.PREEMPTED,
+            text,
+            attempts,
+            next=Tally(attempts, earlier.failures, seconds, Reason.PREEMPTED, text),
+        )
     causes = failed_pods(pods)
     cause = (causes[0] if nodes > 1 else causes[-1]) if causes else None  # several nodes: the first to fail
     what = failure_text(cause) if cause else "a training pod was deleted or lost before it finished"
@@ -281,16 +331,25 @@ def ended_attempt(job: dict, pods: list[dict], failed: dict | None, *, nodes: in
         text = f"{_plural(failures, 'failed attempt')}, more than spec.backoffLimit ({backoff_limit}) allows"
         if attempts > failures:
             text += f" ({_plural(attempts, 'attempt')} in all: preemptions are not counted)"
-        return Observed(Phase.FAILED, Reason.BACKOFF_LIMIT_EXCEEDED,
-                        f"{text}; last failure{_on_node(cause, nodes)}: {what}", attempts, finished_at)
+        return Observed(
+            Phase.FAILED,
+            Reason.BACKOFF_LIMIT_EXCEEDED,
+            f"{text}; last failure{_on_node(cause, nodes)}: {what}",
+            attempts,
+            finished_at,
+        )
     if nodes > 1 and not reopening:
         reason = Reason.RETRYING
-        text = (f"attempt {attempts} failed{_on_node(cause, nodes)}: {what}; the attempt's other pods are stopped and "
-                "every node starts again from the newest complete checkpoint")
+        text = (
+            f"attempt {attempts} failed{_on_node(cause, nodes)}: {what}; the attempt's other pods are stopped and "
+            "every node starts again from the newest complete checkpoint"
+        )
     else:  # the Job used up its retries, and spec.backoffLimit was raised since
         reason = Reason.REOPENED
-        text = (f"spec.backoffLimit is now {backoff_limit} ({_plural(failures, 'failed attempt')} so far): the next "
-                "attempt resumes from the newest complete checkpoint")
+        text = (
+            f"spec.backoffLimit is now {backoff_limit} ({_plural(failures, 'failed attempt')} so far): the next "
+            "attempt resumes from the newest complete checkpoint"
+        )
     return Observed(Phase.PENDING, reason, text, attempts, next=Tally(attempts, failures, seconds, reason, text))
 
 
@@ -303,17 +362,26 @@ def reopened_from_status(operator_status: dict, *, backoff_limit: int, active_de
     start, end = parse_time(operator_status.get("startTime")), parse_time(operator_status.get("completionTime"))
     seconds = max(0, int((end - start).total_seconds())) if start and end else 0
     if reason == Reason.BACKOFF_LIMIT_EXCEEDED and attempts <= backoff_limit:
-        text = (f"spec.backoffLimit is now {backoff_limit} ({_plural(attempts, 'attempt')} so far): the next attempt "
-                "resumes from the newest complete checkpoint")
+        text = (
+            f"spec.backoffLimit is now {backoff_limit} ({_plural(attempts, 'attempt')} so far): the next attempt "
+            "resumes from the newest complete checkpoint"
+        )
     elif reason == Reason.DEADLINE_EXCEEDED and (not active_deadline_seconds or seconds < active_deadline_seconds):
         allowed = f"is now {active_deadline_seconds} s" if active_deadline_seconds else "was removed"
-        text = (f"spec.activeDeadlineSeconds {allowed} ({seconds} s used): the job runs again from the newest "
-                "complete checkpoint")
+        text = (
+            f"spec.activeDeadlineSeconds {allowed} ({seconds} s used): the job runs again from the newest "
+            "complete checkpoint"
+        )
     else:
-        return Observed(Phase.FAILED, Reason(reason) if reason in Reason else Reason.BACKOFF_LIMIT_EXCEEDED,
-                        operator_status.get("message") or "", attempts)
-    return Observed(Phase.PENDING, Reason.REOPENED, text, attempts,
-                    next=Tally(attempts, attempts, seconds, Reason.REOPENED, text))
+        return Observed(
+            Phase.FAILED,
+            Reason(reason) if reason in Reason else Reason.BACKOFF_LIMIT_EXCEEDED,
+            operator_status.get("message") or "",
+            attempts,
+        )
+    return Observed(
+        Phase.PENDING, Reason.REOPENED, text, attempts, next=Tally(attempts, attempts, seconds, Reason.REOPENED, text)
+    )
 
 
 def observe_generation(operator_status: dict, generation: int | None) -> dict:
@@ -325,28 +393,57 @@ def observe_generation(operator_status: dict, generation: int | None) -> dict:
         return operator_status
     out = dict(operator_status, observedGeneration=generation)
     if isinstance(out.get("conditions"), list):
-        out["conditions"] = [c | {"observedGeneration": generation} if isinstance(c, dict) and "observedGeneration" in c
-                             else c for c in out["conditions"]]
+        out["conditions"] = [
+            c | {"observedGeneration": generation} if isinstance(c, dict) and "observedGeneration" in c else c
+            for c in out["conditions"]
+        ]
     return out
 
 
-def observe(job: dict | None, pods: list[dict], *, nodes: int, spec_suspend: bool, queue_name: str,
-            backoff_limit: int, active_deadline_seconds: int, queue_problem: str = "",
-            now: dt.datetime | None = None) -> Observed:
+def observe(
+    job: dict | None,
+    pods: list[dict],
+    *,
+    nodes: int,
+    spec_suspend: bool,
+    queue_name: str,
+    backoff_limit: int,
+    active_deadline_seconds: int,
+    queue_problem: str = "",
+    now: dt.datetime | None = None,
+) -> Observed:
     """The phase a FineTuneJob is in, read from its Job and pods (pods of the current Job only).
 
     `queue_name`: spec.queueName; `queue_problem`: why the live Job's LocalQueue cannot admit it (no such
     LocalQueue, or no Kueue at all), "" when it can."""
     if job is None:
         return Observed(Phase.PENDING, Reason.JOB_CREATED, "creating the training Job")
-    seen = _observe_job(job, pods, nodes=nodes, spec_suspend=spec_suspend, queue_name=queue_name,
-                        backoff_limit=backoff_limit, active_deadline_seconds=active_deadline_seconds,
-                        queue_problem=queue_problem, now=now)
+    seen = _observe_job(
+        job,
+        pods,
+        nodes=nodes,
+        spec_suspend=spec_suspend,
+        queue_name=queue_name,
+        backoff_limit=backoff_limit,
+        active_deadline_seconds=active_deadline_seconds,
+        queue_problem=queue_problem,
+        now=now,
+    )
     return dataclasses.replace(seen, earlier_attempts=Tally.of_job(job).attempts)
 
 
-def _observe_job(job: dict, pods: list[dict], *, nodes: int, spec_suspend: bool, queue_name: str, backoff_limit: int,
-                 active_deadline_seconds: int, queue_problem: str, now: dt.datetime | None) -> Observed:
+def _observe_job(
+    job: dict,
+    pods: list[dict],
+    *,
+    nodes: int,
+    spec_suspend: bool,
+    queue_name: str,
+    backoff_limit: int,
+    active_deadline_seconds: int,
+    queue_problem: str,
+    now: dt.datetime | None,
+) -> Observed:
     attempts = count_attempts(job, nodes, pods)
     job_status = job.get("status", {}) or {}
     completion = job_status.get("completionTime")
@@ -354,31 +451,54 @@ def _observe_job(job: dict, pods: list[dict], *, nodes: int, spec_suspend: bool,
         return Observed(Phase.SUCCEEDED, Reason.TRAINING_COMPLETE, "", attempts, completion)
     failed = condition_true(job, "Failed") or condition_true(job, "FailureTarget")
     if failed or (nodes > 1 and any(condition_true(p, "DisruptionTarget") for p in pods)):
-        return ended_attempt(job, pods, failed, nodes=nodes, attempts=attempts, backoff_limit=backoff_limit,
-                             active_deadline_seconds=active_deadline_seconds, now=now)
+        return ended_attempt(
+            job,
+            pods,
+            failed,
+            nodes=nodes,
+            attempts=attempts,
+            backoff_limit=backoff_limit,
+            active_deadline_seconds=active_deadline_seconds,
+            now=now,
+        )
     if (job.get("spec", {}) or {}).get("suspend"):
         # Who holds the Job: the user (spec.suspend), the operator's namespace cap, Kueue, or someone else.
         if spec_suspend:
             return Observed(Phase.SUSPENDED, Reason.SUSPENDED_BY_USER, "suspended: spec.suspend is true", attempts)
         annotations = job.get("metadata", {}).get("annotations") or {}
         if annotations.get(ANNOTATION_HELD) == "true":
-            return Observed(Phase.QUEUED, Reason.NAMESPACE_LIMIT,
-                            "waiting: this namespace runs as many FineTuneJobs as the operator allows", attempts)
+            return Observed(
+                Phase.QUEUED,
+                Reason.NAMESPACE_LIMIT,
+                "waiting: this namespace runs as many FineTuneJobs as the operator allows",
+                attempts,
+            )
         queue = (job.get("metadata", {}).get("labels") or {}).get(LABEL_KUEUE_QUEUE, "")
         if queue and queue_problem:
             return Observed(Phase.QUEUED, Reason.QUEUE_NOT_FOUND, queue_problem, attempts)
         if queue:
             how = "" if queue == queue_name else " (Kueue's webhook put it in its namespace's default LocalQueue)"
-            return Observed(Phase.QUEUED, Reason.WAITING_FOR_ADMISSION,
-                            f"waiting for Kueue LocalQueue {queue!r} to admit the Job{how}", attempts)
+            return Observed(
+                Phase.QUEUED,
+                Reason.WAITING_FOR_ADMISSION,
+                f"waiting for Kueue LocalQueue {queue!r} to admit the Job{how}",
+                attempts,
+            )
         if annotations.get(ANNOTATION_SUSPENDED_BY_USER) == "true":
             return Observed(Phase.SUSPENDED, Reason.SUSPENDED_BY_USER, "the training Job is suspended", attempts)
-        return Observed(Phase.QUEUED, Reason.WAITING_FOR_ADMISSION,
-                        "the Job was suspended by another controller, not by kubetune (Kueue does this to every Job of "
-                        "a namespace it manages with manageJobsWithoutQueueName): it starts when that controller "
-                        "admits it", attempts)
-    live = [p for p in pods if p.get("status", {}).get("phase") in ("Pending", "Running")
-            and not p["metadata"].get("deletionTimestamp")]
+        return Observed(
+            Phase.QUEUED,
+            Reason.WAITING_FOR_ADMISSION,
+            "the Job was suspended by another controller, not by kubetune (Kueue does this to every Job of "
+            "a namespace it manages with manageJobsWithoutQueueName): it starts when that controller "
+            "admits it",
+            attempts,
+        )
+    live = [
+        p
+        for p in pods
+        if p.get("status", {}).get("phase") in ("Pending", "Running") and not p["metadata"].get("deletionTimestamp")
+    ]
     failures = failed_pods(pods)
     last_failure = failure_text(failures[-1]) if failures else ""
     if any(p.get("status", {}).get("phase") == "Running" for p in live):
@@ -393,17 +513,29 @@ def _observe_job(job: dict, pods: list[dict], *, nodes: int, spec_suspend: bool,
     if previous:
         last = previous[-1]
         if condition_true(last, "DisruptionTarget"):
-            return Observed(Phase.PENDING, Reason.PREEMPTED,
-                            f"a training pod was preempted ({failure_text(last)}); the next attempt resumes from the "
-                            "newest checkpoint", attempts)
-        return Observed(Phase.PENDING, Reason.RETRYING,
-                        f"attempt failed: {failure_text(last)}; retrying from the newest checkpoint", attempts)
+            return Observed(
+                Phase.PENDING,
+                Reason.PREEMPTED,
+                f"a training pod was preempted ({failure_text(last)}); the next attempt resumes from the "
+                "newest checkpoint",
+                attempts,
+            )
+        return Observed(
+            Phase.PENDING,
+            Reason.RETRYING,
+            f"attempt failed: {failure_text(last)}; retrying from the newest checkpoint",
+            attempts,
+        )
     if job_status.get("failed"):
         # The failed pod is gone (deleted by hand, lost with its node, garbage-collected): the Job's
         # counter is all that is left of it, and the reason must not vanish with it.
-        return Observed(Phase.PENDING, Reason.RETRYING,
-                        f"attempt failed: a training pod was deleted or lost before it finished "
-                        f"({job_status['failed']} failed so far); retrying from the newest checkpoint", attempts)
+        return Observed(
+            Phase.PENDING,
+            Reason.RETRYING,
+            f"attempt failed: a training pod was deleted or lost before it finished "
+            f"({job_status['failed']} failed so far); retrying from the newest checkpoint",
+            attempts,
+        )
     return Observed(Phase.PENDING, Reason.PODS_PENDING, "waiting for the training pods to start", attempts)
 
 
@@ -416,9 +548,13 @@ def bounded(text: str) -> str:
 
 
 def _condition(kind: str, status: S, reason: str, message: str, generation: int | None) -> Condition:
-    return Condition(type=str(kind), status=status, reason=str(reason),
-                     message=bounds.fit_text(message, bounds.max_length("conditions", "message")),
-                     observed_generation=generation)
+    return Condition(
+        type=str(kind),
+        status=status,
+        reason=str(reason),
+        message=bounds.fit_text(message, bounds.max_length("conditions", "message")),
+        observed_generation=generation,
+    )
 
 
 def merge_conditions(old: list[dict], new: list[Condition], now: str) -> list[Condition]:
@@ -435,8 +571,9 @@ def merge_conditions(old: list[dict], new: list[Condition], now: str) -> list[Co
     return merged
 
 
-def desired_conditions(observed: Observed, old_conditions: list[dict], generation: int | None,
-                       valid_message: str = "") -> list[Condition]:
+def desired_conditions(
+    observed: Observed, old_conditions: list[dict], generation: int | None, valid_message: str = ""
+) -> list[Condition]:
     phase, reason, message = observed.phase, observed.reason, observed.message
     g = generation
     conds = [_condition(C.VALIDATED, S.TRUE, Reason.SPEC_VALID, valid_message or "the spec is valid", g)]
@@ -491,13 +628,23 @@ _EVENT_TEXT = {
     Reason.TRAINING_COMPLETE: "training finished",
     Reason.RESUMED: "resumed",
 }
-_WARNING_REASONS = {Reason.USER_ERROR, Reason.BACKOFF_LIMIT_EXCEEDED, Reason.DEADLINE_EXCEEDED, Reason.RETRYING,
-                    Reason.PREEMPTED, Reason.SPEC_INVALID, Reason.JOB_MISSING, Reason.POLICY_DENIED,
-                    Reason.SECRET_NOT_FOUND, Reason.CHILD_REJECTED, Reason.DOES_NOT_FIT, Reason.QUEUE_NOT_FOUND,
-                    Reason.RESUME_SOURCE_NOT_FOUND}
+_WARNING_REASONS = {
+    Reason.USER_ERROR,
+    Reason.BACKOFF_LIMIT_EXCEEDED,
+    Reason.DEADLINE_EXCEEDED,
+    Reason.RETRYING,
+    Reason.PREEMPTED,
+    Reason.SPEC_INVALID,
+    Reason.JOB_MISSING,
+    Reason.POLICY_DENIED,
+    Reason.SECRET_NOT_FOUND,
+    Reason.CHILD_REJECTED,
+    Reason.DOES_NOT_FIT,
+    Reason.QUEUE_NOT_FOUND,
+    Reason.RESUME_SOURCE_NOT_FOUND,
+}
 # Reasons whose words become status.message: failures, and what keeps a job from starting that a user can fix.
-_MESSAGE_REASONS = {Reason.RETRYING, Reason.PREEMPTED, Reason.SECRET_NOT_FOUND, Reason.QUEUE_NOT_FOUND,
-                    Reason.REOPENED}
+_MESSAGE_REASONS = {Reason.RETRYING, Reason.PREEMPTED, Reason.SECRET_NOT_FOUND, Reason.QUEUE_NOT_FOUND, Reason.REOPENED}
 # Of those, the ones that stop being true once the job moves on (a failure's words stay: it happened).
 _HOLD_REASONS = {Reason.SECRET_NOT_FOUND, Reason.QUEUE_NOT_FOUND}
 
@@ -518,7 +665,6 @@ def phase_reason(old_status: dict) -> tuple[str | None, str | None]:
     running = next((c for c in conditions if c.get("type") == C.RUNNING), None)
     running = running or next((c for c in conditions if c.get("type") == C.FAILED), {})
     return old_status.get("phase"), running.get("reason")
-
 
 
 def valid_message(notices: list[str] = ()) -> str:
@@ -554,8 +700,12 @@ def compute(ftj: dict, observed: Observed, job_name: str | None, now: str, notic
     events = []
     old_attempts = old.get("attempts") or 0
     told = {Reason.RETRYING, Reason.PREEMPTED, Reason.REOPENED}
-    if (observed.earlier_attempts < old_attempts < attempts and observed.phase not in FINISHED_PHASES
-            and observed.reason not in told and phase_reason(old)[1] not in told):
+    if (
+        observed.earlier_attempts < old_attempts < attempts
+        and observed.phase not in FINISHED_PHASES
+        and observed.reason not in told
+        and phase_reason(old)[1] not in told
+    ):
         # An attempt failed and the next one started between two looks: the story still needs the failure.
         failure = observed.last_failure or "a training pod was lost"
         message = f"attempt {old_attempts} failed: {failure}; retrying from the newest checkpoint"
@@ -566,8 +716,16 @@ def compute(ftj: dict, observed: Observed, job_name: str | None, now: str, notic
         if observed.reason == Reason.PODS_RUNNING:
             text = f"training is running (attempt {attempts})"
         events.append(_event(observed.reason, text))
-    status = Status(phase=observed.phase, observed_generation=generation, conditions=conditions, attempts=attempts,
-                    job_name=job_name, start_time=start_time, completion_time=completion_time, message=bounded(message))
+    status = Status(
+        phase=observed.phase,
+        observed_generation=generation,
+        conditions=conditions,
+        attempts=attempts,
+        job_name=job_name,
+        start_time=start_time,
+        completion_time=completion_time,
+        message=bounded(message),
+    )
     return Outcome(status.to_wire(), events)
 
 
@@ -590,8 +748,7 @@ def compute_invalid(ftj: dict, problems: list[str], now: str, reason: str = Reas
     status = Status(
         phase=Phase.FAILED,
         observed_generation=generation,
-        conditions=merge_conditions(old.get("conditions") or [], invalid_conditions(message, generation, reason),
-                                    now),
+        conditions=merge_conditions(old.get("conditions") or [], invalid_conditions(message, generation, reason), now),
         attempts=old.get("attempts") or 0,
         job_name=None,
         start_time=old.get("startTime"),
@@ -623,8 +780,12 @@ def minimal(patch: dict) -> dict:
     if isinstance(out.get("message"), str):
         out["message"] = bounds.fit_text(out["message"], MINIMAL_MESSAGE_LENGTH)
     if isinstance(out.get("conditions"), list):
-        out["conditions"] = [c | {"message": bounds.fit_text(c.get("message") or "", MINIMAL_MESSAGE_LENGTH)}
-                             if isinstance(c, dict) else c for c in out["conditions"]]
+        out["conditions"] = [
+            c | {"message": bounds.fit_text(c.get("message") or "", MINIMAL_MESSAGE_LENGTH)}
+            if isinstance(c, dict)
+            else c
+            for c in out["conditions"]
+        ]
     return out
 
 
@@ -673,8 +834,11 @@ def canonical(status: dict | None) -> str:
     """The operator's keys of a status in one comparable form: what the operator wrote is told from what someone
     else (the trainer's token can patch the whole status) wrote since. Absent, null and "" are alike."""
     status = status or {}
-    return json.dumps({k: status[k] for k in OPERATOR_STATUS_KEYS if status.get(k) not in (None, "")},
-                      sort_keys=True, separators=(",", ":"))
+    return json.dumps(
+        {k: status[k] for k in OPERATOR_STATUS_KEYS if status.get(k) not in (None, "")},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
 
 
 def operator_part(status: dict | None) -> dict:
@@ -689,7 +853,7 @@ def under_root(uri: Any, root: str) -> bool:
     segment (percent-encoded or not) to climb out of it by a reader that normalises paths."""
     if not isinstance(uri, str) or not uri.startswith(root):
         return False
-    segments = urllib.parse.unquote(uri[len(root):]).split("/")
+    segments = urllib.parse.unquote(uri[len(root) :]).split("/")
     return not any(segment in (".", "..") for segment in segments)
 
 
@@ -700,8 +864,9 @@ def untrusted_results(status: dict | None, root: str) -> dict:
     patch: dict[str, Any] = {}
     output = status.get("output") or {}
     if isinstance(output, dict):
-        outside = {key: None for key in OUTPUT_RESULT_KEYS if output.get(key) is not None
-                   and not under_root(output[key], root)}
+        outside = {
+            key: None for key in OUTPUT_RESULT_KEYS if output.get(key) is not None and not under_root(output[key], root)
+        }
         if outside:
             patch["output"] = outside
     checkpoints = status.get("checkpoints")
