@@ -1,15 +1,40 @@
 """Operator at scale: N FineTuneJobs created at once against the local API emulator, the real operator
-(`kubetune operator`, its own process) turning each into a Job.
+(`kubetune operator`, its own process) turning each into a Job; then the same operator restarted over those jobs
+in a mix of phases, and idle over a history of finished ones.
 
-    python bench/operator_scale.py                 # 1,000 FineTuneJobs in 10 namespaces
+    python bench/operator_scale.py                 # 1,000 FineTuneJobs in 10 namespaces, all three phases
     python bench/operator_scale.py --jobs 50       # quick
+    python bench/operator_scale.py --no-restart --no-history    # the burst alone
 
-Measured: time from the first FineTuneJob stored until every child Job is stored; per FineTuneJob the
+The burst. Measured: time from the first FineTuneJob stored until every child Job is stored; per FineTuneJob the
 latency from it being stored to its Job being stored (p50, p99, max), both taken from the emulator's
 own clock (it stamps every change, so nothing polls); the operator process's peak RSS (VmHWM) and CPU
 time; API calls the operator made per FineTuneJob (the emulator records every call with its user).
 The users creating the FineTuneJobs (16 threads of the official client) run in a process of their own.
 The emulator is tests/controller/emulator.py (kmock plus the API-server semantics kopf needs).
+
+The restart (--no-restart: skipped). A process of its own plays the Job controller and the kubelet with the admin
+client, as they write: a quarter of the Jobs gets the Complete condition, a quarter Failed (BackoffLimitExceeded,
+one failure more than the Job's backoffLimit), a quarter a pod owned by the Job with the Job template's labels,
+Running (and the Job's active count; then the trainer's first status report, its memory plan and progress, which the
+operator tells as a Planned Event), a quarter is left as it is (Pending, no pod). Once the operator has written
+every job's phase and made no call for --settle-quiet seconds, it is stopped with SIGTERM (as a rollout does) and a
+fresh process started with the same settings. Measured on the new process: from its first API call to the last
+call of its settling burst (settled: no call for --settle-quiet seconds), its calls in that time by verb, the
+mutating ones among them (create, update, patch, delete, refused ones included; target 0: nothing changed while it
+was down), how many statuses and Events differ afterwards, its CPU time from process start to settled
+(/proc/PID/stat, Python's imports included) and its peak RSS. The emulator stamps each call as it receives it.
+
+The history (--no-history: skipped). Every job not finished yet is finished (pods Succeeded, Jobs Complete) and
+the operator writes Succeeded; then the operator is restarted once more with KUBETUNE_RESYNC_SECONDS set short
+(--idle-resync, 10 s), so that several resync passes fall into the window, and, once its start-up pass over the
+history has settled, watched idle for --idle-seconds (120 s): its CPU as a share of one core (/proc/PID/stat over
+the window), its API calls per minute by verb (the emulator's records), its RSS at the end (VmRSS) and peak
+(VmHWM). No job changes in the window: whatever the operator does then is the cost of the history.
+
+Below 1,000 jobs (quick runs and the tests' small form) the phases' default waits are shorter: --settle-quiet 1 s,
+--idle-seconds 3 s, --idle-resync 1 s. The idle operator's start-up counts as settled after half a resync period
+without a call when that is shorter than --settle-quiet (the resync's own calls come every period).
 """
 
 from __future__ import annotations
@@ -118,7 +143,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_operator(emulator, work: Path) -> subprocess.Popen:
+def start_operator(emulator, work: Path, settings: dict[str, str] | None = None,
+                   log_name: str = "operator.log") -> subprocess.Popen:
+    """`kubetune operator --standalone` with the bench's settings (and `settings`, KUBETUNE_* variables)."""
     import yaml
     from emulator import OPERATOR_TOKEN
 
@@ -129,32 +156,349 @@ def start_operator(emulator, work: Path) -> subprocess.Popen:
         "KUBETUNE_TRAINER_IMAGE": "registry.example/kubetune-trainer:bench",
         "KUBETUNE_DEFAULT_OUTPUT_URI": "s3://kubetune-out/runs/",
         "KUBETUNE_METRICS_PORT": "0",
-    }
-    log = (work / "operator.log").open("w")
+    } | (settings or {})
+    log = (work / log_name).open("w")
     return subprocess.Popen([sys.executable, "-m", "kubetune.cli", "operator", "--standalone"], env=env,
                             stdout=log, stderr=subprocess.STDOUT)
 
 
-def wait_ready(emulator, proc: subprocess.Popen, timeout: float) -> None:
-    """The operator is up once it watches FineTuneJobs (its first calls reach the emulator)."""
+def wait_ready(emulator, proc: subprocess.Popen, timeout: float, since: int = 0) -> None:
+    """The operator is up once it watches FineTuneJobs (its first calls reach the emulator); `since`: the index in
+    the emulator's calls where this process's calls start."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the operator exited with {proc.returncode} before it was ready")
-        if any(c.resource.startswith("finetunejobs") and c.verb in ("watch", "list") for c in emulator.calls("operator")):
+        if any(c.resource.startswith("finetunejobs") and c.verb in ("watch", "list")
+               for c in calls_between(emulator, since)):
             return
         time.sleep(0.1)
     raise RuntimeError("the operator did not start watching FineTuneJobs in time")
 
 
-def run(jobs: int, namespaces: int, clients: int, timeout: float) -> dict:
+# --------------------------------------------------------------------------------------------- restart and history
+
+MUTATING = ("create", "update", "patch", "delete", "deletecollection")
+# Who the hand-written states go to, by a FineTuneJob's index: the phase the operator then reports.
+RESTART_STATES = ("complete", "failed", "running", "untouched")
+RESTART_PHASES = {"complete": "Succeeded", "failed": "Failed", "running": "Running", "untouched": "Pending"}
+
+
+class TimedCalls(list):
+    """The emulator's record of calls, each stamped (perf_counter) as the emulator receives it: `at[i]` for `[i]`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.at: list[float] = []
+
+    def append(self, call) -> None:
+        self.at.append(time.perf_counter())
+        super().append(call)
+
+
+def calls_between(emulator, start: int, end: int | None = None, user: str = "operator") -> list:
+    return emulator.call(lambda: [c for c in emulator.server.calls[start:end] if c.user == user])
+
+
+def last_call(emulator, since: int, user: str = "operator") -> tuple[int, float] | None:
+    """Index and time of `user`'s last call at or after `since` (None: none yet)."""
+    def find():
+        calls = emulator.server.calls
+        for index in range(len(calls) - 1, since - 1, -1):
+            if calls[index].user == user:
+                return index, calls.at[index]
+        return None
+    return emulator.call(find)
+
+
+def first_call(emulator, since: int, user: str = "operator") -> tuple[int, float] | None:
+    def find():
+        calls = emulator.server.calls
+        for index in range(since, len(calls)):
+            if calls[index].user == user:
+                return index, calls.at[index]
+        return None
+    return emulator.call(find)
+
+
+def wait_settled(emulator, proc: subprocess.Popen, since: int, quiet: float, timeout: float) -> tuple[int, float]:
+    """Until the operator has made no call for `quiet` seconds (after one at least); the index and time of its last
+    call then."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the operator exited with {proc.returncode}")
+        last = last_call(emulator, since)
+        if last is not None and time.perf_counter() - last[1] >= quiet:
+            return last
+        time.sleep(0.1)
+    raise RuntimeError(f"the operator did not settle (no call for {quiet} s) within {timeout} s")
+
+
+def phases(emulator) -> Counter:
+    from kubetune.api.constants import GROUP, PLURAL
+
+    return emulator.call(lambda: Counter((o.get("status") or {}).get("phase")
+                                         for o in emulator.server.store.get((GROUP, PLURAL), {}).values()))
+
+
+def wait_phases(emulator, wanted: Counter, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if phases(emulator) == wanted:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"the FineTuneJobs did not reach {dict(wanted)} in {timeout} s (now {dict(phases(emulator))})")
+
+
+def stored_statuses(emulator) -> tuple[dict, set]:
+    """Every FineTuneJob's status (a write stores a new object, never changes a stored one in place, so these keep)
+    and every Event's name and resourceVersion."""
+    from kubetune.api.constants import GROUP, PLURAL
+
+    def snapshot():
+        store = emulator.server.store
+        return ({key: obj.get("status") for key, obj in store.get((GROUP, PLURAL), {}).items()},
+                {(key, obj["metadata"].get("resourceVersion")) for key, obj in store.get(("", "events"), {}).items()})
+    return emulator.call(snapshot)
+
+
+def stop_operator(proc: subprocess.Popen) -> None:
+    """SIGTERM, as a rollout stops the old pod."""
+    proc.terminate()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def vm_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def by_verb(calls: list) -> Counter:
+    return Counter(f"{c.verb} {c.resource}" for c in calls)
+
+
+def write_states(url: str, ca_file: str, targets: list[tuple[str, str]], clients: int, step: str) -> dict:
+    """The Job controller and the kubelet, as they write (the admin client; a process of its own, like the users).
+
+    step "restart": by each FineTuneJob's index, its Job gets the Complete condition, or Failed for its backoffLimit,
+    or a Running pod it owns (its active count, and the trainer's first reports), or nothing (RESTART_STATES).
+    step "finish": every Job not finished yet completes (its running pods Succeeded first). Returns the number of
+    writes and of Jobs written."""
+    import datetime as dt
+
+    import kubernetes
+    from emulator import ADMIN_TOKEN
+
+    from kubetune.api.constants import GROUP, PLURAL, VERSION
+    from kubetune.controller import builders
+
+    configuration = kubernetes.client.Configuration()
+    configuration.host = url
+    configuration.ssl_ca_cert = ca_file
+    configuration.api_key = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+    configuration.connection_pool_maxsize = clients + 4
+    client = kubernetes.client.ApiClient(configuration)
+    batch, core = kubernetes.client.BatchV1Api(client), kubernetes.client.CoreV1Api(client)
+    custom = kubernetes.client.CustomObjectsApi(client)
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    index = {target: i for i, target in enumerate(targets)}
+    raw = {"_preload_content": False}  # answers as bytes: no client-side models to build
+
+    def listed(call, namespace: str) -> list[dict]:
+        return json.loads(call(namespace, **raw).data)["items"]
+
+    def finished(job: dict) -> bool:
+        return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+                   for c in (job.get("status") or {}).get("conditions") or [])
+
+    def complete(job: dict, pods: list[dict]) -> int:
+        meta = job["metadata"]
+        exited = {"terminated": {"exitCode": 0, "reason": "Completed", "finishedAt": now}}
+        for pod in pods:
+            core.patch_namespaced_pod_status(pod["metadata"]["name"], meta["namespace"], {"status": {
+                "phase": "Succeeded",
+                "containerStatuses": [{"name": "trainer", "ready": False, "restartCount": 0, "state": exited}]}}, **raw)
+        batch.patch_namespaced_job_status(meta["name"], meta["namespace"], {"status": {
+            "active": 0, "ready": 0, "succeeded": 1, "startTime": (job.get("status") or {}).get("startTime") or now,
+            "completionTime": now, "conditions": [
+                {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached",
+                 "lastTransitionTime": now},
+                {"type": "Complete", "status": "True", "reason": "CompletionsReached", "lastTransitionTime": now}]}},
+            **raw)
+        return len(pods) + 1
+
+    def fail(job: dict) -> int:
+        meta = job["metadata"]
+        words = {"status": "True", "reason": "BackoffLimitExceeded",
+                 "message": "Job has reached the specified backoff limit", "lastTransitionTime": now}
+        batch.patch_namespaced_job_status(meta["name"], meta["namespace"], {"status": {
+            "active": 0, "ready": 0, "failed": (job["spec"].get("backoffLimit") or 0) + 1, "startTime": now,
+            "conditions": [{"type": "FailureTarget", **words}, {"type": "Failed", **words}]}}, **raw)
+        return 1
+
+    def run_pod(job: dict) -> int:
+        """ClusterSim._create_pod's pod (tests/controller/harness.py), one node; then its trainer's first reports (the
+        memory plan and progress, as kubetune_trainer.status_reporter writes them)."""
+        meta = job["metadata"]
+        template = job["spec"]["template"]
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {
+            "generateName": f"{meta['name']}-", "namespace": meta["namespace"],
+            "labels": template["metadata"]["labels"] | {"batch.kubernetes.io/job-name": meta["name"],
+                                                        "batch.kubernetes.io/controller-uid": meta["uid"]},
+            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": meta["uid"],
+                                 "controller": True, "blockOwnerDeletion": True}]},
+            "spec": template["spec"]}
+        created = json.loads(core.create_namespaced_pod(meta["namespace"], pod, **raw).data)
+        core.patch_namespaced_pod_status(created["metadata"]["name"], meta["namespace"], {"status": {
+            "phase": "Running", "containerStatuses": [{"name": "trainer", "ready": True, "restartCount": 0,
+                                                       "state": {"running": {"startedAt": now}}}]}}, **raw)
+        batch.patch_namespaced_job_status(meta["name"], meta["namespace"], {"status": {
+            "active": 1, "ready": 1, "startTime": now}}, **raw)
+        ftj = job["metadata"]["labels"][builders.LABEL_FTJ]
+        custom.patch_namespaced_custom_object_status(GROUP, VERSION, meta["namespace"], PLURAL, ftj, {"status": {
+            "plan": {"strategy": "ddp", "worldSize": 1, "perGpuGiB": 14.2, "gpuMemoryGiB": 80.0, "fits": True},
+            "progress": {"step": 10, "totalSteps": 1000, "epoch": 0.01, "percent": 1, "etaSeconds": 5400}}}, **raw)
+        return 4
+
+    work = []
+    for namespace in sorted({ns for ns, _ in targets}):
+        pods: dict[str, list[dict]] = {}
+        for pod in listed(core.list_namespaced_pod, namespace):
+            if pod["status"].get("phase") in ("Pending", "Running"):
+                for ref in pod["metadata"].get("ownerReferences") or []:
+                    pods.setdefault(ref["uid"], []).append(pod)
+        for job in listed(batch.list_namespaced_job, namespace):
+            key = (namespace, (job["metadata"].get("labels") or {}).get(builders.LABEL_FTJ))
+            if key not in index or finished(job):
+                continue
+            if step == "finish":
+                work.append((complete, job, pods.get(job["metadata"]["uid"], [])))
+                continue
+            state = RESTART_STATES[index[key] % len(RESTART_STATES)]
+            if state == "complete":
+                work.append((complete, job, []))
+            elif state == "failed":
+                work.append((fail, job))
+            elif state == "running":
+                work.append((run_pod, job))
+    with ThreadPoolExecutor(clients) as pool:
+        return {"writes": sum(pool.map(lambda item: item[0](*item[1:]), work)), "jobs": len(work)}
+
+
+def hand_write(emulator, targets: list[tuple[str, str]], jobs: int, namespaces: int, clients: int, step: str,
+               timeout: float) -> dict:
+    done = subprocess.run(
+        [sys.executable, __file__, "--states-in", emulator.url, "--ca", emulator.ca_file, "--step", step,
+         "--jobs", str(jobs), "--namespaces", str(namespaces), "--clients", str(clients)],
+        capture_output=True, text=True, timeout=timeout)
+    if done.returncode:
+        raise RuntimeError(f"writing the Jobs' states ({step}) failed: {done.stderr.strip()[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def restart_phase(emulator, operators: list[subprocess.Popen], work: Path, targets: list[tuple[str, str]],
+                  args: argparse.Namespace) -> dict:
+    """Jobs into a mix of phases, the operator (`operators[-1]`) settled over them, then stopped and a fresh one
+    started (appended to `operators`): what the fresh one does until it settles."""
+    proc = operators[-1]
+    wanted = Counter(RESTART_PHASES[RESTART_STATES[i % len(RESTART_STATES)]] for i in range(len(targets)))
+    since = emulator.call(lambda: len(emulator.server.calls))
+    written = hand_write(emulator, targets, args.jobs, args.namespaces, args.clients, "restart", args.timeout)
+    wait_phases(emulator, wanted, args.timeout)
+    wait_settled(emulator, proc, since, args.settle_quiet, args.timeout)
+    reacting = len(calls_between(emulator, since))
+    stop_operator(proc)
+    statuses, events = stored_statuses(emulator)
+
+    since = emulator.call(lambda: len(emulator.server.calls))
+    started = time.perf_counter()
+    fresh = start_operator(emulator, work, log_name="operator-restarted.log")
+    operators.append(fresh)
+    wait_ready(emulator, fresh, 60, since)
+    last_index, last_at = wait_settled(emulator, fresh, since, args.settle_quiet, args.timeout)
+    cpu = cpu_seconds(fresh.pid)
+    first_index, first_at = first_call(emulator, since)
+    calls = calls_between(emulator, first_index, last_index + 1)
+    writes = [c for c in calls if c.verb in MUTATING]
+    after_statuses, after_events = stored_statuses(emulator)
+    return {
+        "phases": dict(wanted), "hand_writes": written["writes"], "calls_before_restart": reacting,
+        "settle_quiet_s": args.settle_quiet, "settle_s": last_at - first_at, "from_process_start_s": last_at - started,
+        "calls": len(calls), "calls_by_verb": dict(by_verb(calls).most_common()),
+        "mutating_calls": len(writes), "mutating_by_verb": dict(by_verb(writes).most_common()),
+        "statuses_changed": sum(1 for key, status in statuses.items() if after_statuses.get(key) != status),
+        "events_written": len(after_events - events),  # new ones, and old ones written again
+        "cpu_s": cpu, "peak_rss_mib": vm_hwm_mib(fresh.pid),
+    }
+
+
+def history_phase(emulator, operators: list[subprocess.Popen], work: Path, targets: list[tuple[str, str]],
+                  args: argparse.Namespace) -> dict:
+    """Every job finished; the operator (`operators[-1]`) restarted with a short resync (appended to `operators`) and
+    watched idle."""
+    proc = operators[-1]
+    since = emulator.call(lambda: len(emulator.server.calls))
+    hand_write(emulator, targets, args.jobs, args.namespaces, args.clients, "finish", args.timeout)
+    finished = phases(emulator)
+    wanted = Counter({"Failed": finished.get("Failed", 0)})
+    wanted["Succeeded"] = len(targets) - wanted["Failed"]
+    wait_phases(emulator, +wanted, args.timeout)
+    wait_settled(emulator, proc, since, args.settle_quiet, args.timeout)
+    stop_operator(proc)
+
+    since = emulator.call(lambda: len(emulator.server.calls))
+    started = time.perf_counter()
+    idle = start_operator(emulator, work, {"KUBETUNE_RESYNC_SECONDS": str(args.idle_resync)}, "operator-idle.log")
+    operators.append(idle)
+    wait_ready(emulator, idle, 60, since)
+    # Quiet for less than a resync period, or the resync's own calls would keep it from ever settling.
+    quiet = min(args.settle_quiet, args.idle_resync / 2)
+    last_index, last_at = wait_settled(emulator, idle, since, quiet, args.timeout)
+    first_index, first_at = first_call(emulator, since)
+    startup = calls_between(emulator, first_index, last_index + 1)
+
+    window_start = emulator.call(lambda: len(emulator.server.calls))
+    cpu_before, wall_before = cpu_seconds(idle.pid), time.perf_counter()
+    time.sleep(args.idle_seconds)
+    cpu_after, wall_after = cpu_seconds(idle.pid), time.perf_counter()
+    if idle.poll() is not None:
+        raise RuntimeError(f"the operator exited with {idle.returncode} while idle")
+    window = calls_between(emulator, window_start)
+    minutes = (wall_after - wall_before) / 60
+    return {
+        "phases": {k: v for k, v in wanted.items() if v}, "resync_s": args.idle_resync, "settle_quiet_s": quiet,
+        "startup_settle_s": last_at - first_at, "startup_from_process_start_s": last_at - started,
+        "startup_calls": len(startup), "startup_mutating_calls": sum(1 for c in startup if c.verb in MUTATING),
+        "startup_calls_by_verb": dict(by_verb(startup).most_common()),
+        "window_s": wall_after - wall_before,
+        "cpu_percent": 100 * (cpu_after - cpu_before) / (wall_after - wall_before),
+        "calls_per_min": len(window) / minutes,
+        "calls_per_min_by_verb": {k: v / minutes for k, v in by_verb(window).most_common()},
+        "mutating_calls": sum(1 for c in window if c.verb in MUTATING),
+        "rss_end_mib": vm_rss_mib(idle.pid), "peak_rss_mib": vm_hwm_mib(idle.pid),
+    }
+
+
+def run(jobs: int, namespaces: int, clients: int, timeout: float,
+        phases_args: argparse.Namespace | None = None) -> dict:
+    """The burst; then, as `phases_args` asks (its restart and history flags), the restart and history phases."""
     import kubernetes
     from emulator import ADMIN_TOKEN
     from harness import start_emulator
 
     emulator = start_emulator()
-    emulator.call(lambda: setattr(emulator.server, "max_history", 20 * jobs + 20000))
+    # The restart and history phases write about as much again as the burst.
+    emulator.call(lambda: setattr(emulator.server, "max_history", 40 * jobs + 20000))
+    emulator.call(lambda: setattr(emulator.server, "calls", TimedCalls()))
     proc = None
+    operators: list[subprocess.Popen] = []  # the burst's operator, then each one started after it
     try:
         with tempfile.TemporaryDirectory(prefix="kt-op-bench-") as tmp:
             core = kubernetes.client.CoreV1Api(kubernetes.client.ApiClient(emulator.client_configuration(ADMIN_TOKEN)))
@@ -191,7 +535,7 @@ def run(jobs: int, namespaces: int, clients: int, timeout: float) -> dict:
             rss = vm_hwm_mib(proc.pid)
             operator_cpu = cpu_seconds(proc.pid) - operator_cpu_before
             emulator_cpu = cpu_seconds(os.getpid()) - emulator_cpu_before
-            return {
+            result = {
                 "jobs": jobs, "namespaces": namespaces, "client_threads": clients,
                 "created_all_s": users_result["seconds"], "all_jobs_exist_s": total if not missing else float("nan"),
                 "missing": len(missing), "latency_p50_s": percentile(latencies, 50),
@@ -203,13 +547,20 @@ def run(jobs: int, namespaces: int, clients: int, timeout: float) -> dict:
                 "job_creates": by_verb.get("create jobs", 0),
                 "calls_by_verb": dict(by_verb.most_common(8)),
             }
+            operators.append(proc)
+            if phases_args is not None and phases_args.restart:
+                result["restart"] = restart_phase(emulator, operators, Path(tmp), targets, phases_args)
+            if phases_args is not None and phases_args.history:
+                result["history"] = history_phase(emulator, operators, Path(tmp), targets, phases_args)
+            return result
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        for operator in operators + [proc]:
+            if operator is not None and operator.poll() is None:
+                operator.terminate()
+                try:
+                    operator.wait(20)
+                except subprocess.TimeoutExpired:
+                    operator.kill()
         emulator.stop()
 
 
@@ -217,7 +568,8 @@ def table(result: dict) -> str:
     rows = [
         ("FineTuneJobs", f"{result['jobs']:,} in {result['namespaces']} namespaces"),
         ("all creates returned (s)", f"{result['created_all_s']:.2f}"),
-        ("every child Job exists (s)", f"{result['all_jobs_exist_s']:.2f}" + (f" ({result['missing']} missing)" if result["missing"] else "")),
+        ("every child Job exists (s)", f"{result['all_jobs_exist_s']:.2f}"
+         + (f" ({result['missing']} missing)" if result["missing"] else "")),
         ("create -> Job p50 (s)", f"{result['latency_p50_s']:.3f}"),
         ("create -> Job p99 (s)", f"{result['latency_p99_s']:.3f}"),
         ("create -> Job max (s)", f"{result['latency_max_s']:.3f}"),
@@ -235,6 +587,51 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def verbs(counts: dict, unit: str = "") -> str:
+    return ", ".join(f"{k}: {v:.1f}{unit}" if isinstance(v, float) else f"{k}: {v}{unit}" for k, v in counts.items()) \
+        or "none"
+
+
+def restart_table(restart: dict) -> str:
+    mix = ", ".join(f"{v:,} {k}" for k, v in restart["phases"].items())
+    rows = [
+        ("FineTuneJobs when it stopped", mix),
+        ("settle: from its first API call to the last of its burst (s)", f"{restart['settle_s']:.2f}"),
+        ("settled, from process start (s)", f"{restart['from_process_start_s']:.2f}"),
+        ("API calls until settled", f"{restart['calls']:,}"),
+        ("mutating calls (target 0)", f"{restart['mutating_calls']:,}"),
+        ("statuses changed / Events written", f"{restart['statuses_changed']:,} / {restart['events_written']:,}"),
+        ("CPU, process start to settled (s)", f"{restart['cpu_s']:.2f}"),
+        ("peak RSS (MiB)", f"{restart['peak_rss_mib']:.0f}"),
+    ]
+    lines = ["| restart metric | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+    lines.append(f"\nsettled = no API call for {restart['settle_quiet_s']:g} s; calls by verb: "
+                 + verbs(restart["calls_by_verb"]))
+    lines.append("mutating: " + verbs(restart["mutating_by_verb"]))
+    return "\n".join(lines)
+
+
+def history_table(history: dict) -> str:
+    mix = ", ".join(f"{v:,} {k}" for k, v in history["phases"].items())
+    rows = [
+        ("finished FineTuneJobs", mix),
+        ("its start-up over them: settle from first call (s)", f"{history['startup_settle_s']:.2f}"),
+        ("start-up: API calls / mutating", f"{history['startup_calls']:,} / {history['startup_mutating_calls']:,}"),
+        ("idle window (s)", f"{history['window_s']:.0f}"),
+        ("idle CPU (% of one core)", f"{history['cpu_percent']:.2f}"),
+        ("idle API calls per minute", f"{history['calls_per_min']:.1f}"),
+        ("idle mutating calls", f"{history['mutating_calls']:,}"),
+        ("RSS at the end / peak (MiB)", f"{history['rss_end_mib']:.0f} / {history['peak_rss_mib']:.0f}"),
+    ]
+    lines = ["| idle metric | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+    lines.append(f"\nKUBETUNE_RESYNC_SECONDS={history['resync_s']} for this operator (default 60), so about "
+                 f"{history['window_s'] / history['resync_s']:.0f} resync passes fall in the window; calls per minute "
+                 "by verb: " + verbs(history["calls_per_min_by_verb"]))
+    lines.append(f"start-up settled = no API call for {history['settle_quiet_s']:g} s; its calls by verb: "
+                 + verbs(history["startup_calls_by_verb"]))
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=1000)
@@ -242,18 +639,47 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=16, help="threads creating FineTuneJobs")
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for every Job")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--no-restart", dest="restart", action="store_false",
+                        help="skip the restart phase (jobs in a mix of phases, the operator restarted over them)")
+    parser.add_argument("--no-history", dest="history", action="store_false",
+                        help="skip the history phase (every job finished, the operator watched idle)")
+    parser.add_argument("--settle-quiet", type=float, default=None, metavar="S",
+                        help="settled = no operator API call for S seconds (default 5; 1 below 1,000 jobs)")
+    parser.add_argument("--idle-seconds", type=float, default=None, metavar="S",
+                        help="the idle window (default 120; 3 below 1,000 jobs)")
+    parser.add_argument("--idle-resync", type=int, default=None, metavar="S",
+                        help="KUBETUNE_RESYNC_SECONDS of the idle operator (default 10; 1 below 1,000 jobs)")
     parser.add_argument("--create-in", metavar="URL", help=argparse.SUPPRESS)  # the users' process
-    parser.add_argument("--ca", help=argparse.SUPPRESS)  # the emulator's CA, for the users' process
+    parser.add_argument("--states-in", metavar="URL", help=argparse.SUPPRESS)  # the Job controller's and kubelet's
+    parser.add_argument("--step", choices=("restart", "finish"), help=argparse.SUPPRESS)  # what they write
+    parser.add_argument("--ca", help=argparse.SUPPRESS)  # the emulator's CA, for those processes
     args = parser.parse_args(argv)
     if args.create_in:
         targets = job_targets(args.jobs, args.namespaces)
         seconds, cpu_seconds = create_all(args.create_in, args.ca, targets, args.clients)
         print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds}))
         return 0
-    result = run(args.jobs, args.namespaces, args.clients, args.timeout)
+    if args.states_in:
+        targets = job_targets(args.jobs, args.namespaces)
+        print(json.dumps(write_states(args.states_in, args.ca, targets, args.clients, args.step)))
+        return 0
+    full = args.jobs >= 1000
+    args.settle_quiet = args.settle_quiet if args.settle_quiet is not None else (5.0 if full else 1.0)
+    args.idle_seconds = args.idle_seconds if args.idle_seconds is not None else (120.0 if full else 3.0)
+    args.idle_resync = args.idle_resync if args.idle_resync is not None else (10 if full else 1)
+    if args.idle_resync < 1:
+        parser.error("--idle-resync must be at least 1 (KUBETUNE_RESYNC_SECONDS is whole seconds)")
+    result = run(args.jobs, args.namespaces, args.clients, args.timeout, args)
     print(f"\nkubetune operator (default settings, own process) against the API emulator, "
           f"{args.jobs} FineTuneJobs created by {args.clients} client threads\n")
     print(table(result))
+    if "restart" in result:
+        print("\nRestart: the jobs put into a mix of phases by hand (as the Job controller and kubelet write), the "
+              "operator settled, stopped (SIGTERM) and started again; the fresh process:\n")
+        print(restart_table(result["restart"]))
+    if "history" in result:
+        print("\nHistory: every job finished, the operator restarted and left idle:\n")
+        print(history_table(result["history"]))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0 if not result["missing"] else 1
