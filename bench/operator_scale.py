@@ -123,8 +123,12 @@ def create_all(url: str, ca_file: str, targets: list[tuple[str, str]], clients: 
 
     def create(target: tuple[str, str]) -> None:
         ns, name = target
-        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "FineTuneJob",
-                "metadata": {"name": name, "namespace": ns}, "spec": SPEC}
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "FineTuneJob",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": SPEC,
+        }
         crd.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body)
 
     start, cpu = time.perf_counter(), time.process_time()
@@ -143,23 +147,32 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_operator(emulator, work: Path, settings: dict[str, str] | None = None,
-                   log_name: str = "operator.log") -> subprocess.Popen:
+def start_operator(
+    emulator, work: Path, settings: dict[str, str] | None = None, log_name: str = "operator.log"
+) -> subprocess.Popen:
     """`kubetune operator --standalone` with the bench's settings (and `settings`, KUBETUNE_* variables)."""
     import yaml
     from emulator import OPERATOR_TOKEN
 
     kubeconfig = work / "kubeconfig"
     kubeconfig.write_text(yaml.safe_dump(emulator.kubeconfig(OPERATOR_TOKEN)))
-    env = os.environ | {
-        "KUBECONFIG": str(kubeconfig),
-        "KUBETUNE_TRAINER_IMAGE": "registry.example/kubetune-trainer:bench",
-        "KUBETUNE_DEFAULT_OUTPUT_URI": "s3://kubetune-out/runs/",
-        "KUBETUNE_METRICS_PORT": "0",
-    } | (settings or {})
+    env = (
+        os.environ
+        | {
+            "KUBECONFIG": str(kubeconfig),
+            "KUBETUNE_TRAINER_IMAGE": "registry.example/kubetune-trainer:bench",
+            "KUBETUNE_DEFAULT_OUTPUT_URI": "s3://kubetune-out/runs/",
+            "KUBETUNE_METRICS_PORT": "0",
+        }
+        | (settings or {})
+    )
     log = (work / log_name).open("w")
-    return subprocess.Popen([sys.executable, "-m", "kubetune.cli", "operator", "--standalone"], env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "kubetune.cli", "operator", "--standalone"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def wait_ready(emulator, proc: subprocess.Popen, timeout: float, since: int = 0) -> None:
@@ -169,8 +182,10 @@ def wait_ready(emulator, proc: subprocess.Popen, timeout: float, since: int = 0)
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the operator exited with {proc.returncode} before it was ready")
-        if any(c.resource.startswith("finetunejobs") and c.verb in ("watch", "list")
-               for c in calls_between(emulator, since)):
+        if any(
+            c.resource.startswith("finetunejobs") and c.verb in ("watch", "list")
+            for c in calls_between(emulator, since)
+        ):
             return
         time.sleep(0.1)
     raise RuntimeError("the operator did not start watching FineTuneJobs in time")
@@ -202,12 +217,14 @@ def calls_between(emulator, start: int, end: int | None = None, user: str = "ope
 
 def last_call(emulator, since: int, user: str = "operator") -> tuple[int, float] | None:
     """Index and time of `user`'s last call at or after `since` (None: none yet)."""
+
     def find():
         calls = emulator.server.calls
         for index in range(len(calls) - 1, since - 1, -1):
             if calls[index].user == user:
                 return index, calls.at[index]
         return None
+
     return emulator.call(find)
 
 
@@ -218,6 +235,7 @@ def first_call(emulator, since: int, user: str = "operator") -> tuple[int, float
             if calls[index].user == user:
                 return index, calls.at[index]
         return None
+
     return emulator.call(find)
 
 
@@ -238,8 +256,11 @@ def wait_settled(emulator, proc: subprocess.Popen, since: int, quiet: float, tim
 def phases(emulator) -> Counter:
     from kubetune.api.constants import GROUP, PLURAL
 
-    return emulator.call(lambda: Counter((o.get("status") or {}).get("phase")
-                                         for o in emulator.server.store.get((GROUP, PLURAL), {}).values()))
+    return emulator.call(
+        lambda: Counter(
+            (o.get("status") or {}).get("phase") for o in emulator.server.store.get((GROUP, PLURAL), {}).values()
+        )
+    )
 
 
 def wait_phases(emulator, wanted: Counter, timeout: float) -> None:
@@ -258,8 +279,11 @@ def stored_statuses(emulator) -> tuple[dict, set]:
 
     def snapshot():
         store = emulator.server.store
-        return ({key: obj.get("status") for key, obj in store.get((GROUP, PLURAL), {}).items()},
-                {(key, obj["metadata"].get("resourceVersion")) for key, obj in store.get(("", "events"), {}).items()})
+        return (
+            {key: obj.get("status") for key, obj in store.get((GROUP, PLURAL), {}).items()},
+            {(key, obj["metadata"].get("resourceVersion")) for key, obj in store.get(("", "events"), {}).items()},
+        )
+
     return emulator.call(snapshot)
 
 
@@ -315,32 +339,78 @@ def write_states(url: str, ca_file: str, targets: list[tuple[str, str]], clients
         return json.loads(call(namespace, **raw).data)["items"]
 
     def finished(job: dict) -> bool:
-        return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
-                   for c in (job.get("status") or {}).get("conditions") or [])
+        return any(
+            c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+            for c in (job.get("status") or {}).get("conditions") or []
+        )
 
     def complete(job: dict, pods: list[dict]) -> int:
         meta = job["metadata"]
         exited = {"terminated": {"exitCode": 0, "reason": "Completed", "finishedAt": now}}
         for pod in pods:
-            core.patch_namespaced_pod_status(pod["metadata"]["name"], meta["namespace"], {"status": {
-                "phase": "Succeeded",
-                "containerStatuses": [{"name": "trainer", "ready": False, "restartCount": 0, "state": exited}]}}, **raw)
-        batch.patch_namespaced_job_status(meta["name"], meta["namespace"], {"status": {
-            "active": 0, "ready": 0, "succeeded": 1, "startTime": (job.get("status") or {}).get("startTime") or now,
-            "completionTime": now, "conditions": [
-                {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached",
-                 "lastTransitionTime": now},
-                {"type": "Complete", "status": "True", "reason": "CompletionsReached", "lastTransitionTime": now}]}},
-            **raw)
+            core.patch_namespaced_pod_status(
+                pod["metadata"]["name"],
+                meta["namespace"],
+                {
+                    "status": {
+                        "phase": "Succeeded",
+                        "containerStatuses": [{"name": "trainer", "ready": False, "restartCount": 0, "state": exited}],
+                    }
+                },
+                **raw,
+            )
+        batch.patch_namespaced_job_status(
+            meta["name"],
+            meta["namespace"],
+            {
+                "status": {
+                    "active": 0,
+                    "ready": 0,
+                    "succeeded": 1,
+                    "startTime": (job.get("status") or {}).get("startTime") or now,
+                    "completionTime": now,
+                    "conditions": [
+                        {
+                            "type": "SuccessCriteriaMet",
+                            "status": "True",
+                            "reason": "CompletionsReached",
+                            "lastTransitionTime": now,
+                        },
+                        {
+                            "type": "Complete",
+                            "status": "True",
+                            "reason": "CompletionsReached",
+                            "lastTransitionTime": now,
+                        },
+                    ],
+                }
+            },
+            **raw,
+        )
         return len(pods) + 1
 
     def fail(job: dict) -> int:
         meta = job["metadata"]
-        words = {"status": "True", "reason": "BackoffLimitExceeded",
-                 "message": "Job has reached the specified backoff limit", "lastTransitionTime": now}
-        batch.patch_namespaced_job_status(meta["name"], meta["namespace"], {"status": {
-            "active": 0, "ready": 0, "failed": (job["spec"].get("backoffLimit") or 0) + 1, "startTime": now,
-            "conditions": [{"type": "FailureTarget", **words}, {"type": "Failed", **words}]}}, **raw)
+        words = {
+            "status": "True",
+            "reason": "BackoffLimitExceeded",
+            "message": "Job has reached the specified backoff limit",
+            "lastTransitionTime": now,
+        }
+        batch.patch_namespaced_job_status(
+            meta["name"],
+            meta["namespace"],
+            {
+                "status": {
+                    "active": 0,
+                    "ready": 0,
+                    "failed": (job["spec"].get("backoffLimit") or 0) + 1,
+                    "startTime": now,
+                    "conditions": [{"type": "FailureTarget", **words}, {"type": "Failed", **words}],
+                }
+            },
+            **raw,
+        )
         return 1
 
     def run_pod(job: dict) -> int:
@@ -348,23 +418,59 @@ def write_states(url: str, ca_file: str, targets: list[tuple[str, str]], clients
         memory plan and progress, as kubetune_trainer.status_reporter writes them)."""
         meta = job["metadata"]
         template = job["spec"]["template"]
-        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {
-            "generateName": f"{meta['name']}-", "namespace": meta["namespace"],
-            "labels": template["metadata"]["labels"] | {"batch.kubernetes.io/job-name": meta["name"],
-                                                        "batch.kubernetes.io/controller-uid": meta["uid"]},
-            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": meta["uid"],
-                                 "controller": True, "blockOwnerDeletion": True}]},
-            "spec": template["spec"]}
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "generateName": f"{meta['name']}-",
+                "namespace": meta["namespace"],
+                "labels": template["metadata"]["labels"]
+                | {"batch.kubernetes.io/job-name": meta["name"], "batch.kubernetes.io/controller-uid": meta["uid"]},
+                "ownerReferences": [
+                    {
+                        "apiVersion": "batch/v1",
+                        "kind": "Job",
+                        "name": meta["name"],
+                        "uid": meta["uid"],
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
+            },
+            "spec": template["spec"],
+        }
         created = json.loads(core.create_namespaced_pod(meta["namespace"], pod, **raw).data)
-        core.patch_namespaced_pod_status(created["metadata"]["name"], meta["namespace"], {"status": {
-            "phase": "Running", "containerStatuses": [{"name": "trainer", "ready": True, "restartCount": 0,
-                                                       "state": {"running": {"startedAt": now}}}]}}, **raw)
-        batch.patch_namespaced_job_status(meta["name"], meta["namespace"], {"status": {
-            "active": 1, "ready": 1, "startTime": now}}, **raw)
+        core.patch_namespaced_pod_status(
+            created["metadata"]["name"],
+            meta["namespace"],
+            {
+                "status": {
+                    "phase": "Running",
+                    "containerStatuses": [
+                        {"name": "trainer", "ready": True, "restartCount": 0, "state": {"running": {"startedAt": now}}}
+                    ],
+                }
+            },
+            **raw,
+        )
+        batch.patch_namespaced_job_status(
+            meta["name"], meta["namespace"], {"status": {"active": 1, "ready": 1, "startTime": now}}, **raw
+        )
         ftj = job["metadata"]["labels"][builders.LABEL_FTJ]
-        custom.patch_namespaced_custom_object_status(GROUP, VERSION, meta["namespace"], PLURAL, ftj, {"status": {
-            "plan": {"strategy": "ddp", "worldSize": 1, "perGpuGiB": 14.2, "gpuMemoryGiB": 80.0, "fits": True},
-            "progress": {"step": 10, "totalSteps": 1000, "epoch": 0.01, "percent": 1, "etaSeconds": 5400}}}, **raw)
+        custom.patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            meta["namespace"],
+            PLURAL,
+            ftj,
+            {
+                "status": {
+                    "plan": {"strategy": "ddp", "worldSize": 1, "perGpuGiB": 14.2, "gpuMemoryGiB": 80.0, "fits": True},
+                    "progress": {"step": 10, "totalSteps": 1000, "epoch": 0.01, "percent": 1, "etaSeconds": 5400},
+                }
+            },
+            **raw,
+        )
         return 4
 
     work = []
@@ -392,19 +498,38 @@ def write_states(url: str, ca_file: str, targets: list[tuple[str, str]], clients
         return {"writes": sum(pool.map(lambda item: item[0](*item[1:]), work)), "jobs": len(work)}
 
 
-def hand_write(emulator, targets: list[tuple[str, str]], jobs: int, namespaces: int, clients: int, step: str,
-               timeout: float) -> dict:
+def hand_write(
+    emulator, targets: list[tuple[str, str]], jobs: int, namespaces: int, clients: int, step: str, timeout: float
+) -> dict:
     done = subprocess.run(
-        [sys.executable, __file__, "--states-in", emulator.url, "--ca", emulator.ca_file, "--step", step,
-         "--jobs", str(jobs), "--namespaces", str(namespaces), "--clients", str(clients)],
-        capture_output=True, text=True, timeout=timeout)
+        [
+            sys.executable,
+            __file__,
+            "--states-in",
+            emulator.url,
+            "--ca",
+            emulator.ca_file,
+            "--step",
+            step,
+            "--jobs",
+            str(jobs),
+            "--namespaces",
+            str(namespaces),
+            "--clients",
+            str(clients),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if done.returncode:
         raise RuntimeError(f"writing the Jobs' states ({step}) failed: {done.stderr.strip()[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def restart_phase(emulator, operators: list[subprocess.Popen], work: Path, targets: list[tuple[str, str]],
-                  args: argparse.Namespace) -> dict:
+def restart_phase(
+    emulator, operators: list[subprocess.Popen], work: Path, targets: list[tuple[str, str]], args: argparse.Namespace
+) -> dict:
     """Jobs into a mix of phases, the operator (`operators[-1]`) settled over them, then stopped and a fresh one
     started (appended to `operators`): what the fresh one does until it settles."""
     proc = operators[-1]
@@ -429,18 +554,26 @@ def restart_phase(emulator, operators: list[subprocess.Popen], work: Path, targe
     writes = [c for c in calls if c.verb in MUTATING]
     after_statuses, after_events = stored_statuses(emulator)
     return {
-        "phases": dict(wanted), "hand_writes": written["writes"], "calls_before_restart": reacting,
-        "settle_quiet_s": args.settle_quiet, "settle_s": last_at - first_at, "from_process_start_s": last_at - started,
-        "calls": len(calls), "calls_by_verb": dict(by_verb(calls).most_common()),
-        "mutating_calls": len(writes), "mutating_by_verb": dict(by_verb(writes).most_common()),
+        "phases": dict(wanted),
+        "hand_writes": written["writes"],
+        "calls_before_restart": reacting,
+        "settle_quiet_s": args.settle_quiet,
+        "settle_s": last_at - first_at,
+        "from_process_start_s": last_at - started,
+        "calls": len(calls),
+        "calls_by_verb": dict(by_verb(calls).most_common()),
+        "mutating_calls": len(writes),
+        "mutating_by_verb": dict(by_verb(writes).most_common()),
         "statuses_changed": sum(1 for key, status in statuses.items() if after_statuses.get(key) != status),
         "events_written": len(after_events - events),  # new ones, and old ones written again
-        "cpu_s": cpu, "peak_rss_mib": vm_hwm_mib(fresh.pid),
+        "cpu_s": cpu,
+        "peak_rss_mib": vm_hwm_mib(fresh.pid),
     }
 
 
-def history_phase(emulator, operators: list[subprocess.Popen], work: Path, targets: list[tuple[str, str]],
-                  args: argparse.Namespace) -> dict:
+def history_phase(
+    emulator, operators: list[subprocess.Popen], work: Path, targets: list[tuple[str, str]], args: argparse.Namespace
+) -> dict:
     """Every job finished; the operator (`operators[-1]`) restarted with a short resync (appended to `operators`) and
     watched idle."""
     proc = operators[-1]
@@ -473,21 +606,27 @@ def history_phase(emulator, operators: list[subprocess.Popen], work: Path, targe
     window = calls_between(emulator, window_start)
     minutes = (wall_after - wall_before) / 60
     return {
-        "phases": {k: v for k, v in wanted.items() if v}, "resync_s": args.idle_resync, "settle_quiet_s": quiet,
-        "startup_settle_s": last_at - first_at, "startup_from_process_start_s": last_at - started,
-        "startup_calls": len(startup), "startup_mutating_calls": sum(1 for c in startup if c.verb in MUTATING),
+        "phases": {k: v for k, v in wanted.items() if v},
+        "resync_s": args.idle_resync,
+        "settle_quiet_s": quiet,
+        "startup_settle_s": last_at - first_at,
+        "startup_from_process_start_s": last_at - started,
+        "startup_calls": len(startup),
+        "startup_mutating_calls": sum(1 for c in startup if c.verb in MUTATING),
         "startup_calls_by_verb": dict(by_verb(startup).most_common()),
         "window_s": wall_after - wall_before,
         "cpu_percent": 100 * (cpu_after - cpu_before) / (wall_after - wall_before),
         "calls_per_min": len(window) / minutes,
         "calls_per_min_by_verb": {k: v / minutes for k, v in by_verb(window).most_common()},
         "mutating_calls": sum(1 for c in window if c.verb in MUTATING),
-        "rss_end_mib": vm_rss_mib(idle.pid), "peak_rss_mib": vm_hwm_mib(idle.pid),
+        "rss_end_mib": vm_rss_mib(idle.pid),
+        "peak_rss_mib": vm_hwm_mib(idle.pid),
     }
 
 
-def run(jobs: int, namespaces: int, clients: int, timeout: float,
-        phases_args: argparse.Namespace | None = None) -> dict:
+def run(
+    jobs: int, namespaces: int, clients: int, timeout: float, phases_args: argparse.Namespace | None = None
+) -> dict:
     """The burst; then, as `phases_args` asks (its restart and history flags), the restart and history phases."""
     import kubernetes
     from emulator import ADMIN_TOKEN
@@ -511,11 +650,28 @@ def run(jobs: int, namespaces: int, clients: int, timeout: float,
             operator_cpu_before, emulator_cpu_before = cpu_seconds(proc.pid), cpu_seconds(os.getpid())
 
             users = subprocess.run(
-                [sys.executable, __file__, "--create-in", emulator.url, "--ca", emulator.ca_file, "--jobs", str(jobs),
-                 "--namespaces", str(namespaces), "--clients", str(clients)],
-                capture_output=True, text=True, check=True, timeout=timeout)
+                [
+                    sys.executable,
+                    __file__,
+                    "--create-in",
+                    emulator.url,
+                    "--ca",
+                    emulator.ca_file,
+                    "--jobs",
+                    str(jobs),
+                    "--namespaces",
+                    str(namespaces),
+                    "--clients",
+                    str(clients),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=timeout,
+            )
             users_result = json.loads(users.stdout.strip().splitlines()[-1])
             deadline = time.monotonic() + timeout
+
             def jobs_stored() -> int:
                 return emulator.call(lambda: len(emulator.server.store.get(JOBS, {})))
 
@@ -536,14 +692,23 @@ def run(jobs: int, namespaces: int, clients: int, timeout: float,
             operator_cpu = cpu_seconds(proc.pid) - operator_cpu_before
             emulator_cpu = cpu_seconds(os.getpid()) - emulator_cpu_before
             result = {
-                "jobs": jobs, "namespaces": namespaces, "client_threads": clients,
-                "created_all_s": users_result["seconds"], "all_jobs_exist_s": total if not missing else float("nan"),
-                "missing": len(missing), "latency_p50_s": percentile(latencies, 50),
-                "latency_p99_s": percentile(latencies, 99), "latency_max_s": max(latencies, default=float("nan")),
-                "status_p50_s": percentile(status_latencies, 50), "status_p99_s": percentile(status_latencies, 99),
+                "jobs": jobs,
+                "namespaces": namespaces,
+                "client_threads": clients,
+                "created_all_s": users_result["seconds"],
+                "all_jobs_exist_s": total if not missing else float("nan"),
+                "missing": len(missing),
+                "latency_p50_s": percentile(latencies, 50),
+                "latency_p99_s": percentile(latencies, 99),
+                "latency_max_s": max(latencies, default=float("nan")),
+                "status_p50_s": percentile(status_latencies, 50),
+                "status_p99_s": percentile(status_latencies, 99),
                 "all_statuses_s": max(reported.values()) - start if len(reported) == jobs else float("nan"),
-                "operator_peak_rss_mib": rss, "operator_cpu_s": operator_cpu, "emulator_cpu_s": emulator_cpu,
-                "users_cpu_s": users_result["cpu_seconds"], "api_calls_per_job": len(operator_calls) / jobs,
+                "operator_peak_rss_mib": rss,
+                "operator_cpu_s": operator_cpu,
+                "emulator_cpu_s": emulator_cpu,
+                "users_cpu_s": users_result["cpu_seconds"],
+                "api_calls_per_job": len(operator_calls) / jobs,
                 "job_creates": by_verb.get("create jobs", 0),
                 "calls_by_verb": dict(by_verb.most_common(8)),
             }
@@ -568,8 +733,10 @@ def table(result: dict) -> str:
     rows = [
         ("FineTuneJobs", f"{result['jobs']:,} in {result['namespaces']} namespaces"),
         ("all creates returned (s)", f"{result['created_all_s']:.2f}"),
-        ("every child Job exists (s)", f"{result['all_jobs_exist_s']:.2f}"
-         + (f" ({result['missing']} missing)" if result["missing"] else "")),
+        (
+            "every child Job exists (s)",
+            f"{result['all_jobs_exist_s']:.2f}" + (f" ({result['missing']} missing)" if result["missing"] else ""),
+        ),
         ("create -> Job p50 (s)", f"{result['latency_p50_s']:.3f}"),
         ("create -> Job p99 (s)", f"{result['latency_p99_s']:.3f}"),
         ("create -> Job max (s)", f"{result['latency_max_s']:.3f}"),
@@ -588,8 +755,10 @@ def table(result: dict) -> str:
 
 
 def verbs(counts: dict, unit: str = "") -> str:
-    return ", ".join(f"{k}: {v:.1f}{unit}" if isinstance(v, float) else f"{k}: {v}{unit}" for k, v in counts.items()) \
+    return (
+        ", ".join(f"{k}: {v:.1f}{unit}" if isinstance(v, float) else f"{k}: {v}{unit}" for k, v in counts.items())
         or "none"
+    )
 
 
 def restart_table(restart: dict) -> str:
@@ -605,8 +774,10 @@ def restart_table(restart: dict) -> str:
         ("peak RSS (MiB)", f"{restart['peak_rss_mib']:.0f}"),
     ]
     lines = ["| restart metric | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
-    lines.append(f"\nsettled = no API call for {restart['settle_quiet_s']:g} s; calls by verb: "
-                 + verbs(restart["calls_by_verb"]))
+    lines.append(
+        f"\nsettled = no API call for {restart['settle_quiet_s']:g} s; calls by verb: "
+        + verbs(restart["calls_by_verb"])
+    )
     lines.append("mutating: " + verbs(restart["mutating_by_verb"]))
     return "\n".join(lines)
 
@@ -624,11 +795,15 @@ def history_table(history: dict) -> str:
         ("RSS at the end / peak (MiB)", f"{history['rss_end_mib']:.0f} / {history['peak_rss_mib']:.0f}"),
     ]
     lines = ["| idle metric | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
-    lines.append(f"\nKUBETUNE_RESYNC_SECONDS={history['resync_s']} for this operator (default 60), so about "
-                 f"{history['window_s'] / history['resync_s']:.0f} resync passes fall in the window; calls per minute "
-                 "by verb: " + verbs(history["calls_per_min_by_verb"]))
-    lines.append(f"start-up settled = no API call for {history['settle_quiet_s']:g} s; its calls by verb: "
-                 + verbs(history["startup_calls_by_verb"]))
+    lines.append(
+        f"\nKUBETUNE_RESYNC_SECONDS={history['resync_s']} for this operator (default 60), so about "
+        f"{history['window_s'] / history['resync_s']:.0f} resync passes fall in the window; calls per minute "
+        "by verb: " + verbs(history["calls_per_min_by_verb"])
+    )
+    lines.append(
+        f"start-up settled = no API call for {history['settle_quiet_s']:g} s; its calls by verb: "
+        + verbs(history["startup_calls_by_verb"])
+    )
     return "\n".join(lines)
 
 
@@ -639,16 +814,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=16, help="threads creating FineTuneJobs")
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for every Job")
     parser.add_argument("--json", default=None)
-    parser.add_argument("--no-restart", dest="restart", action="store_false",
-                        help="skip the restart phase (jobs in a mix of phases, the operator restarted over them)")
-    parser.add_argument("--no-history", dest="history", action="store_false",
-                        help="skip the history phase (every job finished, the operator watched idle)")
-    parser.add_argument("--settle-quiet", type=float, default=None, metavar="S",
-                        help="settled = no operator API call for S seconds (default 5; 1 below 1,000 jobs)")
-    parser.add_argument("--idle-seconds", type=float, default=None, metavar="S",
-                        help="the idle window (default 120; 3 below 1,000 jobs)")
-    parser.add_argument("--idle-resync", type=int, default=None, metavar="S",
-                        help="KUBETUNE_RESYNC_SECONDS of the idle operator (default 10; 1 below 1,000 jobs)")
+    parser.add_argument(
+        "--no-restart",
+        dest="restart",
+        action="store_false",
+        help="skip the restart phase (jobs in a mix of phases, the operator restarted over them)",
+    )
+    parser.add_argument(
+        "--no-history",
+        dest="history",
+        action="store_false",
+        help="skip the history phase (every job finished, the operator watched idle)",
+    )
+    parser.add_argument(
+        "--settle-quiet",
+        type=float,
+        default=None,
+        metavar="S",
+        help="settled = no operator API call for S seconds (default 5; 1 below 1,000 jobs)",
+    )
+    parser.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=None,
+        metavar="S",
+        help="the idle window (default 120; 3 below 1,000 jobs)",
+    )
+    parser.add_argument(
+        "--idle-resync",
+        type=int,
+        default=None,
+        metavar="S",
+        help="KUBETUNE_RESYNC_SECONDS of the idle operator (default 10; 1 below 1,000 jobs)",
+    )
     parser.add_argument("--create-in", metavar="URL", help=argparse.SUPPRESS)  # the users' process
     parser.add_argument("--states-in", metavar="URL", help=argparse.SUPPRESS)  # the Job controller's and kubelet's
     parser.add_argument("--step", choices=("restart", "finish"), help=argparse.SUPPRESS)  # what they write
@@ -670,12 +868,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.idle_resync < 1:
         parser.error("--idle-resync must be at least 1 (KUBETUNE_RESYNC_SECONDS is whole seconds)")
     result = run(args.jobs, args.namespaces, args.clients, args.timeout, args)
-    print(f"\nkubetune operator (default settings, own process) against the API emulator, "
-          f"{args.jobs} FineTuneJobs created by {args.clients} client threads\n")
+    print(
+        f"\nkubetune operator (default settings, own process) against the API emulator, "
+        f"{args.jobs} FineTuneJobs created by {args.clients} client threads\n"
+    )
     print(table(result))
     if "restart" in result:
-        print("\nRestart: the jobs put into a mix of phases by hand (as the Job controller and kubelet write), the "
-              "operator settled, stopped (SIGTERM) and started again; the fresh process:\n")
+        print(
+            "\nRestart: the jobs put into a mix of phases by hand (as the Job controller and kubelet write), the "
+            "operator settled, stopped (SIGTERM) and started again; the fresh process:\n"
+        )
         print(restart_table(result["restart"]))
     if "history" in result:
         print("\nHistory: every job finished, the operator restarted and left idle:\n")
