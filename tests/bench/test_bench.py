@@ -112,6 +112,14 @@ def test_operator_scale_small(tmp_path, capsys):
     assert result["operator_peak_rss_mib"] > 10 and result["operator_cpu_s"] > 0 and result["users_cpu_s"] > 0
     assert result["api_calls_per_job"] >= 2  # at least: create the Job, write status
     assert result["job_creates"] == 30  # one Job per FineTuneJob, no duplicate creates
+    # A restart over jobs in every phase writes nothing; an idle operator over a finished history neither writes nor
+    # lists every FineTuneJob each resync (one metadata-only list per 10 resync periods at most).
+    restart, history = result["restart"], result["history"]
+    assert restart["calls"] > 0 and restart["mutating_calls"] == 0, restart["mutating_by_verb"]
+    assert restart["statuses_changed"] == 0 and restart["events_written"] == 0
+    assert history["mutating_calls"] == 0 and history["startup_mutating_calls"] == 0
+    lists = history["calls_per_min_by_verb"].get("list finetunejobs", 0) * history["window_s"] / 60
+    assert lists <= history["window_s"] / history["resync_s"] / 10 + 1, history["calls_per_min_by_verb"]
 
 
 @pytest.mark.slow

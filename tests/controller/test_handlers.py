@@ -108,4 +108,6 @@ def test_a_job_just_created_says_nothing_new_but_any_later_change_does():
     assert handlers.job_tells_something(type="ADDED", status={"active": 1}) is True  # adopted after a restart
     assert handlers.job_tells_something(type="MODIFIED", status={}) is True  # e.g. Kueue unsuspended it
     assert handlers.job_tells_something(type="DELETED", status={}) is True
-    assert handlers.job_tells_something(type=None, status={}) is True  # the initial listing
+    # The listing: the FineTuneJobs' own listing and the resync cover every job it could concern.
+    assert handlers.job_tells_something(type=None, status={"active": 1}) is False
+    assert handlers.pod_tells_something(type=None) is False and handlers.pod_tells_something(type="MODIFIED") is True

@@ -203,8 +203,16 @@ def _reconcile_parent(labels: dict, namespace: str) -> None:
 
 
 def job_tells_something(type: str | None, status: dict, **_: Any) -> bool:
-    """A Job just created by the reconcile that already wrote what it tells: skipped (on the event loop)."""
-    return not (type == "ADDED" and not status)
+    """A Job just created by the reconcile that already wrote what it tells: skipped (on the event loop). So is the
+    listing (type None: at startup, or after the watch was lost): the FineTuneJobs' own listing gives every job this
+    process does not know a pass, which reads its Job and pods, and the resync visits every unfinished one; a second
+    pass per job at every restart would read each job again for nothing."""
+    return type is not None and not (type == "ADDED" and not status)
+
+
+def pod_tells_something(type: str | None, **_: Any) -> bool:
+    """The listing is skipped, as for Jobs (job_tells_something)."""
+    return type is not None
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=CHILD_LABELS, when=job_tells_something)
@@ -212,7 +220,7 @@ async def job_changed(labels: dict, namespace: str, **_: Any) -> None:
     _reconcile_parent(labels, namespace)
 
 
-@kopf.on.event("", "v1", "pods", labels=CHILD_LABELS)
+@kopf.on.event("", "v1", "pods", labels=CHILD_LABELS, when=pod_tells_something)
 async def pod_changed(labels: dict, namespace: str, **_: Any) -> None:
     _reconcile_parent(labels, namespace)
 
