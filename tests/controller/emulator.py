@@ -879,12 +879,24 @@ class ApiServer:
             and match_fields(params.get("fieldSelector"), obj)
         ]
         api_version = f"{target.group}/{target.version}" if target.group else target.version
-        return {
-            "apiVersion": api_version,
-            "kind": f"{info.kind}List",
-            "metadata": {"resourceVersion": str(self.rv)},
-            "items": items,
-        }
+        metadata = {"resourceVersion": str(self.rv)}
+        # Chunks: `limit` items, and a `continue` token for the rest, which a list with that token picks up at the
+        # first list's resourceVersion (k8s.io/apiserver pkg/storage/etcd3/store.go GetList; the token here is the
+        # offset and that version, not etcd's key).
+        limit = int(params.get("limit") or 0)
+        if params.get("continue"):
+            try:
+                version, offset = (int(part) for part in params["continue"].split(":"))
+            except ValueError:
+                raise ApiError(400, "BadRequest", "continue key is not valid: malformed token") from None
+            metadata["resourceVersion"] = str(version)
+        else:
+            offset = 0
+        if limit > 0 and len(items) - offset > limit:
+            metadata["continue"] = f"{metadata['resourceVersion']}:{offset + limit}"
+            metadata["remainingItemCount"] = len(items) - offset - limit
+        items = items[offset : offset + limit] if limit > 0 else items[offset:]
+        return {"apiVersion": api_version, "kind": f"{info.kind}List", "metadata": metadata, "items": items}
 
     async def _record(self, key, kind: str, obj: dict) -> None:
         self.history.append(Change(self.rv, key, kind, obj))
@@ -1181,6 +1193,14 @@ class ApiServer:
         headers = [True]  # a Table watch sends the column definitions with its first event only
 
         def line(change_kind: str, obj: dict) -> bytes:
+            if view is not None and view[0] == "PartialObjectMetadata" and change_kind != "ERROR":
+                # A metadata-only watch: each event's object as PartialObjectMetadata (k8s.io/apiserver
+                # pkg/endpoints/handlers/response.go transformObject -> asPartialObjectMetadata, which the watch
+                # server applies to every event it sends: pkg/endpoints/handlers/watch.go).
+                return (
+                    json.dumps({"type": change_kind, "object": apiviews.partial_metadata(obj, view[1])}).encode()
+                    + b"\n"
+                )
             if view is None or view[0] != "Table" or change_kind == "ERROR":
                 return json.dumps({"type": change_kind, "object": obj}).encode() + b"\n"
             columns, row = self._table_for(target)

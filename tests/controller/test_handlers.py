@@ -54,7 +54,8 @@ def test_only_coroutine_event_handlers_so_kopf_needs_no_diff_base_and_no_thread_
     spec.loader.exec_module(importlib.util.module_from_spec(spec))
 
     assert set(registered) == {"startup", "cleanup", "login", "probe", "event"}
-    assert {fn.__name__ for fn in registered["event"]} == {"finetunejob_event", "job_changed", "pod_changed"}
+    # The Jobs and pods are watched by the reconciler, metadata only (childwatch.py), not through kopf.
+    assert {fn.__name__ for fn in registered["event"]} == {"finetunejob_event"}
     assert all(inspect.iscoroutinefunction(fn) for fn in registered["event"])
     assert all(inspect.iscoroutinefunction(fn) for fn in registered["startup"] + registered["cleanup"])
 
@@ -101,13 +102,3 @@ def test_a_listed_job_calls_for_a_pass_unless_it_is_finished_and_known(monkeypat
     running = {"phase": "Running", "observedGeneration": 1}
     reconciler._records[("n", "x")] = Record(status.canonical(running))
     assert handlers.needs_reconcile(None, ftj(status=running)) is True  # unfinished: always looked at
-
-
-def test_a_job_just_created_says_nothing_new_but_any_later_change_does():
-    assert handlers.job_tells_something(type="ADDED", status={}) is False
-    assert handlers.job_tells_something(type="ADDED", status={"active": 1}) is True  # adopted after a restart
-    assert handlers.job_tells_something(type="MODIFIED", status={}) is True  # e.g. Kueue unsuspended it
-    assert handlers.job_tells_something(type="DELETED", status={}) is True
-    # The listing: the FineTuneJobs' own listing and the resync cover every job it could concern.
-    assert handlers.job_tells_something(type=None, status={"active": 1}) is False
-    assert handlers.pod_tells_something(type=None) is False and handlers.pod_tells_something(type="MODIFIED") is True

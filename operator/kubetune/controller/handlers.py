@@ -1,5 +1,6 @@
-"""kopf handlers: thin. Each watch event that calls for it queues a pass over one FineTuneJob
-(reconciler.py) and returns; the start-up and clean-up handlers start and stop the reconciler.
+"""kopf handlers: thin. Each FineTuneJob watch event that calls for it queues a pass over one FineTuneJob
+(reconciler.py) and returns; the start-up and clean-up handlers start and stop the reconciler, which also watches the
+operator's Jobs and pods, for their metadata only (childwatch.py).
 
 Only event handlers: kopf keeps no state of its own on FineTuneJobs (docs/operator.md, "Design"). All
 of them are coroutines on kopf's event loop, as is the Reconciler: no thread pool.
@@ -19,14 +20,13 @@ import kopf
 import kubernetes
 
 from kubetune.api.constants import GROUP, PLURAL, VERSION
-from kubetune.controller import builders, config
+from kubetune.controller import config
 from kubetune.controller.kube import Kube
 from kubetune.controller.metrics import Metrics
 from kubetune.controller.reconciler import Reconciler
 from kubetune.controller.status import FINISHED_PHASES
 
 FTJ = dict(group=GROUP, version=VERSION, plural=PLURAL)
-CHILD_LABELS = {builders.LABEL_MANAGED_BY: builders.MANAGED_BY}
 PREFIX = "kubetune.dev"
 
 
@@ -97,10 +97,6 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.diffbase_storage = NoDiffBaseStorage()
     settings.persistence.finalizer = f"{PREFIX}/finalizer"
     settings.posting.level = logging.WARNING  # our own Events tell the story; kopf posts only problems
-    # Jobs and pods are watched cluster-wide: let the API server send only ours, not every pod of a
-    # shared cluster for kopf to drop (the handlers' labels= filters alone work on the client side).
-    for group, version, plural in (("batch", "v1", "jobs"), ("", "v1", "pods")):
-        settings.watching.label_selectors[group, version, plural] = builders.MANAGED_SELECTOR
     if cfg.namespaces:
         # Namespaced mode: no cluster-wide watching of namespaces/CRDs (the chart grants none).
         settings.scanning.disabled = True
@@ -109,7 +105,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     metrics = Metrics()
     kube = Kube(_client_configuration(), connections=cfg.concurrent_reconciles)
     runtime.reconciler = Reconciler(kube, cfg, metrics)
-    runtime.reconciler.start()
+    runtime.reconciler.start(watch_children=True)  # the Jobs' and pods' watches, metadata only (childwatch.py)
     if cfg.metrics_port:
         runtime.metrics_server = metrics.serve(cfg.metrics_port)
 
@@ -194,35 +190,6 @@ async def finetunejob_event(type: str | None, body: kopf.Body, name: str, namesp
     reconciler.metrics.observe(namespace, name, body)
     if needs_reconcile(type, body):
         reconciler.enqueue(namespace, name, body=dict(body))
-
-
-def _reconcile_parent(labels: dict, namespace: str) -> None:
-    parent = (labels or {}).get(builders.LABEL_FTJ)
-    if parent and runtime.reconciler is not None:
-        runtime.reconciler.enqueue(namespace, parent)
-
-
-def job_tells_something(type: str | None, status: dict, **_: Any) -> bool:
-    """A Job just created by the reconcile that already wrote what it tells: skipped (on the event loop). So is the
-    listing (type None: at startup, or after the watch was lost): the FineTuneJobs' own listing gives every job this
-    process does not know a pass, which reads its Job and pods, and the resync visits every unfinished one; a second
-    pass per job at every restart would read each job again for nothing."""
-    return type is not None and not (type == "ADDED" and not status)
-
-
-def pod_tells_something(type: str | None, **_: Any) -> bool:
-    """The listing is skipped, as for Jobs (job_tells_something)."""
-    return type is not None
-
-
-@kopf.on.event("batch", "v1", "jobs", labels=CHILD_LABELS, when=job_tells_something)
-async def job_changed(labels: dict, namespace: str, **_: Any) -> None:
-    _reconcile_parent(labels, namespace)
-
-
-@kopf.on.event("", "v1", "pods", labels=CHILD_LABELS, when=pod_tells_something)
-async def pod_changed(labels: dict, namespace: str, **_: Any) -> None:
-    _reconcile_parent(labels, namespace)
 
 
 @kopf.on.probe(id="finetunejobs")

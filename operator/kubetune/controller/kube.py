@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import ssl
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -22,6 +23,8 @@ from kubernetes.client.rest import should_bypass_proxies
 from kubetune.api.constants import GROUP, PLURAL, VERSION
 
 MERGE_PATCH = "application/merge-patch+json"
+# Metadata only (the API server's PartialObjectMetadata forms), else the object.
+METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
 METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
 
 # kind -> (API path prefix, plural)
@@ -55,6 +58,8 @@ def api_path(kind: str, namespace: str, name: str | None = None, subresource: st
 # Credentials are read from the Configuration again after this long, or at once after a 401 (the
 # in-cluster loader's hook re-reads the rotated token file; kubeconfig exec plugins refresh theirs).
 AUTH_REFRESH_SECONDS = 60.0
+# A watch request that sends nothing for this long (not even a bookmark) is taken for lost and opened again.
+WATCH_READ_SECONDS = 600.0
 
 
 def _ssl_context(configuration: Configuration) -> ssl.SSLContext | bool:
@@ -159,6 +164,31 @@ class Kube:
         path = f"{prefix}/namespaces/{namespace}/{plural}" if namespace else f"{prefix}/{plural}"
         listed = await self.request("GET", path, accept=METADATA_LIST)
         return {(item["metadata"].get("namespace", ""), item["metadata"]["name"]) for item in listed.get("items", [])}
+
+    async def watch(self, kind: str, namespace: str | None, query: dict, accept: str) -> AsyncIterator[dict]:
+        """The events of one watch request (?watch=1), one dict each, until the API server ends it (its timeoutSeconds).
+        Errors as in `request`; a 401 is not retried here (the caller opens the next watch with fresh headers)."""
+        prefix, plural = PATHS[kind]
+        path = f"{prefix}/namespaces/{namespace}/{plural}" if namespace else f"{prefix}/{plural}"
+        headers = self._headers() | {"Accept": accept}
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout.total, sock_read=WATCH_READ_SECONDS)
+        async with self.session.get(
+            self.host + path,
+            params={**query, "watch": "1"},
+            headers=headers,
+            timeout=timeout,
+            proxy=self.proxy,
+            **self._tls,
+        ) as response:
+            if response.status == 401:
+                self._auth_read = float("-inf")  # read the credentials again for the next request
+            if not 200 <= response.status < 300:
+                err = ApiException(status=response.status, reason=response.reason)
+                err.body = (await response.read()).decode(errors="replace")
+                raise err
+            async for line in response.content:
+                if line.strip():
+                    yield json.loads(line)
 
     async def create(self, obj: dict, read: bool = True) -> dict:
         return await self.request("POST", api_path(obj["kind"], obj["metadata"]["namespace"]), body=obj, read=read)

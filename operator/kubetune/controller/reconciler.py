@@ -31,7 +31,7 @@ from kubernetes.client import ApiException
 
 from kubetune.api.constants import API_VERSION, GROUP, KIND, Phase, Reason
 from kubetune.api.validation import SpecError, notices, parse_spec
-from kubetune.controller import bounds, builders, kueue, logs, modelcache, policy, status
+from kubetune.controller import bounds, builders, childwatch, kueue, logs, modelcache, policy, status
 from kubetune.controller.config import OperatorConfig
 from kubetune.controller.kube import Kube
 from kubetune.controller.metrics import Metrics
@@ -148,6 +148,8 @@ class Reconciler:
         self._callers: dict[Key, list[asyncio.Future]] = {}  # reconcile() callers waiting for that pass
         # Per FineTuneJob whose status this process wrote, until the job goes: what it wrote (Record).
         self._records: dict[Key, Record] = {}
+        # Jobs this process made whose ADDED event has not come yet (uid -> job): that event tells nothing new.
+        self._made_jobs: dict[str, Key] = {}
         # The FineTuneJobs whose last pass left them unfinished: what the resync looks at.
         self._unfinished: set[Key] = set()
         # Per FineTuneJob with a Job: whether its reporter's grant exists (False: this process made the Job and no grant
@@ -252,8 +254,7 @@ class Reconciler:
         key = (namespace, name)
         ftj = body if body is not None else await self.kube.get(KIND, namespace, name)
         if ftj is None or ftj["metadata"].get("deletionTimestamp"):
-            self._announced.pop(key, None)
-            self._granted.pop(key, None)
+            self._forget(key)
             if self._records.pop(key, None) is not None:
                 logs.action(
                     namespace,
@@ -667,6 +668,7 @@ class Reconciler:
             job = await self._create_or_adopt(job, ftj)
         if job.get("_created"):
             self._granted[(meta["namespace"], meta["name"])] = False
+            self._made_jobs[job["metadata"]["uid"]] = (meta["namespace"], meta["name"])
         if spec.suspend and spec.queue_name:
             # Kueue makes the Job's Workload in a moment; it is deactivated then, before Kueue can admit it.
             self.queue.add_after((meta["namespace"], meta["name"]), KUEUE_WORKLOAD_WAIT_SECONDS)
@@ -1039,14 +1041,31 @@ class Reconciler:
 
     # ------------------------------------------------------------------------------------- workers & resync
 
-    def start(self) -> None:
-        """Start handing out passes, and the periodic resync, on the running loop (kopf's)."""
+    def start(self, watch_children: bool = False) -> None:
+        """Start handing out passes, and the periodic resync, on the running loop (kopf's); with `watch_children`, the
+        metadata-only watches of the operator's Jobs and pods too (childwatch.py)."""
         self.loop = asyncio.get_running_loop()
         self._tasks = [
             self.loop.create_task(self._work_forever(), name="kubetune-workers"),
             self.loop.create_task(self._resync_forever(), name="kubetune-resync"),
             self.loop.create_task(self.modelcache.run_forever(), name="kubetune-model-cache"),
         ]
+        if watch_children:
+            for kind in ("Job", "Pod"):
+                for namespace in self.config.namespaces or (None,):
+                    watch = childwatch.watch_forever(
+                        self.kube, kind, namespace, builders.MANAGED_SELECTOR, self.child_changed
+                    )
+                    self._tasks.append(self.loop.create_task(watch, name=f"kubetune-watch-{kind}-{namespace or ''}"))
+
+    def child_changed(self, kind_of_event: str, meta: dict) -> None:
+        """A Job or pod of a FineTuneJob changed: a pass over the job, but for the ADDED event of a Job this process
+        has just made (the pass that made it wrote what there was to tell)."""
+        if kind_of_event == "ADDED" and self._made_jobs.pop(meta.get("uid"), None) is not None:
+            return
+        parent = (meta.get("labels") or {}).get(builders.LABEL_FTJ)
+        if parent and meta.get("namespace"):
+            self.enqueue(meta["namespace"], parent)
 
     async def stop(self) -> None:
         self.queue.shutdown()
@@ -1090,9 +1109,7 @@ class Reconciler:
                 log.warning("cannot list FineTuneJobs to forget deleted ones: %s", err)
                 return
         for namespace, name in known - listed:
-            self._announced.pop((namespace, name), None)
-            self._granted.pop((namespace, name), None)
-            self._unfinished.discard((namespace, name))
+            self._forget((namespace, name))
             if self._records.pop((namespace, name), None) is not None:
                 logs.action(namespace, name, "Deleted", "the FineTuneJob is gone")
             self.metrics.set_phase(namespace, name, None)
@@ -1109,6 +1126,14 @@ class Reconciler:
         for key in list(self._unfinished):
             if not self.queue.num_requeues(key):
                 self.queue.add(key, urgent=False)
+
+    def _forget(self, key: Key) -> None:
+        """What the reconciler keeps of a job, but its record (whose removal is logged by the caller)."""
+        self._announced.pop(key, None)
+        self._granted.pop(key, None)
+        self._unfinished.discard(key)
+        for uid in [uid for uid, made_for in self._made_jobs.items() if made_for == key]:
+            del self._made_jobs[uid]
 
     def knows(self, ftj: dict) -> bool:
         """Whether this process has had a pass over the job (it holds a record of what it wrote there)."""
