@@ -236,3 +236,43 @@ def test_nothing_is_kept_for_a_job_once_it_is_gone():
     assert not reconciler._namespace_locks and not reconciler._passes
     assert len(reconciler.queue) == 0 and reconciler.queue.processing == 0
     assert reconciler.metrics.phase_counts() == {}
+
+
+def test_the_added_event_of_a_job_being_made_here_calls_for_no_pass_whenever_it_comes():
+    """The Job's ADDED event may come back before the create's answer does: the Job is noted before the create."""
+
+    class AnsweringLate(RecordingKube):
+        def __init__(self, reconciler_box):
+            super().__init__()
+            self.box = reconciler_box
+            self.gets = 0
+
+        async def create(self, obj, read=True):
+            if obj["kind"] == "Job":  # the watch delivers the event first
+                meta = {"namespace": "team", "name": obj["metadata"]["name"], "labels": obj["metadata"]["labels"]}
+                self.box[0].child_changed("Job", "ADDED", meta)
+            return await super().create(obj, read)
+
+        async def get(self, kind, namespace, name):
+            self.gets += 1  # a pass the event asked for (the FineTuneJob is read again)
+            return await super().get(kind, namespace, name)
+
+    async def scenario():
+        box = []
+        kube = AnsweringLate(box)
+        reconciler = Reconciler(kube, CONFIG)
+        box.append(reconciler)
+        reconciler.start()
+        try:
+            await reconciler.reconcile("team", "job-a", body=new_finetunejob("job-a"))
+            await settle(reconciler)
+            after_made = kube.gets
+            meta = {"namespace": "team", "name": "job-a", "labels": {"kubetune.dev/finetunejob": "job-a"}}
+            reconciler.child_changed("Job", "MODIFIED", meta)  # a later change does call for one
+            await settle(reconciler)
+            return after_made, kube.gets, reconciler._made_jobs
+        finally:
+            await reconciler.stop()
+
+    after_made, after_change, made = asyncio.run(scenario())
+    assert after_made == 0 and after_change == 1 and not made

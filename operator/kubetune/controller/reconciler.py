@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import json
 import logging
@@ -148,8 +149,9 @@ class Reconciler:
         self._callers: dict[Key, list[asyncio.Future]] = {}  # reconcile() callers waiting for that pass
         # Per FineTuneJob whose status this process wrote, until the job goes: what it wrote (Record).
         self._records: dict[Key, Record] = {}
-        # Jobs this process made whose ADDED event has not come yet (uid -> job): that event tells nothing new.
-        self._made_jobs: dict[str, Key] = {}
+        # Jobs this process is making or made whose ADDED event has not come yet (namespace, Job name): that event tells
+        # nothing new. Noted before the create goes out, as its event may come back before the answer does.
+        self._made_jobs: set[Key] = set()
         # The FineTuneJobs whose last pass left them unfinished: what the resync looks at.
         self._unfinished: set[Key] = set()
         # Per FineTuneJob with a Job: whether its reporter's grant exists (False: this process made the Job and no grant
@@ -665,10 +667,15 @@ class Reconciler:
                 resume_from=resume_from,
             )
             modelcache.wire(job, cached, self.config.model_cache)
-            job = await self._create_or_adopt(job, ftj)
+            made = (meta["namespace"], job["metadata"]["name"])
+            self._made_jobs.add(made)
+            try:
+                job = await self._create_or_adopt(job, ftj)
+            finally:
+                if not job.get("_created"):
+                    self._made_jobs.discard(made)
         if job.get("_created"):
             self._granted[(meta["namespace"], meta["name"])] = False
-            self._made_jobs[job["metadata"]["uid"]] = (meta["namespace"], meta["name"])
         if spec.suspend and spec.queue_name:
             # Kueue makes the Job's Workload in a moment; it is deactivated then, before Kueue can admit it.
             self.queue.add_after((meta["namespace"], meta["name"]), KUEUE_WORKLOAD_WAIT_SECONDS)
@@ -1054,14 +1061,20 @@ class Reconciler:
             for kind in ("Job", "Pod"):
                 for namespace in self.config.namespaces or (None,):
                     watch = childwatch.watch_forever(
-                        self.kube, kind, namespace, builders.MANAGED_SELECTOR, self.child_changed
+                        self.kube,
+                        kind,
+                        namespace,
+                        builders.MANAGED_SELECTOR,
+                        functools.partial(self.child_changed, kind),
                     )
                     self._tasks.append(self.loop.create_task(watch, name=f"kubetune-watch-{kind}-{namespace or ''}"))
 
-    def child_changed(self, kind_of_event: str, meta: dict) -> None:
+    def child_changed(self, kind: str, kind_of_event: str, meta: dict) -> None:
         """A Job or pod of a FineTuneJob changed: a pass over the job, but for the ADDED event of a Job this process
         has just made (the pass that made it wrote what there was to tell)."""
-        if kind_of_event == "ADDED" and self._made_jobs.pop(meta.get("uid"), None) is not None:
+        made = (meta.get("namespace"), meta.get("name"))
+        if kind == "Job" and kind_of_event == "ADDED" and made in self._made_jobs:
+            self._made_jobs.discard(made)
             return
         parent = (meta.get("labels") or {}).get(builders.LABEL_FTJ)
         if parent and meta.get("namespace"):
@@ -1132,8 +1145,7 @@ class Reconciler:
         self._announced.pop(key, None)
         self._granted.pop(key, None)
         self._unfinished.discard(key)
-        for uid in [uid for uid, made_for in self._made_jobs.items() if made_for == key]:
-            del self._made_jobs[uid]
+        self._made_jobs.discard((key[0], builders.job_name(key[1])))
 
     def knows(self, ftj: dict) -> bool:
         """Whether this process has had a pass over the job (it holds a record of what it wrote there)."""
