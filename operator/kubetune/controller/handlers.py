@@ -101,6 +101,9 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         # Namespaced mode: no cluster-wide watching of namespaces/CRDs (the chart grants none).
         settings.scanning.disabled = True
     settings.watching.server_timeout = 300
+    # kopf keeps a worker (and the last event it handled) per object for this long after its last event (5 s by
+    # default): in a burst of thousands of new jobs, that was a hundred MiB of events nobody would read again.
+    settings.batching.idle_timeout = 0.5
     settings.networking.request_timeout = 60
     metrics = Metrics()
     kube = Kube(_client_configuration(), connections=cfg.concurrent_reconciles)
@@ -147,6 +150,13 @@ def login(logger: Any, **kwargs: Any) -> kopf.ConnectionInfo | None:
     )
 
 
+def lean(body: kopf.Body) -> dict:
+    """The watched FineTuneJob as a pass reads it, kept until its pass: without metadata.managedFields (often the
+    larger half of an object, and never read), so that a burst's queue holds less."""
+    metadata = {key: value for key, value in (body.get("metadata") or {}).items() if key != "managedFields"}
+    return {**dict(body), "metadata": metadata}
+
+
 def needs_reconcile(type: str | None, body: kopf.Body, **_: Any) -> bool:
     """Which FineTuneJob watch events call for a reconcile (level-based: the reconciler reads the rest).
 
@@ -189,7 +199,7 @@ async def finetunejob_event(type: str | None, body: kopf.Body, name: str, namesp
         return
     reconciler.metrics.observe(namespace, name, body)
     if needs_reconcile(type, body):
-        reconciler.enqueue(namespace, name, body=dict(body))
+        reconciler.enqueue(namespace, name, body=lean(body))
 
 
 @kopf.on.probe(id="finetunejobs")

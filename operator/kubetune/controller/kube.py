@@ -5,18 +5,19 @@ credentials from the official client's Configuration (in-cluster or kubeconfig).
 the CPU per call of the official client, kubernetes_asyncio or lightkube (docs/operator.md, "Design").
 
 Plain dicts in and out (what builders.py returns and status.py reads): no model classes, no
-camelCase/snake_case round trips. Errors are the official client's ApiException.
+camelCase/snake_case round trips. Errors are the official client's ApiException. JSON through orjson: encoding a Job
+and decoding the answers were a tenth of the operator's CPU at 10,000 jobs with the standard library's json.
 """
 
 from __future__ import annotations
 
-import json
 import ssl
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import orjson
 from kubernetes.client import ApiException, Configuration
 from kubernetes.client.rest import should_bypass_proxies
 
@@ -116,7 +117,7 @@ class Kube:
         read: bool = True,
     ) -> dict:
         """`read`: decode the answer (False: the caller needs none, and {} comes back)."""
-        data = None if body is None else json.dumps(body).encode()
+        data = None if body is None else orjson.dumps(body)
         for attempt in (1, 2):
             headers = self._headers(refresh=attempt == 2)
             if accept:
@@ -140,7 +141,7 @@ class Kube:
                     err = ApiException(status=response.status, reason=response.reason)
                     err.body = payload.decode(errors="replace")
                     raise err
-                return json.loads(payload or b"{}") if read else {}
+                return orjson.loads(payload or b"{}") if read else {}
         raise AssertionError("unreachable")
 
     async def get(self, kind: str, namespace: str, name: str) -> dict | None:
@@ -188,7 +189,7 @@ class Kube:
                 raise err
             async for line in response.content:
                 if line.strip():
-                    yield json.loads(line)
+                    yield orjson.loads(line)
 
     async def create(self, obj: dict, read: bool = True) -> dict:
         return await self.request("POST", api_path(obj["kind"], obj["metadata"]["namespace"]), body=obj, read=read)
