@@ -13,14 +13,10 @@ import copy
 from kubetune.api.constants import Phase, Reason
 from kubetune.controller import builders, status
 from tests.api import crdcheck
+from tests.controller.samples import LORA_TEXT_SPEC
 
 NOW = "2026-01-01T00:00:00Z"
-SPEC = {
-    "technique": "lora",
-    "model": {"uri": "hf://Qwen/Qwen2.5-0.5B-Instruct"},
-    "datasets": [{"name": "d", "uri": "s3://data/train.jsonl", "format": "text"}],
-    "output": {"uri": "s3://out/"},
-}
+SPEC = LORA_TEXT_SPEC | {"output": {"uri": "s3://out/"}}
 PROGRESS = {"step": 1200, "totalSteps": 3000, "epoch": 1.2, "percent": 40, "etaSeconds": 1800}
 
 

@@ -24,6 +24,7 @@ import yaml
 from kubetune import generate
 from kubetune.controller import builders
 from kubetune.controller.config import OperatorConfig
+from tests.controller.samples import LORA_TEXT_SPEC
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = yaml.safe_load((REPO / "crds" / "finetunejobs.kubetune.dev.yaml").read_text())
@@ -36,12 +37,7 @@ FTJ = {
     "kind": "FineTuneJob",
     "metadata": {"name": "bot", "namespace": "team-a", "uid": "u-1", "generation": 1},
 }
-SPEC = {
-    "technique": "lora",
-    "model": {"uri": "hf://Qwen/Qwen2.5-0.5B-Instruct"},
-    "datasets": [{"name": "d", "uri": "s3://data/train.jsonl", "format": "text"}],
-    "nodes": 2,  # a multi-node job also gets its workers' Service
-}
+SPEC = LORA_TEXT_SPEC | {"nodes": 2}  # a multi-node job also gets its workers' Service
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""FineTuneJobs and operator settings that the pure-function tests (builders, status, permissions) share."""
+"""FineTuneJobs and operator settings the tests share: the pure-function tests' (builders, status, permissions) full
+SPEC, and the smallest valid jobs the operator, metrics, model-cache and chart tests start from."""
 
 from __future__ import annotations
 
@@ -29,4 +30,19 @@ SPEC = {
     "priorityClassName": "training",
     "backoffLimit": 2,
     "activeDeadlineSeconds": 3600,
+}
+
+
+# The smallest valid job of each dataset format the tests use: LoRA of a public model, one GPU.
+LORA_INSTRUCTION_SPEC = {
+    "technique": "lora",
+    "objective": "instruction",
+    "model": {"uri": "hf://Qwen/Qwen2.5-0.5B-Instruct"},
+    "datasets": [{"uri": "s3://data/support/train.jsonl", "format": "messages"}],
+    "resources": {"gpus": 1},
+}
+LORA_TEXT_SPEC = {
+    "technique": "lora",
+    "model": {"uri": "hf://Qwen/Qwen2.5-0.5B-Instruct"},
+    "datasets": [{"name": "d", "uri": "s3://data/train.jsonl", "format": "text"}],
 }

@@ -10,6 +10,7 @@ import kubernetes
 import pytest
 from harness import wait_for
 from prometheus_client.parser import text_string_to_metric_families
+from samples import LORA_INSTRUCTION_SPEC
 
 from kubetune.api.constants import GROUP, PLURAL, VERSION, ExitCode
 from kubetune.controller.metrics import JOB_GAUGES, Metrics, job_record
@@ -18,13 +19,7 @@ from kubetune_trainer.status_reporter import StatusReporter
 
 pytestmark = pytest.mark.timeout(120)
 
-SPEC = {
-    "technique": "lora",
-    "objective": "instruction",
-    "model": {"uri": "hf://Qwen/Qwen2.5-0.5B-Instruct"},
-    "datasets": [{"uri": "s3://data/support/train.jsonl", "format": "messages"}],
-    "resources": {"gpus": 1},
-}
+SPEC = LORA_INSTRUCTION_SPEC
 
 
 def scrape(port: int) -> dict[str, list]:

@@ -23,6 +23,7 @@ import pytest
 from emulator import ADMIN_TOKEN
 from harness import wait_for
 from podrunner import PodRunner, wait_for_job
+from samples import LORA_INSTRUCTION_SPEC
 
 from kubetune.api.constants import GROUP, PLURAL, VERSION, Phase, Reason
 from kubetune.api.v1alpha1 import Spec
@@ -49,12 +50,7 @@ REPO_FILES = {
     "README.md": b"# card\n",
 }
 ENTRY_FILES = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
-SPEC = {
-    "technique": "lora",
-    "objective": "instruction",
-    "datasets": [{"uri": "s3://data/support/train.jsonl", "format": "messages"}],
-    "resources": {"gpus": 1},
-}
+SPEC = {key: value for key, value in LORA_INSTRUCTION_SPEC.items() if key != "model"}  # each test names its model
 
 
 # --------------------------------------------------------------------------------------- the set-up

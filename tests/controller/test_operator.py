@@ -10,6 +10,7 @@ import kubernetes
 import pytest
 from emulator import Fault
 from harness import wait_for
+from samples import LORA_INSTRUCTION_SPEC
 
 from kubetune.api.constants import GROUP, PLURAL, VERSION
 from kubetune_trainer.reporting import CheckpointReport, OutputReport, ProgressReport
@@ -18,13 +19,7 @@ from kubetune_trainer.status_reporter import StatusReporter
 # Each test waits for the operator through the API: bounded, so that a hang fails the test instead of the run.
 pytestmark = pytest.mark.timeout(120)
 
-SPEC = {
-    "technique": "lora",
-    "objective": "instruction",
-    "model": {"uri": "hf://Qwen/Qwen2.5-0.5B-Instruct"},
-    "datasets": [{"uri": "s3://data/support/train.jsonl", "format": "messages"}],
-    "resources": {"gpus": 1},
-}
+SPEC = LORA_INSTRUCTION_SPEC
 
 
 def manifest(name: str, namespace: str, **spec) -> dict:
