@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from tests.fixtures import tiny_training_job
 
 STEPS = 12
 INTERVAL = 3  # spec.output.checkpointEverySteps
@@ -21,27 +22,8 @@ _RESUME_LINE = re.compile(r"resuming from checkpoint step-(\d+)")
 
 
 def manifest(model_dir: Path, data: Path, name: str = "faulty", **spec_extra) -> dict:
-    spec = {
-        "technique": "full",
-        "objective": "causal-lm",
-        "model": {"uri": f"file://{model_dir}"},
-        "datasets": [{"name": "corpus", "uri": f"file://{data}", "format": "text"}],
-        "hyperparameters": {
-            "maxSteps": STEPS,
-            "batchSize": 4,
-            "learningRate": 3.0e-3,
-            "maxSeqLength": 64,
-            "precision": "fp32",
-            "warmupRatio": 0.0,
-            "lrScheduler": "constant",
-            "packing": True,
-            "seed": 7,
-        },
-        "output": {"checkpointEverySteps": INTERVAL, "keepCheckpoints": 2},
-    }
-    for key, value in spec_extra.items():
-        spec[key] = {**spec[key], **value} if isinstance(spec.get(key), dict) and isinstance(value, dict) else value
-    return {"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name}, "spec": spec}
+    datasets = [{"name": "corpus", "uri": f"file://{data}", "format": "text"}]
+    return tiny_training_job(model_dir, datasets, name=name, steps=STEPS, checkpoint_every=INTERVAL, **spec_extra)
 
 
 def write_manifest(path: Path, doc: dict) -> Path:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tests.fixtures import tiny_training_job
 
 
 @pytest.fixture(scope="session")
@@ -78,30 +79,7 @@ def write_job(tmp_path):
     import yaml
 
     def write(model_dir, datasets, *, name="job", filename="job.yaml", **spec_sections):
-        spec = {
-            "technique": "full",
-            "objective": "causal-lm",
-            "model": {"uri": f"file://{model_dir}"},
-            "datasets": datasets,
-            "hyperparameters": {
-                "maxSteps": 8,
-                "batchSize": 4,
-                "learningRate": 3.0e-3,
-                "maxSeqLength": 64,
-                "precision": "fp32",
-                "warmupRatio": 0.0,
-                "lrScheduler": "constant",
-                "packing": True,
-                "seed": 7,
-            },
-            "output": {"checkpointEverySteps": 4, "keepCheckpoints": 2},
-        }
-        for key, value in spec_sections.items():
-            if isinstance(value, dict) and isinstance(spec.get(key), dict):
-                spec[key] = {**spec[key], **value}
-            else:
-                spec[key] = value
-        doc = {"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name}, "spec": spec}
+        doc = tiny_training_job(model_dir, datasets, name=name, steps=8, checkpoint_every=4, **spec_sections)
         path = tmp_path / filename
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
         return path
