@@ -29,9 +29,9 @@ lint: setup
 test: setup lint
 	$(PY) -m pytest
 
-# The API, CLI and operator tests only (no model training).
-test-fast: setup
-	$(PY) -m pytest tests/api tests/test_cli.py tests/controller
+# Everything that trains no model (the API, the CLIs, the operator, the chart, the docs, the doctor) and lint.
+test-fast: setup lint
+	$(PY) -m pytest tests/api tests/test_cli.py tests/controller tests/usercli tests/charts tests/docs tests/doctor
 
 demo: setup
 	$(PY) -m kubetune_trainer.demo --out demo-output
