@@ -54,7 +54,9 @@ def test_a_child_watch_gets_metadata_only_of_its_own_children_and_outlives_lost_
                 childwatch.watch_forever(kube, "Job", "team", builders.MANAGED_SELECTOR, on_change)
             )
             await asyncio.sleep(0.3)
-            await kube.create(job("mine", "b"))
+            mine = job("mine", "b")
+            mine["metadata"]["annotations"] = {"kubetune.dev/spec": "x" * 200_000}  # a long line: a spec of 200 KB
+            await kube.create(mine)
             await kube.create(job("other", None))  # not the operator's: the API server never sends it
             await until(lambda: ("ADDED", "b") in seen, "the new Job's event", seen)
             # The watch ends (the server's timeout, a lost connection): watched again from where it was.

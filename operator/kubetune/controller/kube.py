@@ -187,9 +187,17 @@ class Kube:
                 err = ApiException(status=response.status, reason=response.reason)
                 err.body = (await response.read()).decode(errors="replace")
                 raise err
-            async for line in response.content:
-                if line.strip():
-                    yield orjson.loads(line)
+            # Lines split here, not by aiohttp's readline: that refuses a line over 64 KiB, and a pod's metadata
+            # carries its spec (an annotation of up to 256 KiB).
+            buffer = b""
+            async for chunk in response.content.iter_any():
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield orjson.loads(line)
+            if buffer.strip():
+                yield orjson.loads(buffer)
 
     async def create(self, obj: dict, read: bool = True) -> dict:
         return await self.request("POST", api_path(obj["kind"], obj["metadata"]["namespace"]), body=obj, read=read)
