@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import yaml
 
+from kubetune.api.constants import TECHNIQUE_SECTIONS
 from kubetune.api.uris import join_uri
 from kubetune_trainer.errors import UserError
 
@@ -33,18 +34,7 @@ log = logging.getLogger("kubetune.resume_from")
 
 ENV = "KUBETUNE_RESUME_FROM"
 # Spec sections that must match for a checkpoint's weights to load at all.
-SAME_WEIGHTS = (
-    "model",
-    "technique",
-    "objective",
-    "quantization",
-    "lora",
-    "featureExtraction",
-    "adapter",
-    "promptTuning",
-    "prefixTuning",
-    "classification",
-)
+SAME_WEIGHTS = ("model", "technique", "objective", *TECHNIQUE_SECTIONS, "classification")
 # What may differ while the run still continues the source's optimisation: how long it trains.
 LENGTH_ONLY = ("epochs", "maxSteps")
 

@@ -258,9 +258,12 @@ def _check_lm_head(spec: Spec) -> Iterator[Finding]:
             yield "lora.targetModules", f"lm_head cannot carry LoRA with objective {spec.objective}; leave it out"
 
 
+_MERGE_MESSAGE = f"only {' and '.join(MERGEABLE_TECHNIQUES)} adapters can be merged"
+
+
 def _check_merge(spec: Spec) -> Iterator[Finding]:
     if spec.output.merge_adapter and spec.technique not in MERGEABLE_TECHNIQUES:
-        yield "output.mergeAdapter", f"only lora and qlora adapters can be merged (spec.technique is {spec.technique})"
+        yield "output.mergeAdapter", f"{_MERGE_MESSAGE} (spec.technique is {spec.technique})"
 
 
 def _check_combination(spec: Spec) -> Iterator[Finding]:
@@ -385,7 +388,7 @@ RULES: list[Rule] = [
     Rule(
         ".output.mergeAdapter",
         f"!self.output.mergeAdapter || self.technique in {_cel_list(MERGEABLE_TECHNIQUES)}",
-        "only lora and qlora adapters can be merged",
+        _MERGE_MESSAGE,
         _check_merge,
     ),
     Rule(".technique", _cel_combinations(), "this technique cannot be used with this objective", _check_combination),

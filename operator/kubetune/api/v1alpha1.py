@@ -1220,10 +1220,7 @@ RESUME_FROM_PATTERN = f"^({uris.OUTPUT_URI_PATTERN[1:-1]}|{_JOB_NAME_FMT})?$"
 
 
 class Spec(ApiModel):
-    technique: Technique = Field(
-        description="How the weights adapt: full | lora | qlora | feature-extraction | adapter | "
-        "prompt-tuning | prefix-tuning."
-    )
+    technique: Technique = Field(description=f"How the weights adapt: {' | '.join(Technique)}.")
     objective: Objective = Field(
         default=Objective.CAUSAL_LM,
         description="What the model learns from: causal-lm | instruction | classification | preference | rlhf.",
