@@ -167,8 +167,9 @@ def start_operator(
         | (settings or {})
     )
     log = (work / log_name).open("w")
+    # No liveness endpoint: its port 8080 would keep two benches from running on one machine.
     return subprocess.Popen(
-        [sys.executable, "-m", "kubetune.cli", "operator", "--standalone"],
+        [sys.executable, "-m", "kubetune.cli", "operator", "--liveness", "", "--standalone"],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
