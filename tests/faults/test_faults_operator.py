@@ -275,8 +275,13 @@ def test_trainer_pod_evicted_or_deleted_mid_run_gets_a_new_attempt_with_a_reason
         for pod in sim.pods(ns, job):
             sim.kube.delete("Pod", ns, pod["metadata"]["name"])
         sim._job_status(job, {"active": 0, "ready": 0, "failed": 1})
-        st = wait_for(lambda: (s := status("deleted")).get("phase") == "Pending" and s, 30, "deleted -> Pending")
-        assert "lost" in st.get("message", ""), st  # the reason survives the pod object
+        # Until the Job controller has counted the failure, the job is Pending with no pod (waiting for one); then the
+        # reason survives the pod object.
+        st = wait_for(
+            lambda: (s := status("deleted")).get("phase") == "Pending" and "lost" in s.get("message", "") and s,
+            30,
+            "deleted -> Pending, the lost pod named",
+        )
         sim.start(ns, "deleted")
         st = wait_for(
             lambda: (s := status("deleted")).get("phase") == "Running" and s.get("attempts") == 2 and s,
