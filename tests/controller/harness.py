@@ -222,8 +222,10 @@ class ClusterSim:
                 "namespace": namespace,
                 "labels": template["metadata"]["labels"]
                 | {"batch.kubernetes.io/job-name": name, "batch.kubernetes.io/controller-uid": job["metadata"]["uid"]},
-                # The Job controller annotates the pods of an Indexed Job only (KUBETUNE_NODE_RANK reads it).
-                **({"annotations": {"batch.kubernetes.io/job-completion-index": str(index)}} if indexed else {}),
+                # The template's annotations (the trainer's spec among them), and for the pods of an Indexed Job the
+                # completion index (KUBETUNE_NODE_RANK reads it), as the Job controller gives them.
+                "annotations": (template["metadata"].get("annotations") or {})
+                | ({"batch.kubernetes.io/job-completion-index": str(index)} if indexed else {}),
                 "ownerReferences": [
                     {
                         "apiVersion": "batch/v1",

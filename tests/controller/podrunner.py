@@ -233,6 +233,7 @@ class PodRunner:
                 "name": f"{meta['name']}-{meta['uid'][:5]}-{index}",  # a Job made again has pods of its own
                 "namespace": meta["namespace"],
                 "labels": (template["metadata"].get("labels") or {}) | {"batch.kubernetes.io/job-name": meta["name"]},
+                "annotations": template["metadata"].get("annotations") or {},  # the trainer's spec among them
                 "ownerReferences": [
                     {
                         "apiVersion": "batch/v1",
