@@ -21,7 +21,7 @@ from collections.abc import Callable
 import aiohttp
 from kubernetes.client import ApiException
 
-from kubetune.controller.kube import METADATA, METADATA_LIST, PATHS, Kube
+from kubetune.controller.kube import METADATA, METADATA_LIST, Kube, collection_path
 
 log = logging.getLogger("kubetune.operator")
 
@@ -39,9 +39,9 @@ class Gone(Exception):
 
 async def _list_version(kube: Kube, kind: str, namespace: str | None, selector: str) -> str:
     """The version to watch from: a list's, one item long (the items call for nothing)."""
-    prefix, plural = PATHS[kind]
-    path = f"{prefix}/namespaces/{namespace}/{plural}" if namespace else f"{prefix}/{plural}"
-    listed = await kube.request("GET", path, query={"labelSelector": selector, "limit": "1"}, accept=METADATA_LIST)
+    listed = await kube.request(
+        "GET", collection_path(kind, namespace), query={"labelSelector": selector, "limit": "1"}, accept=METADATA_LIST
+    )
     return (listed.get("metadata") or {}).get("resourceVersion", "")
 
 

@@ -46,6 +46,12 @@ def is_status(err: Exception, *codes: int) -> bool:
     return isinstance(err, ApiException) and err.status in codes
 
 
+def collection_path(kind: str, namespace: str | None) -> str:
+    """The path of a kind's objects in a namespace, or in every namespace (None)."""
+    prefix, plural = PATHS[kind]
+    return f"{prefix}/namespaces/{namespace}/{plural}" if namespace else f"{prefix}/{plural}"
+
+
 def api_path(kind: str, namespace: str, name: str | None = None, subresource: str | None = None) -> str:
     prefix, plural = PATHS[kind]
     out = f"{prefix}/namespaces/{namespace}/{plural}"
@@ -153,24 +159,21 @@ class Kube:
             raise
 
     async def list(self, kind: str, namespace: str | None, label_selector: str | None = None) -> list[dict]:
-        prefix, plural = PATHS[kind]
-        path = f"{prefix}/namespaces/{namespace}/{plural}" if namespace else f"{prefix}/{plural}"
+        path = collection_path(kind, namespace)
         query = {"labelSelector": label_selector} if label_selector else None
         return (await self.request("GET", path, query=query)).get("items", [])
 
     async def list_keys(self, kind: str, namespace: str | None) -> set[tuple[str, str]]:
         """(namespace, name) of every object of a kind, read as metadata only (a PartialObjectMetadataList, which the
         API server serves for every resource): a few hundred bytes an object, whatever their specs and statuses."""
-        prefix, plural = PATHS[kind]
-        path = f"{prefix}/namespaces/{namespace}/{plural}" if namespace else f"{prefix}/{plural}"
+        path = collection_path(kind, namespace)
         listed = await self.request("GET", path, accept=METADATA_LIST)
         return {(item["metadata"].get("namespace", ""), item["metadata"]["name"]) for item in listed.get("items", [])}
 
     async def watch(self, kind: str, namespace: str | None, query: dict, accept: str) -> AsyncIterator[dict]:
         """The events of one watch request (?watch=1), one dict each, until the API server ends it (its timeoutSeconds).
         Errors as in `request`; a 401 is not retried here (the caller opens the next watch with fresh headers)."""
-        prefix, plural = PATHS[kind]
-        path = f"{prefix}/namespaces/{namespace}/{plural}" if namespace else f"{prefix}/{plural}"
+        path = collection_path(kind, namespace)
         headers = self._headers() | {"Accept": accept}
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout.total, sock_read=WATCH_READ_SECONDS)
         async with self.session.get(
