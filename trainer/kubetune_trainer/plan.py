@@ -1,36 +1,35 @@
-"""The memory plan: how much GPU memory a FineTuneJob needs per GPU, for each strategy, before anything is
-downloaded or trained. It reads only the model's config.json (its shape and quantization_config), never the
-weights, and imports neither torch nor transformers: `kubetune plan`, the trainer's first step in every pod and
-the operator all run it.
+"""The memory plan: how much GPU memory a FineTuneJob needs per GPU, for each strategy, before anything is downloaded
+or trained. It reads only the model's config.json (its shape and quantization_config), never the weights, and
+imports neither torch nor transformers: `kubetune plan`, the trainer's first step in every pod and the operator all
+run it.
 
-Per GPU = weights + gradients + optimizer state (the exact parts: parameter counts from the shape times the
-bytes kubetune_trainer.precision holds them in, divided over the ranks where FSDP shards them) + activations
-(an estimate) + the runtime's overhead.
+Per GPU = weights + gradients + optimizer state (the exact parts: parameter counts from the shape, which each
+technique module gives as its `plan_parameters`, times the bytes kubetune_trainer.precision holds them in, divided
+over the ranks where FSDP shards them) + activations (an estimate) + the runtime's overhead.
 
 Activations are bytes per token per decoder layer, as multiples of the hidden size, plus bytes per token for the
 logits, as multiples of the vocabulary. The coefficients were fitted to peaks measured on an H200 with plain
-transformers + PEFT (Llama-3.2-1B shape, bf16, sdpa; padded batch 8 and packed 4 x 2048; LoRA r16, QLoRA nf4,
-full; with and without the Liger kernels; and Llama-3.1-8B QLoRA): 35 x hidden per layer is the textbook
-figure for a layer's saved tensors (attention, MLP and norm inputs and outputs), LoRA with dropout keeps a
-dropped-out copy of every adapted layer's input (about 30 x hidden more), QLoRA's fp32 norms about 16 x hidden
-more, and the logits cost about 16 bytes per vocabulary entry per token (bf16 logits, their fp32 upcast, the
-softmax and its gradient) unless Liger's fused linear cross-entropy never materialises them. bench/memory_plan.py
-checks the plan against measured peaks on a GPU and the exact parts against allocated tensors on the CPU.
+transformers + PEFT (Llama-3.2-1B shape, bf16, sdpa; padded batch 8 and packed 4 x 2048; LoRA r16, QLoRA nf4, full;
+with and without the Liger kernels; and Llama-3.1-8B QLoRA): 35 x hidden per layer is the textbook figure for a
+layer's saved tensors (attention, MLP and norm inputs and outputs), LoRA with dropout keeps a dropped-out copy of
+every adapted layer's input (about 30 x hidden more), QLoRA's fp32 norms about 16 x hidden more (a technique's own
+part is its module's `plan_activation`), and the logits cost about 16 bytes per vocabulary entry per token (bf16
+logits, their fp32 upcast, the softmax and its gradient) unless Liger's fused linear cross-entropy never
+materialises them. bench/memory_plan.py checks the plan against measured peaks on a GPU and the exact parts against
+allocated tensors on the CPU.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kubetune.api.constants import DistributedStrategy, Objective, Optimizer, Precision, Technique
+from kubetune.api.constants import DistributedStrategy, Objective, Optimizer, Precision
+from kubetune_trainer.techniques import module_for
 
 GiB = 1024**3
 
 # Activation coefficients (see the module docstring).
 LAYER_ACTIVATION = 35  # x hidden bytes per token per layer, bf16 compute, no recomputation
-LORA_DROPOUT_ACTIVATION = 30  # x hidden: the dropped-out input copies of the adapted layers
-LORA_ACTIVATION = 4  # x hidden: the rank-r intermediates when dropout is 0
-QLORA_ACTIVATION = 16  # x hidden: fp32 norms and dequantisation buffers
 CHECKPOINTED_LAYER = 2  # x hidden: only a layer's input is kept when activations are recomputed
 LOGITS = 16  # x vocabulary bytes per token without Liger's fused cross-entropy
 RUNTIME_OVERHEAD = 1.5 * GiB  # CUDA context, cuBLAS workspaces, allocator slack
@@ -185,21 +184,11 @@ class Plan:
         ).to_wire()
 
 
-# --------------------------------------------------------------------------- parameters per technique
-
-
-def _lora_targets(shape: ModelShape, spec) -> list[tuple[str, int, int]]:
-    value = spec.lora.target_modules.strip()
-    linears = shape.block_linears()
-    if value == "all-linear":
-        return linears
-    names = {n.strip().rsplit(".", 1)[-1] for n in value.split(",") if n.strip()}
-    return [linear for linear in linears if linear[0] in names]
+# --------------------------------------------------------------------------- parameters
 
 
 def trainable_params(shape: ModelShape, spec) -> tuple[int, int]:
-    """(trainable parameters, of which PEFT adds beside the base); the rest of the base is frozen."""
-    technique = Technique(spec.technique)
+    """(trainable parameters, of which the technique adds beside the base); the rest of the base is frozen."""
     head = 0
     if Objective(spec.objective) == Objective.CLASSIFICATION:
         labels = (
@@ -211,41 +200,15 @@ def trainable_params(shape: ModelShape, spec) -> tuple[int, int]:
             len(spec.classification.labels) if spec.classification and spec.classification.labels else 2
         )
         head = labels * shape.hidden
-    if technique == Technique.FULL:
-        return shape.total_params, 0
-    if technique in (Technique.LORA, Technique.QLORA):
-        rank = spec.lora.rank
-        added = shape.layers * sum(rank * (a + b) for _, a, b in _lora_targets(shape, spec))
-        return added + head, added + head
-    if technique == Technique.FEATURE_EXTRACTION:
-        layers = spec.feature_extraction.trainable_layers
-        block = shape.block_linear_params + shape.block_other_params
-        own_head = head if head else shape.vocab * shape.hidden
-        return own_head + layers * block + (shape.hidden if layers else 0), 0
-    if technique == Technique.ADAPTER:
-        b = spec.adapter.bottleneck_size
-        added = shape.layers * 2 * (2 * shape.hidden * b + b + shape.hidden)
-        return added + head, added + head
-    if technique == Technique.PROMPT_TUNING:
-        return (
-            spec.prompt_tuning.virtual_tokens * shape.hidden + head,
-            spec.prompt_tuning.virtual_tokens * shape.hidden + head,
-        )
-    if technique == Technique.PREFIX_TUNING:
-        added = shape.layers * 2 * spec.prefix_tuning.virtual_tokens * shape.kv_heads * shape.head_dim
-        return added + head, added + head
-    raise PlanError(f"no plan for technique {technique}")
+    return module_for(spec.technique).plan_parameters(shape, spec, head)
 
 
 def _frozen_bytes(shape: ModelShape, spec, frozen: int, precision: Precision) -> float:
     """Bytes of the frozen base: quantized linear layers for qlora (or a pre-quantized checkpoint)."""
     from kubetune_trainer.precision import FROZEN_BYTES
 
-    bits = (
-        spec.quantization.bits
-        if Technique(spec.technique) == Technique.QLORA and spec.quantization
-        else shape.quant_bits
-    )
+    quantized_bits = getattr(module_for(spec.technique), "plan_quantized_bits", None)
+    bits = (quantized_bits(spec) if quantized_bits else None) or shape.quant_bits
     if not bits:
         return frozen * FROZEN_BYTES[precision]
     double = bool(spec.quantization.double_quant) if spec.quantization else True
@@ -266,13 +229,9 @@ def tokens_per_micro_batch(spec) -> int:
 
 def activation_bytes(shape: ModelShape, spec, precision: Precision, *, liger: bool) -> float:
     hp = spec.hyperparameters
-    technique = Technique(spec.technique)
     scale = 2 if precision == Precision.FP32 else 1  # fp32 compute saves fp32 tensors
-    per_layer = LAYER_ACTIVATION
-    if technique in (Technique.LORA, Technique.QLORA):
-        per_layer += LORA_DROPOUT_ACTIVATION if spec.lora.dropout > 0 else LORA_ACTIVATION
-    if technique == Technique.QLORA:
-        per_layer += QLORA_ACTIVATION
+    technique_activation = getattr(module_for(spec.technique), "plan_activation", None)
+    per_layer = LAYER_ACTIVATION + (technique_activation(spec) if technique_activation else 0)
     tokens = tokens_per_micro_batch(spec)
     if hp.gradient_checkpointing:
         layers = (shape.layers * CHECKPOINTED_LAYER + per_layer) * shape.hidden

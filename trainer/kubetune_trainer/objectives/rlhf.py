@@ -175,7 +175,7 @@ def load_reward_model(ctx: RunContext, model_dir: Path):
     from transformers import AutoModelForSequenceClassification
 
     from kubetune_trainer.modeling import check_weight_files, compute_dtype, head_kwargs, load_tokenizer
-    from kubetune_trainer.techniques import adapter as bottleneck
+    from kubetune_trainer.techniques import adapter
 
     spec = ctx.spec
     model_dir = Path(model_dir)
@@ -192,8 +192,8 @@ def load_reward_model(ctx: RunContext, model_dir: Path):
                 **kwargs,
             )
             model = PeftModel.from_pretrained(base, str(model_dir))
-        elif (model_dir / bottleneck.CONFIG_NAME).is_file():
-            model = bottleneck.load_adapter_model(model_dir, ctx.model_dir, **kwargs)
+        elif (model_dir / adapter.CONFIG_NAME).is_file():
+            model = adapter.load_adapter_model(model_dir, ctx.model_dir, **kwargs)
         else:
             use_safetensors = check_weight_files(model_dir, spec.model.allow_pickle)
             model = AutoModelForSequenceClassification.from_pretrained(

@@ -10,6 +10,13 @@ and its hooks:
   prepare_trainer(trainer)              a fix-up once the Trainer exists (kubetune_trainer.trainer_setup)
   save(model, out_dir, is_main)         when the result is not saved with `model.save_pretrained` (every rank
                                         calls it for a sharded model; rank 0, is_main, writes)
+and its part of the memory plan (kubetune_trainer.plan), from the model's shape alone:
+  plan_parameters(shape, spec, head)    required: (parameters that train, of which it adds beside the base);
+                                        `head` is a new classification head's parameters, 0 for a causal LM
+  plan_activation(spec) -> int          bytes per token per layer, x hidden, it saves beyond a plain layer
+  plan_quantized_bits(spec)             the bits the frozen base's linear layers are held in
+A technique module imports torch and the training libraries only inside its hooks: `kubetune plan` and the
+operator plan in images without them.
 What the API needs to validate a spec (the technique's own spec section, whether mergeAdapter applies, whether packed
 rows work, which objectives and strategies it cannot run) is its row in kubetune.api.constants.TECHNIQUES, which the
 operator shares without the training libraries; the trainer reads it from there too.

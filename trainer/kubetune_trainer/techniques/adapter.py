@@ -1,14 +1,8 @@
-"""adapter: bottleneck modules (Houlsby et al. 2019) around each layer's attention output and MLP
-output; only they train (and the new head for sequence classification).
+"""adapter: bottleneck modules (Houlsby et al. 2019, kubetune_trainer.bottleneck) around each layer's attention
+output and MLP output; only they train (and the new head for sequence classification).
 
-Each bottleneck is h + up(act(down(h))) with `up` initialised to zero, so training starts from the
-base model's exact outputs. PEFT has no bottleneck adapter and AdapterHub's `adapters` package does
-not import with transformers 5, hence this small module.
-
-The bottlenecks are registered as submodules of each decoder layer (`<layer>.kubetune_adapters`) so
-optimizers, DDP and Trainer checkpoints see them; forward hooks on the attention and MLP modules
-apply them without renaming any base weight. Saved as bottleneck_adapter.safetensors +
-bottleneck_adapter_config.json; `load_adapter` puts them back onto a fresh base.
+Saved as bottleneck_adapter.safetensors + bottleneck_adapter_config.json; `load_adapter` puts them back onto a
+fresh base. The layers themselves import torch, so this module imports them only where it uses them.
 """
 
 from __future__ import annotations
@@ -16,77 +10,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-from torch import nn
-
-from kubetune_trainer.anatomy import classification_head, decoder_layers
-
 PEFT = False  # saved as bottleneck weights + config, reloaded with load_adapter_model
 TRAINS_BASE_WEIGHTS = False
 
 WEIGHTS_NAME = "bottleneck_adapter.safetensors"
 CONFIG_NAME = "bottleneck_adapter_config.json"
-ADAPTERS_ATTR = "kubetune_adapters"
-ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")
-MLP_NAMES = ("mlp", "feed_forward", "ffn")
-ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
-
-
-class Bottleneck(nn.Module):
-    def __init__(self, hidden_size: int, bottleneck_size: int, activation: str):
-        super().__init__()
-        self.down = nn.Linear(hidden_size, bottleneck_size)
-        self.act = ACTIVATIONS[activation]()
-        self.up = nn.Linear(bottleneck_size, hidden_size)
-        # Zero up-projection: the adapted model starts identical to the base.
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return hidden + self.up(self.act(self.down(hidden)))
-
-
-class _ApplyBottleneck:
-    """Forward hook: run the sub-block's output through its bottleneck. A callable object rather
-    than a closure so deepcopy (TRL reference models) points the copy's hook at the copy's adapter."""
-
-    def __init__(self, bottleneck: Bottleneck):
-        self.bottleneck = bottleneck
-
-    def __call__(self, module, args, output):
-        if isinstance(output, tuple):
-            return (self.bottleneck(output[0]), *output[1:])
-        return self.bottleneck(output)
-
-
-def _child(layer: nn.Module, names: tuple[str, ...]) -> nn.Module:
-    for name in names:
-        module = getattr(layer, name, None)
-        if isinstance(module, nn.Module):
-            return module
-    raise ValueError(f"{type(layer).__name__} has none of the sub-modules {names}")
-
-
-def add_adapters(model, bottleneck_size: int, activation: str) -> nn.Module:
-    """Insert the bottlenecks (in the dtype and device of each layer) and hook them in."""
-    hidden = model.config.hidden_size
-    for layer in decoder_layers(model):
-        if hasattr(layer, ADAPTERS_ATTR):
-            raise ValueError("the model already has bottleneck adapters")
-        reference = next(layer.parameters())
-        adapters = nn.ModuleDict(
-            {
-                "attention": Bottleneck(hidden, bottleneck_size, activation),
-                "mlp": Bottleneck(hidden, bottleneck_size, activation),
-            }
-        ).to(device=reference.device, dtype=reference.dtype)
-        layer.add_module(ADAPTERS_ATTR, adapters)
-        _child(layer, ATTENTION_NAMES).register_forward_hook(_ApplyBottleneck(adapters["attention"]))
-        _child(layer, MLP_NAMES).register_forward_hook(_ApplyBottleneck(adapters["mlp"]))
-    return model
 
 
 def apply(model, spec, task: str):
+    from kubetune_trainer.anatomy import classification_head
+    from kubetune_trainer.bottleneck import add_adapters
     from kubetune_trainer.errors import UserError
 
     for param in model.parameters():
@@ -109,10 +42,13 @@ def apply(model, spec, task: str):
     return model
 
 
-def _saved_state(model) -> dict[str, torch.Tensor]:
+def _saved_state(model) -> dict:
     """The adapter weights plus the trainable head: everything that differs from the base. A sharded head is
     gathered (every rank must call this then)."""
     from torch.distributed.tensor import DTensor
+
+    from kubetune_trainer.anatomy import classification_head
+    from kubetune_trainer.bottleneck import ADAPTERS_ATTR
 
     head = classification_head(model)
     head_names = set()
@@ -143,9 +79,11 @@ def save(model, out_dir, is_main: bool = True) -> Path:
     return out
 
 
-def load_adapter(model, adapter_dir) -> nn.Module:
+def load_adapter(model, adapter_dir):
     """Attach the saved bottlenecks (and head) to a freshly loaded base `model`."""
     from safetensors.torch import load_file
+
+    from kubetune_trainer.bottleneck import add_adapters
 
     adapter_dir = Path(adapter_dir)
     config = json.loads((adapter_dir / CONFIG_NAME).read_text())
@@ -159,7 +97,7 @@ def load_adapter(model, adapter_dir) -> nn.Module:
     return model
 
 
-def load_adapter_model(adapter_dir, base_model_dir, **from_pretrained_kwargs) -> nn.Module:
+def load_adapter_model(adapter_dir, base_model_dir, **from_pretrained_kwargs):
     """Load the base from `base_model_dir` with the task's Auto class (head size and labels from the
     saved config) and attach the adapter saved in `adapter_dir`."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
@@ -181,3 +119,11 @@ def load_adapter_model(adapter_dir, base_model_dir, **from_pretrained_kwargs) ->
     from_pretrained_kwargs.setdefault("use_safetensors", True)
     model = auto.from_pretrained(str(base_model_dir), **from_pretrained_kwargs)
     return load_adapter(model, adapter_dir)
+
+
+def plan_parameters(shape, spec, head: int) -> tuple[int, int]:
+    """For the memory plan: (parameters that train, of which the technique adds beside the base)."""
+    b = spec.adapter.bottleneck_size
+    # two bottlenecks per layer, each down (hidden x b + b) and up (b x hidden + hidden)
+    added = shape.layers * 2 * (2 * shape.hidden * b + b + shape.hidden)
+    return added + head, added + head

@@ -4,14 +4,13 @@ trains, the final norm that feeds the head."""
 
 from __future__ import annotations
 
-from kubetune_trainer.anatomy import decoder_layers, final_norm, head
-
 PEFT = False  # saved as a whole model
 # Base weights train: under mixed precision they load in fp32 as master weights (kubetune_trainer.precision).
 TRAINS_BASE_WEIGHTS = True
 
 
 def apply(model, spec, task: str):
+    from kubetune_trainer.anatomy import decoder_layers, final_norm, head
     from kubetune_trainer.errors import UserError
 
     trainable_layers = spec.feature_extraction.trainable_layers
@@ -31,3 +30,12 @@ def apply(model, spec, task: str):
         if norm is not None:
             norm.requires_grad_(True)
     return model
+
+
+def plan_parameters(shape, spec, head: int) -> tuple[int, int]:
+    """For the memory plan: (parameters that train, of which the technique adds beside the base)."""
+    layers = spec.feature_extraction.trainable_layers
+    block = shape.block_linear_params + shape.block_other_params
+    own_head = head if head else shape.vocab * shape.hidden
+    # the head, the last `layers` blocks and, when any block trains, the final norm
+    return own_head + layers * block + (shape.hidden if layers else 0), 0

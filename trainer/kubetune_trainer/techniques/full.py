@@ -11,3 +11,8 @@ def apply(model, spec, task: str):
     for param in model.parameters():
         param.requires_grad_(True)
     return model
+
+
+def plan_parameters(shape, spec, head: int) -> tuple[int, int]:
+    """For the memory plan: (parameters that train, of which the technique adds beside the base)."""
+    return shape.total_params, 0

@@ -68,3 +68,10 @@ def load_prefix_classifier(adapter_dir, base_model_dir, **from_pretrained_kwargs
     kwargs = {**head_kwargs(adapter_dir), **from_pretrained_kwargs}
     base = AutoModelForSequenceClassification.from_pretrained(str(base_model_dir), **kwargs)
     return PeftModel.from_pretrained(accept_past_key_values(base), str(adapter_dir))
+
+
+def plan_parameters(shape, spec, head: int) -> tuple[int, int]:
+    """For the memory plan: (parameters that train, of which the technique adds beside the base)."""
+    # a key and a value prefix per layer (the projection MLP, when asked for, is dropped after training and small)
+    added = shape.layers * 2 * spec.prefix_tuning.virtual_tokens * shape.kv_heads * shape.head_dim
+    return added + head, added + head

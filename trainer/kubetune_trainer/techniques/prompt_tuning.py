@@ -51,3 +51,9 @@ def prepare_trainer(trainer) -> None:
     (by 1/(row length - 1): about 10 % on 10-token rows)."""
     if hasattr(trainer, "_loss_shifts_labels"):  # transformers' private flag; absent elsewhere = no harm
         trainer._loss_shifts_labels = False
+
+
+def plan_parameters(shape, spec, head: int) -> tuple[int, int]:
+    """For the memory plan: (parameters that train, of which the technique adds beside the base)."""
+    added = spec.prompt_tuning.virtual_tokens * shape.hidden
+    return added + head, added + head

@@ -79,3 +79,21 @@ def apply(model, spec, task: str):
         gradient_checkpointing_kwargs={"use_reentrant": False},
     )
     return lora.apply(model, spec, task)
+
+
+# The memory plan's activations beyond LoRA's (x hidden bytes per token per layer, fitted to an H200's peaks): the
+# fp32 norms prepare_model_for_kbit_training keeps and the dequantisation buffers.
+PLAN_ACTIVATION = 16
+
+
+def plan_parameters(shape, spec, head: int) -> tuple[int, int]:
+    return lora.plan_parameters(shape, spec, head)
+
+
+def plan_activation(spec) -> int:
+    return lora.plan_activation(spec) + PLAN_ACTIVATION
+
+
+def plan_quantized_bits(spec) -> int | None:
+    """Bits the frozen base's linear layers are held in."""
+    return spec.quantization.bits if spec.quantization else None
