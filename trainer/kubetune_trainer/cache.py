@@ -33,7 +33,9 @@ Population (what a population Job's pod runs)
     python -m kubetune_trainer.cache populate --model URI --cache-root URI [--namespace NS] [--private]
         [--allow-pickle] [--role ROLE]
 
-`--model` also takes `hf://datasets/...` (or use `--dataset`). It resolves the revision to a commit, and if that
+`--model` also takes `hf://datasets/...` (or use `--dataset`), and an `s3://` model folder (with `--private`: read
+with the tenant's credentials, it is keyed by a digest of its listing, `s3_fingerprint`, and copied with each file's
+size checked against the listing). For an hf:// source it resolves the revision to a commit, and if that
 entry is complete exits 0 at once; otherwise it deletes whatever a cut population left there, downloads the
 files the trainer would fetch (safetensors, configs, tokenizer, Python files; pickled weights only with
 --allow-pickle; for a dataset everything but Python files) with huggingface_hub, a few at a time (each deleted
@@ -120,7 +122,7 @@ def entry_uri(
 ) -> str:
     """The entry (a prefix ending in "/") of `model_uri` (a model or an hf://datasets URI) at `revision_commit`: the
     40-hex commit an hf:// revision resolves to, or for an s3:// source a hex digest of its listing (keys, sizes,
-    ETags) that changes when the source does (this module populates hf:// sources only).
+    ETags, `s3_fingerprint`) that changes when the source does.
     `private` (a gated or private repository read with a tenant's credentialsSecret; always for s3://) puts it
     under `namespaces/<namespace>/`. ValueError for anything that cannot be an entry."""
     try:
@@ -477,8 +479,8 @@ def populate(
     work_dir: Path | None = None,
     workers: int = 8,
 ) -> Populated:
-    """Fill the entry of `uri` (hf:// model or dataset) at the commit its revision names now; see the module's
-    docstring. Returns what the entry is and whether it was already complete."""
+    """Fill the entry of `uri` (hf:// model or dataset at the commit its revision names now, or an s3:// model at
+    its current content: `populate_s3`); see the module's docstring. Returns what the entry is and whether it was already complete."""
     from huggingface_hub import HfApi, hf_hub_download
     from huggingface_hub.hf_api import RepoFile
     from huggingface_hub.utils import filter_repo_objects
@@ -489,8 +491,19 @@ def populate(
         parsed = parse_uri(uri)
     except UriError as err:
         raise UserError(f"--model: {err}") from None
+    if parsed.scheme == "s3":
+        return populate_s3(
+            uri,
+            cache_root,
+            namespace=namespace,
+            private=private,
+            allow_pickle=allow_pickle,
+            role=role,
+            work_dir=work_dir,
+            workers=workers,
+        )
     if parsed.scheme != "hf":
-        raise UserError(f"--model: {uri}: only hf:// models and datasets are populated here")
+        raise UserError(f"--model: {uri}: only hf:// models and datasets and s3:// models are cached")
     kind = "dataset" if parsed.is_dataset_repo else "model"
     repo_type = kind
     what = _label(parsed)
@@ -586,6 +599,125 @@ def populate(
         "%s: cached %d files (%d bytes) in %s in %.1f s", what, len(files), total, entry, time.monotonic() - started
     )
     return Populated(entry, commit, False, len(files), total)
+
+
+def s3_fingerprint(objects: list[tuple[str, int, str]]) -> str:
+    """The key of an s3:// model's content: a digest of its listing (each selected object's path, size and ETag).
+
+    An object store has no commit to resolve, but its listing describes the content exactly enough: S3 (and MinIO)
+    give every object a new ETag whenever it is written (the MD5 of a single-part upload, a digest of the parts' MD5s
+    for a multipart one), so a rewritten, added or removed file changes the digest and the next job gets a new entry,
+    while an unchanged model keeps its entry without a byte of it being read. One LIST per 1,000 objects, no GET."""
+    digest = hashlib.sha256()
+    for path, size, etag in sorted(objects):
+        digest.update(f"{path}\0{size}\0{etag.strip(chr(34))}\n".encode())
+    return digest.hexdigest()[:32]
+
+
+def _s3_listing(storage, prefix: str, what: str, allow_pickle: bool) -> list[tuple[str, int, str]]:
+    """(path under the prefix, size, ETag) of what an entry of the model holds: what the trainer's s3:// source
+    fetches (everything but pickled weights, unless allowed)."""
+    from kubetune_trainer.sources import is_pickled
+
+    listed = []
+    for uri, size, etag in storage.list_objects(prefix):
+        path = uri[len(prefix) :]
+        if not path or path.endswith("/") or path.rsplit("/", 1)[-1] == MARKER:
+            continue  # the prefix itself, a "folder" placeholder, or a marker of the bucket's own
+        if is_pickled(path) and not allow_pickle:
+            continue
+        listed.append((path, size, etag))
+    if not any(path == "config.json" for path, _, _ in listed):
+        raise UserError(f"{what} holds no config.json (expected a Hugging Face model folder)")
+    return listed
+
+
+def populate_s3(
+    uri: str,
+    cache_root: str,
+    *,
+    namespace: str | None,
+    private: bool,
+    allow_pickle: bool = False,
+    role: str = ROLE_MODEL,
+    work_dir: Path | None = None,
+    workers: int = 8,
+) -> Populated:
+    """Fill the entry of an s3:// model folder, read with the role's credentials (a tenant's: the entry is always
+    under namespaces/<namespace>/), keyed by `s3_fingerprint` of its listing. Like an hf:// population: a complete
+    entry is a hit; otherwise what is there is deleted, each file copied and its size checked, and the marker
+    written last. The listing is taken again once every file is copied: a model rewritten meanwhile would leave an
+    entry whose files are not what its key says, so that population fails (20) and its retry keys the new content."""
+    from kubetune_trainer.storage import get_storage
+
+    prefix = uri if uri.endswith("/") else uri + "/"
+    what = f"--model: {uri}"
+    if not private:
+        raise UserError(f"{what}: an s3:// model is read with a tenant's credentials; populate it with --private")
+    source = get_storage(uri, credentials_role=role)
+    listed = _s3_listing(source, prefix, what, allow_pickle)
+    fingerprint = s3_fingerprint(listed)
+    try:
+        entry = entry_uri(cache_root, uri, fingerprint, namespace, True, allow_pickle=allow_pickle)
+    except ValueError as err:
+        raise UserError(f"{what}: {err}") from None
+    storage = _storage(entry)
+    marker = read_marker(storage, entry)
+    if marker is not None and marker.get("commit") == fingerprint:
+        log.info("%s: the cache entry %s is complete", what, entry)
+        return Populated(entry, fingerprint, True, len(marker["files"]), int(marker.get("bytes", 0)))
+
+    storage.delete_prefix(entry)  # a cut population's files: nothing in them was checked by this run
+    staging = (
+        Path(work_dir or tempfile.gettempdir()) / "kubetune-cache" / hashlib.sha256(entry.encode()).hexdigest()[:16]
+    )
+    staging.mkdir(parents=True, exist_ok=True)
+
+    def one(item: tuple[str, int, str]) -> tuple[str, dict]:
+        path, size, _ = item
+        if PurePosixPath(path).is_absolute() or ".." in PurePosixPath(path).parts:
+            raise UserError(f"{what}: {path!r} is not a path an entry can hold")
+        local = staging / path
+        try:
+            source.download_file(prefix + path, local)
+        except FileNotFoundError:
+            raise InfraError(f"{what}: {path} vanished while it was copied; the population is retried") from None
+        if local.stat().st_size != size:
+            local.unlink(missing_ok=True)
+            raise InfraError(f"{what}: {path} arrived with another size than listed; the population is retried")
+        sha256 = sha256_of(local)
+        storage.upload_file(local, join_uri(entry, path))
+        local.unlink()
+        return path, {"size": size, "sha256": sha256}
+
+    started = time.monotonic()
+    files = dict(_each(one, listed, workers=workers))
+    if s3_fingerprint(_s3_listing(source, prefix, what, allow_pickle)) != fingerprint:
+        raise InfraError(f"{what}: the model changed while it was copied into the cache; the population is retried")
+    stored = set(storage.list(entry))
+    missing = [p for p in files if join_uri(entry, p) not in stored]
+    if missing:
+        raise InfraError(
+            f"{what}: {len(missing)} file(s) vanished from the cache entry {entry} while it was "
+            f"populated ({', '.join(missing[:3])}); the population is retried"
+        )
+    total = sum(f["size"] for f in files.values())
+    marker = {
+        "format": MARKER_FORMAT,
+        "source": uri,
+        "kind": "model",
+        "commit": fingerprint,
+        "allowPickle": allow_pickle,
+        "bytes": total,
+        "files": files,
+        "populatedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    storage.write_text(marker_uri(entry), json.dumps(marker, indent=1, sort_keys=True))  # last: the entry is complete
+    shutil.rmtree(staging, ignore_errors=True)
+    log.info(
+        "%s: cached %d files (%d bytes) in %s in %.1f s", what, len(files), total, entry, time.monotonic() - started
+    )
+    return Populated(entry, fingerprint, False, len(files), total)
 
 
 # --------------------------------------------------------------------------- the command

@@ -137,16 +137,23 @@ class S3Storage(Storage):
         raise _translate(err, uri, self._endpoint, self._anonymous) from None
 
     def list(self, prefix: str) -> list[str]:
+        return [uri for uri, _, _ in self.list_objects(prefix)]
+
+    def list_objects(self, prefix: str) -> list[tuple[str, int, str]]:
+        """(URI, size, ETag) of every object under `prefix`, sorted by URI: what a listing says of each object."""
         bucket, key = _split(prefix)
         out = []
         try:
             for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
-                out.extend(f"s3://{bucket}/{obj['Key']}" for obj in page.get("Contents", []))
+                out.extend(
+                    (f"s3://{bucket}/{obj['Key']}", int(obj.get("Size") or 0), str(obj.get("ETag") or ""))
+                    for obj in page.get("Contents", [])
+                )
         except Exception as err:  # noqa: BLE001 - translated below
             self._fail(err, prefix)
         # A prefix "a/b" must not match "a/bc/...": keep exact matches and children only.
         if key and not key.endswith("/"):
-            out = [u for u in out if u == f"s3://{bucket}/{key}" or u.startswith(f"s3://{bucket}/{key}/")]
+            out = [o for o in out if o[0] == f"s3://{bucket}/{key}" or o[0].startswith(f"s3://{bucket}/{key}/")]
         return sorted(out)
 
     def exists(self, uri: str) -> bool:
