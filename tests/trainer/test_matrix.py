@@ -340,33 +340,13 @@ def initial_model(spec, objective: str, base_dir: Path):
 
 def reload_final(technique: str, task: str, final: Path, base_dir: Path, spec):
     """final/ loaded the way a user would for this technique (adapters onto the base in base_dir)."""
-    from peft import AutoPeftModelForCausalLM, AutoPeftModelForSequenceClassification
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    from kubetune_trainer.modeling import head_kwargs
-    from kubetune_trainer.techniques import adapter, prefix_tuning, qlora
-
-    causal = task == "causal-lm"
-    tokenizer = AutoTokenizer.from_pretrained(final)
-    if technique in ("full", "feature-extraction"):
-        model = (AutoModelForCausalLM if causal else AutoModelForSequenceClassification).from_pretrained(final)
-    elif technique == "adapter":
-        model = adapter.load_adapter_model(final, base_dir)
-    elif technique == "prefix-tuning" and not causal:
-        model = prefix_tuning.load_prefix_classifier(final, base_dir)
-    else:
+    if module_for(technique).PEFT:
         # The adapter names its base by the folder it was trained from (file:// models are used in place).
         assert json.loads((final / "adapter_config.json").read_text())["base_model_name_or_path"] == str(base_dir)
-        kwargs = {} if causal else head_kwargs(final)
-        if technique == "qlora":
-            kwargs |= qlora.load_kwargs(spec)
-        model = (AutoPeftModelForCausalLM if causal else AutoPeftModelForSequenceClassification).from_pretrained(
-            final, **kwargs
-        )
-        if technique == "qlora":
-            # An eval forward would otherwise repack the 4-bit weights on AVX512-BF16 CPUs (see techniques.qlora).
-            qlora.disable_cpu_weight_repacking(model)
-    return model, tokenizer
+    model = module_for(technique).load_result(final, base_dir, task, spec)
+    return model, AutoTokenizer.from_pretrained(final)
 
 
 def parameters(model) -> dict[str, torch.Tensor]:

@@ -129,19 +129,26 @@ def test_unknown_architectures_have_no_plan():
         P.ModelShape.from_config(LLAMA_8B | {"num_local_experts": 8})
 
 
-@pytest.mark.parametrize("technique", [t.value for t in Technique if t != Technique.QLORA])
-def test_trainable_parameters_equal_what_the_technique_trains(tiny_llama_dir, technique):
+OWN_SECTIONS = {
+    "lora": {"lora": {"rank": 4, "dropout": 0.0}},
+    "feature-extraction": {"featureExtraction": {"trainableLayers": 1}},
+    "adapter": {"adapter": {"bottleneckSize": 8}},
+    "prompt-tuning": {"promptTuning": {"virtualTokens": 5}},
+    "prefix-tuning": {"prefixTuning": {"virtualTokens": 5}},
+}
+
+
+@pytest.mark.parametrize(
+    "technique, own_section",
+    [(t.value, OWN_SECTIONS.get(t.value, {})) for t in Technique if t != Technique.QLORA]
+    # with the paper's reparameterisation MLP, which trains too
+    + [("prefix-tuning", {"prefixTuning": {"virtualTokens": 5, "projection": True}})],
+)
+def test_trainable_parameters_equal_what_the_technique_trains(tiny_llama_dir, technique, own_section):
     import json
 
     from kubetune_trainer.modeling import load_for_training
 
-    own_section = {
-        "lora": {"lora": {"rank": 4, "dropout": 0.0}},
-        "feature-extraction": {"featureExtraction": {"trainableLayers": 1}},
-        "adapter": {"adapter": {"bottleneckSize": 8}},
-        "prompt-tuning": {"promptTuning": {"virtualTokens": 5}},
-        "prefix-tuning": {"prefixTuning": {"virtualTokens": 5}},
-    }.get(technique, {})
     spec = Spec.model_validate(
         {
             "technique": technique,

@@ -16,6 +16,7 @@ def test_every_technique_has_a_module_with_its_facts(technique):
     for fact in FACTS:
         assert isinstance(getattr(module, fact), bool), f"{module.__name__} does not declare {fact}"
     assert callable(module.plan_parameters), f"{module.__name__} has no part in the memory plan"
+    assert callable(module.load_result), f"{module.__name__} does not say how its result loads"
     for hook in ("load_kwargs", "padding_side", "prepare_trainer", "save", "plan_activation", "plan_quantized_bits"):
         assert not hasattr(module, hook) or callable(getattr(module, hook))
 

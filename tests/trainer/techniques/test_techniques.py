@@ -18,6 +18,7 @@ from kubetune.api.constants import Technique
 from kubetune.api.v1alpha1 import Spec
 from kubetune_trainer.errors import UserError
 from kubetune_trainer.modeling import head_kwargs, load_for_training, save_final
+from kubetune_trainer.techniques import module_for
 from kubetune_trainer.tiny import sample_corpus
 
 TASKS = ["causal-lm", "sequence-classification"]
@@ -113,27 +114,7 @@ def logits_of(model, batch):
 
 
 def reload(technique: str, task: str, out, base_dir, spec):
-    from peft import AutoPeftModelForCausalLM, AutoPeftModelForSequenceClassification
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    from kubetune_trainer.techniques import adapter, prefix_tuning, qlora
-
-    causal = task == "causal-lm"
-    if technique in ("full", "feature-extraction"):
-        auto = AutoModelForCausalLM if causal else AutoModelForSequenceClassification
-        return auto.from_pretrained(out)
-    if technique == "adapter":
-        return adapter.load_adapter_model(out, base_dir)
-    if technique == "prefix-tuning" and not causal:
-        return prefix_tuning.load_prefix_classifier(out, base_dir)
-    kwargs = {} if causal else head_kwargs(out)
-    if technique == "qlora":
-        kwargs |= qlora.load_kwargs(spec)
-    auto = AutoPeftModelForCausalLM if causal else AutoPeftModelForSequenceClassification
-    model = auto.from_pretrained(out, **kwargs)
-    if technique == "qlora":
-        qlora.disable_cpu_weight_repacking(model)
-    return model
+    return module_for(technique).load_result(out, base_dir, task, spec)
 
 
 @pytest.mark.parametrize("task", TASKS)

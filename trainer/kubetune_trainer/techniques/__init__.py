@@ -10,6 +10,8 @@ and its hooks:
   prepare_trainer(trainer)              a fix-up once the Trainer exists (kubetune_trainer.trainer_setup)
   save(model, out_dir, is_main)         when the result is not saved with `model.save_pretrained` (every rank
                                         calls it for a sharded model; rank 0, is_main, writes)
+  load_result(out_dir, base_dir, task, spec)
+                                        required: the saved result (final/) loaded the way a user loads it
 and its part of the memory plan (kubetune_trainer.plan), from the model's shape alone:
   plan_parameters(shape, spec, head)    required: (parameters that train, of which it adds beside the base);
                                         `head` is a new classification head's parameters, 0 for a causal LM
@@ -43,3 +45,23 @@ def peft_task_type(task: str):
     from peft import TaskType
 
     return TaskType.CAUSAL_LM if task == "causal-lm" else TaskType.SEQ_CLS
+
+
+def load_whole_result(out_dir, task: str, **kwargs):
+    """A result saved as a whole model (AutoModelForCausalLM / AutoModelForSequenceClassification)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    auto = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
+    return auto.from_pretrained(str(out_dir), **kwargs)
+
+
+def load_peft_result(out_dir, task: str, **kwargs):
+    """A PEFT adapter (AutoPeftModelFor*: adapter_config.json names its base); a classifier's head is rebuilt at the
+    size and labels it was saved with."""
+    from peft import AutoPeftModelForCausalLM, AutoPeftModelForSequenceClassification
+
+    from kubetune_trainer.modeling import head_kwargs
+
+    if task == "causal-lm":
+        return AutoPeftModelForCausalLM.from_pretrained(str(out_dir), **kwargs)
+    return AutoPeftModelForSequenceClassification.from_pretrained(str(out_dir), **head_kwargs(out_dir), **kwargs)

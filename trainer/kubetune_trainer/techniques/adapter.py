@@ -127,3 +127,8 @@ def plan_parameters(shape, spec, head: int) -> tuple[int, int]:
     # two bottlenecks per layer, each down (hidden x b + b) and up (b x hidden + hidden)
     added = shape.layers * 2 * (2 * shape.hidden * b + b + shape.hidden)
     return added + head, added + head
+
+
+def load_result(out_dir, base_dir, task: str, spec):
+    """The saved result loaded the way a user loads it (the bottlenecks onto the base in base_dir)."""
+    return load_adapter_model(out_dir, base_dir)

@@ -39,3 +39,10 @@ def plan_parameters(shape, spec, head: int) -> tuple[int, int]:
     own_head = head if head else shape.vocab * shape.hidden
     # the head, the last `layers` blocks and, when any block trains, the final norm
     return own_head + layers * block + (shape.hidden if layers else 0), 0
+
+
+def load_result(out_dir, base_dir, task: str, spec):
+    """The saved result loaded the way a user loads it."""
+    from kubetune_trainer.techniques import load_whole_result
+
+    return load_whole_result(out_dir, task)

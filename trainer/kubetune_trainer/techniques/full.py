@@ -16,3 +16,10 @@ def apply(model, spec, task: str):
 def plan_parameters(shape, spec, head: int) -> tuple[int, int]:
     """For the memory plan: (parameters that train, of which the technique adds beside the base)."""
     return shape.total_params, 0
+
+
+def load_result(out_dir, base_dir, task: str, spec):
+    """The saved result loaded the way a user loads it."""
+    from kubetune_trainer.techniques import load_whole_result
+
+    return load_whole_result(out_dir, task)

@@ -73,3 +73,10 @@ def plan_parameters(shape, spec, head: int) -> tuple[int, int]:
 
 def plan_activation(spec) -> int:
     return PLAN_DROPOUT_ACTIVATION if spec.lora.dropout > 0 else PLAN_ACTIVATION
+
+
+def load_result(out_dir, base_dir, task: str, spec):
+    """The saved result loaded the way a user loads it (the adapter names its base)."""
+    from kubetune_trainer.techniques import load_peft_result
+
+    return load_peft_result(out_dir, task)

@@ -72,6 +72,20 @@ def load_prefix_classifier(adapter_dir, base_model_dir, **from_pretrained_kwargs
 
 def plan_parameters(shape, spec, head: int) -> tuple[int, int]:
     """For the memory plan: (parameters that train, of which the technique adds beside the base)."""
-    # a key and a value prefix per layer (the projection MLP, when asked for, is dropped after training and small)
-    added = shape.layers * 2 * spec.prefix_tuning.virtual_tokens * shape.kv_heads * shape.head_dim
+    tokens, token_dim = spec.prefix_tuning.virtual_tokens, shape.kv_heads * shape.head_dim
+    prefixes = shape.layers * 2 * token_dim  # a key and a value prefix per layer
+    if not spec.prefix_tuning.projection:
+        added = tokens * prefixes
+    else:
+        # PEFT's PrefixEncoder: token embeddings, then Linear(token_dim, hidden) -> tanh -> Linear(hidden, prefixes)
+        added = tokens * token_dim + (token_dim + 1) * shape.hidden + (shape.hidden + 1) * prefixes
     return added + head, added + head
+
+
+def load_result(out_dir, base_dir, task: str, spec):
+    """The saved result loaded the way a user loads it (the adapter names its base)."""
+    from kubetune_trainer.techniques import load_peft_result
+
+    if task == "causal-lm":
+        return load_peft_result(out_dir, task)
+    return load_prefix_classifier(out_dir, base_dir)

@@ -57,3 +57,10 @@ def plan_parameters(shape, spec, head: int) -> tuple[int, int]:
     """For the memory plan: (parameters that train, of which the technique adds beside the base)."""
     added = spec.prompt_tuning.virtual_tokens * shape.hidden
     return added + head, added + head
+
+
+def load_result(out_dir, base_dir, task: str, spec):
+    """The saved result loaded the way a user loads it (the adapter names its base)."""
+    from kubetune_trainer.techniques import load_peft_result
+
+    return load_peft_result(out_dir, task)

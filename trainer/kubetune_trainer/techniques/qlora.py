@@ -97,3 +97,14 @@ def plan_activation(spec) -> int:
 def plan_quantized_bits(spec) -> int | None:
     """Bits the frozen base's linear layers are held in."""
     return spec.quantization.bits if spec.quantization else None
+
+
+def load_result(out_dir, base_dir, task: str, spec):
+    """The saved result loaded the way a user loads it (the adapter names its base; the base quantized as the
+    spec says)."""
+    from kubetune_trainer.techniques import load_peft_result
+
+    model = load_peft_result(out_dir, task, **load_kwargs(spec))
+    # an evaluation forward would otherwise repack the 4-bit weights on AVX512-BF16 CPUs (see the docstring)
+    disable_cpu_weight_repacking(model)
+    return model
