@@ -33,6 +33,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from tests.fixtures import TECHNIQUE_MUST_CHANGE, TECHNIQUE_SECTIONS, TECHNIQUE_TRAINS
 
 from kubetune.api.constants import UNSUPPORTED_COMBINATIONS, Objective, Technique
 from kubetune.manifests import load_job
@@ -41,7 +42,7 @@ from kubetune_trainer.techniques import module_for
 pytestmark = pytest.mark.slow
 
 # Every value of the enums: a new technique or objective is in the matrix at once (and fails until the
-# per-technique tables below know it).
+# per-technique tables of tests/fixtures.py know it).
 TECHNIQUES = [t.value for t in Technique]
 OBJECTIVES = [o.value for o in Objective]
 PAIRS = [
@@ -51,16 +52,6 @@ PAIRS = [
     if (Technique(technique), Objective(objective)) not in UNSUPPORTED_COMBINATIONS
 ]
 PEFT = tuple(t for t in TECHNIQUES if module_for(t).PEFT)
-
-SECTIONS = {
-    "full": {},
-    "lora": {"lora": {"rank": 8, "alpha": 16, "dropout": 0.0}},
-    "qlora": {"lora": {"rank": 8, "alpha": 16, "dropout": 0.0}, "quantization": {"bits": 4}},
-    "feature-extraction": {"featureExtraction": {"trainableLayers": 1}},
-    "adapter": {"adapter": {"bottleneckSize": 16}},
-    "prompt-tuning": {"promptTuning": {"virtualTokens": 4}},
-    "prefix-tuning": {"prefixTuning": {"virtualTokens": 4}},
-}
 
 # Learning rates: soft prompts, prefixes and bottlenecks steer a frozen random model and need larger
 # steps than weight updates to move it in a dozen steps.
@@ -84,29 +75,8 @@ RLHF_BATCH = 16
 # sampling noise), so a small but real rise is measurable for every technique.
 COMPLETION_TOKENS = 1
 
-# Parameter names (in the model the recipe trains and in the reloaded one) that may change, per technique.
-INTENDED = {
-    "full": r".*",
-    "lora": r".*\.lora_[AB]\..*",
-    "qlora": r".*\.lora_[AB]\..*",
-    "feature-extraction": r"^(lm_head|score)\.weight$|^model\.layers\.1\..*|^model\.norm\.weight$",
-    "adapter": r".*\.kubetune_adapters\..*",
-    "prompt-tuning": r"^prompt_encoder\..*",
-    "prefix-tuning": r"^prompt_encoder\..*",
-}
 # A new classification head trains with every technique (PEFT: modules_to_save).
 HEAD = r".*score\.modules_to_save\.default\.weight$|^score\.weight$"
-# Names that must have changed: the head where one trains, and the tensors that start at zero.
-MUST_CHANGE = {
-    "full": r"^model\.layers\.0\.self_attn\.q_proj\.weight$",
-    "lora": r".*\.lora_B\..*",
-    "qlora": r".*\.lora_B\..*",
-    "feature-extraction": r"^(lm_head|score)\.weight$",
-    "adapter": r".*\.kubetune_adapters\..*\.up\.weight$",
-    "prompt-tuning": r"^prompt_encoder\..*",
-    "prefix-tuning": r"^prompt_encoder\..*",
-}
-
 WORDS = "the cat dog fox owl red blue green park river is near and".split()
 ANIMAL_COLORS = {"cat": "red", "dog": "blue", "fox": "green", "owl": "gold", "bee": "pink", "cow": "gray"}
 
@@ -370,14 +340,14 @@ def check_parameters(technique: str, task: str, before: dict, after_model, final
     before = {n: p for n, p in before.items() if ".original_module." not in n}
     after = {n: p for n, p in after_model.named_parameters() if ".original_module." not in n}
     assert after.keys() == before.keys(), sorted(after.keys() ^ before.keys())[:6]
-    intended = re.compile(INTENDED[technique] + ("|" + HEAD if task == "sequence-classification" else ""))
+    intended = re.compile(TECHNIQUE_TRAINS[technique] + ("|" + HEAD if task == "sequence-classification" else ""))
     changed = {n for n, p in after.items() if p.shape != before[n].shape or not torch.equal(p.detach(), before[n])}
     frozen_changed = sorted(n for n in changed if not intended.match(n))
     assert not frozen_changed, f"{technique}: frozen parameters changed: {frozen_changed[:5]}"
-    must = [n for n in before if re.match(MUST_CHANGE[technique], n)]
+    must = [n for n in before if re.match(TECHNIQUE_MUST_CHANGE[technique], n)]
     if task == "sequence-classification":
         must += [n for n in before if re.match(HEAD, n)]
-    assert must, f"{technique}: no parameter named like {MUST_CHANGE[technique]}"
+    assert must, f"{technique}: no parameter named like {TECHNIQUE_MUST_CHANGE[technique]}"
     unchanged = sorted(n for n in must if n not in changed)
     assert not unchanged, f"{technique}: trained parameters unchanged: {unchanged[:5]}"
     if technique == "full":
@@ -416,7 +386,7 @@ def job_sections(technique: str, objective: str) -> dict:
             "seed": 3,
         },
         "output": {"checkpointEverySteps": 1000, "keepCheckpoints": 1},
-        **SECTIONS[technique],
+        **TECHNIQUE_SECTIONS[technique],
     }
     if objective == "preference":
         sections["preference"] = {"algorithm": "dpo", "beta": 0.1}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.fixtures import TECHNIQUE_SECTIONS
 
 from kubetune.api.constants import Precision, Technique
 from kubetune.api.v1alpha1 import Spec
@@ -129,18 +130,9 @@ def test_unknown_architectures_have_no_plan():
         P.ModelShape.from_config(LLAMA_8B | {"num_local_experts": 8})
 
 
-OWN_SECTIONS = {
-    "lora": {"lora": {"rank": 4, "dropout": 0.0}},
-    "feature-extraction": {"featureExtraction": {"trainableLayers": 1}},
-    "adapter": {"adapter": {"bottleneckSize": 8}},
-    "prompt-tuning": {"promptTuning": {"virtualTokens": 5}},
-    "prefix-tuning": {"prefixTuning": {"virtualTokens": 5}},
-}
-
-
 @pytest.mark.parametrize(
     "technique, own_section",
-    [(t.value, OWN_SECTIONS.get(t.value, {})) for t in Technique if t != Technique.QLORA]
+    [(t.value, TECHNIQUE_SECTIONS[t.value]) for t in Technique if t != Technique.QLORA]
     # with the paper's reparameterisation MLP, which trains too
     + [("prefix-tuning", {"prefixTuning": {"virtualTokens": 5, "projection": True}})],
 )

@@ -13,8 +13,9 @@ import re
 
 import pytest
 import torch
+from tests.fixtures import TECHNIQUE_SECTIONS, TECHNIQUE_TRAINS
 
-from kubetune.api.constants import Technique
+from kubetune.api.constants import TECHNIQUES, Technique
 from kubetune.api.v1alpha1 import Spec
 from kubetune_trainer.errors import UserError
 from kubetune_trainer.modeling import head_kwargs, load_for_training, save_final
@@ -22,7 +23,8 @@ from kubetune_trainer.techniques import module_for
 from kubetune_trainer.tiny import sample_corpus
 
 TASKS = ["causal-lm", "sequence-classification"]
-TECHNIQUES = [t.value for t in Technique]  # a new technique is tested at once (and fails until TRAINABLE knows it)
+# A new technique is tested at once (and fails until tests/fixtures.py knows it).
+ALL_TECHNIQUES = [t.value for t in Technique]
 STEPS = 30
 LEARNING_RATES = {"full": 3e-3, "adapter": 3e-2, "prefix-tuning": 3e-2}
 # Next-token loss on a randomly initialised, frozen base: techniques that only steer it (bottlenecks
@@ -30,16 +32,6 @@ LEARNING_RATES = {"full": 3e-3, "adapter": 3e-2, "prefix-tuning": 3e-2}
 # change linear weights or the head (15-90%). A technique that trained nothing would move it 0%.
 REQUIRED_FALL = {"adapter": 0.97, "prompt-tuning": 0.97, "prefix-tuning": 0.97}
 
-# Names of the parameters that must train, per technique (the head of a classifier always trains).
-TRAINABLE = {
-    "full": r".*",
-    "lora": r".*lora_[AB]\..*",
-    "qlora": r".*lora_[AB]\..*",
-    "feature-extraction": r"^(lm_head|score)\.weight$|^model\.layers\.1\..*|^model\.norm\.weight$",
-    "adapter": r".*\.kubetune_adapters\..*",
-    "prompt-tuning": r"^prompt_encoder\..*",
-    "prefix-tuning": r"^prompt_encoder\..*",
-}
 HEAD = r".*(modules_to_save\.default\.weight|^score\.weight)$"
 
 LOSSES: dict[tuple[str, str], tuple[float, float]] = {}
@@ -51,26 +43,9 @@ def make_spec(technique: str, **sections) -> Spec:
         "model": {"uri": "file:///models/tiny"},
         "datasets": [{"uri": "file:///data/train.jsonl", "format": "text"}],
         "hyperparameters": {"precision": "fp32", "seed": 0},
-        "lora": {"rank": 8, "alpha": 16.0, "dropout": 0.0},
-        "featureExtraction": {"trainableLayers": 1},
-        "adapter": {"bottleneckSize": 16, "activation": "gelu"},
-        "promptTuning": {"virtualTokens": 4, "initText": "the cat is red"},
-        "prefixTuning": {"virtualTokens": 4, "projection": False},
-        "output": {"mergeAdapter": True},
+        **TECHNIQUE_SECTIONS[technique],
+        "output": {"mergeAdapter": True} if TECHNIQUES[Technique(technique)].mergeable else {},
     }
-    keep = {
-        "lora": ("lora",),
-        "qlora": ("lora",),
-        "feature-extraction": ("featureExtraction",),
-        "adapter": ("adapter",),
-        "prompt-tuning": ("promptTuning",),
-        "prefix-tuning": ("prefixTuning",),
-    }.get(technique, ())
-    for section in ("lora", "featureExtraction", "adapter", "promptTuning", "prefixTuning"):
-        if section not in keep:
-            spec.pop(section)
-    if technique not in ("lora", "qlora"):
-        spec["output"] = {}
     spec.update(sections)
     return Spec.model_validate(spec)
 
@@ -118,7 +93,7 @@ def reload(technique: str, task: str, out, base_dir, spec):
 
 
 @pytest.mark.parametrize("task", TASKS)
-@pytest.mark.parametrize("technique", TECHNIQUES)
+@pytest.mark.parametrize("technique", ALL_TECHNIQUES)
 def test_technique_trains_saves_and_reloads(technique, task, tiny_llama_dir, tmp_path):
     spec = make_spec(technique)
     torch.manual_seed(0)
@@ -130,7 +105,7 @@ def test_technique_trains_saves_and_reloads(technique, task, tiny_llama_dir, tmp
 
     names = {name for name, _ in model.named_parameters()}
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    intended = {n for n in names if re.match(TRAINABLE[technique], n)}
+    intended = {n for n in names if re.match(TECHNIQUE_TRAINS[technique], n)}
     if task == "sequence-classification":
         intended |= {n for n in names if re.match(HEAD, n)}
     if technique == "full":
@@ -314,7 +289,8 @@ def test_lora_options_dora_rslora_and_module_list(tiny_llama_dir):
 def test_prompt_tuning_initialised_from_text(tiny_llama_dir):
     """initText: the soft prompt starts as the embeddings of that text's tokens (as PEFT tokenizes
     it: with the tokenizer's special tokens, here a leading BOS)."""
-    loaded = load_for_training(make_spec("prompt-tuning"), tiny_llama_dir, "causal-lm")
+    spec = make_spec("prompt-tuning", promptTuning={"virtualTokens": 4, "initText": "the cat is red"})
+    loaded = load_for_training(spec, tiny_llama_dir, "causal-lm")
     ids = loaded.tokenizer("the cat is red")["input_ids"]
     assert len(ids) >= 4
     prompt = loaded.model.prompt_encoder["default"].embedding.weight.detach()
