@@ -58,6 +58,37 @@ def test_observe_retry_preemption_deadline_queue_and_suspend():
     assert _observe(held).reason == Reason.NAMESPACE_LIMIT
 
 
+def _pod_of_node(index, code, finished):
+    pod = _failed_pod(code, f"exit {code}")
+    pod["metadata"] |= {"name": f"bot-{index}", "annotations": {status.COMPLETION_INDEX: str(index)}}
+    pod["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"] = finished
+    return pod
+
+
+def test_a_failed_node_is_named_not_the_node_the_job_controller_stopped_after_it():
+    """Node 0 fails; the Job controller then stops node 1 (SIGTERM, exit 143). Seen before the Job says Failed, the
+    cause is still node 0's."""
+    pods = [_pod_of_node(1, 143, "2026-01-01T00:00:09Z"), _pod_of_node(0, 1, "2026-01-01T00:00:05Z")]
+    seen = _observe(_job(failed=2), pods, nodes=2)
+    assert seen.reason == Reason.RETRYING
+    assert "exit 1" in seen.message and "exit 143" not in seen.message
+
+
+def test_a_failure_the_job_controller_will_not_retry_is_not_told_as_a_retry():
+    """One node, the Job not yet marked Failed: a user error (exit 10, which the pod failure policy fails the Job on)
+    or one failure more than spec.backoffLimit is the job's end, never a "Retrying" (its Event would stay)."""
+    user_error = _observe(_job(failed=1), [_failed_pod(10, "spec.datasets[0].uri: no such file")])
+    assert (user_error.phase, user_error.reason) == (Phase.FAILED, Reason.USER_ERROR)
+    assert user_error.message == "spec.datasets[0].uri: no such file"
+    # the Job's failed counter may lag the pod it counts
+    for counters in ({"failed": 1}, {}):
+        spent = _observe(_job(**counters), [_failed_pod(1, "CUDA error")], backoff_limit=0)
+        assert (spent.phase, spent.reason) == (Phase.FAILED, Reason.BACKOFF_LIMIT_EXCEEDED), counters
+        assert "CUDA error" in spent.message
+    still_allowed = _observe(_job(failed=1), [_failed_pod(1, "CUDA error")], backoff_limit=1)
+    assert (still_allowed.phase, still_allowed.reason) == (Phase.PENDING, Reason.RETRYING)
+
+
 def test_conditions_keep_transition_time_and_kstatus_conditions():
     ftj = dict(FTJ)
     running = status.compute(

@@ -511,7 +511,8 @@ def _observe_job(
         return Observed(Phase.RUNNING, Reason.PODS_RUNNING, "", attempts)
     previous = failed_pods(pods)
     if previous:
-        last = previous[-1]
+        # Several nodes: the first pod to fail is the cause; the Job controller then stops the others (exit 143).
+        last = previous[0] if nodes > 1 else previous[-1]
         if condition_true(last, "DisruptionTarget"):
             return Observed(
                 Phase.PENDING,
@@ -519,6 +520,22 @@ def _observe_job(
                 f"a training pod was preempted ({failure_text(last)}); the next attempt resumes from the "
                 "newest checkpoint",
                 attempts,
+            )
+        counted = [p for p in previous if not condition_true(p, "DisruptionTarget")]
+        failures = Tally.of_job(job).failures + max(job_status.get("failed") or 0, len(counted))
+        if nodes == 1 and (_user_error_pod(previous) is not None or failures > backoff_limit):
+            # The Job controller is about to fail the Job (its pod failure policy fails it on a user error, its
+            # backoffLimit on one failure too many) and has not said so yet: tell what follows, not a retry.
+            counted_job = dict(job, status=dict(job_status, failed=failures - Tally.of_job(job).failures))
+            return ended_attempt(
+                counted_job,
+                pods,
+                None,
+                nodes=nodes,
+                attempts=attempts,
+                backoff_limit=backoff_limit,
+                active_deadline_seconds=active_deadline_seconds,
+                now=now,
             )
         return Observed(
             Phase.PENDING,
