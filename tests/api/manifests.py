@@ -652,7 +652,7 @@ BAD: list[tuple[str, Callable[[dict], None], str, str, bool]] = [
         "merge-with-prompt-tuning",
         _both(_spec(technique="prompt-tuning"), _delete("spec.lora"), _set("spec.output.mergeAdapter", True)),
         "spec.output.mergeAdapter",
-        "only lora and qlora",
+        "adapters can be merged",
         True,
     ),
     (

@@ -381,7 +381,7 @@ def job_sections(technique: str, objective: str) -> dict:
         "hyperparameters": {
             "maxSteps": RLHF_STEPS if rlhf else STEPS,
             "batchSize": RLHF_BATCH if rlhf else 8,
-            "learningRate": LEARNING_RATE_FOR_PAIR.get((technique, objective), LEARNING_RATE[technique]),
+            "learningRate": LEARNING_RATE_FOR_PAIR.get((technique, objective), LEARNING_RATE.get(technique, 1e-2)),
             "maxSeqLength": 48,
             "seed": 3,
         },

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kubetune.api.constants import Technique
+from kubetune.api.v1alpha1 import Spec
 from kubetune_trainer.techniques import FACTS, module_for
 
 
@@ -39,10 +40,31 @@ def test_technique_modules_import_without_the_training_libraries():
     assert out.strip() == "", f"importing the technique modules imported {out.strip()}"
 
 
-def test_facts_tell_the_techniques_apart():
-    peft = {t for t in Technique if module_for(t).PEFT}
-    assert peft == {Technique.LORA, Technique.QLORA, Technique.PROMPT_TUNING, Technique.PREFIX_TUNING}
-    assert {t for t in Technique if module_for(t).TRAINS_BASE_WEIGHTS} == {Technique.FULL, Technique.FEATURE_EXTRACTION}
+@pytest.mark.parametrize("technique", list(Technique))
+def test_facts_say_what_the_technique_does_to_a_model(technique, tiny_llama_dir):
+    """PEFT: the technique makes a PeftModel (saved as an adapter); TRAINS_BASE_WEIGHTS: some of the base model's own
+    weights require grad afterwards. Checked on the tiny Llama, so a new technique's facts are checked too."""
+    from peft import PeftModel
+    from tests.fixtures import TECHNIQUE_SECTIONS
+    from transformers import AutoModelForCausalLM
+
+    from kubetune_trainer.modeling import load_for_training
+
+    spec = Spec.model_validate(
+        {
+            "technique": technique.value,
+            "model": {"uri": tiny_llama_dir.as_uri()},
+            "datasets": [{"uri": "file:///d.jsonl", "format": "text"}],
+            "hyperparameters": {"precision": "fp32"},
+            **TECHNIQUE_SECTIONS[technique.value],
+        }
+    ).resolved()
+    model = load_for_training(spec, tiny_llama_dir, "causal-lm").model
+    module = module_for(technique)
+    assert isinstance(model, PeftModel) == module.PEFT
+    base_names = {name for name, _ in AutoModelForCausalLM.from_pretrained(tiny_llama_dir).named_parameters()}
+    trains_base = any(p.requires_grad for name, p in model.named_parameters() if name in base_names)
+    assert trains_base == module.TRAINS_BASE_WEIGHTS
 
 
 def test_unknown_technique_is_refused():

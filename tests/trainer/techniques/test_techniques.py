@@ -133,7 +133,7 @@ def test_technique_trains_saves_and_reloads(technique, task, tiny_llama_dir, tmp
     save_final(model, tokenizer, spec, out)
     files = {p.name for p in out.iterdir()}
     assert "tokenizer.json" in files
-    if technique in ("lora", "qlora", "prompt-tuning", "prefix-tuning"):
+    if module_for(technique).PEFT:
         assert {"adapter_config.json", "adapter_model.safetensors"} <= files
     elif technique == "adapter":
         assert {"bottleneck_adapter.safetensors", "bottleneck_adapter_config.json"} <= files
@@ -144,7 +144,7 @@ def test_technique_trains_saves_and_reloads(technique, task, tiny_llama_dir, tmp
     reloaded = reload(technique, task, out, tiny_llama_dir, spec)
     torch.testing.assert_close(logits_of(reloaded, batch), expected, rtol=1e-4, atol=1e-4)
 
-    if technique in ("lora", "qlora"):
+    if TECHNIQUES[Technique(technique)].mergeable:
         from peft import AutoPeftModelForCausalLM, AutoPeftModelForSequenceClassification
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -152,8 +152,8 @@ def test_technique_trains_saves_and_reloads(technique, task, tiny_llama_dir, tmp
         merged = (AutoModelForCausalLM if causal else AutoModelForSequenceClassification).from_pretrained(
             out / "merged"
         )
-        assert not any("lora" in name for name, _ in merged.named_parameters())
-        if technique == "lora":
+        assert not any(re.match(TECHNIQUE_TRAINS[technique], name) for name, _ in merged.named_parameters())
+        if technique != "qlora":
             reference = expected
         else:
             # qlora merges into the unquantized base: compare with the adapter on that same base.
