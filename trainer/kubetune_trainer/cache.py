@@ -480,7 +480,8 @@ def populate(
     workers: int = 8,
 ) -> Populated:
     """Fill the entry of `uri` (hf:// model or dataset at the commit its revision names now, or an s3:// model at
-    its current content: `populate_s3`); see the module's docstring. Returns what the entry is and whether it was already complete."""
+    its current content: `populate_s3`); see the module's docstring. Returns what the entry is and whether it was
+    already complete."""
     from huggingface_hub import HfApi, hf_hub_download
     from huggingface_hub.hf_api import RepoFile
     from huggingface_hub.utils import filter_repo_objects

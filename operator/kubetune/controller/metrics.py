@@ -238,6 +238,13 @@ class Metrics:
             "once (a multi-node job's nodes each read it)",
             registry=self.registry,
         )
+        self.model_cache_sources = Counter(
+            "kubetune_model_cache_sources",
+            "Sources other than the model the cache served to a training Job: source=dataset (an hf:// dataset "
+            "or evaluation set) or reward-model, result=hit or miss; each Job made counts each of its sources once",
+            ["source", "result"],
+            registry=self.registry,
+        )
         self.model_cache_populations = Counter(
             "kubetune_model_cache_populations",
             "Population Jobs that ended: succeeded, user_error (exit 10: the "
@@ -267,6 +274,9 @@ class Metrics:
             self.model_cache_jobs.labels(result=result)
         for outcome in ("succeeded", "user_error", "failed"):
             self.model_cache_populations.labels(outcome=outcome)
+        for source in ("dataset", "reward-model"):
+            for result in ("hit", "miss"):
+                self.model_cache_sources.labels(source=source, result=result)
         self._phases: dict[tuple[str, str], str] = {}
         self._counts: dict[str, int] = {str(phase): 0 for phase in Phase}
         self._lock = threading.Lock()

@@ -6,15 +6,20 @@ keyed by source and resolved commit, `python -m kubetune_trainer.cache populate`
 its termination message), `_COMPLETE` written last, training pods reading KUBETUNE_<ROLE>_CACHE_URI with the `cache`
 role's credentials. This module decides, for each FineTuneJob the reconciler is about to give a Job:
 
-- Whether the cache serves it: the platform turned it on (Settings.root), spec.model.cache says yes (unset: the
-  platform's default, Settings.default), and the model is an hf:// repository. s3:// models are not cached yet (the
-  population command fetches hf:// sources only); file:// models are read where they are.
-- Which entry. A public model (no credentialsSecret) is keyed here, as the trainer keys it: the commit its revision
-  names now, looked up on the Hub without a token (`cache.resolve_commit`), then `cache.entry_uri`. A gated or private
-  model is read with the tenant's token, which the operator never sees: its population Job runs in the job's namespace
-  with the job's credentialsSecret, resolves the revision there and reports the entry in its termination message.
-  A job keeps the entry it was first given (status.modelCache.uri, checked to be an entry of its model) for every
-  later attempt, so a retry never trains on another commit than the checkpoints it resumes.
+- What the cache serves of it (`sources`): nothing unless the platform turned it on (Settings.root) and
+  spec.model.cache says yes (unset: the platform's default, Settings.default); then the model and the reward model
+  when they are hf:// repositories or s3:// folders, and every hf://datasets/... dataset and evaluation set. Each is a
+  Source with its own entry and its own KUBETUNE_<ROLE>_CACHE_URI; file:// is read where it is, s3:// data as it is.
+- Which entry. A public repository (read without credentials) is keyed here, as the trainer keys it: the commit its
+  revision names now, looked up on the Hub without a token (`cache.resolve_commit`), then `cache.entry_uri`. A source
+  read with the tenant's credentials (a credentialsSecret, which the operator never reads, the pod's identity, and
+  every s3:// model) is private: its population Job runs in the job's namespace, as the job's ServiceAccount, with the
+  job's credentials, keys the source there (the commit, or for s3:// a digest of its listing) and reports the entry,
+  under namespaces/<namespace>/, in its termination message.
+  A job keeps the model entry it was first given (status.modelCache.uri, checked to be an entry of its model) for
+  every later attempt, so a retry never trains on another commit than the checkpoints it resumes. The API's status
+  has room for the model's entry only: the other sources are resolved again for each attempt (as the trainer would
+  without a cache), counted in kubetune_model_cache_sources_total and named in a ModelCacheReady Event.
 - When its pods start. A complete entry (`_COMPLETE` in the store) gives the training Job KUBETUNE_MODEL_CACHE_URI and
   the store's read credentials at once. Otherwise the job waits, phase Pending with reason WaitingForModelCache, for
   the one population Job of its key, and its training Job is made once that population succeeded: the pods never see
@@ -30,7 +35,8 @@ role's credentials. This module decides, for each FineTuneJob the reconciler is 
 - Eviction. With a size cap (Settings.max_bytes), complete entries are deleted least recently used first until the
   cache fits: `_COMPLETE` first (from then on no reader takes the entry), then its files. Last use is the entry's
   `_USED` (written whenever the operator gives a job the entry), else its population time. Never evicted: an entry
-  that an unfinished job was given (its status.modelCache.uri) or that a pass is giving a job right now.
+  that an unfinished job was given (its status.modelCache.uri, or for its other sources what this process gave its
+  Job) or that a pass is giving a job right now.
 
 Why the operator resolves a public model's commit itself rather than reading it from the population's report: a hit
 then costs no pod at all (one Hub API request, shared by the jobs that ask at once, and one read of `_COMPLETE`),
@@ -58,7 +64,19 @@ from typing import TYPE_CHECKING, Any
 from kubernetes.client import ApiException
 
 from kubetune.api.constants import KIND, S3_KEYS, SCRATCH_MOUNT, TERMINATION_LOG, ExitCode, Phase, Reason
-from kubetune.api.credentials import AMBIENT_ROLES_ENV, ROLE_MODEL, SCHEME_REQUIRED_KEYS, env_name
+from kubetune.api.credentials import (
+    AMBIENT_ROLES_ENV,
+    ROLE_MODEL,
+    ROLE_REWARD_MODEL,
+    SCHEME_KEYS,
+    SCHEME_REQUIRED_KEYS,
+    ambient_roles,
+    credential_bindings,
+    dataset_role,
+    endpoint_for,
+    env_name,
+    eval_dataset_role,
+)
 from kubetune.api.uris import join_uri, parse_uri
 from kubetune.controller import builders, logs, status
 from kubetune.controller.config import ModelCacheSettings as Settings
@@ -129,23 +147,98 @@ class Refused(Exception):
 # --------------------------------------------------------------------------------------- pure parts
 
 
+@dataclass(frozen=True)
+class Source:
+    """One thing a job reads that the cache can hold: its model, an hf:// dataset (or evaluation set), its reward
+    model; with the credentials its population reads it with (those its training pods would read it with)."""
+
+    role: str  # kubetune.api.credentials' role: model, dataset-0, dataset-0-eval, reward-model
+    field: str  # the spec field that names it, for messages
+    uri: str
+    kind: str = "model"  # or "dataset"
+    secret: str = ""  # the job's Secret its population reads it with ("" none)
+    ambient: bool = False  # read with the pod's cloud identity (ambientCredentials)
+    allow_pickle: bool = False
+    endpoint: str = ""  # an s3:// source's endpoint (spec)
+    region: str = ""
+    service_account: str = ""  # spec.pod.serviceAccountName: a private population runs as the job's pods do
+
+    @property
+    def scheme(self) -> str:
+        return parse_uri(self.uri).scheme
+
+    @property
+    def private(self) -> bool:
+        """Read with a tenant's credentials (a credentialsSecret, the pod's identity, any s3:// model): cached in the
+        job's namespace only, populated there with those credentials, never shared with another namespace."""
+        return bool(self.secret) or self.ambient or self.scheme == "s3"
+
+
+def _cacheable(uri: str, kind: str) -> bool:
+    """What the population command fetches: hf:// models and datasets, and s3:// model folders (s3:// data is files
+    the trainer reads as they are; file:// is read where it is)."""
+    parsed = parse_uri(uri)
+    if parsed.scheme == "hf":
+        return parsed.is_dataset_repo == (kind == "dataset")
+    return parsed.scheme == "s3" and kind == "model"
+
+
+def sources(spec: Spec, settings: Settings) -> list[Source]:
+    """What the cache serves of this job: nothing unless it is enabled and spec.model.cache (unset: the platform's
+    default) says yes; then the model, the reward model (hf:// or s3://) and the hf:// datasets."""
+    if not settings.enabled or not (spec.model.cache if spec.model.cache is not None else settings.default):
+        return []
+    bindings = {binding.role: binding for binding in credential_bindings(spec)}
+    ambient = set(ambient_roles(spec))
+    found = []
+
+    def add(role: str, field: str, uri: str | None, kind: str, allow_pickle: bool = False) -> None:
+        if not uri or not _cacheable(uri, kind):
+            return
+        binding = bindings.get(role)
+        s3 = parse_uri(uri).scheme == "s3"
+        found.append(
+            Source(
+                role,
+                field,
+                uri,
+                kind,
+                secret=binding.secret if binding is not None else "",
+                ambient=role in ambient,
+                allow_pickle=allow_pickle,
+                endpoint=(endpoint_for(spec, role) or "") if s3 else "",
+                region=(spec.output.region or "") if s3 else "",
+                service_account=(spec.pod.service_account_name or "") if spec.pod is not None else "",
+            )
+        )
+
+    add(ROLE_MODEL, "spec.model.uri", spec.model.uri, "model", spec.model.allow_pickle)
+    for i, dataset in enumerate(spec.datasets):
+        add(dataset_role(i), f"spec.datasets[{i}].uri", dataset.uri, "dataset")
+        add(eval_dataset_role(i), f"spec.datasets[{i}].evalUri", dataset.eval_uri, "dataset")
+    if spec.rlhf is not None:
+        # The trainer loads the reward model with the model's allowPickle (entrypoint.py).
+        add(
+            ROLE_REWARD_MODEL, "spec.rlhf.rewardModel.uri", spec.rlhf.reward_model.uri, "model", spec.model.allow_pickle
+        )
+    return found
+
+
+def model_source(spec: Spec, settings: Settings) -> Source | None:
+    return next((s for s in sources(spec, settings) if s.role == ROLE_MODEL), None)
+
+
 def wanted(spec: Spec, settings: Settings) -> bool:
-    """Whether the cache serves this job's model: enabled, spec.model.cache (unset: the default), an hf:// model."""
-    if not settings.enabled:
-        return False
-    if not (spec.model.cache if spec.model.cache is not None else settings.default):
-        return False
-    return parse_uri(spec.model.uri).scheme == "hf"
-
-
-def is_private(spec: Spec) -> bool:
-    """Read with the tenant's token (a gated or private repository): cached per namespace, populated there."""
-    return bool(spec.model.credentials_secret)
+    """Whether the cache serves this job's model: enabled, spec.model.cache (unset: the default), an hf:// or s3://
+    model."""
+    return model_source(spec, settings) is not None
 
 
 def at_commit(uri: str, commit: str) -> str:
-    """hf://org/name@<commit>: the same repository pinned to one commit."""
+    """hf://org/name@<commit>: the same repository pinned to one commit (an s3:// folder has no commit to pin)."""
     parsed = parse_uri(uri)
+    if parsed.scheme != "hf":
+        return uri
     return f"hf://{'datasets/' if parsed.is_dataset_repo else ''}{parsed.location}@{commit}"
 
 
@@ -159,26 +252,29 @@ def commit_in(entry: str) -> str:
     return entry.rstrip("/").rsplit("/", 1)[-1].removesuffix(PICKLE_VARIANT)
 
 
-def entry_of(settings: Settings, spec: Spec, namespace: str, commit: str) -> str:
+def entry_of(settings: Settings, source: Source, namespace: str, commit: str) -> str:
     from kubetune_trainer import cache
 
     return cache.entry_uri(
-        settings.root, spec.model.uri, commit, namespace, is_private(spec), allow_pickle=spec.model.allow_pickle
+        settings.root, source.uri, commit, namespace, source.private, allow_pickle=source.allow_pickle
     )
 
 
 def pinned_entry(
     operator_status: Mapping | None, stored: Mapping | None, spec: Spec, settings: Settings, namespace: str
 ) -> tuple[str, bool] | None:
-    """The entry (and hit) an earlier pass gave this job, from status.modelCache, when it is an entry of this job's
-    model under this cache root (the status is writable by the job's own pod: anything else is ignored)."""
-    for source in (operator_status, stored):
-        recorded = (source or {}).get("modelCache") or {}
+    """The entry (and hit) an earlier pass gave this job's model, from status.modelCache, when it is an entry of this
+    job's model under this cache root (the status is writable by the job's own pod: anything else is ignored)."""
+    source = model_source(spec, settings)
+    if source is None:
+        return None
+    for recorded_in in (operator_status, stored):
+        recorded = (recorded_in or {}).get("modelCache") or {}
         uri = recorded.get("uri")
         if not isinstance(uri, str) or not uri:
             continue
         try:
-            expected = entry_of(settings, spec, namespace, commit_in(uri))
+            expected = entry_of(settings, source, namespace, commit_in(uri))
         except ValueError:
             continue
         if expected == uri:
@@ -212,11 +308,32 @@ def store_env(settings: Settings, secret: str) -> list[dict]:
     return env
 
 
-def wire(job: dict, ready: Ready | None, settings: Settings) -> dict:
+def s3_reader_env(source: Source) -> list[dict]:
+    """An s3:// source's endpoint, region and keys (the job's Secret, referenced: the kubelet reads it), under the
+    role's names, as a training pod gets them."""
+    env = []
+    if source.endpoint:
+        env.append({"name": env_name(source.role, "AWS_ENDPOINT_URL"), "value": source.endpoint})
+    if source.region:
+        env.append({"name": env_name(source.role, "AWS_REGION"), "value": source.region})
+    if source.secret:
+        required = SCHEME_REQUIRED_KEYS["s3"]
+        env += [
+            {
+                "name": env_name(source.role, key),
+                "valueFrom": {"secretKeyRef": {"name": source.secret, "key": key, "optional": key not in required}},
+            }
+            for key in SCHEME_KEYS["s3"]
+        ]
+    return env
+
+
+def wire(job: dict, ready: list[Ready] | Ready | None, settings: Settings) -> dict:
     """The training Job's pods read the model from the entry: KUBETUNE_<ROLE>_CACHE_URI and the store's read
     credentials (the read Secret of the job's namespace, or `cache` among the ambient roles), after the operator's
-    own variables and before the user's."""
-    if ready is None:
+    own variables and before the user's. `ready`: every entry the job reads (its model's, its datasets'...)."""
+    readies = [ready] if isinstance(ready, Ready) else list(ready or [])
+    if not readies:
         return job
     from kubetune_trainer import cache
 
@@ -229,7 +346,7 @@ def wire(job: dict, ready: Ready | None, settings: Settings) -> dict:
         roles = [r for r in env[at]["value"].split(",") if r]
         env[at] = {"name": AMBIENT_ROLES_ENV, "value": ",".join([*roles, CACHE_ROLE])}
     env[at + 1 : at + 1] = [
-        {"name": cache.env_for(ready.role), "value": ready.entry},
+        *({"name": cache.env_for(each.role), "value": each.entry} for each in readies),
         *store_env(settings, "" if settings.read_ambient else settings.read_secret),
     ]
     return job
@@ -247,18 +364,30 @@ def population_job(
     allow_pickle: bool,
     hf_secret: str = "",
     service_account: str = "",
+    role: str = ROLE_MODEL,
+    kind: str = "model",
+    reader_env: list[dict] | None = None,
+    reader_ambient: bool = False,
 ) -> dict:
     """A population Job: `python -m kubetune_trainer.cache populate` in the trainer image, once (podFailurePolicy:
     exit 10 fails it at once; exit 20 is retried), within the restricted Pod Security Standard like a training pod.
 
     Public (`private` False): in the operator's namespace with the platform's write credentials. Private: in the job's
-    namespace, with the job's Hub token and the namespace's cache Secret, writing under namespaces/<namespace>/."""
-    command = ["python", "-m", "kubetune_trainer.cache", "populate", "--model", source, "--cache-root", settings.root]
+    namespace, with the job's credentials for the source (`hf_secret`'s token, or `reader_env`, the role's keys and
+    endpoint as `reader_env` gives them; `reader_ambient`: the pod's identity) and the namespace's cache Secret,
+    writing under namespaces/<namespace>/. `role`: whose variables the command reads the source with."""
+    option = "--dataset" if kind == "dataset" else "--model"
+    command = ["python", "-m", "kubetune_trainer.cache", "populate", option, source, "--cache-root", settings.root]
+    if role != ROLE_MODEL:
+        command += ["--role", role]
     if private:
         command += ["--private", "--namespace", namespace]
     if allow_pickle:
         command.append("--allow-pickle")
     ambient = settings.read_ambient if private else not settings.populate_secret
+    ambient_roles_value = [CACHE_ROLE] if ambient else []
+    if reader_ambient:
+        ambient_roles_value.append(role)
     env = [
         {"name": "KUBETUNE_TERMINATION_LOG", "value": TERMINATION_LOG},
         {"name": "KUBETUNE_WORK_DIR", "value": SCRATCH_MOUNT},
@@ -269,7 +398,7 @@ def population_job(
         {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
         {"name": "HF_HUB_DISABLE_PROGRESS_BARS", "value": "1"},
         # Present, so a role without keys of its own never falls back to other credentials in the pod.
-        {"name": AMBIENT_ROLES_ENV, "value": CACHE_ROLE if ambient else ""},
+        {"name": AMBIENT_ROLES_ENV, "value": ",".join(ambient_roles_value)},
         *store_env(settings, "" if ambient else (settings.read_secret if private else settings.populate_secret)),
     ]
     if settings.hub_endpoint:
@@ -277,10 +406,11 @@ def population_job(
     if hf_secret:
         env.append(
             {
-                "name": env_name(ROLE_MODEL, "HF_TOKEN"),
+                "name": env_name(role, "HF_TOKEN"),
                 "valueFrom": {"secretKeyRef": {"name": hf_secret, "key": "HF_TOKEN"}},
             }
         )
+    env += reader_env or []
     labels = {
         "app.kubernetes.io/part-of": "kubetune",
         "app.kubernetes.io/component": "model-cache",
@@ -399,6 +529,22 @@ def _finished(job: dict) -> str:
     return ""
 
 
+def _ended(job: dict, outcome: str) -> float:
+    """When a finished Job's condition `outcome` ("Complete", "Failed") became true (0: it has none)."""
+    return max(
+        (
+            _parse_time(c.get("lastTransitionTime"))
+            for c in (job.get("status") or {}).get("conditions") or []
+            if c.get("type") == outcome
+        ),
+        default=0.0,
+    )
+
+
+def _created(ftj: dict) -> float:
+    return _parse_time(ftj["metadata"].get("creationTimestamp"))
+
+
 def waited(operator_status: Mapping) -> bool:
     """Whether the job's last status had it waiting for the model cache (the Running condition carries the reason of
     a Pending job)."""
@@ -506,6 +652,7 @@ class ModelCache:
         self._hub_backoff = ItemExponentialBackoff(HUB_RETRY_SECONDS, HUB_RETRY_MAX_SECONDS)
         self._watched: dict[Key, _Watched] = {}  # (namespace, population Job) -> who waits for it
         self._given: dict[str, dict[Key, float]] = {}  # entry -> jobs a pass gave it (monotonic time)
+        self._serving: dict[Key, set[str]] = {}  # job -> the entries of its other sources its last Job reads
         self._evicting: set[str] = set()
         self._used_written: dict[tuple[str, str | None], float] = {}
         self._markers: dict[str, dict] = {}  # complete entries' markers, as eviction read them
@@ -538,72 +685,90 @@ class ModelCache:
 
     # ----------------------------------------------------------------------------------- prepare
 
-    async def prepare(self, ftj: dict, spec: Spec, operator_status: Mapping) -> Ready | None:
-        """The complete entry this job's pods read (None: the cache does not serve it); raises Waiting while there
-        is none yet (a population is under way, or the Hub cannot be reached), Refused when the model cannot be had."""
+    async def prepare(self, ftj: dict, spec: Spec, operator_status: Mapping) -> list[Ready]:
+        """The complete entries this job's pods read, one per source the cache serves (none: it serves none); raises
+        Waiting while any is not complete yet (a population is under way, or the Hub cannot be reached), Refused when
+        a source cannot be had. Every source's population is started in the same pass: they run side by side."""
         settings = self.settings
-        if not wanted(spec, settings):
-            return None
+        wanted_sources = sources(spec, settings)
+        if not wanted_sources:
+            return []
         meta = ftj["metadata"]
         key = (meta["namespace"], meta["name"])
-        try:
-            ready = await self._prepare(ftj, spec, operator_status, settings, key)
-        except Waiting as wait:
+        for watched in self._watched.values():
+            watched.waiters.discard(key)  # registered again below while it still waits
+        waited_before = waited(operator_status)
+        readies, waits = [], []
+        for source in wanted_sources:
+            try:
+                readies.append(await self._prepare(ftj, spec, source, operator_status, settings, key, waited_before))
+            except Waiting as wait:
+                waits.append(str(wait))
+        if waits:
+            message = "; ".join(waits)
             if not self._waits_for_population(key):
                 delay = self._hub_backoff.when(key)
                 self._reconciler.queue.add_after(key, delay)
-                raise Waiting(f"{wait} in {delay:.0f} s") from None
-            raise
+                raise Waiting(f"{message} in {delay:.0f} s")
+            raise Waiting(message)
         self._hub_backoff.forget(key)
-        await self._served(ftj, ready, spec)
-        return ready
+        await self._served(ftj, readies)
+        return readies
 
     def _waits_for_population(self, key: Key) -> bool:
         return any(key in watched.waiters for watched in self._watched.values())
 
-    async def _prepare(self, ftj: dict, spec: Spec, operator_status: Mapping, settings: Settings, key: Key) -> Ready:
+    async def _prepare(
+        self,
+        ftj: dict,
+        spec: Spec,
+        source: Source,
+        operator_status: Mapping,
+        settings: Settings,
+        key: Key,
+        waited_before: bool,
+    ) -> Ready:
         namespace = key[0]
-        for watched in self._watched.values():
-            watched.waiters.discard(key)  # registered again below while it still waits
-        waited_before = waited(operator_status)
-        pinned = pinned_entry(operator_status, ftj.get("status"), spec, settings, namespace)
-        if pinned is not None:
-            entry, hit = pinned
-            ready = await self._complete(entry, key, hit)
-            if ready is not None:
-                return ready
-            # Gone (deleted by hand, or a store's lifecycle rule): the job's later attempts need the very same commit.
-            ready = await self._population(
-                ftj,
-                spec,
-                settings,
-                key,
-                source=at_commit(spec.model.uri, commit_in(entry)),
-                entry=entry if not is_private(spec) else "",
-                waited=True,
-            )
-            return dataclasses.replace(ready, hit=hit)
-        if is_private(spec):
-            return await self._population(
-                ftj, spec, settings, key, source=spec.model.uri, entry="", waited=waited_before
-            )
-        commit, revision = await self._resolve(spec, settings)
-        entry = entry_of(settings, spec, namespace, commit)
-        ready = await self._complete(entry, key, not waited_before, revision)
+        if source.role == ROLE_MODEL:
+            pinned = pinned_entry(operator_status, ftj.get("status"), spec, settings, namespace)
+            if pinned is not None:
+                entry, hit = pinned
+                ready = await self._complete(entry, key, hit, role=source.role)
+                if ready is not None:
+                    return ready
+                # Gone (deleted by hand, or a store's lifecycle rule): the job's later attempts need the very same
+                # commit (an s3:// folder is fetched as it is now: the bucket holds nothing older).
+                ready = await self._population(
+                    ftj,
+                    source,
+                    settings,
+                    key,
+                    fetch=at_commit(source.uri, commit_in(entry)),
+                    entry=entry if not source.private else "",
+                    waited=True,
+                )
+                return dataclasses.replace(ready, hit=hit)
+        if source.private:
+            return await self._population(ftj, source, settings, key, fetch=source.uri, entry="", waited=waited_before)
+        commit, revision = await self._resolve(source, settings)
+        entry = entry_of(settings, source, namespace, commit)
+        ready = await self._complete(entry, key, not waited_before, revision, role=source.role)
         if ready is not None:
             return ready
         return await self._population(
             ftj,
-            spec,
+            source,
             settings,
             key,
-            source=at_commit(spec.model.uri, commit),
+            fetch=at_commit(source.uri, commit),
             entry=entry,
             waited=waited_before,
             revision=revision,
         )
 
-    async def _complete(self, entry: str, key: Key, hit: bool, revision: str | None = None) -> Ready | None:
+    async def _complete(
+        self, entry: str, key: Key, hit: bool, revision: str | None = None, *, role: str = ROLE_MODEL
+    ) -> Ready | None:
         """The entry as Ready when its marker is there and no eviction is taking it; the job counts as its user from
         now on (an eviction pass skips it)."""
         self._given.setdefault(entry, {})[key] = time.monotonic()
@@ -613,7 +778,7 @@ class ModelCache:
         if marker is None or entry in self._evicting:
             return None
         self._record_use(entry, revision)
-        return Ready(entry, hit, int(marker.get("bytes") or 0))
+        return Ready(entry, hit, int(marker.get("bytes") or 0), role)
 
     async def _marker(self, entry: str) -> dict | None:
         """The entry's `_COMPLETE`, read once for the passes that ask at the same time (the twenty jobs a finished
@@ -635,10 +800,10 @@ class ModelCache:
         finally:
             self._reading.pop(entry, None)
 
-    async def _resolve(self, spec: Spec, settings: Settings) -> tuple[str, str | None]:
-        """(the commit a public model's revision names, the revision when it is not a commit itself). One Hub request
-        per URI at a time, and its answer is reused for RESOLVED_SECONDS."""
-        uri = spec.model.uri
+    async def _resolve(self, source: Source, settings: Settings) -> tuple[str, str | None]:
+        """(the commit a public repository's revision names, the revision when it is not a commit itself). One Hub
+        request per URI at a time, and its answer is reused for RESOLVED_SECONDS."""
+        uri = source.uri
         revision = parse_uri(uri).revision
         if revision and _COMMIT.fullmatch(revision):
             return revision, None
@@ -650,7 +815,7 @@ class ModelCache:
             pending = asyncio.get_running_loop().create_future()
             self._resolving[uri] = pending
             try:
-                commit = await self._lookup(uri, spec, settings)
+                commit = await self._lookup(source, settings)
             except BaseException as err:
                 pending.set_exception(err)
                 pending.exception()  # retrieved: the other waiters raise it too
@@ -663,20 +828,21 @@ class ModelCache:
             return commit, revision_of(uri)
         return await asyncio.shield(pending), revision_of(uri)
 
-    async def _lookup(self, uri: str, spec: Spec, settings: Settings) -> str:
+    async def _lookup(self, source: Source, settings: Settings) -> str:
         from kubetune_trainer import cache
         from kubetune_trainer.errors import UserError
 
+        uri = source.uri
         try:
             return await asyncio.to_thread(cache.resolve_commit, uri, token=False)
         except UserError as err:
             raise Refused(
-                f"spec.model.uri: {err} (the model cache looked it up without a token; a gated or private "
-                "model needs spec.model.credentialsSecret)"
+                f"{source.field}: {err} (the model cache looked it up without a token; a gated or private "
+                f"{source.kind} needs a credentialsSecret)"
             ) from None
         except Exception as err:  # noqa: BLE001 - the Hub's trouble: fall back on what the cache knows
             trouble = str(err) or type(err).__name__
-        commit = await self._last_known(uri, spec, settings)
+        commit = await self._last_known(source, settings)
         if commit is None:
             raise Waiting(
                 f"the Hugging Face Hub cannot be reached to resolve {uri} ({trouble}), and the model cache "
@@ -691,9 +857,10 @@ class ModelCache:
         )
         return commit
 
-    async def _last_known(self, uri: str, spec: Spec, settings: Settings) -> str | None:
+    async def _last_known(self, source: Source, settings: Settings) -> str | None:
         """The commit a revision named when the operator last resolved it (the entries' `_USED`), among complete
-        entries of this model: what a job may start from while the Hub is down."""
+        entries of this repository: what a job may start from while the Hub is down."""
+        uri = source.uri
         parsed = parse_uri(uri)
         folder = f"{'datasets' if parsed.is_dataset_repo else 'models'}--{parsed.location.replace('/', '--')}"
         store = self._store()
@@ -703,7 +870,7 @@ class ModelCache:
             if names != {MARKER, USED}:
                 continue
             try:
-                if entry_of(settings, spec, "", commit_in(entry)) != entry:
+                if entry_of(settings, source, "", commit_in(entry)) != entry:
                     continue  # the other pickle variant, or not an entry at all
             except ValueError:
                 continue
@@ -719,22 +886,32 @@ class ModelCache:
     async def _population(
         self,
         ftj: dict,
-        spec: Spec,
+        source: Source,
         settings: Settings,
         key: Key,
         *,
-        source: str,
+        fetch: str,
         entry: str,
         waited: bool,
         revision: str | None = None,
     ) -> Ready:
         """The population Job of this key: made when there is none, read when it has finished. Returns the entry once
-        complete; raises Waiting meanwhile, Refused when it failed for a reason of the user's."""
-        private = is_private(spec)
+        complete; raises Waiting meanwhile, Refused when it failed for a reason of the user's. `fetch`: the URI it
+        fetches (a public repository pinned to the commit its entry is keyed by)."""
+        private = source.private
         namespace = key[0] if private else settings.namespace
         if private:
-            name = population_name(namespace, source, str(spec.model.allow_pickle), spec.model.credentials_secret)
-            account = spec.pod.service_account_name if spec.pod is not None and spec.pod.service_account_name else ""
+            # In the job's namespace, as the job's ServiceAccount, with the job's credentials; one per namespace,
+            # source, variant and credentials: the jobs of a namespace that read one source with one Secret (or with
+            # their identity, under one ServiceAccount) share it.
+            account = source.service_account
+            name = population_name(
+                namespace,
+                fetch,
+                str(source.allow_pickle),
+                source.secret,
+                f"ambient:{account}" if source.ambient else "",
+            )
         else:
             name = population_name(entry)
             account = settings.populate_service_account
@@ -748,12 +925,16 @@ class ModelCache:
                     self._reconciler.config,
                     name=name,
                     namespace=namespace,
-                    source=source,
+                    source=fetch,
                     entry=entry,
                     private=private,
-                    allow_pickle=spec.model.allow_pickle,
-                    hf_secret=spec.model.credentials_secret or "",
+                    allow_pickle=source.allow_pickle,
+                    hf_secret=source.secret if source.scheme == "hf" else "",
                     service_account=account,
+                    role=source.role,
+                    kind=source.kind,
+                    reader_env=s3_reader_env(source) if source.scheme == "s3" else [],
+                    reader_ambient=source.ambient,
                 )
                 try:
                     await kube.create(body)
@@ -761,42 +942,42 @@ class ModelCache:
                         key[0],
                         key[1],
                         "ModelCachePopulating",
-                        f"created {where} to fetch {source} into the model cache",
+                        f"created {where} to fetch {fetch} ({source.field}) into the model cache",
                         uid=ftj["metadata"]["uid"],
                     )
                 except ApiException as err:
                     if err.status != 409:  # 409: another pass made it first; it is waited for all the same
                         raise Waiting(f"the API server refused {where}: {err.status} {err.reason}; retrying") from None
             self._wait_for(namespace, name, key, job)
-            raise Waiting(f"waiting for the model cache: {where} fetches {source}")
+            raise Waiting(f"waiting for the model cache: {where} fetches {fetch}")
         pods = await kube.list("Pod", namespace, f"{LABEL_POPULATION}={name}")
         outcome = _finished(job)
+        if outcome == "Complete" and source.scheme == "s3" and _ended(job, "Complete") <= _created(ftj):
+            # An s3:// folder has no revision to resolve: only a population run after the job was created can say
+            # which content it holds now (a rewritten object gives a new key). An unchanged one costs that run a
+            # listing and a read of `_COMPLETE`. The API's times are whole seconds: one that ended in the second the
+            # job was created may have listed the folder before it, so it is run again too.
+            await self._replace(namespace, job, key, f"{where} keyed {fetch} before this job was created")
+            raise Waiting(f"waiting for the model cache: {where} keys {fetch} again")
         if outcome == "Complete":
             result = population_result(pods)
             if private:
-                entry = self._checked_result(result, spec, settings, namespace)
+                entry = self._checked_result(result, source, settings, namespace)
                 hit = bool(result and result.get("hit")) or not waited
             else:
                 hit = not waited
-            ready = await self._complete(entry, key, hit, revision) if entry else None
+            ready = await self._complete(entry, key, hit, revision, role=source.role) if entry else None
             if ready is not None:
                 return ready
             # Finished, yet its entry is not complete (evicted since, or its result unreadable): populate again.
             await self._replace(namespace, job, key, f"{where} finished but its entry is not complete")
-            raise Waiting(f"waiting for the model cache: {where} fetches {source} again")
+            raise Waiting(f"waiting for the model cache: {where} fetches {fetch} again")
         if outcome == "Failed":
             code, words = last_failure(pods)
-            ended = max(
-                (
-                    _parse_time(c.get("lastTransitionTime"))
-                    for c in (job.get("status") or {}).get("conditions") or []
-                    if c.get("type") == "Failed"
-                ),
-                default=0.0,
-            )
-            asked = _parse_time(ftj["metadata"].get("creationTimestamp"))
-            if code == ExitCode.USER_ERROR and ended >= asked:
-                raise Refused(f"the model cache cannot fetch {spec.model.uri}: {words or 'the population failed'}")
+            if code == ExitCode.USER_ERROR and _ended(job, "Failed") >= _created(ftj):
+                raise Refused(
+                    f"{source.field}: the model cache cannot fetch {source.uri}: {words or 'the population failed'}"
+                )
             # An infrastructure failure, or a user error that ended before this job was created (the Secret or the
             # grant may have been fixed since): a new population.
             await self._replace(namespace, job, key, f"{where} failed ({words or 'no reason given'})")
@@ -804,7 +985,7 @@ class ModelCache:
                 f"waiting for the model cache: {where} failed ({words or 'no reason given'}); starting it again"
             )
         self._wait_for(namespace, name, key, job)
-        message = f"waiting for the model cache: {where} fetches {source}"
+        message = f"waiting for the model cache: {where} fetches {fetch}"
         trouble = _waiting_trouble(pods)
         if trouble:
             message += f"; its pod cannot start: {trouble}"
@@ -813,12 +994,12 @@ class ModelCache:
             message += f"; its last attempt failed ({words}) and is retried"
         raise Waiting(message)
 
-    def _checked_result(self, result: dict | None, spec: Spec, settings: Settings, namespace: str) -> str:
-        """A private population's entry, from its report, when it is an entry of this model in this namespace."""
+    def _checked_result(self, result: dict | None, source: Source, settings: Settings, namespace: str) -> str:
+        """A private population's entry, from its report, when it is an entry of this source in this namespace."""
         if not result:
             return ""
         try:
-            expected = entry_of(settings, spec, namespace, str(result.get("commit") or ""))
+            expected = entry_of(settings, source, namespace, str(result.get("commit") or ""))
         except ValueError:
             return ""
         return expected if expected == result.get("entry") else ""
@@ -837,10 +1018,29 @@ class ModelCache:
 
     # ----------------------------------------------------------------------------------- serving
 
-    async def _served(self, ftj: dict, ready: Ready, spec: Spec) -> None:
-        """status.modelCache before the Job exists (a later attempt reads its entry back from there); the job counted
-        in the metrics the first time."""
+    async def _served(self, ftj: dict, readies: list[Ready]) -> None:
+        """The model's entry in status.modelCache before the Job exists (a later attempt reads its entry back from
+        there), counted in the metrics the first time. The API's status has room for the model's entry only: the
+        other sources (hf:// datasets, the reward model) are counted and named in an Event each time a Job is made
+        for them (each attempt reads them again), and remembered as in use by this job until it finishes."""
         meta = ftj["metadata"]
+        key = (meta["namespace"], meta["name"])
+        others = [ready for ready in readies if ready.role != ROLE_MODEL]
+        self._serving[key] = {ready.entry for ready in others}
+        for ready in others:
+            kind = "reward-model" if ready.role == ROLE_REWARD_MODEL else "dataset"
+            self._metrics.model_cache_sources.labels(source=kind, result="hit" if ready.hit else "miss").inc()
+            logs.action(
+                meta["namespace"],
+                meta["name"],
+                "ModelCacheReady",
+                f"the {kind} of role {ready.role} is read from the model cache entry {ready.entry} "
+                f"({'it was there already' if ready.hit else 'populated for it'}, {ready.bytes} bytes)",
+                uid=meta["uid"],
+            )
+        ready = next((ready for ready in readies if ready.role == ROLE_MODEL), None)
+        if ready is None:
+            return
         wanted_status = {"uri": ready.entry, "hit": ready.hit}
         if ((ftj.get("status") or {}).get("modelCache") or {}) == wanted_status:
             return
@@ -1013,7 +1213,8 @@ class ModelCache:
         """The entries unfinished FineTuneJobs were given (their status.modelCache.uri): running, between attempts,
         or about to start."""
         kube, config = self._reconciler.kube, self._reconciler.config
-        used = set()
+        used: set[str] = set()
+        unfinished: set[tuple[str, str]] = set()
         for namespace in config.namespaces or (None,):
             for ftj in await kube.list(KIND, namespace):
                 current = ftj.get("status") or {}
@@ -1022,4 +1223,14 @@ class ModelCache:
                 uri = (current.get("modelCache") or {}).get("uri")
                 if isinstance(uri, str) and uri:
                     used.add(uri)
+                meta = ftj.get("metadata") or {}
+                unfinished.add((meta.get("namespace"), meta.get("name")))
+        # The other sources' entries are not in the status (the API has room for the model's only): those this process
+        # gave the unfinished jobs' Jobs. After a restart it knows those of the Jobs it has made since; a pod that
+        # then finds its dataset's entry evicted fails as an infrastructure error, and its next Job populates it again.
+        for key in list(self._serving):
+            if key in unfinished:
+                used |= self._serving[key]
+            else:
+                del self._serving[key]
         return used
