@@ -1,6 +1,6 @@
 """The shared model cache, operator side (controller/modelcache.py), against the test API server with the real
-operator, the Hub double (tests/hubdouble.py) as the Hub, moto as the cache store, and the population Jobs run as real
-`python -m kubetune_trainer.cache populate` processes by tests/controller/podrunner.py (the kubelet and the Job
+operator, the Hub double (kubetune.testing) as the Hub, moto as the cache store, and the population Jobs run as real
+`python -m kubetune_trainer.cache populate` processes by kubetune.testing.podrunner (the kubelet and the Job
 controller): one population per entry whatever the number of jobs and namespaces, jobs Pending WaitingForModelCache
 until the entry is complete and their training Jobs made only then, a population cut off, a user error, the Hub down,
 a private model per namespace, the size cap's eviction, and the pure parts (the keys, the pods, the settings)."""
@@ -18,20 +18,19 @@ from dataclasses import replace
 
 import boto3
 import kubernetes
-import pss
 import pytest
-from emulator import ADMIN_TOKEN
-from harness import wait_for
-from podrunner import PodRunner, wait_for_job
-from samples import LORA_INSTRUCTION_SPEC
 
 from kubetune.api.constants import GROUP, PLURAL, VERSION, Phase, Reason
 from kubetune.api.v1alpha1 import Spec
 from kubetune.controller import config as operator_config
 from kubetune.controller import modelcache
 from kubetune.controller.config import ModelCacheSettings, OperatorConfig
+from kubetune.testing import hubdouble, pss
+from kubetune.testing.emulator import ADMIN_TOKEN
+from kubetune.testing.harness import wait_for
+from kubetune.testing.podrunner import PodRunner, wait_for_job
 from kubetune_trainer import cache
-from tests import hubdouble
+from tests.controller.samples import LORA_INSTRUCTION_SPEC
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -149,12 +148,12 @@ class Cluster:
         self._secret(namespace, READER_SECRET, KEYS)
         return namespace
 
-    def apply(self, namespace: str, name: str, model: dict) -> dict:
+    def apply(self, namespace: str, name: str, model: dict, **spec) -> dict:
         body = {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "FineTuneJob",
             "metadata": {"name": name, "namespace": namespace},
-            "spec": SPEC | {"model": model},
+            "spec": SPEC | {"model": model} | spec,
         }
         return self.crd.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
 
@@ -313,11 +312,11 @@ def test_jobs_in_three_namespaces_wait_for_one_population_and_start_once_it_is_c
     assert "main" in used["revisions"] and used["lastUsed"]
 
 
-def test_a_job_that_opts_out_or_reads_s3_is_not_served(cluster):
+def test_a_job_that_opts_out_or_reads_a_local_model_is_not_served(cluster):
     ns = cluster.tenant(f"cache-{uuid.uuid4().hex[:5]}")
     cluster.apply(ns, "own", {"uri": "hf://org/anything", "cache": False})
-    cluster.apply(ns, "bucket", {"uri": "s3://models/llama/"})
-    for name in ("own", "bucket"):
+    cluster.apply(ns, "local", {"uri": "file:///models/llama"})
+    for name in ("own", "local"):
         env = cluster.env(ns, name)
         assert "KUBETUNE_MODEL_CACHE_URI" not in env and not any(n.startswith("KUBETUNE_CACHE_") for n in env)
         assert "modelCache" not in cluster.status(ns, name)
@@ -457,6 +456,167 @@ def test_a_private_model_is_populated_in_each_namespace_with_its_own_token(clust
     assert cluster.hub.downloads() == {name: 2 for name in ENTRY_FILES}
 
 
+# --------------------------------------------------------------------------------------- s3:// models
+
+
+def test_an_s3_model_is_populated_once_per_namespace_with_the_tenants_keys_and_keyed_by_its_content(cluster, s3):
+    """An s3:// model is read with the tenant's keys: each namespace gets its own entry, populated there with the job's
+    credentialsSecret (one population for the namespace's jobs), and never reads another namespace's; rewriting an
+    object of the model gives the next job a new entry."""
+    source_bucket = f"models-{uuid.uuid4().hex[:8]}"
+    cluster.s3.create_bucket(Bucket=source_bucket)
+    for name in ENTRY_FILES:
+        cluster.s3.put_object(Bucket=source_bucket, Key=f"tiny/{name}", Body=REPO_FILES[name])
+    uri = f"s3://{source_bucket}/tiny/"
+    model = {"uri": uri, "credentialsSecret": "bucket-keys", "endpoint": s3}
+    spaces = [cluster.tenant(f"cache-{uuid.uuid4().hex[:5]}") for _ in range(2)]
+    for ns in spaces:
+        cluster._secret(ns, "bucket-keys", {"AWS_ACCESS_KEY_ID": f"key-{ns}", "AWS_SECRET_ACCESS_KEY": "tenant"})
+        for name in ("a", "b"):
+            cluster.apply(ns, name, model)
+    entries = {}
+    for ns in spaces:
+        for name in ("a", "b"):
+            entries.setdefault(ns, cluster.env(ns, name)["KUBETUNE_MODEL_CACHE_URI"]["value"])
+            assert cluster.env(ns, name)["KUBETUNE_MODEL_CACHE_URI"]["value"] == entries[ns]
+            assert cluster.wait_cache_status(ns, name)["uri"] == entries[ns]
+        assert entries[ns].startswith(f"{cluster.root}namespaces/{ns}/s3/{source_bucket}/")
+        assert entries[ns] == cache.entry_uri(cluster.root, uri, modelcache.commit_in(entries[ns]), ns, private=True)
+    # The same content, so the same key, yet each namespace has an entry of its own: B never reads what A's keys got.
+    first, second = spaces
+    assert modelcache.commit_in(entries[first]) == modelcache.commit_in(entries[second])
+    assert entries[first] != entries[second]
+    for ns in spaces:
+        prefix = entries[ns].removeprefix(cluster.root)
+        assert [k.removeprefix(prefix) for k in cluster.keys(prefix) if not k.endswith(modelcache.USED)] == sorted(
+            [*ENTRY_FILES, cache.MARKER]
+        )
+    assert not [k for k in cluster.keys() if not k.startswith("namespaces/")]  # nothing shared
+    # One population per namespace, in it, reading the bucket with that namespace's Secret and the spec's endpoint.
+    populations = cluster.populations()
+    assert sorted(p["metadata"]["namespace"] for p in populations) == sorted(spaces)
+    for population in populations:
+        (container,) = population["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e for e in container["env"]}
+        assert env["KUBETUNE_MODEL_AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "bucket-keys"
+        assert env["KUBETUNE_MODEL_AWS_ENDPOINT_URL"]["value"] == s3
+        assert env["KUBETUNE_CACHE_AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == READER_SECRET
+        assert container["command"][-3:] == ["--private", "--namespace", population["metadata"]["namespace"]]
+
+    # The weights are rewritten: the next job's population keys the new content, a new entry.
+    cluster.s3.put_object(Bucket=source_bucket, Key="tiny/model.safetensors", Body=WEIGHTS[::-1])
+    cluster.apply(first, "after", model)
+    after = cluster.env(first, "after")["KUBETUNE_MODEL_CACHE_URI"]["value"]
+    assert after != entries[first] and after.startswith(f"{cluster.root}namespaces/{first}/s3/")
+    stored = cluster.s3.get_object(
+        Bucket=cluster.bucket, Key=f"models/{after.removeprefix(cluster.root)}model.safetensors"
+    )["Body"].read()
+    assert stored == WEIGHTS[::-1]
+    # The namespace's population ran again (a new Job of the same name: its single-flight key has no content in it).
+    again = [p for p in cluster.populations() if p["metadata"]["namespace"] == first]
+    assert len(again) == 1 and again[0]["metadata"]["uid"] not in {p["metadata"]["uid"] for p in populations}
+
+
+# --------------------------------------------------------------------------------------- hf:// datasets
+
+
+DATASET_SPEC = {"datasets": [{"uri": "", "format": "text", "subset": "short", "columns": {"text": "body"}}]}
+
+
+def test_an_hf_dataset_is_fetched_once_for_many_jobs_and_the_trainer_reads_it_from_its_entry(
+    cluster, operator, s3, monkeypatch, tmp_path
+):
+    repo, commit = _repo(cluster.hub)
+    data_repo = f"org/data-{uuid.uuid4().hex[:6]}"
+    data_commit = cluster.hub.add_repo(data_repo, hubdouble.dataset_repo_files(1), repo_type="dataset")
+    data_uri = f"hf://datasets/{data_repo}"
+    entry = cache.entry_uri(cluster.root, data_uri, data_commit)
+    datasets = [{**DATASET_SPEC["datasets"][0], "uri": data_uri, "evalUri": f"{data_uri}@{data_commit}"}]
+    served = {
+        result: _metric(operator, "kubetune_model_cache_sources_total", source="dataset", result=result)
+        for result in ("hit", "miss")
+    }
+    cluster.hub.delay("short/train.jsonl", 4.0)
+    namespaces = [cluster.tenant(f"cache-{uuid.uuid4().hex[:5]}") for _ in range(2)]
+    jobs = [(ns, f"bot-{i}") for ns in namespaces for i in range(2)]
+    for ns, name in jobs:
+        cluster.apply(ns, name, {"uri": f"hf://{repo}"}, objective="causal-lm", datasets=datasets)
+    for ns, name in jobs:
+        cluster.wait_waiting(ns, name, f"fetches {data_uri}@{data_commit}")
+    for ns, name in jobs:
+        env = cluster.env(ns, name)
+        assert env["KUBETUNE_DATASET_0_CACHE_URI"]["value"] == entry
+        assert env["KUBETUNE_DATASET_0_EVAL_CACHE_URI"]["value"] == entry  # the same commit: the same entry
+        assert env["KUBETUNE_MODEL_CACHE_URI"]["value"] == cache.entry_uri(cluster.root, f"hf://{repo}", commit)
+        assert cluster.wait_cache_status(ns, name)["uri"] == env["KUBETUNE_MODEL_CACHE_URI"]["value"]  # the model's
+    # One population of the dataset (and one of the model), in the operator's namespace: each file from the Hub once.
+    populations = cluster.populations()
+    assert len(populations) == 2 and {p["metadata"]["namespace"] for p in populations} == {OPERATOR_NAMESPACE}
+    (dataset_population,) = [
+        p for p in populations if "--dataset" in p["spec"]["template"]["spec"]["containers"][0]["command"]
+    ]
+    assert dataset_population["metadata"]["name"] == modelcache.population_name(entry)
+    for name in ("short/train.jsonl", "data/train.jsonl", "data/test.jsonl"):
+        assert cluster.hub.gets(name, data_repo) == 1
+    assert cluster.hub.gets("loader.py", data_repo) == 0  # a dataset's code is never cached
+    wait_for(
+        lambda: (
+            _metric(operator, "kubetune_model_cache_sources_total", source="dataset", result="miss") - served["miss"]
+            == 2 * len(jobs)
+        ),
+        10,
+        "the datasets counted",
+    )
+
+    # The trainer's data loading, with the environment the training Job gives it, reads the entry: not the Hub.
+    from kubetune.api.v1alpha1 import Spec as TrainerSpec
+    from kubetune_trainer.data import load_tasks
+
+    ns, name = jobs[0]
+    env = cluster.env(ns, name)
+    monkeypatch.setenv("KUBETUNE_AMBIENT_CREDENTIALS", "")
+    monkeypatch.setenv("KUBETUNE_CACHE_AWS_ENDPOINT_URL", env["KUBETUNE_CACHE_AWS_ENDPOINT_URL"]["value"])
+    for role in ("DATASET_0", "DATASET_0_EVAL"):
+        monkeypatch.setenv(f"KUBETUNE_{role}_CACHE_URI", env[f"KUBETUNE_{role}_CACHE_URI"]["value"])
+    cluster.hub.down = True
+    cluster.hub.reset_counts()
+    spec = TrainerSpec.model_validate(
+        SPEC | {"model": {"uri": f"hf://{repo}"}, "objective": "causal-lm", "datasets": datasets}
+    )
+    (task,) = load_tasks(spec, tmp_path / "work")
+    assert task.train["text"] == ["v1 short 0", "v1 short 1", "v1 short 2"] and len(task.eval) == 3
+    assert cluster.hub.requests == []
+
+
+def test_a_cut_dataset_population_is_never_used(cluster):
+    cluster.runner.backoff_seconds = 1.0
+    data_repo = f"org/data-{uuid.uuid4().hex[:6]}"
+    data_commit = cluster.hub.add_repo(data_repo, hubdouble.dataset_repo_files(1), repo_type="dataset")
+    data_uri = f"hf://datasets/{data_repo}"
+    entry = cache.entry_uri(cluster.root, data_uri, data_commit)
+    prefix = entry.removeprefix(cluster.root)
+    datasets = [{**DATASET_SPEC["datasets"][0], "uri": data_uri}]
+    held = cluster.hub.hold("data/train.jsonl", after_bytes=10)
+    ns = cluster.tenant(f"cache-{uuid.uuid4().hex[:5]}")
+    cluster.apply(ns, "a", {"uri": "file:///models/llama"}, objective="causal-lm", datasets=datasets)
+    assert held.reached.wait(60), cluster.reason(ns, "a")
+    wait_for(lambda: "short/train.jsonl" in [k.removeprefix(prefix) for k in cluster.keys(prefix)], 30, "files")
+    cluster.runner.kill(modelcache.population_name(entry))
+    held.release()
+    message = cluster.wait_waiting(ns, "a", "last attempt failed")
+    assert "exit code 137" in message and data_uri in message
+    assert cluster.job(ns, "a") is None and cache.MARKER not in [k.removeprefix(prefix) for k in cluster.keys(prefix)]
+    assert cluster.env(ns, "a")["KUBETUNE_DATASET_0_CACHE_URI"]["value"] == entry
+    marker = json.loads(cluster.s3.get_object(Bucket=cluster.bucket, Key=f"models/{prefix}_COMPLETE")["Body"].read())
+    stored = cluster.s3.get_object(Bucket=cluster.bucket, Key=f"models/{prefix}data/train.jsonl")["Body"].read()
+    assert (
+        marker["files"]["data/train.jsonl"]["size"]
+        == len(stored)
+        == len(hubdouble.dataset_repo_files(1)["data/train.jsonl"])
+    )
+    assert "modelCache" not in cluster.status(ns, "a")  # the model is not the cache's: status has room for it only
+
+
 # --------------------------------------------------------------------------------------- eviction
 
 
@@ -536,8 +696,57 @@ def test_which_jobs_the_cache_serves():
     assert not modelcache.wanted(_spec(uri="hf://org/m"), replace(SETTINGS, default=False))
     assert modelcache.wanted(_spec(uri="hf://org/m", cache=True), replace(SETTINGS, default=False))
     assert not modelcache.wanted(_spec(uri="hf://org/m", cache=True), ModelCacheSettings())  # no cache at all
-    assert not modelcache.wanted(_spec(uri="s3://models/llama/"), SETTINGS)  # not populated by the trainer yet
+    assert modelcache.wanted(_spec(uri="s3://models/llama/"), SETTINGS)  # per namespace (test_an_s3_model_...)
     assert not modelcache.wanted(_spec(uri="file:///models/llama"), SETTINGS)
+
+
+def test_what_the_cache_serves_of_a_job_and_with_whose_credentials():
+    spec = Spec.model_validate(
+        SPEC
+        | {
+            "model": {"uri": "hf://org/m", "credentialsSecret": "hf"},
+            "objective": "causal-lm",
+            "datasets": [
+                {"uri": "hf://datasets/org/d", "format": "text", "evalUri": "s3://data/eval.jsonl"},
+                {"uri": "s3://data/train.jsonl", "format": "text", "evalUri": "hf://datasets/org/e"},
+            ],
+        }
+    )
+    served = {s.role: s for s in modelcache.sources(spec, SETTINGS)}
+    assert sorted(served) == ["dataset-0", "dataset-1-eval", "model"]  # s3:// data is read as it is
+    # An hf:// dataset without a Secret of its own is read with the model's token: private, as the model is.
+    assert served["dataset-0"].secret == "hf" and served["dataset-0"].private and served["dataset-0"].kind == "dataset"
+    assert (
+        modelcache.sources(spec.model_copy(update={"model": spec.model.model_copy(update={"cache": False})}), SETTINGS)
+        == []
+    )
+    bucket = _spec(uri="s3://models/llama/", credentialsSecret="keys", endpoint="http://minio:9000")
+    (model,) = modelcache.sources(bucket, SETTINGS)
+    assert model.private and model.secret == "keys" and model.endpoint == "http://minio:9000"
+    env = {e["name"]: e for e in modelcache.s3_reader_env(model)}
+    assert env["KUBETUNE_MODEL_AWS_ENDPOINT_URL"]["value"] == "http://minio:9000"
+    assert env["KUBETUNE_MODEL_AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "keys"
+    # Another namespace's entry of the same bucket, written into the status by the job's pod: ignored.
+    fingerprint = "f" * 32
+    mine = cache.entry_uri(SETTINGS.root, "s3://models/llama/", fingerprint, "ns", private=True)
+    theirs = cache.entry_uri(SETTINGS.root, "s3://models/llama/", fingerprint, "other", private=True)
+    assert modelcache.pinned_entry({"modelCache": {"uri": mine}}, None, bucket, SETTINGS, "ns") == (mine, False)
+    assert modelcache.pinned_entry({"modelCache": {"uri": theirs}}, None, bucket, SETTINGS, "ns") is None
+    job = modelcache.population_job(
+        SETTINGS,
+        CONFIG,
+        name="p",
+        namespace="ns",
+        source="hf://datasets/org/d",
+        private=True,
+        allow_pickle=False,
+        hf_secret="hf",
+        role="dataset-0",
+        kind="dataset",
+    )
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["command"][4:6] == ["--dataset", "hf://datasets/org/d"] and "--role" in container["command"]
+    assert {e["name"] for e in container["env"]} >= {"KUBETUNE_DATASET_0_HF_TOKEN"}
 
 
 def test_an_entry_in_the_status_is_taken_only_when_it_is_this_models():

@@ -1,5 +1,5 @@
 """The shared model cache, trainer side (kubetune_trainer.cache): entries keyed by source and commit, populated from
-the Hub double (tests/hubdouble.py) into a file:// or an S3 (moto) cache root with every file checked and the marker
+the Hub double (kubetune.testing) into a file:// or an S3 (moto) cache root with every file checked and the marker
 last, and read by training pods (KUBETUNE_<ROLE>_CACHE_URI) without the Hub. Faults: a population killed mid-way, a
 transfer that arrives corrupted, the Hub down, an entry that is gone."""
 
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import boto3
 import pytest
-from tests import hubdouble
-from tests.hubdouble import SAFE_FILES, CountingProxy, dataset_repo_files, fetched_files, model_repo_files
 
 from kubetune.api.constants import ExitCode
+from kubetune.testing import hubdouble
+from kubetune.testing.hubdouble import SAFE_FILES, CountingProxy, dataset_repo_files, fetched_files, model_repo_files
 from kubetune_trainer import cache
 from kubetune_trainer.errors import InfraError
 from kubetune_trainer.sources import fetch_config, fetch_model
@@ -32,7 +32,7 @@ ENTRY_FILES = sorted([*SAFE_FILES, "modeling_tiny.py"])  # no pickles by default
 
 @pytest.fixture
 def hub(monkeypatch, tmp_path_factory):
-    """The Hub double, online for this test (tests/hubdouble.py)."""
+    """The Hub double, online for this test (kubetune.testing.hubdouble)."""
     with hubdouble.running(monkeypatch, tmp_path_factory.mktemp("hf-home")) as double:
         yield double
 
@@ -355,6 +355,89 @@ def test_an_hf_dataset_is_read_from_its_entry(hub, tmp_path, monkeypatch):
     assert hub.requests == []
     assert from_cache["text"] == from_hub["text"] == ["v1 short 0", "v1 short 1", "v1 short 2"]
     assert len(load("hf://datasets/org/data", tmp_path / "cached-test", split="test")) == 2
+
+
+def test_an_s3_model_is_cached_per_namespace_keyed_by_its_listing(tiny_llama_dir, s3_bucket, tmp_path, monkeypatch):
+    """An s3:// model: populated with the role's own credentials under namespaces/<ns>/ only, a hit when its objects
+    are unchanged, a new entry when one is rewritten (its ETag changes), and read by a pod without the source."""
+    s3 = boto3.client("s3")
+    for path in sorted(p for p in tiny_llama_dir.rglob("*") if p.is_file()):
+        s3.put_object(Bucket=s3_bucket, Key=f"models/tiny/{path.relative_to(tiny_llama_dir)}", Body=path.read_bytes())
+    s3.put_object(Bucket=s3_bucket, Key="models/tiny/pytorch_model.bin", Body=b"\x80\x04pickled")
+    uri, root = f"s3://{s3_bucket}/models/tiny/", f"s3://{s3_bucket}/cache/"
+    monkeypatch.setenv("KUBETUNE_AMBIENT_CREDENTIALS", "")  # as in a pod: each role reads with its own keys only
+    monkeypatch.setenv("KUBETUNE_MODEL_AWS_ACCESS_KEY_ID", "tenant-key")
+    monkeypatch.setenv("KUBETUNE_MODEL_AWS_SECRET_ACCESS_KEY", "tenant-secret")
+    monkeypatch.setenv("KUBETUNE_CACHE_AWS_ACCESS_KEY_ID", "cache-key")
+    monkeypatch.setenv("KUBETUNE_CACHE_AWS_SECRET_ACCESS_KEY", "cache-secret")
+    args = ["--model", uri, "--cache-root", root]
+    # Never a shared entry: what a tenant's keys fetched is the tenant's.
+    assert _populate(*args, log=tmp_path / "public") == ExitCode.USER_ERROR
+    assert "--private" in (tmp_path / "public").read_text()
+
+    log = tmp_path / "log"
+    assert _populate(*args, "--private", "--namespace", "team-a", log=log) == ExitCode.OK
+    first = _result(log)
+    assert first["hit"] is False and first["entry"].startswith(f"{root}namespaces/team-a/s3/{s3_bucket}/")
+    assert first["entry"] == cache.entry_uri(root, uri, first["commit"], "team-a", private=True)
+    stored = sorted(
+        o["Key"].removeprefix(first["entry"].removeprefix(f"s3://{s3_bucket}/"))
+        for o in s3.list_objects_v2(Bucket=s3_bucket, Prefix="cache/")["Contents"]
+    )
+    model_files = [p.relative_to(tiny_llama_dir).as_posix() for p in tiny_llama_dir.rglob("*") if p.is_file()]
+    assert stored == sorted([*model_files, cache.MARKER])  # no pickles without allowPickle
+    assert _populate(*args, "--private", "--namespace", "team-a", log=log) == ExitCode.OK
+    assert _result(log) == {**first, "hit": True}
+    # Another namespace gets an entry of its own, never team-a's.
+    assert _populate(*args, "--private", "--namespace", "team-b", log=log) == ExitCode.OK
+    assert _result(log)["hit"] is False and "/namespaces/team-b/" in _result(log)["entry"]
+
+    # One object rewritten with other bytes of the same size: its ETag changes, and so does the key.
+    weights = s3.get_object(Bucket=s3_bucket, Key="models/tiny/model.safetensors")["Body"].read()
+    s3.put_object(Bucket=s3_bucket, Key="models/tiny/model.safetensors", Body=weights[:-1] + bytes([weights[-1] ^ 1]))
+    assert _populate(*args, "--private", "--namespace", "team-a", log=log) == ExitCode.OK
+    second = _result(log)
+    assert second["hit"] is False and second["commit"] != first["commit"] and second["entry"] != first["entry"]
+
+    # The pod reads the entry, not the bucket (its source keys are gone: the source is never contacted).
+    monkeypatch.delenv("KUBETUNE_MODEL_AWS_ACCESS_KEY_ID")
+    monkeypatch.setenv(cache.env_for("model"), second["entry"])
+    got = fetch_model(uri, tmp_path / "model", role="model", spec=None)
+    assert (got / "model.safetensors").read_bytes() == weights[:-1] + bytes([weights[-1] ^ 1])
+    assert not (got / "pytorch_model.bin").exists()
+    with pytest.raises(InfraError, match="not s3://other/"):
+        fetch_model("s3://other/", tmp_path / "other", role="model", spec=None)
+
+
+def test_a_cut_s3_population_is_never_read_and_a_changed_source_is_not_cached(
+    tiny_llama_dir, s3_bucket, tmp_path, monkeypatch
+):
+    s3 = boto3.client("s3")
+    for path in sorted(p for p in tiny_llama_dir.rglob("*") if p.is_file()):
+        s3.put_object(Bucket=s3_bucket, Key=f"m/{path.relative_to(tiny_llama_dir)}", Body=path.read_bytes())
+    uri, root = f"s3://{s3_bucket}/m/", f"file://{tmp_path}/cache/"
+    from kubetune_trainer.storage.s3 import S3Storage
+
+    # The model is rewritten while it is copied: the population fails (20, retried), and writes no marker.
+    rewritten = (tiny_llama_dir / "config.json").read_bytes().replace(b"llama", b"LLAMA", 1)
+    real = S3Storage.download_file
+    calls = []
+
+    def rewriting(self, source, local):
+        calls.append(source)
+        if len(calls) == 1:  # the same size: only its ETag tells
+            s3.put_object(Bucket=s3_bucket, Key="m/config.json", Body=rewritten)
+        return real(self, source, local)
+
+    monkeypatch.setattr(S3Storage, "download_file", rewriting)
+    args = ["--model", uri, "--cache-root", root, "--private", "--namespace", "team-a"]
+    log = tmp_path / "log"
+    assert _populate(*args, log=log) == ExitCode.INFRA_ERROR
+    assert "changed while it was copied" in log.read_text()
+    assert not list((tmp_path / "cache").rglob(cache.MARKER))
+    monkeypatch.setattr(S3Storage, "download_file", real)
+    assert _populate(*args, log=log) == ExitCode.OK
+    assert (_entry_dir(_result(log)["entry"]) / "config.json").read_bytes() == rewritten
 
 
 def test_the_cache_module_imports_no_torch():
