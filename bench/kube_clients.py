@@ -19,10 +19,6 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "controller"))
 
 IN_FLIGHT = 32
 CLIENTS = {  # name -> the module it needs
@@ -168,8 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     import kubernetes
-    from emulator import ADMIN_TOKEN
-    from harness import start_emulator
+
+    from kubetune.testing.emulator import ADMIN_TOKEN
+    from kubetune.testing.harness import start_emulator
 
     clients = [name for name, module in CLIENTS.items() if importlib.util.find_spec(module)]
     emulator = start_emulator()

@@ -4,10 +4,10 @@ and without it, in one run.
     python bench/model_cache.py                        # 20 jobs, a 64 MiB model
     python bench/model_cache.py --jobs 4 --model-mib 2 # quick (tests/bench runs this form)
 
-Everything runs on this machine: the test API server (tests/controller/emulator.py) with the real operator
-(`kubetune operator`'s kopf handlers, in this process), the Hub double (tests/hubdouble.py) serving a Hugging Face
+Everything runs on this machine: the test API server (kubetune.testing.emulator) with the real operator
+(`kubetune operator`'s kopf handlers, in this process), the Hub double (kubetune.testing) serving a Hugging Face
 repository (config, tokenizer, one safetensors file of --model-mib), moto's S3 behind a counting proxy as the cache
-store, and tests/controller/podrunner.py as the kubelet and the Job controller. A population Job runs the trainer's
+store, and kubetune.testing.podrunner as the kubelet and the Job controller. A population Job runs the trainer's
 `python -m kubetune_trainer.cache populate` as a process. A training pod is a process that runs the trainer's own
 fetch code, `kubetune_trainer.sources.fetch_model`, with the environment its Job gives it (KUBETUNE_MODEL_CACHE_URI
 and the store's read credentials with the cache; the Hub without), and reports when its model is ready: it is started
@@ -37,10 +37,6 @@ import threading
 import time
 import uuid
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "controller"))
-sys.path.insert(0, str(ROOT))
 
 NAMESPACES = ("team-a", "team-b", "team-c")
 OPERATOR_NAMESPACE = "kubetune-system"
@@ -128,13 +124,13 @@ class Bench:
         import boto3
         import kubernetes
         import pytest
-        from emulator import ADMIN_TOKEN
-        from harness import BlockingKube, OperatorThread, start_emulator
         from moto.server import ThreadedMotoServer
-        from podrunner import PodRunner
-        from tests.hubdouble import CountingProxy, HubDouble
 
         from kubetune.controller.config import ModelCacheSettings, OperatorConfig
+        from kubetune.testing.emulator import ADMIN_TOKEN
+        from kubetune.testing.harness import BlockingKube, OperatorThread, start_emulator
+        from kubetune.testing.hubdouble import CountingProxy, HubDouble
+        from kubetune.testing.podrunner import PodRunner
 
         self.jobs, self.workdir = jobs, workdir
         logging.getLogger("kopf").setLevel(logging.WARNING)

@@ -11,7 +11,7 @@ latency from it being stored to its Job being stored (p50, p99, max), both taken
 own clock (it stamps every change, so nothing polls); the operator process's peak RSS (VmHWM) and CPU
 time; API calls the operator made per FineTuneJob (the emulator records every call with its user).
 The users creating the FineTuneJobs (16 threads of the official client) run in a process of their own.
-The emulator is tests/controller/emulator.py (kmock plus the API-server semantics kopf needs).
+The emulator is kubetune.testing.emulator (kmock plus the API-server semantics kopf needs).
 
 The restart (--no-restart: skipped). A process of its own plays the Job controller and the kubelet with the admin
 client, as they write: a quarter of the Jobs gets the Complete condition, a quarter Failed (BackoffLimitExceeded,
@@ -49,9 +49,6 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "controller"))
 
 SPEC = {
     "technique": "lora",
@@ -110,9 +107,9 @@ def create_all(url: str, ca_file: str, targets: list[tuple[str, str]], clients: 
     CPU and its threads do not slow the emulator down.
     """
     import kubernetes
-    from emulator import ADMIN_TOKEN
 
     from kubetune.api.constants import GROUP, PLURAL, VERSION
+    from kubetune.testing.emulator import ADMIN_TOKEN
 
     configuration = kubernetes.client.Configuration()
     configuration.host = url
@@ -152,7 +149,8 @@ def start_operator(
 ) -> subprocess.Popen:
     """`kubetune operator --standalone` with the bench's settings (and `settings`, KUBETUNE_* variables)."""
     import yaml
-    from emulator import OPERATOR_TOKEN
+
+    from kubetune.testing.emulator import OPERATOR_TOKEN
 
     kubeconfig = work / "kubeconfig"
     kubeconfig.write_text(yaml.safe_dump(emulator.kubeconfig(OPERATOR_TOKEN)))
@@ -319,10 +317,10 @@ def write_states(url: str, ca_file: str, targets: list[tuple[str, str]], clients
     import datetime as dt
 
     import kubernetes
-    from emulator import ADMIN_TOKEN
 
     from kubetune.api.constants import GROUP, PLURAL, VERSION
     from kubetune.controller import builders
+    from kubetune.testing.emulator import ADMIN_TOKEN
 
     configuration = kubernetes.client.Configuration()
     configuration.host = url
@@ -415,7 +413,7 @@ def write_states(url: str, ca_file: str, targets: list[tuple[str, str]], clients
         return 1
 
     def run_pod(job: dict) -> int:
-        """ClusterSim._create_pod's pod (tests/controller/harness.py), one node; then its trainer's first reports (the
+        """ClusterSim._create_pod's pod (kubetune.testing.harness), one node; then its trainer's first reports (the
         memory plan and progress, as kubetune_trainer.status_reporter writes them)."""
         meta = job["metadata"]
         template = job["spec"]["template"]
@@ -630,8 +628,9 @@ def run(
 ) -> dict:
     """The burst; then, as `phases_args` asks (its restart and history flags), the restart and history phases."""
     import kubernetes
-    from emulator import ADMIN_TOKEN
-    from harness import start_emulator
+
+    from kubetune.testing.emulator import ADMIN_TOKEN
+    from kubetune.testing.harness import start_emulator
 
     emulator = start_emulator()
     # The restart and history phases write about as much again as the burst.

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 
 import jsonschema
 import kubernetes_validate
@@ -15,14 +14,12 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from kubetune.controller.metrics import JOB_GAUGES, Metrics
+from kubetune.testing.emulator import match_labels  # the test API server's label selector rules
 
 promql = pytest.importorskip("promql_parser", reason="promql-parser (the dev extra) is not installed")
 helm = pytest.importorskip("helm_python.chart", reason="helm-python-sdk (the embedded Helm SDK) is not installed")
 from tests.charts.test_chart import CHART, KUBE_VERSION, REPO, by_kind, render  # noqa: E402
 from tests.charts.test_values_schema import lint_errors  # noqa: E402
-
-sys.path.insert(0, str(REPO / "tests" / "controller"))
-from emulator import match_labels  # noqa: E402  (the test API server's label selector rules)
 
 MONITORING = {
     "metrics": {

@@ -3,25 +3,21 @@ keep creating one the release created before, and leave alone one that someone e
 to take over ("invalid ownership metadata"). A namespace the chart creates is kept on uninstall.
 
 The chart asks the cluster with Helm's `lookup`, which answers only when Helm talks to one: these tests run the
-embedded Helm SDK's install with --dry-run=server against the project's test API server (tests/controller), which
+embedded Helm SDK's install with --dry-run=server against the project's test API server (kubetune.testing), which
 serves the lookups and Helm's own reads as a kube-apiserver does. Rendered offline (`helm template`, Argo CD)
 nothing can be looked up, and the chart renders no Namespace."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import kubernetes
 import pytest
 import yaml
 
+from kubetune.testing.emulator import ADMIN_TOKEN
+from kubetune.testing.harness import start_emulator
+
 helm_python = pytest.importorskip("helm_python", reason="helm-python-sdk (the embedded Helm SDK) is not installed")
 from tests.charts.test_chart import CHART, by_kind, render  # noqa: E402 - it needs helm_python, checked above
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "controller"))
-from emulator import ADMIN_TOKEN  # noqa: E402 - importable only after the sys.path change above
-from harness import start_emulator  # noqa: E402 - likewise
 
 RELEASE, RELEASE_NAMESPACE = "kubetune", "kubetune-system"
 

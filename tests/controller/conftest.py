@@ -5,18 +5,13 @@ from __future__ import annotations
 
 import itertools
 import logging
-import sys
-from pathlib import Path
 
 import kubernetes
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from emulator import ADMIN_TOKEN  # noqa: E402
-from harness import ClusterSim, OperatorLog, OperatorThread, start_emulator  # noqa: E402
-
-from kubetune.controller.config import OperatorConfig  # noqa: E402
+from kubetune.controller.config import OperatorConfig
+from kubetune.testing.emulator import ADMIN_TOKEN
+from kubetune.testing.harness import ClusterSim, OperatorLog, OperatorThread, start_emulator
 
 OUTPUT_URI = "s3://kubetune-out/runs/"
 SETTINGS = OperatorConfig(

@@ -9,9 +9,9 @@ from __future__ import annotations
 import time
 
 import pytest
-from harness import ClusterSim, wait_for
 
 from kubetune.controller import builders, status
+from kubetune.testing.harness import ClusterSim, wait_for
 from tests.controller.samples import CONFIG, FTJ, SPEC
 
 pytestmark = pytest.mark.timeout(120)
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture
 def user(admin, namespace, operator):
-    from test_operator import User
+    from tests.controller.test_operator import User
 
     return User(admin, namespace)
 
@@ -296,9 +296,9 @@ def test_kubetune_retry_reopens_a_failed_job(user, sim, emulator, tmp_path, caps
     """`kubetune retry NAME -n NS` with the user's kubeconfig: the patch that raises spec.backoffLimit, which the
     operator answers by re-opening the job."""
     import yaml
-    from emulator import ADMIN_TOKEN
 
     from kubetune.cli import main
+    from kubetune.testing.emulator import ADMIN_TOKEN
 
     ns = user.ns
     user.apply("again", backoffLimit=1)

@@ -1,20 +1,20 @@
 """Every status field the operator or the trainer writes fits the CRD's bounds, read from the CRD itself: a value
 beyond maxLength, maxItems or maxProperties is cut (strings with a marker), and the result passes the API server's
-own check of those bounds (the test API server's port of it, apivalidation.py)."""
+own check of those bounds (the test API server's port of it, kubetune.testing.apivalidation)."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-import apivalidation
 import kubernetes
 import pytest
-from harness import wait_for
 
 from kubetune.api.constants import Phase, Reason
 from kubetune.api.crd import crd
 from kubetune.controller import bounds, status
+from kubetune.testing import apivalidation
+from kubetune.testing.harness import wait_for
 from kubetune_trainer.reporting import CheckpointReport, ProgressReport
 from kubetune_trainer.status_reporter import StatusReporter
 from tests.controller.samples import FTJ
@@ -143,7 +143,7 @@ def test_the_bounds_an_api_server_names_when_it_refuses_a_write_are_read_from_it
 def test_a_report_beyond_the_bounds_reaches_the_status_cut_to_fit(admin, namespace, sim, emulator, operator):
     """The test API server refuses what breaks the CRD's bounds, as the real one does: the reporter's patches still
     get through, cut."""
-    from test_operator import User
+    from tests.controller.test_operator import User
 
     user = User(admin, namespace)
     user.apply("chatty")
@@ -175,7 +175,7 @@ def test_a_report_beyond_the_bounds_reaches_the_status_cut_to_fit(admin, namespa
 
 def test_the_test_api_server_refuses_a_status_beyond_the_crds_bounds(admin, namespace, operator):
     """The port is in force: what the reporter cut would have been refused whole."""
-    from test_operator import User
+    from tests.controller.test_operator import User
 
     user = User(admin, namespace)
     user.apply("refused")

@@ -4,16 +4,16 @@ job never takes the place an older held one waits for."""
 from __future__ import annotations
 
 import pytest
-from harness import wait_for
 
 from kubetune.controller import builders
+from kubetune.testing.harness import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture
 def user(admin, namespace, operator):
-    from test_operator import User
+    from tests.controller.test_operator import User
 
     return User(admin, namespace)
 

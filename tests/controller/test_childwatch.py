@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from emulator import ADMIN_TOKEN
-from harness import start_emulator
-
 from kubetune.controller import builders, childwatch
 from kubetune.controller.kube import METADATA, Kube
+from kubetune.testing.emulator import ADMIN_TOKEN
+from kubetune.testing.harness import start_emulator
 
 
 def job(name: str, parent: str | None) -> dict:

@@ -8,10 +8,10 @@ import ssl
 import certifi
 import kubernetes
 import pytest
-from emulator import ADMIN_TOKEN
 from kubernetes.client import ApiException
 
 from kubetune.controller.kube import Kube, _ssl_context
+from kubetune.testing.emulator import ADMIN_TOKEN
 
 
 def run(coro_fn):

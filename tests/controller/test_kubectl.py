@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from emulator import ADMIN_TOKEN
-from harness import wait_for
 
 from kubetune.api.crd import crd
+from kubetune.testing.emulator import ADMIN_TOKEN
+from kubetune.testing.harness import wait_for
 from kubetune_trainer.reporting import ProgressReport
 from kubetune_trainer.status_reporter import StatusReporter
 

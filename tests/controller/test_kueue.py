@@ -1,4 +1,4 @@
-"""The operator beside Kueue (tests/controller/kueuesim.py plays Kueue's Job webhook and reconciler through the API):
+"""The operator beside Kueue (kubetune.testing.kueuesim plays Kueue's Job webhook and reconciler through the API):
 Kueue alone decides when a Job in a LocalQueue runs, a suspend goes through the Workload's spec.active, the
 status says who holds a job, a missing LocalQueue or a missing Kueue is reported, and no object is patched back
 and forth (the writes of both are counted)."""
@@ -8,17 +8,17 @@ from __future__ import annotations
 import time
 
 import pytest
-from harness import wait_for
-from kueuesim import KueueSim
 
 from kubetune.controller.kueue import workload_name
+from kubetune.testing.harness import wait_for
+from kubetune.testing.kueuesim import KueueSim
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture
 def user(admin, namespace, operator):
-    from test_operator import User
+    from tests.controller.test_operator import User
 
     return User(admin, namespace)
 

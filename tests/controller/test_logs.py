@@ -12,18 +12,18 @@ from pathlib import Path
 
 import pytest
 import yaml
-from emulator import OPERATOR_TOKEN, Fault
-from harness import wait_for
 
 from kubetune.api.constants import GROUP, PLURAL, VERSION
 from kubetune.controller import config
+from kubetune.testing.emulator import OPERATOR_TOKEN, Fault
+from kubetune.testing.harness import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture
 def user(admin, namespace, operator):
-    from test_operator import User
+    from tests.controller.test_operator import User
 
     return User(admin, namespace)
 

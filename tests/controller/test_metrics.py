@@ -8,14 +8,14 @@ import urllib.request
 
 import kubernetes
 import pytest
-from harness import wait_for
 from prometheus_client.parser import text_string_to_metric_families
-from samples import LORA_INSTRUCTION_SPEC
 
 from kubetune.api.constants import GROUP, PLURAL, VERSION, ExitCode
 from kubetune.controller.metrics import JOB_GAUGES, Metrics, job_record
+from kubetune.testing.harness import wait_for
 from kubetune_trainer.reporting import ProgressReport
 from kubetune_trainer.status_reporter import StatusReporter
+from tests.controller.samples import LORA_INSTRUCTION_SPEC
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -5,11 +5,11 @@ the pod's container status (what the kubelet reports), never by reading Secrets 
 from __future__ import annotations
 
 import pytest
-from harness import now_rfc3339, wait_for
 
 from kubetune.api.constants import Phase, Reason
 from kubetune.controller import status
 from kubetune.controller.permissions import OPERATOR_PERMISSIONS
+from kubetune.testing.harness import now_rfc3339, wait_for
 
 # kubelet (pkg/kubelet/kubelet_pods.go, makeEnvironmentVariables) when a secretKeyRef cannot be resolved: the secret
 # manager's NotFound for a missing Secret, its own message for a missing key.
@@ -67,7 +67,7 @@ def test_the_operator_never_reads_secrets():
 
 @pytest.fixture
 def user(admin, namespace, operator):
-    from test_operator import User
+    from tests.controller.test_operator import User
 
     return User(admin, namespace)
 

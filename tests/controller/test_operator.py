@@ -8,13 +8,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import kubernetes
 import pytest
-from emulator import Fault
-from harness import wait_for
-from samples import LORA_INSTRUCTION_SPEC
 
 from kubetune.api.constants import GROUP, PLURAL, VERSION
+from kubetune.testing.emulator import Fault
+from kubetune.testing.harness import wait_for
 from kubetune_trainer.reporting import CheckpointReport, OutputReport, ProgressReport
 from kubetune_trainer.status_reporter import StatusReporter
+from tests.controller.samples import LORA_INSTRUCTION_SPEC
 
 # Each test waits for the operator through the API: bounded, so that a hang fails the test instead of the run.
 pytestmark = pytest.mark.timeout(120)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import kubernetes
 import pytest
-from harness import wait_for
 
 from kubetune.api.constants import GROUP, PLURAL, VERSION
 from kubetune.controller import builders
 from kubetune.controller.permissions import OPERATOR_PERMISSIONS, is_granted
+from kubetune.testing.harness import wait_for
 from tests.controller.samples import FTJ
 
 

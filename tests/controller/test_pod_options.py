@@ -1,6 +1,6 @@
 """spec.pod -> the training pods: every option lands where Kubernetes reads it, the Job stays valid for the API
 server (kubernetes-validate, the published OpenAPI schemas of built-in kinds) and the pods stay within the restricted
-Pod Security Standard (tests/controller/pss.py, ported from pod-security-admission); a job with no GPU sees none;
+Pod Security Standard (kubetune.testing.pss, ported from pod-security-admission); a job with no GPU sees none;
 file:// outputs only on a writable volume."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from kubetune.api.constants import OPERATOR_ENV, TRAINER_VOLUMES
 from kubetune.api.validation import SpecError
 from kubetune.controller import builders
-from tests.controller import pss
+from kubetune.testing import pss
 from tests.controller.samples import CONFIG, FTJ, SPEC
 
 # The oldest Kubernetes the chart supports (ValidatingAdmissionPolicy v1) and the newest kubernetes-validate knows.

@@ -9,11 +9,11 @@ import json
 import time
 
 import pytest
-from harness import wait_for
 
 from kubetune.controller import builders, policy
 from kubetune.controller.config import from_env
 from kubetune.controller.policy import Policy
+from kubetune.testing.harness import wait_for
 from tests.controller.samples import CONFIG, FTJ, SPEC
 
 STRICT = Policy(
@@ -180,7 +180,7 @@ def test_a_bad_policy_setting_is_one_line_naming_the_value(values, named):
 
 @pytest.fixture
 def user(admin, namespace, operator):
-    from test_operator import User
+    from tests.controller.test_operator import User
 
     return User(admin, namespace)
 

@@ -8,18 +8,18 @@ import copy
 import time
 
 import pytest
-from emulator import ApiError, Fault
-from harness import wait_for
 
 from kubetune.api.crd import crd
 from kubetune.controller import bounds
+from kubetune.testing.emulator import ApiError, Fault
+from kubetune.testing.harness import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture
 def user(admin, namespace, operator):
-    from test_operator import User
+    from tests.controller.test_operator import User
 
     return User(admin, namespace)
 
@@ -109,8 +109,8 @@ def test_a_refused_patch_of_a_running_job_fails_it_and_stops_the_job(user, sim, 
 
 
 def test_the_api_server_refuses_what_kubernetes_refuses():
-    """The ported rules of the test API server itself (apivalidation.py), against apimachinery's words."""
-    import apivalidation
+    """The ported rules of the test API server itself (kubetune.testing.apivalidation), against apimachinery's words."""
+    from kubetune.testing import apivalidation
 
     causes = apivalidation.metadata_causes("", "services", {"metadata": {"name": "7b-lora-workers"}})
     assert causes[0]["field"] == "metadata.name" and "DNS-1035" in causes[0]["message"]

@@ -8,10 +8,10 @@ import logging
 
 import kubernetes
 import pytest
-from harness import wait_for
 
 from kubetune.api.crd import crd
 from kubetune.api.v1alpha1 import Plan
+from kubetune.testing.harness import wait_for
 from kubetune_trainer.reporting import MultiReporter, NullReporter, ProgressReport, quoted
 from kubetune_trainer.status_reporter import StatusReporter, status_patch
 
@@ -74,7 +74,7 @@ def test_an_optional_report_reaches_only_the_reporters_that_take_it():
 def test_a_reporter_held_to_tighter_bounds_learns_them_from_the_refusal(admin, namespace, sim, emulator, operator):
     """A cluster whose CRD bounds progress.stage to 64 characters: the first patch is refused, the reporter cuts it
     to the bound the answer names and every later patch fits from the start."""
-    from test_operator import User
+    from tests.controller.test_operator import User
 
     tighter = copy.deepcopy(crd())
     tighter["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]["progress"][

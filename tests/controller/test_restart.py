@@ -15,10 +15,10 @@ from dataclasses import replace
 
 import kubernetes
 import pytest
-from emulator import ADMIN_TOKEN
-from harness import ClusterSim, OperatorLog, OperatorThread, start_emulator, wait_for
 
 from kubetune.api.constants import GROUP, PLURAL, VERSION
+from kubetune.testing.emulator import ADMIN_TOKEN
+from kubetune.testing.harness import ClusterSim, OperatorLog, OperatorThread, start_emulator, wait_for
 from tests.controller.conftest import SETTINGS
 
 pytestmark = pytest.mark.timeout(180)
@@ -40,7 +40,7 @@ def cluster(operator):
     sim = ClusterSim(emulator)
     admin = kubernetes.client.ApiClient(emulator.client_configuration(ADMIN_TOKEN))
     try:
-        from test_operator import User
+        from tests.controller.test_operator import User
 
         core = kubernetes.client.CoreV1Api(admin)
         for ns in (MAIN, HELD):

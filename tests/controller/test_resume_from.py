@@ -5,16 +5,16 @@ complete checkpoint yet, fails the new job with reason ResumeSourceNotFound, bef
 from __future__ import annotations
 
 import pytest
-from harness import wait_for
 
 from kubetune.api.constants import GROUP, PLURAL, VERSION
+from kubetune.testing.harness import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture
 def user(admin, namespace, operator):
-    from test_operator import User
+    from tests.controller.test_operator import User
 
     return User(admin, namespace)
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import kubernetes
 import pytest
-from harness import wait_for
 
 from kubetune.api.constants import GROUP, PLURAL, VERSION
+from kubetune.testing.harness import wait_for
 from kubetune_trainer.reporting import CheckpointReport, OutputReport
 from kubetune_trainer.status_reporter import StatusReporter
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture
 def user(admin, namespace, operator):
-    from test_operator import User
+    from tests.controller.test_operator import User
 
     return User(admin, namespace)
 

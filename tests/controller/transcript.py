@@ -1,6 +1,7 @@
 """A short, real transcript for the docs: the API emulator + the operator, one FineTuneJob driven through
-its phases (the Job controller and kubelet played by harness.ClusterSim, Kueue by kueuesim.KueueSim, progress
-patched by the trainer's real StatusReporter), printing `status` as YAML at each phase.
+its phases (the Job controller and kubelet played by kubetune.testing.harness.ClusterSim, Kueue by
+kubetune.testing.kueuesim.KueueSim, progress patched by the trainer's real StatusReporter), printing `status` as
+YAML at each phase.
 
     python tests/controller/transcript.py
 """
@@ -8,21 +9,17 @@ patched by the trainer's real StatusReporter), printing `status` as YAML at each
 from __future__ import annotations
 
 import logging
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+import kubernetes
+import yaml
 
-import kubernetes  # noqa: E402
-import yaml  # noqa: E402
-from emulator import ADMIN_TOKEN  # noqa: E402
-from harness import ClusterSim, OperatorThread, start_emulator, wait_for  # noqa: E402
-from kueuesim import KueueSim  # noqa: E402
-
-from kubetune.api.constants import GROUP, PLURAL, VERSION  # noqa: E402
-from kubetune.controller.config import OperatorConfig  # noqa: E402
-from kubetune_trainer.reporting import CheckpointReport, OutputReport, ProgressReport  # noqa: E402
-from kubetune_trainer.status_reporter import StatusReporter  # noqa: E402
+from kubetune.api.constants import GROUP, PLURAL, VERSION
+from kubetune.controller.config import OperatorConfig
+from kubetune.testing.emulator import ADMIN_TOKEN
+from kubetune.testing.harness import ClusterSim, OperatorThread, start_emulator, wait_for
+from kubetune.testing.kueuesim import KueueSim
+from kubetune_trainer.reporting import CheckpointReport, OutputReport, ProgressReport
+from kubetune_trainer.status_reporter import StatusReporter
 
 NS, NAME = "team-a", "support-bot"
 MANIFEST = {

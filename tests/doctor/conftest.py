@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -14,14 +13,9 @@ import pytest
 import yaml
 
 from kubetune.api.constants import API_VERSION, KIND
-
-# The controller tests' emulator and harness import one another by bare module name (from emulator import ...).
-CONTROLLER_TESTS = Path(__file__).resolve().parent.parent / "controller"
-sys.path.insert(0, str(CONTROLLER_TESTS))
-
-from emulator import ADMIN_TOKEN  # noqa: E402 - importable only after the sys.path change above
-from harness import BlockingKube, start_emulator  # noqa: E402 - likewise
-from kueuesim import CRDS as KUEUE_CRDS  # noqa: E402 - likewise
+from kubetune.testing.emulator import ADMIN_TOKEN
+from kubetune.testing.harness import BlockingKube, start_emulator
+from kubetune.testing.kueuesim import CRDS as KUEUE_CRDS
 
 ACCESS_KEY, SECRET_KEY = "user-key", "user-secret"
 SECRET_VALUE = "the-value-nobody-may-print"

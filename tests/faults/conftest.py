@@ -17,7 +17,6 @@ import pytest
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "controller"))  # emulator.py, harness.py
 
 from faultlib import S3_KEY_ID, S3_SECRET, SEED, s3_client, s3_env  # noqa: E402,F401
 
@@ -130,7 +129,7 @@ def corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def api():
-    from harness import start_emulator
+    from kubetune.testing.harness import start_emulator
 
     emu = start_emulator()
     yield emu

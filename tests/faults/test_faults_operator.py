@@ -11,11 +11,11 @@ from collections import Counter
 
 import kubernetes
 import pytest
-from emulator import ADMIN_TOKEN, Fault
-from harness import ClusterSim, wait_for
 from operatorlib import OperatorProcess, ftj_manifest, mismatches, wait_until_consistent
 
 from kubetune.api.constants import GROUP, PLURAL, VERSION
+from kubetune.testing.emulator import ADMIN_TOKEN, Fault
+from kubetune.testing.harness import ClusterSim, wait_for
 
 pytestmark = pytest.mark.slow
 

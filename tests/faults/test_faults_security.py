@@ -17,13 +17,13 @@ from pathlib import Path
 import kubernetes
 import pytest
 import yaml
-from emulator import ADMIN_TOKEN
 from faultlib import s3_client
-from harness import wait_for
 from operatorlib import OperatorProcess
 from trainerlib import manifest
 
 from kubetune.api.constants import GROUP, PLURAL, VERSION
+from kubetune.testing.emulator import ADMIN_TOKEN
+from kubetune.testing.harness import wait_for
 
 CANARY_KEY_ID = "AKIACANARY7Q2X9Z"
 CANARY_SECRET = "canary-secret-9f3c1e7a2b"

@@ -19,7 +19,6 @@ import pytest
 HERE = Path(__file__).parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(REPO / "tests" / "controller"))  # emulator.py, harness.py
 
 from engine import Engine, EngineUnavailable  # noqa: E402
 from imageset import MB, REGISTRY, Images, chart_version  # noqa: E402

@@ -52,6 +52,15 @@ def test_operator_image_runs_as_its_non_root_user_by_default(images):
     assert result.stdout.decode().split() == ["65532", "65532"]
 
 
+def test_operator_image_leaves_the_test_cluster_out(images):
+    # kubetune.testing lives in operator/ but is the tests' (it needs kmock): .dockerignore keeps it out of the build.
+    probe = "import importlib.util; print(importlib.util.find_spec('kubetune.testing'))"
+    result = images.engine.cli(
+        "run", "--rm", *LOCKED_DOWN, "--entrypoint", "python", images.operator, "-c", probe, timeout=60
+    )
+    assert result.stdout.decode().strip() == "None"
+
+
 def test_help_answers_with_every_command(images):
     result = run_operator(images, "--help")
     out = result.stdout.decode()

@@ -27,12 +27,12 @@ from pathlib import Path
 import kubernetes
 import pytest
 from imageset import REPO
-from pod import Cluster, docker_run, pod_from, template_pod, termination_message
+
+from kubetune.testing.emulator import ADMIN_TOKEN, OPERATOR_TOKEN
+from kubetune.testing.harness import ClusterSim, start_emulator, wait_for
+from kubetune.testing.kubelet import Cluster, docker_run, pod_from, template_pod, termination_message
 
 helm = pytest.importorskip("helm_python.chart", reason="helm-python-sdk (the embedded Helm SDK) is not installed")
-
-from emulator import ADMIN_TOKEN, OPERATOR_TOKEN  # noqa: E402
-from harness import ClusterSim, start_emulator, wait_for  # noqa: E402
 
 RELEASE_NAMESPACE = "kubetune-system"
 NAMESPACE = "team-a"

@@ -1,4 +1,4 @@
-"""hf:// sources against the Hub double (tests/hubdouble.py): the trainer's real download code (huggingface_hub's
+"""hf:// sources against the Hub double (kubetune.testing): the trainer's real download code (huggingface_hub's
 snapshot_download and hf_hub_download, datasets.load_dataset) fetching the tiny Llama and a small dataset over HTTP,
 with revisions, gated and private repositories, a download cut in the middle and a Hub that is down."""
 
@@ -8,10 +8,10 @@ import hashlib
 import json
 
 import pytest
-from tests import hubdouble
-from tests.hubdouble import SAFE_FILES, dataset_repo_files, fetched_files, model_repo_files
 
 from kubetune.api.v1alpha1 import Spec
+from kubetune.testing import hubdouble
+from kubetune.testing.hubdouble import SAFE_FILES, dataset_repo_files, fetched_files, model_repo_files
 from kubetune_trainer.errors import InfraError, UserError
 from kubetune_trainer.layout import COMPLETE_MARKER
 from kubetune_trainer.sources import fetch_config, fetch_model
@@ -21,7 +21,7 @@ MODEL = "org/tiny-llama"
 
 @pytest.fixture
 def hub(monkeypatch, tmp_path_factory):
-    """The Hub double, online for this test (tests/hubdouble.py)."""
+    """The Hub double, online for this test (kubetune.testing.hubdouble)."""
     with hubdouble.running(monkeypatch, tmp_path_factory.mktemp("hf-home")) as double:
         yield double
 
@@ -42,7 +42,8 @@ def test_the_double_answers_as_the_hub_does_for_huggingface_hub(hub, tiny_llama_
     """The double seen through huggingface_hub's own calls: revision resolution, file metadata (LFS files through a
     redirect to another origin, with X-Linked-Etag/X-Linked-Size), ranged reads, the Hub's error codes."""
     from huggingface_hub import HfApi, HfFileSystem, errors, get_hf_file_metadata, hf_hub_url
-    from tests.hubdouble import git_blob_sha1
+
+    from kubetune.testing.hubdouble import git_blob_sha1
 
     files = _repo_files(tiny_llama_dir)
     commit = hub.add_repo(MODEL, files)

@@ -4,19 +4,13 @@ tokens) and a real HTTP S3 endpoint (moto), the way a user reaches a cluster: a 
 from __future__ import annotations
 
 import itertools
-import sys
-from pathlib import Path
 
 import kubernetes
 import pytest
 
+from kubetune.testing.emulator import ADMIN_TOKEN
+from kubetune.testing.harness import ClusterSim, start_emulator
 from tests.usercli.jobs import Kubelet, World
-
-CONTROLLER_TESTS = Path(__file__).resolve().parent.parent / "controller"
-sys.path.insert(0, str(CONTROLLER_TESTS))
-
-from emulator import ADMIN_TOKEN  # noqa: E402 - importable only after the sys.path change above
-from harness import ClusterSim, start_emulator  # noqa: E402 - likewise
 
 _counter = itertools.count()
 

@@ -49,7 +49,7 @@ class Kubelet:
 
     @classmethod
     def install(cls) -> Kubelet:
-        from emulator import ApiServer
+        from kubetune.testing.emulator import ApiServer
 
         kubelet = cls()
         kubelet.original = ApiServer.__call__
@@ -64,7 +64,7 @@ class Kubelet:
         return kubelet
 
     def uninstall(self) -> None:
-        from emulator import ApiServer
+        from kubetune.testing.emulator import ApiServer
 
         ApiServer.__call__ = self.original
 
@@ -155,7 +155,8 @@ class World:
 
     def create_namespace(self, name: str) -> None:
         import kubernetes
-        from emulator import ADMIN_TOKEN
+
+        from kubetune.testing.emulator import ADMIN_TOKEN
 
         api = kubernetes.client.CoreV1Api(kubernetes.client.ApiClient(self.emulator.client_configuration(ADMIN_TOKEN)))
         api.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})

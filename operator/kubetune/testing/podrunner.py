@@ -3,7 +3,7 @@
 `PodRunner` watches the test API server for Jobs to run: population Jobs (modelcache.LABEL_POPULATION) always, and
 training Jobs when it is given a `training` callable. For each it does what the Job controller and the kubelet would:
 it creates the Job's pod, resolves the container's environment as the kubelet does (values, secretKeyRef read from
-the API server: tests/images/pod.py), runs the container's command as a process (`python` is this interpreter; the
+the API server: kubelet.py), runs the container's command as a process (`python` is this interpreter; the
 pod's emptyDir and termination log are folders and files under `workdir`), reports the container's end in the pod's
 status (exit code; the termination log, else the last lines of its output on failure: FallbackToLogsOnError), and
 then, as the Job controller, applies the Job's podFailurePolicy and backoffLimit: a FailJob exit code or failures
@@ -27,12 +27,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import kubernetes
-from harness import BlockingKube, wait_for
 
 from kubetune.api.constants import TERMINATION_LOG
 from kubetune.controller import builders, modelcache
 from kubetune.controller.status import now_rfc3339
-from tests.images import pod as kubelet
+from kubetune.testing import kubelet
+from kubetune.testing.harness import BlockingKube, wait_for
 
 SCRATCH = "/scratch"
 # What a container may print before the kubelet's FallbackToLogsOnError keeps only its tail.

@@ -13,13 +13,13 @@ from typing import Any, Callable
 
 import kopf
 import kubernetes
-from emulator import ADMIN_TOKEN, OPERATOR_TOKEN, Emulator
 
 from kubetune.api.crd import crd
 from kubetune.controller import config as operator_config
 from kubetune.controller import handlers
 from kubetune.controller.kube import Kube
 from kubetune.controller.status import now_rfc3339
+from kubetune.testing.emulator import ADMIN_TOKEN, OPERATOR_TOKEN, Emulator
 
 
 class BlockingKube:

@@ -23,10 +23,9 @@ from __future__ import annotations
 import threading
 import time
 
-from emulator import AdmissionRequest, ApiServer, Emulator
-from harness import BlockingKube
-
 from kubetune.controller.kueue import workload_name
+from kubetune.testing.emulator import AdmissionRequest, ApiServer, Emulator
+from kubetune.testing.harness import BlockingKube
 
 GROUP = "kueue.x-k8s.io"
 VERSION = "v1beta2"

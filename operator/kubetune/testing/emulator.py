@@ -48,11 +48,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp.web
-import apivalidation
-import apiviews
 import attrs
 import kmock
 from multidict import CIMultiDict
+
+from kubetune.testing import apivalidation, apiviews
 
 ADMIN_TOKEN = "admin"
 OPERATOR_TOKEN = "operator"
