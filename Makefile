@@ -31,7 +31,8 @@ test: setup lint
 
 # Everything that trains no model (the API, the CLIs, the operator, the chart, the docs, the doctor) and lint.
 test-fast: setup lint
-	$(PY) -m pytest tests/api tests/test_cli.py tests/controller tests/usercli tests/charts tests/docs tests/doctor
+	$(PY) -m pytest tests/api tests/test_cli.py tests/test_testing_package.py tests/controller tests/usercli tests/charts tests/docs \
+		tests/doctor
 
 demo: setup
 	$(PY) -m kubetune_trainer.demo --out demo-output
