@@ -61,7 +61,16 @@ def _run(job: Path, out: Path, processes: int, **env) -> str:
     return output
 
 
-def _job(write_job, model_dir, data, name: str, technique: str = "full", accumulation: int = 1, strategy: str = "fsdp"):
+def _job(
+    write_job,
+    model_dir,
+    data,
+    name: str,
+    technique: str = "full",
+    accumulation: int = 1,
+    strategy: str = "fsdp",
+    offload: bool = False,
+):
     sections = {"lora": {"rank": 4, "alpha": 8, "dropout": 0.0}} if technique == "lora" else {}
     return write_job(
         model_dir,
@@ -76,9 +85,26 @@ def _job(write_job, model_dir, data, name: str, technique: str = "full", accumul
             "learningRate": 3e-3,
         },
         output={"checkpointEverySteps": 4, "keepCheckpoints": 2},
-        distributed={"strategy": strategy},
+        distributed={"strategy": strategy, "cpuOffload": offload} if offload else {"strategy": strategy},
         **sections,
     )
+
+
+def _kill_after_step_4(job: Path, out: Path, processes: int) -> None:
+    """Run `job` slowly on `processes` and kill it once its step-4 checkpoint is complete."""
+    proc = _torchrun(job, out, processes, KUBETUNE_DEBUG_STEP_SLEEP="0.5")
+    try:
+        deadline = time.time() + 300
+        while not (out / "checkpoints" / "step-4" / "_COMPLETE").exists():
+            assert proc.poll() is None and time.time() < deadline, (
+                proc.stdout.read()[-3000:] if proc.poll() is not None else "timeout"
+            )
+            time.sleep(0.2)
+    finally:
+        proc.kill()  # torchrun, then its workers (they run `... kubetune_trainer <job>`)
+        proc.wait()
+        subprocess.run(["pkill", "-9", "-f", str(job)], check=False)
+    assert not (out / "final" / "_COMPLETE").exists(), "killed too late: the run had finished"
 
 
 def _losses(out: Path) -> list[float]:
@@ -162,19 +188,7 @@ def test_killed_run_resumes_on_another_number_of_processes(first, then, tiny_lla
     _run(job, reference, first)
 
     out = tmp_path / "out"
-    proc = _torchrun(job, out, first, KUBETUNE_DEBUG_STEP_SLEEP="0.5")
-    try:
-        deadline = time.time() + 300
-        while not (out / "checkpoints" / "step-4" / "_COMPLETE").exists():
-            assert proc.poll() is None and time.time() < deadline, (
-                proc.stdout.read()[-3000:] if proc.poll() is not None else "timeout"
-            )
-            time.sleep(0.2)
-    finally:
-        proc.kill()  # torchrun, then its workers (they run `... kubetune_trainer <job>`)
-        proc.wait()
-        subprocess.run(["pkill", "-9", "-f", str(job)], check=False)
-    assert not (out / "final" / "_COMPLETE").exists(), "killed too late: the run had finished"
+    _kill_after_step_4(job, out, first)
 
     log = _run(job, out, then)
     assert "resuming from checkpoint step-" in log
@@ -183,3 +197,37 @@ def test_killed_run_resumes_on_another_number_of_processes(first, then, tiny_lla
     largest_loss_gap = max(abs(a - b) for a, b in zip(resumed, uninterrupted, strict=True))
     assert largest_loss_gap <= LOSS_TOLERANCE, (resumed, uninterrupted)
     assert _close(_final(out, False), _final(reference, False)) <= WEIGHT_TOLERANCE
+
+
+def test_cpu_offload_on_one_process_matches_a_plain_run_and_resumes_on_two(tiny_llama_dir, data, write_job, tmp_path):
+    """distributed.cpuOffload on one process: FSDP2 over a one-rank mesh with the offload policy (unpinned without
+    an accelerator: torch refuses to pin memory with "Cannot access accelerator device when none is available"; the
+    pinned policy runs on the GPU, bench/gpu_run.sh). The losses and weights are a plain one-process run's, the
+    checkpoints are sharded ones, and a run killed after step 4 resumes on 2 processes with the same global batch
+    (accumulation 2 on one, 1 on two) and ends where the uninterrupted run ends."""
+    import torch
+
+    offload_job = _job(write_job, tiny_llama_dir, data, "offload", accumulation=2, offload=True)
+    plain_job = _job(write_job, tiny_llama_dir, data, "plain", accumulation=2, strategy="ddp")
+    log = _run(offload_job, tmp_path / "offload", 1)
+    _run(plain_job, tmp_path / "plain", 1)
+
+    assert "FSDP2 with CPU offload over one process" in log, log[-3000:]
+    if not torch.accelerator.is_available():
+        assert "(no accelerator: unpinned)" in log
+    offload, plain = _losses(tmp_path / "offload"), _losses(tmp_path / "plain")
+    assert len(offload) == len(plain) == STEPS
+    assert max(abs(a - b) for a, b in zip(offload, plain, strict=True)) <= LOSS_TOLERANCE, (offload, plain)
+    assert _close(_final(tmp_path / "offload", False), _final(tmp_path / "plain", False)) <= WEIGHT_TOLERANCE
+    step = tmp_path / "offload" / "checkpoints" / "step-8"
+    assert (step / "dcp" / "__0_0.distcp").is_file() and (step / "dcp" / ".metadata").is_file()
+    assert json.loads((step / "kubetune_sharded.json").read_text()) == {"world": 1, "globalBatch": 2 * 2}
+
+    out = tmp_path / "resumed"
+    _kill_after_step_4(offload_job, out, 1)
+    log = _run(offload_job, out, 2)
+    assert "resuming from checkpoint step-4" in log
+    assert "gradient accumulation 1 keeps the global batch of 4" in log
+    resumed = _losses(out)
+    assert max(abs(a - b) for a, b in zip(resumed, offload, strict=True)) <= LOSS_TOLERANCE, (resumed, offload)
+    assert _close(_final(out, False), _final(tmp_path / "offload", False)) <= WEIGHT_TOLERANCE

@@ -716,6 +716,8 @@ def run_job(file: str | Path, *, output: str | None = None, name: str | None = N
     finally:
         if world.size > 1:
             _finish_distributed(wait_for_others=succeeded)
+        else:
+            sharding.finish_one_process_group()  # the group CPU offload started on one process, if it did
         if (
             created_work_dir
             and not os.environ.get("KUBETUNE_KEEP_WORK_DIR")

@@ -143,6 +143,7 @@ def load_for_training(
         model = auto.from_pretrained(str(model_dir), **kwargs)
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"spec.model.uri: cannot load the model as {task}: {exc}") from exc
+    model = sharding.shard_one_process(model, strategy, trains_base_weights=trains_base_weights, precision=dtypes)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
@@ -225,7 +226,7 @@ def save_final(model, tokenizer, spec, out_dir, *, base_model_dir=None, is_main:
     if hasattr(module, "save"):
         module.save(model, out, is_main=is_main)
     else:
-        model.save_pretrained(str(out), safe_serialization=True, is_main_process=is_main)
+        model.save_pretrained(str(out), safe_serialization=True, is_main_process=is_main, **sharding.save_kwargs(model))
     if not is_main:
         return out
     if module.PEFT and _task_of(model) == SEQUENCE_CLASSIFICATION:

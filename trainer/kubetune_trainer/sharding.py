@@ -6,7 +6,9 @@ DistributedConfig(fsdp_size=world))`, `fully_shard` per decoder layer then the r
 gloo alike, and its Trainer trains such a model: a PEFT adapter added afterwards stays whole on every rank,
 broadcast from rank 0 and its gradient averaged. Accelerate's own FSDP path would be the other way, but it
 refuses a CPU (AcceleratorState only turns MULTI_GPU-like types into FSDP), so the tests could not run the
-path the GPUs run; this way both run the same code.
+path the GPUs run; this way both run the same code. transformers shards only over two ranks or more: CPU offload on
+one process (a one-GPU job whose model fits only with its parameters, gradients and optimizer step in host memory)
+is FSDP2 over a one-rank mesh that `shard_one_process` applies to the loaded model, in a process group of one.
 
 What transformers 5.24 does not do for such a model is checkpoint it (its Trainer refuses to save optimizer state
 for a model sharded at load time). So `install_checkpointing` gives the Trainer kubetune's: the model's and the
@@ -46,7 +48,9 @@ class Strategy:
 
     @property
     def sharded(self) -> bool:
-        return self.name != "ddp" and self.world > 1
+        """FSDP2 holds the model: over several processes, or over one with CPU offload (plain fsdp on one process
+        has nothing to shard over and runs the whole model)."""
+        return self.name != "ddp" and (self.world > 1 or self.offload)
 
     @property
     def offload(self) -> bool:
@@ -84,6 +88,13 @@ def choose(spec, plan=None, world: int | None = None, resumed: bool | None = Non
         return Strategy("ddp", world, "strategy ddp (spec.distributed)")
     if wanted == DistributedStrategy.FSDP:
         name = "fsdp+offload" if offload else "fsdp"
+        if world == 1 and offload:
+            return Strategy(
+                name,
+                world,
+                "strategy fsdp+offload on one process: FSDP2 over a one-rank mesh keeps the parameters, gradients "
+                "and optimizer step in host memory and brings each layer to the GPU for its compute",
+            )
         if world == 1:
             return Strategy(
                 name, world, f"strategy {name} on one process: nothing to shard over, the whole model is here"
@@ -95,17 +106,116 @@ def choose(spec, plan=None, world: int | None = None, resumed: bool | None = Non
 
 
 def load_kwargs(spec, strategy: Strategy, *, trains_base_weights: bool, precision) -> dict:
-    """`from_pretrained` arguments that shard the model as it loads."""
-    if not strategy.sharded:
+    """`from_pretrained` arguments that shard the model as it loads. None on one process: transformers shards only
+    over two ranks or more, and `shard_one_process` shards such a model once it is loaded."""
+    if not strategy.sharded or strategy.world == 1:
         return {}
     from transformers.distributed.configuration_utils import DistributedConfig
 
-    mixed = precision.effective in (Precision.BF16, Precision.FP16) and trains_base_weights
+    offload = strategy.offload
+    if offload and not _has_accelerator():
+        # transformers' offload policy pins host memory, which torch refuses without an accelerator ("Cannot access
+        # accelerator device when none is available"); on a CPU the shards live in host memory anyway.
+        log.info("no accelerator: the FSDP shards stay in host memory without transformers' pinned offload policy")
+        offload = False
     return {
         "distributed_config": DistributedConfig(
-            fsdp_size=strategy.world, fsdp_cpu_offload=strategy.offload, fsdp_mixed_precision=mixed
+            fsdp_size=strategy.world,
+            fsdp_cpu_offload=offload,
+            fsdp_mixed_precision=_mixed_precision(trains_base_weights, precision),
         )
     }
+
+
+def _mixed_precision(trains_base_weights: bool, precision) -> bool:
+    return precision.effective in (Precision.BF16, Precision.FP16) and trains_base_weights
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    return torch.accelerator.is_available()
+
+
+_started_one_process_group = False
+
+
+def one_process_group() -> None:
+    """A process group of one (FSDP2's collectives need one even alone): nccl on a GPU, gloo on the CPU, over an
+    in-process store, so a plain one-process run needs no torchrun, address or port."""
+    global _started_one_process_group
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    _started_one_process_group = True
+    log.info("one-process group (%s) for FSDP2", backend)
+
+
+def finish_one_process_group() -> None:
+    """End the group `one_process_group` started (a group someone else started is theirs to end)."""
+    global _started_one_process_group
+    if not _started_one_process_group:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    _started_one_process_group = False
+
+
+def shard_one_process(model, strategy: Strategy, *, trains_base_weights: bool, precision):
+    """FSDP2 over a one-rank mesh for CPU offload on one process, as transformers shards over several: every decoder
+    layer (the model's `_no_split_modules`) its own FSDP unit, then the root. With CPUOffloadPolicy the parameters,
+    their gradients and the optimizer step stay in host memory; each unit is copied to the GPU for its compute.
+    Without an accelerator there is no device memory to offload from: the policy runs unpinned (torch refuses to pin
+    memory without an accelerator), the same FSDP2 code path with its copies made on the CPU.
+
+    The model is then marked the way transformers marks a model it sharded at load time, so the Trainer neither moves
+    it nor wraps it, and its checkpoints are kubetune's sharded ones: a one-process offload run resumes on N
+    processes and the reverse."""
+    if not (strategy.sharded and strategy.world == 1):
+        return model
+    import torch
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+    one_process_group()
+    accelerator = _has_accelerator()
+    device = torch.accelerator.current_accelerator().type if accelerator else "cpu"
+    mesh = init_device_mesh(device, (1,), mesh_dim_names=("fsdp",))
+    policies: dict = {"offload_policy": CPUOffloadPolicy(pin_memory=accelerator)}
+    if _mixed_precision(trains_base_weights, precision):
+        policies["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    layer_classes = set(getattr(model, "_no_split_modules", None) or ())
+    layers = [m for m in model.modules() if type(m).__name__ in layer_classes]
+    if not layers:
+        raise UserError(
+            f"distributed.cpuOffload: {type(model).__name__} names no decoder layer class (_no_split_modules) "
+            "to shard one at a time"
+        )
+    for layer in layers:
+        fully_shard(layer, mesh=mesh, reshard_after_forward=True, **policies)
+    fully_shard(model, mesh=mesh, **policies)
+    # transformers' own markers of a model sharded at load time (what its Trainer and save_pretrained read).
+    from transformers.distributed.configuration_utils import DistributedConfig
+
+    model.config.distributed_config = DistributedConfig(
+        fsdp_size=1, fsdp_cpu_offload=True, fsdp_mixed_precision="mp_policy" in policies
+    )
+    model._is_distributed_loading_by_transformers = True
+    model._is_fsdp_managed_module = True
+    log.info(
+        "FSDP2 with CPU offload over one process: %d decoder layers, parameters in host memory%s",
+        len(layers),
+        "" if accelerator else " (no accelerator: unpinned)",
+    )
+    return model
 
 
 def local_numel(parameters) -> int:
@@ -121,6 +231,18 @@ def is_sharded(model) -> bool:
         getattr(base, "is_distributed_loading_by_transformers", False)
         or getattr(model, "is_distributed_loading_by_transformers", False)
     )
+
+
+def save_kwargs(model) -> dict:
+    """`save_pretrained` arguments for a model FSDP2 holds on one process: its whole state dict, as plain tensors
+    (transformers gathers the shards itself only over two ranks or more)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(getattr(base, "config", None), "distributed_config", None)
+    if not is_sharded(model) or config is None or config.dp_size > 1:
+        return {}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return {"state_dict": get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))}
 
 
 # --------------------------------------------------------------------------- global batch across world sizes
