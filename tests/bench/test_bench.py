@@ -140,3 +140,13 @@ def test_plan_table_prints_every_technique(capsys, monkeypatch):
     for technique in Technique:
         assert f"| 8B | {technique.value} |" in out
     assert "| 8B | full | - | - | fsdp " in out  # 8B full fine-tuning needs sharding over 4 GPUs of 80 GiB
+
+
+@pytest.mark.parametrize("options", [[], ["--checkpointing", "--offload"]])
+def test_the_strategy_tables_of_the_docs_are_what_plan_table_prints(options, capsys, monkeypatch):
+    """docs/techniques.md shows bench/plan_table.py's output verbatim: a change to the plan regenerates it."""
+    monkeypatch.setattr(sys, "argv", ["plan_table.py", *options])
+    load("plan_table").main()
+    table = capsys.readouterr().out.strip()
+    docs = (BENCH.parent / "docs" / "techniques.md").read_text()
+    assert table in docs, f"regenerate docs/techniques.md's table with: python bench/plan_table.py {' '.join(options)}"

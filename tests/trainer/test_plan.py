@@ -253,11 +253,60 @@ def test_auto_picks_ddp_fsdp_or_offload_from_the_numbers():
         distributed={"cpuOffload": True},
     )
     assert P.plan(offload, LLAMA_70B, gpu_memory=80 * GiB).chosen.strategy == "fsdp+offload"
-    # One process shards nothing: only ddp is planned.
+    # One process has nothing to shard: a whole replica, or CPU offload over a one-rank mesh.
     one_gpu = _spec("full", resources={"gpus": 1}, distributed={"strategy": "auto", "cpuOffload": True})
-    assert [e.strategy for e in P.plan(one_gpu, LLAMA_8B, gpu_memory=80 * GiB).estimates] == ["ddp"]
+    assert [e.strategy for e in P.plan(one_gpu, LLAMA_8B, gpu_memory=80 * GiB).estimates] == ["ddp", "fsdp+offload"]
     unknown = P.plan(full, LLAMA_8B)
     assert unknown.chosen.strategy == "ddp" and unknown.chosen.fits is None and "no GPU memory" in unknown.why
+
+
+def test_one_gpu_takes_cpu_offload_when_a_replica_does_not_fit_and_the_spec_allows_it():
+    """An 8B full fine-tune on one 80 GiB GPU: about 128 GiB with ddp (bf16 weights, fp32 masters, AdamW), a few GiB
+    with CPU offload (FSDP2 over one rank keeps weights, gradients and the optimizer step in host memory)."""
+    from kubetune_trainer import sharding
+
+    hp = {"batchSize": 1, "gradientCheckpointing": True}
+    resources = {"gpus": 1, "gpuMemory": "80Gi"}
+    allowed = _spec("full", resources=resources, hyperparameters=hp, distributed={"cpuOffload": True})
+    result = P.plan(allowed, LLAMA_8B, gpu_memory=80 * GiB)
+    ddp, offload = result.estimates
+    assert (ddp.strategy, offload.strategy) == ("ddp", "fsdp+offload") and ddp.world == offload.world == 1
+    assert ddp.fits is False and offload.fits
+    assert result.chosen is offload and "CPU offload" in result.why
+    # The same rules as offload over several GPUs: nothing of a full fine-tune's state stays on the GPU but the
+    # layers being computed, on one GPU as on two.
+    hpr = allowed.hyperparameters
+    two = P.estimate(
+        P.ModelShape.from_config(LLAMA_8B),
+        allowed,
+        "fsdp+offload",
+        2,
+        None,
+        precision=Precision(hpr.precision),
+        liger=hpr.liger_kernel,
+    )
+    assert (offload.weights, offload.gradients, offload.optimizer) == (two.weights, two.gradients, two.optimizer)
+    assert result.status()["cpuOffload"] is True and result.status()["worldSize"] == 1
+    strategy = sharding.choose(allowed, result, world=1)
+    assert (strategy.name, strategy.sharded, strategy.offload) == ("fsdp+offload", True, True)
+
+    # strategy fsdp with cpuOffload on one process: offload whatever the plan; plain fsdp there shards nothing.
+    explicit = _spec(
+        "full", resources=resources, hyperparameters=hp, distributed={"strategy": "fsdp", "cpuOffload": True}
+    )
+    assert P.plan(explicit, LLAMA_8B, gpu_memory=80 * GiB).chosen.strategy == "fsdp+offload"
+    assert sharding.choose(explicit, None, world=1).sharded
+    plain_fsdp = _spec("full", resources=resources, hyperparameters=hp, distributed={"strategy": "fsdp"})
+    assert P.plan(plain_fsdp, LLAMA_8B, gpu_memory=80 * GiB).chosen.strategy == "ddp"
+    assert not sharding.choose(plain_fsdp, None, world=1).sharded
+
+    # Without the spec's consent auto stays on ddp, which does not fit, and the advice names cpuOffload.
+    refused = _spec("full", resources=resources, hyperparameters=hp)
+    result = P.plan(refused, LLAMA_8B, gpu_memory=80 * GiB)
+    assert result.chosen.strategy == "ddp" and result.chosen.fits is False
+    text = P.advice(result)
+    assert "`distributed.strategy: fsdp, distributed.cpuOffload: true` (about " in text and "on 1 GPU)" in text
+    assert sharding.choose(refused, result, world=1).name == "ddp"
 
 
 def test_a_plan_that_does_not_fit_says_what_to_do():
@@ -296,7 +345,8 @@ def test_kubetune_plan_command(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "8.03B parameters" in out and "* fsdp " in out and "fits" in out
     assert main(["plan", str(job), "--config", str(config), "--gpus", "1", "--gpu-memory", "80Gi"]) == 1
-    assert "needs about" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "needs about" in out and "distributed.cpuOffload: true" in out and "  fsdp+offload  world 1 " in out
     assert main(["plan", str(job), "--config", str(config)]) == 0  # no GPU memory: a plan without a verdict
     config.write_text(json.dumps({"model_type": "whisper"}))
     assert main(["plan", str(job), "--config", str(config)]) == 2

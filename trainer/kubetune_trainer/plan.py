@@ -309,25 +309,24 @@ def plan(
     distributed = spec.distributed
     requested = DistributedStrategy(distributed.strategy) if distributed else DistributedStrategy.AUTO
     offload_allowed = bool(distributed and distributed.cpu_offload)
-    # Sharding needs two processes at least (FSDP over one rank shards nothing; CPU offload rides on it).
-    candidates = ["ddp", "fsdp", "fsdp+offload"] if world > 1 else ["ddp"]
+    # Plain fsdp over one process shards nothing (a whole replica, as ddp); CPU offload still moves the parameters,
+    # gradients and optimizer step to host memory there (FSDP2 over a one-rank mesh), so one GPU plans ddp and offload.
+    candidates = ["ddp", "fsdp", "fsdp+offload"] if world > 1 else ["ddp", "fsdp+offload"]
     estimates = [estimate(shape, spec, s, world, gpu_memory, precision=precision, liger=liger) for s in candidates]
     by_name = {e.strategy: e for e in estimates}
-    if requested == DistributedStrategy.DDP or world == 1:
-        chosen = by_name["ddp"]
-        why = (
-            "strategy ddp (spec.distributed)"
-            if requested == DistributedStrategy.DDP
-            else "one process: a whole replica"
-        )
+    if requested == DistributedStrategy.DDP:
+        chosen, why = by_name["ddp"], "strategy ddp (spec.distributed)"
+    elif requested == DistributedStrategy.FSDP and offload_allowed:
+        chosen, why = by_name["fsdp+offload"], "strategy fsdp+offload (spec.distributed)"
+    elif world == 1 and (requested == DistributedStrategy.FSDP or gpu_memory is None):
+        chosen, why = by_name["ddp"], "one process: a whole replica"
     elif requested == DistributedStrategy.FSDP:
-        name = "fsdp+offload" if offload_allowed else "fsdp"
-        chosen, why = by_name[name], f"strategy {name} (spec.distributed)"
+        chosen, why = by_name["fsdp"], "strategy fsdp (spec.distributed)"
     elif gpu_memory is None:
         chosen, why = by_name["ddp"], "strategy auto: ddp (no GPU memory known to plan with)"
     elif by_name["ddp"].fits:
         chosen, why = by_name["ddp"], "strategy auto: ddp (a whole replica fits each GPU)"
-    elif by_name["fsdp"].fits:
+    elif "fsdp" in by_name and by_name["fsdp"].fits:
         chosen, why = by_name["fsdp"], f"strategy auto: fsdp (a replica does not fit one GPU; sharded over {world})"
     elif offload_allowed and by_name["fsdp+offload"].fits:
         chosen, why = by_name["fsdp+offload"], "strategy auto: fsdp with CPU offload (nothing else fits)"
@@ -355,7 +354,8 @@ def advice(result: Plan) -> str:
             name = "distributed.strategy: fsdp" + (
                 ", distributed.cpuOffload: true" if e.strategy == "fsdp+offload" else ""
             )
-            options.append(f"`{name}` (about {e.gib(e.total)} GiB per GPU on {e.world} GPUs)")
+            gpus = f"{e.world} GPU{'s' if e.world > 1 else ''}"
+            options.append(f"`{name}` (about {e.gib(e.total)} GiB per GPU on {gpus})")
     options.append(
         "`technique: qlora`, fewer `hyperparameters.batchSize`/`maxSeqLength`, `gradientCheckpointing: true` "
         "or more GPUs"
