@@ -260,6 +260,16 @@ def test_auto_picks_ddp_fsdp_or_offload_from_the_numbers():
     assert unknown.chosen.strategy == "ddp" and unknown.chosen.fits is None and "no GPU memory" in unknown.why
 
 
+@pytest.mark.parametrize("technique", ["prompt-tuning", "prefix-tuning"])
+def test_a_technique_that_cannot_be_sharded_is_planned_and_advised_without_fsdp(technique):
+    """The API refuses strategy fsdp (and cpuOffload) for these: the plan neither picks nor suggests them."""
+    spec = _spec(technique, resources={"gpus": 4})
+    result = P.plan(spec, LLAMA_70B, gpu_memory=80 * GiB)
+    assert [e.strategy for e in result.estimates] == ["ddp"]
+    assert result.chosen.fits is False
+    assert "fsdp" not in P.advice(result) and "cpuOffload" not in P.advice(result)
+
+
 def test_one_gpu_takes_cpu_offload_when_a_replica_does_not_fit_and_the_spec_allows_it():
     """An 8B full fine-tune on one 80 GiB GPU: about 128 GiB with ddp (bf16 weights, fp32 masters, AdamW), a few GiB
     with CPU offload (FSDP2 over one rank keeps weights, gradients and the optimizer step in host memory)."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kubetune.api.constants import DistributedStrategy, Objective, Optimizer, Precision
+from kubetune.api.constants import TECHNIQUES, DistributedStrategy, Objective, Optimizer, Precision, Technique
 from kubetune_trainer.techniques import module_for
 
 GiB = 1024**3
@@ -312,15 +312,17 @@ def plan(
     # Plain fsdp over one process shards nothing (a whole replica, as ddp); CPU offload still moves the parameters,
     # gradients and optimizer step to host memory there (FSDP2 over a one-rank mesh), so one GPU plans ddp and offload.
     candidates = ["ddp", "fsdp", "fsdp+offload"] if world > 1 else ["ddp", "fsdp+offload"]
+    if DistributedStrategy.FSDP in TECHNIQUES[Technique(spec.technique)].unsupported_strategies:
+        candidates = ["ddp"]  # the technique cannot be sharded (nor offloaded, which rides on the sharding)
     estimates = [estimate(shape, spec, s, world, gpu_memory, precision=precision, liger=liger) for s in candidates]
     by_name = {e.strategy: e for e in estimates}
     if requested == DistributedStrategy.DDP:
         chosen, why = by_name["ddp"], "strategy ddp (spec.distributed)"
-    elif requested == DistributedStrategy.FSDP and offload_allowed:
+    elif requested == DistributedStrategy.FSDP and offload_allowed and "fsdp+offload" in by_name:
         chosen, why = by_name["fsdp+offload"], "strategy fsdp+offload (spec.distributed)"
     elif world == 1 and (requested == DistributedStrategy.FSDP or gpu_memory is None):
         chosen, why = by_name["ddp"], "one process: a whole replica"
-    elif requested == DistributedStrategy.FSDP:
+    elif requested == DistributedStrategy.FSDP and "fsdp" in by_name:
         chosen, why = by_name["fsdp"], "strategy fsdp (spec.distributed)"
     elif gpu_memory is None:
         chosen, why = by_name["ddp"], "strategy auto: ddp (no GPU memory known to plan with)"
@@ -328,7 +330,7 @@ def plan(
         chosen, why = by_name["ddp"], "strategy auto: ddp (a whole replica fits each GPU)"
     elif "fsdp" in by_name and by_name["fsdp"].fits:
         chosen, why = by_name["fsdp"], f"strategy auto: fsdp (a replica does not fit one GPU; sharded over {world})"
-    elif offload_allowed and by_name["fsdp+offload"].fits:
+    elif offload_allowed and "fsdp+offload" in by_name and by_name["fsdp+offload"].fits:
         chosen, why = by_name["fsdp+offload"], "strategy auto: fsdp with CPU offload (nothing else fits)"
     else:
         allowed = [e for e in estimates if offload_allowed or e.strategy != "fsdp+offload"]
