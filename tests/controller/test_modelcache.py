@@ -587,6 +587,13 @@ def test_an_hf_dataset_is_fetched_once_for_many_jobs_and_the_trainer_reads_it_fr
     assert task.train["text"] == ["v1 short 0", "v1 short 1", "v1 short 2"] and len(task.eval) == 3
     assert cluster.hub.requests == []
 
+    # The datasets' entry is in use by these unfinished jobs, also for an operator that did not make their Jobs (a
+    # restart since): the status holds the model's entry only, so it is read from the Jobs' pods' environment.
+    restarted = modelcache.ModelCache(operator.reconciler)
+    in_use = cluster.on_loop(restarted.in_use())
+    assert entry in in_use
+    assert {cluster.wait_cache_status(ns, name)["uri"] for ns, name in jobs} <= in_use
+
 
 def test_a_cut_dataset_population_is_never_used(cluster):
     cluster.runner.backoff_seconds = 1.0

@@ -166,6 +166,20 @@ def env_for(role: str) -> str:
     return env_name(role, "CACHE_URI")
 
 
+def entry_variables(env: list[dict]) -> dict[str, str]:
+    """The env_for variables among a container's `env` (name -> entry): the entries its pod reads."""
+    prefix, suffix = env_name("", "CACHE_URI").split("__")  # KUBETUNE_<ROLE>_CACHE_URI
+    return {
+        e["name"]: e["value"]
+        for e in env
+        if isinstance(e.get("name"), str)
+        and e["name"].startswith(prefix + "_")
+        and e["name"].endswith("_" + suffix)
+        and isinstance(e.get("value"), str)
+        and e["value"]
+    }
+
+
 def entry_for_role(role: str) -> str | None:
     return os.environ.get(env_for(role)) or None
 

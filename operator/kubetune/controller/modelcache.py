@@ -352,6 +352,17 @@ def wire(job: dict, ready: list[Ready] | Ready | None, settings: Settings) -> di
     return job
 
 
+def wired_entries(job: dict | None) -> set[str]:
+    """The cache entries a Job `wire` prepared reads, but its model's (which the job's status.modelCache holds)."""
+    from kubetune_trainer import cache
+
+    containers = (((job or {}).get("spec") or {}).get("template") or {}).get("spec", {}).get("containers") or []
+    trainer = next((c for c in containers if c.get("name") == builders.TRAINER_CONTAINER), {})
+    wired = cache.entry_variables(trainer.get("env") or [])
+    wired.pop(cache.env_for(ROLE_MODEL), None)
+    return set(wired.values())
+
+
 def population_job(
     settings: Settings,
     config,
@@ -1153,7 +1164,7 @@ class ModelCache:
         self._metrics.model_cache_stored_bytes.set(total)
         if not settings.max_bytes or total <= settings.max_bytes:
             return []
-        in_use = await self._in_use()
+        in_use = await self.in_use()
         evicted = []
         for candidate in sorted(stored, key=lambda s: (s.last_used, s.entry)):
             if total <= settings.max_bytes:
@@ -1209,7 +1220,7 @@ class ModelCache:
             self._given.pop(entry, None)
         return bool(given)
 
-    async def _in_use(self) -> set[str]:
+    async def in_use(self) -> set[str]:
         """The entries unfinished FineTuneJobs were given (their status.modelCache.uri): running, between attempts,
         or about to start."""
         kube, config = self._reconciler.kube, self._reconciler.config
@@ -1226,11 +1237,14 @@ class ModelCache:
                 meta = ftj.get("metadata") or {}
                 unfinished.add((meta.get("namespace"), meta.get("name")))
         # The other sources' entries are not in the status (the API has room for the model's only): those this process
-        # gave the unfinished jobs' Jobs. After a restart it knows those of the Jobs it has made since; a pod that
-        # then finds its dataset's entry evicted fails as an infrastructure error, and its next Job populates it again.
+        # gave the unfinished jobs' Jobs, and for a job whose Job an earlier process made (a restart since), those its
+        # Job's pods read (their KUBETUNE_<ROLE>_CACHE_URI), looked up once.
         for key in list(self._serving):
-            if key in unfinished:
-                used |= self._serving[key]
-            else:
+            if key not in unfinished:
                 del self._serving[key]
+        for namespace, name in unfinished - self._serving.keys():
+            job = await kube.get("Job", namespace, builders.job_name(name))
+            self._serving[(namespace, name)] = wired_entries(job)
+        for key in unfinished:
+            used |= self._serving[key]
         return used
