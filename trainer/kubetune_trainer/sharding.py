@@ -191,7 +191,8 @@ def shard_one_process(model, strategy: Strategy, *, trains_base_weights: bool, p
     mesh = init_device_mesh(device, (1,), mesh_dim_names=("fsdp",))
     policies: dict = {"offload_policy": CPUOffloadPolicy(pin_memory=accelerator)}
     if _mixed_precision(trains_base_weights, precision):
-        policies["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        compute = torch.float16 if precision.effective == Precision.FP16 else torch.bfloat16
+        policies["mp_policy"] = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32)
     layer_classes = set(getattr(model, "_no_split_modules", None) or ())
     layers = [m for m in model.modules() if type(m).__name__ in layer_classes]
     if not layers:
