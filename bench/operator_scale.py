@@ -321,6 +321,7 @@ def write_states(url: str, ca_file: str, targets: list[tuple[str, str]], clients
     from kubetune.api.constants import GROUP, PLURAL, VERSION
     from kubetune.controller import builders
     from kubetune.testing.emulator import ADMIN_TOKEN
+    from kubetune.testing.harness import owned_by_job
 
     configuration = kubernetes.client.Configuration()
     configuration.host = url
@@ -425,16 +426,7 @@ def write_states(url: str, ca_file: str, targets: list[tuple[str, str]], clients
                 "namespace": meta["namespace"],
                 "labels": template["metadata"]["labels"]
                 | {"batch.kubernetes.io/job-name": meta["name"], "batch.kubernetes.io/controller-uid": meta["uid"]},
-                "ownerReferences": [
-                    {
-                        "apiVersion": "batch/v1",
-                        "kind": "Job",
-                        "name": meta["name"],
-                        "uid": meta["uid"],
-                        "controller": True,
-                        "blockOwnerDeletion": True,
-                    }
-                ],
+                "ownerReferences": owned_by_job(meta["name"], meta["uid"]),
             },
             "spec": template["spec"],
         }

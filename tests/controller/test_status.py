@@ -72,6 +72,12 @@ def test_a_failed_node_is_named_not_the_node_the_job_controller_stopped_after_it
     seen = _observe(_job(failed=2), pods, nodes=2)
     assert seen.reason == Reason.RETRYING
     assert "exit 1" in seen.message and "exit 143" not in seen.message
+    # Both in one second (finishedAt has 1 s resolution), the stopped node created first: still the failed one.
+    stopped, failed = _pod_of_node(0, 143, "2026-01-01T00:00:05Z"), _pod_of_node(1, 137, "2026-01-01T00:00:05Z")
+    stopped["metadata"]["creationTimestamp"] = "2025-12-31T23:00:00Z"
+    for job in (_job(failed=2), _job(failed=2, conditions=[{"type": "Failed", "status": "True"}])):
+        seen = _observe(job, [stopped, failed], nodes=2)
+        assert "on node 1: exit 137" in seen.message, seen.message
 
 
 def test_a_failure_the_job_controller_will_not_retry_is_not_told_as_a_retry():

@@ -143,14 +143,18 @@ def condition_true(obj: dict, kind: str) -> dict | None:
 
 
 def failed_pods(pods: list[dict]) -> list[dict]:
-    """Failed pods, oldest first."""
+    """Failed pods, the first to fail first."""
     failed = [p for p in pods if p.get("status", {}).get("phase") == "Failed"]
 
     def order(pod: dict) -> tuple:
-        # Timestamps have 1 s resolution; the resourceVersion (an etcd revision in practice) breaks ties.
+        # Timestamps have 1 s resolution. Within one second a pod the Job controller stopped because another failed
+        # (SIGTERM: exit 143) failed after it, whichever was created first; then the resourceVersion (an etcd
+        # revision in practice) orders them.
+        termination = trainer_termination(pod) or {}
         rv = pod["metadata"].get("resourceVersion") or "0"
         return (
-            (trainer_termination(pod) or {}).get("finishedAt") or "",
+            termination.get("finishedAt") or "",
+            termination.get("exitCode") == ExitCode.PREEMPTED,
             pod["metadata"].get("creationTimestamp") or "",
             int(rv) if rv.isdigit() else 0,
         )
@@ -540,7 +544,7 @@ def _observe_job(
         return Observed(
             Phase.PENDING,
             Reason.RETRYING,
-            f"attempt failed: {failure_text(last)}; retrying from the newest checkpoint",
+            f"attempt failed{_on_node(last, nodes)}: {failure_text(last)}; retrying from the newest checkpoint",
             attempts,
         )
     if job_status.get("failed"):

@@ -22,6 +22,21 @@ from kubetune.controller.status import now_rfc3339
 from kubetune.testing.emulator import ADMIN_TOKEN, OPERATOR_TOKEN, Emulator
 
 
+def owned_by_job(name: str, uid: str) -> list[dict]:
+    """ownerReferences naming Job `name` as the controller, as the Job controller sets them on its pods (and Kueue on
+    a Job's Workload)."""
+    return [
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "name": name,
+            "uid": uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+
+
 class BlockingKube:
     """The operator's own `Kube`, called from test code: it runs on an event loop in a thread of its own."""
 
@@ -226,16 +241,7 @@ class ClusterSim:
                 # completion index (KUBETUNE_NODE_RANK reads it), as the Job controller gives them.
                 "annotations": (template["metadata"].get("annotations") or {})
                 | ({"batch.kubernetes.io/job-completion-index": str(index)} if indexed else {}),
-                "ownerReferences": [
-                    {
-                        "apiVersion": "batch/v1",
-                        "kind": "Job",
-                        "name": name,
-                        "uid": job["metadata"]["uid"],
-                        "controller": True,
-                        "blockOwnerDeletion": True,
-                    }
-                ],
+                "ownerReferences": owned_by_job(name, job["metadata"]["uid"]),
                 **({"finalizers": [self.KUBELET_GRACE]} if graceful else {}),
             },
             "spec": template["spec"],

@@ -25,7 +25,7 @@ import time
 
 from kubetune.controller.kueue import workload_name
 from kubetune.testing.emulator import AdmissionRequest, ApiServer, Emulator
-from kubetune.testing.harness import BlockingKube
+from kubetune.testing.harness import BlockingKube, owned_by_job
 
 GROUP = "kueue.x-k8s.io"
 VERSION = "v1beta2"
@@ -211,16 +211,7 @@ class KueueSim:
                 "name": workload_name(job),
                 "namespace": meta["namespace"],
                 "labels": {LABEL_JOB_UID: meta["uid"]},
-                "ownerReferences": [
-                    {
-                        "apiVersion": "batch/v1",
-                        "kind": "Job",
-                        "name": meta["name"],
-                        "uid": meta["uid"],
-                        "controller": True,
-                        "blockOwnerDeletion": True,
-                    }
-                ],
+                "ownerReferences": owned_by_job(meta["name"], meta["uid"]),
             },
             "spec": {
                 "queueName": queue,

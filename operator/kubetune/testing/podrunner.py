@@ -32,7 +32,7 @@ from kubetune.api.constants import TERMINATION_LOG
 from kubetune.controller import builders, modelcache
 from kubetune.controller.status import now_rfc3339
 from kubetune.testing import kubelet
-from kubetune.testing.harness import BlockingKube, wait_for
+from kubetune.testing.harness import BlockingKube, owned_by_job, wait_for
 
 SCRATCH = "/scratch"
 # What a container may print before the kubelet's FallbackToLogsOnError keeps only its tail.
@@ -234,16 +234,7 @@ class PodRunner:
                 "namespace": meta["namespace"],
                 "labels": (template["metadata"].get("labels") or {}) | {"batch.kubernetes.io/job-name": meta["name"]},
                 "annotations": template["metadata"].get("annotations") or {},  # the trainer's spec among them
-                "ownerReferences": [
-                    {
-                        "apiVersion": "batch/v1",
-                        "kind": "Job",
-                        "name": meta["name"],
-                        "uid": meta["uid"],
-                        "controller": True,
-                        "blockOwnerDeletion": True,
-                    }
-                ],
+                "ownerReferences": owned_by_job(meta["name"], meta["uid"]),
             },
             "spec": template["spec"],
         }
