@@ -5,6 +5,11 @@ over a one-rank mesh, parameters, gradients and the optimizer step in pinned hos
 whether both ran, the largest per-step loss difference and each run's peak GPU memory; an error is printed by name
 (LoRA is the suspect: PEFT puts the adapter on its base weight's device, which offload makes the CPU).
 
+qlora is in the list: on the GPU its 4-bit weights are packed in a bf16 storage for FSDP and matmul through the CUDA
+kernels of bitsandbytes, which the CPU tests (fp32 storage, the CPU backend) have not run. This script runs one GPU
+only; qlora over 2 GPUs (FSDP-QLoRA proper) is tests/trainer/test_sharding.py's 2-process qlora test, which on a
+machine with 2 GPUs runs the same code under torchrun with NCCL.
+
     python bench/gpu_sharding.py [--steps 10] [--hidden 1024] [--layers 8] [--json FILE]
 """
 
@@ -20,6 +25,7 @@ from pathlib import Path
 TECHNIQUES = {
     "full": {},
     "lora": {"lora": {"rank": 16, "alpha": 32, "dropout": 0.0}},
+    "qlora": {"lora": {"rank": 16, "alpha": 32, "dropout": 0.0}, "quantization": {"bits": 4}},
     "feature-extraction": {"featureExtraction": {"trainableLayers": 2}},
     "adapter": {"adapter": {"bottleneckSize": 32}},
 }

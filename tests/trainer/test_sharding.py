@@ -71,7 +71,7 @@ def _job(
     strategy: str = "fsdp",
     offload: bool = False,
 ):
-    sections = {"lora": {"rank": 4, "alpha": 8, "dropout": 0.0}} if technique == "lora" else {}
+    sections = {"lora": {"rank": 4, "alpha": 8, "dropout": 0.0}} if technique in ("lora", "qlora") else {}
     return write_job(
         model_dir,
         [{"name": "corpus", "uri": data.as_uri(), "format": "text"}],
@@ -131,7 +131,7 @@ def data(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("technique", "processes"), [("full", 2), ("lora", 2), ("full", 4)])
+@pytest.mark.parametrize(("technique", "processes"), [("full", 2), ("lora", 2), ("qlora", 2), ("full", 4)])
 def test_fsdp_matches_one_process_of_the_same_global_batch(
     technique, processes, tiny_llama_dir, data, write_job, tmp_path
 ):
@@ -144,17 +144,18 @@ def test_fsdp_matches_one_process_of_the_same_global_batch(
     assert len(sharded) == len(single) == STEPS
     assert max(abs(a - b) for a, b in zip(sharded, single, strict=True)) <= LOSS_TOLERANCE, (sharded, single)
     assert sharded[-1] < sharded[0]
-    assert (
-        _close(_final(tmp_path / "sharded", technique == "lora"), _final(tmp_path / "single", technique == "lora"))
-        <= WEIGHT_TOLERANCE
-    )
+    adapter = technique in ("lora", "qlora")
+    assert _close(_final(tmp_path / "sharded", adapter), _final(tmp_path / "single", adapter)) <= WEIGHT_TOLERANCE
 
     # Each rank holds about 1/N of the base's parameters (the layers split evenly; small tensors round up).
+    if technique == "qlora":  # loaded whole (4-bit weights packed in a float storage), sharded once LoRA is added
+        assert f"FSDP2 over {processes} processes, applied after loading" in log, log[-3000:]
     held = {int(r): (int(h), int(t)) for r, h, t in re.findall(r"rank (\d+) holds (\d+) of the (\d+) parameters", log)}
     assert sorted(held) == list(range(processes)), log[-3000:]
     for rank, (mine, total) in held.items():
         share = mine / total
-        adapters = 0.05 if technique == "lora" else 0.0  # the adapters stay whole on every rank
+        # lora's adapters stay whole on every rank; qlora's are sharded with its base (see the qlora test)
+        adapters = 0.05 if technique == "lora" else 0.0
         assert 1 / processes - 0.02 <= share <= 1 / processes + 0.02 + adapters, (rank, share)
     # Sharded checkpoints: every rank's shard, the metadata, and the marker listing every file.
     step = tmp_path / "sharded" / "checkpoints" / "step-8"
@@ -231,3 +232,40 @@ def test_cpu_offload_on_one_process_matches_a_plain_run_and_resumes_on_two(tiny_
     resumed = _losses(out)
     assert max(abs(a - b) for a, b in zip(resumed, offload, strict=True)) <= LOSS_TOLERANCE, (resumed, offload)
     assert _close(_final(out, False), _final(tmp_path / "offload", False)) <= WEIGHT_TOLERANCE
+
+
+def test_qlora_cpu_offload_on_one_process_matches_a_plain_run(tiny_llama_dir, data, write_job, tmp_path):
+    """qlora with distributed.cpuOffload on one process: the 4-bit base, in a float storage, and its adapter are
+    sharded over a one-rank mesh once LoRA is added (PEFT cannot wrap a 4-bit layer whose weight FSDP already holds),
+    with the offload policy (unpinned without an accelerator). The losses and adapter are a plain run's."""
+    offload_job = _job(write_job, tiny_llama_dir, data, "offload", "qlora", accumulation=2, offload=True)
+    plain_job = _job(write_job, tiny_llama_dir, data, "plain", "qlora", accumulation=2, strategy="ddp")
+    log = _run(offload_job, tmp_path / "offload", 1)
+    _run(plain_job, tmp_path / "plain", 1)
+
+    assert "FSDP2 with CPU offload over one process" in log, log[-3000:]
+    offload, plain = _losses(tmp_path / "offload"), _losses(tmp_path / "plain")
+    assert len(offload) == len(plain) == STEPS
+    assert max(abs(a - b) for a, b in zip(offload, plain, strict=True)) <= LOSS_TOLERANCE, (offload, plain)
+    assert _close(_final(tmp_path / "offload", True), _final(tmp_path / "plain", True)) <= WEIGHT_TOLERANCE
+
+
+def test_qlora_killed_under_fsdp_resumes_on_one_process(tiny_llama_dir, data, write_job, tmp_path):
+    """A qlora run on 2 processes killed after its step-4 checkpoint resumes on one, where the model is whole and its
+    4-bit weights are bitsandbytes' own uint8 packing, not the float storage FSDP shards: the checkpoint holds what
+    trains (the adapter and its optimizer state), never the frozen 4-bit base, which each attempt loads afresh."""
+    job = _job(write_job, tiny_llama_dir, data, "job", "qlora", accumulation=2)
+    reference = tmp_path / "reference"
+    _run(job, reference, 2)
+    names = {p.name for p in (reference / "checkpoints" / "step-8" / "dcp").iterdir()}
+    assert names == {"__0_0.distcp", "__1_0.distcp", ".metadata"}, names
+
+    out = tmp_path / "out"
+    _kill_after_step_4(job, out, 2)
+    log = _run(job, out, 1)
+    assert "resuming from checkpoint step-4" in log
+    resumed, uninterrupted = _losses(out), _losses(reference)
+    assert len(resumed) == STEPS
+    largest_loss_gap = max(abs(a - b) for a, b in zip(resumed, uninterrupted, strict=True))
+    assert largest_loss_gap <= LOSS_TOLERANCE, (resumed, uninterrupted)
+    assert _close(_final(out, True), _final(reference, True)) <= WEIGHT_TOLERANCE

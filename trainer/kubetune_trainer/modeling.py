@@ -119,7 +119,10 @@ def load_for_training(
         dtype=dtype,
     )
     strategy = strategy if strategy is not None else sharding.choose(spec)
-    kwargs |= sharding.load_kwargs(spec, strategy, trains_base_weights=trains_base_weights, precision=dtypes)
+    # Sharded once the technique is applied instead of as it loads (a technique module's SHARD_AFTER_APPLY).
+    shard_after_apply = strategy.sharded and getattr(module, "SHARD_AFTER_APPLY", False)
+    if not shard_after_apply:
+        kwargs |= sharding.load_kwargs(spec, strategy, trains_base_weights=trains_base_weights, precision=dtypes)
     if task == SEQUENCE_CLASSIFICATION:
         if label_names:
             label_names = [str(name) for name in label_names]
@@ -132,7 +135,7 @@ def load_for_training(
         # The head reads the last non-pad token: the config must know the pad id.
         kwargs["pad_token_id"] = tokenizer.pad_token_id
     if hasattr(module, "load_kwargs"):
-        kwargs |= module.load_kwargs(spec)
+        kwargs |= module.load_kwargs(spec, strategy)
     attention, why_attention = speed.attention_implementation(spec, packed=packed)
     log.info(why_attention)
     if attention is not None:
@@ -143,7 +146,8 @@ def load_for_training(
         model = auto.from_pretrained(str(model_dir), **kwargs)
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"spec.model.uri: cannot load the model as {task}: {exc}") from exc
-    model = sharding.shard_one_process(model, strategy, trains_base_weights=trains_base_weights, precision=dtypes)
+    if not shard_after_apply:
+        model = sharding.shard_one_process(model, strategy, trains_base_weights=trains_base_weights, precision=dtypes)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
@@ -157,6 +161,8 @@ def load_for_training(
 
     speed.apply_liger(model, spec, task)
     model = module.apply(model, spec, task)
+    if shard_after_apply:
+        model = sharding.shard_loaded(model, strategy, trains_base_weights=trains_base_weights, precision=dtypes)
 
     # A sharded base keeps the dtypes it was sharded in (FSDP owns its parameters' storage).
     precision.place_weights(model, dtypes, trains_base_weights=trains_base_weights and not sharding.is_sharded(model))

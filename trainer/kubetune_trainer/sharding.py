@@ -9,6 +9,9 @@ refuses a CPU (AcceleratorState only turns MULTI_GPU-like types into FSDP), so t
 path the GPUs run; this way both run the same code. transformers shards only over two ranks or more: CPU offload on
 one process (a one-GPU job whose model fits only with its parameters, gradients and optimizer step in host memory)
 is FSDP2 over a one-rank mesh that `shard_one_process` applies to the loaded model, in a process group of one.
+A technique whose weights change shape as they load (qlora's 4-bit packing: transformers' load-time sharding records
+each weight's unquantized shape, and FSDP's first forward then fails to copy the packed weight into it) declares
+SHARD_AFTER_APPLY: it loads whole on every process and `shard_loaded` shards it once the technique is applied.
 
 What transformers 5.24 does not do for such a model is checkpoint it (its Trainer refuses to save optimizer state
 for a model sharded at load time). So `install_checkpointing` gives the Trainer kubetune's: the model's and the
@@ -170,35 +173,53 @@ def finish_one_process_group() -> None:
 
 
 def shard_one_process(model, strategy: Strategy, *, trains_base_weights: bool, precision):
-    """FSDP2 over a one-rank mesh for CPU offload on one process, as transformers shards over several: every decoder
-    layer (the model's `_no_split_modules`) its own FSDP unit, then the root. With CPUOffloadPolicy the parameters,
-    their gradients and the optimizer step stay in host memory; each unit is copied to the GPU for its compute.
-    Without an accelerator there is no device memory to offload from: the policy runs unpinned (torch refuses to pin
-    memory without an accelerator), the same FSDP2 code path with its copies made on the CPU.
-
-    The model is then marked the way transformers marks a model it sharded at load time, so the Trainer neither moves
-    it nor wraps it, and its checkpoints are kubetune's sharded ones: a one-process offload run resumes on N
-    processes and the reverse."""
+    """FSDP2 over a one-rank mesh for CPU offload on one process, as transformers shards over several (see
+    `shard_loaded`). With CPUOffloadPolicy the parameters, their gradients and the optimizer step stay in host memory;
+    each unit is copied to the GPU for its compute. A one-process offload run resumes on N processes and the
+    reverse."""
     if not (strategy.sharded and strategy.world == 1):
         return model
+    return shard_loaded(model, strategy, trains_base_weights=trains_base_weights, precision=precision)
+
+
+def shard_loaded(model, strategy: Strategy, *, trains_base_weights: bool, precision):
+    """FSDP2 applied to a model already loaded (and, for a technique that shards after it is applied, already wrapped
+    by it): every decoder layer (the base model's `_no_split_modules`) its own FSDP unit, then the root, over a mesh of
+    every process. Without an accelerator there is no device memory to offload from: the offload policy runs unpinned
+    (torch refuses to pin memory without an accelerator), the same FSDP2 code path with its copies made on the CPU.
+
+    Parameters that train are made rank 0's first (an adapter each rank initialised on its own), so the shards
+    every rank keeps belong to one model. The model is then marked the way transformers marks a model it sharded at
+    load time, so the Trainer neither moves it nor wraps it, and its checkpoints are kubetune's sharded ones."""
+    if not strategy.sharded:
+        return model
     import torch
+    import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
-    one_process_group()
+    if strategy.world == 1:
+        one_process_group()
+    else:
+        with torch.no_grad():
+            for parameter in model.parameters():
+                if parameter.requires_grad:
+                    dist.broadcast(parameter.data, src=0)
     accelerator = _has_accelerator()
     device = torch.accelerator.current_accelerator().type if accelerator else "cpu"
-    mesh = init_device_mesh(device, (1,), mesh_dim_names=("fsdp",))
-    policies: dict = {"offload_policy": CPUOffloadPolicy(pin_memory=accelerator)}
+    mesh = init_device_mesh(device, (strategy.world,), mesh_dim_names=("fsdp",))
+    policies: dict = {}
+    if strategy.offload:
+        policies["offload_policy"] = CPUOffloadPolicy(pin_memory=accelerator)
     if _mixed_precision(trains_base_weights, precision):
-        compute = torch.float16 if precision.effective == Precision.FP16 else torch.bfloat16
-        policies["mp_policy"] = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32)
-    layer_classes = set(getattr(model, "_no_split_modules", None) or ())
+        policies["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layer_classes = set(getattr(base, "_no_split_modules", None) or ())
     layers = [m for m in model.modules() if type(m).__name__ in layer_classes]
     if not layers:
         raise UserError(
-            f"distributed.cpuOffload: {type(model).__name__} names no decoder layer class (_no_split_modules) "
-            "to shard one at a time"
+            f"distributed.strategy {strategy.name}: {type(base).__name__} names no decoder layer class "
+            "(_no_split_modules) to shard one at a time"
         )
     for layer in layers:
         fully_shard(layer, mesh=mesh, reshard_after_forward=True, **policies)
@@ -206,16 +227,20 @@ def shard_one_process(model, strategy: Strategy, *, trains_base_weights: bool, p
     # transformers' own markers of a model sharded at load time (what its Trainer and save_pretrained read).
     from transformers.distributed.configuration_utils import DistributedConfig
 
-    model.config.distributed_config = DistributedConfig(
-        fsdp_size=1, fsdp_cpu_offload=True, fsdp_mixed_precision="mp_policy" in policies
+    base.config.distributed_config = DistributedConfig(
+        fsdp_size=strategy.world, fsdp_cpu_offload=strategy.offload, fsdp_mixed_precision="mp_policy" in policies
     )
-    model._is_distributed_loading_by_transformers = True
+    base._is_distributed_loading_by_transformers = True
+    base._is_fsdp_managed_module = True
     model._is_fsdp_managed_module = True
-    log.info(
-        "FSDP2 with CPU offload over one process: %d decoder layers, parameters in host memory%s",
-        len(layers),
-        "" if accelerator else " (no accelerator: unpinned)",
-    )
+    if strategy.world == 1:
+        log.info(
+            "FSDP2 with CPU offload over one process: %d decoder layers, parameters in host memory%s",
+            len(layers),
+            "" if accelerator else " (no accelerator: unpinned)",
+        )
+    else:
+        log.info("FSDP2 over %d processes, applied after loading: %d decoder layers", strategy.world, len(layers))
     return model
 
 
@@ -235,11 +260,15 @@ def is_sharded(model) -> bool:
 
 
 def save_kwargs(model) -> dict:
-    """`save_pretrained` arguments for a model FSDP2 holds on one process: its whole state dict, as plain tensors
-    (transformers gathers the shards itself only over two ranks or more)."""
+    """`save_pretrained` arguments for a model FSDP2 holds where its own save does not gather the shards: its whole
+    state dict, as plain tensors (on rank 0; every rank takes part in gathering it). transformers gathers the shards
+    itself over two ranks or more for a model it sharded at load time, whose adapter, added afterwards, is whole; a
+    model sharded by `shard_loaded` (its root an FSDP module) has sharded adapters too, or runs on one process."""
+    from torch.distributed.fsdp import FSDPModule
+
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = getattr(getattr(base, "config", None), "distributed_config", None)
-    if not is_sharded(model) or config is None or config.dp_size > 1:
+    if not is_sharded(model) or config is None or (config.dp_size > 1 and not isinstance(model, FSDPModule)):
         return {}
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -307,6 +336,23 @@ def install_checkpointing(trainer, *, sharded: bool) -> None:
     trainer._load_optimizer_and_scheduler = load_optimizer_and_scheduler
 
 
+def _trained_state_options():
+    """What a sharded checkpoint holds of the model: the parameters that train. A frozen base is loaded afresh by every
+    attempt, and it may be held another way on another number of processes (qlora's 4-bit weights are packed in a
+    float storage under FSDP, in bitsandbytes' uint8 on one process), so it is neither saved nor loaded. dcp.load still
+    fails on a trained parameter the checkpoint lacks; `strict=False` only lets the frozen ones stay as loaded."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(ignore_frozen_params=True, strict=False)
+
+
+def _trained_only(model, model_state: dict) -> dict:
+    """`model_state` without what is not a trained parameter: ignore_frozen_params leaves the entries a layer adds
+    beside its parameters (a whole 4-bit layer's quantization state: absmax, quant_map...)."""
+    trained = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    return {key: value for key, value in model_state.items() if key in trained}
+
+
 def _save_checkpoint(trainer, model, trial=None) -> None:
     import torch
     import torch.distributed.checkpoint as dcp
@@ -315,7 +361,8 @@ def _save_checkpoint(trainer, model, trial=None) -> None:
 
     folder = Path(trainer.args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}"
     folder.mkdir(parents=True, exist_ok=True)
-    model_state, optimizer_state = get_state_dict(trainer.model, trainer.optimizer)
+    model_state, optimizer_state = get_state_dict(trainer.model, trainer.optimizer, options=_trained_state_options())
+    model_state = _trained_only(trainer.model, model_state)
     dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(folder / DCP_FOLDER))
     trainer._save_rng_state(str(folder))
     if trainer.args.should_save:
@@ -337,9 +384,9 @@ def _load_model(trainer, checkpoint, model=None) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
-    model_state = get_model_state_dict(trainer.model)
+    model_state = _trained_only(trainer.model, get_model_state_dict(trainer.model, options=_trained_state_options()))
     dcp.load({"model": model_state}, checkpoint_id=str(Path(checkpoint) / DCP_FOLDER))
-    set_model_state_dict(trainer.model, model_state)
+    set_model_state_dict(trainer.model, model_state, options=_trained_state_options())
 
 
 def _load_optimizer_and_scheduler(trainer, checkpoint) -> None:
@@ -349,10 +396,15 @@ def _load_optimizer_and_scheduler(trainer, checkpoint) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-    model_state, optimizer_state = get_state_dict(trainer.model, trainer.optimizer)
+    model_state, optimizer_state = get_state_dict(trainer.model, trainer.optimizer, options=_trained_state_options())
+    model_state = _trained_only(trainer.model, model_state)
     state = {"model": model_state, "optimizer": optimizer_state}
     dcp.load(state, checkpoint_id=str(Path(checkpoint) / DCP_FOLDER))
     set_state_dict(
-        trainer.model, trainer.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"]
+        trainer.model,
+        trainer.optimizer,
+        model_state_dict=state["model"],
+        optim_state_dict=state["optimizer"],
+        options=_trained_state_options(),
     )
     trainer.lr_scheduler.load_state_dict(torch.load(Path(checkpoint) / "scheduler.pt", weights_only=True))

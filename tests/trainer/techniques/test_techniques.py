@@ -318,3 +318,20 @@ def test_saved_adapter_names_the_s3_model_as_its_base(tiny_llama_dir, tmp_path):
     config = json.loads((tmp_path / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == "s3://models/tiny-model/"
     assert str(tiny_llama_dir) not in (tmp_path / "adapter_config.json").read_text()
+
+
+def test_qlora_quantization_under_fsdp_packs_4bit_weights_in_a_shardable_storage():
+    """Under FSDP the 4-bit weights are packed in the compute dtype (FSDP shards only floating-point tensors); one
+    process and ddp keep bitsandbytes' uint8. 8-bit weights (int8) cannot be sharded: a user error naming the field."""
+    from kubetune_trainer.sharding import Strategy
+
+    qlora = module_for("qlora")
+    spec = make_spec("qlora")
+    sharded = qlora.load_kwargs(spec, Strategy("fsdp", 2))["quantization_config"]
+    assert sharded.bnb_4bit_quant_storage == torch.float32  # fp32 here: the compute dtype without a GPU
+    for whole in (Strategy("ddp", 2), Strategy("fsdp", 1), None):
+        assert qlora.load_kwargs(spec, whole)["quantization_config"].bnb_4bit_quant_storage == torch.uint8
+    eight_bits = make_spec("qlora", quantization={"bits": 8})
+    assert qlora.load_kwargs(eight_bits, Strategy("ddp", 2))["quantization_config"].load_in_8bit
+    with pytest.raises(UserError, match=r"spec\.quantization\.bits: 8-bit .* FSDP cannot shard"):
+        qlora.load_kwargs(eight_bits, Strategy("fsdp", 2))

@@ -3,9 +3,12 @@
 A technique module declares its facts:
   PEFT                 saved as a PEFT adapter (AutoPeftModelFor* reloads it; the adapter names its base)
   TRAINS_BASE_WEIGHTS  some of the base model's own weights train (mixed precision loads them in fp32)
+  SHARD_AFTER_APPLY    under FSDP: loaded whole, sharded once apply() ran, not as it loads (kubetune_trainer.sharding)
 and its hooks:
   apply(model, spec, task) -> model     required: afterwards only the technique's parameters require grad
-  load_kwargs(spec) -> dict             extra `from_pretrained` arguments (quantization, device map)
+  load_kwargs(spec, strategy=None) -> dict
+                                        extra `from_pretrained` arguments (quantization, device map) for the
+                                        sharding.Strategy the run uses (None: a whole model, as a user loads it)
   padding_side(task) -> str | None      a tokenizer padding side the technique needs
   prepare_trainer(trainer)              a fix-up once the Trainer exists (kubetune_trainer.trainer_setup)
   save(model, out_dir, is_main)         when the result is not saved with `model.save_pretrained` (every rank

@@ -5,6 +5,18 @@ evaluation pass) repacks each Linear4bit's weights into an inference layout, aft
 passes silently drop the input gradient (40-60% error in the LoRA gradients). We switch that repacking
 off on every Linear4bit; the test in tests/trainer/techniques compares gradients before and after
 an evaluation pass.
+
+Under FSDP (distributed.strategy fsdp, FSDP-QLoRA as Answer.AI and bitsandbytes do it): FSDP shards only floating
+point tensors, so the 4-bit weights are packed into a float storage (bnb_4bit_quant_storage) of the compute dtype,
+bf16 on a GPU, the dtype the rest of the frozen base is in; bitsandbytes keeps each layer's quantization state on the
+module, where its forward finds it again after FSDP has gathered the packed weight. transformers' load-time sharding
+cannot hold such weights (it records each weight's unquantized shape before the 4-bit packing replaces it, and FSDP's
+first forward fails: "start (0) + length (1024) exceeds dimension size (32)"), and PEFT cannot wrap a layer whose
+weight is already sharded (it reads bitsandbytes attributes off the weight). So the base loads whole on every process,
+quantized on that process's device, LoRA is added as without FSDP (prepare_model_for_kbit_training included), and
+kubetune_trainer.sharding shards the whole (SHARD_AFTER_APPLY): the packed base, the norms and embeddings, and the
+adapter. Each process briefly holds the whole 4-bit model while it loads. 8-bit weights (int8 storage) cannot be
+sharded.
 """
 
 from __future__ import annotations
@@ -15,36 +27,50 @@ from kubetune_trainer.techniques import lora
 
 PEFT = True
 TRAINS_BASE_WEIGHTS = False
+# Sharded once LoRA is added, not as the model loads (see the docstring).
+SHARD_AFTER_APPLY = True
 
 
-def quantization_config(spec):
+def quantization_config(spec, sharded: bool = False):
     from transformers import BitsAndBytesConfig
 
+    from kubetune_trainer.errors import UserError
     from kubetune_trainer.modeling import compute_dtype
 
     quant = spec.resolved().quantization
     # Heads stay unquantized: lm_head is the output layer, score/classifier are new and train.
     keep = ["lm_head", "score", "classifier"]
     if quant.bits == 8:
+        if sharded:
+            raise UserError(
+                "spec.quantization.bits: 8-bit weights are held as int8, which FSDP cannot shard; use bits 4 "
+                "with distributed.strategy fsdp, or distributed.strategy ddp"
+            )
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=keep)
+    # Sharded: the packed 4-bit weights in a float storage FSDP can shard, the compute dtype the other frozen
+    # parameters are in. Otherwise bitsandbytes' own uint8.
+    storage = {"bnb_4bit_quant_storage": compute_dtype(spec)} if sharded else {}
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=getattr(quant.type, "value", quant.type),
         bnb_4bit_use_double_quant=quant.double_quant,
         bnb_4bit_compute_dtype=compute_dtype(spec),
         llm_int8_skip_modules=keep,
+        **storage,
     )
 
 
-def load_kwargs(spec) -> dict:
+def load_kwargs(spec, strategy=None) -> dict:
     import torch
 
-    # Quantized weights are created on the device they will train on: each process's own GPU.
+    # Quantized weights are created on the device they will train on: each process's own GPU. Under FSDP too: the
+    # model loads whole on every process and is sharded afterwards (SHARD_AFTER_APPLY).
     if torch.cuda.is_available():
         device_map = {"": int(os.environ.get("LOCAL_RANK", "0"))}
     else:
         device_map = {"": "cpu"}
-    return {"quantization_config": quantization_config(spec), "device_map": device_map}
+    sharded = strategy is not None and strategy.sharded
+    return {"quantization_config": quantization_config(spec, sharded=sharded), "device_map": device_map}
 
 
 def disable_cpu_weight_repacking(model) -> int:
