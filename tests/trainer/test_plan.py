@@ -361,3 +361,19 @@ def test_kubetune_plan_command(tmp_path, capsys):
     config.write_text(json.dumps({"model_type": "whisper"}))
     assert main(["plan", str(job), "--config", str(config)]) == 2
     assert "not a decoder-only transformer" in capsys.readouterr().err
+
+
+def test_qlora_under_fsdp_shards_its_adapter_with_the_quantized_base():
+    """qlora is sharded once LoRA is added: the 4-bit base and the adapter (its gradients and optimizer state) are
+    split over the ranks, and offloaded together. lora's adapter, added to a base sharded as it loads, stays whole."""
+    shape = P.ModelShape.from_config(LLAMA_8B)
+    one = dict(gpu_memory=None, precision=Precision.BF16, liger=False)
+    qlora, lora = _spec("qlora"), _spec("lora")
+    whole, sharded = P.estimate(shape, qlora, "ddp", 1, **one), P.estimate(shape, qlora, "fsdp", 4, **one)
+    assert sharded.gradients == pytest.approx(whole.gradients / 4) and whole.gradients > 0
+    assert sharded.optimizer == pytest.approx(whole.optimizer / 4)
+    assert sharded.weights < whole.weights / 2  # the quantized base and the adapter, plus one gathered layer or two
+    offloaded = P.estimate(shape, qlora, "fsdp+offload", 4, **one)
+    assert offloaded.gradients == offloaded.optimizer == 0
+    lora_whole, lora_sharded = P.estimate(shape, lora, "ddp", 1, **one), P.estimate(shape, lora, "fsdp", 4, **one)
+    assert lora_sharded.gradients == pytest.approx(lora_whole.gradients)

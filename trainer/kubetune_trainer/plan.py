@@ -264,19 +264,22 @@ def estimate(
         optimizer_per_trained = 1  # factored second moments: rows + columns, about nothing per weight
 
     # FSDP shards the base's parameters (and their gradients and optimizer state); PEFT's added parameters stay
-    # whole on every rank. CPU offload moves the shards to host memory.
+    # whole on every rank, unless the technique is sharded once applied (SHARD_AFTER_APPLY: qlora's adapter is
+    # sharded and offloaded with its base). CPU offload moves the shards to host memory.
     sharded = strategy != "ddp"
     shards = world if sharded else 1
     offload = strategy == "fsdp+offload"
+    added_shards = shards if getattr(module_for(spec.technique), "SHARD_AFTER_APPLY", False) else 1
     base_trained = trainable - added
     weights = _frozen_bytes(shape, spec, frozen, precision) / shards + base_trained * weights_per_trained / shards
-    weights += added * weights_per_trained
-    gradients = base_trained * grads_per_trained / shards + added * grads_per_trained
-    optimizer = base_trained * optimizer_per_trained / shards + added * optimizer_per_trained
+    weights += added * weights_per_trained / added_shards
+    gradients = base_trained * grads_per_trained / shards + added * grads_per_trained / added_shards
+    optimizer = base_trained * optimizer_per_trained / shards + added * optimizer_per_trained / added_shards
     if offload:  # the shards, their gradients and the optimizer step live in host memory
-        weights = added * weights_per_trained
-        gradients = added * grads_per_trained
-        optimizer = added * optimizer_per_trained
+        on_gpu = added if added_shards == 1 else 0
+        weights = on_gpu * weights_per_trained
+        gradients = on_gpu * grads_per_trained
+        optimizer = on_gpu * optimizer_per_trained
     if sharded:
         # The unsharded parameters of the layer being computed and of the one prefetched.
         compute_bytes = 4 if precision == Precision.FP32 else 2
