@@ -588,9 +588,15 @@ def populate(
 
     started = time.monotonic()
     files = dict(_each(one, names, workers=workers))
-    # Every file must be in the store before the marker says so (a listing, not this process's word for it).
+    marker = {"source": uri, "kind": kind, "repo": parsed.location, "commit": commit, "allowPickle": allow_pickle}
+    return _complete(storage, entry, files, marker, staging, what, started)
+
+
+def _complete(storage, entry: str, files: dict, marker: dict, staging: Path, what: str, started: float) -> Populated:
+    """Write the entry's marker, last and only once every file is in the store (a listing, not this process's word
+    for it): from then on the entry is complete."""
     stored = set(storage.list(entry))
-    missing = [n for n in names if join_uri(entry, n) not in stored]
+    missing = [name for name in files if join_uri(entry, name) not in stored]
     if missing:
         raise InfraError(
             f"{what}: {len(missing)} file(s) vanished from the cache entry {entry} while it was "
@@ -599,21 +605,17 @@ def populate(
     total = sum(f["size"] for f in files.values())
     marker = {
         "format": MARKER_FORMAT,
-        "source": uri,
-        "kind": kind,
-        "repo": parsed.location,
-        "commit": commit,
-        "allowPickle": allow_pickle,
+        **marker,
         "bytes": total,
         "files": files,
         "populatedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    storage.write_text(marker_uri(entry), json.dumps(marker, indent=1, sort_keys=True))  # last: the entry is complete
+    storage.write_text(marker_uri(entry), json.dumps(marker, indent=1, sort_keys=True))
     shutil.rmtree(staging, ignore_errors=True)
     log.info(
         "%s: cached %d files (%d bytes) in %s in %.1f s", what, len(files), total, entry, time.monotonic() - started
     )
-    return Populated(entry, commit, False, len(files), total)
+    return Populated(entry, marker["commit"], False, len(files), total)
 
 
 def s3_fingerprint(objects: list[tuple[str, int, str]]) -> str:
@@ -709,30 +711,8 @@ def populate_s3(
     files = dict(_each(one, listed, workers=workers))
     if s3_fingerprint(_s3_listing(source, prefix, what, allow_pickle)) != fingerprint:
         raise InfraError(f"{what}: the model changed while it was copied into the cache; the population is retried")
-    stored = set(storage.list(entry))
-    missing = [p for p in files if join_uri(entry, p) not in stored]
-    if missing:
-        raise InfraError(
-            f"{what}: {len(missing)} file(s) vanished from the cache entry {entry} while it was "
-            f"populated ({', '.join(missing[:3])}); the population is retried"
-        )
-    total = sum(f["size"] for f in files.values())
-    marker = {
-        "format": MARKER_FORMAT,
-        "source": uri,
-        "kind": "model",
-        "commit": fingerprint,
-        "allowPickle": allow_pickle,
-        "bytes": total,
-        "files": files,
-        "populatedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    storage.write_text(marker_uri(entry), json.dumps(marker, indent=1, sort_keys=True))  # last: the entry is complete
-    shutil.rmtree(staging, ignore_errors=True)
-    log.info(
-        "%s: cached %d files (%d bytes) in %s in %.1f s", what, len(files), total, entry, time.monotonic() - started
-    )
-    return Populated(entry, fingerprint, False, len(files), total)
+    marker = {"source": uri, "kind": "model", "commit": fingerprint, "allowPickle": allow_pickle}
+    return _complete(storage, entry, files, marker, staging, what, started)
 
 
 # --------------------------------------------------------------------------- the command
