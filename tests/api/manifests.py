@@ -760,6 +760,20 @@ BAD += [
         True,
     ),
     (
+        "fsdp-with-8-bit-qlora",
+        _spec(technique="qlora", quantization={"bits": 8}, distributed={"strategy": "fsdp"}),
+        "spec.distributed.strategy",
+        "held as int8, which FSDP cannot shard",
+        True,
+    ),
+    (
+        "cpu-offload-with-8-bit-qlora",
+        _spec(technique="qlora", quantization={"bits": 8}, distributed={"cpuOffload": True}),
+        "spec.distributed.cpuOffload",
+        "held as int8, which FSDP cannot shard",
+        True,
+    ),
+    (
         "cpu-offload-with-prefix-tuning",
         _both(_spec(technique="prefix-tuning", distributed={"cpuOffload": True}), _delete("spec.lora")),
         "spec.distributed.cpuOffload",

@@ -260,10 +260,13 @@ def test_auto_picks_ddp_fsdp_or_offload_from_the_numbers():
     assert unknown.chosen.strategy == "ddp" and unknown.chosen.fits is None and "no GPU memory" in unknown.why
 
 
-@pytest.mark.parametrize("technique", ["prompt-tuning", "prefix-tuning"])
-def test_a_technique_that_cannot_be_sharded_is_planned_and_advised_without_fsdp(technique):
+@pytest.mark.parametrize(
+    "technique, sections",
+    [("prompt-tuning", {}), ("prefix-tuning", {}), ("qlora", {"quantization": {"bits": 8}})],
+)
+def test_a_spec_that_cannot_be_sharded_is_planned_and_advised_without_fsdp(technique, sections):
     """The API refuses strategy fsdp (and cpuOffload) for these: the plan neither picks nor suggests them."""
-    spec = _spec(technique, resources={"gpus": 4})
+    spec = _spec(technique, resources={"gpus": 4}, **sections)
     result = P.plan(spec, LLAMA_70B, gpu_memory=80 * GiB)
     assert [e.strategy for e in result.estimates] == ["ddp"]
     assert result.chosen.fits is False

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kubetune.api.constants import TECHNIQUES, DistributedStrategy, Objective, Optimizer, Precision, Technique
+from kubetune.api.constants import DistributedStrategy, Objective, Optimizer, Precision
+from kubetune.api.rules import sharding_refusal
 from kubetune_trainer.techniques import module_for
 
 GiB = 1024**3
@@ -315,8 +316,8 @@ def plan(
     # Plain fsdp over one process shards nothing (a whole replica, as ddp); CPU offload still moves the parameters,
     # gradients and optimizer step to host memory there (FSDP2 over a one-rank mesh), so one GPU plans ddp and offload.
     candidates = ["ddp", "fsdp", "fsdp+offload"] if world > 1 else ["ddp", "fsdp+offload"]
-    if DistributedStrategy.FSDP in TECHNIQUES[Technique(spec.technique)].unsupported_strategies:
-        candidates = ["ddp"]  # the technique cannot be sharded (nor offloaded, which rides on the sharding)
+    if sharding_refusal(spec):
+        candidates = ["ddp"]  # the spec cannot be sharded (nor offloaded, which rides on the sharding)
     estimates = [estimate(shape, spec, s, world, gpu_memory, precision=precision, liger=liger) for s in candidates]
     by_name = {e.strategy: e for e in estimates}
     if requested == DistributedStrategy.DDP:

@@ -28,6 +28,7 @@ from kubetune.api.constants import (
     Objective,
     Optimizer,
     Precision,
+    Technique,
 )
 from kubetune.api.v1alpha1 import SECTIONS, Dataset, Rlhf, Spec
 
@@ -315,6 +316,32 @@ def _strategy_rule(technique, strategy: DistributedStrategy, reason: str) -> Rul
     )
 
 
+_INT8_UNSHARDABLE = (
+    "8-bit weights (spec.quantization.bits 8) are held as int8, which FSDP cannot shard: use bits 4, or strategy ddp"
+)
+
+
+def sharding_refusal(spec: Spec) -> str | None:
+    """Why the spec cannot be sharded (FSDP, and CPU offload, which rides on it), whatever its strategy says; None
+    when it can. The memory plan asks it before it offers fsdp."""
+    reason = TECHNIQUES[Technique(spec.technique)].unsupported_strategies.get(DistributedStrategy.FSDP)
+    if reason:
+        return reason
+    if spec.technique == Technique.QLORA and spec.quantization is not None and spec.quantization.bits == 8:
+        return _INT8_UNSHARDABLE
+    return None
+
+
+def _check_int8_sharding(spec: Spec) -> Iterator[Finding]:
+    d, q = spec.distributed, spec.quantization
+    if spec.technique != Technique.QLORA or q is None or q.bits != 8 or d is None:
+        return
+    if d.strategy == DistributedStrategy.FSDP:
+        yield "distributed.strategy", f"technique qlora cannot use strategy fsdp here: {_INT8_UNSHARDABLE}"
+    elif d.cpu_offload:
+        yield "distributed.cpuOffload", f"needs FSDP, which technique qlora cannot use here: {_INT8_UNSHARDABLE}"
+
+
 def _check_pure_bf16(spec: Spec) -> Iterator[Finding]:
     hp = spec.hyperparameters
     if hp.precision == Precision.BF16_PURE and hp.optimizer != Optimizer.ADAMW:
@@ -403,6 +430,14 @@ RULES: list[Rule] = [
         for technique, info in TECHNIQUES.items()
         for strategy, reason in info.unsupported_strategies.items()
     ],
+    Rule(
+        ".distributed",
+        "self.technique != 'qlora' || !has(self.quantization) || self.quantization.bits != 8 || "
+        "!has(self.distributed) || !(self.distributed.strategy == 'fsdp' || self.distributed.cpuOffload)",
+        "technique qlora with spec.quantization.bits 8 cannot use strategy fsdp (nor cpuOffload, which needs it): "
+        + _INT8_UNSHARDABLE,
+        _check_int8_sharding,
+    ),
     Rule(
         ".hyperparameters.optimizer",
         "self.hyperparameters.precision != 'bf16-pure' || self.hyperparameters.optimizer == 'adamw'",
