@@ -595,6 +595,30 @@ def test_an_hf_dataset_is_fetched_once_for_many_jobs_and_the_trainer_reads_it_fr
     assert {cluster.wait_cache_status(ns, name)["uri"] for ns, name in jobs} <= in_use
 
 
+def test_the_reward_model_is_served_from_its_entry_like_the_model(cluster):
+    """spec.rlhf.rewardModel.uri on the Hub: one population for jobs in two namespaces, each file from the Hub once,
+    and the pods read it from its entry (KUBETUNE_REWARD_MODEL_CACHE_URI) beside the policy model's."""
+    repo, commit = _repo(cluster.hub)
+    reward_repo, reward_commit = _repo(cluster.hub, f"org/reward-{uuid.uuid4().hex[:6]}")
+    entry = cache.entry_uri(cluster.root, f"hf://{reward_repo}", reward_commit)
+    rlhf = {
+        "objective": "rlhf",
+        "rlhf": {"rewardModel": {"uri": f"hf://{reward_repo}"}},
+        "datasets": [{"uri": "file:///data/prompts.jsonl", "format": "prompt"}],
+    }
+    jobs = [(cluster.tenant(f"cache-{uuid.uuid4().hex[:5]}"), "policy") for _ in range(2)]
+    for ns, name in jobs:
+        cluster.apply(ns, name, {"uri": f"hf://{repo}"}, **rlhf)
+    for ns, name in jobs:
+        env = cluster.env(ns, name)
+        assert env["KUBETUNE_REWARD_MODEL_CACHE_URI"]["value"] == entry
+        assert env["KUBETUNE_MODEL_CACHE_URI"]["value"] == cache.entry_uri(cluster.root, f"hf://{repo}", commit)
+    assert [p["metadata"]["name"] for p in cluster.populations()].count(modelcache.population_name(entry)) == 1
+    for name in ENTRY_FILES:
+        assert cluster.hub.gets(name, reward_repo) == 1, name
+    assert cache.MARKER in [k.rsplit("/", 1)[-1] for k in cluster.keys(entry.removeprefix(cluster.root))]
+
+
 def test_a_cut_dataset_population_is_never_used(cluster):
     cluster.runner.backoff_seconds = 1.0
     data_repo = f"org/data-{uuid.uuid4().hex[:6]}"

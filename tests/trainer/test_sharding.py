@@ -269,3 +269,47 @@ def test_qlora_killed_under_fsdp_resumes_on_one_process(tiny_llama_dir, data, wr
     largest_loss_gap = max(abs(a - b) for a, b in zip(resumed, uninterrupted, strict=True))
     assert largest_loss_gap <= LOSS_TOLERANCE, (resumed, uninterrupted)
     assert _close(_final(out, True), _final(reference, True)) <= WEIGHT_TOLERANCE
+
+
+# Loads one model under CPU offload on one process and says which trained parameters FSDP does not manage.
+_UNMANAGED = """
+import json, sys
+from torch.distributed.tensor import DTensor
+from kubetune.api.v1alpha1 import Spec
+from kubetune_trainer import sharding
+from kubetune_trainer.modeling import load_for_training
+
+spec = Spec.model_validate(json.loads(sys.argv[1])).resolved()
+model = load_for_training(spec, sys.argv[2], "causal-lm", strategy=sharding.choose(spec, world=1)).model
+trained = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+print(json.dumps({"trained": len(trained), "unmanaged": [name for name, p in trained if not isinstance(p, DTensor)]}))
+sharding.finish_one_process_group()
+"""
+
+
+@pytest.mark.parametrize("technique", ["lora", "adapter"])
+def test_under_cpu_offload_what_a_technique_adds_is_sharded_with_the_base(technique, tiny_llama_dir):
+    """Under CPU offload FSDP brings to the GPU only the parameters it manages. PEFT, and the bottleneck adapter, put
+    what they add on their base layer's device, which offload makes the host: sharded as the model loads, the adapter
+    would stay there beside FSDP's units (on a GPU: a device mismatch in the first forward). Every parameter that
+    trains must be FSDP's (a DTensor), as the base's are."""
+    from tests.fixtures import TECHNIQUE_SECTIONS
+
+    spec = {
+        "technique": technique,
+        "model": {"uri": tiny_llama_dir.as_uri()},
+        "datasets": [{"uri": "file:///d.jsonl", "format": "text"}],
+        "hyperparameters": {"precision": "fp32"},
+        "distributed": {"strategy": "fsdp", "cpuOffload": True},
+        **TECHNIQUE_SECTIONS[technique],
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _UNMANAGED, json.dumps(spec), str(tiny_llama_dir)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["trained"] > 0 and seen["unmanaged"] == [], seen

@@ -212,7 +212,8 @@ def shard_loaded(model, strategy: Strategy, *, trains_base_weights: bool, precis
     if strategy.offload:
         policies["offload_policy"] = CPUOffloadPolicy(pin_memory=accelerator)
     if _mixed_precision(trains_base_weights, precision):
-        policies["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        compute = torch.float16 if precision.effective == Precision.FP16 else torch.bfloat16
+        policies["mp_policy"] = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     layer_classes = set(getattr(base, "_no_split_modules", None) or ())
     layers = [m for m in model.modules() if type(m).__name__ in layer_classes]
