@@ -27,7 +27,7 @@ lint: setup
 	$(PY) -m ruff format --check .
 
 test: setup lint
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=25
 
 # Everything that trains no model (the API, the CLIs, the operator, the chart, the docs, the doctor) and lint.
 test-fast: setup lint

@@ -3,7 +3,8 @@ pinned offload policy, so these paths have only run unpinned there): each techni
 same small Llama twice, plainly (ddp, one process) and with `distributed: {strategy: fsdp, cpuOffload: true}` (FSDP2
 over a one-rank mesh, parameters, gradients and the optimizer step in pinned host memory). Prints, per technique,
 whether both ran, the largest per-step loss difference and each run's peak GPU memory; an error is printed by name
-(LoRA is the suspect: PEFT puts the adapter on its base weight's device, which offload makes the CPU).
+(lora and adapter are sharded once applied under offload, so that FSDP brings their parameters to the GPU: on a CPU
+only that FSDP manages them is tested).
 
 qlora is in the list: on the GPU its 4-bit weights are packed in a bf16 storage for FSDP and matmul through the CUDA
 kernels of bitsandbytes, which the CPU tests (fp32 storage, the CPU backend) have not run. This script runs one GPU

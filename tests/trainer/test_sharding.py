@@ -131,21 +131,43 @@ def data(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("technique", "processes"), [("full", 2), ("lora", 2), ("qlora", 2), ("full", 4)])
-def test_fsdp_matches_one_process_of_the_same_global_batch(
-    technique, processes, tiny_llama_dir, data, write_job, tmp_path
-):
-    sharded_job = _job(write_job, tiny_llama_dir, data, "sharded", technique)
-    single_job = _job(write_job, tiny_llama_dir, data, "single", technique, accumulation=processes, strategy="ddp")
-    log = _run(sharded_job, tmp_path / "sharded", processes)
-    _run(single_job, tmp_path / "single", 1)
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_llama_dir, data):
+    """run(processes, **job) -> (output folder, log) of `_job(**job)` on `processes`, run once per module: several
+    tests compare with the same uninterrupted run (each run costs tens of seconds on 2 cores)."""
+    import yaml
+    from tests.fixtures import tiny_training_job
 
-    sharded, single = _losses(tmp_path / "sharded"), _losses(tmp_path / "single")
+    done: dict[tuple, tuple[Path, str]] = {}
+
+    def write(model_dir, datasets, *, filename, **sections):
+        doc = tiny_training_job(model_dir, datasets, name="job", steps=8, checkpoint_every=4, **sections)
+        path = tmp_path_factory.mktemp("job") / filename
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return path
+
+    def run(processes: int, **job) -> tuple[Path, str]:
+        key = (processes, tuple(sorted(job.items())))
+        if key not in done:
+            out = tmp_path_factory.mktemp("run") / "out"
+            log = _run(_job(write, tiny_llama_dir, data, "reference", **job), out, processes)
+            done[key] = (out, log)
+        return done[key]
+
+    return run
+
+
+@pytest.mark.parametrize(("technique", "processes"), [("full", 2), ("lora", 2), ("qlora", 2), ("full", 4)])
+def test_fsdp_matches_one_process_of_the_same_global_batch(technique, processes, runs):
+    sharded_out, log = runs(processes, technique=technique)
+    single_out, _ = runs(1, technique=technique, accumulation=processes, strategy="ddp")
+
+    sharded, single = _losses(sharded_out), _losses(single_out)
     assert len(sharded) == len(single) == STEPS
     assert max(abs(a - b) for a, b in zip(sharded, single, strict=True)) <= LOSS_TOLERANCE, (sharded, single)
     assert sharded[-1] < sharded[0]
     adapter = technique in ("lora", "qlora")
-    assert _close(_final(tmp_path / "sharded", adapter), _final(tmp_path / "single", adapter)) <= WEIGHT_TOLERANCE
+    assert _close(_final(sharded_out, adapter), _final(single_out, adapter)) <= WEIGHT_TOLERANCE
 
     # Each rank holds about 1/N of the base's parameters (the layers split evenly; small tensors round up).
     if technique == "qlora":  # loaded whole (4-bit weights packed in a float storage), sharded once LoRA is added
@@ -158,7 +180,7 @@ def test_fsdp_matches_one_process_of_the_same_global_batch(
         adapters = 0.05 if technique == "lora" else 0.0
         assert 1 / processes - 0.02 <= share <= 1 / processes + 0.02 + adapters, (rank, share)
     # Sharded checkpoints: every rank's shard, the metadata, and the marker listing every file.
-    step = tmp_path / "sharded" / "checkpoints" / "step-8"
+    step = sharded_out / "checkpoints" / "step-8"
     names = {p.relative_to(step).as_posix() for p in step.rglob("*") if p.is_file()}
     assert {f"dcp/__{r}_0.distcp" for r in range(processes)} | {
         "dcp/.metadata",
@@ -169,24 +191,25 @@ def test_fsdp_matches_one_process_of_the_same_global_batch(
     assert set(marker["files"]) == names - {"_COMPLETE"}
 
 
-def test_the_final_model_reloads(tiny_llama_dir, data, write_job, tmp_path):
+def test_the_final_model_reloads(tiny_llama_dir, runs):
     from transformers import AutoModelForCausalLM
 
-    _run(_job(write_job, tiny_llama_dir, data, "job"), tmp_path / "out", 2)
-    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "final")
+    out, _ = runs(2, technique="full")
+    model = AutoModelForCausalLM.from_pretrained(out / "final")
     base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in base.parameters())
     assert any((p - q).abs().max() > 0 for p, q in zip(model.parameters(), base.parameters(), strict=True))
 
 
 @pytest.mark.parametrize(("first", "then"), [(2, 1), (2, 4)])
-def test_killed_run_resumes_on_another_number_of_processes(first, then, tiny_llama_dir, data, write_job, tmp_path):
+def test_killed_run_resumes_on_another_number_of_processes(
+    first, then, tiny_llama_dir, data, write_job, tmp_path, runs
+):
     """Killed after its step-4 checkpoint, resumed on `then` processes: the same global batch (accumulation makes
     up for the processes), the same losses and final weights as a run never interrupted."""
     # A global batch of 8 (2 per process x 2 accumulated x 2 processes) that 1 (x4) and 4 (x1) processes keep.
     job = _job(write_job, tiny_llama_dir, data, "job", accumulation=2)
-    reference = tmp_path / "reference"
-    _run(job, reference, first)
+    reference, _ = runs(first, technique="full", accumulation=2)
 
     out = tmp_path / "out"
     _kill_after_step_4(job, out, first)
@@ -200,7 +223,9 @@ def test_killed_run_resumes_on_another_number_of_processes(first, then, tiny_lla
     assert _close(_final(out, False), _final(reference, False)) <= WEIGHT_TOLERANCE
 
 
-def test_cpu_offload_on_one_process_matches_a_plain_run_and_resumes_on_two(tiny_llama_dir, data, write_job, tmp_path):
+def test_cpu_offload_on_one_process_matches_a_plain_run_and_resumes_on_two(
+    tiny_llama_dir, data, write_job, tmp_path, runs
+):
     """distributed.cpuOffload on one process: FSDP2 over a one-rank mesh with the offload policy (unpinned without
     an accelerator: torch refuses to pin memory with "Cannot access accelerator device when none is available"; the
     pinned policy runs on the GPU, bench/gpu_run.sh). The losses and weights are a plain one-process run's, the
@@ -209,17 +234,16 @@ def test_cpu_offload_on_one_process_matches_a_plain_run_and_resumes_on_two(tiny_
     import torch
 
     offload_job = _job(write_job, tiny_llama_dir, data, "offload", accumulation=2, offload=True)
-    plain_job = _job(write_job, tiny_llama_dir, data, "plain", accumulation=2, strategy="ddp")
     log = _run(offload_job, tmp_path / "offload", 1)
-    _run(plain_job, tmp_path / "plain", 1)
+    plain_out, _ = runs(1, technique="full", accumulation=2, strategy="ddp")
 
     assert "FSDP2 with CPU offload over one process" in log, log[-3000:]
     if not torch.accelerator.is_available():
         assert "(no accelerator: unpinned)" in log
-    offload, plain = _losses(tmp_path / "offload"), _losses(tmp_path / "plain")
+    offload, plain = _losses(tmp_path / "offload"), _losses(plain_out)
     assert len(offload) == len(plain) == STEPS
     assert max(abs(a - b) for a, b in zip(offload, plain, strict=True)) <= LOSS_TOLERANCE, (offload, plain)
-    assert _close(_final(tmp_path / "offload", False), _final(tmp_path / "plain", False)) <= WEIGHT_TOLERANCE
+    assert _close(_final(tmp_path / "offload", False), _final(plain_out, False)) <= WEIGHT_TOLERANCE
     step = tmp_path / "offload" / "checkpoints" / "step-8"
     assert (step / "dcp" / "__0_0.distcp").is_file() and (step / "dcp" / ".metadata").is_file()
     assert json.loads((step / "kubetune_sharded.json").read_text()) == {"world": 1, "globalBatch": 2 * 2}
@@ -234,20 +258,19 @@ def test_cpu_offload_on_one_process_matches_a_plain_run_and_resumes_on_two(tiny_
     assert _close(_final(out, False), _final(tmp_path / "offload", False)) <= WEIGHT_TOLERANCE
 
 
-def test_qlora_cpu_offload_on_one_process_matches_a_plain_run(tiny_llama_dir, data, write_job, tmp_path):
+def test_qlora_cpu_offload_on_one_process_matches_a_plain_run(tiny_llama_dir, data, write_job, tmp_path, runs):
     """qlora with distributed.cpuOffload on one process: the 4-bit base, in a float storage, and its adapter are
     sharded over a one-rank mesh once LoRA is added (PEFT cannot wrap a 4-bit layer whose weight FSDP already holds),
     with the offload policy (unpinned without an accelerator). The losses and adapter are a plain run's."""
     offload_job = _job(write_job, tiny_llama_dir, data, "offload", "qlora", accumulation=2, offload=True)
-    plain_job = _job(write_job, tiny_llama_dir, data, "plain", "qlora", accumulation=2, strategy="ddp")
     log = _run(offload_job, tmp_path / "offload", 1)
-    _run(plain_job, tmp_path / "plain", 1)
+    plain_out, _ = runs(1, technique="qlora", accumulation=2, strategy="ddp")
 
     assert "FSDP2 with CPU offload over one process" in log, log[-3000:]
-    offload, plain = _losses(tmp_path / "offload"), _losses(tmp_path / "plain")
+    offload, plain = _losses(tmp_path / "offload"), _losses(plain_out)
     assert len(offload) == len(plain) == STEPS
     assert max(abs(a - b) for a, b in zip(offload, plain, strict=True)) <= LOSS_TOLERANCE, (offload, plain)
-    assert _close(_final(tmp_path / "offload", True), _final(tmp_path / "plain", True)) <= WEIGHT_TOLERANCE
+    assert _close(_final(tmp_path / "offload", True), _final(plain_out, True)) <= WEIGHT_TOLERANCE
 
 
 def test_qlora_killed_under_fsdp_resumes_on_one_process(tiny_llama_dir, data, write_job, tmp_path):
