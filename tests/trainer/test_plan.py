@@ -380,3 +380,30 @@ def test_qlora_under_fsdp_shards_its_adapter_with_the_quantized_base():
     assert offloaded.gradients == offloaded.optimizer == 0
     lora_whole, lora_sharded = P.estimate(shape, lora, "ddp", 1, **one), P.estimate(shape, lora, "fsdp", 4, **one)
     assert lora_sharded.gradients == pytest.approx(lora_whole.gradients)
+
+
+def test_qlora_under_fsdp_counts_the_whole_model_each_gpu_holds_while_it_loads():
+    """qlora under fsdp loads the whole 4-bit model onto every GPU before it is sharded (transformers cannot shard a
+    weight whose shape the quantization changes): 70B on four 24 GiB GPUs trains in under 20 GiB each but cannot load.
+    The plan says so instead of saying it fits."""
+    spec = _spec(
+        "qlora",
+        resources={"gpus": 4},
+        distributed={"strategy": "fsdp"},
+        hyperparameters={"batchSize": 1, "maxSeqLength": 512, "gradientCheckpointing": True},
+    )
+    result = P.plan(spec, LLAMA_70B, gpu_memory=24 * GiB, liger=True)
+    chosen = result.chosen
+    assert chosen.strategy == "fsdp"
+    assert chosen.training < 0.9 * 24 * GiB < chosen.loading  # it would train, but it cannot load
+    assert 30 * GiB < chosen.loading < 45 * GiB  # 70B at about half a byte per weight, plus the runtime
+    assert chosen.total == chosen.loading and chosen.fits is False
+    assert "while the whole model loads" in "\n".join(P.describe(result))
+    assert "technique: qlora" not in P.advice(result)  # it is qlora already
+    # ddp and full fine-tuning load nothing whole beyond what they train with
+    ddp = P.plan(_spec("qlora", resources={"gpus": 2}), LLAMA_70B, gpu_memory=80 * GiB).estimates[0]
+    assert ddp.strategy == "ddp" and ddp.loading == 0
+    full = P.plan(
+        _spec("full", resources={"gpus": 2}, distributed={"strategy": "fsdp"}), LLAMA_70B, gpu_memory=80 * GiB
+    )
+    assert full.chosen.loading == 0

@@ -119,12 +119,7 @@ def load_for_training(
         dtype=dtype,
     )
     strategy = strategy if strategy is not None else sharding.choose(spec)
-    # Sharded once the technique is applied instead of as it loads: a technique module's SHARD_AFTER_APPLY, and under
-    # CPU offload every technique that trains only parameters it adds. PEFT (and the bottleneck adapter) put those on
-    # their base layer's device, which offload makes the host: FSDP must manage them to bring them to the GPU.
-    shard_after_apply = strategy.sharded and (
-        getattr(module, "SHARD_AFTER_APPLY", False) or (strategy.offload and not module.TRAINS_BASE_WEIGHTS)
-    )
+    shard_after_apply = strategy.sharded and sharding.shards_after_apply(module, strategy.offload)
     if not shard_after_apply:
         kwargs |= sharding.load_kwargs(spec, strategy, trains_base_weights=trains_base_weights, precision=dtypes)
     if task == SEQUENCE_CLASSIFICATION:

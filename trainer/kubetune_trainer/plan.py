@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from kubetune.api.constants import DistributedStrategy, Objective, Optimizer, Precision
 from kubetune.api.rules import sharding_refusal
+from kubetune_trainer.sharding import shards_after_apply
 from kubetune_trainer.techniques import module_for
 
 GiB = 1024**3
@@ -148,10 +149,16 @@ class Estimate:
     activations: float
     overhead: float
     gpu_memory: float | None = None  # bytes of one GPU, when known
+    loading: float = 0.0  # bytes per GPU while the model loads, when more than training needs (before it is sharded)
+
+    @property
+    def training(self) -> float:
+        return self.weights + self.gradients + self.optimizer + self.activations + self.overhead
 
     @property
     def total(self) -> float:
-        return self.weights + self.gradients + self.optimizer + self.activations + self.overhead
+        """The most the GPU holds: while training, or while loading when that is more."""
+        return max(self.training, self.loading)
 
     @property
     def fits(self) -> bool | None:
@@ -168,6 +175,7 @@ class Plan:
     trainable: int = 0
     total_params: int = 0
     why: str = ""
+    technique: str = ""
 
     def status(self) -> dict:
         """status.plan as the API writes it (kubetune.api.v1alpha1.Plan)."""
@@ -265,12 +273,13 @@ def estimate(
         optimizer_per_trained = 1  # factored second moments: rows + columns, about nothing per weight
 
     # FSDP shards the base's parameters (and their gradients and optimizer state); PEFT's added parameters stay
-    # whole on every rank, unless the technique is sharded once applied (SHARD_AFTER_APPLY: qlora's adapter is
-    # sharded and offloaded with its base). CPU offload moves the shards to host memory.
+    # whole on every rank, unless the model is sharded once the technique is applied (qlora's adapter, and under CPU
+    # offload every adapter: sharded and offloaded with its base). CPU offload moves the shards to host memory.
     sharded = strategy != "ddp"
     shards = world if sharded else 1
     offload = strategy == "fsdp+offload"
-    added_shards = shards if getattr(module_for(spec.technique), "SHARD_AFTER_APPLY", False) else 1
+    module = module_for(spec.technique)
+    added_shards = shards if sharded and shards_after_apply(module, offload) else 1
     base_trained = trainable - added
     weights = _frozen_bytes(shape, spec, frozen, precision) / shards + base_trained * weights_per_trained / shards
     weights += added * weights_per_trained / added_shards
@@ -287,7 +296,12 @@ def estimate(
         weights += 2 * (shape.block_linear_params + shape.block_other_params) * compute_bytes
     activations = activation_bytes(shape, spec, precision, liger=liger)
     overhead = RUNTIME_OVERHEAD + FRAGMENTATION * (weights + gradients + optimizer + activations)
-    return Estimate(strategy, world, weights, gradients, optimizer, activations, overhead, gpu_memory)
+    loading = 0.0
+    if sharded and getattr(module, "SHARD_AFTER_APPLY", False):
+        # Such a technique loads the whole model onto every GPU (qlora: quantized as it loads, onto its own device)
+        # before it is sharded: for a moment each GPU holds all of the frozen base.
+        loading = _frozen_bytes(shape, spec, frozen, precision) + RUNTIME_OVERHEAD
+    return Estimate(strategy, world, weights, gradients, optimizer, activations, overhead, gpu_memory, loading)
 
 
 def plan(
@@ -341,7 +355,7 @@ def plan(
         chosen = min(allowed, key=lambda e: e.total)
         why = f"strategy auto: nothing fits; {chosen.strategy} needs the least"
     trainable, _ = trainable_params(shape, spec)
-    return Plan(chosen, estimates, trainable, shape.total_params, why)
+    return Plan(chosen, estimates, trainable, shape.total_params, why, str(spec.technique))
 
 
 def advice(result: Plan) -> str:
@@ -362,10 +376,8 @@ def advice(result: Plan) -> str:
             )
             gpus = f"{e.world} GPU{'s' if e.world > 1 else ''}"
             options.append(f"`{name}` (about {e.gib(e.total)} GiB per GPU on {gpus})")
-    options.append(
-        "`technique: qlora`, fewer `hyperparameters.batchSize`/`maxSeqLength`, `gradientCheckpointing: true` "
-        "or more GPUs"
-    )
+    smaller = "fewer `hyperparameters.batchSize`/`maxSeqLength`, `gradientCheckpointing: true` or more GPUs"
+    options.append(smaller if result.technique == "qlora" else f"`technique: qlora`, {smaller}")
     return f"needs about {need} GiB per GPU with {chosen.strategy}, {have} available: use " + " or ".join(options)
 
 
@@ -389,7 +401,9 @@ def describe(result: Plan) -> list[str]:
         lines.append(
             f"{mark} {e.strategy:<13} world {e.world:<4} per GPU {e.gib(e.total):>7} GiB  (weights {e.gib(e.weights)}, "
             f"gradients {e.gib(e.gradients)}, optimizer {e.gib(e.optimizer)}, activations {e.gib(e.activations)}, "
-            f"overhead {e.gib(e.overhead)})  {verdict}".rstrip()
+            f"overhead {e.gib(e.overhead)}"
+            + (f"; {e.gib(e.loading)} while the whole model loads" if e.loading > e.training else "")
+            + f")  {verdict}".rstrip()
         )
     if result.chosen.fits is False:
         lines.append(advice(result))

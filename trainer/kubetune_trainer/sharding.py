@@ -108,6 +108,16 @@ def choose(spec, plan=None, world: int | None = None, resumed: bool | None = Non
     return Strategy(plan.chosen.strategy, world, plan.why)
 
 
+def shards_after_apply(technique_module, offload: bool) -> bool:
+    """Whether a sharded model is sharded once its technique is applied instead of as it loads: the technique says so
+    (SHARD_AFTER_APPLY), or under CPU offload it trains only parameters it adds (PEFT and the bottleneck adapter put
+    those on their base layer's device, which offload makes the host: FSDP must manage them to bring them to the GPU).
+    The memory plan asks it too (an adapter sharded with its base is divided over the ranks and offloaded with it)."""
+    return getattr(technique_module, "SHARD_AFTER_APPLY", False) or (
+        offload and not technique_module.TRAINS_BASE_WEIGHTS
+    )
+
+
 def load_kwargs(spec, strategy: Strategy, *, trains_base_weights: bool, precision) -> dict:
     """`from_pretrained` arguments that shard the model as it loads. None on one process: transformers shards only
     over two ranks or more, and `shard_one_process` shards such a model once it is loaded."""
