@@ -524,15 +524,9 @@ def populate(
     what = _label(parsed)
     token = hub_token(role)
     commit = resolve_commit(uri, token=token)
-    try:
-        entry = entry_uri(cache_root, uri, commit, namespace, private, allow_pickle=allow_pickle)
-    except ValueError as err:
-        raise UserError(f"{what}: {err}") from None
-    storage = _storage(entry)
-    marker = read_marker(storage, entry)
-    if marker is not None and marker.get("commit") == commit:
-        log.info("%s: the cache entry %s is complete", what, entry)
-        return Populated(entry, commit, True, len(marker["files"]), int(marker.get("bytes", 0)))
+    entry, storage, complete = _entry_for_population(cache_root, uri, commit, namespace, private, allow_pickle, what)
+    if complete is not None:
+        return complete
 
     # What a cut population left (files, no marker) is deleted, not trusted: nothing in it was checked by this run.
     storage.delete_prefix(entry)
@@ -590,6 +584,23 @@ def populate(
     files = dict(_each(one, names, workers=workers))
     marker = {"source": uri, "kind": kind, "repo": parsed.location, "commit": commit, "allowPickle": allow_pickle}
     return _complete(storage, entry, files, marker, staging, what, started)
+
+
+def _entry_for_population(
+    cache_root: str, uri: str, key: str, namespace: str, private: bool, allow_pickle: bool, what: str
+) -> tuple[str, object, Populated | None]:
+    """The entry of `uri` at `key` (a commit, or an s3:// listing's digest), its store, and, when its marker says it is
+    complete at that key, what it holds (nothing to populate)."""
+    try:
+        entry = entry_uri(cache_root, uri, key, namespace, private, allow_pickle=allow_pickle)
+    except ValueError as err:
+        raise UserError(f"{what}: {err}") from None
+    storage = _storage(entry)
+    marker = read_marker(storage, entry)
+    if marker is not None and marker.get("commit") == key:
+        log.info("%s: the cache entry %s is complete", what, entry)
+        return entry, storage, Populated(entry, key, True, len(marker["files"]), int(marker.get("bytes", 0)))
+    return entry, storage, None
 
 
 def _complete(storage, entry: str, files: dict, marker: dict, staging: Path, what: str, started: float) -> Populated:
@@ -674,15 +685,9 @@ def populate_s3(
     source = get_storage(uri, credentials_role=role)
     listed = _s3_listing(source, prefix, what, allow_pickle)
     fingerprint = s3_fingerprint(listed)
-    try:
-        entry = entry_uri(cache_root, uri, fingerprint, namespace, True, allow_pickle=allow_pickle)
-    except ValueError as err:
-        raise UserError(f"{what}: {err}") from None
-    storage = _storage(entry)
-    marker = read_marker(storage, entry)
-    if marker is not None and marker.get("commit") == fingerprint:
-        log.info("%s: the cache entry %s is complete", what, entry)
-        return Populated(entry, fingerprint, True, len(marker["files"]), int(marker.get("bytes", 0)))
+    entry, storage, complete = _entry_for_population(cache_root, uri, fingerprint, namespace, True, allow_pickle, what)
+    if complete is not None:
+        return complete
 
     storage.delete_prefix(entry)  # a cut population's files: nothing in them was checked by this run
     staging = (
