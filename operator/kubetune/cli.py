@@ -129,8 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--namespace", "-n", action="append", default=[], help="watch this namespace (repeatable); default: all"
     )
-    p.add_argument("--standalone", action="store_true", help="no peering with other operator replicas")
-    p.add_argument("--peering", default=None, help="kopf peering name (for several replicas)")
+    p.add_argument("--standalone", action="store_true", help="no leader election: this replica always reconciles")
+    p.add_argument(
+        "--leader-election",
+        default=None,
+        metavar="NAME",
+        help="several replicas: reconcile only while holding the Lease NAME in the operator's namespace "
+        "(env POD_NAMESPACE); default: no election",
+    )
     p.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint URL")
     p.add_argument("--metrics-port", type=int, default=None, help="Prometheus metrics port (0 = off; default 9090)")
     p.add_argument("--trainer-image", default=None, help="default trainer image (env KUBETUNE_TRAINER_IMAGE)")

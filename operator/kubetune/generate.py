@@ -17,12 +17,10 @@ API_REFERENCE_FILE = Path("docs/api-reference.md")
 
 # Resources that are not namespaced: granted only in cluster-wide mode.
 CLUSTER_SCOPED = {("", "namespaces"), ("apiextensions.k8s.io", "customresourcedefinitions")}
-# kopf peering (only with several operator replicas).
-PEERING_GROUP = "kopf.dev"
 
 
 def operator_rules() -> dict[str, list[dict]]:
-    from kubetune.controller.permissions import OPERATOR_PERMISSIONS
+    from kubetune.controller.permissions import LEADER_ELECTION_PERMISSIONS, OPERATOR_PERMISSIONS
 
     def rule(group: str, resource: str, verbs) -> dict:
         return {"apiGroups": [group], "resources": [resource], "verbs": list(verbs)}
@@ -32,12 +30,11 @@ def operator_rules() -> dict[str, list[dict]]:
         (cluster if (p.api_group, p.resource) in CLUSTER_SCOPED else namespaced).append(
             rule(p.api_group, p.resource, p.verbs)
         )
-    peering_verbs = ("get", "list", "watch", "patch")
     return {
         "namespaced": namespaced,
         "cluster": cluster,
-        "peering": [rule(PEERING_GROUP, "clusterkopfpeerings", peering_verbs)],
-        "namespacedPeering": [rule(PEERING_GROUP, "kopfpeerings", peering_verbs)],
+        # Only with several replicas, and only in the release's namespace (where the Lease is).
+        "leaderElection": [rule(p.api_group, p.resource, p.verbs) for p in LEADER_ELECTION_PERMISSIONS],
     }
 
 

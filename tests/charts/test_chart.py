@@ -1,6 +1,6 @@
 """The Helm chart: renders and lints with default and non-default values, every manifest is a valid
 Kubernetes object, RBAC is exactly what the operator code uses (from permissions.py), no Secret access,
-Pod Security `restricted`, image tags follow the chart's appVersion."""
+Pod Security `restricted`, image tags follow the chart's appVersion, several replicas elect a leader through a Lease."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ VALUE_SETS = {
     },
 }
 # Kinds kubernetes-validate has no schema for (CRD-defined); checked by shape below instead.
-CUSTOM_KINDS = {"ServiceMonitor", "ClusterKopfPeering", "KopfPeering"}
+CUSTOM_KINDS = {"ServiceMonitor"}
 
 
 def render(values: dict) -> list[dict]:
@@ -93,7 +93,7 @@ def test_every_manifest_is_valid_kubernetes(rendered):
     assert docs
     for doc in docs:
         if doc["kind"] in CUSTOM_KINDS:
-            assert doc["apiVersion"] in ("monitoring.coreos.com/v1", "kopf.dev/v1")
+            assert doc["apiVersion"] == "monitoring.coreos.com/v1"
             continue
         kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
 
@@ -106,20 +106,43 @@ def test_rbac_is_exactly_the_operators_permissions(rendered):
     name, docs = rendered
     expected = generate.operator_rules()
     values = VALUE_SETS[name]
-    peering = values.get("replicaCount", 1) > 1
+    # With several replicas: the Lease's Role and RoleBinding, in the release's namespace only, in both modes.
+    lease_roles = [r for r in by_kind(docs, "Role") if r["metadata"]["name"].endswith("-leader-election")]
+    lease_bindings = [b for b in by_kind(docs, "RoleBinding") if b["metadata"]["name"].endswith("-leader-election")]
+    if values.get("replicaCount", 1) > 1:
+        (lease_role,) = lease_roles
+        (lease_binding,) = lease_bindings
+        assert lease_role["metadata"]["namespace"] == lease_binding["metadata"]["namespace"] == "kubetune-system"
+        assert lease_role["rules"] == expected["leaderElection"]
+        assert lease_binding["roleRef"]["name"] == lease_role["metadata"]["name"]
+        assert lease_binding["subjects"][0]["namespace"] == "kubetune-system"
+    else:
+        assert lease_roles == [] and lease_bindings == []
+    roles = [r for r in by_kind(docs, "Role") if r not in lease_roles]
+    bindings = [b for b in by_kind(docs, "RoleBinding") if b not in lease_bindings]
     if values.get("watchNamespaces"):
         assert by_kind(docs, "ClusterRole") == [] and by_kind(docs, "ClusterRoleBinding") == []
-        roles = by_kind(docs, "Role")
         assert sorted(r["metadata"]["namespace"] for r in roles) == sorted(values["watchNamespaces"])
         for role in roles:
-            assert role["rules"] == expected["namespaced"] + (expected["namespacedPeering"] if peering else [])
-        bindings = by_kind(docs, "RoleBinding")
+            assert role["rules"] == expected["namespaced"]
         assert {b["metadata"]["namespace"] for b in bindings} == set(values["watchNamespaces"])
     else:
+        assert roles == [] and bindings == []
         (role,) = by_kind(docs, "ClusterRole")
-        assert role["rules"] == expected["namespaced"] + expected["cluster"] + (expected["peering"] if peering else [])
+        assert role["rules"] == expected["namespaced"] + expected["cluster"]
         (binding,) = by_kind(docs, "ClusterRoleBinding")
         assert binding["subjects"][0]["namespace"] == "kubetune-system"
+    # Leases are granted nowhere else.
+    for doc in by_kind(docs, "ClusterRole") + roles:
+        assert all("coordination.k8s.io" not in rule["apiGroups"] for rule in doc["rules"])
+
+
+def test_the_chart_holds_no_kopf_peering_resources(rendered):
+    _, docs = rendered
+    assert [d["kind"] for d in docs if d["apiVersion"].startswith("kopf.dev/")] == []
+    assert [d for d in by_kind(docs, "CustomResourceDefinition") if d["spec"]["group"] == "kopf.dev"] == []
+    for doc in by_kind(docs, "ClusterRole") + by_kind(docs, "Role"):
+        assert all("kopf.dev" not in rule["apiGroups"] for rule in doc["rules"])
 
 
 def test_no_role_can_read_secrets_or_use_wildcards(rendered):
@@ -170,14 +193,28 @@ def test_operator_arguments_match_the_mode():
         (deploy,) = by_kind(render(values), "Deployment")
         return deploy["spec"]["template"]["spec"]["containers"][0]["args"]
 
-    assert "--standalone" in args({}) and not any(a.startswith("--namespace") for a in args({}))
+    single = args({})
+    assert "--standalone" in single and not any(a.startswith(("--namespace", "--leader-election")) for a in single)
     ha = args(VALUE_SETS["namespaced-ha"])
-    assert "--peering=kubetune" in ha and "--namespace=team-a" in ha and "--namespace=team-b" in ha
-    # the CLI accepts what the chart passes
+    assert "--leader-election=kubetune-operator" in ha and "--standalone" not in ha
+    assert "--namespace=team-a" in ha and "--namespace=team-b" in ha
+    # the CLI accepts what the chart passes, and the settings carry the Lease's name (none for one replica)
     from kubetune.cli import build_parser
+    from kubetune.controller.config import from_args
 
     parsed = build_parser().parse_args(ha)
-    assert parsed.namespace == ["team-a", "team-b"] and parsed.peering == "kubetune"
+    assert parsed.namespace == ["team-a", "team-b"] and parsed.leader_election == "kubetune-operator"
+    assert from_args(parsed, env={}).leader_election == "kubetune-operator"
+    assert from_args(build_parser().parse_args(single), env={}).leader_election == ""
+
+
+def test_the_lease_namespace_comes_from_the_downward_api(rendered):
+    """Every replica count: the Lease's namespace (leader.lease_namespace reads POD_NAMESPACE) is the pod's own."""
+    _, docs = rendered
+    (deploy,) = by_kind(docs, "Deployment")
+    env = deploy["spec"]["template"]["spec"]["containers"][0]["env"]
+    (pod_namespace,) = [e for e in env if e["name"] == "POD_NAMESPACE"]
+    assert pod_namespace["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
 
 
 def test_operator_settings_reach_its_environment():

@@ -43,7 +43,7 @@ def test_the_cache_values_reach_the_operator(watch):
     assert lint_errors(values) == []
     docs = render(values)
     for doc in docs:
-        if doc["kind"] not in ("ClusterKopfPeering", "KopfPeering", "ServiceMonitor"):
+        if doc["kind"] != "ServiceMonitor":
             kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
     container = _operator(values)
     settings, refusal = operator_settings(container)

@@ -19,6 +19,11 @@ Environment variables (all optional):
   KUBETUNE_COLLECTIVE_TIMEOUT_SECONDS  how long a rank of a multi-GPU job waits in a collective for a lost peer
                                     before its attempt ends (default 300)
   KUBETUNE_CACHE_*                  the shared model cache (ModelCacheSettings, the chart's `cache:` values)
+
+Command line only:
+  --leader-election NAME            several replicas: reconcile only while holding the coordination.k8s.io Lease
+                                    NAME in the operator's namespace (POD_NAMESPACE; controller/leader.py);
+                                    unset or --standalone = no election, this replica always reconciles
 """
 
 from __future__ import annotations
@@ -77,6 +82,7 @@ class OperatorConfig:
     model_cache: ModelCacheSettings = field(default_factory=ModelCacheSettings)  # the shared model cache
     gpu_memory_table: Mapping[str, str] = field(default_factory=dict)  # GPU product label value -> memory quantity
     collective_timeout_seconds: int = 300  # passed to multi-GPU training pods
+    leader_election: str = ""  # the Lease several replicas elect a leader through; "" = no election
 
     @property
     def termination_grace_seconds(self) -> int:
@@ -236,6 +242,8 @@ def from_args(args: Any, env: Mapping[str, str] | None = None) -> OperatorConfig
         value = getattr(args, attr, None)
         if value is not None:
             overrides[attr] = value
+    if getattr(args, "leader_election", None) and not getattr(args, "standalone", False):
+        overrides["leader_election"] = args.leader_election
     if getattr(args, "log_format", None):
         overrides["log_format"] = _log_format(args.log_format, "--log-format")
     return replace(config, **overrides)

@@ -38,6 +38,7 @@ PATHS = {
     "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles"),
     "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
     "Job": ("/apis/batch/v1", "jobs"),
+    "Lease": ("/apis/coordination.k8s.io/v1", "leases"),
     "FineTuneJob": (f"/apis/{GROUP}/{VERSION}", PLURAL),
 }
 

@@ -50,6 +50,11 @@ OPERATOR_PERMISSIONS: tuple[Permission, ...] = (
     Permission("apiextensions.k8s.io", "customresourcedefinitions", ("list", "watch")),
 )
 
+# With several replicas (controller/leader.py): the Lease the leader holds, in the operator's own namespace only.
+LEADER_ELECTION_PERMISSIONS: tuple[Permission, ...] = (
+    Permission("coordination.k8s.io", "leases", ("get", "create", "update")),
+)
+
 # The per-job Role the trainer's status reporter runs with: its own FineTuneJob's status, nothing else.
 REPORTER_VERBS = ("get", "patch")
 
