@@ -229,6 +229,9 @@ def test_operator_settings_reach_its_environment():
     assert config({}).concurrent_reconciles == 32 and config({}).max_running_per_namespace == 0
     tuned = config(VALUE_SETS["namespaced-ha"])
     assert tuned.concurrent_reconciles == 64 and tuned.max_running_per_namespace == 4
+    assert tuned.leader_election_lease_seconds == 15
+    ha_lease = VALUE_SETS["namespaced-ha"] | {"leaderElectionLeaseSeconds": 30}
+    assert config(ha_lease).leader_election_lease_seconds == 30
     # Training pods' pull secrets and the platform's policy; the operator's own pull secrets stay its own.
     assert (
         config({}).trainer_image_pull_secrets == ()

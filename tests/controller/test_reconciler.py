@@ -11,6 +11,7 @@ import pytest
 from kubetune.controller.config import OperatorConfig
 from kubetune.controller.queue import ItemExponentialBackoff
 from kubetune.controller.reconciler import RETRY_MAX_SECONDS, RETRY_SECONDS, Reconciler
+from kubetune.controller.watches import LISTED
 
 pytestmark = pytest.mark.timeout(60)
 # No periodic resync during a test: it calls resync() itself.
@@ -250,7 +251,7 @@ def test_the_added_event_of_a_job_being_made_here_calls_for_no_pass_whenever_it_
         async def create(self, obj, read=True):
             if obj["kind"] == "Job":  # the watch delivers the event first
                 meta = {"namespace": "team", "name": obj["metadata"]["name"], "labels": obj["metadata"]["labels"]}
-                self.box[0].child_changed("Job", "ADDED", meta)
+                self.box[0].child_changed("Job", "ADDED", {"metadata": meta})
             return await super().create(obj, read)
 
         async def get(self, kind, namespace, name):
@@ -268,7 +269,7 @@ def test_the_added_event_of_a_job_being_made_here_calls_for_no_pass_whenever_it_
             await settle(reconciler)
             after_made = kube.gets
             meta = {"namespace": "team", "name": "job-a", "labels": {"kubetune.dev/finetunejob": "job-a"}}
-            reconciler.child_changed("Job", "MODIFIED", meta)  # a later change does call for one
+            reconciler.child_changed("Job", "MODIFIED", {"metadata": meta})  # a later change does call for one
             await settle(reconciler)
             return after_made, kube.gets, reconciler._made_jobs
         finally:
@@ -276,3 +277,57 @@ def test_the_added_event_of_a_job_being_made_here_calls_for_no_pass_whenever_it_
 
     after_made, after_change, made = asyncio.run(scenario())
     assert after_made == 0 and after_change == 1 and not made
+
+
+def ftj(generation: int = 1, status: dict | None = None, deleting: bool = False) -> dict:
+    meta = {"name": "x", "namespace": "n", "generation": generation}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    return {"metadata": meta, "spec": {}, **({"status": status} if status is not None else {})}
+
+
+@pytest.mark.parametrize(
+    ("event", "body", "wanted"),
+    [
+        ("ADDED", ftj(), True),  # new: no phase yet
+        (LISTED, ftj(status={"phase": "Succeeded", "observedGeneration": 1}), True),  # listed, unknown to the process
+        (LISTED, ftj(status={"phase": "Running", "observedGeneration": 1}), True),
+        ("MODIFIED", ftj(2, {"phase": "Running", "observedGeneration": 1}), True),  # a spec edit
+        ("MODIFIED", ftj(1, {"phase": "Running", "observedGeneration": 1, "progress": {"step": 3}}), False),  # a report
+        ("MODIFIED", ftj(1, {"progress": {"step": 3}}), True),  # the reporter first, no phase yet
+        ("DELETED", ftj(), False),
+        ("MODIFIED", ftj(deleting=True), False),
+    ],
+)
+def test_which_finetunejob_events_call_for_a_pass(event, body, wanted):
+    assert Reconciler(kube=None, config=CONFIG).needs_reconcile(event, body) is wanted
+
+
+def test_a_listed_job_calls_for_a_pass_unless_it_is_finished_and_known():
+    """The listing at startup, or after a lost watch: a finished job the operator has had a pass over (its record
+    agrees with the listed status) calls for nothing, so a history of finished jobs costs no pass."""
+    from kubetune.controller import status
+    from kubetune.controller.reconciler import Record
+
+    reconciler = Reconciler(kube=None, config=CONFIG)
+    done = {"phase": "Succeeded", "observedGeneration": 1}
+    assert reconciler.needs_reconcile(LISTED, ftj(status=done)) is True  # not seen by this process yet
+    reconciler._records[("n", "x")] = Record(status.canonical(done))
+    assert reconciler.needs_reconcile(LISTED, ftj(status=done)) is False
+    assert reconciler.needs_reconcile(LISTED, ftj(2, done)) is True  # edited while the watch was down
+    assert reconciler.needs_reconcile(LISTED, ftj(status=done | {"phase": "Failed"})) is True  # someone else wrote it
+    running = {"phase": "Running", "observedGeneration": 1}
+    reconciler._records[("n", "x")] = Record(status.canonical(running))
+    assert reconciler.needs_reconcile(LISTED, ftj(status=running)) is True  # unfinished: always looked at
+
+
+def test_a_watch_event_queues_the_job_as_it_came_without_its_managed_fields():
+    reconciler = Reconciler(kube=None, config=CONFIG)
+    event = ftj()
+    event["metadata"]["managedFields"] = [{"manager": "kubectl"}]
+    reconciler.finetunejob_changed("ADDED", event)
+    assert reconciler.queue.waiting_for(("n", "x")) is None and len(reconciler.queue) == 1
+    assert "managedFields" not in reconciler._bodies[("n", "x")]["metadata"]
+    assert event["metadata"]["managedFields"]  # the event itself is left as it was
+    reconciler.finetunejob_changed("MODIFIED", ftj(1, {"phase": "Running", "observedGeneration": 1}))
+    assert len(reconciler.queue) == 1  # a status-only change of a job the process never wrote: still one key

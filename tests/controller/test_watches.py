@@ -1,10 +1,11 @@
-"""childwatch.py: the operator's metadata-only watches of its Jobs and pods, against the test API server."""
+"""watches.py: the operator's watches of its FineTuneJobs (whole) and of its Jobs and pods (metadata only), against the
+test API server."""
 
 from __future__ import annotations
 
 import asyncio
 
-from kubetune.controller import builders, childwatch
+from kubetune.controller import builders, watches
 from kubetune.controller.kube import METADATA, Kube
 from kubetune.testing.emulator import ADMIN_TOKEN
 from kubetune.testing.harness import start_emulator
@@ -46,12 +47,11 @@ def test_a_child_watch_gets_metadata_only_of_its_own_children_and_outlives_lost_
                 "metadata",
             }, first
 
-            def on_change(kind_of_event: str, meta: dict) -> None:
-                seen.append((kind_of_event, meta["labels"].get(builders.LABEL_FTJ, "")))
+            def on_change(kind_of_event: str, obj: dict) -> None:
+                assert set(obj) == {"apiVersion", "kind", "metadata"}, obj  # metadata only
+                seen.append((kind_of_event, obj["metadata"]["labels"].get(builders.LABEL_FTJ, "")))
 
-            task = asyncio.create_task(
-                childwatch.watch_forever(kube, "Job", "team", builders.MANAGED_SELECTOR, on_change)
-            )
+            task = asyncio.create_task(watches.watch_forever(kube, "Job", "team", builders.MANAGED_SELECTOR, on_change))
             await asyncio.sleep(0.3)
             mine = job("mine", "b")
             mine["metadata"]["annotations"] = {"kubetune.dev/spec": "x" * 200_000}  # a long line: a spec of 200 KB
@@ -80,3 +80,56 @@ def test_a_child_watch_gets_metadata_only_of_its_own_children_and_outlives_lost_
         emulator.stop()
     assert ("ADDED", "a") not in seen  # the listing calls for nothing
     assert all(parent in ("a", "b", "c") for _, parent in seen), seen
+
+
+def test_the_finetunejob_watch_hands_over_every_listed_job_in_chunks_then_whole_events(monkeypatch):
+    """The FineTuneJobs' watch: the listing (at the start, and again after a 410) hands over every job, whole, with
+    its kind and apiVersion (a list's items carry none), read a chunk at a time; then each watch event, whole."""
+    from kubetune.api.constants import API_VERSION, KIND
+
+    monkeypatch.setattr(watches, "LIST_CHUNK", 2)
+    emulator = start_emulator()
+    seen: list[tuple[str, str, str, bool]] = []
+
+    def ftj(name: str) -> dict:
+        spec = {"technique": "lora", "model": {"uri": "hf://o/m"}, "datasets": [{"uri": "s3://b/d.jsonl"}]}
+        return {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name, "namespace": "team"}, "spec": spec}
+
+    def on_change(kind_of_event: str, obj: dict) -> None:
+        seen.append((kind_of_event, obj["metadata"]["name"], obj.get("kind"), "spec" in obj))
+
+    async def scenario():
+        kube = Kube(emulator.client_configuration(ADMIN_TOKEN))
+        lists = []
+        request = kube.request
+
+        async def counting(method, path, **kwargs):
+            if method == "GET" and path.endswith("finetunejobs"):
+                lists.append(dict(kwargs.get("query") or {}))
+            return await request(method, path, **kwargs)
+
+        kube.request = counting
+        try:
+            for name in ("a", "b", "c", "d", "e"):
+                await kube.create(ftj(name))
+            task = asyncio.create_task(
+                watches.watch_forever(kube, KIND, "team", "", on_change, metadata_only=False, on_listed=on_change)
+            )
+            await until(lambda: len(seen) == 5, "the five listed jobs", seen)
+            assert seen == [(watches.LISTED, name, KIND, True) for name in "abcde"]
+            assert len(lists) == 3 and all(q["limit"] == "2" for q in lists)  # 2 + 2 + 1
+            await kube.create(ftj("f"))
+            await until(lambda: ("ADDED", "f", KIND, True) in seen, "the new job's event, whole", seen)
+            emulator.forget_history()
+            emulator.cut_watches()
+            await until(lambda: len(seen) >= 12, "the jobs listed again after the 410", seen)
+            assert seen[6:12] == [(watches.LISTED, name, KIND, True) for name in "abcdef"]
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        finally:
+            await kube.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        emulator.stop()

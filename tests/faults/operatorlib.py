@@ -20,10 +20,13 @@ OUTPUT_URI = "s3://kubetune-out/runs/"
 
 
 class OperatorProcess:
-    def __init__(self, emulator, workdir: Path, token: str = "operator", **env: str):
+    def __init__(
+        self, emulator, workdir: Path, token: str = "operator", args: tuple[str, ...] = ("--standalone",), **env: str
+    ):
         self.emulator = emulator
         self.workdir = workdir
-        self.kubeconfig = workdir / "kubeconfig"
+        self.args = args
+        self.kubeconfig = workdir / f"kubeconfig-{token}"
         self.kubeconfig.write_text(yaml.safe_dump(emulator.kubeconfig(token)))
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "KUBERNETES_"))}
         self.env.update(
@@ -40,11 +43,11 @@ class OperatorProcess:
         self.logs: list[Path] = []
 
     def start(self) -> OperatorProcess:
-        log = self.workdir / f"operator-{self.starts}.log"
+        log = self.workdir / f"operator-{self.kubeconfig.name.removeprefix('kubeconfig-')}-{self.starts}.log"
         self.logs.append(log)
         self.starts += 1
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kubetune.cli", "operator", "--liveness", "", "--standalone"],
+            [sys.executable, "-m", "kubetune.cli", "operator", "--liveness", "", *self.args],
             env=self.env,
             stdout=log.open("w"),
             stderr=subprocess.STDOUT,

@@ -5,6 +5,7 @@ kubelet. Every test ends with: exactly one Job per FineTuneJob and a status that
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections import Counter
@@ -297,3 +298,85 @@ def test_trainer_pod_evicted_or_deleted_mid_run_gets_a_new_attempt_with_a_reason
         _cleanup(crd_api, api, ns)
         operator.stop()
     ledger.record("pods: evicted + deleted mid-run", faults=2, runs=2, survived=2, note="; ".join(notes))
+
+
+def test_two_replicas_only_the_lease_holder_reconciles_and_the_standby_takes_over(api, crd_api, sim, tmp_path):
+    """`replicaCount: 2` (the chart's --leader-election): one replica reconciles, the other only reads the Lease; the
+    leader stopped (a rollout's SIGTERM) gives the Lease up and the standby takes over well before the lease would
+    run out; a leader whose renewals fail stops every pass and watch, and leads again once it holds the Lease."""
+    ns = _namespace(api, "fault-ha")
+    _namespace(api, "kubetune-system")
+    replicas = {}
+    for name in ("replica-a", "replica-b"):
+        # Each replica its own user, so that the emulator tells their calls apart.
+        api.call(lambda name=name: (api.server.tokens.update({name: name}), api.server.superusers.add(name)))
+        replicas[name] = OperatorProcess(
+            api,
+            tmp_path,
+            token=name,
+            args=("--leader-election", "kubetune-operator"),
+            POD_NAME=name,
+            POD_NAMESPACE="kubetune-system",
+            KUBETUNE_LEADER_ELECTION_LEASE_SECONDS="3",  # renewals every 0.4 s, lost after 2 s without one
+        )
+    a, b = replicas["replica-a"], replicas["replica-b"]
+
+    def holder() -> str:
+        leases = api.objects("coordination.k8s.io", "leases", "kubetune-system")
+        return next((lease["spec"].get("holderIdentity") or "" for lease in leases), "")
+
+    def reconciling_calls(user: str) -> list:
+        return [c for c in api.calls(user) if c.resource != "leases"]
+
+    def create(name: str) -> None:
+        crd_api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, ftj_manifest(name, ns))
+
+    def has_job(name: str) -> bool:
+        return any(j["metadata"]["name"] == name for j in api.objects("batch", "jobs", ns))
+
+    renewals_fail = threading.Event()
+    api.inject(
+        Fault(lambda c: renewals_fail.is_set() and c.user == "replica-b" and c.resource == "leases", 500, times=None)
+    )
+    try:
+        a.start()
+        wait_for(lambda: holder() == "replica-a", 30, "replica-a to hold the Lease")
+        b.start()
+        with Cluster(sim, api, ns, random.Random("ha"), finish=0.0, fail=0.0):
+            for i in range(5):
+                create(f"job-{i}")
+            assert wait_until_consistent(api, ns, timeout=30) == []
+            wait_for(lambda: "held by replica-a" in b.output(), 30, "replica-b to stand by")
+            time.sleep(1.0)  # several of the standby's tries
+            assert holder() == "replica-a"
+            assert reconciling_calls("replica-b") == []  # no watch, no list, no write: standby
+            assert {c.verb for c in api.calls("replica-b")} <= {"get", "update"}
+
+            # A rollout stops the leader: it gives the Lease up, and the standby leads within a try or two.
+            a.stop()
+            stopped = time.monotonic()
+            wait_for(lambda: holder() == "replica-b", 10, "replica-b to take the Lease over")
+            assert time.monotonic() - stopped < 3.0  # released, not waited out
+            calls_of_a = len(api.calls("replica-a"))
+            create("job-5")
+            wait_for(lambda: has_job("job-5"), 30, "the new leader to make job-5's Job")
+            assert any(c.verb == "create" and c.resource == "jobs" for c in api.calls("replica-b"))
+            assert len(api.calls("replica-a")) == calls_of_a  # the old leader is gone for good
+
+            # The new leader's renewals fail: it stops reconciling before its Lease could pass to another.
+            renewals_fail.set()
+            wait_for(lambda: "leadership lost" in b.output(), 15, "replica-b to lose its leadership")
+            calls_of_b = len(reconciling_calls("replica-b"))
+            create("job-6")
+            time.sleep(1.5)
+            assert not has_job("job-6")  # nobody leads: nobody reconciles
+            assert len(reconciling_calls("replica-b")) == calls_of_b
+            # The API server answers again: it leads again, from a fresh listing.
+            renewals_fail.clear()
+            wait_for(lambda: has_job("job-6"), 30, "replica-b, leading again, to make job-6's Job")
+            assert wait_until_consistent(api, ns, timeout=30) == []
+        assert len(api.objects("batch", "jobs", ns)) == 7  # one Job each, whoever made it
+    finally:
+        _cleanup(crd_api, api, ns)
+        for replica in replicas.values():
+            replica.stop()

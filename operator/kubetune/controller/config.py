@@ -18,6 +18,8 @@ Environment variables (all optional):
                                     e.g. {"NVIDIA-H100-80GB-HBM3": "80Gi"}, for the trainer's memory plan
   KUBETUNE_COLLECTIVE_TIMEOUT_SECONDS  how long a rank of a multi-GPU job waits in a collective for a lost peer
                                     before its attempt ends (default 300)
+  KUBETUNE_LEADER_ELECTION_LEASE_SECONDS  with several replicas (--leader-election): how long the leader's Lease
+                                    holds unrenewed before a standby takes over (default 15)
   KUBETUNE_CACHE_*                  the shared model cache (ModelCacheSettings, the chart's `cache:` values)
 
 Command line only:
@@ -83,6 +85,9 @@ class OperatorConfig:
     gpu_memory_table: Mapping[str, str] = field(default_factory=dict)  # GPU product label value -> memory quantity
     collective_timeout_seconds: int = 300  # passed to multi-GPU training pods
     leader_election: str = ""  # the Lease several replicas elect a leader through; "" = no election
+    # How long a Lease nobody renews holds: a standby takes over this long after the leader stopped renewing (it
+    # renews every 2/15 of it, and stops leading when renewals failed for 2/3 of it, client-go's 15/10/2 s).
+    leader_election_lease_seconds: int = 15
 
     @property
     def termination_grace_seconds(self) -> int:
@@ -221,6 +226,7 @@ def from_env(env: Mapping[str, str] | None = None) -> OperatorConfig:
         if env.get("KUBETUNE_GPU_MEMORY_TABLE", "").strip()
         else {},
         collective_timeout_seconds=_int(env, "KUBETUNE_COLLECTIVE_TIMEOUT_SECONDS", 300, minimum=1),
+        leader_election_lease_seconds=_int(env, "KUBETUNE_LEADER_ELECTION_LEASE_SECONDS", 15, minimum=3),
     )
 
 

@@ -78,8 +78,9 @@ def run_operator(args: argparse.Namespace) -> int:
                 identity=operator_identity(),  # type: ignore[arg-type] - kopf.Identity is a NewType of str
                 clusterwide=not settings.namespaces,
                 namespaces=list(settings.namespaces),
-                standalone=getattr(args, "peering", None) is None or getattr(args, "standalone", False),
-                peering_name=getattr(args, "peering", None),
+                # kopf watches no resources (handlers.py), so its peering would gate nothing: replicas take turns
+                # through a Lease instead (leader.py), which the start-up handler waits for.
+                standalone=True,
                 liveness_endpoint=getattr(args, "liveness", None) or None,
             )
     except BaseException as err:  # noqa: BLE001 - whatever stopped kopf, the process must end

@@ -1,10 +1,10 @@
 """Prometheus metrics of the operator: FineTuneJobs by phase, reconcile latency and errors, and per FineTuneJob what
 its status says of the training (progress, loss, throughput, ETA, attempts, phase).
 
-The per-job series come from the FineTuneJob's status as the watch delivers it (handlers.py hands every watch event
-to `Metrics.observe`, the trainer's progress reports included: those call for no reconcile pass), held as one small
-record per job and turned into samples only when Prometheus scrapes (`JobCollector`). An event costs one dict
-assignment; a deleted job's series go with its DELETED event, or with the resync that finds it gone
+The per-job series come from the FineTuneJob's status as the watch delivers it (Reconciler.finetunejob_changed hands
+every event to `Metrics.observe`, the trainer's progress reports included: those call for no reconcile pass), held as
+one small record per job and turned into samples only when Prometheus scrapes (`JobCollector`). An event costs one
+dict assignment; a deleted job's series go with its DELETED event, or with the resync that finds it gone
 (`set_phase(..., None)`).
 """
 

@@ -3,15 +3,15 @@
 Level-based and idempotent: every pass starts from what the API server says now, so a restart, a
 repeated event or a retry never creates a second Job (deterministic names; AlreadyExists -> adopt when
 owned by this FineTuneJob). Which job gets a pass when, and how many at once, is the work queue's
-(queue.py): kopf's event handlers (handlers.py) add keys to it, and so do the periodic resync, the
-retries of failed passes and the TTL wake-ups. Everything runs on kopf's event loop: one thread, no
-locks against other threads.
+(queue.py): the FineTuneJobs' watch events add keys to it (finetunejob_changed), and so do the Jobs' and pods'
+watches (watches.py), the periodic resync, the retries of failed passes and the TTL wake-ups. Everything runs on
+kopf's event loop: one thread, no locks against other threads.
 
 Trust: the trainer's token may patch the FineTuneJob's status, all of it, so the status is never the
 operator's memory. Phase, conditions, attempts and times come from what the operator sees of the Job and its
 pods, and from its own record of what it wrote last (`Record`, in memory); a pass writes back whatever of its
 keys someone else changed, and takes back result URIs outside the job's output root. A status-only change
-calls for a pass only when it touched those (handlers.needs_reconcile asks `status_disagrees`).
+calls for a pass only when it touched those (needs_reconcile asks `status_disagrees`).
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from dataclasses import dataclass
 
 from kubernetes.client import ApiException
 
-from kubetune.api.constants import API_VERSION, GROUP, KIND, Phase, Reason
+from kubetune.api.constants import API_VERSION, GROUP, KIND, PLURAL, Phase, Reason
 from kubetune.api.validation import SpecError, notices, parse_spec
-from kubetune.controller import bounds, builders, childwatch, kueue, logs, modelcache, policy, status
+from kubetune.controller import bounds, builders, kueue, logs, modelcache, policy, status, watches
 from kubetune.controller.config import OperatorConfig
 from kubetune.controller.kube import Kube
 from kubetune.controller.metrics import Metrics
@@ -114,6 +114,13 @@ def _queue_order_of(job: dict) -> str:
     return (meta.get("annotations") or {}).get(builders.ANNOTATION_QUEUE_ORDER) or f"{meta.get('creationTimestamp')}/"
 
 
+def _lean(ftj: dict) -> dict:
+    """The watched FineTuneJob as a pass reads it, kept until its pass: without metadata.managedFields (often the
+    larger half of an object, and never read), so that a burst's queue holds less."""
+    metadata = {key: value for key, value in (ftj.get("metadata") or {}).items() if key != "managedFields"}
+    return {**ftj, "metadata": metadata}
+
+
 def _digest(value) -> str:
     return hashlib.sha1(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
@@ -170,6 +177,46 @@ class Reconciler:
         self.instance = os.environ.get("HOSTNAME", "kubetune-operator")
 
     # ------------------------------------------------------------------------------------- entry
+
+    def finetunejob_changed(self, kind_of_event: str, ftj: dict) -> None:
+        """A FineTuneJob watch event, or a listed job (watches.LISTED): its metrics are updated (the trainer's progress
+        reports included: they call for no pass); one that calls for a pass (needs_reconcile) queues it, with the job
+        as the event carried it; a deletion queues the pass that forgets the job (the resync lists nothing that would
+        notice)."""
+        meta = ftj.get("metadata") or {}
+        namespace, name = meta.get("namespace", ""), meta.get("name", "")
+        if kind_of_event == "DELETED":
+            self.metrics.observe(namespace, name, None)
+            self.enqueue(namespace, name, urgent=False)
+            return
+        self.metrics.observe(namespace, name, ftj)
+        if self.needs_reconcile(kind_of_event, ftj):
+            self.enqueue(namespace, name, body=_lean(ftj))
+
+    def needs_reconcile(self, kind_of_event: str, ftj: dict) -> bool:
+        """Which FineTuneJob watch events call for a pass (level-based: the pass reads the rest).
+
+        The listing (at start-up, or after the watch lost its place) for a job this process has had no pass over, or
+        one still unfinished; and anything the operator has not answered yet: a new object (no phase) or a spec change
+        (generation ahead of status.observedGeneration). A finished job it knows, listed again, calls for nothing: a
+        history of finished jobs costs no pass.
+        Status-only changes (the operator's own writes, the trainer's progress reports) do not, unless they touched
+        the operator's keys or reported a result outside the job's output root (anyone with the trainer's token can
+        patch the whole status: the pass puts it right), or brought a memory plan (status.plan) the operator has not
+        told as an Event yet.
+        """
+        metadata = ftj.get("metadata") or {}
+        if kind_of_event == "DELETED" or metadata.get("deletionTimestamp"):
+            return False
+        listed = kind_of_event == watches.LISTED
+        if listed and not self.knows(ftj):
+            return True
+        stored = ftj.get("status") or {}
+        if not stored.get("phase") or metadata.get("generation") != stored.get("observedGeneration"):
+            return True
+        if listed and stored.get("phase") not in status.FINISHED_PHASES:
+            return True
+        return self.status_disagrees(ftj) or self.plan_unannounced(ftj)
 
     def enqueue(self, namespace: str, name: str, body: dict | None = None, urgent: bool = True) -> None:
         """Ask for a pass over one FineTuneJob (a watch event: urgent; the resync, a wake-up: not).
@@ -594,11 +641,14 @@ class Reconciler:
         )
 
     async def _create_or_adopt(self, obj: dict, ftj: dict) -> dict:
+        """The object as created (what was sent: the answer is not read, a Job's is as long as its pod template and
+        was a twentieth of a burst's CPU; no pass reads what the API server adds to a new object), or the existing
+        one of that name, when it is this FineTuneJob's."""
         meta = obj["metadata"]
         try:
-            created = await self.kube.create(obj)
-            created["_created"] = True  # local marker, never sent back
-            return created
+            await self.kube.create(obj, read=False)
+            obj["_created"] = True  # local marker, never sent back
+            return obj
         except ApiException as err:
             if err.status in REFUSED:
                 raise ChildRejected.refused(err, "create", obj["kind"], meta["namespace"], meta["name"]) from None
@@ -1048,30 +1098,38 @@ class Reconciler:
 
     # ------------------------------------------------------------------------------------- workers & resync
 
-    def start(self, watch_children: bool = False) -> None:
-        """Start handing out passes, and the periodic resync, on the running loop (kopf's); with `watch_children`, the
-        metadata-only watches of the operator's Jobs and pods too (childwatch.py)."""
+    def start(self, watch: bool = False) -> None:
+        """Start handing out passes, and the periodic resync, on the running loop (kopf's); with `watch`, the watches
+        too: the FineTuneJobs', and the metadata-only ones of the operator's Jobs and pods (watches.py)."""
         self.loop = asyncio.get_running_loop()
         self._tasks = [
             self.loop.create_task(self._work_forever(), name="kubetune-workers"),
             self.loop.create_task(self._resync_forever(), name="kubetune-resync"),
             self.loop.create_task(self.modelcache.run_forever(), name="kubetune-model-cache"),
         ]
-        if watch_children:
+        if not watch:
+            return
+        for namespace in self.config.namespaces or (None,):
+            jobs = watches.watch_forever(
+                self.kube,
+                KIND,
+                namespace,
+                "",
+                self.finetunejob_changed,
+                metadata_only=False,
+                on_listed=self.finetunejob_changed,
+            )
+            self._tasks.append(self.loop.create_task(jobs, name=f"kubetune-watch-{PLURAL}-{namespace or ''}"))
             for kind in ("Job", "Pod"):
-                for namespace in self.config.namespaces or (None,):
-                    watch = childwatch.watch_forever(
-                        self.kube,
-                        kind,
-                        namespace,
-                        builders.MANAGED_SELECTOR,
-                        functools.partial(self.child_changed, kind),
-                    )
-                    self._tasks.append(self.loop.create_task(watch, name=f"kubetune-watch-{kind}-{namespace or ''}"))
+                children = watches.watch_forever(
+                    self.kube, kind, namespace, builders.MANAGED_SELECTOR, functools.partial(self.child_changed, kind)
+                )
+                self._tasks.append(self.loop.create_task(children, name=f"kubetune-watch-{kind}-{namespace or ''}"))
 
-    def child_changed(self, kind: str, kind_of_event: str, meta: dict) -> None:
-        """A Job or pod of a FineTuneJob changed: a pass over the job, but for the ADDED event of a Job this process
-        has just made (the pass that made it wrote what there was to tell)."""
+    def child_changed(self, kind: str, kind_of_event: str, child: dict) -> None:
+        """A Job or pod of a FineTuneJob changed (its metadata): a pass over the job, but for the ADDED event of a Job
+        this process has just made (the pass that made it wrote what there was to tell)."""
+        meta = child.get("metadata") or {}
         made = (meta.get("namespace"), meta.get("name"))
         if kind == "Job" and kind_of_event == "ADDED" and made in self._made_jobs:
             self._made_jobs.discard(made)
@@ -1132,7 +1190,7 @@ class Reconciler:
 
         Only the unfinished ones, from memory: no list of every FineTuneJob, so a history of finished jobs costs
         nothing. What can still change a finished job comes as a watch event (a spec edit, a status someone else
-        wrote: handlers.needs_reconcile), its TTL as a scheduled wake-up, its deletion as a DELETED event.
+        wrote: needs_reconcile), its TTL as a scheduled wake-up, its deletion as a DELETED event.
 
         Except those whose last pass failed: their retry is due after a backoff of up to 5 min, and a
         resync every minute would undo it."""
