@@ -133,8 +133,8 @@ def test_api_errors_and_cut_watches_while_jobs_reconcile(api, crd_api, sim, tmp_
         _random_fault(rng, lock, counter, 409, 0.10, lambda c: c.verb in ("create", "patch", "update")),
         _random_fault(rng, lock, counter, 500, 0.10, lambda c: True),
         # 410 Gone on a list (a real API server sends it when a paginated list's continue token expired)
-        # or a watch request: kopf 1.45 stops on it and the process exits non-zero; its Deployment
-        # restarts it (Supervisor plays that part). In-stream 410s come from forget_history().
+        # or a watch request: the operator's watches list again (were the process to exit, its Deployment would
+        # restart it: Supervisor plays that part). In-stream 410s come from forget_history().
         _random_fault(rng, lock, counter, 410, 0.03, lambda c: c.verb in ("list", "watch")),
     ]
     operator = OperatorProcess(api, tmp_path).start()
