@@ -188,6 +188,15 @@ def test_images_follow_app_version_unless_overridden():
     assert env["KUBETUNE_DEFAULT_OUTPUT_URI"] == "s3://ml/kubetune/"
 
 
+def test_one_replica_is_replaced_and_elected_replicas_roll():
+    """One replica runs no election: an upgrade must never run two at once (Recreate). Elected replicas roll: the
+    new pod stands by until the old leader gives its Lease up."""
+    (single,) = by_kind(render({}), "Deployment")
+    assert single["spec"]["strategy"] == {"type": "Recreate"}
+    (ha,) = by_kind(render(VALUE_SETS["namespaced-ha"]), "Deployment")
+    assert ha["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+
+
 def test_operator_arguments_match_the_mode():
     def args(values):
         (deploy,) = by_kind(render(values), "Deployment")
