@@ -133,3 +133,52 @@ def test_the_finetunejob_watch_hands_over_every_listed_job_in_chunks_then_whole_
         asyncio.run(scenario())
     finally:
         emulator.stop()
+
+
+def test_the_watches_leave_every_connection_of_the_passes_to_them():
+    """The watches hold their connections for as long as they run: on the passes' connections, one pass at a time
+    (KUBETUNE_CONCURRENT_RECONCILES=1) would wait forever behind them. They have connections of their own."""
+    from kubetune.api.constants import API_VERSION, KIND
+    from kubetune.controller.config import OperatorConfig
+    from kubetune.controller.reconciler import Reconciler
+    from kubetune.testing.emulator import OPERATOR_TOKEN
+
+    emulator = start_emulator()
+    settings = OperatorConfig(
+        trainer_image="registry.example/kubetune-trainer:test",
+        default_output_uri="s3://out/runs/",
+        concurrent_reconciles=1,
+        resync_seconds=3600,
+        metrics_port=0,
+    )
+    spec = {
+        "technique": "lora",
+        "objective": "instruction",
+        "model": {"uri": "hf://Qwen/Qwen2.5-0.5B-Instruct"},
+        "datasets": [{"uri": "s3://data/support/train.jsonl", "format": "messages"}],
+    }
+
+    async def scenario() -> list[str]:
+        admin = Kube(emulator.client_configuration(ADMIN_TOKEN))
+        reconciler = Reconciler(Kube(emulator.client_configuration(OPERATOR_TOKEN), connections=1), settings)
+        reconciler.start(watch=True)
+        try:
+            await asyncio.sleep(0.3)  # every watch open
+            for name in ("a", "b"):
+                meta = {"name": name, "namespace": "team"}
+                await admin.create({"apiVersion": API_VERSION, "kind": KIND, "metadata": meta, "spec": spec})
+            deadline = asyncio.get_running_loop().time() + 15
+            while asyncio.get_running_loop().time() < deadline:
+                jobs = [j["metadata"]["name"] for j in await admin.list("Job", "team")]
+                if len(jobs) == 2:
+                    break
+                await asyncio.sleep(0.1)
+            return sorted(jobs)
+        finally:
+            await reconciler.stop()
+            await admin.close()
+
+    try:
+        assert asyncio.run(scenario()) == ["a", "b"]
+    finally:
+        emulator.stop()

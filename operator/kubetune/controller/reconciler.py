@@ -173,6 +173,7 @@ class Reconciler:
         self._namespace_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._passes: set[asyncio.Task] = set()
         self._tasks: list[asyncio.Task] = []
+        self._watch_kube: Kube | None = None  # the watches' own connections (start)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.instance = os.environ.get("HOSTNAME", "kubetune-operator")
 
@@ -1109,9 +1110,13 @@ class Reconciler:
         ]
         if not watch:
             return
-        for namespace in self.config.namespaces or (None,):
+        # The watches hold their connections for as long as they run, and the listings must not wait behind a burst
+        # of passes: a session of their own, so that the passes keep all concurrent_reconciles connections.
+        namespaces = self.config.namespaces or (None,)
+        self._watch_kube = Kube(self.kube.configuration, connections=3 * len(namespaces))
+        for namespace in namespaces:
             jobs = watches.watch_forever(
-                self.kube,
+                self._watch_kube,
                 KIND,
                 namespace,
                 "",
@@ -1121,9 +1126,8 @@ class Reconciler:
             )
             self._tasks.append(self.loop.create_task(jobs, name=f"kubetune-watch-{PLURAL}-{namespace or ''}"))
             for kind in ("Job", "Pod"):
-                children = watches.watch_forever(
-                    self.kube, kind, namespace, builders.MANAGED_SELECTOR, functools.partial(self.child_changed, kind)
-                )
+                changed = functools.partial(self.child_changed, kind)
+                children = watches.watch_forever(self._watch_kube, kind, namespace, builders.MANAGED_SELECTOR, changed)
                 self._tasks.append(self.loop.create_task(children, name=f"kubetune-watch-{kind}-{namespace or ''}"))
 
     def child_changed(self, kind: str, kind_of_event: str, child: dict) -> None:
@@ -1146,6 +1150,8 @@ class Reconciler:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks = []
         await self.kube.close()
+        if self._watch_kube is not None:
+            await self._watch_kube.close()
 
     async def _work_forever(self) -> None:
         """A task per pass, as many at once as the queue has slots."""
