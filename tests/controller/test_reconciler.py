@@ -7,10 +7,11 @@ import asyncio
 import dataclasses
 
 import pytest
+from kubernetes.client import ApiException
 
 from kubetune.controller.config import OperatorConfig
 from kubetune.controller.queue import ItemExponentialBackoff
-from kubetune.controller.reconciler import RETRY_MAX_SECONDS, RETRY_SECONDS, Reconciler
+from kubetune.controller.reconciler import RETRY_MAX_SECONDS, RETRY_SECONDS, TRANSIENT_RETRY_MAX_SECONDS, Reconciler
 from kubetune.controller.watches import LISTED
 
 pytestmark = pytest.mark.timeout(60)
@@ -46,8 +47,8 @@ class RecordingBackoff(ItemExponentialBackoff):
         super().__init__(RETRY_SECONDS, RETRY_MAX_SECONDS)
         self.delays = []
 
-    def when(self, key):
-        self.delays.append(super().when(key))
+    def when(self, key, cap=None):
+        self.delays.append(super().when(key, cap))
         return self.delays[-1]
 
 
@@ -68,8 +69,9 @@ def test_failed_passes_are_retried_with_a_doubling_delay_reset_by_a_success():
             for _ in range(9):
                 with pytest.raises(ConnectionError):
                     await reconciler.reconcile("team", "bot")
-            assert backoff.delays[:4] == [RETRY_SECONDS, 2 * RETRY_SECONDS, 4 * RETRY_SECONDS, 8 * RETRY_SECONDS]
-            assert max(backoff.delays) == RETRY_MAX_SECONDS and backoff.delays[-1] == RETRY_MAX_SECONDS
+            assert backoff.delays[:3] == [RETRY_SECONDS, 2 * RETRY_SECONDS, 4 * RETRY_SECONDS]
+            # The API server went away: nothing of the job's, so at most 20 s, however often in a row.
+            assert max(backoff.delays) == TRANSIENT_RETRY_MAX_SECONDS == backoff.delays[-1]
             # Each failure scheduled its retry; the first one's, soonest, still stands.
             assert 0 < reconciler.queue.waiting_for(("team", "bot")) <= RETRY_SECONDS
 
@@ -331,3 +333,52 @@ def test_a_watch_event_queues_the_job_as_it_came_without_its_managed_fields():
     assert event["metadata"]["managedFields"]  # the event itself is left as it was
     reconciler.finetunejob_changed("MODIFIED", ftj(1, {"phase": "Running", "observedGeneration": 1}))
     assert len(reconciler.queue) == 1  # a status-only change of a job the process never wrote: still one key
+
+
+def test_a_child_watch_listed_again_gives_every_unfinished_job_a_pass_even_in_a_retry_backoff():
+    """A 410 loses the events between the watch's last version and the new listing: the resync leaves a job whose last
+    pass failed to its backoff (up to 5 min), so the re-listing itself queues every unfinished job."""
+
+    async def scenario():
+        reconciler = Reconciler(kube=None, config=CONFIG)
+        failed, running = ("n", "failed"), ("n", "running")
+        reconciler._unfinished |= {failed, running}
+        reconciler.queue.add_rate_limited(failed)  # its last pass failed: due in 5 s
+        await reconciler.resync()
+        assert set(reconciler.queue._dirty) == {running}  # the resync leaves it to its backoff
+        reconciler.children_relisted()
+        queued = set(reconciler.queue._dirty)
+        reconciler.queue.shutdown()
+        return queued
+
+    assert asyncio.run(scenario()) == {("n", "failed"), ("n", "running")}
+
+
+@pytest.mark.parametrize(
+    ("error", "cap"),
+    [
+        (ConnectionError("reset"), TRANSIENT_RETRY_MAX_SECONDS),
+        (ApiException(status=503), TRANSIENT_RETRY_MAX_SECONDS),
+        (ApiException(status=409), TRANSIENT_RETRY_MAX_SECONDS),
+        (ApiException(status=403), RETRY_MAX_SECONDS),  # the job's own: it backs off to 5 min
+        (KeyError("spec"), RETRY_MAX_SECONDS),
+    ],
+)
+def test_a_failure_of_the_api_server_is_retried_within_20_s_one_of_the_job_backs_off_to_5_min(error, cap):
+    class Failing(FakeKube):
+        async def get(self, kind, namespace, name):
+            raise error
+
+    async def scenario():
+        reconciler = Reconciler(Failing(), CONFIG)
+        reconciler.queue.rate_limiter = backoff = RecordingBackoff()
+        reconciler.start()
+        try:
+            for _ in range(9):
+                with pytest.raises(type(error)):
+                    await reconciler.reconcile("team", "bot")
+            return backoff.delays
+        finally:
+            await reconciler.stop()
+
+    assert max(asyncio.run(scenario())) == cap

@@ -32,6 +32,7 @@ async def until(predicate, what: str, seen: list, timeout: float = 10.0) -> None
 def test_a_child_watch_gets_metadata_only_of_its_own_children_and_outlives_lost_watches():
     emulator = start_emulator()
     seen: list[tuple[str, str]] = []
+    relisted: list[int] = []
 
     async def scenario():
         kube = Kube(emulator.client_configuration(ADMIN_TOKEN))
@@ -51,7 +52,10 @@ def test_a_child_watch_gets_metadata_only_of_its_own_children_and_outlives_lost_
                 assert set(obj) == {"apiVersion", "kind", "metadata"}, obj  # metadata only
                 seen.append((kind_of_event, obj["metadata"]["labels"].get(builders.LABEL_FTJ, "")))
 
-            task = asyncio.create_task(watches.watch_forever(kube, "Job", "team", builders.MANAGED_SELECTOR, on_change))
+            relisting = {"on_relisted": lambda: relisted.append(1)}
+            task = asyncio.create_task(
+                watches.watch_forever(kube, "Job", "team", builders.MANAGED_SELECTOR, on_change, **relisting)
+            )
             await asyncio.sleep(0.3)
             mine = job("mine", "b")
             mine["metadata"]["annotations"] = {"kubetune.dev/spec": "x" * 200_000}  # a long line: a spec of 200 KB
@@ -79,6 +83,7 @@ def test_a_child_watch_gets_metadata_only_of_its_own_children_and_outlives_lost_
     finally:
         emulator.stop()
     assert ("ADDED", "a") not in seen  # the listing calls for nothing
+    assert relisted == [1]  # listed again once, after the 410: the events in between are lost
     assert all(parent in ("a", "b", "c") for _, parent in seen), seen
 
 

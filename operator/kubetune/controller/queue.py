@@ -42,10 +42,11 @@ class ItemExponentialBackoff:
         self.base, self.cap = base, cap
         self._failures: dict[Key, int] = {}
 
-    def when(self, key: Key) -> float:
+    def when(self, key: Key, cap: float | None = None) -> float:
+        """The next delay of the key (one failure more); `cap`: a lower cap for this one."""
         failures = self._failures.get(key, 0)
         self._failures[key] = failures + 1
-        return min(self.base * 2 ** min(failures, 62), self.cap)
+        return min(self.base * 2 ** min(failures, 62), self.cap if cap is None else min(cap, self.cap))
 
     def forget(self, key: Key) -> None:
         self._failures.pop(key, None)
@@ -122,9 +123,9 @@ class WorkQueue:
         heapq.heappush(self._timeline, (at, next(self._order), key))
         self._arm(loop)
 
-    def add_rate_limited(self, key: Key) -> float:
-        """Add the key after its backoff; returns the delay in seconds."""
-        delay = self.rate_limiter.when(key)
+    def add_rate_limited(self, key: Key, cap: float | None = None) -> float:
+        """Add the key after its backoff (at most `cap` seconds, when given); returns the delay in seconds."""
+        delay = self.rate_limiter.when(key, cap)
         self.add_after(key, delay)
         return delay
 

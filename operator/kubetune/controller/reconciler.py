@@ -28,6 +28,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import aiohttp
 from kubernetes.client import ApiException
 
 from kubetune.api.constants import API_VERSION, GROUP, KIND, PLURAL, Phase, Reason
@@ -42,6 +43,12 @@ log = logs.log
 # After a failed pass: 5 s, doubling per failure in a row, at most 5 min.
 RETRY_SECONDS = 5
 RETRY_MAX_SECONDS = 300
+# A failure that says nothing of the job (the API server or the network failing, a conflict with another writer) is
+# retried within this long however often it came in a row: once the API server answers again, every job is seen
+# again within it, not up to 5 min later (the fault suite's outage of 12 s or more left jobs behind for minutes).
+TRANSIENT_RETRY_MAX_SECONDS = 20
+# The API server's answers that say it, not the request, failed (or that another writer came first).
+TRANSIENT_STATUSES = (409, 429, 500, 502, 503, 504)
 # The jobs the API server no longer lists are looked for every this many resync periods (Reconciler.forget_deleted).
 SWEEP_EVERY_RESYNCS = 10
 # A queued job suspended by its spec waits this long between looks for the Workload Kueue makes for its Job.
@@ -70,6 +77,13 @@ def server_message(err: ApiException) -> str:
     except (ValueError, AttributeError):
         message = None
     return status.pod_text(message or f"{err.status} {err.reason}")
+
+
+def transient(err: BaseException) -> bool:
+    """Whether a pass failed for the API server or the network, not for anything of the job's."""
+    if isinstance(err, ApiException):
+        return err.status in TRANSIENT_STATUSES
+    return isinstance(err, (aiohttp.ClientError, asyncio.TimeoutError, OSError))
 
 
 def describe(err: BaseException) -> str:
@@ -263,7 +277,7 @@ class Reconciler:
             phase = await self._reconcile(namespace, name, body)
         except Exception as err:
             self.metrics.reconcile_errors.labels(reason=type(err).__name__).inc()
-            delay = self.queue.add_rate_limited(key)
+            delay = self.queue.add_rate_limited(key, cap=TRANSIENT_RETRY_MAX_SECONDS if transient(err) else None)
             logs.action(
                 namespace,
                 name,
@@ -1126,8 +1140,14 @@ class Reconciler:
             )
             self._tasks.append(self.loop.create_task(jobs, name=f"kubetune-watch-{PLURAL}-{namespace or ''}"))
             for kind in ("Job", "Pod"):
-                changed = functools.partial(self.child_changed, kind)
-                children = watches.watch_forever(self._watch_kube, kind, namespace, builders.MANAGED_SELECTOR, changed)
+                children = watches.watch_forever(
+                    self._watch_kube,
+                    kind,
+                    namespace,
+                    builders.MANAGED_SELECTOR,
+                    functools.partial(self.child_changed, kind),
+                    on_relisted=self.children_relisted,
+                )
                 self._tasks.append(self.loop.create_task(children, name=f"kubetune-watch-{kind}-{namespace or ''}"))
 
     def child_changed(self, kind: str, kind_of_event: str, child: dict) -> None:
@@ -1141,6 +1161,13 @@ class Reconciler:
         parent = (meta.get("labels") or {}).get(builders.LABEL_FTJ)
         if parent and meta.get("namespace"):
             self.enqueue(meta["namespace"], parent)
+
+    def children_relisted(self) -> None:
+        """A watch of the Jobs or pods lost its place (410) and listed again: a change in between (a Job that finished)
+        came as no event. Every unfinished job gets a pass, those in a retry's backoff too (the resync leaves them to
+        it, and a backoff grown to minutes would hide the change as long)."""
+        for key in list(self._unfinished):
+            self.queue.add(key, urgent=False)
 
     async def stop(self) -> None:
         self.queue.shutdown()

@@ -12,8 +12,9 @@ burst of new jobs; here an event costs a JSON decode and a call.
 The Jobs and pods. A change of one calls for a pass over its FineTuneJob (named by its label), and the pass reads the
 Job and the pods itself: so the watch needs the labels and nothing else. The API server sends just the metadata when
 asked for PartialObjectMetadata (controller-runtime's metadata-only watches of owned objects do the same), so a Job's
-pod template, a pod's spec and status are neither sent, decoded, nor queued. Their listing calls for no pass (the
-FineTuneJobs' listing gives every job the operator does not know one, and the resync visits the unfinished ones).
+pod template, a pod's spec and status are neither sent, decoded, nor queued. Their first listing calls for no pass
+(the FineTuneJobs' listing gives every job the operator does not know one); a listing again after a 410, when the
+events in between are lost, gives every unfinished job one (Reconciler.children_relisted).
 """
 
 from __future__ import annotations
@@ -96,19 +97,25 @@ async def watch_forever(
     *,
     metadata_only: bool = True,
     on_listed: OnChange | None = None,
+    on_relisted: Callable[[], None] | None = None,
 ) -> None:
     """List and watch `kind` (in `namespace`, or everywhere) with `selector` for as long as the operator runs.
 
     `metadata_only`: the watch events carry PartialObjectMetadata. `on_listed`: every listed object is handed to it
-    (whole), at the start and after each 410."""
+    (whole), at the start and after each 410. `on_relisted`: called after each listing but the first, when the events
+    between the last version seen and the listing are lost."""
     version = ""
     delay = RETRY_SECONDS
     accept = METADATA if metadata_only else "application/json"
+    lists = 0
     while True:
         listed = not version
         try:
             if listed:
                 version = await _list(kube, kind, namespace, selector, on_listed)
+                lists += 1
+                if lists > 1 and on_relisted is not None:
+                    on_relisted()
             version = await _watch_from(kube, kind, namespace, selector, version, on_change, accept)
             delay = RETRY_SECONDS
         except asyncio.CancelledError:
