@@ -403,7 +403,12 @@ class ClusterSim:
         # deleteActivePods first, then one status write (syncJob): the kubelet stops them (the trainer saves on
         # SIGTERM and exits 143); once counted, their tracking finalizer goes and so do they.
         for pod in active:
-            self._terminate(pod, 143, "")
+            try:
+                self._terminate(pod, 143, "")
+            except kubernetes.client.ApiException as err:
+                if err.status != 404:
+                    raise
+                continue  # gone meanwhile (the operator ended the attempt, its pods with it)
             self.kube.delete("Pod", job["metadata"]["namespace"], pod["metadata"]["name"])
         failed += len(active)  # every pod not terminated counts as failed once the Job is finished
         try:
