@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from kubetune.controller import builders, watches
 from kubetune.controller.kube import METADATA, Kube
 from kubetune.testing.emulator import ADMIN_TOKEN, Fault
@@ -21,6 +23,19 @@ def job(name: str, parent: str | None) -> dict:
     }
 
 
+@pytest.fixture
+def own_emulator():
+    """An API server of the test's own: these tests cut its watches and forget its history."""
+    emulator = start_emulator()
+    yield emulator
+    emulator.stop()
+
+
+async def stop(task: asyncio.Task) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
 async def until(predicate, what: str, seen: list, timeout: float = 10.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not predicate():
@@ -29,8 +44,8 @@ async def until(predicate, what: str, seen: list, timeout: float = 10.0) -> None
         await asyncio.sleep(0.02)
 
 
-def test_a_child_watch_gets_metadata_only_of_its_own_children_and_outlives_lost_watches():
-    emulator = start_emulator()
+def test_a_child_watch_gets_metadata_only_of_its_own_children_and_outlives_lost_watches(own_emulator):
+    emulator = own_emulator
     seen: list[tuple[str, str]] = []
     relisted: list[int] = []
 
@@ -79,26 +94,22 @@ def test_a_child_watch_gets_metadata_only_of_its_own_children_and_outlives_lost_
             emulator.inject(Fault(lambda call: call.verb == "watch" and call.resource == "jobs", 410, reason="Expired"))
             emulator.cut_watches()
             await until(lambda: relisted == [1], "the listing after a 410", seen)
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await stop(task)
         finally:
             await kube.close()
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        emulator.stop()
+    asyncio.run(scenario())
     assert ("ADDED", "a") not in seen  # the listing calls for nothing
     assert all(parent in ("a", "b", "c") for _, parent in seen), seen
 
 
-def test_the_finetunejob_watch_hands_over_every_listed_job_in_chunks_then_whole_events(monkeypatch):
+def test_the_finetunejob_watch_hands_over_every_listed_job_in_chunks_then_whole_events(monkeypatch, own_emulator):
     """The FineTuneJobs' watch: the listing (at the start, and again after a 410) hands over every job, whole, with
     its kind and apiVersion (a list's items carry none), read a chunk at a time; then each watch event, whole."""
     from kubetune.api.constants import API_VERSION, KIND
 
     monkeypatch.setattr(watches, "LIST_CHUNK", 2)
-    emulator = start_emulator()
+    emulator = own_emulator
     seen: list[tuple[str, str, str, bool]] = []
 
     def ftj(name: str) -> dict:
@@ -134,18 +145,14 @@ def test_the_finetunejob_watch_hands_over_every_listed_job_in_chunks_then_whole_
             emulator.cut_watches()
             await until(lambda: len(seen) >= 12, "the jobs listed again after the 410", seen)
             assert seen[6:12] == [(watches.LISTED, name, KIND, True) for name in "abcdef"]
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await stop(task)
         finally:
             await kube.close()
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        emulator.stop()
+    asyncio.run(scenario())
 
 
-def test_the_watches_leave_every_connection_of_the_passes_to_them():
+def test_the_watches_leave_every_connection_of_the_passes_to_them(own_emulator):
     """The watches hold their connections for as long as they run: on the passes' connections, one pass at a time
     (KUBETUNE_CONCURRENT_RECONCILES=1) would wait forever behind them. They have connections of their own."""
     from kubetune.api.constants import API_VERSION, KIND
@@ -153,7 +160,7 @@ def test_the_watches_leave_every_connection_of_the_passes_to_them():
     from kubetune.controller.reconciler import Reconciler
     from kubetune.testing.emulator import OPERATOR_TOKEN
 
-    emulator = start_emulator()
+    emulator = own_emulator
     settings = OperatorConfig(
         trainer_image="registry.example/kubetune-trainer:test",
         default_output_uri="s3://out/runs/",
@@ -188,7 +195,4 @@ def test_the_watches_leave_every_connection_of_the_passes_to_them():
             await reconciler.stop()
             await admin.close()
 
-    try:
-        assert asyncio.run(scenario()) == ["a", "b"]
-    finally:
-        emulator.stop()
+    assert asyncio.run(scenario()) == ["a", "b"]

@@ -133,6 +133,15 @@ class LeaderElector:
             "leaseTransitions": transitions,
         }
 
+    def _next_record(self, duration: int) -> dict:
+        """This identity's record over the one last seen: a renewal of ours keeps acquireTime and the transitions,
+        taking it over from another holder (or none) counts one transition more."""
+        old = self._observed or {}
+        transitions = old.get("leaseTransitions", 0)
+        if self._holder() == self.identity:
+            return self._record(self.identity, duration, transitions, old.get("acquireTime"))
+        return self._record(self.identity, duration, transitions + 1)
+
     def _report_holder(self) -> None:
         """client-go maybeReportTransition: say once whenever another holder is seen."""
         holder = self._holder()
@@ -158,10 +167,8 @@ class LeaderElector:
         # 1. The leader's fast path: write over the Lease it last saw, with that resourceVersion; any failure
         #    (409: someone wrote it since) falls back to reading it.
         if leading and self._lease_valid(time.monotonic()):
-            old = self._observed or {}
-            spec = self._record(self.identity, duration, old.get("leaseTransitions", 0), old.get("acquireTime"))
             try:
-                self._observe(await self._put(spec))
+                self._observe(await self._put(self._next_record(duration)))
                 return True
             except ApiException as err:
                 log.debug("leader election: optimistic renewal of %s failed (%s)", self.description, err.status)
@@ -195,13 +202,8 @@ class LeaderElector:
 
         # 4. Take it over (one more transition) or renew it (ours: acquireTime and transitions stay), on the
         #    resourceVersion just read: a 409 means another candidate won this round.
-        old = self._observed or {}
-        if self._holder() == self.identity:
-            spec = self._record(self.identity, duration, old.get("leaseTransitions", 0), old.get("acquireTime"))
-        else:
-            spec = self._record(self.identity, duration, old.get("leaseTransitions", 0) + 1)
         try:
-            self._observe(await self._put(spec))
+            self._observe(await self._put(self._next_record(duration)))
         except ApiException as err:
             if err.status != 409:
                 log.warning("leader election: cannot update %s: %s %s", self.description, err.status, err.reason)
