@@ -48,3 +48,16 @@ def test_gpu_memory_table_and_collective_timeout_from_env():
         from_env({"KUBETUNE_GPU_MEMORY_TABLE": "[80]"})
     with pytest.raises(ValueError, match=r"KUBETUNE_COLLECTIVE_TIMEOUT_SECONDS must be >= 1"):
         from_env({"KUBETUNE_COLLECTIVE_TIMEOUT_SECONDS": "0"})
+
+
+def test_leader_election_settings_and_a_bad_lease_name_named_at_start():
+    """A Lease name the API server would refuse left the replica on standby for good: refused at start, naming the
+    option; the lease's length has a floor (the renewals come every 2/15 of it)."""
+    parse = build_parser().parse_args
+    cfg = from_args(parse(["operator", "--leader-election", "kubetune-operator"]), env={})
+    assert cfg.leader_election == "kubetune-operator" and cfg.leader_election_lease_seconds == 15
+    assert from_args(parse(["operator", "--leader-election", "x", "--standalone"]), env={}).leader_election == ""
+    with pytest.raises(ValueError, match=r"--leader-election 'Kubetune_Operator' is not a valid Lease name: .*lower"):
+        from_args(parse(["operator", "--leader-election", "Kubetune_Operator"]), env={})
+    with pytest.raises(ValueError, match=r"KUBETUNE_LEADER_ELECTION_LEASE_SECONDS must be >= 3 \(got 1\)"):
+        from_env({"KUBETUNE_LEADER_ELECTION_LEASE_SECONDS": "1"})

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kubetune import __version__
+from kubetune.api.k8s_validation import is_dns1123_subdomain
 from kubetune.controller.policy import Policy
 
 # The trainer image of this release (the chart passes the same tag: its appVersion).
@@ -249,6 +250,10 @@ def from_args(args: Any, env: Mapping[str, str] | None = None) -> OperatorConfig
         if value is not None:
             overrides[attr] = value
     if getattr(args, "leader_election", None) and not getattr(args, "standalone", False):
+        # The Lease's name: refused by the API server otherwise, which left the replica on standby for good.
+        problems = is_dns1123_subdomain(args.leader_election)
+        if problems:
+            raise ValueError(f"--leader-election {args.leader_election!r} is not a valid Lease name: {problems[0]}")
         overrides["leader_election"] = args.leader_election
     if getattr(args, "log_format", None):
         overrides["log_format"] = _log_format(args.log_format, "--log-format")
