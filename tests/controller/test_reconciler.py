@@ -354,6 +354,73 @@ def test_a_child_watch_listed_again_gives_every_unfinished_job_a_pass_even_in_a_
     assert asyncio.run(scenario()) == {("n", "failed"), ("n", "running")}
 
 
+class ReadCountingKube(FakeKube):
+    """Counts the reads a pass would make of the API server (a Job found, no pods)."""
+
+    def __init__(self):
+        self.reads = []
+
+    async def get(self, kind, namespace, name):
+        self.reads.append(("get", kind, name))
+        return {"metadata": {"namespace": namespace, "name": name, "uid": "fresh"}, "status": {}}
+
+    async def list(self, kind, namespace, label_selector=None):
+        self.reads.append(("list", kind, label_selector))
+        return []
+
+
+def listed_child(kind: str, name: str, job: str, owner_uid: str, uid: str) -> dict:
+    """A Job or pod as a listing brings it, with what a pass never reads (managedFields, a pod template, a pod's spec
+    and the job's spec annotation)."""
+    meta = {
+        "namespace": "team",
+        "name": name,
+        "uid": uid,
+        "labels": {"app.kubernetes.io/managed-by": "kubetune", "kubetune.dev/finetunejob": job},
+        "annotations": {"kubetune.dev/spec": "technique: lora", "kept": "yes"},
+        "ownerReferences": [{"uid": owner_uid, "controller": True}],
+        "managedFields": [{"manager": "kube-controller-manager"}],
+    }
+    spec = {"template": {"spec": {}}, "suspend": False} if kind == "Job" else {"containers": [{"name": "trainer"}]}
+    return {"apiVersion": "v1", "kind": kind, "metadata": meta, "spec": spec, "status": {"phase": "Running"}}
+
+
+def test_a_job_s_first_pass_reads_its_job_and_pods_from_the_start_up_listing_until_one_of_them_changes():
+    async def scenario():
+        kube = ReadCountingKube()
+        reconciler = Reconciler(kube, CONFIG)
+        reconciler._prime("Job", LISTED, listed_child("Job", "a", "a", "ftj-a", "job-a"))
+        reconciler._prime("Pod", LISTED, listed_child("Pod", "a-0", "a", "job-a", "pod-a0"))
+        reconciler._prime("Pod", LISTED, listed_child("Pod", "a-old", "a", "job-before", "pod-a-old"))
+        reconciler._prime("Pod", LISTED, listed_child("Pod", "b-0", "b", "job-b", "pod-b0"))  # no Job of b listed
+        job = await reconciler._read_job(("team", "a"), "a")
+        pods = await reconciler._read_pods(("team", "a"), job)
+        assert kube.reads == []  # from memory
+        assert job["metadata"]["uid"] == "job-a" and "template" not in job["spec"] and job["spec"]["suspend"] is False
+        assert "managedFields" not in job["metadata"]
+        assert [p["metadata"]["name"] for p in pods] == ["a-0"]  # only the Job's own (not a previous attempt's)
+        assert "spec" not in pods[0] and pods[0]["metadata"]["annotations"] == {"kept": "yes"}
+        assert pods[0]["status"] == {"phase": "Running"} and "managedFields" not in pods[0]["metadata"]
+        assert ("team", "b") not in reconciler._primed  # its pods are read when its pass asks
+        # Another Job name than the listed one (a status naming another Job) is read.
+        await reconciler._read_job(("team", "a"), "a-other")
+        assert kube.reads == [("get", "Job", "a-other")]
+        # A watch event of one of its pods (metadata only): what was listed may be stale, so it is read afresh.
+        reconciler.child_changed(
+            "Pod", "MODIFIED", {"metadata": listed_child("Pod", "a-0", "a", "job-a", "p")["metadata"]}
+        )
+        job = await reconciler._read_job(("team", "a"), "a")
+        await reconciler._read_pods(("team", "a"), job)
+        assert job["metadata"]["uid"] == "fresh"
+        assert kube.reads[1:] == [
+            ("get", "Job", "a"),
+            ("list", "Pod", "app.kubernetes.io/managed-by=kubetune,kubetune.dev/finetunejob=a"),
+        ]
+        reconciler.queue.shutdown()
+
+    asyncio.run(scenario())
+
+
 @pytest.mark.parametrize(
     ("error", "cap"),
     [

@@ -251,6 +251,30 @@ def test_a_restarted_operator_writes_nothing_for_jobs_whose_state_did_not_change
     statuses, events = snapshot(emulator)
     assert all(status and status.get("phase") for status in statuses.values())
 
+    # The pass over every job reads each one's Job and pods from the listings made at start-up: no call a job. (No
+    # resync in this window: its passes read the API server.)
+    since = len(emulator.calls("operator"))
+    reading = OperatorThread(emulator, replace(settings, resync_seconds=3600)).start()
+    try:
+        wait_for(
+            lambda: sum(reading.reconciler.metrics.phase_counts().values()) == len(shown),
+            30,
+            "a pass over every FineTuneJob after the restart",
+        )
+        calls = emulator.calls("operator")[since:]
+    finally:
+        reading.stop()
+    assert not writes(calls)
+    per_job = [
+        f"{c.verb} {c.resource} {c.name or c.label_selector}"
+        for c in calls
+        if (c.resource == "jobs" and c.verb == "get")
+        or (c.resource == "pods" and "finetunejob=" in (c.label_selector or ""))
+    ]
+    assert not per_job, f"the restarted operator read jobs' Jobs or pods one by one: {per_job}"
+    listed = Counter((c.resource, c.namespace) for c in calls if c.verb == "list" and c.resource in ("jobs", "pods"))
+    assert listed[("jobs", None)] == listed[("pods", None)] == 1, listed
+
     since = len(emulator.calls("operator"))
     log = OperatorLog().attach()
     second = OperatorThread(emulator, settings).start()

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import aiohttp
 from kubernetes.client import ApiException
 
-from kubetune.api.constants import API_VERSION, GROUP, KIND, PLURAL, Phase, Reason
+from kubetune.api.constants import API_VERSION, GROUP, KIND, Phase, Reason
 from kubetune.api.validation import SpecError, notices, parse_spec
 from kubetune.controller import bounds, builders, kueue, logs, modelcache, policy, status, watches
 from kubetune.controller.config import OperatorConfig
@@ -135,6 +135,24 @@ def _lean(ftj: dict) -> dict:
     return {**ftj, "metadata": metadata}
 
 
+def _lean_job(job: dict) -> dict:
+    """A listed Job as a pass reads it: without its pod template (the job's spec again, as an annotation) and
+    managedFields, never read, which are most of it."""
+    metadata = {key: value for key, value in job["metadata"].items() if key != "managedFields"}
+    spec = {key: value for key, value in (job.get("spec") or {}).items() if key != "template"}
+    return {**job, "metadata": metadata, "spec": spec}
+
+
+def _lean_pod(pod: dict) -> dict:
+    """A listed pod as a pass reads it: its metadata and status (its spec is never read), without managedFields and the
+    job's spec annotation."""
+    metadata = {key: value for key, value in pod["metadata"].items() if key != "managedFields"}
+    annotations = metadata.get("annotations") or {}
+    if builders.ANNOTATION_SPEC in annotations:
+        metadata["annotations"] = {k: v for k, v in annotations.items() if k != builders.ANNOTATION_SPEC}
+    return {"apiVersion": pod.get("apiVersion"), "kind": "Pod", "metadata": metadata, "status": pod.get("status") or {}}
+
+
 def _digest(value) -> str:
     return hashlib.sha1(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
@@ -178,6 +196,9 @@ class Reconciler:
         # Per FineTuneJob with a Job: whether its reporter's grant exists (False: this process made the Job and no grant
         # yet; absent: not known to this process).
         self._granted: dict[Key, bool] = {}
+        # Per FineTuneJob, its Job and pods as the start-up listing brought them (_watch), until its first pass or a
+        # watch event of one of them: {"job": ..., "pods": [...]}.
+        self._primed: dict[Key, dict] = {}
         # Per unfinished FineTuneJob whose plan (status.plan) the operator told as an Event: the plan's digest.
         self._announced: dict[Key, str] = {}
         # Bounds the API server held a status write to, where they were tighter than this release's CRD (a cluster
@@ -299,6 +320,7 @@ class Reconciler:
                 if not caller.done():
                     caller.set_result(phase)
         finally:
+            self._primed.pop(key, None)  # read by this pass, or stale by now
             self.metrics.reconcile_seconds.observe(time.monotonic() - started)
             self.queue.done(key)
             for caller in callers:
@@ -346,7 +368,7 @@ class Reconciler:
         if trusted.get("phase") in status.FINISHED_PHASES and not recorded and trusted.get("jobName"):
             # A finished phase this process never wrote: after a restart, or a forgery. A Job of ours still at work
             # says which.
-            job = await self.kube.get("Job", namespace, builders.job_name(name))
+            job = await self._read_job(key, builders.job_name(name))
             if (
                 job is not None
                 and _owned_by(job, uid)
@@ -391,7 +413,7 @@ class Reconciler:
             # A FineTuneJob the operator never wrote a status for has no Job yet, almost always: go straight to
             # creating (an existing one, after a restart mid-reconcile, is adopted on AlreadyExists).
             if job is None and trusted.get("jobName"):
-                job = await self.kube.get("Job", namespace, builders.job_name(name))
+                job = await self._read_job(key, builders.job_name(name))
             if job is not None:
                 self._check_owner(job, ftj)
                 if job["metadata"].get("deletionTimestamp"):
@@ -429,16 +451,7 @@ class Reconciler:
             await self._after_finish(ftj, spec, outcome.status)
             return outcome.phase
         created = job.pop("_created", False)
-        # A Job created this moment has no pods yet.
-        pods = (
-            []
-            if created
-            else [
-                p
-                for p in await self.kube.list("Pod", namespace, builders.selector(name))
-                if _owned_by(p, job["metadata"]["uid"])
-            ]
-        )
+        pods = [] if created else await self._read_pods(key, job)  # a Job created this moment has no pods yet
         if pods:
             try:
                 await self._grant_reporter(ftj, spec)
@@ -466,6 +479,20 @@ class Reconciler:
         return outcome.phase
 
     # ------------------------------------------------------------------------------------- attempts
+
+    async def _read_job(self, key: Key, job_name: str) -> dict | None:
+        """The job's Job as the start-up listing brought it, if nothing has happened to it since; else read now."""
+        primed = self._primed.get(key)
+        if primed is not None and (primed["job"] is None or primed["job"]["metadata"]["name"] == job_name):
+            return primed["job"]  # None: the listing had no Job of the job's
+        return await self.kube.get("Job", key[0], job_name)
+
+    async def _read_pods(self, key: Key, job: dict) -> list[dict]:
+        """The pods of `job` (the key's FineTuneJob's): from the start-up listing, if none of the job's has changed
+        since; else listed now."""
+        primed = self._primed.get(key)
+        pods = primed["pods"] if primed is not None else await self.kube.list("Pod", key[0], builders.selector(key[1]))
+        return [p for p in pods if _owned_by(p, job["metadata"]["uid"])]
 
     async def _start_next_attempt(self, ftj: dict, spec, tally: builders.Tally, job: dict | None) -> None:
         """End an attempt and let the next one start, every node of it: record the tally the next Job starts from on
@@ -519,16 +546,12 @@ class Reconciler:
         meta = ftj["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         trusted = view["status"]
-        job = await self.kube.get("Job", namespace, trusted.get("jobName") or builders.job_name(name))
+        job = await self._read_job((namespace, name), trusted.get("jobName") or builders.job_name(name))
         if job is not None and (not _owned_by(job, meta["uid"]) or job["metadata"].get("deletionTimestamp")):
             job = None
         failed = job and (status.condition_true(job, "Failed") or status.condition_true(job, "FailureTarget"))
         if failed:
-            pods = [
-                p
-                for p in await self.kube.list("Pod", namespace, builders.selector(name))
-                if _owned_by(p, job["metadata"]["uid"])
-            ]
+            pods = await self._read_pods((namespace, name), job)
             observed = status.ended_attempt(
                 job,
                 pods,
@@ -1089,7 +1112,10 @@ class Reconciler:
             ("Role", builders.reporter_name(name)),
             ("ServiceAccount", builders.reporter_name(name)),
         ):
-            existing = await self.kube.get(kind, meta["namespace"], child)
+            if kind == "Job":
+                existing = await self._read_job((meta["namespace"], name), child)
+            else:
+                existing = await self.kube.get(kind, meta["namespace"], child)
             if existing is not None and _owned_by(existing, meta["uid"]):
                 removed = await self.kube.delete(kind, meta["namespace"], child) or removed
         self._granted.pop((meta["namespace"], name), None)
@@ -1129,36 +1155,93 @@ class Reconciler:
         namespaces = self.config.namespaces or (None,)
         self._watch_kube = Kube(self.kube.configuration, connections=3 * len(namespaces))
         for namespace in namespaces:
-            jobs = watches.watch_forever(
-                self._watch_kube,
+            self._tasks.append(self.loop.create_task(self._watch(namespace), name=f"kubetune-watch-{namespace or ''}"))
+
+    async def _watch(self, namespace: str | None) -> None:
+        """The watches of one namespace (None: of all).
+
+        First the Jobs and pods are listed whole, then the FineTuneJobs, and each watch starts from its listing. So
+        the first pass over each job (every job, at start-up) reads its Job and pods from what the listing brought
+        (_primed), not from the API server: two calls a job fewer when a restarted operator looks at every job again
+        (one fewer for a job without a Job).
+        A watch event of a Job or pod drops what was primed for its job (child_changed), which is then read afresh.
+        A listing that fails leaves its watch to list for itself (and its jobs' passes to read the API server)."""
+        kube, listed_at = self._watch_kube, {}
+        for kind in ("Job", "Pod"):
+            try:
+                prime = functools.partial(self._prime, kind)
+                listed_at[kind] = await watches.list_all(kube, kind, namespace, builders.MANAGED_SELECTOR, prime)
+            except watches.FAILURES as err:
+                log.warning("cannot list %ss %s: %s", kind, f"in {namespace}" if namespace else "cluster-wide", err)
+                listed_at[kind] = ""
+        listed: set[Key] | None = set()
+
+        def finetunejob_listed(kind_of_event: str, ftj: dict) -> None:
+            meta = ftj.get("metadata") or {}
+            key = (meta.get("namespace"), meta.get("name"))
+            listed.add(key)
+            if listed_at["Job"] and key not in self._primed:
+                self._primed[key] = {"job": None, "pods": []}  # no Job: gone (ttlSecondsAfterFinished), or none yet
+            self.finetunejob_changed(kind_of_event, ftj)
+
+        try:
+            listed_at[KIND] = await watches.list_all(kube, KIND, namespace, "", finetunejob_listed)
+        except watches.FAILURES as err:
+            log.warning("cannot list FineTuneJobs %s: %s", f"in {namespace}" if namespace else "cluster-wide", err)
+            listed_at[KIND], listed = "", None
+        # No pass takes what was primed for a job not listed (a Job whose FineTuneJob is gone).
+        for key in [k for k in self._primed if namespace in (None, k[0]) and (listed is None or k not in listed)]:
+            del self._primed[key]
+        children = [
+            watches.watch_forever(
+                kube,
+                kind,
+                namespace,
+                builders.MANAGED_SELECTOR,
+                functools.partial(self.child_changed, kind),
+                on_relisted=self.children_relisted,
+                listed_at=listed_at[kind],
+            )
+            for kind in ("Job", "Pod")
+        ]
+        await asyncio.gather(
+            watches.watch_forever(
+                kube,
                 KIND,
                 namespace,
                 "",
                 self.finetunejob_changed,
                 metadata_only=False,
                 on_listed=self.finetunejob_changed,
-            )
-            self._tasks.append(self.loop.create_task(jobs, name=f"kubetune-watch-{PLURAL}-{namespace or ''}"))
-            for kind in ("Job", "Pod"):
-                children = watches.watch_forever(
-                    self._watch_kube,
-                    kind,
-                    namespace,
-                    builders.MANAGED_SELECTOR,
-                    functools.partial(self.child_changed, kind),
-                    on_relisted=self.children_relisted,
-                )
-                self._tasks.append(self.loop.create_task(children, name=f"kubetune-watch-{kind}-{namespace or ''}"))
+                listed_at=listed_at[KIND],
+            ),
+            *children,
+        )
+
+    def _prime(self, kind: str, kind_of_event: str, child: dict) -> None:
+        """A Job or pod the start-up listing brought, kept for its FineTuneJob's first pass (_read_job, _read_pods).
+        The Jobs are listed first: a pod is kept for a job whose Job was."""
+        meta = child.get("metadata") or {}
+        parent = (meta.get("labels") or {}).get(builders.LABEL_FTJ)
+        if not parent:
+            return
+        key = (meta.get("namespace"), parent)
+        if kind == "Job":
+            if meta.get("name") == builders.job_name(parent):  # the job's training Job (not a model cache's)
+                self._primed[key] = {"job": _lean_job(child), "pods": []}
+        elif (primed := self._primed.get(key)) is not None:
+            primed["pods"].append(_lean_pod(child))
 
     def child_changed(self, kind: str, kind_of_event: str, child: dict) -> None:
         """A Job or pod of a FineTuneJob changed (its metadata): a pass over the job, but for the ADDED event of a Job
         this process has just made (the pass that made it wrote what there was to tell)."""
         meta = child.get("metadata") or {}
+        parent = (meta.get("labels") or {}).get(builders.LABEL_FTJ)
+        self._primed.pop((meta.get("namespace"), parent), None)
         made = (meta.get("namespace"), meta.get("name"))
         if kind == "Job" and kind_of_event == "ADDED" and made in self._made_jobs:
             self._made_jobs.discard(made)
             return
-        parent = (meta.get("labels") or {}).get(builders.LABEL_FTJ)
         if parent and meta.get("namespace"):
             self.enqueue(meta["namespace"], parent)
 
@@ -1235,6 +1318,7 @@ class Reconciler:
         """What the reconciler keeps of a job, but its record (whose removal is logged by the caller)."""
         self._announced.pop(key, None)
         self._granted.pop(key, None)
+        self._primed.pop(key, None)
         self._unfinished.discard(key)
         self._made_jobs.discard((key[0], builders.job_name(key[1])))
 

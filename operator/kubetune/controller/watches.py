@@ -12,9 +12,10 @@ burst of new jobs; here an event costs a JSON decode and a call.
 The Jobs and pods. A change of one calls for a pass over its FineTuneJob (named by its label), and the pass reads the
 Job and the pods itself: so the watch needs the labels and nothing else. The API server sends just the metadata when
 asked for PartialObjectMetadata (controller-runtime's metadata-only watches of owned objects do the same), so a Job's
-pod template, a pod's spec and status are neither sent, decoded, nor queued. Their first listing calls for no pass
-(the FineTuneJobs' listing gives every job the operator does not know one); a listing again after a 410, when the
-events in between are lost, gives every unfinished job one (Reconciler.children_relisted).
+pod template, a pod's spec and status are neither sent, decoded, nor queued. At start-up the reconciler lists them
+whole once (list_all) and keeps what each job's first pass reads, before it lists the FineTuneJobs
+(Reconciler._watch); their watches start from those listings. A listing again after a 410, when the events in
+between are lost, gives every unfinished job a pass (Reconciler.children_relisted).
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ LIST_CHUNK = 500
 # The event type a listed object is handed over with (a watch event's are ADDED, MODIFIED, DELETED).
 LISTED = "LISTED"
 
+# What a listing or a watch request can fail with: the API server's answer, the connection, a body that is not JSON.
+FAILURES = (ApiException, aiohttp.ClientError, OSError, RuntimeError, ValueError, asyncio.TimeoutError)
+
 OnChange = Callable[[str, dict], None]  # (event type, the object: its metadata only, for a metadata-only watch)
 
 
@@ -48,12 +52,19 @@ class Gone(Exception):
 
 async def _list(kube: Kube, kind: str, namespace: str | None, selector: str, on_listed: OnChange | None) -> str:
     """The version to watch from. Without `on_listed`, a list one item long (the items call for nothing); with it,
-    every object, chunk after chunk (one snapshot: every chunk carries its version), each handed to `on_listed`."""
+    every object (list_all)."""
+    if on_listed is None:
+        query = {"labelSelector": selector, "limit": "1"} if selector else {"limit": "1"}
+        listed = await kube.request("GET", collection_path(kind, namespace), query=query, accept=METADATA_LIST)
+        return (listed.get("metadata") or {}).get("resourceVersion", "")
+    return await list_all(kube, kind, namespace, selector, on_listed)
+
+
+async def list_all(kube: Kube, kind: str, namespace: str | None, selector: str, on_listed: OnChange) -> str:
+    """Every object of `kind`, whole, chunk after chunk (one snapshot: every chunk carries its version), each handed to
+    `on_listed`; returns the version to watch from."""
     path = collection_path(kind, namespace)
     query = {"labelSelector": selector} if selector else {}
-    if on_listed is None:
-        listed = await kube.request("GET", path, query=query | {"limit": "1"}, accept=METADATA_LIST)
-        return (listed.get("metadata") or {}).get("resourceVersion", "")
     query["limit"] = str(LIST_CHUNK)
     while True:
         listed = await kube.request("GET", path, query=query)
@@ -98,16 +109,18 @@ async def watch_forever(
     metadata_only: bool = True,
     on_listed: OnChange | None = None,
     on_relisted: Callable[[], None] | None = None,
+    listed_at: str = "",
 ) -> None:
     """List and watch `kind` (in `namespace`, or everywhere) with `selector` for as long as the operator runs.
 
     `metadata_only`: the watch events carry PartialObjectMetadata. `on_listed`: every listed object is handed to it
     (whole), at the start and after each 410. `on_relisted`: called after each listing but the first, when the events
-    between the last version seen and the listing are lost."""
-    version = ""
+    between the last version seen and the listing are lost. `listed_at`: the version of a listing the caller made
+    (list_all): the watch starts from it, without a listing of its own."""
+    version = listed_at
     delay = RETRY_SECONDS
     accept = METADATA if metadata_only else "application/json"
-    lists = 0
+    lists = 1 if listed_at else 0
     while True:
         listed = not version
         try:
@@ -128,7 +141,7 @@ async def watch_forever(
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_SECONDS)
             version = ""
-        except (ApiException, aiohttp.ClientError, OSError, RuntimeError, ValueError, asyncio.TimeoutError) as err:
+        except FAILURES as err:
             where = f"in {namespace}" if namespace else "cluster-wide"
             log.warning("watch of %ss %s failed (%s); watching again in %.0f s", kind, where, err, delay)
             await asyncio.sleep(delay)

@@ -33,6 +33,7 @@ import contextvars
 import copy
 import dataclasses
 import datetime as dt
+import functools
 import ipaddress
 import json
 import re
@@ -266,41 +267,59 @@ def _split_selector(selector: str) -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
-def match_labels(selector: str | None, labels: dict[str, str]) -> bool:
-    for requirement in _split_selector(selector or ""):
+@functools.lru_cache(maxsize=1024)
+def _label_requirements(selector: str) -> tuple[tuple[str, str, frozenset[str]], ...]:
+    """A label selector parsed once (a list of 10,000 objects asks the same question of each): (op, key, values),
+    op one of "exists", "!", "=", "!=", "in", "notin"."""
+    parsed = []
+    for requirement in _split_selector(selector):
         if requirement.startswith("!"):
-            if requirement[1:].strip() in labels:
-                return False
+            parsed.append(("!", requirement[1:].strip(), frozenset()))
             continue
         m = _REQ.match(requirement)
         if not m:
-            if requirement not in labels:
-                return False
+            parsed.append(("exists", requirement, frozenset()))
             continue
-        key, op, value = m["key"], m["op"].strip(), m["value"]
-        if op in ("=", "=="):
-            if labels.get(key) != value:
+        op = m["op"].strip()
+        values = frozenset(v.strip() for v in m["value"].strip("()").split(","))
+        parsed.append(
+            ("=" if op == "==" else op, m["key"], values if op in ("in", "notin") else frozenset([m["value"]]))
+        )
+    return tuple(parsed)
+
+
+def match_labels(selector: str | None, labels: dict[str, str]) -> bool:
+    for op, key, values in _label_requirements(selector or ""):
+        if op == "exists":
+            if key not in labels:
                 return False
-        elif op == "!=":
-            if labels.get(key) == value:
+        elif op == "!":
+            if key in labels:
                 return False
-        else:
-            values = {v.strip() for v in value.strip("()").split(",")}
-            if op == "in" and labels.get(key) not in values:
+        elif op in ("=", "in"):
+            if labels.get(key) not in values:
                 return False
-            if op == "notin" and labels.get(key) in values:
-                return False
+        elif labels.get(key) in values:  # != and notin
+            return False
     return True
 
 
-def match_fields(selector: str | None, obj: dict) -> bool:
-    for requirement in _split_selector(selector or ""):
-        negate = "!=" in requirement
+@functools.lru_cache(maxsize=1024)
+def _field_requirements(selector: str) -> tuple[tuple[tuple[str, ...], str, bool], ...]:
+    """A field selector parsed once: (the field's path, the value, whether negated)."""
+    parsed = []
+    for requirement in _split_selector(selector):
         key, value = re.split(r"!=|==|=", requirement, maxsplit=1)
+        parsed.append((tuple(key.strip().split(".")), value.strip(), "!=" in requirement))
+    return tuple(parsed)
+
+
+def match_fields(selector: str | None, obj: dict) -> bool:
+    for path, value, negate in _field_requirements(selector or ""):
         actual: Any = obj
-        for part in key.strip().split("."):
+        for part in path:
             actual = actual.get(part) if isinstance(actual, dict) else None
-        if (str(actual) == value.strip()) == negate:
+        if (str(actual) == value) == negate:
             return False
     return True
 
@@ -871,13 +890,16 @@ class ApiServer:
         return obj
 
     def _list(self, key, target: Target, info, params: dict) -> dict:
-        items = [
-            obj
-            for (ns, _), obj in sorted(self._objects(key).items(), key=lambda kv: (kv[0][0] or "", kv[0][1]))
-            if (target.namespace is None or ns == target.namespace)
+        # In key order (namespace, name), as etcd lists; what matches is sorted, not the whole collection.
+        matched = [
+            (where, obj)
+            for where, obj in self._objects(key).items()
+            if (target.namespace is None or where[0] == target.namespace)
             and match_labels(params.get("labelSelector"), obj["metadata"].get("labels") or {})
             and match_fields(params.get("fieldSelector"), obj)
         ]
+        matched.sort(key=lambda item: (item[0][0] or "", item[0][1]))
+        items = [obj for _, obj in matched]
         api_version = f"{target.group}/{target.version}" if target.group else target.version
         metadata = {"resourceVersion": str(self.rv)}
         # Chunks: `limit` items, and a `continue` token for the rest, which a list with that token picks up at the
