@@ -20,8 +20,8 @@ Running (and the Job's active count; then the trainer's first status report, its
 operator tells as a Planned Event), a quarter is left as it is (Pending, no pod). Once the operator has written
 every job's phase and made no call for --settle-quiet seconds, it is stopped with SIGTERM (as a rollout does) and a
 fresh process started with the same settings. Measured on the new process: from its first API call to the last
-call or pass of its settling burst (settled: no call and no pass, as its metrics count them, for --settle-quiet
-seconds), its calls in that time by verb, the
+call or busy moment of its settling burst (settled: no call, and under a fifth of a core of CPU, for --settle-quiet
+seconds: a pass that needs no call shows only as CPU), its calls in that time by verb, the
 mutating ones among them (create, update, patch, delete, refused ones included; target 0: nothing changed while it
 was down), how many statuses and Events differ afterwards, its CPU time from process start to settled
 (/proc/PID/stat, Python's imports included) and its peak RSS. The emulator stamps each call as it receives it.
@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -146,43 +145,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Passes:
-    """The operator's passes so far, from its Prometheus endpoint (kubetune_reconcile_duration_seconds_count): a pass
-    that needs no API call (a restarted operator reads each job's Job and pods from its start-up listings) shows
-    nowhere else."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-
-    def __call__(self) -> float:
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as response:
-                text = response.read().decode()
-        except OSError:
-            return 0.0  # not serving yet
-        for line in text.splitlines():
-            if line.startswith("kubetune_reconcile_duration_seconds_count"):
-                return float(line.split()[-1])
-        return 0.0
-
-
 def start_operator(
     emulator,
     work: Path,
     settings: dict[str, str] | None = None,
     log_name: str = "operator.log",
-    passes: Passes | None = None,
 ) -> subprocess.Popen:
-    """`kubetune operator --standalone` with the bench's settings (and `settings`, KUBETUNE_* variables); with
-    `passes`, its metrics served on that port."""
+    """`kubetune operator --standalone` with the bench's settings (and `settings`, KUBETUNE_* variables)."""
     import yaml
 
     from kubetune.testing.emulator import OPERATOR_TOKEN
@@ -195,7 +164,7 @@ def start_operator(
             "KUBECONFIG": str(kubeconfig),
             "KUBETUNE_TRAINER_IMAGE": "registry.example/kubetune-trainer:bench",
             "KUBETUNE_DEFAULT_OUTPUT_URI": "s3://kubetune-out/runs/",
-            "KUBETUNE_METRICS_PORT": str(passes.port) if passes else "0",
+            "KUBETUNE_METRICS_PORT": "0",
         }
         | (settings or {})
     )
@@ -273,23 +242,27 @@ def first_call(emulator, since: int, user: str = "operator") -> tuple[int, float
     return emulator.call(find)
 
 
-def wait_settled(
-    emulator, proc: subprocess.Popen, since: int, quiet: float, timeout: float, passes: Passes | None = None
-) -> tuple[int, float]:
-    """Until the operator has made no call for `quiet` seconds (after one at least), and, with `passes`, ended no pass
-    either; the index of its last call then, and the time of its last call or pass (the later)."""
+# Busy: more CPU than this share of a core over a sampling interval (0.1 s). An idle operator uses under 1 %.
+BUSY_SHARE = 0.2
+
+
+def wait_settled(emulator, proc: subprocess.Popen, since: int, quiet: float, timeout: float) -> tuple[int, float]:
+    """Until the operator has made no call for `quiet` seconds (after one at least) and not been busy either (passes
+    that need no call, as a restarted operator's over jobs it reads from its start-up listings, show only as CPU):
+    the index of its last call then, and the time of its last call or busy interval, the later."""
     deadline = time.monotonic() + timeout
-    counted, counted_at = -1.0, time.perf_counter()
+    cpu, sampled = cpu_seconds(proc.pid), time.perf_counter()
+    busy_at = sampled
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the operator exited with {proc.returncode}")
-        if passes is not None and (now := passes()) != counted:
-            counted, counted_at = now, time.perf_counter()
+        now_cpu, now = cpu_seconds(proc.pid), time.perf_counter()
+        if now_cpu - cpu > BUSY_SHARE * (now - sampled):
+            busy_at = now
+        cpu, sampled = now_cpu, now
         last = last_call(emulator, since)
-        if last is not None:
-            at = max(last[1], counted_at) if passes is not None else last[1]
-            if time.perf_counter() - at >= quiet:
-                return last[0], at
+        if last is not None and now - max(last[1], busy_at) >= quiet:
+            return last[0], max(last[1], busy_at)
         time.sleep(0.1)
     raise RuntimeError(f"the operator did not settle (no call for {quiet} s) within {timeout} s")
 
@@ -577,11 +550,10 @@ def restart_phase(
 
     since = emulator.call(lambda: len(emulator.server.calls))
     started = time.perf_counter()
-    passes = Passes()
-    fresh = start_operator(emulator, work, log_name="operator-restarted.log", passes=passes)
+    fresh = start_operator(emulator, work, log_name="operator-restarted.log")
     operators.append(fresh)
     wait_ready(emulator, fresh, 60, since)
-    last_index, last_at = wait_settled(emulator, fresh, since, args.settle_quiet, args.timeout, passes)
+    last_index, last_at = wait_settled(emulator, fresh, since, args.settle_quiet, args.timeout)
     cpu = cpu_seconds(fresh.pid)
     first_index, first_at = first_call(emulator, since)
     calls = calls_between(emulator, first_index, last_index + 1)
@@ -595,7 +567,6 @@ def restart_phase(
         "settle_s": last_at - first_at,
         "from_process_start_s": last_at - started,
         "calls": len(calls),
-        "passes": passes(),
         "calls_by_verb": dict(by_verb(calls).most_common()),
         "mutating_calls": len(writes),
         "mutating_by_verb": dict(by_verb(writes).most_common()),
@@ -623,15 +594,12 @@ def history_phase(
 
     since = emulator.call(lambda: len(emulator.server.calls))
     started = time.perf_counter()
-    passes = Passes()
-    idle = start_operator(
-        emulator, work, {"KUBETUNE_RESYNC_SECONDS": str(args.idle_resync)}, "operator-idle.log", passes=passes
-    )
+    idle = start_operator(emulator, work, {"KUBETUNE_RESYNC_SECONDS": str(args.idle_resync)}, "operator-idle.log")
     operators.append(idle)
     wait_ready(emulator, idle, 60, since)
     # Quiet for less than a resync period, or the resync's own calls would keep it from ever settling.
     quiet = min(args.settle_quiet, args.idle_resync / 2)
-    last_index, last_at = wait_settled(emulator, idle, since, quiet, args.timeout, passes)
+    last_index, last_at = wait_settled(emulator, idle, since, quiet, args.timeout)
     first_index, first_at = first_call(emulator, since)
     startup = calls_between(emulator, first_index, last_index + 1)
 
@@ -828,7 +796,7 @@ def restart_table(restart: dict) -> str:
         ("FineTuneJobs when it stopped", mix),
         ("settle: from its first API call to the last of its burst (s)", f"{restart['settle_s']:.2f}"),
         ("settled, from process start (s)", f"{restart['from_process_start_s']:.2f}"),
-        ("API calls / passes until settled", f"{restart['calls']:,} / {restart['passes']:,.0f}"),
+        ("API calls until settled", f"{restart['calls']:,}"),
         ("mutating calls (target 0)", f"{restart['mutating_calls']:,}"),
         ("statuses changed / Events written", f"{restart['statuses_changed']:,} / {restart['events_written']:,}"),
         ("CPU, process start to settled (s)", f"{restart['cpu_s']:.2f}"),
@@ -836,8 +804,8 @@ def restart_table(restart: dict) -> str:
     ]
     lines = ["| restart metric | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
     lines.append(
-        f"\nsettled = no API call and no pass for {restart['settle_quiet_s']:g} s; calls by verb: "
-        + verbs(restart["calls_by_verb"])
+        f"\nsettled = no API call and under {BUSY_SHARE:.0%} of a core for {restart['settle_quiet_s']:g} s; calls by "
+        "verb: " + verbs(restart["calls_by_verb"])
     )
     lines.append("mutating: " + verbs(restart["mutating_by_verb"]))
     return "\n".join(lines)
@@ -862,8 +830,8 @@ def history_table(history: dict) -> str:
         "by verb: " + verbs(history["calls_per_min_by_verb"])
     )
     lines.append(
-        f"start-up settled = no API call and no pass for {history['settle_quiet_s']:g} s; its calls by verb: "
-        + verbs(history["startup_calls_by_verb"])
+        f"start-up settled = no API call and under {BUSY_SHARE:.0%} of a core for {history['settle_quiet_s']:g} s; "
+        "its calls by verb: " + verbs(history["startup_calls_by_verb"])
     )
     return "\n".join(lines)
 

@@ -116,7 +116,6 @@ def test_operator_scale_small(tmp_path, capsys):
     # lists every FineTuneJob each resync (one metadata-only list per 10 resync periods at most).
     restart, history = result["restart"], result["history"]
     assert restart["calls"] > 0 and restart["mutating_calls"] == 0, restart["mutating_by_verb"]
-    assert restart["passes"] >= 30  # one at least over every job, counted though most make no call
     assert restart["statuses_changed"] == 0 and restart["events_written"] == 0
     assert history["mutating_calls"] == 0 and history["startup_mutating_calls"] == 0
     lists = history["calls_per_min_by_verb"].get("list finetunejobs", 0) * history["window_s"] / 60

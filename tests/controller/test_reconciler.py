@@ -385,7 +385,7 @@ def listed_child(kind: str, name: str, job: str, owner_uid: str, uid: str) -> di
     return {"apiVersion": "v1", "kind": kind, "metadata": meta, "spec": spec, "status": {"phase": "Running"}}
 
 
-def test_a_job_s_first_pass_reads_its_job_and_pods_from_the_start_up_listing_until_one_of_them_changes():
+def test_a_job_s_first_pass_reads_its_children_from_the_start_up_listings_until_its_job_or_a_pod_changes():
     async def scenario():
         kube = ReadCountingKube()
         reconciler = Reconciler(kube, CONFIG)
@@ -393,18 +393,42 @@ def test_a_job_s_first_pass_reads_its_job_and_pods_from_the_start_up_listing_unt
         reconciler._prime("Pod", LISTED, listed_child("Pod", "a-0", "a", "job-a", "pod-a0"))
         reconciler._prime("Pod", LISTED, listed_child("Pod", "a-old", "a", "job-before", "pod-a-old"))
         reconciler._prime("Pod", LISTED, listed_child("Pod", "b-0", "b", "job-b", "pod-b0"))  # no Job of b listed
+        reconciler._prime(
+            "RoleBinding",
+            LISTED,
+            {"metadata": listed_child("RoleBinding", "a-reporter", "a", "ftj-a", "r")["metadata"]},
+        )
+        reconciler._prime(
+            "Event", LISTED, {"metadata": {"namespace": "team", "name": "a.planned-1"}, "involvedObject": {"name": "a"}}
+        )
+        # Nothing is taken from the listings before the FineTuneJobs are listed (which says which listings succeeded).
+        assert await reconciler._read_job(("team", "a"), "a") == {
+            "metadata": {"namespace": "team", "name": "a", "uid": "fresh"},
+            "status": {},
+        }
+        for key in (("team", "a"), ("team", "b"), ("team", "c")):  # c: nothing of it was listed
+            reconciler._primed_for(key)["listed"] = {"Job", "Pod", "RoleBinding", "Role", "Event"}
+        kube.reads.clear()
         job = await reconciler._read_job(("team", "a"), "a")
         pods = await reconciler._read_pods(("team", "a"), job)
+        binding = await reconciler._read_child(("team", "a"), "RoleBinding", "a-reporter")
+        assert binding == {"metadata": {"ownerReferences": [{"uid": "ftj-a"}]}}  # who owns it, no more
+        assert await reconciler._read_child(("team", "a"), "Role", "a-reporter") is None  # listed, not found
+        assert await reconciler._event_exists(("team", "a"), "a.planned-1")
+        assert not await reconciler._event_exists(("team", "c"), "c.planned-1")
+        assert await reconciler._read_job(("team", "c"), "c") is None  # its Job was not listed: there is none
         assert kube.reads == []  # from memory
         assert job["metadata"]["uid"] == "job-a" and "template" not in job["spec"] and job["spec"]["suspend"] is False
         assert "managedFields" not in job["metadata"]
         assert [p["metadata"]["name"] for p in pods] == ["a-0"]  # only the Job's own (not a previous attempt's)
         assert "spec" not in pods[0] and pods[0]["metadata"]["annotations"] == {"kept": "yes"}
         assert pods[0]["status"] == {"phase": "Running"} and "managedFields" not in pods[0]["metadata"]
-        assert ("team", "b") not in reconciler._primed  # its pods are read when its pass asks
-        # Another Job name than the listed one (a status naming another Job) is read.
+        assert [p["metadata"]["name"] for p in reconciler._primed[("team", "b")]["pods"]] == ["b-0"]
+        # Another Job name than the listed one (a status naming another Job) is read; so is a kind whose listing failed.
         await reconciler._read_job(("team", "a"), "a-other")
-        assert kube.reads == [("get", "Job", "a-other")]
+        await reconciler._read_child(("team", "a"), "ServiceAccount", "a-reporter")
+        assert kube.reads == [("get", "Job", "a-other"), ("get", "ServiceAccount", "a-reporter")]
+        del kube.reads[1]
         # A watch event of one of its pods (metadata only): what was listed may be stale, so it is read afresh.
         reconciler.child_changed(
             "Pod", "MODIFIED", {"metadata": listed_child("Pod", "a-0", "a", "job-a", "p")["metadata"]}

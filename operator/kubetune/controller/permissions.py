@@ -31,20 +31,22 @@ OPERATOR_PERMISSIONS: tuple[Permission, ...] = (
     # Children.
     Permission("batch", "jobs", ("get", "list", "watch", "create", "patch", "delete")),
     # the job's record between its Jobs (builders.build_configmap): the tally the next Job starts from, patched on.
-    Permission("", "configmaps", ("get", "create", "patch", "delete")),
-    Permission("", "services", ("get", "create", "delete")),
-    Permission("", "serviceaccounts", ("get", "create", "delete")),
-    Permission("rbac.authorization.k8s.io", "roles", ("get", "create", "delete")),
-    Permission("rbac.authorization.k8s.io", "rolebindings", ("get", "create", "delete")),
+    # list: a restarted operator lists the children it made (metadata only), not a GET of each, a job at a time.
+    Permission("", "configmaps", ("get", "list", "create", "patch", "delete")),
+    Permission("", "services", ("get", "list", "create", "delete")),
+    Permission("", "serviceaccounts", ("get", "list", "create", "delete")),
+    Permission("rbac.authorization.k8s.io", "roles", ("get", "list", "create", "delete")),
+    Permission("rbac.authorization.k8s.io", "rolebindings", ("get", "list", "create", "delete")),
     # Kueue (controller/kueue.py): whether a job's LocalQueue exists, and its Job's Workload, deactivated while
     # spec.suspend holds the job (Kueue then stops the Job itself) and reactivated on resume.
     Permission("kueue.x-k8s.io", "localqueues", ("get",)),
     Permission("kueue.x-k8s.io", "workloads", ("get", "patch")),
     # Observing the training pods (exit codes, termination messages, node loss).
     Permission("", "pods", ("list", "watch")),
-    # `kubectl describe ftj` tells the story (ours and kopf's warnings: core v1 Events). get: a Planned Event (named
-    # from its plan) is looked up after a restart rather than posted a second time.
-    Permission("", "events", ("get", "create")),
+    # `kubectl describe ftj` tells the story (ours and kopf's warnings: core v1 Events). get, list: a Planned Event
+    # (named from its plan) is looked up after a restart rather than posted a second time (the Planned Events of
+    # FineTuneJobs are listed at start-up, by field selector).
+    Permission("", "events", ("get", "list", "create")),
     # kopf observes namespaces (for namespace patterns) and CRDs while it runs.
     Permission("", "namespaces", ("list", "watch")),
     Permission("apiextensions.k8s.io", "customresourcedefinitions", ("list", "watch")),

@@ -35,7 +35,7 @@ from kubetune.api.constants import API_VERSION, GROUP, KIND, Phase, Reason
 from kubetune.api.validation import SpecError, notices, parse_spec
 from kubetune.controller import bounds, builders, kueue, logs, modelcache, policy, status, watches
 from kubetune.controller.config import OperatorConfig
-from kubetune.controller.kube import Kube
+from kubetune.controller.kube import METADATA_LIST, Kube
 from kubetune.controller.metrics import Metrics
 from kubetune.controller.queue import ItemExponentialBackoff, WorkQueue
 
@@ -135,6 +135,14 @@ def _lean(ftj: dict) -> dict:
     return {**ftj, "metadata": metadata}
 
 
+# The Events a restarted operator lists to know which plans it told already (_announce_plan): core/v1 Events can be
+# selected by these fields (kubernetes pkg/apis/core/v1 conversion.go, AddFieldLabelConversionsForEvent).
+PLANNED_EVENTS = f"involvedObject.kind={KIND},reason={Reason.PLANNED}"
+# The children of a job but its Job and pods, listed at start-up for their names and owners only (metadata): whether
+# the reporter's grant exists (_grant_reporter), and what ttlSecondsAfterFinished has left to remove (_expire).
+OTHER_CHILDREN = ("ConfigMap", "Service", "Role", "RoleBinding", "ServiceAccount")
+
+
 def _lean_job(job: dict) -> dict:
     """A listed Job as a pass reads it: without its pod template (the job's spec again, as an annotation) and
     managedFields, never read, which are most of it."""
@@ -196,8 +204,9 @@ class Reconciler:
         # Per FineTuneJob with a Job: whether its reporter's grant exists (False: this process made the Job and no grant
         # yet; absent: not known to this process).
         self._granted: dict[Key, bool] = {}
-        # Per FineTuneJob, its Job and pods as the start-up listing brought them (_watch), until its first pass or a
-        # watch event of one of them: {"job": ..., "pods": [...]}.
+        # Per FineTuneJob, what the start-up listings brought (_watch), until its first pass or a watch event of its
+        # Job or a pod: {"job": ..., "pods": [...], "children": {(kind, name): its owners}, "planned": the names of
+        # its Planned Events, "listed": the kinds whose listing succeeded, what a pass may take from here}.
         self._primed: dict[Key, dict] = {}
         # Per unfinished FineTuneJob whose plan (status.plan) the operator told as an Event: the plan's digest.
         self._announced: dict[Key, str] = {}
@@ -483,15 +492,27 @@ class Reconciler:
     async def _read_job(self, key: Key, job_name: str) -> dict | None:
         """The job's Job as the start-up listing brought it, if nothing has happened to it since; else read now."""
         primed = self._primed.get(key)
-        if primed is not None and (primed["job"] is None or primed["job"]["metadata"]["name"] == job_name):
-            return primed["job"]  # None: the listing had no Job of the job's
+        if primed is not None and "Job" in primed["listed"]:
+            if primed["job"] is None or primed["job"]["metadata"]["name"] == job_name:
+                return primed["job"]  # None: the listing had no Job of the job's
         return await self.kube.get("Job", key[0], job_name)
+
+    async def _read_child(self, key: Key, kind: str, name: str) -> dict | None:
+        """One of the job's other children (OTHER_CHILDREN): from the start-up listing of its kind (only what tells
+        its owners), else read now."""
+        primed = self._primed.get(key)
+        if primed is not None and kind in primed["listed"]:
+            return primed["children"].get((kind, name))
+        return await self.kube.get(kind, key[0], name)
 
     async def _read_pods(self, key: Key, job: dict) -> list[dict]:
         """The pods of `job` (the key's FineTuneJob's): from the start-up listing, if none of the job's has changed
         since; else listed now."""
         primed = self._primed.get(key)
-        pods = primed["pods"] if primed is not None else await self.kube.list("Pod", key[0], builders.selector(key[1]))
+        if primed is not None and "Pod" in primed["listed"]:
+            pods = primed["pods"]
+        else:
+            pods = await self.kube.list("Pod", key[0], builders.selector(key[1]))
         return [p for p in pods if _owned_by(p, job["metadata"]["uid"])]
 
     async def _start_next_attempt(self, ftj: dict, spec, tally: builders.Tally, job: dict | None) -> None:
@@ -586,10 +607,17 @@ class Reconciler:
             return
         text = status.plan_text(plan)
         event_name = f"{meta['name']}.planned-{digest[:12]}"
-        # A plan this process has not told of may have been told before a restart: looked up, not posted again.
-        if text and (key in self._announced or await self.kube.get("Event", meta["namespace"], event_name) is None):
+        # A plan this process has not told of may have been told before a restart: looked up (in the start-up listing
+        # of Planned Events, or asked for), not posted again.
+        if text and (key in self._announced or not await self._event_exists(key, event_name)):
             await self.event(ftj, "Normal", Reason.PLANNED, text, name=event_name)
         self._announced[key] = digest
+
+    async def _event_exists(self, key: Key, event_name: str) -> bool:
+        primed = self._primed.get(key)
+        if primed is not None and "Event" in primed["listed"]:
+            return event_name in primed["planned"]
+        return await self.kube.get("Event", key[0], event_name) is not None
 
     def plan_unannounced(self, ftj: dict) -> bool:
         """Whether a watch event's copy of an unfinished job carries a plan the operator has not told as an Event."""
@@ -781,7 +809,7 @@ class Reconciler:
         if known:
             return
         if known is None:
-            binding = await self.kube.get("RoleBinding", meta["namespace"], builders.reporter_name(meta["name"]))
+            binding = await self._read_child(key, "RoleBinding", builders.reporter_name(meta["name"]))
             if binding is not None and _owned_by(binding, meta["uid"]):
                 self._granted[key] = True
                 return
@@ -1115,7 +1143,7 @@ class Reconciler:
             if kind == "Job":
                 existing = await self._read_job((meta["namespace"], name), child)
             else:
-                existing = await self.kube.get(kind, meta["namespace"], child)
+                existing = await self._read_child((meta["namespace"], name), kind, child)
             if existing is not None and _owned_by(existing, meta["uid"]):
                 removed = await self.kube.delete(kind, meta["namespace"], child) or removed
         self._granted.pop((meta["namespace"], name), None)
@@ -1160,34 +1188,40 @@ class Reconciler:
     async def _watch(self, namespace: str | None) -> None:
         """The watches of one namespace (None: of all).
 
-        First the Jobs and pods are listed whole, then the FineTuneJobs, and each watch starts from its listing. So
-        the first pass over each job (every job, at start-up) reads its Job and pods from what the listing brought
-        (_primed), not from the API server: two calls a job fewer when a restarted operator looks at every job again
-        (one fewer for a job without a Job).
+        First the Jobs and pods are listed whole, the job's other children (OTHER_CHILDREN) by name and owner, and
+        the Planned Events; then the FineTuneJobs, and each watch starts from its listing. So the first pass over each
+        job (every job, at start-up) reads what it needs from what the listings brought (_primed), not from the API
+        server: a restarted operator makes no call for a job whose state did not change, where it made two to seven.
         A watch event of a Job or pod drops what was primed for its job (child_changed), which is then read afresh.
-        A listing that fails leaves its watch to list for itself (and its jobs' passes to read the API server)."""
+        A listing that fails leaves its kind to be read as before (and the Jobs' and pods' watches to list for
+        themselves)."""
         kube, listed_at = self._watch_kube, {}
-        for kind in ("Job", "Pod"):
+        where = f"in {namespace}" if namespace else "cluster-wide"
+        for kind in ("Job", "Pod", *OTHER_CHILDREN, "Event"):
+            selector, fields = ("", PLANNED_EVENTS) if kind == "Event" else (builders.MANAGED_SELECTOR, "")
+            accept = METADATA_LIST if kind in OTHER_CHILDREN else "application/json"
+            prime = functools.partial(self._prime, kind)
             try:
-                prime = functools.partial(self._prime, kind)
-                listed_at[kind] = await watches.list_all(kube, kind, namespace, builders.MANAGED_SELECTOR, prime)
+                listed_at[kind] = await watches.list_all(kube, kind, namespace, selector, prime, fields, accept)
             except watches.FAILURES as err:
-                log.warning("cannot list %ss %s: %s", kind, f"in {namespace}" if namespace else "cluster-wide", err)
+                log.warning("cannot list %ss %s: %s", kind, where, err)
                 listed_at[kind] = ""
+                continue
+        # What a pass may take from the listings: what a listing that succeeded did not bring does not exist.
+        complete = {kind for kind, version in listed_at.items() if version}
         listed: set[Key] | None = set()
 
         def finetunejob_listed(kind_of_event: str, ftj: dict) -> None:
             meta = ftj.get("metadata") or {}
             key = (meta.get("namespace"), meta.get("name"))
             listed.add(key)
-            if listed_at["Job"] and key not in self._primed:
-                self._primed[key] = {"job": None, "pods": []}  # no Job: gone (ttlSecondsAfterFinished), or none yet
+            self._primed_for(key)["listed"] = complete
             self.finetunejob_changed(kind_of_event, ftj)
 
         try:
             listed_at[KIND] = await watches.list_all(kube, KIND, namespace, "", finetunejob_listed)
         except watches.FAILURES as err:
-            log.warning("cannot list FineTuneJobs %s: %s", f"in {namespace}" if namespace else "cluster-wide", err)
+            log.warning("cannot list FineTuneJobs %s: %s", where, err)
             listed_at[KIND], listed = "", None
         # No pass takes what was primed for a job not listed (a Job whose FineTuneJob is gone).
         for key in [k for k in self._primed if namespace in (None, k[0]) and (listed is None or k not in listed)]:
@@ -1218,19 +1252,33 @@ class Reconciler:
             *children,
         )
 
+    def _primed_for(self, key: Key) -> dict:
+        primed = self._primed.get(key)
+        if primed is None:  # "listed": set when the FineTuneJobs are listed, nothing is taken from it before
+            primed = self._primed[key] = {"job": None, "pods": [], "children": {}, "planned": set(), "listed": ()}
+        return primed
+
     def _prime(self, kind: str, kind_of_event: str, child: dict) -> None:
-        """A Job or pod the start-up listing brought, kept for its FineTuneJob's first pass (_read_job, _read_pods).
-        The Jobs are listed first: a pod is kept for a job whose Job was."""
+        """A Job, pod, other child or Planned Event the start-up listings brought, kept for its FineTuneJob's first
+        pass (_read_job, _read_pods, _read_child, _event_exists)."""
         meta = child.get("metadata") or {}
-        parent = (meta.get("labels") or {}).get(builders.LABEL_FTJ)
+        if kind == "Event":
+            parent = (child.get("involvedObject") or {}).get("name")
+        else:
+            parent = (meta.get("labels") or {}).get(builders.LABEL_FTJ)
         if not parent:
             return
         key = (meta.get("namespace"), parent)
         if kind == "Job":
             if meta.get("name") == builders.job_name(parent):  # the job's training Job (not a model cache's)
-                self._primed[key] = {"job": _lean_job(child), "pods": []}
-        elif (primed := self._primed.get(key)) is not None:
-            primed["pods"].append(_lean_pod(child))
+                self._primed_for(key)["job"] = _lean_job(child)
+        elif kind == "Pod":
+            self._primed_for(key)["pods"].append(_lean_pod(child))
+        elif kind == "Event":
+            self._primed_for(key)["planned"].add(meta.get("name"))
+        else:  # what _owned_by reads of it
+            owners = [{"uid": ref.get("uid")} for ref in meta.get("ownerReferences") or ()]
+            self._primed_for(key)["children"][(kind, meta.get("name"))] = {"metadata": {"ownerReferences": owners}}
 
     def child_changed(self, kind: str, kind_of_event: str, child: dict) -> None:
         """A Job or pod of a FineTuneJob changed (its metadata): a pass over the job, but for the ADDED event of a Job

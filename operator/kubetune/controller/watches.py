@@ -60,14 +60,25 @@ async def _list(kube: Kube, kind: str, namespace: str | None, selector: str, on_
     return await list_all(kube, kind, namespace, selector, on_listed)
 
 
-async def list_all(kube: Kube, kind: str, namespace: str | None, selector: str, on_listed: OnChange) -> str:
-    """Every object of `kind`, whole, chunk after chunk (one snapshot: every chunk carries its version), each handed to
-    `on_listed`; returns the version to watch from."""
+async def list_all(
+    kube: Kube,
+    kind: str,
+    namespace: str | None,
+    selector: str,
+    on_listed: OnChange,
+    fields: str = "",
+    accept: str = "application/json",
+) -> str:
+    """Every object of `kind` (with the label `selector` and the field selector `fields`), chunk after chunk (one
+    snapshot: every chunk carries its version), each handed to `on_listed`; returns the version to watch from.
+    `accept`: METADATA_LIST for their metadata only."""
     path = collection_path(kind, namespace)
     query = {"labelSelector": selector} if selector else {}
+    if fields:
+        query["fieldSelector"] = fields
     query["limit"] = str(LIST_CHUNK)
     while True:
-        listed = await kube.request("GET", path, query=query)
+        listed = await kube.request("GET", path, query=query, accept=accept)
         # A list's items carry no kind and apiVersion of their own: the list's, less its "List".
         item_kind = (listed.get("kind") or "").removesuffix("List")
         for item in listed.get("items") or ():
