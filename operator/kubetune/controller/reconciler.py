@@ -1206,16 +1206,16 @@ class Reconciler:
             except watches.FAILURES as err:
                 log.warning("cannot list %ss %s: %s", kind, where, err)
                 listed_at[kind] = ""
-                continue
         # What a pass may take from the listings: what a listing that succeeded did not bring does not exist.
         complete = {kind for kind, version in listed_at.items() if version}
         listed: set[Key] | None = set()
 
         def finetunejob_listed(kind_of_event: str, ftj: dict) -> None:
             meta = ftj.get("metadata") or {}
-            key = (meta.get("namespace"), meta.get("name"))
-            listed.add(key)
-            self._primed_for(key)["listed"] = complete
+            if not meta.get("deletionTimestamp"):  # one being deleted gets no pass to take what was kept for it
+                key = (meta.get("namespace"), meta.get("name"))
+                listed.add(key)
+                self._primed_for(key)["listed"] = complete
             self.finetunejob_changed(kind_of_event, ftj)
 
         try:
