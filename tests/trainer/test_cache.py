@@ -204,8 +204,10 @@ def test_a_killed_population_is_never_read_and_the_next_one_redoes_it(hub, tiny_
     )
     try:
         assert held.reached.wait(60), "the population never asked for the weights"
-        deadline = time.monotonic() + 60  # the small files finish and are uploaded while the weights hang
-        while len(list(_entry_dir(entry).glob("*.json"))) < 3 and time.monotonic() < deadline:
+        # The small files finish and are uploaded while the weights hang (several at once, in any order: config.json is
+        # waited for by name).
+        deadline = time.monotonic() + 60
+        while not (_entry_dir(entry) / "config.json").exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         proc.send_signal(signal.SIGKILL)  # the pod is killed: no handler, no clean-up
         proc.wait(30)
