@@ -166,10 +166,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def start_operator(
-    emulator,
-    work: Path,
-    settings: dict[str, str] | None = None,
-    log_name: str = "operator.log",
+    emulator, work: Path, settings: dict[str, str] | None = None, log_name: str = "operator.log"
 ) -> subprocess.Popen:
     """`kubetune operator --standalone` with the bench's settings (and `settings`, KUBETUNE_* variables)."""
     import yaml
@@ -284,7 +281,7 @@ def wait_settled(emulator, proc: subprocess.Popen, since: int, quiet: float, tim
         if last is not None and now - max(last[1], busy_at) >= quiet:
             return last[0], max(last[1], busy_at)
         time.sleep(0.1)
-    raise RuntimeError(f"the operator did not settle (no call for {quiet} s) within {timeout} s")
+    raise RuntimeError(f"the operator did not settle (no call and no busy moment for {quiet} s) within {timeout} s")
 
 
 def phases(emulator) -> Counter:

@@ -498,8 +498,10 @@ class Reconciler:
         return await self.kube.get("Job", key[0], job_name)
 
     async def _read_child(self, key: Key, kind: str, name: str) -> dict | None:
-        """One of the job's other children (OTHER_CHILDREN): from the start-up listing of its kind (only what tells
-        its owners), else read now."""
+        """One of the job's children: its Job (_read_job), or another (OTHER_CHILDREN) from the start-up listing of
+        its kind (only what tells its owners), else read now."""
+        if kind == "Job":
+            return await self._read_job(key, name)
         primed = self._primed.get(key)
         if primed is not None and kind in primed["listed"]:
             return primed["children"].get((kind, name))
@@ -1140,10 +1142,7 @@ class Reconciler:
             ("Role", builders.reporter_name(name)),
             ("ServiceAccount", builders.reporter_name(name)),
         ):
-            if kind == "Job":
-                existing = await self._read_job((meta["namespace"], name), child)
-            else:
-                existing = await self._read_child((meta["namespace"], name), kind, child)
+            existing = await self._read_child((meta["namespace"], name), kind, child)
             if existing is not None and _owned_by(existing, meta["uid"]):
                 removed = await self.kube.delete(kind, meta["namespace"], child) or removed
         self._granted.pop((meta["namespace"], name), None)
