@@ -418,6 +418,7 @@ def test_a_frozen_node_is_noticed_within_the_collective_timeout(tiny_llama_dir, 
         )
         for node in (0, 1)
     ]
+    workers: list[str] = []
     try:
         deadline = time.time() + 240
         while not (out / "checkpoints" / "step-4" / "_COMPLETE").exists():
@@ -435,6 +436,10 @@ def test_a_frozen_node_is_noticed_within_the_collective_timeout(tiny_llama_dir, 
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(node.pid, signal.SIGKILL)
             node.wait()
+        # The launcher starts its workers in sessions of their own: killing its group leaves them, stopped.
+        for pid in map(int, workers):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     assert nodes[0].returncode != 0
     assert noticed < 15 + 90, noticed
     log = nodes[0].stdout.read()
