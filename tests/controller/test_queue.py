@@ -207,12 +207,41 @@ def test_a_deferred_pass_goes_on_after_every_waiting_watch_event():
     assert order == ["a: Job", "b: Job", "c: Job", "c: status", "a: status", "b: status"], order
 
 
+def test_a_pass_deferred_behind_deferred_ones_lets_their_statuses_go_first():
+    """A new job's Events wait behind the other new jobs' Jobs and statuses: Jobs, then statuses, then Events."""
+
+    async def scenario():
+        queue, order = new_queue(), []
+
+        async def new_job(key):
+            order.append(f"{key}: Job")
+            await queue.defer()
+            order.append(f"{key}: status")
+            await queue.defer(behind_deferred=True)
+            order.append(f"{key}: Event")
+
+        for key in ("a", "b", "c"):
+            queue.add(key)
+        workers = await run_workers(queue, new_job)
+        await until_idle(queue)
+        queue.shutdown()
+        await workers
+        return order
+
+    order = asyncio.run(scenario())
+    # c had no Job to wait for, but a's and b's statuses were deferred before its Events.
+    assert order == [
+        "a: Job", "b: Job", "c: Job", "c: status", "a: status", "b: status", "c: Event", "a: Event", "b: Event"
+    ], order  # fmt: skip
+
+
 def test_defer_is_free_when_nobody_waits():
     async def scenario():
         queue, seen = new_queue(workers=2), []
 
         async def process(key):
             await queue.defer()
+            await queue.defer(behind_deferred=True)
             seen.append(queue.free_slots)  # still holding its slot: it never gave it up
 
         queue.add("a")

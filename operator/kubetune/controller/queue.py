@@ -19,7 +19,10 @@ seconds, even under a stream of watch events that never ends.
 
 One addition: `defer()`. A pass of a new job, once its Job exists, gives its slot to the next key from a
 watch event and goes on as background work: the Job is what lets pods, Kueue and the GPUs start, while
-the rest of that pass (the reporter's Role, the status write, the Event) can wait a moment.
+the rest of that pass (the reporter's Role, the status write, the Event) can wait a moment. Its Events wait
+longer (`defer(behind_deferred=True)`): behind the other deferred passes too, so that in a burst the Jobs come
+first, then the statuses users and GitOps tools read, then the Events (client-go's recorders post theirs
+asynchronously, behind the controller's work, for the same reason).
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ class WorkQueue:
         # add_after: key -> when (loop time), and the same as a heap; heap entries that disagree are stale.
         self._waiting: dict[Key, float] = {}
         self._timeline: list[tuple[float, int, Key]] = []
+        self._deferred = 0  # deferred passes waiting in the background lane
         self._order = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
         self._shutting_down = False
@@ -167,13 +171,15 @@ class WorkQueue:
             self._enqueue(key, urgent)
         self._dispatch()
 
-    async def defer(self) -> None:
+    async def defer(self, behind_deferred: bool = False) -> None:
         """Inside a pass: let every key that a watch event added go first, then go on as background work
-        (at most `max_wait` seconds later). Free when no such key waits."""
-        if not self._urgent:  # may hold a stale entry: then deferring costs one hand-over, no more
-            return
+        (at most `max_wait` seconds later). Free when no such key waits. `behind_deferred`: the passes deferred
+        before this one go first too (a pass's Events wait behind other jobs' status writes)."""
+        if not self._urgent and not (behind_deferred and self._deferred):
+            return  # the urgent lane may hold a stale entry: then deferring costs one hand-over, no more
         waiter = asyncio.get_running_loop().create_future()
         self._background.append((time.monotonic(), waiter))
+        self._deferred += 1
         self._free += 1
         self._dispatch()
         try:
@@ -181,6 +187,7 @@ class WorkQueue:
         except asyncio.CancelledError:
             if waiter.cancelled():  # never got its slot back; done() still gives one back
                 self._free -= 1
+                self._deferred -= 1
             raise
 
     def shutdown(self) -> None:
@@ -228,6 +235,7 @@ class WorkQueue:
             if isinstance(item, asyncio.Future):
                 lane.popleft()
                 self._free -= 1
+                self._deferred -= 1
                 item.set_result(None)
                 continue
             while self._getters and self._getters[0].done():  # cancelled

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import functools
 import hashlib
 import json
@@ -794,6 +793,7 @@ class Reconciler:
                     self._made_jobs.discard(made)
         if job.get("_created"):
             self._granted[(meta["namespace"], meta["name"])] = False
+            job = _lean_job(job)  # the pod template is never read again, and a burst's deferred passes hold their Jobs
         if spec.suspend and spec.queue_name:
             # Kueue makes the Job's Workload in a moment; it is deactivated then, before Kueue can admit it.
             self.queue.add_after((meta["namespace"], meta["name"]), KUEUE_WORKLOAD_WAIT_SECONDS)
@@ -838,8 +838,7 @@ class Reconciler:
     def _queue_order(ftj: dict) -> str:
         """A job's place in its namespace's queue for the cap (ANNOTATION_QUEUE_ORDER): its creation time, then (for
         jobs created within the same second) when the operator asked."""
-        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        return f"{ftj['metadata'].get('creationTimestamp') or ''}/{now}"
+        return f"{ftj['metadata'].get('creationTimestamp') or ''}/{status.now_rfc3339_micro()}"
 
     async def _over_cap(self, namespace: str, name: str, order: str) -> bool:
         """Whether the namespace cap holds the Job `name`: the Jobs running in the namespace, and those the cap holds
@@ -1032,6 +1031,9 @@ class Reconciler:
             if isinstance(written, dict) and "status" in written:  # what the API server stored, to the letter
                 record = Record(status.canonical(written["status"]), root)
         self._records[key] = record
+        if outcome.events:
+            # The status is what users and tools read; in a burst, other jobs' Jobs and statuses go before Events.
+            await self.queue.defer(behind_deferred=True)
         for event in outcome.events:
             await self.event(ftj, event.type, event.reason, event.message)
 
