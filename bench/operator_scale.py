@@ -9,8 +9,11 @@ in a mix of phases, and idle over a history of finished ones.
 The burst. Measured: time from the first FineTuneJob stored until every child Job is stored; per FineTuneJob the
 latency from it being stored to its Job being stored (p50, p99, max), both taken from the emulator's
 own clock (it stamps every change, so nothing polls); the operator process's peak RSS (VmHWM) and CPU
-time; API calls the operator made per FineTuneJob (the emulator records every call with its user).
-The users creating the FineTuneJobs (16 threads of the official client) run in a process of their own.
+time; API calls the operator made per FineTuneJob (the emulator records every call with its user); when the last
+JobCreated Event was stored (the operator writes Events after the statuses, so the CPU and the calls are read once every
+Event is written); and in the JSON, per second of the burst, how many FineTuneJobs, Jobs and first statuses were stored
+and the median create -> Job latency (`timeline`: whether the operator trails the users by a constant lag or by a
+growing queue). The users creating the FineTuneJobs (16 threads of the official client) run in a process of their own.
 The emulator is kubetune.testing.emulator (kmock plus the API-server semantics kopf needs).
 
 The restart (--no-restart: skipped). A process of its own plays the Job controller and the kubelet with the admin
@@ -76,28 +79,64 @@ def vm_hwm_mib(pid: int) -> float:
 
 
 JOBS = ("batch", "jobs")
+EVENTS = ("", "events")
 
 
-def stored_at(server) -> tuple[dict, dict, dict]:
+def is_first_status(change) -> bool:
+    """Whether a FineTuneJob's change carries the operator's status (it names the job's Job): the first such change of
+    each job is its first status."""
+    from kubetune.api.constants import GROUP, PLURAL
+
+    return change.key == (GROUP, PLURAL) and bool((change.obj.get("status") or {}).get("jobName"))
+
+
+def stored_at(server) -> tuple[dict, dict, dict, float]:
     """From the emulator's history, per FineTuneJob: when it was stored, when its Job was, and when its
-    first status (phase and Job name) was."""
+    first status (phase and Job name) was; and when the last Event was."""
     from kubetune.api.constants import GROUP, PLURAL
     from kubetune.controller import builders
 
     if server.oldest_rv:
         raise RuntimeError("the emulator trimmed its history; raise max_history")
     ftjs, jobs, statuses = {}, {}, {}
+    last_event = float("nan")
     for change in server.history:
+        if change.key == EVENTS:
+            last_event = change.at
+            continue
         meta = change.obj["metadata"]
         key = (meta.get("namespace"), meta["name"])
         if change.key == (GROUP, PLURAL):
             if change.kind == "ADDED":
                 ftjs[key] = change.at
-            elif (change.obj.get("status") or {}).get("jobName"):
+            elif is_first_status(change):
                 statuses.setdefault(key, change.at)
         elif change.key == JOBS and change.kind == "ADDED":
             jobs[(meta["namespace"], meta["labels"][builders.LABEL_FTJ])] = change.at
-    return ftjs, jobs, statuses
+    return ftjs, jobs, statuses, last_event
+
+
+def timeline(created: dict, seen: dict, reported: dict, seconds: float = 1.0) -> list[dict]:
+    """Per `seconds` of the burst (from the first FineTuneJob stored): how many FineTuneJobs, Jobs and first statuses
+    were stored in it, and the median create -> Job latency of the FineTuneJobs created in it."""
+    start = min(created.values())
+    bins: dict[int, dict] = {}
+
+    def at(moment: float) -> dict:
+        return bins.setdefault(int((moment - start) // seconds), {"ftjs": 0, "jobs": 0, "statuses": 0, "lags": []})
+
+    for key, moment in created.items():
+        at(moment)["ftjs"] += 1
+        if key in seen:
+            at(moment)["lags"].append(seen[key] - moment)
+    for moment in seen.values():
+        at(moment)["jobs"] += 1
+    for moment in reported.values():
+        at(moment)["statuses"] += 1
+    return [
+        {"second": i * seconds, **{k: v for k, v in b.items() if k != "lags"}, "lag_p50_s": percentile(b["lags"], 50)}
+        for i, b in sorted(bins.items())
+    ]
 
 
 class FirstStatuses:
@@ -110,11 +149,9 @@ class FirstStatuses:
         self.seen: set[tuple[str, str]] = set()
 
     def __call__(self, server) -> int:
-        from kubetune.api.constants import GROUP, PLURAL
-
         history = server.history
         for change in history[self.read :]:
-            if change.key == (GROUP, PLURAL) and (change.obj.get("status") or {}).get("jobName"):
+            if is_first_status(change):
                 self.seen.add((change.obj["metadata"].get("namespace"), change.obj["metadata"]["name"]))
         self.read = len(history)
         return len(self.seen)
@@ -726,7 +763,15 @@ def run(
             first_statuses = FirstStatuses()
             while time.monotonic() < deadline and emulator.call(lambda: first_statuses(emulator.server)) < jobs:
                 time.sleep(0.1)
-            created, seen, reported = emulator.call(lambda: stored_at(emulator.server))
+
+            def events_stored() -> int:
+                return emulator.call(lambda: len(emulator.server.store.get(EVENTS, {})))
+
+            # Each job's JobCreated Event comes after its status (the operator writes Events last): the burst's CPU
+            # and calls are read once they are all written.
+            while time.monotonic() < deadline and events_stored() < jobs:
+                time.sleep(0.1)
+            created, seen, reported, last_event = emulator.call(lambda: stored_at(emulator.server))
             missing = [t for t in targets if t not in seen]
             start = min(created.values())
             total = max(seen.values()) - start if seen else float("nan")
@@ -750,6 +795,7 @@ def run(
                 "status_p50_s": percentile(status_latencies, 50),
                 "status_p99_s": percentile(status_latencies, 99),
                 "all_statuses_s": max(reported.values()) - start if len(reported) == jobs else float("nan"),
+                "all_events_s": last_event - start,
                 "operator_peak_rss_mib": rss,
                 "operator_cpu_s": operator_cpu,
                 "emulator_cpu_s": emulator_cpu,
@@ -758,6 +804,8 @@ def run(
                 "api_calls_per_job": len(operator_calls) / jobs,
                 "job_creates": by_verb.get("create jobs", 0),
                 "calls_by_verb": dict(by_verb.most_common(8)),
+                # Does the operator fall behind as the burst goes on (a queue) or trail it by a constant lag?
+                "timeline": timeline(created, seen, reported),
             }
             operators.append(proc)
             if phases_args is not None and phases_args.restart:
@@ -790,6 +838,7 @@ def table(result: dict) -> str:
         ("create -> first status (Pending, Job name) p50 (s)", f"{result['status_p50_s']:.3f}"),
         ("create -> first status p99 (s)", f"{result['status_p99_s']:.3f}"),
         ("every FineTuneJob has its first status (s)", f"{result['all_statuses_s']:.2f}"),
+        ("every JobCreated Event written (s)", f"{result['all_events_s']:.2f}"),
         ("operator peak RSS (MiB)", f"{result['operator_peak_rss_mib']:.0f}"),
         ("operator CPU (s)", f"{result['operator_cpu_s']:.2f}"),
         (f"API emulator CPU, its GC {result['emulator_gc']} (s)", f"{result['emulator_cpu_s']:.2f}"),
