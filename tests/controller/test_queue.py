@@ -182,17 +182,18 @@ def test_background_work_is_served_once_it_waited_max_wait_even_under_a_stream_o
     assert 0 < order.index("background") < 10, order
 
 
-def test_a_deferred_pass_goes_on_after_every_waiting_watch_event():
-    """A new job's pass creates its Job, then lets the other new jobs create theirs before it finishes."""
+def burst_of_new_jobs(steps: list[str]) -> list[str]:
+    """Three new jobs a, b, c, each pass doing `steps` in turn with a defer() before each step after the first (the
+    Events' with behind_deferred=True); the order the steps happened in."""
 
     async def scenario():
         queue, order = new_queue(), []
 
         async def new_job(key):
-            order.append(f"{key}: Job")
-            await asyncio.sleep(0)
-            await queue.defer()
-            order.append(f"{key}: status")
+            for step in steps:
+                if step != steps[0]:
+                    await queue.defer(behind_deferred=step == "Event")
+                order.append(f"{key}: {step}")
 
         for key in ("a", "b", "c"):
             queue.add(key)
@@ -202,33 +203,19 @@ def test_a_deferred_pass_goes_on_after_every_waiting_watch_event():
         await workers
         return order
 
-    order = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_a_deferred_pass_goes_on_after_every_waiting_watch_event():
+    """A new job's pass creates its Job, then lets the other new jobs create theirs before it finishes."""
+    order = burst_of_new_jobs(["Job", "status"])
     # All three Jobs first (a burst), then the deferred rest (c had nobody to wait for).
     assert order == ["a: Job", "b: Job", "c: Job", "c: status", "a: status", "b: status"], order
 
 
 def test_a_pass_deferred_behind_deferred_ones_lets_their_statuses_go_first():
     """A new job's Events wait behind the other new jobs' Jobs and statuses: Jobs, then statuses, then Events."""
-
-    async def scenario():
-        queue, order = new_queue(), []
-
-        async def new_job(key):
-            order.append(f"{key}: Job")
-            await queue.defer()
-            order.append(f"{key}: status")
-            await queue.defer(behind_deferred=True)
-            order.append(f"{key}: Event")
-
-        for key in ("a", "b", "c"):
-            queue.add(key)
-        workers = await run_workers(queue, new_job)
-        await until_idle(queue)
-        queue.shutdown()
-        await workers
-        return order
-
-    order = asyncio.run(scenario())
+    order = burst_of_new_jobs(["Job", "status", "Event"])
     # c had no Job to wait for, but a's and b's statuses were deferred before its Events.
     assert order == [
         "a: Job", "b: Job", "c: Job", "c: status", "a: status", "b: status", "c: Event", "a: Event", "b: Event"
