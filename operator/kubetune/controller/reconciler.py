@@ -193,6 +193,8 @@ class Reconciler:
         # Per key, only while the key waits for its next pass (so nothing here outlives a deleted job):
         self._bodies: dict[Key, dict] = {}  # the FineTuneJob as its newest watch event carried it
         self._callers: dict[Key, list[asyncio.Future]] = {}  # reconcile() callers waiting for that pass
+        # Per key, only during its pass: the Events of the statuses the pass wrote, not posted yet (_write_status).
+        self._unposted: dict[Key, list[tuple[dict, status.Event]]] = {}
         # Per FineTuneJob whose status this process wrote, until the job goes: what it wrote (Record).
         self._records: dict[Key, Record] = {}
         # Jobs this process is making or made whose ADDED event has not come yet (namespace, Job name): that event tells
@@ -305,6 +307,7 @@ class Reconciler:
         try:
             phase = await self._reconcile(namespace, name, body)
         except Exception as err:
+            await self._post_unposted(key)
             self.metrics.reconcile_errors.labels(reason=type(err).__name__).inc()
             delay = self.queue.add_rate_limited(key, cap=TRANSIENT_RETRY_MAX_SECONDS if transient(err) else None)
             logs.action(
@@ -318,6 +321,11 @@ class Reconciler:
                 if not caller.done():
                     caller.set_exception(err)
         else:
+            if self._unposted.get(key):
+                # The Events wait behind the other jobs' Jobs and statuses in a burst; out here, the pass holds only
+                # them meanwhile (not _reconcile's spec, Job and job), so that thousands of waiting passes stay small.
+                await self.queue.defer(behind_deferred=True)
+                await self._post_unposted(key)
             self.queue.forget(key)
             self.metrics.set_phase(namespace, name, phase)
             if phase is None or phase in status.FINISHED_PHASES:
@@ -328,6 +336,7 @@ class Reconciler:
                 if not caller.done():
                     caller.set_result(phase)
         finally:
+            self._unposted.pop(key, None)  # a cancelled pass (the operator stops) posts nothing more
             self._primed.pop(key, None)  # read by this pass, or stale by now
             self.metrics.reconcile_seconds.observe(time.monotonic() - started)
             self.queue.done(key)
@@ -1031,11 +1040,9 @@ class Reconciler:
             if isinstance(written, dict) and "status" in written:  # what the API server stored, to the letter
                 record = Record(status.canonical(written["status"]), root)
         self._records[key] = record
-        if outcome.events:
-            # The status is what users and tools read; in a burst, other jobs' Jobs and statuses go before Events.
-            await self.queue.defer(behind_deferred=True)
-        for event in outcome.events:
-            await self.event(ftj, event.type, event.reason, event.message)
+        if outcome.events:  # posted at the end of the pass (_process), or before the pass's next Event
+            subject = {"metadata": {field: meta.get(field) for field in ("namespace", "name", "uid")}}
+            self._unposted.setdefault(key, []).extend((subject, event) for event in outcome.events)
 
     async def _patch_status(self, ftj: dict, patch: dict) -> dict:
         """A status merge patch; when the API server refuses it (422), logged and sent again cut to the bounds its
@@ -1071,9 +1078,18 @@ class Reconciler:
                 refused = err
         raise refused
 
+    async def _post_unposted(self, key: Key) -> None:
+        for subject, event in self._unposted.pop(key, ()):
+            await self._post_event(subject, event.type, event.reason, event.message)
+
     async def event(self, ftj: dict, kind: str, reason: str, message: str, name: str = "") -> None:
-        """Post an Event on the FineTuneJob (kubectl describe tells the story) and log it. `name`: an Event to post at
-        most once (a second one of that name is refused, and nothing more is said)."""
+        """Post an Event on the FineTuneJob (kubectl describe tells the story) and log it, after those of the pass's
+        status writes. `name`: an Event to post at most once (a second one of that name is refused, and nothing more
+        is said)."""
+        await self._post_unposted((ftj["metadata"]["namespace"], ftj["metadata"]["name"]))
+        await self._post_event(ftj, kind, reason, message, name)
+
+    async def _post_event(self, ftj: dict, kind: str, reason: str, message: str, name: str = "") -> None:
         meta = ftj["metadata"]
         logs.action(
             meta["namespace"],
