@@ -9,6 +9,7 @@ import dataclasses
 import pytest
 from kubernetes.client import ApiException
 
+from kubetune.controller import status
 from kubetune.controller.config import OperatorConfig
 from kubetune.controller.queue import ItemExponentialBackoff
 from kubetune.controller.reconciler import RETRY_MAX_SECONDS, RETRY_SECONDS, TRANSIENT_RETRY_MAX_SECONDS, Reconciler
@@ -138,6 +139,7 @@ class RecordingKube(FakeKube):
 
     def __init__(self):
         self.calls = []
+        self.events = []
         self.listed = []
 
     async def list(self, kind, namespace, label_selector=None):
@@ -151,6 +153,8 @@ class RecordingKube(FakeKube):
     async def create(self, obj, read=True):
         await asyncio.sleep(0)
         self.calls.append((obj["kind"], obj["metadata"].get("name") or obj["involvedObject"]["name"]))
+        if obj["kind"] == "Event":
+            self.events.append((obj["involvedObject"]["name"], obj["reason"]))
         return obj | {"metadata": obj["metadata"] | {"uid": "uid-" + obj["metadata"].get("name", "")}}
 
     async def patch(self, kind, namespace, name, patch, subresource=None):
@@ -178,7 +182,7 @@ def new_finetunejob(name):
     }
 
 
-def test_a_burst_gets_every_job_created_before_the_work_that_can_wait():
+def test_a_burst_gets_every_job_created_before_the_work_that_can_wait_and_its_events_last():
     async def scenario():
         kube = RecordingKube()
         reconciler = Reconciler(kube, dataclasses.replace(CONFIG, concurrent_reconciles=2))
@@ -198,9 +202,45 @@ def test_a_burst_gets_every_job_created_before_the_work_that_can_wait():
     assert len(deferred) == 6 * 2
     # Two at a time: only the last pair's status may come before the last Job.
     assert sum(i < last_job for i in deferred) <= 2 * 2, calls
+    # And the Events after every status: what users and GitOps tools read comes first.
+    last_status = max(i for i, (kind, _) in enumerate(calls) if kind == "FineTuneJob/status")
+    assert all(i > last_status for i, (kind, _) in enumerate(calls) if kind == "Event"), calls
     for name in (f"job-{i}" for i in range(6)):  # and each job still gets everything, in a valid order
         mine = [kind for kind, n in calls if n in (name, f"{name}-spec", f"{name}-reporter")]
         assert mine == ["ServiceAccount", "Job", *after_job], mine  # the grant follows the pods
+
+
+def test_a_pass_s_events_keep_their_order_and_are_posted_even_when_the_pass_fails_after_its_status():
+    """The Events of a status write wait for the end of the pass, but an Event posted later in the pass goes after
+    them, and a pass that fails once its status is written still tells its Events."""
+
+    async def scenario():
+        kube = RecordingKube()
+        reconciler = Reconciler(kube, CONFIG)
+        ftj = new_finetunejob("in-order")
+        outcome = status.Outcome({"phase": "Pending"}, [status.Event("Normal", "JobCreated", "created")])
+        await reconciler._write_status(ftj, outcome)
+        assert [kind for kind, _ in kube.calls] == ["FineTuneJob/status"]  # the Event waits
+        await reconciler.event(ftj, "Warning", "JobMissing", "later in the pass")
+        in_order = [kind for kind, _ in kube.calls]
+
+        async def fails_after_the_status(ftj):
+            raise ConnectionError("the API server went away")
+
+        kube.calls.clear()
+        reconciler._announce_plan = fails_after_the_status  # runs after a new job's status write
+        reconciler.start()
+        try:
+            with pytest.raises(ConnectionError):
+                await reconciler.reconcile("team", "fails", body=new_finetunejob("fails"))
+        finally:
+            await reconciler.stop()
+        return in_order, kube.calls, kube.events
+
+    in_order, calls, events = asyncio.run(scenario())
+    assert in_order == ["FineTuneJob/status", "Event", "Event"]
+    assert [reason for _, reason in events] == ["JobCreated", "JobMissing", "JobCreated"]
+    assert calls[-2:] == [("FineTuneJob/status", "fails"), ("Event", "fails")], calls
 
 
 def test_nothing_is_kept_for_a_job_once_it_is_gone():
