@@ -243,6 +243,24 @@ def test_a_pass_s_events_keep_their_order_and_are_posted_even_when_the_pass_fail
     assert calls[-2:] == [("FineTuneJob/status", "fails"), ("Event", "fails")], calls
 
 
+@pytest.mark.parametrize("post_events", [True, False])
+def test_a_graceful_stop_posts_the_events_passes_kept_aside_a_lost_lease_does_not(post_events):
+    """A rollout's stop while leading posts the Events waiting behind a burst's statuses (a restarted operator would not
+    tell them again: the statuses are written); a replica that lost its Lease writes nothing more."""
+
+    async def scenario():
+        kube = RecordingKube()
+        reconciler = Reconciler(kube, CONFIG)
+        reconciler.start()
+        for name in ("a", "b"):
+            outcome = status.Outcome({"phase": "Pending"}, [status.Event("Normal", "JobCreated", "created")])
+            await reconciler._write_status(new_finetunejob(name), outcome)  # as a pass does, before its Events
+        await reconciler.stop(post_events=post_events)
+        return kube.events
+
+    assert asyncio.run(scenario()) == ([("a", "JobCreated"), ("b", "JobCreated")] if post_events else [])
+
+
 def test_nothing_is_kept_for_a_job_once_it_is_gone():
     """Any tenant can create and delete FineTuneJobs (and label pods after one): the reconciler's memory per
     job must end with the job."""

@@ -105,7 +105,7 @@ async def _lead_while_elected(elector: LeaderElector, cfg: config.OperatorConfig
             await elector.keep()
         finally:
             reconciler, runtime.reconciler = runtime.reconciler, None
-            await reconciler.stop()
+            await reconciler.stop(post_events=elector.is_leader)  # still leading: a rollout's stop, not a lost Lease
             for namespace, name in metrics.recorded():  # a standby's series would count its jobs twice
                 metrics.set_phase(namespace, name, None)
         log.warning("leadership lost: the reconciler stopped; this replica stands by")
@@ -123,7 +123,7 @@ async def cleanup(**_: Any) -> None:
         runtime.leading = None
     if runtime.reconciler is not None:
         reconciler, runtime.reconciler = runtime.reconciler, None
-        await reconciler.stop()
+        await reconciler.stop(post_events=True)
     if runtime.elector is not None:
         elector, runtime.elector = runtime.elector, None
         await elector.release()  # after the reconciler stopped: a standby takes over at once, and alone

@@ -52,6 +52,10 @@ TRANSIENT_STATUSES = (409, 429, 500, 502, 503, 504)
 SWEEP_EVERY_RESYNCS = 10
 # A queued job suspended by its spec waits this long between looks for the Workload Kueue makes for its Job.
 KUEUE_WORKLOAD_WAIT_SECONDS = 0.5
+# A graceful stop (a rollout's SIGTERM, while this replica leads) posts the Events its passes kept aside (a burst's,
+# waiting behind the statuses) for this long at most, this many at once; within the process's stop grace (main.py).
+STOP_EVENTS_SECONDS = 5.0
+STOP_EVENTS_AT_ONCE = 16
 # What the API server answers when it refuses an object for good: retrying the same request cannot help.
 REFUSED = (400, 403, 422)
 # The failures a spec edit can undo: raising spec.backoffLimit or spec.activeDeadlineSeconds re-opens the job.
@@ -1078,6 +1082,15 @@ class Reconciler:
                 refused = err
         raise refused
 
+    async def _post_kept(self, kept: list[tuple[dict, status.Event]]) -> None:
+        for start in range(0, len(kept), STOP_EVENTS_AT_ONCE):
+            await asyncio.gather(
+                *(
+                    self._post_event(subject, e.type, e.reason, e.message)
+                    for subject, e in kept[start : start + STOP_EVENTS_AT_ONCE]
+                )
+            )
+
     async def _post_unposted(self, key: Key) -> None:
         for subject, event in self._unposted.pop(key, ()):
             await self._post_event(subject, event.type, event.reason, event.message)
@@ -1317,13 +1330,22 @@ class Reconciler:
         for key in list(self._unfinished):
             self.queue.add(key, urgent=False)
 
-    async def stop(self) -> None:
+    async def stop(self, post_events: bool = False) -> None:
+        """Stop every pass and watch. `post_events`: first post the Events that passes kept aside (a graceful stop: a
+        restarted operator would not tell them again, the statuses they tell of being written); never after the Lease
+        was lost, when nothing may be written."""
         self.queue.shutdown()
+        kept = [entry for entries in self._unposted.values() for entry in entries] if post_events else []
         tasks = self._tasks + list(self._passes)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks = []
+        if kept:
+            try:
+                await asyncio.wait_for(self._post_kept(kept), STOP_EVENTS_SECONDS)
+            except TimeoutError:
+                log.warning("stopping: %d Events the passes kept aside were not all posted in time", len(kept))
         await self.kube.close()
         if self._watch_kube is not None:
             await self._watch_kube.close()
