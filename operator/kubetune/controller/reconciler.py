@@ -1331,9 +1331,9 @@ class Reconciler:
             self.queue.add(key, urgent=False)
 
     async def stop(self, post_events: bool = False) -> None:
-        """Stop every pass and watch. `post_events`: first post the Events that passes kept aside (a graceful stop: a
-        restarted operator would not tell them again, the statuses they tell of being written); never after the Lease
-        was lost, when nothing may be written."""
+        """Stop every pass and watch. `post_events`: then post the Events that the passes kept aside, before the
+        connections close (a graceful stop: a restarted operator would not tell them again, the statuses they tell of
+        being written); never after the Lease was lost, when nothing may be written."""
         self.queue.shutdown()
         kept = [entry for entries in self._unposted.values() for entry in entries] if post_events else []
         tasks = self._tasks + list(self._passes)
