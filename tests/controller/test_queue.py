@@ -6,6 +6,7 @@ operator's own order: watch events first, background work behind them but never 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -14,8 +15,8 @@ from kubetune.controller.queue import ItemExponentialBackoff, WorkQueue
 pytestmark = pytest.mark.timeout(30)
 
 
-def new_queue(workers: int = 1, max_wait: float = 5.0) -> WorkQueue:
-    return WorkQueue(workers, ItemExponentialBackoff(5, 300), max_wait=max_wait)
+def new_queue(workers: int = 1, urgent_lead: float = 5.0) -> WorkQueue:
+    return WorkQueue(workers, ItemExponentialBackoff(5, 300), urgent_lead=urgent_lead)
 
 
 async def run_workers(queue: WorkQueue, process) -> asyncio.Task:
@@ -160,26 +161,104 @@ def test_background_work_a_watch_event_asks_for_moves_up_and_runs_once():
     assert asyncio.run(scenario()) == ["first", "event", "resynced", "other"]
 
 
-def test_background_work_is_served_once_it_waited_max_wait_even_under_a_stream_of_events():
+async def stream_of_events(queue: WorkQueue, joined: dict, count: int, at_once: int) -> None:
+    """`count` watch events, the first `at_once` together, then one every 10 ms; `joined`: when each was added."""
+    for i in range(count):
+        if i >= at_once:
+            await asyncio.sleep(0.01)
+        joined[f"event {i}"] = time.monotonic()
+        queue.add(f"event {i}")
+
+
+def assert_goes_ahead_of_later_events(order: list[str], joined: dict, name: str, lead: float) -> None:
+    """`name` went behind every event that joined at most `lead` seconds after it, and ahead of every later one
+    (events within a millisecond of the line are not judged: the queue stamps them a moment after `joined`)."""
+    line = joined[name] + lead
+    position = order.index(name)
+    assert 0 < position < len(order) - 1, order  # neither first nor starved until the stream ended
+    ahead, behind = order[:position], order[position + 1 :]
+    assert all(joined[key] < line + 0.001 for key in ahead), (order, joined)
+    assert all(joined[key] > line - 0.001 for key in behind), (order, joined)
+
+
+def test_background_work_goes_ahead_of_the_events_that_came_urgent_lead_after_it():
+    """Under a stream of watch events that outruns the workers (20 ms a pass, an event every 10 ms), background work
+    is neither starved nor put ahead of the events of its own moment."""
+
     async def scenario():
-        queue, order = new_queue(max_wait=0.05), []
+        queue, order, joined = new_queue(urgent_lead=0.05), [], {}
 
         async def process(key):
             order.append(key)
             await asyncio.sleep(0.02)
 
         workers = await run_workers(queue, process)
+        joined["background"] = time.monotonic()
         queue.add("background", urgent=False)
-        for i in range(10):  # a stream of watch events, all waiting
-            queue.add(f"event {i}")
-        queue.add("first")  # ahead of the background key until that one is overdue
+        await stream_of_events(queue, joined, count=30, at_once=5)
+        await until_idle(queue)
+        queue.shutdown()
+        await workers
+        return order, joined
+
+    order, joined = asyncio.run(scenario())
+    assert_goes_ahead_of_later_events(order, joined, "background", 0.05)
+
+
+def test_a_deferred_pass_keeps_the_time_its_key_joined_the_queue():
+    """A new job's pass, deferred after its Job, goes on ahead of the events that came more than urgent_lead after
+    the job itself did, however long it waited for its slot: its status is not put behind every Job of a burst."""
+
+    async def scenario():
+        queue, order, joined = new_queue(urgent_lead=0.05), [], {}
+
+        async def process(key):
+            order.append(key)
+            await asyncio.sleep(0.02)
+            if key == "new job":
+                await queue.defer(key)
+                order.append("new job: status")
+
+        workers = await run_workers(queue, process)
+        stream = asyncio.create_task(stream_of_events(queue, joined, count=30, at_once=5))
+        await asyncio.sleep(0)  # the first events are ahead of the new job
+        joined["new job: status"] = joined["new job"] = time.monotonic()
+        queue.add("new job")
+        await stream
+        await until_idle(queue)
+        queue.shutdown()
+        await workers
+        return order, joined
+
+    order, joined = asyncio.run(scenario())
+    assert order.index("event 4") < order.index("new job") < order.index("new job: status"), order
+    assert_goes_ahead_of_later_events(order, joined, "new job: status", 0.05)
+
+
+def test_a_deferred_pass_goes_ahead_of_background_work_that_came_after_its_job():
+    """The background lane is in order of time joined: a new job's deferred status write goes before a resync that
+    came after the job, though the resync joined the lane first."""
+
+    async def scenario():
+        queue, order = new_queue(), []
+
+        async def process(key):
+            order.append(key)
+            if key == "new job":
+                await queue.defer(key)  # "event" waits: the rest of the pass joins the background lane
+                order.append("new job: status")
+
+        queue.add("new job")
+        await asyncio.sleep(0.002)
+        queue.add("resynced", urgent=False)
+        queue.add("event")
+        workers = await run_workers(queue, process)
         await until_idle(queue)
         queue.shutdown()
         await workers
         return order
 
-    order = asyncio.run(scenario())
-    assert 0 < order.index("background") < 10, order
+    assert asyncio.run(scenario()) == ["new job", "event", "new job: status", "resynced"]
 
 
 def burst_of_new_jobs(steps: list[str]) -> list[str]:
@@ -192,7 +271,7 @@ def burst_of_new_jobs(steps: list[str]) -> list[str]:
         async def new_job(key):
             for step in steps:
                 if step != steps[0]:
-                    await queue.defer(behind_deferred=step == "Event")
+                    await queue.defer(key, behind_deferred=step == "Event")
                 order.append(f"{key}: {step}")
 
         for key in ("a", "b", "c"):
@@ -227,8 +306,8 @@ def test_defer_is_free_when_nobody_waits():
         queue, seen = new_queue(workers=2), []
 
         async def process(key):
-            await queue.defer()
-            await queue.defer(behind_deferred=True)
+            await queue.defer(key)
+            await queue.defer(key, behind_deferred=True)
             seen.append(queue.free_slots)  # still holding its slot: it never gave it up
 
         queue.add("a")
@@ -249,13 +328,13 @@ def test_cancelled_passes_and_getters_give_their_slots_back():
         queue.add("waiting")
         holder = await queue.get()
 
-        async def deferring():
-            await queue.defer()  # "waiting" is there: it gives its slot up and waits
+        async def deferring(key):
+            await queue.defer(key)  # "waiting" is there: it gives its slot up and waits
             await gate.wait()
 
         async def pass_of(key):
             try:
-                await deferring()
+                await deferring(key)
             finally:
                 queue.done(key)
 

@@ -14,12 +14,17 @@ queue.go, delaying_queue.go, rate_limiting_queue.go, default_rate_limiters.go), 
 Two lanes, as in controller-runtime's priority queue (pkg/controller/priorityqueue): keys added by watch
 events are handed out first; background work (the periodic resync, retries, TTL wake-ups) waits behind
 them. A burst of new FineTuneJobs (a pipeline submitting a thousand at once) thus gets its Jobs created
-before a thousand unfinished jobs are resynced. Background work never waits longer than `max_wait`
-seconds, even under a stream of watch events that never ends.
+before a thousand unfinished jobs are resynced. Each entry keeps the time it joined its lane. Background work goes
+ahead of every watch event that came more than `urgent_lead` seconds after it, so a stream of watch events that
+never ends cannot starve it; the background lane itself is in order of that time.
 
 One addition: `defer()`. A pass of a new job, once its Job exists, gives its slot to the next key from a
 watch event and goes on as background work: the Job is what lets pods, Kueue and the GPUs start, while
-the rest of that pass (the reporter's Role, the status write, the Event) can wait a moment. Its Events wait
+the rest of that pass (the reporter's Role, the status write, the Event) can wait a moment. It keeps the time its
+key joined the queue, so the rule above makes it earliest-deadline-first: with the operator's targets (a Job within
+5 s of a job's creation, its first status within 10 s) 5 s apart, as `urgent_lead` is, a job's status write goes
+ahead of the Jobs of jobs created more than 5 s after it, and behind the others. A burst that outruns the operator
+thus delays both by about as much, instead of stalling the Jobs once the first statuses are due. Its Events wait
 longer (`defer(behind_deferred=True)`): behind the other deferred passes too, so that in a burst the Jobs come
 first, then the statuses users and GitOps tools read, then the Events (client-go's recorders post theirs
 asynchronously, behind the controller's work, for the same reason).
@@ -59,17 +64,19 @@ class ItemExponentialBackoff:
 
 
 class WorkQueue:
-    def __init__(self, workers: int, rate_limiter: ItemExponentialBackoff, max_wait: float = 5.0):
+    def __init__(self, workers: int, rate_limiter: ItemExponentialBackoff, urgent_lead: float = 5.0):
         self.rate_limiter = rate_limiter
-        self.max_wait = max_wait
+        self.urgent_lead = urgent_lead
         self._free = workers  # slots not held by a pass
         # Keys that need a pass -> whether a watch event asked for it (the urgent lane). Each one is waiting in
         # a lane, or is being processed and goes back into its lane when done.
         self._dirty: dict[Key, bool] = {}
-        self._processing: set[Key] = set()
-        self._urgent: deque[Key] = deque()
-        # Background keys, and deferred passes waiting to resume, with the time they joined the lane.
-        self._background: deque[tuple[float, Key | asyncio.Future]] = deque()
+        # Keys being processed -> when they joined the lane they were handed out from (a deferred pass keeps it).
+        self._processing: dict[Key, float] = {}
+        # Each lane holds its entries with the time they joined it: keys from watch events, in order; background
+        # keys and deferred passes waiting to resume, a heap by that time (a deferred pass keeps an earlier one).
+        self._urgent: deque[tuple[float, Key]] = deque()
+        self._background: list[tuple[float, int, Key | asyncio.Future]] = []
         # Lane entries are not removed when a key moves up to the urgent lane: `_head` skips the stale ones.
         self._getters: deque[asyncio.Future] = deque()
         # add_after: key -> when (loop time), and the same as a heap; heap entries that disagree are stale.
@@ -104,7 +111,7 @@ class WorkQueue:
             if urgent and not queued:  # background work that a watch event now asks for: move it up
                 self._dirty[key] = True
                 if key not in self._processing:
-                    self._urgent.append(key)
+                    self._urgent.append((time.monotonic(), key))
                     self._dispatch()
             return
         self._dirty[key] = urgent
@@ -164,21 +171,25 @@ class WorkQueue:
 
     def done(self, key: Key) -> None:
         """The pass of the key is over: free its slot, and queue the key again if it was added meanwhile."""
-        self._processing.discard(key)
+        self._processing.pop(key, None)
         self._free += 1
         urgent = self._dirty.get(key)
         if urgent is not None:
             self._enqueue(key, urgent)
         self._dispatch()
 
-    async def defer(self, behind_deferred: bool = False) -> None:
-        """Inside a pass: let every key that a watch event added go first, then go on as background work
-        (at most `max_wait` seconds later). Free when no such key waits. `behind_deferred`: the passes deferred
-        before this one go first too (a pass's Events wait behind other jobs' status writes)."""
+    async def defer(self, key: Key, behind_deferred: bool = False) -> None:
+        """Inside the pass of `key`: let the keys that watch events added go first, then go on as background work.
+        The pass keeps the time its key joined the queue: it goes ahead of every watch event that came more than
+        `urgent_lead` seconds after that, and of background work that joined later. Free when no such key waits.
+        `behind_deferred`: the passes deferred before this one go first too (a pass's Events wait behind other jobs'
+        status writes); it counts from now."""
         if not self._urgent and not (behind_deferred and self._deferred):
             return  # the urgent lane may hold a stale entry: then deferring costs one hand-over, no more
         waiter = asyncio.get_running_loop().create_future()
-        self._background.append((time.monotonic(), waiter))
+        # Events are due after the status they tell of, which is now: behind every status deferred before them.
+        joined = time.monotonic() if behind_deferred else self._processing.get(key, time.monotonic())
+        heapq.heappush(self._background, (joined, next(self._order), waiter))
         self._deferred += 1
         self._free += 1
         self._dispatch()
@@ -204,36 +215,43 @@ class WorkQueue:
 
     def _enqueue(self, key: Key, urgent: bool) -> None:
         if urgent:
-            self._urgent.append(key)
+            self._urgent.append((time.monotonic(), key))
         else:
-            self._background.append((time.monotonic(), key))
+            heapq.heappush(self._background, (time.monotonic(), next(self._order), key))
 
-    def _head(self) -> deque | None:
-        """The lane whose first entry goes next, after dropping stale entries; None when both are empty."""
+    def _head(self) -> tuple[float, Key | asyncio.Future, bool] | None:
+        """The entry that goes next (when it joined, the key or deferred pass, whether it is the urgent lane's),
+        after dropping stale entries; None when both lanes are empty."""
         urgent, background, dirty, processing = self._urgent, self._background, self._dirty, self._processing
-        while urgent and (dirty.get(urgent[0]) is not True or urgent[0] in processing):
+        while urgent and (dirty.get(urgent[0][1]) is not True or urgent[0][1] in processing):
             urgent.popleft()
         while background:
-            item = background[0][1]
+            item = background[0][2]
             if isinstance(item, asyncio.Future):
                 if not item.done():
                     break
             elif dirty.get(item) is False and item not in processing:
                 break
-            background.popleft()
-        if background and (not urgent or time.monotonic() - background[0][0] > self.max_wait):
-            return background
-        return urgent or None
+            heapq.heappop(background)
+        if background and (not urgent or background[0][0] + self.urgent_lead < urgent[0][0]):
+            return background[0][0], background[0][2], False
+        return (*urgent[0], True) if urgent else None
+
+    def _pop(self, urgent: bool) -> None:
+        if urgent:
+            self._urgent.popleft()
+        else:
+            heapq.heappop(self._background)
 
     def _dispatch(self) -> None:
         """Hand free slots out: to deferred passes, and with keys to callers waiting in get()."""
         while self._free > 0:
-            lane = self._head()
-            if lane is None:
+            head = self._head()
+            if head is None:
                 return
-            item = lane[0] if lane is self._urgent else lane[0][1]
+            joined, item, urgent = head
             if isinstance(item, asyncio.Future):
-                lane.popleft()
+                self._pop(urgent)
                 self._free -= 1
                 self._deferred -= 1
                 item.set_result(None)
@@ -242,10 +260,10 @@ class WorkQueue:
                 self._getters.popleft()
             if not self._getters:
                 return
-            lane.popleft()
+            self._pop(urgent)
             self._free -= 1
             del self._dirty[item]
-            self._processing.add(item)
+            self._processing[item] = joined
             self._getters.popleft().set_result(item)
 
     def _arm(self, loop: asyncio.AbstractEventLoop) -> None:

@@ -328,7 +328,7 @@ class Reconciler:
             if self._unposted.get(key):
                 # The Events wait behind the other jobs' Jobs and statuses in a burst; out here, the pass holds only
                 # them meanwhile (not _reconcile's spec, Job and job), so that thousands of waiting passes stay small.
-                await self.queue.defer(behind_deferred=True)
+                await self.queue.defer(key, behind_deferred=True)
                 await self._post_unposted(key)
             self.queue.forget(key)
             self.metrics.set_phase(namespace, name, phase)
@@ -812,7 +812,7 @@ class Reconciler:
             self.queue.add_after((meta["namespace"], meta["name"]), KUEUE_WORKLOAD_WAIT_SECONDS)
         # The Job exists, so its pods can start. The rest (the status write and JobCreated) waits while other new
         # FineTuneJobs wait for their Jobs.
-        await self.queue.defer()
+        await self.queue.defer((meta["namespace"], meta["name"]))
         return job
 
     async def _grant_reporter(self, ftj: dict, spec) -> None:
