@@ -26,6 +26,7 @@ CLIENTS = {  # name -> the module it needs
     "kubernetes (official, blocking, 32 threads)": "kubernetes",
     "kubernetes_asyncio": "kubernetes_asyncio",
     "lightkube (AsyncClient)": "lightkube",
+    "bare HTTP/1.1 on asyncio (the floor)": "asyncio",
 }
 
 
@@ -46,6 +47,83 @@ async def in_flight(calls: int, one) -> None:
             await one(i)
 
     await asyncio.gather(*(bounded(i) for i in range(calls)))
+
+
+class BareConnection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection that reads answers with a Content-Length, one at a time: what a request
+    costs with nothing around it (no pool policy, timeouts, redirects or chunked bodies). A floor to measure the
+    clients against, not a client."""
+
+    def __init__(self) -> None:
+        self.buffer, self.answer, self.ends = b"", None, None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    async def request(self, head: bytes, body: bytes = b"") -> tuple[int, bytes]:
+        self.answer = asyncio.get_running_loop().create_future()
+        self.transport.write(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        return await self.answer
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if self.ends is None:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            headers = self.buffer[:end].lower()
+            value = headers.index(b"content-length:") + len(b"content-length:")
+            line_end = headers.find(b"\r\n", value)
+            self.ends = (end + 4, end + 4 + int(headers[value : line_end if line_end >= 0 else None]))
+        start, stop = self.ends
+        if len(self.buffer) >= stop:
+            status, body = int(self.buffer[9:12]), self.buffer[start:stop]
+            self.buffer, self.ends = self.buffer[stop:], None
+            self.answer.set_result((status, body))
+
+
+def measure_bare(url: str, ca_file: str, token: str, namespace: str, n: int) -> float:
+    import ssl
+    from urllib.parse import urlsplit
+
+    import orjson
+
+    address = urlsplit(url)
+    path = f"/api/v1/namespaces/{namespace}/configmaps".encode()
+    headers = f"Host: {address.netloc}\r\nAuthorization: Bearer {token}\r\nAccept: application/json\r\n".encode()
+
+    async def run() -> float:
+        loop = asyncio.get_running_loop()
+        context = ssl.create_default_context(cafile=ca_file)
+        idle: asyncio.Queue[BareConnection] = asyncio.Queue()
+        for _ in range(IN_FLIGHT):
+            _, connection = await loop.create_connection(BareConnection, address.hostname, address.port, ssl=context)
+            idle.put_nowait(connection)
+        start = time.process_time()
+
+        async def call(method: bytes, target: bytes, content_type: bytes = b"", body: bytes = b"") -> None:
+            connection = await idle.get()
+            head = b"%s %s HTTP/1.1\r\n%s" % (method, target, headers)
+            if content_type:
+                head += b"Content-Type: %s\r\n" % content_type
+            status, answer = await connection.request(head, body)
+            orjson.loads(answer)
+            idle.put_nowait(connection)
+            assert 200 <= status < 300, (status, answer)
+
+        async def one(i: int) -> None:
+            await call(b"POST", path, b"application/json", orjson.dumps(config_map(i, namespace)))
+            await call(b"GET", path + b"/c%d" % i)
+            patch = orjson.dumps({"data": {"k": "w"}})
+            await call(b"PATCH", path + b"/c%d" % i, b"application/merge-patch+json", patch)
+
+        await in_flight(n, one)
+        spent = time.process_time() - start
+        while not idle.empty():
+            idle.get_nowait().transport.close()
+        return spent
+
+    return asyncio.run(run())
 
 
 def measure(client: str, url: str, ca_file: str, token: str, namespace: str, n: int) -> float:
@@ -74,6 +152,8 @@ def measure(client: str, url: str, ca_file: str, token: str, namespace: str, n: 
             return spent
 
         return asyncio.run(run())
+    if client.startswith("bare"):
+        return measure_bare(url, ca_file, token, namespace, n)
     if client.startswith("kubernetes ("):
         import kubernetes
 

@@ -123,6 +123,17 @@ def test_operator_scale_small(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_kube_clients_small(capsys):
+    """Each installed client, the operator's and the bare floor among them, makes its calls against the emulator
+    (a failed call fails the run) and gets a CPU figure per call."""
+    bench = load("kube_clients")
+    assert bench.main(["--calls", "30", "--rounds", "1"]) == 0
+    _, body = table_rows(capsys.readouterr().out, "| client |")
+    per_call = {cells[0]: float(cells[1]) for cells in body}
+    assert set(per_call) >= {"kubetune (aiohttp, controller/kube.py)", "bare HTTP/1.1 on asyncio (the floor)"}
+    assert all(ms > 0 for ms in per_call.values()), per_call
+
+
 def test_memory_plan_exact_parts_on_the_cpu(capsys):
     """The plan's weights, gradients and optimizer state equal what each rank holds, in ddp and in fsdp."""
     assert load("memory_plan").cpu(2) == 0
