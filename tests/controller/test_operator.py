@@ -3,6 +3,7 @@ the kubelet and Kueue (harness.ClusterSim) and the user (the official client).""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -10,10 +11,12 @@ import kubernetes
 import pytest
 
 from kubetune.api.constants import GROUP, PLURAL, VERSION
+from kubetune.controller.policy import Policy
 from kubetune.testing.emulator import Fault
-from kubetune.testing.harness import wait_for
+from kubetune.testing.harness import OperatorThread, wait_for
 from kubetune_trainer.reporting import CheckpointReport, OutputReport, ProgressReport
 from kubetune_trainer.status_reporter import StatusReporter
+from tests.controller.conftest import SETTINGS
 from tests.controller.samples import LORA_INSTRUCTION_SPEC
 
 # Each test waits for the operator through the API: bounded, so that a hang fails the test instead of the run.
@@ -181,6 +184,48 @@ def test_valid_job_gets_its_children_and_runs_to_success_with_progress_from_the_
     assert not [k for k in meta.get("annotations") or {} if "kubetune.dev" in k or "kopf" in k], meta["annotations"]
     assert not meta.get("finalizers")
     assert not [c for c in emulator.calls("operator") if c.verb == "patch" and c.resource == "finetunejobs"]
+
+
+@pytest.fixture
+def operator_allowing_an_identity(operator, emulator):
+    """The session's operator stopped until the test ends, and one in its place whose policy lets the pods run as the
+    ServiceAccount `ml-identity` (a cloud identity)."""
+    operator.stop()
+    settings = dataclasses.replace(SETTINGS, policy=Policy(allowed_service_accounts=("ml-identity",)))
+    allowing = OperatorThread(emulator, settings).start()
+    try:
+        yield allowing
+    finally:
+        allowing.stop()
+        operator.start()
+
+
+def test_pods_that_run_as_the_users_account_report_with_it_and_no_job_account_is_made(
+    operator_allowing_an_identity, admin, namespace, sim, emulator
+):
+    user = User(admin, namespace)
+    user.core.create_namespaced_service_account(namespace, {"metadata": {"name": "ml-identity"}})
+    user.apply("bot", pod={"serviceAccountName": "ml-identity"})
+    job = wait_for(lambda: sim.kube.get("Job", namespace, "bot"), what="the Job")
+    assert job["spec"]["template"]["spec"]["serviceAccountName"] == "ml-identity"
+    user.wait_phase("bot", "Pending")
+    sim.start(namespace, "bot")  # the emulator refuses a pod whose account is missing: this one exists
+    binding = wait_for(lambda: sim.kube.get("RoleBinding", namespace, "bot-reporter"), what="the reporter's grant")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "ml-identity", "namespace": namespace}]
+    user.wait_phase("bot", "Running")
+    assert sim.kube.get("ServiceAccount", namespace, "bot-reporter") is None  # no pod would run as it
+
+    # The trainer reports with the token of the account its pod runs as.
+    reporter = StatusReporter(
+        "bot",
+        namespace,
+        interval_seconds=30,
+        api_client=kubernetes.client.ApiClient(emulator.client_configuration(f"sa:{namespace}:ml-identity")),
+    )
+    reporter.progress(ProgressReport(step=5, total_steps=10, epoch=0.5, eta_seconds=5, metrics={"loss": 1.0}))
+    reporter.close()
+    assert reporter.errors == 0
+    assert user.status("bot")["progress"]["step"] == 5
 
 
 def test_user_error_fails_at_once_with_the_termination_message(user, sim):

@@ -99,10 +99,10 @@ def test_every_pod_option_reaches_the_pod_template():
     assert pod["affinity"] == POD["affinity"]
     assert pod["serviceAccountName"] == "ml-identity"
     # The pods run as the chosen account, whose projected token is the one the reporter presents: the reporter's
-    # grant goes to it as well as to the job's own account.
+    # grant goes to it, and the job's own account, which no pod would run as, is not made.
     binding = builders.build_role_binding(FTJ, spec)
-    assert [s["name"] for s in binding["subjects"]] == ["bot-reporter", "ml-identity"]
-    assert {s["namespace"] for s in binding["subjects"]} == {"team-a"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "ml-identity", "namespace": "team-a"}]
+    assert "ServiceAccount" not in [o["kind"] for o in builders.build_support_objects(FTJ, spec)]
 
 
 def test_without_spec_pod_the_pod_is_as_before():
@@ -112,6 +112,7 @@ def test_without_spec_pod_the_pod_is_as_before():
     assert list(template["metadata"]["annotations"]) == ["kubetune.dev/spec"]  # the pod's own spec, nothing else
     assert template["spec"]["serviceAccountName"] == "bot-reporter"
     assert [s["name"] for s in builders.build_role_binding(FTJ, spec)["subjects"]] == ["bot-reporter"]
+    assert [o["kind"] for o in builders.build_prerequisites(FTJ, spec)] == ["ServiceAccount"]
     # The operator's own volumes are exactly those the API keeps spec.pod away from.
     [container] = template["spec"]["containers"]
     assert {m["name"]: m["mountPath"] for m in container["volumeMounts"]} == TRAINER_VOLUMES

@@ -1307,6 +1307,11 @@ class Spec(ApiModel):
         description="Delete the child objects this long after the job finishes (S3 output is kept); 0 = keep.",
     )
 
+    @property
+    def chosen_service_account(self) -> str:
+        """spec.pod.serviceAccountName; "" when the spec names none (the pods run as the job's own account)."""
+        return self.pod.service_account_name if self.pod is not None else ""
+
     def resolved(self) -> Spec:
         """A copy with the technique's and objective's own sections filled with their defaults."""
         sections = [*TECHNIQUES[self.technique].sections, OBJECTIVES[self.objective].section]

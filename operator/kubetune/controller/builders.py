@@ -382,24 +382,27 @@ def build_role(ftj: dict) -> dict:
 
 
 def pod_service_account(ftj: dict, spec: Spec) -> str:
-    """The training pods' ServiceAccount: spec.pod.serviceAccountName (a cloud identity, where the policy allows
-    it), else the job's own reporter account."""
-    chosen = spec.pod.service_account_name if spec.pod is not None else ""
-    return chosen or reporter_name(ftj["metadata"]["name"])
+    """The training pods' ServiceAccount: the one the spec chose (a cloud identity, where the policy allows it), else
+    the job's own reporter account."""
+    return spec.chosen_service_account or reporter_name(ftj["metadata"]["name"])
 
 
 def build_role_binding(ftj: dict, spec: Spec) -> dict:
-    """The reporter's grant, to the job's own account and, when the pods run as an account of the user's choosing,
-    to that one as well: a pod's projected token is always its own account's."""
+    """The reporter's grant, to the pods' account: the job's own, or the one the user chose (a pod's projected token
+    is always its own account's, so the job's own account would carry no token then, and is not made)."""
     name = ftj["metadata"]["name"]
-    namespace = ftj["metadata"]["namespace"]
-    accounts = dict.fromkeys([reporter_name(name), pod_service_account(ftj, spec)])
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding",
         "metadata": _meta(ftj, reporter_name(name)),
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": reporter_name(name)},
-        "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace} for account in accounts],
+        "subjects": [
+            {
+                "kind": "ServiceAccount",
+                "name": pod_service_account(ftj, spec),
+                "namespace": ftj["metadata"]["namespace"],
+            }
+        ],
     }
 
 
@@ -736,10 +739,10 @@ def build_job(
 
 
 def build_prerequisites(ftj: dict, spec: Spec, resume_from: str = "") -> list[dict]:
-    """What the Job's pods need before they are created: their ServiceAccount (admission refuses a pod
-    whose account is missing) and, for several nodes, the workers' Service; and the job's ConfigMap when there is a
-    resolved spec.resumeFrom to keep for later attempts."""
-    objects = [build_service_account(ftj)]
+    """What the Job's pods need before they are created: their ServiceAccount, unless they run as one the user chose
+    (admission refuses a pod whose account is missing) and, for several nodes, the workers' Service; and the job's
+    ConfigMap when there is a resolved spec.resumeFrom to keep for later attempts."""
+    objects = [] if spec.chosen_service_account else [build_service_account(ftj)]
     if resume_from:
         objects.append(build_configmap(ftj, resume_from))
     if spec.nodes > 1:
@@ -756,7 +759,9 @@ def build_reporter_grant(ftj: dict, spec: Spec) -> list[dict]:
 def build_support_objects(ftj: dict, spec: Spec) -> list[dict]:
     """Every object but the Job that the operator may make for a job, in creation order."""
     objects = build_prerequisites(ftj, spec)
-    return objects[:1] + [build_configmap(ftj)] + objects[1:] + build_reporter_grant(ftj, spec)
+    accounts = [obj for obj in objects if obj["kind"] == "ServiceAccount"]
+    others = [obj for obj in objects if obj["kind"] != "ServiceAccount"]
+    return accounts + [build_configmap(ftj)] + others + build_reporter_grant(ftj, spec)
 
 
 def initial_suspend(spec: Spec) -> bool:

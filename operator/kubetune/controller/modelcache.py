@@ -208,7 +208,7 @@ def sources(spec: Spec, settings: Settings) -> list[Source]:
                 allow_pickle=allow_pickle,
                 endpoint=(endpoint_for(spec, role) or "") if s3 else "",
                 region=(spec.output.region or "") if s3 else "",
-                service_account=(spec.pod.service_account_name or "") if spec.pod is not None else "",
+                service_account=spec.chosen_service_account,
             )
         )
 

@@ -232,7 +232,7 @@ def check(config: OperatorConfig, ftj: dict, spec: Spec) -> list[Violation]:
                     "this cluster does not let jobs use the pod's cloud identity: name a Secret in credentialsSecret",
                 )
             )
-    account = spec.pod.service_account_name if spec.pod is not None else ""
+    account = spec.chosen_service_account
     allowed = policy.allowed_service_accounts
     if account and ANY_SERVICE_ACCOUNT not in allowed and account not in allowed:
         found.append(
