@@ -63,6 +63,19 @@ SPEC = {
 }
 
 
+def job_spec(pod_service_account: str = "") -> dict:
+    """The users' spec; with `pod_service_account`, their pods run as that account of theirs (a cloud identity), and
+    the operator makes no per-job ServiceAccount: a call fewer per job."""
+    return SPEC | {"pod": {"serviceAccountName": pod_service_account}} if pod_service_account else SPEC
+
+
+def operator_settings(pod_service_account: str = "") -> dict[str, str]:
+    """KUBETUNE_* settings of every operator the bench starts: a policy that lets the pods run as that account."""
+    if not pod_service_account:
+        return {}
+    return {"KUBETUNE_POLICY": json.dumps({"allowedServiceAccounts": [pod_service_account]})}
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     if not ordered:
@@ -157,7 +170,9 @@ class FirstStatuses:
         return len(self.seen)
 
 
-def create_all(url: str, ca_file: str, targets: list[tuple[str, str]], clients: int) -> tuple[float, float]:
+def create_all(
+    url: str, ca_file: str, targets: list[tuple[str, str]], clients: int, pod_service_account: str = ""
+) -> tuple[float, float]:
     """The users: `clients` threads creating the FineTuneJobs with the official client; returns seconds
     of wall time and of CPU time.
 
@@ -182,9 +197,11 @@ def create_all(url: str, ca_file: str, targets: list[tuple[str, str]], clients: 
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "FineTuneJob",
             "metadata": {"name": name, "namespace": ns},
-            "spec": SPEC,
+            "spec": spec,
         }
         crd.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body)
+
+    spec = job_spec(pod_service_account)
 
     start, cpu = time.perf_counter(), time.process_time()
     with ThreadPoolExecutor(clients) as pool:
@@ -604,7 +621,7 @@ def restart_phase(
 
     since = emulator.call(lambda: len(emulator.server.calls))
     started = time.perf_counter()
-    fresh = start_operator(emulator, work, log_name="operator-restarted.log")
+    fresh = start_operator(emulator, work, operator_settings(args.pod_service_account), "operator-restarted.log")
     operators.append(fresh)
     wait_ready(emulator, fresh, 60, since)
     last_index, last_at = wait_settled(emulator, fresh, since, args.settle_quiet, args.timeout)
@@ -648,7 +665,8 @@ def history_phase(
 
     since = emulator.call(lambda: len(emulator.server.calls))
     started = time.perf_counter()
-    idle = start_operator(emulator, work, {"KUBETUNE_RESYNC_SECONDS": str(args.idle_resync)}, "operator-idle.log")
+    settings = operator_settings(args.pod_service_account) | {"KUBETUNE_RESYNC_SECONDS": str(args.idle_resync)}
+    idle = start_operator(emulator, work, settings, "operator-idle.log")
     operators.append(idle)
     wait_ready(emulator, idle, 60, since)
     # Quiet for less than a resync period, or the resync's own calls would keep it from ever settling.
@@ -704,9 +722,11 @@ def run(
     timeout: float,
     phases_args: argparse.Namespace | None = None,
     emulator_gc: str = "tuned",
+    pod_service_account: str = "",
 ) -> dict:
     """The burst; then, as `phases_args` asks (its restart and history flags), the restart and history phases.
-    `emulator_gc`: "tuned" (tune_emulator_gc) or "default" (Python's own settings)."""
+    `emulator_gc`: "tuned" (tune_emulator_gc) or "default" (Python's own settings). `pod_service_account`: the
+    users' pods run as that account of theirs (job_spec)."""
     import kubernetes
 
     from kubetune.testing.emulator import ADMIN_TOKEN
@@ -726,7 +746,9 @@ def run(
             targets = job_targets(jobs, namespaces)
             for ns in sorted({ns for ns, _ in targets}):
                 core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
-            proc = start_operator(emulator, Path(tmp))
+                if pod_service_account:  # the users' own account: the pods of the restart phase run as it
+                    core.create_namespaced_service_account(ns, {"metadata": {"name": pod_service_account}})
+            proc = start_operator(emulator, Path(tmp), operator_settings(pod_service_account))
             wait_ready(emulator, proc, 60)
             calls_before = len(emulator.calls("operator"))
             operator_cpu_before, emulator_cpu_before = cpu_seconds(proc.pid), cpu_seconds(os.getpid())
@@ -745,6 +767,8 @@ def run(
                     str(namespaces),
                     "--clients",
                     str(clients),
+                    "--pod-service-account",
+                    pod_service_account,
                 ],
                 capture_output=True,
                 text=True,
@@ -786,6 +810,7 @@ def run(
                 "jobs": jobs,
                 "namespaces": namespaces,
                 "client_threads": clients,
+                "pod_service_account": pod_service_account,
                 "created_all_s": users_result["seconds"],
                 "all_jobs_exist_s": total if not missing else float("nan"),
                 "missing": len(missing),
@@ -949,6 +974,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="S",
         help="KUBETUNE_RESYNC_SECONDS of the idle operator (default 10; 1 below 1,000 jobs)",
     )
+    parser.add_argument(
+        "--pod-service-account",
+        default="",
+        metavar="NAME",
+        help="the users' pods run as this ServiceAccount of theirs (spec.pod.serviceAccountName, which the operator's "
+        "policy allows): no per-job ServiceAccount, a call fewer per job",
+    )
     parser.add_argument("--create-in", metavar="URL", help=argparse.SUPPRESS)  # the users' process
     parser.add_argument("--states-in", metavar="URL", help=argparse.SUPPRESS)  # the Job controller's and kubelet's
     parser.add_argument("--step", choices=("restart", "finish"), help=argparse.SUPPRESS)  # what they write
@@ -956,7 +988,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.create_in:
         targets = job_targets(args.jobs, args.namespaces)
-        seconds, cpu_seconds = create_all(args.create_in, args.ca, targets, args.clients)
+        seconds, cpu_seconds = create_all(args.create_in, args.ca, targets, args.clients, args.pod_service_account)
         print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds}))
         return 0
     if args.states_in:
@@ -969,10 +1001,14 @@ def main(argv: list[str] | None = None) -> int:
     args.idle_resync = args.idle_resync if args.idle_resync is not None else (10 if full else 1)
     if args.idle_resync < 1:
         parser.error("--idle-resync must be at least 1 (KUBETUNE_RESYNC_SECONDS is whole seconds)")
-    result = run(args.jobs, args.namespaces, args.clients, args.timeout, args, args.emulator_gc)
+    result = run(
+        args.jobs, args.namespaces, args.clients, args.timeout, args, args.emulator_gc, args.pod_service_account
+    )
+    account = args.pod_service_account
+    running_as = f", their pods running as ServiceAccount {account}" if account else ""
     print(
         f"\nkubetune operator (default settings, own process) against the API emulator, "
-        f"{args.jobs} FineTuneJobs created by {args.clients} client threads\n"
+        f"{args.jobs} FineTuneJobs created by {args.clients} client threads{running_as}\n"
     )
     print(table(result))
     if "restart" in result:

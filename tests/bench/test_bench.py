@@ -123,6 +123,17 @@ def test_operator_scale_small(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_operator_scale_with_the_users_account_makes_no_per_job_account(tmp_path, capsys):
+    bench = load("operator_scale")
+    out = tmp_path / "op.json"
+    argv = ["--jobs", "10", "--namespaces", "2", "--no-restart", "--no-history", "--json", str(out)]
+    assert bench.main([*argv, "--pod-service-account", "ml-identity"]) == 0
+    assert "their pods running as ServiceAccount ml-identity" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert result["missing"] == 0 and result["job_creates"] == 10
+    assert "create serviceaccounts" not in result["calls_by_verb"], result["calls_by_verb"]
+
+
 def test_kube_clients_small(capsys):
     """Each installed client, the operator's and the bare floor among them, makes its calls against the emulator
     (a failed call fails the run) and gets a CPU figure per call."""
