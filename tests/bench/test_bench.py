@@ -122,7 +122,6 @@ def test_operator_scale_small(tmp_path, capsys):
     assert lists <= history["window_s"] / history["resync_s"] / 10 + 1, history["calls_per_min_by_verb"]
 
 
-@pytest.mark.slow
 def test_operator_scale_with_the_users_account_makes_no_per_job_account(tmp_path, capsys):
     bench = load("operator_scale")
     out = tmp_path / "op.json"
@@ -145,6 +144,7 @@ def test_kube_clients_small(capsys):
     assert all(ms > 0 for ms in per_call.values()), per_call
 
 
+@pytest.mark.slow
 def test_memory_plan_exact_parts_on_the_cpu(capsys):
     """The plan's weights, gradients and optimizer state equal what each rank holds, in ddp and in fsdp."""
     assert load("memory_plan").cpu(2) == 0
