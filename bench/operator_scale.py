@@ -190,6 +190,7 @@ def create_all(
     configuration.api_key = {"authorization": f"Bearer {ADMIN_TOKEN}"}
     configuration.connection_pool_maxsize = clients + 4
     crd = kubernetes.client.CustomObjectsApi(kubernetes.client.ApiClient(configuration))
+    spec = job_spec(pod_service_account)
 
     def create(target: tuple[str, str]) -> None:
         ns, name = target
@@ -200,8 +201,6 @@ def create_all(
             "spec": spec,
         }
         crd.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body)
-
-    spec = job_spec(pod_service_account)
 
     start, cpu = time.perf_counter(), time.process_time()
     with ThreadPoolExecutor(clients) as pool:

@@ -188,7 +188,7 @@ class WorkQueue:
             return  # the urgent lane may hold a stale entry: then deferring costs one hand-over, no more
         waiter = asyncio.get_running_loop().create_future()
         # Events are due after the status they tell of, which is now: behind every status deferred before them.
-        joined = time.monotonic() if behind_deferred else self._processing.get(key, time.monotonic())
+        joined = time.monotonic() if behind_deferred else self._processing[key]
         heapq.heappush(self._background, (joined, next(self._order), waiter))
         self._deferred += 1
         self._free += 1
