@@ -1000,6 +1000,13 @@ def main(argv: list[str] | None = None) -> int:
     args.idle_resync = args.idle_resync if args.idle_resync is not None else (10 if full else 1)
     if args.idle_resync < 1:
         parser.error("--idle-resync must be at least 1 (KUBETUNE_RESYNC_SECONDS is whole seconds)")
+    if args.pod_service_account:
+        from kubetune.api.k8s_validation import is_dns1123_subdomain
+
+        if problems := is_dns1123_subdomain(args.pod_service_account):
+            parser.error(
+                f"--pod-service-account: {args.pod_service_account!r} is not a ServiceAccount name: {problems[0]}"
+            )
     result = run(
         args.jobs, args.namespaces, args.clients, args.timeout, args, args.emulator_gc, args.pod_service_account
     )

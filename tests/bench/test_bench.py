@@ -133,6 +133,13 @@ def test_operator_scale_with_the_users_account_makes_no_per_job_account(tmp_path
     assert "create serviceaccounts" not in result["calls_by_verb"], result["calls_by_verb"]
 
 
+def test_operator_scale_refuses_an_account_name_kubernetes_would_refuse(capsys):
+    with pytest.raises(SystemExit) as exited:
+        load("operator_scale").main(["--jobs", "5", "--pod-service-account", "Bad_Name"])
+    assert exited.value.code == 2
+    assert "--pod-service-account: 'Bad_Name' is not a ServiceAccount name" in capsys.readouterr().err
+
+
 def test_kube_clients_small(capsys):
     """Each installed client, the operator's and the bare floor among them, makes its calls against the emulator
     (a failed call fails the run) and gets a CPU figure per call."""
