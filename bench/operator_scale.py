@@ -65,7 +65,7 @@ SPEC = {
 
 def job_spec(pod_service_account: str = "") -> dict:
     """The users' spec; with `pod_service_account`, their pods run as that account of theirs (a cloud identity), and
-    the operator makes no per-job ServiceAccount: a call fewer per job."""
+    the reporter's grant goes to it: no per-job ServiceAccount or token Secret once the pods exist."""
     return SPEC | {"pod": {"serviceAccountName": pod_service_account}} if pod_service_account else SPEC
 
 
@@ -978,7 +978,7 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         metavar="NAME",
         help="the users' pods run as this ServiceAccount of theirs (spec.pod.serviceAccountName, which the operator's "
-        "policy allows): no per-job ServiceAccount, a call fewer per job",
+        "policy allows): no per-job ServiceAccount or token Secret when their pods run",
     )
     parser.add_argument("--create-in", metavar="URL", help=argparse.SUPPRESS)  # the users' process
     parser.add_argument("--states-in", metavar="URL", help=argparse.SUPPRESS)  # the Job controller's and kubelet's

@@ -125,7 +125,8 @@ def created_children() -> list[dict]:
 
 def test_every_child_blocks_its_owners_deletion():
     children = created_children()
-    assert {c["kind"] for c in children} == {"ServiceAccount", "ConfigMap", "Service", "Role", "RoleBinding", "Job"}
+    kinds = {c["kind"] for c in children}
+    assert kinds == {"ServiceAccount", "Secret", "ConfigMap", "Service", "Role", "RoleBinding", "Job"}
     for child in children:
         (ref,) = child["metadata"]["ownerReferences"]
         assert ref["blockOwnerDeletion"] is True and ref["kind"] == "FineTuneJob"

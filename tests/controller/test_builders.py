@@ -44,7 +44,8 @@ def test_single_node_job_is_exactly_what_the_trainer_needs():
     ]
     pod = js["template"]["spec"]
     assert pod["restartPolicy"] == "Never"
-    assert pod["automountServiceAccountToken"] is False and pod["serviceAccountName"] == "bot-reporter"
+    # The namespace's `default` account, with no token of it: the Job is the first object a new job needs.
+    assert pod["automountServiceAccountToken"] is False and pod["serviceAccountName"] == "default"
     assert pod["terminationGracePeriodSeconds"] > CONFIG.grace_seconds
     assert pod["nodeSelector"] == {"pool": "gpu"}
     assert pod["tolerations"] == [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]
@@ -93,8 +94,10 @@ def test_single_node_job_is_exactly_what_the_trainer_needs():
     assert "kubetune.dev/spec" in job["spec"]["template"]["metadata"]["annotations"]
     assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "32Gi"}  # half of memory
     assert "emptyDir" in volumes["scratch"]
-    token = volumes["reporter-token"]["projected"]["sources"][0]["serviceAccountToken"]
-    assert token["path"] == "token" and mounts["reporter-token"]["readOnly"] is True
+    # The reporter's token from its Secret, made with its grant once the pods exist (optional: the pod starts first).
+    token = volumes["reporter-token"]["projected"]["sources"][0]["secret"]
+    assert token == {"name": "bot-reporter-u-1", "items": [{"key": "token", "path": "token"}], "optional": True}
+    assert mounts["reporter-token"]["readOnly"] is True
 
 
 def test_multi_node_job_is_indexed_with_torchrun_rendezvous_and_a_headless_service():
@@ -120,7 +123,7 @@ def test_multi_node_job_is_indexed_with_torchrun_rendezvous_and_a_headless_servi
     assert service["metadata"]["name"] == "bot-workers" and service["spec"]["clusterIP"] == "None"
     assert service["spec"]["publishNotReadyAddresses"] is True
     kinds = [o["kind"] for o in builders.build_support_objects(FTJ, spec)]
-    assert kinds == ["ServiceAccount", "ConfigMap", "Service", "Role", "RoleBinding"]
+    assert kinds == ["ConfigMap", "Service", "ServiceAccount", "Secret", "Role", "RoleBinding"]
 
 
 def test_the_pods_spec_annotation_holds_the_resolved_spec_and_no_secret_values():
@@ -136,7 +139,7 @@ def test_the_pods_spec_annotation_holds_the_resolved_spec_and_no_secret_values()
 
 def test_the_job_configmap_is_a_record_only_made_for_a_resolved_resume_source():
     spec = _spec(technique="lora")
-    assert [o["kind"] for o in builders.build_prerequisites(FTJ, spec)] == ["ServiceAccount"]
+    assert builders.build_prerequisites(FTJ, spec) == []
     made = builders.build_prerequisites(FTJ, spec, resume_from="s3://out/root/team-a/base/u-0/")
     record = next(o for o in made if o["kind"] == "ConfigMap")
     assert record["metadata"]["annotations"] == {"kubetune.dev/resume-from": "s3://out/root/team-a/base/u-0/"}
@@ -155,6 +158,19 @@ def test_reporter_role_can_only_get_and_patch_its_own_status():
     ]
     binding = builders.build_role_binding(FTJ, _spec())
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "bot-reporter", "namespace": "team-a"}]
+
+
+def test_the_reporters_token_comes_from_a_secret_of_its_account_made_after_the_account():
+    grant = builders.build_reporter_grant(FTJ, _spec())
+    assert [o["kind"] for o in grant] == ["ServiceAccount", "Secret", "Role", "RoleBinding"]
+    account, secret = grant[0], grant[1]
+    assert account["metadata"]["name"] == "bot-reporter" and account["automountServiceAccountToken"] is False
+    # The token controller fills this Secret with a token of the account it names (and deletes it when the account is
+    # missing, hence the order); the name carries the job's uid, as the operator may not read a Secret to check it.
+    assert secret["type"] == "kubernetes.io/service-account-token"
+    assert secret["metadata"]["annotations"] == {"kubernetes.io/service-account.name": "bot-reporter"}
+    assert secret["metadata"]["name"] == "bot-reporter-u-1" and "data" not in secret
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == "u-1"
 
 
 def test_spec_without_output_uri_and_no_operator_default_is_invalid():

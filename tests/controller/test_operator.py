@@ -3,6 +3,8 @@ the kubelet and Kueue (harness.ClusterSim) and the user (the official client).""
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import dataclasses
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,8 +14,9 @@ import pytest
 
 from kubetune.api.constants import GROUP, PLURAL, VERSION
 from kubetune.controller.policy import Policy
+from kubetune.controller.reconciler import Reconciler
 from kubetune.testing.emulator import Fault
-from kubetune.testing.harness import OperatorThread, wait_for
+from kubetune.testing.harness import ClusterSim, OperatorThread, wait_for
 from kubetune_trainer.reporting import CheckpointReport, OutputReport, ProgressReport
 from kubetune_trainer.status_reporter import StatusReporter
 from tests.controller.conftest import SETTINGS
@@ -81,6 +84,18 @@ def user(admin, namespace, operator):
     return User(admin, namespace)
 
 
+def reporter_token(sim: ClusterSim, job: dict) -> str:
+    """The token a pod of `job` finds in its reporter-token volume, once the token controller has filled the Secret."""
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    [source] = [s["secret"] for s in volumes["reporter-token"]["projected"]["sources"] if "secret" in s]
+    namespace = job["metadata"]["namespace"]
+    token = wait_for(
+        lambda: ((sim.kube.get("Secret", namespace, source["name"]) or {}).get("data") or {}).get("token"),
+        what="the reporter's token",
+    )
+    return base64.b64decode(token).decode()
+
+
 def test_valid_job_gets_its_children_and_runs_to_success_with_progress_from_the_reporter(user, sim, emulator):
     user.apply("bot")
     ns = user.ns
@@ -89,25 +104,27 @@ def test_valid_job_gets_its_children_and_runs_to_success_with_progress_from_the_
     env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
     uid = user.get("bot")["metadata"]["uid"]
     assert env["KUBETUNE_OUTPUT_URI"] == f"s3://kubetune-out/runs/{ns}/bot/{uid}/"
-    account = sim.kube.get("ServiceAccount", ns, "bot-reporter")
-    assert account is not None and account["metadata"]["ownerReferences"][0]["uid"] == uid
     assert sim.kube.get("Service", ns, "bot-workers") is None  # single node: no rendezvous Service
     assert sim.kube.get("ConfigMap", ns, "bot-spec") is None  # the pod carries its spec: no ConfigMap to start
     status = user.wait_phase("bot", "Pending")
     assert status["jobName"] == "bot" and status["observedGeneration"] == 1
-    # The reporter's grant follows the pods: nothing to grant while none runs.
-    assert sim.kube.get("Role", ns, "bot-reporter") is None and sim.kube.get("RoleBinding", ns, "bot-reporter") is None
+    # The reporter's identity and grant follow the pods: nothing while none runs. The pods run as the namespace's
+    # `default` account (the emulator, as the API server, refuses a pod whose account is missing).
+    assert job["spec"]["template"]["spec"]["serviceAccountName"] == "default"
+    for kind in ("ServiceAccount", "Role", "RoleBinding"):
+        assert sim.kube.get(kind, ns, "bot-reporter") is None, kind
 
     sim.start(ns, "bot")
-    for kind in ("Role", "RoleBinding"):
+    for kind in ("ServiceAccount", "Role", "RoleBinding"):
         child = wait_for(lambda kind=kind: sim.kube.get(kind, ns, "bot-reporter"), what=f"the reporter's {kind}")
         assert child["metadata"]["ownerReferences"][0]["uid"] == uid
     status = user.wait_phase("bot", "Running")
     assert status["attempts"] == 1 and status["startTime"]
     assert user.condition("bot", "Running")["status"] == "True"
 
-    # The trainer's reporter, with the pod's identity (the per-job ServiceAccount and Role).
-    reporter_client = kubernetes.client.ApiClient(emulator.client_configuration(f"sa:{ns}:bot-reporter"))
+    # The trainer's reporter, with the token the pod's reporter-token volume carries: the one the cluster's token
+    # controller put in the job's Secret.
+    reporter_client = kubernetes.client.ApiClient(emulator.client_configuration(reporter_token(sim, job)))
     reporter = StatusReporter("bot", ns, interval_seconds=30, api_client=reporter_client)
     for step in range(1, 51):
         reporter.progress(
@@ -184,6 +201,38 @@ def test_valid_job_gets_its_children_and_runs_to_success_with_progress_from_the_
     assert not [k for k in meta.get("annotations") or {} if "kubetune.dev" in k or "kopf" in k], meta["annotations"]
     assert not meta.get("finalizers")
     assert not [c for c in emulator.calls("operator") if c.verb == "patch" and c.resource == "finetunejobs"]
+
+
+def test_the_reporters_token_holds_while_its_secret_and_account_exist(user, sim, emulator):
+    """The token controller's token in the job's Secret is the reporter's identity while both exist (kube-apiserver
+    checks a Secret-held token against the Secret and the account at each request): deleting the Secret revokes it,
+    and deleting the account (as ttlSecondsAfterFinished does) takes the Secret with it."""
+    ns = user.ns
+    user.apply("brief")
+    job = wait_for(lambda: sim.kube.get("Job", ns, "brief"), what="the Job")
+    sim.start(ns, "brief")
+    token = reporter_token(sim, job)
+    api = kubernetes.client.CustomObjectsApi(kubernetes.client.ApiClient(emulator.client_configuration(token)))
+    assert api.get_namespaced_custom_object_status(GROUP, VERSION, ns, PLURAL, "brief")["metadata"]["name"] == "brief"
+    [secret] = [s for s in user.core.list_namespaced_secret(ns).items if s.metadata.name.startswith("brief-")]
+    user.core.delete_namespaced_secret(secret.metadata.name, ns)
+    with pytest.raises(kubernetes.client.ApiException) as refused:
+        api.get_namespaced_custom_object_status(GROUP, VERSION, ns, PLURAL, "brief")
+    assert refused.value.status == 401
+
+    user.apply("brief-too")
+    job = wait_for(lambda: sim.kube.get("Job", ns, "brief-too"), what="the Job")
+    sim.start(ns, "brief-too")
+    token = reporter_token(sim, job)
+    user.core.delete_namespaced_service_account("brief-too-reporter", ns)
+    wait_for(
+        lambda: not [s for s in user.core.list_namespaced_secret(ns).items if s.metadata.name.startswith("brief-too-")],
+        what="the token Secret to go with its account",
+    )
+    api = kubernetes.client.CustomObjectsApi(kubernetes.client.ApiClient(emulator.client_configuration(token)))
+    with pytest.raises(kubernetes.client.ApiException) as refused:
+        api.get_namespaced_custom_object_status(GROUP, VERSION, ns, PLURAL, "brief-too")
+    assert refused.value.status == 401
 
 
 @pytest.fixture
@@ -431,9 +480,24 @@ def job_creates(emulator, namespace: str) -> list:
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_many_jobs_reconcile_concurrently_a_bounded_number_at_a_time(user, sim, emulator, operator):
+def test_many_jobs_reconcile_concurrently_a_bounded_number_at_a_time(user, sim, emulator, operator, monkeypatch):
     """200 FineTuneJobs waiting when the operator starts: each gets one Job and its status, several passes run at
-    once, and never more than concurrent_reconciles (a pass holds its slot from its first create to its Job's)."""
+    once, and never more than concurrent_reconciles. Counted where a pass holds its slot: from reaching its
+    namespace's lock (creating a Job is one step with counting the namespace's running ones) to creating its Job."""
+    at_lock, most = [0], [0]  # counted on the operator's loop (one thread: no lock needed)
+    namespace_lock = Reconciler._namespace_lock
+
+    @contextlib.asynccontextmanager
+    async def counted(self, namespace):
+        at_lock[0] += 1
+        most[0] = max(most[0], at_lock[0])
+        try:
+            async with namespace_lock(self, namespace):
+                yield
+        finally:
+            at_lock[0] -= 1
+
+    monkeypatch.setattr(Reconciler, "_namespace_lock", counted)
     operator.stop()
     try:
         with ThreadPoolExecutor(8) as pool:
@@ -451,21 +515,7 @@ def test_many_jobs_reconcile_concurrently_a_bounded_number_at_a_time(user, sim, 
 
     wait_for(lambda: len(pending()) == 200, timeout=60, what="200 FineTuneJobs Pending")
     assert len(job_creates(emulator, user.ns)) == 200
-    stored = emulator.call(
-        lambda: [
-            (c.key[1], c.obj["metadata"]["name"])
-            for c in emulator.server.history
-            if c.kind == "ADDED" and c.obj["metadata"].get("namespace") == user.ns
-        ]
-    )
-    holding, most = set(), 0
-    for plural, name in stored:  # a pass creates <name>-reporter (ServiceAccount), <name>-spec, then Job <name>
-        if plural == "serviceaccounts":
-            holding.add(name.removesuffix("-reporter"))
-        elif plural == "jobs":
-            holding.discard(name)
-        most = max(most, len(holding))
-    assert 1 < most <= operator.settings.concurrent_reconciles, most
+    assert 1 < most[0] <= operator.settings.concurrent_reconciles, most[0]
 
 
 def test_a_stale_watched_copy_never_replays_what_the_operator_already_did(user, sim, emulator, operator):

@@ -99,10 +99,13 @@ def test_every_pod_option_reaches_the_pod_template():
     assert pod["affinity"] == POD["affinity"]
     assert pod["serviceAccountName"] == "ml-identity"
     # The pods run as the chosen account, whose projected token is the one the reporter presents: the reporter's
-    # grant goes to it, and the job's own account, which no pod would run as, is not made.
+    # grant goes to it, and the job's own account and its token Secret are not made.
     binding = builders.build_role_binding(FTJ, spec)
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "ml-identity", "namespace": "team-a"}]
-    assert "ServiceAccount" not in [o["kind"] for o in builders.build_support_objects(FTJ, spec)]
+    kinds = [o["kind"] for o in builders.build_support_objects(FTJ, spec)]
+    assert "ServiceAccount" not in kinds and "Secret" not in kinds
+    token = {v["name"]: v for v in pod["volumes"]}["reporter-token"]["projected"]["sources"][0]
+    assert token["serviceAccountToken"]["path"] == "token"
 
 
 def test_without_spec_pod_the_pod_is_as_before():
@@ -110,9 +113,9 @@ def test_without_spec_pod_the_pod_is_as_before():
     template = _job(spec)["spec"]["template"]
     assert "imagePullSecrets" not in template["spec"] and "affinity" not in template["spec"]
     assert list(template["metadata"]["annotations"]) == ["kubetune.dev/spec"]  # the pod's own spec, nothing else
-    assert template["spec"]["serviceAccountName"] == "bot-reporter"
+    assert template["spec"]["serviceAccountName"] == "default"
     assert [s["name"] for s in builders.build_role_binding(FTJ, spec)["subjects"]] == ["bot-reporter"]
-    assert [o["kind"] for o in builders.build_prerequisites(FTJ, spec)] == ["ServiceAccount"]
+    assert builders.build_prerequisites(FTJ, spec) == []
     # The operator's own volumes are exactly those the API keeps spec.pod away from.
     [container] = template["spec"]["containers"]
     assert {m["name"]: m["mountPath"] for m in container["volumeMounts"]} == TRAINER_VOLUMES

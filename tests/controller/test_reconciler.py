@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 
 import pytest
 from kubernetes.client import ApiException
 
-from kubetune.controller import status
+from kubetune.api.validation import parse_spec
+from kubetune.controller import builders, status
 from kubetune.controller.config import OperatorConfig
 from kubetune.controller.queue import ItemExponentialBackoff
 from kubetune.controller.reconciler import RETRY_MAX_SECONDS, RETRY_SECONDS, TRANSIENT_RETRY_MAX_SECONDS, Reconciler
@@ -207,7 +209,7 @@ def test_a_burst_gets_every_job_created_before_the_work_that_can_wait_and_its_ev
     assert all(i > last_status for i, (kind, _) in enumerate(calls) if kind == "Event"), calls
     for name in (f"job-{i}" for i in range(6)):  # and each job still gets everything, in a valid order
         mine = [kind for kind, n in calls if n in (name, f"{name}-spec", f"{name}-reporter")]
-        assert mine == ["ServiceAccount", "Job", *after_job], mine  # the grant follows the pods
+        assert mine == ["Job", *after_job], mine  # the reporter's account and grant follow the pods
 
 
 def test_a_pass_s_events_keep_their_order_and_are_posted_even_when_the_pass_fails_after_its_status():
@@ -531,3 +533,50 @@ def test_a_failure_of_the_api_server_is_retried_within_20_s_one_of_the_job_backs
             await reconciler.stop()
 
     assert max(asyncio.run(scenario())) == cap
+
+
+class TokenSecretTaken(RecordingKube):
+    """Answers the reporter's token Secret's create with 409 and `reason`; records every GET."""
+
+    def __init__(self, reason: str):
+        super().__init__()
+        self.reason = reason
+        self.gets = []
+
+    async def create(self, obj, read=True):
+        if obj["kind"] != "Secret":
+            return await super().create(obj, read)
+        await asyncio.sleep(0)
+        self.calls.append(("Secret", obj["metadata"]["name"]))
+        err = ApiException(status=409, reason=self.reason)
+        err.body = json.dumps({"kind": "Status", "code": 409, "reason": self.reason, "message": "taken"})
+        raise err
+
+    async def get(self, kind, namespace, name):
+        self.gets.append(kind)
+        return None
+
+
+@pytest.mark.parametrize("reason", ["AlreadyExists", "Conflict"])
+def test_the_reporters_token_secret_is_never_read_and_counts_as_made_only_when_it_exists(reason):
+    """The operator may not read Secrets: a 409 AlreadyExists to the token Secret's create is this job's (its name
+    carries the job's uid), and the grant goes on; any other 409 fails the pass, to be tried again."""
+    ftj = new_finetunejob("bot")
+    spec = builders.resolve_written(parse_spec(ftj["spec"], name="bot"), CONFIG)
+
+    async def scenario():
+        kube = TokenSecretTaken(reason)
+        reconciler = Reconciler(kube, CONFIG)
+        try:
+            await reconciler._grant_reporter(ftj, spec)
+            return kube, None
+        except ApiException as err:
+            return kube, err
+
+    kube, err = asyncio.run(scenario())
+    assert "Secret" not in kube.gets
+    made = [kind for kind, _ in kube.calls]
+    if reason == "AlreadyExists":
+        assert err is None and made == ["ServiceAccount", "Secret", "Role", "RoleBinding"]
+    else:
+        assert err is not None and err.status == 409 and made == ["ServiceAccount", "Secret"]

@@ -35,10 +35,14 @@ def creates(emulator, namespace: str, resource: str) -> int:
 
 
 def test_a_users_object_with_a_childs_name_is_reported_not_adopted(user, sim, emulator, operator_log):
+    """The reporter's account is made with its grant, once the pods exist: a user's account of its name fails the
+    job then, and its Job is stopped (a Failed job runs nothing)."""
     user.core.create_namespaced_service_account(
         user.ns, {"metadata": {"name": "clash-reporter", "labels": {"mine": "yes"}}}
     )
     user.apply("clash")
+    wait_for(lambda: sim.kube.get("Job", user.ns, "clash"), what="the Job")
+    sim.start(user.ns, "clash")
     status = user.wait_phase("clash", "Failed")
     failed = user.condition("clash", "Failed")
     assert (
@@ -51,9 +55,10 @@ def test_a_users_object_with_a_childs_name_is_reported_not_adopted(user, sim, em
     wait_for(lambda: ("Warning", "ChildRejected") in user.events("clash"), what="the Warning Event")
     mine = user.core.read_namespaced_service_account("clash-reporter", user.ns)
     assert mine.metadata.labels == {"mine": "yes"} and not mine.metadata.owner_references  # untouched, not adopted
-    assert sim.kube.get("Job", user.ns, "clash") is None
+    wait_for(lambda: sim.kube.get("Job", user.ns, "clash") is None, what="the Job to be deleted")
     time.sleep(2.2)  # two resyncs: nothing is tried again
-    assert creates(emulator, user.ns, "serviceaccounts") == 1 and creates(emulator, user.ns, "jobs") == 0
+    assert creates(emulator, user.ns, "serviceaccounts") == 1 and creates(emulator, user.ns, "jobs") == 1
+    assert creates(emulator, user.ns, "secrets") == 0  # the token Secret comes after the account
     assert user.events("clash").count(("Warning", "ChildRejected")) == 1
     assert ("WARNING", "ChildRejected") in [
         (level, reason) for level, reason, _ in operator_log.lines(user.ns, "clash")
@@ -206,10 +211,13 @@ def test_a_child_left_by_an_earlier_job_of_the_same_name_is_waited_for_not_rejec
         what="the leftover being deleted",
     )
     user.apply("again")
+    wait_for(lambda: sim.kube.get("Job", user.ns, "again"), what="the Job")
+    sim.start(user.ns, "again")  # the reporter's account is made once the pods exist
     time.sleep(1.5)
-    assert user.status("again").get("phase") is None  # waiting, not failed
+    assert user.status("again").get("phase") == "Pending"  # waiting, not failed
+    assert sim.kube.get("RoleBinding", user.ns, "again-reporter") is None
     sim.kube.patch("ServiceAccount", user.ns, "again-reporter", {"metadata": {"finalizers": None}})
-    status = user.wait_phase("again", "Pending", timeout=30)  # the next retry (5 s backoff) creates its own
+    status = user.wait_phase("again", "Running", timeout=30)  # the next retry (5 s backoff) creates its own
     assert status["jobName"] == "again"
     own = sim.kube.get("ServiceAccount", user.ns, "again-reporter")
     assert own["metadata"]["ownerReferences"][0]["uid"] == user.get("again")["metadata"]["uid"]

@@ -138,3 +138,50 @@ def test_a_trainer_that_closes_before_its_grant_exists_keeps_its_last_report(mon
     reporter.progress(ProgressReport(step=4, total_steps=4, epoch=1.0))
     reporter.close()
     assert sent == [] and reporter._grant_waits == 0
+
+
+def test_a_trainer_that_closes_before_its_token_is_written_keeps_its_last_report(
+    admin, namespace, sim, emulator, operator, tmp_path, monkeypatch
+):
+    """The reporter's token comes from a Secret the operator makes once it sees the pods, and the kubelet writes it
+    into a running pod at its next sync: until then the in-cluster client has no token file. A trainer closing then
+    tries its last report again for a while, and it lands once the file is there (as in a pod: no client given)."""
+    import threading
+    from pathlib import Path
+
+    from kubernetes.config import incluster_config
+
+    from kubetune_trainer import status_reporter
+    from tests.controller.test_operator import User, reporter_token
+
+    monkeypatch.setattr(status_reporter, "GRANT_WAIT_SECONDS", 0.2)
+    volume = tmp_path / "serviceaccount"  # the pod's reporter-token volume, as the kubelet has written it so far
+    volume.mkdir()
+    (volume / "ca.crt").write_text(Path(emulator.ca_file).read_text())
+    (volume / "namespace").write_text(namespace)
+    monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(volume / "token"))
+    monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(volume / "ca.crt"))
+    host, port = emulator.url.removeprefix("https://").rsplit(":", 1)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", host)
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", port)
+
+    user = User(admin, namespace)
+    user.apply("late")
+    job = wait_for(lambda: sim.kube.get("Job", namespace, "late"), what="the Job")
+    sim.start(namespace, "late")
+    token = reporter_token(sim, job)
+    wait_for(lambda: sim.kube.get("RoleBinding", namespace, "late-reporter"), what="the reporter's grant")
+
+    reporter = StatusReporter("late", namespace, interval_seconds=3600)
+    reporter.progress(ProgressReport(step=4, total_steps=4, epoch=1.0))
+    wait_for(lambda: reporter.errors == 1, what="the first report, which found no token")
+    closing = threading.Thread(target=reporter.close)
+    closing.start()
+    wait_for(lambda: reporter._grant_waits >= 1, what="the closing reporter waiting for its token")
+    (volume / "token").write_text(token)  # the kubelet's next sync of the pod
+    closing.join(15)
+    assert not closing.is_alive()
+    assert reporter.patches_sent == 1
+    assert user.status("late")["progress"]["step"] == 4
+    patches = [c for c in emulator.calls(f"sa:{namespace}:late-reporter") if c.verb == "patch"]
+    assert len(patches) == 1

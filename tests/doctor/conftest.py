@@ -141,8 +141,11 @@ class World:
         """The chart's own operator Deployment for `values`, running (or not) as its status says."""
         from tests.charts.test_chart import by_kind, render
 
-        (deployment,) = by_kind(render(values), "Deployment")
+        docs = render(values)
+        (deployment,) = by_kind(docs, "Deployment")
         self.namespace(OPERATOR_NAMESPACE)
+        for account in by_kind(docs, "ServiceAccount"):  # the operator's pod runs as it (admission wants it there)
+            self.create(f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/serviceaccounts", account)
         path = f"/apis/apps/v1/namespaces/{OPERATOR_NAMESPACE}/deployments"
         created = self.create(path, deployment)
         self.kube.request(

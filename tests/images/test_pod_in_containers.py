@@ -107,6 +107,12 @@ def cluster_view(api, admin) -> Cluster:
     )
 
 
+def reporter_token_secret(job: dict) -> str:
+    """The Secret whose token the pod's reporter-token volume carries."""
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    return next(s["secret"]["name"] for s in volumes["reporter-token"]["projected"]["sources"] if "secret" in s)
+
+
 def upload_model_and_data(s3_url: str) -> None:
     import boto3
 
@@ -211,6 +217,14 @@ def test_the_charts_operator_and_the_pod_it_builds_run_in_the_images(images, api
             job = wait_for(lambda: sim.kube.get("Job", NAMESPACE, JOB), 60, "the Job the operator creates")
             assert job["spec"]["template"]["spec"]["containers"][0]["image"] == images.trainer
             pod = sim.start(NAMESPACE, JOB)[0]
+            # The reporter's token comes with its grant, once the operator sees the pod. A kubelet writes it into the
+            # running pod at its next sync; this one writes volumes once, so the container starts after it.
+            token_secret = reporter_token_secret(job)
+            wait_for(
+                lambda: ((sim.kube.get("Secret", NAMESPACE, token_secret) or {}).get("data") or {}).get("token"),
+                60,
+                "the reporter's token",
+            )
 
             trainer_dir = tmp_path / "trainer"
             trainer_dir.mkdir()
@@ -251,11 +265,7 @@ def test_the_charts_operator_and_the_pod_it_builds_run_in_the_images(images, api
         ).list_objects_v2(Bucket=bucket, Prefix=prefix)
         names = {item["Key"].rsplit("/", 1)[-1] for item in listing.get("Contents", [])}
         assert {"adapter_config.json", "adapter_model.safetensors"} <= names, names
-        reporter_calls = [
-            c
-            for c in api.calls()
-            if c.user == f"sa:{NAMESPACE}:{job['spec']['template']['spec']['serviceAccountName']}"
-        ]
+        reporter_calls = [c for c in api.calls() if c.user == f"sa:{NAMESPACE}:{JOB}-reporter"]
         assert reporter_calls and all(c.resource == "finetunejobs/status" and c.name == JOB for c in reporter_calls)
     finally:
         logs = engine.cli("logs", "kubetune-test-operator", check=False)

@@ -45,3 +45,100 @@ def test_a_body_that_is_not_json_is_answered_400_as_the_api_server_does():
         assert json.loads(answer.value.read())["reason"] == "BadRequest"
     finally:
         emulator.stop()
+
+
+@pytest.fixture(scope="module")
+def core():
+    import kubernetes
+
+    emulator = Emulator().start()
+    try:
+        with kubernetes.client.ApiClient(emulator.client_configuration(ADMIN_TOKEN)) as client:
+            yield emulator, kubernetes.client.CoreV1Api(client)
+    finally:
+        emulator.stop()
+
+
+def _pod(name: str, account: str | None = None) -> dict:
+    spec = {"containers": [{"name": "c", "image": "busybox"}]}
+    return {"metadata": {"name": name}, "spec": spec | ({"serviceAccountName": account} if account else {})}
+
+
+def test_every_namespace_has_a_default_account_and_a_pod_needs_its_account(core):
+    """kube-controller-manager's serviceaccounts controller and the ServiceAccount admission plugin, as ported."""
+    import kubernetes
+
+    emulator, api = core
+    api.create_namespace({"metadata": {"name": "accounts"}})
+    assert api.read_namespaced_service_account("default", "accounts").metadata.name == "default"
+    made = api.create_namespaced_pod("accounts", _pod("plain"))
+    assert made.spec.service_account_name == "default"  # a pod without an account gets `default`
+    with pytest.raises(kubernetes.client.ApiException) as refused:
+        api.create_namespaced_pod("accounts", _pod("lost", "missing"))
+    assert refused.value.status == 403
+    message = json.loads(refused.value.body)["message"]
+    assert message == (
+        'pods "lost" is forbidden: error looking up service account accounts/missing: '
+        'serviceaccount "missing" not found'
+    )
+    api.create_namespaced_service_account("accounts", {"metadata": {"name": "missing"}})
+    assert api.create_namespaced_pod("accounts", _pod("found", "missing")).spec.service_account_name == "missing"
+
+
+def test_a_token_secret_gets_a_token_of_its_account_valid_while_both_exist(core):
+    """The token controller fills a kubernetes.io/service-account-token Secret, deletes one whose account is missing
+    or goes; kube-apiserver takes its token as the account while the Secret and the account are there."""
+    import base64
+
+    import kubernetes
+
+    emulator, api = core
+    api.create_namespace({"metadata": {"name": "tokens"}})
+
+    def token_secret(name: str, account: str) -> dict:
+        annotations = {"kubernetes.io/service-account.name": account}
+        return {"metadata": {"name": name, "annotations": annotations}, "type": "kubernetes.io/service-account-token"}
+
+    def secret_or_none(name: str):
+        try:
+            return api.read_namespaced_secret(name, "tokens")
+        except kubernetes.client.ApiException as err:
+            assert err.status == 404
+            return None
+
+    def wait(predicate, what: str):
+        deadline = time.monotonic() + 10
+        while not (value := predicate()):
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.02)
+        return value
+
+    api.create_namespaced_secret("tokens", token_secret("orphan", "nobody"))
+    wait(lambda: secret_or_none("orphan") is None, "the Secret of a missing account to be deleted")
+
+    account = api.create_namespaced_service_account("tokens", {"metadata": {"name": "reporter"}})
+    api.create_namespaced_secret("tokens", token_secret("reporter-token", "reporter"))
+    secret = wait(lambda: (s := secret_or_none("reporter-token")) and s.data and s.data.get("token") and s, "a token")
+    assert secret.metadata.annotations["kubernetes.io/service-account.uid"] == account.metadata.uid
+    assert base64.b64decode(secret.data["namespace"]).decode() == "tokens"
+    assert base64.b64decode(secret.data["ca.crt"]).decode() == open(emulator.ca_file).read()
+    token = base64.b64decode(secret.data["token"]).decode()
+
+    def whoami() -> int:
+        with kubernetes.client.ApiClient(emulator.client_configuration(token)) as client:
+            try:
+                kubernetes.client.CoreV1Api(client).list_namespaced_pod("tokens")
+            except kubernetes.client.ApiException as err:
+                return err.status
+        return 200
+
+    assert whoami() == 403  # authenticated as the account, which nothing grants
+    assert [c.user for c in emulator.calls() if c.namespace == "tokens" and c.resource == "pods"] == [
+        "sa:tokens:reporter"
+    ]
+    api.delete_namespaced_service_account("reporter", "tokens")
+    wait(lambda: secret_or_none("reporter-token") is None, "the token Secret to go with its account")
+    assert whoami() == 401
+    # A namesake account made again does not bring the token back.
+    api.create_namespaced_service_account("tokens", {"metadata": {"name": "reporter"}})
+    assert whoami() == 401

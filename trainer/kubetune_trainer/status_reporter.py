@@ -195,6 +195,8 @@ class StatusReporter:
             from kubernetes import client, config
 
             if self._api_client is None:
+                # Raises ConfigException while the token file is missing or empty (the reporter's token comes with
+                # its grant, after the pod started): the report is kept and the loading tried again with the next.
                 config.load_incluster_config()
                 self._api_client = client.ApiClient()
             self._api = client.CustomObjectsApi(self._api_client)
@@ -223,10 +225,13 @@ class StatusReporter:
         log.warning("status patch for %s/%s refused (%s); this report is dropped", self.namespace, self.name, refusal)
 
     def _grant_may_follow(self, err: Exception) -> bool:
-        """A refusal (403) before any report got through, while closing: the operator makes the reporter's Role once it
-        sees the job's pods, so a trainer that finished within moments of starting may close before it exists. Its
-        last report is tried again for a while rather than lost."""
-        if getattr(err, "status", None) != 403 or self.patches_sent or self._grant_waits >= GRANT_WAITS:
+        """A refusal (403), or no token yet, before any report got through, while closing: the operator makes the
+        reporter's token Secret and Role once it sees the job's pods (and the kubelet writes the token file once the
+        Secret is there), so a trainer that finished within moments of starting may close before they exist. Its last
+        report is tried again for a while rather than lost."""
+        if self.patches_sent or self._grant_waits >= GRANT_WAITS:
+            return False
+        if getattr(err, "status", None) != 403 and not _no_token_yet(err):
             return False
         self._grant_waits += 1
         return True
@@ -258,7 +263,9 @@ class StatusReporter:
                     "status patch for %s/%s failed (%s); will retry with the next report",
                     self.namespace,
                     self.name,
-                    type(err).__name__,
+                    "no token yet: the operator makes it once it sees the job's pods"
+                    if _no_token_yet(err)
+                    else type(err).__name__,
                 )
                 with self._cond:
                     # Keep what failed unless something newer replaced it.
@@ -270,3 +277,10 @@ class StatusReporter:
                         time.sleep(GRANT_WAIT_SECONDS)
                         continue
                     return  # one last try was made; do not hold the pod's exit
+
+
+def _no_token_yet(err: Exception) -> bool:
+    """The in-cluster loader's refusal while the pod's token file is missing or empty."""
+    from kubernetes.config import ConfigException
+
+    return isinstance(err, ConfigException)

@@ -73,6 +73,10 @@ SPEC_PATH = f"{SPEC_MOUNT}/{SPEC_FILE}"
 MASTER_PORT = 29500
 RUN_AS_USER = 1000
 TOKEN_EXPIRATION_SECONDS = 3600
+# A Secret of this type, naming a ServiceAccount in this annotation, gets a token of that account from the cluster's
+# token controller (kube-controller-manager), valid while the Secret and the account both exist.
+SERVICE_ACCOUNT_TOKEN_TYPE = "kubernetes.io/service-account-token"
+SERVICE_ACCOUNT_NAME_ANNOTATION = "kubernetes.io/service-account.name"
 # A pod that asked for no GPU must see none of the node's: CUDA base images set NVIDIA_VISIBLE_DEVICES=all, and
 # where the NVIDIA container runtime is the node's default it then mounts every GPU of the node, other tenants'
 # included; "void" makes it inject nothing. The AMD container runtime reads AMD_VISIBLE_DEVICES alike (a value
@@ -105,6 +109,13 @@ def service_name(name: str) -> str:
 
 def reporter_name(name: str) -> str:
     return f"{name}-reporter"
+
+
+def reporter_token_name(ftj: dict) -> str:
+    """The Secret that holds the reporter's token. The operator may create Secrets but never read one, so an existing
+    Secret of this name cannot be checked for its owner: the name carries the FineTuneJob's uid, and one left by an
+    earlier FineTuneJob of the same name never stands in for this one's."""
+    return f"{reporter_name(ftj['metadata']['name'])}-{ftj['metadata']['uid'][:8]}"
 
 
 def labels(name: str) -> dict[str, str]:
@@ -355,13 +366,23 @@ def build_configmap(ftj: dict, resume_from: str = "") -> dict:
 
 
 def build_service_account(ftj: dict) -> dict:
+    """The reporter's identity. No pod runs as it: its token reaches the trainer through reporter_token's Secret."""
     return {
         "apiVersion": "v1",
         "kind": "ServiceAccount",
         "metadata": _meta(ftj, reporter_name(ftj["metadata"]["name"])),
-        # The token reaches only the trainer container, through a projected volume.
         "automountServiceAccountToken": False,
     }
+
+
+def build_reporter_token(ftj: dict) -> dict:
+    """A Secret the cluster's token controller fills with a token of the reporter's account (data.token; it deletes
+    the Secret when the account is missing, so the account is made first). The token is valid while this Secret and
+    that account exist: the garbage collector removes both with the FineTuneJob, and ttlSecondsAfterFinished the
+    account, which takes the Secret with it."""
+    name = ftj["metadata"]["name"]
+    meta = _meta(ftj, reporter_token_name(ftj), annotations={SERVICE_ACCOUNT_NAME_ANNOTATION: reporter_name(name)})
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": meta, "type": SERVICE_ACCOUNT_TOKEN_TYPE}
 
 
 def build_role(ftj: dict) -> dict:
@@ -381,15 +402,21 @@ def build_role(ftj: dict) -> dict:
     }
 
 
-def pod_service_account(ftj: dict, spec: Spec) -> str:
+def pod_service_account(spec: Spec) -> str:
     """The training pods' ServiceAccount: the one the spec chose (a cloud identity, where the policy allows it), else
-    the job's own reporter account."""
+    the namespace's `default`, which every namespace has, so the Job is the first object a new job needs (the pods
+    mount no token of it)."""
+    return spec.chosen_service_account or "default"
+
+
+def reporter_account(ftj: dict, spec: Spec) -> str:
+    """Whose token the trainer reports with: the account the user chose for the pods (its projected token), else the
+    job's own reporter account (its token Secret)."""
     return spec.chosen_service_account or reporter_name(ftj["metadata"]["name"])
 
 
 def build_role_binding(ftj: dict, spec: Spec) -> dict:
-    """The reporter's grant, to the pods' account: the job's own, or the one the user chose (a pod's projected token
-    is always its own account's, so the job's own account would carry no token then, and is not made)."""
+    """The reporter's grant, to reporter_account."""
     name = ftj["metadata"]["name"]
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -399,7 +426,7 @@ def build_role_binding(ftj: dict, spec: Spec) -> dict:
         "subjects": [
             {
                 "kind": "ServiceAccount",
-                "name": pod_service_account(ftj, spec),
+                "name": reporter_account(ftj, spec),
                 "namespace": ftj["metadata"]["namespace"],
             }
         ],
@@ -562,6 +589,24 @@ def trainer_resources(spec: Spec) -> dict:
     return out
 
 
+def reporter_token_sources(ftj: dict, spec: Spec) -> list[dict]:
+    """The trainer's in-cluster credentials, where the Kubernetes client looks for them (token, ca.crt, namespace).
+    The token: with an account the user chose, the pod's own projected one; else the reporter's, from its Secret.
+    That source is optional: the pods start before the operator makes the Secret (build_reporter_grant), and the
+    kubelet adds the file once the Secret is there (it writes a pod's projected volumes again at each sync of the pod,
+    about every minute); the trainer retries its reports until then."""
+    if spec.chosen_service_account:
+        token: dict = {"serviceAccountToken": {"path": "token", "expirationSeconds": TOKEN_EXPIRATION_SECONDS}}
+    else:
+        items = [{"key": "token", "path": "token"}]
+        token = {"secret": {"name": reporter_token_name(ftj), "items": items, "optional": True}}
+    return [
+        token,
+        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+        {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
+    ]
+
+
 def pod_template(ftj: dict, spec: Spec, config: OperatorConfig, resume_from: str = "") -> dict:
     name = ftj["metadata"]["name"]
     container = {
@@ -591,7 +636,7 @@ def pod_template(ftj: dict, spec: Spec, config: OperatorConfig, resume_from: str
         container["ports"] = [{"name": "rendezvous", "containerPort": MASTER_PORT}]
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",  # retries are the Job's, so podFailurePolicy sees every exit code
-        "serviceAccountName": pod_service_account(ftj, spec),
+        "serviceAccountName": pod_service_account(spec),
         "automountServiceAccountToken": False,
         "terminationGracePeriodSeconds": config.termination_grace_seconds,
         "securityContext": {
@@ -613,20 +658,7 @@ def pod_template(ftj: dict, spec: Spec, config: OperatorConfig, resume_from: str
             },
             {"name": "scratch", "emptyDir": {}},
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shared_memory_size(spec)}},
-            {
-                "name": "reporter-token",
-                "projected": {
-                    "sources": [
-                        {"serviceAccountToken": {"path": "token", "expirationSeconds": TOKEN_EXPIRATION_SECONDS}},
-                        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
-                        {
-                            "downwardAPI": {
-                                "items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]
-                            }
-                        },
-                    ]
-                },
-            },
+            {"name": "reporter-token", "projected": {"sources": reporter_token_sources(ftj, spec)}},
             *(_user_volume(v) for v in (spec.pod.volumes if spec.pod is not None else [])),
         ],
     }
@@ -739,10 +771,9 @@ def build_job(
 
 
 def build_prerequisites(ftj: dict, spec: Spec, resume_from: str = "") -> list[dict]:
-    """What the Job's pods need before they are created: their ServiceAccount, unless they run as one the user chose
-    (admission refuses a pod whose account is missing) and, for several nodes, the workers' Service; and the job's
+    """What the Job's pods need before they are created: for several nodes, the workers' Service; and the job's
     ConfigMap when there is a resolved spec.resumeFrom to keep for later attempts."""
-    objects = [] if spec.chosen_service_account else [build_service_account(ftj)]
+    objects = []
     if resume_from:
         objects.append(build_configmap(ftj, resume_from))
     if spec.nodes > 1:
@@ -751,17 +782,17 @@ def build_prerequisites(ftj: dict, spec: Spec, resume_from: str = "") -> list[di
 
 
 def build_reporter_grant(ftj: dict, spec: Spec) -> list[dict]:
-    """The reporter's Role and RoleBinding: only a running trainer needs them (it reports after its model is loaded,
-    and retries a refused report), so they are made once the job's pods exist: none for a job that waits in a queue."""
-    return [build_role(ftj), build_role_binding(ftj, spec)]
+    """The reporter's identity and grant, in creation order: the job's account and its token Secret (unless the
+    pods run as an account the user chose), its Role and RoleBinding. Only a running trainer needs them (it reports
+    after its model is loaded, and retries a report that has no token yet or is refused), so they are made once the
+    job's pods exist: none for a job that waits in a queue, and none of them in the way of a new job's Job."""
+    identity = [] if spec.chosen_service_account else [build_service_account(ftj), build_reporter_token(ftj)]
+    return [*identity, build_role(ftj), build_role_binding(ftj, spec)]
 
 
 def build_support_objects(ftj: dict, spec: Spec) -> list[dict]:
     """Every object but the Job that the operator may make for a job, in creation order."""
-    objects = build_prerequisites(ftj, spec)
-    accounts = [obj for obj in objects if obj["kind"] == "ServiceAccount"]
-    others = [obj for obj in objects if obj["kind"] != "ServiceAccount"]
-    return accounts + [build_configmap(ftj)] + others + build_reporter_grant(ftj, spec)
+    return [build_configmap(ftj), *build_prerequisites(ftj, spec), *build_reporter_grant(ftj, spec)]
 
 
 def initial_suspend(spec: Spec) -> bool:

@@ -82,6 +82,14 @@ def server_message(err: ApiException) -> str:
     return status.pod_text(message or f"{err.status} {err.reason}")
 
 
+def already_exists(err: ApiException) -> bool:
+    """A create refused because an object of that name exists (409 AlreadyExists; a 409 can also be a Conflict)."""
+    try:
+        return json.loads(err.body or "{}").get("reason") == "AlreadyExists"
+    except (ValueError, AttributeError):
+        return False
+
+
 def transient(err: BaseException) -> bool:
     """Whether a pass failed for the API server or the network, not for anything of the job's."""
     if isinstance(err, ApiException):
@@ -734,6 +742,10 @@ class Reconciler:
                 raise ChildRejected.refused(err, "create", obj["kind"], meta["namespace"], meta["name"]) from None
             if err.status != 409:
                 raise
+            if obj["kind"] == "Secret":  # never read (the operator may not): its name carries this job's uid
+                if already_exists(err):
+                    return obj
+                raise
         existing = await self.kube.get(obj["kind"], meta["namespace"], meta["name"])
         if existing is None:  # deleted in between: the next reconcile creates it
             raise RuntimeError(f"{obj['kind']} {meta['name']} vanished while being adopted")
@@ -816,8 +828,9 @@ class Reconciler:
         return job
 
     async def _grant_reporter(self, ftj: dict, spec) -> None:
-        """The reporter's Role and RoleBinding, once the job's pods exist (a job waiting in a queue has none). Made
-        once per job: a job whose grant this process did not make (after a restart) is looked up, not written."""
+        """The reporter's account, token Secret, Role and RoleBinding (builders.build_reporter_grant), once the job's
+        pods exist (a job waiting in a queue has none). Made once per job: a job whose grant this process did not make
+        (after a restart) is looked up, not written; the RoleBinding is made last, so it stands for all four."""
         meta = ftj["metadata"]
         key = (meta["namespace"], meta["name"])
         known = self._granted.get(key)
@@ -1171,6 +1184,7 @@ class Reconciler:
             ("Service", builders.service_name(name)),
             ("RoleBinding", builders.reporter_name(name)),
             ("Role", builders.reporter_name(name)),
+            # The token controller deletes the account's token Secret with it (the operator never reads Secrets).
             ("ServiceAccount", builders.reporter_name(name)),
         ):
             existing = await self._read_child((meta["namespace"], name), kind, child)

@@ -60,6 +60,17 @@ ADMIN_TOKEN = "admin"
 OPERATOR_TOKEN = "operator"
 MAX_HISTORY = 20000
 CRDS = ("apiextensions.k8s.io", "customresourcedefinitions")
+NAMESPACES = ("", "namespaces")
+PODS = ("", "pods")
+SECRETS = ("", "secrets")
+SERVICE_ACCOUNTS = ("", "serviceaccounts")
+# A Secret the token controller fills with a long-lived token of the ServiceAccount it names (k8s.io/api core/v1
+# types.go: SecretTypeServiceAccountToken, ServiceAccountNameKey, ServiceAccountUIDKey).
+SERVICE_ACCOUNT_TOKEN_TYPE = "kubernetes.io/service-account-token"
+SERVICE_ACCOUNT_NAME_KEY = "kubernetes.io/service-account.name"
+SERVICE_ACCOUNT_UID_KEY = "kubernetes.io/service-account.uid"
+# The emulator's tokens of that kind carry their claims in the clear: namespace, Secret, account, account uid, nonce.
+SECRET_TOKEN_PREFIX = "secret-token:"
 # What the emulated server reports as its version (its rules are ported from Kubernetes 1.32).
 SERVER_VERSION = {"major": "1", "minor": "32", "gitVersion": "v1.32.0+kubetune.emulator", "platform": "linux/amd64"}
 
@@ -474,6 +485,7 @@ class ApiServer:
     # validating ones.
     mutating: list[AdmissionPlugin] = attrs.field(factory=list, init=False)
     validating: list[AdmissionPlugin] = attrs.field(factory=list, init=False)
+    ca_pem: str = attrs.field(default="", init=False)  # what the token controller puts in a token Secret's ca.crt
 
     def __attrs_post_init__(self) -> None:
         self.tokens.update({ADMIN_TOKEN: "admin", OPERATOR_TOKEN: "operator"})
@@ -767,7 +779,27 @@ class ApiServer:
             return self.tokens[token]
         if token.startswith("sa:"):
             return token
+        if token.startswith(SECRET_TOKEN_PREFIX) and (account := self._secret_token_account(token)):
+            return account
         raise ApiError(401, "Unauthorized", "Unauthorized")
+
+    def _secret_token_account(self, token: str) -> str | None:
+        """The user of a token the token controller put in a Secret, while it is valid: as kube-apiserver checks one
+        (kubernetes pkg/serviceaccount/legacy.go, legacyValidator.Validate), the Secret still there and not being
+        deleted, holding this very token, and the ServiceAccount it names there with the same uid."""
+        claims = token.removeprefix(SECRET_TOKEN_PREFIX).split(":")
+        if len(claims) != 5:
+            return None
+        namespace, secret_name, account_name, account_uid, _ = claims
+        secret = self._objects(SECRETS).get((namespace, secret_name))
+        if secret is None or secret["metadata"].get("deletionTimestamp"):
+            return None
+        if (secret.get("data") or {}).get("token") != base64.b64encode(token.encode()).decode():
+            return None
+        account = self._objects(SERVICE_ACCOUNTS).get((namespace, account_name))
+        if account is None or account["metadata"].get("deletionTimestamp") or account["metadata"]["uid"] != account_uid:
+            return None
+        return f"sa:{namespace}:{account_name}"
 
     def _authorize(self, user: str, call: Call) -> None:
         if user in self.superusers:
@@ -957,6 +989,8 @@ class ApiServer:
 
     async def _record(self, key, kind: str, obj: dict) -> None:
         self.history.append(Change(self.rv, key, kind, obj))
+        if key == SECRETS or key == SERVICE_ACCOUNTS:
+            self._tokens_changed(key, kind, obj)
         if kind == "ADDED":
             self.uids.add(obj["metadata"]["uid"])
         elif kind == "DELETED":
@@ -1020,12 +1054,16 @@ class ApiServer:
         meta = obj["metadata"]
         for field in ("deletionTimestamp", "deletionGracePeriodSeconds"):
             meta.pop(field, None)
+        if key == PODS:
+            self._admit_service_account(obj)
         self._admit("CREATE", target, key, obj, None)
         meta.update(
             uid=str(uuid.uuid4()), creationTimestamp=now_rfc3339(), generation=1, resourceVersion=self._next_rv()
         )
         self._objects(key)[ident] = obj
         await self._record(key, "ADDED", obj)
+        if key == NAMESPACES:
+            await self._make_default_account(meta["name"])
         owners = {ref.get("uid") for ref in meta.get("ownerReferences") or []}
         if owners and not owners & self.uids:
             # The garbage collector deletes dependents whose owners are all gone (a late create).
@@ -1033,6 +1071,93 @@ class ApiServer:
                 0.05, lambda: asyncio.ensure_future(self._delete_quietly(key, ident[0], ident[1]))
             )
         return obj
+
+    # ----------------------------------------------------------------- what the controller manager does for accounts
+
+    def _admit_service_account(self, pod: dict) -> None:
+        """The ServiceAccount admission plugin (kubernetes plugin/pkg/admission/serviceaccount/admission.go): a pod
+        without an account gets `default`; one whose account does not exist is refused."""
+        spec = pod.setdefault("spec", {})
+        account = spec.setdefault("serviceAccountName", "default")
+        namespace = pod["metadata"]["namespace"]
+        if (namespace, account) not in self._objects(SERVICE_ACCOUNTS):
+            raise ApiError(
+                403,
+                "Forbidden",
+                f'pods "{pod["metadata"]["name"]}" is forbidden: error looking up service account '
+                f'{namespace}/{account}: serviceaccount "{account}" not found',
+            )
+
+    async def _make_default_account(self, namespace: str) -> None:
+        """Every namespace gets its `default` ServiceAccount (kubernetes pkg/controller/serviceaccount/
+        serviceaccounts_controller.go). Made with the namespace here, so a pod created right after finds it (the
+        admission plugin looks the account up again for a while when it is `default`)."""
+        target = Target("", "v1", "serviceaccounts", namespace, None, None)
+        if (namespace, "default") not in self._objects(SERVICE_ACCOUNTS):
+            await self._create(
+                SERVICE_ACCOUNTS, target, self._info(target), {"metadata": {"name": "default", "namespace": namespace}}
+            )
+
+    def _tokens_changed(self, key, kind: str, obj: dict) -> None:
+        """The token controller watches Secrets and ServiceAccounts; it acts a moment after a change."""
+        if key == SECRETS and kind != "DELETED" and obj.get("type") != SERVICE_ACCOUNT_TOKEN_TYPE:
+            return
+        if key == SERVICE_ACCOUNTS and kind != "DELETED":
+            return
+        meta = obj["metadata"]
+        sync = self._sync_token_secret if key == SECRETS else self._delete_account_tokens
+        asyncio.get_running_loop().call_soon(
+            lambda: asyncio.ensure_future(sync(meta["namespace"], meta["name"], meta["uid"]))
+        )
+
+    async def _sync_token_secret(self, namespace: str, name: str, uid: str) -> None:
+        """kubernetes pkg/controller/serviceaccount/tokens_controller.go (syncSecret, generateTokenIfNeeded): a token
+        Secret whose ServiceAccount is missing (or another of its name, by uid) is deleted; otherwise its ca.crt,
+        namespace and token are filled in once, with the account's name and uid as annotations."""
+        _REQUEST_USER.set("system:serviceaccount:kube-system:tokens-controller")
+        secret = self._objects(SECRETS).get((namespace, name))
+        if secret is None or secret["metadata"]["uid"] != uid or secret["metadata"].get("deletionTimestamp"):
+            return
+        annotations = secret["metadata"].get("annotations") or {}
+        account_name = annotations.get(SERVICE_ACCOUNT_NAME_KEY, "")
+        account = self._objects(SERVICE_ACCOUNTS).get((namespace, account_name))
+        wanted_uid = annotations.get(SERVICE_ACCOUNT_UID_KEY)
+        if account is None or (wanted_uid and wanted_uid != account["metadata"]["uid"]):
+            await self._delete_quietly(SECRETS, namespace, name)
+            return
+        data = dict(secret.get("data") or {})
+        if data.get("token") and data.get("namespace") and data.get("ca.crt"):
+            return
+
+        def encoded(text: str) -> str:
+            return base64.b64encode(text.encode()).decode()
+
+        account_uid = account["metadata"]["uid"]
+        token = f"{SECRET_TOKEN_PREFIX}{namespace}:{name}:{account_name}:{account_uid}:{uuid.uuid4().hex}"
+        data = {"ca.crt": encoded(self.ca_pem), "namespace": encoded(namespace), "token": encoded(token)} | {
+            k: v for k, v in data.items() if v
+        }
+        filled = copy.deepcopy(secret)
+        filled["data"] = data
+        filled["metadata"]["annotations"] = annotations | {
+            SERVICE_ACCOUNT_NAME_KEY: account_name,
+            SERVICE_ACCOUNT_UID_KEY: account_uid,
+        }
+        target = Target("", "v1", "secrets", namespace, name, None)
+        await self._store_changed(SECRETS, self._info(target), target, secret, filled)
+
+    async def _delete_account_tokens(self, namespace: str, name: str, uid: str) -> None:
+        """A deleted ServiceAccount's token Secrets go with it (tokens_controller.go, syncServiceAccount)."""
+        _REQUEST_USER.set("system:serviceaccount:kube-system:tokens-controller")
+        for (secret_namespace, secret_name), secret in list(self._objects(SECRETS).items()):
+            annotations = secret["metadata"].get("annotations") or {}
+            if (
+                secret_namespace == namespace
+                and secret.get("type") == SERVICE_ACCOUNT_TOKEN_TYPE
+                and annotations.get(SERVICE_ACCOUNT_NAME_KEY) == name
+                and annotations.get(SERVICE_ACCOUNT_UID_KEY, uid) == uid
+            ):
+                await self._delete_quietly(SECRETS, namespace, secret_name)
 
     async def _delete_quietly(self, key, namespace, name) -> None:
         try:
@@ -1412,6 +1537,7 @@ class Emulator:
         self._pki = Path(tempfile.mkdtemp(prefix="kubetune-emulator-"))
         ca_file, self._cert_file, self._key_file = make_test_pki(self._pki)
         self.ca_file = str(ca_file)
+        self.server.ca_pem = Path(ca_file).read_text()
         self.url = ""
 
     def _run(self) -> None:

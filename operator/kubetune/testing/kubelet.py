@@ -4,7 +4,7 @@ The kubelet's part, reduced to what the operator's pods and the chart's Deployme
 $(VAR) expansion, secretKeyRef / configMapKeyRef / fieldRef; the pod's and the container's
 securityContext (user, group, fsGroup, read-only root, no privilege escalation, dropped capabilities);
 configMap, downwardAPI, emptyDir (on disk or in memory, sized) and projected (service-account token, configMap items,
-downward API) volumes; the default service-account token mount unless automount is off; the
+downward API, Secret items) volumes; the default service-account token mount unless automount is off; the
 termination message file; KUBERNETES_SERVICE_HOST/PORT. A field this module does not know raises
 `Unsupported` naming it: a pod the operator starts building differently must show up here, not be
 run as something else.
@@ -188,6 +188,21 @@ def _configmap_files(cluster: Cluster, namespace: str, source: dict) -> dict[str
     return {item["path"]: data[item["key"]] for item in source["items"]}
 
 
+def _secret_files(cluster: Cluster, namespace: str, source: dict) -> dict[str, str]:
+    """A projected volume's secret source: one whose Secret is missing adds nothing when it is optional. A kubelet
+    writes the volume again at each sync of the pod, so the files come once the Secret does; this stand-in writes it
+    once, when the container starts."""
+    data = (cluster.read("Secret", namespace, source["name"]) or {}).get("data")
+    if data is None:
+        if source.get("optional"):
+            return {}
+        raise LookupError(f"Secret {namespace}/{source['name']} does not exist (the pod would not start)")
+    decoded = {key: base64.b64decode(value).decode() for key, value in data.items()}
+    if "items" not in source:
+        return decoded
+    return {item["path"]: decoded[item["key"]] for item in source["items"] if item["key"] in decoded}
+
+
 def _projected_files(cluster: Cluster, pod: Pod, sources: list[dict]) -> dict[str, str]:
     files: dict[str, str] = {}
     for source in sources:
@@ -205,6 +220,8 @@ def _projected_files(cluster: Cluster, pod: Pod, sources: list[dict]) -> dict[st
             files |= {
                 item["path"]: _field(pod, item["fieldRef"]["fieldPath"]) for item in source["downwardAPI"]["items"]
             }
+        elif "secret" in source:
+            files |= _secret_files(cluster, pod.namespace, source["secret"])
         else:
             raise Unsupported(f"projected source {sorted(source)}")
     return files
