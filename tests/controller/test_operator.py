@@ -206,7 +206,8 @@ def test_valid_job_gets_its_children_and_runs_to_success_with_progress_from_the_
 def test_the_reporters_token_holds_while_its_secret_and_account_exist(user, sim, emulator):
     """The token controller's token in the job's Secret is the reporter's identity while both exist (kube-apiserver
     checks a Secret-held token against the Secret and the account at each request): deleting the Secret revokes it,
-    and deleting the account (as ttlSecondsAfterFinished does) takes the Secret with it."""
+    and deleting the account (as ttlSecondsAfterFinished does, and the garbage collector with the FineTuneJob) takes
+    the Secret with it."""
     ns = user.ns
     user.apply("brief")
     job = wait_for(lambda: sim.kube.get("Job", ns, "brief"), what="the Job")
@@ -233,6 +234,18 @@ def test_the_reporters_token_holds_while_its_secret_and_account_exist(user, sim,
     with pytest.raises(kubernetes.client.ApiException) as refused:
         api.get_namespaced_custom_object_status(GROUP, VERSION, ns, PLURAL, "brief-too")
     assert refused.value.status == 401
+
+    # The Secret has no ownerReference: deleting the FineTuneJob takes its account (the garbage collector), and the
+    # account the Secret (the token controller).
+    user.apply("brief-end")
+    job = wait_for(lambda: sim.kube.get("Job", ns, "brief-end"), what="the Job")
+    sim.start(ns, "brief-end")
+    reporter_token(sim, job)
+    user.crd.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "brief-end")
+    wait_for(
+        lambda: not [s for s in user.core.list_namespaced_secret(ns).items if s.metadata.name.startswith("brief-end-")],
+        what="the token Secret to go with its FineTuneJob",
+    )
 
 
 @pytest.fixture

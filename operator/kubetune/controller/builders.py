@@ -376,12 +376,15 @@ def build_service_account(ftj: dict) -> dict:
 
 
 def build_reporter_token(ftj: dict) -> dict:
-    """A Secret the cluster's token controller fills with a token of the reporter's account (data.token; it deletes
-    the Secret when the account is missing, so the account is made first). The token is valid while this Secret and
-    that account exist: the garbage collector removes both with the FineTuneJob, and ttlSecondsAfterFinished the
-    account, which takes the Secret with it."""
+    """A Secret the cluster's token controller fills with a token of the reporter's account (data.token), valid while
+    this Secret and that account exist. The token controller deletes the Secret when the account is missing (so the
+    account is made first) or goes: with the FineTuneJob (the garbage collector deletes the account) or at
+    ttlSecondsAfterFinished. So it needs no ownerReference, and the operator no right to delete Secrets (the
+    OwnerReferencesPermissionEnforcement admission plugin lets a create set ownerReferences only for a user who may
+    delete the object)."""
     name = ftj["metadata"]["name"]
     meta = _meta(ftj, reporter_token_name(ftj), annotations={SERVICE_ACCOUNT_NAME_ANNOTATION: reporter_name(name)})
+    del meta["ownerReferences"]
     return {"apiVersion": "v1", "kind": "Secret", "metadata": meta, "type": SERVICE_ACCOUNT_TOKEN_TYPE}
 
 

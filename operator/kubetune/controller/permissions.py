@@ -35,11 +35,9 @@ OPERATOR_PERMISSIONS: tuple[Permission, ...] = (
     Permission("", "configmaps", ("get", "list", "create", "patch", "delete")),
     Permission("", "services", ("get", "list", "create", "delete")),
     Permission("", "serviceaccounts", ("get", "list", "create", "delete")),
-    # The reporter's token Secret (builders.build_reporter_token): created, never read or listed. delete is never
-    # called (the token controller deletes it with its account, the garbage collector with its FineTuneJob): the
-    # OwnerReferencesPermissionEnforcement admission plugin lets a create set ownerReferences only for a user who may
-    # delete the object.
-    Permission("", "secrets", ("create", "delete")),
+    # The reporter's token Secret (builders.build_reporter_token): created, never read, listed or deleted (the token
+    # controller deletes it with its account).
+    Permission("", "secrets", ("create",)),
     Permission("rbac.authorization.k8s.io", "roles", ("get", "list", "create", "delete")),
     Permission("rbac.authorization.k8s.io", "rolebindings", ("get", "list", "create", "delete")),
     # Kueue (controller/kueue.py): whether a job's LocalQueue exists, and its Job's Workload, deactivated while
