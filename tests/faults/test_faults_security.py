@@ -244,7 +244,10 @@ def test_every_example_pod_is_locked_down_and_namespace_local(ledger):
                         f"metadata.annotations['{builders.ANNOTATION_SPEC}']"
                     ]
                 for source in v.get("projected", {}).get("sources", []):
-                    assert set(source) <= {"serviceAccountToken", "configMap", "downwardAPI"}
+                    assert set(source) <= {"serviceAccountToken", "configMap", "downwardAPI", "secret"}
+                    if "secret" in source:  # the reporter's token, from its own token Secret, and nothing else of it
+                        assert source["secret"]["name"] == builders.reporter_token_name(ftj)
+                        assert source["secret"]["items"] == [{"key": "token", "path": "token"}]
             refs = [
                 e["valueFrom"]["secretKeyRef"]
                 for c in containers
