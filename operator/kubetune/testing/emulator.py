@@ -8,7 +8,11 @@ by ownerReferences. For kubectl (apiviews.py has the ported rules): TLS with a t
 sends no bearer token over plain HTTP), legacy and aggregated discovery, OpenAPI v2 and v3 built from each
 CRD, Table responses (a CRD's additionalPrinterColumns), CRDs created through the API becoming served, and
 the pruning of fields a CRD's schema does not declare (fieldValidation Strict / Warn / Ignore). No value
-validation, defaulting or controllers: tests play the Job controller and the kubelet themselves.
+validation or defaulting, and of the controllers only what the operator's objects rely on: the garbage collector,
+every namespace's `default` ServiceAccount, the ServiceAccount admission plugin (a pod's account must exist) and the
+token controller, which fills `kubernetes.io/service-account-token` Secrets and deletes them with their account; such
+a token is taken as its account while its Secret and account exist. Tests play the Job controller and the kubelet
+themselves.
 
 What is written is validated in part (apivalidation.py has the ported rules): a custom resource against its
 schema's bounds (maxLength, maxItems, maxProperties), every object's metadata (names, labels, annotations), and
@@ -18,8 +22,9 @@ validating one may refuse it.
 
 Also for tests:
 - every call is recorded as (user, verb, apiGroup, resource[/subresource], namespace, name);
-- RBAC for service-account tokens ("sa:<namespace>:<name>"), evaluated from the Roles and
-  RoleBindings stored in the emulator, so a per-job Role built by the operator is really enforced;
+- RBAC for service-account tokens ("sa:<namespace>:<name>", or a token the token controller put in a Secret),
+  evaluated from the Roles and RoleBindings stored in the emulator, so a per-job Role built by the operator is really
+  enforced;
 - fault injection (`inject`: answer matching calls with 409/500/410...) and `cut_watches()`, for
   robustness tests.
 """
