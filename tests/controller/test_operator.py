@@ -209,43 +209,41 @@ def test_the_reporters_token_holds_while_its_secret_and_account_exist(user, sim,
     and deleting the account (as ttlSecondsAfterFinished does, and the garbage collector with the FineTuneJob) takes
     the Secret with it."""
     ns = user.ns
-    user.apply("brief")
-    job = wait_for(lambda: sim.kube.get("Job", ns, "brief"), what="the Job")
-    sim.start(ns, "brief")
-    token = reporter_token(sim, job)
-    api = kubernetes.client.CustomObjectsApi(kubernetes.client.ApiClient(emulator.client_configuration(token)))
-    assert api.get_namespaced_custom_object_status(GROUP, VERSION, ns, PLURAL, "brief")["metadata"]["name"] == "brief"
-    [secret] = [s for s in user.core.list_namespaced_secret(ns).items if s.metadata.name.startswith("brief-")]
-    user.core.delete_namespaced_secret(secret.metadata.name, ns)
-    with pytest.raises(kubernetes.client.ApiException) as refused:
-        api.get_namespaced_custom_object_status(GROUP, VERSION, ns, PLURAL, "brief")
-    assert refused.value.status == 401
 
-    user.apply("brief-too")
-    job = wait_for(lambda: sim.kube.get("Job", ns, "brief-too"), what="the Job")
-    sim.start(ns, "brief-too")
-    token = reporter_token(sim, job)
+    def running(name: str) -> str:
+        """A job of that name with its pods, and its reporter's token."""
+        user.apply(name)
+        job = wait_for(lambda: sim.kube.get("Job", ns, name), what="the Job")
+        sim.start(ns, name)
+        return reporter_token(sim, job)
+
+    def token_secrets(name: str) -> list[str]:
+        return [s.metadata.name for s in user.core.list_namespaced_secret(ns).items if s.metadata.name.startswith(name)]
+
+    def answer(token: str, name: str) -> int:
+        api = kubernetes.client.CustomObjectsApi(kubernetes.client.ApiClient(emulator.client_configuration(token)))
+        try:
+            api.get_namespaced_custom_object_status(GROUP, VERSION, ns, PLURAL, name)
+        except kubernetes.client.ApiException as err:
+            return err.status
+        return 200
+
+    token = running("brief")
+    assert answer(token, "brief") == 200
+    [secret] = token_secrets("brief-")
+    user.core.delete_namespaced_secret(secret, ns)
+    assert answer(token, "brief") == 401
+
+    token = running("brief-too")
     user.core.delete_namespaced_service_account("brief-too-reporter", ns)
-    wait_for(
-        lambda: not [s for s in user.core.list_namespaced_secret(ns).items if s.metadata.name.startswith("brief-too-")],
-        what="the token Secret to go with its account",
-    )
-    api = kubernetes.client.CustomObjectsApi(kubernetes.client.ApiClient(emulator.client_configuration(token)))
-    with pytest.raises(kubernetes.client.ApiException) as refused:
-        api.get_namespaced_custom_object_status(GROUP, VERSION, ns, PLURAL, "brief-too")
-    assert refused.value.status == 401
+    wait_for(lambda: not token_secrets("brief-too-"), what="the token Secret to go with its account")
+    assert answer(token, "brief-too") == 401
 
     # The Secret has no ownerReference: deleting the FineTuneJob takes its account (the garbage collector), and the
     # account the Secret (the token controller).
-    user.apply("brief-end")
-    job = wait_for(lambda: sim.kube.get("Job", ns, "brief-end"), what="the Job")
-    sim.start(ns, "brief-end")
-    reporter_token(sim, job)
+    running("brief-end")
     user.crd.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "brief-end")
-    wait_for(
-        lambda: not [s for s in user.core.list_namespaced_secret(ns).items if s.metadata.name.startswith("brief-end-")],
-        what="the token Secret to go with its FineTuneJob",
-    )
+    wait_for(lambda: not token_secrets("brief-end-"), what="the token Secret to go with its FineTuneJob")
 
 
 @pytest.fixture
