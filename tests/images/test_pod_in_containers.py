@@ -27,6 +27,7 @@ from pathlib import Path
 import kubernetes
 import pytest
 from imageset import REPO
+from tests.controller.test_operator import reporter_token
 
 from kubetune.testing.emulator import ADMIN_TOKEN, OPERATOR_TOKEN
 from kubetune.testing.harness import ClusterSim, start_emulator, wait_for
@@ -105,12 +106,6 @@ def cluster_view(api, admin) -> Cluster:
     return Cluster(
         read=read, token_for=token_for, ca_pem=Path(api.ca_file).read_text(), api_host=host, api_port=int(port)
     )
-
-
-def reporter_token_secret(job: dict) -> str:
-    """The Secret whose token the pod's reporter-token volume carries."""
-    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
-    return next(s["secret"]["name"] for s in volumes["reporter-token"]["projected"]["sources"] if "secret" in s)
 
 
 def upload_model_and_data(s3_url: str) -> None:
@@ -219,12 +214,7 @@ def test_the_charts_operator_and_the_pod_it_builds_run_in_the_images(images, api
             pod = sim.start(NAMESPACE, JOB)[0]
             # The reporter's token comes with its grant, once the operator sees the pod. A kubelet writes it into the
             # running pod at its next sync; this one writes volumes once, so the container starts after it.
-            token_secret = reporter_token_secret(job)
-            wait_for(
-                lambda: ((sim.kube.get("Secret", NAMESPACE, token_secret) or {}).get("data") or {}).get("token"),
-                60,
-                "the reporter's token",
-            )
+            reporter_token(sim, job)
 
             trainer_dir = tmp_path / "trainer"
             trainer_dir.mkdir()

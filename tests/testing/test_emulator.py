@@ -12,6 +12,7 @@ import urllib.request
 import pytest
 
 from kubetune.testing.emulator import ADMIN_TOKEN, Emulator, load_json, now_rfc3339
+from kubetune.testing.harness import wait_for
 
 
 def test_request_bodies_are_read_as_the_standard_library_reads_them():
@@ -106,19 +107,14 @@ def test_a_token_secret_gets_a_token_of_its_account_valid_while_both_exist(core)
             assert err.status == 404
             return None
 
-    def wait(predicate, what: str):
-        deadline = time.monotonic() + 10
-        while not (value := predicate()):
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            time.sleep(0.02)
-        return value
-
     api.create_namespaced_secret("tokens", token_secret("orphan", "nobody"))
-    wait(lambda: secret_or_none("orphan") is None, "the Secret of a missing account to be deleted")
+    wait_for(lambda: secret_or_none("orphan") is None, what="the Secret of a missing account to be deleted")
 
     account = api.create_namespaced_service_account("tokens", {"metadata": {"name": "reporter"}})
     api.create_namespaced_secret("tokens", token_secret("reporter-token", "reporter"))
-    secret = wait(lambda: (s := secret_or_none("reporter-token")) and s.data and s.data.get("token") and s, "a token")
+    secret = wait_for(
+        lambda: (s := secret_or_none("reporter-token")) and s.data and s.data.get("token") and s, what="a token"
+    )
     assert secret.metadata.annotations["kubernetes.io/service-account.uid"] == account.metadata.uid
     assert base64.b64decode(secret.data["namespace"]).decode() == "tokens"
     assert base64.b64decode(secret.data["ca.crt"]).decode() == open(emulator.ca_file).read()
@@ -137,7 +133,7 @@ def test_a_token_secret_gets_a_token_of_its_account_valid_while_both_exist(core)
         "sa:tokens:reporter"
     ]
     api.delete_namespaced_service_account("reporter", "tokens")
-    wait(lambda: secret_or_none("reporter-token") is None, "the token Secret to go with its account")
+    wait_for(lambda: secret_or_none("reporter-token") is None, what="the token Secret to go with its account")
     assert whoami() == 401
     # A namesake account made again does not bring the token back.
     api.create_namespaced_service_account("tokens", {"metadata": {"name": "reporter"}})

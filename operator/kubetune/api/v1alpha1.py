@@ -1309,7 +1309,7 @@ class Spec(ApiModel):
 
     @property
     def chosen_service_account(self) -> str:
-        """spec.pod.serviceAccountName; "" when the spec names none (the pods run as the job's own account)."""
+        """spec.pod.serviceAccountName; "" when the spec names none (the pods run as the namespace's `default`)."""
         return self.pod.service_account_name if self.pod is not None else ""
 
     def resolved(self) -> Spec:

@@ -143,13 +143,20 @@ def owner_reference(ftj: dict) -> dict:
     }
 
 
-def _meta(ftj: dict, name: str, extra_labels: dict[str, str] | None = None, annotations: dict | None = None) -> dict:
+def _meta(
+    ftj: dict,
+    name: str,
+    extra_labels: dict[str, str] | None = None,
+    annotations: dict | None = None,
+    owned: bool = True,
+) -> dict:
     meta: dict[str, Any] = {
         "name": name,
         "namespace": ftj["metadata"]["namespace"],
         "labels": labels(ftj["metadata"]["name"]) | (extra_labels or {}),
-        "ownerReferences": [owner_reference(ftj)],
     }
+    if owned:
+        meta["ownerReferences"] = [owner_reference(ftj)]
     if annotations:
         meta["annotations"] = annotations
     return meta
@@ -382,9 +389,8 @@ def build_reporter_token(ftj: dict) -> dict:
     ttlSecondsAfterFinished. So it needs no ownerReference, and the operator no right to delete Secrets (the
     OwnerReferencesPermissionEnforcement admission plugin lets a create set ownerReferences only for a user who may
     delete the object)."""
-    name = ftj["metadata"]["name"]
-    meta = _meta(ftj, reporter_token_name(ftj), annotations={SERVICE_ACCOUNT_NAME_ANNOTATION: reporter_name(name)})
-    del meta["ownerReferences"]
+    annotations = {SERVICE_ACCOUNT_NAME_ANNOTATION: reporter_name(ftj["metadata"]["name"])}
+    meta = _meta(ftj, reporter_token_name(ftj), annotations=annotations, owned=False)
     return {"apiVersion": "v1", "kind": "Secret", "metadata": meta, "type": SERVICE_ACCOUNT_TOKEN_TYPE}
 
 

@@ -73,21 +73,22 @@ class ChildRejected(Exception):
         return cls(f"the API server refused to {verb} {kind} {namespace}/{name}: {server_message(err)}")
 
 
+def _status_field(err: ApiException, field: str) -> str | None:
+    """A field of the API server's Status answer (None when the body is not one)."""
+    try:
+        return json.loads(err.body or "{}").get(field)
+    except (ValueError, AttributeError):
+        return None
+
+
 def server_message(err: ApiException) -> str:
     """The message of the API server's Status answer (else its HTTP reason), one line."""
-    try:
-        message = json.loads(err.body or "{}").get("message")
-    except (ValueError, AttributeError):
-        message = None
-    return status.pod_text(message or f"{err.status} {err.reason}")
+    return status.pod_text(_status_field(err, "message") or f"{err.status} {err.reason}")
 
 
 def already_exists(err: ApiException) -> bool:
     """A create refused because an object of that name exists (409 AlreadyExists; a 409 can also be a Conflict)."""
-    try:
-        return json.loads(err.body or "{}").get("reason") == "AlreadyExists"
-    except (ValueError, AttributeError):
-        return False
+    return _status_field(err, "reason") == "AlreadyExists"
 
 
 def transient(err: BaseException) -> bool:

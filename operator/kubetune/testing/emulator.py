@@ -1105,8 +1105,8 @@ class ApiServer:
 
     def _tokens_changed(self, key, kind: str, obj: dict) -> None:
         """The token controller watches Secrets and ServiceAccounts; it acts a moment after a change."""
-        if key == SECRETS and kind != "DELETED" and obj.get("type") != SERVICE_ACCOUNT_TOKEN_TYPE:
-            return
+        if key == SECRETS and (kind == "DELETED" or obj.get("type") != SERVICE_ACCOUNT_TOKEN_TYPE):
+            return  # a deleted Secret leaves nothing to do here (the real one drops it from its account's list)
         if key == SERVICE_ACCOUNTS and kind != "DELETED":
             return
         meta = obj["metadata"]

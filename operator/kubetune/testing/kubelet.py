@@ -177,30 +177,20 @@ def _write(folder: Path, files: dict[str, str]) -> None:
         path.chmod(0o644)
 
 
-def _configmap_files(cluster: Cluster, namespace: str, source: dict) -> dict[str, str]:
-    data = (cluster.read("ConfigMap", namespace, source["name"]) or {}).get("data")
+def _object_files(cluster: Cluster, kind: str, namespace: str, source: dict) -> dict[str, str]:
+    """The files of a ConfigMap or Secret source (a Secret's data is base64). One whose object is missing adds nothing
+    when it is optional: a kubelet writes the volume again at each sync of the pod, so the files come once the object
+    does; this stand-in writes it once, when the container starts."""
+    data = (cluster.read(kind, namespace, source["name"]) or {}).get("data")
     if data is None:
         if source.get("optional"):
             return {}
-        raise LookupError(f"ConfigMap {namespace}/{source['name']} does not exist (the pod would not start)")
+        raise LookupError(f"{kind} {namespace}/{source['name']} does not exist (the pod would not start)")
+    if kind == "Secret":
+        data = {key: base64.b64decode(value).decode() for key, value in data.items()}
     if "items" not in source:
         return dict(data)
     return {item["path"]: data[item["key"]] for item in source["items"]}
-
-
-def _secret_files(cluster: Cluster, namespace: str, source: dict) -> dict[str, str]:
-    """A projected volume's secret source: one whose Secret is missing adds nothing when it is optional. A kubelet
-    writes the volume again at each sync of the pod, so the files come once the Secret does; this stand-in writes it
-    once, when the container starts."""
-    data = (cluster.read("Secret", namespace, source["name"]) or {}).get("data")
-    if data is None:
-        if source.get("optional"):
-            return {}
-        raise LookupError(f"Secret {namespace}/{source['name']} does not exist (the pod would not start)")
-    decoded = {key: base64.b64decode(value).decode() for key, value in data.items()}
-    if "items" not in source:
-        return decoded
-    return {item["path"]: decoded[item["key"]] for item in source["items"] if item["key"] in decoded}
 
 
 def _projected_files(cluster: Cluster, pod: Pod, sources: list[dict]) -> dict[str, str]:
@@ -215,13 +205,13 @@ def _projected_files(cluster: Cluster, pod: Pod, sources: list[dict]) -> dict[st
                     "ca.crt": cluster.ca_pem
                 }
             else:
-                files |= _configmap_files(cluster, pod.namespace, source["configMap"])
+                files |= _object_files(cluster, "ConfigMap", pod.namespace, source["configMap"])
         elif "downwardAPI" in source:
             files |= {
                 item["path"]: _field(pod, item["fieldRef"]["fieldPath"]) for item in source["downwardAPI"]["items"]
             }
         elif "secret" in source:
-            files |= _secret_files(cluster, pod.namespace, source["secret"])
+            files |= _object_files(cluster, "Secret", pod.namespace, source["secret"])
         else:
             raise Unsupported(f"projected source {sorted(source)}")
     return files
@@ -319,7 +309,7 @@ def docker_run(pod: Pod, container_name: str, cluster: Cluster, workdir: Path, *
             host.mkdir(parents=True)
             host.chmod(0o777)  # the kubelet's emptyDir mode
         elif kind == ["configMap"]:
-            _write(host, _configmap_files(cluster, pod.namespace, volume["configMap"]))
+            _write(host, _object_files(cluster, "ConfigMap", pod.namespace, volume["configMap"]))
         elif kind == ["projected"]:
             _write(host, _projected_files(cluster, pod, volume["projected"]["sources"]))
         elif kind == ["downwardAPI"]:
